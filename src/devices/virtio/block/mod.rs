@@ -1,0 +1,1 @@
+//! virtio-blk over a raw file.

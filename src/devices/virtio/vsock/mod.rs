@@ -1,0 +1,1 @@
+//! virtio-vsock in userspace, bridged to host unix sockets (Firecracker protocol).

@@ -1,0 +1,1 @@
+//! x86_64 boot: memory layout, boot_params/e820, GDT, page tables, registers, CPUID, MSRs, MP table.

@@ -1,0 +1,3 @@
+//! husk-vmm: builds and runs one KVM microVM.
+
+pub mod arch;
