@@ -1,0 +1,29 @@
+# Shared shell helpers for husk's scripts. Source it; don't run it.
+
+log() { printf '%s\n' "husk: $*" >&2; }
+die() { printf '%s\n' "husk: error: $*" >&2; exit 1; }
+
+# Packages a fresh Debian 12 machine needs to build and test husk.
+HUSK_APT_PACKAGES=(
+    build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd
+    linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static
+)
+
+# Installs whichever of the given Debian packages are missing (apt-get update only if needed).
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing: ${missing[*]}"
+    local SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+        $SUDO apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
+            || die "apt-get install ${missing[*]} failed"
+    fi
+}
+
+husk_cache() { echo "${HUSK_CACHE:-$HOME/.cache/husk}"; }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole husk test suite, from a bare Debian 12 machine: installs what is missing,
+# builds the guest kernel (cached outside the repo), the agent initramfs, then runs
+# `cargo test --workspace`, including the tests that boot real VMs.
+#
+# With CI=true, a missing /dev/kvm or kernel fails the run instead of being reported
+# as "NOT RUN".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_packages "${HUSK_APT_PACKAGES[@]}"
+
+if [ "${CI:-}" = "true" ] && [ ! -c /dev/kvm ]; then
+    die "CI=true and /dev/kvm is missing: the KVM tests cannot run"
+fi
+
+start=$(date +%s)
+HUSK_KERNEL=$(kernel-config/build.sh | tail -n1)
+[ -f "$HUSK_KERNEL" ] || die "kernel build did not produce a vmlinux ($HUSK_KERNEL)"
+export HUSK_KERNEL
+export HUSK_BZIMAGE="$(dirname "$(readlink -f "$HUSK_KERNEL")")/bzImage"
+log "kernel: $HUSK_KERNEL ($(( $(date +%s) - start ))s)"
+
+HUSK_INITRAMFS=$(scripts/build-initramfs.sh | tail -n1)
+[ -f "$HUSK_INITRAMFS" ] || die "initramfs build failed ($HUSK_INITRAMFS)"
+export HUSK_INITRAMFS
+log "initramfs: $HUSK_INITRAMFS"
+
+cargo test --workspace --locked "$@"
