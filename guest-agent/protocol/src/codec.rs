@@ -60,11 +60,20 @@ pub enum CodecError {
     Frame(FrameError),
     /// The payload is not a well-formed message of the expected kind: bad JSON, invalid
     /// UTF-8, an unknown variant or field, a wrong type, trailing bytes.
-    Malformed { what: &'static str, source: serde_json::Error },
+    Malformed {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     /// The message decoded but breaks a rule (a cap, a NUL byte, a relative path, ...).
-    Invalid { what: &'static str, error: ValidationError },
+    Invalid {
+        what: &'static str,
+        error: ValidationError,
+    },
     /// Serialising failed; only possible through a bug, kept as a value all the same.
-    Encode { what: &'static str, source: serde_json::Error },
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 impl CodecError {
@@ -95,7 +104,9 @@ impl std::error::Error for CodecError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CodecError::Frame(e) => Some(e),
-            CodecError::Malformed { source, .. } | CodecError::Encode { source, .. } => Some(source),
+            CodecError::Malformed { source, .. } | CodecError::Encode { source, .. } => {
+                Some(source)
+            }
             CodecError::Invalid { error, .. } => Some(error),
         }
     }
@@ -109,9 +120,14 @@ impl From<FrameError> for CodecError {
 
 /// Validates and serialises a message into one frame payload (within the frame cap).
 pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, CodecError> {
-    msg.validate().map_err(|error| CodecError::Invalid { what: M::NAME, error })?;
-    let bytes =
-        serde_json::to_vec(msg).map_err(|source| CodecError::Encode { what: M::NAME, source })?;
+    msg.validate().map_err(|error| CodecError::Invalid {
+        what: M::NAME,
+        error,
+    })?;
+    let bytes = serde_json::to_vec(msg).map_err(|source| CodecError::Encode {
+        what: M::NAME,
+        source,
+    })?;
     check_len(bytes.len())?;
     Ok(bytes)
 }
@@ -119,9 +135,14 @@ pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, CodecError> {
 /// Parses and validates one frame payload.
 pub fn decode<M: Message>(payload: &[u8]) -> Result<M, CodecError> {
     check_len(payload.len())?;
-    let msg: M = serde_json::from_slice(payload)
-        .map_err(|source| CodecError::Malformed { what: M::NAME, source })?;
-    msg.validate().map_err(|error| CodecError::Invalid { what: M::NAME, error })?;
+    let msg: M = serde_json::from_slice(payload).map_err(|source| CodecError::Malformed {
+        what: M::NAME,
+        source,
+    })?;
+    msg.validate().map_err(|error| CodecError::Invalid {
+        what: M::NAME,
+        error,
+    })?;
     Ok(msg)
 }
 

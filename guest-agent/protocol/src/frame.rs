@@ -77,7 +77,10 @@ pub(crate) fn check_len(len: usize) -> Result<(), FrameError> {
         return Err(FrameError::Empty);
     }
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     Ok(())
 }
@@ -114,7 +117,10 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, FrameError> {
     let mut payload = Vec::new();
     r.take(len as u64).read_to_end(&mut payload)?;
     if payload.len() < len {
-        return Err(FrameError::TruncatedPayload { expected: len, got: payload.len() });
+        return Err(FrameError::TruncatedPayload {
+            expected: len,
+            got: payload.len(),
+        });
     }
     Ok(Some(payload))
 }

@@ -62,20 +62,39 @@ pub enum RequestBody {
     /// First request on a control connection. → `Hello`.
     Hello(Hello),
     /// Prepare a container; run nothing yet. → `Done`.
-    CreateContainer(ContainerSpec),
+    CreateContainer(Box<ContainerSpec>),
     /// Run the container's process. → `Started`.
     StartContainer { container_id: String },
     /// Run another process in a running container's namespaces. → `Started`.
-    ExecProcess { container_id: String, exec_id: String, process: ProcessSpec },
+    ExecProcess {
+        container_id: String,
+        exec_id: String,
+        process: Box<ProcessSpec>,
+    },
     /// Send `signal` to a process. → `Done`.
-    Signal { container_id: String, exec_id: Option<String>, signal: i32 },
+    Signal {
+        container_id: String,
+        exec_id: Option<String>,
+        signal: i32,
+    },
     /// Block until a process exits. → `Exited`.
-    Wait { container_id: String, exec_id: Option<String> },
+    Wait {
+        container_id: String,
+        exec_id: Option<String>,
+    },
     /// Resize a process's pty. → `Done`.
-    ResizeTty { container_id: String, exec_id: Option<String>, rows: u16, cols: u16 },
+    ResizeTty {
+        container_id: String,
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
     /// Close a process's stdin (pipe or pty), for hosts that keep the stdin stream open.
     /// → `Done`.
-    CloseStdin { container_id: String, exec_id: Option<String> },
+    CloseStdin {
+        container_id: String,
+        exec_id: Option<String>,
+    },
     /// Resource usage of a container. → `Stats`.
     Stats { container_id: String },
     /// Sync filesystems and power the VM off; the reply is sent first. → `Done`.
@@ -98,7 +117,9 @@ pub enum ResponseBody {
     /// The request was carried out and has nothing to report.
     Done,
     /// The process is running with this pid (in the container's pid namespace).
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Exited(ExitStatus),
     Stats(StatsReply),
 }
@@ -127,7 +148,10 @@ impl ExitStatus {
     }
 
     pub fn signaled(signal: i32) -> Self {
-        Self { code: 128 + signal, signal: Some(signal) }
+        Self {
+            code: 128 + signal,
+            signal: Some(signal),
+        }
     }
 }
 
@@ -151,7 +175,10 @@ impl Request {
 
     pub fn validate(&self) -> Check {
         if self.id == 0 {
-            return fail("id", "0 is reserved for replies to unreadable requests; start at 1");
+            return fail(
+                "id",
+                "0 is reserved for replies to unreadable requests; start at 1",
+            );
         }
         self.body.validate().map_err(|e| e.within(self.body.name()))
     }
@@ -183,21 +210,42 @@ impl RequestBody {
             RequestBody::StartContainer { container_id } | RequestBody::Stats { container_id } => {
                 check_id("container_id", container_id)
             }
-            RequestBody::ExecProcess { container_id, exec_id, process } => {
+            RequestBody::ExecProcess {
+                container_id,
+                exec_id,
+                process,
+            } => {
                 check_id("container_id", container_id)?;
                 check_id("exec_id", exec_id)?;
                 process.validate().map_err(|e| e.within("process"))
             }
-            RequestBody::Signal { container_id, exec_id, signal } => {
+            RequestBody::Signal {
+                container_id,
+                exec_id,
+                signal,
+            } => {
                 check_target(container_id, exec_id)?;
                 if !(1..=MAX_SIGNAL).contains(signal) {
-                    return fail("signal", format!("{signal} is not a signal (1..={MAX_SIGNAL})"));
+                    return fail(
+                        "signal",
+                        format!("{signal} is not a signal (1..={MAX_SIGNAL})"),
+                    );
                 }
                 Ok(())
             }
-            RequestBody::Wait { container_id, exec_id }
-            | RequestBody::CloseStdin { container_id, exec_id } => check_target(container_id, exec_id),
-            RequestBody::ResizeTty { container_id, exec_id, .. } => check_target(container_id, exec_id),
+            RequestBody::Wait {
+                container_id,
+                exec_id,
+            }
+            | RequestBody::CloseStdin {
+                container_id,
+                exec_id,
+            } => check_target(container_id, exec_id),
+            RequestBody::ResizeTty {
+                container_id,
+                exec_id,
+                ..
+            } => check_target(container_id, exec_id),
             RequestBody::Shutdown => Ok(()),
         }
     }
@@ -217,7 +265,10 @@ impl Response {
     }
 
     pub fn err(id: u64, error: ErrorReply) -> Self {
-        Self { id, body: Err(error) }
+        Self {
+            id,
+            body: Err(error),
+        }
     }
 
     /// The guest is untrusted from the host's side (a container can own its agent), so replies

@@ -19,7 +19,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// Prefixes the field path with the enclosing field, as the error bubbles up.
@@ -58,7 +61,10 @@ pub(crate) fn check_list<T>(
     mut item: impl FnMut(&T) -> Check,
 ) -> Check {
     if items.len() > max {
-        return fail(field, format!("{} entries, at most {max} allowed", items.len()));
+        return fail(
+            field,
+            format!("{} entries, at most {max} allowed", items.len()),
+        );
     }
     for (i, it) in items.iter().enumerate() {
         item(it).map_err(|e| e.within(&format!("[{i}]")).within(field))?;
@@ -69,7 +75,10 @@ pub(crate) fn check_list<T>(
 /// A string the kernel will see as a C string: bounded and free of NUL bytes.
 pub(crate) fn check_cstr(field: &str, s: &str, max: usize) -> Check {
     if s.len() > max {
-        return fail(field, format!("{} bytes long, at most {max} allowed", s.len()));
+        return fail(
+            field,
+            format!("{} bytes long, at most {max} allowed", s.len()),
+        );
     }
     if s.as_bytes().contains(&0) {
         return fail(field, "contains a NUL byte");
@@ -102,14 +111,20 @@ pub(crate) fn check_abs_path(field: &str, s: &str) -> Check {
 /// (runc's rule), so the agent can use it as a directory name without escaping.
 pub(crate) fn check_id(field: &str, s: &str) -> Check {
     if s.is_empty() || s.len() > MAX_ID_LEN {
-        return fail(field, format!("must be 1 to {MAX_ID_LEN} bytes long (got {})", s.len()));
+        return fail(
+            field,
+            format!("must be 1 to {MAX_ID_LEN} bytes long (got {})", s.len()),
+        );
     }
     if s == "." || s == ".." {
         return fail(field, format!("{s:?} is not a valid id"));
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-');
     if !s.chars().all(ok) {
-        return fail(field, format!("{s:?} may only contain letters, digits and _ . + -"));
+        return fail(
+            field,
+            format!("{s:?} may only contain letters, digits and _ . + -"),
+        );
     }
     Ok(())
 }

@@ -16,7 +16,10 @@ fn write_then_read_round_trips_and_ends_cleanly() {
     assert_eq!(&bytes[..4], &[0, 0, 0, 3], "length is big-endian u32");
     let mut r = Cursor::new(bytes);
     assert_eq!(read_frame(&mut r).expect("1").as_deref(), Some(&b"one"[..]));
-    assert_eq!(read_frame(&mut r).expect("2").as_deref(), Some(&b"{\"x\":2}"[..]));
+    assert_eq!(
+        read_frame(&mut r).expect("2").as_deref(),
+        Some(&b"{\"x\":2}"[..])
+    );
     assert_eq!(read_frame(&mut r).expect("3").map(|v| v.len()), Some(1000));
     assert!(read_frame(&mut r).expect("eof").is_none());
 }
@@ -58,14 +61,20 @@ impl Read for HugePrefix {
 #[test]
 fn oversize_prefix_is_rejected_before_reading_payload() {
     for len in [MAX_FRAME_LEN as u32 + 1, u32::MAX] {
-        let mut r = HugePrefix { header: Cursor::new(len.to_be_bytes()), served: 0 };
+        let mut r = HugePrefix {
+            header: Cursor::new(len.to_be_bytes()),
+            served: 0,
+        };
         match read_frame(&mut r) {
             Err(FrameError::TooLarge { len: l, max }) => {
                 assert_eq!((l, max), (len as usize, MAX_FRAME_LEN));
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert_eq!(r.served, 0, "payload bytes were read after an oversize prefix");
+        assert_eq!(
+            r.served, 0,
+            "payload bytes were read after an oversize prefix"
+        );
     }
 }
 
@@ -73,18 +82,29 @@ fn oversize_prefix_is_rejected_before_reading_payload() {
 fn max_size_frame_is_accepted_and_one_more_byte_is_not() {
     let big = vec![7u8; MAX_FRAME_LEN];
     let bytes = framed(&[&big]);
-    let back = read_frame(&mut Cursor::new(bytes)).expect("read").expect("frame");
+    let back = read_frame(&mut Cursor::new(bytes))
+        .expect("read")
+        .expect("frame");
     assert_eq!(back.len(), MAX_FRAME_LEN);
     let mut sink = Vec::new();
     let too_big = vec![7u8; MAX_FRAME_LEN + 1];
-    assert!(matches!(write_frame(&mut sink, &too_big), Err(FrameError::TooLarge { .. })));
-    assert!(sink.is_empty(), "nothing may be written for a refused frame");
+    assert!(matches!(
+        write_frame(&mut sink, &too_big),
+        Err(FrameError::TooLarge { .. })
+    ));
+    assert!(
+        sink.is_empty(),
+        "nothing may be written for a refused frame"
+    );
 }
 
 #[test]
 fn empty_frames_are_refused_both_ways() {
     let mut sink = Vec::new();
-    assert!(matches!(write_frame(&mut sink, b""), Err(FrameError::Empty)));
+    assert!(matches!(
+        write_frame(&mut sink, b""),
+        Err(FrameError::Empty)
+    ));
     assert!(sink.is_empty());
     let r = read_frame(&mut Cursor::new([0u8, 0, 0, 0, b'x']));
     assert!(matches!(r, Err(FrameError::Empty)));
@@ -102,7 +122,9 @@ impl Read for Trickle<'_> {
         if self.interrupt_next {
             return Err(io::ErrorKind::Interrupted.into());
         }
-        let Some((first, rest)) = self.data.split_first() else { return Ok(0) };
+        let Some((first, rest)) = self.data.split_first() else {
+            return Ok(0);
+        };
         match buf.first_mut() {
             Some(slot) => *slot = *first,
             None => return Ok(0),
@@ -115,9 +137,15 @@ impl Read for Trickle<'_> {
 #[test]
 fn read_frame_survives_interrupts_and_short_reads() {
     let bytes = framed(&[b"abc", b"defgh"]);
-    let mut r = Trickle { data: &bytes, interrupt_next: false };
+    let mut r = Trickle {
+        data: &bytes,
+        interrupt_next: false,
+    };
     assert_eq!(read_frame(&mut r).expect("1").as_deref(), Some(&b"abc"[..]));
-    assert_eq!(read_frame(&mut r).expect("2").as_deref(), Some(&b"defgh"[..]));
+    assert_eq!(
+        read_frame(&mut r).expect("2").as_deref(),
+        Some(&b"defgh"[..])
+    );
     assert!(read_frame(&mut r).expect("eof").is_none());
 }
 
@@ -147,7 +175,13 @@ fn decoder_pops_several_frames_from_one_push() {
     assert_eq!(d.next_frame().expect("a").as_deref(), Some(&b"a"[..]));
     assert_eq!(d.next_frame().expect("bb").as_deref(), Some(&b"bb"[..]));
     assert_eq!(d.next_frame().expect("partial"), None);
-    assert!(matches!(d.finish(), Err(FrameError::TruncatedPayload { expected: 3, got: 2 })));
+    assert!(matches!(
+        d.finish(),
+        Err(FrameError::TruncatedPayload {
+            expected: 3,
+            got: 2
+        })
+    ));
     d.push(&bytes[bytes.len() - 1..]);
     assert_eq!(d.next_frame().expect("ccc").as_deref(), Some(&b"ccc"[..]));
     d.finish().expect("clean end");
@@ -158,7 +192,10 @@ fn decoder_reports_truncated_header_at_finish() {
     let mut d = FrameDecoder::new();
     d.push(&[0, 0]);
     assert_eq!(d.next_frame().expect("partial"), None);
-    assert!(matches!(d.finish(), Err(FrameError::TruncatedHeader { got: 2 })));
+    assert!(matches!(
+        d.finish(),
+        Err(FrameError::TruncatedHeader { got: 2 })
+    ));
 }
 
 #[test]
@@ -167,7 +204,10 @@ fn decoder_poisons_on_oversize_or_empty_prefix() {
     d.push(&u32::MAX.to_be_bytes());
     assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
     d.push(&framed(&[b"late"]));
-    assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })), "stays poisoned");
+    assert!(
+        matches!(d.next_frame(), Err(FrameError::TooLarge { .. })),
+        "stays poisoned"
+    );
     assert!(d.finish().is_err());
 
     let mut d = FrameDecoder::new();

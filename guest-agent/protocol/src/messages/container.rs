@@ -64,14 +64,21 @@ impl ContainerSpec {
         }
         check_list("mounts", &self.mounts, MAX_LIST, MountSpec::validate)?;
         if self.sysctl.len() > MAX_LIST {
-            return fail("sysctl", format!("{} entries, at most {MAX_LIST} allowed", self.sysctl.len()));
+            return fail(
+                "sysctl",
+                format!("{} entries, at most {MAX_LIST} allowed", self.sysctl.len()),
+            );
         }
         for (key, value) in &self.sysctl {
             check_sysctl_key(key).map_err(|e| e.within(&format!("sysctl[{key:?}]")))?;
             check_cstr(&format!("sysctl[{key:?}]"), value, MAX_SYSCTL_VALUE_LEN)?;
         }
-        check_list("masked_paths", &self.masked_paths, MAX_LIST, |p| check_abs_path("", p))?;
-        check_list("readonly_paths", &self.readonly_paths, MAX_LIST, |p| check_abs_path("", p))?;
+        check_list("masked_paths", &self.masked_paths, MAX_LIST, |p| {
+            check_abs_path("", p)
+        })?;
+        check_list("readonly_paths", &self.readonly_paths, MAX_LIST, |p| {
+            check_abs_path("", p)
+        })?;
         let mut seen = BTreeSet::new();
         for ns in &self.namespaces {
             if !seen.insert(ns) {
@@ -91,7 +98,10 @@ fn check_sysctl_key(key: &str) -> Check {
     check_token("", key)?;
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if !key.chars().all(ok) || key.split('.').any(str::is_empty) {
-        return fail("", "not a sysctl name (letters, digits, _ and -, separated by single dots)");
+        return fail(
+            "",
+            "not a sysctl name (letters, digits, _ and -, separated by single dots)",
+        );
     }
     Ok(())
 }

@@ -99,10 +99,17 @@ impl ProcessSpec {
         if self.args.is_empty() {
             return fail("args", "must name the program to run (args[0])");
         }
-        check_list("args", &self.args, MAX_ARGS, |a| check_cstr("", a, MAX_ARG_LEN))?;
+        check_list("args", &self.args, MAX_ARGS, |a| {
+            check_cstr("", a, MAX_ARG_LEN)
+        })?;
         check_list("env", &self.env, MAX_ENV, |e| check_env(e))?;
         check_abs_path("cwd", &self.cwd)?;
-        check_list("user.additional_gids", &self.user.additional_gids, MAX_LIST, |_| Ok(()))?;
+        check_list(
+            "user.additional_gids",
+            &self.user.additional_gids,
+            MAX_LIST,
+            |_| Ok(()),
+        )?;
         if let Some(umask) = self.user.umask {
             if umask > 0o777 {
                 return fail("user.umask", format!("{umask:#o} is not a permission mask"));
@@ -113,7 +120,13 @@ impl ProcessSpec {
         }
         check_list("rlimits", &self.rlimits, MAX_LIST, |r| {
             if r.soft > r.hard {
-                return fail("", format!("{:?}: soft limit {} above hard limit {}", r.kind, r.soft, r.hard));
+                return fail(
+                    "",
+                    format!(
+                        "{:?}: soft limit {} above hard limit {}",
+                        r.kind, r.soft, r.hard
+                    ),
+                );
             }
             Ok(())
         })?;

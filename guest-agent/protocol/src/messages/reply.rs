@@ -38,7 +38,10 @@ pub enum ErrorCode {
 
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The reply to a peer speaking `peer_version`.
@@ -57,7 +60,10 @@ impl ErrorReply {
         if self.message.len() > MAX_ERROR_MESSAGE_LEN {
             return fail(
                 "message",
-                format!("{} bytes long, at most {MAX_ERROR_MESSAGE_LEN} allowed", self.message.len()),
+                format!(
+                    "{} bytes long, at most {MAX_ERROR_MESSAGE_LEN} allowed",
+                    self.message.len()
+                ),
             );
         }
         Ok(())

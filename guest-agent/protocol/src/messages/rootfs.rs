@@ -97,7 +97,10 @@ impl RootfsSpec {
                 // The kernel's virtio-fs tag field is 36 bytes.
                 check_token("tag", tag)?;
                 if tag.len() > 36 {
-                    return fail("tag", format!("{} bytes long, virtio-fs tags hold 36", tag.len()));
+                    return fail(
+                        "tag",
+                        format!("{} bytes long, virtio-fs tags hold 36", tag.len()),
+                    );
                 }
                 Ok(())
             }
@@ -113,7 +116,10 @@ impl LayerDisk {
                 if s.len() > MAX_DISK_SERIAL_LEN {
                     return fail(
                         "disk.serial",
-                        format!("{} bytes long, virtio-blk serials hold {MAX_DISK_SERIAL_LEN}", s.len()),
+                        format!(
+                            "{} bytes long, virtio-blk serials hold {MAX_DISK_SERIAL_LEN}",
+                            s.len()
+                        ),
                     );
                 }
                 Ok(())

@@ -85,9 +85,16 @@ const MAX_SYSCALL_ARGS: u32 = 6;
 
 impl SeccompSpec {
     pub fn validate(&self) -> Check {
-        check_list("architectures", &self.architectures, MAX_LIST, |a| check_token("", a))?;
+        check_list("architectures", &self.architectures, MAX_LIST, |a| {
+            check_token("", a)
+        })?;
         check_list("flags", &self.flags, MAX_LIST, |f| check_token("", f))?;
-        check_list("syscalls", &self.syscalls, MAX_SECCOMP_RULES, SyscallRule::validate)
+        check_list(
+            "syscalls",
+            &self.syscalls,
+            MAX_SECCOMP_RULES,
+            SyscallRule::validate,
+        )
     }
 }
 
@@ -99,7 +106,10 @@ impl SyscallRule {
         check_list("names", &self.names, MAX_LIST, |n| check_token("", n))?;
         check_list("args", &self.args, MAX_SYSCALL_ARGS as usize, |a| {
             if a.index >= MAX_SYSCALL_ARGS {
-                return fail("index", format!("{} is not a syscall argument (0..=5)", a.index));
+                return fail(
+                    "index",
+                    format!("{} is not a syscall argument (0..=5)", a.index),
+                );
             }
             Ok(())
         })

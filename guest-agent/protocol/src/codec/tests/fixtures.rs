@@ -9,10 +9,19 @@ pub fn process() -> ProcessSpec {
         args: vec!["/bin/sh".into(), "-c".into(), "echo hi; exit 7".into()],
         env: vec!["PATH=/usr/bin:/bin".into(), "EMPTY=".into(), "X=a=b".into()],
         cwd: "/work".into(),
-        user: User { uid: 1000, gid: 1000, additional_gids: vec![10, 20], umask: Some(0o027) },
+        user: User {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10, 20],
+            umask: Some(0o027),
+        },
         terminal: true,
         console_size: Some(ConsoleSize { rows: 24, cols: 80 }),
-        rlimits: vec![Rlimit { kind: RlimitKind::RlimitNofile, soft: 1024, hard: 4096 }],
+        rlimits: vec![Rlimit {
+            kind: RlimitKind::RlimitNofile,
+            soft: 1024,
+            hard: 4096,
+        }],
         no_new_privileges: true,
         capabilities: Some(Capabilities {
             bounding: vec![Capability::Chown, Capability::NetBindService],
@@ -30,8 +39,14 @@ pub fn container() -> ContainerSpec {
         container_id: "web-1".into(),
         rootfs: RootfsSpec::Overlay {
             layers: vec![
-                LayerDisk { disk: DiskRef::Serial("layer-base".into()), fs_type: FsType::Erofs },
-                LayerDisk { disk: DiskRef::Device("/dev/vdc".into()), fs_type: FsType::Erofs },
+                LayerDisk {
+                    disk: DiskRef::Serial("layer-base".into()),
+                    fs_type: FsType::Erofs,
+                },
+                LayerDisk {
+                    disk: DiskRef::Device("/dev/vdc".into()),
+                    fs_type: FsType::Erofs,
+                },
             ],
             scratch: Some(LayerDisk {
                 disk: DiskRef::Serial("scratch".into()),
@@ -58,7 +73,12 @@ pub fn container() -> ContainerSpec {
         sysctl: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
         masked_paths: vec!["/proc/kcore".into()],
         readonly_paths: vec!["/proc/sys".into()],
-        namespaces: vec![NamespaceKind::Pid, NamespaceKind::Mount, NamespaceKind::Uts, NamespaceKind::Ipc],
+        namespaces: vec![
+            NamespaceKind::Pid,
+            NamespaceKind::Mount,
+            NamespaceKind::Uts,
+            NamespaceKind::Ipc,
+        ],
         seccomp: Some(SeccompSpec {
             default_action: SeccompAction::Errno,
             default_errno_ret: Some(1),
@@ -68,7 +88,12 @@ pub fn container() -> ContainerSpec {
                 names: vec!["read".into(), "write".into(), "personality".into()],
                 action: SeccompAction::Allow,
                 errno_ret: None,
-                args: vec![SyscallArg { index: 0, value: 8, value_two: 0, op: SeccompOp::Eq }],
+                args: vec![SyscallArg {
+                    index: 0,
+                    value: 8,
+                    value_two: 0,
+                    op: SeccompOp::Eq,
+                }],
             }],
         }),
     }
@@ -78,15 +103,41 @@ pub fn container() -> ContainerSpec {
 /// variant breaks the build here until a sample is added.
 pub fn requests() -> Vec<Request> {
     let bodies = vec![
-        RequestBody::Hello(Hello { version: PROTOCOL_VERSION, client: "husk 0.1.0".into() }),
-        RequestBody::CreateContainer(container()),
-        RequestBody::StartContainer { container_id: "web-1".into() },
-        RequestBody::ExecProcess { container_id: "web-1".into(), exec_id: "e1".into(), process: process() },
-        RequestBody::Signal { container_id: "web-1".into(), exec_id: Some("e1".into()), signal: 15 },
-        RequestBody::Wait { container_id: "web-1".into(), exec_id: None },
-        RequestBody::ResizeTty { container_id: "web-1".into(), exec_id: None, rows: 50, cols: 132 },
-        RequestBody::CloseStdin { container_id: "web-1".into(), exec_id: Some("e1".into()) },
-        RequestBody::Stats { container_id: "web-1".into() },
+        RequestBody::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: "husk 0.1.0".into(),
+        }),
+        RequestBody::CreateContainer(Box::new(container())),
+        RequestBody::StartContainer {
+            container_id: "web-1".into(),
+        },
+        RequestBody::ExecProcess {
+            container_id: "web-1".into(),
+            exec_id: "e1".into(),
+            process: Box::new(process()),
+        },
+        RequestBody::Signal {
+            container_id: "web-1".into(),
+            exec_id: Some("e1".into()),
+            signal: 15,
+        },
+        RequestBody::Wait {
+            container_id: "web-1".into(),
+            exec_id: None,
+        },
+        RequestBody::ResizeTty {
+            container_id: "web-1".into(),
+            exec_id: None,
+            rows: 50,
+            cols: 132,
+        },
+        RequestBody::CloseStdin {
+            container_id: "web-1".into(),
+            exec_id: Some("e1".into()),
+        },
+        RequestBody::Stats {
+            container_id: "web-1".into(),
+        },
         RequestBody::Shutdown,
     ];
     let mut seen = [false; REQUEST_VARIANTS];
@@ -94,7 +145,11 @@ pub fn requests() -> Vec<Request> {
         seen[variant_index(b)] = true;
     }
     assert!(seen.iter().all(|s| *s), "a request variant has no sample");
-    bodies.into_iter().enumerate().map(|(i, b)| Request::new(i as u64 + 1, b)).collect()
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| Request::new(i as u64 + 1, b))
+        .collect()
 }
 
 const REQUEST_VARIANTS: usize = 10;
@@ -117,7 +172,13 @@ fn variant_index(b: &RequestBody) -> usize {
 /// One response of every body variant, plus an error reply of every code.
 pub fn responses() -> Vec<Response> {
     let mut out = vec![
-        Response::ok(1, ResponseBody::Hello(HelloReply { version: PROTOCOL_VERSION, agent: "husk-agent 0.1.0".into() })),
+        Response::ok(
+            1,
+            ResponseBody::Hello(HelloReply {
+                version: PROTOCOL_VERSION,
+                agent: "husk-agent 0.1.0".into(),
+            }),
+        ),
         Response::ok(2, ResponseBody::Done),
         Response::ok(3, ResponseBody::Started { pid: 1 }),
         Response::ok(4, ResponseBody::Exited(ExitStatus::exited(7))),
@@ -146,7 +207,10 @@ pub fn responses() -> Vec<Response> {
     .into_iter()
     .enumerate()
     {
-        out.push(Response::err(100 + i as u64, ErrorReply::new(code, format!("{code:?} happened"))));
+        out.push(Response::err(
+            100 + i as u64,
+            ErrorReply::new(code, format!("{code:?} happened")),
+        ));
     }
     for r in &out {
         // No wildcard: a new response variant must get a sample above.
@@ -159,15 +223,24 @@ pub fn responses() -> Vec<Response> {
 }
 
 pub fn stream_hellos() -> Vec<StreamHello> {
-    [StreamKind::Stdin, StreamKind::Stdout, StreamKind::Stderr, StreamKind::Pty]
-        .into_iter()
-        .map(|kind| StreamHello {
-            version: PROTOCOL_VERSION,
-            container_id: "web-1".into(),
-            exec_id: if kind == StreamKind::Pty { None } else { Some("e1".into()) },
-            kind,
-        })
-        .collect()
+    [
+        StreamKind::Stdin,
+        StreamKind::Stdout,
+        StreamKind::Stderr,
+        StreamKind::Pty,
+    ]
+    .into_iter()
+    .map(|kind| StreamHello {
+        version: PROTOCOL_VERSION,
+        container_id: "web-1".into(),
+        exec_id: if kind == StreamKind::Pty {
+            None
+        } else {
+            Some("e1".into())
+        },
+        kind,
+    })
+    .collect()
 }
 
 pub fn stream_replies() -> Vec<StreamReply> {

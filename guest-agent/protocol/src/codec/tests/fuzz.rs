@@ -54,9 +54,21 @@ fn random_bytes_never_panic() {
 #[test]
 fn mutated_valid_messages_never_panic() {
     let mut seeds: Vec<Vec<u8>> = Vec::new();
-    seeds.extend(fixtures::requests().iter().map(|m| encode(m).expect("encode")));
-    seeds.extend(fixtures::responses().iter().map(|m| encode(m).expect("encode")));
-    seeds.extend(fixtures::stream_hellos().iter().map(|m| encode(m).expect("encode")));
+    seeds.extend(
+        fixtures::requests()
+            .iter()
+            .map(|m| encode(m).expect("encode")),
+    );
+    seeds.extend(
+        fixtures::responses()
+            .iter()
+            .map(|m| encode(m).expect("encode")),
+    );
+    seeds.extend(
+        fixtures::stream_hellos()
+            .iter()
+            .map(|m| encode(m).expect("encode")),
+    );
     // Bytes that matter to the JSON grammar, so mutations reach deep into the parser.
     const INTERESTING: &[u8] = b"{}[]\":,0-9en\\\0\xff";
     let mut rng = Rng(42);

@@ -7,8 +7,14 @@ use crate::limits::*;
 use crate::messages::*;
 
 fn request_bytes() -> Vec<u8> {
-    encode(&Request::new(7, RequestBody::Wait { container_id: "c1".into(), exec_id: None }))
-        .expect("encode")
+    encode(&Request::new(
+        7,
+        RequestBody::Wait {
+            container_id: "c1".into(),
+            exec_id: None,
+        },
+    ))
+    .expect("encode")
 }
 
 fn assert_malformed(payload: &[u8], needle: &str) {
@@ -18,7 +24,10 @@ fn assert_malformed(payload: &[u8], needle: &str) {
             let msg = e.to_string();
             assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
         }
-        other => panic!("expected Malformed for {:?}, got {other:?}", String::from_utf8_lossy(payload)),
+        other => panic!(
+            "expected Malformed for {:?}, got {other:?}",
+            String::from_utf8_lossy(payload)
+        ),
     }
 }
 
@@ -28,7 +37,10 @@ fn truncated_frame_is_an_error_not_eof() {
     write_frame(&mut wire, &request_bytes()).expect("write");
     wire.truncate(wire.len() - 3);
     let err = read_message::<Request>(&mut Cursor::new(wire)).expect_err("truncated");
-    assert!(matches!(err, CodecError::Frame(FrameError::TruncatedPayload { .. })));
+    assert!(matches!(
+        err,
+        CodecError::Frame(FrameError::TruncatedPayload { .. })
+    ));
     assert!(!err.is_recoverable());
 }
 
@@ -43,27 +55,51 @@ fn oversize_length_prefix_is_refused_without_allocating() {
     let mut wire = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
     wire.extend_from_slice(b"{}");
     let err = read_message::<Request>(&mut Cursor::new(wire)).expect_err("oversize");
-    assert!(matches!(err, CodecError::Frame(FrameError::TooLarge { .. })), "{err}");
+    assert!(
+        matches!(err, CodecError::Frame(FrameError::TooLarge { .. })),
+        "{err}"
+    );
 }
 
 #[test]
 fn oversize_message_is_refused_on_encode() {
     // Each entry is within its own cap; together they pass the frame cap.
     let mut spec = fixtures::process();
-    spec.env = (0..40).map(|i| format!("K{i}={}", "v".repeat(MAX_ARG_LEN - 10))).collect();
-    let req = Request::new(1, RequestBody::ExecProcess { container_id: "c".into(), exec_id: "e".into(), process: spec });
-    assert!(matches!(encode(&req), Err(CodecError::Frame(FrameError::TooLarge { .. }))));
+    spec.env = (0..40)
+        .map(|i| format!("K{i}={}", "v".repeat(MAX_ARG_LEN - 10)))
+        .collect();
+    let req = Request::new(
+        1,
+        RequestBody::ExecProcess {
+            container_id: "c".into(),
+            exec_id: "e".into(),
+            process: Box::new(spec),
+        },
+    );
+    assert!(matches!(
+        encode(&req),
+        Err(CodecError::Frame(FrameError::TooLarge { .. }))
+    ));
 }
 
 #[test]
 fn empty_payload_is_refused() {
-    assert!(matches!(decode::<Request>(b""), Err(CodecError::Frame(FrameError::Empty))));
-    assert!(matches!(decode_opening(b""), Err(CodecError::Frame(FrameError::Empty))));
+    assert!(matches!(
+        decode::<Request>(b""),
+        Err(CodecError::Frame(FrameError::Empty))
+    ));
+    assert!(matches!(
+        decode_opening(b""),
+        Err(CodecError::Frame(FrameError::Empty))
+    ));
 }
 
 #[test]
 fn unknown_variant_is_malformed() {
-    assert_malformed(br#"{"id":1,"body":{"format_disk":{"container_id":"c"}}}"#, "unknown variant");
+    assert_malformed(
+        br#"{"id":1,"body":{"format_disk":{"container_id":"c"}}}"#,
+        "unknown variant",
+    );
     assert_malformed(br#"{"id":1,"body":"reboot"}"#, "unknown variant");
     let r = decode::<Response>(br#"{"id":1,"body":{"Err":{"code":"on_fire","message":"x"}}}"#);
     assert!(matches!(r, Err(CodecError::Malformed { .. })), "{r:?}");
@@ -71,9 +107,18 @@ fn unknown_variant_is_malformed() {
 
 #[test]
 fn unknown_and_missing_fields_are_malformed() {
-    assert_malformed(br#"{"id":1,"body":{"wait":{"container_id":"c","exec_id":null,"pid":1}}}"#, "unknown field");
-    assert_malformed(br#"{"id":1,"body":"shutdown","extra":true}"#, "unknown field");
-    assert_malformed(br#"{"id":1,"body":{"signal":{"container_id":"c","exec_id":null}}}"#, "missing field");
+    assert_malformed(
+        br#"{"id":1,"body":{"wait":{"container_id":"c","exec_id":null,"pid":1}}}"#,
+        "unknown field",
+    );
+    assert_malformed(
+        br#"{"id":1,"body":"shutdown","extra":true}"#,
+        "unknown field",
+    );
+    assert_malformed(
+        br#"{"id":1,"body":{"signal":{"container_id":"c","exec_id":null}}}"#,
+        "missing field",
+    );
     assert_malformed(br#"{"body":"shutdown"}"#, "missing field");
 }
 
@@ -82,7 +127,10 @@ fn wrong_types_are_malformed() {
     assert_malformed(br#"{"id":"1","body":"shutdown"}"#, "invalid type");
     assert_malformed(br#"{"id":-1,"body":"shutdown"}"#, "invalid value");
     assert_malformed(br#"{"id":1,"body":{"resize_tty":{"container_id":"c","exec_id":null,"rows":70000,"cols":1}}}"#, "invalid value");
-    assert_malformed(br#"{"id":1,"body":{"stats":{"container_id":7}}}"#, "invalid type");
+    assert_malformed(
+        br#"{"id":1,"body":{"stats":{"container_id":7}}}"#,
+        "invalid type",
+    );
 }
 
 #[test]
@@ -121,43 +169,88 @@ fn deep_nesting_is_malformed_not_a_stack_overflow() {
 fn validation_failures_name_the_field() {
     type Mutate = fn(&mut ContainerSpec);
     let cases: &[(&str, Mutate)] = &[
-        ("create_container.container_id", |s| s.container_id = "../etc".into()),
+        ("create_container.container_id", |s| {
+            s.container_id = "../etc".into()
+        }),
         ("create_container.process.args", |s| s.process.args.clear()),
-        ("create_container.process.args", |s| s.process.args = vec!["x".into(); MAX_ARGS + 1]),
-        ("create_container.process.args[1]", |s| s.process.args[1] = "a\0b".into()),
-        ("create_container.process.args[0]", |s| s.process.args[0] = "x".repeat(MAX_ARG_LEN + 1)),
-        ("create_container.process.env", |s| s.process.env = vec!["A=1".into(); MAX_ENV + 1]),
-        ("create_container.process.env[0]", |s| s.process.env[0] = "NOEQUALS".into()),
-        ("create_container.process.env[0]", |s| s.process.env[0] = "=v".into()),
-        ("create_container.process.cwd", |s| s.process.cwd = "relative".into()),
-        ("create_container.process.user.umask", |s| s.process.user.umask = Some(0o1777)),
-        ("create_container.process.console_size", |s| s.process.terminal = false),
-        ("create_container.process.rlimits[0]", |s| s.process.rlimits[0].soft = u64::MAX),
-        ("create_container.process.oom_score_adj", |s| s.process.oom_score_adj = Some(1001)),
+        ("create_container.process.args", |s| {
+            s.process.args = vec!["x".into(); MAX_ARGS + 1]
+        }),
+        ("create_container.process.args[1]", |s| {
+            s.process.args[1] = "a\0b".into()
+        }),
+        ("create_container.process.args[0]", |s| {
+            s.process.args[0] = "x".repeat(MAX_ARG_LEN + 1)
+        }),
+        ("create_container.process.env", |s| {
+            s.process.env = vec!["A=1".into(); MAX_ENV + 1]
+        }),
+        ("create_container.process.env[0]", |s| {
+            s.process.env[0] = "NOEQUALS".into()
+        }),
+        ("create_container.process.env[0]", |s| {
+            s.process.env[0] = "=v".into()
+        }),
+        ("create_container.process.cwd", |s| {
+            s.process.cwd = "relative".into()
+        }),
+        ("create_container.process.user.umask", |s| {
+            s.process.user.umask = Some(0o1777)
+        }),
+        ("create_container.process.console_size", |s| {
+            s.process.terminal = false
+        }),
+        ("create_container.process.rlimits[0]", |s| {
+            s.process.rlimits[0].soft = u64::MAX
+        }),
+        ("create_container.process.oom_score_adj", |s| {
+            s.process.oom_score_adj = Some(1001)
+        }),
         ("create_container.rootfs.layers", |s| {
-            s.rootfs = RootfsSpec::Overlay { layers: vec![], scratch: None }
+            s.rootfs = RootfsSpec::Overlay {
+                layers: vec![],
+                scratch: None,
+            }
         }),
         ("create_container.rootfs.layers[0].disk.serial", |s| {
             s.rootfs = RootfsSpec::Overlay {
-                layers: vec![LayerDisk { disk: DiskRef::Serial("x".repeat(21)), fs_type: FsType::Erofs }],
+                layers: vec![LayerDisk {
+                    disk: DiskRef::Serial("x".repeat(21)),
+                    fs_type: FsType::Erofs,
+                }],
                 scratch: None,
             }
         }),
         ("create_container.rootfs.disk.disk.device", |s| {
             s.rootfs = RootfsSpec::Disk {
-                disk: LayerDisk { disk: DiskRef::Device("/etc/passwd".into()), fs_type: FsType::Ext4 },
+                disk: LayerDisk {
+                    disk: DiskRef::Device("/etc/passwd".into()),
+                    fs_type: FsType::Ext4,
+                },
                 readonly: true,
             }
         }),
-        ("create_container.rootfs.tag", |s| s.rootfs = RootfsSpec::VirtioFs { tag: String::new() }),
-        ("create_container.hostname", |s| s.hostname = Some("h".repeat(MAX_HOSTNAME_LEN + 1))),
-        ("create_container.mounts[0].destination", |s| s.mounts[0].destination = "/a/../../etc".into()),
-        ("create_container.mounts[1].options[0]", |s| s.mounts[1].options[0] = "mode=1777,suid".into()),
+        ("create_container.rootfs.tag", |s| {
+            s.rootfs = RootfsSpec::VirtioFs { tag: String::new() }
+        }),
+        ("create_container.hostname", |s| {
+            s.hostname = Some("h".repeat(MAX_HOSTNAME_LEN + 1))
+        }),
+        ("create_container.mounts[0].destination", |s| {
+            s.mounts[0].destination = "/a/../../etc".into()
+        }),
+        ("create_container.mounts[1].options[0]", |s| {
+            s.mounts[1].options[0] = "mode=1777,suid".into()
+        }),
         ("create_container.sysctl[\"../../x\"]", |s| {
             s.sysctl.insert("../../x".into(), "1".into());
         }),
-        ("create_container.masked_paths[0]", |s| s.masked_paths[0] = "proc/kcore".into()),
-        ("create_container.namespaces", |s| s.namespaces.push(NamespaceKind::Pid)),
+        ("create_container.masked_paths[0]", |s| {
+            s.masked_paths[0] = "proc/kcore".into()
+        }),
+        ("create_container.namespaces", |s| {
+            s.namespaces.push(NamespaceKind::Pid)
+        }),
         ("create_container.seccomp.syscalls[0].args[0].index", |s| {
             if let Some(sc) = &mut s.seccomp {
                 sc.syscalls[0].args[0].index = 6;
@@ -172,9 +265,12 @@ fn validation_failures_name_the_field() {
     for (field, mutate) in cases {
         let mut spec = fixtures::container();
         mutate(&mut spec);
-        let req = Request::new(1, RequestBody::CreateContainer(spec));
+        let req = Request::new(1, RequestBody::CreateContainer(Box::new(spec)));
         // Encode refuses too, so the host learns first; bypass it to test the agent side.
-        assert!(matches!(encode(&req), Err(CodecError::Invalid { .. })), "{field}: encode accepted");
+        assert!(
+            matches!(encode(&req), Err(CodecError::Invalid { .. })),
+            "{field}: encode accepted"
+        );
         let bytes = serde_json::to_vec(&req).expect("serialize");
         match decode::<Request>(&bytes) {
             Err(CodecError::Invalid { error, .. }) => assert_eq!(error.field, *field, "{error}"),
@@ -187,11 +283,57 @@ fn validation_failures_name_the_field() {
 fn other_request_rules() {
     let bad = [
         (Request::new(0, RequestBody::Shutdown), "id"),
-        (Request::new(1, RequestBody::Signal { container_id: "c".into(), exec_id: None, signal: 0 }), "signal.signal"),
-        (Request::new(1, RequestBody::Signal { container_id: "c".into(), exec_id: None, signal: 65 }), "signal.signal"),
-        (Request::new(1, RequestBody::Wait { container_id: "c".into(), exec_id: Some("a/b".into()) }), "wait.exec_id"),
-        (Request::new(1, RequestBody::Stats { container_id: String::new() }), "stats.container_id"),
-        (Request::new(1, RequestBody::Hello(Hello { version: 1, client: "x\0".into() })), "hello.client"),
+        (
+            Request::new(
+                1,
+                RequestBody::Signal {
+                    container_id: "c".into(),
+                    exec_id: None,
+                    signal: 0,
+                },
+            ),
+            "signal.signal",
+        ),
+        (
+            Request::new(
+                1,
+                RequestBody::Signal {
+                    container_id: "c".into(),
+                    exec_id: None,
+                    signal: 65,
+                },
+            ),
+            "signal.signal",
+        ),
+        (
+            Request::new(
+                1,
+                RequestBody::Wait {
+                    container_id: "c".into(),
+                    exec_id: Some("a/b".into()),
+                },
+            ),
+            "wait.exec_id",
+        ),
+        (
+            Request::new(
+                1,
+                RequestBody::Stats {
+                    container_id: String::new(),
+                },
+            ),
+            "stats.container_id",
+        ),
+        (
+            Request::new(
+                1,
+                RequestBody::Hello(Hello {
+                    version: 1,
+                    client: "x\0".into(),
+                }),
+            ),
+            "hello.client",
+        ),
     ];
     for (req, field) in bad {
         let bytes = serde_json::to_vec(&req).expect("serialize");
@@ -200,12 +342,26 @@ fn other_request_rules() {
             other => panic!("{field}: expected Invalid, got {other:?}"),
         }
     }
-    let huge = Response::err(1, ErrorReply::new(ErrorCode::Internal, "x".repeat(MAX_ERROR_MESSAGE_LEN + 1)));
+    let huge = Response::err(
+        1,
+        ErrorReply::new(ErrorCode::Internal, "x".repeat(MAX_ERROR_MESSAGE_LEN + 1)),
+    );
     let bytes = serde_json::to_vec(&huge).expect("serialize");
-    assert!(matches!(decode::<Response>(&bytes), Err(CodecError::Invalid { .. })));
-    let bad_stream = StreamHello { version: 1, container_id: "..".into(), exec_id: None, kind: StreamKind::Stdout };
+    assert!(matches!(
+        decode::<Response>(&bytes),
+        Err(CodecError::Invalid { .. })
+    ));
+    let bad_stream = StreamHello {
+        version: 1,
+        container_id: "..".into(),
+        exec_id: None,
+        kind: StreamKind::Stdout,
+    };
     let bytes = serde_json::to_vec(&bad_stream).expect("serialize");
-    assert!(matches!(decode::<StreamHello>(&bytes), Err(CodecError::Invalid { .. })));
+    assert!(matches!(
+        decode::<StreamHello>(&bytes),
+        Err(CodecError::Invalid { .. })
+    ));
 }
 
 #[test]
@@ -214,7 +370,9 @@ fn errors_become_invalid_request_replies_with_the_request_id() {
     let err = decode::<Request>(payload).expect_err("unknown variant");
     let reply = Response::err(peek_request_id(payload).unwrap_or(0), err.to_reply());
     assert_eq!(reply.id, 42);
-    let Err(e) = &reply.body else { panic!("not an error reply") };
+    let Err(e) = &reply.body else {
+        panic!("not an error reply")
+    };
     assert_eq!(e.code, ErrorCode::InvalidRequest);
     assert!(e.message.contains("launch_missiles"), "{}", e.message);
     // The reply to a hostile request must itself be sendable.
@@ -228,7 +386,11 @@ fn errors_become_invalid_request_replies_with_the_request_id() {
 fn opening_frame_errors_read_like_request_errors() {
     let err = decode_opening(br#"{"id":1,"body":"nope"}"#).expect_err("bad");
     assert!(err.to_string().starts_with("malformed request"), "{err}");
-    let err = decode_opening(br#"{"version":1,"container_id":"c","exec_id":null,"kind":"stdjunk"}"#)
-        .expect_err("bad");
-    assert!(err.to_string().starts_with("malformed stream hello"), "{err}");
+    let err =
+        decode_opening(br#"{"version":1,"container_id":"c","exec_id":null,"kind":"stdjunk"}"#)
+            .expect_err("bad");
+    assert!(
+        err.to_string().starts_with("malformed stream hello"),
+        "{err}"
+    );
 }

@@ -38,12 +38,20 @@ fn stream_handshake_round_trips() {
 fn every_rootfs_kind_round_trips() {
     let kinds = [
         RootfsSpec::Disk {
-            disk: LayerDisk { disk: DiskRef::Serial("root".into()), fs_type: FsType::Ext4 },
+            disk: LayerDisk {
+                disk: DiskRef::Serial("root".into()),
+                fs_type: FsType::Ext4,
+            },
             readonly: false,
         },
-        RootfsSpec::VirtioFs { tag: "rootfs".into() },
+        RootfsSpec::VirtioFs {
+            tag: "rootfs".into(),
+        },
         RootfsSpec::Overlay {
-            layers: vec![LayerDisk { disk: DiskRef::Serial("l0".into()), fs_type: FsType::Erofs }],
+            layers: vec![LayerDisk {
+                disk: DiskRef::Serial("l0".into()),
+                fs_type: FsType::Erofs,
+            }],
             scratch: None,
         },
     ];
@@ -51,7 +59,10 @@ fn every_rootfs_kind_round_trips() {
         let mut spec = fixtures::container();
         spec.rootfs = rootfs;
         spec.seccomp = None;
-        round_trip(&Request::new(9, RequestBody::CreateContainer(spec)));
+        round_trip(&Request::new(
+            9,
+            RequestBody::CreateContainer(Box::new(spec)),
+        ));
     }
 }
 
@@ -73,20 +84,47 @@ fn messages_stream_over_a_connection() {
 /// as a failing test rather than a protocol bug.
 #[test]
 fn wire_format_is_pinned() {
-    let start = Request::new(3, RequestBody::StartContainer { container_id: "c1".into() });
-    assert_eq!(encode(&start).expect("encode"), br#"{"id":3,"body":{"start_container":{"container_id":"c1"}}}"#);
+    let start = Request::new(
+        3,
+        RequestBody::StartContainer {
+            container_id: "c1".into(),
+        },
+    );
+    assert_eq!(
+        encode(&start).expect("encode"),
+        br#"{"id":3,"body":{"start_container":{"container_id":"c1"}}}"#
+    );
     let shutdown = Request::new(4, RequestBody::Shutdown);
-    assert_eq!(encode(&shutdown).expect("encode"), br#"{"id":4,"body":"shutdown"}"#);
-    let hello = Request::new(1, RequestBody::Hello(Hello { version: 1, client: "h".into() }));
-    assert_eq!(encode(&hello).expect("encode"), br#"{"id":1,"body":{"hello":{"version":1,"client":"h"}}}"#);
+    assert_eq!(
+        encode(&shutdown).expect("encode"),
+        br#"{"id":4,"body":"shutdown"}"#
+    );
+    let hello = Request::new(
+        1,
+        RequestBody::Hello(Hello {
+            version: 1,
+            client: "h".into(),
+        }),
+    );
+    assert_eq!(
+        encode(&hello).expect("encode"),
+        br#"{"id":1,"body":{"hello":{"version":1,"client":"h"}}}"#
+    );
     let done = Response::ok(4, ResponseBody::Done);
-    assert_eq!(encode(&done).expect("encode"), br#"{"id":4,"body":{"Ok":"done"}}"#);
+    assert_eq!(
+        encode(&done).expect("encode"),
+        br#"{"id":4,"body":{"Ok":"done"}}"#
+    );
     let err = Response::err(5, ErrorReply::new(ErrorCode::NotFound, "no"));
     assert_eq!(
         encode(&err).expect("encode"),
         br#"{"id":5,"body":{"Err":{"code":"not_found","message":"no"}}}"#
     );
-    let rlimit = Rlimit { kind: RlimitKind::RlimitNofile, soft: 1, hard: 2 };
+    let rlimit = Rlimit {
+        kind: RlimitKind::RlimitNofile,
+        soft: 1,
+        hard: 2,
+    };
     assert_eq!(
         serde_json::to_string(&rlimit).expect("encode"),
         r#"{"type":"RLIMIT_NOFILE","soft":1,"hard":2}"#
@@ -108,8 +146,20 @@ fn opening_frame_tells_control_from_stream() {
 #[test]
 fn exit_status_reports_signal_deaths_as_128_plus_n() {
     assert_eq!(ExitStatus::signaled(15).code, 143);
-    assert_eq!(ExitStatus::signaled(9), ExitStatus { code: 137, signal: Some(9) });
-    assert_eq!(ExitStatus::exited(7), ExitStatus { code: 7, signal: None });
+    assert_eq!(
+        ExitStatus::signaled(9),
+        ExitStatus {
+            code: 137,
+            signal: Some(9)
+        }
+    );
+    assert_eq!(
+        ExitStatus::exited(7),
+        ExitStatus {
+            code: 7,
+            signal: None
+        }
+    );
 }
 
 #[test]
@@ -117,8 +167,12 @@ fn version_check_accepts_own_and_explains_mismatch() {
     assert!(check_version(PROTOCOL_VERSION).is_ok());
     let err = check_version(PROTOCOL_VERSION + 1).expect_err("mismatch");
     assert_eq!(err.code, ErrorCode::VersionMismatch);
-    assert!(err.message.contains(&format!("peer speaks version {}", PROTOCOL_VERSION + 1)));
-    assert!(err.message.contains(&format!("this side speaks {PROTOCOL_VERSION}")));
+    assert!(err
+        .message
+        .contains(&format!("peer speaks version {}", PROTOCOL_VERSION + 1)));
+    assert!(err
+        .message
+        .contains(&format!("this side speaks {PROTOCOL_VERSION}")));
     // A peer's error reply carrying it must itself round-trip.
     let reply = Response::err(1, err);
     let back: Response = decode(&encode(&reply).expect("encode")).expect("decode");
@@ -131,6 +185,11 @@ fn version_check_accepts_own_and_explains_mismatch() {
 fn hello_from_a_newer_peer_still_decodes_for_the_version_check() {
     let bytes = br#"{"id":1,"body":{"hello":{"version":99,"client":"husk 9","features":["x"]}}}"#;
     let req: Request = decode(bytes).expect("decode");
-    let RequestBody::Hello(h) = req.body else { panic!("not hello: {:?}", req.body) };
-    assert_eq!(check_version(h.version).expect_err("mismatch").code, ErrorCode::VersionMismatch);
+    let RequestBody::Hello(h) = req.body else {
+        panic!("not hello: {:?}", req.body)
+    };
+    assert_eq!(
+        check_version(h.version).expect_err("mismatch").code,
+        ErrorCode::VersionMismatch
+    );
 }
