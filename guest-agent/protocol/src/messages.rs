@@ -124,7 +124,8 @@ pub enum ResponseBody {
     Stats(StatsReply),
 }
 
-/// The agent's half of the handshake.
+/// The agent's half of the handshake. Like [`Hello`], frozen and tolerant of unknown fields,
+/// so an older host can still read a newer agent's version and report the mismatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloReply {
     pub version: u32,
