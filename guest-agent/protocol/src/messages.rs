@@ -1,0 +1,284 @@
+//! The messages: an envelope carrying a request id, one body per operation, and the replies.
+//!
+//! Control traffic is strictly request/response on one connection: the host sends a
+//! [`Request`] with a fresh `id` and the agent answers with a [`Response`] carrying the same
+//! `id`. Ids let the host keep several requests in flight (a blocking `Wait` alongside a
+//! `Signal`); the agent may answer out of order. Id 0 is reserved for the agent's reply to a
+//! request too malformed to read an id from, so the host must start at 1.
+//!
+//! Compatibility: there is no negotiation; husk and husk-agent ship together and `Hello`
+//! refuses a different [`PROTOCOL_VERSION`]. For that refusal to be readable across versions,
+//! the envelope and the `Hello` body are frozen: never change them, only add to `Hello`
+//! (unknown fields there are ignored, unlike everywhere else).
+
+mod caps;
+mod container;
+mod process;
+mod reply;
+mod rootfs;
+mod seccomp;
+mod stream;
+
+pub use caps::Capability;
+pub use container::{ContainerSpec, NamespaceKind};
+pub use process::{Capabilities, ConsoleSize, ProcessSpec, Rlimit, RlimitKind, User};
+pub use reply::{check_version, ErrorCode, ErrorReply};
+pub use rootfs::{DiskRef, FsType, LayerDisk, MountSpec, RootfsSpec, MAX_DISK_SERIAL_LEN};
+pub use seccomp::{SeccompAction, SeccompOp, SeccompSpec, SyscallArg, SyscallRule};
+pub use stream::{StreamHello, StreamKind, StreamReply};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_SIGNAL, MAX_TOKEN_LEN};
+use crate::validate::{check_cstr, check_id, fail, Check};
+
+/// The protocol version this build speaks. Bump on any change to a message's shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on, for control and stream connections alike (the first
+/// frame says which a connection is: a `Request` or a `StreamHello`).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// A host → agent request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: u64,
+    pub body: RequestBody,
+}
+
+/// The agent's answer to the request with the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub id: u64,
+    pub body: Result<ResponseBody, ErrorReply>,
+}
+
+/// What the host asks. `exec_id: None` always means the container's own (init) process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RequestBody {
+    /// First request on a control connection. → `Hello`.
+    Hello(Hello),
+    /// Prepare a container; run nothing yet. → `Done`.
+    CreateContainer(Box<ContainerSpec>),
+    /// Run the container's process. → `Started`.
+    StartContainer { container_id: String },
+    /// Run another process in a running container's namespaces. → `Started`.
+    ExecProcess {
+        container_id: String,
+        exec_id: String,
+        process: Box<ProcessSpec>,
+    },
+    /// Send `signal` to a process. → `Done`.
+    Signal {
+        container_id: String,
+        exec_id: Option<String>,
+        signal: i32,
+    },
+    /// Block until a process exits. → `Exited`.
+    Wait {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    /// Resize a process's pty. → `Done`.
+    ResizeTty {
+        container_id: String,
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Close a process's stdin (pipe or pty), for hosts that keep the stdin stream open.
+    /// → `Done`.
+    CloseStdin {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    /// Resource usage of a container. → `Stats`.
+    Stats { container_id: String },
+    /// Sync filesystems and power the VM off; the reply is sent first. → `Done`.
+    Shutdown,
+}
+
+/// `Hello`'s body. Deliberately without `deny_unknown_fields`: see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// Who is asking, for the agent's log (e.g. `husk 0.1.0`).
+    pub client: String,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseBody {
+    Hello(HelloReply),
+    /// The request was carried out and has nothing to report.
+    Done,
+    /// The process is running with this pid (in the container's pid namespace).
+    Started {
+        pid: u32,
+    },
+    Exited(ExitStatus),
+    Stats(StatsReply),
+}
+
+/// The agent's half of the handshake. Like [`Hello`], frozen and tolerant of unknown fields,
+/// so an older host can still read a newer agent's version and report the mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u32,
+    /// The agent's build, e.g. `husk-agent 0.1.0`.
+    pub agent: String,
+}
+
+/// How a process ended. `code` is what a shell would report: the exit code, or 128+N for a
+/// death by signal N, so the host can pass it straight on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn exited(code: i32) -> Self {
+        Self { code, signal: None }
+    }
+
+    pub fn signaled(signal: i32) -> Self {
+        Self {
+            code: 128 + signal,
+            signal: Some(signal),
+        }
+    }
+}
+
+/// A container's usage, from its cgroup in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsReply {
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: u64,
+}
+
+impl Request {
+    pub fn new(id: u64, body: RequestBody) -> Self {
+        Self { id, body }
+    }
+
+    pub fn validate(&self) -> Check {
+        if self.id == 0 {
+            return fail(
+                "id",
+                "0 is reserved for replies to unreadable requests; start at 1",
+            );
+        }
+        self.body.validate().map_err(|e| e.within(self.body.name()))
+    }
+}
+
+impl RequestBody {
+    /// The wire name of the variant, for logs and error paths.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestBody::Hello(_) => "hello",
+            RequestBody::CreateContainer(_) => "create_container",
+            RequestBody::StartContainer { .. } => "start_container",
+            RequestBody::ExecProcess { .. } => "exec_process",
+            RequestBody::Signal { .. } => "signal",
+            RequestBody::Wait { .. } => "wait",
+            RequestBody::ResizeTty { .. } => "resize_tty",
+            RequestBody::CloseStdin { .. } => "close_stdin",
+            RequestBody::Stats { .. } => "stats",
+            RequestBody::Shutdown => "shutdown",
+        }
+    }
+
+    fn validate(&self) -> Check {
+        match self {
+            // The version itself is checked by the agent with `check_version`, so a mismatch
+            // gets its own error code rather than a generic invalid-request.
+            RequestBody::Hello(h) => check_cstr("client", &h.client, MAX_TOKEN_LEN),
+            RequestBody::CreateContainer(spec) => spec.validate(),
+            RequestBody::StartContainer { container_id } | RequestBody::Stats { container_id } => {
+                check_id("container_id", container_id)
+            }
+            RequestBody::ExecProcess {
+                container_id,
+                exec_id,
+                process,
+            } => {
+                check_id("container_id", container_id)?;
+                check_id("exec_id", exec_id)?;
+                process.validate().map_err(|e| e.within("process"))
+            }
+            RequestBody::Signal {
+                container_id,
+                exec_id,
+                signal,
+            } => {
+                check_target(container_id, exec_id)?;
+                if !(1..=MAX_SIGNAL).contains(signal) {
+                    return fail(
+                        "signal",
+                        format!("{signal} is not a signal (1..={MAX_SIGNAL})"),
+                    );
+                }
+                Ok(())
+            }
+            RequestBody::Wait {
+                container_id,
+                exec_id,
+            }
+            | RequestBody::CloseStdin {
+                container_id,
+                exec_id,
+            } => check_target(container_id, exec_id),
+            RequestBody::ResizeTty {
+                container_id,
+                exec_id,
+                ..
+            } => check_target(container_id, exec_id),
+            RequestBody::Shutdown => Ok(()),
+        }
+    }
+}
+
+fn check_target(container_id: &str, exec_id: &Option<String>) -> Check {
+    check_id("container_id", container_id)?;
+    match exec_id {
+        Some(e) => check_id("exec_id", e),
+        None => Ok(()),
+    }
+}
+
+impl Response {
+    pub fn ok(id: u64, body: ResponseBody) -> Self {
+        Self { id, body: Ok(body) }
+    }
+
+    pub fn err(id: u64, error: ErrorReply) -> Self {
+        Self {
+            id,
+            body: Err(error),
+        }
+    }
+
+    /// The guest is untrusted from the host's side (a container can own its agent), so replies
+    /// get bounded too.
+    pub fn validate(&self) -> Check {
+        match &self.body {
+            Ok(ResponseBody::Hello(h)) => check_cstr("body.hello.agent", &h.agent, MAX_TOKEN_LEN),
+            Ok(_) => Ok(()),
+            Err(e) => e.validate().map_err(|e| e.within("body.error")),
+        }
+    }
+}
