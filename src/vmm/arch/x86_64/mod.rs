@@ -4,3 +4,4 @@ pub mod gdt;
 pub mod layout;
 pub mod paging;
 pub mod boot_params;
+pub mod regs;
