@@ -5,3 +5,4 @@ pub mod layout;
 pub mod paging;
 pub mod boot_params;
 pub mod regs;
+pub mod msrs;
