@@ -6,3 +6,4 @@ pub mod paging;
 pub mod boot_params;
 pub mod regs;
 pub mod msrs;
+pub mod interrupts;
