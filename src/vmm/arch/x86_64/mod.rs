@@ -7,3 +7,4 @@ pub mod boot_params;
 pub mod regs;
 pub mod msrs;
 pub mod interrupts;
+pub mod mptable;
