@@ -8,3 +8,4 @@ pub mod regs;
 pub mod msrs;
 pub mod interrupts;
 pub mod mptable;
+pub mod cpuid;
