@@ -6,7 +6,7 @@ use vm_memory::{
     GuestMemoryRegion,
 };
 
-use super::layout::{EBDA_START, HIMEM_START, MMIO_GAP_START, ZERO_PAGE_START};
+use super::layout::{CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, MMIO_GAP_START, ZERO_PAGE_START};
 
 /// Errors building the zero page.
 #[derive(Debug, thiserror::Error)]
@@ -18,15 +18,27 @@ pub enum Error {
     #[error("{0} e820 entries do not fit in the zero page (at most 128)")]
     TooManyE820Entries(usize),
     /// The initrd does not fit between the kernel and the top of low memory
-    #[error("initrd of {size} bytes does not fit in guest RAM below {top:#x}; give the VM more memory")]
+    #[error(
+        "initrd of {size} bytes does not fit in guest RAM below {top:#x}; give the VM more memory"
+    )]
     InitrdTooBig {
         /// Initrd size.
         size: usize,
         /// Top of RAM below the MMIO gap.
         top: u64,
     },
+    /// The command line is longer than the kernel or husk accepts
+    #[error("kernel command line of {size} bytes (NUL included) is longer than the {max} allowed; shorten it")]
+    CmdlineTooLong {
+        /// Its size, NUL included.
+        size: usize,
+        /// The limit, NUL included.
+        max: usize,
+    },
     /// The command line or initrd is out of the 32-bit range the boot protocol addresses
-    #[error("{what} at {addr:#x} (+{size:#x}) is out of the 32-bit range the zero page can describe")]
+    #[error(
+        "{what} at {addr:#x} (+{size:#x}) is out of the 32-bit range the zero page can describe"
+    )]
     Above4G {
         /// Command line or initrd.
         what: &'static str,
@@ -109,11 +121,17 @@ fn low_mem_end(mem: &GuestMemoryMmap) -> Result<u64, Error> {
 /// 64-bit kernels accept an initrd above the header's `initrd_addr_max` (they relocate it).
 pub fn initrd_load_addr(mem: &GuestMemoryMmap, initrd_size: usize) -> Result<GuestAddress, Error> {
     let top = low_mem_end(mem)?;
-    let too_big = Error::InitrdTooBig { size: initrd_size, top };
+    let too_big = Error::InitrdTooBig {
+        size: initrd_size,
+        top,
+    };
     let start = top.checked_sub(initrd_size as u64).ok_or(too_big)?;
     let start = start & !(PAGE_SIZE - 1);
     if start < HIMEM_START {
-        return Err(Error::InitrdTooBig { size: initrd_size, top });
+        return Err(Error::InitrdTooBig {
+            size: initrd_size,
+            top,
+        });
     }
     Ok(GuestAddress(start))
 }
@@ -122,7 +140,11 @@ fn low32(what: &'static str, addr: GuestAddress, size: usize) -> Result<u32, Err
     let end = addr.raw_value().checked_add(size as u64);
     match (u32::try_from(addr.raw_value()), end) {
         (Ok(a), Some(e)) if e <= 1 << 32 => Ok(a),
-        _ => Err(Error::Above4G { what, addr: addr.raw_value(), size }),
+        _ => Err(Error::Above4G {
+            what,
+            addr: addr.raw_value(),
+            size,
+        }),
     }
 }
 
@@ -145,6 +167,20 @@ pub fn build_boot_params(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     if params.hdr.kernel_alignment == 0 {
         params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+    }
+    // The header's cmdline_size is the kernel's limit without the NUL (0 before protocol 2.06,
+    // which means 255); the kernel would truncate silently.
+    let kernel_max = match header.map(|h| h.cmdline_size) {
+        Some(0) => 256,
+        Some(max) => max as usize + 1,
+        None => CMDLINE_MAX_SIZE,
+    };
+    let max = kernel_max.min(CMDLINE_MAX_SIZE);
+    if cmdline_size > max {
+        return Err(Error::CmdlineTooLong {
+            size: cmdline_size,
+            max,
+        });
     }
     params.hdr.cmd_line_ptr = low32("command line", cmdline_addr, cmdline_size)?;
     // cmdline_size in the header is the kernel's maximum; the loader passes the actual one.
@@ -255,7 +291,10 @@ mod tests {
         assert_eq!({ hdr.kernel_alignment }, 0x0100_0000);
         assert_eq!(p.e820_entries, 2);
         let e1 = p.e820_table[1];
-        assert_eq!(({ e1.addr }, { e1.size }, { e1.r#type }), (0x10_0000, 255 * MIB, 1));
+        assert_eq!(
+            ({ e1.addr }, { e1.size }, { e1.r#type }),
+            (0x10_0000, 255 * MIB, 1)
+        );
         let e2 = p.e820_table[2];
         assert_eq!({ e2.size }, 0);
     }
@@ -285,6 +324,29 @@ mod tests {
     }
 
     #[test]
+    fn command_line_limits() {
+        let m = mem(64 * MIB);
+        let cmdline = GuestAddress(CMDLINE_START);
+        assert!(configure_boot_params(&m, cmdline, 4096, None, None).is_ok());
+        assert!(matches!(
+            configure_boot_params(&m, cmdline, 4097, None, None),
+            Err(Error::CmdlineTooLong {
+                size: 4097,
+                max: 4096
+            })
+        ));
+        let hdr = setup_header {
+            cmdline_size: 2047,
+            ..Default::default()
+        };
+        assert!(configure_boot_params(&m, cmdline, 2048, None, Some(hdr)).is_ok());
+        assert!(matches!(
+            configure_boot_params(&m, cmdline, 2049, None, Some(hdr)),
+            Err(Error::CmdlineTooLong { max: 2048, .. })
+        ));
+    }
+
+    #[test]
     fn zero_page_for_6g_vm_has_high_ram() {
         let m = mem(6 * GIB);
         configure_boot_params(&m, GuestAddress(CMDLINE_START), 1, None, None).unwrap();
@@ -297,8 +359,14 @@ mod tests {
     #[test]
     fn initrd_goes_to_top_of_low_ram() {
         let m = mem(256 * MIB);
-        assert_eq!(initrd_load_addr(&m, 0x1000).unwrap(), GuestAddress(256 * MIB - 0x1000));
-        assert_eq!(initrd_load_addr(&m, 0x1001).unwrap(), GuestAddress(256 * MIB - 0x2000));
+        assert_eq!(
+            initrd_load_addr(&m, 0x1000).unwrap(),
+            GuestAddress(256 * MIB - 0x1000)
+        );
+        assert_eq!(
+            initrd_load_addr(&m, 0x1001).unwrap(),
+            GuestAddress(256 * MIB - 0x2000)
+        );
         let m = mem(6 * GIB);
         assert_eq!(
             initrd_load_addr(&m, 10 * MIB as usize).unwrap(),

@@ -42,7 +42,8 @@ fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
     entries.iter().any(|e| {
         e.function == 0
             && ((e.ebx, e.edx, e.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163) // AuthenticAMD
-                || (e.ebx, e.edx, e.ecx) == (0x6f67_7948, 0x6e65_476e, 0x656e_6975)) // HygonGenuine
+                || (e.ebx, e.edx, e.ecx) == (0x6f67_7948, 0x6e65_476e, 0x656e_6975))
+        // HygonGenuine
     })
 }
 
@@ -114,12 +115,11 @@ pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_id: u8, nr_vcpus: u8) -> Result<(), 
                     e.edx &= !LEAF1_EDX_HTT;
                 }
             }
-            4 => {
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    e.eax &= 0x3fff;
-                    e.eax |= ((nr - 1).min(63) << 26) | (cache_sharing(level, nr_vcpus) << 14);
-                }
+            // Subleaves with cache type 0 end the list and stay zero.
+            4 if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                e.eax &= 0x3fff;
+                e.eax |= ((nr - 1).min(63) << 26) | (cache_sharing(level, nr_vcpus) << 14);
             }
             6 => {
                 e.eax &= LEAF6_EAX_ARAT;
@@ -139,11 +139,9 @@ pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_id: u8, nr_vcpus: u8) -> Result<(), 
                 // ECX: [15:12] APIC id bits for cores, [7:0] cores - 1.
                 e.ecx = (e.ecx & !0xf0ff) | (id_bits(nr_vcpus) << 12) | (nr - 1);
             }
-            0x8000_001d if amd => {
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    e.eax = (e.eax & !(0xfff << 14)) | (cache_sharing(level, nr_vcpus) << 14);
-                }
+            0x8000_001d if amd && e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                e.eax = (e.eax & !(0xfff << 14)) | (cache_sharing(level, nr_vcpus) << 14);
             }
             0x8000_001e if amd => {
                 // Extended APIC id; one thread per compute unit, one node.
@@ -196,7 +194,11 @@ mod tests {
             leaf(0xb, 0, [1, 2, 0x100, 7]),
             leaf(0xb, 1, [7, 112, 0x201, 7]),
             leaf(0xb, 2, [0, 0, 2, 7]),
-            leaf(0x4000_0000, 0, [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d]),
+            leaf(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
         ])
         .unwrap()
     }
@@ -262,8 +264,8 @@ mod tests {
 
     #[test]
     fn zeroed_topology_leaf_stays_zeroed() {
-        let mut c = CpuId::from_entries(&[leaf(0xb, 0, [0; 4]), leaf(0x1f, 0, [1, 2, 0x100, 0])])
-            .unwrap();
+        let mut c =
+            CpuId::from_entries(&[leaf(0xb, 0, [0; 4]), leaf(0x1f, 0, [1, 2, 0x100, 0])]).unwrap();
         filter_cpuid(&mut c, 1, 2).unwrap();
         assert_eq!(find(&c, 0xb, 0), leaf(0xb, 0, [0; 4]));
         // Valid SMT level but no core level: left as KVM gave it.
@@ -314,7 +316,10 @@ mod tests {
         assert!(matches!(filter_cpuid(&mut c, 0, 0), Err(Error::NoVcpus)));
         assert!(matches!(
             filter_cpuid(&mut c, 4, 4),
-            Err(Error::VcpuIdOutOfRange { vcpu_id: 4, nr_vcpus: 4 })
+            Err(Error::VcpuIdOutOfRange {
+                vcpu_id: 4,
+                nr_vcpus: 4
+            })
         ));
     }
 

@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(gdt[1], 0x00af_9b00_0000_ffff);
         assert_eq!(gdt[2], 0x00cf_9300_0000_ffff);
         assert_eq!(gdt[3], 0x008f_8b00_0000_ffff);
-        assert_eq!(gdt_entry(0x808b, 0x1234_5678, 0xabcde), 0x128a_8b34_5678_bcde);
+        assert_eq!(
+            gdt_entry(0x808b, 0x1234_5678, 0xabcde),
+            0x128a_8b34_5678_bcde
+        );
     }
 
     #[test]
@@ -118,7 +121,10 @@ mod tests {
         let cs = kvm_segment_from_gdt(boot_gdt()[1], CODE_INDEX);
         assert_eq!(cs.selector, 0x8);
         assert_eq!(cs.type_, 0xb);
-        assert_eq!((cs.present, cs.s, cs.l, cs.db, cs.g, cs.dpl), (1, 1, 1, 0, 1, 0));
+        assert_eq!(
+            (cs.present, cs.s, cs.l, cs.db, cs.g, cs.dpl),
+            (1, 1, 1, 0, 1, 0)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         assert_eq!(cs.base, 0);
         assert_eq!(cs.unusable, 0);
@@ -127,7 +133,10 @@ mod tests {
     #[test]
     fn data_and_tss_segments() {
         let ds = kvm_segment_from_gdt(boot_gdt()[2], DATA_INDEX);
-        assert_eq!((ds.selector, ds.type_, ds.db, ds.l, ds.s), (0x10, 0x3, 1, 0, 1));
+        assert_eq!(
+            (ds.selector, ds.type_, ds.db, ds.l, ds.s),
+            (0x10, 0x3, 1, 0, 1)
+        );
         let tr = kvm_segment_from_gdt(boot_gdt()[3], TSS_INDEX);
         assert_eq!((tr.selector, tr.type_, tr.s, tr.present), (0x18, 0xb, 0, 1));
         let null = kvm_segment_from_gdt(0, 0);
@@ -145,10 +154,13 @@ mod tests {
     #[test]
     fn tables_are_written_to_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        mem.write_obj(0xdead_beef_u64, GuestAddress(BOOT_IDT_OFFSET)).unwrap();
+        mem.write_obj(0xdead_beef_u64, GuestAddress(BOOT_IDT_OFFSET))
+            .unwrap();
         write_gdt_idt(&mem, &boot_gdt()).unwrap();
         for (i, e) in boot_gdt().iter().enumerate() {
-            let v: u64 = mem.read_obj(GuestAddress(BOOT_GDT_OFFSET + 8 * i as u64)).unwrap();
+            let v: u64 = mem
+                .read_obj(GuestAddress(BOOT_GDT_OFFSET + 8 * i as u64))
+                .unwrap();
             assert_eq!(v, *e);
         }
         let idt: u64 = mem.read_obj(GuestAddress(BOOT_IDT_OFFSET)).unwrap();
@@ -158,6 +170,9 @@ mod tests {
     #[test]
     fn writing_outside_memory_fails() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x10_0000), 0x1000)]).unwrap();
-        assert!(matches!(write_gdt_idt(&mem, &boot_gdt()), Err(Error::WriteGdt(_))));
+        assert!(matches!(
+            write_gdt_idt(&mem, &boot_gdt()),
+            Err(Error::WriteGdt(_))
+        ));
     }
 }

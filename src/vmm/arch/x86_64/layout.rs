@@ -58,6 +58,18 @@ pub const IRQ_BASE: u32 = 5;
 /// Last GSI the IOAPIC has (24 pins).
 pub const IRQ_MAX: u32 = 23;
 
+// The fixed boot areas must not overlap one another.
+const _: () = {
+    assert!(BOOT_IDT_OFFSET >= BOOT_GDT_OFFSET + 4 * 8);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + 4096 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(MPTABLE_START < LOW_MEM_END && LOW_MEM_END <= HIMEM_START);
+    assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START);
+    assert!(IOAPIC_ADDR as u64 >= VIRTIO_MMIO_BASE && (APIC_ADDR as u64) < MMIO_GAP_END);
+};
+
 /// Guest RAM regions for `mem_size` bytes of RAM: one region from 0, and the part that
 /// would overlap the MMIO gap moved above 4 GiB.
 pub fn arch_memory_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
@@ -66,7 +78,10 @@ pub fn arch_memory_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START as usize),
-            (GuestAddress(MMIO_GAP_END), (mem_size - MMIO_GAP_START) as usize),
+            (
+                GuestAddress(MMIO_GAP_END),
+                (mem_size - MMIO_GAP_START) as usize,
+            ),
         ]
     }
 }
@@ -104,16 +119,5 @@ mod tests {
         assert_eq!(r[1], (GuestAddress(4 * GIB), (3 * GIB) as usize));
         let total: usize = r.iter().map(|(_, s)| s).sum();
         assert_eq!(total as u64, 6 * GIB);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(BOOT_IDT_OFFSET >= BOOT_GDT_OFFSET + 4 * 8);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START);
-        assert!(u64::from(IOAPIC_ADDR) < MMIO_GAP_END);
     }
 }

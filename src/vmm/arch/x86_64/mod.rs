@@ -108,8 +108,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&layout::arch_memory_regions(64 << 20)).unwrap();
         for id in 0..2u8 {
             let vcpu = vm.create_vcpu(u64::from(id)).unwrap();
-            configure_vcpu(&vcpu, &mem, id, 2, 0x100_0000, &cpuid, msr_list.as_slice())
-                .unwrap();
+            configure_vcpu(&vcpu, &mem, id, 2, 0x100_0000, &cpuid, msr_list.as_slice()).unwrap();
             let l1 = vcpu
                 .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
                 .unwrap()

@@ -150,7 +150,8 @@ mod tests {
     /// Reads the tables back from guest memory and returns the config table's entries.
     fn parse(mem: &GuestMemoryMmap) -> Vec<Vec<u8>> {
         let mut fp = [0u8; 16];
-        mem.read_slice(&mut fp, GuestAddress(MPTABLE_START)).unwrap();
+        mem.read_slice(&mut fp, GuestAddress(MPTABLE_START))
+            .unwrap();
         assert_eq!(&fp[0..4], b"_MP_");
         assert_eq!(fp[8], 1);
         assert_eq!(sum(&fp), 0, "floating pointer checksum");
@@ -162,7 +163,8 @@ mod tests {
         let len = usize::from(u16_at(&hdr, 4));
         assert!(table_addr + len as u64 <= LOW_MEM_END);
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut table, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(sum(&table), 0, "config table checksum");
 
         let mut entries = Vec::new();
@@ -200,7 +202,10 @@ mod tests {
         }
         let lints: Vec<_> = of(ENTRY_LINT).collect();
         assert_eq!(lints[0][1], IRQ_TYPE_EXTINT);
-        assert_eq!((lints[1][1], lints[1][6], lints[1][7]), (IRQ_TYPE_NMI, 0xff, 1));
+        assert_eq!(
+            (lints[1][1], lints[1][6], lints[1][7]),
+            (IRQ_TYPE_NMI, 0xff, 1)
+        );
     }
 
     #[test]
