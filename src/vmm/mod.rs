@@ -1,3 +1,6 @@
 //! husk-vmm: builds and runs one KVM microVM.
 
 pub mod arch;
+pub mod cli;
+pub mod config;
+pub mod probe;
