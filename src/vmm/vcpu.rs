@@ -14,6 +14,7 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit::{ExitReason, VmExit};
@@ -65,6 +66,9 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     pub pio: Bus,
     pub mmio: Bus,
+    /// Held so guest memory stays mapped while this thread may still be in KVM_RUN, even
+    /// after the `Vmm` is gone.
+    pub mem: GuestMemoryMmap,
     pub exit: Arc<VmExit>,
 }
 
@@ -88,9 +92,10 @@ impl Vcpu {
 
     /// Runs until the VM ends; records why if this vCPU is the one that ended it.
     pub fn run(mut self) {
-        KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let run_ptr = self.fd.get_kvm_run() as *mut kvm_run;
+        KVM_RUN.with(|p| p.set(run_ptr));
         while !self.exit.is_stopping() {
-            match self.run_once() {
+            match self.run_once(run_ptr) {
                 Next::Continue => {}
                 Next::Stop(reason) => {
                     self.exit.request(reason);
@@ -107,17 +112,29 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     }
 
-    fn run_once(&mut self) -> Next {
+    fn run_once(&mut self, run_ptr: *mut kvm_run) -> Next {
         let id = self.id;
+        // String I/O (`rep outsb`) arrives as `count` accesses of `size` bytes in one exit;
+        // devices must see them one at a time.
+        let io_size = || {
+            // SAFETY: read right after a KVM_EXIT_IO, when `io` is the live union member;
+            // `run_ptr` is this vCPU's mapped kvm_run.
+            let size = unsafe { (*run_ptr).__bindgen_anon_1.io.size };
+            usize::from(size).max(1)
+        };
         match self.fd.run() {
             // Ports and addresses nobody owns (0x80 POST codes, absent UARTs, …) read as
             // all ones and swallow writes, as on a real board; that is not an error.
             Ok(VcpuExit::IoIn(port, data)) => {
-                self.pio.read(port.into(), data);
+                for chunk in data.chunks_mut(io_size()) {
+                    self.pio.read(port.into(), chunk);
+                }
                 Next::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                self.pio.write(port.into(), data);
+                for chunk in data.chunks(io_size()) {
+                    self.pio.write(port.into(), chunk);
+                }
                 Next::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {

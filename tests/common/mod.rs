@@ -80,3 +80,10 @@ pub fn bin(name: &str) -> PathBuf {
         other => panic!("unknown binary {other}"),
     }
 }
+
+/// e820 entries husk-vmm's x86_64 layout gives a guest of `mem_bytes`: usable RAM below the
+/// EBDA (640 KiB), RAM from 1 MiB to the end of the first region, plus one entry per
+/// region above the MMIO gap.
+pub fn expected_e820_entries(mem_bytes: usize) -> usize {
+    1 + husk::vmm::layout::arch_memory_regions(mem_bytes).len()
+}
