@@ -5,54 +5,16 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 const MARKER: &str = env!("HUSK_GUEST_MARKER");
 const BOOTPARAMS: &str = env!("HUSK_GUEST_BOOTPARAMS");
 const TRIPLEFAULT: &str = env!("HUSK_GUEST_TRIPLEFAULT");
 const HALT: &str = env!("HUSK_GUEST_HALT");
 
-/// Runs husk-vmm with `args`, killing it after `limit` so a broken VMM fails the test
-/// instead of hanging it. Returns the output and how long it ran.
 fn husk_vmm(args: &[&str], limit: Duration) -> (Output, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(common::bin("husk-vmm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn husk-vmm");
-    // Drain both pipes on threads so a chatty guest cannot block on a full pipe.
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait husk-vmm") {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("husk-vmm {args:?} still running after {limit:?}: it must never hang");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let elapsed = start.elapsed();
-    let stdout = t_out.join().expect("stdout reader");
-    let stderr = t_err.join().expect("stderr reader");
-    (Output { status, stdout, stderr }, elapsed)
+    common::run_limited(&common::bin("husk-vmm"), args, limit)
 }
 
 fn text(b: &[u8]) -> String {

@@ -5,7 +5,10 @@
 //! the reason, and under `CI=true` a missing artifact or a missing /dev/kvm fails the run.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,4 +89,45 @@ pub fn bin(name: &str) -> PathBuf {
 /// region above the MMIO gap.
 pub fn expected_e820_entries(mem_bytes: usize) -> usize {
     1 + husk::vmm::layout::arch_memory_regions(mem_bytes).len()
+}
+
+/// Runs `program` with `args` (stdin null), killing it after `limit` so a broken VMM fails
+/// the test instead of hanging it. Returns the output and how long it ran.
+pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain both pipes on threads so a chatty guest cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} still running after {limit:?}: it must never hang", program.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stdout = t_out.join().expect("stdout reader");
+    let stderr = t_err.join().expect("stderr reader");
+    (Output { status, stdout, stderr }, elapsed)
 }
