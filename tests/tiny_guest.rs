@@ -153,3 +153,18 @@ fn bad_inputs_fail_with_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("not supported") || stderr.contains("/dev/kvm"), "{stderr}");
 }
+
+#[test]
+fn fast_exit_keeps_status_and_output() {
+    if !common::kvm_available("fast_exit_keeps_status_and_output") {
+        return;
+    }
+    // The helper that inherits the VM closes stdio at once: the pipes reach EOF with
+    // husk-vmm's own exit (run_limited would time out otherwise).
+    let (out, _) = husk_vmm(&["--kernel", MARKER, "--memory", "64", "--fast-exit"], LIMIT);
+    assert_eq!(text(&out.stdout), "HUSK-TINY-OK\n", "stderr: {}", text(&out.stderr));
+    assert!(out.status.success());
+    let (out, _) = husk_vmm(&["--kernel", TRIPLEFAULT, "--memory", "64", "--fast-exit"], LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("triple fault"), "{}", text(&out.stderr));
+}

@@ -23,9 +23,14 @@ fn main() {
         }
         std::process::exit(if probe.can_run_linux_guests { 0 } else { 2 });
     }
-    let code = match args.into_config().map_err(anyhow::Error::from).and_then(|cfg| {
-        Ok(Vmm::new(cfg)?.run()?)
-    }) {
+    // The VM stays alive (not dropped) until the process exits: see `teardown`.
+    let mut vmm = None;
+    let mut fast_exit = false;
+    let result = args.into_config().map_err(anyhow::Error::from).and_then(|cfg| {
+        fast_exit = cfg.fast_exit;
+        Ok(vmm.insert(Vmm::new(cfg)?).run()?)
+    });
+    let code = match result {
         Ok(reason) if reason.is_clean() => 0,
         Ok(reason) => {
             eprintln!("husk-vmm: {reason}");
@@ -36,7 +41,9 @@ fn main() {
             1
         }
     };
-    // Exit without unwinding: vCPU threads may still be leaving KVM_RUN, and the kernel
-    // tears the VM down with the process either way.
+    // Exit without unwinding: vCPU threads may still be leaving KVM_RUN.
+    if vmm.is_some() && fast_exit {
+        husk::vmm::teardown::exit_now(code);
+    }
     std::process::exit(code);
 }

@@ -168,9 +168,10 @@ impl Vmm {
     /// Runs the VM until the guest resets, something fails, or the watchdog fires.
     ///
     /// Returns without waiting for the vCPU threads: they are kicked out of KVM_RUN and
-    /// stop on their own, and a process about to exit need not tear the VM down (closing
-    /// a VM with an in-kernel PIT costs milliseconds the exit path does not need).
-    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+    /// stop on their own. The VM itself lives until `self` is dropped — destroying it costs
+    /// 13–25 ms here (RCU grace periods, the PIT's worker), which [`super::teardown`] can
+    /// keep off a process's exit path.
+    pub fn run(&mut self) -> Result<ExitReason, VmmError> {
         vcpu::install_kick_handler()?;
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());

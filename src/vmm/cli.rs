@@ -50,6 +50,9 @@ pub struct Args {
     /// Watchdog: end the VM with an error after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Exit as soon as the guest ends, leaving VM teardown to a short-lived helper child.
+    #[arg(long)]
+    pub fast_exit: bool,
 }
 
 impl Args {
@@ -90,6 +93,7 @@ impl Args {
         if self.timeout.is_some() {
             cfg.timeout_secs = self.timeout;
         }
+        cfg.fast_exit |= self.fast_exit;
         cfg.validate()?;
         Ok(cfg)
     }

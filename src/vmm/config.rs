@@ -171,6 +171,11 @@ pub struct VmmConfig {
     /// interrupts off never leaves KVM_RUN on some hosts, so this is the only way out then.
     #[serde(default)]
     pub timeout_secs: Option<f64>,
+    /// Leave KVM's VM destruction (13–25 ms) to a helper child so the exit status is
+    /// delivered at once (see `teardown.rs`). Off by default: the helper is reparented to
+    /// init or the nearest subreaper, which must reap it.
+    #[serde(default)]
+    pub fast_exit: bool,
 }
 
 fn default_vcpus() -> u8 {
@@ -200,6 +205,7 @@ impl VmmConfig {
             disks: Vec::new(),
             vsock: None,
             timeout_secs: None,
+            fast_exit: false,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod kvm;
 pub mod loader;
 pub mod memory;
 pub mod probe;
+pub mod teardown;
 pub mod vcpu;
 
 pub use boot_fallback::layout;
