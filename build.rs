@@ -7,7 +7,8 @@ use std::process::Command;
 
 fn main() {
     let dir = Path::new("tests/guests");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests");
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("guests");
     std::fs::create_dir_all(&out).expect("create OUT_DIR/guests");
     println!("cargo:rerun-if-changed={}", dir.display());
     let cc = std::env::var("HUSK_GUEST_CC").unwrap_or_else(|_| "cc".into());
@@ -19,7 +20,10 @@ fn main() {
     sources.sort();
     for src in sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        let name = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 guest name");
+        let name = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 guest name");
         let elf = out.join(format!("{name}.elf"));
         let status = Command::new(&cc)
             .args(["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none"])
@@ -33,6 +37,10 @@ fn main() {
             .status()
             .unwrap_or_else(|e| panic!("cannot run {cc} for {}: {e}", src.display()));
         assert!(status.success(), "{cc} failed on {}", src.display());
-        println!("cargo:rustc-env=HUSK_GUEST_{}={}", name.to_uppercase(), elf.display());
+        println!(
+            "cargo:rustc-env=HUSK_GUEST_{}={}",
+            name.to_uppercase(),
+            elf.display()
+        );
     }
 }

@@ -66,7 +66,11 @@ fn run_once(argv: &[String]) -> Result<Sample, String> {
             std::process::ExitStatus::from_raw(status)
         ));
     }
-    Ok(Sample { first_byte: first.unwrap_or(exit), exit, rss_kib: ru.ru_maxrss })
+    Ok(Sample {
+        first_byte: first.unwrap_or(exit),
+        exit,
+        rss_kib: ru.ru_maxrss,
+    })
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
@@ -92,23 +96,48 @@ fn main() {
     }
     let mut cases = vec![Case {
         label: "husk-vmm",
-        argv: [husk.as_str(), "--kernel", GUEST, "--memory", &memory, "--console", "stdout"]
-            .map(String::from)
-            .to_vec(),
+        argv: [
+            husk.as_str(),
+            "--kernel",
+            GUEST,
+            "--memory",
+            &memory,
+            "--console",
+            "stdout",
+        ]
+        .map(String::from)
+        .to_vec(),
         samples: Vec::new(),
     }];
     cases.push(Case {
         label: "husk --fast-exit",
-        argv: cases[0].argv.iter().cloned().chain(["--fast-exit".to_string()]).collect(),
+        argv: cases[0]
+            .argv
+            .iter()
+            .cloned()
+            .chain(["--fast-exit".to_string()])
+            .collect(),
         samples: Vec::new(),
     });
     if let Some(q) = qemu {
         cases.push(Case {
             label: "qemu-microvm",
             argv: [
-                q.as_str(), "-M", "microvm,acpi=off", "-accel", "kvm", "-m", &memory,
-                "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-                "-no-reboot", "-kernel", GUEST,
+                q.as_str(),
+                "-M",
+                "microvm,acpi=off",
+                "-accel",
+                "kvm",
+                "-m",
+                &memory,
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-kernel",
+                GUEST,
             ]
             .map(String::from)
             .to_vec(),
@@ -134,7 +163,10 @@ fn main() {
         }
     }
     println!("tiny guest {GUEST}, {runs} runs each, medians:");
-    println!("{:<14} {:>14} {:>10} {:>13}", "", "first byte ms", "exit ms", "peak RSS MiB");
+    println!(
+        "{:<14} {:>14} {:>10} {:>13}",
+        "", "first byte ms", "exit ms", "peak RSS MiB"
+    );
     let mut rows = Vec::new();
     for c in &cases {
         let ms = |f: fn(&Sample) -> Duration| {
@@ -142,7 +174,12 @@ fn main() {
         };
         let first = ms(|s| s.first_byte);
         let exit = ms(|s| s.exit);
-        let rss = median(c.samples.iter().map(|s| s.rss_kib as f64 / 1024.0).collect());
+        let rss = median(
+            c.samples
+                .iter()
+                .map(|s| s.rss_kib as f64 / 1024.0)
+                .collect(),
+        );
         println!("{:<14} {first:>14.2} {exit:>10.2} {rss:>13.2}", c.label);
         rows.push((first, exit, rss));
     }

@@ -26,10 +26,13 @@ fn main() {
     // The VM stays alive (not dropped) until the process exits: see `teardown`.
     let mut vmm = None;
     let mut fast_exit = false;
-    let result = args.into_config().map_err(anyhow::Error::from).and_then(|cfg| {
-        fast_exit = cfg.fast_exit;
-        Ok(vmm.insert(Vmm::new(cfg)?).run()?)
-    });
+    let result = args
+        .into_config()
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| {
+            fast_exit = cfg.fast_exit;
+            Ok(vmm.insert(Vmm::new(cfg)?).run()?)
+        });
     let code = match result {
         Ok(reason) if reason.is_clean() => 0,
         Ok(reason) => {

@@ -69,9 +69,11 @@ pub fn attach_serial(env: &mut DeviceEnv, console: &ConsoleConfig) -> Result<(),
     let out = super::console::output(console)?;
     let irq = irqfd(env.vm, COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(irq), out)));
-    env.devices.register_pio(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+    env.devices
+        .register_pio(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
     if *console == ConsoleConfig::Stdout {
-        env.event_loop.add_subscriber(Arc::new(Mutex::new(SerialInput::stdin(serial))));
+        env.event_loop
+            .add_subscriber(Arc::new(Mutex::new(SerialInput::stdin(serial))));
     }
     Ok(())
 }
@@ -86,6 +88,7 @@ pub fn attach_i8042(env: &mut DeviceEnv) -> Result<(), AttachError> {
         },
         Some(EventFdTrigger::new(kbd_irq)),
     );
-    env.devices.register_pio(Arc::new(Mutex::new(dev)), I8042_PORT, I8042_PORT_LEN)?;
+    env.devices
+        .register_pio(Arc::new(Mutex::new(dev)), I8042_PORT, I8042_PORT_LEN)?;
     Ok(())
 }

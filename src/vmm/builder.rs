@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::boot_fallback::{self as arch, boot_params, layout, mptable};
+use super::arch::x86_64::{boot_params, layout, mptable};
 use super::attach::{self, AttachError, DeviceEnv};
 use super::config::{ConfigError, VmmConfig};
 use super::console::ExitListener;
@@ -21,6 +21,7 @@ use super::kvm::{self, KvmError};
 use super::loader::{self, LoaderError};
 use super::memory::{self, MemoryError};
 use super::vcpu::{self, Vcpu, VcpuError};
+use super::vcpu_setup;
 
 /// Where KVM puts the 3-page TSS that VMX needs for real-mode emulation: just below the
 /// 4 GiB boundary, inside the MMIO gap, where no RAM or device lives.
@@ -36,7 +37,10 @@ pub enum VmmError {
     Kvm(#[from] KvmError),
     /// A VM-level KVM ioctl failed.
     #[error("{what}: {source}")]
-    KvmIoctl { what: &'static str, source: kvm_ioctls::Error },
+    KvmIoctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     /// Guest memory set-up failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -57,7 +61,10 @@ pub enum VmmError {
     EventLoop(event_manager::Error),
     /// Host resource (eventfd) failure.
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -66,7 +73,10 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 
 fn arch_err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> VmmError {
     let what = what.into();
-    move |e| VmmError::Arch { what, err: e.to_string() }
+    move |e| VmmError::Arch {
+        what,
+        err: e.to_string(),
+    }
 }
 
 /// A built VM, ready to run.
@@ -89,18 +99,26 @@ impl Vmm {
         let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
 
         // Memory before the irqchip: registering slots afterwards costs milliseconds.
-        let mem = memory::create(&layout::arch_memory_regions(cfg.memory_bytes()))?;
+        let mem = memory::create(&layout::arch_memory_regions(cfg.memory_bytes() as u64))?;
         memory::register(&vm, &mem)?;
-        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
         // The dummy speaker keeps port 0x61 in the kernel (Linux's PIT calibration reads it).
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
         vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
 
-        let exit = VmExit::new().map_err(|source| VmmError::Io { what: "exit eventfd", source })?;
+        let exit = VmExit::new().map_err(|source| VmmError::Io {
+            what: "exit eventfd",
+            source,
+        })?;
         let mut event_loop = EventLoop::new().map_err(VmmError::EventLoop)?;
-        event_loop
-            .add_subscriber(Arc::new(Mutex::new(ExitListener { fd: exit.evt().as_raw_fd() })));
+        event_loop.add_subscriber(Arc::new(Mutex::new(ExitListener {
+            fd: exit.evt().as_raw_fd(),
+        })));
 
         // Devices, which may add to the command line, before it is written to memory.
         let mut cmdline = loader::cmdline(&cfg.kernel_cmdline())?;
@@ -122,7 +140,11 @@ impl Vmm {
 
         // The guest's software and the structures the boot protocol points it to.
         let kernel = loader::load_kernel(&mem, &cfg.kernel)?;
-        let initrd = cfg.initramfs.as_deref().map(|p| loader::load_initrd(&mem, p)).transpose()?;
+        let initrd = cfg
+            .initramfs
+            .as_deref()
+            .map(|p| loader::load_initrd(&mem, p))
+            .transpose()?;
         let cmdline_size = loader::write_cmdline(&mem, &cmdline)?;
         boot_params::configure_boot_params(
             &mem,
@@ -138,12 +160,24 @@ impl Vmm {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        let msrs = kvm.get_msr_index_list().map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;
+        let msrs = kvm
+            .get_msr_index_list()
+            .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;
         let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
         for id in 0..cfg.vcpus {
-            let fd = vm.create_vcpu(id.into()).map_err(ioctl("KVM_CREATE_VCPU"))?;
-            arch::configure_vcpu(&fd, &mem, id, cfg.vcpus, kernel.entry.0, &cpuid, msrs.as_slice())
-                .map_err(arch_err(format!("configuring vCPU {id}")))?;
+            let fd = vm
+                .create_vcpu(id.into())
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
+            vcpu_setup::configure_vcpu(
+                &fd,
+                &mem,
+                id,
+                cfg.vcpus,
+                kernel.entry.0,
+                &cpuid,
+                msrs.as_slice(),
+            )
+            .map_err(arch_err(format!("configuring vCPU {id}")))?;
             vcpus.push(Vcpu {
                 id,
                 fd,
@@ -190,7 +224,9 @@ impl Vmm {
                 Some((at, t)) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.exit.request(ExitReason::Timeout { secs: t.as_secs_f64() });
+                        self.exit.request(ExitReason::Timeout {
+                            secs: t.as_secs_f64(),
+                        });
                         break;
                     }
                     // Round up so the loop does not spin on a sub-millisecond remainder.
@@ -198,7 +234,8 @@ impl Vmm {
                 }
             };
             if let Err(e) = self.event_loop.run_with_timeout(wait_ms) {
-                self.exit.request(ExitReason::HostError(format!("event loop: {e:?}")));
+                self.exit
+                    .request(ExitReason::HostError(format!("event loop: {e:?}")));
             }
         }
         vcpu::kick_all(&threads);

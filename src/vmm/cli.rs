@@ -110,9 +110,22 @@ mod tests {
     #[test]
     fn flags_build_a_config() {
         let cfg = parse(&[
-            "--kernel", "/k", "--vcpus", "2", "--memory", "128", "--console", "off",
-            "--disk", "/a.img,ro", "--disk", "/b.img", "--vsock", "3,/v.sock",
-            "--cmdline", "console=ttyS0 x=1",
+            "--kernel",
+            "/k",
+            "--vcpus",
+            "2",
+            "--memory",
+            "128",
+            "--console",
+            "off",
+            "--disk",
+            "/a.img,ro",
+            "--disk",
+            "/b.img",
+            "--vsock",
+            "3,/v.sock",
+            "--cmdline",
+            "console=ttyS0 x=1",
         ])
         .into_config()
         .unwrap();
@@ -137,10 +150,16 @@ mod tests {
 
     #[test]
     fn errors_are_specific() {
-        assert!(matches!(parse(&[]).into_config(), Err(ConfigError::NoKernel)));
+        assert!(matches!(
+            parse(&[]).into_config(),
+            Err(ConfigError::NoKernel)
+        ));
         assert!(Args::try_parse_from(["husk-vmm", "--console", "tty"]).is_err());
         assert!(Args::try_parse_from(["husk-vmm", "--json"]).is_err());
         let missing = parse(&["--config", "/nonexistent/vm.json"]).into_config();
-        assert!(missing.unwrap_err().to_string().contains("/nonexistent/vm.json"));
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/vm.json"));
     }
 }

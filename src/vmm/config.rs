@@ -20,10 +20,16 @@ pub const MAX_VCPUS: u8 = 254;
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The config file is not valid JSON for a VmmConfig.
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     /// The console spec is none of stdout, off, file:PATH.
     #[error("invalid console {0:?}: expected stdout, off or file:PATH")]
     Console(String),
@@ -117,7 +123,10 @@ impl FromStr for DiskConfig {
         if path.is_empty() {
             return Err(ConfigError::Disk(s.to_string()));
         }
-        Ok(Self { path: PathBuf::from(path), read_only })
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
     }
 }
 
@@ -139,7 +148,10 @@ impl FromStr for VsockConfig {
         if cid < 3 || uds.is_empty() {
             return Err(bad());
         }
-        Ok(Self { cid, uds: PathBuf::from(uds) })
+        Ok(Self {
+            cid,
+            uds: PathBuf::from(uds),
+        })
     }
 }
 
@@ -210,10 +222,14 @@ impl VmmConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        serde_json::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Checks ranges that serde cannot express.
@@ -266,7 +282,10 @@ mod tests {
     fn disk_and_vsock_parse() {
         assert_eq!(
             "/a/b.img,ro".parse::<DiskConfig>().unwrap(),
-            DiskConfig { path: "/a/b.img".into(), read_only: true }
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: true
+            }
         );
         assert!(!"/a/b.img".parse::<DiskConfig>().unwrap().read_only);
         assert!("/a,xx".parse::<DiskConfig>().is_err());

@@ -30,7 +30,10 @@ pub fn output(cfg: &ConsoleConfig) -> Result<ConsoleOut, ConsoleError> {
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| ConsoleError::File { path: path.clone(), source })?,
+                .map_err(|source| ConsoleError::File {
+                    path: path.clone(),
+                    source,
+                })?,
         ),
     })
 }
@@ -43,7 +46,10 @@ pub struct SerialInput {
 
 impl SerialInput {
     pub fn stdin(serial: Arc<Mutex<SerialDevice>>) -> Self {
-        Self { serial, fd: io::stdin().as_raw_fd() }
+        Self {
+            serial,
+            fd: io::stdin().as_raw_fd(),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::boot_fallback::layout;
+use super::arch::x86_64::layout;
 use crate::devices::bus::{Bus, BusError, SharedDevice};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,10 @@ pub enum DeviceError {
     NoMmioWindow,
     /// The command line cannot take the device's entry (too long, usually).
     #[error("cannot add {what} to the kernel command line: {err:?}")]
-    Cmdline { what: String, err: linux_loader::cmdline::Error },
+    Cmdline {
+        what: String,
+        err: linux_loader::cmdline::Error,
+    },
     /// eventfd or irqfd set-up failed.
     #[error("cannot wire IRQ {gsi}: {source}")]
     Irq { gsi: u32, source: std::io::Error },
@@ -74,7 +77,10 @@ impl DeviceManager {
     /// The next free interrupt line for a device (GSI = IOAPIC pin).
     pub fn allocate_irq(&mut self) -> Result<u32, DeviceError> {
         if self.next_irq > layout::IRQ_MAX {
-            return Err(DeviceError::NoIrq { first: layout::IRQ_BASE, last: layout::IRQ_MAX });
+            return Err(DeviceError::NoIrq {
+                first: layout::IRQ_BASE,
+                last: layout::IRQ_MAX,
+            });
         }
         let irq = self.next_irq;
         self.next_irq += 1;
@@ -83,7 +89,9 @@ impl DeviceManager {
 
     fn allocate_mmio_window(&mut self) -> Result<u64, DeviceError> {
         let base = self.next_mmio;
-        let end = base.checked_add(layout::VIRTIO_MMIO_WINDOW).ok_or(DeviceError::NoMmioWindow)?;
+        let end = base
+            .checked_add(layout::VIRTIO_MMIO_WINDOW)
+            .ok_or(DeviceError::NoMmioWindow)?;
         if end > layout::MMIO_GAP_START + layout::MMIO_GAP_SIZE {
             return Err(DeviceError::NoMmioWindow);
         }
@@ -105,12 +113,20 @@ impl DeviceManager {
         self.mmio.insert(device, base, len)?;
         cmdline
             .add_virtio_mmio_device(len, GuestAddress(base), irq, None)
-            .map_err(|err| DeviceError::Cmdline { what: format!("virtio-mmio@{base:#x}"), err })?;
+            .map_err(|err| DeviceError::Cmdline {
+                what: format!("virtio-mmio@{base:#x}"),
+                err,
+            })?;
         Ok(MmioSlot { base, len, irq })
     }
 
     /// Places a port-I/O device (legacy devices at fixed ports).
-    pub fn register_pio(&mut self, device: SharedDevice, port: u64, len: u64) -> Result<(), DeviceError> {
+    pub fn register_pio(
+        &mut self,
+        device: SharedDevice,
+        port: u64,
+        len: u64,
+    ) -> Result<(), DeviceError> {
         Ok(self.pio.insert(device, port, len)?)
     }
 }
@@ -119,8 +135,10 @@ impl DeviceManager {
 /// interrupts without a trip through the VMM.
 pub fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, DeviceError> {
     let evt = EventFd::new(EFD_NONBLOCK).map_err(|source| DeviceError::Irq { gsi, source })?;
-    vm.register_irqfd(&evt, gsi)
-        .map_err(|e| DeviceError::Irq { gsi, source: e.into() })?;
+    vm.register_irqfd(&evt, gsi).map_err(|e| DeviceError::Irq {
+        gsi,
+        source: e.into(),
+    })?;
     Ok(evt)
 }
 
@@ -142,8 +160,12 @@ mod tests {
         let mut dm = DeviceManager::new();
         let mut cl = Cmdline::new(4096).unwrap();
         cl.insert_str("console=ttyS0").unwrap();
-        let a = dm.register_virtio_mmio(&mut cl, Arc::new(Mutex::new(Nop))).unwrap();
-        let b = dm.register_virtio_mmio(&mut cl, Arc::new(Mutex::new(Nop))).unwrap();
+        let a = dm
+            .register_virtio_mmio(&mut cl, Arc::new(Mutex::new(Nop)))
+            .unwrap();
+        let b = dm
+            .register_virtio_mmio(&mut cl, Arc::new(Mutex::new(Nop)))
+            .unwrap();
         assert_eq!(a.base, layout::VIRTIO_MMIO_BASE);
         assert_eq!(b.base, a.base + layout::VIRTIO_MMIO_WINDOW);
         assert_eq!(b.irq, a.irq + 1);

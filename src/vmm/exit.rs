@@ -52,10 +52,17 @@ impl std::fmt::Display for ExitReason {
             Self::InternalError { vcpu, suberror } => write!(
                 f,
                 "KVM internal error on vCPU {vcpu} (suberror {suberror}{})",
-                if *suberror == 1 { ": instruction emulation failed" } else { "" }
+                if *suberror == 1 {
+                    ": instruction emulation failed"
+                } else {
+                    ""
+                }
             ),
             Self::FailEntry { vcpu, reason } => {
-                write!(f, "KVM failed to enter vCPU {vcpu} (hardware reason {reason:#x})")
+                write!(
+                    f,
+                    "KVM failed to enter vCPU {vcpu} (hardware reason {reason:#x})"
+                )
             }
             Self::UnexpectedExit { vcpu, what } => {
                 write!(f, "unexpected exit on vCPU {vcpu}: {what}")
@@ -102,7 +109,10 @@ impl VmExit {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Readable once the VM is ending.
@@ -132,7 +142,10 @@ mod tests {
         let tf = ExitReason::TripleFault { vcpu: 1 };
         assert_eq!(tf.exit_code(), 1);
         assert!(tf.to_string().contains("triple fault"));
-        let ie = ExitReason::InternalError { vcpu: 0, suberror: 1 };
+        let ie = ExitReason::InternalError {
+            vcpu: 0,
+            suberror: 1,
+        };
         assert!(ie.to_string().contains("emulation failed"));
         assert!(!ie.to_string().contains('\n'));
     }

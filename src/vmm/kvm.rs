@@ -8,8 +8,10 @@ use super::probe::KVM_API_VERSION;
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// /dev/kvm does not exist.
-    #[error("/dev/kvm not found: KVM is not available on this host (load kvm_intel or \
-             kvm_amd, or enable nested virtualisation); `husk-vmm --probe` explains")]
+    #[error(
+        "/dev/kvm not found: KVM is not available on this host (load kvm_intel or \
+             kvm_amd, or enable nested virtualisation); `husk-vmm --probe` explains"
+    )]
     Missing,
     /// /dev/kvm exists but this process may not open it.
     #[error("/dev/kvm: permission denied: add this user to the kvm group or run as root")]

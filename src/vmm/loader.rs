@@ -10,25 +10,39 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::boot_fallback::{boot_params, layout};
+use super::arch::x86_64::{boot_params, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
     /// A boot file could not be opened or read.
     #[error("cannot read {what} {path}: {source}")]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The kernel file is neither an ELF nor a bzImage.
     #[error("{0}: not a kernel (neither ELF vmlinux nor bzImage)")]
     UnknownFormat(PathBuf),
     /// linux-loader rejected the kernel.
     #[error("cannot load kernel {path}: {err}")]
-    Kernel { path: PathBuf, err: linux_loader::loader::Error },
+    Kernel {
+        path: PathBuf,
+        err: linux_loader::loader::Error,
+    },
     /// The initramfs does not fit in guest memory.
     #[error("initramfs {path} ({size} bytes) does not fit in guest memory: {err}")]
-    InitrdPlace { path: PathBuf, size: usize, err: String },
+    InitrdPlace {
+        path: PathBuf,
+        size: usize,
+        err: String,
+    },
     /// Copying the initramfs into guest memory failed.
     #[error("cannot copy initramfs {path} into guest memory: {err}")]
-    InitrdCopy { path: PathBuf, err: vm_memory::GuestMemoryError },
+    InitrdCopy {
+        path: PathBuf,
+        err: vm_memory::GuestMemoryError,
+    },
     /// The command line is invalid or too long.
     #[error("invalid kernel command line: {0:?}")]
     Cmdline(linux_loader::cmdline::Error),
@@ -49,15 +63,24 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// Loads `path` into `mem`, ELF or bzImage by magic.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
-    let read_err = |source| LoaderError::Read { what: "kernel", path: path.to_path_buf(), source };
+    let read_err = |source| LoaderError::Read {
+        what: "kernel",
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let highmem = Some(GuestAddress(layout::HIMEM_START));
-    let kernel_err =
-        |err| LoaderError::Kernel { path: path.to_path_buf(), err };
+    let kernel_err = |err| LoaderError::Kernel {
+        path: path.to_path_buf(),
+        err,
+    };
     match detect(&mut file).map_err(read_err)? {
         Format::Elf => {
             let r = Elf::load(mem, None, &mut file, highmem).map_err(kernel_err)?;
-            Ok(LoadedKernel { entry: r.kernel_load, setup_header: None })
+            Ok(LoadedKernel {
+                entry: r.kernel_load,
+                setup_header: None,
+            })
         }
         Format::BzImage => {
             let r = BzImage::load(mem, None, &mut file, highmem).map_err(kernel_err)?;
@@ -65,7 +88,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
                 .kernel_load
                 .checked_add(BZIMAGE_64BIT_ENTRY_OFFSET)
                 .ok_or(LoaderError::UnknownFormat(path.to_path_buf()))?;
-            Ok(LoadedKernel { entry, setup_header: r.setup_header })
+            Ok(LoadedKernel {
+                entry,
+                setup_header: r.setup_header,
+            })
         }
         Format::Unknown => Err(LoaderError::UnknownFormat(path.to_path_buf())),
     }
@@ -100,8 +126,11 @@ pub fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
 ) -> Result<(GuestAddress, usize), LoaderError> {
-    let read_err =
-        |source| LoaderError::Read { what: "initramfs", path: path.to_path_buf(), source };
+    let read_err = |source| LoaderError::Read {
+        what: "initramfs",
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len() as usize;
     let addr = boot_params::initrd_load_addr(mem, size).map_err(|e| LoaderError::InitrdPlace {
@@ -109,9 +138,11 @@ pub fn load_initrd(
         size,
         err: e.to_string(),
     })?;
-    let addr = GuestAddress(addr.into());
     mem.read_exact_volatile_from(addr, &mut file, size)
-        .map_err(|err| LoaderError::InitrdCopy { path: path.to_path_buf(), err })?;
+        .map_err(|err| LoaderError::InitrdCopy {
+            path: path.to_path_buf(),
+            err,
+        })?;
     Ok((addr, size))
 }
 
@@ -124,7 +155,11 @@ pub fn cmdline(text: &str) -> Result<Cmdline, LoaderError> {
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<usize, LoaderError> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), cmdline)
         .map_err(LoaderError::CmdlineWrite)?;
-    let len = cmdline.as_cstring().map_err(LoaderError::Cmdline)?.as_bytes_with_nul().len();
+    let len = cmdline
+        .as_cstring()
+        .map_err(LoaderError::Cmdline)?
+        .as_bytes_with_nul()
+        .len();
     Ok(len)
 }
 
@@ -140,7 +175,10 @@ mod tests {
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(detect(&mut Cursor::new(bz)).unwrap(), Format::BzImage);
-        assert_eq!(detect(&mut Cursor::new(vec![0u8; 16])).unwrap(), Format::Unknown);
+        assert_eq!(
+            detect(&mut Cursor::new(vec![0u8; 16])).unwrap(),
+            Format::Unknown
+        );
     }
 
     #[test]

@@ -15,13 +15,22 @@ use vm_memory::{
 pub enum MemoryError {
     /// mmap of a guest memory region failed.
     #[error("cannot map {size} bytes of guest memory at {addr:#x}: {source}")]
-    Map { addr: u64, size: usize, source: vm_memory::mmap::MmapRegionError },
+    Map {
+        addr: u64,
+        size: usize,
+        source: vm_memory::mmap::MmapRegionError,
+    },
     /// The regions overlap or are not sorted.
     #[error("invalid guest memory layout: {0}")]
     Layout(String),
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION slot {slot} ({size} bytes at {addr:#x}): {source}")]
-    Register { slot: u32, addr: u64, size: u64, source: kvm_ioctls::Error },
+    Register {
+        slot: u32,
+        addr: u64,
+        size: u64,
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// Maps `regions` (guest address, size) without touching them: pages are faulted in only as
@@ -30,8 +39,11 @@ pub enum MemoryError {
 pub fn create(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap, MemoryError> {
     let mut mapped = Vec::with_capacity(regions.len());
     for &(addr, size) in regions {
-        let map_err =
-            |source| MemoryError::Map { addr: addr.0, size, source };
+        let map_err = |source| MemoryError::Map {
+            addr: addr.0,
+            size,
+            source,
+        };
         let region = MmapRegionBuilder::new(size)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -77,11 +89,14 @@ mod tests {
 
     #[test]
     fn maps_regions_lazily_and_usably() {
-        let mem = create(&[(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 2 << 20)])
-            .unwrap();
+        let mem = create(&[(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 2 << 20)]).unwrap();
         assert_eq!(mem.num_regions(), 2);
-        mem.write_obj(0xabcdu32, GuestAddress((4 << 20) + 8)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress((4 << 20) + 8)).unwrap(), 0xabcd);
+        mem.write_obj(0xabcdu32, GuestAddress((4 << 20) + 8))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress((4 << 20) + 8)).unwrap(),
+            0xabcd
+        );
         // The hole between regions is not memory.
         assert!(mem.read_obj::<u8>(GuestAddress(2 << 20)).is_err());
     }

@@ -6,7 +6,6 @@
 
 pub mod arch;
 pub mod attach;
-pub mod boot_fallback;
 pub mod builder;
 pub mod cli;
 pub mod config;
@@ -19,8 +18,8 @@ pub mod memory;
 pub mod probe;
 pub mod teardown;
 pub mod vcpu;
+pub mod vcpu_setup;
 
-pub use boot_fallback::layout;
 pub use builder::{Vmm, VmmError};
 pub use config::VmmConfig;
 pub use exit::ExitReason;

@@ -51,7 +51,10 @@ impl HostFacts {
     /// API query only happen for the real root).
     pub fn gather_at(root: &Path) -> Self {
         let dev = root.join("dev/kvm");
-        let mut facts = HostFacts { kvm_device_present: dev.exists(), ..Default::default() };
+        let mut facts = HostFacts {
+            kvm_device_present: dev.exists(),
+            ..Default::default()
+        };
         if facts.kvm_device_present && root == Path::new("/") {
             match OpenOptions::new().read(true).write(true).open(&dev) {
                 Ok(f) => facts.kvm_api_version = Some(api_version(&f)),
@@ -97,36 +100,54 @@ impl HostProbe {
     pub fn decide(facts: HostFacts) -> Self {
         let no = |reason: String| (false, reason);
         let (can, reason) = if !facts.kvm_device_present {
-            no("/dev/kvm is missing: load kvm_intel or kvm_amd, or enable virtualisation \
+            no(
+                "/dev/kvm is missing: load kvm_intel or kvm_amd, or enable virtualisation \
                 (nested virtualisation on a cloud VM)"
-                .into())
+                    .into(),
+            )
         } else if let Some(e) = &facts.kvm_open_error {
-            no(format!("/dev/kvm cannot be opened read-write ({e}): add this user to the \
-                        kvm group or fix its permissions"))
+            no(format!(
+                "/dev/kvm cannot be opened read-write ({e}): add this user to the \
+                        kvm group or fix its permissions"
+            ))
         } else if facts.kvm_api_version != Some(KVM_API_VERSION) {
             no(format!(
                 "KVM API version {:?}, husk-vmm needs {KVM_API_VERSION}",
                 facts.kvm_api_version
             ))
         } else if facts.pvm {
-            no("PVM detected (/sys/module/kvm_pvm): KVM ioctls work, but a stock Linux guest \
+            no(
+                "PVM detected (/sys/module/kvm_pvm): KVM ioctls work, but a stock Linux guest \
                 runs only through KVM's instruction emulator (minutes to boot); use the QEMU \
                 backend on this host"
-                .into())
+                    .into(),
+            )
         } else if facts.cpu_virt_flag.is_none()
-            && !facts.kvm_modules.iter().any(|m| m == "kvm_intel" || m == "kvm_amd")
+            && !facts
+                .kvm_modules
+                .iter()
+                .any(|m| m == "kvm_intel" || m == "kvm_amd")
         {
-            no("no vmx/svm CPU flag and neither kvm_intel nor kvm_amd loaded: this /dev/kvm \
+            no(
+                "no vmx/svm CPU flag and neither kvm_intel nor kvm_amd loaded: this /dev/kvm \
                 is not backed by hardware virtualisation"
-                .into())
+                    .into(),
+            )
         } else {
             let how = facts
                 .cpu_virt_flag
                 .clone()
                 .unwrap_or_else(|| facts.kvm_modules.join(","));
-            (true, format!("KVM API {KVM_API_VERSION} with hardware virtualisation ({how})"))
+            (
+                true,
+                format!("KVM API {KVM_API_VERSION} with hardware virtualisation ({how})"),
+            )
         };
-        Self { facts, can_run_linux_guests: can, reason }
+        Self {
+            facts,
+            can_run_linux_guests: can,
+            reason,
+        }
     }
 
     /// Human-readable report, one fact a line, verdict last.
@@ -134,7 +155,10 @@ impl HostProbe {
         let f = &self.facts;
         let yn = |b: bool| if b { "yes" } else { "no" };
         let mut s = String::new();
-        s.push_str(&format!("/dev/kvm present:     {}\n", yn(f.kvm_device_present)));
+        s.push_str(&format!(
+            "/dev/kvm present:     {}\n",
+            yn(f.kvm_device_present)
+        ));
         let access = match &f.kvm_open_error {
             Some(e) => format!("no ({e})"),
             None => yn(f.kvm_api_version.is_some()).to_string(),
@@ -147,10 +171,21 @@ impl HostProbe {
             "CPU virt flag:        {}\n",
             f.cpu_virt_flag.as_deref().unwrap_or("none")
         ));
-        let mods = if f.kvm_modules.is_empty() { "none".into() } else { f.kvm_modules.join(" ") };
+        let mods = if f.kvm_modules.is_empty() {
+            "none".into()
+        } else {
+            f.kvm_modules.join(" ")
+        };
         s.push_str(&format!("KVM modules:          {mods}\n"));
-        let verdict = if self.can_run_linux_guests { "yes" } else { "no" };
-        s.push_str(&format!("can run Linux guests: {verdict}: {}\n", self.reason));
+        let verdict = if self.can_run_linux_guests {
+            "yes"
+        } else {
+            "no"
+        };
+        s.push_str(&format!(
+            "can run Linux guests: {verdict}: {}\n",
+            self.reason
+        ));
         s
     }
 }
@@ -179,9 +214,13 @@ mod tests {
 
     #[test]
     fn each_blocker_is_named() {
-        let cases: Vec<(fn(&mut HostFacts), &str)> = vec![
+        type Spoil = fn(&mut HostFacts);
+        let cases: Vec<(Spoil, &str)> = vec![
             (|f| f.kvm_device_present = false, "missing"),
-            (|f| f.kvm_open_error = Some("Permission denied".into()), "Permission denied"),
+            (
+                |f| f.kvm_open_error = Some("Permission denied".into()),
+                "Permission denied",
+            ),
             (|f| f.kvm_api_version = Some(11), "API version"),
             (|f| f.pvm = true, "PVM detected"),
             (
@@ -215,8 +254,13 @@ mod tests {
 
     #[test]
     fn report_and_json_carry_the_verdict() {
-        let p = HostProbe::decide(HostFacts { pvm: true, ..good() });
-        assert!(p.report().contains("can run Linux guests: no: PVM detected"));
+        let p = HostProbe::decide(HostFacts {
+            pvm: true,
+            ..good()
+        });
+        assert!(p
+            .report()
+            .contains("can run Linux guests: no: PVM detected"));
         let j = serde_json::to_value(&p).unwrap();
         assert_eq!(j["can_run_linux_guests"], false);
         assert_eq!(j["pvm"], true);

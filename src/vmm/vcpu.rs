@@ -105,7 +105,10 @@ impl Vcpu {
                     // the union member the kernel filled.
                     let suberror =
                         unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    self.exit.request(ExitReason::InternalError { vcpu: self.id, suberror });
+                    self.exit.request(ExitReason::InternalError {
+                        vcpu: self.id,
+                        suberror,
+                    });
                 }
             }
         }
@@ -146,7 +149,9 @@ impl Vcpu {
                 Next::Continue
             }
             Ok(VcpuExit::Shutdown) => Next::Stop(ExitReason::TripleFault { vcpu: id }),
-            Ok(VcpuExit::FailEntry(reason, _)) => Next::Stop(ExitReason::FailEntry { vcpu: id, reason }),
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                Next::Stop(ExitReason::FailEntry { vcpu: id, reason })
+            }
             Ok(VcpuExit::InternalError) => Next::InternalError,
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
@@ -168,7 +173,10 @@ impl Vcpu {
                 what: "KVM_EXIT_HLT (guest halted)".into(),
             }),
             Ok(VcpuExit::Intr) => Next::Continue,
-            Ok(other) => Next::Stop(ExitReason::UnexpectedExit { vcpu: id, what: format!("{other:?}") }),
+            Ok(other) => Next::Stop(ExitReason::UnexpectedExit {
+                vcpu: id,
+                what: format!("{other:?}"),
+            }),
             Err(e) if e.errno() == libc::EINTR => {
                 // A kick (or a stray signal): clear the flag and let the loop decide.
                 self.fd.set_kvm_immediate_exit(0);

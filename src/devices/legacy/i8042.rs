@@ -157,7 +157,15 @@ mod tests {
     fn dev() -> (I8042Device, Arc<AtomicUsize>) {
         let resets = Arc::new(AtomicUsize::new(0));
         let r = resets.clone();
-        (I8042Device::new(move || { r.fetch_add(1, Ordering::SeqCst); }, None), resets)
+        (
+            I8042Device::new(
+                move || {
+                    r.fetch_add(1, Ordering::SeqCst);
+                },
+                None,
+            ),
+            resets,
+        )
     }
 
     fn read(d: &mut I8042Device, off: u64) -> u8 {

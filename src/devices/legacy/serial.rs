@@ -22,7 +22,9 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(interrupt: EventFdTrigger, out: ConsoleOut) -> Self {
-        Self { serial: Serial::new(interrupt, out) }
+        Self {
+            serial: Serial::new(interrupt, out),
+        }
     }
 
     /// Feeds host input to the guest; returns how many bytes the FIFO took.
@@ -100,8 +102,10 @@ mod tests {
     fn bytes_written_to_thr_reach_the_output() {
         let out = Shared::default();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let mut dev =
-            SerialDevice::new(EventFdTrigger::new(irq.try_clone().unwrap()), Box::new(out.clone()));
+        let mut dev = SerialDevice::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            Box::new(out.clone()),
+        );
         for b in b"hi\n" {
             dev.write(0, &[*b]);
         }
