@@ -5,14 +5,19 @@
 //! the reason, and under `CI=true` a missing artifact or a missing /dev/kvm fails the run.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Where build scripts keep cached artifacts outside the repo (the kernel).
@@ -37,19 +42,33 @@ fn artifact(env: &str, default: PathBuf, hint: &str, test: &str) -> Option<PathB
     if path.exists() {
         Some(path)
     } else {
-        not_run(test, &format!("{} not found ({env}); build it with {hint}", path.display()), true);
+        not_run(
+            test,
+            &format!("{} not found ({env}); build it with {hint}", path.display()),
+            true,
+        );
         None
     }
 }
 
 /// The guest kernel (ELF vmlinux) built by kernel-config/build.sh.
 pub fn kernel(test: &str) -> Option<PathBuf> {
-    artifact("HUSK_KERNEL", cache_dir().join("kernel/vmlinux"), "kernel-config/build.sh", test)
+    artifact(
+        "HUSK_KERNEL",
+        cache_dir().join("kernel/vmlinux"),
+        "kernel-config/build.sh",
+        test,
+    )
 }
 
 /// The guest kernel as a bzImage, built beside the vmlinux.
 pub fn bzimage(test: &str) -> Option<PathBuf> {
-    artifact("HUSK_BZIMAGE", cache_dir().join("kernel/bzImage"), "kernel-config/build.sh", test)
+    artifact(
+        "HUSK_BZIMAGE",
+        cache_dir().join("kernel/bzImage"),
+        "kernel-config/build.sh",
+        test,
+    )
 }
 
 /// The agent initramfs built by scripts/build-initramfs.sh.
@@ -64,7 +83,11 @@ pub fn initramfs(test: &str) -> Option<PathBuf> {
 
 /// /dev/kvm usable by this process (open read-write).
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             not_run(test, &format!("cannot open /dev/kvm: {e}"), true);
@@ -79,4 +102,62 @@ pub fn bin(name: &str) -> PathBuf {
         "husk-vmm" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vmm")),
         other => panic!("unknown binary {other}"),
     }
+}
+
+/// e820 entries husk-vmm's x86_64 layout gives a guest of `mem_bytes`: usable RAM below the
+/// EBDA (640 KiB), RAM from 1 MiB to the end of the first region, plus one entry per
+/// region above the MMIO gap.
+pub fn expected_e820_entries(mem_bytes: usize) -> usize {
+    1 + husk::vmm::arch::x86_64::layout::arch_memory_regions(mem_bytes as u64).len()
+}
+
+/// Runs `program` with `args` (stdin null), killing it after `limit` so a broken VMM fails
+/// the test instead of hanging it. Returns the output and how long it ran.
+pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain both pipes on threads so a chatty guest cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} {args:?} still running after {limit:?}: it must never hang",
+                program.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stdout = t_out.join().expect("stdout reader");
+    let stderr = t_err.join().expect("stderr reader");
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        elapsed,
+    )
 }

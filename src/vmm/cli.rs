@@ -1,0 +1,165 @@
+//! husk-vmm's command line: clap definitions and their mapping onto [`VmmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::config::{ConfigError, ConsoleConfig, DiskConfig, VmmConfig, VsockConfig};
+
+/// Run one KVM microVM: a Linux kernel (ELF vmlinux or bzImage), an initramfs and a
+/// command line. Exits 0 when the guest resets (reboot, or poweroff with reboot=k).
+#[derive(Debug, Parser)]
+#[command(name = "husk-vmm", version)]
+pub struct Args {
+    /// Report whether this host can run husk-vmm Linux guests, then exit (0 yes, 2 no).
+    #[arg(long)]
+    pub probe: bool,
+    /// With --probe: print the report as JSON.
+    #[arg(long, requires = "probe")]
+    pub json: bool,
+    /// JSON file with the same settings as the flags; flags given too override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel image: ELF vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed) loaded high in guest memory.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line, replacing the default one.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Appended to the kernel command line (default or --cmdline).
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub append: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// Serial console: stdout, off or file:PATH [default: stdout].
+    #[arg(long, value_name = "WHERE")]
+    pub console: Option<ConsoleConfig>,
+    /// Raw disk image as a virtio-blk device, PATH[,ro]; repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-vsock device: guest CID and host unix socket path.
+    #[arg(long, value_name = "CID,UDS")]
+    pub vsock: Option<VsockConfig>,
+    /// Watchdog: end the VM with an error after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Exit as soon as the guest ends, leaving VM teardown to a short-lived helper child.
+    #[arg(long)]
+    pub fast_exit: bool,
+}
+
+impl Args {
+    /// The VM to run: the config file (if any) with the flags laid over it.
+    pub fn into_config(self) -> Result<VmmConfig, ConfigError> {
+        let mut cfg = match (&self.config, &self.kernel) {
+            (Some(path), _) => VmmConfig::from_file(path)?,
+            (None, Some(k)) => VmmConfig::new(k),
+            (None, None) => return Err(ConfigError::NoKernel),
+        };
+        if let Some(k) = self.kernel {
+            cfg.kernel = k;
+        }
+        if self.initramfs.is_some() {
+            cfg.initramfs = self.initramfs;
+        }
+        if self.cmdline.is_some() {
+            cfg.cmdline = self.cmdline;
+        }
+        if self.append.is_some() {
+            cfg.append = self.append;
+        }
+        if let Some(v) = self.vcpus {
+            cfg.vcpus = v;
+        }
+        if let Some(m) = self.memory {
+            cfg.memory_mib = m;
+        }
+        if let Some(c) = self.console {
+            cfg.console = c;
+        }
+        if !self.disks.is_empty() {
+            cfg.disks = self.disks;
+        }
+        if self.vsock.is_some() {
+            cfg.vsock = self.vsock;
+        }
+        if self.timeout.is_some() {
+            cfg.timeout_secs = self.timeout;
+        }
+        cfg.fast_exit |= self.fast_exit;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("husk-vmm").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let cfg = parse(&[
+            "--kernel",
+            "/k",
+            "--vcpus",
+            "2",
+            "--memory",
+            "128",
+            "--console",
+            "off",
+            "--disk",
+            "/a.img,ro",
+            "--disk",
+            "/b.img",
+            "--vsock",
+            "3,/v.sock",
+            "--cmdline",
+            "console=ttyS0 x=1",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (2, 128));
+        assert_eq!(cfg.console, ConsoleConfig::Off);
+        assert_eq!(cfg.disks.len(), 2);
+        assert!(cfg.disks[0].read_only);
+        assert_eq!(cfg.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert_eq!(cfg.kernel_cmdline(), "console=ttyS0 x=1");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vm.json");
+        std::fs::write(&file, r#"{"kernel":"/k","vcpus":4,"memory_mib":64}"#).unwrap();
+        let cfg = parse(&["--config", file.to_str().unwrap(), "--vcpus", "1"])
+            .into_config()
+            .unwrap();
+        assert_eq!((cfg.vcpus, cfg.memory_mib), (1, 64));
+    }
+
+    #[test]
+    fn errors_are_specific() {
+        assert!(matches!(
+            parse(&[]).into_config(),
+            Err(ConfigError::NoKernel)
+        ));
+        assert!(Args::try_parse_from(["husk-vmm", "--console", "tty"]).is_err());
+        assert!(Args::try_parse_from(["husk-vmm", "--json"]).is_err());
+        let missing = parse(&["--config", "/nonexistent/vm.json"]).into_config();
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/vm.json"));
+    }
+}

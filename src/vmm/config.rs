@@ -1,0 +1,334 @@
+//! What one microVM is made of: the settings husk-vmm takes from flags or a JSON file.
+//!
+//! The JSON form (`--config FILE`) has exactly the fields of [`VmmConfig`]; flags given
+//! beside `--config` override the file field by field (see `cli.rs`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Memory when nothing is asked for. Guest memory is mapped lazily (MAP_NORESERVE), so a
+/// larger default costs address space, not RSS.
+pub const DEFAULT_MEM_MIB: u32 = 256;
+/// KVM's in-kernel LAPIC ids and the MP table's CPU entries are 8-bit; 254 leaves room for
+/// the IOAPIC id.
+pub const MAX_VCPUS: u8 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for a VmmConfig.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The console spec is none of stdout, off, file:PATH.
+    #[error("invalid console {0:?}: expected stdout, off or file:PATH")]
+    Console(String),
+    /// A --disk value is not PATH[,ro].
+    #[error("invalid disk {0:?}: expected PATH or PATH,ro")]
+    Disk(String),
+    /// A --vsock value is not CID,UDS with a guest CID of at least 3.
+    #[error("invalid vsock {0:?}: expected CID,UDS_PATH with CID >= 3")]
+    Vsock(String),
+    /// No kernel was given.
+    #[error("no kernel given: pass --kernel PATH or a config file with \"kernel\"")]
+    NoKernel,
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u32),
+    /// Memory size out of range.
+    #[error("memory must be at least 16 MiB and fit the host address space, got {0} MiB")]
+    Memory(u32),
+    /// Watchdog timeout not a positive number of seconds.
+    #[error("timeout must be a positive number of seconds, got {0}")]
+    Timeout(f64),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ConsoleConfig {
+    /// The process's stdout (and stdin feeds the guest). The default, for people at a shell.
+    #[default]
+    Stdout,
+    /// Appended to a file; what the runtime uses for container logs.
+    File(PathBuf),
+    /// Discarded without a syscall per byte: the fast path.
+    Off,
+}
+
+impl FromStr for ConsoleConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "off" => Ok(Self::Off),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(ConfigError::Console(s.to_string())),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for ConsoleConfig {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ConsoleConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("stdout"),
+            Self::Off => f.write_str("off"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl From<ConsoleConfig> for String {
+    fn from(c: ConsoleConfig) -> String {
+        c.to_string()
+    }
+}
+
+/// A raw disk image exposed as a virtio-blk device (wired by the devices work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some(_) => return Err(ConfigError::Disk(s.to_string())),
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::Disk(s.to_string()));
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
+/// A virtio-vsock device bridged to host unix sockets (Firecracker's protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    /// The guest's context id; 0-2 are reserved by vsock.
+    pub cid: u32,
+    /// Host-side unix socket; guest-initiated connections go to `<uds>_<port>`.
+    pub uds: PathBuf,
+}
+
+impl FromStr for VsockConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Vsock(s.to_string());
+        let (cid, uds) = s.split_once(',').ok_or_else(bad)?;
+        let cid: u32 = cid.trim().parse().map_err(|_| bad())?;
+        if cid < 3 || uds.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            cid,
+            uds: PathBuf::from(uds),
+        })
+    }
+}
+
+/// One microVM. Field names are the JSON keys of `--config FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmConfig {
+    /// ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Replaces [`DEFAULT_CMDLINE`] when set.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Appended to the command line (default or replaced), e.g. `init=/bin/sh`.
+    #[serde(default)]
+    pub append: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_mem")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Watchdog: end the VM with an error after this many seconds. A guest that halts with
+    /// interrupts off never leaves KVM_RUN on some hosts, so this is the only way out then.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Leave KVM's VM destruction (13–25 ms) to a helper child so the exit status is
+    /// delivered at once (see `teardown.rs`). Off by default: the helper is reparented to
+    /// init or the nearest subreaper, which must reap it.
+    #[serde(default)]
+    pub fast_exit: bool,
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_mem() -> u32 {
+    DEFAULT_MEM_MIB
+}
+
+/// The command line when none is given. `reboot=k` makes reboot (and `panic=1`) go through
+/// the i8042 reset line, which ends the VM; `i8042.*` keep that controller's probe short
+/// since only its reset line is emulated; no PCI/ACPI probing on a virtio-mmio machine.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+impl VmmConfig {
+    /// A config with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: None,
+            append: None,
+            vcpus: default_vcpus(),
+            memory_mib: default_mem(),
+            console: ConsoleConfig::default(),
+            disks: Vec::new(),
+            vsock: None,
+            timeout_secs: None,
+            fast_exit: false,
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus.into()));
+        }
+        // 16 MiB holds the tiny guests and the boot structures below 1 MiB; real kernels
+        // need more but say so themselves.
+        if self.memory_mib < 16 || u64::from(self.memory_mib) << 20 > usize::MAX as u64 {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if let Some(t) = self.timeout_secs {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(ConfigError::Timeout(t));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel command line as the guest will see it (before devices add their entries).
+    pub fn kernel_cmdline(&self) -> String {
+        let base = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE).trim();
+        match self.append.as_deref().map(str::trim) {
+            Some(extra) if !extra.is_empty() => format!("{base} {extra}"),
+            _ => base.to_string(),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mib as usize) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_round_trips() {
+        for s in ["stdout", "off", "file:/tmp/x.log"] {
+            let c: ConsoleConfig = s.parse().unwrap();
+            assert_eq!(c.to_string(), s);
+        }
+        assert!("file:".parse::<ConsoleConfig>().is_err());
+        assert!("tty".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn disk_and_vsock_parse() {
+        assert_eq!(
+            "/a/b.img,ro".parse::<DiskConfig>().unwrap(),
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: true
+            }
+        );
+        assert!(!"/a/b.img".parse::<DiskConfig>().unwrap().read_only);
+        assert!("/a,xx".parse::<DiskConfig>().is_err());
+        assert!(",ro".parse::<DiskConfig>().is_err());
+        let v: VsockConfig = "3,/run/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.uds), (3, PathBuf::from("/run/v.sock")));
+        assert!("2,/x".parse::<VsockConfig>().is_err());
+        assert!("x,/x".parse::<VsockConfig>().is_err());
+        assert!("3".parse::<VsockConfig>().is_err());
+    }
+
+    #[test]
+    fn json_uses_defaults_and_rejects_unknown_fields() {
+        let c: VmmConfig = serde_json::from_str(r#"{"kernel":"/k","console":"off"}"#).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, DEFAULT_MEM_MIB);
+        assert_eq!(c.console, ConsoleConfig::Off);
+        assert!(serde_json::from_str::<VmmConfig>(r#"{"kernel":"/k","cpus":2}"#).is_err());
+        let back: VmmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn cmdline_replace_and_append() {
+        let mut c = VmmConfig::new("/k");
+        assert_eq!(c.kernel_cmdline(), DEFAULT_CMDLINE);
+        c.append = Some("init=/x".into());
+        assert!(c.kernel_cmdline().ends_with(" init=/x"));
+        c.cmdline = Some("console=ttyS0".into());
+        assert_eq!(c.kernel_cmdline(), "console=ttyS0 init=/x");
+    }
+
+    #[test]
+    fn validate_ranges() {
+        let mut c = VmmConfig::new("/k");
+        c.validate().unwrap();
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+        c.vcpus = 2;
+        c.memory_mib = 8;
+        assert!(c.validate().is_err());
+        c.memory_mib = 64;
+        c.timeout_secs = Some(-1.0);
+        assert!(c.validate().is_err());
+    }
+}
