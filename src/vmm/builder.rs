@@ -11,7 +11,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::arch::x86_64::{boot_params, layout, mptable};
+use super::arch::{
+    self,
+    x86_64::{boot_params, layout, mptable},
+};
 use super::attach::{self, AttachError, DeviceEnv};
 use super::config::{ConfigError, VmmConfig};
 use super::console::ExitListener;
@@ -21,7 +24,6 @@ use super::kvm::{self, KvmError};
 use super::loader::{self, LoaderError};
 use super::memory::{self, MemoryError};
 use super::vcpu::{self, Vcpu, VcpuError};
-use super::vcpu_setup;
 
 /// Where KVM puts the 3-page TSS that VMX needs for real-mode emulation: just below the
 /// 4 GiB boundary, inside the MMIO gap, where no RAM or device lives.
@@ -168,7 +170,7 @@ impl Vmm {
             let fd = vm
                 .create_vcpu(id.into())
                 .map_err(ioctl("KVM_CREATE_VCPU"))?;
-            vcpu_setup::configure_vcpu(
+            arch::x86_64::configure_vcpu(
                 &fd,
                 &mem,
                 id,

@@ -18,7 +18,6 @@ pub mod memory;
 pub mod probe;
 pub mod teardown;
 pub mod vcpu;
-pub mod vcpu_setup;
 
 pub use builder::{Vmm, VmmError};
 pub use config::VmmConfig;
