@@ -171,6 +171,20 @@ impl Muxer {
         }
     }
 
+    /// A tx packet whose header was readable but whose body was not (data length beyond
+    /// the chain, memory outside the guest): its stream cannot continue intact.
+    pub fn reject(&mut self, hdr: &Header) {
+        if hdr.src_cid != self.guest_cid {
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if self.conns.contains_key(&key) {
+            self.reset(key);
+        } else {
+            self.rst_for(hdr);
+        }
+    }
+
     /// Queues an RST answering `hdr` (unless it is an RST itself).
     fn rst_for(&mut self, hdr: &Header) {
         if hdr.op == OP_RST || self.rsts.len() >= MAX_QUEUED_RST {

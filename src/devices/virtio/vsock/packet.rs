@@ -8,7 +8,7 @@
 //! every length is bounded before it is used and nothing panics on bad input.
 
 use virtio_queue::{desc::split::Descriptor, DescriptorChain};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Size of the packet header on the wire.
 pub const HDR_SIZE: usize = 44;
@@ -150,6 +150,17 @@ impl Chain {
             segs.push(Segment { addr: GuestAddress(d.addr().0), len: d.len() });
         }
         Self::from_segments(segs)
+    }
+
+    /// Checks that every buffer lies inside writable guest memory, so a later copy cannot fail
+    /// half-way (an rx packet must be written whole or not taken from the muxer at all).
+    pub fn check_memory<M: GuestMemory>(&self, mem: &M) -> Result<(), Error> {
+        for s in &self.segs {
+            if !mem.check_range(s.addr, s.len as usize, Permissions::Write) {
+                return Err(Error::GuestMemory(format!("{:#x}+{:#x}", s.addr.0, s.len)));
+            }
+        }
+        Ok(())
     }
 
     /// Total bytes the chain holds.
@@ -340,6 +351,10 @@ mod tests {
         // Outside guest memory.
         let out = Chain::from_segments(vec![seg(0xff_0000_0000, 44)]).unwrap();
         assert!(matches!(out.read_header(&m), Err(Error::GuestMemory(_))));
+        assert!(out.check_memory(&m).is_err());
+        let straddle = Chain::from_segments(vec![seg(0x1000, 44), seg(0x10_0000 - 8, 16)]).unwrap();
+        assert!(straddle.check_memory(&m).is_err());
+        assert!(c.check_memory(&m).is_ok());
         let wrap = Chain::from_segments(vec![seg(u64::MAX - 10, 44)]).unwrap();
         assert!(wrap.read_header(&m).is_err());
     }
