@@ -58,12 +58,17 @@ pub const VIRTIO_INT_CONFIG_CHANGE: u32 = 0x2;
 #[derive(Debug)]
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    config_generation: AtomicU32,
     irq_evt: EventFd,
 }
 
 impl VirtioInterrupt {
     pub fn new() -> io::Result<Self> {
-        Ok(Self { status: AtomicU32::new(0), irq_evt: EventFd::new(EFD_NONBLOCK)? })
+        Ok(Self {
+            status: AtomicU32::new(0),
+            config_generation: AtomicU32::new(0),
+            irq_evt: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// Tells the driver that a used ring changed.
@@ -71,9 +76,16 @@ impl VirtioInterrupt {
         self.signal(VIRTIO_INT_USED_RING)
     }
 
-    /// Tells the driver that the config space changed.
+    /// Tells the driver that the config space (or the device status) changed; bumps the
+    /// ConfigGeneration register so a driver reading config mid-change retries.
     pub fn signal_config_change(&self) -> io::Result<()> {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
         self.signal(VIRTIO_INT_CONFIG_CHANGE)
+    }
+
+    /// ConfigGeneration register value.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bit: u32) -> io::Result<()> {
