@@ -12,6 +12,8 @@ pub mod connection;
 pub mod device;
 pub mod handler;
 pub mod muxer;
+#[cfg(test)]
+mod muxer_tests;
 pub mod packet;
 pub mod unix;
 
