@@ -278,3 +278,206 @@ fn checked_range(disk: &dyn DiskBackend, sector: u64, slices: &[GuestSlice<'_>])
     }
     Ok(len)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    /// An in-memory disk that records flushes.
+    struct MemDisk {
+        bytes: Mutex<Vec<u8>>,
+        ro: bool,
+        flushes: Mutex<u32>,
+    }
+
+    impl MemDisk {
+        fn new(sectors: usize, ro: bool) -> Self {
+            let bytes = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
+            Self { bytes: Mutex::new(bytes), ro, flushes: Mutex::new(0) }
+        }
+    }
+
+    impl DiskBackend for MemDisk {
+        fn capacity(&self) -> u64 {
+            self.bytes.lock().unwrap().len() as u64
+        }
+        fn read_only(&self) -> bool {
+            self.ro
+        }
+        fn id(&self) -> [u8; ID_BYTES] {
+            *b"0123456789abcdefghij"
+        }
+        fn read_at(&self, offset: u64, buf: &GuestSlice<'_>) -> io::Result<()> {
+            let b = self.bytes.lock().unwrap();
+            buf.copy_from(&b[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, buf: &GuestSlice<'_>) -> io::Result<()> {
+            let mut b = self.bytes.lock().unwrap();
+            buf.copy_to(&mut b[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            *self.flushes.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    }
+
+    fn header(mem: &GuestMemory, t: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&t.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    }
+
+    fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// Runs `descs` as one chain against `disk`.
+    fn run(mem: &GuestMemory, descs: &[RawDescriptor], disk: &dyn DiskBackend) -> Outcome {
+        let vq = MockSplitQueue::new(mem, 16);
+        let chain = vq.build_desc_chain(descs).unwrap();
+        process(mem, chain, disk)
+    }
+
+    fn ok(used: u32) -> Outcome {
+        Outcome { used_len: used, status: Some(VIRTIO_BLK_S_OK as u8) }
+    }
+    fn ioerr() -> Outcome {
+        Outcome { used_len: 1, status: Some(VIRTIO_BLK_S_IOERR as u8) }
+    }
+    fn dropped() -> Outcome {
+        Outcome { used_len: 0, status: None }
+    }
+
+    #[test]
+    fn read_copies_sectors_into_guest_memory() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_IN, 2);
+        let out = run(&m, &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)], &disk);
+        assert_eq!(out, ok(1025));
+        let mut got = vec![0u8; 1024];
+        m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, disk.bytes.lock().unwrap()[1024..2048]);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+    }
+
+    #[test]
+    fn write_with_header_and_data_in_one_descriptor() {
+        // VIRTIO_F_ANY_LAYOUT (implied by VERSION_1): framing is not tied to descriptors.
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_OUT, 1);
+        m.write_slice(&[0x5a; 512], GuestAddress(HDR + 16)).unwrap();
+        let out = run(&m, &[d(HDR, 16 + 512, 0), d(STATUS, 1, W)], &disk);
+        assert_eq!(out, ok(1));
+        assert_eq!(disk.bytes.lock().unwrap()[512..1024], [0x5a; 512]);
+    }
+
+    #[test]
+    fn header_split_across_descriptors() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        // Copy the second half of the header elsewhere and chain it.
+        let mut h = [0u8; 16];
+        m.read_slice(&mut h, GuestAddress(HDR)).unwrap();
+        m.write_slice(&h[8..], GuestAddress(HDR + 0x1000)).unwrap();
+        let out = run(&m, &[d(HDR, 8, 0), d(HDR + 0x1000, 8, 0), d(DATA, 512, W), d(STATUS, 1, W)], &disk);
+        assert_eq!(out, ok(513));
+    }
+
+    #[test]
+    fn status_may_share_the_last_data_descriptor() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let out = run(&m, &[d(HDR, 16, 0), d(DATA, 513, W)], &disk);
+        assert_eq!(out, ok(513));
+        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA + 512)).unwrap(), 0);
+    }
+
+    #[test]
+    fn flush_and_get_id() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(STATUS, 1, W)], &disk), ok(1));
+        assert_eq!(*disk.flushes.lock().unwrap(), 1);
+        header(&m, VIRTIO_BLK_T_GET_ID, 0);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 64, W), d(STATUS, 1, W)], &disk), ok(21));
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"0123456789abcdefghij");
+        // A short id buffer gets a truncated id, never an overflow.
+        m.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 4, W), d(STATUS, 1, W)], &disk), ok(5));
+        assert_eq!(m.read_obj::<u8>(GuestAddress(DATA + 4)).unwrap(), 0xee);
+    }
+
+    #[test]
+    fn errors_map_to_status() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, 0x1234, 0);
+        assert_eq!(
+            run(&m, &[d(HDR, 16, 0), d(STATUS, 1, W)], &disk),
+            Outcome { used_len: 1, status: Some(VIRTIO_BLK_S_UNSUPP as u8) }
+        );
+        header(&m, VIRTIO_BLK_T_IN, 7);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)], &disk), ioerr());
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 511, W), d(STATUS, 1, W)], &disk), ioerr());
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run(&m, &[d(HDR, 15, 0), d(STATUS, 1, W)], &disk), ioerr());
+        let ro = MemDisk::new(8, true);
+        header(&m, VIRTIO_BLK_T_OUT, 0);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)], &ro), ioerr());
+        assert_eq!(ro.bytes.lock().unwrap()[..512], MemDisk::new(1, true).bytes.lock().unwrap()[..]);
+    }
+
+    #[test]
+    fn oversize_request_is_refused_before_io() {
+        let m = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let disk = MemDisk::new(1, false);
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let big = (MAX_REQUEST_BYTES + 512) as u32;
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(0x40_0000, big, W), d(STATUS, 1, W)], &disk), ioerr());
+    }
+
+    #[test]
+    fn bad_status_drops_the_chain() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, 0)], &disk), dropped());
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 0, W)], &disk), dropped());
+        assert_eq!(run(&m, &[d(HDR, 16, 0), d(1 << 40, 1, W)], &disk), dropped());
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
+    }
+
+    #[test]
+    fn unterminated_chain_is_dropped() {
+        let (m, disk) = (mem(), MemDisk::new(8, false));
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let vq = MockSplitQueue::new(&m, 4);
+        let n = VRING_DESC_F_NEXT as u16;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, n | W, 2)),
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, n | W, 1)),
+        ];
+        let chain = vq.build_multiple_desc_chains(&descs).unwrap();
+        assert_eq!(process(&m, chain, &disk), dropped());
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
+    }
+}
