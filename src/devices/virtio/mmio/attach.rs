@@ -146,3 +146,141 @@ pub fn attach_virtio_mmio<V: EventRegistrar + ?Sized>(
     bus.insert(transport.clone(), base, size)?;
     Ok(AttachedDevice { base, size, gsi, transport })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::bus::BusDevice;
+    use crate::devices::virtio::{ActivateContext, ActivateError, VIRTIO_F_VERSION_1};
+    use std::cell::RefCell;
+    use std::os::unix::io::AsRawFd;
+
+    /// Records what would be registered with KVM.
+    #[derive(Default)]
+    struct Recorder {
+        ioevents: RefCell<Vec<(i32, u64, u32)>>,
+        irqfds: RefCell<Vec<(i32, u32)>>,
+    }
+    impl EventRegistrar for Recorder {
+        fn register_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
+            self.ioevents.borrow_mut().push((evt.as_raw_fd(), addr, datamatch));
+            Ok(())
+        }
+        fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()> {
+            self.irqfds.borrow_mut().push((evt.as_raw_fd(), gsi));
+            Ok(())
+        }
+    }
+
+    struct ThreeQueues;
+    impl VirtioDevice for ThreeQueues {
+        fn device_type(&self) -> u32 {
+            19
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[128, 128, 64]
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn set_acked_features(&mut self, _: u64) {}
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: ActivateContext) -> Result<(), ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn allocator_hands_out_windows_and_gsis_in_order() {
+        let mut a = MmioAllocator::new(0xd000_0000, 0x1000, 5..=7);
+        assert_eq!(a.capacity(), 3);
+        assert_eq!(a.allocate().unwrap(), (0xd000_0000, 5));
+        assert_eq!(a.allocate().unwrap(), (0xd000_1000, 6));
+        assert_eq!(a.allocate().unwrap(), (0xd000_2000, 7));
+        assert!(matches!(a.allocate(), Err(AttachError::OutOfSlots(3))));
+        let mut top = MmioAllocator::new(u64::MAX - 0xfff, 0x1000, 5..=6);
+        assert!(matches!(top.allocate(), Err(AttachError::AddressOverflow(_))));
+    }
+
+    #[test]
+    fn attach_registers_one_ioeventfd_per_queue_and_the_irqfd() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut bus, mut cmdline) = (Bus::new(), Cmdline::new(512).unwrap());
+        let mut alloc = MmioAllocator::new(0xd000_0000, 0x1000, 5..=23);
+        let vm = Recorder::default();
+        alloc.allocate().unwrap(); // someone else took the first slot
+        let a = attach_virtio_mmio(&vm, &mut bus, &mut cmdline, &mem, &mut alloc, Box::new(ThreeQueues))
+            .unwrap();
+        assert_eq!((a.base, a.gsi, a.size), (0xd000_1000, 6, 0x1000));
+        let t = a.transport.lock().unwrap();
+        let want: Vec<_> = t
+            .queue_evts()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_raw_fd(), 0xd000_1050, i as u32))
+            .collect();
+        assert_eq!(*vm.ioevents.borrow(), want);
+        assert_eq!(*vm.irqfds.borrow(), vec![(t.interrupt().irq_evt().as_raw_fd(), 6)]);
+        assert_eq!(
+            cmdline.as_cstring().unwrap().to_str().unwrap(),
+            "virtio_mmio.device=4K@0xd0001000:6"
+        );
+        drop(t);
+        let mut b = [0u8; 4];
+        assert!(bus.read(0xd000_1000 + reg::DEVICE_ID, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 19);
+    }
+
+    #[test]
+    fn misaligned_and_odd_width_register_accesses_are_ignored() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut t = MmioTransport::new(mem, Box::new(ThreeQueues)).unwrap();
+        let mut b = [0xaau8; 2];
+        t.read(reg::MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        let mut b = [0u8; 4];
+        t.read(reg::MAGIC + 1, &mut b);
+        assert_eq!(b, [0; 4]);
+        t.write(reg::STATUS, &[1]);
+        t.write(reg::STATUS + 2, &1u32.to_le_bytes());
+        assert_eq!(t.status(), 0);
+        t.write(reg::STATUS, &1u32.to_le_bytes());
+        assert_eq!(t.status(), 1);
+        // Unknown registers read as zero, SHM regions as absent.
+        t.read(0x0c8, &mut b);
+        assert_eq!(b, [0; 4]);
+        t.read(reg::SHM_LEN_LOW, &mut b);
+        assert_eq!(u32::from_le_bytes(b), u32::MAX);
+    }
+
+    #[test]
+    fn device_without_version_1_is_rejected() {
+        struct Legacy;
+        impl VirtioDevice for Legacy {
+            fn device_type(&self) -> u32 {
+                2
+            }
+            fn queue_max_sizes(&self) -> &[u16] {
+                &[8]
+            }
+            fn avail_features(&self) -> u64 {
+                0
+            }
+            fn set_acked_features(&mut self, _: u64) {}
+            fn read_config(&self, _: u64, _: &mut [u8]) {}
+            fn write_config(&mut self, _: u64, _: &[u8]) {}
+            fn activate(&mut self, _: ActivateContext) -> Result<(), ActivateError> {
+                Ok(())
+            }
+            fn reset(&mut self) -> bool {
+                true
+            }
+        }
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        assert!(matches!(MmioTransport::new(mem, Box::new(Legacy)), Err(TransportError::NotModern(2))));
+    }
+}
