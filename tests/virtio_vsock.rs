@@ -1,5 +1,7 @@
-//! virtio-vsock through the real virtio-mmio transport over real guest memory, with this
-//! file playing the guest driver (and a minimal guest socket layer with credit accounting).
+//! virtio-vsock through the real virtio-mmio transport over real guest memory: the shared
+//! driver-side harness (`devices::virtio::testing`) attaches the device and sets up the
+//! queues; this file adds descriptor bookkeeping and a minimal guest socket layer with
+//! credit accounting.
 //!
 //! Run: `cargo test -p husk --test virtio_vsock`.
 //! Benchmark: `cargo test --release -p husk --test virtio_vsock -- --ignored --nocapture bench`.
@@ -10,12 +12,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use husk::devices::bus::BusDevice;
-use husk::devices::virtio::mmio::{reg, status, MmioTransport, MMIO_MAGIC};
+use husk::devices::virtio::testing::Harness;
+use husk::devices::virtio::VIRTIO_F_VERSION_1;
 use husk::devices::virtio::vsock::packet::*;
 use husk::devices::virtio::vsock::Vsock;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -24,8 +25,6 @@ use vmm_sys_util::eventfd::EventFd;
 const CID: u64 = 3;
 const QSIZE: u16 = 256;
 const MEM_SIZE: usize = 64 << 20;
-const RING_BASE: u64 = 0x1_0000;
-const DATA_BASE: u64 = 0x10_0000;
 /// Every descriptor index of every queue owns a fixed 64 KiB buffer slot.
 const SLOT: u64 = 64 * 1024;
 const F_NEXT: u16 = 1;
@@ -39,39 +38,31 @@ type Mem = GuestMemoryMmap<()>;
 
 // ---------------------------------------------------------------- virtqueue driver
 
+/// Descriptor bookkeeping on top of the shared harness: vsock keeps rx buffers posted
+/// indefinitely and gets tx chains back in any order, so descriptors come from a free
+/// list, and every descriptor index owns a fixed 64 KiB buffer slot.
 struct Vq {
-    index: u32,
-    desc: u64,
-    avail: u64,
+    q: usize,
     used: u64,
+    slots: u64,
     free: Vec<u16>,
     chains: HashMap<u16, Vec<u16>>,
-    avail_idx: u16,
     last_used: u16,
 }
 
 impl Vq {
-    fn new(index: u32) -> Self {
-        let base = RING_BASE + u64::from(index) * 0x4000;
-        Vq {
-            index,
-            desc: base,
-            avail: base + 0x1000,
-            used: base + 0x2000,
-            free: (0..QSIZE).rev().collect(),
-            chains: HashMap::new(),
-            avail_idx: 0,
-            last_used: 0,
-        }
+    fn new(h: &mut Harness, q: usize) -> Self {
+        let slots = h.alloc(u64::from(QSIZE) * SLOT).0;
+        Vq { q, used: h.queues[q].used.0, slots, free: (0..QSIZE).rev().collect(), chains: HashMap::new(), last_used: 0 }
     }
 
     fn slot(&self, d: u16) -> u64 {
-        DATA_BASE + (u64::from(self.index) * u64::from(QSIZE) + u64::from(d)) * SLOT
+        self.slots + u64::from(d) * SLOT
     }
 
     /// Places a chain of raw (addr, len, flags) descriptors; `None` addr = the slot's buffer.
     /// `fill` writes the buffers before the chain is published to the device.
-    fn add_raw(&mut self, mem: &Mem, bufs: &[(Option<u64>, u32, u16)], fill: impl FnOnce(&[u64])) -> Option<(u16, Vec<u64>)> {
+    fn add_raw(&mut self, h: &mut Harness, bufs: &[(Option<u64>, u32, u16)], fill: impl FnOnce(&[u64])) -> Option<u16> {
         if self.free.len() < bufs.len() {
             return None;
         }
@@ -84,26 +75,17 @@ impl Vq {
                 Some(&n) => (flags | F_NEXT, n),
                 None => (flags, 0),
             };
-            let d = self.desc + u64::from(id) * 16;
-            mem.write_obj(addr, GuestAddress(d)).unwrap();
-            mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
-            mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+            h.write_desc(self.q, id, addr, len, flags, next);
         }
         fill(&addrs);
         let head = ids[0];
         self.chains.insert(head, ids);
-        let slot = GuestAddress(self.avail + 4 + u64::from(self.avail_idx % QSIZE) * 2);
-        mem.write_obj(head, slot).unwrap();
-        fence(Ordering::SeqCst);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
-        fence(Ordering::SeqCst);
-        Some((head, addrs))
+        h.push_avail(self.q, head);
+        Some(head)
     }
 
-    /// Next used entry: (head, len, the chain's descriptor ids) — the ids are freed.
-    fn pop_used(&mut self, mem: &Mem) -> Option<(u16, u32, Vec<u16>)> {
+    /// Next used entry: (head, len) — the chain's descriptors are freed.
+    fn pop_used(&mut self, mem: &Mem) -> Option<(u16, u32)> {
         fence(Ordering::SeqCst);
         let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
         if idx == self.last_used {
@@ -115,13 +97,13 @@ impl Vq {
         self.last_used = self.last_used.wrapping_add(1);
         let ids = self.chains.remove(&(id as u16)).expect("device returned a head it was never given");
         self.free.extend(&ids);
-        Some((id as u16, len, ids))
+        Some((id as u16, len))
     }
 }
 
 struct Driver {
+    h: Harness,
     mem: Mem,
-    transport: Arc<Mutex<MmioTransport>>,
     irq: EventFd,
     rx: Vq,
     tx: Vq,
@@ -129,55 +111,18 @@ struct Driver {
 }
 
 impl Driver {
-    fn reg_read(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.transport.lock().unwrap().read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn reg_write(&self, off: u64, v: u32) {
-        self.transport.lock().unwrap().write(off, &v.to_le_bytes());
-    }
-
     fn new(uds: &Path) -> Self {
-        let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let dev = Vsock::new(CID, uds.to_path_buf()).unwrap();
-        let t = MmioTransport::new(mem.clone(), Box::new(dev)).unwrap();
-        let irq = t.interrupt().irq_evt().try_clone().unwrap();
-        let mut d = Driver {
-            mem,
-            transport: Arc::new(Mutex::new(t)),
-            irq,
-            rx: Vq::new(0),
-            tx: Vq::new(1),
-            rx_bufs: HashMap::new(),
-        };
-        assert_eq!(d.reg_read(reg::MAGIC), MMIO_MAGIC);
-        assert_eq!(d.reg_read(reg::VERSION), 2);
-        assert_eq!(d.reg_read(reg::DEVICE_ID), 19);
-        d.reg_write(reg::STATUS, status::ACKNOWLEDGE);
-        d.reg_write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        d.reg_write(reg::DEVICE_FEATURES_SEL, 1);
-        assert_eq!(d.reg_read(reg::DEVICE_FEATURES) & 1, 1, "VIRTIO_F_VERSION_1");
-        d.reg_write(reg::DRIVER_FEATURES_SEL, 1);
-        d.reg_write(reg::DRIVER_FEATURES, 1);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        d.reg_write(reg::STATUS, s);
-        assert_eq!(d.reg_read(reg::STATUS) & status::FEATURES_OK, status::FEATURES_OK);
-        assert_eq!(u64::from(d.reg_read(reg::CONFIG)) | u64::from(d.reg_read(reg::CONFIG + 4)) << 32, CID);
-        for q in 0..3u32 {
-            let vq = Vq::new(q);
-            d.reg_write(reg::QUEUE_SEL, q);
-            assert!(d.reg_read(reg::QUEUE_NUM_MAX) >= u32::from(QSIZE));
-            d.reg_write(reg::QUEUE_NUM, u32::from(QSIZE));
-            for (lo, a) in [(reg::QUEUE_DESC_LOW, vq.desc), (reg::QUEUE_AVAIL_LOW, vq.avail), (reg::QUEUE_USED_LOW, vq.used)] {
-                d.reg_write(lo, a as u32);
-                d.reg_write(lo + 4, (a >> 32) as u32);
-            }
-            d.reg_write(reg::QUEUE_READY, 1);
-        }
-        d.reg_write(reg::STATUS, s | status::DRIVER_OK);
-        assert!(d.transport.lock().unwrap().is_activated(), "device activated");
+        let mut h = Harness::new(Box::new(dev));
+        assert_eq!(h.probe(), 19, "device id");
+        assert!(h.cmdline.as_cstring().unwrap().to_string_lossy().contains("virtio_mmio.device="));
+        assert_eq!(h.read_config(0, 8), CID.to_le_bytes(), "config space: guest_cid");
+        assert_eq!(h.device_features(), VIRTIO_F_VERSION_1, "stream only: VERSION_1 and nothing else");
+        h.init(VIRTIO_F_VERSION_1, 3, QSIZE);
+        assert!(h.queues.iter().all(|q| q.size == QSIZE));
+        let irq = h.transport.lock().unwrap().interrupt().irq_evt().try_clone().unwrap();
+        let (rx, tx) = (Vq::new(&mut h, 0), Vq::new(&mut h, 1));
+        let mut d = Driver { mem: h.mem.clone(), h, irq, rx, tx, rx_bufs: HashMap::new() };
         d.refill_rx();
         d
     }
@@ -187,12 +132,13 @@ impl Driver {
     fn refill_rx(&mut self) {
         let mut added = false;
         let bufs = [(None, 44, F_WRITE), (None, 16384, F_WRITE), (None, 16384, F_WRITE)];
-        while let Some((head, addrs)) = self.rx.add_raw(&self.mem, &bufs, |_| ()) {
-            self.rx_bufs.insert(head, addrs.into_iter().zip([44, 16384, 16384]).collect());
+        let mut got = Vec::new();
+        while let Some(head) = self.rx.add_raw(&mut self.h, &bufs, |a| got = a.to_vec()) {
+            self.rx_bufs.insert(head, got.drain(..).zip([44, 16384, 16384]).collect());
             added = true;
         }
         if added {
-            self.reg_write(reg::QUEUE_NOTIFY, 0);
+            self.h.notify(0);
         }
     }
 
@@ -217,10 +163,10 @@ impl Driver {
                 off += b.1 as usize;
             }
         };
-        if self.tx.add_raw(mem, &bufs, fill).is_none() {
+        if self.tx.add_raw(&mut self.h, &bufs, fill).is_none() {
             return false;
         }
-        self.reg_write(reg::QUEUE_NOTIFY, 1);
+        self.h.notify(1);
         true
     }
 
@@ -235,7 +181,7 @@ impl Driver {
         unsafe { libc::poll(&mut pfd, 1, ms) };
         let _ = self.irq.read();
         let mut out = Vec::new();
-        while let Some((head, len, _)) = self.rx.pop_used(&self.mem) {
+        while let Some((head, len)) = self.rx.pop_used(&self.mem) {
             let bufs = self.rx_bufs.remove(&head).unwrap();
             let mut wire = Vec::with_capacity(len as usize);
             for (a, l) in bufs {
@@ -701,8 +647,8 @@ fn hostile_packets_are_dropped_or_reset_and_queue_keeps_working() {
     }
     let mem = g.drv.mem.clone();
     let fill = |a: &[u64]| mem.write_slice(&good(OP_RW, 5000).to_bytes(), GuestAddress(a[0])).unwrap();
-    g.drv.tx.add_raw(&mem, &[(None, 44, 0), (None, 100, 0)], fill).unwrap();
-    g.drv.reg_write(reg::QUEUE_NOTIFY, 1);
+    g.drv.tx.add_raw(&mut g.drv.h, &[(None, 44, 0), (None, 100, 0)], fill).unwrap();
+    g.drv.h.notify(1);
     g.wait_control("RST for short chain", |r| r.op == OP_RST && r.dst_port == 900);
     // Header too short, header in a device-writable descriptor, memory outside the guest,
     // an empty chain: dropped (returned to the used ring), no answer.
@@ -718,9 +664,9 @@ fn hostile_packets_are_dropped_or_reset_and_queue_keeps_working() {
                 mem.write_slice(&good(OP_REQUEST, 0).to_bytes()[..20], GuestAddress(a[0])).unwrap();
             }
         };
-        g.drv.tx.add_raw(&mem, chain, fill).unwrap();
+        g.drv.tx.add_raw(&mut g.drv.h, chain, fill).unwrap();
     }
-    g.drv.reg_write(reg::QUEUE_NOTIFY, 1);
+    g.drv.h.notify(1);
     let deadline = Instant::now() + Duration::from_secs(5);
     while g.drv.tx.free.len() < QSIZE as usize {
         assert!(Instant::now() < deadline, "device kept hostile chains");
