@@ -127,6 +127,18 @@ impl Driver {
         d
     }
 
+    /// Device reset (status 0), then a fresh driver session on the same device.
+    fn reinit(&mut self) {
+        self.h.reset();
+        assert_eq!(self.h.status(), 0);
+        self.h.free_all();
+        self.h.init(VIRTIO_F_VERSION_1, 3, QSIZE);
+        self.rx = Vq::new(&mut self.h, 0);
+        self.tx = Vq::new(&mut self.h, 1);
+        self.rx_bufs.clear();
+        self.refill_rx();
+    }
+
     /// Keeps the rx queue full of buffers: a lone 44-byte header descriptor followed by two
     /// 16 KiB data descriptors (packets land split across all three).
     fn refill_rx(&mut self) {
@@ -683,6 +695,35 @@ fn hostile_packets_are_dropped_or_reset_and_queue_keeps_working() {
     let host = host_peer(s, 1 << 20, 8, 7);
     g.run_transfers(60);
     host.join().unwrap();
+}
+
+#[test]
+fn device_reset_closes_streams_and_reactivates() {
+    let (dir, uds) = setup();
+    let mut g = Guest::new(&uds);
+    let (mut s, ok) = host_connect(&uds, 5004);
+    g.accept(5004);
+    ok.join().unwrap();
+    g.drv.reinit();
+    g.conns.clear();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0, "reset drops the host side of every stream");
+    // The listener survives the reset; a new session works both ways.
+    let l = UnixListener::bind(dir.path().join("vsock.sock_6200")).unwrap();
+    let key = g.connect(44000, 6200);
+    let (s, _) = l.accept().unwrap();
+    let c = g.conns.get_mut(&key).unwrap();
+    (c.tx_total, c.rx_total, c.seed_tx, c.seed_rx) = (1 << 20, 1 << 20, 11, 12);
+    let host = host_peer(s, 1 << 20, 12, 11);
+    let (s2, ok) = host_connect(&uds, 5005);
+    let key2 = g.accept(5005);
+    assert!(ok.join().unwrap().starts_with("OK "));
+    let c = g.conns.get_mut(&key2).unwrap();
+    (c.tx_total, c.rx_total, c.seed_tx, c.seed_rx) = (1 << 20, 1 << 20, 13, 14);
+    let host2 = host_peer(s2, 1 << 20, 14, 13);
+    g.run_transfers(60);
+    host.join().unwrap();
+    host2.join().unwrap();
 }
 
 // ---------------------------------------------------------------- benchmark
