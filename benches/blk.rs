@@ -29,7 +29,10 @@ struct Row {
 }
 
 fn secs() -> Duration {
-    let s: f64 = std::env::var("HUSK_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let s: f64 = std::env::var("HUSK_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     Duration::from_secs_f64(s)
 }
 
@@ -48,7 +51,8 @@ fn device_rps(h: &mut Harness, req_type: u32, size: u32, depth: usize, dur: Dura
             n += 1;
         }
         h.notify(0);
-        h.wait_used(0, depth, Duration::from_secs(10)).expect("device stalled");
+        h.wait_used(0, depth, Duration::from_secs(10))
+            .expect("device stalled");
     }
     for r in &reqs {
         assert_eq!(h.read(r.status, 1)[0], 0, "request failed");
@@ -80,7 +84,13 @@ fn baseline_rps(file: &File, write: bool, size: u32, depth: usize, dur: Duration
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.img");
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     // Real data (not a sparse hole) so reads hit the page cache the same way for both sides.
     let chunk = vec![0xa5u8; 1 << 20];
     for i in 0..FILE_SIZE / (1 << 20) {
@@ -92,24 +102,39 @@ fn main() {
 
     let dur = secs();
     let mut rows = Vec::new();
-    for (op, t, write) in [("read", VIRTIO_BLK_T_IN, false), ("write", VIRTIO_BLK_T_OUT, true)] {
+    for (op, t, write) in [
+        ("read", VIRTIO_BLK_T_IN, false),
+        ("write", VIRTIO_BLK_T_OUT, true),
+    ] {
         for (size, depth) in [(4096u32, 32usize), (1 << 20, 8)] {
             // Warm up both paths once.
             device_rps(&mut h, t, size, depth, dur / 10);
             baseline_rps(&file, write, size, depth, dur / 10);
             let dev_rps = device_rps(&mut h, t, size, depth, dur);
             let base_rps = baseline_rps(&file, write, size, depth, dur);
-            rows.push(Row { op, size, dev_rps, base_rps });
+            rows.push(Row {
+                op,
+                size,
+                dev_rps,
+                base_rps,
+            });
         }
     }
 
     println!();
     println!("virtio-blk via driver-side harness vs plain pread/pwrite ({} s per cell, page-cached 64 MiB file)", dur.as_secs_f64());
-    println!("{:<6} {:>6} | {:>12} {:>10} | {:>12} {:>10} | {:>6}", "op", "size", "dev req/s", "dev MiB/s", "file req/s", "file MiB/s", "ratio");
+    println!(
+        "{:<6} {:>6} | {:>12} {:>10} | {:>12} {:>10} | {:>6}",
+        "op", "size", "dev req/s", "dev MiB/s", "file req/s", "file MiB/s", "ratio"
+    );
     println!("{}", "-".repeat(80));
     for r in rows {
         let mib = |rps: f64| rps * f64::from(r.size) / (1 << 20) as f64;
-        let size = if r.size >= 1 << 20 { format!("{}M", r.size >> 20) } else { format!("{}K", r.size >> 10) };
+        let size = if r.size >= 1 << 20 {
+            format!("{}M", r.size >> 20)
+        } else {
+            format!("{}K", r.size >> 10)
+        };
         println!(
             "{:<6} {:>6} | {:>12.0} {:>10.1} | {:>12.0} {:>10.1} | {:>6.2}",
             r.op,
