@@ -1,0 +1,125 @@
+//! The virtio-blk device: features, config space, activate/reset.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use super::backend::{BackendError, DiskBackend, RawFile, SECTOR_SIZE};
+use super::handler::BlockHandler;
+use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::{ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+
+/// Descriptors per request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data segments per request (two descriptors go to header and status).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Bytes of `struct virtio_blk_config` we expose (capacity … blk_size).
+pub const CONFIG_LEN: usize = 24;
+
+/// A virtio-blk device with one request queue.
+pub struct Block {
+    name: String,
+    disk: Arc<dyn DiskBackend>,
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    worker: Option<Worker>,
+}
+
+impl Block {
+    /// A device over `disk`; `name` names the worker thread (keep it ≤ 15 bytes).
+    pub fn new(name: &str, disk: Arc<dyn DiskBackend>) -> Self {
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE;
+        if disk.read_only() {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..8].copy_from_slice(&(disk.capacity() / SECTOR_SIZE).to_le_bytes());
+        // size_max (8..12) stays 0: not offered.
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        // geometry (16..20) stays 0: not offered.
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        Self { name: name.to_string(), disk, avail_features, acked_features: 0, config, worker: None }
+    }
+
+    /// A device over the raw image at `path` (opened O_RDONLY when `read_only`).
+    pub fn open(name: &str, path: &Path, read_only: bool) -> Result<Self, BackendError> {
+        Ok(Self::new(name, Arc::new(RawFile::open(path, read_only)?)))
+    }
+
+    pub fn disk(&self) -> &Arc<dyn DiskBackend> {
+        &self.disk
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let Ok(start) = usize::try_from(offset) else { return };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!("virtio-blk: ignoring {}-byte config write at {offset:#x}", data.len());
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let ActivateContext { mem, queues, queue_evts, interrupt } = ctx;
+        if queues.len() != 1 || queue_evts.len() != 1 {
+            let got = queues.len().min(queue_evts.len());
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        }
+        let (Some(queue), Some(evt)) = (queues.into_iter().next(), queue_evts.into_iter().next())
+        else {
+            return Err(ActivateError::QueueCount { expected: 1, got: 0 });
+        };
+        let handler = BlockHandler::new(mem, queue, evt, interrupt, self.disk.clone());
+        self.worker = Some(Worker::spawn(&self.name, vec![Box::new(handler)])?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Some(mut w) = self.worker.take() {
+            if let Err(e) = w.stop() {
+                log::error!("{}: stopping worker: {e}", self.name);
+                return false;
+            }
+        }
+        self.acked_features = 0;
+        true
+    }
+}

@@ -1,1 +1,0 @@
-//! virtio-mmio transport (virtio 1.x).
