@@ -23,7 +23,9 @@ const DISK_SECTORS: u64 = 64;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn disk_file(dir: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
@@ -35,11 +37,19 @@ fn disk_file(dir: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
 /// A live harness over a fresh 32 KiB image with a known pattern.
 fn setup(read_only: bool) -> (tempfile::TempDir, std::path::PathBuf, Harness) {
     let dir = tempfile::tempdir().unwrap();
-    let path = disk_file(dir.path(), "disk.img", &pattern((DISK_SECTORS * 512) as usize, 7));
+    let path = disk_file(
+        dir.path(),
+        "disk.img",
+        &pattern((DISK_SECTORS * 512) as usize, 7),
+    );
     let dev = Block::open("blk-test", &path, read_only).unwrap();
     let mut h = Harness::new(Box::new(dev));
     assert_eq!(h.probe(), TYPE_BLOCK);
-    h.init(u64::MAX & !(1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX), 1, 16);
+    h.init(
+        !(1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
+        1,
+        16,
+    );
     (dir, path, h)
 }
 
@@ -53,7 +63,10 @@ fn assert_queue_alive(h: &mut Harness, path: &Path) {
 #[test]
 fn probe_reports_identity_config_and_cmdline() {
     let (_d, _p, h) = setup(false);
-    assert_eq!(h.read32(reg::VENDOR_ID), husk::devices::virtio::mmio::VENDOR_ID);
+    assert_eq!(
+        h.read32(reg::VENDOR_ID),
+        husk::devices::virtio::mmio::VENDOR_ID
+    );
     let cap = u64::from_le_bytes(h.read_config(0, 8).try_into().unwrap());
     assert_eq!(cap, DISK_SECTORS);
     let seg_max = u32::from_le_bytes(h.read_config(12, 4).try_into().unwrap());
@@ -76,8 +89,15 @@ fn read_returns_file_bytes_and_raises_interrupt() {
     assert_eq!(s, S_OK);
     assert_eq!(data, fs::read(&path).unwrap()[3 * 512..3 * 512 + 4096]);
     assert!(h.take_interrupts() >= 1, "no interrupt on the irq eventfd");
-    assert_eq!(h.ack_interrupt() & VIRTIO_INT_USED_RING, VIRTIO_INT_USED_RING);
-    assert_eq!(h.read32(reg::INTERRUPT_STATUS), 0, "ack did not clear the bit");
+    assert_eq!(
+        h.ack_interrupt() & VIRTIO_INT_USED_RING,
+        VIRTIO_INT_USED_RING
+    );
+    assert_eq!(
+        h.read32(reg::INTERRUPT_STATUS),
+        0,
+        "ack did not clear the bit"
+    );
 }
 
 #[test]
@@ -97,7 +117,10 @@ fn write_reaches_host_file() {
     let file = fs::read(&path).unwrap();
     assert_eq!(&file[8 * 512..8 * 512 + 8192], &data[..]);
     // Untouched bytes around it.
-    assert_eq!(&file[..8 * 512], &pattern((DISK_SECTORS * 512) as usize, 7)[..8 * 512]);
+    assert_eq!(
+        &file[..8 * 512],
+        &pattern((DISK_SECTORS * 512) as usize, 7)[..8 * 512]
+    );
     let (s, back) = blk::read(&mut h, 8, 8192);
     assert_eq!((s, back), (S_OK, data));
 }
@@ -117,7 +140,11 @@ fn get_id_is_20_bytes_and_stable() {
     assert!(id.starts_with(b"husk"), "id {id:?}");
     let again = RawFile::open(&path, true).unwrap();
     use husk::devices::virtio::block::DiskBackend;
-    assert_eq!(&again.id()[..], &id[..], "id must follow the file, not the open");
+    assert_eq!(
+        &again.id()[..],
+        &id[..],
+        "id must follow the file, not the open"
+    );
 }
 
 #[test]
@@ -163,7 +190,11 @@ fn sector_past_the_end_is_ioerr() {
     assert_eq!(blk::write(&mut h, DISK_SECTORS, &[9u8; 512]), S_IOERR);
     // Sector whose byte offset overflows u64.
     assert_eq!(blk::read(&mut h, u64::MAX / 256, 512).0, S_IOERR);
-    assert_eq!(fs::read(&path).unwrap(), before, "out-of-range write changed the file");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        before,
+        "out-of-range write changed the file"
+    );
     // The very last sector is fine.
     assert_eq!(blk::read(&mut h, DISK_SECTORS - 1, 512).0, S_OK);
 }
@@ -182,11 +213,18 @@ fn device_writable_header_is_ioerr() {
     let (_d, path, mut h) = setup(false);
     let r = prepare(&mut h, VIRTIO_BLK_T_IN, 0, 512);
     h.write(r.data, &[0xaa; 512]);
-    h.add_chain(0, &[Buf::w(r.hdr, 16), Buf::w(r.data, 512), Buf::w(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[Buf::w(r.hdr, 16), Buf::w(r.data, 512), Buf::w(r.status, 1)],
+    );
     h.notify(0);
     let (_, len) = h.wait_one(0).unwrap();
     assert_eq!((h.read(r.status, 1)[0], len), (S_IOERR, 1));
-    assert_eq!(h.read(r.data, 512), vec![0xaa; 512], "device wrote data for a bad chain");
+    assert_eq!(
+        h.read(r.data, 512),
+        vec![0xaa; 512],
+        "device wrote data for a bad chain"
+    );
     assert_queue_alive(&mut h, &path);
 }
 
@@ -195,7 +233,15 @@ fn readable_after_writable_is_ioerr() {
     let (_d, path, mut h) = setup(false);
     let r = prepare(&mut h, VIRTIO_BLK_T_OUT, 0, 512);
     let before = fs::read(&path).unwrap();
-    h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::w(r.status, 1), Buf::r(r.data, 512), Buf::w(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[
+            Buf::r(r.hdr, 16),
+            Buf::w(r.status, 1),
+            Buf::r(r.data, 512),
+            Buf::w(r.status, 1),
+        ],
+    );
     h.notify(0);
     let (_, len) = h.wait_one(0).unwrap();
     assert_eq!((h.read(r.status, 1)[0], len), (S_IOERR, 1));
@@ -208,13 +254,23 @@ fn out_of_range_data_address_is_ioerr() {
     let (_d, path, mut h) = setup(false);
     let r = prepare(&mut h, VIRTIO_BLK_T_IN, 0, 512);
     let beyond = GuestAddress(h.mem_size() - 256); // straddles the end of RAM
-    h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::w(beyond, 512), Buf::w(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[Buf::r(r.hdr, 16), Buf::w(beyond, 512), Buf::w(r.status, 1)],
+    );
     h.notify(0);
     let (_, len) = h.wait_one(0).unwrap();
     assert_eq!((h.read(r.status, 1)[0], len), (S_IOERR, 1));
     // Far outside: in the MMIO hole / past 4 GiB.
     let r = prepare(&mut h, VIRTIO_BLK_T_OUT, 0, 512);
-    h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::r(GuestAddress(1 << 40), 512), Buf::w(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[
+            Buf::r(r.hdr, 16),
+            Buf::r(GuestAddress(1 << 40), 512),
+            Buf::w(r.status, 1),
+        ],
+    );
     h.notify(0);
     h.wait_one(0).unwrap();
     assert_eq!(h.read(r.status, 1)[0], S_IOERR);
@@ -225,7 +281,10 @@ fn out_of_range_data_address_is_ioerr() {
 fn header_out_of_range_is_ioerr() {
     let (_d, path, mut h) = setup(false);
     let status = h.alloc(1);
-    h.add_chain(0, &[Buf::r(GuestAddress(u64::MAX - 8), 16), Buf::w(status, 1)]);
+    h.add_chain(
+        0,
+        &[Buf::r(GuestAddress(u64::MAX - 8), 16), Buf::w(status, 1)],
+    );
     h.notify(0);
     let (_, len) = h.wait_one(0).unwrap();
     assert_eq!((h.read(status, 1)[0], len), (S_IOERR, 1));
@@ -237,16 +296,26 @@ fn status_descriptor_read_only_or_empty_is_dropped() {
     let (_d, path, mut h) = setup(false);
     for status_buf in [Buf::r(GuestAddress(0), 0), Buf::w(GuestAddress(0), 0)] {
         let r = prepare(&mut h, VIRTIO_BLK_T_IN, 0, 512);
-        let status = Buf { addr: r.status, ..status_buf };
+        let status = Buf {
+            addr: r.status,
+            ..status_buf
+        };
         h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::w(r.data, 512), status]);
         h.notify(0);
         let (_, len) = h.wait_one(0).expect("dropped chain must still be returned");
         assert_eq!(len, 0);
-        assert_eq!(h.read(r.status, 1)[0], 0xff, "status written into a bad status buffer");
+        assert_eq!(
+            h.read(r.status, 1)[0],
+            0xff,
+            "status written into a bad status buffer"
+        );
     }
     // Read-only 1-byte status.
     let r = prepare(&mut h, VIRTIO_BLK_T_IN, 0, 512);
-    h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::w(r.data, 512), Buf::r(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[Buf::r(r.hdr, 16), Buf::w(r.data, 512), Buf::r(r.status, 1)],
+    );
     h.notify(0);
     assert_eq!(h.wait_one(0).unwrap().1, 0);
     assert_eq!(h.read(r.status, 1)[0], 0xff);
@@ -264,8 +333,22 @@ fn descriptor_loop_is_dropped() {
     let r = prepare(&mut h, VIRTIO_BLK_T_IN, 0, 512);
     // 0 -> 1 -> 2 -> 1 -> 2 … never ends.
     h.write_desc(0, 0, r.hdr.0, 16, VIRTQ_DESC_F_NEXT, 1);
-    h.write_desc(0, 1, r.data.0, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
-    h.write_desc(0, 2, r.status.0, 1, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 1);
+    h.write_desc(
+        0,
+        1,
+        r.data.0,
+        512,
+        VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+        2,
+    );
+    h.write_desc(
+        0,
+        2,
+        r.status.0,
+        1,
+        VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+        1,
+    );
     h.push_avail(0, 0);
     h.notify(0);
     let (id, len) = h.wait_one(0).unwrap();
@@ -282,7 +365,14 @@ fn chain_longer_than_queue_or_next_out_of_table_is_dropped() {
     // A straight chain using every descriptor and pointing past the table.
     h.write_desc(0, 0, r.hdr.0, 16, VIRTQ_DESC_F_NEXT, 1);
     for i in 1..size {
-        h.write_desc(0, i, r.data.0, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, i + 1);
+        h.write_desc(
+            0,
+            i,
+            r.data.0,
+            512,
+            VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE,
+            i + 1,
+        );
     }
     h.push_avail(0, 0);
     h.notify(0);
@@ -343,7 +433,10 @@ fn unoffered_features_are_refused() {
     h.write32(reg::DRIVER_FEATURES, 1); // VERSION_1 (bit 32)
     h.write32(reg::DRIVER_FEATURES_SEL, 7);
     h.write32(reg::DRIVER_FEATURES, 1);
-    h.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    h.write32(
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     assert_eq!(h.status() & status::FEATURES_OK, 0);
     // Exactly the offered set is fine.
     assert!(h.negotiate(h.device_features()));
@@ -353,13 +446,19 @@ fn unoffered_features_are_refused() {
 fn status_must_follow_the_handshake_order() {
     let (_d, _p, h) = setup(false);
     h.write32(reg::STATUS, 0);
-    h.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+    h.write32(
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
     assert_eq!(h.status(), 0, "skipping steps must be refused");
     h.write32(reg::STATUS, status::ACKNOWLEDGE);
     h.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
     h.write32(reg::STATUS, status::DRIVER); // clearing ACK is not allowed
     assert_eq!(h.status(), status::ACKNOWLEDGE | status::DRIVER);
-    h.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FAILED);
+    h.write32(
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FAILED,
+    );
     assert_ne!(h.status() & status::FAILED, 0);
 }
 
@@ -425,7 +524,10 @@ fn reset_mid_flight_then_reinit() {
     h.add_chain(0, &blk::chain(&r, true));
     h.notify(0);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(h.used_idx(0) <= 4, "a request published after reset was served");
+    assert!(
+        h.used_idx(0) <= 4,
+        "a request published after reset was served"
+    );
     // A fresh driver session works.
     h.free_all();
     h.init(VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_FLUSH, 1, 16);
@@ -460,7 +562,15 @@ fn scattered_data_descriptors() {
     let r = prepare(&mut h, VIRTIO_BLK_T_IN, 2, 0);
     let a = h.alloc(512);
     let b = h.alloc(1024);
-    h.add_chain(0, &[Buf::r(r.hdr, 16), Buf::w(a, 512), Buf::w(b, 1024), Buf::w(r.status, 1)]);
+    h.add_chain(
+        0,
+        &[
+            Buf::r(r.hdr, 16),
+            Buf::w(a, 512),
+            Buf::w(b, 1024),
+            Buf::w(r.status, 1),
+        ],
+    );
     h.notify(0);
     assert_eq!(h.wait_one(0).unwrap().1, 1537);
     let file = fs::read(&path).unwrap();
@@ -474,7 +584,8 @@ fn sixteen_plus_devices_attach_with_distinct_windows_and_gsis() {
     use husk::devices::virtio::mmio::attach::NoKvm;
     use husk::devices::virtio::mmio::{attach_virtio_mmio, AttachError, MmioAllocator};
     let dir = tempfile::tempdir().unwrap();
-    let mem = husk::devices::virtio::GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mem =
+        husk::devices::virtio::GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let mut bus = Bus::new();
     let mut cmdline = linux_loader::cmdline::Cmdline::new(8192).unwrap();
     let mut alloc = MmioAllocator::new(0xd000_0000, 0x1000, 5..=23);
@@ -482,7 +593,15 @@ fn sixteen_plus_devices_attach_with_distinct_windows_and_gsis() {
     let mut seen = Vec::new();
     for i in 0..19 {
         let dev = Block::open(&format!("blk{i}"), &path, true).unwrap();
-        let a = attach_virtio_mmio(&NoKvm, &mut bus, &mut cmdline, &mem, &mut alloc, Box::new(dev)).unwrap();
+        let a = attach_virtio_mmio(
+            &NoKvm,
+            &mut bus,
+            &mut cmdline,
+            &mem,
+            &mut alloc,
+            Box::new(dev),
+        )
+        .unwrap();
         seen.push((a.base, a.gsi));
         let mut b = [0u8; 4];
         assert!(bus.read(a.base + reg::DEVICE_ID, &mut b));
@@ -490,7 +609,14 @@ fn sixteen_plus_devices_attach_with_distinct_windows_and_gsis() {
     }
     assert_eq!(seen[18], (0xd000_0000 + 18 * 0x1000, 23));
     let dev = Block::open("blk19", &path, true).unwrap();
-    let err = attach_virtio_mmio(&NoKvm, &mut bus, &mut cmdline, &mem, &mut alloc, Box::new(dev));
+    let err = attach_virtio_mmio(
+        &NoKvm,
+        &mut bus,
+        &mut cmdline,
+        &mem,
+        &mut alloc,
+        Box::new(dev),
+    );
     assert!(matches!(err, Err(AttachError::OutOfSlots(19))));
     let cmd = cmdline.as_cstring().unwrap().into_string().unwrap();
     assert_eq!(cmd.matches("virtio_mmio.device=4K@").count(), 19);
@@ -509,7 +635,11 @@ fn composite_disk_serves_layers_as_gpt_partitions() {
     let disk = CompositeDisk::open(&layers).unwrap();
     let parts = disk.partitions();
     let mut h = Harness::new(Box::new(Block::new("blk-comp", Arc::new(disk))));
-    h.init(u64::MAX & !(1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX), 1, 16);
+    h.init(
+        !(1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
+        1,
+        16,
+    );
     assert_ne!(h.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
     // GPT header at LBA 1.
     let (s, lba1) = blk::read(&mut h, 1, 512);

@@ -44,11 +44,19 @@ pub struct Buf {
 impl Buf {
     /// Device-readable buffer.
     pub fn r(addr: GuestAddress, len: u32) -> Self {
-        Self { addr, len, write: false }
+        Self {
+            addr,
+            len,
+            write: false,
+        }
     }
     /// Device-writable buffer.
     pub fn w(addr: GuestAddress, len: u32) -> Self {
-        Self { addr, len, write: true }
+        Self {
+            addr,
+            len,
+            write: true,
+        }
     }
 }
 
@@ -105,7 +113,10 @@ impl Harness {
 
     pub fn read32(&self, offset: u64) -> u32 {
         let mut b = [0u8; 4];
-        assert!(self.bus.read(self.base + offset, &mut b), "no device at {offset:#x}");
+        assert!(
+            self.bus.read(self.base + offset, &mut b),
+            "no device at {offset:#x}"
+        );
         u32::from_le_bytes(b)
     }
 
@@ -171,7 +182,9 @@ impl Harness {
             let avail = self.ring_alloc(6 + 2 * n, 2);
             let used = self.ring_alloc(6 + 8 * n, 4);
             for (addr, len) in [(desc, 16 * n), (avail, 6 + 2 * n), (used, 6 + 8 * n)] {
-                self.mem.write_slice(&vec![0u8; len as usize], addr).unwrap();
+                self.mem
+                    .write_slice(&vec![0u8; len as usize], addr)
+                    .unwrap();
             }
             self.write32(reg::QUEUE_NUM, u32::from(size));
             self.set_queue_addrs(desc, avail, used);
@@ -190,7 +203,11 @@ impl Harness {
 
     /// Writes the selected queue's ring addresses.
     pub fn set_queue_addrs(&self, desc: GuestAddress, avail: GuestAddress, used: GuestAddress) {
-        for (lo, a) in [(reg::QUEUE_DESC_LOW, desc), (reg::QUEUE_AVAIL_LOW, avail), (reg::QUEUE_USED_LOW, used)] {
+        for (lo, a) in [
+            (reg::QUEUE_DESC_LOW, desc),
+            (reg::QUEUE_AVAIL_LOW, avail),
+            (reg::QUEUE_USED_LOW, used),
+        ] {
             self.write32(lo, a.0 as u32);
             self.write32(lo + 4, (a.0 >> 32) as u32);
         }
@@ -232,7 +249,10 @@ impl Harness {
     pub fn alloc(&mut self, len: u64) -> GuestAddress {
         let a = self.next_buf.div_ceil(4096) * 4096;
         self.next_buf = a + len.max(1);
-        assert!(self.next_buf <= self.mem_size(), "harness guest memory exhausted");
+        assert!(
+            self.next_buf <= self.mem_size(),
+            "harness guest memory exhausted"
+        );
         GuestAddress(a)
     }
 
@@ -279,13 +299,17 @@ impl Harness {
             .unwrap();
         dq.avail_idx = dq.avail_idx.wrapping_add(1);
         fence(Ordering::SeqCst);
-        self.mem.write_obj(dq.avail_idx, GuestAddress(dq.avail.0 + 2)).unwrap();
+        self.mem
+            .write_obj(dq.avail_idx, GuestAddress(dq.avail.0 + 2))
+            .unwrap();
     }
 
     /// Sets the raw avail index (hostile drivers).
     pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
         self.queues[q].avail_idx = idx;
-        self.mem.write_obj(idx, GuestAddress(self.queues[q].avail.0 + 2)).unwrap();
+        self.mem
+            .write_obj(idx, GuestAddress(self.queues[q].avail.0 + 2))
+            .unwrap();
     }
 
     /// Places `bufs` as one chain on consecutive descriptors and publishes it; returns the head.
@@ -314,12 +338,20 @@ impl Harness {
     /// The device's used index for queue `q`.
     pub fn used_idx(&self, q: usize) -> u16 {
         fence(Ordering::SeqCst);
-        self.mem.read_obj(GuestAddress(self.queues[q].used.0 + 2)).unwrap()
+        self.mem
+            .read_obj(GuestAddress(self.queues[q].used.0 + 2))
+            .unwrap()
     }
 
     /// Number of interrupts raised since the last call (reads the irq EventFd).
     pub fn take_interrupts(&self) -> u64 {
-        self.transport.lock().unwrap().interrupt().irq_evt().read().unwrap_or(0)
+        self.transport
+            .lock()
+            .unwrap()
+            .interrupt()
+            .irq_evt()
+            .read()
+            .unwrap_or(0)
     }
 
     /// InterruptStatus, then InterruptACK of the same bits.
@@ -331,8 +363,19 @@ impl Harness {
 
     /// Waits until `count` new used entries exist on queue `q`, returns them as (id, len).
     /// `None` after `timeout` (the device did not answer).
-    pub fn wait_used(&mut self, q: usize, count: usize, timeout: Duration) -> Option<Vec<(u32, u32)>> {
-        let irq_fd = self.transport.lock().unwrap().interrupt().irq_evt().as_raw_fd();
+    pub fn wait_used(
+        &mut self,
+        q: usize,
+        count: usize,
+        timeout: Duration,
+    ) -> Option<Vec<(u32, u32)>> {
+        let irq_fd = self
+            .transport
+            .lock()
+            .unwrap()
+            .interrupt()
+            .irq_evt()
+            .as_raw_fd();
         let deadline = Instant::now() + timeout;
         let target = self.queues[q].used_seen.wrapping_add(count as u16);
         loop {
@@ -344,7 +387,11 @@ impl Harness {
             if left.is_zero() {
                 return None;
             }
-            let mut pfd = libc::pollfd { fd: irq_fd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: irq_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let ms = left.as_millis().min(50) as i32;
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -385,7 +432,9 @@ impl Harness {
 /// virtio-blk request helpers on top of [`Harness`].
 pub mod blk {
     use super::*;
-    use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+    use virtio_bindings::virtio_blk::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
 
     /// A request placed in guest memory: header, data, status byte.
     #[derive(Clone, Copy, Debug)]
@@ -406,14 +455,23 @@ pub mod blk {
         b[8..16].copy_from_slice(&sector.to_le_bytes());
         h.write(hdr, &b);
         h.write(status, &[0xff]);
-        Req { hdr, data, data_len, status }
+        Req {
+            hdr,
+            data,
+            data_len,
+            status,
+        }
     }
 
     /// The standard 3-descriptor chain for `r` (data writable for IN/GET_ID).
     pub fn chain(r: &Req, data_writable: bool) -> Vec<Buf> {
         let mut v = vec![Buf::r(r.hdr, 16)];
         if r.data_len > 0 {
-            v.push(Buf { addr: r.data, len: r.data_len, write: data_writable });
+            v.push(Buf {
+                addr: r.data,
+                len: r.data_len,
+                write: data_writable,
+            });
         }
         v.push(Buf::w(r.status, 1));
         v

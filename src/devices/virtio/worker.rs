@@ -71,8 +71,15 @@ impl Worker {
                     }
                 }
             })
-            .map_err(|source| ActivateError::Thread { name: name.to_string(), source })?;
-        Ok(Self { name: name.to_string(), stop_evt, handle: Some(handle) })
+            .map_err(|source| ActivateError::Thread {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_string(),
+            stop_evt,
+            handle: Some(handle),
+        })
     }
 
     /// Stops the loop and joins the thread. Idempotent.
@@ -120,7 +127,10 @@ mod tests {
     fn runs_subscribers_and_stops_on_request() {
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
         let hits = Arc::new(AtomicU32::new(0));
-        let sub = Counter { evt: evt.try_clone().unwrap(), hits: hits.clone() };
+        let sub = Counter {
+            evt: evt.try_clone().unwrap(),
+            hits: hits.clone(),
+        };
         let mut w = Worker::spawn("test-worker", vec![Box::new(sub)]).unwrap();
         evt.write(1).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -53,7 +53,12 @@ pub trait DiskBackend: Send + Sync {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be valid for writes for the duration of the call.
-pub(crate) unsafe fn pread_exact(file: &File, ptr: *mut u8, len: usize, offset: u64) -> io::Result<()> {
+pub(crate) unsafe fn pread_exact(
+    file: &File,
+    ptr: *mut u8,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let off = offset
@@ -80,7 +85,12 @@ pub(crate) unsafe fn pread_exact(file: &File, ptr: *mut u8, len: usize, offset: 
 ///
 /// # Safety
 /// `ptr..ptr+len` must be valid for reads for the duration of the call.
-pub(crate) unsafe fn pwrite_all(file: &File, ptr: *const u8, len: usize, offset: u64) -> io::Result<()> {
+pub(crate) unsafe fn pwrite_all(
+    file: &File,
+    ptr: *const u8,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let off = offset
@@ -138,14 +148,21 @@ impl RawFile {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BackendError::Open { path: path.into(), source })?;
-        let meta = file
-            .metadata()
-            .map_err(|source| BackendError::Metadata { path: path.into(), source })?;
+            .map_err(|source| BackendError::Open {
+                path: path.into(),
+                source,
+            })?;
+        let meta = file.metadata().map_err(|source| BackendError::Metadata {
+            path: path.into(),
+            source,
+        })?;
         let size = if meta.file_type().is_file() {
             meta.len()
         } else if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-            block_device_size(&file).map_err(|source| BackendError::Metadata { path: path.into(), source })?
+            block_device_size(&file).map_err(|source| BackendError::Metadata {
+                path: path.into(),
+                source,
+            })?
         } else {
             return Err(BackendError::NotAFile { path: path.into() });
         };

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::backend::{read_file_into, DiskBackend, GuestSlice, ID_BYTES, id_from_str, SECTOR_SIZE};
+use super::backend::{id_from_str, read_file_into, DiskBackend, GuestSlice, ID_BYTES, SECTOR_SIZE};
 
 /// GPT partition entries in the standard array (so at most this many layers).
 pub const MAX_LAYERS: usize = 128;
@@ -84,11 +84,16 @@ impl CompositeDisk {
         let mut files = Vec::with_capacity(layers.len());
         let mut sizes = Vec::with_capacity(layers.len());
         for l in layers {
-            let open_err = |source| CompositeError::Open { path: l.path.clone(), source };
+            let open_err = |source| CompositeError::Open {
+                path: l.path.clone(),
+                source,
+            };
             let f = File::open(&l.path).map_err(open_err)?;
             let size = f.metadata().map_err(open_err)?.len();
             if size == 0 {
-                return Err(CompositeError::EmptyLayer { path: l.path.clone() });
+                return Err(CompositeError::EmptyLayer {
+                    path: l.path.clone(),
+                });
             }
             files.push(f);
             sizes.push(size);
@@ -96,25 +101,45 @@ impl CompositeDisk {
 
         // Layout: [MBR | GPT header | entries | zeros] [layer 0 | zeros] … [backup entries | backup header]
         let head_len = (2 + ENTRIES_SECTORS) * SECTOR_SIZE;
-        let mut extents = vec![Extent { start: 0, len: head_len, source: Source::Head }];
+        let mut extents = vec![Extent {
+            start: 0,
+            len: head_len,
+            source: Source::Head,
+        }];
         let mut parts = Vec::with_capacity(layers.len());
         let mut pos = head_len;
         for (i, &size) in sizes.iter().enumerate() {
             let start = align_up(pos, ALIGN);
             if start > pos {
-                extents.push(Extent { start: pos, len: start - pos, source: Source::Zero });
+                extents.push(Extent {
+                    start: pos,
+                    len: start - pos,
+                    source: Source::Zero,
+                });
             }
-            extents.push(Extent { start, len: size, source: Source::File(i) });
+            extents.push(Extent {
+                start,
+                len: size,
+                source: Source::File(i),
+            });
             let end = align_up(start + size, SECTOR_SIZE);
             parts.push((start / SECTOR_SIZE, end / SECTOR_SIZE - 1));
             pos = start + size;
         }
         let tail_start = align_up(pos, ALIGN);
         if tail_start > pos {
-            extents.push(Extent { start: pos, len: tail_start - pos, source: Source::Zero });
+            extents.push(Extent {
+                start: pos,
+                len: tail_start - pos,
+                source: Source::Zero,
+            });
         }
         let tail_len = (ENTRIES_SECTORS + 1) * SECTOR_SIZE;
-        extents.push(Extent { start: tail_start, len: tail_len, source: Source::Tail });
+        extents.push(Extent {
+            start: tail_start,
+            len: tail_len,
+            source: Source::Tail,
+        });
         let capacity = tail_start + tail_len;
         let last_lba = capacity / SECTOR_SIZE - 1;
 
@@ -134,7 +159,15 @@ impl CompositeDisk {
         let entries_crc = crc32(&entries);
         let first_usable = 2 + ENTRIES_SECTORS;
         let last_usable = last_lba - 1 - ENTRIES_SECTORS;
-        let primary = gpt_header(1, last_lba, first_usable, last_usable, 2, &disk_guid, entries_crc);
+        let primary = gpt_header(
+            1,
+            last_lba,
+            first_usable,
+            last_usable,
+            2,
+            &disk_guid,
+            entries_crc,
+        );
         let backup = gpt_header(
             last_lba,
             1,
@@ -153,7 +186,14 @@ impl CompositeDisk {
         tail[..ENTRIES_BYTES].copy_from_slice(&entries);
         tail[ENTRIES_BYTES..ENTRIES_BYTES + HEADER_SIZE].copy_from_slice(&backup);
 
-        Ok(Self { files, head, tail, extents, capacity, id: id_from_str(&id_string(&disk_guid)) })
+        Ok(Self {
+            files,
+            head,
+            tail,
+            extents,
+            capacity,
+            id: id_from_str(&id_string(&disk_guid)),
+        })
     }
 
     /// Disk offsets (first byte, length) of each layer's partition data.
@@ -175,7 +215,9 @@ impl CompositeDisk {
                 let mut done = 0;
                 while done < buf.len() {
                     let n = (buf.len() - done).min(ZEROS.len());
-                    buf.subslice(done, n).map_err(io::Error::other)?.copy_from(&ZEROS[..n]);
+                    buf.subslice(done, n)
+                        .map_err(io::Error::other)?
+                        .copy_from(&ZEROS[..n]);
                     done += n;
                 }
                 Ok(())
@@ -185,7 +227,11 @@ impl CompositeDisk {
 }
 
 fn labels(layers: &[Layer]) -> String {
-    layers.iter().map(|l| l.label.as_str()).collect::<Vec<_>>().join(",")
+    layers
+        .iter()
+        .map(|l| l.label.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn copy_out(src: &[u8], off: u64, buf: &GuestSlice<'_>) -> io::Result<()> {
@@ -310,18 +356,27 @@ pub fn crc32(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
         t
     });
-    !data.iter().fold(!0u32, |c, &b| table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, &b| {
+        table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 /// Path helper for callers building layer lists.
 pub fn layer(path: impl AsRef<Path>, label: &str) -> Layer {
-    Layer { path: path.as_ref().to_path_buf(), label: label.to_string() }
+    Layer {
+        path: path.as_ref().to_path_buf(),
+        label: label.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -335,9 +390,12 @@ mod tests {
     fn image(disk: &CompositeDisk) -> Vec<u8> {
         let cap = disk.capacity() as usize;
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), cap)]).unwrap();
-        disk.read_at(0, &mem.get_slice(GuestAddress(0), cap).unwrap()).unwrap();
+        disk.read_at(0, &mem.get_slice(GuestAddress(0), cap).unwrap())
+            .unwrap();
         let mut out = vec![0u8; cap];
-        mem.get_slice(GuestAddress(0), cap).unwrap().copy_to(&mut out[..]);
+        mem.get_slice(GuestAddress(0), cap)
+            .unwrap()
+            .copy_to(&mut out[..]);
         out
     }
 
@@ -412,13 +470,24 @@ mod tests {
             let (first, last) = (u64_at(e, 32), u64_at(e, 40));
             assert!(first >= first_usable && last <= last_usable && first > prev_end);
             assert_eq!(first * 512 % ALIGN, 0, "partition {i} not 1 MiB aligned");
-            assert_eq!((last - first + 1) * 512, (c.len() as u64).div_ceil(512) * 512);
-            let name: Vec<u16> =
-                e[56..128].chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).take_while(|&c| c != 0).collect();
-            assert_eq!(String::from_utf16(&name).unwrap(), layers[i].label.chars().take(36).collect::<String>());
+            assert_eq!(
+                (last - first + 1) * 512,
+                (c.len() as u64).div_ceil(512) * 512
+            );
+            let name: Vec<u16> = e[56..128]
+                .chunks(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .take_while(|&c| c != 0)
+                .collect();
+            assert_eq!(
+                String::from_utf16(&name).unwrap(),
+                layers[i].label.chars().take(36).collect::<String>()
+            );
             let start = first as usize * 512;
             assert_eq!(&img[start..start + c.len()], &c[..], "layer {i} bytes");
-            assert!(img[start + c.len()..(last as usize + 1) * 512].iter().all(|&b| b == 0));
+            assert!(img[start + c.len()..(last as usize + 1) * 512]
+                .iter()
+                .all(|&b| b == 0));
             prev_end = last;
         }
         // Unused entries are zero.
@@ -449,9 +518,15 @@ mod tests {
 
     #[test]
     fn layer_count_is_bounded() {
-        assert!(matches!(CompositeDisk::open(&[]), Err(CompositeError::LayerCount(0))));
+        assert!(matches!(
+            CompositeDisk::open(&[]),
+            Err(CompositeError::LayerCount(0))
+        ));
         let many = vec![layer("/nonexistent", "x"); MAX_LAYERS + 1];
-        assert!(matches!(CompositeDisk::open(&many), Err(CompositeError::LayerCount(_))));
+        assert!(matches!(
+            CompositeDisk::open(&many),
+            Err(CompositeError::LayerCount(_))
+        ));
     }
 }
 
@@ -464,7 +539,10 @@ mod partx_tests {
     /// util-linux's own GPT parser agrees with ours (skipped where partx is missing).
     #[test]
     fn partx_reads_the_partition_table() {
-        let Ok(out) = std::process::Command::new("partx").arg("--version").output() else {
+        let Ok(out) = std::process::Command::new("partx")
+            .arg("--version")
+            .output()
+        else {
             eprintln!("NOT RUN: partx not installed");
             return;
         };
@@ -491,7 +569,11 @@ mod partx_tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "partx failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "partx failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let rows: Vec<&str> = text.lines().collect();
         assert_eq!(rows.len(), 3, "{text}");
         for (i, (row, (start, len))) in rows.iter().zip(disk.partitions()).enumerate() {

@@ -11,7 +11,9 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use super::backend::{BackendError, DiskBackend, RawFile, SECTOR_SIZE};
 use super::handler::BlockHandler;
 use crate::devices::virtio::worker::Worker;
-use crate::devices::virtio::{ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+};
 
 /// Descriptors per request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -48,7 +50,14 @@ impl Block {
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         // geometry (16..20) stays 0: not offered.
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
-        Self { name: name.to_string(), disk, avail_features, acked_features: 0, config, worker: None }
+        Self {
+            name: name.to_string(),
+            disk,
+            avail_features,
+            acked_features: 0,
+            config,
+            worker: None,
+        }
     }
 
     /// A device over the raw image at `path` (opened O_RDONLY when `read_only`).
@@ -83,7 +92,9 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else { return };
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
         if let Some(src) = self.config.get(start..) {
             let n = src.len().min(data.len());
             data[..n].copy_from_slice(&src[..n]);
@@ -91,21 +102,32 @@ impl VirtioDevice for Block {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!("virtio-blk: ignoring {}-byte config write at {offset:#x}", data.len());
+        log::debug!(
+            "virtio-blk: ignoring {}-byte config write at {offset:#x}",
+            data.len()
+        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let ActivateContext { mem, queues, queue_evts, interrupt } = ctx;
+        let ActivateContext {
+            mem,
+            queues,
+            queue_evts,
+            interrupt,
+        } = ctx;
         if queues.len() != 1 || queue_evts.len() != 1 {
             let got = queues.len().min(queue_evts.len());
             return Err(ActivateError::QueueCount { expected: 1, got });
         }
         let (Some(queue), Some(evt)) = (queues.into_iter().next(), queue_evts.into_iter().next())
         else {
-            return Err(ActivateError::QueueCount { expected: 1, got: 0 });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 0,
+            });
         };
         let handler = BlockHandler::new(mem, queue, evt, interrupt, self.disk.clone());
         self.worker = Some(Worker::spawn(&self.name, vec![Box::new(handler)])?);

@@ -29,7 +29,14 @@ impl BlockHandler {
         interrupt: Arc<VirtioInterrupt>,
         disk: Arc<dyn DiskBackend>,
     ) -> Self {
-        Self { mem, queue, queue_evt, interrupt, disk, broken: false }
+        Self {
+            mem,
+            queue,
+            queue_evt,
+            interrupt,
+            disk,
+            broken: false,
+        }
     }
 
     /// Processes every available request; returns how many were completed.

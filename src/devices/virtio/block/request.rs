@@ -97,7 +97,10 @@ where
         Ok(r) => r,
         Err(e) => {
             log::debug!("virtio-blk: dropping request: {e}");
-            return Outcome { used_len: 0, status: None };
+            return Outcome {
+                used_len: 0,
+                status: None,
+            };
         }
     };
     let (status, data_written) = match execute(mem, &req, disk) {
@@ -109,10 +112,16 @@ where
     };
     if mem.write_obj(status, req.status).is_err() {
         // parse() checked the address; only a concurrent memory change could get here.
-        return Outcome { used_len: 0, status: None };
+        return Outcome {
+            used_len: 0,
+            status: None,
+        };
     }
     // data_written ≤ MAX_REQUEST_BYTES, so this fits.
-    Outcome { used_len: data_written as u32 + 1, status: Some(status) }
+    Outcome {
+        used_len: data_written as u32 + 1,
+        status: Some(status),
+    }
 }
 
 /// Validates the chain's shape and finds the status byte. Errors here drop the chain unless
@@ -139,7 +148,11 @@ where
     let mut writable = Vec::new();
     let n = descs.len();
     for (i, d) in descs.into_iter().enumerate() {
-        let len = if i + 1 == n { u64::from(d.len()) - 1 } else { u64::from(d.len()) };
+        let len = if i + 1 == n {
+            u64::from(d.len()) - 1
+        } else {
+            u64::from(d.len())
+        };
         let seg = (d.addr(), len);
         if d.is_write_only() {
             writable.push(seg);
@@ -149,7 +162,11 @@ where
             return Ok(Request::invalid(status, RequestError::DescriptorOrder));
         }
     }
-    Ok(Request { readable, writable, status })
+    Ok(Request {
+        readable,
+        writable,
+        status,
+    })
 }
 
 impl Request {
@@ -157,7 +174,11 @@ impl Request {
     /// on the header.
     fn invalid(status: GuestAddress, why: RequestError) -> Self {
         log::debug!("virtio-blk: malformed chain: {why}");
-        Request { readable: Vec::new(), writable: Vec::new(), status }
+        Request {
+            readable: Vec::new(),
+            writable: Vec::new(),
+            status,
+        }
     }
 }
 
@@ -244,8 +265,14 @@ fn copy_prefix(
 }
 
 /// Maps segments to guest memory, refusing any byte outside RAM and oversize transfers.
-fn guest_slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> Result<Vec<GuestSlice<'m>>, RequestError> {
-    let total: u64 = segs.iter().try_fold(0u64, |acc, s| acc.checked_add(s.1)).unwrap_or(u64::MAX);
+fn guest_slices<'m>(
+    mem: &'m GuestMemory,
+    segs: &[Segment],
+) -> Result<Vec<GuestSlice<'m>>, RequestError> {
+    let total: u64 = segs
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add(s.1))
+        .unwrap_or(u64::MAX);
     if total > MAX_REQUEST_BYTES {
         return Err(RequestError::TooLarge(total));
     }
@@ -264,7 +291,11 @@ fn guest_slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> Result<Vec<GuestS
 }
 
 /// Checks sector alignment and bounds; returns the transfer length.
-fn checked_range(disk: &dyn DiskBackend, sector: u64, slices: &[GuestSlice<'_>]) -> Result<u64, RequestError> {
+fn checked_range(
+    disk: &dyn DiskBackend,
+    sector: u64,
+    slices: &[GuestSlice<'_>],
+) -> Result<u64, RequestError> {
     let len: u64 = slices.iter().map(|s| s.len() as u64).sum();
     if len % SECTOR_SIZE != 0 {
         return Err(RequestError::UnalignedLength(len));
@@ -302,7 +333,11 @@ mod tests {
     impl MemDisk {
         fn new(sectors: usize, ro: bool) -> Self {
             let bytes = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
-            Self { bytes: Mutex::new(bytes), ro, flushes: Mutex::new(0) }
+            Self {
+                bytes: Mutex::new(bytes),
+                ro,
+                flushes: Mutex::new(0),
+            }
         }
     }
 
@@ -356,20 +391,33 @@ mod tests {
     }
 
     fn ok(used: u32) -> Outcome {
-        Outcome { used_len: used, status: Some(VIRTIO_BLK_S_OK as u8) }
+        Outcome {
+            used_len: used,
+            status: Some(VIRTIO_BLK_S_OK as u8),
+        }
     }
     fn ioerr() -> Outcome {
-        Outcome { used_len: 1, status: Some(VIRTIO_BLK_S_IOERR as u8) }
+        Outcome {
+            used_len: 1,
+            status: Some(VIRTIO_BLK_S_IOERR as u8),
+        }
     }
     fn dropped() -> Outcome {
-        Outcome { used_len: 0, status: None }
+        Outcome {
+            used_len: 0,
+            status: None,
+        }
     }
 
     #[test]
     fn read_copies_sectors_into_guest_memory() {
         let (m, disk) = (mem(), MemDisk::new(8, false));
         header(&m, VIRTIO_BLK_T_IN, 2);
-        let out = run(&m, &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)], &disk);
+        let out = run(
+            &m,
+            &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)],
+            &disk,
+        );
         assert_eq!(out, ok(1025));
         let mut got = vec![0u8; 1024];
         m.read_slice(&mut got, GuestAddress(DATA)).unwrap();
@@ -396,7 +444,16 @@ mod tests {
         let mut h = [0u8; 16];
         m.read_slice(&mut h, GuestAddress(HDR)).unwrap();
         m.write_slice(&h[8..], GuestAddress(HDR + 0x1000)).unwrap();
-        let out = run(&m, &[d(HDR, 8, 0), d(HDR + 0x1000, 8, 0), d(DATA, 512, W), d(STATUS, 1, W)], &disk);
+        let out = run(
+            &m,
+            &[
+                d(HDR, 8, 0),
+                d(HDR + 0x1000, 8, 0),
+                d(DATA, 512, W),
+                d(STATUS, 1, W),
+            ],
+            &disk,
+        );
         assert_eq!(out, ok(513));
     }
 
@@ -416,13 +473,19 @@ mod tests {
         assert_eq!(run(&m, &[d(HDR, 16, 0), d(STATUS, 1, W)], &disk), ok(1));
         assert_eq!(*disk.flushes.lock().unwrap(), 1);
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 64, W), d(STATUS, 1, W)], &disk), ok(21));
+        assert_eq!(
+            run(&m, &[d(HDR, 16, 0), d(DATA, 64, W), d(STATUS, 1, W)], &disk),
+            ok(21)
+        );
         let mut id = [0u8; 20];
         m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"0123456789abcdefghij");
         // A short id buffer gets a truncated id, never an overflow.
         m.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 4, W), d(STATUS, 1, W)], &disk), ok(5));
+        assert_eq!(
+            run(&m, &[d(HDR, 16, 0), d(DATA, 4, W), d(STATUS, 1, W)], &disk),
+            ok(5)
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(DATA + 4)).unwrap(), 0xee);
     }
 
@@ -432,18 +495,41 @@ mod tests {
         header(&m, 0x1234, 0);
         assert_eq!(
             run(&m, &[d(HDR, 16, 0), d(STATUS, 1, W)], &disk),
-            Outcome { used_len: 1, status: Some(VIRTIO_BLK_S_UNSUPP as u8) }
+            Outcome {
+                used_len: 1,
+                status: Some(VIRTIO_BLK_S_UNSUPP as u8)
+            }
         );
         header(&m, VIRTIO_BLK_T_IN, 7);
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)], &disk), ioerr());
+        assert_eq!(
+            run(
+                &m,
+                &[d(HDR, 16, 0), d(DATA, 1024, W), d(STATUS, 1, W)],
+                &disk
+            ),
+            ioerr()
+        );
         header(&m, VIRTIO_BLK_T_IN, 0);
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 511, W), d(STATUS, 1, W)], &disk), ioerr());
+        assert_eq!(
+            run(
+                &m,
+                &[d(HDR, 16, 0), d(DATA, 511, W), d(STATUS, 1, W)],
+                &disk
+            ),
+            ioerr()
+        );
         header(&m, VIRTIO_BLK_T_IN, 0);
         assert_eq!(run(&m, &[d(HDR, 15, 0), d(STATUS, 1, W)], &disk), ioerr());
         let ro = MemDisk::new(8, true);
         header(&m, VIRTIO_BLK_T_OUT, 0);
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)], &ro), ioerr());
-        assert_eq!(ro.bytes.lock().unwrap()[..512], MemDisk::new(1, true).bytes.lock().unwrap()[..]);
+        assert_eq!(
+            run(&m, &[d(HDR, 16, 0), d(DATA, 512, 0), d(STATUS, 1, W)], &ro),
+            ioerr()
+        );
+        assert_eq!(
+            ro.bytes.lock().unwrap()[..512],
+            MemDisk::new(1, true).bytes.lock().unwrap()[..]
+        );
     }
 
     #[test]
@@ -452,16 +538,40 @@ mod tests {
         let disk = MemDisk::new(1, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         let big = (MAX_REQUEST_BYTES + 512) as u32;
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(0x40_0000, big, W), d(STATUS, 1, W)], &disk), ioerr());
+        assert_eq!(
+            run(
+                &m,
+                &[d(HDR, 16, 0), d(0x40_0000, big, W), d(STATUS, 1, W)],
+                &disk
+            ),
+            ioerr()
+        );
     }
 
     #[test]
     fn bad_status_drops_the_chain() {
         let (m, disk) = (mem(), MemDisk::new(8, false));
         header(&m, VIRTIO_BLK_T_IN, 0);
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, 0)], &disk), dropped());
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 0, W)], &disk), dropped());
-        assert_eq!(run(&m, &[d(HDR, 16, 0), d(1 << 40, 1, W)], &disk), dropped());
+        assert_eq!(
+            run(
+                &m,
+                &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 1, 0)],
+                &disk
+            ),
+            dropped()
+        );
+        assert_eq!(
+            run(
+                &m,
+                &[d(HDR, 16, 0), d(DATA, 512, W), d(STATUS, 0, W)],
+                &disk
+            ),
+            dropped()
+        );
+        assert_eq!(
+            run(&m, &[d(HDR, 16, 0), d(1 << 40, 1, W)], &disk),
+            dropped()
+        );
         assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
     }
 

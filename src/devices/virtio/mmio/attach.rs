@@ -37,7 +37,11 @@ pub enum AttachError {
     #[error("placing virtio-mmio device on the bus: {0}")]
     Bus(#[from] BusError),
     #[error("registering ioeventfd for queue {queue} at {addr:#x}: {source}")]
-    IoEvent { queue: usize, addr: u64, source: io::Error },
+    IoEvent {
+        queue: usize,
+        addr: u64,
+        source: io::Error,
+    },
     #[error("registering irqfd for GSI {gsi}: {source}")]
     IrqFd { gsi: u32, source: io::Error },
     #[error("adding virtio_mmio.device to the kernel cmdline: {0}")]
@@ -89,7 +93,12 @@ impl MmioAllocator {
     /// `0xd000_0000`, `0x1000`, `5..=23`).
     pub fn new(base: u64, window: u64, irqs: RangeInclusive<u32>) -> Self {
         let next_irq = *irqs.start();
-        Self { next_addr: base, window, irqs, next_irq }
+        Self {
+            next_addr: base,
+            window,
+            irqs,
+            next_irq,
+        }
     }
 
     /// Number of devices the GSI range allows.
@@ -103,7 +112,9 @@ impl MmioAllocator {
             return Err(AttachError::OutOfSlots(self.capacity()));
         }
         let base = self.next_addr;
-        let next = base.checked_add(self.window).ok_or(AttachError::AddressOverflow(base))?;
+        let next = base
+            .checked_add(self.window)
+            .ok_or(AttachError::AddressOverflow(base))?;
         let gsi = self.next_irq;
         self.next_addr = next;
         self.next_irq += 1;
@@ -135,7 +146,11 @@ pub fn attach_virtio_mmio<V: EventRegistrar + ?Sized>(
     let notify = base + reg::QUEUE_NOTIFY;
     for (queue, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, notify, queue as u32)
-            .map_err(|source| AttachError::IoEvent { queue, addr: notify, source })?;
+            .map_err(|source| AttachError::IoEvent {
+                queue,
+                addr: notify,
+                source,
+            })?;
     }
     vm.register_irqfd(transport.interrupt().irq_evt(), gsi)
         .map_err(|source| AttachError::IrqFd { gsi, source })?;
@@ -144,7 +159,12 @@ pub fn attach_virtio_mmio<V: EventRegistrar + ?Sized>(
         .map_err(AttachError::Cmdline)?;
     let transport = Arc::new(Mutex::new(transport));
     bus.insert(transport.clone(), base, size)?;
-    Ok(AttachedDevice { base, size, gsi, transport })
+    Ok(AttachedDevice {
+        base,
+        size,
+        gsi,
+        transport,
+    })
 }
 
 #[cfg(test)]
@@ -163,7 +183,9 @@ mod tests {
     }
     impl EventRegistrar for Recorder {
         fn register_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
-            self.ioevents.borrow_mut().push((evt.as_raw_fd(), addr, datamatch));
+            self.ioevents
+                .borrow_mut()
+                .push((evt.as_raw_fd(), addr, datamatch));
             Ok(())
         }
         fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> io::Result<()> {
@@ -203,7 +225,10 @@ mod tests {
         assert_eq!(a.allocate().unwrap(), (0xd000_2000, 7));
         assert!(matches!(a.allocate(), Err(AttachError::OutOfSlots(3))));
         let mut top = MmioAllocator::new(u64::MAX - 0xfff, 0x1000, 5..=6);
-        assert!(matches!(top.allocate(), Err(AttachError::AddressOverflow(_))));
+        assert!(matches!(
+            top.allocate(),
+            Err(AttachError::AddressOverflow(_))
+        ));
     }
 
     #[test]
@@ -213,8 +238,15 @@ mod tests {
         let mut alloc = MmioAllocator::new(0xd000_0000, 0x1000, 5..=23);
         let vm = Recorder::default();
         alloc.allocate().unwrap(); // someone else took the first slot
-        let a = attach_virtio_mmio(&vm, &mut bus, &mut cmdline, &mem, &mut alloc, Box::new(ThreeQueues))
-            .unwrap();
+        let a = attach_virtio_mmio(
+            &vm,
+            &mut bus,
+            &mut cmdline,
+            &mem,
+            &mut alloc,
+            Box::new(ThreeQueues),
+        )
+        .unwrap();
         assert_eq!((a.base, a.gsi, a.size), (0xd000_1000, 6, 0x1000));
         let t = a.transport.lock().unwrap();
         let want: Vec<_> = t
@@ -224,7 +256,10 @@ mod tests {
             .map(|(i, e)| (e.as_raw_fd(), 0xd000_1050, i as u32))
             .collect();
         assert_eq!(*vm.ioevents.borrow(), want);
-        assert_eq!(*vm.irqfds.borrow(), vec![(t.interrupt().irq_evt().as_raw_fd(), 6)]);
+        assert_eq!(
+            *vm.irqfds.borrow(),
+            vec![(t.interrupt().irq_evt().as_raw_fd(), 6)]
+        );
         assert_eq!(
             cmdline.as_cstring().unwrap().to_str().unwrap(),
             "virtio_mmio.device=4K@0xd0001000:6"
@@ -281,6 +316,9 @@ mod tests {
             }
         }
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(matches!(MmioTransport::new(mem, Box::new(Legacy)), Err(TransportError::NotModern(2))));
+        assert!(matches!(
+            MmioTransport::new(mem, Box::new(Legacy)),
+            Err(TransportError::NotModern(2))
+        ));
     }
 }

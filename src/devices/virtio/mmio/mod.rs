@@ -79,7 +79,11 @@ pub mod status {
 pub enum TransportError {
     /// The device declared a queue size the virtio-queue crate refuses.
     #[error("device type {device_type} queue {index}: invalid max size {size}")]
-    QueueMaxSize { device_type: u32, index: usize, size: u16 },
+    QueueMaxSize {
+        device_type: u32,
+        index: usize,
+        size: u16,
+    },
     /// The device does not offer VIRTIO_F_VERSION_1 (husk is modern-only).
     #[error("device type {0} does not offer VIRTIO_F_VERSION_1")]
     NotModern(u32),
@@ -123,8 +127,11 @@ impl MmioTransport {
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for (index, &size) in device.queue_max_sizes().iter().enumerate() {
-            let q = Queue::new(size)
-                .map_err(|_| TransportError::QueueMaxSize { device_type, index, size })?;
+            let q = Queue::new(size).map_err(|_| TransportError::QueueMaxSize {
+                device_type,
+                index,
+                size,
+            })?;
             queues.push(q);
             queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
         }
@@ -223,11 +230,16 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_select = v,
             reg::DRIVER_FEATURES => {
                 if !self.has(status::DRIVER) || self.has(status::FEATURES_OK) || self.failed() {
-                    log::warn!("virtio-mmio: driver features written in status {:#x}", self.status);
+                    log::warn!(
+                        "virtio-mmio: driver features written in status {:#x}",
+                        self.status
+                    );
                     return;
                 }
                 match self.driver_features_select {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -239,7 +251,9 @@ impl MmioTransport {
             }
             reg::QUEUE_SEL => self.queue_select = v,
             reg::QUEUE_NUM => self.with_queue(|q, s| {
-                let ok = u16::try_from(v).ok().is_some_and(|n| q.try_set_size(n).is_ok());
+                let ok = u16::try_from(v)
+                    .ok()
+                    .is_some_and(|n| q.try_set_size(n).is_ok());
                 s.bad |= !ok;
             }),
             reg::QUEUE_READY => self.with_queue(|q, _| q.set_ready(v == 1)),
@@ -267,7 +281,10 @@ impl MmioTransport {
     /// is not live (the driver must clear QueueReady before reconfiguring).
     fn with_queue(&mut self, f: impl FnOnce(&mut Queue, &mut QueueSetup)) {
         if !self.queue_config_allowed() {
-            log::warn!("virtio-mmio: queue register written in status {:#x}", self.status);
+            log::warn!(
+                "virtio-mmio: queue register written in status {:#x}",
+                self.status
+            );
             return;
         }
         match self.selected_queue() {
@@ -380,7 +397,10 @@ impl MmioTransport {
                 self.status = new_status;
             }
             Err(e) => {
-                log::error!("virtio-mmio: device type {} activation failed: {e}", self.device.device_type());
+                log::error!(
+                    "virtio-mmio: device type {} activation failed: {e}",
+                    self.device.device_type()
+                );
                 self.needs_reset();
             }
         }
@@ -397,7 +417,10 @@ impl MmioTransport {
     /// queues it used are gone before the driver may reuse the memory.
     fn reset(&mut self) {
         if self.activated && !self.device.reset() {
-            log::error!("virtio-mmio: device type {} cannot reset", self.device.device_type());
+            log::error!(
+                "virtio-mmio: device type {} cannot reset",
+                self.device.device_type()
+            );
             self.status |= status::FAILED;
             return;
         }
@@ -436,7 +459,10 @@ impl BusDevice for MmioTransport {
         } else if data.len() == 4 && offset % 4 == 0 {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
-            log::warn!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+            log::warn!(
+                "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                data.len()
+            );
         }
     }
 
@@ -449,7 +475,10 @@ impl BusDevice for MmioTransport {
         } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         } else {
-            log::warn!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            log::warn!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
         }
     }
 }
