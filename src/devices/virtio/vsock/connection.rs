@@ -32,14 +32,23 @@ pub const CREDIT_UPDATE_THRESHOLD: u32 = (TX_BUF_SIZE / 4) as u32;
 pub enum Error {
     /// The guest sent more than the credit we granted it.
     #[error("vsock port {local}<->{peer}: guest overran its credit ({have} buffered + {add} > {TX_BUF_SIZE})")]
-    CreditExceeded { local: u32, peer: u32, have: usize, add: usize },
+    CreditExceeded {
+        local: u32,
+        peer: u32,
+        have: usize,
+        add: usize,
+    },
     /// The guest sent data after shutting down its send side, or before the connection
     /// was established.
     #[error("vsock port {local}<->{peer}: guest sent data in a state that forbids it")]
     UnexpectedData { local: u32, peer: u32 },
     /// The host side of the connection failed or went away.
     #[error("vsock port {local}<->{peer}: host socket: {source}")]
-    Host { local: u32, peer: u32, source: io::Error },
+    Host {
+        local: u32,
+        peer: u32,
+        source: io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +117,19 @@ pub struct Connection {
 
 impl Connection {
     /// A guest-initiated connection, accepted: it owes the guest a RESPONSE.
-    pub fn new_peer_init(stream: UnixStream, guest_cid: u64, local_port: u32, hdr: &Header) -> Self {
-        let mut c = Self::new(stream, guest_cid, local_port, hdr.src_port, State::Established);
+    pub fn new_peer_init(
+        stream: UnixStream,
+        guest_cid: u64,
+        local_port: u32,
+        hdr: &Header,
+    ) -> Self {
+        let mut c = Self::new(
+            stream,
+            guest_cid,
+            local_port,
+            hdr.src_port,
+            State::Established,
+        );
         c.update_peer_credit(hdr);
         c.owed.response = true;
         c
@@ -117,14 +137,26 @@ impl Connection {
 
     /// A host-initiated connection: it owes the guest a REQUEST. `preread` is stream data
     /// that arrived behind the CONNECT line.
-    pub fn new_local_init(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32, preread: Vec<u8>) -> Self {
+    pub fn new_local_init(
+        stream: UnixStream,
+        guest_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+        preread: Vec<u8>,
+    ) -> Self {
         let mut c = Self::new(stream, guest_cid, local_port, peer_port, State::LocalInit);
         c.owed.request = true;
         c.preread = preread;
         c
     }
 
-    fn new(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32, state: State) -> Self {
+    fn new(
+        stream: UnixStream,
+        guest_cid: u64,
+        local_port: u32,
+        peer_port: u32,
+        state: State,
+    ) -> Self {
         Connection {
             stream,
             guest_cid,
@@ -182,7 +214,11 @@ impl Connection {
     }
 
     fn err_host(&self, source: io::Error) -> Error {
-        Error::Host { local: self.local_port, peer: self.peer_port, source }
+        Error::Host {
+            local: self.local_port,
+            peer: self.peer_port,
+            source,
+        }
     }
 
     /// Feeds one packet the guest sent on this connection.
@@ -208,7 +244,11 @@ impl Connection {
             // accepted, or an op we do not know: the stream cannot be trusted any more.
             _ => return Ok(Verdict::Reset),
         }
-        Ok(if self.is_finished() { Verdict::Reset } else { Verdict::Keep })
+        Ok(if self.is_finished() {
+            Verdict::Reset
+        } else {
+            Verdict::Keep
+        })
     }
 
     /// Both directions are done and everything the guest sent reached the host socket.
@@ -233,7 +273,12 @@ impl Connection {
             return Err(Error::UnexpectedData { local, peer });
         }
         if self.tx_buf.len() + data.len() > TX_BUF_SIZE {
-            return Err(Error::CreditExceeded { local, peer, have: self.tx_buf.len(), add: data.len() });
+            return Err(Error::CreditExceeded {
+                local,
+                peer,
+                have: self.tx_buf.len(),
+                add: data.len(),
+            });
         }
         let mut written = 0;
         if self.tx_buf.is_empty() && self.reply.is_empty() {
@@ -474,12 +519,21 @@ mod tests {
         let h = c.next_rx(60000, &mut d).unwrap().unwrap();
         assert_eq!((h.op, h.len as usize, d.len()), (OP_RW, 4096, 4096));
         assert_eq!(c.peer_credit(), 0);
-        assert_eq!(c.interest(), EventSet::empty(), "no credit: stop reading the host");
+        assert_eq!(
+            c.interest(),
+            EventSet::empty(),
+            "no credit: stop reading the host"
+        );
         // Out of credit: ask once, then stay quiet.
-        assert_eq!(c.next_rx(60000, &mut d).unwrap().unwrap().op, OP_CREDIT_REQUEST);
+        assert_eq!(
+            c.next_rx(60000, &mut d).unwrap().unwrap().op,
+            OP_CREDIT_REQUEST
+        );
         assert!(c.next_rx(60000, &mut d).unwrap().is_none());
         // The guest consumed 4096 bytes.
-        let v = c.on_guest_packet(&guest_hdr(OP_CREDIT_UPDATE, 0, 0, 4096, 4096), &[]).unwrap();
+        let v = c
+            .on_guest_packet(&guest_hdr(OP_CREDIT_UPDATE, 0, 0, 4096, 4096), &[])
+            .unwrap();
         assert_eq!(v, Verdict::Keep);
         let h = c.next_rx(60000, &mut d).unwrap().unwrap();
         assert_eq!((h.op, h.len), (OP_RW, 4096));
@@ -508,7 +562,8 @@ mod tests {
     fn credit_update_after_forwarding_threshold() {
         let (mut c, mut host) = established();
         let chunk = vec![1u8; CREDIT_UPDATE_THRESHOLD as usize];
-        c.on_guest_packet(&guest_hdr(OP_RW, chunk.len() as u32, 0, 4096, 0), &chunk).unwrap();
+        c.on_guest_packet(&guest_hdr(OP_RW, chunk.len() as u32, 0, 4096, 0), &chunk)
+            .unwrap();
         let mut got = vec![0u8; chunk.len()];
         let mut n = 0;
         while n < got.len() {
@@ -520,7 +575,14 @@ mod tests {
         c.flush_tx().unwrap();
         let mut d = Vec::new();
         let h = c.next_rx(4096, &mut d).unwrap().unwrap();
-        assert_eq!((h.op, h.fwd_cnt, h.buf_alloc), (OP_CREDIT_UPDATE, CREDIT_UPDATE_THRESHOLD, TX_BUF_SIZE as u32));
+        assert_eq!(
+            (h.op, h.fwd_cnt, h.buf_alloc),
+            (
+                OP_CREDIT_UPDATE,
+                CREDIT_UPDATE_THRESHOLD,
+                TX_BUF_SIZE as u32
+            )
+        );
     }
 
     #[test]
@@ -531,17 +593,31 @@ mod tests {
         let mut d = Vec::new();
         let h = c.next_rx(4096, &mut d).unwrap().unwrap();
         assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
-        let v = c.on_guest_packet(&guest_hdr(OP_SHUTDOWN, 0, SHUTDOWN_SEND, 4096, 0), &[]).unwrap();
+        let v = c
+            .on_guest_packet(&guest_hdr(OP_SHUTDOWN, 0, SHUTDOWN_SEND, 4096, 0), &[])
+            .unwrap();
         assert_eq!(v, Verdict::Reset);
     }
 
     #[test]
     fn protocol_violations_reset() {
         let (mut c, _host) = established();
-        assert_eq!(c.on_guest_packet(&guest_hdr(OP_RESPONSE, 0, 0, 0, 0), &[]).unwrap(), Verdict::Reset);
-        assert_eq!(c.on_guest_packet(&guest_hdr(99, 0, 0, 0, 0), &[]).unwrap(), Verdict::Reset);
-        assert_eq!(c.on_guest_packet(&guest_hdr(OP_RST, 0, 0, 0, 0), &[]).unwrap(), Verdict::Drop);
-        c.on_guest_packet(&guest_hdr(OP_SHUTDOWN, 0, SHUTDOWN_SEND, 0, 0), &[]).unwrap();
+        assert_eq!(
+            c.on_guest_packet(&guest_hdr(OP_RESPONSE, 0, 0, 0, 0), &[])
+                .unwrap(),
+            Verdict::Reset
+        );
+        assert_eq!(
+            c.on_guest_packet(&guest_hdr(99, 0, 0, 0, 0), &[]).unwrap(),
+            Verdict::Reset
+        );
+        assert_eq!(
+            c.on_guest_packet(&guest_hdr(OP_RST, 0, 0, 0, 0), &[])
+                .unwrap(),
+            Verdict::Drop
+        );
+        c.on_guest_packet(&guest_hdr(OP_SHUTDOWN, 0, SHUTDOWN_SEND, 0, 0), &[])
+            .unwrap();
         assert!(matches!(
             c.on_guest_packet(&guest_hdr(OP_RW, 3, 0, 0, 0), b"abc"),
             Err(Error::UnexpectedData { .. })
@@ -555,7 +631,10 @@ mod tests {
         let mut c = Connection::new_local_init(a, 3, 1 << 30, 52, b"hi".to_vec());
         let mut d = Vec::new();
         let h = c.next_rx(4096, &mut d).unwrap().unwrap();
-        assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid), (OP_REQUEST, 1 << 30, 52, 3));
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_REQUEST, 1 << 30, 52, 3)
+        );
         assert!(!c.has_rx(), "no data before the guest accepts");
         let mut r = guest_hdr(OP_RESPONSE, 0, 0, 4096, 0);
         r.src_port = 52;

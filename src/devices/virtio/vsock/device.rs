@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use super::handler::VsockHandler;
 use super::muxer::Muxer;
 use crate::devices::virtio::worker::Worker;
-use crate::devices::virtio::{ActivateContext, ActivateError, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    ActivateContext, ActivateError, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+};
 
 /// Queue size offered for each of rx, tx and event.
 pub const QUEUE_SIZE: u16 = 256;
@@ -33,7 +35,10 @@ pub enum Error {
     InUse(PathBuf),
     /// Removing the stale socket or binding failed.
     #[error("vsock: cannot bind {path}: {source}")]
-    Bind { path: PathBuf, source: std::io::Error },
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Vsock {
@@ -52,9 +57,17 @@ impl Vsock {
             return Err(Error::InvalidCid(guest_cid));
         }
         remove_stale_socket(&uds_path)?;
-        let listener =
-            UnixListener::bind(&uds_path).map_err(|source| Error::Bind { path: uds_path.clone(), source })?;
-        Ok(Vsock { guest_cid, uds_path, listener, acked_features: 0, worker: None })
+        let listener = UnixListener::bind(&uds_path).map_err(|source| Error::Bind {
+            path: uds_path.clone(),
+            source,
+        })?;
+        Ok(Vsock {
+            guest_cid,
+            uds_path,
+            listener,
+            acked_features: 0,
+            worker: None,
+        })
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -74,7 +87,12 @@ fn remove_stale_socket(path: &Path) -> Result<(), Error> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(Error::Bind { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(Error::Bind {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
     if !meta.file_type().is_socket() {
         return Err(Error::NotASocket(path.to_owned()));
@@ -82,7 +100,10 @@ fn remove_stale_socket(path: &Path) -> Result<(), Error> {
     if UnixStream::connect(path).is_ok() {
         return Err(Error::InUse(path.to_owned()));
     }
-    std::fs::remove_file(path).map_err(|source| Error::Bind { path: path.to_owned(), source })
+    std::fs::remove_file(path).map_err(|source| Error::Bind {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl VirtioDevice for Vsock {
@@ -104,7 +125,9 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else { return };
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
         for (i, b) in data.iter_mut().enumerate() {
             if let Some(v) = start.checked_add(i).and_then(|o| cfg.get(o)) {
                 *b = *v;
@@ -130,7 +153,10 @@ impl VirtioDevice for Vsock {
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener)
             .map_err(|e| ActivateError::Backend(e.to_string()))?;
         let handler = VsockHandler::new(ctx.mem, ctx.queues, ctx.queue_evts, ctx.interrupt, muxer);
-        self.worker = Some(Worker::spawn(&format!("husk-vsock-{}", self.guest_cid), vec![Box::new(handler)])?);
+        self.worker = Some(Worker::spawn(
+            &format!("husk-vsock-{}", self.guest_cid),
+            vec![Box::new(handler)],
+        )?);
         Ok(())
     }
 
@@ -162,8 +188,14 @@ mod tests {
     fn new_validates_and_replaces_stale_socket() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v.sock");
-        assert!(matches!(Vsock::new(2, p.clone()), Err(Error::InvalidCid(2))));
-        assert!(matches!(Vsock::new(u64::from(u32::MAX), p.clone()), Err(Error::InvalidCid(_))));
+        assert!(matches!(
+            Vsock::new(2, p.clone()),
+            Err(Error::InvalidCid(2))
+        ));
+        assert!(matches!(
+            Vsock::new(u64::from(u32::MAX), p.clone()),
+            Err(Error::InvalidCid(_))
+        ));
         // A stale socket (bound, listener gone) is replaced.
         drop(UnixListener::bind(&p).unwrap());
         let v = Vsock::new(3, p.clone()).unwrap();

@@ -39,7 +39,14 @@ impl VsockHandler {
         interrupt: Arc<VirtioInterrupt>,
         muxer: Muxer,
     ) -> Self {
-        VsockHandler { mem, queues, queue_evts, interrupt, muxer, buf: Vec::with_capacity(MAX_PKT_DATA) }
+        VsockHandler {
+            mem,
+            queues,
+            queue_evts,
+            interrupt,
+            muxer,
+            buf: Vec::with_capacity(MAX_PKT_DATA),
+        }
     }
 
     fn signal(&mut self, q: usize) {
@@ -85,7 +92,9 @@ impl VsockHandler {
     fn process_rx(&mut self) {
         let mut used = false;
         while self.muxer.has_rx() {
-            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&self.mem) else { break };
+            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&self.mem) else {
+                break;
+            };
             let head = chain.head_index();
             let chain = Chain::walk(chain, true)
                 .and_then(|c| c.check_memory(&self.mem).map(|()| c))
@@ -142,7 +151,11 @@ impl MutEventSubscriber for VsockHandler {
                 log::error!("vsock: cannot watch queue {i}: {e:?}");
             }
         }
-        if let Err(e) = ops.add(Events::with_data_raw(self.muxer.epoll_fd(), BACKEND, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data_raw(
+            self.muxer.epoll_fd(),
+            BACKEND,
+            EventSet::IN,
+        )) {
             log::error!("vsock: cannot watch host sockets: {e:?}");
         }
         // Chains the driver queued before activation, and host programs already waiting.

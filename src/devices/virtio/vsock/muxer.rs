@@ -81,10 +81,18 @@ impl Muxer {
     pub fn new(guest_cid: u64, uds: PathBuf, listener: UnixListener) -> Result<Self, Error> {
         listener.set_nonblocking(true).map_err(Error::Setup)?;
         let epoll = Epoll::new().map_err(Error::Setup)?;
-        let timer = TimerFd::new().map_err(|e| Error::Setup(io::Error::from_raw_os_error(e.errno())))?;
-        for (kind, fd) in [(KIND_LISTENER, listener.as_raw_fd()), (KIND_TIMER, timer.as_raw_fd())] {
+        let timer =
+            TimerFd::new().map_err(|e| Error::Setup(io::Error::from_raw_os_error(e.errno())))?;
+        for (kind, fd) in [
+            (KIND_LISTENER, listener.as_raw_fd()),
+            (KIND_TIMER, timer.as_raw_fd()),
+        ] {
             epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token(kind, fd)))
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token(kind, fd)),
+                )
                 .map_err(Error::Setup)?;
         }
         Ok(Muxer {
@@ -129,7 +137,11 @@ impl Muxer {
     /// dropped; nothing the guest sends is an error for the device.
     pub fn send_pkt(&mut self, hdr: &Header, data: &[u8]) {
         if hdr.src_cid != self.guest_cid {
-            log::debug!("vsock: dropping packet from cid {} (guest is {})", hdr.src_cid, self.guest_cid);
+            log::debug!(
+                "vsock: dropping packet from cid {} (guest is {})",
+                hdr.src_cid,
+                self.guest_cid
+            );
             return;
         }
         if hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
@@ -154,7 +166,10 @@ impl Muxer {
             return;
         }
         if self.connection_count() >= MAX_CONNECTIONS {
-            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing guest connect to port {}", hdr.dst_port);
+            log::warn!(
+                "vsock: {MAX_CONNECTIONS} connections open; refusing guest connect to port {}",
+                hdr.dst_port
+            );
             self.rst_for(hdr);
             return;
         }
@@ -213,7 +228,9 @@ impl Muxer {
         // nothing cannot spin here.
         for _ in 0..self.rxq.len() {
             let key = self.rxq.pop_front()?;
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
             conn.queued = false;
             match conn.next_rx(cap, data) {
                 Ok(Some(h)) => {
@@ -275,28 +292,48 @@ impl Muxer {
                 }
             };
             if self.connection_count() >= MAX_CONNECTIONS {
-                log::warn!("vsock: {MAX_CONNECTIONS} connections open; closing new host connection");
+                log::warn!(
+                    "vsock: {MAX_CONNECTIONS} connections open; closing new host connection"
+                );
                 continue;
             }
             let fd = stream.as_raw_fd();
             let ev = EpollEvent::new(EventSet::IN, token(KIND_PENDING, fd));
-            if stream.set_nonblocking(true).is_err() || self.epoll.ctl(ControlOperation::Add, fd, ev).is_err() {
+            if stream.set_nonblocking(true).is_err()
+                || self.epoll.ctl(ControlOperation::Add, fd, ev).is_err()
+            {
                 continue;
             }
             let deadline = Instant::now() + CONNECT_TIMEOUT;
-            self.pending.insert(fd, PendingHost { stream, buf: Vec::new(), deadline });
+            self.pending.insert(
+                fd,
+                PendingHost {
+                    stream,
+                    buf: Vec::new(),
+                    deadline,
+                },
+            );
             self.arm_timer();
         }
     }
 
     fn on_pending(&mut self, fd: RawFd) {
-        let Some(p) = self.pending.get_mut(&fd) else { return };
+        let Some(p) = self.pending.get_mut(&fd) else {
+            return;
+        };
         let mut chunk = [0u8; MAX_CONNECT_LINE];
         let room = MAX_CONNECT_LINE - p.buf.len();
         let n = match p.stream.read(&mut chunk[..room]) {
             Ok(0) => return self.drop_pending(fd),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return
+            }
             Err(_) => return self.drop_pending(fd),
         };
         p.buf.extend_from_slice(&chunk[..n]);
@@ -308,8 +345,12 @@ impl Muxer {
                 return self.drop_pending(fd);
             }
         };
-        let Some(p) = self.pending.remove(&fd) else { return };
-        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let Some(p) = self.pending.remove(&fd) else {
+            return;
+        };
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         let Some(local) = self.alloc_local_port(port) else {
             log::warn!("vsock: no free local port for host connection to guest port {port}");
             return;
@@ -323,14 +364,20 @@ impl Muxer {
 
     fn drop_pending(&mut self, fd: RawFd) {
         if self.pending.remove(&fd).is_some() {
-            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
     }
 
     fn alloc_local_port(&mut self, peer_port: u32) -> Option<u32> {
         for _ in 0..=MAX_CONNECTIONS {
             let p = self.next_port;
-            self.next_port = if p == u32::MAX { LOCAL_PORT_BASE } else { p + 1 };
+            self.next_port = if p == u32::MAX {
+                LOCAL_PORT_BASE
+            } else {
+                p + 1
+            };
             if !self.conns.contains_key(&(p, peer_port)) {
                 return Some(p);
             }
@@ -339,11 +386,17 @@ impl Muxer {
     }
 
     fn on_conn_event(&mut self, fd: RawFd, set: EventSet) {
-        let Some(&key) = self.by_fd.get(&fd) else { return };
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(&key) = self.by_fd.get(&fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
             // Level-triggered HUP would fire forever: leave the set and drain what is left.
-            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             conn.registered = None;
             conn.on_host_hup();
         }
@@ -362,12 +415,21 @@ impl Muxer {
     fn on_timer(&mut self) {
         let _ = self.timer.wait();
         let now = Instant::now();
-        let late: Vec<RawFd> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&fd, _)| fd).collect();
+        let late: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&fd, _)| fd)
+            .collect();
         for fd in late {
             self.drop_pending(fd);
         }
-        let late: Vec<Key> =
-            self.conns.iter().filter(|(_, c)| c.deadline.is_some_and(|d| d <= now)).map(|(&k, _)| k).collect();
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(&k, _)| k)
+            .collect();
         for key in late {
             log::debug!("vsock: stream {key:?} timed out");
             self.reset(key);
@@ -397,7 +459,9 @@ impl Muxer {
     /// Re-syncs a stream's epoll interest, deadline and rx-queue slot after anything
     /// happened to it.
     fn after_change(&mut self, key: Key) {
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if conn.is_finished() {
             return self.reset(key);
         }
@@ -405,7 +469,9 @@ impl Muxer {
             conn.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
             self.arm_timer();
         }
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
         if !conn.hung_up() {
             let want = conn.interest();
             let fd = conn.stream().as_raw_fd();
@@ -438,7 +504,10 @@ impl Muxer {
                 self.rsts.push_back(rst);
             }
             if conn.state() == State::LocalInit {
-                log::debug!("vsock: host connection to guest port {} refused or timed out", key.1);
+                log::debug!(
+                    "vsock: host connection to guest port {} refused or timed out",
+                    key.1
+                );
             }
         }
     }
@@ -453,7 +522,9 @@ impl Muxer {
         let fd = conn.stream().as_raw_fd();
         self.by_fd.remove(&fd);
         if conn.registered.is_some() {
-            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
         Some(conn)
     }

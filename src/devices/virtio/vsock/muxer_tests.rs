@@ -33,7 +33,11 @@ fn ghdr(op: u16, src_port: u32, dst_port: u32, len: u32) -> Header {
 
 /// Waits for host-side activity (up to `ms`) and handles it.
 fn pump(m: &mut Muxer, ms: i32) {
-    let mut pfd = libc::pollfd { fd: m.epoll_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: m.epoll_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, ms) };
     m.process_host_events();
@@ -59,7 +63,10 @@ fn host_initiated_connect_ok_and_data() {
     host.write_all(b"CONNECT 52\nearly").unwrap();
     let mut d = Vec::new();
     let req = next(&mut m, &mut d);
-    assert_eq!((req.op, req.dst_port, req.dst_cid, req.src_cid), (OP_REQUEST, 52, CID, HOST_CID));
+    assert_eq!(
+        (req.op, req.dst_port, req.dst_cid, req.src_cid),
+        (OP_REQUEST, 52, CID, HOST_CID)
+    );
     assert!(req.src_port >= 1 << 30);
     m.send_pkt(&ghdr(OP_RESPONSE, 52, req.src_port, 0), &[]);
     let mut ok = vec![0u8; 64];

@@ -147,7 +147,10 @@ impl Chain {
             if d.is_write_only() != writable {
                 return Err(Error::WrongDirection { index });
             }
-            segs.push(Segment { addr: GuestAddress(d.addr().0), len: d.len() });
+            segs.push(Segment {
+                addr: GuestAddress(d.addr().0),
+                len: d.len(),
+            });
         }
         Self::from_segments(segs)
     }
@@ -204,7 +207,12 @@ impl Chain {
     }
 
     /// Copies `buf.len()` bytes starting at `offset` of the chain out of guest memory.
-    pub fn read_at<M: GuestMemory>(&self, mem: &M, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+    pub fn read_at<M: GuestMemory>(
+        &self,
+        mem: &M,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Error> {
         let count = buf.len();
         self.for_each_piece(offset, count, |addr, at, n| {
             mem.read_slice(&mut buf[at..at + n], addr)
@@ -233,11 +241,18 @@ impl Chain {
     /// Reads a tx packet: the header and its `len` data bytes, appended to `data` (cleared
     /// first). The data length is checked against the chain and [`MAX_PKT_DATA`] before
     /// anything is copied.
-    pub fn read_packet<M: GuestMemory>(&self, mem: &M, data: &mut Vec<u8>) -> Result<Header, Error> {
+    pub fn read_packet<M: GuestMemory>(
+        &self,
+        mem: &M,
+        data: &mut Vec<u8>,
+    ) -> Result<Header, Error> {
         let hdr = self.read_header(mem)?;
         let avail = self.total - HDR_SIZE as u64;
         if u64::from(hdr.len) > avail || hdr.len as usize > MAX_PKT_DATA {
-            return Err(Error::BadDataLen { len: hdr.len, avail });
+            return Err(Error::BadDataLen {
+                len: hdr.len,
+                avail,
+            });
         }
         data.clear();
         data.resize(hdr.len as usize, 0);
@@ -252,12 +267,20 @@ impl Chain {
 
     /// Writes an rx packet; `hdr.len` must equal `data.len()`. Returns the bytes written
     /// (the used-ring length).
-    pub fn write_packet<M: GuestMemory>(&self, mem: &M, hdr: &Header, data: &[u8]) -> Result<u32, Error> {
+    pub fn write_packet<M: GuestMemory>(
+        &self,
+        mem: &M,
+        hdr: &Header,
+        data: &[u8],
+    ) -> Result<u32, Error> {
         if self.total < HDR_SIZE as u64 {
             return Err(Error::ChainTooShort(self.total));
         }
         if data.len() > self.data_capacity() || hdr.len as usize != data.len() {
-            return Err(Error::BadDataLen { len: hdr.len, avail: self.data_capacity() as u64 });
+            return Err(Error::BadDataLen {
+                len: hdr.len,
+                avail: self.data_capacity() as u64,
+            });
         }
         self.write_at(mem, 0, &hdr.to_bytes())?;
         self.write_at(mem, HDR_SIZE as u64, data)?;
@@ -290,7 +313,10 @@ mod tests {
     }
 
     fn seg(addr: u64, len: u32) -> Segment {
-        Segment { addr: GuestAddress(addr), len }
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
     }
 
     #[test]
@@ -307,7 +333,13 @@ mod tests {
         let m = mem();
         let payload: Vec<u8> = (0..32 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
         // Header alone, then data over 4 descriptors of uneven sizes at scattered addresses.
-        let segs = vec![seg(0x1000, 44), seg(0x8000, 10000), seg(0x20000, 3), seg(0x30000, 12000), seg(0x50000, 20000)];
+        let segs = vec![
+            seg(0x1000, 44),
+            seg(0x8000, 10000),
+            seg(0x20000, 3),
+            seg(0x30000, 12000),
+            seg(0x50000, 20000),
+        ];
         let c = Chain::from_segments(segs).unwrap();
         let mut wire = hdr(payload.len() as u32).to_bytes().to_vec();
         wire.extend_from_slice(&payload);
@@ -321,7 +353,10 @@ mod tests {
     #[test]
     fn header_and_data_in_one_descriptor_and_header_split() {
         let m = mem();
-        for segs in [vec![seg(0x1000, 44 + 100)], vec![seg(0x1000, 20), seg(0x4000, 30), seg(0x9000, 94)]] {
+        for segs in [
+            vec![seg(0x1000, 44 + 100)],
+            vec![seg(0x1000, 20), seg(0x4000, 30), seg(0x9000, 94)],
+        ] {
             let c = Chain::from_segments(segs).unwrap();
             let mut wire = hdr(100).to_bytes().to_vec();
             wire.extend((0..100u8).collect::<Vec<_>>());
@@ -338,16 +373,28 @@ mod tests {
         let c = Chain::from_segments(vec![seg(0x1000, 44), seg(0x2000, 100)]).unwrap();
         c.write_at(&m, 0, &hdr(101).to_bytes()).unwrap();
         let mut data = Vec::new();
-        assert_eq!(c.read_packet(&m, &mut data), Err(Error::BadDataLen { len: 101, avail: 100 }));
+        assert_eq!(
+            c.read_packet(&m, &mut data),
+            Err(Error::BadDataLen {
+                len: 101,
+                avail: 100
+            })
+        );
         c.write_at(&m, 0, &hdr(u32::MAX).to_bytes()).unwrap();
         assert!(c.read_packet(&m, &mut data).is_err());
         // Too big for MAX_PKT_DATA even though the chain holds it.
         let big = Chain::from_segments(vec![seg(0x1000, 44 + 70000)]).unwrap();
         big.write_at(&m, 0, &hdr(70000).to_bytes()).unwrap();
-        assert!(matches!(big.read_packet(&m, &mut data), Err(Error::BadDataLen { .. })));
+        assert!(matches!(
+            big.read_packet(&m, &mut data),
+            Err(Error::BadDataLen { .. })
+        ));
         // Short header.
         let short = Chain::from_segments(vec![seg(0x1000, 43)]).unwrap();
-        assert_eq!(short.read_packet(&m, &mut data), Err(Error::ChainTooShort(43)));
+        assert_eq!(
+            short.read_packet(&m, &mut data),
+            Err(Error::ChainTooShort(43))
+        );
         // Outside guest memory.
         let out = Chain::from_segments(vec![seg(0xff_0000_0000, 44)]).unwrap();
         assert!(matches!(out.read_header(&m), Err(Error::GuestMemory(_))));
@@ -362,7 +409,8 @@ mod tests {
     #[test]
     fn rx_write_respects_capacity() {
         let m = mem();
-        let c = Chain::from_segments(vec![seg(0x1000, 44), seg(0x3000, 10), seg(0x5000, 6)]).unwrap();
+        let c =
+            Chain::from_segments(vec![seg(0x1000, 44), seg(0x3000, 10), seg(0x5000, 6)]).unwrap();
         assert_eq!(c.data_capacity(), 16);
         assert_eq!(c.write_packet(&m, &hdr(16), &[9u8; 16]).unwrap(), 60);
         let mut back = [0u8; 60];

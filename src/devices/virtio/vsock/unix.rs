@@ -27,7 +27,11 @@ pub enum Error {
 /// after it is already stream data for the guest).
 pub fn parse_connect(buf: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        return if buf.len() >= MAX_CONNECT_LINE { Err(Error::LineTooLong) } else { Ok(None) };
+        return if buf.len() >= MAX_CONNECT_LINE {
+            Err(Error::LineTooLong)
+        } else {
+            Ok(None)
+        };
     };
     if nl >= MAX_CONNECT_LINE {
         return Err(Error::LineTooLong);
@@ -76,7 +80,13 @@ pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
         *d = *s as libc::c_char;
     }
     // SAFETY: plain syscall; the fd is owned by the UnixStream right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -84,7 +94,13 @@ pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    let rc = unsafe { libc::connect(fd, &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) };
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len,
+        )
+    };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -114,7 +130,10 @@ mod tests {
     #[test]
     fn reply_and_target() {
         assert_eq!(ok_reply(1073741824), b"OK 1073741824\n");
-        assert_eq!(guest_target(Path::new("/run/v.sock"), 52), PathBuf::from("/run/v.sock_52"));
+        assert_eq!(
+            guest_target(Path::new("/run/v.sock"), 52),
+            PathBuf::from("/run/v.sock_52")
+        );
     }
 
     #[test]
