@@ -364,14 +364,29 @@ mod tests {
     #[test]
     fn validate_devices() {
         let mut c = VmmConfig::new("/k");
-        c.vsock = Some(VsockConfig { cid: 2, uds: "/v".into() });
-        assert!(matches!(c.validate(), Err(ConfigError::Vsock(_))), "JSON can carry CID 2");
-        c.vsock = Some(VsockConfig { cid: 3, uds: "/v".into() });
-        let disk = DiskConfig { path: "/d".into(), read_only: true };
+        c.vsock = Some(VsockConfig {
+            cid: 2,
+            uds: "/v".into(),
+        });
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Vsock(_))),
+            "JSON can carry CID 2"
+        );
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: "/v".into(),
+        });
+        let disk = DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+        };
         c.disks = vec![disk; 18];
         c.validate().unwrap();
         c.disks.push(c.disks[0].clone());
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("19 disk(s) + vsock need 20 IRQs, husk-vmm has 19"), "{e}");
+        assert!(
+            e.contains("19 disk(s) + vsock need 20 IRQs, husk-vmm has 19"),
+            "{e}"
+        );
     }
 }

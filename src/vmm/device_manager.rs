@@ -22,7 +22,10 @@ const LEGACY_IRQS: [u32; 2] = [I8042_KBD_IRQ, COM1_IRQ];
 /// GSIs for virtio-mmio devices: `IRQ_BASE..=IRQ_MAX`, starting above every legacy line so
 /// no two devices ever share one.
 fn virtio_irqs() -> RangeInclusive<u32> {
-    let first_free = LEGACY_IRQS.iter().map(|i| i + 1).fold(layout::IRQ_BASE, u32::max);
+    let first_free = LEGACY_IRQS
+        .iter()
+        .map(|i| i + 1)
+        .fold(layout::IRQ_BASE, u32::max);
     first_free..=layout::IRQ_MAX
 }
 
@@ -104,7 +107,10 @@ mod tests {
         let mut seen = Vec::new();
         for i in 0..n {
             let (base, gsi) = dm.virtio.allocate().unwrap();
-            assert_eq!(base, layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_WINDOW);
+            assert_eq!(
+                base,
+                layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_WINDOW
+            );
             assert!(!LEGACY_IRQS.contains(&gsi), "GSI {gsi} is a legacy line");
             assert!(base + layout::VIRTIO_MMIO_WINDOW <= layout::MMIO_GAP_END);
             seen.push(gsi);
