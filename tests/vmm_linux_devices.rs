@@ -136,6 +136,16 @@ impl Console {
     }
 }
 
+impl Drop for Console {
+    /// A failed assertion must not leave the VM running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The disk checks, the same under every VMM.
 fn assert_disks(con: &Console, images: &Path, token: &str) {
     let ctx = con.text();
