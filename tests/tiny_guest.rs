@@ -225,11 +225,12 @@ fn bad_inputs_fail_with_one_line() {
         "names the file (or the missing /dev/kvm): {stderr}"
     );
 
-    let (out, _) = husk_vmm(&["--kernel", MARKER, "--disk", "/tmp/x.img"], LIMIT);
+    let (out, _) = husk_vmm(&["--kernel", MARKER, "--disk", "/nonexistent/x.img"], LIMIT);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(
-        stderr.contains("not supported") || stderr.contains("/dev/kvm"),
+        stderr.contains("/nonexistent/x.img") || stderr.contains("/dev/kvm"),
         "{stderr}"
     );
 }

@@ -1,12 +1,14 @@
 //! Hook point for devices: everything a device needs while the VM is being built, in one
 //! struct, and one `attach_*` function per device kind, called by `Vmm::new` in order.
 //!
-//! A virtio device is attached by (1) building its transport as a `BusDevice`,
-//! (2) `env.devices.register_virtio_mmio(env.cmdline, dev)` → `MmioSlot { base, len, irq }`
-//! (MMIO window on the bus + `virtio_mmio.device=` entry), (3) `device_manager::irqfd(env.vm,
-//! slot.irq)` for its interrupt, `env.vm.register_ioevent(..)` on `slot.base + 0x50` for queue
-//! notifications, and (4) `env.event_loop.add_subscriber(..)` for its host-side fds.
+//! A virtio device is attached with [`attach_virtio`]: it builds the device, and
+//! [`attach_virtio_mmio`] (the devices module's single attach path) takes the next window
+//! and GSI from `env.devices.virtio`, puts the transport on the MMIO bus, registers one
+//! ioeventfd per queue on QueueNotify, the irqfd, and the `virtio_mmio.device=` entry. The
+//! data path runs on the device's own worker thread from DRIVER_OK on, so nothing is added
+//! to the VMM's event loop.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
@@ -20,6 +22,10 @@ use super::exit::{ExitReason, VmExit};
 use crate::devices::legacy::i8042::{I8042Device, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::block::{BackendError, Block};
+use crate::devices::virtio::mmio::{self, attach_virtio_mmio, AttachedDevice};
+use crate::devices::virtio::vsock::{self, Vsock};
+use crate::devices::virtio::VirtioDevice;
 use event_manager::SubscriberOps;
 
 /// What device set-up may use and change while the VM is built.
@@ -37,31 +43,80 @@ pub struct DeviceEnv<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// The device kind is accepted by the config but not wired into husk-vmm yet.
-    #[error("{0} is not supported by husk-vmm yet")]
-    NotSupported(&'static str),
     /// Device set-up failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The console's host side failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A --disk image could not be opened.
+    #[error("--disk: {0}")]
+    Disk(#[from] BackendError),
+    /// The vsock device could not be created (CID, socket path).
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
+    /// The directory that should hold the vsock socket does not exist.
+    #[error("vsock: directory {dir} for the socket {uds} does not exist; create it first")]
+    VsockDir { uds: PathBuf, dir: PathBuf },
+    /// Placing a virtio device (window, GSI, ioeventfd, irqfd, cmdline) failed.
+    #[error(transparent)]
+    Virtio(#[from] mmio::AttachError),
 }
 
-/// virtio-blk devices, in the order given (the guest sees them as vda, vdb, …).
-pub fn attach_block_devices(_env: &mut DeviceEnv, disks: &[DiskConfig]) -> Result<(), AttachError> {
-    if disks.is_empty() {
-        return Ok(());
+/// Places one virtio device: window + GSI, bus, ioeventfds, irqfd and cmdline entry.
+pub fn attach_virtio(
+    env: &mut DeviceEnv,
+    device: Box<dyn VirtioDevice>,
+) -> Result<AttachedDevice, AttachError> {
+    let kind = device.device_type();
+    let a = attach_virtio_mmio(
+        env.vm,
+        &mut env.devices.mmio,
+        env.cmdline,
+        env.mem,
+        &mut env.devices.virtio,
+        device,
+    )?;
+    log::debug!(
+        "virtio device type {kind} at {:#x}+{:#x}, GSI {}",
+        a.base,
+        a.size,
+        a.gsi
+    );
+    Ok(a)
+}
+
+/// virtio-blk devices, in the order given (the guest sees them as vda, vdb, …). Read-only
+/// disks are opened O_RDONLY and offer VIRTIO_BLK_F_RO.
+pub fn attach_block_devices(env: &mut DeviceEnv, disks: &[DiskConfig]) -> Result<(), AttachError> {
+    for (i, disk) in disks.iter().enumerate() {
+        // Worker thread names are capped at 15 bytes; "husk-blk18" fits.
+        let dev = Block::open(&format!("husk-blk{i}"), &disk.path, disk.read_only)?;
+        attach_virtio(env, Box::new(dev))?;
     }
-    Err(AttachError::NotSupported("--disk (virtio-blk)"))
+    Ok(())
 }
 
 /// The virtio-vsock device bridged to host unix sockets.
-pub fn attach_vsock(_env: &mut DeviceEnv, vsock: Option<&VsockConfig>) -> Result<(), AttachError> {
-    match vsock {
-        None => Ok(()),
-        Some(_) => Err(AttachError::NotSupported("--vsock (virtio-vsock)")),
+pub fn attach_vsock(env: &mut DeviceEnv, vsock: Option<&VsockConfig>) -> Result<(), AttachError> {
+    let Some(cfg) = vsock else {
+        return Ok(());
+    };
+    // bind(2) would only say ENOENT; name the directory that is missing.
+    let dir = match cfg.uds.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    };
+    if !dir.is_dir() {
+        return Err(AttachError::VsockDir {
+            uds: cfg.uds.clone(),
+            dir: dir.to_path_buf(),
+        });
     }
+    let dev = Vsock::new(cfg.cid.into(), cfg.uds.clone())?;
+    attach_virtio(env, Box::new(dev))?;
+    Ok(())
 }
 
 /// COM1 at 0x3f8, IRQ 4, output per `console`; stdin feeds it when the console is stdout.

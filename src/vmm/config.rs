@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::arch::x86_64::layout;
+
 /// Memory when nothing is asked for. Guest memory is mapped lazily (MAP_NORESERVE), so a
 /// larger default costs address space, not RSS.
 pub const DEFAULT_MEM_MIB: u32 = 256;
@@ -48,6 +50,16 @@ pub enum ConfigError {
     /// Memory size out of range.
     #[error("memory must be at least 16 MiB and fit the host address space, got {0} MiB")]
     Memory(u32),
+    /// More virtio devices than husk-vmm has interrupt lines for.
+    #[error("too many virtio devices: {disks} disk(s){vsock} need {want} IRQs, husk-vmm has {max} (lines {first}..={last}); attach fewer disks or merge read-only layers into one composite disk")]
+    TooManyDevices {
+        disks: usize,
+        vsock: &'static str,
+        want: usize,
+        max: usize,
+        first: u32,
+        last: u32,
+    },
     /// Watchdog timeout not a positive number of seconds.
     #[error("timeout must be a positive number of seconds, got {0}")]
     Timeout(f64),
@@ -242,6 +254,23 @@ impl VmmConfig {
         if self.memory_mib < 16 || u64::from(self.memory_mib) << 20 > usize::MAX as u64 {
             return Err(ConfigError::Memory(self.memory_mib));
         }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.uds.as_os_str().is_empty() {
+                return Err(ConfigError::Vsock(format!("{},{}", v.cid, v.uds.display())));
+            }
+        }
+        let want = self.disks.len() + usize::from(self.vsock.is_some());
+        let max = (layout::IRQ_MAX - layout::IRQ_BASE + 1) as usize;
+        if want > max {
+            return Err(ConfigError::TooManyDevices {
+                disks: self.disks.len(),
+                vsock: if self.vsock.is_some() { " + vsock" } else { "" },
+                want,
+                max,
+                first: layout::IRQ_BASE,
+                last: layout::IRQ_MAX,
+            });
+        }
         if let Some(t) = self.timeout_secs {
             if !(t.is_finite() && t > 0.0) {
                 return Err(ConfigError::Timeout(t));
@@ -330,5 +359,34 @@ mod tests {
         c.memory_mib = 64;
         c.timeout_secs = Some(-1.0);
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn validate_devices() {
+        let mut c = VmmConfig::new("/k");
+        c.vsock = Some(VsockConfig {
+            cid: 2,
+            uds: "/v".into(),
+        });
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Vsock(_))),
+            "JSON can carry CID 2"
+        );
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: "/v".into(),
+        });
+        let disk = DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+        };
+        c.disks = vec![disk; 18];
+        c.validate().unwrap();
+        c.disks.push(c.disks[0].clone());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("19 disk(s) + vsock need 20 IRQs, husk-vmm has 19"),
+            "{e}"
+        );
     }
 }
