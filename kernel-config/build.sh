@@ -101,7 +101,13 @@ fi
 
 build=$CACHE/build-$key
 logf=$CACHE/build-$key.log
-rm -rf "$build"
+# Under the lock, any build tree left here is from a failed or killed build (kept for its
+# log and objects until now); each is ~1.5 GiB.
+for stale in "$CACHE"/build-* "$CACHE"/.tmp-*; do
+    [ -e "$stale" ] || continue
+    say "removing leftover $stale"
+    rm -rf "$stale"
+done
 mkdir -p "$build"
 start=$(date +%s)
 say "building kernel $key from $src_id (log: $logf)"

@@ -1,7 +1,7 @@
 //! Boots husk's real guest kernel and initramfs under QEMU microvm with TCG (software CPU),
 //! the one way these development hosts can run a stock Linux guest. It proves the kernel
 //! config and the initramfs: the agent's marker, 2 CPUs, the filesystems, the virtio-mmio
-//! devices bound to their drivers, every syscall self-test passing, and a clean VM exit.
+//! devices (block, entropy, net, console) bound to their drivers, every syscall self-test passing, and a clean VM exit.
 //!
 //! The VM ends the way it ends under husk-vmm: the agent calls reboot(RB_AUTOBOOT), the
 //! kernel (`reboot=k`) resets through the i8042 keyboard controller, and QEMU, given an
@@ -71,7 +71,10 @@ fn qemu_command(kernel: &Path, initramfs: &Path, disk: &Path) -> Command {
         .arg("-drive")
         .arg(format!("if=none,id=d0,format=raw,file={}", disk.display()))
         .args(["-device", "virtio-blk-device,drive=d0"])
-        .args(["-device", "virtio-rng-device"]);
+        .args(["-device", "virtio-rng-device"])
+        // A NIC with no backend still binds virtio_net; no user networking needed.
+        .args(["-device", "virtio-net-device"])
+        .args(["-device", "virtio-serial-device"]);
     cmd
 }
 
@@ -123,7 +126,13 @@ fn real_kernel_boots_under_qemu_tcg() {
     }
 
     let virtio: Vec<&String> = run.lines.iter().filter(|l| l.contains("FACT virtio: ")).collect();
-    for (kind, driver) in [("(block)", "driver=virtio_blk"), ("(entropy)", "driver=virtio_rng")] {
+    let want = [
+        ("(block)", "driver=virtio_blk"),
+        ("(entropy)", "driver=virtio_rng"),
+        ("(net)", "driver=virtio_net"),
+        ("(console)", "driver=virtio_console"),
+    ];
+    for (kind, driver) in want {
         assert!(
             virtio.iter().any(|l| l.contains(kind) && l.contains(driver)),
             "no virtio {kind} device bound to {driver}: {virtio:?}{}",
