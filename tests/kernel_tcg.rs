@@ -49,7 +49,11 @@ fn qemu_available() -> bool {
     match Command::new("qemu-system-x86_64").arg("--version").output() {
         Ok(o) if o.status.success() => true,
         _ => {
-            common::not_run(TEST, "qemu-system-x86_64 not found (apt-get install qemu-system-x86)", true);
+            common::not_run(
+                TEST,
+                "qemu-system-x86_64 not found (apt-get install qemu-system-x86)",
+                true,
+            );
             false
         }
     }
@@ -121,7 +125,9 @@ fn real_kernel_boots_under_qemu_tcg() {
     assert!(cpus.starts_with("2 "), "guest sees {cpus:?} CPUs, want 2{}", ctx());
 
     let fs: Vec<&str> = fact(&run.lines, "filesystems").unwrap_or("").split_whitespace().collect();
-    for want in ["ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "devpts", "cgroup2"] {
+    for want in
+        ["ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "devpts", "cgroup2"]
+    {
         assert!(fs.contains(&want), "{want} not in /proc/filesystems ({fs:?}){}", ctx());
     }
 
@@ -140,14 +146,23 @@ fn real_kernel_boots_under_qemu_tcg() {
         );
     }
 
-    let failed: Vec<&String> = run.lines.iter().filter(|l| l.contains("SELFTEST") && l.contains(" FAIL ")).collect();
+    let failed: Vec<&String> =
+        run.lines.iter().filter(|l| l.contains("SELFTEST") && l.contains(" FAIL ")).collect();
     assert!(failed.is_empty(), "self-test failures: {failed:#?}{}", ctx());
     for name in SELFTESTS {
         let ok = format!("SELFTEST {name} ok");
         assert!(run.lines.iter().any(|l| l.contains(&ok)), "no `{ok}`{}", ctx());
     }
-    let done = run.lines.iter().find(|l| l.contains("SELFTEST done")).unwrap_or_else(|| panic!("no SELFTEST done{}", ctx()));
+    let done = run
+        .lines
+        .iter()
+        .find(|l| l.contains("SELFTEST done"))
+        .unwrap_or_else(|| panic!("no SELFTEST done{}", ctx()));
     assert!(done.ends_with(&format!("pass={} fail=0", SELFTESTS.len())), "{done}{}", ctx());
 
-    assert!(status.success(), "QEMU exited with {status}, want 0 (guest reset through the i8042){}", ctx());
+    assert!(
+        status.success(),
+        "QEMU exited with {status}, want 0 (guest reset through the i8042){}",
+        ctx()
+    );
 }

@@ -56,7 +56,10 @@ pub fn filesystems(text: &str) -> Vec<&str> {
 /// driver=virtio_blk`. A device without a bound driver says `driver=none`.
 fn virtio_devices(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => return Vec::new(),
     };
     names.sort();

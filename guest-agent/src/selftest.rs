@@ -64,7 +64,13 @@ pub struct Summary {
 pub fn run(pid1: bool) -> Summary {
     let scratch = if pid1 { PathBuf::from("/tmp") } else { std::env::temp_dir() };
     let checks: Vec<NamedCheck> = vec![
-        ("inotify", Box::new({ let s = scratch.clone(); move || inotify(&s) })),
+        (
+            "inotify",
+            Box::new({
+                let s = scratch.clone();
+                move || inotify(&s)
+            }),
+        ),
         ("fanotify", Box::new(fanotify)),
         ("posix-timers", Box::new(posix_timers)),
         ("io_uring", Box::new(io_uring)),
@@ -106,8 +112,12 @@ pub fn run(pid1: bool) -> Summary {
 }
 
 fn inotify(dir: &Path) -> Check {
-    let ino = fd(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) } as i64, "inotify_init1")?;
-    let cdir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| fail(libc::EINVAL, "path"))?;
+    let ino = fd(
+        unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) } as i64,
+        "inotify_init1",
+    )?;
+    let cdir =
+        CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| fail(libc::EINVAL, "path"))?;
     cvt(
         unsafe { libc::inotify_add_watch(ino.as_raw_fd(), cdir.as_ptr(), libc::IN_CREATE) } as i64,
         "inotify_add_watch",
@@ -125,14 +135,18 @@ fn inotify(dir: &Path) -> Check {
 
 fn fanotify() -> Check {
     let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
-    fd(unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) } as i64, "fanotify_init").map(drop)
+    fd(unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) } as i64, "fanotify_init")
+        .map(drop)
 }
 
 fn posix_timers() -> Check {
     let mut sev: libc::sigevent = unsafe { zeroed() };
     sev.sigev_notify = libc::SIGEV_NONE;
     let mut timer: libc::timer_t = std::ptr::null_mut();
-    cvt(unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) } as i64, "timer_create")?;
+    cvt(
+        unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) } as i64,
+        "timer_create",
+    )?;
     let spec = libc::itimerspec {
         it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
         it_value: libc::timespec { tv_sec: 60, tv_nsec: 0 },
@@ -171,13 +185,16 @@ fn io_uring() -> Check {
 fn memfd() -> Check {
     let name = c"husk-selftest";
     let mfd = fd(
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) } as i64,
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) }
+            as i64,
         "memfd_create",
     )?;
     let mut f = fs::File::from(mfd);
     f.write_all(b"husk").map_err(|e| io_fail(e, "write memfd"))?;
     cvt(
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK) } as i64,
+        unsafe {
+            libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK)
+        } as i64,
         "fcntl(F_ADD_SEALS)",
     )?;
     Ok(())
@@ -191,22 +208,33 @@ fn userfaultfd() -> Check {
     // UFFDIO_API = _IOWR(0xAA, 0x3F, struct uffdio_api { u64 api, features, ioctls })
     const UFFDIO_API: u64 = 0xC018_AA3F;
     let mut api = [0xAAu64, 0, 0];
-    cvt(unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) } as i64, "ioctl(UFFDIO_API)")?;
+    cvt(
+        unsafe { libc::ioctl(ufd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) } as i64,
+        "ioctl(UFFDIO_API)",
+    )?;
     Ok(())
 }
 
 fn sysv_ipc() -> Check {
-    let shm = cvt(unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) } as i64, "shmget")?;
+    let shm = cvt(
+        unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) } as i64,
+        "shmget",
+    )?;
     unsafe { libc::shmctl(shm as i32, libc::IPC_RMID, std::ptr::null_mut()) };
-    let sem = cvt(unsafe { libc::semget(libc::IPC_PRIVATE, 1, libc::IPC_CREAT | 0o600) } as i64, "semget")?;
+    let sem = cvt(
+        unsafe { libc::semget(libc::IPC_PRIVATE, 1, libc::IPC_CREAT | 0o600) } as i64,
+        "semget",
+    )?;
     unsafe { libc::semctl(sem as i32, 0, libc::IPC_RMID) };
-    let msg = cvt(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) } as i64, "msgget")?;
+    let msg =
+        cvt(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) } as i64, "msgget")?;
     unsafe { libc::msgctl(msg as i32, libc::IPC_RMID, std::ptr::null_mut()) };
     Ok(())
 }
 
 fn mqueue() -> Check {
-    let name = CString::new(format!("/husk-selftest-{}", std::process::id())).map_err(|_| fail(libc::EINVAL, "name"))?;
+    let name = CString::new(format!("/husk-selftest-{}", std::process::id()))
+        .map_err(|_| fail(libc::EINVAL, "name"))?;
     let mq = unsafe {
         libc::mq_open(
             name.as_ptr(),
@@ -230,14 +258,19 @@ fn mqueue() -> Check {
 /// An eventfd made readable, watched by an epoll instance that must report it.
 fn epoll() -> Check {
     let ep = fd(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64, "epoll_create1")?;
-    let ev = fd(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
+    let ev =
+        fd(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
     let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 7 };
     cvt(
-        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, ev.as_raw_fd(), &mut event) } as i64,
+        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, ev.as_raw_fd(), &mut event) }
+            as i64,
         "epoll_ctl",
     )?;
     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
-    let n = cvt(unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 2, 0) } as i64, "epoll_wait")?;
+    let n = cvt(
+        unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 2, 0) } as i64,
+        "epoll_wait",
+    )?;
     if n != 1 || out[0].u64 != 7 {
         return Err(fail(libc::EIO, format!("epoll_wait reported {n} events, want the eventfd")));
     }
@@ -245,7 +278,8 @@ fn epoll() -> Check {
 }
 
 fn eventfd() -> Check {
-    let ev = fd(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
+    let ev =
+        fd(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
     let one: u64 = 1;
     if unsafe { libc::write(ev.as_raw_fd(), (&one as *const u64).cast(), 8) } != 8 {
         return Err(last("write eventfd"));
@@ -266,15 +300,25 @@ fn signalfd() -> Check {
         let mut old: libc::sigset_t = zeroed();
         cvt(libc::sigprocmask(libc::SIG_BLOCK, &mask, &mut old) as i64, "sigprocmask")?;
         let res = (|| {
-            let sfd = fd(libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as i64, "signalfd")?;
+            let sfd = fd(
+                libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as i64,
+                "signalfd",
+            )?;
             cvt(libc::raise(libc::SIGUSR1) as i64, "raise")?;
             let mut info: libc::signalfd_siginfo = zeroed();
-            let n = libc::read(sfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size_of::<libc::signalfd_siginfo>());
+            let n = libc::read(
+                sfd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size_of::<libc::signalfd_siginfo>(),
+            );
             if n != size_of::<libc::signalfd_siginfo>() as isize {
                 return Err(last("read signalfd"));
             }
             if info.ssi_signo != libc::SIGUSR1 as u32 {
-                return Err(fail(libc::EIO, format!("signalfd delivered signal {}", info.ssi_signo)));
+                return Err(fail(
+                    libc::EIO,
+                    format!("signalfd delivered signal {}", info.ssi_signo),
+                ));
             }
             Ok(())
         })();
@@ -309,14 +353,34 @@ fn futex() -> Check {
     let addr = &word as *const u32;
     // Nobody waits: FUTEX_WAKE returns 0 woken.
     let woken = cvt(
-        unsafe { libc::syscall(libc::SYS_futex, addr, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1, 0, 0, 0) },
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                addr,
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+                0,
+                0,
+                0,
+            )
+        },
         "futex(FUTEX_WAKE)",
     )?;
     if woken != 0 {
         return Err(fail(libc::EIO, format!("FUTEX_WAKE woke {woken}")));
     }
     // The value differs from 1: FUTEX_WAIT must refuse with EAGAIN instead of sleeping.
-    let r = unsafe { libc::syscall(libc::SYS_futex, addr, libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, 1, 0, 0, 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            addr,
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            1,
+            0,
+            0,
+            0,
+        )
+    };
     if r == 0 || Errno::last_raw() != libc::EAGAIN {
         return Err(last("futex(FUTEX_WAIT) on a changed value"));
     }
@@ -426,7 +490,10 @@ fn bpf() -> Check {
         "bpf(BPF_PROG_LOAD)",
     )?;
     // Attach it to a socket: what a workload does with a socket filter.
-    let sock = fd(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as i64, "socket")?;
+    let sock = fd(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as i64,
+        "socket",
+    )?;
     let pfd = prog.as_raw_fd();
     cvt(
         unsafe {
@@ -448,9 +515,17 @@ fn bpf() -> Check {
         max_entries: u32,
         map_flags: u32,
     }
-    let map = MapCreate { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 4, max_entries: 1, map_flags: 0 };
+    let map = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+    };
     fd(
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &map, size_of::<MapCreate>() as u32) },
+        unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &map, size_of::<MapCreate>() as u32)
+        },
         "bpf(BPF_MAP_CREATE)",
     )
     .map(drop)
@@ -485,7 +560,8 @@ const WANT_CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "io", "cpuset"];
 fn cgroup2(pid1: bool) -> Check {
     let mut st: libc::statfs = unsafe { zeroed() };
     let root = CString::new(CGROUP_ROOT).map_err(|_| fail(libc::EINVAL, "path"))?;
-    let mounted = unsafe { libc::statfs(root.as_ptr(), &mut st) } == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC;
+    let mounted = unsafe { libc::statfs(root.as_ptr(), &mut st) } == 0
+        && st.f_type as i64 == CGROUP2_SUPER_MAGIC;
     if !mounted {
         if !pid1 {
             return Err(fail(libc::ENOENT, format!("{CGROUP_ROOT} is not cgroup2 on this host")));
@@ -495,7 +571,9 @@ fn cgroup2(pid1: bool) -> Check {
             Some("cgroup2"),
             CGROUP_ROOT,
             Some("cgroup2"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
             None::<&str>,
         )
         .map_err(|e| fail(e as i32, "mount cgroup2"))?;
@@ -503,9 +581,13 @@ fn cgroup2(pid1: bool) -> Check {
     let controllers = fs::read_to_string(format!("{CGROUP_ROOT}/cgroup.controllers"))
         .map_err(|e| io_fail(e, "read cgroup.controllers"))?;
     let offered: Vec<&str> = controllers.split_whitespace().collect();
-    let missing: Vec<&str> = WANT_CONTROLLERS.iter().copied().filter(|c| !offered.contains(c)).collect();
+    let missing: Vec<&str> =
+        WANT_CONTROLLERS.iter().copied().filter(|c| !offered.contains(c)).collect();
     if !missing.is_empty() {
-        return Err(fail(libc::ENOENT, format!("controllers missing: {} (offered: {})", missing.join(" "), controllers.trim())));
+        return Err(fail(
+            libc::ENOENT,
+            format!("controllers missing: {} (offered: {})", missing.join(" "), controllers.trim()),
+        ));
     }
     if !pid1 {
         return Ok(());
@@ -516,7 +598,8 @@ fn cgroup2(pid1: bool) -> Check {
     let child = format!("{CGROUP_ROOT}/husk-selftest");
     fs::create_dir(&child).map_err(|e| io_fail(e, "mkdir child cgroup"))?;
     let files = ["cpu.max", "memory.max", "pids.max", "io.stat", "cpuset.cpus"];
-    let absent: Vec<&str> = files.iter().copied().filter(|f| fs::metadata(format!("{child}/{f}")).is_err()).collect();
+    let absent: Vec<&str> =
+        files.iter().copied().filter(|f| fs::metadata(format!("{child}/{f}")).is_err()).collect();
     let _ = fs::remove_dir(&child);
     if !absent.is_empty() {
         return Err(fail(libc::ENOENT, format!("child cgroup lacks {}", absent.join(" "))));
@@ -526,18 +609,27 @@ fn cgroup2(pid1: bool) -> Check {
 
 /// Brings the loopback interface up (SIOCSIFFLAGS), as PID 1 must before using 127.0.0.1.
 fn loopback_up() -> Check {
-    let sock = fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as i64, "socket")?;
+    let sock = fd(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as i64,
+        "socket",
+    )?;
     let mut req: libc::ifreq = unsafe { zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as i64, "ioctl(SIOCGIFFLAGS lo)")?;
+    cvt(
+        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as i64,
+        "ioctl(SIOCGIFFLAGS lo)",
+    )?;
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     if flags & libc::IFF_UP as i16 != 0 {
         return Ok(());
     }
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as i16;
-    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as i64, "ioctl(SIOCSIFFLAGS lo up)")?;
+    cvt(
+        unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as i64,
+        "ioctl(SIOCSIFFLAGS lo up)",
+    )?;
     Ok(())
 }
 
@@ -548,7 +640,8 @@ fn tcp_loopback(addr: &str, pid1: bool) -> Check {
     }
     let listener = TcpListener::bind(addr).map_err(|e| io_fail(e, &format!("bind {addr}")))?;
     let local = listener.local_addr().map_err(|e| io_fail(e, "local_addr"))?;
-    let mut client = TcpStream::connect(local).map_err(|e| io_fail(e, &format!("connect {local}")))?;
+    let mut client =
+        TcpStream::connect(local).map_err(|e| io_fail(e, &format!("connect {local}")))?;
     let (mut server, _) = listener.accept().map_err(|e| io_fail(e, "accept"))?;
     client.write_all(b"h").map_err(|e| io_fail(e, "send"))?;
     let mut b = [0u8; 1];
@@ -560,7 +653,8 @@ fn tcp_loopback(addr: &str, pid1: bool) -> Check {
 fn packet() -> Check {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     let sock = fd(
-        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) } as i64,
+        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) }
+            as i64,
         "socket(AF_PACKET)",
     )?;
     let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
@@ -598,7 +692,10 @@ fn proc_sys() -> Check {
         .map_err(|e| io_fail(e, "read /proc/sys/kernel/osrelease"))?;
     let uname = nix::sys::utsname::uname().map_err(|e| fail(e as i32, "uname"))?;
     if osrelease.trim() != uname.release().to_string_lossy() {
-        return Err(fail(libc::EIO, format!("/proc/sys/kernel/osrelease says {}", osrelease.trim())));
+        return Err(fail(
+            libc::EIO,
+            format!("/proc/sys/kernel/osrelease says {}", osrelease.trim()),
+        ));
     }
     Ok(())
 }

@@ -101,7 +101,11 @@ impl ConsoleRun {
 
 /// Runs a VM process whose console is its stdout, timing when `marker` appears; kills it
 /// (and reports `status: None`) if it has not exited after `timeout`.
-pub fn run_console(mut cmd: std::process::Command, marker: &str, timeout: std::time::Duration) -> ConsoleRun {
+pub fn run_console(
+    mut cmd: std::process::Command,
+    marker: &str,
+    timeout: std::time::Duration,
+) -> ConsoleRun {
     use std::io::BufRead;
     use std::process::Stdio;
     use std::time::Instant;
@@ -118,7 +122,8 @@ pub fn run_console(mut cmd: std::process::Command, marker: &str, timeout: std::t
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, String)>();
     let tx2 = tx.clone();
     // Console bytes need not be UTF-8; read raw lines and convert lossily.
-    let reader = move |r: Box<dyn std::io::Read + Send>, tx: std::sync::mpsc::Sender<(Instant, String)>| {
+    let reader = move |r: Box<dyn std::io::Read + Send>,
+                       tx: std::sync::mpsc::Sender<(Instant, String)>| {
         let mut r = std::io::BufReader::new(r);
         let mut buf = Vec::new();
         loop {
@@ -126,7 +131,9 @@ pub fn run_console(mut cmd: std::process::Command, marker: &str, timeout: std::t
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).replace('\r', "");
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .replace('\r', "");
                     let _ = tx.send((Instant::now(), line));
                 }
             }
