@@ -1,4 +1,80 @@
+//! husk-agent: PID 1 of a husk microVM.
+//!
+//! In this first form it brings the guest up (mounts), prints `HUSK-AGENT-READY` and facts
+//! about the guest on the console, runs the syscall-surface self-test when the kernel command
+//! line asks for it (`husk.selftest=1`), and ends the VM. Run as an ordinary program (not
+//! PID 1) it skips the mounts and the power-off and only reports, which is how it is tested
+//! on a host: `husk-agent [--selftest]`.
+//!
+//! PID 1 must never panic (a panic is a kernel panic), so every step reports its failure on
+//! the console and the agent carries on.
+
+/// Writes one line to stdout (the console when PID 1), ignoring write errors: there is
+/// nowhere else to report them and PID 1 must not die over a console hiccup.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+mod console;
+mod facts;
+mod mounts;
+mod power;
+mod selftest;
+
+/// Printed once the guest is up; host-side tests and the VMM wait for it.
+pub const READY_MARKER: &str = "HUSK-AGENT-READY";
+
 fn main() {
-    eprintln!("husk-agent: not built yet");
-    std::process::exit(1);
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        mounts::mount_early();
+        console::ensure_stdio();
+    } else {
+        say!("husk-agent: not PID 1 (pid {}): skipping mounts and power-off", std::process::id());
+    }
+
+    say!("{READY_MARKER}");
+    facts::report();
+
+    let cmdline = facts::kernel_cmdline();
+    let selftest = (pid1 && cmdline_flag(&cmdline, "husk.selftest"))
+        || std::env::args().any(|a| a == "--selftest");
+    if selftest {
+        let summary = selftest::run(pid1);
+        if !pid1 && summary.fail > 0 {
+            std::process::exit(1);
+        }
+    }
+
+    if pid1 {
+        power::off();
+    }
+}
+
+/// True when the kernel command line has `name=1` (or `name=y`, `name=true`, or bare `name`).
+fn cmdline_flag(cmdline: &str, name: &str) -> bool {
+    cmdline.split_whitespace().any(|arg| match arg.split_once('=') {
+        Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
+        None => arg == name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cmdline_flag;
+
+    #[test]
+    fn cmdline_flag_parses_values() {
+        let c = "console=ttyS0 husk.selftest=1 quiet";
+        assert!(cmdline_flag(c, "husk.selftest"));
+        assert!(cmdline_flag(c, "quiet"));
+        assert!(!cmdline_flag("husk.selftest=0", "husk.selftest"));
+        assert!(!cmdline_flag("xhusk.selftest=1", "husk.selftest"));
+        assert!(!cmdline_flag("", "husk.selftest"));
+    }
 }

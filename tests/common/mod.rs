@@ -161,3 +161,91 @@ pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, D
         elapsed,
     )
 }
+
+/// What a VM printed on its console, and how it ended.
+pub struct ConsoleRun {
+    /// Every console line, in order (carriage returns stripped).
+    pub lines: Vec<String>,
+    /// Exit status, or None when it was killed at the timeout.
+    pub status: Option<std::process::ExitStatus>,
+    /// Time from spawning the process to the first line containing the marker.
+    pub marker_after: Option<std::time::Duration>,
+    /// Time from spawning the process to its exit (or the kill).
+    pub total: std::time::Duration,
+}
+
+impl ConsoleRun {
+    pub fn output(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// Runs a VM process whose console is its stdout, timing when `marker` appears; kills it
+/// (and reports `status: None`) if it has not exited after `timeout`.
+pub fn run_console(
+    mut cmd: std::process::Command,
+    marker: &str,
+    timeout: std::time::Duration,
+) -> ConsoleRun {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, String)>();
+    let tx2 = tx.clone();
+    // Console bytes need not be UTF-8; read raw lines and convert lossily.
+    let reader = move |r: Box<dyn std::io::Read + Send>,
+                       tx: std::sync::mpsc::Sender<(Instant, String)>| {
+        let mut r = std::io::BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .replace('\r', "");
+                    let _ = tx.send((Instant::now(), line));
+                }
+            }
+        }
+    };
+    let t1 = std::thread::spawn(move || reader(Box::new(stdout), tx));
+    let t2 = std::thread::spawn(move || reader(Box::new(stderr), tx2));
+
+    let deadline = start + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("waiting for the VM process: {e}"),
+        }
+    };
+    let total = start.elapsed();
+    let _ = t1.join();
+    let _ = t2.join();
+    let mut lines = Vec::new();
+    let mut marker_after = None;
+    for (at, line) in rx.try_iter() {
+        if marker_after.is_none() && line.contains(marker) {
+            marker_after = Some(at.duration_since(start));
+        }
+        lines.push(line);
+    }
+    ConsoleRun { lines, status, marker_after, total }
+}
