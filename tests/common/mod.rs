@@ -35,6 +35,14 @@ pub fn not_run(test: &str, reason: &str, must_run: bool) {
         panic!("{test}: required under CI=true but cannot run: {reason}");
     }
     eprintln!("NOT RUN: {test}: {reason}");
+    // cargo hides the output of passing tests, so also record the line where the test
+    // script collects and prints them after the run.
+    if let Some(log) = std::env::var_os("HUSK_NOT_RUN_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "NOT RUN: {test}: {reason}");
+        }
+    }
 }
 
 fn artifact(env: &str, default: PathBuf, hint: &str, test: &str) -> Option<PathBuf> {
