@@ -26,11 +26,11 @@ log "installed husk-vmm to $PREFIX/bin, kernel and initramfs to $PREFIX/share/hu
 if "$PREFIX/bin/husk-vmm" --probe >&2; then
     log "booting a microVM with husk-vmm (KVM)"
     exec "$PREFIX/bin/husk-vmm" --kernel "$PREFIX/share/husk/vmlinux" \
-        --initramfs "$PREFIX/share/husk/initramfs.cpio.gz" --vcpus 2 --memory 256 --console stdout
+        --initramfs "$PREFIX/share/husk/initramfs.cpio.gz" --vcpus 2 --memory 256 --console stdout --append "quiet husk.selftest=1"
 else
     log "husk-vmm cannot run Linux guests here (see above): booting with QEMU microvm, TCG"
     exec qemu-system-x86_64 -M microvm,acpi=off -accel tcg -smp 2 -m 256 \
-        -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
-        -kernel "$PREFIX/share/husk/bzImage" -initrd "$PREFIX/share/husk/initramfs.cpio.gz" \
-        -append "console=ttyS0 quiet reboot=k panic=-1"
+        -nodefaults -no-user-config -nographic -no-reboot -serial stdio -device i8042 \
+        -kernel "$PREFIX/share/husk/vmlinux" -initrd "$PREFIX/share/husk/initramfs.cpio.gz" \
+        -append "console=ttyS0 quiet reboot=k panic=-1 husk.selftest=1"
 fi
