@@ -2,6 +2,8 @@
 //!
 //! - [`vmm`]: builds and runs one microVM (KVM, x86_64).
 //! - [`devices`]: the buses and the devices husk-vmm emulates.
+//! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
 
 pub mod devices;
+pub mod sandbox;
 pub mod vmm;
