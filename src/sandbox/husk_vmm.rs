@@ -45,6 +45,11 @@ pub fn find_binary() -> Result<PathBuf, Error> {
     })
 }
 
+/// Kernel arguments every guest of this backend gets. `reboot=k`: husk-vmm emulates the
+/// i8042 reset line and ends the VM (status 0) when the agent's reboot(2) pulses it;
+/// `panic=-1` turns a guest panic into the same reset.
+pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=k", "panic=-1"];
+
 /// Starts VMs as `husk-vmm` processes.
 #[derive(Debug, Clone)]
 pub struct HuskVmmBackend {
@@ -70,7 +75,7 @@ pub fn args(spec: &VmSpec) -> Vec<String> {
     if let Some(i) = &spec.initramfs {
         flag("--initramfs", i.display().to_string());
     }
-    let cmdline: Vec<&str> = super::BOOT_ARGS
+    let cmdline: Vec<&str> = BOOT_ARGS
         .iter()
         .copied()
         .chain(spec.cmdline.iter().map(String::as_str))

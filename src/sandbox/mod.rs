@@ -16,7 +16,7 @@ pub mod host;
 pub mod husk_vmm;
 mod kind;
 pub mod qemu;
-mod vhost_vsock;
+pub mod vhost_vsock;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -84,12 +84,6 @@ pub struct TapSpec {
     pub tap_name: String,
     pub mac: [u8; 6],
 }
-
-/// Kernel arguments every guest gets from either backend. `reboot=k` makes the agent's final
-/// reboot(2) a keyboard-controller reset, which ends the VM process with status 0 (QEMU under
-/// `-no-reboot`, husk-vmm always); `panic=-1` turns a guest panic into the same reset instead of
-/// a hung VM.
-pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=k", "panic=-1"];
 
 /// Longest virtio-blk serial the device can carry (`VIRTIO_BLK_ID_BYTES`).
 pub const MAX_DISK_SERIAL_LEN: usize = 20;

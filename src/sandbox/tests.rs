@@ -61,7 +61,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     assert_eq!(pair(&a, "-smp"), ["2"]);
     assert_eq!(
         pair(&a, "-append"),
-        ["console=ttyS0 reboot=k panic=-1 quiet"]
+        ["console=ttyS0 reboot=t panic=-1 quiet"]
     );
     assert_eq!(
         pair(&a, "-drive"),
@@ -75,7 +75,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         [
             "virtio-blk-device,drive=d0,serial=layer0",
             "virtio-blk-device,drive=d1",
-            "vhost-user-vsock-device,chardev=vsock,guest-cid=7"
+            "vhost-user-vsock-device,chardev=vsock"
         ]
     );
     let chardevs = pair(&a, "-chardev");

@@ -81,7 +81,7 @@ pub fn args(vsock: &VsockSpec, vhost_socket: &Path) -> Vec<String> {
 
 /// Starts the daemon and waits until its vhost-user socket exists. Stale sockets from a
 /// previous run are removed first: the daemon refuses to bind over them.
-pub fn start(
+pub(super) fn start(
     binary: &Path,
     vsock: &VsockSpec,
     vhost_socket: &Path,
