@@ -5,9 +5,15 @@
 //! - [`AgentClient`]: the control connection, typed calls, answers matched by id;
 //! - [`attach_stream`] and [`Pump`]: stdio on connections of their own.
 //!
-//! Known transport defect (QEMU backend): Linux 6.12 guests send vsock packets larger than
-//! ~32 KiB split over several descriptors, which `vhost-device-vsock` 0.3.0 (virtio-vsock
-//! 0.12) rejects and drops. The agent keeps each write at most [`stream::CHUNK`] (16 KiB).
+//! Transport facts the protocol has to live with (measured on the QEMU backend with
+//! vhost-device-vsock 0.3.0, Linux 6.12 guest; tests/backend_qemu.rs):
+//! - guest writes over ~32 KiB go out as packets split across descriptors, which
+//!   virtio-vsock 0.12 rejects: the connection stalls. The agent keeps each write at most
+//!   [`stream::CHUNK`] (16 KiB); 16 MiB each way then arrives intact.
+//! - a host half-close (`shutdown(Write)`) reaches the guest as SHUTDOWN of *both*
+//!   directions (Firecracker's muxer does the same): the guest reads all data, then EOF, but
+//!   can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
+//!   half-closed, its end of input goes through `CloseStdin` instead.
 
 mod client;
 pub mod stream;

@@ -62,7 +62,8 @@ pub fn attach_stream(
 }
 
 /// Copies `src` into the stream until `src` ends, then half-closes the stream so the guest
-/// sees EOF. Returns the bytes copied.
+/// sees EOF. Only for one-way (`Stdin`) streams: over vsock the half-close also ends the
+/// guest's sending side. Returns the bytes copied.
 pub fn copy_to_stream(src: &mut impl Read, stream: &UnixStream) -> io::Result<u64> {
     let mut dst = stream;
     let n = copy_chunks(src, &mut dst)?;
@@ -140,14 +141,20 @@ impl Pump {
         Ok(())
     }
 
-    /// Both directions of a pty stream.
+    /// Both directions of a pty stream. The end of `input` is *not* sent as a half-close,
+    /// which would also cut the output (see the module docs of `crate::agent`): the caller
+    /// sends `CloseStdin` when [`Pump::wait_input`] returns, if it wants the guest to see it.
     pub fn pty(
         &mut self,
-        input: impl Read + Send + 'static,
+        mut input: impl Read + Send + 'static,
         output: impl Write + Send + 'static,
         stream: UnixStream,
     ) -> io::Result<()> {
-        self.input(input, stream.try_clone()?)?;
+        let mut to_guest = stream.try_clone()?;
+        let h = std::thread::Builder::new()
+            .name("husk-pty-pump".into())
+            .spawn(move || copy_chunks(&mut input, &mut to_guest))?;
+        self.inputs.push(h);
         self.output(stream, output)
     }
 

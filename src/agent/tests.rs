@@ -531,3 +531,42 @@ fn refused_stream_says_why() {
         "{err}"
     );
 }
+
+#[test]
+fn pty_pump_keeps_output_open_after_input_ends() {
+    // Over vsock a half-close would end the guest's sending side too, so the pty pump must
+    // not send one: here the fake agent answers only after host input has ended.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&sock(&dir), 1, |_, mut s| {
+        let _: StreamHello = read_message(&mut s).unwrap().unwrap();
+        write_message(&mut s, &StreamReply::Ready).unwrap();
+        let mut input = [0u8; 5];
+        s.read_exact(&mut input).unwrap();
+        assert_eq!(&input, b"ls -l");
+        // A half-close would show up here as EOF.
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut more = [0u8; 1];
+        let r = s.read(&mut more);
+        assert!(
+            matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{r:?}"
+        );
+        s.write_all(b"total 0\r\n").unwrap();
+    });
+    let hello = StreamHello {
+        version: PROTOCOL_VERSION,
+        container_id: "c1".into(),
+        exec_id: None,
+        kind: StreamKind::Pty,
+    };
+    let stream = attach_stream(&sock(&dir), hello, T).unwrap();
+    let out = Shared::default();
+    let mut pump = Pump::new();
+    pump.pty(std::io::Cursor::new(b"ls -l".to_vec()), out.clone(), stream)
+        .unwrap();
+    assert_eq!(pump.wait_input().unwrap(), [5]);
+    assert_eq!(pump.wait_output().unwrap(), [9]);
+    server.join().unwrap();
+    assert_eq!(&*out.0.lock().unwrap(), b"total 0\r\n");
+}
