@@ -55,14 +55,7 @@ impl QemuBackend {
     /// QEMU from `$HUSK_QEMU` or `PATH`; KVM if the host's KVM runs stock guests (or
     /// `$HUSK_QEMU_ACCEL`), else TCG.
     pub fn from_env() -> Result<Self, Error> {
-        let qemu = match std::env::var_os(QEMU_ENV) {
-            Some(p) => PathBuf::from(p),
-            None => child::which("qemu-system-x86_64").ok_or_else(|| Error::MissingProgram {
-                program: "qemu-system-x86_64".into(),
-                hint: "install QEMU (Debian: apt-get install qemu-system-x86) or set HUSK_QEMU"
-                    .into(),
-            })?,
-        };
+        let qemu = find_qemu(std::env::var_os(QEMU_ENV).map(PathBuf::from))?;
         let accel = match std::env::var(ACCEL_ENV).ok().as_deref() {
             Some("kvm") => Accel::Kvm,
             Some("tcg") => Accel::Tcg,
@@ -87,6 +80,22 @@ impl QemuBackend {
             vhost_device_vsock: None,
         })
     }
+}
+
+/// The QEMU binary: `explicit` (from `$HUSK_QEMU`) if given, else `qemu-system-x86_64` on
+/// `PATH`; either way it must be executable.
+pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
+    let found = match explicit {
+        Some(p) => Some(p).filter(|p| child::is_executable(p)),
+        None => child::which("qemu-system-x86_64"),
+    };
+    found.ok_or_else(|| Error::MissingProgram {
+        program: "qemu-system-x86_64".into(),
+        hint: format!(
+            "the QEMU backend needs it; install QEMU (Debian: apt-get install \
+             qemu-system-x86) or point {QEMU_ENV} at it"
+        ),
+    })
 }
 
 /// The full QEMU command line for `spec` (everything after the program name).

@@ -336,6 +336,17 @@ fn daemon_that_dies_early_fails_start_without_leaks() {
 #[test]
 fn missing_qemu_binary_says_what_to_install() {
     let dir = tempfile::tempdir().unwrap();
+    let err = qemu::find_qemu(Some(dir.path().join("no-qemu"))).unwrap_err();
+    assert!(matches!(err, Error::MissingProgram { .. }), "{err}");
+    assert!(
+        err.to_string().contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vm_binary_that_cannot_start_is_a_spawn_error() {
+    let dir = tempfile::tempdir().unwrap();
     let backend = QemuBackend {
         qemu: dir.path().join("no-qemu"),
         accel: Accel::Tcg,
