@@ -14,6 +14,11 @@
 //!   directions (Firecracker's muxer does the same): the guest reads all data, then EOF, but
 //!   can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
 //!   half-closed, its end of input goes through `CloseStdin` instead.
+//! - heavy traffic in *both* directions on one connection can stall it for good: when a host
+//!   socket event carries EPOLLIN the daemon takes the fd out of epoll until it has read, and
+//!   a partial write to a slow host reader in that window cannot re-arm EPOLLOUT ("Failed to
+//!   re-enable EPOLLOUT" at debug level). Streams are one-way (stdin, stdout, stderr each on
+//!   its own connection), so only a pty carries both, at interactive rates.
 
 mod client;
 pub mod stream;

@@ -203,7 +203,8 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// A stand-in for vhost-device-vsock: creates both sockets (as plain files) and sleeps.
+/// A stand-in for vhost-device-vsock: listens on both sockets (perl-base is Essential on
+/// Debian, so this needs nothing extra) and sleeps.
 fn fake_daemon(dir: &Path) -> PathBuf {
     script(
         dir,
@@ -212,8 +213,9 @@ fn fake_daemon(dir: &Path) -> PathBuf {
 sock=$(echo "$opts" | sed 's/.*socket=\([^,]*\).*/\1/')
 uds=$(echo "$opts" | sed 's/.*uds-path=\([^,]*\).*/\1/')
 echo "$$" > "$(dirname "$uds")/daemon.pid"
-touch "$sock" "$uds"
-exec sleep 1000"#,
+exec perl -MIO::Socket::UNIX -e '
+    my @l = map { IO::Socket::UNIX->new(Local => $_, Listen => 1) or die "bind $_: $!" } @ARGV;
+    sleep 1000;' "$sock" "$uds""#,
     )
 }
 
@@ -357,4 +359,16 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         .err()
         .expect("start must fail");
     assert!(matches!(err, Error::Spawn { .. }), "{err}");
+}
+
+#[test]
+fn listening_state_is_read_from_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    assert!(!vhost_vsock::is_listening(&path));
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    assert!(vhost_vsock::is_listening(&path));
+    drop(l);
+    // The file stays, the listener is gone.
+    assert!(path.exists() && !vhost_vsock::is_listening(&path));
 }

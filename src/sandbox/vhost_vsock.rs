@@ -79,7 +79,24 @@ pub fn args(vsock: &VsockSpec, vhost_socket: &Path) -> Vec<String> {
     ]
 }
 
-/// Starts the daemon and waits until its vhost-user socket exists. Stale sockets from a
+/// Whether a unix socket is bound at `path` and listening, from `/proc/net/unix` (probing with
+/// connect() would make us the daemon's vhost-user frontend).
+pub fn is_listening(path: &Path) -> bool {
+    const SO_ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = path.as_os_str().to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 8
+            && f[7..].join(" ") == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & SO_ACCEPTCON != 0)
+    })
+}
+
+/// Starts the daemon and waits until it listens on its vhost-user socket. Stale sockets from a
 /// previous run are removed first: the daemon refuses to bind over them.
 pub(super) fn start(
     binary: &Path,
@@ -97,7 +114,9 @@ pub(super) fn start(
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     loop {
-        if vhost_socket.exists() {
+        // The file appears at bind(), before listen(): QEMU connecting in between is
+        // refused and exits, so wait for the listening state itself.
+        if is_listening(vhost_socket) {
             return Ok(daemon);
         }
         let status = daemon.try_wait().map_err(|source| Error::Process {
