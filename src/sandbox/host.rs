@@ -3,11 +3,14 @@
 //!
 //! `/dev/kvm` existing is not enough: on PVM hosts (`kvm_pvm`, nested clouds without
 //! hardware virtualisation) KVM only runs PVM-patched guests, and a stock kernel dies early.
-//! This is the one place that decides; it is meant to defer to `husk::vmm::probe` once that
-//! lands, without callers changing.
+//! This is the one place that decides. For husk-vmm it asks `husk-vmm --probe` (husk-vmm's
+//! own judgement, `husk::vmm::probe`); for QEMU's accelerator it reads the same facts from
+//! sysfs itself.
 
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 /// A yes/no answer with the reason, for debug logs and `husk system check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,15 +90,39 @@ pub fn kvm_runs_stock_guests() -> Probe {
     KvmFacts::gather().decide()
 }
 
-/// Whether husk-vmm can run guests on this host.
+/// Whether husk-vmm can run guests on this host: husk-vmm is found and its own
+/// `--probe` says yes (exit 0; 2 means no). Asked once per process.
 pub fn husk_vmm_usable() -> Probe {
-    let kvm = kvm_runs_stock_guests();
-    if !kvm.usable {
-        return kvm;
-    }
+    static ANSWER: OnceLock<Probe> = OnceLock::new();
+    ANSWER.get_or_init(probe_husk_vmm).clone()
+}
+
+fn probe_husk_vmm() -> Probe {
     match super::husk_vmm::find_binary() {
-        Ok(p) => Probe::yes(format!("{}; husk-vmm at {}", kvm.reason, p.display())),
+        Ok(bin) => probe_binary(&bin),
         Err(e) => Probe::no(e.to_string()),
+    }
+}
+
+/// Runs `bin --probe` and reads its verdict from the exit status.
+pub fn probe_binary(bin: &Path) -> Probe {
+    let status = Command::new(bin)
+        .arg("--probe")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Probe::yes(format!(
+            "{} --probe: this host can run Linux guests",
+            bin.display()
+        )),
+        Ok(s) if s.code() == Some(2) => Probe::no(format!(
+            "{} --probe: this host cannot run Linux guests (run it for the reason)",
+            bin.display()
+        )),
+        Ok(s) => Probe::no(format!("{} --probe failed ({s})", bin.display())),
+        Err(e) => Probe::no(format!("cannot run {} --probe: {e}", bin.display())),
     }
 }
 
@@ -125,6 +152,35 @@ mod tests {
             }
             .decide()
             .usable
+        );
+    }
+
+    #[test]
+    fn husk_vmm_probe_verdict_comes_from_its_exit_status() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |code: i32| {
+            let p = dir.path().join(format!("husk-vmm-{code}"));
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\n[ \"$1\" = --probe ] || exit 9\nexit {code}\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        assert!(probe_binary(&fake(0)).usable);
+        let no = probe_binary(&fake(2));
+        assert!(
+            !no.usable && no.reason.contains("cannot run Linux guests"),
+            "{}",
+            no.reason
+        );
+        let broken = probe_binary(&fake(1));
+        assert!(
+            !broken.usable && broken.reason.contains("failed"),
+            "{}",
+            broken.reason
         );
     }
 

@@ -45,11 +45,6 @@ pub fn find_binary() -> Result<PathBuf, Error> {
     })
 }
 
-/// Kernel arguments every guest of this backend gets. `reboot=k`: husk-vmm emulates the
-/// i8042 reset line and ends the VM (status 0) when the agent's reboot(2) pulses it;
-/// `panic=-1` turns a guest panic into the same reset.
-pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=k", "panic=-1"];
-
 /// Starts VMs as `husk-vmm` processes.
 #[derive(Debug, Clone)]
 pub struct HuskVmmBackend {
@@ -64,8 +59,12 @@ impl HuskVmmBackend {
     }
 }
 
-/// husk-vmm's flags for `spec`.
-pub fn args(spec: &VmSpec) -> Vec<String> {
+/// husk-vmm's flags for `spec` (its CLI as on branch `vmm`: `--console file:PATH`,
+/// `--disk PATH[,ro]`, `--vsock CID,UDS`, `--append` after its own default command line, which
+/// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
+///
+/// Fails for what husk-vmm cannot express yet: disk serials.
+pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     let mut a: Vec<String> = Vec::new();
     let mut flag = |k: &str, v: String| {
         a.push(k.to_string());
@@ -75,29 +74,30 @@ pub fn args(spec: &VmSpec) -> Vec<String> {
     if let Some(i) = &spec.initramfs {
         flag("--initramfs", i.display().to_string());
     }
-    let cmdline: Vec<&str> = BOOT_ARGS
-        .iter()
-        .copied()
-        .chain(spec.cmdline.iter().map(String::as_str))
-        .collect();
-    flag("--cmdline", cmdline.join(" "));
+    if !spec.cmdline.is_empty() {
+        flag("--append", spec.cmdline.join(" "));
+    }
     flag("--vcpus", spec.vcpus.to_string());
     flag("--memory", spec.memory_mib.to_string());
-    flag("--console", spec.console_log.display().to_string());
+    flag("--console", format!("file:{}", spec.console_log.display()));
     for d in &spec.disks {
+        if let Some(s) = &d.serial {
+            return Err(Error::Unsupported(format!(
+                "husk-vmm cannot give disk {} the serial {s:?} yet (its --disk takes PATH[,ro]); \
+                 name the disk by device path (/dev/vdX, in spec order) or use --vmm qemu",
+                d.path.display()
+            )));
+        }
         let mut v = d.path.display().to_string();
         if d.read_only {
             v.push_str(",ro");
-        }
-        if let Some(s) = &d.serial {
-            v.push_str(&format!(",serial={s}"));
         }
         flag("--disk", v);
     }
     if let Some(v) = &spec.vsock {
         flag("--vsock", format!("{},{}", v.cid, v.uds_path.display()));
     }
-    a
+    Ok(a)
 }
 
 impl VmBackend for HuskVmmBackend {
@@ -107,6 +107,7 @@ impl VmBackend for HuskVmmBackend {
 
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, Error> {
         spec.validate()?;
+        let args = args(spec)?;
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
         if let Some(v) = &spec.vsock {
@@ -115,7 +116,7 @@ impl VmBackend for HuskVmmBackend {
             leftovers.files.push(v.uds_path.clone());
         }
         let mut cmd = Command::new(&self.binary);
-        cmd.args(args(spec));
+        cmd.args(args);
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");

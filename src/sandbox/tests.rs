@@ -108,6 +108,7 @@ fn husk_vmm_args_use_its_flags() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec_in(dir.path());
     s.initramfs = Some("/i.cpio.gz".into());
+    s.cmdline = vec!["quiet".into(), "init=/init".into()];
     s.disks = vec![
         DiskSpec {
             path: "/a".into(),
@@ -117,20 +118,33 @@ fn husk_vmm_args_use_its_flags() {
         DiskSpec {
             path: "/b".into(),
             read_only: false,
-            serial: Some("scratch".into()),
+            serial: None,
         },
     ];
     s.vsock = Some(VsockSpec {
         cid: 3,
         uds_path: "/v.sock".into(),
     });
-    let a = husk_vmm::args(&s);
+    let a = husk_vmm::args(&s).unwrap();
     assert_eq!(pair(&a, "--initramfs"), ["/i.cpio.gz"]);
     assert_eq!(pair(&a, "--vcpus"), ["1"]);
     assert_eq!(pair(&a, "--memory"), ["128"]);
-    assert_eq!(pair(&a, "--disk"), ["/a,ro", "/b,serial=scratch"]);
+    assert_eq!(pair(&a, "--disk"), ["/a,ro", "/b"]);
     assert_eq!(pair(&a, "--vsock"), ["3,/v.sock"]);
-    assert_eq!(pair(&a, "--cmdline"), ["console=ttyS0 reboot=k panic=-1"]);
+    // Its own default command line stays; ours is appended.
+    assert!(pair(&a, "--cmdline").is_empty());
+    assert_eq!(pair(&a, "--append"), ["quiet init=/init"]);
+    assert_eq!(
+        pair(&a, "--console"),
+        [format!("file:{}", s.console_log.display())]
+    );
+
+    s.disks[1].serial = Some("scratch".into());
+    let err = husk_vmm::args(&s).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("serial"),
+        "{err}"
+    );
 }
 
 #[test]
