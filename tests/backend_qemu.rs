@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk::sandbox::{qemu::QemuBackend, vhost_vsock, VmBackend, VmHandle, VmSpec, VsockSpec};
+use husk::sandbox::{vhost_vsock, BackendKind, VmBackend, VmHandle, VmSpec, VsockSpec};
 
 const MARKER: &str = "HUSK-AGENT-READY";
 
@@ -22,8 +22,9 @@ fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
     Some((kernel, initramfs))
 }
 
-fn backend(test: &str) -> Option<QemuBackend> {
-    match QemuBackend::from_env() {
+/// The QEMU backend, picked through the seam as the runtime does (`--vmm qemu`).
+fn backend(test: &str) -> Option<Box<dyn VmBackend>> {
+    match husk::sandbox::backend(BackendKind::Qemu) {
         Ok(b) => {
             eprintln!("{test}: backend {}", b.name());
             Some(b)
