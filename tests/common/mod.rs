@@ -12,9 +12,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
 }
 
 /// Where build scripts keep cached artifacts outside the repo (the kernel).
@@ -39,33 +37,19 @@ fn artifact(env: &str, default: PathBuf, hint: &str, test: &str) -> Option<PathB
     if path.exists() {
         Some(path)
     } else {
-        not_run(
-            test,
-            &format!("{} not found ({env}); build it with {hint}", path.display()),
-            true,
-        );
+        not_run(test, &format!("{} not found ({env}); build it with {hint}", path.display()), true);
         None
     }
 }
 
 /// The guest kernel (ELF vmlinux) built by kernel-config/build.sh.
 pub fn kernel(test: &str) -> Option<PathBuf> {
-    artifact(
-        "HUSK_KERNEL",
-        cache_dir().join("kernel/vmlinux"),
-        "kernel-config/build.sh",
-        test,
-    )
+    artifact("HUSK_KERNEL", cache_dir().join("kernel/vmlinux"), "kernel-config/build.sh", test)
 }
 
 /// The guest kernel as a bzImage, built beside the vmlinux.
 pub fn bzimage(test: &str) -> Option<PathBuf> {
-    artifact(
-        "HUSK_BZIMAGE",
-        cache_dir().join("kernel/bzImage"),
-        "kernel-config/build.sh",
-        test,
-    )
+    artifact("HUSK_BZIMAGE", cache_dir().join("kernel/bzImage"), "kernel-config/build.sh", test)
 }
 
 /// The agent initramfs built by scripts/build-initramfs.sh.
@@ -80,11 +64,7 @@ pub fn initramfs(test: &str) -> Option<PathBuf> {
 
 /// /dev/kvm usable by this process (open read-write).
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => true,
         Err(e) => {
             not_run(test, &format!("cannot open /dev/kvm: {e}"), true);
