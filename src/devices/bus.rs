@@ -130,8 +130,7 @@ mod tests {
     #[test]
     fn access_straddling_the_end_is_unowned() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 0x10)
-            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 0x10).unwrap();
         let mut b = [0u8; 4];
         assert!(!bus.read(0x100e, &mut b));
         assert!(bus.read(0x100c, &mut b));
@@ -142,22 +141,10 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default()));
         bus.insert(d(), 0x1000, 0x100).unwrap();
-        assert!(matches!(
-            bus.insert(d(), 0x10ff, 1),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(d(), 0xf00, 0x101),
-            Err(BusError::Overlap { .. })
-        ));
-        assert!(matches!(
-            bus.insert(d(), 0x2000, 0),
-            Err(BusError::InvalidRange { .. })
-        ));
-        assert!(matches!(
-            bus.insert(d(), u64::MAX, 2),
-            Err(BusError::InvalidRange { .. })
-        ));
+        assert!(matches!(bus.insert(d(), 0x10ff, 1), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(d(), 0xf00, 0x101), Err(BusError::Overlap { .. })));
+        assert!(matches!(bus.insert(d(), 0x2000, 0), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
         bus.insert(d(), 0x1100, 0x100).unwrap();
         bus.insert(d(), 0xf00, 0x100).unwrap();
     }
