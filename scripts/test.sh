@@ -27,6 +27,11 @@ HUSK_INITRAMFS=$(scripts/build-initramfs.sh | tail -n1)
 export HUSK_INITRAMFS
 log "initramfs: $HUSK_INITRAMFS"
 
+# The QEMU backend's vsock daemon (cargo install, cached outside the repo).
+HUSK_VHOST_DEVICE_VSOCK=$(scripts/install-vhost-device-vsock.sh | tail -n1)
+export HUSK_VHOST_DEVICE_VSOCK
+log "vhost-device-vsock: $HUSK_VHOST_DEVICE_VSOCK"
+
 # Tests that cannot run on this host say so; cargo hides a passing test's output, so they
 # also write their reason here and it is printed after the run.
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"
