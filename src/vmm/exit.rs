@@ -16,7 +16,11 @@ pub enum ExitReason {
     /// KVM_EXIT_SHUTDOWN: a triple fault.
     TripleFault { vcpu: u8 },
     /// KVM_EXIT_INTERNAL_ERROR: usually an instruction KVM's emulator cannot handle.
-    InternalError { vcpu: u8, suberror: u32 },
+    InternalError {
+        vcpu: u8,
+        suberror: u32,
+        rip: Option<u64>,
+    },
     /// KVM_EXIT_FAIL_ENTRY: the CPU refused to enter the guest.
     FailEntry { vcpu: u8, reason: u64 },
     /// An exit the VMM does not handle.
@@ -49,15 +53,25 @@ impl std::fmt::Display for ExitReason {
             Self::TripleFault { vcpu } => {
                 write!(f, "guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN)")
             }
-            Self::InternalError { vcpu, suberror } => write!(
-                f,
-                "KVM internal error on vCPU {vcpu} (suberror {suberror}{})",
-                if *suberror == 1 {
-                    ": instruction emulation failed"
-                } else {
-                    ""
+            Self::InternalError {
+                vcpu,
+                suberror,
+                rip,
+            } => {
+                write!(
+                    f,
+                    "KVM internal error on vCPU {vcpu} (suberror {suberror}{})",
+                    if *suberror == 1 {
+                        ": instruction emulation failed"
+                    } else {
+                        ""
+                    }
+                )?;
+                match rip {
+                    Some(rip) => write!(f, " at guest rip {rip:#x}"),
+                    None => Ok(()),
                 }
-            ),
+            }
             Self::FailEntry { vcpu, reason } => {
                 write!(
                     f,
@@ -145,8 +159,10 @@ mod tests {
         let ie = ExitReason::InternalError {
             vcpu: 0,
             suberror: 1,
+            rip: Some(0x100_0000),
         };
         assert!(ie.to_string().contains("emulation failed"));
+        assert!(ie.to_string().contains("rip 0x1000000"));
         assert!(!ie.to_string().contains('\n'));
     }
 }

@@ -105,9 +105,12 @@ impl Vcpu {
                     // the union member the kernel filled.
                     let suberror =
                         unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    // Where it stopped, to look up in System.map.
+                    let rip = self.fd.get_regs().ok().map(|r| r.rip);
                     self.exit.request(ExitReason::InternalError {
                         vcpu: self.id,
                         suberror,
+                        rip,
                     });
                 }
             }
