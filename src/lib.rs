@@ -4,8 +4,12 @@
 //! - [`devices`]: the buses and the devices husk-vmm emulates.
 //! - [`agent`]: the host client of the guest agent, over the VM's vsock socket.
 //! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
+//! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
+//! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
 
 pub mod agent;
+pub mod cli;
 pub mod devices;
+pub mod runtime;
 pub mod sandbox;
 pub mod vmm;

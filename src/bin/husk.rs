@@ -1,0 +1,53 @@
+//! `husk`: run OCI containers, each in its own microVM.
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use husk::cli::{commands, Cli};
+
+/// docker's exit code for errors of the CLI itself (not the container's).
+const CLI_ERROR: i32 = 125;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line: clap's first, without its usage block.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "husk: {} (see `husk --help`)",
+                first.trim_start_matches("error: ")
+            );
+            std::process::exit(CLI_ERROR);
+        }
+    };
+    init_logging(&cli.global.log_level);
+    let code = match commands::dispatch(cli).map_err(anyhow::Error::from) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("husk: {e:#}");
+            CLI_ERROR
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,176 @@
+//! One clap struct per subcommand.
+
+use clap::{ArgAction, Args, Subcommand};
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep stdin open and pass it to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the process a terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Name the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy husk's own).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", action = ArgAction::Append)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: UID[:GID].
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Container hostname (default: the short id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// vCPUs of the VM (fractions round up).
+    #[arg(long, default_value = "1")]
+    pub cpus: String,
+    /// Memory of the VM (e.g. 256m, 1g).
+    #[arg(short = 'm', long, default_value = "256m")]
+    pub memory: String,
+    /// Override the image's entrypoint ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// The image to run.
+    pub image: String,
+    /// The command and its arguments (replace the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only print ids.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Keep printing as the container writes.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", action = ArgAction::Append)]
+    pub env: Vec<String>,
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    pub container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KillArgs {
+    /// Signal name or number.
+    #[arg(short = 's', long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// Kill running containers first.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Container (id, prefix or name) or image reference.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImagesArgs {
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RmiArgs {
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The archive (docker save or oci-archive tar).
+    #[arg(short = 'i', long = "input")]
+    pub input: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemArgs {
+    #[command(subcommand)]
+    pub command: SystemCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SystemCommand {
+    /// Check that this host can run containers, and say how to fix what is missing.
+    Check,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MonitorArgs {
+    pub id: String,
+}

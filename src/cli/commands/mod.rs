@@ -1,0 +1,69 @@
+//! What each subcommand does; `src/bin/husk.rs` calls [`dispatch`]. Each returns the
+//! process exit code.
+
+pub mod exec;
+pub mod images;
+pub mod inspect;
+pub mod kill;
+pub mod logs;
+pub mod ps;
+pub mod rm;
+pub mod run;
+pub mod start;
+pub mod stop;
+pub mod system;
+
+use crate::runtime::Runtime;
+use crate::sandbox::BackendKind;
+
+use super::{Cli, Command, Error, GlobalOpts};
+
+/// Runs the parsed command line; returns the exit code.
+pub fn dispatch(cli: Cli) -> Result<i32, Error> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run(a) => run::run(g, a),
+        Command::Ps(a) => ps::run(g, a),
+        Command::Logs(a) => logs::run(g, a),
+        Command::Exec(a) => exec::run(g, a),
+        Command::Stop(a) => stop::run(g, a),
+        Command::Start(a) => start::run(g, a),
+        Command::Kill(a) => kill::run(g, a),
+        Command::Rm(a) => rm::run(g, a),
+        Command::Inspect(a) => inspect::run(g, a),
+        Command::Images(a) => images::list(g, a),
+        Command::Rmi(a) => images::rmi(g, a),
+        Command::Load(a) => images::load(g, a),
+        Command::Pull(a) => images::pull(g, a),
+        Command::System(a) => system::run(g, a),
+        Command::Monitor(a) => Ok(crate::runtime::monitor::run_monitor(&runtime(g)?, &a.id)?),
+    }
+}
+
+/// The runtime the global flags describe.
+pub fn runtime(g: &GlobalOpts) -> Result<Runtime, Error> {
+    let kind = BackendKind::from_flag_or_env(g.vmm.as_deref())?;
+    let mut rt = Runtime::new(&g.root, kind)?;
+    rt.kernel = g.kernel.clone();
+    rt.initramfs = g.initramfs.clone();
+    Ok(rt)
+}
+
+/// Runs `f` on each container argument, printing what it returns; the first failure is
+/// reported after the others were tried (as docker does), and makes the exit code 1.
+pub fn each(
+    names: &[String],
+    mut f: impl FnMut(&str) -> Result<String, Error>,
+) -> Result<i32, Error> {
+    let mut code = 0;
+    for n in names {
+        match f(n) {
+            Ok(out) => println!("{out}"),
+            Err(e) => {
+                eprintln!("husk: {e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}

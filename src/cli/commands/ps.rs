@@ -1,0 +1,116 @@
+use crate::cli::{Error, Format, GlobalOpts, PsArgs};
+use crate::runtime::state::now;
+use crate::runtime::{State, Status};
+
+pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
+    let rt = super::runtime(g)?;
+    let shown: Vec<State> = rt
+        .store
+        .list()?
+        .into_iter()
+        .map(|mut s| {
+            // Liveness from /proc, not from the file: right after a `kill -9` of a VMM.
+            s.status = s.effective_status();
+            s
+        })
+        .filter(|s| a.all || s.status == Status::Running)
+        .collect();
+    if a.quiet {
+        for s in &shown {
+            println!("{}", s.short_id());
+        }
+        return Ok(0);
+    }
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).expect("state serializes")
+        );
+        return Ok(0);
+    }
+    let t = now();
+    let rows: Vec<[String; 6]> = shown
+        .iter()
+        .map(|s| {
+            [
+                s.short_id().to_string(),
+                s.image.clone(),
+                command(s),
+                format!("{} ago", ago(t.saturating_sub(s.created))),
+                status(s, t),
+                s.name.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "NAMES",
+    ];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", l.trim_end());
+    };
+    line(&header.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    Ok(0)
+}
+
+fn command(s: &State) -> String {
+    let c = s.config.args.join(" ");
+    let c = if c.chars().count() > 20 {
+        format!("{}…", c.chars().take(19).collect::<String>())
+    } else {
+        c
+    };
+    format!("\"{c}\"")
+}
+
+fn status(s: &State, t: u64) -> String {
+    let since = |at: Option<u64>| ago(t.saturating_sub(at.unwrap_or(s.created)));
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", since(s.started_at)),
+        Status::Stopped | Status::Exited => {
+            let word = if s.status == Status::Stopped {
+                "Stopped"
+            } else {
+                "Exited"
+            };
+            match s.exit_code {
+                Some(c) => format!("{word} ({c}) {} ago", since(s.finished_at)),
+                None => format!("{word} {} ago", since(s.finished_at)),
+            }
+        }
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=1 => "1 second".into(),
+        2..=59 => format!("{secs} seconds"),
+        60..=119 => "1 minute".into(),
+        120..=3599 => format!("{} minutes", secs / 60),
+        3600..=7199 => "1 hour".into(),
+        7200..=86399 => format!("{} hours", secs / 3600),
+        _ => format!("{} days", secs / 86400),
+    }
+}

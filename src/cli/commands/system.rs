@@ -1,0 +1,178 @@
+use std::path::PathBuf;
+
+use crate::cli::{Error, GlobalOpts, SystemArgs, SystemCommand};
+use crate::runtime::assets::{initramfs_candidates, kernel_candidates};
+use crate::sandbox::{husk_vmm, qemu, vhost_vsock, BackendKind};
+use crate::vmm::probe::HostProbe;
+
+/// One line of the report.
+struct Check {
+    what: &'static str,
+    ok: bool,
+    /// Whether a failure makes the host unable to run containers.
+    required: bool,
+    detail: String,
+}
+
+pub fn run(g: &GlobalOpts, a: SystemArgs) -> Result<i32, Error> {
+    match a.command {
+        SystemCommand::Check => check(g),
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn check(g: &GlobalOpts) -> Result<i32, Error> {
+    let kind = BackendKind::from_flag_or_env(g.vmm.as_deref())?;
+    let picked = kind.resolve();
+    let mut c = Vec::new();
+
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    c.push(Check {
+        what: "KVM access",
+        ok: kvm.is_ok(),
+        required: picked == BackendKind::Husk,
+        detail: match kvm {
+            Ok(_) => "/dev/kvm opens read-write".into(),
+            Err(e) => format!(
+                "/dev/kvm: {e}; load kvm_intel/kvm_amd and add this user to the kvm group \
+                 (QEMU/TCG still works without it)"
+            ),
+        },
+    });
+    let probe = HostProbe::run();
+    c.push(Check {
+        what: "husk-vmm guests",
+        ok: probe.can_run_linux_guests,
+        required: picked == BackendKind::Husk,
+        detail: probe.reason.clone(),
+    });
+    c.push(Check {
+        what: "backend",
+        ok: true,
+        required: false,
+        detail: format!(
+            "--vmm {kind} picks {picked}{}",
+            if picked == BackendKind::Qemu && kind == BackendKind::Auto {
+                " (husk-vmm cannot run Linux guests here)"
+            } else {
+                ""
+            }
+        ),
+    });
+    let vmm = husk_vmm::find_binary();
+    c.push(Check {
+        what: "husk-vmm",
+        ok: vmm.is_ok(),
+        required: picked == BackendKind::Husk,
+        detail: match vmm {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    let found = |cands: Vec<PathBuf>| cands.iter().find(|p| p.is_file()).cloned();
+    let kernel = kernel_candidates(g.kernel.as_deref());
+    c.push(Check {
+        what: "guest kernel",
+        ok: found(kernel.clone()).is_some(),
+        required: true,
+        detail: match found(kernel.clone()) {
+            Some(p) => p.display().to_string(),
+            None => format!(
+                "not found (looked at {}); build it with kernel-config/build.sh or run \
+                 scripts/setup.sh, or set HUSK_KERNEL",
+                list(&kernel)
+            ),
+        },
+    });
+    let initrd = initramfs_candidates(g.initramfs.as_deref());
+    c.push(Check {
+        what: "agent initramfs",
+        ok: found(initrd.clone()).is_some(),
+        required: true,
+        detail: match found(initrd.clone()) {
+            Some(p) => p.display().to_string(),
+            None => format!(
+                "not found (looked at {}); build it with scripts/build-initramfs.sh or run \
+                 scripts/setup.sh, or set HUSK_INITRAMFS",
+                list(&initrd)
+            ),
+        },
+    });
+    let q = qemu::find_qemu(std::env::var_os(qemu::QEMU_ENV).map(PathBuf::from));
+    c.push(Check {
+        what: "qemu",
+        ok: q.is_ok(),
+        required: picked == BackendKind::Qemu,
+        detail: match q {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    let v = vhost_vsock::find_binary();
+    c.push(Check {
+        what: "vhost-device-vsock",
+        ok: v.is_ok(),
+        required: picked == BackendKind::Qemu,
+        detail: match v {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    for (tool, pkg, why) in [
+        (
+            "mkfs.erofs",
+            "erofs-utils",
+            "turns image layers into read-only disks",
+        ),
+        (
+            "mkfs.ext4",
+            "e2fsprogs",
+            "makes each container's writable layer",
+        ),
+    ] {
+        let p = which(tool);
+        c.push(Check {
+            what: tool,
+            ok: p.is_some(),
+            required: true,
+            detail: match p {
+                Some(p) => p.display().to_string(),
+                None => format!("not found: it {why}; install it (apt-get install {pkg})"),
+            },
+        });
+    }
+
+    let mut failed = false;
+    for x in &c {
+        let mark = match (x.ok, x.required) {
+            (true, _) => "ok  ",
+            (false, true) => "FAIL",
+            (false, false) => "--  ",
+        };
+        failed |= !x.ok && x.required;
+        println!("{mark} {:<20} {}", x.what, x.detail);
+    }
+    if failed {
+        println!("husk cannot run containers here until the FAIL lines are fixed");
+        return Ok(1);
+    }
+    println!("husk can run containers here (backend: {picked})");
+    Ok(0)
+}
+
+fn list(p: &[PathBuf]) -> String {
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,93 @@
+//! The `husk` command line: clap definitions (one struct per subcommand, in [`args`]) and
+//! the commands behind them ([`commands`]). `src/bin/husk.rs` only parses and dispatches.
+
+pub mod args;
+pub mod commands;
+pub mod images;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use args::*;
+
+/// Run OCI containers, each in its own microVM.
+#[derive(Debug, Parser)]
+#[command(name = "husk", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalOpts {
+    /// Where images and containers are kept.
+    #[arg(long, global = true, default_value = "/var/lib/husk")]
+    pub root: PathBuf,
+    /// VM backend: auto (husk-vmm where KVM runs Linux guests, else QEMU), husk or qemu
+    /// (default: $HUSK_VMM, else auto).
+    #[arg(long, global = true)]
+    pub vmm: Option<String>,
+    /// Guest kernel (default: $HUSK_KERNEL, <prefix>/share/husk/vmlinux, ~/.cache/husk/kernel/vmlinux).
+    #[arg(long, global = true)]
+    pub kernel: Option<PathBuf>,
+    /// Agent initramfs (default: $HUSK_INITRAMFS, <prefix>/share/husk/initramfs.cpio.gz).
+    #[arg(long, global = true)]
+    pub initramfs: Option<PathBuf>,
+    /// error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new container.
+    Run(RunArgs),
+    /// List containers.
+    Ps(PsArgs),
+    /// Print a container's output.
+    Logs(LogsArgs),
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(StopArgs),
+    /// Boot stopped containers again on their kept writable layer.
+    Start(StartArgs),
+    /// Send a signal to a container's process.
+    Kill(KillArgs),
+    /// Remove containers.
+    Rm(RmArgs),
+    /// Show a container or image as JSON.
+    Inspect(InspectArgs),
+    /// List images.
+    Images(ImagesArgs),
+    /// Remove images.
+    Rmi(RmiArgs),
+    /// Load an image from a docker-archive or oci-archive tar.
+    Load(LoadArgs),
+    /// Pull an image from a registry.
+    Pull(PullArgs),
+    /// Host checks.
+    System(SystemArgs),
+    /// (internal) Own a detached container's VM until it ends.
+    #[command(name = "container-monitor", hide = true)]
+    Monitor(MonitorArgs),
+}
+
+/// Why a command failed; the binary prints it on one line and exits 125.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::Error),
+    #[error(transparent)]
+    Backend(#[from] crate::sandbox::ParseBackendKindError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Image(String),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}

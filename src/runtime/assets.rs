@@ -1,0 +1,102 @@
+//! Where the guest kernel and the agent initramfs are, without flags: `--kernel`/
+//! `--initramfs`, then `HUSK_KERNEL`/`HUSK_INITRAMFS`, then `<prefix>/share/husk/` beside the
+//! installed binary (and `/usr/local/share/husk/`), then the build caches of a checkout
+//! (`~/.cache/husk/kernel/vmlinux`, `<repo>/target/husk/initramfs.cpio.gz`).
+
+use std::path::{Path, PathBuf};
+
+use super::Error;
+
+pub const KERNEL_ENV: &str = "HUSK_KERNEL";
+pub const INITRAMFS_ENV: &str = "HUSK_INITRAMFS";
+
+/// The guest kernel and initramfs a container boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAssets {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+fn share_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // <prefix>/bin/husk -> <prefix>/share/husk
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            dirs.push(prefix.join("share/husk"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/local/share/husk"));
+    dirs.push(PathBuf::from("/usr/share/husk"));
+    dirs.dedup();
+    dirs
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HUSK_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/husk")
+}
+
+/// The places looked at for the kernel, in order.
+pub fn kernel_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
+    let mut c: Vec<PathBuf> = flag.map(Path::to_path_buf).into_iter().collect();
+    c.extend(std::env::var_os(KERNEL_ENV).map(PathBuf::from));
+    c.extend(share_dirs().into_iter().map(|d| d.join("vmlinux")));
+    c.push(cache_dir().join("kernel/vmlinux"));
+    c
+}
+
+/// The places looked at for the initramfs, in order.
+pub fn initramfs_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
+    let mut c: Vec<PathBuf> = flag.map(Path::to_path_buf).into_iter().collect();
+    c.extend(std::env::var_os(INITRAMFS_ENV).map(PathBuf::from));
+    c.extend(
+        share_dirs()
+            .into_iter()
+            .map(|d| d.join("initramfs.cpio.gz")),
+    );
+    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/husk/initramfs.cpio.gz"));
+    c
+}
+
+fn first(what: &'static str, candidates: Vec<PathBuf>, explicit: bool) -> Result<PathBuf, Error> {
+    // An explicit flag or variable that names a missing file is an error, not a fallthrough.
+    if explicit {
+        let p = &candidates[0];
+        return if p.is_file() {
+            Ok(p.clone())
+        } else {
+            Err(Error::MissingAsset {
+                what,
+                looked: vec![p.clone()],
+            })
+        };
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(Error::MissingAsset {
+            what,
+            looked: candidates,
+        })
+}
+
+impl GuestAssets {
+    pub fn find(kernel: Option<&Path>, initramfs: Option<&Path>) -> Result<GuestAssets, Error> {
+        Ok(GuestAssets {
+            kernel: first(
+                "guest kernel",
+                kernel_candidates(kernel),
+                kernel.is_some() || std::env::var_os(KERNEL_ENV).is_some(),
+            )?,
+            initramfs: first(
+                "agent initramfs",
+                initramfs_candidates(initramfs),
+                initramfs.is_some() || std::env::var_os(INITRAMFS_ENV).is_some(),
+            )?,
+        })
+    }
+}

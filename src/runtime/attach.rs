@@ -1,0 +1,239 @@
+//! Host stdio to the agent's streams: pipes or a pty, raw mode on the host terminal,
+//! SIGWINCH to `resize_tty`, and the signals husk receives forwarded to the container.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use husk_protocol::{StreamHello, StreamKind, PROTOCOL_VERSION};
+
+use crate::agent::{attach_stream, AgentClient, Error as AgentError, Pump};
+use crate::sandbox::VmHandle;
+
+use super::lifecycle::AGENT_REACH_TIMEOUT;
+
+/// Where a process's stdio goes.
+#[derive(Debug, Clone)]
+pub enum Stdio {
+    /// husk's own stdin/stdout/stderr; `stdin`: `-i`, `tty`: `-t`.
+    Host { stdin: bool, tty: bool },
+    /// stdout and stderr appended to a log file (detached containers); no stdin.
+    Log { path: std::path::PathBuf, tty: bool },
+}
+
+/// The signals `husk run`/`exec` forward to the container (as docker's sig-proxy does),
+/// plus SIGWINCH for the pty size.
+const FORWARDED: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGWINCH,
+];
+
+/// Whom a signal goes to; filled in as the container comes up.
+#[derive(Default)]
+pub struct SignalTarget {
+    pub vm: Option<Arc<dyn VmHandle>>,
+    pub agent: Option<(Arc<AgentClient>, String, Option<String>)>,
+    /// A tty process: SIGWINCH resizes it.
+    pub tty: bool,
+}
+
+/// Blocks the forwarded signals in this thread (and every thread spawned after) and starts
+/// the thread that receives them. Call before any other thread starts.
+pub fn forward_signals() -> Arc<Mutex<SignalTarget>> {
+    let target = Arc::new(Mutex::new(SignalTarget::default()));
+    // SAFETY: plain sigset manipulation on a zeroed set we own.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let t = target.clone();
+    let _ = std::thread::Builder::new()
+        .name("husk-signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: sigwait on a valid set, writing into our local.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            deliver(&t, sig);
+        });
+    target
+}
+
+fn deliver(target: &Mutex<SignalTarget>, sig: i32) {
+    let t = target.lock().unwrap_or_else(|p| p.into_inner());
+    match (&t.agent, sig) {
+        (Some((agent, id, exec)), libc::SIGWINCH) => {
+            if t.tty {
+                if let Some((rows, cols)) = terminal_size() {
+                    let _ = agent.resize_tty(id, exec.as_deref(), rows, cols);
+                }
+            }
+        }
+        (_, libc::SIGWINCH) => {}
+        (Some((agent, id, exec)), _) => {
+            if let Err(e) = agent.signal(id, exec.as_deref(), sig) {
+                tracing::debug!("forwarding signal {sig}: {e}");
+            }
+        }
+        (None, _) => {
+            // Not started yet: give up on the container, and leave no VM behind.
+            if let Some(vm) = &t.vm {
+                let _ = vm.kill();
+            }
+            std::process::exit(128 + sig);
+        }
+    }
+}
+
+/// Rows and columns of the terminal on husk's stdin (or stdout).
+pub fn terminal_size() -> Option<(u16, u16)> {
+    for fd in [0, 1] {
+        // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
+            return Some((ws.ws_row, ws.ws_col));
+        }
+    }
+    None
+}
+
+/// The host terminal in raw mode until dropped.
+pub struct RawMode {
+    saved: libc::termios,
+}
+
+impl RawMode {
+    /// Raw mode on stdin if it is a terminal.
+    pub fn enter() -> Option<RawMode> {
+        // SAFETY: termios calls on fd 0 with structs we own.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(RawMode { saved })
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes read in `enter`.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// The streams of one process, being pumped.
+pub struct Attached {
+    pub pump: Pump,
+    pub raw: Option<RawMode>,
+    /// Pipes with `-i`: the agent gets EOF when husk's stdin ends.
+    pub stdin_attached: bool,
+}
+
+fn stream(
+    uds: &Path,
+    container: &str,
+    exec: Option<&str>,
+    kind: StreamKind,
+) -> Result<std::os::unix::net::UnixStream, AgentError> {
+    attach_stream(
+        uds,
+        StreamHello {
+            version: PROTOCOL_VERSION,
+            container_id: container.to_string(),
+            exec_id: exec.map(str::to_string),
+            kind,
+        },
+        AGENT_REACH_TIMEOUT,
+    )
+}
+
+fn io_err(uds: &Path) -> impl Fn(io::Error) -> AgentError + '_ {
+    move |source| AgentError::Io {
+        uds: uds.to_path_buf(),
+        source,
+    }
+}
+
+/// Connects the process's streams to `stdio` and starts pumping. Call after
+/// `create_container`/`exec_process`; output produced meanwhile waits in the guest.
+pub fn attach(
+    agent: &AgentClient,
+    uds: &Path,
+    container: &str,
+    exec: Option<&str>,
+    stdio: &Stdio,
+) -> Result<Attached, AgentError> {
+    let mut pump = Pump::new();
+    let mut raw = None;
+    let mut stdin_attached = false;
+    match stdio {
+        Stdio::Host { stdin, tty: true } => {
+            let s = stream(uds, container, exec, StreamKind::Pty)?;
+            if *stdin {
+                raw = RawMode::enter();
+                pump.pty(io::stdin(), io::stdout(), s)
+                    .map_err(io_err(uds))?;
+            } else {
+                pump.output(s, io::stdout()).map_err(io_err(uds))?;
+            }
+        }
+        Stdio::Host { stdin, tty: false } => {
+            if *stdin {
+                let s = stream(uds, container, exec, StreamKind::Stdin)?;
+                pump.input(io::stdin(), s).map_err(io_err(uds))?;
+                stdin_attached = true;
+            } else {
+                agent.close_stdin(container, exec)?;
+            }
+            let out = stream(uds, container, exec, StreamKind::Stdout)?;
+            pump.output(out, io::stdout()).map_err(io_err(uds))?;
+            let err = stream(uds, container, exec, StreamKind::Stderr)?;
+            pump.output(err, io::stderr()).map_err(io_err(uds))?;
+        }
+        Stdio::Log { path, tty } => {
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_err(uds))?;
+            if *tty {
+                let s = stream(uds, container, exec, StreamKind::Pty)?;
+                pump.output(s, log).map_err(io_err(uds))?;
+            } else {
+                agent.close_stdin(container, exec)?;
+                let out = stream(uds, container, exec, StreamKind::Stdout)?;
+                let err = stream(uds, container, exec, StreamKind::Stderr)?;
+                pump.output(out, log.try_clone().map_err(io_err(uds))?)
+                    .map_err(io_err(uds))?;
+                pump.output(err, log).map_err(io_err(uds))?;
+            }
+        }
+    }
+    Ok(Attached {
+        pump,
+        raw,
+        stdin_attached,
+    })
+}

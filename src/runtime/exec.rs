@@ -1,0 +1,105 @@
+//! `husk exec`: another process in a running container, through a control connection of
+//! its own to the container's agent.
+
+use std::sync::Arc;
+
+use husk_protocol::{ProcessSpec, User};
+
+use super::attach::{self, Stdio};
+use super::lifecycle::{Runtime, VM_DIED_EXIT_CODE};
+use super::{spec, Error};
+
+/// `husk exec` flags.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+/// Runs `opts.args` in container `query`; returns the process's exit code. The process
+/// inherits the container's env, working directory and user unless flags say otherwise.
+pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error> {
+    let target = attach::forward_signals();
+    let state = rt.store.resolve(query)?;
+    let agent = Arc::new(rt.connect(&state)?);
+    let agent_err = |source| Error::Agent {
+        id: state.id.clone(),
+        console: state.console_log.clone(),
+        source,
+    };
+    let mut env = state.config.env.clone();
+    let mut set = |entry: String| {
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    };
+    if opts.tty {
+        set("TERM=xterm".into());
+    }
+    for e in &opts.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => set(e.clone()),
+            Some(_) => return Err(Error::BadEnv(e.clone())),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    set(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+    let (uid, gid) = match &opts.user {
+        Some(u) => spec::parse_user(u)?,
+        None => (state.config.uid, state.config.gid),
+    };
+    let cwd = match &opts.workdir {
+        Some(w) if !w.starts_with('/') => return Err(Error::RelativeWorkdir(w.clone())),
+        Some(w) => w.clone(),
+        None => state.config.cwd.clone(),
+    };
+    let console = if opts.tty {
+        attach::terminal_size().or(Some((24, 80)))
+    } else {
+        None
+    };
+    let process = ProcessSpec {
+        args: opts.args.clone(),
+        env,
+        cwd,
+        user: User {
+            uid,
+            gid,
+            additional_gids: Vec::new(),
+            umask: None,
+        },
+        terminal: opts.tty,
+        console_size: console.map(|(rows, cols)| husk_protocol::ConsoleSize { rows, cols }),
+        rlimits: Vec::new(),
+        no_new_privileges: false,
+        capabilities: None,
+        oom_score_adj: None,
+    };
+    let exec_id = format!("exec-{}", &super::store::new_id()?[..16]);
+    agent
+        .exec_process(&state.id, &exec_id, process)
+        .map_err(agent_err)?;
+    let stdio = Stdio::Host {
+        stdin: opts.stdin,
+        tty: opts.tty,
+    };
+    let mut attached = attach::attach(&agent, &state.vsock_uds, &state.id, Some(&exec_id), &stdio)
+        .map_err(agent_err)?;
+    {
+        let mut t = target.lock().unwrap_or_else(|p| p.into_inner());
+        t.agent = Some((agent.clone(), state.id.clone(), Some(exec_id.clone())));
+        t.tty = opts.tty;
+    }
+    let exit = agent.wait(&state.id, Some(&exec_id));
+    let _ = attached.pump.wait_output();
+    drop(attached.raw.take());
+    target.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
+    Ok(exit.map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE))
+}

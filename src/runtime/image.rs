@@ -1,0 +1,37 @@
+//! What the runtime needs from an image: its config and its layers as read-only disks.
+//! The image store (`crate::image`) implements [`ImageSource`]; tests can use a double.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Error;
+
+/// The parts of an OCI image config (`config` object) that shape the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// An image ready to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The normalized reference (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// The image id (config digest), if known.
+    pub id: Option<String>,
+    pub config: ImageConfig,
+    /// One read-only filesystem image per layer, bottom layer first.
+    pub layer_disks: Vec<PathBuf>,
+    /// `"erofs"` or `"ext4"`.
+    pub layer_fs: String,
+}
+
+/// Finds images by reference.
+pub trait ImageSource {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, Error>;
+}

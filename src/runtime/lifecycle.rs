@@ -1,0 +1,615 @@
+//! One container's life: create (record + writable layer), boot (VM + agent + guest
+//! container), finish (exit status, VM down, `--rm`), stop, kill, remove.
+//!
+//! Whoever boots a container owns its [`VmHandle`] until the VM is gone: the foreground
+//! `husk run`, or the detached monitor of `husk run -d` / `husk start`. That process is
+//! recorded as the container's `monitor` and is the one that writes the exit status; other
+//! commands only signal (through the agent, or the VMM pid as the last resort) and wait for
+//! it to finish.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{
+    ContainerSpec, DiskRef, ExitStatus, FsType, LayerDisk, MountSpec, NamespaceKind, ProcessSpec,
+    RootfsSpec, User,
+};
+
+use super::image::ImageSource;
+use super::proc::{self, ProcessRef};
+use super::scratch;
+use super::spec::{self, ProcessFlags};
+use super::state::{now, ContainerConfig, State, Status};
+use super::store::ContainerStore;
+use super::{Error, GuestAssets};
+use crate::agent::AgentClient;
+use crate::sandbox::{self, BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
+
+/// How long a booting guest may take until its agent answers. TCG boots in about a second;
+/// the margin is for a loaded host starting many VMs at once.
+pub const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a running agent may take to accept a new connection (exec, stop, kill).
+pub const AGENT_REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the VM may take to power off once asked.
+const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exit code recorded when the VM died under the process (`kill -9` of the VMM).
+pub const VM_DIED_EXIT_CODE: i32 = 137;
+
+/// The longest host socket path handed to a backend, leaving room for the suffixes
+/// backends add (`.vhost`) under `sun_path`'s 108 bytes.
+const MAX_SOCKET_PATH: usize = 96;
+
+/// `husk run` settings besides the image.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub name: Option<String>,
+    pub process: ProcessFlags,
+    pub hostname: Option<String>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub stdin: bool,
+    pub auto_remove: bool,
+}
+
+/// The runtime under one `--root`, with the backend and guest assets to boot with.
+pub struct Runtime {
+    pub store: ContainerStore,
+    pub backend: BackendKind,
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+}
+
+/// A booted container: its VM, and a connection to its agent with the container created.
+pub struct Booted {
+    pub state: State,
+    pub vm: Arc<dyn VmHandle>,
+    pub agent: Arc<AgentClient>,
+}
+
+impl Runtime {
+    pub fn new(root: &Path, backend: BackendKind) -> Result<Runtime, Error> {
+        Ok(Runtime {
+            store: ContainerStore::open(root)?,
+            backend,
+            kernel: None,
+            initramfs: None,
+        })
+    }
+
+    /// Records a container for `image`: resolves it, merges its config with the flags,
+    /// creates the directory and the sparse writable layer. Boots nothing.
+    pub fn create(
+        &self,
+        images: &dyn ImageSource,
+        image: &str,
+        opts: &RunOptions,
+    ) -> Result<State, Error> {
+        let img = images.resolve(image)?;
+        self.store
+            .create(opts.name.as_deref(), |id, dir, cid, name| {
+                let hostname = opts
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| id[..12].to_string());
+                let p = spec::merge(&img.config, &opts.process, &hostname, |k| {
+                    std::env::var(k).ok()
+                })?;
+                let scratch_disk = dir.join("scratch.ext4");
+                scratch::create(&scratch_disk, scratch::SCRATCH_SIZE)?;
+                Ok(State {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    image: img.reference.clone(),
+                    image_id: img.id.clone(),
+                    created: now(),
+                    status: Status::Created,
+                    pid: None,
+                    monitor: None,
+                    exit_code: None,
+                    started_at: None,
+                    finished_at: None,
+                    stop_requested: false,
+                    backend: None,
+                    vsock_cid: cid,
+                    vsock_uds: socket_path(dir, id),
+                    scratch_disk,
+                    console_log: dir.join("console.log"),
+                    log_file: dir.join("container.log"),
+                    config: ContainerConfig {
+                        args: p.args,
+                        env: p.env,
+                        cwd: p.cwd,
+                        uid: p.uid,
+                        gid: p.gid,
+                        hostname,
+                        tty: opts.process.tty,
+                        stdin: opts.stdin,
+                        vcpus: opts.vcpus.max(1),
+                        memory_mib: opts.memory_mib,
+                        layers: img.layer_disks.clone(),
+                        layer_fs: img.layer_fs.clone(),
+                        auto_remove: opts.auto_remove,
+                    },
+                })
+            })
+    }
+
+    pub fn load(&self, id: &str) -> Result<State, Error> {
+        let dir = self.store.dir(id);
+        if !dir.join(super::state::STATE_FILE).is_file() {
+            return Err(Error::NoSuchContainer(id.to_string()));
+        }
+        State::load(&dir)
+    }
+
+    /// Boots the VM of container `id` and creates the container in it (not started yet).
+    /// The calling process becomes the container's monitor. `console`: the host terminal
+    /// size for a tty container.
+    pub fn boot(&self, id: &str, console: Option<(u16, u16)>) -> Result<Booted, Error> {
+        let state = self.load(id)?;
+        if !state.can_start() {
+            return Err(wrong_state(&state, "it is already running"));
+        }
+        let assets = GuestAssets::find(self.kernel.as_deref(), self.initramfs.as_deref())?;
+        let vm_err = |source| Error::Vm {
+            id: id.to_string(),
+            source,
+        };
+        let backend = sandbox::backend(self.backend).map_err(vm_err)?;
+        let vm_spec = vm_spec(&state, &assets);
+        remove_sockets(&state);
+        let vm: Arc<dyn VmHandle> = Arc::from(backend.start(&vm_spec).map_err(vm_err)?);
+        let vm_pid = ProcessRef::of(vm.pid());
+        let state = self.store.update(id, |s| {
+            s.status = Status::Running;
+            s.pid = vm_pid;
+            s.monitor = ProcessRef::of(std::process::id());
+            s.backend = Some(backend.name().to_string());
+            s.started_at = Some(now());
+            s.finished_at = None;
+            s.exit_code = None;
+            s.stop_requested = false;
+        })?;
+        let agent = AgentClient::connect(&state.vsock_uds, AGENT_CONNECT_TIMEOUT).and_then(|a| {
+            a.create_container(container_spec(&state, console))?;
+            Ok(a)
+        });
+        match agent {
+            Ok(a) => Ok(Booted {
+                state,
+                vm,
+                agent: Arc::new(a),
+            }),
+            Err(source) => {
+                let _ = vm.kill();
+                let _ = self.record_exit(&state, None);
+                Err(Error::Agent {
+                    id: id.to_string(),
+                    console: state.console_log.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Records how the container's process ended, powers the VM off (killing it if it does
+    /// not go), and removes the container if it was run with `--rm`.
+    pub fn finish(
+        &self,
+        booted: Booted,
+        exit: Result<ExitStatus, crate::agent::Error>,
+    ) -> Result<Option<State>, Error> {
+        let Booted { state, vm, agent } = booted;
+        let code = match &exit {
+            Ok(s) => Some(s.code),
+            Err(e) => {
+                tracing::debug!(id = %state.id, "waiting for the container failed: {e}");
+                None
+            }
+        };
+        if code.is_some() {
+            // The agent answers, then powers off; a failure here only means it went first.
+            let _ = agent.shutdown();
+        }
+        drop(agent);
+        let deadline = Instant::now() + VM_EXIT_TIMEOUT;
+        while vm.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                tracing::warn!(id = %state.id, "VM did not power off; killing it");
+                let _ = vm.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(vm);
+        self.record_exit(&state, code)
+    }
+
+    /// Writes the final status (stopped if a stop was asked for, else exited) and applies
+    /// `--rm`. Returns the state, or `None` when the container was removed.
+    fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
+        remove_sockets(state);
+        let code = code.unwrap_or(VM_DIED_EXIT_CODE);
+        let saved = match self.store.update(&state.id, |s| {
+            s.status = if s.stop_requested {
+                Status::Stopped
+            } else {
+                Status::Exited
+            };
+            s.exit_code = Some(code);
+            s.finished_at = Some(now());
+        }) {
+            Ok(s) => s,
+            // Removed meanwhile (`rm -f`).
+            Err(Error::NoSuchContainer(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if saved.config.auto_remove {
+            self.remove_files(&saved)?;
+            return Ok(None);
+        }
+        Ok(Some(saved))
+    }
+
+    /// A fresh control connection to a running container's agent (for exec, stop, kill).
+    pub fn connect(&self, state: &State) -> Result<AgentClient, Error> {
+        if !state.can_signal() {
+            return Err(wrong_state(state, "start it first (`husk start`)"));
+        }
+        AgentClient::connect(&state.vsock_uds, AGENT_REACH_TIMEOUT).map_err(|source| Error::Agent {
+            id: state.id.clone(),
+            console: state.console_log.clone(),
+            source,
+        })
+    }
+
+    /// SIGTERM, then after `timeout` SIGKILL, then (if the VM still runs) the VMM process
+    /// itself; returns once the monitor has recorded the end. A container that is not
+    /// running is left as it is.
+    pub fn stop(&self, query: &str, timeout: Duration) -> Result<State, Error> {
+        let state = self.store.resolve(query)?;
+        if !state.can_signal() {
+            return self.settle(&state);
+        }
+        self.store.update(&state.id, |s| s.stop_requested = true)?;
+        if let Ok(agent) = self.connect(&state) {
+            let _ = agent.signal(&state.id, None, libc::SIGTERM);
+            if !wait_ended(&state, timeout) {
+                let _ = agent.signal(&state.id, None, libc::SIGKILL);
+            }
+        }
+        if !wait_ended(&state, Duration::from_secs(5)) {
+            if let Some(p) = &state.pid {
+                p.signal(libc::SIGKILL);
+            }
+            wait_ended(&state, VM_EXIT_TIMEOUT);
+        }
+        self.settle(&state)
+    }
+
+    /// Sends `signal` to the container's process. A SIGKILL that cannot reach the agent
+    /// kills the VM.
+    pub fn kill(&self, query: &str, signal: i32) -> Result<State, Error> {
+        let state = self.store.resolve(query)?;
+        if !state.can_signal() {
+            return Err(wrong_state(
+                &state,
+                "only a running container can be signalled",
+            ));
+        }
+        if matches!(
+            signal,
+            libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT
+        ) {
+            self.store.update(&state.id, |s| s.stop_requested = true)?;
+        }
+        match self.connect(&state) {
+            Ok(agent) => {
+                if let Err(source) = agent.signal(&state.id, None, signal) {
+                    if signal != libc::SIGKILL {
+                        return Err(Error::Agent {
+                            id: state.id.clone(),
+                            console: state.console_log.clone(),
+                            source,
+                        });
+                    }
+                    if let Some(p) = &state.pid {
+                        p.signal(libc::SIGKILL);
+                    }
+                }
+            }
+            Err(e) if signal != libc::SIGKILL => return Err(e),
+            Err(_) => {
+                if let Some(p) = &state.pid {
+                    p.signal(libc::SIGKILL);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Removes a container and everything it has on the host: VM processes, sockets,
+    /// scratch disk, logs, directory. A running one needs `force` (it is killed first).
+    pub fn remove(&self, query: &str, force: bool) -> Result<String, Error> {
+        let state = self.store.resolve(query)?;
+        if !state.can_delete() {
+            if !force {
+                return Err(wrong_state(
+                    &state,
+                    "stop it first (`husk stop`) or remove it with `husk rm -f`",
+                ));
+            }
+            let _ = self.store.update(&state.id, |s| s.stop_requested = true);
+            if let Some(p) = &state.pid {
+                p.signal(libc::SIGKILL);
+            }
+            if !wait_ended(&state, VM_EXIT_TIMEOUT) {
+                if let Some(m) = &state.monitor {
+                    m.signal(libc::SIGKILL);
+                }
+            }
+        }
+        self.remove_files(&state)?;
+        Ok(state.id)
+    }
+
+    fn remove_files(&self, state: &State) -> Result<(), Error> {
+        // Anything still running from this container's files (a VMM or vhost-device-vsock
+        // whose monitor was itself killed) goes first, so nothing holds the disk or sockets.
+        let dir = self.store.dir(&state.id);
+        let mut dirs = vec![dir.clone()];
+        if let Some(sock_dir) = state.vsock_uds.parent().filter(|d| *d != dir) {
+            dirs.push(sock_dir.to_path_buf());
+        }
+        for d in &dirs {
+            for p in proc::processes_using(d) {
+                p.signal(libc::SIGKILL);
+                p.wait_gone(Duration::from_secs(5));
+            }
+        }
+        if dirs.len() > 1 {
+            let _ = std::fs::remove_dir_all(&dirs[1]);
+        }
+        self.store.remove_dir(&state.id)
+    }
+
+    /// After a stop: the state as the monitor left it; if the monitor is gone without
+    /// recording (killed itself), record the end here.
+    fn settle(&self, state: &State) -> Result<State, Error> {
+        let now_state = self.load(&state.id)?;
+        if now_state.status == Status::Running
+            && !now_state.vm_alive()
+            && !now_state.monitor_alive()
+        {
+            return Ok(self.record_exit(&now_state, None)?.unwrap_or(now_state));
+        }
+        Ok(now_state)
+    }
+}
+
+fn wrong_state(state: &State, what: &str) -> Error {
+    Error::WrongState {
+        id: state.name.clone(),
+        status: state.effective_status().as_str(),
+        what: what.to_string(),
+    }
+}
+
+/// Waits until the VM process and the monitor are both gone; true when they are.
+fn wait_ended(state: &State, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let vm = state.pid.as_ref().is_some_and(ProcessRef::is_alive);
+        let mon = state
+            .monitor
+            .as_ref()
+            .is_some_and(|m| m.pid != std::process::id() && m.is_alive());
+        if !vm && !mon {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The vsock socket: in the container directory when the path fits a unix socket address,
+/// else in a short per-container directory under the temp dir.
+fn socket_path(dir: &Path, id: &str) -> PathBuf {
+    let p = dir.join("vsock");
+    if p.as_os_str().len() <= MAX_SOCKET_PATH {
+        return p;
+    }
+    let short = std::env::temp_dir().join(format!("husk-{}", &id[..16]));
+    let _ = std::fs::create_dir_all(&short);
+    short.join("vsock")
+}
+
+fn remove_sockets(state: &State) {
+    let vhost = sandbox::vhost_vsock::vhost_socket_for(&VsockSpec {
+        cid: state.vsock_cid,
+        uds_path: state.vsock_uds.clone(),
+    });
+    for p in [&state.vsock_uds, &vhost] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Serial of the virtio-blk disk of layer `i` (bottom first) and of the scratch disk.
+pub fn layer_serial(i: usize) -> String {
+    format!("husk-layer-{i}")
+}
+pub const SCRATCH_SERIAL: &str = "husk-scratch";
+
+/// The VM of a container: layer disks read-only in order, then the scratch disk, vsock.
+pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
+    let c = &state.config;
+    let mut spec = VmSpec::new(&assets.kernel, &state.console_log);
+    spec.initramfs = Some(assets.initramfs.clone());
+    spec.cmdline = vec!["quiet".into()];
+    spec.vcpus = c.vcpus;
+    spec.memory_mib = c.memory_mib;
+    spec.disks = c
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| DiskSpec {
+            path: p.clone(),
+            read_only: true,
+            serial: Some(layer_serial(i)),
+        })
+        .collect();
+    spec.disks.push(DiskSpec {
+        path: state.scratch_disk.clone(),
+        read_only: false,
+        serial: Some(SCRATCH_SERIAL.into()),
+    });
+    spec.vsock = Some(VsockSpec {
+        cid: state.vsock_cid,
+        uds_path: state.vsock_uds.clone(),
+    });
+    spec
+}
+
+fn mount(dest: &str, fs: &str, source: &str, options: &[&str]) -> MountSpec {
+    MountSpec {
+        destination: dest.into(),
+        source: source.into(),
+        fs_type: fs.into(),
+        options: options.iter().map(|o| o.to_string()).collect(),
+    }
+}
+
+/// The guest-side container: overlay of the layer disks under the scratch disk, the
+/// process from the merged config, docker's usual kernel filesystems. The VM is the
+/// isolation boundary, so /dev is the guest's devtmpfs rather than a curated tmpfs.
+pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSpec {
+    let c = &state.config;
+    let fs_type = if c.layer_fs == "ext4" {
+        FsType::Ext4
+    } else {
+        FsType::Erofs
+    };
+    ContainerSpec {
+        container_id: state.id.clone(),
+        rootfs: RootfsSpec::Overlay {
+            layers: (0..c.layers.len())
+                .map(|i| LayerDisk {
+                    disk: DiskRef::Serial(layer_serial(i)),
+                    fs_type,
+                })
+                .collect(),
+            scratch: Some(LayerDisk {
+                disk: DiskRef::Serial(SCRATCH_SERIAL.into()),
+                fs_type: FsType::Ext4,
+            }),
+        },
+        process: ProcessSpec {
+            args: c.args.clone(),
+            env: c.env.clone(),
+            cwd: c.cwd.clone(),
+            user: User {
+                uid: c.uid,
+                gid: c.gid,
+                additional_gids: Vec::new(),
+                umask: None,
+            },
+            terminal: c.tty,
+            console_size: console
+                .filter(|_| c.tty)
+                .map(|(rows, cols)| husk_protocol::ConsoleSize { rows, cols }),
+            rlimits: Vec::new(),
+            no_new_privileges: false,
+            capabilities: None,
+            oom_score_adj: None,
+        },
+        hostname: Some(c.hostname.clone()),
+        mounts: vec![
+            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount("/dev", "devtmpfs", "devtmpfs", &["nosuid"]),
+            mount(
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            ),
+            mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777"],
+            ),
+            mount(
+                "/sys",
+                "sysfs",
+                "sysfs",
+                &["nosuid", "noexec", "nodev", "ro"],
+            ),
+        ],
+        readonly_root: false,
+        sysctl: Default::default(),
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
+        namespaces: vec![
+            NamespaceKind::Pid,
+            NamespaceKind::Mount,
+            NamespaceKind::Uts,
+            NamespaceKind::Ipc,
+        ],
+        seccomp: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::tests::sample;
+    use super::*;
+
+    #[test]
+    fn vm_and_container_specs_agree_on_disks() {
+        let mut s = sample(&"c".repeat(64));
+        s.config.layers = vec!["/l/0.erofs".into(), "/l/1.erofs".into()];
+        s.config.tty = true;
+        let assets = GuestAssets {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+        };
+        let vm = vm_spec(&s, &assets);
+        let serials: Vec<_> = vm.disks.iter().map(|d| d.serial.clone().unwrap()).collect();
+        assert_eq!(serials, ["husk-layer-0", "husk-layer-1", "husk-scratch"]);
+        assert!(vm.disks[0].read_only && vm.disks[1].read_only && !vm.disks[2].read_only);
+        assert_eq!(vm.vsock.as_ref().unwrap().cid, s.vsock_cid);
+        let c = container_spec(&s, Some((24, 80)));
+        c.validate().unwrap();
+        match &c.rootfs {
+            RootfsSpec::Overlay { layers, scratch } => {
+                assert_eq!(layers.len(), 2);
+                assert_eq!(layers[1].disk, DiskRef::Serial("husk-layer-1".into()));
+                assert_eq!(scratch.as_ref().unwrap().fs_type, FsType::Ext4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.process.console_size.unwrap().cols, 80);
+    }
+
+    #[test]
+    fn long_roots_get_short_socket_paths() {
+        let id = "d".repeat(64);
+        let short = socket_path(
+            Path::new("/var/lib/husk/containers").join(&id).as_path(),
+            &id,
+        );
+        assert!(short.starts_with("/var/lib/husk"));
+        let deep = Path::new("/a").join("b".repeat(80)).join(&id);
+        let p = socket_path(&deep, &id);
+        assert!(p.as_os_str().len() <= MAX_SOCKET_PATH, "{}", p.display());
+    }
+}

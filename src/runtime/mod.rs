@@ -1,0 +1,117 @@
+//! The container lifecycle: one container = one microVM, its state under
+//! `<root>/containers/<id>/`.
+//!
+//! - [`state`]: `state.json` (camelCase, atomic writes) and the status guards;
+//! - [`store`]: container directories, the lock, id/name/prefix lookup;
+//! - [`proc`]: liveness from pid + start time in `/proc`, never from a stale file;
+//! - [`spec`]: image config + `husk run` flags, merged as docker merges them;
+//! - [`image`]: what the runtime needs from an image ([`ImageSource`]);
+//! - [`assets`]: where the guest kernel and agent initramfs are;
+//! - [`lifecycle`]: create, boot, attach, wait, stop, kill, remove, exec;
+//! - [`monitor`]: the detached `husk` process that owns a `-d` container's VM;
+//! - [`attach`]: host stdio to the agent's streams (pty, raw mode, SIGWINCH).
+
+pub mod assets;
+pub mod attach;
+pub mod exec;
+pub mod image;
+pub mod lifecycle;
+pub mod monitor;
+pub mod proc;
+pub mod scratch;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use assets::GuestAssets;
+pub use image::{ImageConfig, ImageSource, ResolvedImage};
+pub use lifecycle::{RunOptions, Runtime};
+pub use state::{ContainerConfig, State, Status};
+pub use store::ContainerStore;
+
+/// Why a container operation failed. Each message names the container or path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not valid container state ({source}); remove the container with `husk rm -f`"
+    )]
+    CorruptState {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no such container: {0} (see `husk ps -a`)")]
+    NoSuchContainer(String),
+    #[error("{count} containers match the prefix {query:?}; give more of the id")]
+    Ambiguous { query: String, count: usize },
+    #[error("the name {name:?} is already used by container {id}; remove it (`husk rm {name}`) or pick another --name", id = &id[..12])]
+    NameInUse { name: String, id: String },
+    #[error("invalid container name {0:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")]
+    InvalidName(String),
+    #[error("container {id} is {status}: {what}")]
+    WrongState {
+        id: String,
+        status: &'static str,
+        what: String,
+    },
+    #[error("no command: the image has no Entrypoint or Cmd; give one after the image name")]
+    NoCommand,
+    #[error("invalid environment entry {0:?}: use KEY=VALUE or KEY")]
+    BadEnv(String),
+    #[error("the working directory {0:?} is invalid: it must be an absolute path")]
+    RelativeWorkdir(String),
+    #[error("user {0:?}: only numeric UID[:GID] is supported (the agent protocol carries numeric ids); look the ids up in the image's /etc/passwd")]
+    UserName(String),
+    #[error("invalid --memory {0:?}: use a size such as 256m or 1g")]
+    BadMemory(String),
+    #[error("invalid --cpus {0:?}: use a number of vCPUs from 1 to 255")]
+    BadCpus(String),
+    #[error("{what} not found; looked at {}; run scripts/setup.sh or set {}", list(.looked), env_for(.what))]
+    MissingAsset {
+        what: &'static str,
+        looked: Vec<PathBuf>,
+    },
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: &'static str, detail: String },
+    #[error("image {reference}: {detail}")]
+    Image { reference: String, detail: String },
+    #[error("container {id}: cannot start its VM: {source}")]
+    Vm {
+        id: String,
+        source: crate::sandbox::Error,
+    },
+    #[error("container {id}: {source} (console log: {console})")]
+    Agent {
+        id: String,
+        console: PathBuf,
+        source: crate::agent::Error,
+    },
+    #[error("container {id}: the monitor process failed: {detail} (see {log})")]
+    Monitor {
+        id: String,
+        detail: String,
+        log: PathBuf,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn env_for(what: &str) -> &'static str {
+    if what.contains("kernel") {
+        "HUSK_KERNEL"
+    } else {
+        "HUSK_INITRAMFS"
+    }
+}

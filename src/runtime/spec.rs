@@ -1,0 +1,322 @@
+//! The container's process from its image config and `husk run` flags, merged exactly as
+//! `docker run` merges them, plus the size flags (`--memory`, `--cpus`).
+
+use super::image::ImageConfig;
+use super::Error;
+
+/// The process-shaping flags of `husk run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFlags {
+    /// `--entrypoint`: `Some("")` clears the image's entrypoint.
+    pub entrypoint: Option<String>,
+    /// The `CMD…` after the image.
+    pub cmd: Vec<String>,
+    /// `-e K=V` (or `-e K`: take K from husk's own environment, dropped if unset).
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+}
+
+/// args, env, cwd, uid, gid after merging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedProcess {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's rules: `--entrypoint` replaces Entrypoint and drops the image's Cmd (CMD args
+/// still apply); CMD args replace Cmd; `-e` adds or overrides by key; `-w` replaces
+/// WorkingDir; `-u` replaces User. PATH defaults when the image sets none, HOSTNAME is set,
+/// and `-t` adds TERM=xterm.
+pub fn merge(
+    image: &ImageConfig,
+    flags: &ProcessFlags,
+    hostname: &str,
+    host_env: impl Fn(&str) -> Option<String>,
+) -> Result<MergedProcess, Error> {
+    let (entrypoint, cmd) = match &flags.entrypoint {
+        Some(e) => {
+            let ep = if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            };
+            (ep, flags.cmd.clone())
+        }
+        None => {
+            let cmd = if flags.cmd.is_empty() {
+                image.cmd.clone().unwrap_or_default()
+            } else {
+                flags.cmd.clone()
+            };
+            (image.entrypoint.clone().unwrap_or_default(), cmd)
+        }
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(Error::NoCommand);
+    }
+
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |entry: String| {
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        match env
+            .iter_mut()
+            .find(|e| e.split('=').next() == Some(key.as_str()))
+        {
+            Some(slot) => *slot = entry,
+            None => env.push(entry),
+        }
+    };
+    if !image.env.iter().any(|e| e.starts_with("PATH=")) {
+        set(DEFAULT_PATH.to_string());
+    }
+    for e in &image.env {
+        set(e.clone());
+    }
+    set(format!("HOSTNAME={hostname}"));
+    if flags.tty {
+        set("TERM=xterm".to_string());
+    }
+    for e in &flags.env {
+        match e.split_once('=') {
+            Some((k, _)) if k.is_empty() => return Err(Error::BadEnv(e.clone())),
+            Some(_) => set(e.clone()),
+            None if e.is_empty() => return Err(Error::BadEnv(e.clone())),
+            None => {
+                if let Some(v) = host_env(e) {
+                    set(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+
+    let cwd = match flags.workdir.as_deref().or(image.working_dir.as_deref()) {
+        None | Some("") => "/".to_string(),
+        Some(w) if w.starts_with('/') => w.to_string(),
+        Some(w) => return Err(Error::RelativeWorkdir(w.to_string())),
+    };
+
+    let user = flags
+        .user
+        .as_deref()
+        .or(image.user.as_deref())
+        .unwrap_or("");
+    let (uid, gid) = parse_user(user)?;
+    Ok(MergedProcess {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+/// `""` (root), `UID` or `UID:GID`. Docker gives a uid missing from /etc/passwd gid 0.
+///
+/// Names (`nobody`, `app:app`) need the image's /etc/passwd and /etc/group, which live on
+/// the layer disks; the agent protocol carries numeric ids only, so they are refused here
+/// with the fix.
+pub fn parse_user(user: &str) -> Result<(u32, u32), Error> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let num = |s: &str| s.parse::<u32>().ok();
+    match (num(u), g.map(num)) {
+        (Some(uid), None) => Ok((uid, 0)),
+        (Some(uid), Some(Some(gid))) => Ok((uid, gid)),
+        _ => Err(Error::UserName(user.to_string())),
+    }
+}
+
+/// `--memory`: a number with an optional unit b, k, m, g (as docker: no unit = bytes).
+/// Returns MiB.
+pub fn parse_memory(s: &str) -> Result<u32, Error> {
+    let bad = || Error::BadMemory(s.to_string());
+    let t = s.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or(&t);
+    let (num, mult): (&str, u64) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('b') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mib = n.checked_mul(mult).ok_or_else(bad)? >> 20;
+    if mib < 32 {
+        return Err(Error::BadMemory(format!(
+            "{s} (at least 32m: a Linux guest needs it)"
+        )));
+    }
+    u32::try_from(mib).map_err(|_| bad())
+}
+
+/// `--cpus`: docker takes a fraction; a VM has whole vCPUs, so it is rounded up.
+pub fn parse_cpus(s: &str) -> Result<u8, Error> {
+    let f: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| Error::BadCpus(s.to_string()))?;
+    if !(f > 0.0 && f <= 255.0) {
+        return Err(Error::BadCpus(s.to_string()));
+    }
+    Ok(f.ceil() as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: Some(vec!["/docker-entrypoint.sh".into()]),
+            cmd: Some(vec!["nginx".into(), "-g".into()]),
+            env: vec!["PATH=/usr/bin".into(), "A=image".into()],
+            working_dir: Some("/srv".into()),
+            user: Some("101:102".into()),
+        }
+    }
+
+    fn m(flags: ProcessFlags) -> Result<MergedProcess, Error> {
+        merge(&image(), &flags, "h", |k| {
+            (k == "FROMHOST").then(|| "x".to_string())
+        })
+    }
+
+    #[test]
+    fn image_defaults_apply() {
+        let p = m(ProcessFlags::default()).unwrap();
+        assert_eq!(p.args, ["/docker-entrypoint.sh", "nginx", "-g"]);
+        assert_eq!(p.cwd, "/srv");
+        assert_eq!((p.uid, p.gid), (101, 102));
+        assert_eq!(p.env, ["PATH=/usr/bin", "A=image", "HOSTNAME=h"]);
+    }
+
+    #[test]
+    fn cmd_args_replace_cmd_only() {
+        let p = m(ProcessFlags {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.args, ["/docker-entrypoint.sh", "sh"]);
+    }
+
+    #[test]
+    fn entrypoint_flag_clears_image_cmd() {
+        let p = m(ProcessFlags {
+            entrypoint: Some("/bin/sh".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.args, ["/bin/sh"]);
+        let p = m(ProcessFlags {
+            entrypoint: Some("/bin/sh".into()),
+            cmd: vec!["-c".into(), "id".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.args, ["/bin/sh", "-c", "id"]);
+        // An empty entrypoint drops it; with no CMD there is nothing to run.
+        let e = m(ProcessFlags {
+            entrypoint: Some(String::new()),
+            ..Default::default()
+        });
+        assert!(matches!(e, Err(Error::NoCommand)));
+    }
+
+    #[test]
+    fn env_workdir_user_flags() {
+        let p = m(ProcessFlags {
+            env: vec![
+                "A=flag".into(),
+                "B=1".into(),
+                "FROMHOST".into(),
+                "UNSET".into(),
+            ],
+            workdir: Some("/tmp".into()),
+            user: Some("1000".into()),
+            tty: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            p.env,
+            [
+                "PATH=/usr/bin",
+                "A=flag",
+                "HOSTNAME=h",
+                "TERM=xterm",
+                "B=1",
+                "FROMHOST=x"
+            ]
+        );
+        assert_eq!(p.cwd, "/tmp");
+        assert_eq!((p.uid, p.gid), (1000, 0));
+        assert!(matches!(
+            m(ProcessFlags {
+                workdir: Some("rel".into()),
+                ..Default::default()
+            }),
+            Err(Error::RelativeWorkdir(_))
+        ));
+        assert!(matches!(
+            m(ProcessFlags {
+                env: vec!["=x".into()],
+                ..Default::default()
+            }),
+            Err(Error::BadEnv(_))
+        ));
+    }
+
+    #[test]
+    fn empty_image_gets_default_path_and_root() {
+        let p = merge(
+            &ImageConfig {
+                cmd: Some(vec!["sh".into()]),
+                ..Default::default()
+            },
+            &ProcessFlags::default(),
+            "h",
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(p.env[0], DEFAULT_PATH);
+        assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/", 0, 0));
+    }
+
+    #[test]
+    fn users() {
+        assert_eq!(parse_user("").unwrap(), (0, 0));
+        assert_eq!(parse_user("5:6").unwrap(), (5, 6));
+        assert!(matches!(parse_user("nobody"), Err(Error::UserName(_))));
+        assert!(matches!(parse_user("1:staff"), Err(Error::UserName(_))));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_memory("512m").unwrap(), 512);
+        assert_eq!(parse_memory("1g").unwrap(), 1024);
+        assert_eq!(parse_memory("1GB").unwrap(), 1024);
+        assert_eq!(parse_memory("268435456").unwrap(), 256);
+        assert!(parse_memory("16m").is_err());
+        assert!(parse_memory("lots").is_err());
+        assert_eq!(parse_cpus("2").unwrap(), 2);
+        assert_eq!(parse_cpus("1.5").unwrap(), 2);
+        assert!(parse_cpus("0").is_err());
+    }
+}

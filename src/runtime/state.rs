@@ -1,0 +1,247 @@
+//! `state.json`: what husk knows about one container, saved atomically (temp file + rename)
+//! so a crash mid-write leaves the old state, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::proc::ProcessRef;
+use super::Error;
+
+/// The file name of a container's state inside its directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Recorded, writable layer made, VM not (yet) booted.
+    Created,
+    /// The VM is up and the container's process was started.
+    Running,
+    /// Ended by `husk stop` / `husk kill`.
+    Stopped,
+    /// The process ended on its own (or the VM died).
+    Exited,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Exited => "exited",
+        }
+    }
+}
+
+/// The container's settings, fixed at `husk run` and reused by `husk start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The image's read-only layer disks, bottom layer first.
+    pub layers: Vec<PathBuf>,
+    /// `"erofs"` or `"ext4"`: the filesystem of the layer disks.
+    pub layer_fs: String,
+    /// `--rm`: remove the container when its process ends.
+    pub auto_remove: bool,
+}
+
+/// `<root>/containers/<id>/state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub id: String,
+    pub name: String,
+    /// The image reference as the user named it (normalized).
+    pub image: String,
+    /// The image's id (config digest), when the store gave one.
+    pub image_id: Option<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub status: Status,
+    /// The process owning the VM (husk-vmm or QEMU) and its start time, so a recycled pid
+    /// is never mistaken for it.
+    pub pid: Option<ProcessRef>,
+    /// The husk process that owns the VM handle (foreground `husk run` or the detached
+    /// monitor); it records the exit status.
+    pub monitor: Option<ProcessRef>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    /// Set by `stop`/`kill` so the monitor records `stopped` rather than `exited`.
+    pub stop_requested: bool,
+    /// The backend that ran it last (`qemu (tcg)`, `husk-vmm`, ...).
+    pub backend: Option<String>,
+    pub vsock_cid: u32,
+    pub vsock_uds: PathBuf,
+    pub scratch_disk: PathBuf,
+    pub console_log: PathBuf,
+    /// stdout and stderr of a detached container (`husk logs`).
+    pub log_file: PathBuf,
+    pub config: ContainerConfig,
+}
+
+impl State {
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+
+    /// The status as it really is now: a `running` container whose VM process is gone (a
+    /// `kill -9`, a crash, a reboot of the host) is `exited`, whatever the file says.
+    pub fn effective_status(&self) -> Status {
+        match self.status {
+            Status::Running if !self.vm_alive() => Status::Exited,
+            s => s,
+        }
+    }
+
+    pub fn vm_alive(&self) -> bool {
+        self.pid.as_ref().is_some_and(ProcessRef::is_alive)
+    }
+
+    pub fn monitor_alive(&self) -> bool {
+        self.monitor.as_ref().is_some_and(ProcessRef::is_alive)
+    }
+
+    /// `start` boots created, stopped and exited containers.
+    pub fn can_start(&self) -> bool {
+        self.effective_status() != Status::Running && !self.monitor_alive()
+    }
+
+    /// `stop`, `kill`, `exec` need a running container.
+    pub fn can_signal(&self) -> bool {
+        self.effective_status() == Status::Running
+    }
+
+    /// `rm` without `-f` refuses a running container.
+    pub fn can_delete(&self) -> bool {
+        self.effective_status() != Status::Running && !self.monitor_alive()
+    }
+
+    pub fn load(dir: &Path) -> Result<State, Error> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path, source })
+    }
+
+    /// Writes `state.json` in `dir` through a temp file and a rename.
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+        let io = |source| Error::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).expect("state serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&json).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path, source })
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str) -> State {
+        State {
+            id: id.into(),
+            name: "web".into(),
+            image: "docker.io/library/busybox:latest".into(),
+            image_id: None,
+            created: 1,
+            status: Status::Created,
+            pid: None,
+            monitor: None,
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+            stop_requested: false,
+            backend: None,
+            vsock_cid: 3,
+            vsock_uds: "/r/v.sock".into(),
+            scratch_disk: "/r/scratch.ext4".into(),
+            console_log: "/r/console.log".into(),
+            log_file: "/r/container.log".into(),
+            config: ContainerConfig {
+                args: vec!["true".into()],
+                env: vec![],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                hostname: "h".into(),
+                tty: false,
+                stdin: false,
+                vcpus: 1,
+                memory_mib: 256,
+                layers: vec![],
+                layer_fs: "erofs".into(),
+                auto_remove: false,
+            },
+        }
+    }
+
+    #[test]
+    fn saves_camel_case_atomically_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sample(&"a".repeat(64));
+        s.exit_code = Some(3);
+        s.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains("\"exitCode\": 3"), "{text}");
+        assert!(text.contains("\"vsockUds\""), "{text}");
+        assert!(text.contains("\"status\": \"created\""), "{text}");
+        // No temp file left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(State::load(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn running_with_a_dead_vm_is_exited() {
+        let mut s = sample("b");
+        s.status = Status::Running;
+        // A pid that exists but with another start time: a recycled pid.
+        s.pid = Some(ProcessRef {
+            pid: std::process::id(),
+            start_time: 1,
+        });
+        assert_eq!(s.effective_status(), Status::Exited);
+        s.pid = ProcessRef::of(std::process::id());
+        assert_eq!(s.effective_status(), Status::Running);
+        assert!(!s.can_delete());
+    }
+
+    #[test]
+    fn corrupt_state_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
+        let e = State::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+    }
+}

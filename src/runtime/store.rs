@@ -1,0 +1,269 @@
+//! The containers under `<root>/containers/`: one directory per container id, a lock file
+//! that serialises every state change, id/name/prefix lookup, unique names and vsock CIDs.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::state::{State, STATE_FILE};
+use super::Error;
+
+/// The first vsock CID handed out (0-2 are reserved).
+const FIRST_CID: u32 = 3;
+
+/// The container directories under one `--root`.
+#[derive(Debug, Clone)]
+pub struct ContainerStore {
+    root: PathBuf,
+}
+
+/// Held while state files are read-modified-written; released on drop.
+pub struct StoreLock {
+    _file: File,
+}
+
+impl ContainerStore {
+    /// The store under `root` (e.g. `/var/lib/husk`), creating its directory if needed.
+    pub fn open(root: &Path) -> Result<ContainerStore, Error> {
+        let dir = root.join("containers");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(ContainerStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+
+    /// An exclusive lock over every container's state (flock on `containers/.lock`).
+    pub fn lock(&self) -> Result<StoreLock, Error> {
+        let path = self.containers_dir().join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(StoreLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::Io { path, source: e });
+            }
+        }
+    }
+
+    /// Every container with a readable state file. Directories without one (a create in
+    /// progress, a crash before the first save) are skipped.
+    pub fn list(&self) -> Result<Vec<State>, Error> {
+        let dir = self.containers_dir();
+        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut all = Vec::new();
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.join(STATE_FILE).is_file() {
+                continue;
+            }
+            match State::load(&p) {
+                Ok(s) => all.push(s),
+                // Removed between the check and the read.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("skipping {}: {e}", p.display()),
+            }
+        }
+        all.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Finds a container by full id, name, or unique id prefix.
+    pub fn resolve(&self, query: &str) -> Result<State, Error> {
+        let all = self.list()?;
+        if let Some(s) = all.iter().find(|s| s.id == query || s.name == query) {
+            return Ok(s.clone());
+        }
+        let matches: Vec<&State> = if query.is_empty() {
+            Vec::new()
+        } else {
+            all.iter().filter(|s| s.id.starts_with(query)).collect()
+        };
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::NoSuchContainer(query.to_string())),
+            many => Err(Error::Ambiguous {
+                query: query.to_string(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// Records a new container: picks a fresh id and vsock CID, checks the name is free,
+    /// creates its directory and saves what `build(id, dir, cid)` returns, all under the lock.
+    pub fn create(
+        &self,
+        name: Option<&str>,
+        build: impl FnOnce(&str, &Path, u32, &str) -> Result<State, Error>,
+    ) -> Result<State, Error> {
+        let _lock = self.lock()?;
+        let all = self.list()?;
+        let id = loop {
+            let id = new_id()?;
+            if !all.iter().any(|s| s.id == id) {
+                break id;
+            }
+        };
+        let name = match name {
+            Some(n) => {
+                check_name(n)?;
+                n.to_string()
+            }
+            None => format!("husk_{}", &id[..8]),
+        };
+        if let Some(other) = all.iter().find(|s| s.name == name) {
+            return Err(Error::NameInUse {
+                name,
+                id: other.id.clone(),
+            });
+        }
+        let used: std::collections::HashSet<u32> = all.iter().map(|s| s.vsock_cid).collect();
+        let cid = (FIRST_CID..)
+            .find(|c| !used.contains(c))
+            .expect("a free cid");
+        let dir = self.dir(&id);
+        std::fs::create_dir(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let made = build(&id, &dir, cid, &name).and_then(|s| s.save(&dir).map(|()| s));
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        made
+    }
+
+    /// Loads, changes and saves one container's state under the lock. Fails with
+    /// [`Error::NoSuchContainer`] if it was removed meanwhile.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut State)) -> Result<State, Error> {
+        let _lock = self.lock()?;
+        let dir = self.dir(id);
+        if !dir.join(STATE_FILE).is_file() {
+            return Err(Error::NoSuchContainer(id.to_string()));
+        }
+        let mut s = State::load(&dir)?;
+        change(&mut s);
+        s.save(&dir)?;
+        Ok(s)
+    }
+
+    /// Removes a container's directory (its scratch disk, sockets, logs, state).
+    pub fn remove_dir(&self, id: &str) -> Result<(), Error> {
+        let _lock = self.lock()?;
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// 64 hex digits from the kernel's random source.
+pub(crate) fn new_id() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| Error::Io {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn check_name(name: &str) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 128;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::tests::sample;
+    use super::*;
+
+    fn add(store: &ContainerStore, name: Option<&str>) -> Result<State, Error> {
+        store.create(name, |id, _dir, cid, name| {
+            let mut s = sample(id);
+            s.name = name.into();
+            s.vsock_cid = cid;
+            Ok(s)
+        })
+    }
+
+    #[test]
+    fn ids_names_prefixes_and_cids() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ContainerStore::open(root.path()).unwrap();
+        let a = add(&store, Some("web")).unwrap();
+        assert_eq!(a.id.len(), 64);
+        assert!(a.id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let b = add(&store, None).unwrap();
+        assert_ne!(a.vsock_cid, b.vsock_cid);
+        assert!(b.name.starts_with("husk_"));
+        match add(&store, Some("web")) {
+            Err(Error::NameInUse { name, .. }) => assert_eq!(name, "web"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            add(&store, Some("-x")),
+            Err(Error::InvalidName(_))
+        ));
+        assert_eq!(store.resolve("web").unwrap().id, a.id);
+        assert_eq!(store.resolve(&a.id[..12]).unwrap().id, a.id);
+        assert_eq!(store.resolve(&b.id).unwrap().id, b.id);
+        assert!(matches!(
+            store.resolve("zz"),
+            Err(Error::NoSuchContainer(_))
+        ));
+        store.remove_dir(&a.id).unwrap();
+        assert!(matches!(
+            store.resolve("web"),
+            Err(Error::NoSuchContainer(_))
+        ));
+        assert!(matches!(
+            store.update(&a.id, |_| ()),
+            Err(Error::NoSuchContainer(_))
+        ));
+        // The freed CID is handed out again.
+        assert_eq!(add(&store, None).unwrap().vsock_cid, a.vsock_cid);
+    }
+}
