@@ -27,4 +27,9 @@ HUSK_INITRAMFS=$(scripts/build-initramfs.sh | tail -n1)
 export HUSK_INITRAMFS
 log "initramfs: $HUSK_INITRAMFS"
 
+# The QEMU backend's vsock daemon (cargo install, cached outside the repo).
+HUSK_VHOST_DEVICE_VSOCK=$(scripts/install-vhost-device-vsock.sh | tail -n1)
+export HUSK_VHOST_DEVICE_VSOCK
+log "vhost-device-vsock: $HUSK_VHOST_DEVICE_VSOCK"
+
 cargo test --workspace --locked "$@"

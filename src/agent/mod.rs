@@ -1,0 +1,99 @@
+//! The host side of the guest agent protocol (`husk-protocol`), over the VM's hybrid vsock
+//! unix socket, identical on both VM backends.
+//!
+//! - [`vsock`]: the `CONNECT <port>` / `OK` exchange, retried while the guest boots;
+//! - [`AgentClient`]: the control connection, typed calls, answers matched by id;
+//! - [`attach_stream`] and [`Pump`]: stdio on connections of their own.
+//!
+//! Transport facts the protocol has to live with (measured on the QEMU backend with
+//! vhost-device-vsock 0.3.0, Linux 6.12 guest; tests/backend_qemu.rs):
+//! - guest writes over ~32 KiB go out as packets split across descriptors, which
+//!   virtio-vsock 0.12 rejects: the connection stalls. The agent keeps each write at most
+//!   [`stream::CHUNK`] (16 KiB); 16 MiB each way then arrives intact.
+//! - a host half-close (`shutdown(Write)`) reaches the guest as SHUTDOWN of *both*
+//!   directions (Firecracker's muxer does the same): the guest reads all data, then EOF, but
+//!   can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
+//!   half-closed, its end of input goes through `CloseStdin` instead.
+//! - heavy traffic in *both* directions on one connection can stall it for good: when a host
+//!   socket event carries EPOLLIN the daemon takes the fd out of epoll until it has read, and
+//!   a partial write to a slow host reader in that window cannot re-arm EPOLLOUT ("Failed to
+//!   re-enable EPOLLOUT" at debug level). Streams are one-way (stdin, stdout, stderr each on
+//!   its own connection), so only a pty carries both, at interactive rates.
+
+mod client;
+pub mod stream;
+pub mod vsock;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use client::{AgentClient, DEFAULT_CALL_TIMEOUT};
+pub use husk_protocol::{ErrorCode, ErrorReply, StreamKind};
+pub use stream::{attach_stream, copy_from_stream, copy_to_stream, Pump};
+
+/// Why talking to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "agent not reachable through {uds} (vsock port {port}) within {secs:.1} s after \
+         {attempts} attempts; last error: {last} (is the VM running and its agent started? see \
+         its console log)"
+    )]
+    ConnectTimeout {
+        uds: PathBuf,
+        port: u32,
+        secs: f64,
+        attempts: u32,
+        last: String,
+    },
+    #[error("agent connection through {uds}: {source}")]
+    Io { uds: PathBuf, source: io::Error },
+    #[error("{request}: {source}")]
+    Codec {
+        request: &'static str,
+        source: husk_protocol::CodecError,
+    },
+    #[error(
+        "the guest agent ({agent_build}) speaks protocol version {agent}, husk speaks {}; \
+         rebuild the guest initramfs from this release",
+        husk_protocol::PROTOCOL_VERSION
+    )]
+    VersionMismatch { agent: u32, agent_build: String },
+    #[error("{request} failed in the guest: {error}")]
+    Agent {
+        request: &'static str,
+        error: ErrorReply,
+    },
+    #[error("agent answered {request} with an unexpected {got} reply")]
+    UnexpectedReply {
+        request: &'static str,
+        got: &'static str,
+    },
+    #[error("agent did not answer {request} (id {id}) within {secs:.1} s")]
+    Timeout {
+        request: &'static str,
+        id: u64,
+        secs: f64,
+    },
+    #[error("agent connection lost: {0}")]
+    Disconnected(String),
+    #[error("agent refused the {kind:?} stream of container {container_id}: {error}")]
+    StreamRefused {
+        kind: StreamKind,
+        container_id: String,
+        error: ErrorReply,
+    },
+}
+
+impl Error {
+    /// The guest's error code, when the agent answered with an error.
+    pub fn agent_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Agent { error, .. } | Error::StreamRefused { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

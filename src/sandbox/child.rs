@@ -1,0 +1,277 @@
+//! Child processes a VM is made of, and the handle both backends return.
+//!
+//! A VM is one main process (husk-vmm or QEMU), maybe a helper (vhost-device-vsock) and some
+//! socket files. [`ProcessVm`] owns them all: when the main process ends, or is killed, or the
+//! handle is dropped, the helper is killed and reaped and the files are removed, exactly once.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use super::{Error, VmHandle};
+
+/// A child process that any thread may wait for or kill through `&self`.
+///
+/// Waiting happens in two steps so `kill` never races with the reaping: `waitid(WNOWAIT)`
+/// blocks without the lock until the child has exited (leaving it a zombie, so its pid cannot
+/// be reused), then the lock is taken to reap it and record the status.
+pub(super) struct Guarded {
+    program: String,
+    pid: u32,
+    state: Mutex<GuardState>,
+}
+
+struct GuardState {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Guarded {
+    pub fn spawn(program: &str, cmd: &mut Command) -> Result<Guarded, Error> {
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+        Ok(Guarded {
+            program: program.to_string(),
+            pid: child.id(),
+            state: Mutex::new(GuardState {
+                child,
+                status: None,
+            }),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
+        // A panic while holding this lock leaves the state consistent (it only caches).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        let mut s = self.lock();
+        if s.status.is_none() {
+            s.status = s.child.try_wait()?;
+        }
+        Ok(s.status)
+    }
+
+    pub fn wait(&self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            wait_exited_no_reap(self.pid)?;
+        }
+    }
+
+    /// SIGKILLs the child if it still runs and reaps it.
+    pub fn kill(&self) -> io::Result<ExitStatus> {
+        let mut s = self.lock();
+        if let Some(status) = s.status {
+            return Ok(status);
+        }
+        if s.child.try_wait()?.is_none() {
+            s.child.kill()?;
+        }
+        let status = s.child.wait()?;
+        s.status = Some(status);
+        Ok(status)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!(program = %self.program, pid = self.pid, "cannot kill: {e}");
+        }
+    }
+}
+
+/// Blocks until `pid` has exited without reaping it. Returns at once if someone else reaped
+/// it meanwhile (ECHILD); the caller then finds the status under the lock.
+fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: waitid writes only into the siginfo we pass; the pid is our own child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(()),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// What a VM leaves behind besides its main process: helpers to kill, files to remove.
+/// Dropping it cleans up, so an early return while starting a VM leaks nothing either.
+#[derive(Default)]
+pub(super) struct Leftovers {
+    pub helpers: Vec<Guarded>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        // Helpers first: they may hold the files open or recreate them.
+        for h in self.helpers.drain(..) {
+            tracing::debug!(program = h.program(), pid = h.pid(), "stopping VM helper");
+            drop(h);
+        }
+        for f in self.files.drain(..) {
+            remove_if_exists(&f);
+        }
+    }
+}
+
+pub(super) fn remove_if_exists(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), "cannot remove: {e}");
+        }
+    }
+}
+
+/// The [`VmHandle`] of both backends: a main process plus its leftovers.
+pub(super) struct ProcessVm {
+    main: Guarded,
+    leftovers: Mutex<Option<Leftovers>>,
+    console_log: PathBuf,
+    vsock_uds: Option<PathBuf>,
+}
+
+impl ProcessVm {
+    pub fn new(
+        main: Guarded,
+        leftovers: Leftovers,
+        console_log: PathBuf,
+        vsock_uds: Option<PathBuf>,
+    ) -> Self {
+        ProcessVm {
+            main,
+            leftovers: Mutex::new(Some(leftovers)),
+            console_log,
+            vsock_uds,
+        }
+    }
+
+    fn clean_up(&self) {
+        let taken = self
+            .leftovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(taken);
+    }
+
+    fn process_err(&self, op: &'static str) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::Process {
+            op,
+            pid: self.main.pid(),
+            source,
+        }
+    }
+}
+
+impl VmHandle for ProcessVm {
+    fn pid(&self) -> u32 {
+        self.main.pid()
+    }
+
+    fn wait(&self) -> Result<ExitStatus, Error> {
+        let status = self.main.wait().map_err(self.process_err("wait"))?;
+        self.clean_up();
+        Ok(status)
+    }
+
+    fn try_wait(&self) -> Result<Option<ExitStatus>, Error> {
+        let status = self.main.try_wait().map_err(self.process_err("wait"))?;
+        if status.is_some() {
+            self.clean_up();
+        }
+        Ok(status)
+    }
+
+    fn kill(&self) -> Result<(), Error> {
+        self.main.kill().map_err(self.process_err("kill"))?;
+        self.clean_up();
+        Ok(())
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.console_log.clone()
+    }
+
+    fn vsock_uds(&self) -> Option<PathBuf> {
+        self.vsock_uds.clone()
+    }
+}
+
+impl Drop for ProcessVm {
+    fn drop(&mut self) {
+        // Field order would drop `main` (killing it) before the leftovers anyway; being
+        // explicit keeps that true if the fields move.
+        if let Err(e) = self.main.kill() {
+            tracing::warn!(pid = self.main.pid(), "cannot kill VM process: {e}");
+        }
+        self.clean_up();
+    }
+}
+
+/// Truncates the console log and returns a second, appending handle to it for a process's
+/// stderr: the backend's diagnostics land after the guest output they relate to.
+pub(super) fn open_console_log(path: &Path) -> Result<File, Error> {
+    let err = |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    File::create(path).map_err(err)?;
+    OpenOptions::new().append(true).open(path).map_err(err)
+}
+
+/// stdin from /dev/null, stdout and stderr appended to `log`.
+pub(super) fn quiet_stdio(cmd: &mut Command, log: &File, log_path: &Path) -> Result<(), Error> {
+    let dup = || {
+        log.try_clone().map_err(|source| Error::File {
+            path: log_path.to_path_buf(),
+            source,
+        })
+    };
+    cmd.stdin(Stdio::null()).stdout(dup()?).stderr(dup()?);
+    Ok(())
+}
+
+/// Finds `name` in `PATH`.
+pub(super) fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+pub(super) fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}

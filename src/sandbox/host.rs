@@ -1,0 +1,198 @@
+//! What this host can run: KVM able to boot a stock Linux guest (husk-vmm, QEMU `-accel kvm`)
+//! or only TCG.
+//!
+//! `/dev/kvm` existing is not enough: on PVM hosts (`kvm_pvm`, nested clouds without
+//! hardware virtualisation) KVM only runs PVM-patched guests, and a stock kernel dies early.
+//! This is the one place that decides. For husk-vmm it asks `husk-vmm --probe` (husk-vmm's
+//! own judgement, `husk::vmm::probe`); for QEMU's accelerator it reads the same facts from
+//! sysfs itself.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// A yes/no answer with the reason, for debug logs and `husk system check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub usable: bool,
+    pub reason: String,
+}
+
+impl Probe {
+    fn yes(reason: impl Into<String>) -> Self {
+        Probe {
+            usable: true,
+            reason: reason.into(),
+        }
+    }
+    fn no(reason: impl Into<String>) -> Self {
+        Probe {
+            usable: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The facts the decision rests on, gathered apart from the rule so the rule is testable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvmFacts {
+    /// `/dev/kvm` opened read-write, or why not.
+    pub dev_kvm: Result<(), String>,
+    /// `/sys/module/kvm_pvm` exists.
+    pub pvm: bool,
+    /// `kvm_intel` or `kvm_amd` is loaded, or the CPU flags show vmx/svm.
+    pub hw_virt: bool,
+}
+
+impl KvmFacts {
+    pub fn gather() -> Self {
+        let dev_kvm = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(drop)
+            .map_err(|e| format!("cannot open /dev/kvm: {e}"));
+        let module = |m: &str| Path::new("/sys/module").join(m).exists();
+        let cpu_flags = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| {
+                c.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+            })
+            .unwrap_or(false);
+        KvmFacts {
+            dev_kvm,
+            pvm: module("kvm_pvm"),
+            hw_virt: module("kvm_intel") || module("kvm_amd") || cpu_flags,
+        }
+    }
+
+    /// Whether KVM here can run a stock Linux guest.
+    pub fn decide(&self) -> Probe {
+        if let Err(e) = &self.dev_kvm {
+            return Probe::no(e.clone());
+        }
+        if self.pvm && !self.hw_virt {
+            return Probe::no(
+                "/dev/kvm is PVM (kvm_pvm loaded, no vmx/svm): it cannot run a stock Linux guest",
+            );
+        }
+        if !self.hw_virt {
+            return Probe::no("no kvm_intel/kvm_amd and no vmx/svm CPU flag");
+        }
+        Probe::yes("/dev/kvm with hardware virtualisation")
+    }
+}
+
+/// Whether KVM here can run a stock Linux guest (QEMU `-accel kvm`, husk-vmm).
+pub fn kvm_runs_stock_guests() -> Probe {
+    KvmFacts::gather().decide()
+}
+
+/// Whether husk-vmm can run guests on this host: husk-vmm is found and its own
+/// `--probe` says yes (exit 0; 2 means no). Asked once per process.
+pub fn husk_vmm_usable() -> Probe {
+    static ANSWER: OnceLock<Probe> = OnceLock::new();
+    ANSWER.get_or_init(probe_husk_vmm).clone()
+}
+
+fn probe_husk_vmm() -> Probe {
+    match super::husk_vmm::find_binary() {
+        Ok(bin) => probe_binary(&bin),
+        Err(e) => Probe::no(e.to_string()),
+    }
+}
+
+/// Runs `bin --probe` and reads its verdict from the exit status.
+pub fn probe_binary(bin: &Path) -> Probe {
+    let status = Command::new(bin)
+        .arg("--probe")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Probe::yes(format!(
+            "{} --probe: this host can run Linux guests",
+            bin.display()
+        )),
+        Ok(s) if s.code() == Some(2) => Probe::no(format!(
+            "{} --probe: this host cannot run Linux guests (run it for the reason)",
+            bin.display()
+        )),
+        Ok(s) => Probe::no(format!("{} --probe failed ({s})", bin.display())),
+        Err(e) => Probe::no(format!("cannot run {} --probe: {e}", bin.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_without_hardware_virt_is_not_usable() {
+        let f = KvmFacts {
+            dev_kvm: Ok(()),
+            pvm: true,
+            hw_virt: false,
+        };
+        let p = f.decide();
+        assert!(!p.usable);
+        assert!(p.reason.contains("PVM"), "{}", p.reason);
+    }
+
+    #[test]
+    fn hardware_virt_is_usable() {
+        assert!(
+            KvmFacts {
+                dev_kvm: Ok(()),
+                pvm: false,
+                hw_virt: true
+            }
+            .decide()
+            .usable
+        );
+    }
+
+    #[test]
+    fn husk_vmm_probe_verdict_comes_from_its_exit_status() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |code: i32| {
+            let p = dir.path().join(format!("husk-vmm-{code}"));
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\n[ \"$1\" = --probe ] || exit 9\nexit {code}\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        assert!(probe_binary(&fake(0)).usable);
+        let no = probe_binary(&fake(2));
+        assert!(
+            !no.usable && no.reason.contains("cannot run Linux guests"),
+            "{}",
+            no.reason
+        );
+        let broken = probe_binary(&fake(1));
+        assert!(
+            !broken.usable && broken.reason.contains("failed"),
+            "{}",
+            broken.reason
+        );
+    }
+
+    #[test]
+    fn no_dev_kvm_says_why() {
+        let f = KvmFacts {
+            dev_kvm: Err("cannot open /dev/kvm: ENOENT".into()),
+            pvm: false,
+            hw_virt: true,
+        };
+        let p = f.decide();
+        assert!(!p.usable);
+        assert!(p.reason.contains("/dev/kvm"));
+    }
+}

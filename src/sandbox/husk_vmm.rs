@@ -1,0 +1,130 @@
+//! The husk-vmm backend: one `husk-vmm` process per VM, driven by its command-line flags.
+//!
+//! Spawning the binary (rather than calling the VMM in-process) keeps one VM per process, as
+//! the design wants: a crashing VMM takes down one container, and the runtime can be restarted
+//! without touching running VMs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::child::{self, Guarded, Leftovers, ProcessVm};
+use super::{Error, VmBackend, VmHandle, VmSpec};
+
+/// Overrides the husk-vmm binary.
+pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
+
+/// Finds husk-vmm: `$HUSK_VMM_BIN`, then beside the running executable (and one level up, for
+/// test binaries in `target/*/deps`), then `PATH`.
+pub fn find_binary() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os(BINARY_ENV) {
+        let p = PathBuf::from(p);
+        return if child::is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(Error::MissingProgram {
+                program: p.display().to_string(),
+                hint: format!("{BINARY_ENV} does not name an executable"),
+            })
+        };
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let dirs = exe
+            .parent()
+            .into_iter()
+            .chain(exe.parent().and_then(|d| d.parent()));
+        for d in dirs {
+            let p = d.join("husk-vmm");
+            if child::is_executable(&p) {
+                return Ok(p);
+            }
+        }
+    }
+    child::which("husk-vmm").ok_or_else(|| Error::MissingProgram {
+        program: "husk-vmm".into(),
+        hint: format!("build it (cargo build --bin husk-vmm), put it on PATH or set {BINARY_ENV}"),
+    })
+}
+
+/// Starts VMs as `husk-vmm` processes.
+#[derive(Debug, Clone)]
+pub struct HuskVmmBackend {
+    pub binary: PathBuf,
+}
+
+impl HuskVmmBackend {
+    pub fn from_env() -> Result<Self, Error> {
+        Ok(HuskVmmBackend {
+            binary: find_binary()?,
+        })
+    }
+}
+
+/// husk-vmm's flags for `spec` (its CLI as on branch `vmm`: `--console file:PATH`,
+/// `--disk PATH[,ro]`, `--vsock CID,UDS`, `--append` after its own default command line, which
+/// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
+///
+/// Fails for what husk-vmm cannot express yet: disk serials.
+pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
+    let mut a: Vec<String> = Vec::new();
+    let mut flag = |k: &str, v: String| {
+        a.push(k.to_string());
+        a.push(v);
+    };
+    flag("--kernel", spec.kernel.display().to_string());
+    if let Some(i) = &spec.initramfs {
+        flag("--initramfs", i.display().to_string());
+    }
+    if !spec.cmdline.is_empty() {
+        flag("--append", spec.cmdline.join(" "));
+    }
+    flag("--vcpus", spec.vcpus.to_string());
+    flag("--memory", spec.memory_mib.to_string());
+    flag("--console", format!("file:{}", spec.console_log.display()));
+    for d in &spec.disks {
+        if let Some(s) = &d.serial {
+            return Err(Error::Unsupported(format!(
+                "husk-vmm cannot give disk {} the serial {s:?} yet (its --disk takes PATH[,ro]); \
+                 name the disk by device path (/dev/vdX, in spec order) or use --vmm qemu",
+                d.path.display()
+            )));
+        }
+        let mut v = d.path.display().to_string();
+        if d.read_only {
+            v.push_str(",ro");
+        }
+        flag("--disk", v);
+    }
+    if let Some(v) = &spec.vsock {
+        flag("--vsock", format!("{},{}", v.cid, v.uds_path.display()));
+    }
+    Ok(a)
+}
+
+impl VmBackend for HuskVmmBackend {
+    fn name(&self) -> &'static str {
+        "husk-vmm"
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, Error> {
+        spec.validate()?;
+        let args = args(spec)?;
+        let log = child::open_console_log(&spec.console_log)?;
+        let mut leftovers = Leftovers::default();
+        if let Some(v) = &spec.vsock {
+            // husk-vmm binds it; a stale one from a crashed run would make that fail.
+            child::remove_if_exists(&v.uds_path);
+            leftovers.files.push(v.uds_path.clone());
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args);
+        child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
+        let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
+        tracing::debug!(pid = vmm.pid(), "husk-vmm started");
+        Ok(Box::new(ProcessVm::new(
+            vmm,
+            leftovers,
+            spec.console_log.clone(),
+            spec.vsock.as_ref().map(|v| v.uds_path.clone()),
+        )))
+    }
+}

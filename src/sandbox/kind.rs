@@ -1,0 +1,83 @@
+//! `--vmm auto|husk|qemu`: which backend runs the VMs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::host;
+
+/// The environment variable that sets the default backend (`auto`, `husk` or `qemu`).
+pub const VMM_ENV: &str = "HUSK_VMM";
+
+/// Which VM backend to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// husk-vmm where the host's KVM can run it, QEMU otherwise.
+    #[default]
+    Auto,
+    /// husk's own VMM (needs KVM that runs a stock Linux guest).
+    Husk,
+    /// QEMU microvm, with KVM when usable, TCG otherwise.
+    Qemu,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown VM backend {0:?}: expected auto, husk or qemu")]
+pub struct ParseBackendKindError(pub String);
+
+impl FromStr for BackendKind {
+    type Err = ParseBackendKindError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(BackendKind::Auto),
+            "husk" | "husk-vmm" => Ok(BackendKind::Husk),
+            "qemu" => Ok(BackendKind::Qemu),
+            _ => Err(ParseBackendKindError(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Husk => "husk",
+            BackendKind::Qemu => "qemu",
+        })
+    }
+}
+
+impl BackendKind {
+    /// The default from `HUSK_VMM`, `Auto` when unset. A flag (`--vmm`) overrides it.
+    pub fn from_env() -> Result<Self, ParseBackendKindError> {
+        match std::env::var(VMM_ENV) {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(BackendKind::Auto),
+        }
+    }
+
+    /// The flag if given, else the environment's default.
+    pub fn from_flag_or_env(flag: Option<&str>) -> Result<Self, ParseBackendKindError> {
+        match flag {
+            Some(f) => f.parse(),
+            None => Self::from_env(),
+        }
+    }
+
+    /// Turns `Auto` into a concrete backend by probing the host; others stay as they are.
+    pub fn resolve(self) -> BackendKind {
+        match self {
+            BackendKind::Auto => {
+                let kvm = host::husk_vmm_usable();
+                let picked = if kvm.usable {
+                    BackendKind::Husk
+                } else {
+                    BackendKind::Qemu
+                };
+                tracing::debug!(backend = %picked, reason = %kvm.reason, "vmm=auto picked a VM backend");
+                picked
+            }
+            other => other,
+        }
+    }
+}

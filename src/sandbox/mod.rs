@@ -1,0 +1,270 @@
+//! The VM-backend seam: describe a microVM once ([`VmSpec`]), start it on whichever backend
+//! the host can run ([`VmBackend`]), and drive it through a [`VmHandle`].
+//!
+//! Two backends sit behind the seam:
+//! - [`husk_vmm::HuskVmmBackend`]: husk's own VMM, one `husk-vmm` process per VM, for hosts
+//!   whose KVM runs a stock Linux guest;
+//! - [`qemu::QemuBackend`]: QEMU's `microvm` machine (KVM where usable, TCG elsewhere), with
+//!   vsock through `vhost-device-vsock` so the host side speaks the same unix-socket protocol.
+//!
+//! Nothing above this module may know which one runs: both take the same spec, give the guest
+//! the same devices, and expose vsock as Firecracker's hybrid unix socket at
+//! [`VsockSpec::uds_path`].
+
+mod child;
+pub mod host;
+pub mod husk_vmm;
+mod kind;
+pub mod qemu;
+pub mod vhost_vsock;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+pub use husk_vmm::HuskVmmBackend;
+pub use kind::{BackendKind, ParseBackendKindError, VMM_ENV};
+pub use qemu::QemuBackend;
+
+/// One microVM, described independently of the backend that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The guest kernel. The QEMU backend boots an ELF `vmlinux` through its PVH note (or a
+    /// bzImage); husk-vmm takes either.
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command-line arguments beyond what the backend needs to boot (console, reboot
+    /// behaviour and virtio-mmio devices are the backend's job).
+    pub cmdline: Vec<String>,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// virtio-blk disks, in the order the guest sees them (`vda`, `vdb`, ...).
+    pub disks: Vec<DiskSpec>,
+    pub vsock: Option<VsockSpec>,
+    /// Where the guest's serial console goes (truncated at start). The backend's own
+    /// diagnostics are appended to the same file, so one file explains a failed boot.
+    pub console_log: PathBuf,
+    /// Reserved: host directories shared through virtio-fs (not wired yet).
+    pub shared_dirs: Vec<SharedDirSpec>,
+    /// Reserved: TAP devices for virtio-net (not wired yet).
+    pub taps: Vec<TapSpec>,
+}
+
+/// A raw disk image the guest sees as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// virtio-blk serial (at most 20 bytes), how the agent finds a disk by name in
+    /// `/sys/block/*/serial`.
+    pub serial: Option<String>,
+}
+
+/// The guest's vsock device and the host socket standing for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's context id (3 or more).
+    pub cid: u32,
+    /// The hybrid socket: connect and write `CONNECT <port>\n` to reach a guest port. Created
+    /// by the backend, removed when the VM's handle is done with it.
+    pub uds_path: PathBuf,
+}
+
+/// Reserved for virtio-fs: a host directory and the tag the guest mounts it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDirSpec {
+    pub host_path: PathBuf,
+    pub tag: String,
+    pub read_only: bool,
+}
+
+/// Reserved for virtio-net: a TAP device on the host and the guest's MAC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    pub tap_name: String,
+    pub mac: [u8; 6],
+}
+
+/// Longest virtio-blk serial the device can carry (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
+
+impl VmSpec {
+    /// A spec with one vCPU, 256 MiB, no disks, no vsock.
+    pub fn new(kernel: impl Into<PathBuf>, console_log: impl Into<PathBuf>) -> Self {
+        VmSpec {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: Vec::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            vsock: None,
+            console_log: console_log.into(),
+            shared_dirs: Vec::new(),
+            taps: Vec::new(),
+        }
+    }
+
+    /// Checks what every backend needs before anything is spawned, so a bad spec fails with
+    /// the field at fault rather than as a backend exit status.
+    pub fn validate(&self) -> Result<(), Error> {
+        let must_exist = |what: &'static str, p: &Path| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(Error::MissingFile {
+                    what,
+                    path: p.to_path_buf(),
+                })
+            }
+        };
+        must_exist("kernel", &self.kernel)?;
+        if let Some(i) = &self.initramfs {
+            must_exist("initramfs", i)?;
+        }
+        for d in &self.disks {
+            must_exist("disk image", &d.path)?;
+            if let Some(s) = &d.serial {
+                if s.is_empty()
+                    || s.len() > MAX_DISK_SERIAL_LEN
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(Error::InvalidSpec(format!(
+                        "disk serial {s:?} of {}: use 1 to {MAX_DISK_SERIAL_LEN} characters \
+                         from [A-Za-z0-9_-]",
+                        d.path.display()
+                    )));
+                }
+            }
+            // Both backends use ',' as an option separator in the disk argument.
+            if d.path.to_string_lossy().contains(',') {
+                return Err(Error::InvalidSpec(format!(
+                    "disk path {} contains ',', which VMM command lines cannot carry",
+                    d.path.display()
+                )));
+            }
+        }
+        if self.vcpus == 0 {
+            return Err(Error::InvalidSpec("vcpus must be at least 1".into()));
+        }
+        if self.memory_mib < 32 {
+            return Err(Error::InvalidSpec(format!(
+                "memory of {} MiB is too small for a Linux guest (at least 32)",
+                self.memory_mib
+            )));
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 {
+                return Err(Error::InvalidSpec(format!(
+                    "vsock cid {} is reserved (0-2); use 3 or more",
+                    v.cid
+                )));
+            }
+            if v.uds_path.to_string_lossy().contains(',') {
+                return Err(Error::InvalidSpec(format!(
+                    "vsock socket path {} contains ',', which VMM command lines cannot carry",
+                    v.uds_path.display()
+                )));
+            }
+        }
+        if let Some(bad) = self
+            .cmdline
+            .iter()
+            .find(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "kernel argument {bad:?} is empty or contains whitespace; pass one argument per entry"
+            )));
+        }
+        if !self.shared_dirs.is_empty() || !self.taps.is_empty() {
+            return Err(Error::Unsupported(
+                "shared directories and TAP devices are not supported by the VM backends yet"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Starts microVMs.
+pub trait VmBackend: Send + Sync {
+    /// Which backend this is, for logs and test output.
+    fn name(&self) -> &'static str;
+
+    /// Starts the VM described by `spec` and returns as soon as it is running (not booted).
+    fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, Error>;
+}
+
+/// A running (or finished) microVM. Every method takes `&self`, so one thread can `wait`
+/// while another `kill`s. Dropping the handle kills the VM if it still runs and removes what
+/// the backend created (helper processes, sockets).
+pub trait VmHandle: Send + Sync {
+    /// The pid of the process that owns the VM (husk-vmm or QEMU).
+    fn pid(&self) -> u32;
+
+    /// Blocks until the VM ends; then cleans up helpers and sockets. A guest power-off
+    /// (reset) is a success. Repeated calls return the same status.
+    fn wait(&self) -> Result<ExitStatus, Error>;
+
+    /// The exit status if the VM has ended (cleaning up as `wait` does), else `None`.
+    fn try_wait(&self) -> Result<Option<ExitStatus>, Error>;
+
+    /// Ends the VM now (SIGKILL) and cleans up; a no-op once it has ended.
+    fn kill(&self) -> Result<(), Error>;
+
+    fn console_log(&self) -> PathBuf;
+
+    /// The hybrid vsock socket, if the VM has a vsock device.
+    fn vsock_uds(&self) -> Option<PathBuf>;
+}
+
+/// Picks the backend for `kind`, resolving `Auto` by probing the host.
+pub fn backend(kind: BackendKind) -> Result<Box<dyn VmBackend>, Error> {
+    Ok(match kind.resolve() {
+        BackendKind::Husk => Box::new(HuskVmmBackend::from_env()?),
+        BackendKind::Qemu => Box::new(QemuBackend::from_env()?),
+        BackendKind::Auto => unreachable!("resolve never returns Auto"),
+    })
+}
+
+/// Why a VM could not be started or managed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path} not found")]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(String),
+    #[error("{0}")]
+    Unsupported(String),
+    /// A program the backend runs is not installed.
+    #[error("{program} not found: {hint}")]
+    MissingProgram { program: String, hint: String },
+    #[error("cannot start {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("{program} exited ({status}) before it was ready; see {log}")]
+    HelperDied {
+        program: String,
+        status: ExitStatus,
+        log: PathBuf,
+    },
+    #[error("{program} did not create {path} within {secs} s; see {log}")]
+    HelperTimeout {
+        program: String,
+        path: PathBuf,
+        secs: u64,
+        log: PathBuf,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    File { path: PathBuf, source: io::Error },
+    #[error("{op} on VM process {pid} failed: {source}")]
+    Process {
+        op: &'static str,
+        pid: u32,
+        source: io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! Unit tests of the seam that need no VM: argument building, spec checks, backend choice,
+//! and the handle's lifecycle with fake VMM and daemon processes (shell scripts).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::qemu::{self, Accel};
+use super::*;
+
+fn spec_in(dir: &Path) -> VmSpec {
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, b"not really a kernel").unwrap();
+    let mut s = VmSpec::new(kernel, dir.join("console.log"));
+    s.memory_mib = 128;
+    s
+}
+
+fn pair(args: &[String], flag: &str) -> Vec<String> {
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
+#[test]
+fn qemu_args_have_the_devices_and_boot_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.initramfs = Some(dir.path().join("initrd"));
+    s.cmdline = vec!["quiet".into()];
+    s.vcpus = 2;
+    s.disks = vec![
+        DiskSpec {
+            path: "/img/layer0".into(),
+            read_only: true,
+            serial: Some("layer0".into()),
+        },
+        DiskSpec {
+            path: "/img/scratch".into(),
+            read_only: false,
+            serial: None,
+        },
+    ];
+    s.vsock = Some(VsockSpec {
+        cid: 7,
+        uds_path: "/run/v.sock".into(),
+    });
+    let a = qemu::args(&s, Accel::Tcg, Some(Path::new("/run/v.sock.vhost")));
+    for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+        assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
+    }
+    assert_eq!(pair(&a, "-accel"), ["tcg"]);
+    assert!(pair(&a, "-M")[0].starts_with("microvm,acpi=off"));
+    assert!(pair(&a, "-M")[0].contains("memory-backend=mem"));
+    assert_eq!(
+        pair(&a, "-object"),
+        ["memory-backend-memfd,id=mem,size=128M,share=on"]
+    );
+    assert_eq!(pair(&a, "-m"), ["128M"]);
+    assert_eq!(pair(&a, "-smp"), ["2"]);
+    assert_eq!(
+        pair(&a, "-append"),
+        ["console=ttyS0 reboot=t panic=-1 quiet"]
+    );
+    assert_eq!(
+        pair(&a, "-drive"),
+        [
+            "if=none,id=d0,file=/img/layer0,format=raw,readonly=on",
+            "if=none,id=d1,file=/img/scratch,format=raw,readonly=off"
+        ]
+    );
+    assert_eq!(
+        pair(&a, "-device"),
+        [
+            "virtio-blk-device,drive=d0,serial=layer0",
+            "virtio-blk-device,drive=d1",
+            "vhost-user-vsock-device,chardev=vsock"
+        ]
+    );
+    let chardevs = pair(&a, "-chardev");
+    assert!(
+        chardevs
+            .iter()
+            .any(|c| c == "socket,id=vsock,path=/run/v.sock.vhost"),
+        "{chardevs:?}"
+    );
+    assert!(
+        chardevs[0].starts_with("file,id=console,path=") && chardevs[0].ends_with(",append=on")
+    );
+    assert_eq!(pair(&a, "-serial"), ["chardev:console"]);
+}
+
+#[test]
+fn qemu_kvm_uses_the_host_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None);
+    assert_eq!(pair(&a, "-accel"), ["kvm"]);
+    assert_eq!(pair(&a, "-cpu"), ["host"]);
+    assert!(
+        !a.iter().any(|x| x.contains("vsock")),
+        "no vsock asked for: {a:?}"
+    );
+}
+
+#[test]
+fn husk_vmm_args_use_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.initramfs = Some("/i.cpio.gz".into());
+    s.cmdline = vec!["quiet".into(), "init=/init".into()];
+    s.disks = vec![
+        DiskSpec {
+            path: "/a".into(),
+            read_only: true,
+            serial: None,
+        },
+        DiskSpec {
+            path: "/b".into(),
+            read_only: false,
+            serial: None,
+        },
+    ];
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: "/v.sock".into(),
+    });
+    let a = husk_vmm::args(&s).unwrap();
+    assert_eq!(pair(&a, "--initramfs"), ["/i.cpio.gz"]);
+    assert_eq!(pair(&a, "--vcpus"), ["1"]);
+    assert_eq!(pair(&a, "--memory"), ["128"]);
+    assert_eq!(pair(&a, "--disk"), ["/a,ro", "/b"]);
+    assert_eq!(pair(&a, "--vsock"), ["3,/v.sock"]);
+    // Its own default command line stays; ours is appended.
+    assert!(pair(&a, "--cmdline").is_empty());
+    assert_eq!(pair(&a, "--append"), ["quiet init=/init"]);
+    assert_eq!(
+        pair(&a, "--console"),
+        [format!("file:{}", s.console_log.display())]
+    );
+
+    s.disks[1].serial = Some("scratch".into());
+    let err = husk_vmm::args(&s).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("serial"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_names_the_field_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = spec_in(dir.path());
+    ok.validate().unwrap();
+
+    let mut s = ok.clone();
+    s.kernel = dir.path().join("nope");
+    assert!(matches!(
+        s.validate(),
+        Err(Error::MissingFile { what: "kernel", .. })
+    ));
+
+    let mut s = ok.clone();
+    s.vsock = Some(VsockSpec {
+        cid: 2,
+        uds_path: dir.path().join("v"),
+    });
+    assert!(s.validate().unwrap_err().to_string().contains("cid 2"));
+
+    let mut s = ok.clone();
+    s.cmdline = vec!["a b".into()];
+    assert!(s.validate().unwrap_err().to_string().contains("whitespace"));
+
+    let mut s = ok.clone();
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, b"").unwrap();
+    s.disks = vec![DiskSpec {
+        path: disk,
+        read_only: true,
+        serial: Some("x".repeat(21)),
+    }];
+    assert!(s.validate().unwrap_err().to_string().contains("serial"));
+
+    let mut s = ok.clone();
+    s.vcpus = 0;
+    assert!(s.validate().is_err());
+
+    let mut s = ok;
+    s.taps.push(TapSpec {
+        tap_name: "tap0".into(),
+        mac: [0; 6],
+    });
+    assert!(matches!(s.validate(), Err(Error::Unsupported(_))));
+}
+
+#[test]
+fn backend_kind_parses_flag_values() {
+    assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
+    assert_eq!("husk".parse::<BackendKind>().unwrap(), BackendKind::Husk);
+    assert_eq!("QEMU".parse::<BackendKind>().unwrap(), BackendKind::Qemu);
+    let e = "firecracker".parse::<BackendKind>().unwrap_err();
+    assert!(e.to_string().contains("auto, husk or qemu"));
+    assert_eq!(
+        BackendKind::from_flag_or_env(Some("qemu")).unwrap(),
+        BackendKind::Qemu
+    );
+    assert_ne!(BackendKind::Auto.resolve(), BackendKind::Auto);
+    assert_eq!(BackendKind::Qemu.resolve(), BackendKind::Qemu);
+}
+
+// --- lifecycle with fake processes ------------------------------------------------------
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A stand-in for vhost-device-vsock: listens on both sockets (perl-base is Essential on
+/// Debian, so this needs nothing extra) and sleeps.
+fn fake_daemon(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "fake-vhost-device-vsock",
+        r#"opts="$2"
+sock=$(echo "$opts" | sed 's/.*socket=\([^,]*\).*/\1/')
+uds=$(echo "$opts" | sed 's/.*uds-path=\([^,]*\).*/\1/')
+echo "$$" > "$(dirname "$uds")/daemon.pid"
+exec perl -MIO::Socket::UNIX -e '
+    my @l = map { IO::Socket::UNIX->new(Local => $_, Listen => 1) or die "bind $_: $!" } @ARGV;
+    sleep 1000;' "$sock" "$uds""#,
+    )
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks existence; a reaped child is gone.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
+    QemuBackend {
+        qemu: script(dir, "fake-qemu", qemu_body),
+        accel: Accel::Tcg,
+        vhost_device_vsock: Some(fake_daemon(dir)),
+    }
+}
+
+fn daemon_pid(dir: &Path) -> u32 {
+    std::fs::read_to_string(dir.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn kill_ends_vm_and_helper_and_removes_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
+    let mut s = spec_in(dir.path());
+    let uds = dir.path().join("v.sock");
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: uds.clone(),
+    });
+    let vm = backend.start(&s).unwrap();
+    let daemon = daemon_pid(dir.path());
+    assert!(alive(vm.pid()) && alive(daemon));
+    assert!(uds.exists() && Path::new(&format!("{}.vhost", uds.display())).exists());
+    assert_eq!(vm.vsock_uds(), Some(uds.clone()));
+    assert_eq!(vm.try_wait().unwrap(), None);
+
+    vm.kill().unwrap();
+    assert!(!alive(vm.pid()), "VM process still there");
+    assert!(!alive(daemon), "vhost-device-vsock still there");
+    assert!(!uds.exists() && !Path::new(&format!("{}.vhost", uds.display())).exists());
+    // Killed: not a success, and repeated calls agree.
+    let st = vm.wait().unwrap();
+    assert!(!st.success());
+    assert_eq!(vm.try_wait().unwrap(), Some(st));
+    vm.kill().unwrap();
+}
+
+#[test]
+fn drop_cleans_up_like_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
+    let mut s = spec_in(dir.path());
+    let uds = dir.path().join("v.sock");
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: uds.clone(),
+    });
+    let vm = backend.start(&s).unwrap();
+    let (pid, daemon) = (vm.pid(), daemon_pid(dir.path()));
+    drop(vm);
+    assert!(!alive(pid) && !alive(daemon));
+    assert!(!uds.exists());
+}
+
+#[test]
+fn vm_exit_is_reported_and_stops_the_helper() {
+    let dir = tempfile::tempdir().unwrap();
+    // Like QEMU: diagnostics to stderr (which must land in the console log), then exit 0.
+    let backend = fake_qemu_backend(dir.path(), "echo qemu-diagnostic >&2; sleep 0.2; exit 0");
+    let mut s = spec_in(dir.path());
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    });
+    let vm = backend.start(&s).unwrap();
+    let daemon = daemon_pid(dir.path());
+    assert!(vm.wait().unwrap().success());
+    assert!(!alive(daemon));
+    let log = std::fs::read_to_string(vm.console_log()).unwrap();
+    assert!(log.contains("qemu-diagnostic"), "console log: {log:?}");
+}
+
+#[test]
+fn wait_in_one_thread_kill_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
+    let vm: std::sync::Arc<dyn VmHandle> = backend.start(&spec_in(dir.path())).unwrap().into();
+    let waiter = {
+        let vm = vm.clone();
+        std::thread::spawn(move || vm.wait().unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    vm.kill().unwrap();
+    let st = waiter.join().unwrap();
+    assert!(!st.success());
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn daemon_that_dies_early_fails_start_without_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
+    backend.vhost_device_vsock = Some(script(dir.path(), "bad-daemon", "echo boom >&2; exit 3"));
+    let mut s = spec_in(dir.path());
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    });
+    let err = backend.start(&s).err().expect("start must fail");
+    assert!(matches!(err, Error::HelperDied { .. }), "{err}");
+    assert!(err.to_string().contains("console.log"), "{err}");
+}
+
+#[test]
+fn missing_qemu_binary_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = qemu::find_qemu(Some(dir.path().join("no-qemu"))).unwrap_err();
+    assert!(matches!(err, Error::MissingProgram { .. }), "{err}");
+    assert!(
+        err.to_string().contains("apt-get install qemu-system-x86"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vm_binary_that_cannot_start_is_a_spawn_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = QemuBackend {
+        qemu: dir.path().join("no-qemu"),
+        accel: Accel::Tcg,
+        vhost_device_vsock: None,
+    };
+    let err = backend
+        .start(&spec_in(dir.path()))
+        .err()
+        .expect("start must fail");
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
+}
+
+#[test]
+fn listening_state_is_read_from_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    assert!(!vhost_vsock::is_listening(&path));
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    assert!(vhost_vsock::is_listening(&path));
+    drop(l);
+    // The file stays, the listener is gone.
+    assert!(path.exists() && !vhost_vsock::is_listening(&path));
+}
