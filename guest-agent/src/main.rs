@@ -20,16 +20,32 @@ macro_rules! say {
     }};
 }
 
+mod caps;
+mod cgroup;
 mod console;
+mod container;
 mod facts;
+mod init;
 mod mounts;
 mod power;
+mod process;
+mod pty;
+mod reaper;
+mod rootfs;
+mod seccomp;
 mod selftest;
+mod server;
+mod stdio;
+mod syscalls;
+mod vsock;
 
 /// Printed once the guest is up; host-side tests and the VMM wait for it.
 pub const READY_MARKER: &str = "HUSK-AGENT-READY";
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("init") {
+        init::main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         mounts::mount_early();
@@ -51,9 +67,26 @@ fn main() {
         }
     }
 
-    if pid1 {
+    if pid1 && selftest {
         power::off();
     }
+    if !pid1 && !std::env::args().any(|a| a == "--serve") {
+        return;
+    }
+    serve();
+}
+
+/// Serves the host over vsock until told to power off.
+fn serve() -> ! {
+    // A pump writing to a pipe whose reader is gone must get EPIPE, not kill PID 1.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Orphans are reparented to PID 1; elsewhere (tests) become their reaper all the same.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if let Err(e) = reaper::start() {
+        say!("husk-agent: cannot start the reaper: {e}");
+    }
+    cgroup::init();
+    server::run(std::sync::Arc::new(container::Agent::default()))
 }
 
 /// True when the kernel command line has `name=1` (or `name=y`, `name=true`, or bare `name`).
