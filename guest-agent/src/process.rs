@@ -140,13 +140,14 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
-    let mut pid = None;
-    loop {
+    // `P` (from the helper) and `R` (from the process) race; wait for both.
+    let (mut pid, mut ready) = (None, false);
+    while pid.is_none() || !ready {
         let msg = recv(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
         match msg.first() {
             None => return Err(SpawnError::Vanished),
             Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
-            Some(b'R') => break,
+            Some(b'R') => ready = true,
             Some(b'E') => return Err(SpawnError::Setup(String::from_utf8_lossy(&msg[1..]).into_owned())),
             Some(_) => return Err(SpawnError::Setup("unexpected message from the init helper".into())),
         }
