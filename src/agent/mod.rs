@@ -11,8 +11,8 @@
 //!   virtio-vsock 0.12 rejects: the connection stalls. The agent keeps each write at most
 //!   [`stream::CHUNK`] (16 KiB); 16 MiB each way then arrives intact.
 //! - a host half-close (`shutdown(Write)`) reaches the guest as SHUTDOWN of *both*
-//!   directions (Firecracker's muxer does the same): the guest reads all data, then EOF, but
-//!   can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
+//!   directions (husk-vmm's device may differ; clients rely on neither): the guest reads
+//!   all data, then EOF, but can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
 //!   half-closed, its end of input goes through `CloseStdin` instead.
 //! - heavy traffic in *both* directions on one connection can stall it for good: when a host
 //!   socket event carries EPOLLIN the daemon takes the fd out of epoll until it has read, and

@@ -275,7 +275,8 @@ fn agent_that_never_answers_times_out() {
     });
     // Connection 0: Hello is never answered; connect's deadline covers it.
     let t = Instant::now();
-    let err = AgentClient::connect(&sock(&dir), Duration::from_millis(300))
+    // (1 s rather than less: on a loaded machine the CONNECT exchange alone may take a while.)
+    let err = AgentClient::connect(&sock(&dir), Duration::from_secs(1))
         .err()
         .unwrap();
     assert!(
@@ -288,7 +289,7 @@ fn agent_that_never_answers_times_out() {
         ),
         "{err}"
     );
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(t.elapsed() < Duration::from_secs(5));
 
     // Connection 1: Hello answered, then silence.
     let mut c = AgentClient::connect(&sock(&dir), T).unwrap();

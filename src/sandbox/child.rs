@@ -30,7 +30,7 @@ struct GuardState {
 
 impl Guarded {
     pub fn spawn(program: &str, cmd: &mut Command) -> Result<Guarded, Error> {
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+        let child = spawn_retrying(cmd).map_err(|source| Error::Spawn {
             program: program.to_string(),
             source,
         })?;
@@ -93,6 +93,22 @@ impl Drop for Guarded {
     fn drop(&mut self) {
         if let Err(e) = self.kill() {
             tracing::warn!(program = %self.program, pid = self.pid, "cannot kill: {e}");
+        }
+    }
+}
+
+/// `cmd.spawn()`, retried briefly on ETXTBSY: a binary written a moment ago (a fresh build,
+/// a copied VMM) can still have a writer in a process another thread is forking, and exec
+/// fails until that child has exec'd too.
+pub(super) fn spawn_retrying(cmd: &mut Command) -> io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
         }
     }
 }

@@ -106,12 +106,12 @@ fn probe_husk_vmm() -> Probe {
 
 /// Runs `bin --probe` and reads its verdict from the exit status.
 pub fn probe_binary(bin: &Path) -> Probe {
-    let status = Command::new(bin)
-        .arg("--probe")
+    let mut cmd = Command::new(bin);
+    cmd.arg("--probe")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+        .stderr(Stdio::null());
+    let status = super::child::spawn_retrying(&mut cmd).and_then(|mut c| c.wait());
     match status {
         Ok(s) if s.success() => Probe::yes(format!(
             "{} --probe: this host can run Linux guests",
