@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use husk::agent::{attach_stream, copy_to_stream, AgentClient};
 use husk::sandbox::{BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
 use husk_protocol::{
-    read_message, write_frame, write_message, Capabilities, Capability, ConsoleSize, ContainerSpec, DiskRef,
-    ErrorCode, FsType, Hello, LayerDisk, MountSpec, NamespaceKind, ProcessSpec, Request, RequestBody, Response,
-    ResponseBody, RootfsSpec, SeccompAction, SeccompSpec, StreamHello, StreamKind, SyscallRule, User,
-    PROTOCOL_VERSION,
+    read_message, write_frame, write_message, Capabilities, Capability, ConsoleSize, ContainerSpec,
+    DiskRef, ErrorCode, FsType, Hello, LayerDisk, MountSpec, NamespaceKind, ProcessSpec, Request,
+    RequestBody, Response, ResponseBody, RootfsSpec, SeccompAction, SeccompSpec, StreamHello,
+    StreamKind, SyscallRule, User, PROTOCOL_VERSION,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -37,7 +37,15 @@ fn busybox_rootfs(test: &str) -> Option<PathBuf> {
             Some(PathBuf::from(out.lines().last().unwrap_or_default()))
         }
         Ok(o) => {
-            common::not_run(test, &format!("{} failed: {}", script.display(), String::from_utf8_lossy(&o.stderr)), true);
+            common::not_run(
+                test,
+                &format!(
+                    "{} failed: {}",
+                    script.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                true,
+            );
             None
         }
         Err(e) => {
@@ -75,7 +83,11 @@ impl Guest {
         match mk {
             Ok(o) if o.status.success() => {}
             other => {
-                common::not_run(test, &format!("mkfs.ext4 for the scratch disk: {other:?}"), true);
+                common::not_run(
+                    test,
+                    &format!("mkfs.ext4 for the scratch disk: {other:?}"),
+                    true,
+                );
                 return None;
             }
         }
@@ -84,22 +96,41 @@ impl Guest {
         spec.initramfs = Some(initramfs);
         spec.memory_mib = 256;
         spec.disks = vec![
-            DiskSpec { path: rootfs, read_only: true, serial: Some("layer0".into()) },
-            DiskSpec { path: scratch, read_only: false, serial: Some("scratch".into()) },
+            DiskSpec {
+                path: rootfs,
+                read_only: true,
+                serial: Some("layer0".into()),
+            },
+            DiskSpec {
+                path: scratch,
+                read_only: false,
+                serial: Some("scratch".into()),
+            },
         ];
-        spec.vsock = Some(VsockSpec { cid: 3, uds_path: uds.clone() });
+        spec.vsock = Some(VsockSpec {
+            cid: 3,
+            uds_path: uds.clone(),
+        });
         let t0 = Instant::now();
         let vm = backend.start(&spec).unwrap();
         let client = match AgentClient::connect(&uds, T) {
             Ok(c) => c,
-            Err(e) => panic!("{test}: agent never answered: {e}\nconsole:\n{}", tail(&vm.console_log())),
+            Err(e) => panic!(
+                "{test}: agent never answered: {e}\nconsole:\n{}",
+                tail(&vm.console_log())
+            ),
         };
         eprintln!(
             "{test}: [{}] VM start -> agent ready (hello ok): {:.0} ms",
             backend.name(),
             t0.elapsed().as_secs_f64() * 1e3
         );
-        Some(Guest { vm, client, uds, _dir: dir })
+        Some(Guest {
+            vm,
+            client,
+            uds,
+            _dir: dir,
+        })
     }
 
     fn console(&self) -> String {
@@ -107,13 +138,27 @@ impl Guest {
     }
 
     fn stream(&self, cid: &str, exec: Option<&str>, kind: StreamKind) -> UnixStream {
-        let hello = StreamHello { version: PROTOCOL_VERSION, container_id: cid.into(), exec_id: exec.map(Into::into), kind };
-        attach_stream(&self.uds, hello, T).unwrap_or_else(|e| panic!("attach {kind:?}: {e}\n{}", self.console()))
+        let hello = StreamHello {
+            version: PROTOCOL_VERSION,
+            container_id: cid.into(),
+            exec_id: exec.map(Into::into),
+            kind,
+        };
+        attach_stream(&self.uds, hello, T)
+            .unwrap_or_else(|e| panic!("attach {kind:?}: {e}\n{}", self.console()))
     }
 
     /// Runs an exec to completion with `input` on stdin; (code, stdout, stderr).
-    fn exec(&self, cid: &str, eid: &str, p: ProcessSpec, input: Vec<u8>) -> (i32, Vec<u8>, Vec<u8>) {
-        self.client.exec_process(cid, eid, p).unwrap_or_else(|e| panic!("exec {eid}: {e}\n{}", self.console()));
+    fn exec(
+        &self,
+        cid: &str,
+        eid: &str,
+        p: ProcessSpec,
+        input: Vec<u8>,
+    ) -> (i32, Vec<u8>, Vec<u8>) {
+        self.client
+            .exec_process(cid, eid, p)
+            .unwrap_or_else(|e| panic!("exec {eid}: {e}\n{}", self.console()));
         let stdin = self.stream(cid, Some(eid), StreamKind::Stdin);
         let writer = std::thread::spawn(move || copy_to_stream(&mut input.as_slice(), &stdin));
         let err_stream = self.stream(cid, Some(eid), StreamKind::Stderr);
@@ -137,7 +182,12 @@ fn process(args: &[&str]) -> ProcessSpec {
         args: args.iter().map(|s| s.to_string()).collect(),
         env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
         cwd: "/".into(),
-        user: User { uid: 0, gid: 0, additional_gids: vec![], umask: None },
+        user: User {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            umask: None,
+        },
         terminal: false,
         console_size: None,
         rlimits: vec![],
@@ -157,25 +207,68 @@ fn mnt(dest: &str, ty: &str, src: &str, opts: &[&str]) -> MountSpec {
 }
 
 fn container(id: &str, p: ProcessSpec) -> ContainerSpec {
-    let disk = |s: &str, fs| LayerDisk { disk: DiskRef::Serial(s.into()), fs_type: fs };
+    let disk = |s: &str, fs| LayerDisk {
+        disk: DiskRef::Serial(s.into()),
+        fs_type: fs,
+    };
     ContainerSpec {
         container_id: id.into(),
-        rootfs: RootfsSpec::Overlay { layers: vec![disk("layer0", FsType::Erofs)], scratch: Some(disk("scratch", FsType::Ext4)) },
+        rootfs: RootfsSpec::Overlay {
+            layers: vec![disk("layer0", FsType::Erofs)],
+            scratch: Some(disk("scratch", FsType::Ext4)),
+        },
         process: p,
         hostname: Some("husk-test".into()),
         mounts: vec![
             mnt("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mnt("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-            mnt("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-            mnt("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-            mnt("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mnt("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mnt(
+                "/dev",
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            ),
+            mnt(
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                    "gid=5",
+                ],
+            ),
+            mnt(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            ),
+            mnt(
+                "/dev/mqueue",
+                "mqueue",
+                "mqueue",
+                &["nosuid", "noexec", "nodev"],
+            ),
+            mnt(
+                "/sys",
+                "sysfs",
+                "sysfs",
+                &["nosuid", "noexec", "nodev", "ro"],
+            ),
         ],
         readonly_root: false,
         sysctl: Default::default(),
         masked_paths: vec!["/proc/kcore".into()],
         readonly_paths: vec!["/proc/sys".into()],
-        namespaces: vec![NamespaceKind::Pid, NamespaceKind::Mount, NamespaceKind::Uts, NamespaceKind::Ipc],
+        namespaces: vec![
+            NamespaceKind::Pid,
+            NamespaceKind::Mount,
+            NamespaceKind::Uts,
+            NamespaceKind::Ipc,
+        ],
         seccomp: None,
     }
 }
@@ -187,7 +280,11 @@ fn read_lines(s: &mut UnixStream, want: usize) -> (String, Instant) {
     let mut chunk = [0u8; 4096];
     while buf.iter().filter(|&&b| b == b'\n').count() < want {
         let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "stream ended after {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "stream ended after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         first.get_or_insert_with(Instant::now);
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -213,41 +310,83 @@ fn container_init_execs_signals_pty_and_power_off() {
     ]);
     init.env.push("FOO=bar baz".into());
     init.cwd = "/tmp".into();
-    init.user = User { uid: 1000, gid: 1000, additional_gids: vec![5], umask: Some(0o027) };
-    g.client.create_container(container("c1", init)).unwrap_or_else(|e| panic!("create: {e}\n{}", g.console()));
+    init.user = User {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![5],
+        umask: Some(0o027),
+    };
+    g.client
+        .create_container(container("c1", init))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", g.console()));
     let mut out = g.stream("c1", None, StreamKind::Stdout);
     g.client.close_stdin("c1", None).unwrap();
     let t_start = Instant::now();
-    let pid = g.client.start_container("c1").unwrap_or_else(|e| panic!("start: {e}\n{}", g.console()));
+    let pid = g
+        .client
+        .start_container("c1")
+        .unwrap_or_else(|e| panic!("start: {e}\n{}", g.console()));
     assert_eq!(pid, 1, "the init is pid 1 in its own pid namespace");
     let (text, first) = read_lines(&mut out, 6);
-    eprintln!("{test}: StartContainer -> first output: {:.1} ms", (first - t_start).as_secs_f64() * 1e3);
-    assert_eq!(text, "init-out\n1000\n1000 5\n/tmp\nhusk-test\nFOO=bar baz\n");
+    eprintln!(
+        "{test}: StartContainer -> first output: {:.1} ms",
+        (first - t_start).as_secs_f64() * 1e3
+    );
+    assert_eq!(
+        text,
+        "init-out\n1000\n1000 5\n/tmp\nhusk-test\nFOO=bar baz\n"
+    );
 
     // echo / printf, byte-exact (tab, newline, NUL, 0xff).
-    let (code, o, e) = g.exec("c1", "printf", process(&["printf", "a\\tb\\n\\000c\\377"]), vec![]);
-    assert_eq!((code, o.as_slice(), e.as_slice()), (0, &b"a\tb\n\0c\xff"[..], &b""[..]));
+    let (code, o, e) = g.exec(
+        "c1",
+        "printf",
+        process(&["printf", "a\\tb\\n\\000c\\377"]),
+        vec![],
+    );
+    assert_eq!(
+        (code, o.as_slice(), e.as_slice()),
+        (0, &b"a\tb\n\0c\xff"[..], &b""[..])
+    );
     let (code, o, _) = g.exec("c1", "echo", process(&["echo", "hello", "world"]), vec![]);
     assert_eq!((code, s(&o)), (0, "hello world\n".into()));
 
     // Exit codes and stderr.
-    let (code, _, e) = g.exec("c1", "exit7", process(&["sh", "-c", "echo oops >&2; exit 7"]), vec![]);
+    let (code, _, e) = g.exec(
+        "c1",
+        "exit7",
+        process(&["sh", "-c", "echo oops >&2; exit 7"]),
+        vec![],
+    );
     assert_eq!((code, s(&e)), (7, "oops\n".into()));
 
     // Same filesystem and hostname as the init; the guest's own kernel.
-    let (code, o, _) = g.exec("c1", "same", process(&["sh", "-c", "cat /tmp/shared-file; hostname; uname -r"]), vec![]);
+    let (code, o, _) = g.exec(
+        "c1",
+        "same",
+        process(&["sh", "-c", "cat /tmp/shared-file; hostname; uname -r"]),
+        vec![],
+    );
     let host_release = s(&Command::new("uname").arg("-r").output().unwrap().stdout);
     let lines: Vec<&str> = std::str::from_utf8(&o).unwrap().lines().collect();
     assert_eq!(code, 0);
     assert_eq!(&lines[..2], ["shared", "husk-test"]);
     assert!(lines[2].starts_with("6.12"), "guest kernel {:?}", lines[2]);
-    assert_ne!(lines[2], host_release.trim(), "uname -r must be the guest's kernel, not the host's");
+    assert_ne!(
+        lines[2],
+        host_release.trim(),
+        "uname -r must be the guest's kernel, not the host's"
+    );
 
     // TERM to a running exec: death by signal 15 -> 143.
-    g.client.exec_process("c1", "sleeper", process(&["sleep", "1000"])).unwrap();
+    g.client
+        .exec_process("c1", "sleeper", process(&["sleep", "1000"]))
+        .unwrap();
     g.client.close_stdin("c1", Some("sleeper")).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    g.client.signal("c1", Some("sleeper"), libc::SIGTERM).unwrap();
+    g.client
+        .signal("c1", Some("sleeper"), libc::SIGTERM)
+        .unwrap();
     let st = g.client.wait("c1", Some("sleeper")).unwrap();
     assert_eq!((st.code, st.signal), (143, Some(15)));
 
@@ -264,7 +403,10 @@ fn container_init_execs_signals_pty_and_power_off() {
     let (code, o, e) = g.exec("c1", "caps", capped, vec![]);
     let o = s(&o);
     assert_eq!(code, 0, "{}", s(&e));
-    assert!(o.contains("CapEff:\t0000000000000021") && o.contains("CapBnd:\t0000000000000021"), "{o}");
+    assert!(
+        o.contains("CapEff:\t0000000000000021") && o.contains("CapBnd:\t0000000000000021"),
+        "{o}"
+    );
 
     // A malformed request gets an error reply and the agent keeps serving.
     let mut raw = husk::agent::vsock::connect(&g.uds, husk_protocol::AGENT_VSOCK_PORT, T).unwrap();
@@ -274,8 +416,14 @@ fn container_init_execs_signals_pty_and_power_off() {
     assert_eq!(r.body.unwrap_err().code, ErrorCode::InvalidRequest);
     write_frame(&mut raw, b"\xff not json").unwrap();
     let r: Response = read_message(&mut raw).unwrap().unwrap();
-    assert_eq!((r.id, r.body.unwrap_err().code), (0, ErrorCode::InvalidRequest));
-    let hello = Hello { version: PROTOCOL_VERSION, client: "raw".into() };
+    assert_eq!(
+        (r.id, r.body.unwrap_err().code),
+        (0, ErrorCode::InvalidRequest)
+    );
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client: "raw".into(),
+    };
     write_message(&mut raw, &Request::new(6, RequestBody::Hello(hello))).unwrap();
     let r: Response = read_message(&mut raw).unwrap().unwrap();
     assert!(matches!((r.id, r.body), (6, Ok(ResponseBody::Hello(_)))));
@@ -283,13 +431,20 @@ fn container_init_execs_signals_pty_and_power_off() {
     assert_eq!(e.agent_code(), Some(ErrorCode::NotFound));
 
     // A terminal: a pty with the asked size, resizable.
-    let mut tty = process(&["sh", "-c", "[ -t 0 ] && echo isatty; stty size; read x; stty size; exit 3"]);
+    let mut tty = process(&[
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo isatty; stty size; read x; stty size; exit 3",
+    ]);
     tty.terminal = true;
     tty.console_size = Some(ConsoleSize { rows: 24, cols: 80 });
     g.client.exec_process("c1", "tty", tty).unwrap();
     let mut pty = g.stream("c1", Some("tty"), StreamKind::Pty);
     let (text, _) = read_lines(&mut pty, 2);
-    assert!(text.contains("isatty") && text.contains("24 80"), "{text:?}");
+    assert!(
+        text.contains("isatty") && text.contains("24 80"),
+        "{text:?}"
+    );
     g.client.resize_tty("c1", Some("tty"), 30, 100).unwrap();
     pty.write_all(b"go\n").unwrap();
     let mut rest = Vec::new();
@@ -302,7 +457,11 @@ fn container_init_execs_signals_pty_and_power_off() {
     let (code, _, _) = g.exec(
         "c1",
         "forker",
-        process(&["sh", "-c", "i=0; while [ $i -lt 100 ]; do sleep 0.3 & i=$((i+1)); done; exit 0"]),
+        process(&[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100 ]; do sleep 0.3 & i=$((i+1)); done; exit 0",
+        ]),
         vec![],
     );
     assert_eq!(code, 0);
@@ -310,7 +469,12 @@ fn container_init_execs_signals_pty_and_power_off() {
     let mut zombies = String::new();
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(500));
-        let (_, o, _) = g.exec("c1", &format!("zcheck{}", zombies.len()), process(&["sh", "-c", check]), vec![]);
+        let (_, o, _) = g.exec(
+            "c1",
+            &format!("zcheck{}", zombies.len()),
+            process(&["sh", "-c", check]),
+            vec![],
+        );
         zombies = s(&o);
         if zombies.starts_with("0\n") {
             break;
@@ -320,8 +484,14 @@ fn container_init_execs_signals_pty_and_power_off() {
     assert_eq!(counts[0], 0, "zombies in the container: {zombies}");
     assert!(counts[1] < 10, "processes left: {}", counts[1]);
 
-    let st = g.client.stats("c1").unwrap_or_else(|e| panic!("stats: {e}"));
-    assert!(st.pids >= 1 && st.memory_usage_bytes > 0 && st.cpu_usage_ns > 0, "{st:?}");
+    let st = g
+        .client
+        .stats("c1")
+        .unwrap_or_else(|e| panic!("stats: {e}"));
+    assert!(
+        st.pids >= 1 && st.memory_usage_bytes > 0 && st.cpu_usage_ns > 0,
+        "{st:?}"
+    );
 
     // TERM to the init: its status is collected and the VM powers off.
     g.client.signal("c1", None, libc::SIGTERM).unwrap();
@@ -333,7 +503,10 @@ fn container_init_execs_signals_pty_and_power_off() {
             assert!(status.success(), "VM ended with {status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "VM still running after the init was collected");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "VM still running after the init was collected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -354,7 +527,12 @@ fn pattern(n: usize, seed: u64) -> Vec<u8> {
 fn bulk_stdio_through_vsock_both_ways() {
     let test = "bulk_stdio_through_vsock_both_ways";
     let Some(g) = Guest::boot(test) else { return };
-    g.client.create_container(container("bulk", process(&["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]))).unwrap();
+    g.client
+        .create_container(container(
+            "bulk",
+            process(&["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]),
+        ))
+        .unwrap();
     g.client.close_stdin("bulk", None).unwrap();
     g.client.start_container("bulk").unwrap();
     for (name, size) in [("cat8", 8usize << 20), ("cat16", 16 << 20)] {
@@ -365,16 +543,27 @@ fn bulk_stdio_through_vsock_both_ways() {
         assert_eq!(code, 0, "{}", s(&err));
         assert_eq!(out.len(), data.len(), "{name}: bytes back");
         assert!(out == data, "{name}: data corrupted");
-        eprintln!("{test}: {name}: {} MiB in and out through cat in {secs:.2} s", size >> 20);
+        eprintln!(
+            "{test}: {name}: {} MiB in and out through cat in {secs:.2} s",
+            size >> 20
+        );
     }
     // 16 MiB out of the guest alone (no input traffic at the same time).
-    let (code, out, _) = g.exec("bulk", "gen", process(&["head", "-c", "16777216", "/dev/zero"]), vec![]);
+    let (code, out, _) = g.exec(
+        "bulk",
+        "gen",
+        process(&["head", "-c", "16777216", "/dev/zero"]),
+        vec![],
+    );
     assert_eq!((code, out.len()), (0, 16 << 20));
     assert!(out.iter().all(|&b| b == 0));
     g.client.shutdown().unwrap();
     let t = Instant::now();
     while g.vm.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(30), "Shutdown did not end the VM");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Shutdown did not end the VM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -398,7 +587,9 @@ fn init_exit_code_seccomp_and_power_off() {
             args: vec![],
         }],
     });
-    g.client.create_container(spec).unwrap_or_else(|e| panic!("create: {e}\n{}", g.console()));
+    g.client
+        .create_container(spec)
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", g.console()));
     let out = g.stream("sc", None, StreamKind::Stdout);
     let err = g.stream("sc", None, StreamKind::Stderr);
     g.client.close_stdin("sc", None).unwrap();
@@ -413,7 +604,10 @@ fn init_exit_code_seccomp_and_power_off() {
             assert!(status.success(), "VM ended with {status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "VM still running after the init was collected");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "VM still running after the init was collected"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -49,23 +49,56 @@ pub fn drop_bounding(caps: &Capabilities) -> io::Result<()> {
 
 /// Sets effective, permitted and inheritable exactly, then raises the ambient ones.
 pub fn apply(caps: &Capabilities) -> io::Result<()> {
-    let (e, p, i) = (mask(&caps.effective), mask(&caps.permitted), mask(&caps.inheritable));
-    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let (e, p, i) = (
+        mask(&caps.effective),
+        mask(&caps.permitted),
+        mask(&caps.inheritable),
+    );
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let data = [
-        CapData { effective: e as u32, permitted: p as u32, inheritable: i as u32 },
-        CapData { effective: (e >> 32) as u32, permitted: (p >> 32) as u32, inheritable: (i >> 32) as u32 },
+        CapData {
+            effective: e as u32,
+            permitted: p as u32,
+            inheritable: i as u32,
+        },
+        CapData {
+            effective: (e >> 32) as u32,
+            permitted: (p >> 32) as u32,
+            inheritable: (i >> 32) as u32,
+        },
     ];
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     for c in &caps.ambient {
         let rc = unsafe {
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, c.number() as libc::c_ulong, 0, 0)
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                c.number() as libc::c_ulong,
+                0,
+                0,
+            )
         };
         if rc < 0 {
-            return Err(io::Error::other(format!("raising ambient {}: {}", c.name(), io::Error::last_os_error())));
+            return Err(io::Error::other(format!(
+                "raising ambient {}: {}",
+                c.name(),
+                io::Error::last_os_error()
+            )));
         }
     }
     Ok(())
@@ -77,7 +110,10 @@ mod tests {
 
     #[test]
     fn masks_use_kernel_numbers() {
-        assert_eq!(mask(&[Capability::Chown, Capability::SysAdmin]), 1 | (1 << 21));
+        assert_eq!(
+            mask(&[Capability::Chown, Capability::SysAdmin]),
+            1 | (1 << 21)
+        );
         assert_eq!(mask(&[Capability::CheckpointRestore]), 1 << 40);
         assert_eq!(mask(&[]), 0);
     }

@@ -12,7 +12,13 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Mounts cgroup2 and enables the controllers `Stats` reads.
 pub fn init() {
     let _ = fs::create_dir_all(ROOT);
-    let r = nix::mount::mount(Some("cgroup2"), ROOT, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>);
+    let r = nix::mount::mount(
+        Some("cgroup2"),
+        ROOT,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
     if let Err(e) = r {
         if e != nix::errno::Errno::EBUSY {
             say!("husk-agent: mounting cgroup2: {e}");
@@ -43,19 +49,30 @@ pub fn add(id: &str, pid: i32) {
 }
 
 fn read(d: &Path, file: &str) -> io::Result<String> {
-    fs::read_to_string(d.join(file)).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.join(file).display())))
+    fs::read_to_string(d.join(file))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.join(file).display())))
 }
 
 fn key(text: &str, k: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    text.lines()
+        .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 pub fn stats(id: &str) -> io::Result<StatsReply> {
     let d = dir(id);
     let cpu = read(&d, "cpu.stat")?;
-    let mem = read(&d, "memory.current").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let limit = read(&d, "memory.max").ok().and_then(|s| s.trim().parse().ok());
-    let pids = read(&d, "pids.current").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let mem = read(&d, "memory.current")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let limit = read(&d, "memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let pids = read(&d, "pids.current")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     Ok(StatsReply {
         cpu_usage_ns: key(&cpu, "usage_usec ") * 1000,
         cpu_user_ns: key(&cpu, "user_usec ") * 1000,

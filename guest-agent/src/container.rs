@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use husk_protocol::{
-    check_version, ContainerSpec, ErrorCode, ErrorReply, ExitStatus, Hello, HelloReply, ProcessSpec, RequestBody,
-    ResponseBody, StatsReply, StreamKind, PROTOCOL_VERSION,
+    check_version, ContainerSpec, ErrorCode, ErrorReply, Hello, HelloReply, ProcessSpec,
+    RequestBody, ResponseBody, StreamKind, PROTOCOL_VERSION,
 };
 
 use crate::process::{self, InitConfig, Mode, Spawned};
@@ -57,22 +57,41 @@ impl Agent {
             RequestBody::Hello(h) => hello(&h),
             RequestBody::CreateContainer(spec) => self.create(*spec),
             RequestBody::StartContainer { container_id } => self.start(&container_id),
-            RequestBody::ExecProcess { container_id, exec_id, process } => self.exec(&container_id, &exec_id, *process),
-            RequestBody::Signal { container_id, exec_id, signal } => {
-                self.process(&container_id, exec_id.as_deref()).and_then(|p| signal_process(&p, signal))
-            }
-            RequestBody::Wait { container_id, exec_id } => self.wait(&container_id, exec_id.as_deref(), &mut after),
-            RequestBody::ResizeTty { container_id, exec_id, rows, cols } => self
+            RequestBody::ExecProcess {
+                container_id,
+                exec_id,
+                process,
+            } => self.exec(&container_id, &exec_id, *process),
+            RequestBody::Signal {
+                container_id,
+                exec_id,
+                signal,
+            } => self
+                .process(&container_id, exec_id.as_deref())
+                .and_then(|p| signal_process(&p, signal)),
+            RequestBody::Wait {
+                container_id,
+                exec_id,
+            } => self.wait(&container_id, exec_id.as_deref(), &mut after),
+            RequestBody::ResizeTty {
+                container_id,
+                exec_id,
+                rows,
+                cols,
+            } => self
                 .process(&container_id, exec_id.as_deref())
                 .and_then(|p| p.stdio.resize(rows, cols).map(|()| ResponseBody::Done)),
-            RequestBody::CloseStdin { container_id, exec_id } => {
-                self.process(&container_id, exec_id.as_deref()).and_then(|p| {
+            RequestBody::CloseStdin {
+                container_id,
+                exec_id,
+            } => self
+                .process(&container_id, exec_id.as_deref())
+                .and_then(|p| {
                     p.stdio
                         .close_stdin()
                         .map(|()| ResponseBody::Done)
                         .map_err(|e| err(ErrorCode::Internal, format!("closing stdin: {e}")))
-                })
-            }
+                }),
             RequestBody::Stats { container_id } => self.stats(&container_id),
             RequestBody::Shutdown => {
                 after = After::PowerOff;
@@ -93,26 +112,36 @@ impl Agent {
         let c = self.container(id)?;
         match exec_id {
             None => Ok(c.init.clone()),
-            Some(e) => lock(&c.execs)
-                .get(e)
-                .cloned()
-                .ok_or_else(|| err(ErrorCode::NotFound, format!("no exec {e:?} in container {id:?}"))),
+            Some(e) => lock(&c.execs).get(e).cloned().ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no exec {e:?} in container {id:?}"),
+                )
+            }),
         }
     }
 
     fn create(&self, spec: ContainerSpec) -> Reply {
         let id = spec.container_id.clone();
         if lock(&self.containers).contains_key(&id) {
-            return Err(err(ErrorCode::AlreadyExists, format!("container {id:?} already exists")));
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("container {id:?} already exists"),
+            ));
         }
         let filter = match &spec.seccomp {
-            Some(s) => Some(seccomp::compile(s).map_err(|e| err(ErrorCode::Unsupported, e.to_string()))?),
+            Some(s) => {
+                Some(seccomp::compile(s).map_err(|e| err(ErrorCode::Unsupported, e.to_string()))?)
+            }
             None => None,
         };
         let root = rootfs::assemble(&id, &spec.rootfs)
             .map_err(|e| err(ErrorCode::Internal, format!("container {id}: rootfs: {e}")))?;
         let cfg = InitConfig {
-            mode: Mode::Create { spec: Box::new(spec.clone()), rootfs: root },
+            mode: Mode::Create {
+                spec: Box::new(spec.clone()),
+                rootfs: root,
+            },
             process: spec.process.clone(),
             seccomp: filter.clone(),
             console: None,
@@ -139,22 +168,37 @@ impl Agent {
         let c = self.container(id)?;
         let gate = lock(&c.init.gate).take();
         let Some(gate) = gate else {
-            return Err(err(ErrorCode::InvalidState, format!("container {id:?} was already started")));
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("container {id:?} was already started"),
+            ));
         };
-        gate.start().map_err(|e| err(ErrorCode::Internal, format!("starting container {id}: {e}")))?;
-        Ok(ResponseBody::Started { pid: process::ns_pid(c.init.pid) })
+        gate.start()
+            .map_err(|e| err(ErrorCode::Internal, format!("starting container {id}: {e}")))?;
+        Ok(ResponseBody::Started {
+            pid: process::ns_pid(c.init.pid),
+        })
     }
 
     fn exec(&self, id: &str, exec_id: &str, spec: ProcessSpec) -> Reply {
         let c = self.container(id)?;
         if lock(&c.init.gate).is_some() || c.init.exit.get().is_some() {
-            return Err(err(ErrorCode::InvalidState, format!("container {id:?} is not running")));
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("container {id:?} is not running"),
+            ));
         }
         if lock(&c.execs).contains_key(exec_id) {
-            return Err(err(ErrorCode::AlreadyExists, format!("exec {exec_id:?} already exists in {id:?}")));
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("exec {exec_id:?} already exists in {id:?}"),
+            ));
         }
         let cfg = InitConfig {
-            mode: Mode::Exec { target: c.init.pid, namespaces: c.spec.namespaces.clone() },
+            mode: Mode::Exec {
+                target: c.init.pid,
+                namespaces: c.spec.namespaces.clone(),
+            },
             process: spec,
             seccomp: c.seccomp.clone(),
             console: None,
@@ -162,7 +206,8 @@ impl Agent {
         let p = spawn_process(cfg, id)?;
         let gate = lock(&p.gate).take();
         if let Some(g) = gate {
-            g.start().map_err(|e| err(ErrorCode::Internal, format!("exec {exec_id} in {id}: {e}")))?;
+            g.start()
+                .map_err(|e| err(ErrorCode::Internal, format!("exec {exec_id} in {id}: {e}")))?;
         }
         let pid = process::ns_pid(p.pid);
         lock(&c.execs).insert(exec_id.to_string(), Arc::new(p));
@@ -183,8 +228,7 @@ impl Agent {
     }
 
     fn stats(&self, id: &str) -> Reply {
-        let c = self.container(id)?;
-        let _ = &c.spec;
+        self.container(id)?;
         cgroup::stats(id)
             .map(ResponseBody::Stats)
             .map_err(|e| err(ErrorCode::Internal, format!("stats of {id}: {e}")))
@@ -216,18 +260,34 @@ fn spawn_process(mut cfg: InitConfig, id: &str) -> Result<Process, ErrorReply> {
     let (stdio, child) = Stdio::new(cfg.process.terminal, cfg.process.console_size)
         .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
     cfg.console = child.console.clone();
-    let spawned = process::spawn(&cfg, child).map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
+    let spawned = process::spawn(&cfg, child)
+        .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
     let exit = reaper::watch(spawned.pid);
     cgroup::add(id, spawned.pid);
-    Ok(Process { pid: spawned.pid, stdio, exit, gate: Mutex::new(Some(spawned)) })
+    Ok(Process {
+        pid: spawned.pid,
+        stdio,
+        exit,
+        gate: Mutex::new(Some(spawned)),
+    })
 }
 
 fn signal_process(p: &Process, signal: i32) -> Reply {
     if p.exit.get().is_some() {
-        return Err(err(ErrorCode::InvalidState, "the process has already exited"));
+        return Err(err(
+            ErrorCode::InvalidState,
+            "the process has already exited",
+        ));
     }
     if unsafe { libc::kill(p.pid, signal) } < 0 {
-        return Err(err(ErrorCode::Internal, format!("kill({}, {signal}): {}", p.pid, std::io::Error::last_os_error())));
+        return Err(err(
+            ErrorCode::Internal,
+            format!(
+                "kill({}, {signal}): {}",
+                p.pid,
+                std::io::Error::last_os_error()
+            ),
+        ));
     }
     Ok(ResponseBody::Done)
 }
@@ -235,6 +295,3 @@ fn signal_process(p: &Process, signal: i32) -> Reply {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-#[allow(dead_code)]
-fn _status(_: ExitStatus, _: StatsReply) {}

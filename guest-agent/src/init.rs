@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -49,7 +49,11 @@ where
     T: Default,
 {
     if rc < 0 {
-        Err(InitError(format!("{}: {}", what(), io::Error::last_os_error())))
+        Err(InitError(format!(
+            "{}: {}",
+            what(),
+            io::Error::last_os_error()
+        )))
     } else {
         Ok(T::default())
     }
@@ -81,7 +85,8 @@ pub fn main() -> ! {
 fn read_config() -> Result<InitConfig> {
     let mut f = unsafe { fs::File::from_raw_fd(CONFIG) };
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ctx(|| "reading the init config".into())?;
+    f.read_to_end(&mut buf)
+        .ctx(|| "reading the init config".into())?;
     serde_json::from_slice(&buf).ctx(|| "decoding the init config".into())
 }
 
@@ -113,7 +118,16 @@ fn run(cfg: InitConfig) -> Result<Never> {
 /// learns its status) and, after unshare/setns of a pid namespace, the first process in it.
 /// The helper reports the pid and exits; only the child returns.
 fn fork_parent() -> Result<()> {
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     if pid < 0 {
         return Err(InitError(format!("clone: {}", io::Error::last_os_error())));
     }
@@ -135,7 +149,9 @@ fn ns_flags(kinds: &[NamespaceKind]) -> Result<libc::c_int> {
             NamespaceKind::Network => libc::CLONE_NEWNET,
             NamespaceKind::Cgroup => libc::CLONE_NEWCGROUP,
             NamespaceKind::User | NamespaceKind::Time => {
-                return Err(InitError(format!("{k:?} namespaces are not supported by husk-agent")))
+                return Err(InitError(format!(
+                    "{k:?} namespaces are not supported by husk-agent"
+                )))
             }
         };
     }
@@ -156,27 +172,47 @@ fn join(target: i32, kinds: &[NamespaceKind]) -> Result<()> {
     for (kind, name) in order {
         if kinds.contains(&kind) {
             let p = format!("/proc/{target}/ns/{name}");
-            fds.push((p.clone(), fs::File::open(&p).ctx(|| format!("opening {p}"))?));
+            fds.push((
+                p.clone(),
+                fs::File::open(&p).ctx(|| format!("opening {p}"))?,
+            ));
         }
     }
-    let root = fs::File::open(format!("/proc/{target}/root")).ctx(|| format!("opening /proc/{target}/root"))?;
+    let root = fs::File::open(format!("/proc/{target}/root"))
+        .ctx(|| format!("opening /proc/{target}/root"))?;
     for (p, f) in &fds {
-        os_err::<()>(unsafe { libc::setns(f.as_raw_fd(), 0) } as _, || format!("setns {p}"))?;
+        os_err::<()>(unsafe { libc::setns(f.as_raw_fd(), 0) } as _, || {
+            format!("setns {p}")
+        })?;
     }
-    os_err::<()>(unsafe { libc::fchdir(root.as_raw_fd()) } as _, || "fchdir to the container root".into())?;
+    os_err::<()>(unsafe { libc::fchdir(root.as_raw_fd()) } as _, || {
+        "fchdir to the container root".into()
+    })?;
     nix::unistd::chroot(".").ctx(|| "chroot into the container root".into())?;
     Ok(())
 }
 
 fn setup_container(spec: &ContainerSpec, rootfs: &Path, console: Option<&Path>) -> Result<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .ctx(|| "making / private".into())?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "making / private".into())?;
     let has = |dest: &str| spec.mounts.iter().any(|m| m.destination == dest);
     if !has("/dev") {
         let dev = rootfs.join("dev");
         mkdir_p(&dev)?;
-        mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))
-            .ctx(|| format!("mounting tmpfs on {}", dev.display()))?;
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )
+        .ctx(|| format!("mounting tmpfs on {}", dev.display()))?;
     }
     for m in &spec.mounts {
         mount_one(rootfs, m)?;
@@ -190,8 +226,20 @@ fn setup_container(spec: &ContainerSpec, rootfs: &Path, console: Option<&Path>) 
         let target = rootfs.join(p.trim_start_matches('/'));
         let r = match fs::symlink_metadata(&target) {
             Err(_) => continue,
-            Ok(md) if md.is_dir() => mount(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
-            Ok(_) => mount(Some(&rootfs.join("dev/null")), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            Ok(md) if md.is_dir() => mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+            Ok(_) => mount(
+                Some(&rootfs.join("dev/null")),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
         };
         r.ctx(|| format!("masking {p}"))?;
     }
@@ -200,21 +248,40 @@ fn setup_container(spec: &ContainerSpec, rootfs: &Path, console: Option<&Path>) 
         if !target.exists() {
             continue;
         }
-        mount(Some(&target), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .ctx(|| format!("binding {p}"))?;
-        mount(None::<&str>, &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .ctx(|| format!("making {p} read-only"))?;
+        mount(
+            Some(&target),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("binding {p}"))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .ctx(|| format!("making {p} read-only"))?;
     }
     detach_outside(rootfs);
     std::env::set_current_dir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
     // The initramfs root cannot be pivot_root'ed away: move the rootfs over it and chroot,
     // as switch_root does; the agent's own mounts were detached above.
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).ctx(|| "moving the rootfs to /".into())?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .ctx(|| "moving the rootfs to /".into())?;
     nix::unistd::chroot(".").ctx(|| "chroot".into())?;
     std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
     if spec.readonly_root {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .ctx(|| "making / read-only".into())?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .ctx(|| "making / read-only".into())?;
     }
     if let Some(h) = &spec.hostname {
         nix::unistd::sethostname(h).ctx(|| format!("sethostname {h:?}"))?;
@@ -225,9 +292,14 @@ fn setup_container(spec: &ContainerSpec, rootfs: &Path, console: Option<&Path>) 
 /// Detaches every mount of the agent's that is neither the rootfs (or under it) nor one of
 /// its ancestors, so the container cannot reach them.
 fn detach_outside(rootfs: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mut points: Vec<PathBuf> =
-        info.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape(p))).collect();
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect();
     points.reverse();
     for p in points {
         if p == Path::new("/") || p.starts_with(rootfs) || rootfs.starts_with(&p) {
@@ -243,7 +315,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -277,8 +352,13 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
-                let rec = if o.starts_with('r') { MsFlags::MS_REC } else { MsFlags::empty() };
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                let rec = if o.starts_with('r') {
+                    MsFlags::MS_REC
+                } else {
+                    MsFlags::empty()
+                };
                 propagation |= rec
                     | match o.trim_start_matches('r') {
                         "private" => MsFlags::MS_PRIVATE,
@@ -314,13 +394,38 @@ fn mount_one(rootfs: &Path, m: &MountSpec) -> Result<()> {
     }
     let data = (!data.is_empty()).then_some(data.as_str());
     let what = || format!("mounting {} ({}) on {}", m.source, m.fs_type, m.destination);
-    mount(Some(m.source.as_str()), &target, Some(m.fs_type.as_str()), flags, data).ctx(what)?;
+    mount(
+        Some(m.source.as_str()),
+        &target,
+        Some(m.fs_type.as_str()),
+        flags,
+        data,
+    )
+    .ctx(what)?;
     // A bind mount ignores most flags until remounted.
-    if bind && flags.intersects(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC) {
-        mount(None::<&str>, &target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>).ctx(what)?;
+    if bind
+        && flags.intersects(
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )
+    {
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .ctx(what)?;
     }
     if !propagation.is_empty() {
-        mount(None::<&str>, &target, None::<&str>, propagation, None::<&str>).ctx(what)?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )
+        .ctx(what)?;
     }
     Ok(())
 }
@@ -333,13 +438,26 @@ fn mkdir_p(p: &Path) -> Result<()> {
 /// mounted its own, and the fd links.
 fn populate_dev(rootfs: &Path, console: Option<&Path>, has_pts: bool, has_shm: bool) -> Result<()> {
     let dev = rootfs.join("dev");
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
         let p = dev.join(name);
         if p.exists() {
             continue;
         }
         let c = CString::new(p.as_os_str().as_bytes()).ctx(|| "device path".into())?;
-        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) };
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
         os_err::<()>(rc as _, || format!("mknod {}", p.display()))?;
         // mknod obeys the umask.
         let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o666));
@@ -347,16 +465,34 @@ fn populate_dev(rootfs: &Path, console: Option<&Path>, has_pts: bool, has_shm: b
     let pts = dev.join("pts");
     mkdir_p(&pts)?;
     if !has_pts {
-        mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620,gid=5"))
-            .ctx(|| "mounting devpts".into())?;
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        )
+        .ctx(|| "mounting devpts".into())?;
     }
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
     if !has_shm {
-        mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))
-            .ctx(|| "mounting /dev/shm".into())?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .ctx(|| "mounting /dev/shm".into())?;
     }
-    for (link, to) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         let p = dev.join(link);
         if fs::symlink_metadata(&p).is_err() {
             symlink(to, &p).ctx(|| format!("symlink {}", p.display()))?;
@@ -367,7 +503,8 @@ fn populate_dev(rootfs: &Path, console: Option<&Path>, has_pts: bool, has_shm: b
         if !p.exists() {
             fs::write(&p, b"").ctx(|| "creating /dev/console".into())?;
         }
-        mount(Some(c), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>).ctx(|| "binding the pty to /dev/console".into())?;
+        mount(Some(c), &p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .ctx(|| "binding the pty to /dev/console".into())?;
     }
     Ok(())
 }
@@ -397,11 +534,19 @@ fn rlimit_resource(k: RlimitKind) -> libc::__rlimit_resource_t {
 fn exec(p: &ProcessSpec, filter: Option<&Filter>, terminal: bool) -> Result<Never> {
     unsafe { libc::setsid() };
     if terminal {
-        os_err::<()>(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } as _, || "TIOCSCTTY".into())?;
+        os_err::<()>(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } as _, || {
+            "TIOCSCTTY".into()
+        })?;
     }
     for r in &p.rlimits {
-        let lim = libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard };
-        os_err::<()>(unsafe { libc::setrlimit(rlimit_resource(r.kind), &lim) } as _, || format!("setrlimit {:?}", r.kind))?;
+        let lim = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        os_err::<()>(
+            unsafe { libc::setrlimit(rlimit_resource(r.kind), &lim) } as _,
+            || format!("setrlimit {:?}", r.kind),
+        )?;
     }
     if let Some(adj) = p.oom_score_adj {
         fs::write("/proc/self/oom_score_adj", adj.to_string()).ctx(|| "oom_score_adj".into())?;
@@ -416,12 +561,19 @@ fn exec(p: &ProcessSpec, filter: Option<&Filter>, terminal: bool) -> Result<Neve
     std::env::set_current_dir(&p.cwd).ctx(|| format!("chdir to cwd {}", p.cwd))?;
     let u = &p.user;
     let gids: Vec<libc::gid_t> = u.additional_gids.clone();
-    os_err::<()>(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } as _, || "setgroups".into())?;
+    os_err::<()>(
+        unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } as _,
+        || "setgroups".into(),
+    )?;
     if p.capabilities.is_some() {
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     }
-    os_err::<()>(unsafe { libc::setresgid(u.gid, u.gid, u.gid) } as _, || format!("setgid {}", u.gid))?;
-    os_err::<()>(unsafe { libc::setresuid(u.uid, u.uid, u.uid) } as _, || format!("setuid {}", u.uid))?;
+    os_err::<()>(unsafe { libc::setresgid(u.gid, u.gid, u.gid) } as _, || {
+        format!("setgid {}", u.gid)
+    })?;
+    os_err::<()>(unsafe { libc::setresuid(u.uid, u.uid, u.uid) } as _, || {
+        format!("setuid {}", u.uid)
+    })?;
     if let Some(m) = u.umask {
         unsafe { libc::umask(m) };
     }
@@ -429,14 +581,18 @@ fn exec(p: &ProcessSpec, filter: Option<&Filter>, terminal: bool) -> Result<Neve
         caps::apply(c).ctx(|| "setting capabilities".into())?;
     }
     if p.no_new_privileges {
-        os_err::<()>(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _, || "no_new_privs".into())?;
+        os_err::<()>(
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _,
+            || "no_new_privs".into(),
+        )?;
         if let Some(f) = filter {
             seccomp::install(f).ctx(|| "installing the seccomp filter".into())?;
         }
     }
     let program = resolve(&p.args[0], &p.env);
     let cstr = |s: &str| CString::new(s).ctx(|| "NUL in an argument".into());
-    let path = CString::new(program.as_os_str().as_bytes()).ctx(|| "NUL in the program path".into())?;
+    let path =
+        CString::new(program.as_os_str().as_bytes()).ctx(|| "NUL in the program path".into())?;
     let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
     let envp: Vec<CString> = p.env.iter().map(|a| cstr(a)).collect::<Result<_>>()?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -457,18 +613,21 @@ fn resolve(arg0: &str, env: &[String]) -> PathBuf {
     if arg0.contains('/') {
         return PathBuf::from(arg0);
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(arg0);
-        if fs::metadata(&cand).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false) {
+        if fs::metadata(&cand)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+        {
             return cand;
         }
     }
     PathBuf::from(arg0)
 }
-
-#[allow(dead_code)]
-fn _unused(_: OwnedFd) {}
 
 #[cfg(test)]
 mod tests {
@@ -476,9 +635,15 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let o: Vec<String> = ["nosuid", "noexec", "mode=755", "size=1m", "ro", "rprivate"].iter().map(|s| s.to_string()).collect();
+        let o: Vec<String> = ["nosuid", "noexec", "mode=755", "size=1m", "ro", "rprivate"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (f, prop, data) = parse_options(&o);
-        assert_eq!(f, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY);
+        assert_eq!(
+            f,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        );
         assert_eq!(prop, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(data, "mode=755,size=1m");
     }
@@ -492,6 +657,9 @@ mod tests {
     #[test]
     fn path_lookup_uses_the_spec_path() {
         assert_eq!(resolve("/bin/x", &[]), PathBuf::from("/bin/x"));
-        assert_eq!(resolve("sh", &["PATH=/nonexistent:/bin".into()]), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            resolve("sh", &["PATH=/nonexistent:/bin".into()]),
+            PathBuf::from("/bin/sh")
+        );
     }
 }

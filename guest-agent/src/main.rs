@@ -1,10 +1,13 @@
 //! husk-agent: PID 1 of a husk microVM.
 //!
-//! In this first form it brings the guest up (mounts), prints `HUSK-AGENT-READY` and facts
-//! about the guest on the console, runs the syscall-surface self-test when the kernel command
-//! line asks for it (`husk.selftest=1`), and ends the VM. Run as an ordinary program (not
-//! PID 1) it skips the mounts and the power-off and only reports, which is how it is tested
-//! on a host: `husk-agent [--selftest]`.
+//! It brings the guest up (mounts), prints `HUSK-AGENT-READY` and facts about the guest on the
+//! console, then serves the host over vsock port 1024 ([`server`]): containers built from the
+//! disks the host names ([`rootfs`]), each process created through a re-executed
+//! single-threaded helper (`husk-agent init`: [`process`] on the agent side, [`init`] in the
+//! helper), stdio relayed on stream connections ([`stdio`], [`pty`]), every child reaped
+//! ([`reaper`]). With `husk.selftest=1` on the kernel command line it runs the syscall-surface
+//! self-test instead and ends the VM. Run as an ordinary program (not PID 1) it skips the
+//! mounts and the power-off and only reports (`husk-agent [--selftest] [--serve]`).
 //!
 //! PID 1 must never panic (a panic is a kernel panic), so every step reports its failure on
 //! the console and the agent carries on.

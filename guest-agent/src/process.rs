@@ -36,9 +36,15 @@ pub struct InitConfig {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Mode {
     /// A container's init: new namespaces, the rootfs at `rootfs` becomes `/`.
-    Create { spec: Box<ContainerSpec>, rootfs: PathBuf },
+    Create {
+        spec: Box<ContainerSpec>,
+        rootfs: PathBuf,
+    },
     /// Another process in the namespaces of `target` (the container init's pid).
-    Exec { target: i32, namespaces: Vec<NamespaceKind> },
+    Exec {
+        target: i32,
+        namespaces: Vec<NamespaceKind>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +67,14 @@ pub struct Spawned {
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -94,7 +107,8 @@ pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Runs the helper with `cfg` and waits until the process is set up (or failed).
 pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
-    let json = serde_json::to_vec(cfg).map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
+    let json = serde_json::to_vec(cfg)
+        .map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
     let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -127,10 +141,14 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
     drop(theirs);
     drop(cfg_r);
     let mut w = std::fs::File::from(cfg_w);
-    w.write_all(&json).map_err(|e| SpawnError::Setup(format!("sending the init config: {e}")))?;
+    w.write_all(&json)
+        .map_err(|e| SpawnError::Setup(format!("sending the init config: {e}")))?;
     drop(w);
 
-    let tv = libc::timeval { tv_sec: 60, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: 60,
+        tv_usec: 0,
+    };
     unsafe {
         libc::setsockopt(
             ours.as_raw_fd(),
@@ -148,11 +166,20 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
             None => return Err(SpawnError::Vanished),
             Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
             Some(b'R') => ready = true,
-            Some(b'E') => return Err(SpawnError::Setup(String::from_utf8_lossy(&msg[1..]).into_owned())),
-            Some(_) => return Err(SpawnError::Setup("unexpected message from the init helper".into())),
+            Some(b'E') => {
+                return Err(SpawnError::Setup(
+                    String::from_utf8_lossy(&msg[1..]).into_owned(),
+                ))
+            }
+            Some(_) => {
+                return Err(SpawnError::Setup(
+                    "unexpected message from the init helper".into(),
+                ))
+            }
         }
     }
-    let pid = pid.ok_or_else(|| SpawnError::Setup("the init helper never said the process's pid".into()))?;
+    let pid = pid
+        .ok_or_else(|| SpawnError::Setup("the init helper never said the process's pid".into()))?;
     Ok(Spawned { pid, gate: ours })
 }
 
@@ -163,8 +190,12 @@ impl Spawned {
         let msg = recv(self.gate.as_raw_fd()).map_err(SpawnError::Sync)?;
         match msg.first() {
             None => Ok(()),
-            Some(b'E') => Err(SpawnError::Setup(String::from_utf8_lossy(&msg[1..]).into_owned())),
-            Some(_) => Err(SpawnError::Setup("unexpected message from the process before exec".into())),
+            Some(b'E') => Err(SpawnError::Setup(
+                String::from_utf8_lossy(&msg[1..]).into_owned(),
+            )),
+            Some(_) => Err(SpawnError::Setup(
+                "unexpected message from the process before exec".into(),
+            )),
         }
     }
 }

@@ -31,7 +31,12 @@ pub fn open(size: Option<ConsoleSize>) -> io::Result<Pty> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     let cname = unsafe { CStr::from_ptr(name.as_ptr()) };
-    let s = unsafe { libc::open(cname.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let s = unsafe {
+        libc::open(
+            cname.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
     if s < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -47,7 +52,12 @@ pub fn open(size: Option<ConsoleSize>) -> io::Result<Pty> {
 }
 
 pub fn resize(master: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     if unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) } < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -67,7 +67,9 @@ fn reaper() -> &'static Reaper {
 
 /// Starts the reaping thread.
 pub fn start() -> std::io::Result<()> {
-    std::thread::Builder::new().name("reaper".into()).spawn(run)?;
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(run)?;
     Ok(())
 }
 
@@ -142,7 +144,9 @@ mod tests {
     #[test]
     fn a_status_reaped_before_its_watch_is_kept() {
         let r = reaper();
-        lock(&r.state).unclaimed.insert(999_999, ExitStatus::exited(3));
+        lock(&r.state)
+            .unclaimed
+            .insert(999_999, ExitStatus::exited(3));
         assert_eq!(watch(999_999).get(), Some(ExitStatus::exited(3)));
     }
 }

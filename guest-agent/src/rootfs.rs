@@ -23,7 +23,12 @@ pub enum RootfsError {
     #[error("cannot create {path}: {source}")]
     Mkdir { path: PathBuf, source: io::Error },
     #[error("mounting {what} ({fstype}) on {target}: {source}")]
-    Mount { what: String, fstype: String, target: PathBuf, source: nix::Error },
+    Mount {
+        what: String,
+        fstype: String,
+        target: PathBuf,
+        source: nix::Error,
+    },
 }
 
 /// Mounts the root filesystem described by `spec` and returns where it is.
@@ -57,7 +62,12 @@ pub fn teardown(id: &str) {
     let _ = umount2(&base.join("scratch"), MntFlags::MNT_DETACH);
 }
 
-fn overlay(base: &Path, root: &Path, layers: &[LayerDisk], scratch: Option<&LayerDisk>) -> Result<(), RootfsError> {
+fn overlay(
+    base: &Path,
+    root: &Path,
+    layers: &[LayerDisk],
+    scratch: Option<&LayerDisk>,
+) -> Result<(), RootfsError> {
     let mut lower = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let dir = base.join("layers").join(i.to_string());
@@ -67,7 +77,11 @@ fn overlay(base: &Path, root: &Path, layers: &[LayerDisk], scratch: Option<&Laye
     }
     // The spec lists the base layer first; lowerdir= wants the top layer first.
     lower.reverse();
-    let lowerdir = lower.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let lowerdir = lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     match scratch {
         Some(s) => {
             let dir = base.join("scratch");
@@ -76,25 +90,53 @@ fn overlay(base: &Path, root: &Path, layers: &[LayerDisk], scratch: Option<&Laye
             let (upper, work) = (dir.join("upper"), dir.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
-            let data = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
+            let data = format!(
+                "lowerdir={lowerdir},upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            );
             do_mount("overlay", root, "overlay", MsFlags::empty(), Some(&data))
         }
         // overlayfs wants two lower layers when there is no upper: bind a single one.
         None if lower.len() == 1 => {
-            do_mount(&lower[0].display().to_string(), root, "none", MsFlags::MS_BIND, None)?;
-            do_mount("none", root, "none", MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
+            do_mount(
+                &lower[0].display().to_string(),
+                root,
+                "none",
+                MsFlags::MS_BIND,
+                None,
+            )?;
+            do_mount(
+                "none",
+                root,
+                "none",
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )
         }
-        None => do_mount("overlay", root, "overlay", MsFlags::MS_RDONLY, Some(&format!("lowerdir={lowerdir}"))),
+        None => do_mount(
+            "overlay",
+            root,
+            "overlay",
+            MsFlags::MS_RDONLY,
+            Some(&format!("lowerdir={lowerdir}")),
+        ),
     }
 }
 
 fn mount_disk(dev: &Path, fs: FsType, target: &Path, readonly: bool) -> Result<(), RootfsError> {
-    let flags = if readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let flags = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     let what = dev.display().to_string();
     match do_mount(&what, target, fs.as_str(), flags, None) {
         // A read-only ext4 whose journal needs replaying refuses to mount unless told to
         // skip the journal.
-        Err(_) if readonly && fs == FsType::Ext4 => do_mount(&what, target, "ext4", flags, Some("noload")),
+        Err(_) if readonly && fs == FsType::Ext4 => {
+            do_mount(&what, target, "ext4", flags, Some("noload"))
+        }
         r => r,
     }
 }
@@ -111,7 +153,8 @@ pub fn find_disk(disk: &DiskRef) -> Result<PathBuf, RootfsError> {
             }
         }
         DiskRef::Serial(want) => {
-            let entries = fs::read_dir("/sys/block").map_err(|_| RootfsError::NoSuchSerial(want.clone()))?;
+            let entries =
+                fs::read_dir("/sys/block").map_err(|_| RootfsError::NoSuchSerial(want.clone()))?;
             for e in entries.flatten() {
                 let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
                 if serial.trim_end_matches(['\n', '\0', ' ']) == want {
@@ -124,10 +167,19 @@ pub fn find_disk(disk: &DiskRef) -> Result<PathBuf, RootfsError> {
 }
 
 fn mkdir(p: &Path) -> Result<(), RootfsError> {
-    fs::create_dir_all(p).map_err(|source| RootfsError::Mkdir { path: p.to_path_buf(), source })
+    fs::create_dir_all(p).map_err(|source| RootfsError::Mkdir {
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
-fn do_mount(what: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), RootfsError> {
+fn do_mount(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
     mount(Some(what), target, Some(fstype), flags, data).map_err(|source| RootfsError::Mount {
         what: what.into(),
         fstype: fstype.into(),

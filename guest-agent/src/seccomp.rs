@@ -31,7 +31,9 @@ pub struct Filter {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SeccompError {
-    #[error("seccomp action {0:?} is not supported by husk-agent (no supervisor for notifications)")]
+    #[error(
+        "seccomp action {0:?} is not supported by husk-agent (no supervisor for notifications)"
+    )]
     UnsupportedAction(SeccompAction),
     #[error("seccomp flag {0:?} is not supported by husk-agent")]
     UnsupportedFlag(String),
@@ -93,8 +95,18 @@ fn arg_check(a: &SyscallArg, ops: &mut Vec<Op>) {
     let ld = |off| Op(LD_W_ABS, T::Rel(0), T::Rel(0), off);
     use T::{End, Rel};
     match a.op {
-        SeccompOp::Eq => ops.extend([ld(lo), Op(JEQ_K, Rel(0), End, v_lo), ld(hi), Op(JEQ_K, Rel(0), End, v_hi)]),
-        SeccompOp::Ne => ops.extend([ld(lo), Op(JEQ_K, Rel(0), Rel(2), v_lo), ld(hi), Op(JEQ_K, End, Rel(0), v_hi)]),
+        SeccompOp::Eq => ops.extend([
+            ld(lo),
+            Op(JEQ_K, Rel(0), End, v_lo),
+            ld(hi),
+            Op(JEQ_K, Rel(0), End, v_hi),
+        ]),
+        SeccompOp::Ne => ops.extend([
+            ld(lo),
+            Op(JEQ_K, Rel(0), Rel(2), v_lo),
+            ld(hi),
+            Op(JEQ_K, End, Rel(0), v_hi),
+        ]),
         SeccompOp::MaskedEq => {
             let (d_lo, d_hi) = (a.value_two as u32, (a.value_two >> 32) as u32);
             ops.extend([
@@ -111,21 +123,32 @@ fn arg_check(a: &SyscallArg, ops: &mut Vec<Op>) {
             Op(JGT_K, Rel(3), Rel(0), v_hi),
             Op(JEQ_K, Rel(0), End, v_hi),
             ld(lo),
-            Op(if a.op == SeccompOp::Gt { JGT_K } else { JGE_K }, Rel(0), End, v_lo),
+            Op(
+                if a.op == SeccompOp::Gt { JGT_K } else { JGE_K },
+                Rel(0),
+                End,
+                v_lo,
+            ),
         ]),
         SeccompOp::Lt | SeccompOp::Le => ops.extend([
             ld(hi),
             Op(JGT_K, End, Rel(0), v_hi),
             Op(JEQ_K, Rel(0), Rel(2), v_hi),
             ld(lo),
-            Op(if a.op == SeccompOp::Lt { JGE_K } else { JGT_K }, End, Rel(0), v_lo),
+            Op(
+                if a.op == SeccompOp::Lt { JGE_K } else { JGT_K },
+                End,
+                Rel(0),
+                v_lo,
+            ),
         ]),
     }
 }
 
 /// Compiles `spec` for x86_64.
 pub fn compile(spec: &SeccompSpec) -> Result<Filter, SeccompError> {
-    if !spec.architectures.is_empty() && !spec.architectures.iter().any(|a| a == "SCMP_ARCH_X86_64") {
+    if !spec.architectures.is_empty() && !spec.architectures.iter().any(|a| a == "SCMP_ARCH_X86_64")
+    {
         return Err(SeccompError::NoX86_64(spec.architectures.clone()));
     }
     let mut flags = 0;
@@ -139,15 +162,35 @@ pub fn compile(spec: &SeccompSpec) -> Result<Filter, SeccompError> {
     }
     let default = action(spec.default_action, spec.default_errno_ret)?;
     let mut insns = vec![
-        Insn { code: LD_W_ABS, jt: 0, jf: 0, k: OFF_ARCH },
-        Insn { code: JEQ_K, jt: 1, jf: 0, k: AUDIT_ARCH_X86_64 },
-        Insn { code: RET_K, jt: 0, jf: 0, k: RET_KILL_PROCESS },
+        Insn {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: OFF_ARCH,
+        },
+        Insn {
+            code: JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        Insn {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: RET_KILL_PROCESS,
+        },
     ];
     for rule in &spec.syscalls {
         let ret = action(rule.action, rule.errno_ret)?;
         for name in &rule.names {
-            let Some(nr) = syscalls::number(name) else { continue };
-            let mut ops = vec![Op(LD_W_ABS, T::Rel(0), T::Rel(0), OFF_NR), Op(JEQ_K, T::Rel(0), T::End, nr)];
+            let Some(nr) = syscalls::number(name) else {
+                continue;
+            };
+            let mut ops = vec![
+                Op(LD_W_ABS, T::Rel(0), T::Rel(0), OFF_NR),
+                Op(JEQ_K, T::Rel(0), T::End, nr),
+            ];
             for a in &rule.args {
                 arg_check(a, &mut ops);
             }
@@ -159,11 +202,21 @@ pub fn compile(spec: &SeccompSpec) -> Result<Filter, SeccompError> {
                     T::Rel(n) => n,
                     T::End => (len - i - 1) as u8,
                 };
-                insns.push(Insn { code, jt: resolve(jt), jf: resolve(jf), k });
+                insns.push(Insn {
+                    code,
+                    jt: resolve(jt),
+                    jf: resolve(jf),
+                    k,
+                });
             }
         }
     }
-    insns.push(Insn { code: RET_K, jt: 0, jf: 0, k: default });
+    insns.push(Insn {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: default,
+    });
     if insns.len() > MAX_INSNS {
         return Err(SeccompError::TooLong(insns.len()));
     }
@@ -177,9 +230,19 @@ pub fn install(filter: &Filter) -> std::io::Result<()> {
         len: u16,
         filter: *const Insn,
     }
-    let prog = Prog { len: filter.insns.len() as u16, filter: filter.insns.as_ptr() };
+    let prog = Prog {
+        len: filter.insns.len() as u16,
+        filter: filter.insns.as_ptr(),
+    };
     const SECCOMP_SET_MODE_FILTER: libc::c_long = 1;
-    let rc = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, filter.flags as libc::c_long, &prog as *const Prog) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            filter.flags as libc::c_long,
+            &prog as *const Prog,
+        )
+    };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -193,7 +256,7 @@ mod tests {
 
     /// A classic-BPF interpreter for the instructions `compile` emits.
     fn run(f: &Filter, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         for (i, a) in args.iter().enumerate() {
@@ -205,7 +268,10 @@ mod tests {
             pc += 1;
             let jump = |c: bool| if c { i.jt as usize } else { i.jf as usize };
             match i.code {
-                LD_W_ABS => acc = u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
+                LD_W_ABS => {
+                    acc =
+                        u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap())
+                }
                 AND_K => acc &= i.k,
                 JEQ_K => pc += jump(acc == i.k),
                 JGT_K => pc += jump(acc > i.k),
@@ -227,22 +293,45 @@ mod tests {
     }
 
     fn rule(names: &[&str], action: SeccompAction, args: Vec<SyscallArg>) -> SyscallRule {
-        SyscallRule { names: names.iter().map(|s| s.to_string()).collect(), action, errno_ret: Some(13), args }
+        SyscallRule {
+            names: names.iter().map(|s| s.to_string()).collect(),
+            action,
+            errno_ret: Some(13),
+            args,
+        }
     }
 
     const X86: u32 = AUDIT_ARCH_X86_64;
 
     #[test]
     fn names_default_and_arch() {
-        let f = compile(&spec(vec![rule(&["mkdir", "no_such_call"], SeccompAction::Errno, vec![])])).unwrap();
-        assert_eq!(run(&f, X86, 83, [0; 6]), RET_ERRNO | 13, "mkdir is 83 on x86_64");
+        let f = compile(&spec(vec![rule(
+            &["mkdir", "no_such_call"],
+            SeccompAction::Errno,
+            vec![],
+        )]))
+        .unwrap();
+        assert_eq!(
+            run(&f, X86, 83, [0; 6]),
+            RET_ERRNO | 13,
+            "mkdir is 83 on x86_64"
+        );
         assert_eq!(run(&f, X86, 84, [0; 6]), RET_ALLOW);
-        assert_eq!(run(&f, 0x4000_0003, 83, [0; 6]), RET_KILL_PROCESS, "i386 is killed");
+        assert_eq!(
+            run(&f, 0x4000_0003, 83, [0; 6]),
+            RET_KILL_PROCESS,
+            "i386 is killed"
+        );
     }
 
     #[test]
     fn argument_conditions_compare_64_bits() {
-        let arg = |op, value, value_two| SyscallArg { index: 1, value, value_two, op };
+        let arg = |op, value, value_two| SyscallArg {
+            index: 1,
+            value,
+            value_two,
+            op,
+        };
         let big = 0x1_0000_0005u64;
         for (op, value, two, yes, no) in [
             (SeccompOp::Eq, big, 0, big, 5),
@@ -253,16 +342,38 @@ mod tests {
             (SeccompOp::Le, big, 0, big, big + 1),
             (SeccompOp::MaskedEq, 0xff00, 0x1200, 0x12ab, 0x13ab),
         ] {
-            let f = compile(&spec(vec![rule(&["write"], SeccompAction::Errno, vec![arg(op, value, two)])])).unwrap();
-            assert_eq!(run(&f, X86, 1, [0, yes, 0, 0, 0, 0]), RET_ERRNO | 13, "{op:?} {yes:#x}");
-            assert_eq!(run(&f, X86, 1, [0, no, 0, 0, 0, 0]), RET_ALLOW, "{op:?} {no:#x}");
+            let f = compile(&spec(vec![rule(
+                &["write"],
+                SeccompAction::Errno,
+                vec![arg(op, value, two)],
+            )]))
+            .unwrap();
+            assert_eq!(
+                run(&f, X86, 1, [0, yes, 0, 0, 0, 0]),
+                RET_ERRNO | 13,
+                "{op:?} {yes:#x}"
+            );
+            assert_eq!(
+                run(&f, X86, 1, [0, no, 0, 0, 0, 0]),
+                RET_ALLOW,
+                "{op:?} {no:#x}"
+            );
         }
     }
 
     #[test]
     fn first_matching_rule_wins_and_notify_is_refused() {
         let two = vec![
-            rule(&["read"], SeccompAction::Allow, vec![SyscallArg { index: 0, value: 0, value_two: 0, op: SeccompOp::Eq }]),
+            rule(
+                &["read"],
+                SeccompAction::Allow,
+                vec![SyscallArg {
+                    index: 0,
+                    value: 0,
+                    value_two: 0,
+                    op: SeccompOp::Eq,
+                }],
+            ),
             rule(&["read"], SeccompAction::KillProcess, vec![]),
         ];
         let f = compile(&spec(two)).unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use husk_protocol::codec::{decode_opening, Opening};
 use husk_protocol::{
-    check_version, decode, peek_request_id, read_frame, write_message, Request, Response, StreamHello, StreamReply,
-    AGENT_VSOCK_PORT,
+    check_version, decode, peek_request_id, read_frame, write_message, Request, Response,
+    StreamHello, StreamReply, AGENT_VSOCK_PORT,
 };
 
 use crate::container::{After, Agent};
@@ -31,7 +31,9 @@ pub fn run(agent: Arc<Agent>) -> ! {
         match listener.accept() {
             Ok(conn) => {
                 let agent = agent.clone();
-                let r = std::thread::Builder::new().name("conn".into()).spawn(move || connection(&agent, conn));
+                let r = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || connection(&agent, conn));
                 if let Err(e) = r {
                     say!("husk-agent: cannot start a connection thread: {e}");
                 }
@@ -105,15 +107,17 @@ fn send(writer: &Mutex<VsockStream>, resp: &Response) {
 
 fn dispatch(agent: &Arc<Agent>, writer: &Arc<Mutex<VsockStream>>, req: Request) {
     let (agent, writer) = (agent.clone(), writer.clone());
-    let r = std::thread::Builder::new().name("request".into()).spawn(move || {
-        let (body, after) = agent.handle(req.body);
-        send(&writer, &Response { id: req.id, body });
-        if after == After::PowerOff {
-            // Give the reply a moment to leave through the vsock device before the reset.
-            std::thread::sleep(Duration::from_millis(250));
-            power::off();
-        }
-    });
+    let r = std::thread::Builder::new()
+        .name("request".into())
+        .spawn(move || {
+            let (body, after) = agent.handle(req.body);
+            send(&writer, &Response { id: req.id, body });
+            if after == After::PowerOff {
+                // Give the reply a moment to leave through the vsock device before the reset.
+                std::thread::sleep(Duration::from_millis(250));
+                power::off();
+            }
+        });
     if let Err(e) = r {
         say!("husk-agent: cannot start a request thread: {e}");
     }
@@ -132,9 +136,16 @@ fn stream(agent: &Agent, conn: VsockStream, hello: StreamHello) {
         Err(_) => return,
     };
     let ready = |c: &VsockStream| {
-        write_message(&mut &*c, &StreamReply::Ready).map_err(|e| std::io::Error::other(e.to_string()))
+        write_message(&mut &*c, &StreamReply::Ready)
+            .map_err(|e| std::io::Error::other(e.to_string()))
     };
-    if let Err(e) = agent.attach(&hello.container_id, hello.exec_id.as_deref(), hello.kind, conn, ready) {
+    if let Err(e) = agent.attach(
+        &hello.container_id,
+        hello.exec_id.as_deref(),
+        hello.kind,
+        conn,
+        ready,
+    ) {
         refuse(&probe, e);
     }
 }

@@ -58,7 +58,13 @@ impl Stdio {
                 stderr: p.slave,
                 console: Some(p.slave_path),
             };
-            return Ok((Stdio::Pty { master: p.master, attached: Mutex::new(false) }, child));
+            return Ok((
+                Stdio::Pty {
+                    master: p.master,
+                    attached: Mutex::new(false),
+                },
+                child,
+            ));
         }
         let (in_r, in_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
@@ -70,7 +76,12 @@ impl Stdio {
                 stderr: Mutex::new(Some(err_r)),
                 stdin_stream: Mutex::new(None),
             },
-            ChildStdio { stdin: in_r, stdout: out_w, stderr: err_w, console: None },
+            ChildStdio {
+                stdin: in_r,
+                stdout: out_w,
+                stderr: err_w,
+                console: None,
+            },
         ))
     }
 
@@ -84,10 +95,14 @@ impl Stdio {
     ) -> Result<(), ErrorReply> {
         let taken = |slot: &Mutex<Option<OwnedFd>>| {
             lock(slot).take().ok_or_else(|| {
-                ErrorReply::new(ErrorCode::AlreadyExists, format!("the {kind:?} stream is already attached"))
+                ErrorReply::new(
+                    ErrorCode::AlreadyExists,
+                    format!("the {kind:?} stream is already attached"),
+                )
             })
         };
-        let internal = |e: io::Error| ErrorReply::new(ErrorCode::Internal, format!("attaching {kind:?}: {e}"));
+        let internal =
+            |e: io::Error| ErrorReply::new(ErrorCode::Internal, format!("attaching {kind:?}: {e}"));
         match (self, kind) {
             (Stdio::Pipes { stdout, .. }, StreamKind::Stdout) => {
                 let fd = taken(stdout)?;
@@ -99,7 +114,14 @@ impl Stdio {
                 ready(&stream).map_err(internal)?;
                 spawn("stderr-pump", move || output_pump(fd, stream, false));
             }
-            (Stdio::Pipes { stdin, stdin_stream, .. }, StreamKind::Stdin) => {
+            (
+                Stdio::Pipes {
+                    stdin,
+                    stdin_stream,
+                    ..
+                },
+                StreamKind::Stdin,
+            ) => {
                 let fd = taken(stdin)?;
                 *lock(stdin_stream) = stream.try_clone().ok();
                 ready(&stream).map_err(internal)?;
@@ -108,7 +130,10 @@ impl Stdio {
             (Stdio::Pty { master, attached }, StreamKind::Pty) => {
                 let mut a = lock(attached);
                 if *a {
-                    return Err(ErrorReply::new(ErrorCode::AlreadyExists, "the pty stream is already attached"));
+                    return Err(ErrorReply::new(
+                        ErrorCode::AlreadyExists,
+                        "the pty stream is already attached",
+                    ));
                 }
                 let m_in = master.try_clone().map_err(internal)?;
                 let m_out = master.try_clone().map_err(internal)?;
@@ -138,7 +163,11 @@ impl Stdio {
     /// the terminal's end-of-file character.
     pub fn close_stdin(&self) -> io::Result<()> {
         match self {
-            Stdio::Pipes { stdin, stdin_stream, .. } => {
+            Stdio::Pipes {
+                stdin,
+                stdin_stream,
+                ..
+            } => {
                 drop(lock(stdin).take());
                 if let Some(s) = lock(stdin_stream).take() {
                     // The pump's read returns 0 and it drops the pipe.
@@ -154,9 +183,10 @@ impl Stdio {
         match self {
             Stdio::Pty { master, .. } => pty::resize(master.as_raw_fd(), rows, cols)
                 .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("TIOCSWINSZ: {e}"))),
-            Stdio::Pipes { .. } => {
-                Err(ErrorReply::new(ErrorCode::InvalidState, "the process has no terminal to resize"))
-            }
+            Stdio::Pipes { .. } => Err(ErrorReply::new(
+                ErrorCode::InvalidState,
+                "the process has no terminal to resize",
+            )),
         }
     }
 }

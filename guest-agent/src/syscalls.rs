@@ -368,5 +368,8 @@ pub const SYSCALLS: &[(&str, u32)] = &[
 
 /// The number of `name` on x86_64, if this table knows it.
 pub fn number(name: &str) -> Option<u32> {
-    SYSCALLS.binary_search_by(|(n, _)| n.cmp(&name)).ok().map(|i| SYSCALLS[i].1)
+    SYSCALLS
+        .binary_search_by(|(n, _)| n.cmp(&name))
+        .ok()
+        .map(|i| SYSCALLS[i].1)
 }

@@ -42,7 +42,12 @@ impl Listener {
 
     pub fn accept(&self) -> io::Result<VsockStream> {
         let fd = unsafe {
-            libc::accept4(self.0.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            libc::accept4(
+                self.0.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -88,7 +93,14 @@ impl Read for &VsockStream {
 impl Write for &VsockStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(CHUNK);
-        let rc = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), n, libc::MSG_NOSIGNAL) };
+        let rc = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                buf.as_ptr().cast(),
+                n,
+                libc::MSG_NOSIGNAL,
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
