@@ -1,10 +1,13 @@
 //! husk-agent: PID 1 of a husk microVM.
 //!
-//! In this first form it brings the guest up (mounts), prints `HUSK-AGENT-READY` and facts
-//! about the guest on the console, runs the syscall-surface self-test when the kernel command
-//! line asks for it (`husk.selftest=1`), and ends the VM. Run as an ordinary program (not
-//! PID 1) it skips the mounts and the power-off and only reports, which is how it is tested
-//! on a host: `husk-agent [--selftest]`.
+//! It brings the guest up (mounts), prints `HUSK-AGENT-READY` and facts about the guest on the
+//! console, then serves the host over vsock port 1024 ([`server`]): containers built from the
+//! disks the host names ([`rootfs`]), each process created through a re-executed
+//! single-threaded helper (`husk-agent init`: [`process`] on the agent side, [`init`] in the
+//! helper), stdio relayed on stream connections ([`stdio`], [`pty`]), every child reaped
+//! ([`reaper`]). With `husk.selftest=1` on the kernel command line it runs the syscall-surface
+//! self-test instead and ends the VM. Run as an ordinary program (not PID 1) it skips the
+//! mounts and the power-off and only reports (`husk-agent [--selftest] [--serve]`).
 //!
 //! PID 1 must never panic (a panic is a kernel panic), so every step reports its failure on
 //! the console and the agent carries on.
@@ -20,16 +23,32 @@ macro_rules! say {
     }};
 }
 
+mod caps;
+mod cgroup;
 mod console;
+mod container;
 mod facts;
+mod init;
 mod mounts;
 mod power;
+mod process;
+mod pty;
+mod reaper;
+mod rootfs;
+mod seccomp;
 mod selftest;
+mod server;
+mod stdio;
+mod syscalls;
+mod vsock;
 
 /// Printed once the guest is up; host-side tests and the VMM wait for it.
 pub const READY_MARKER: &str = "HUSK-AGENT-READY";
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("init") {
+        init::main();
+    }
     let pid1 = std::process::id() == 1;
     if pid1 {
         mounts::mount_early();
@@ -51,9 +70,26 @@ fn main() {
         }
     }
 
-    if pid1 {
+    if pid1 && selftest {
         power::off();
     }
+    if !pid1 && !std::env::args().any(|a| a == "--serve") {
+        return;
+    }
+    serve();
+}
+
+/// Serves the host over vsock until told to power off.
+fn serve() -> ! {
+    // A pump writing to a pipe whose reader is gone must get EPIPE, not kill PID 1.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Orphans are reparented to PID 1; elsewhere (tests) become their reaper all the same.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if let Err(e) = reaper::start() {
+        say!("husk-agent: cannot start the reaper: {e}");
+    }
+    cgroup::init();
+    server::run(std::sync::Arc::new(container::Agent::default()))
 }
 
 /// True when the kernel command line has `name=1` (or `name=y`, `name=true`, or bare `name`).

@@ -1,0 +1,84 @@
+//! One cgroup v2 group per container, for `Stats`. Best effort: a guest without the
+//! controllers still runs containers, and `Stats` then says why it cannot answer.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::StatsReply;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Mounts cgroup2 and enables the controllers `Stats` reads.
+pub fn init() {
+    let _ = fs::create_dir_all(ROOT);
+    let r = nix::mount::mount(
+        Some("cgroup2"),
+        ROOT,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    if let Err(e) = r {
+        if e != nix::errno::Errno::EBUSY {
+            say!("husk-agent: mounting cgroup2: {e}");
+            return;
+        }
+    }
+    let husk = Path::new(ROOT).join("husk");
+    let _ = fs::create_dir_all(&husk);
+    for d in [Path::new(ROOT), husk.as_path()] {
+        for c in ["+cpu", "+memory", "+pids"] {
+            let _ = fs::write(d.join("cgroup.subtree_control"), c);
+        }
+    }
+}
+
+fn dir(id: &str) -> PathBuf {
+    Path::new(ROOT).join("husk").join(id)
+}
+
+/// Moves `pid` into the container's group (created on first use).
+pub fn add(id: &str, pid: i32) {
+    let d = dir(id);
+    if fs::create_dir_all(&d).is_ok() {
+        if let Err(e) = fs::write(d.join("cgroup.procs"), pid.to_string()) {
+            say!("husk-agent: cgroup of {id}: {e}");
+        }
+    }
+}
+
+fn read(d: &Path, file: &str) -> io::Result<String> {
+    fs::read_to_string(d.join(file))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.join(file).display())))
+}
+
+fn key(text: &str, k: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn stats(id: &str) -> io::Result<StatsReply> {
+    let d = dir(id);
+    let cpu = read(&d, "cpu.stat")?;
+    let mem = read(&d, "memory.current")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let limit = read(&d, "memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let pids = read(&d, "pids.current")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(StatsReply {
+        cpu_usage_ns: key(&cpu, "usage_usec ") * 1000,
+        cpu_user_ns: key(&cpu, "user_usec ") * 1000,
+        cpu_system_ns: key(&cpu, "system_usec ") * 1000,
+        memory_usage_bytes: mem,
+        memory_limit_bytes: limit,
+        pids,
+    })
+}

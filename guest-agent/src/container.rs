@@ -1,0 +1,297 @@
+//! The agent's containers and processes, and the request handlers over them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use husk_protocol::{
+    check_version, ContainerSpec, ErrorCode, ErrorReply, Hello, HelloReply, ProcessSpec,
+    RequestBody, ResponseBody, StreamKind, PROTOCOL_VERSION,
+};
+
+use crate::process::{self, InitConfig, Mode, Spawned};
+use crate::reaper::{self, ExitCell};
+use crate::seccomp::{self, Filter};
+use crate::stdio::Stdio;
+use crate::vsock::VsockStream;
+use crate::{cgroup, rootfs};
+
+/// What to do once a reply has gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    PowerOff,
+}
+
+pub struct Process {
+    pub pid: i32,
+    pub stdio: Stdio,
+    pub exit: Arc<ExitCell>,
+    /// Set until `StartContainer` lets the process exec.
+    gate: Mutex<Option<Spawned>>,
+}
+
+pub struct Container {
+    spec: ContainerSpec,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    seccomp: Option<Filter>,
+    /// The init's status has been handed to a `Wait`.
+    collected: Mutex<bool>,
+}
+
+#[derive(Default)]
+pub struct Agent {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+type Reply = Result<ResponseBody, ErrorReply>;
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, msg)
+}
+
+impl Agent {
+    pub fn handle(&self, body: RequestBody) -> (Reply, After) {
+        let mut after = After::Nothing;
+        let reply = match body {
+            RequestBody::Hello(h) => hello(&h),
+            RequestBody::CreateContainer(spec) => self.create(*spec),
+            RequestBody::StartContainer { container_id } => self.start(&container_id),
+            RequestBody::ExecProcess {
+                container_id,
+                exec_id,
+                process,
+            } => self.exec(&container_id, &exec_id, *process),
+            RequestBody::Signal {
+                container_id,
+                exec_id,
+                signal,
+            } => self
+                .process(&container_id, exec_id.as_deref())
+                .and_then(|p| signal_process(&p, signal)),
+            RequestBody::Wait {
+                container_id,
+                exec_id,
+            } => self.wait(&container_id, exec_id.as_deref(), &mut after),
+            RequestBody::ResizeTty {
+                container_id,
+                exec_id,
+                rows,
+                cols,
+            } => self
+                .process(&container_id, exec_id.as_deref())
+                .and_then(|p| p.stdio.resize(rows, cols).map(|()| ResponseBody::Done)),
+            RequestBody::CloseStdin {
+                container_id,
+                exec_id,
+            } => self
+                .process(&container_id, exec_id.as_deref())
+                .and_then(|p| {
+                    p.stdio
+                        .close_stdin()
+                        .map(|()| ResponseBody::Done)
+                        .map_err(|e| err(ErrorCode::Internal, format!("closing stdin: {e}")))
+                }),
+            RequestBody::Stats { container_id } => self.stats(&container_id),
+            RequestBody::Shutdown => {
+                after = After::PowerOff;
+                Ok(ResponseBody::Done)
+            }
+        };
+        (reply, after)
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, ErrorReply> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("no container {id:?}")))
+    }
+
+    fn process(&self, id: &str, exec_id: Option<&str>) -> Result<Arc<Process>, ErrorReply> {
+        let c = self.container(id)?;
+        match exec_id {
+            None => Ok(c.init.clone()),
+            Some(e) => lock(&c.execs).get(e).cloned().ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no exec {e:?} in container {id:?}"),
+                )
+            }),
+        }
+    }
+
+    fn create(&self, spec: ContainerSpec) -> Reply {
+        let id = spec.container_id.clone();
+        if lock(&self.containers).contains_key(&id) {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("container {id:?} already exists"),
+            ));
+        }
+        let filter = match &spec.seccomp {
+            Some(s) => {
+                Some(seccomp::compile(s).map_err(|e| err(ErrorCode::Unsupported, e.to_string()))?)
+            }
+            None => None,
+        };
+        let root = rootfs::assemble(&id, &spec.rootfs)
+            .map_err(|e| err(ErrorCode::Internal, format!("container {id}: rootfs: {e}")))?;
+        let cfg = InitConfig {
+            mode: Mode::Create {
+                spec: Box::new(spec.clone()),
+                rootfs: root,
+            },
+            process: spec.process.clone(),
+            seccomp: filter.clone(),
+            console: None,
+        };
+        let proc = match spawn_process(cfg, &id) {
+            Ok(p) => p,
+            Err(e) => {
+                rootfs::teardown(&id);
+                return Err(e);
+            }
+        };
+        let c = Container {
+            spec,
+            init: Arc::new(proc),
+            execs: Mutex::default(),
+            seccomp: filter,
+            collected: Mutex::new(false),
+        };
+        lock(&self.containers).insert(id, Arc::new(c));
+        Ok(ResponseBody::Done)
+    }
+
+    fn start(&self, id: &str) -> Reply {
+        let c = self.container(id)?;
+        let gate = lock(&c.init.gate).take();
+        let Some(gate) = gate else {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("container {id:?} was already started"),
+            ));
+        };
+        gate.start()
+            .map_err(|e| err(ErrorCode::Internal, format!("starting container {id}: {e}")))?;
+        Ok(ResponseBody::Started {
+            pid: process::ns_pid(c.init.pid),
+        })
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, spec: ProcessSpec) -> Reply {
+        let c = self.container(id)?;
+        if lock(&c.init.gate).is_some() || c.init.exit.get().is_some() {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("container {id:?} is not running"),
+            ));
+        }
+        if lock(&c.execs).contains_key(exec_id) {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("exec {exec_id:?} already exists in {id:?}"),
+            ));
+        }
+        let cfg = InitConfig {
+            mode: Mode::Exec {
+                target: c.init.pid,
+                namespaces: c.spec.namespaces.clone(),
+            },
+            process: spec,
+            seccomp: c.seccomp.clone(),
+            console: None,
+        };
+        let p = spawn_process(cfg, id)?;
+        let gate = lock(&p.gate).take();
+        if let Some(g) = gate {
+            g.start()
+                .map_err(|e| err(ErrorCode::Internal, format!("exec {exec_id} in {id}: {e}")))?;
+        }
+        let pid = process::ns_pid(p.pid);
+        lock(&c.execs).insert(exec_id.to_string(), Arc::new(p));
+        Ok(ResponseBody::Started { pid })
+    }
+
+    fn wait(&self, id: &str, exec_id: Option<&str>, after: &mut After) -> Reply {
+        let p = self.process(id, exec_id)?;
+        let status = p.exit.wait();
+        if exec_id.is_none() {
+            *lock(&self.container(id)?.collected) = true;
+            let all = lock(&self.containers).values().all(|c| *lock(&c.collected));
+            if all {
+                *after = After::PowerOff;
+            }
+        }
+        Ok(ResponseBody::Exited(status))
+    }
+
+    fn stats(&self, id: &str) -> Reply {
+        self.container(id)?;
+        cgroup::stats(id)
+            .map(ResponseBody::Stats)
+            .map_err(|e| err(ErrorCode::Internal, format!("stats of {id}: {e}")))
+    }
+
+    /// Attaches a stdio stream; `ready` sends the handshake's `Ready`.
+    pub fn attach(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        kind: StreamKind,
+        stream: VsockStream,
+        ready: impl FnOnce(&VsockStream) -> std::io::Result<()>,
+    ) -> Result<(), ErrorReply> {
+        self.process(id, exec_id)?.stdio.attach(kind, stream, ready)
+    }
+}
+
+fn hello(h: &Hello) -> Reply {
+    check_version(h.version)?;
+    Ok(ResponseBody::Hello(HelloReply {
+        version: PROTOCOL_VERSION,
+        agent: format!("husk-agent {}", env!("CARGO_PKG_VERSION")),
+    }))
+}
+
+/// Runs the init helper for `cfg` with fresh stdio, up to the start gate.
+fn spawn_process(mut cfg: InitConfig, id: &str) -> Result<Process, ErrorReply> {
+    let (stdio, child) = Stdio::new(cfg.process.terminal, cfg.process.console_size)
+        .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
+    cfg.console = child.console.clone();
+    let spawned = process::spawn(&cfg, child)
+        .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
+    let exit = reaper::watch(spawned.pid);
+    cgroup::add(id, spawned.pid);
+    Ok(Process {
+        pid: spawned.pid,
+        stdio,
+        exit,
+        gate: Mutex::new(Some(spawned)),
+    })
+}
+
+fn signal_process(p: &Process, signal: i32) -> Reply {
+    if p.exit.get().is_some() {
+        return Err(err(
+            ErrorCode::InvalidState,
+            "the process has already exited",
+        ));
+    }
+    if unsafe { libc::kill(p.pid, signal) } < 0 {
+        return Err(err(
+            ErrorCode::Internal,
+            format!(
+                "kill({}, {signal}): {}",
+                p.pid,
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(ResponseBody::Done)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,213 @@
+//! Starting a process through the re-executed `init` helper, agent side.
+//!
+//! The agent is multi-threaded, and namespaces, `chroot` and the other per-process setup must
+//! happen in a single-threaded process, so each container init or exec is created by running
+//! `/proc/self/exe init` (see [`crate::init`]). The helper gets the process's stdio as fds
+//! 0-2, a SOCK_SEQPACKET sync socket as fd 3 and the JSON config on a pipe as fd 4. It sets
+//! up namespaces, then clones the real process with CLONE_PARENT (so the agent is its parent
+//! and reaps it) and exits. Messages on the sync socket, one per packet:
+//! `P<pid>` (helper: the process's pid), `R` (process: set up, waiting), `E<message>`
+//! (either: failed); the agent answers `S` to start, and the socket reaching EOF means the
+//! exec succeeded (fd 3 is close-on-exec by then).
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio as StdStdio};
+
+use husk_protocol::{ContainerSpec, NamespaceKind, ProcessSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::reaper;
+use crate::seccomp::Filter;
+use crate::stdio::ChildStdio;
+
+/// What the helper is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub mode: Mode,
+    pub process: ProcessSpec,
+    pub seccomp: Option<Filter>,
+    /// The pty slave, bind-mounted as /dev/console, when the process has a terminal.
+    pub console: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Mode {
+    /// A container's init: new namespaces, the rootfs at `rootfs` becomes `/`.
+    Create {
+        spec: Box<ContainerSpec>,
+        rootfs: PathBuf,
+    },
+    /// Another process in the namespaces of `target` (the container init's pid).
+    Exec {
+        target: i32,
+        namespaces: Vec<NamespaceKind>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot run the init helper (/proc/self/exe init): {0}")]
+    Helper(io::Error),
+    #[error("sync socket with the init helper: {0}")]
+    Sync(io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the init helper exited before the process was ready (see the guest console)")]
+    Vanished,
+}
+
+/// A process set up and waiting for its start byte.
+pub struct Spawned {
+    pub pid: i32,
+    gate: OwnedFd,
+}
+
+fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receives one packet; empty at EOF.
+pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    let n = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs the helper with `cfg` and waits until the process is set up (or failed).
+pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
+    let json = serde_json::to_vec(cfg)
+        .map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
+    let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(SpawnError::Helper(io::Error::last_os_error()));
+    }
+    let (cfg_r, cfg_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("init")
+        .env_clear()
+        .stdin(StdStdio::from(stdio.stdin))
+        .stdout(StdStdio::from(stdio.stdout))
+        .stderr(StdStdio::from(stdio.stderr));
+    unsafe {
+        // Only async-signal-safe calls between fork and exec. Duplicate above any target
+        // first, so placing one fd cannot clobber the other.
+        cmd.pre_exec(move || {
+            let a = libc::fcntl(sync_fd, libc::F_DUPFD, 10);
+            let b = libc::fcntl(cfg_fd, libc::F_DUPFD, 10);
+            if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(SpawnError::Helper)?;
+    // The helper's status is of no interest; let the reaper discard it.
+    drop(reaper::watch(child.id() as i32));
+    drop(cmd);
+    drop(theirs);
+    drop(cfg_r);
+    let mut w = std::fs::File::from(cfg_w);
+    w.write_all(&json)
+        .map_err(|e| SpawnError::Setup(format!("sending the init config: {e}")))?;
+    drop(w);
+
+    let tv = libc::timeval {
+        tv_sec: 60,
+        tv_usec: 0,
+    };
+    unsafe {
+        libc::setsockopt(
+            ours.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // `P` (from the helper) and `R` (from the process) race; wait for both.
+    let (mut pid, mut ready) = (None, false);
+    while pid.is_none() || !ready {
+        let msg = recv(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
+        match msg.first() {
+            None => return Err(SpawnError::Vanished),
+            Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
+            Some(b'R') => ready = true,
+            Some(b'E') => {
+                return Err(SpawnError::Setup(
+                    String::from_utf8_lossy(&msg[1..]).into_owned(),
+                ))
+            }
+            Some(_) => {
+                return Err(SpawnError::Setup(
+                    "unexpected message from the init helper".into(),
+                ))
+            }
+        }
+    }
+    let pid = pid
+        .ok_or_else(|| SpawnError::Setup("the init helper never said the process's pid".into()))?;
+    Ok(Spawned { pid, gate: ours })
+}
+
+impl Spawned {
+    /// Lets the process exec; an error if the exec failed.
+    pub fn start(self) -> Result<(), SpawnError> {
+        send(self.gate.as_raw_fd(), b"S").map_err(SpawnError::Sync)?;
+        let msg = recv(self.gate.as_raw_fd()).map_err(SpawnError::Sync)?;
+        match msg.first() {
+            None => Ok(()),
+            Some(b'E') => Err(SpawnError::Setup(
+                String::from_utf8_lossy(&msg[1..]).into_owned(),
+            )),
+            Some(_) => Err(SpawnError::Setup(
+                "unexpected message from the process before exec".into(),
+            )),
+        }
+    }
+}
+
+/// `pid`'s pid as its own pid namespace sees it (last `NSpid` entry).
+pub fn ns_pid(pid: i32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("NSpid:"))
+                .and_then(|l| l.split_whitespace().last().and_then(|p| p.parse().ok()))
+        })
+        .unwrap_or(pid as u32)
+}

@@ -1,0 +1,189 @@
+//! Assembling a container's root filesystem from the disks the host names.
+//!
+//! Layers are mounted read-only under `/run/husk/<id>/layers/<n>`, the scratch disk under
+//! `/run/husk/<id>/scratch` (holding `upper/` and `work/`), and the overlay at
+//! `/run/husk/<id>/rootfs`, which the init helper then makes the container's `/`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::{DiskRef, FsType, LayerDisk, RootfsSpec};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// Where each container's mounts live.
+pub const RUN_DIR: &str = "/run/husk";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("no disk with serial {0:?} (looked in /sys/block/*/serial); did the host attach it?")]
+    NoSuchSerial(String),
+    #[error("disk {0} does not exist")]
+    NoSuchDevice(String),
+    #[error("cannot create {path}: {source}")]
+    Mkdir { path: PathBuf, source: io::Error },
+    #[error("mounting {what} ({fstype}) on {target}: {source}")]
+    Mount {
+        what: String,
+        fstype: String,
+        target: PathBuf,
+        source: nix::Error,
+    },
+}
+
+/// Mounts the root filesystem described by `spec` and returns where it is.
+pub fn assemble(id: &str, spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
+    let base = Path::new(RUN_DIR).join(id);
+    let root = base.join("rootfs");
+    mkdir(&root)?;
+    let result = match spec {
+        RootfsSpec::Overlay { layers, scratch } => overlay(&base, &root, layers, scratch.as_ref()),
+        RootfsSpec::Disk { disk, readonly } => {
+            let dev = find_disk(&disk.disk)?;
+            mount_disk(&dev, disk.fs_type, &root, *readonly)
+        }
+        RootfsSpec::VirtioFs { tag } => do_mount(tag, &root, "virtiofs", MsFlags::empty(), None),
+    };
+    if result.is_err() {
+        teardown(id);
+    }
+    result.map(|()| root)
+}
+
+/// Unmounts everything under `/run/husk/<id>`, best effort.
+pub fn teardown(id: &str) {
+    let base = Path::new(RUN_DIR).join(id);
+    let _ = umount2(&base.join("rootfs"), MntFlags::MNT_DETACH);
+    if let Ok(entries) = fs::read_dir(base.join("layers")) {
+        for e in entries.flatten() {
+            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+        }
+    }
+    let _ = umount2(&base.join("scratch"), MntFlags::MNT_DETACH);
+}
+
+fn overlay(
+    base: &Path,
+    root: &Path,
+    layers: &[LayerDisk],
+    scratch: Option<&LayerDisk>,
+) -> Result<(), RootfsError> {
+    let mut lower = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = base.join("layers").join(i.to_string());
+        mkdir(&dir)?;
+        mount_disk(&find_disk(&layer.disk)?, layer.fs_type, &dir, true)?;
+        lower.push(dir);
+    }
+    // The spec lists the base layer first; lowerdir= wants the top layer first.
+    lower.reverse();
+    let lowerdir = lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    match scratch {
+        Some(s) => {
+            let dir = base.join("scratch");
+            mkdir(&dir)?;
+            mount_disk(&find_disk(&s.disk)?, s.fs_type, &dir, false)?;
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            mkdir(&upper)?;
+            mkdir(&work)?;
+            let data = format!(
+                "lowerdir={lowerdir},upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            );
+            do_mount("overlay", root, "overlay", MsFlags::empty(), Some(&data))
+        }
+        // overlayfs wants two lower layers when there is no upper: bind a single one.
+        None if lower.len() == 1 => {
+            do_mount(
+                &lower[0].display().to_string(),
+                root,
+                "none",
+                MsFlags::MS_BIND,
+                None,
+            )?;
+            do_mount(
+                "none",
+                root,
+                "none",
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )
+        }
+        None => do_mount(
+            "overlay",
+            root,
+            "overlay",
+            MsFlags::MS_RDONLY,
+            Some(&format!("lowerdir={lowerdir}")),
+        ),
+    }
+}
+
+fn mount_disk(dev: &Path, fs: FsType, target: &Path, readonly: bool) -> Result<(), RootfsError> {
+    let flags = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    let what = dev.display().to_string();
+    match do_mount(&what, target, fs.as_str(), flags, None) {
+        // A read-only ext4 whose journal needs replaying refuses to mount unless told to
+        // skip the journal.
+        Err(_) if readonly && fs == FsType::Ext4 => {
+            do_mount(&what, target, "ext4", flags, Some("noload"))
+        }
+        r => r,
+    }
+}
+
+/// The device node for `disk`: by virtio-blk serial, or the path as given.
+pub fn find_disk(disk: &DiskRef) -> Result<PathBuf, RootfsError> {
+    match disk {
+        DiskRef::Device(p) => {
+            let p = PathBuf::from(p);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(RootfsError::NoSuchDevice(p.display().to_string()))
+            }
+        }
+        DiskRef::Serial(want) => {
+            let entries =
+                fs::read_dir("/sys/block").map_err(|_| RootfsError::NoSuchSerial(want.clone()))?;
+            for e in entries.flatten() {
+                let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+                if serial.trim_end_matches(['\n', '\0', ' ']) == want {
+                    return Ok(Path::new("/dev").join(e.file_name()));
+                }
+            }
+            Err(RootfsError::NoSuchSerial(want.clone()))
+        }
+    }
+}
+
+fn mkdir(p: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(p).map_err(|source| RootfsError::Mkdir {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+fn do_mount(
+    what: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
+    mount(Some(what), target, Some(fstype), flags, data).map_err(|source| RootfsError::Mount {
+        what: what.into(),
+        fstype: fstype.into(),
+        target: target.to_path_buf(),
+        source,
+    })
+}
