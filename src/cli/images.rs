@@ -1,6 +1,7 @@
 //! The image store as the commands see it. Until `crate::image` lands this is the seam's
-//! stand-in: every lookup fails with the fix, so `husk run` of an unknown image already
-//! behaves as it will.
+//! stand-in: images are "prebuilt" manifests, `<root>/images/prebuilt/<name>.json`
+//! (`{"reference", "config": {entrypoint, cmd, env, working_dir, user}, "layers": [paths],
+//! "layerFs"}`), and every other lookup fails with the fix, as the store will.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,6 @@ use super::Error;
 
 /// The images under `--root`.
 pub struct Images {
-    #[allow(dead_code)]
     root: PathBuf,
 }
 
@@ -49,8 +49,34 @@ impl Images {
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Prebuilt {
+    reference: String,
+    config: runtime::ImageConfig,
+    layers: Vec<PathBuf>,
+    layer_fs: String,
+}
+
 impl ImageSource for Images {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, runtime::Error> {
+        let name = reference.rsplit('/').next().unwrap_or(reference);
+        let name = name.split(':').next().unwrap_or(name);
+        let manifest = self.root.join("images/prebuilt").join(format!("{name}.json"));
+        if let Ok(bytes) = std::fs::read(&manifest) {
+            let p: Prebuilt =
+                serde_json::from_slice(&bytes).map_err(|e| runtime::Error::Image {
+                    reference: reference.to_string(),
+                    detail: format!("{}: {e}", manifest.display()),
+                })?;
+            return Ok(ResolvedImage {
+                reference: p.reference,
+                id: None,
+                config: p.config,
+                layer_disks: p.layers,
+                layer_fs: p.layer_fs,
+            });
+        }
         Err(runtime::Error::Image {
             reference: reference.to_string(),
             detail: "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)"

@@ -483,8 +483,7 @@ fn mount(dest: &str, fs: &str, source: &str, options: &[&str]) -> MountSpec {
 }
 
 /// The guest-side container: overlay of the layer disks under the scratch disk, the
-/// process from the merged config, docker's usual kernel filesystems. The VM is the
-/// isolation boundary, so /dev is the guest's devtmpfs rather than a curated tmpfs.
+/// process from the merged config, docker's usual kernel filesystems.
 pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSpec {
     let c = &state.config;
     let fs_type = if c.layer_fs == "ext4" {
@@ -526,33 +525,10 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
             oom_score_adj: None,
         },
         hostname: Some(c.hostname.clone()),
+        // The agent gives /dev a tmpfs with the usual nodes, /dev/pts and /dev/shm itself.
         mounts: vec![
             mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "devtmpfs", "devtmpfs", &["nosuid"]),
-            mount(
-                "/dev/pts",
-                "devpts",
-                "devpts",
-                &[
-                    "nosuid",
-                    "noexec",
-                    "newinstance",
-                    "ptmxmode=0666",
-                    "mode=0620",
-                ],
-            ),
-            mount(
-                "/dev/shm",
-                "tmpfs",
-                "shm",
-                &["nosuid", "noexec", "nodev", "mode=1777"],
-            ),
-            mount(
-                "/sys",
-                "sysfs",
-                "sysfs",
-                &["nosuid", "noexec", "nodev", "ro"],
-            ),
+            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
         ],
         readonly_root: false,
         sysctl: Default::default(),

@@ -4,7 +4,7 @@
 //! applies `--rm`, so the command that started it can return at once.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -32,8 +32,12 @@ pub fn run_monitor(rt: &Runtime, id: &str) -> Result<i32, Error> {
     let mut ready = std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
-        // SAFETY: the parent passed this fd for us alone; we take ownership once.
-        .map(|fd| unsafe { File::from_raw_fd(fd) });
+        // SAFETY: the parent passed this fd for us alone; we take ownership once, and keep
+        // it from the VMM and helpers we spawn (which would hold the parent's read open).
+        .map(|fd| unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            File::from_raw_fd(fd)
+        });
     let stdio = Stdio::Log {
         path: state.log_file.clone(),
         tty: state.config.tty,
@@ -118,8 +122,9 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
     unsafe { libc::close(wfd) };
     let mut child = spawned.map_err(io(&exe))?;
 
+    // One line: `ok`, or why not. EOF without it means the monitor died.
     let mut answer = String::new();
-    let _ = read_end.read_to_string(&mut answer);
+    let _ = std::io::BufReader::new(&mut read_end).read_line(&mut answer);
     if answer.trim() == "ok" {
         // The monitor lives on; it is reparented when this process exits.
         std::mem::forget(child);
