@@ -62,7 +62,10 @@ impl ImageSource for Images {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, runtime::Error> {
         let name = reference.rsplit('/').next().unwrap_or(reference);
         let name = name.split(':').next().unwrap_or(name);
-        let manifest = self.root.join("images/prebuilt").join(format!("{name}.json"));
+        let manifest = self
+            .root
+            .join("images/prebuilt")
+            .join(format!("{name}.json"));
         if let Ok(bytes) = std::fs::read(&manifest) {
             let p: Prebuilt =
                 serde_json::from_slice(&bytes).map_err(|e| runtime::Error::Image {

@@ -344,10 +344,11 @@ impl Runtime {
             if let Some(p) = &state.pid {
                 p.signal(libc::SIGKILL);
             }
-            if !wait_ended(&state, VM_EXIT_TIMEOUT) {
-                if let Some(m) = &state.monitor {
-                    m.signal(libc::SIGKILL);
-                }
+        }
+        // The VM is gone or going; its monitor may still be recording the end.
+        if !wait_ended(&state, VM_EXIT_TIMEOUT) {
+            for p in state.monitor.iter().chain(&state.pid) {
+                p.signal(libc::SIGKILL);
             }
         }
         self.remove_files(&state)?;
@@ -528,7 +529,12 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
         // The agent gives /dev a tmpfs with the usual nodes, /dev/pts and /dev/shm itself.
         mounts: vec![
             mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mount(
+                "/sys",
+                "sysfs",
+                "sysfs",
+                &["nosuid", "noexec", "nodev", "ro"],
+            ),
         ],
         readonly_root: false,
         sysctl: Default::default(),

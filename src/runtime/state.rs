@@ -127,9 +127,10 @@ impl State {
         self.effective_status() == Status::Running
     }
 
-    /// `rm` without `-f` refuses a running container.
+    /// `rm` without `-f` refuses a running container (its monitor may still be finishing:
+    /// `rm` waits for it).
     pub fn can_delete(&self) -> bool {
-        self.effective_status() != Status::Running && !self.monitor_alive()
+        self.effective_status() != Status::Running
     }
 
     pub fn load(dir: &Path) -> Result<State, Error> {

@@ -39,7 +39,11 @@ pub fn not_run(test: &str, reason: &str, must_run: bool) {
     // script collects and prints them after the run.
     if let Some(log) = std::env::var_os("HUSK_NOT_RUN_LOG") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "NOT RUN: {test}: {reason}");
         }
     }
@@ -108,6 +112,7 @@ pub fn kvm_available(test: &str) -> bool {
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "husk-vmm" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vmm")),
+        "husk" => PathBuf::from(env!("CARGO_BIN_EXE_husk")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -255,5 +260,10 @@ pub fn run_console(
         }
         lines.push(line);
     }
-    ConsoleRun { lines, status, marker_after, total }
+    ConsoleRun {
+        lines,
+        status,
+        marker_after,
+        total,
+    }
 }

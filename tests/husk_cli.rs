@@ -1,0 +1,481 @@
+//! `husk`, the command people use, driven through the built binary: every test has its own
+//! `--root` and boots real microVMs on whichever backend `--vmm auto` picks here (QEMU/TCG
+//! on PVM hosts, husk-vmm where KVM runs Linux guests).
+//!
+//! The image is a one-layer busybox: Debian's static busybox in an erofs layer, given to
+//! husk as a prebuilt image under the test's root.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest any one husk command may take before the test calls it hung.
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Husk {
+    root: tempfile::TempDir,
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+impl Husk {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(common::bin("husk"));
+        c.arg("--root").arg(self.root.path()).args(args);
+        c.env("HUSK_KERNEL", &self.kernel)
+            .env("HUSK_INITRAMFS", &self.initramfs);
+        c
+    }
+
+    /// Runs `husk --root <root> args…` with stdin from /dev/null.
+    fn run(&self, args: &[&str]) -> Output {
+        let c = self.cmd(args);
+        let (out, _) = common::run_limited(
+            Path::new(c.get_program()),
+            &c.get_args()
+                .map(|a| a.to_str().expect("utf-8 arg"))
+                .collect::<Vec<_>>(),
+            LIMIT,
+        );
+        out
+    }
+
+    /// Runs it with `input` on stdin.
+    fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn husk");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().expect("husk output")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.root.path().join("containers")
+    }
+
+    /// `ps -a --format json` as (name, status, exitCode).
+    fn ps(&self) -> Vec<(String, String, Option<i64>)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["ps", "-a", "--format", "json"])).expect("ps json");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["status"].as_str().unwrap().to_string(),
+                    c["exitCode"].as_i64(),
+                )
+            })
+            .collect()
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let path = self.containers_dir().join(id).join("state.json");
+        serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
+    }
+}
+
+/// A root with the busybox image, or `None` after saying why this host cannot run the test.
+fn husk(test: &str) -> Option<Husk> {
+    let kernel = common::kernel(test)?;
+    let initramfs = common::initramfs(test)?;
+    for tool in ["mkfs.erofs", "mkfs.ext4"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("PATH=$PATH:/usr/sbin:/sbin command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            common::not_run(test, &format!("{tool} not installed"), true);
+            return None;
+        }
+    }
+    let busybox = Path::new("/usr/bin/busybox");
+    if !busybox.is_file() {
+        common::not_run(
+            test,
+            "/usr/bin/busybox missing (apt-get install busybox-static)",
+            true,
+        );
+        return None;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let layer = make_busybox_layer(root.path(), busybox);
+    let prebuilt = root.path().join("images/prebuilt");
+    std::fs::create_dir_all(&prebuilt).unwrap();
+    let manifest = serde_json::json!({
+        "reference": "docker.io/library/busybox:latest",
+        "config": {
+            "entrypoint": null,
+            "cmd": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "working_dir": null,
+            "user": null
+        },
+        "layers": [layer],
+        "layerFs": "erofs"
+    });
+    std::fs::write(prebuilt.join("busybox.json"), manifest.to_string()).unwrap();
+    Some(Husk {
+        root,
+        kernel,
+        initramfs,
+    })
+}
+
+/// An erofs image of a minimal busybox root: /bin/busybox plus its applet links.
+fn make_busybox_layer(dir: &Path, busybox: &Path) -> PathBuf {
+    let tree = dir.join("layer-tree");
+    for d in ["bin", "etc", "root", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet));
+        }
+    }
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(tree.join("etc/group"), "root:x:0:\n").unwrap();
+    let layer = dir.join("busybox.erofs");
+    let out = Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&layer)
+        .arg(&tree)
+        .output()
+        .expect("mkfs.erofs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
+    layer
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `f` until it is true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Processes (other than this test) whose command line mentions `dir`.
+fn processes_using(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| p != std::process::id())
+        .filter_map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(needle).then(|| format!("{p}: {c}"))
+        })
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// What is left in the containers directory besides its lock file.
+fn leftovers(h: &Husk) -> Vec<String> {
+    std::fs::read_dir(h.containers_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".lock")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn run_passes_stdout_stderr_stdin_and_the_exit_code() {
+    let Some(h) = husk("run_passes_stdout_stderr_stdin_and_the_exit_code") else {
+        return;
+    };
+    let out = h.run(&["run", "--rm", "busybox", "echo", "hello from a microVM"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from a microVM\n");
+
+    let out = h.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    let input: Vec<u8> = (0..50_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let out = h.run_with_input(&["run", "--rm", "-i", "busybox", "md5sum"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&input)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(text(&out.stdout), text(&want.stdout));
+
+    // Flags merged as docker merges them: -e, -w, -u, --hostname, --entrypoint.
+    let out = h.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1001",
+        "--hostname",
+        "box",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u):$(id -g) $(hostname)",
+    ]);
+    assert_eq!(out, "hi /tmp 1000:1001 box\n");
+    let out = h.ok(&["run", "--rm", "--entrypoint", "echo", "busybox", "a", "b"]);
+    assert_eq!(out, "a b\n");
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+}
+
+#[test]
+fn detached_container_logs_stops_and_is_removed() {
+    let Some(h) = husk("detached_container_logs_stops_and_is_removed") else {
+        return;
+    };
+    let script = "echo started; trap 'echo got term; exit 0' TERM; while true; do sleep 1; done";
+    let id = h.ok(&["run", "-d", "--name", "web", "busybox", "sh", "-c", script]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(h.ps(), [("web".to_string(), "running".to_string(), None)]);
+    assert!(h.ok(&["ps"]).contains("web"));
+    assert!(
+        eventually(Duration::from_secs(30), || h.ok(&["logs", "web"])
+            == "started\n"),
+        "logs: {:?}",
+        h.ok(&["logs", "web"])
+    );
+
+    assert_eq!(h.ok(&["stop", "-t", "10", &id[..12]]).trim(), &id[..12]);
+    assert_eq!(
+        h.ps(),
+        [("web".to_string(), "stopped".to_string(), Some(0))]
+    );
+    assert_eq!(h.ok(&["logs", "web"]), "started\ngot term\n");
+    assert!(
+        !h.ok(&["ps"]).contains("web"),
+        "ps without -a lists only running ones"
+    );
+    let inspect: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
+    assert_eq!(inspect[0]["id"], id);
+    assert_eq!(inspect[0]["status"], "stopped");
+
+    h.ok(&["rm", "web"]);
+    assert!(h.ps().is_empty());
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    assert!(processes_using(h.root.path()).is_empty());
+}
+
+#[test]
+fn exec_runs_in_a_detached_container() {
+    let Some(h) = husk("exec_runs_in_a_detached_container") else {
+        return;
+    };
+    let id = h.ok(&["run", "-d", "-e", "FROM_RUN=1", "busybox", "sleep", "1000"]);
+    let id = id.trim();
+    let out = h.run(&[
+        "exec",
+        &id[..8],
+        "sh",
+        "-c",
+        "echo $FROM_RUN $(hostname); exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("1 {}\n", &id[..12]));
+    let out = h.run_with_input(&["exec", "-i", id, "cat"], b"through exec\n");
+    assert_eq!(text(&out.stdout), "through exec\n", "{}", text(&out.stderr));
+    // The exec ended, the container did not.
+    assert_eq!(h.ps()[0].1, "running");
+    h.ok(&["rm", "-f", id]);
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    assert!(processes_using(h.root.path()).is_empty());
+}
+
+#[test]
+fn the_container_runs_on_the_guest_kernel() {
+    let Some(h) = husk("the_container_runs_on_the_guest_kernel") else {
+        return;
+    };
+    let guest = h.ok(&["run", "--rm", "busybox", "uname", "-r"]);
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout);
+    assert!(guest.starts_with("6.12."), "guest kernel {guest:?}");
+    assert_ne!(guest, host);
+}
+
+#[test]
+fn writable_layer_survives_stop_and_start_and_goes_with_rm() {
+    let Some(h) = husk("writable_layer_survives_stop_and_start_and_goes_with_rm") else {
+        return;
+    };
+    let id = h.ok(&["run", "-d", "--name", "keep", "busybox", "sleep", "1000"]);
+    let id = id.trim().to_string();
+    h.ok(&["exec", "keep", "sh", "-c", "echo kept > /root/file"]);
+    h.ok(&["stop", "-t", "1", "keep"]);
+    assert_eq!(h.ps()[0].1, "stopped");
+    let scratch = PathBuf::from(h.state(&id)["scratchDisk"].as_str().unwrap());
+    assert!(scratch.is_file());
+
+    h.ok(&["start", "keep"]);
+    assert_eq!(h.ps()[0].1, "running");
+    assert_eq!(h.ok(&["exec", "keep", "cat", "/root/file"]), "kept\n");
+
+    h.ok(&["rm", "-f", "keep"]);
+    assert!(!scratch.exists(), "scratch disk left behind");
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    // A new container from the same image starts clean.
+    let out = h.run(&["run", "--rm", "busybox", "cat", "/root/file"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn ps_sees_a_killed_vmm_at_once() {
+    let Some(h) = husk("ps_sees_a_killed_vmm_at_once") else {
+        return;
+    };
+    let id = h.ok(&["run", "-d", "busybox", "sleep", "1000"]);
+    let pid = h.state(id.trim())["pid"]["pid"].as_i64().unwrap();
+    // SAFETY: the VMM pid husk just recorded for this test's container.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert!(
+        eventually(Duration::from_secs(2), || h.ps()[0].1 == "exited"),
+        "{:?}",
+        h.ps()
+    );
+    h.ok(&["rm", id.trim()]);
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    assert!(
+        eventually(Duration::from_secs(5), || processes_using(h.root.path())
+            .is_empty()),
+        "{:?}",
+        processes_using(h.root.path())
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_fail() {
+    let root = tempfile::tempdir().unwrap();
+    let husk = |args: &[&str]| {
+        let mut a = vec!["--root", root.path().to_str().unwrap()];
+        a.extend_from_slice(args);
+        common::run_limited(&common::bin("husk"), &a, LIMIT).0
+    };
+    for (args, want) in [
+        (&["run", "--bogus", "busybox"][..], "--bogus"),
+        (&["run", "no-such-image:1"][..], "no-such-image"),
+        (&["stop", "deadbeef"][..], "no such container: deadbeef"),
+        (&["rm", "deadbeef"][..], "no such container: deadbeef"),
+        (
+            &["exec", "deadbeef", "true"][..],
+            "no such container: deadbeef",
+        ),
+        (&["logs", "deadbeef"][..], "no such container: deadbeef"),
+        (&["start", "deadbeef"][..], "no such container: deadbeef"),
+        (&["kill", "-s", "NOPE", "deadbeef"][..], "invalid signal"),
+        (&["run", "--memory", "lots", "busybox"][..], "--memory"),
+    ] {
+        let out = husk(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "husk {args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "husk {args:?}: {err}");
+        assert!(
+            err.starts_with("husk: ") && err.contains(want),
+            "husk {args:?}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "husk {args:?}: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn twenty_run_rm_leave_nothing_behind() {
+    let Some(h) = husk("twenty_run_rm_leave_nothing_behind") else {
+        return;
+    };
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let start = Instant::now();
+        let out = h.run(&["run", "--rm", "busybox", "true"]);
+        times.push(start.elapsed());
+        assert!(out.status.success(), "run {i}: {}", text(&out.stderr));
+    }
+    times.sort();
+    eprintln!(
+        "husk run --rm busybox true x20: median {:?}, p90 {:?}",
+        times[10], times[18]
+    );
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    assert!(
+        processes_using(h.root.path()).is_empty(),
+        "{:?}",
+        processes_using(h.root.path())
+    );
+    assert!(
+        mounts_under(h.root.path()).is_empty(),
+        "{:?}",
+        mounts_under(h.root.path())
+    );
+    assert!(h.ps().is_empty());
+}
