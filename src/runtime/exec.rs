@@ -29,7 +29,7 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
     let agent_err = |source| Error::Agent {
         id: state.id.clone(),
         console: state.console_log.clone(),
-        source,
+        source: Box::new(source),
     };
     let mut env = state.config.env.clone();
     let mut set = |entry: String| {

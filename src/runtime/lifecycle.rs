@@ -154,7 +154,7 @@ impl Runtime {
         let assets = GuestAssets::find(self.kernel.as_deref(), self.initramfs.as_deref())?;
         let vm_err = |source| Error::Vm {
             id: id.to_string(),
-            source,
+            source: Box::new(source),
         };
         let backend = sandbox::backend(self.backend).map_err(vm_err)?;
         let vm_spec = vm_spec(&state, &assets);
@@ -187,7 +187,7 @@ impl Runtime {
                 Err(Error::Agent {
                     id: id.to_string(),
                     console: state.console_log.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -260,7 +260,7 @@ impl Runtime {
         AgentClient::connect(&state.vsock_uds, AGENT_REACH_TIMEOUT).map_err(|source| Error::Agent {
             id: state.id.clone(),
             console: state.console_log.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -311,7 +311,7 @@ impl Runtime {
                         return Err(Error::Agent {
                             id: state.id.clone(),
                             console: state.console_log.clone(),
-                            source,
+                            source: Box::new(source),
                         });
                     }
                     if let Some(p) = &state.pid {

@@ -84,13 +84,13 @@ pub enum Error {
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,
-        source: crate::sandbox::Error,
+        source: Box<crate::sandbox::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {
         id: String,
         console: PathBuf,
-        source: crate::agent::Error,
+        source: Box<crate::agent::Error>,
     },
     #[error("container {id}: the monitor process failed: {detail} (see {log})")]
     Monitor {

@@ -151,7 +151,7 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     let agent_err = |b: &super::lifecycle::Booted, source| Error::Agent {
         id: id.to_string(),
         console: b.state.console_log.clone(),
-        source,
+        source: Box::new(source),
     };
     let uds = booted.state.vsock_uds.clone();
     let attached = attach::attach(&booted.agent, &uds, id, None, &stdio)

@@ -86,7 +86,7 @@ pub fn merge(
     }
     for e in &flags.env {
         match e.split_once('=') {
-            Some((k, _)) if k.is_empty() => return Err(Error::BadEnv(e.clone())),
+            Some(("", _)) => return Err(Error::BadEnv(e.clone())),
             Some(_) => set(e.clone()),
             None if e.is_empty() => return Err(Error::BadEnv(e.clone())),
             None => {
