@@ -37,7 +37,8 @@ log "vhost-device-vsock: $HUSK_VHOST_DEVICE_VSOCK"
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"
 mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG"
 status=0
-cargo test --workspace --locked "$@" || status=$?
+# A hung VM test must not eat the whole CI budget.
+timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" cargo test --workspace --locked "$@" || status=$?
 if [ -s "$HUSK_NOT_RUN_LOG" ]; then
     log "tests that could not run on this host (not counted as passed):"
     sort -u "$HUSK_NOT_RUN_LOG" >&2

@@ -40,7 +40,26 @@ fn spec(dir: &Path, kernel: PathBuf, initramfs: PathBuf) -> VmSpec {
     let mut s = VmSpec::new(kernel, dir.join("console.log"));
     s.initramfs = Some(initramfs);
     s.memory_mib = 256;
+    // The agent's one-shot mode: facts + self-test, then it resets the VM on its own. (As a
+    // server it would wait for a host `Shutdown`, which these backend tests don't speak.)
+    s.cmdline.push("husk.selftest=1".into());
     s
+}
+
+/// Waits for the VM to end, killing it and failing the test after `limit`: a backend test
+/// must never hang the suite.
+fn wait_bounded(vm: &dyn VmHandle, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = vm.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = vm.kill();
+            panic!("VM still running after {limit:?}; log tail:\n{}", tail(&vm.console_log()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Polls the console log until `marker` shows up; the time since `since`, or `None` if the VM
@@ -131,7 +150,7 @@ fn guest_boots_to_agent_and_power_off_ends_qemu() {
             tail(&vm.console_log())
         );
     };
-    let status = vm.wait().unwrap();
+    let status = wait_bounded(vm.as_ref(), Duration::from_secs(60));
     let ended = t0.elapsed();
     eprintln!(
         "{test}: [{}] start() returned in {:.1} ms; VM start -> {MARKER} {:.0} ms; VM start -> QEMU exit {:.0} ms",
@@ -240,7 +259,7 @@ fn vsock_device_runs_vhost_device_vsock_and_cleans_up() {
         "the guest should see the vsock device; log tail:\n{}",
         tail(&vm.console_log())
     );
-    let status = vm.wait().unwrap();
+    let status = wait_bounded(vm.as_ref(), Duration::from_secs(60));
     eprintln!(
         "{test}: [{}] VM start -> {MARKER} {:.0} ms, -> exit {:.0} ms",
         backend.name(),
@@ -456,7 +475,7 @@ fn vsock_reaches_a_guest_listener_end_to_end() {
     };
 
     client.shutdown().unwrap();
-    let status = vm.wait().unwrap();
+    let status = wait_bounded(vm.as_ref(), Duration::from_secs(60));
     eprintln!(
         "{test}: [{}] VM start -> hello over vsock {:.0} ms; 16 MiB guest->host (writes <= 16 KiB) {:.2} s; \
          16 MiB host->guest {:.2} s; {half_close}; guest writes of 64 KiB: {big}; exit {status} at {:.0} ms",

@@ -7,12 +7,17 @@
 use std::os::fd::AsRawFd;
 
 pub fn ensure_stdio() {
-    let missing: Vec<i32> =
-        (0..3).filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0).collect();
+    let missing: Vec<i32> = (0..3)
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0)
+        .collect();
     if missing.is_empty() {
         return;
     }
-    let console = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
+    let console = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         Ok(f) => f,
         // Nothing to print on: there is no console.
         Err(_) => return,

@@ -144,7 +144,6 @@ impl Agent {
             },
             process: spec.process.clone(),
             seccomp: filter.clone(),
-            console: None,
         };
         let proc = match spawn_process(cfg, &id) {
             Ok(p) => p,
@@ -201,7 +200,6 @@ impl Agent {
             },
             process: spec,
             seccomp: c.seccomp.clone(),
-            console: None,
         };
         let p = spawn_process(cfg, id)?;
         let gate = lock(&p.gate).take();
@@ -256,12 +254,14 @@ fn hello(h: &Hello) -> Reply {
 }
 
 /// Runs the init helper for `cfg` with fresh stdio, up to the start gate.
-fn spawn_process(mut cfg: InitConfig, id: &str) -> Result<Process, ErrorReply> {
-    let (stdio, child) = Stdio::new(cfg.process.terminal, cfg.process.console_size)
+fn spawn_process(cfg: InitConfig, id: &str) -> Result<Process, ErrorReply> {
+    let (stdio, child) = Stdio::new(cfg.process.terminal)
         .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
-    cfg.console = child.console.clone();
-    let spawned = process::spawn(&cfg, child)
+    let mut spawned = process::spawn(&cfg, child)
         .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
+    if let Some(m) = spawned.pty.take() {
+        stdio.set_pty_master(m);
+    }
     let exit = reaper::watch(spawned.pid);
     cgroup::add(id, spawned.pid);
     Ok(Process {

@@ -16,8 +16,14 @@ pub fn report() {
     say!("FACT cpus: {}", online_cpus());
     match fs::read_to_string("/proc/meminfo") {
         Ok(m) => {
-            let total = m.lines().find(|l| l.starts_with("MemTotal:")).unwrap_or("MemTotal: ?");
-            say!("FACT memory: {}", total.trim_start_matches("MemTotal:").trim());
+            let total = m
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .unwrap_or("MemTotal: ?");
+            say!(
+                "FACT memory: {}",
+                total.trim_start_matches("MemTotal:").trim()
+            );
         }
         Err(e) => say!("FACT memory: unknown ({e})"),
     }
@@ -49,7 +55,9 @@ fn online_cpus() -> String {
 
 /// Filesystem names from /proc/filesystems (`nodev\tproc` or `\text4`).
 pub fn filesystems(text: &str) -> Vec<&str> {
-    text.lines().filter_map(|l| l.split_whitespace().last()).collect()
+    text.lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect()
 }
 
 /// One description per virtio device: `virtio0 device=0x0002 (block) vendor=0x554d4551
@@ -74,7 +82,10 @@ fn virtio_devices(dir: &Path) -> Vec<String> {
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "none".into());
-            format!("{name} device={id} ({}) vendor={vendor} driver={driver}", device_kind(&id))
+            format!(
+                "{name} device={id} ({}) vendor={vendor} driver={driver}",
+                device_kind(&id)
+            )
         })
         .collect()
 }
@@ -102,7 +113,10 @@ mod tests {
     #[test]
     fn parses_proc_filesystems() {
         let text = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n\terofs\n";
-        assert_eq!(filesystems(text), ["sysfs", "tmpfs", "ext4", "overlay", "erofs"]);
+        assert_eq!(
+            filesystems(text),
+            ["sysfs", "tmpfs", "ext4", "overlay", "erofs"]
+        );
     }
 
     #[test]
@@ -122,6 +136,9 @@ mod tests {
         std::os::unix::fs::symlink("../../drivers/virtio_rng", dev.join("driver")).unwrap();
         let got = virtio_devices(&tmp);
         fs::remove_dir_all(&tmp).unwrap();
-        assert_eq!(got, ["virtio0 device=0x0004 (entropy) vendor=0x554d4551 driver=virtio_rng"]);
+        assert_eq!(
+            got,
+            ["virtio0 device=0x0004 (entropy) vendor=0x554d4551 driver=virtio_rng"]
+        );
     }
 }

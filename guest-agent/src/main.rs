@@ -54,7 +54,10 @@ fn main() {
         mounts::mount_early();
         console::ensure_stdio();
     } else {
-        say!("husk-agent: not PID 1 (pid {}): skipping mounts and power-off", std::process::id());
+        say!(
+            "husk-agent: not PID 1 (pid {}): skipping mounts and power-off",
+            std::process::id()
+        );
     }
 
     say!("{READY_MARKER}");
@@ -94,10 +97,12 @@ fn serve() -> ! {
 
 /// True when the kernel command line has `name=1` (or `name=y`, `name=true`, or bare `name`).
 fn cmdline_flag(cmdline: &str, name: &str) -> bool {
-    cmdline.split_whitespace().any(|arg| match arg.split_once('=') {
-        Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
-        None => arg == name,
-    })
+    cmdline
+        .split_whitespace()
+        .any(|arg| match arg.split_once('=') {
+            Some((k, v)) => k == name && matches!(v, "1" | "y" | "yes" | "true" | "on"),
+            None => arg == name,
+        })
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@
 //! 0-2, a SOCK_SEQPACKET sync socket as fd 3 and the JSON config on a pipe as fd 4. It sets
 //! up namespaces, then clones the real process with CLONE_PARENT (so the agent is its parent
 //! and reaps it) and exits. Messages on the sync socket, one per packet:
-//! `P<pid>` (helper: the process's pid), `R` (process: set up, waiting), `E<message>`
-//! (either: failed); the agent answers `S` to start, and the socket reaching EOF means the
-//! exec succeeded (fd 3 is close-on-exec by then).
+//! `P<pid>` (helper: the process's pid), `T` carrying a pty master fd (process, when it has
+//! a terminal: the pty comes from the container's own devpts), `R` (process: set up,
+//! waiting), `E<message>` (either: failed); the agent answers `S` to start, and the socket
+//! reaching EOF means the exec succeeded (fd 3 is close-on-exec by then).
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,8 +30,6 @@ pub struct InitConfig {
     pub mode: Mode,
     pub process: ProcessSpec,
     pub seccomp: Option<Filter>,
-    /// The pty slave, bind-mounted as /dev/console, when the process has a terminal.
-    pub console: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,6 +61,8 @@ pub enum SpawnError {
 /// A process set up and waiting for its start byte.
 pub struct Spawned {
     pub pid: i32,
+    /// The pty master, for a process with a terminal.
+    pub pty: Option<OwnedFd>,
     gate: OwnedFd,
 }
 
@@ -95,6 +96,70 @@ pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
             return Err(e);
         }
     }
+}
+
+/// Receives one packet and the descriptor passed with it, if any; empty at EOF.
+pub fn recv_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 << 10];
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut passed = None;
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !c.is_null() {
+            let h = unsafe { &*c };
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>()) };
+                passed = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+        }
+        buf.truncate(n as usize);
+        return Ok((buf, passed));
+    }
+}
+
+/// Sends `msg` with the descriptor `pass` attached.
+pub fn send_fd(fd: RawFd, msg: &[u8], pass: RawFd) -> io::Result<()> {
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf.as_mut_ptr().cast();
+    m.msg_controllen = space;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
+    }
+    if unsafe { libc::sendmsg(fd, &m, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
@@ -159,11 +224,12 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
         )
     };
     // `P` (from the helper) and `R` (from the process) race; wait for both.
-    let (mut pid, mut ready) = (None, false);
+    let (mut pid, mut ready, mut pty) = (None, false, None);
     while pid.is_none() || !ready {
-        let msg = recv(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
+        let (msg, fd) = recv_fd(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
         match msg.first() {
             None => return Err(SpawnError::Vanished),
+            Some(b'T') if fd.is_some() => pty = fd,
             Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
             Some(b'R') => ready = true,
             Some(b'E') => {
@@ -180,7 +246,16 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
     }
     let pid = pid
         .ok_or_else(|| SpawnError::Setup("the init helper never said the process's pid".into()))?;
-    Ok(Spawned { pid, gate: ours })
+    if cfg.process.terminal && pty.is_none() {
+        return Err(SpawnError::Setup(
+            "the process has a terminal but the init helper sent no pty".into(),
+        ));
+    }
+    Ok(Spawned {
+        pid,
+        pty,
+        gate: ours,
+    })
 }
 
 impl Spawned {

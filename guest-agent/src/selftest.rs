@@ -27,7 +27,10 @@ type Check = Result<(), Fail>;
 type NamedCheck<'a> = (&'a str, Box<dyn Fn() -> Check>);
 
 fn fail(errno: i32, what: impl Into<String>) -> Fail {
-    Fail { errno, what: what.into() }
+    Fail {
+        errno,
+        what: what.into(),
+    }
 }
 
 /// The errno of the last failed libc call, as a `Fail` naming that call.
@@ -51,7 +54,10 @@ fn fd(ret: i64, what: &str) -> Result<OwnedFd, Fail> {
 }
 
 fn io_fail(e: std::io::Error, what: &str) -> Fail {
-    fail(e.raw_os_error().unwrap_or(libc::EIO), format!("{what}: {e}"))
+    fail(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
 }
 
 pub struct Summary {
@@ -62,7 +68,11 @@ pub struct Summary {
 /// Runs every check. `pid1` allows the checks that change global state (bringing `lo` up,
 /// mounting cgroup2, creating a cgroup), which a host run must not do.
 pub fn run(pid1: bool) -> Summary {
-    let scratch = if pid1 { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+    let scratch = if pid1 {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
     let checks: Vec<NamedCheck> = vec![
         (
             "inotify",
@@ -103,7 +113,12 @@ pub fn run(pid1: bool) -> Summary {
             }
             Err(f) => {
                 summary.fail += 1;
-                say!("SELFTEST {name} FAIL {} {} ({})", f.errno, Errno::from_raw(f.errno), f.what);
+                say!(
+                    "SELFTEST {name} FAIL {} {} ({})",
+                    f.errno,
+                    Errno::from_raw(f.errno),
+                    f.what
+                );
             }
         }
     }
@@ -135,8 +150,11 @@ fn inotify(dir: &Path) -> Check {
 
 fn fanotify() -> Check {
     let flags = libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
-    fd(unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) } as i64, "fanotify_init")
-        .map(drop)
+    fd(
+        unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) } as i64,
+        "fanotify_init",
+    )
+    .map(drop)
 }
 
 fn posix_timers() -> Check {
@@ -148,8 +166,14 @@ fn posix_timers() -> Check {
         "timer_create",
     )?;
     let spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: 60, tv_nsec: 0 },
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 60,
+            tv_nsec: 0,
+        },
     };
     let res = cvt(
         unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } as i64,
@@ -157,7 +181,10 @@ fn posix_timers() -> Check {
     )
     .and_then(|_| {
         let mut cur: libc::itimerspec = unsafe { zeroed() };
-        cvt(unsafe { libc::timer_gettime(timer, &mut cur) } as i64, "timer_gettime")?;
+        cvt(
+            unsafe { libc::timer_gettime(timer, &mut cur) } as i64,
+            "timer_gettime",
+        )?;
         if cur.it_value.tv_sec == 0 && cur.it_value.tv_nsec == 0 {
             return Err(fail(libc::EINVAL, "armed timer reads as disarmed"));
         }
@@ -176,7 +203,10 @@ fn io_uring() -> Check {
     )?;
     // sq_entries (word 0) is filled in by the kernel.
     if params[0] < 4 {
-        return Err(fail(libc::EINVAL, format!("io_uring_setup gave {} sq entries", params[0])));
+        return Err(fail(
+            libc::EINVAL,
+            format!("io_uring_setup gave {} sq entries", params[0]),
+        ));
     }
     drop(ring);
     Ok(())
@@ -190,10 +220,15 @@ fn memfd() -> Check {
         "memfd_create",
     )?;
     let mut f = fs::File::from(mfd);
-    f.write_all(b"husk").map_err(|e| io_fail(e, "write memfd"))?;
+    f.write_all(b"husk")
+        .map_err(|e| io_fail(e, "write memfd"))?;
     cvt(
         unsafe {
-            libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK)
+            libc::fcntl(
+                f.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK,
+            )
         } as i64,
         "fcntl(F_ADD_SEALS)",
     )?;
@@ -226,8 +261,10 @@ fn sysv_ipc() -> Check {
         "semget",
     )?;
     unsafe { libc::semctl(sem as i32, 0, libc::IPC_RMID) };
-    let msg =
-        cvt(unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) } as i64, "msgget")?;
+    let msg = cvt(
+        unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) } as i64,
+        "msgget",
+    )?;
     unsafe { libc::msgctl(msg as i32, libc::IPC_RMID, std::ptr::null_mut()) };
     Ok(())
 }
@@ -247,7 +284,11 @@ fn mqueue() -> Check {
         return Err(last("mq_open"));
     }
     let sent = unsafe { libc::mq_send(mq, c"ping".as_ptr(), 4, 0) };
-    let res = if sent < 0 { Err(last("mq_send")) } else { Ok(()) };
+    let res = if sent < 0 {
+        Err(last("mq_send"))
+    } else {
+        Ok(())
+    };
     unsafe {
         libc::mq_close(mq);
         libc::mq_unlink(name.as_ptr());
@@ -257,13 +298,27 @@ fn mqueue() -> Check {
 
 /// An eventfd made readable, watched by an epoll instance that must report it.
 fn epoll() -> Check {
-    let ep = fd(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64, "epoll_create1")?;
-    let ev =
-        fd(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
-    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 7 };
+    let ep = fd(
+        unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64,
+        "epoll_create1",
+    )?;
+    let ev = fd(
+        unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64,
+        "eventfd",
+    )?;
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 7,
+    };
     cvt(
-        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, ev.as_raw_fd(), &mut event) }
-            as i64,
+        unsafe {
+            libc::epoll_ctl(
+                ep.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ev.as_raw_fd(),
+                &mut event,
+            )
+        } as i64,
         "epoll_ctl",
     )?;
     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
@@ -272,14 +327,19 @@ fn epoll() -> Check {
         "epoll_wait",
     )?;
     if n != 1 || out[0].u64 != 7 {
-        return Err(fail(libc::EIO, format!("epoll_wait reported {n} events, want the eventfd")));
+        return Err(fail(
+            libc::EIO,
+            format!("epoll_wait reported {n} events, want the eventfd"),
+        ));
     }
     Ok(())
 }
 
 fn eventfd() -> Check {
-    let ev =
-        fd(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64, "eventfd")?;
+    let ev = fd(
+        unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64,
+        "eventfd",
+    )?;
     let one: u64 = 1;
     if unsafe { libc::write(ev.as_raw_fd(), (&one as *const u64).cast(), 8) } != 8 {
         return Err(last("write eventfd"));
@@ -298,7 +358,10 @@ fn signalfd() -> Check {
         libc::sigemptyset(&mut mask);
         libc::sigaddset(&mut mask, libc::SIGUSR1);
         let mut old: libc::sigset_t = zeroed();
-        cvt(libc::sigprocmask(libc::SIG_BLOCK, &mask, &mut old) as i64, "sigprocmask")?;
+        cvt(
+            libc::sigprocmask(libc::SIG_BLOCK, &mask, &mut old) as i64,
+            "sigprocmask",
+        )?;
         let res = (|| {
             let sfd = fd(
                 libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as i64,
@@ -333,8 +396,14 @@ fn timerfd() -> Check {
         "timerfd_create",
     )?;
     let spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 },
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        },
     };
     cvt(
         unsafe { libc::timerfd_settime(tfd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } as i64,
@@ -389,7 +458,10 @@ fn futex() -> Check {
 
 fn aio() -> Check {
     let mut ctx: libc::c_ulong = 0;
-    cvt(unsafe { libc::syscall(libc::SYS_io_setup, 8, &mut ctx) }, "io_setup")?;
+    cvt(
+        unsafe { libc::syscall(libc::SYS_io_setup, 8, &mut ctx) },
+        "io_setup",
+    )?;
     unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
     Ok(())
 }
@@ -420,7 +492,10 @@ fn in_child(what: &str, child: impl FnOnce() -> i32) -> Check {
     } else if libc::WIFEXITED(status) {
         Err(fail(libc::WEXITSTATUS(status), what))
     } else {
-        Err(fail(libc::EINTR, format!("{what}: child killed by signal {}", libc::WTERMSIG(status))))
+        Err(fail(
+            libc::EINTR,
+            format!("{what}: child killed by signal {}", libc::WTERMSIG(status)),
+        ))
     }
 }
 
@@ -433,7 +508,10 @@ fn seccomp() -> Check {
             jf: 0,
             k: libc::SECCOMP_RET_ALLOW,
         }];
-        let prog = libc::sock_fprog { len: 1, filter: allow.as_ptr() as *mut _ };
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: allow.as_ptr() as *mut _,
+        };
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Errno::last_raw();
         }
@@ -486,7 +564,14 @@ fn bpf() -> Check {
         prog_flags: 0,
     };
     let prog = fd(
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr, size_of::<ProgLoad>() as u32) },
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr,
+                size_of::<ProgLoad>() as u32,
+            )
+        },
         "bpf(BPF_PROG_LOAD)",
     )?;
     // Attach it to a socket: what a workload does with a socket filter.
@@ -524,7 +609,12 @@ fn bpf() -> Check {
     };
     fd(
         unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &map, size_of::<MapCreate>() as u32)
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_CREATE,
+                &map,
+                size_of::<MapCreate>() as u32,
+            )
         },
         "bpf(BPF_MAP_CREATE)",
     )
@@ -564,7 +654,10 @@ fn cgroup2(pid1: bool) -> Check {
         && st.f_type as i64 == CGROUP2_SUPER_MAGIC;
     if !mounted {
         if !pid1 {
-            return Err(fail(libc::ENOENT, format!("{CGROUP_ROOT} is not cgroup2 on this host")));
+            return Err(fail(
+                libc::ENOENT,
+                format!("{CGROUP_ROOT} is not cgroup2 on this host"),
+            ));
         }
         let _ = fs::create_dir_all(CGROUP_ROOT);
         nix::mount::mount(
@@ -581,28 +674,50 @@ fn cgroup2(pid1: bool) -> Check {
     let controllers = fs::read_to_string(format!("{CGROUP_ROOT}/cgroup.controllers"))
         .map_err(|e| io_fail(e, "read cgroup.controllers"))?;
     let offered: Vec<&str> = controllers.split_whitespace().collect();
-    let missing: Vec<&str> =
-        WANT_CONTROLLERS.iter().copied().filter(|c| !offered.contains(c)).collect();
+    let missing: Vec<&str> = WANT_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| !offered.contains(c))
+        .collect();
     if !missing.is_empty() {
         return Err(fail(
             libc::ENOENT,
-            format!("controllers missing: {} (offered: {})", missing.join(" "), controllers.trim()),
+            format!(
+                "controllers missing: {} (offered: {})",
+                missing.join(" "),
+                controllers.trim()
+            ),
         ));
     }
     if !pid1 {
         return Ok(());
     }
     let enable: Vec<String> = WANT_CONTROLLERS.iter().map(|c| format!("+{c}")).collect();
-    fs::write(format!("{CGROUP_ROOT}/cgroup.subtree_control"), enable.join(" "))
-        .map_err(|e| io_fail(e, "enable controllers in cgroup.subtree_control"))?;
+    fs::write(
+        format!("{CGROUP_ROOT}/cgroup.subtree_control"),
+        enable.join(" "),
+    )
+    .map_err(|e| io_fail(e, "enable controllers in cgroup.subtree_control"))?;
     let child = format!("{CGROUP_ROOT}/husk-selftest");
     fs::create_dir(&child).map_err(|e| io_fail(e, "mkdir child cgroup"))?;
-    let files = ["cpu.max", "memory.max", "pids.max", "io.stat", "cpuset.cpus"];
-    let absent: Vec<&str> =
-        files.iter().copied().filter(|f| fs::metadata(format!("{child}/{f}")).is_err()).collect();
+    let files = [
+        "cpu.max",
+        "memory.max",
+        "pids.max",
+        "io.stat",
+        "cpuset.cpus",
+    ];
+    let absent: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| fs::metadata(format!("{child}/{f}")).is_err())
+        .collect();
     let _ = fs::remove_dir(&child);
     if !absent.is_empty() {
-        return Err(fail(libc::ENOENT, format!("child cgroup lacks {}", absent.join(" "))));
+        return Err(fail(
+            libc::ENOENT,
+            format!("child cgroup lacks {}", absent.join(" ")),
+        ));
     }
     Ok(())
 }
@@ -639,7 +754,9 @@ fn tcp_loopback(addr: &str, pid1: bool) -> Check {
         loopback_up()?;
     }
     let listener = TcpListener::bind(addr).map_err(|e| io_fail(e, &format!("bind {addr}")))?;
-    let local = listener.local_addr().map_err(|e| io_fail(e, "local_addr"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| io_fail(e, "local_addr"))?;
     let mut client =
         TcpStream::connect(local).map_err(|e| io_fail(e, &format!("connect {local}")))?;
     let (mut server, _) = listener.accept().map_err(|e| io_fail(e, "accept"))?;
@@ -653,8 +770,13 @@ fn tcp_loopback(addr: &str, pid1: bool) -> Check {
 fn packet() -> Check {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     let sock = fd(
-        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32) }
-            as i64,
+        unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto as i32,
+            )
+        } as i64,
         "socket(AF_PACKET)",
     )?;
     let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };

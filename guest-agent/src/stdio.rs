@@ -9,10 +9,9 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-use husk_protocol::{ConsoleSize, ErrorCode, ErrorReply, StreamKind};
+use husk_protocol::{ErrorCode, ErrorReply, StreamKind};
 
 use crate::pty;
 use crate::vsock::{fd_read, fd_write_all, VsockStream, CHUNK};
@@ -26,18 +25,20 @@ pub enum Stdio {
         /// The attached stdin stream, so `CloseStdin` can end its pump.
         stdin_stream: Mutex<Option<VsockStream>>,
     },
+    /// The master arrives from the init helper once it has opened the pty inside the
+    /// container (see [`crate::process`]).
     Pty {
-        master: OwnedFd,
+        master: OnceLock<OwnedFd>,
         attached: Mutex<bool>,
     },
 }
 
-/// The process's ends: fds 0, 1, 2, and the pty's path for /dev/console.
+/// The process's ends: fds 0, 1, 2 (/dev/null for a terminal process until the helper
+/// puts the pty slave there).
 pub struct ChildStdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    pub console: Option<PathBuf>,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -49,18 +50,22 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Stdio {
-    pub fn new(terminal: bool, size: Option<ConsoleSize>) -> io::Result<(Stdio, ChildStdio)> {
+    pub fn new(terminal: bool) -> io::Result<(Stdio, ChildStdio)> {
         if terminal {
-            let p = pty::open(size)?;
+            let null = OwnedFd::from(
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")?,
+            );
             let child = ChildStdio {
-                stdin: p.slave.try_clone()?,
-                stdout: p.slave.try_clone()?,
-                stderr: p.slave,
-                console: Some(p.slave_path),
+                stdin: null.try_clone()?,
+                stdout: null.try_clone()?,
+                stderr: null,
             };
             return Ok((
                 Stdio::Pty {
-                    master: p.master,
+                    master: OnceLock::new(),
                     attached: Mutex::new(false),
                 },
                 child,
@@ -80,9 +85,15 @@ impl Stdio {
                 stdin: in_r,
                 stdout: out_w,
                 stderr: err_w,
-                console: None,
             },
         ))
+    }
+
+    /// Takes the pty master the init helper opened.
+    pub fn set_pty_master(&self, fd: OwnedFd) {
+        if let Stdio::Pty { master, .. } = self {
+            let _ = master.set(fd);
+        }
     }
 
     /// Hands `stream` its end of the process's stdio and starts the pump. `ready` is called
@@ -135,6 +146,7 @@ impl Stdio {
                         "the pty stream is already attached",
                     ));
                 }
+                let master = pty_master(master)?;
                 let m_in = master.try_clone().map_err(internal)?;
                 let m_out = master.try_clone().map_err(internal)?;
                 let s_in = stream.try_clone().map_err(internal)?;
@@ -175,13 +187,16 @@ impl Stdio {
                 }
                 Ok(())
             }
-            Stdio::Pty { master, .. } => fd_write_all(master.as_raw_fd(), &[4]),
+            Stdio::Pty { master, .. } => match master.get() {
+                Some(m) => fd_write_all(m.as_raw_fd(), &[4]),
+                None => Err(io::Error::other("the pty is not open yet")),
+            },
         }
     }
 
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ErrorReply> {
         match self {
-            Stdio::Pty { master, .. } => pty::resize(master.as_raw_fd(), rows, cols)
+            Stdio::Pty { master, .. } => pty::resize(pty_master(master)?.as_raw_fd(), rows, cols)
                 .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("TIOCSWINSZ: {e}"))),
             Stdio::Pipes { .. } => Err(ErrorReply::new(
                 ErrorCode::InvalidState,
@@ -189,6 +204,11 @@ impl Stdio {
             )),
         }
     }
+}
+
+fn pty_master(m: &OnceLock<OwnedFd>) -> Result<&OwnedFd, ErrorReply> {
+    m.get()
+        .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidState, "the pty is not open yet"))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {

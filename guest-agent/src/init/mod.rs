@@ -1,0 +1,214 @@
+//! The `init` helper: `husk-agent init`, re-executed by the agent for each process it runs
+//! (see [`crate::process`] for the protocol). Single-threaded, so it may unshare and setns
+//! freely. On any failure it reports `E<why>` on the sync socket and exits.
+//!
+//! [`namespaces`] creates or joins the namespaces, [`mounts`] builds the container's
+//! filesystem tree (every spec path resolved inside the root by [`in_root`]), [`devices`]
+//! fills /dev and makes the terminal, [`exec`] applies the process spec and execs.
+
+mod devices;
+mod exec;
+mod in_root;
+mod mounts;
+mod namespaces;
+
+use std::fmt::Display;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, RawFd};
+
+use husk_protocol::{NamespaceKind, RlimitKind};
+
+use crate::process::{recv, send, InitConfig, Mode};
+
+const SYNC: RawFd = 3;
+const CONFIG: RawFd = 4;
+
+/// A failed step of the helper; the message names the operation and the path or id.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("reading the init config from fd 4: {0}")]
+    ReadConfig(#[source] io::Error),
+    #[error("decoding the init config: {0}")]
+    DecodeConfig(#[source] serde_json::Error),
+    #[error("{0:?} namespaces are not supported by husk-agent")]
+    UnsupportedNamespace(NamespaceKind),
+    /// A system call with no path of its own (unshare, clone, setsid, ...).
+    #[error("{op}: {source}")]
+    Sys {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// An operation on a path of the agent's own view (/proc/<pid>/ns/*, the rootfs).
+    #[error("{op} {path}: {source}")]
+    Path {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An operation on a path as the container sees it, resolved inside its root.
+    #[error("{op} {path} inside the container root: {source}")]
+    InRoot {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounting {src} ({fstype}) on {dest}: {source}")]
+    Mount {
+        src: String,
+        fstype: String,
+        dest: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sysctl {key:?} is not a kernel parameter name (no '/', no '..')")]
+    BadSysctl { key: String },
+    #[error("sysctl {key}={value:?} (/proc/sys/{path}): {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setrlimit {kind:?} to soft {soft} hard {hard}: {source}")]
+    Rlimit {
+        kind: RlimitKind,
+        soft: u64,
+        hard: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op}: {source}")]
+    Capabilities {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("installing the seccomp filter: {0}")]
+    Seccomp(#[source] io::Error),
+    #[error("{op}({id}): {source}")]
+    User {
+        op: &'static str,
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} contains a NUL byte")]
+    Nul(&'static str),
+    #[error("sync socket with the agent: {0}")]
+    Sync(#[source] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, InitError>;
+
+/// `Err(errno)` for a negative return.
+fn cvt(rc: impl Into<i64>) -> io::Result<()> {
+    if rc.into() < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn sys(op: &'static str) -> impl FnOnce(io::Error) -> InitError {
+    move |source| InitError::Sys { op, source }
+}
+
+fn on_path(op: &'static str, path: impl Display) -> impl FnOnce(io::Error) -> InitError {
+    let path = path.to_string();
+    move |source| InitError::Path { op, path, source }
+}
+
+fn inside(op: &'static str, path: impl Display) -> impl FnOnce(io::Error) -> InitError {
+    let path = path.to_string();
+    move |source| InitError::InRoot { op, path, source }
+}
+
+/// Entry point of `husk-agent init`. Never returns.
+pub fn main() -> ! {
+    // The agent ignores SIGPIPE; ignored dispositions survive exec, the process must not
+    // inherit that.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
+    }
+    let err = match read_config().and_then(run) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = send(SYNC, format!("E{err}").as_bytes());
+    unsafe { libc::_exit(1) }
+}
+
+fn read_config() -> Result<InitConfig> {
+    let mut f = unsafe { fs::File::from_raw_fd(CONFIG) };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(InitError::ReadConfig)?;
+    serde_json::from_slice(&buf).map_err(InitError::DecodeConfig)
+}
+
+enum Never {}
+
+fn run(cfg: InitConfig) -> Result<Never> {
+    // Through the agent's /proc while it is still there; fork and exec inherit it.
+    if let Some(adj) = cfg.process.oom_score_adj {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(on_path("writing", "/proc/self/oom_score_adj"))?;
+    }
+    match &cfg.mode {
+        Mode::Create { spec, rootfs } => {
+            let flags = namespaces::flags(&spec.namespaces)?;
+            cvt(unsafe { libc::unshare(flags) }).map_err(sys("unshare"))?;
+            fork_parent()?;
+            mounts::setup_container(spec, rootfs, &cfg.process)?;
+        }
+        Mode::Exec { target, namespaces } => {
+            namespaces::join(*target, namespaces)?;
+            fork_parent()?;
+            if cfg.process.terminal {
+                let root = in_root::open_root("/".as_ref()).map_err(on_path("opening", "/"))?;
+                devices::terminal(&root, &cfg.process, false)?;
+            }
+        }
+    }
+    send(SYNC, b"R").map_err(InitError::Sync)?;
+    match recv(SYNC).map_err(InitError::Sync)?.first() {
+        Some(b'S') => {}
+        // The agent dropped the container before starting it.
+        _ => unsafe { libc::_exit(0) },
+    }
+    exec::exec(&cfg.process, cfg.seccomp.as_ref())
+}
+
+/// clone(CLONE_PARENT): the process becomes the agent's child (so the agent reaps it and
+/// learns its status) and, after unshare/setns of a pid namespace, the first process in it.
+/// The helper reports the pid and exits; only the child returns.
+fn fork_parent() -> Result<()> {
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    cvt(pid).map_err(sys("clone(CLONE_PARENT)"))?;
+    if pid > 0 {
+        let _ = send(SYNC, format!("P{pid}").as_bytes());
+        unsafe { libc::_exit(0) }
+    }
+    Ok(())
+}
