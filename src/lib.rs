@@ -7,5 +7,6 @@
 
 pub mod agent;
 pub mod devices;
+pub mod image;
 pub mod sandbox;
 pub mod vmm;
