@@ -10,3 +10,6 @@ pub mod whiteout;
 
 pub use convert::{convert, ConvertError, Converted};
 pub use unpack::UnpackError;
+
+#[cfg(test)]
+mod tests;
