@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -146,27 +146,26 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
+    /// A writer for a new blob; nothing appears in the store until [`BlobWriter::commit`].
+    pub fn blob_writer(&self, max: Option<u64>) -> Result<BlobWriter<'_>, StoreError> {
+        let dir = self.root.join("blobs/sha256");
+        let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_err("cannot create temp blob in", &dir))?;
+        Ok(BlobWriter { store: self, inner: HashingWriter::new(io::BufWriter::with_capacity(256 << 10, tmp)), limit: max.unwrap_or(u64::MAX), exceeded: false })
+    }
+
     /// Streams `reader` into the store. With `expected`, the content must have that digest;
     /// `max` bounds its size. The blob appears under its name only once complete and checked.
     pub fn write_blob(&self, mut reader: impl Read, expected: Option<&Digest>, max: Option<u64>) -> Result<Digest, StoreError> {
-        let dir = self.root.join("blobs/sha256");
-        let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_err("cannot create temp blob in", &dir))?;
-        let mut w = HashingWriter::new(io::BufWriter::new(tmp));
-        let limit = max.unwrap_or(u64::MAX);
-        let copied = io::copy(&mut (&mut reader).take(limit.saturating_add(1)), &mut w).map_err(io_err("cannot write blob in", &dir))?;
-        if copied > limit {
-            let digest = expected.map_or_else(|| "(unknown)".to_string(), |d| d.to_string());
-            return Err(StoreError::TooLarge { digest, limit });
-        }
-        let (actual, buf) = w.finish();
-        let tmp = buf.into_inner().map_err(|e| io_err("cannot write blob in", &dir)(e.into_error()))?;
-        if let Some(expected) = expected {
-            if *expected != actual {
-                return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+        let mut w = self.blob_writer(max)?;
+        match io::copy(&mut reader, &mut w) {
+            Ok(_) => w.commit(expected),
+            Err(e) if w.over_limit() => {
+                let digest = expected.map_or_else(|| "(unknown)".to_string(), |d| d.to_string());
+                drop(e);
+                Err(StoreError::TooLarge { digest, limit: w.limit })
             }
+            Err(e) => Err(io_err("cannot write blob in", &self.root.join("blobs/sha256"))(e)),
         }
-        self.persist_blob(tmp, &actual)?;
-        Ok(actual)
     }
 
     /// Stores `data` and returns its digest.
@@ -381,6 +380,54 @@ impl Store {
             remove_path(&entry.path())?;
         }
         Ok(stats)
+    }
+}
+
+/// A blob being written: hashed as it goes, bounded, renamed into place by `commit` only if
+/// its digest is the one expected. Dropped without `commit`, it leaves nothing behind.
+pub struct BlobWriter<'s> {
+    store: &'s Store,
+    inner: HashingWriter<io::BufWriter<tempfile::NamedTempFile>>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl BlobWriter<'_> {
+    fn over_limit(&self) -> bool {
+        self.exceeded
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    /// Checks the digest and stores the blob under it.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<Digest, StoreError> {
+        let dir = self.store.root.join("blobs/sha256");
+        let (actual, buf) = self.inner.finish();
+        let tmp = buf.into_inner().map_err(|e| io_err("cannot write blob in", &dir)(e.into_error()))?;
+        if let Some(expected) = expected {
+            if *expected != actual {
+                return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+            }
+        }
+        self.store.persist_blob(tmp, &actual)?;
+        Ok(actual)
+    }
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.inner.written().saturating_add(buf.len() as u64) > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other(format!("blob larger than {} bytes", self.limit)));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
