@@ -32,8 +32,14 @@ impl Digest {
 
     /// A digest from its 64 hex digits (no `sha256:` prefix).
     pub fn from_hex(hex: &str) -> Result<Digest, DigestError> {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            Ok(Digest { hex: hex.to_string() })
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Digest {
+                hex: hex.to_string(),
+            })
         } else {
             Err(DigestError::Malformed(hex.to_string()))
         }
@@ -63,7 +69,9 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some(("sha256", hex)) => Digest::from_hex(hex).map_err(|_| DigestError::Malformed(s.to_string())),
+            Some(("sha256", hex)) => {
+                Digest::from_hex(hex).map_err(|_| DigestError::Malformed(s.to_string()))
+            }
             Some((alg, _)) if !alg.is_empty() => Err(DigestError::Unsupported(s.to_string())),
             _ => Err(DigestError::Malformed(s.to_string())),
         }
@@ -104,7 +112,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -113,7 +125,10 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest of what was written, and the inner writer.
     pub fn finish(self) -> (Digest, W) {
-        (Digest::from_hash(self.hasher.finalize().as_slice()), self.inner)
+        (
+            Digest::from_hash(self.hasher.finalize().as_slice()),
+            self.inner,
+        )
     }
 }
 
@@ -155,12 +170,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        for bad in ["", "sha256:", "sha256:abc", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
             "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
-            "sha256:../../../../../../../../../../../../../../../../../../../etc/passwd"] {
+            "sha256:../../../../../../../../../../../../../../../../../../../etc/passwd",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
-        assert!(matches!("sha512:00".parse::<Digest>(), Err(DigestError::Unsupported(_))));
+        assert!(matches!(
+            "sha512:00".parse::<Digest>(),
+            Err(DigestError::Unsupported(_))
+        ));
     }
 
     #[test]

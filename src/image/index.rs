@@ -22,7 +22,10 @@ pub enum IndexError {
     #[error("cannot read image index {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("image index {path} is corrupt ({source}); move it away to start an empty store")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write image index {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -43,8 +46,16 @@ impl Lock {
     }
 
     fn take(path: &Path, op: libc::c_int) -> Result<Lock, IndexError> {
-        let err = |source| IndexError::Lock { path: path.to_path_buf(), source };
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(err)?;
+        let err = |source| IndexError::Lock {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -72,17 +83,36 @@ impl Index {
     pub fn read(path: &Path) -> Result<Index, IndexError> {
         let data = match std::fs::read(path) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Index { schema_version: 1, ..Default::default() }),
-            Err(source) => return Err(IndexError::Read { path: path.to_path_buf(), source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Index {
+                    schema_version: 1,
+                    ..Default::default()
+                })
+            }
+            Err(source) => {
+                return Err(IndexError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
-        serde_json::from_slice(&data).map_err(|source| IndexError::Parse { path: path.to_path_buf(), source })
+        serde_json::from_slice(&data).map_err(|source| IndexError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Replaces `path` atomically: a temp file beside it, fsynced, then renamed over it.
     pub fn write(&self, path: &Path) -> Result<(), IndexError> {
-        let err = |source| IndexError::Write { path: path.to_path_buf(), source };
+        let err = |source| IndexError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new().prefix(".index.json.").tempfile_in(dir).map_err(err)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".index.json.")
+            .tempfile_in(dir)
+            .map_err(err)?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
         tmp.write_all(&json).map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
@@ -91,7 +121,11 @@ impl Index {
     }
 
     /// Runs `f` on the index under `index.lock` and writes the result back.
-    pub fn update<T>(path: &Path, lock: &Path, f: impl FnOnce(&mut Index) -> T) -> Result<T, IndexError> {
+    pub fn update<T>(
+        path: &Path,
+        lock: &Path,
+        f: impl FnOnce(&mut Index) -> T,
+    ) -> Result<T, IndexError> {
         let _guard = Lock::exclusive(lock)?;
         let mut index = Index::read(path)?;
         let out = f(&mut index);
@@ -112,13 +146,20 @@ mod tests {
         let lock = dir.path().join("index.lock");
         assert!(Index::read(&path).unwrap().images.is_empty());
         Index::update(&path, &lock, |i| {
-            i.images.insert("docker.io/library/busybox:latest".into(), Digest::of(b"m"));
+            i.images
+                .insert("docker.io/library/busybox:latest".into(), Digest::of(b"m"));
         })
         .unwrap();
         let back = Index::read(&path).unwrap();
-        assert_eq!(back.images["docker.io/library/busybox:latest"], Digest::of(b"m"));
+        assert_eq!(
+            back.images["docker.io/library/busybox:latest"],
+            Digest::of(b"m")
+        );
         // No temp files left beside it.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 

@@ -15,19 +15,19 @@
 //! ```
 
 pub mod digest;
-pub mod image;
 pub mod import;
 pub mod index;
 pub mod layer;
 pub mod pull;
+pub mod record;
 pub mod reference;
 pub mod scratch;
 pub mod store;
 
 pub use digest::Digest;
-pub use image::{Image, Layer, RunConfig};
 pub use import::ImportError;
 pub use layer::{ConvertError, Converted};
 pub use pull::{Progress, PullError};
+pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
 pub use store::{GcStats, Limits, Store, StoreError, DEFAULT_ROOT};

@@ -22,7 +22,10 @@ pub enum ReferenceError {
     #[error("image reference {reference:?}: invalid registry {registry:?}")]
     Registry { reference: String, registry: String },
     #[error("image reference {reference:?}: {source}")]
-    Digest { reference: String, source: super::digest::DigestError },
+    Digest {
+        reference: String,
+        source: super::digest::DigestError,
+    },
 }
 
 /// A normalized image reference: registry, repository, and a tag and/or a digest.
@@ -58,7 +61,11 @@ impl Reference {
 
     /// The same name pinned to `digest` (no tag): how a pulled image is also reachable.
     pub fn with_digest(&self, digest: Digest) -> Reference {
-        Reference { tag: None, digest: Some(digest), ..self.clone() }
+        Reference {
+            tag: None,
+            digest: Some(digest),
+            ..self.clone()
+        }
     }
 
     /// The shortest form docker prints: `busybox:latest` for Docker Hub's library images.
@@ -86,7 +93,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// One path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
@@ -95,7 +103,10 @@ fn valid_component(c: &str) -> bool {
     if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
         return false;
     }
-    if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')) {
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+    {
         return false;
     }
     // Separators: one '.', one or two '_', or any number of '-'; never mixed.
@@ -124,7 +135,9 @@ fn valid_registry(r: &str) -> bool {
         _ => (r, None),
     };
     let host_ok = if host.starts_with('[') && host.ends_with(']') {
-        host[1..host.len() - 1].bytes().all(|c| c.is_ascii_hexdigit() || c == b':')
+        host[1..host.len() - 1]
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() || c == b':')
     } else {
         !host.is_empty()
             && host.split('.').all(|l| {
@@ -134,7 +147,9 @@ fn valid_registry(r: &str) -> bool {
                     && !l.ends_with('-')
             })
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let port_ok = port.map_or(true, |p| {
+        !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit())
+    });
     host_ok && port_ok
 }
 
@@ -147,7 +162,12 @@ impl FromStr for Reference {
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let d = d.parse::<Digest>().map_err(|source| ReferenceError::Digest { reference: s.into(), source })?;
+                let d = d
+                    .parse::<Digest>()
+                    .map_err(|source| ReferenceError::Digest {
+                        reference: s.into(),
+                        source,
+                    })?;
                 (r, Some(d))
             }
             None => (s, None),
@@ -161,11 +181,19 @@ impl FromStr for Reference {
         };
         if let Some(t) = tag {
             if !valid_tag(t) {
-                return Err(ReferenceError::Tag { reference: s.into(), tag: t.into() });
+                return Err(ReferenceError::Tag {
+                    reference: s.into(),
+                    tag: t.into(),
+                });
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" || first.starts_with('[') => {
+            Some((first, path))
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.starts_with('[') =>
+            {
                 (first.to_string(), path.to_string())
             }
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
@@ -175,10 +203,19 @@ impl FromStr for Reference {
             _ => registry,
         };
         if !valid_registry(&registry) {
-            return Err(ReferenceError::Registry { reference: s.into(), registry });
+            return Err(ReferenceError::Registry {
+                reference: s.into(),
+                registry,
+            });
         }
-        if repository.is_empty() || repository.len() > 255 || !repository.split('/').all(valid_component) {
-            return Err(ReferenceError::Repository { reference: s.into(), name: repository });
+        if repository.is_empty()
+            || repository.len() > 255
+            || !repository.split('/').all(valid_component)
+        {
+            return Err(ReferenceError::Repository {
+                reference: s.into(),
+                name: repository,
+            });
         }
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
@@ -190,7 +227,12 @@ impl FromStr for Reference {
             (None, None) => Some(DEFAULT_TAG.to_string()),
             (None, Some(_)) => None,
         };
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -220,15 +262,27 @@ mod tests {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
-        assert_eq!(norm("index.docker.io/library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            norm("index.docker.io/library/busybox"),
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(norm("user/app:v1"), "docker.io/user/app:v1");
         assert_eq!(norm("localhost:5000/x:tag"), "localhost:5000/x:tag");
         assert_eq!(norm("localhost/x"), "localhost/x:latest");
         assert_eq!(norm("127.0.0.1:5000/a/b/c"), "127.0.0.1:5000/a/b/c:latest");
-        assert_eq!(norm("quay.io/org/img-name__x.y:tag_1.2-3"), "quay.io/org/img-name__x.y:tag_1.2-3");
+        assert_eq!(
+            norm("quay.io/org/img-name__x.y:tag_1.2-3"),
+            "quay.io/org/img-name__x.y:tag_1.2-3"
+        );
         let hex = "a".repeat(64);
-        assert_eq!(norm(&format!("busybox@sha256:{hex}")), format!("docker.io/library/busybox@sha256:{hex}"));
+        assert_eq!(
+            norm(&format!("busybox@sha256:{hex}")),
+            format!("docker.io/library/busybox@sha256:{hex}")
+        );
         assert_eq!(
             norm(&format!("localhost:5000/x:t@sha256:{hex}")),
             format!("localhost:5000/x:t@sha256:{hex}")
@@ -246,14 +300,33 @@ mod tests {
         let h: Reference = "busybox".parse().unwrap();
         assert!(!h.is_local_registry());
         assert_eq!(h.familiar(), "busybox:latest");
-        assert_eq!("user/app".parse::<Reference>().unwrap().familiar(), "user/app:latest");
+        assert_eq!(
+            "user/app".parse::<Reference>().unwrap().familiar(),
+            "user/app:latest"
+        );
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Busybox", "busybox:", "busybox:-x", "a//b", "../etc", "busy box", "x@sha256:12",
-            "bad_registry.com:abc/x", "-a/b", "a/b-", "a..b", "a___b"] {
-            assert!(bad.parse::<Reference>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "a//b",
+            "../etc",
+            "busy box",
+            "x@sha256:12",
+            "bad_registry.com:abc/x",
+            "-a/b",
+            "a/b-",
+            "a..b",
+            "a___b",
+        ] {
+            assert!(
+                bad.parse::<Reference>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 }

@@ -17,7 +17,11 @@ pub enum ScratchError {
     #[error("cannot run mkfs.ext4 for {path} ({source}); install e2fsprogs")]
     MkfsMissing { path: PathBuf, source: io::Error },
     #[error("mkfs.ext4 {path} failed ({status}): {stderr}")]
-    Mkfs { path: PathBuf, status: std::process::ExitStatus, stderr: String },
+    Mkfs {
+        path: PathBuf,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     #[error("scratch disk size {size} is too small (at least 1 MiB)")]
     TooSmall { size: u64 },
 }
@@ -29,23 +33,44 @@ pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
     if size < (1 << 20) {
         return Err(ScratchError::TooSmall { size });
     }
-    let io_err = |source| ScratchError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| ScratchError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(ScratchError::Exists { path: path.to_path_buf() }),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(ScratchError::Exists {
+                path: path.to_path_buf(),
+            })
+        }
         Err(e) => return Err(io_err(e)),
     };
     let result = (|| {
         file.set_len(size).map_err(io_err)?;
         drop(file);
         let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
             .arg(path)
             .output()
-            .map_err(|source| ScratchError::MkfsMissing { path: path.to_path_buf(), source })?;
+            .map_err(|source| ScratchError::MkfsMissing {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            return Err(ScratchError::Mkfs { path: path.to_path_buf(), status: out.status, stderr });
+            return Err(ScratchError::Mkfs {
+                path: path.to_path_buf(),
+                status: out.status,
+                stderr,
+            });
         }
         Ok(())
     })();
@@ -71,12 +96,24 @@ mod tests {
         let took = create(&p, 1 << 30).unwrap();
         let m = fs::metadata(&p).unwrap();
         assert_eq!(m.len(), 1 << 30);
-        assert!(m.blocks() * 512 < 64 << 20, "not sparse: {} bytes allocated", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 < 64 << 20,
+            "not sparse: {} bytes allocated",
+            m.blocks() * 512
+        );
         // ext4 superblock magic 0xEF53 at offset 1024 + 56.
-        let data = fs::read(&p).map(|d| d[1024 + 56..1024 + 58].to_vec()).unwrap();
+        let data = fs::read(&p)
+            .map(|d| d[1024 + 56..1024 + 58].to_vec())
+            .unwrap();
         assert_eq!(data, [0x53, 0xef]);
         eprintln!("scratch: 1 GiB ext4 in {took:?}");
-        assert!(matches!(create(&p, 1 << 30), Err(ScratchError::Exists { .. })));
-        assert!(matches!(create(&dir.path().join("s"), 4096), Err(ScratchError::TooSmall { .. })));
+        assert!(matches!(
+            create(&p, 1 << 30),
+            Err(ScratchError::Exists { .. })
+        ));
+        assert!(matches!(
+            create(&dir.path().join("s"), 4096),
+            Err(ScratchError::TooSmall { .. })
+        ));
     }
 }

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 use super::digest::{digest_reader, Digest, HashingWriter};
-use super::image::{Image, Layer};
 use super::index::{Index, IndexError, Lock};
+use super::record::{Image, Layer};
 use super::reference::{Reference, ReferenceError};
 
 /// Where the store lives unless the caller says otherwise (`--root`).
@@ -40,14 +40,22 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_unpacked_bytes: 64 << 30, max_entries: 4_000_000, max_json_bytes: 8 << 20 }
+        Limits {
+            max_unpacked_bytes: 64 << 30,
+            max_entries: 4_000_000,
+            max_json_bytes: 8 << 20,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -56,18 +64,28 @@ pub enum StoreError {
     NotFound(String),
     #[error("{prefix:?} matches several images ({matches}); give more of the ID or a name")]
     Ambiguous { prefix: String, matches: String },
-    #[error("blob {expected}: content has digest {actual}; the source is corrupt or was tampered with")]
+    #[error(
+        "blob {expected}: content has digest {actual}; the source is corrupt or was tampered with"
+    )]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest}: larger than {limit} bytes")]
     TooLarge { digest: String, limit: u64 },
     #[error("blob {0} is missing from the store")]
     MissingBlob(Digest),
     #[error("{what} {digest} is not valid: {reason}")]
-    Invalid { what: &'static str, digest: Digest, reason: String },
+    Invalid {
+        what: &'static str,
+        digest: Digest,
+        reason: String,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What garbage collection removed.
@@ -88,14 +106,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
-        let store = Store { root: root.into(), limits: Limits::default() };
-        for dir in [store.root.join("blobs/sha256"), store.root.join("layers"), store.tmp_dir()] {
+        let store = Store {
+            root: root.into(),
+            limits: Limits::default(),
+        };
+        for dir in [
+            store.root.join("blobs/sha256"),
+            store.root.join("layers"),
+            store.tmp_dir(),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err("cannot create store directory", &dir))?;
         }
         // Staging holds files of any owner and mode (setuid binaries, device nodes) while a
         // layer is converted: keep everyone else out.
         let tmp = store.tmp_dir();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).map_err(io_err("cannot chmod", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("cannot chmod", &tmp))?;
         Ok(store)
     }
 
@@ -118,7 +144,9 @@ impl Store {
 
     /// Where the read-only disk image of layer `digest` is cached.
     pub fn layer_image_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("layers").join(format!("{}.erofs", digest.hex()))
+        self.root
+            .join("layers")
+            .join(format!("{}.erofs", digest.hex()))
     }
 
     pub(crate) fn layers_dir(&self) -> PathBuf {
@@ -149,22 +177,41 @@ impl Store {
     /// A writer for a new blob; nothing appears in the store until [`BlobWriter::commit`].
     pub fn blob_writer(&self, max: Option<u64>) -> Result<BlobWriter<'_>, StoreError> {
         let dir = self.root.join("blobs/sha256");
-        let tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_err("cannot create temp blob in", &dir))?;
-        Ok(BlobWriter { store: self, inner: HashingWriter::new(io::BufWriter::with_capacity(256 << 10, tmp)), limit: max.unwrap_or(u64::MAX), exceeded: false })
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .map_err(io_err("cannot create temp blob in", &dir))?;
+        Ok(BlobWriter {
+            store: self,
+            inner: HashingWriter::new(io::BufWriter::with_capacity(256 << 10, tmp)),
+            limit: max.unwrap_or(u64::MAX),
+            exceeded: false,
+        })
     }
 
     /// Streams `reader` into the store. With `expected`, the content must have that digest;
     /// `max` bounds its size. The blob appears under its name only once complete and checked.
-    pub fn write_blob(&self, mut reader: impl Read, expected: Option<&Digest>, max: Option<u64>) -> Result<Digest, StoreError> {
+    pub fn write_blob(
+        &self,
+        mut reader: impl Read,
+        expected: Option<&Digest>,
+        max: Option<u64>,
+    ) -> Result<Digest, StoreError> {
         let mut w = self.blob_writer(max)?;
         match io::copy(&mut reader, &mut w) {
             Ok(_) => w.commit(expected),
             Err(e) if w.over_limit() => {
                 let digest = expected.map_or_else(|| "(unknown)".to_string(), |d| d.to_string());
                 drop(e);
-                Err(StoreError::TooLarge { digest, limit: w.limit })
+                Err(StoreError::TooLarge {
+                    digest,
+                    limit: w.limit,
+                })
             }
-            Err(e) => Err(io_err("cannot write blob in", &self.root.join("blobs/sha256"))(e)),
+            Err(e) => Err(io_err(
+                "cannot write blob in",
+                &self.root.join("blobs/sha256"),
+            )(e)),
         }
     }
 
@@ -175,26 +222,43 @@ impl Store {
 
     /// Moves `path` (a file on the store's filesystem, e.g. in its tmp dir) into the store
     /// after checking its digest against `expected` if given: no second copy of a large layer.
-    pub(crate) fn adopt_blob(&self, path: &Path, expected: Option<&Digest>) -> Result<Digest, StoreError> {
+    pub(crate) fn adopt_blob(
+        &self,
+        path: &Path,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, StoreError> {
         let f = File::open(path).map_err(io_err("cannot open", path))?;
-        let (actual, _) = digest_reader(io::BufReader::with_capacity(256 << 10, f)).map_err(io_err("cannot read", path))?;
+        let (actual, _) = digest_reader(io::BufReader::with_capacity(256 << 10, f))
+            .map_err(io_err("cannot read", path))?;
         if let Some(expected) = expected {
             if actual != *expected {
-                return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
             }
         }
         if !self.has_blob(&actual) {
             let dest = self.blob_path(&actual);
-            File::open(path).and_then(|f| f.sync_all()).map_err(io_err("cannot sync", path))?;
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("cannot sync", path))?;
             fs::rename(path, &dest).map_err(io_err("cannot move blob to", &dest))?;
         }
         Ok(actual)
     }
 
-    fn persist_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), StoreError> {
+    fn persist_blob(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
         let dest = self.blob_path(digest);
-        tmp.as_file().sync_all().map_err(io_err("cannot sync blob", &dest))?;
-        tmp.persist(&dest).map_err(|e| io_err("cannot store blob", &dest)(e.error))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("cannot sync blob", &dest))?;
+        tmp.persist(&dest)
+            .map_err(|e| io_err("cannot store blob", &dest)(e.error))?;
         Ok(())
     }
 
@@ -203,46 +267,76 @@ impl Store {
         let path = self.blob_path(digest);
         let f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingBlob(digest.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob(digest.clone()))
+            }
             Err(e) => return Err(io_err("cannot open blob", &path)(e)),
         };
         let mut data = Vec::new();
-        f.take(self.limits.max_json_bytes + 1).read_to_end(&mut data).map_err(io_err("cannot read blob", &path))?;
+        f.take(self.limits.max_json_bytes + 1)
+            .read_to_end(&mut data)
+            .map_err(io_err("cannot read blob", &path))?;
         if data.len() as u64 > self.limits.max_json_bytes {
-            return Err(StoreError::TooLarge { digest: digest.to_string(), limit: self.limits.max_json_bytes });
+            return Err(StoreError::TooLarge {
+                digest: digest.to_string(),
+                limit: self.limits.max_json_bytes,
+            });
         }
         Ok(data)
     }
 
     /// The image whose manifest is blob `manifest_digest`, with its config parsed and its
     /// layer digests validated.
-    pub fn image_by_manifest(&self, manifest_digest: &Digest, references: Vec<Reference>) -> Result<Image, StoreError> {
-        let invalid = |what, digest: &Digest, reason: String| StoreError::Invalid { what, digest: digest.clone(), reason };
+    pub fn image_by_manifest(
+        &self,
+        manifest_digest: &Digest,
+        references: Vec<Reference>,
+    ) -> Result<Image, StoreError> {
+        let invalid = |what, digest: &Digest, reason: String| StoreError::Invalid {
+            what,
+            digest: digest.clone(),
+            reason,
+        };
         let data = self.read_blob_bytes(manifest_digest)?;
-        let manifest = ImageManifest::from_reader(&data[..]).map_err(|e| invalid("manifest", manifest_digest, e.to_string()))?;
-        let config_digest: Digest = manifest
-            .config()
-            .digest()
-            .to_string()
-            .parse()
-            .map_err(|e: super::digest::DigestError| invalid("manifest", manifest_digest, e.to_string()))?;
+        let manifest = ImageManifest::from_reader(&data[..])
+            .map_err(|e| invalid("manifest", manifest_digest, e.to_string()))?;
+        let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(
+            |e: super::digest::DigestError| invalid("manifest", manifest_digest, e.to_string()),
+        )?;
         let cdata = self.read_blob_bytes(&config_digest)?;
-        let config = ImageConfiguration::from_reader(&cdata[..]).map_err(|e| invalid("image config", &config_digest, e.to_string()))?;
+        let config = ImageConfiguration::from_reader(&cdata[..])
+            .map_err(|e| invalid("image config", &config_digest, e.to_string()))?;
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for l in manifest.layers() {
-            let digest = l
-                .digest()
-                .to_string()
-                .parse()
-                .map_err(|e: super::digest::DigestError| invalid("manifest", manifest_digest, e.to_string()))?;
-            layers.push(Layer { digest, media_type: l.media_type().to_string(), size: l.size() });
+            let digest =
+                l.digest()
+                    .to_string()
+                    .parse()
+                    .map_err(|e: super::digest::DigestError| {
+                        invalid("manifest", manifest_digest, e.to_string())
+                    })?;
+            layers.push(Layer {
+                digest,
+                media_type: l.media_type().to_string(),
+                size: l.size(),
+            });
         }
         let diff_ids = config.rootfs().diff_ids().len();
         if diff_ids != layers.len() {
-            let reason = format!("{} layers but the config lists {diff_ids} diff_ids", layers.len());
+            let reason = format!(
+                "{} layers but the config lists {diff_ids} diff_ids",
+                layers.len()
+            );
             return Err(invalid("manifest", manifest_digest, reason));
         }
-        Ok(Image { references, manifest_digest: manifest_digest.clone(), config_digest, manifest, config, layers })
+        Ok(Image {
+            references,
+            manifest_digest: manifest_digest.clone(),
+            config_digest,
+            manifest,
+            config,
+            layers,
+        })
     }
 
     fn read_index(&self) -> Result<Index, StoreError> {
@@ -250,7 +344,11 @@ impl Store {
     }
 
     /// Points each of `references` at `manifest_digest`.
-    pub(crate) fn tag(&self, references: &[Reference], manifest_digest: &Digest) -> Result<(), StoreError> {
+    pub(crate) fn tag(
+        &self,
+        references: &[Reference],
+        manifest_digest: &Digest,
+    ) -> Result<(), StoreError> {
         Index::update(&self.index_path(), &self.index_lock_path(), |index| {
             for r in references {
                 index.images.insert(r.to_string(), manifest_digest.clone());
@@ -266,7 +364,10 @@ impl Store {
             let r: Reference = name.parse()?;
             by_manifest.entry(digest).or_default().push(r);
         }
-        by_manifest.into_iter().map(|(d, refs)| self.image_by_manifest(&d, refs)).collect()
+        by_manifest
+            .into_iter()
+            .map(|(d, refs)| self.image_by_manifest(&d, refs))
+            .collect()
     }
 
     /// Looks an image up by reference (`busybox`, `localhost:5000/x:t`, `name@sha256:…`),
@@ -299,7 +400,9 @@ impl Store {
             let mut found = Vec::new();
             for m in index.images.values().collect::<BTreeSet<_>>() {
                 let img = self.image_by_manifest(m, refs_of(m)?)?;
-                if img.manifest_digest.hex().starts_with(hex) || img.config_digest.hex().starts_with(hex) {
+                if img.manifest_digest.hex().starts_with(hex)
+                    || img.config_digest.hex().starts_with(hex)
+                {
                     found.push(img);
                 }
             }
@@ -308,8 +411,15 @@ impl Store {
                 0 => {}
                 1 => return Ok(found.remove(0)),
                 _ => {
-                    let matches = found.iter().map(|i| i.manifest_digest.to_string()).collect::<Vec<_>>().join(", ");
-                    return Err(StoreError::Ambiguous { prefix: what.to_string(), matches });
+                    let matches = found
+                        .iter()
+                        .map(|i| i.manifest_digest.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(StoreError::Ambiguous {
+                        prefix: what.to_string(),
+                        matches,
+                    });
                 }
             }
         }
@@ -321,12 +431,16 @@ impl Store {
     pub fn remove(&self, what: &str) -> Result<(Image, GcStats), StoreError> {
         let image = self.get(what)?;
         let by_name = what.parse::<Reference>().ok().map(|r| r.to_string());
-        Index::update(&self.index_path(), &self.index_lock_path(), |index| match by_name {
-            Some(n) if index.images.contains_key(&n) => {
-                index.images.remove(&n);
-            }
-            _ => index.images.retain(|_, m| *m != image.manifest_digest),
-        })?;
+        Index::update(
+            &self.index_path(),
+            &self.index_lock_path(),
+            |index| match by_name {
+                Some(n) if index.images.contains_key(&n) => {
+                    index.images.remove(&n);
+                }
+                _ => index.images.retain(|_, m| *m != image.manifest_digest),
+            },
+        )?;
         let stats = self.gc()?;
         Ok((image, stats))
     }
@@ -366,7 +480,9 @@ impl Store {
         for entry in fs::read_dir(&layers).map_err(io_err("cannot list", &layers))? {
             let entry = entry.map_err(io_err("cannot list", &layers))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = name.strip_suffix(".erofs").is_some_and(|h| keep_layers.contains(h));
+            let keep = name
+                .strip_suffix(".erofs")
+                .is_some_and(|h| keep_layers.contains(h));
             if !keep {
                 stats.bytes_freed += remove_path(&entry.path())?;
                 stats.layers_removed += 1;
@@ -406,10 +522,15 @@ impl BlobWriter<'_> {
     pub fn commit(self, expected: Option<&Digest>) -> Result<Digest, StoreError> {
         let dir = self.store.root.join("blobs/sha256");
         let (actual, buf) = self.inner.finish();
-        let tmp = buf.into_inner().map_err(|e| io_err("cannot write blob in", &dir)(e.into_error()))?;
+        let tmp = buf
+            .into_inner()
+            .map_err(|e| io_err("cannot write blob in", &dir)(e.into_error()))?;
         if let Some(expected) = expected {
             if *expected != actual {
-                return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
             }
         }
         self.store.persist_blob(tmp, &actual)?;
@@ -421,7 +542,10 @@ impl Write for BlobWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.inner.written().saturating_add(buf.len() as u64) > self.limit {
             self.exceeded = true;
-            return Err(io::Error::other(format!("blob larger than {} bytes", self.limit)));
+            return Err(io::Error::other(format!(
+                "blob larger than {} bytes",
+                self.limit
+            )));
         }
         self.inner.write(buf)
     }
@@ -455,13 +579,20 @@ mod tests {
         let d = store.write_blob_bytes(b"hello").unwrap();
         assert_eq!(fs::read(store.blob_path(&d)).unwrap(), b"hello");
         let wrong = Digest::of(b"other");
-        let e = store.write_blob(&b"hello"[..], Some(&wrong), None).unwrap_err();
+        let e = store
+            .write_blob(&b"hello"[..], Some(&wrong), None)
+            .unwrap_err();
         assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
         assert!(!store.has_blob(&wrong));
         let e = store.write_blob(&b"hello"[..], None, Some(4)).unwrap_err();
         assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
         // Only the one good blob: no temp files left behind.
-        assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[test]

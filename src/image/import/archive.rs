@@ -45,14 +45,28 @@ impl Staged {
             let path = path.to_path_buf();
             move |source| ImportError::Io { what, path, source }
         };
-        let corrupt = |reason: String| ImportError::Archive { path: archive.to_path_buf(), reason };
+        let corrupt = |reason: String| ImportError::Archive {
+            path: archive.to_path_buf(),
+            reason,
+        };
         let file = File::open(archive).map_err(io_err("cannot open archive", archive))?;
         let mut reader = BufReader::with_capacity(256 << 10, file);
-        let compression = Compression::detect(&mut reader).map_err(io_err("cannot read archive", archive))?;
-        let tar = compression.decoder(reader).map_err(io_err("cannot read archive", archive))?;
+        let compression =
+            Compression::detect(&mut reader).map_err(io_err("cannot read archive", archive))?;
+        let tar = compression
+            .decoder(reader)
+            .map_err(io_err("cannot read archive", archive))?;
         let tmp = store.tmp_dir();
-        let dir = tempfile::Builder::new().prefix("import-").tempdir_in(&tmp).map_err(io_err("cannot create staging dir in", &tmp))?;
-        let mut staged = Staged { archive: archive.to_path_buf(), dir, files: BTreeMap::new(), aliases: BTreeMap::new() };
+        let dir = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&tmp)
+            .map_err(io_err("cannot create staging dir in", &tmp))?;
+        let mut staged = Staged {
+            archive: archive.to_path_buf(),
+            dir,
+            files: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        };
         let limits = *store.limits();
         let (mut bytes, mut count) = (0u64, 0u64);
         let mut long_name: Option<Vec<u8>> = None;
@@ -67,9 +81,18 @@ impl Staged {
                 return Err(corrupt(format!("more than {} entries", limits.max_entries)));
             }
             let kind = entry.header().entry_type();
-            if matches!(kind, EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader | EntryType::XGlobalHeader) {
+            if matches!(
+                kind,
+                EntryType::GNULongName
+                    | EntryType::GNULongLink
+                    | EntryType::XHeader
+                    | EntryType::XGlobalHeader
+            ) {
                 let mut v = Vec::new();
-                (&mut entry).take(MAX_NAME_BYTES + 1).read_to_end(&mut v).map_err(|e| corrupt(e.to_string()))?;
+                (&mut entry)
+                    .take(MAX_NAME_BYTES + 1)
+                    .read_to_end(&mut v)
+                    .map_err(|e| corrupt(e.to_string()))?;
                 if v.len() as u64 > MAX_NAME_BYTES {
                     return Err(corrupt("oversized extension header".into()));
                 }
@@ -92,41 +115,65 @@ impl Staged {
                 }
                 continue;
             }
-            let raw_name = long_name.take().unwrap_or_else(|| entry.header().path_bytes().into_owned());
-            let raw_link = long_link.take().or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
+            let raw_name = long_name
+                .take()
+                .unwrap_or_else(|| entry.header().path_bytes().into_owned());
+            let raw_link = long_link
+                .take()
+                .or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
             let shown = String::from_utf8_lossy(&raw_name).into_owned();
             let Some(name) = normalize(&raw_name) else {
                 if kind == EntryType::Directory {
                     continue;
                 }
-                return Err(corrupt(format!("member {shown:?} has an unsafe or empty path")));
+                return Err(corrupt(format!(
+                    "member {shown:?} has an unsafe or empty path"
+                )));
             };
             match kind {
                 EntryType::Regular | EntryType::Continuous => {
-                    let size = entry.header().entry_size().map_err(|e| corrupt(e.to_string()))?;
+                    let size = entry
+                        .header()
+                        .entry_size()
+                        .map_err(|e| corrupt(e.to_string()))?;
                     bytes = bytes.saturating_add(size);
                     if bytes > limits.max_unpacked_bytes {
-                        return Err(corrupt(format!("unpacks to more than {} bytes", limits.max_unpacked_bytes)));
+                        return Err(corrupt(format!(
+                            "unpacks to more than {} bytes",
+                            limits.max_unpacked_bytes
+                        )));
                     }
                     let dest = staged.dir.path().join(staged.files.len().to_string());
-                    let mut out = OpenOptions::new().write(true).create_new(true).open(&dest).map_err(io_err("cannot create", &dest))?;
-                    let n = io::copy(&mut entry, &mut out).map_err(|e| corrupt(format!("member {shown:?}: {e}")))?;
+                    let mut out = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&dest)
+                        .map_err(io_err("cannot create", &dest))?;
+                    let n = io::copy(&mut entry, &mut out)
+                        .map_err(|e| corrupt(format!("member {shown:?}: {e}")))?;
                     if n != size {
-                        return Err(corrupt(format!("member {shown:?} is truncated ({n} of {size} bytes)")));
+                        return Err(corrupt(format!(
+                            "member {shown:?} is truncated ({n} of {size} bytes)"
+                        )));
                     }
                     staged.files.insert(name, dest);
                 }
                 EntryType::Symlink | EntryType::Link => {
-                    let target = raw_link.ok_or_else(|| corrupt(format!("link {shown:?} has no target")))?;
+                    let target =
+                        raw_link.ok_or_else(|| corrupt(format!("link {shown:?} has no target")))?;
                     // A symlink is relative to its directory, a hardlink to the archive root.
                     let base = if kind == EntryType::Symlink && target.first() != Some(&b'/') {
-                        name.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default()
+                        name.rsplit_once('/')
+                            .map(|(d, _)| format!("{d}/"))
+                            .unwrap_or_default()
                     } else {
                         String::new()
                     };
                     let mut full = base.into_bytes();
                     full.extend_from_slice(target.strip_prefix(b"/").unwrap_or(&target));
-                    let t = normalize(&full).ok_or_else(|| corrupt(format!("link {shown:?} points outside the archive")))?;
+                    let t = normalize(&full).ok_or_else(|| {
+                        corrupt(format!("link {shown:?} points outside the archive"))
+                    })?;
                     staged.aliases.insert(name, t);
                 }
                 _ => {}
@@ -134,7 +181,11 @@ impl Staged {
         }
         // Drain so a compressed archive's trailer (gzip CRC) is checked.
         let mut rest = ar.into_inner();
-        io::copy(&mut (&mut rest).take(limits.max_unpacked_bytes), &mut io::sink()).map_err(|e| corrupt(e.to_string()))?;
+        io::copy(
+            &mut (&mut rest).take(limits.max_unpacked_bytes),
+            &mut io::sink(),
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
         Ok(staged)
     }
 
@@ -156,7 +207,10 @@ impl Staged {
 
     /// Member `name`, or an error naming the archive and the member.
     pub fn require(&self, name: &str) -> Result<&Path, ImportError> {
-        self.path(name).ok_or_else(|| ImportError::Archive { path: self.archive.clone(), reason: format!("member {name:?} is missing") })
+        self.path(name).ok_or_else(|| ImportError::Archive {
+            path: self.archive.clone(),
+            reason: format!("member {name:?} is missing"),
+        })
     }
 
     pub fn archive(&self) -> &Path {

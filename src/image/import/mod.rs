@@ -17,8 +17,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::digest::Digest;
-use super::image::Image;
 use super::layer::{convert, ConvertError};
+use super::record::Image;
 use super::reference::{Reference, ReferenceError};
 use super::store::{Store, StoreError};
 use archive::Staged;
@@ -26,7 +26,11 @@ use archive::Staged;
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
     #[error("{path}: neither a docker-archive (manifest.json) nor an oci-archive (oci-layout + index.json)")]
@@ -38,7 +42,11 @@ pub enum ImportError {
     #[error("{path}: no image for linux/amd64 (found: {found})")]
     NoPlatform { path: PathBuf, found: String },
     #[error("{path}: bad image name {name:?}: {source}")]
-    Name { path: PathBuf, name: String, source: ReferenceError },
+    Name {
+        path: PathBuf,
+        name: String,
+        source: ReferenceError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,12 +57,18 @@ pub enum ImportError {
 /// (moved into the store, no second copy).
 pub(crate) enum Source<'a> {
     Dir(&'a Path),
-    Staged { staged: &'a Staged, moved: RefCell<BTreeMap<PathBuf, Digest>> },
+    Staged {
+        staged: &'a Staged,
+        moved: RefCell<BTreeMap<PathBuf, Digest>>,
+    },
 }
 
 impl<'a> Source<'a> {
     pub(crate) fn staged(staged: &'a Staged) -> Source<'a> {
-        Source::Staged { staged, moved: RefCell::new(BTreeMap::new()) }
+        Source::Staged {
+            staged,
+            moved: RefCell::new(BTreeMap::new()),
+        }
     }
 
     pub(crate) fn origin(&self) -> &Path {
@@ -72,8 +86,15 @@ impl<'a> Source<'a> {
                 // symlink out of a layout someone else wrote.
                 match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.is_file() => Ok(p),
-                    Ok(_) => Err(ImportError::Invalid { path: p, reason: "not a regular file".into() }),
-                    Err(source) => Err(ImportError::Io { what: "cannot read", path: p, source }),
+                    Ok(_) => Err(ImportError::Invalid {
+                        path: p,
+                        reason: "not a regular file".into(),
+                    }),
+                    Err(source) => Err(ImportError::Io {
+                        what: "cannot read",
+                        path: p,
+                        source,
+                    }),
                 }
             }
             Source::Staged { staged, .. } => staged.require(rel).map(Path::to_path_buf),
@@ -81,22 +102,44 @@ impl<'a> Source<'a> {
     }
 
     /// Reads a small JSON member (bounded by the store's limit).
-    pub(crate) fn read_json_member(&self, store: &Store, rel: &str) -> Result<Vec<u8>, ImportError> {
+    pub(crate) fn read_json_member(
+        &self,
+        store: &Store,
+        rel: &str,
+    ) -> Result<Vec<u8>, ImportError> {
         let p = self.member(rel)?;
-        let f = File::open(&p).map_err(|source| ImportError::Io { what: "cannot open", path: p.clone(), source })?;
+        let f = File::open(&p).map_err(|source| ImportError::Io {
+            what: "cannot open",
+            path: p.clone(),
+            source,
+        })?;
         let max = store.limits().max_json_bytes;
         let mut v = Vec::new();
-        io::Read::read_to_end(&mut io::Read::take(f, max + 1), &mut v)
-            .map_err(|source| ImportError::Io { what: "cannot read", path: p.clone(), source })?;
+        io::Read::read_to_end(&mut io::Read::take(f, max + 1), &mut v).map_err(|source| {
+            ImportError::Io {
+                what: "cannot read",
+                path: p.clone(),
+                source,
+            }
+        })?;
         if v.len() as u64 > max {
-            return Err(ImportError::Invalid { path: self.origin().join(rel), reason: format!("larger than {max} bytes") });
+            return Err(ImportError::Invalid {
+                path: self.origin().join(rel),
+                reason: format!("larger than {max} bytes"),
+            });
         }
         Ok(v)
     }
 
     /// Puts member `rel` into the store, checking it against `expected` if given (and its
     /// size against `size`). Returns its digest.
-    pub(crate) fn ingest(&self, store: &Store, rel: &str, expected: Option<&Digest>, size: Option<u64>) -> Result<Digest, ImportError> {
+    pub(crate) fn ingest(
+        &self,
+        store: &Store,
+        rel: &str,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<Digest, ImportError> {
         if let Some(d) = expected {
             if store.has_blob(d) {
                 return Ok(d.clone());
@@ -105,7 +148,11 @@ impl<'a> Source<'a> {
         let p = self.member(rel)?;
         let digest = match self {
             Source::Dir(_) => {
-                let f = File::open(&p).map_err(|source| ImportError::Io { what: "cannot open", path: p.clone(), source })?;
+                let f = File::open(&p).map_err(|source| ImportError::Io {
+                    what: "cannot open",
+                    path: p.clone(),
+                    source,
+                })?;
                 store.write_blob(io::BufReader::with_capacity(256 << 10, f), expected, size)?
             }
             Source::Staged { moved, .. } => {
@@ -123,7 +170,11 @@ impl<'a> Source<'a> {
 
 /// Converts every layer of the image whose manifest is stored as `manifest`, then points
 /// `names` at it.
-pub(crate) fn commit(store: &Store, manifest: &Digest, names: Vec<Reference>) -> Result<Image, ImportError> {
+pub(crate) fn commit(
+    store: &Store,
+    manifest: &Digest,
+    names: Vec<Reference>,
+) -> Result<Image, ImportError> {
     let image = store.image_by_manifest(manifest, names.clone())?;
     for layer in &image.layers {
         if !store.has_blob(&layer.digest) {
@@ -147,14 +198,20 @@ impl Store {
         } else if staged.has("oci-layout") && staged.has("index.json") {
             layout::import(self, &Source::staged(&staged), None)
         } else {
-            Err(ImportError::UnknownFormat { path: path.to_path_buf() })
+            Err(ImportError::UnknownFormat {
+                path: path.to_path_buf(),
+            })
         }
     }
 
     /// Imports the images of an OCI image-layout directory. Names come from each manifest's
     /// `io.containerd.image.name` or `org.opencontainers.image.ref.name` annotation, or
     /// from `name` (which then must be the only image).
-    pub fn import_layout(&self, dir: &Path, name: Option<&Reference>) -> Result<Vec<Image>, ImportError> {
+    pub fn import_layout(
+        &self,
+        dir: &Path,
+        name: Option<&Reference>,
+    ) -> Result<Vec<Image>, ImportError> {
         let _ingest = self.ingest_lock()?;
         layout::import(self, &Source::Dir(dir), name)
     }
@@ -162,6 +219,10 @@ impl Store {
     /// The read-only disk images of `image`'s layers, bottom first (converted now if a GC or
     /// a crash removed them).
     pub fn layer_disks(&self, image: &Image) -> Result<Vec<PathBuf>, ConvertError> {
-        image.layers.iter().map(|l| convert(self, &l.digest).map(|c| c.path)).collect()
+        image
+            .layers
+            .iter()
+            .map(|l| convert(self, &l.digest).map(|c| c.path))
+            .collect()
     }
 }

@@ -52,15 +52,22 @@ pub fn media_type_of(json: &[u8]) -> String {
         manifests: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Probe>(json) {
-        Ok(Probe { media_type: Some(m), .. }) => m,
+        Ok(Probe {
+            media_type: Some(m),
+            ..
+        }) => m,
         // An index without mediaType still has "manifests".
-        Ok(Probe { manifests: Some(_), .. }) => OCI_INDEX.to_string(),
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => OCI_INDEX.to_string(),
         _ => String::new(),
     }
 }
 
 fn is_attestation(e: &Entry) -> bool {
-    e.annotations.get("vnd.docker.reference.type").is_some_and(|t| t == "attestation-manifest")
+    e.annotations
+        .get("vnd.docker.reference.type")
+        .is_some_and(|t| t == "attestation-manifest")
 }
 
 /// The linux/amd64 entry of `entries`; a lone entry without a platform also counts.
@@ -69,7 +76,11 @@ pub fn select(entries: &[Entry]) -> Result<(Digest, Entry), String> {
     let candidates: Vec<&Entry> = entries.iter().filter(|e| !is_attestation(e)).collect();
     let pick = candidates
         .iter()
-        .find(|e| e.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+        .find(|e| {
+            e.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
         .or_else(|| match candidates.as_slice() {
             [only] if only.platform.is_none() => Some(only),
             _ => None,
@@ -81,7 +92,11 @@ pub fn select(entries: &[Entry]) -> Result<(Digest, Entry), String> {
         }
         None => Err(candidates
             .iter()
-            .map(|e| e.platform.as_ref().map_or("unknown".to_string(), |p| format!("{}/{}", p.os, p.architecture)))
+            .map(|e| {
+                e.platform.as_ref().map_or("unknown".to_string(), |p| {
+                    format!("{}/{}", p.os, p.architecture)
+                })
+            })
             .collect::<Vec<_>>()
             .join(", ")),
     }

@@ -55,7 +55,11 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let zs = zstd::stream::encode_all(&plain[..], 1).unwrap();
-        for (data, want) in [(plain.clone(), Compression::None), (gz, Compression::Gzip), (zs, Compression::Zstd)] {
+        for (data, want) in [
+            (plain.clone(), Compression::None),
+            (gz, Compression::Gzip),
+            (zs, Compression::Zstd),
+        ] {
             let mut r = io::BufReader::new(&data[..]);
             let c = Compression::detect(&mut r).unwrap();
             assert_eq!(c, want);

@@ -26,13 +26,22 @@ pub enum ConvertError {
     #[error("layer {layer}: its blob is not in the store ({path})")]
     MissingBlob { layer: Digest, path: PathBuf },
     #[error("layer {layer}: cannot {what} {path}: {source}")]
-    Io { layer: Digest, what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        layer: Digest,
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Unpack(#[from] UnpackError),
     #[error("layer {layer}: cannot run mkfs.erofs ({source}); install erofs-utils")]
     MkfsMissing { layer: Digest, source: io::Error },
     #[error("layer {layer}: mkfs.erofs failed ({status}): {stderr}")]
-    Mkfs { layer: Digest, status: std::process::ExitStatus, stderr: String },
+    Mkfs {
+        layer: Digest,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,7 +61,14 @@ pub struct Converted {
 /// same image.
 fn uuid_of(d: &Digest) -> String {
     let h = d.hex();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// The erofs image of layer `layer` (whose blob is in `store`), converting it if it is not
@@ -61,21 +77,38 @@ pub fn convert(store: &Store, layer: &Digest) -> Result<Converted, ConvertError>
     let start = Instant::now();
     let out = store.layer_image_path(layer);
     if out.is_file() {
-        return Ok(Converted { path: out, cached: true, stats: None, elapsed: start.elapsed() });
+        return Ok(Converted {
+            path: out,
+            cached: true,
+            stats: None,
+            elapsed: start.elapsed(),
+        });
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err(ConvertError::NotRoot { layer: layer.clone() });
+        return Err(ConvertError::NotRoot {
+            layer: layer.clone(),
+        });
     }
     let _ingest = store.ingest_lock()?;
     let io_err = |what: &'static str, path: &std::path::Path| {
         let (layer, path) = (layer.clone(), path.to_path_buf());
-        move |source| ConvertError::Io { layer, what, path, source }
+        move |source| ConvertError::Io {
+            layer,
+            what,
+            path,
+            source,
+        }
     };
     let blob = store.blob_path(layer);
     let file = match File::open(&blob) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ConvertError::MissingBlob { layer: layer.clone(), path: blob }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ConvertError::MissingBlob {
+                layer: layer.clone(),
+                path: blob,
+            })
+        }
         Err(e) => return Err(io_err("open", &blob)(e)),
     };
     let tmp = store.tmp_dir();
@@ -84,11 +117,16 @@ pub fn convert(store: &Store, layer: &Digest) -> Result<Converted, ConvertError>
         .tempdir_in(&tmp)
         .map_err(io_err("create staging directory in", &tmp))?;
     let rootfs = staging.path().join("rootfs");
-    fs::DirBuilder::new().mode(0o755).create(&rootfs).map_err(io_err("create", &rootfs))?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .map_err(io_err("create", &rootfs))?;
 
     let mut reader = BufReader::with_capacity(256 << 10, file);
     let compression = Compression::detect(&mut reader).map_err(io_err("read", &blob))?;
-    let tar = compression.decoder(reader).map_err(io_err("decompress", &blob))?;
+    let tar = compression
+        .decoder(reader)
+        .map_err(io_err("decompress", &blob))?;
     let stats = unpack(tar, &rootfs, layer, store.limits())?;
 
     let layers = store.layers_dir();
@@ -105,15 +143,32 @@ pub fn convert(store: &Store, layer: &Digest) -> Result<Converted, ConvertError>
         .arg(image.path())
         .arg(&rootfs)
         .output()
-        .map_err(|source| ConvertError::MkfsMissing { layer: layer.clone(), source })?;
+        .map_err(|source| ConvertError::MkfsMissing {
+            layer: layer.clone(),
+            source,
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        return Err(ConvertError::Mkfs { layer: layer.clone(), status: output.status, stderr });
+        return Err(ConvertError::Mkfs {
+            layer: layer.clone(),
+            status: output.status,
+            stderr,
+        });
     }
-    image.as_file().sync_all().map_err(io_err("sync", image.path()))?;
-    image.persist(&out).map_err(|e| io_err("store", &out)(e.error))?;
+    image
+        .as_file()
+        .sync_all()
+        .map_err(io_err("sync", image.path()))?;
+    image
+        .persist(&out)
+        .map_err(|e| io_err("store", &out)(e.error))?;
     drop(staging);
-    Ok(Converted { path: out, cached: false, stats: Some(stats), elapsed: start.elapsed() })
+    Ok(Converted {
+        path: out,
+        cached: false,
+        stats: Some(stats),
+        elapsed: start.elapsed(),
+    })
 }
 
 #[cfg(test)]

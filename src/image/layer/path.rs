@@ -54,7 +54,11 @@ pub fn components(raw: &[u8]) -> Result<Vec<OsString>, PathError> {
 }
 
 fn shown(comps: &[OsString]) -> String {
-    comps.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/")
+    comps
+        .iter()
+        .map(|c| c.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Walks the directories `comps` under `root`, creating missing ones (mode 0755, owned by
@@ -65,13 +69,23 @@ pub fn walk_dirs(root: &Path, comps: &[OsString], create: bool) -> Result<PathBu
     for (i, c) in comps.iter().enumerate() {
         cur.push(c);
         match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return Err(PathError::ThroughSymlink(shown(&comps[..=i]))),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(PathError::ThroughSymlink(shown(&comps[..=i])))
+            }
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(PathError::NotADirectory(shown(&comps[..=i]))),
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                fs::DirBuilder::new().mode(0o755).create(&cur).map_err(|source| PathError::Io { path: cur.clone(), source })?;
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&cur)
+                    .map_err(|source| PathError::Io {
+                        path: cur.clone(),
+                        source,
+                    })?;
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PathError::Missing(shown(&comps[..=i]))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(PathError::Missing(shown(&comps[..=i])))
+            }
             Err(source) => return Err(PathError::Io { path: cur, source }),
         }
     }
@@ -81,14 +95,18 @@ pub fn walk_dirs(root: &Path, comps: &[OsString], create: bool) -> Result<PathBu
 /// The path of entry `comps` under `root` with its parents made real directories (created
 /// if missing). The last component itself may be anything or nothing.
 pub fn prepare(root: &Path, comps: &[OsString]) -> Result<PathBuf, PathError> {
-    let (last, parents) = comps.split_last().ok_or(PathError::NotADirectory(String::new()))?;
+    let (last, parents) = comps
+        .split_last()
+        .ok_or(PathError::NotADirectory(String::new()))?;
     Ok(walk_dirs(root, parents, true)?.join(last))
 }
 
 /// The path of an existing entry `comps` (a hardlink target): parents must be real
 /// directories, the entry itself must exist (it is not followed if it is a symlink).
 pub fn existing(root: &Path, comps: &[OsString]) -> Result<(PathBuf, fs::Metadata), PathError> {
-    let (last, parents) = comps.split_last().ok_or(PathError::Missing(String::new()))?;
+    let (last, parents) = comps
+        .split_last()
+        .ok_or(PathError::Missing(String::new()))?;
     let path = walk_dirs(root, parents, false)?.join(last);
     match fs::symlink_metadata(&path) {
         Ok(m) => Ok((path, m)),
@@ -102,7 +120,11 @@ mod tests {
     use super::*;
 
     fn c(s: &str) -> Result<Vec<String>, PathError> {
-        components(s.as_bytes()).map(|v| v.into_iter().map(|o| o.to_string_lossy().into_owned()).collect())
+        components(s.as_bytes()).map(|v| {
+            v.into_iter()
+                .map(|o| o.to_string_lossy().into_owned())
+                .collect()
+        })
     }
 
     #[test]
@@ -123,12 +145,21 @@ mod tests {
         std::os::unix::fs::symlink("d", dir.path().join("rel")).unwrap();
         fs::create_dir(dir.path().join("d")).unwrap();
         let e = prepare(dir.path(), &components(b"a/passwd").unwrap()).unwrap_err();
-        assert!(matches!(&e, PathError::ThroughSymlink(p) if p == "a"), "{e}");
+        assert!(
+            matches!(&e, PathError::ThroughSymlink(p) if p == "a"),
+            "{e}"
+        );
         // Even a symlink that stays inside is refused as a parent.
         assert!(prepare(dir.path(), &components(b"rel/x").unwrap()).is_err());
         // The symlink itself may be replaced: it is the last component.
-        assert_eq!(prepare(dir.path(), &components(b"a").unwrap()).unwrap(), dir.path().join("a"));
-        assert_eq!(prepare(dir.path(), &components(b"n/e/w").unwrap()).unwrap(), dir.path().join("n/e/w"));
+        assert_eq!(
+            prepare(dir.path(), &components(b"a").unwrap()).unwrap(),
+            dir.path().join("a")
+        );
+        assert_eq!(
+            prepare(dir.path(), &components(b"n/e/w").unwrap()).unwrap(),
+            dir.path().join("n/e/w")
+        );
         assert!(dir.path().join("n/e").is_dir());
     }
 }

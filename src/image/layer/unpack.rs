@@ -28,17 +28,35 @@ const MAX_EXTENSION_BYTES: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer {layer}: entry {entry:?} rejected: {source}")]
-    Path { layer: String, entry: String, source: PathError },
+    Path {
+        layer: String,
+        entry: String,
+        source: PathError,
+    },
     #[error("layer {layer}: entry {entry:?} rejected: {reason}")]
-    Entry { layer: String, entry: String, reason: String },
+    Entry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
     #[error("layer {layer}: corrupt or truncated archive after {entries} entries: {source}")]
-    Corrupt { layer: String, entries: u64, source: io::Error },
+    Corrupt {
+        layer: String,
+        entries: u64,
+        source: io::Error,
+    },
     #[error("layer {layer}: unpacks to more than {limit} bytes (the store's max_unpacked_bytes)")]
     TooLarge { layer: String, limit: u64 },
     #[error("layer {layer}: more than {limit} entries (the store's max_entries)")]
     TooManyEntries { layer: String, limit: u64 },
     #[error("layer {layer}: entry {entry:?}: cannot {op} {path}: {source}")]
-    Io { layer: String, entry: String, op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        layer: String,
+        entry: String,
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 /// What an unpack produced.
@@ -98,16 +116,33 @@ struct Unpacker<'a> {
 
 /// Unpacks the (decompressed) tar `reader` of layer `layer` into the existing, empty
 /// directory `root`. On error `root` holds a partial tree: the caller removes it.
-pub fn unpack(reader: impl Read, root: &Path, layer: &Digest, limits: &Limits) -> Result<UnpackStats, UnpackError> {
-    let mut u = Unpacker { root, layer: layer.to_string(), limits, stats: UnpackStats::default(), dir_times: Vec::new() };
-    let mut archive = tar::Archive::new(Tracked { inner: reader, eof: false });
+pub fn unpack(
+    reader: impl Read,
+    root: &Path,
+    layer: &Digest,
+    limits: &Limits,
+) -> Result<UnpackStats, UnpackError> {
+    let mut u = Unpacker {
+        root,
+        layer: layer.to_string(),
+        limits,
+        stats: UnpackStats::default(),
+        dir_times: Vec::new(),
+    };
+    let mut archive = tar::Archive::new(Tracked {
+        inner: reader,
+        eof: false,
+    });
     let entries = archive.entries().map_err(|e| u.corrupt(e))?.raw(true);
     let mut ext = Extensions::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| u.corrupt(e))?;
         u.stats.entries += 1;
         if u.stats.entries > limits.max_entries {
-            return Err(UnpackError::TooManyEntries { layer: u.layer, limit: limits.max_entries });
+            return Err(UnpackError::TooManyEntries {
+                layer: u.layer,
+                limit: limits.max_entries,
+            });
         }
         match entry.header().entry_type() {
             EntryType::GNULongName => ext.long_name = Some(u.read_extension(&mut entry)?),
@@ -126,13 +161,20 @@ pub fn unpack(reader: impl Read, root: &Path, layer: &Digest, limits: &Limits) -
     // The tar crate ends at the first zero block *or* at end of stream; only the former is
     // a complete archive (an empty stream is an empty layer).
     if tracked.eof && u.stats.entries > 0 {
-        return Err(u.corrupt(io::Error::new(io::ErrorKind::UnexpectedEof, "archive ends without its end-of-archive blocks")));
+        return Err(u.corrupt(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "archive ends without its end-of-archive blocks",
+        )));
     }
     // Read the rest (tar padding) so the decompressor checks its trailer (gzip CRC and length).
     let budget = limits.max_unpacked_bytes;
-    let trailing = io::copy(&mut (&mut tracked).take(budget), &mut io::sink()).map_err(|e| u.corrupt(e))?;
+    let trailing =
+        io::copy(&mut (&mut tracked).take(budget), &mut io::sink()).map_err(|e| u.corrupt(e))?;
     if trailing >= budget {
-        return Err(UnpackError::TooLarge { layer: u.layer, limit: budget });
+        return Err(UnpackError::TooLarge {
+            layer: u.layer,
+            limit: budget,
+        });
     }
     for (dir, mtime) in u.dir_times.iter().rev() {
         set_mtime(dir, *mtime).map_err(|source| UnpackError::Io {
@@ -147,15 +189,27 @@ pub fn unpack(reader: impl Read, root: &Path, layer: &Digest, limits: &Limits) -
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
 fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
     let c = cstr(path)?;
-    let ts = libc::timespec { tv_sec: mtime as libc::time_t, tv_nsec: 0 };
+    let ts = libc::timespec {
+        tv_sec: mtime as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [ts, ts];
     // SAFETY: valid C string and a two-element timespec array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -163,9 +217,19 @@ fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let c = cstr(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in xattr name"))?;
+    let n = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in xattr name"))?;
     // SAFETY: valid C strings; the value pointer and length describe `value`.
-    if unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) } != 0 {
+    if unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -174,7 +238,14 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 fn mknod(path: &Path, kind: libc::mode_t, perm: u32, (major, minor): (u32, u32)) -> io::Result<()> {
     let c = cstr(path)?;
     // SAFETY: valid C string.
-    if unsafe { libc::mknod(c.as_ptr(), kind | (perm & 0o7777) as libc::mode_t, libc::makedev(major, minor)) } != 0 {
+    if unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            kind | (perm & 0o7777) as libc::mode_t,
+            libc::makedev(major, minor),
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -195,32 +266,74 @@ fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
 
 impl Unpacker<'_> {
     fn corrupt(&self, source: io::Error) -> UnpackError {
-        UnpackError::Corrupt { layer: self.layer.clone(), entries: self.stats.entries, source }
+        UnpackError::Corrupt {
+            layer: self.layer.clone(),
+            entries: self.stats.entries,
+            source,
+        }
     }
 
     fn reject(&self, meta: &Meta, reason: impl Into<String>) -> UnpackError {
-        UnpackError::Entry { layer: self.layer.clone(), entry: String::from_utf8_lossy(&meta.path).into_owned(), reason: reason.into() }
+        UnpackError::Entry {
+            layer: self.layer.clone(),
+            entry: String::from_utf8_lossy(&meta.path).into_owned(),
+            reason: reason.into(),
+        }
     }
 
-    fn io(&self, meta: &Meta, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UnpackError {
-        let (layer, entry, path) = (self.layer.clone(), String::from_utf8_lossy(&meta.path).into_owned(), path.to_path_buf());
-        move |source| UnpackError::Io { layer, entry, op, path, source }
+    fn io(
+        &self,
+        meta: &Meta,
+        op: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(io::Error) -> UnpackError {
+        let (layer, entry, path) = (
+            self.layer.clone(),
+            String::from_utf8_lossy(&meta.path).into_owned(),
+            path.to_path_buf(),
+        );
+        move |source| UnpackError::Io {
+            layer,
+            entry,
+            op,
+            path,
+            source,
+        }
     }
 
     fn read_extension(&self, entry: &mut impl Read) -> Result<Vec<u8>, UnpackError> {
         let mut v = Vec::new();
-        entry.take(MAX_EXTENSION_BYTES + 1).read_to_end(&mut v).map_err(|e| self.corrupt(e))?;
+        entry
+            .take(MAX_EXTENSION_BYTES + 1)
+            .read_to_end(&mut v)
+            .map_err(|e| self.corrupt(e))?;
         if v.len() as u64 > MAX_EXTENSION_BYTES {
-            return Err(self.corrupt(io::Error::other(format!("extension header over {MAX_EXTENSION_BYTES} bytes"))));
+            return Err(self.corrupt(io::Error::other(format!(
+                "extension header over {MAX_EXTENSION_BYTES} bytes"
+            ))));
         }
         Ok(v)
     }
 
     fn meta(&self, h: &tar::Header, ext: Extensions) -> Result<Meta, UnpackError> {
-        let bad = |what: &str, e: io::Error| self.corrupt(io::Error::new(e.kind(), format!("{what} of {:?}: {e}", String::from_utf8_lossy(&h.path_bytes()))));
+        let bad = |what: &str, e: io::Error| {
+            self.corrupt(io::Error::new(
+                e.kind(),
+                format!(
+                    "{what} of {:?}: {e}",
+                    String::from_utf8_lossy(&h.path_bytes())
+                ),
+            ))
+        };
         let mut m = Meta {
-            path: ext.long_name.map(strip_nul).unwrap_or_else(|| h.path_bytes().into_owned()),
-            link: ext.long_link.map(strip_nul).or_else(|| h.link_name_bytes().map(|l| l.into_owned())),
+            path: ext
+                .long_name
+                .map(strip_nul)
+                .unwrap_or_else(|| h.path_bytes().into_owned()),
+            link: ext
+                .long_link
+                .map(strip_nul)
+                .or_else(|| h.link_name_bytes().map(|l| l.into_owned())),
             kind: h.entry_type(),
             mode: h.mode().map_err(|e| bad("mode", e))? & 0o7777,
             uid: 0,
@@ -230,36 +343,60 @@ impl Unpacker<'_> {
             dev: (0, 0),
             xattrs: Vec::new(),
         };
-        let (mut uid, mut gid) = (h.uid().map_err(|e| bad("uid", e))?, h.gid().map_err(|e| bad("gid", e))?);
+        let (mut uid, mut gid) = (
+            h.uid().map_err(|e| bad("uid", e))?,
+            h.gid().map_err(|e| bad("gid", e))?,
+        );
         if matches!(m.kind, EntryType::Char | EntryType::Block) {
             m.dev = (
-                h.device_major().map_err(|e| bad("device major", e))?.unwrap_or(0),
-                h.device_minor().map_err(|e| bad("device minor", e))?.unwrap_or(0),
+                h.device_major()
+                    .map_err(|e| bad("device major", e))?
+                    .unwrap_or(0),
+                h.device_minor()
+                    .map_err(|e| bad("device minor", e))?
+                    .unwrap_or(0),
             );
         }
         if let Some(pax) = &ext.pax {
             for rec in tar::PaxExtensions::new(pax) {
                 let rec = rec.map_err(|e| self.corrupt(e))?;
                 let (k, v) = (rec.key_bytes(), rec.value_bytes());
-                let num = || parse_num(v).ok_or_else(|| self.reject(&m, format!("bad pax {} {:?}", String::from_utf8_lossy(k), String::from_utf8_lossy(v))));
+                let num = || {
+                    parse_num(v).ok_or_else(|| {
+                        self.reject(
+                            &m,
+                            format!(
+                                "bad pax {} {:?}",
+                                String::from_utf8_lossy(k),
+                                String::from_utf8_lossy(v)
+                            ),
+                        )
+                    })
+                };
                 match k {
                     b"path" => m.path = v.to_vec(),
                     b"linkpath" => m.link = Some(v.to_vec()),
                     b"uid" => uid = num()?,
                     b"gid" => gid = num()?,
                     b"mtime" => m.mtime = num()? as i64,
-                    b"size" if num()? != m.size => return Err(self.reject(&m, "pax size override (files over 8 GiB) is not supported")),
+                    b"size" if num()? != m.size => {
+                        return Err(self
+                            .reject(&m, "pax size override (files over 8 GiB) is not supported"))
+                    }
                     _ => {
                         if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                            let name = String::from_utf8(name.to_vec()).map_err(|_| self.reject(&m, "xattr name is not UTF-8"))?;
+                            let name = String::from_utf8(name.to_vec())
+                                .map_err(|_| self.reject(&m, "xattr name is not UTF-8"))?;
                             m.xattrs.push((name, v.to_vec()));
                         }
                     }
                 }
             }
         }
-        m.uid = u32::try_from(uid).map_err(|_| self.reject(&m, format!("uid {uid} out of range")))?;
-        m.gid = u32::try_from(gid).map_err(|_| self.reject(&m, format!("gid {gid} out of range")))?;
+        m.uid =
+            u32::try_from(uid).map_err(|_| self.reject(&m, format!("uid {uid} out of range")))?;
+        m.gid =
+            u32::try_from(gid).map_err(|_| self.reject(&m, format!("gid {gid} out of range")))?;
         Ok(m)
     }
 
@@ -268,8 +405,12 @@ impl Unpacker<'_> {
     fn clear(&self, meta: &Meta, path: &Path, keep_dir: bool) -> Result<bool, UnpackError> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() && keep_dir => Ok(true),
-            Ok(m) if m.is_dir() => fs::remove_dir_all(path).map(|_| false).map_err(self.io(meta, "replace", path)),
-            Ok(_) => fs::remove_file(path).map(|_| false).map_err(self.io(meta, "replace", path)),
+            Ok(m) if m.is_dir() => fs::remove_dir_all(path)
+                .map(|_| false)
+                .map_err(self.io(meta, "replace", path)),
+            Ok(_) => fs::remove_file(path)
+                .map(|_| false)
+                .map_err(self.io(meta, "replace", path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io(meta, "stat", path)(e)),
         }
@@ -277,14 +418,26 @@ impl Unpacker<'_> {
 
     /// Owner, mode, xattrs, mtime — in that order: chown clears setuid bits and file
     /// capabilities, so mode and `security.capability` come after it.
-    fn apply(&mut self, meta: &Meta, path: &Path, symlink: bool, dir: bool) -> Result<(), UnpackError> {
-        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(self.io(meta, "chown", path))?;
+    fn apply(
+        &mut self,
+        meta: &Meta,
+        path: &Path,
+        symlink: bool,
+        dir: bool,
+    ) -> Result<(), UnpackError> {
+        std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))
+            .map_err(self.io(meta, "chown", path))?;
         if !symlink {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode)).map_err(self.io(meta, "chmod", path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
+                .map_err(self.io(meta, "chmod", path))?;
         }
         for (name, value) in &meta.xattrs {
             if !whiteout::xattr_allowed(name) {
-                log::warn!("layer {}: entry {:?}: ignoring xattr {name}", self.layer, String::from_utf8_lossy(&meta.path));
+                log::warn!(
+                    "layer {}: entry {:?}: ignoring xattr {name}",
+                    self.layer,
+                    String::from_utf8_lossy(&meta.path)
+                );
                 continue;
             }
             set_xattr(path, name, value).map_err(self.io(meta, "set xattr on", path))?;
@@ -298,8 +451,15 @@ impl Unpacker<'_> {
     }
 
     fn path_err(&self, meta: &Meta) -> impl FnOnce(PathError) -> UnpackError {
-        let (layer, entry) = (self.layer.clone(), String::from_utf8_lossy(&meta.path).into_owned());
-        move |source| UnpackError::Path { layer, entry, source }
+        let (layer, entry) = (
+            self.layer.clone(),
+            String::from_utf8_lossy(&meta.path).into_owned(),
+        );
+        move |source| UnpackError::Path {
+            layer,
+            entry,
+            source,
+        }
     }
 
     fn entry(&mut self, meta: &Meta, data: &mut impl Read) -> Result<(), UnpackError> {
@@ -318,14 +478,26 @@ impl Unpacker<'_> {
             Kind::Invalid => return Err(self.reject(meta, "invalid whiteout name")),
             Kind::Opaque => {
                 let dir = path::walk_dirs(self.root, parents, true).map_err(self.path_err(meta))?;
-                return set_xattr(&dir, whiteout::OPAQUE_XATTR, b"y").map_err(self.io(meta, "set opaque xattr on", &dir));
+                return set_xattr(&dir, whiteout::OPAQUE_XATTR, b"y").map_err(self.io(
+                    meta,
+                    "set opaque xattr on",
+                    &dir,
+                ));
             }
             Kind::Whiteout(hidden) => {
                 let dir = path::walk_dirs(self.root, parents, true).map_err(self.path_err(meta))?;
                 let target = dir.join(hidden);
                 self.clear(meta, &target, false)?;
-                mknod(&target, libc::S_IFCHR, 0, (0, 0)).map_err(self.io(meta, "create whiteout", &target))?;
-                return set_mtime(&target, meta.mtime).map_err(self.io(meta, "set mtime of", &target));
+                mknod(&target, libc::S_IFCHR, 0, (0, 0)).map_err(self.io(
+                    meta,
+                    "create whiteout",
+                    &target,
+                ))?;
+                return set_mtime(&target, meta.mtime).map_err(self.io(
+                    meta,
+                    "set mtime of",
+                    &target,
+                ));
             }
         }
         let dest = path::prepare(self.root, &comps).map_err(self.path_err(meta))?;
@@ -334,7 +506,10 @@ impl Unpacker<'_> {
                 self.clear(meta, &dest, false)?;
                 self.stats.bytes = self.stats.bytes.saturating_add(meta.size);
                 if self.stats.bytes > self.limits.max_unpacked_bytes {
-                    return Err(UnpackError::TooLarge { layer: self.layer.clone(), limit: self.limits.max_unpacked_bytes });
+                    return Err(UnpackError::TooLarge {
+                        layer: self.layer.clone(),
+                        limit: self.limits.max_unpacked_bytes,
+                    });
                 }
                 let mut f = OpenOptions::new()
                     .write(true)
@@ -345,7 +520,11 @@ impl Unpacker<'_> {
                     .map_err(self.io(meta, "create", &dest))?;
                 let n = io::copy(data, &mut f).map_err(|e| self.corrupt(e))?;
                 if n != meta.size {
-                    let msg = format!("{:?}: {n} of {} bytes", String::from_utf8_lossy(&meta.path), meta.size);
+                    let msg = format!(
+                        "{:?}: {n} of {} bytes",
+                        String::from_utf8_lossy(&meta.path),
+                        meta.size
+                    );
                     return Err(self.corrupt(io::Error::new(io::ErrorKind::UnexpectedEof, msg)));
                 }
                 drop(f);
@@ -360,15 +539,24 @@ impl Unpacker<'_> {
             EntryType::Symlink => {
                 // The target is stored as is, absolute or not: it is never followed here, and
                 // in the guest it resolves inside the container's root.
-                let target = meta.link.as_deref().filter(|l| !l.is_empty()).ok_or_else(|| self.reject(meta, "symlink without target"))?;
+                let target = meta
+                    .link
+                    .as_deref()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| self.reject(meta, "symlink without target"))?;
                 self.clear(meta, &dest, false)?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest).map_err(self.io(meta, "create symlink", &dest))?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest)
+                    .map_err(self.io(meta, "create symlink", &dest))?;
                 self.apply(meta, &dest, true, false)
             }
             EntryType::Link => {
-                let target = meta.link.as_deref().ok_or_else(|| self.reject(meta, "hardlink without target"))?;
+                let target = meta
+                    .link
+                    .as_deref()
+                    .ok_or_else(|| self.reject(meta, "hardlink without target"))?;
                 let tcomps = path::components(target).map_err(self.path_err(meta))?;
-                let (tpath, tmeta) = path::existing(self.root, &tcomps).map_err(self.path_err(meta))?;
+                let (tpath, tmeta) =
+                    path::existing(self.root, &tcomps).map_err(self.path_err(meta))?;
                 if tmeta.is_dir() {
                     return Err(self.reject(meta, "hardlink to a directory"));
                 }
@@ -389,7 +577,10 @@ impl Unpacker<'_> {
                 mknod(&dest, kind, 0o600, meta.dev).map_err(self.io(meta, "mknod", &dest))?;
                 self.apply(meta, &dest, false, false)
             }
-            other => Err(self.reject(meta, format!("unsupported tar entry type {:?}", other.as_byte() as char))),
+            other => Err(self.reject(
+                meta,
+                format!("unsupported tar entry type {:?}", other.as_byte() as char),
+            )),
         }
     }
 }

@@ -55,11 +55,17 @@ mod tests {
     #[test]
     fn classifies_names() {
         assert_eq!(classify(OsStr::new("file")), Kind::Plain);
-        assert_eq!(classify(OsStr::new(".wh.file")), Kind::Whiteout(OsStr::new("file")));
+        assert_eq!(
+            classify(OsStr::new(".wh.file")),
+            Kind::Whiteout(OsStr::new("file"))
+        );
         assert_eq!(classify(OsStr::new(".wh..wh..opq")), Kind::Opaque);
         assert_eq!(classify(OsStr::new(".wh..wh.plnk")), Kind::Internal);
         assert_eq!(classify(OsStr::new(".wh.")), Kind::Invalid);
-        assert_eq!(classify(OsStr::new(".wh.. ")), Kind::Whiteout(OsStr::new(". ")));
+        assert_eq!(
+            classify(OsStr::new(".wh.. ")),
+            Kind::Whiteout(OsStr::new(". "))
+        );
         assert_eq!(classify(OsStr::new(".wh..")), Kind::Invalid);
         assert!(!xattr_allowed("trusted.overlay.redirect"));
         assert!(xattr_allowed("security.capability"));

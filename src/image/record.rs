@@ -53,7 +53,9 @@ impl Image {
 
     /// Entrypoint, Cmd, Env, WorkingDir, User, ExposedPorts and Labels, empty where unset.
     pub fn run_config(&self) -> RunConfig {
-        let Some(c) = self.config.config() else { return RunConfig::default() };
+        let Some(c) = self.config.config() else {
+            return RunConfig::default();
+        };
         let mut exposed_ports = c.exposed_ports().clone().unwrap_or_default();
         exposed_ports.sort();
         RunConfig {
