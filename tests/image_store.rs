@@ -256,6 +256,86 @@ fn import_oci_layout_and_read_config() {
     assert_eq!(rc.labels["tag"], "x");
 }
 
+#[test]
+fn load_oci_archive_and_compressed_docker_archive() {
+    let test = "load_oci_archive_and_compressed_docker_archive";
+    if !can_convert(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(archive) = busybox_image(test, work.path()) else {
+        return;
+    };
+    // oci-archive: the layout in a tar, as `tar -C layout -cf` (and skopeo) write it.
+    let oci_tar = work.path().join("busybox-oci.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(work.path().join("busybox-oci"))
+        .arg("-cf")
+        .arg(&oci_tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let img = store.load(&oci_tar).unwrap().remove(0);
+    assert_eq!(img.references[0].familiar(), "busybox:latest");
+    assert_eq!(img.run_config().cmd, ["sh"]);
+    // `docker save | gzip`: a compressed docker-archive loads the same.
+    let gz = work.path().join("busybox.tar.gz");
+    fs::write(&gz, gzip(&fs::read(&archive).unwrap())).unwrap();
+    let from_gz = store.load(&gz).unwrap().remove(0);
+    assert_eq!(
+        from_gz.layers[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(count(&store.root().join("tmp")), 0, "staging removed");
+}
+
+#[test]
+fn hostile_and_unknown_archives_are_rejected() {
+    let test = "hostile_and_unknown_archives_are_rejected";
+    if !can_convert(test) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let store = Store::open(work.path().join("store")).unwrap();
+    let evil = work.path().join("evil.tar");
+    fs::write(
+        &evil,
+        LayerTar::new()
+            .file("manifest.json", b"[]")
+            .file("../../outside", b"x")
+            .tar(),
+    )
+    .unwrap();
+    let msg = store.load(&evil).unwrap_err().to_string();
+    assert!(
+        msg.contains("../../outside") && msg.contains("evil.tar"),
+        "{msg}"
+    );
+    let linked = work.path().join("linked.tar");
+    let data = LayerTar::new()
+        .entry(
+            "manifest.json",
+            EntryType::Symlink,
+            Some("../../../etc/passwd"),
+            b"",
+            0o777,
+            (0, 0),
+        )
+        .tar();
+    fs::write(&linked, data).unwrap();
+    let msg = store.load(&linked).unwrap_err().to_string();
+    assert!(msg.contains("points outside the archive"), "{msg}");
+    let other = work.path().join("other.tar");
+    fs::write(&other, LayerTar::new().file("hello", b"x").tar()).unwrap();
+    let msg = store.load(&other).unwrap_err().to_string();
+    assert!(msg.contains("neither a docker-archive"), "{msg}");
+    assert_eq!(count(&store.root().join("tmp")), 0, "staging removed");
+    assert!(store.list().unwrap().is_empty());
+}
+
 /// Mounts that undo themselves.
 struct Mounts(Vec<PathBuf>);
 
@@ -516,6 +596,7 @@ fn malicious_layers_are_rejected_with_nothing_cached() {
             .import_layout(&work.path().join("layout"), None)
             .unwrap_err();
         let msg = err.to_string();
+        eprintln!("{what}: {msg}");
         let layer_digest = Digest::of(&gzip(&layer)).to_string();
         assert!(matches!(err, ImportError::Convert(_)), "{what}: {msg}");
         assert!(

@@ -22,7 +22,7 @@ pub enum PathError {
     Absolute,
     #[error("path climbs out of the layer root with '..'")]
     Escapes,
-    #[error("path goes through the symlink {0:?}, which would be followed out of the layer")]
+    #[error("path goes through the symlink {0:?} (symlinks are never followed while unpacking)")]
     ThroughSymlink(String),
     #[error("{0:?} is not a directory")]
     NotADirectory(String),

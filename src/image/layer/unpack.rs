@@ -554,9 +554,11 @@ impl Unpacker<'_> {
                     .link
                     .as_deref()
                     .ok_or_else(|| self.reject(meta, "hardlink without target"))?;
-                let tcomps = path::components(target).map_err(self.path_err(meta))?;
-                let (tpath, tmeta) =
-                    path::existing(self.root, &tcomps).map_err(self.path_err(meta))?;
+                let shown = String::from_utf8_lossy(target).into_owned();
+                let via =
+                    |e: PathError| self.reject(meta, format!("hardlink target {shown:?}: {e}"));
+                let tcomps = path::components(target).map_err(via)?;
+                let (tpath, tmeta) = path::existing(self.root, &tcomps).map_err(via)?;
                 if tmeta.is_dir() {
                     return Err(self.reject(meta, "hardlink to a directory"));
                 }
