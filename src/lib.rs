@@ -4,12 +4,14 @@
 //! - [`devices`]: the buses and the devices husk-vmm emulates.
 //! - [`agent`]: the host client of the guest agent, over the VM's vsock socket.
 //! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
+//! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
 //! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
 //! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
 
 pub mod agent;
 pub mod cli;
 pub mod devices;
+pub mod image;
 pub mod runtime;
 pub mod sandbox;
 pub mod vmm;

@@ -1,0 +1,174 @@
+//! `index.json`: which manifest each reference names, and the lock files that let several
+//! husk processes share one store.
+//!
+//! Two locks: `lock` is held shared by every operation that adds blobs (import, pull) and
+//! exclusively by garbage collection, so GC never deletes a blob that an import in flight has
+//! written but not yet indexed; `index.lock` is held exclusively around each
+//! read-modify-write of `index.json`, which is replaced atomically (temp file + rename) so a
+//! reader never sees half a file.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot read image index {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("image index {path} is corrupt ({source}); move it away to start an empty store")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write image index {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// A held `flock`; released when dropped (closing the file releases it).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    pub fn shared(path: &Path) -> Result<Lock, IndexError> {
+        Lock::take(path, libc::LOCK_SH)
+    }
+
+    pub fn exclusive(path: &Path) -> Result<Lock, IndexError> {
+        Lock::take(path, libc::LOCK_EX)
+    }
+
+    fn take(path: &Path, op: libc::c_int) -> Result<Lock, IndexError> {
+        let err = |source| IndexError::Lock {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(Lock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(err(e));
+            }
+        }
+    }
+}
+
+/// The references of a store: `docker.io/library/busybox:latest` → manifest digest.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    /// Normalized reference → manifest digest.
+    pub images: BTreeMap<String, Digest>,
+}
+
+impl Index {
+    /// Reads `path`; a missing file is an empty index.
+    pub fn read(path: &Path) -> Result<Index, IndexError> {
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Index {
+                    schema_version: 1,
+                    ..Default::default()
+                })
+            }
+            Err(source) => {
+                return Err(IndexError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&data).map_err(|source| IndexError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Replaces `path` atomically: a temp file beside it, fsynced, then renamed over it.
+    pub fn write(&self, path: &Path) -> Result<(), IndexError> {
+        let err = |source| IndexError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".index.json.")
+            .tempfile_in(dir)
+            .map_err(err)?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
+        tmp.write_all(&json).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
+    /// Runs `f` on the index under `index.lock` and writes the result back.
+    pub fn update<T>(
+        path: &Path,
+        lock: &Path,
+        f: impl FnOnce(&mut Index) -> T,
+    ) -> Result<T, IndexError> {
+        let _guard = Lock::exclusive(lock)?;
+        let mut index = Index::read(path)?;
+        let out = f(&mut index);
+        index.schema_version = 1;
+        index.write(path)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        let lock = dir.path().join("index.lock");
+        assert!(Index::read(&path).unwrap().images.is_empty());
+        Index::update(&path, &lock, |i| {
+            i.images
+                .insert("docker.io/library/busybox:latest".into(), Digest::of(b"m"));
+        })
+        .unwrap();
+        let back = Index::read(&path).unwrap();
+        assert_eq!(
+            back.images["docker.io/library/busybox:latest"],
+            Digest::of(b"m")
+        );
+        // No temp files left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn corrupt_index_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = Index::read(&path).unwrap_err().to_string();
+        assert!(e.contains("index.json") && e.contains("corrupt"), "{e}");
+    }
+}

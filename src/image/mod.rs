@@ -1,0 +1,33 @@
+//! The image store: OCI images kept as content-addressed blobs, imported from docker-archive
+//! and oci-archive tars, OCI layout directories and registries, with each layer converted
+//! once into a read-only erofs disk that every image and container using it shares.
+//!
+//! Everything an image supplies is untrusted: digests are checked before a blob gets its
+//! name, JSON is size-bounded, and layers are unpacked by [`layer::unpack`], which refuses any
+//! entry that would land outside the layer root.
+//!
+//! ```no_run
+//! use husk::image::{Store, Progress};
+//! let store = Store::open("/var/lib/husk")?;
+//! let images = store.load("busybox.tar".as_ref())?;
+//! let disks = store.layer_disks(&images[0])?; // bottom layer first
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod digest;
+pub mod import;
+pub mod index;
+pub mod layer;
+pub mod pull;
+pub mod record;
+pub mod reference;
+pub mod scratch;
+pub mod store;
+
+pub use digest::Digest;
+pub use import::ImportError;
+pub use layer::{ConvertError, Converted};
+pub use pull::{Progress, PullError};
+pub use record::{Image, Layer, RunConfig};
+pub use reference::Reference;
+pub use store::{GcStats, Limits, Store, StoreError, DEFAULT_ROOT};

@@ -1,0 +1,290 @@
+//! Pulls an image from a registry over the OCI distribution API (`oci-client`), anonymously,
+//! with plain HTTP allowed only for registries on this host (`localhost`, `127.0.0.1`).
+//!
+//! Manifests are fetched raw and their digests computed here, so a registry cannot hand
+//! over a manifest other than the one a `@sha256:` reference pins; a multi-platform index is
+//! resolved to linux/amd64 here too. Every blob goes through a [`BlobWriter`], which checks
+//! its digest before it gets a name in the store.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+
+use super::digest::Digest;
+use super::import::platform::{self, IndexDoc};
+use super::import::{commit, ImportError};
+use super::record::Image;
+use super::reference::{Reference, ReferenceError};
+use super::store::{BlobWriter, Store, StoreError};
+
+/// Whether `pull` draws progress bars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Progress {
+    /// A bar per layer on stderr when it is a terminal; nothing otherwise.
+    #[default]
+    Auto,
+    /// Never.
+    Quiet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("pull {reference}: {source}")]
+    Registry {
+        reference: String,
+        source: oci_client::errors::OciDistributionError,
+    },
+    #[error("pull {reference}: {reason}")]
+    Invalid { reference: String, reason: String },
+    #[error("pull {reference}: no image for linux/amd64 (the registry has: {found})")]
+    NoPlatform { reference: String, found: String },
+    #[error("pull {reference}: {source}")]
+    Store {
+        reference: String,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("pull {reference}: cannot start the async runtime: {source}")]
+    Runtime {
+        reference: String,
+        source: std::io::Error,
+    },
+}
+
+const ACCEPT: &[&str] = &[
+    platform::OCI_MANIFEST,
+    platform::DOCKER_MANIFEST,
+    platform::OCI_INDEX,
+    platform::DOCKER_LIST,
+];
+
+/// Adapts a [`BlobWriter`] to `AsyncWrite` for `Client::pull_blob`, advancing a bar. Writes
+/// are plain file writes; the runtime is single-threaded and has nothing else to do.
+struct ProgressWriter<'a, 's> {
+    blob: &'a mut BlobWriter<'s>,
+    bar: &'a ProgressBar,
+}
+
+impl tokio::io::AsyncWrite for ProgressWriter<'_, '_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = this.blob.write(buf);
+        if let Ok(n) = r {
+            this.bar.inc(n as u64);
+        }
+        Poll::Ready(r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.get_mut().blob.flush())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn client_for(r: &Reference) -> Client {
+    let protocol = if r.is_local_registry() {
+        ClientProtocol::HttpsExcept(vec![r.registry().to_string()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    })
+}
+
+fn oci_ref(r: &Reference, digest: Option<&Digest>) -> oci_client::Reference {
+    let (registry, repo) = (r.registry().to_string(), r.repository().to_string());
+    match (digest.or(r.digest()), r.tag()) {
+        (Some(d), _) => oci_client::Reference::with_digest(registry, repo, d.to_string()),
+        (None, Some(t)) => oci_client::Reference::with_tag(registry, repo, t.to_string()),
+        (None, None) => oci_client::Reference::with_tag(registry, repo, "latest".into()),
+    }
+}
+
+impl Store {
+    /// Pulls `reference` (blocking: runs a small tokio runtime inside), stores it, converts
+    /// its layers and names it. Callers inside a tokio runtime use [`Store::pull_async`].
+    pub fn pull(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| PullError::Runtime {
+                reference: reference.to_string(),
+                source,
+            })?;
+        rt.block_on(self.pull_async(reference, progress))
+    }
+
+    pub async fn pull_async(
+        &self,
+        reference: &str,
+        progress: Progress,
+    ) -> Result<Image, PullError> {
+        let r: Reference = reference.parse()?;
+        let shown = r.to_string();
+        let registry_err = |source| PullError::Registry {
+            reference: shown.clone(),
+            source,
+        };
+        let store_err = |source| PullError::Store {
+            reference: shown.clone(),
+            source,
+        };
+        let invalid = |reason: String| PullError::Invalid {
+            reference: shown.clone(),
+            reason,
+        };
+        let client = client_for(&r);
+        let auth = RegistryAuth::Anonymous;
+        let _ingest = self.ingest_lock().map_err(store_err)?;
+
+        let (bytes, _) = client
+            .pull_manifest_raw(&oci_ref(&r, None), &auth, ACCEPT)
+            .await
+            .map_err(registry_err)?;
+        check_size(self, bytes.len(), &invalid)?;
+        let mut json = bytes.to_vec();
+        let mut digest = Digest::of(&json);
+        if let Some(want) = r.digest() {
+            if *want != digest {
+                return Err(invalid(format!(
+                    "registry sent manifest {digest}, not the {want} asked for"
+                )));
+            }
+        }
+        if platform::is_index(&platform::media_type_of(&json)) {
+            let index: IndexDoc = serde_json::from_slice(&json)
+                .map_err(|e| invalid(format!("index {digest}: {e}")))?;
+            let (chosen, _) =
+                platform::select(&index.manifests).map_err(|found| PullError::NoPlatform {
+                    reference: shown.clone(),
+                    found,
+                })?;
+            let (bytes, _) = client
+                .pull_manifest_raw(&oci_ref(&r, Some(&chosen)), &auth, ACCEPT)
+                .await
+                .map_err(registry_err)?;
+            check_size(self, bytes.len(), &invalid)?;
+            json = bytes.to_vec();
+            digest = Digest::of(&json);
+            if digest != chosen {
+                return Err(invalid(format!(
+                    "registry sent manifest {digest}, not the {chosen} its index lists"
+                )));
+            }
+        }
+        let manifest = oci_spec::image::ImageManifest::from_reader(&json[..])
+            .map_err(|e| invalid(format!("manifest {digest}: {e}")))?;
+        let parse = |d: &oci_spec::image::Digest| {
+            d.to_string()
+                .parse::<Digest>()
+                .map_err(|e| invalid(format!("manifest {digest}: {e}")))
+        };
+
+        let bars = MultiProgress::with_draw_target(match progress {
+            Progress::Auto => ProgressDrawTarget::stderr(),
+            Progress::Quiet => ProgressDrawTarget::hidden(),
+        });
+        let style =
+            ProgressStyle::with_template("{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let config = parse(manifest.config().digest())?;
+        let mut blobs = vec![(config, manifest.config().size(), true)];
+        for l in manifest.layers() {
+            blobs.push((parse(l.digest())?, l.size(), false));
+        }
+        for (d, size, is_config) in blobs {
+            let bar = bars.add(
+                ProgressBar::new(size)
+                    .with_style(style.clone())
+                    .with_prefix(d.short().to_string()),
+            );
+            if self.has_blob(&d) {
+                bar.finish_with_message("already present");
+                continue;
+            }
+            // The descriptor's size bounds what the registry may send.
+            let max = if is_config {
+                size.min(self.limits().max_json_bytes)
+            } else {
+                size
+            };
+            let mut w = self.blob_writer(Some(max)).map_err(store_err)?;
+            client
+                .pull_blob(
+                    &oci_ref(&r, None),
+                    d.to_string().as_str(),
+                    ProgressWriter {
+                        blob: &mut w,
+                        bar: &bar,
+                    },
+                )
+                .await
+                .map_err(registry_err)?;
+            w.commit(Some(&d)).map_err(store_err)?;
+            bar.finish_with_message("done");
+        }
+        self.write_blob(&json[..], Some(&digest), None)
+            .map_err(store_err)?;
+        Ok(commit(self, &digest, vec![r.clone()])?)
+    }
+}
+
+fn check_size(
+    store: &Store,
+    len: usize,
+    invalid: &impl Fn(String) -> PullError,
+) -> Result<(), PullError> {
+    if len as u64 > store.limits().max_json_bytes {
+        return Err(invalid(format!(
+            "manifest larger than {} bytes",
+            store.limits().max_json_bytes
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_this_host() {
+        for (r, local) in [
+            ("localhost:5000/x", true),
+            ("127.0.0.1:5000/x", true),
+            ("busybox", false),
+            ("quay.io/a/b", false),
+        ] {
+            assert_eq!(
+                r.parse::<Reference>().unwrap().is_local_registry(),
+                local,
+                "{r}"
+            );
+        }
+        let hex = "a".repeat(64);
+        let r: Reference = format!("busybox@sha256:{hex}").parse().unwrap();
+        let o = oci_ref(&r, None);
+        assert_eq!(o.digest(), Some(format!("sha256:{hex}").as_str()));
+        assert_eq!(
+            (o.registry(), o.repository()),
+            ("docker.io", "library/busybox")
+        );
+    }
+}
