@@ -1,89 +1,210 @@
-//! The image store as the commands see it. Until `crate::image` lands this is the seam's
-//! stand-in: images are "prebuilt" manifests, `<root>/images/prebuilt/<name>.json`
-//! (`{"reference", "config": {entrypoint, cmd, env, working_dir, user}, "layers": [paths],
-//! "layerFs"}`), and every other lookup fails with the fix, as the store will.
+//! The image store (`crate::image::Store`, under `--root`) as the commands see it: the
+//! runtime's [`ImageSource`], and the rows and JSON of `images` and `inspect`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::runtime::{self, ImageSource, ResolvedImage};
+use serde_json::{json, Value};
+
+use crate::image::{self, Image, Store};
+use crate::runtime::{self, ImageConfig, ImageSource, ResolvedImage};
 
 use super::Error;
 
 /// The images under `--root`.
 pub struct Images {
-    root: PathBuf,
+    pub store: Store,
+}
+
+fn image_err(e: impl std::fmt::Display) -> Error {
+    Error::Image(e.to_string())
 }
 
 impl Images {
     pub fn open(root: &Path) -> Result<Images, Error> {
         Ok(Images {
-            root: root.to_path_buf(),
+            store: Store::open(root).map_err(image_err)?,
         })
     }
 
-    fn unavailable() -> Error {
-        Error::Image("the image store is not part of this build yet (src/image)".into())
-    }
-
-    pub fn list(&self) -> Result<Vec<serde_json::Value>, Error> {
-        Ok(Vec::new())
-    }
-
-    pub fn inspect(&self, reference: &str) -> Result<Option<serde_json::Value>, Error> {
-        let _ = reference;
-        Ok(None)
-    }
-
-    pub fn remove(&self, reference: &str, _force: bool) -> Result<String, Error> {
-        Err(Error::Image(format!(
-            "no such image: {reference} (see `husk images`)"
-        )))
-    }
-
-    pub fn load(&self, _archive: &Path) -> Result<Vec<String>, Error> {
-        Err(Self::unavailable())
-    }
-
-    pub fn pull(&self, _reference: &str) -> Result<String, Error> {
-        Err(Self::unavailable())
+    /// `image` as `husk inspect` shows it, docker's field names where docker has one.
+    pub fn inspect(&self, what: &str) -> Result<Option<Value>, Error> {
+        let img = match self.store.get(what) {
+            Ok(i) => i,
+            Err(image::StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(image_err(e)),
+        };
+        let layers: Vec<Value> = img
+            .layers
+            .iter()
+            .map(|l| {
+                json!({
+                    "Digest": l.digest.to_string(),
+                    "MediaType": l.media_type,
+                    "Size": l.size,
+                    "Disk": self.store.layer_image_path(&l.digest),
+                })
+            })
+            .collect();
+        Ok(Some(json!({
+            "Id": img.id().to_string(),
+            "RepoTags": img.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
+            "Digest": img.manifest_digest.to_string(),
+            "Created": img.config.created(),
+            "Architecture": img.config.architecture().to_string(),
+            "Os": img.config.os().to_string(),
+            "Size": img.size(),
+            "Config": img.config.config(),
+            "RootFS": img.config.rootfs(),
+            "Layers": layers,
+        })))
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Prebuilt {
-    reference: String,
-    config: runtime::ImageConfig,
-    layers: Vec<PathBuf>,
-    layer_fs: String,
+/// `docker.io/library/busybox:latest` → (`busybox`, `latest`); untagged → `<none>`.
+pub fn repo_tag(r: &image::Reference) -> (String, String) {
+    let familiar = r.familiar();
+    let name = familiar.split('@').next().unwrap_or(&familiar);
+    match (r.tag(), name.rsplit_once(':')) {
+        (Some(t), Some((repo, _))) => (repo.to_string(), t.to_string()),
+        _ => (name.to_string(), "<none>".to_string()),
+    }
+}
+
+/// One row per name (an unnamed image gets one `<none>` row), as `docker images` lists.
+pub fn rows(img: &Image) -> Vec<(String, String)> {
+    if img.references.is_empty() {
+        return vec![("<none>".into(), "<none>".into())];
+    }
+    img.references.iter().map(repo_tag).collect()
 }
 
 impl ImageSource for Images {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, runtime::Error> {
-        let name = reference.rsplit('/').next().unwrap_or(reference);
-        let name = name.split(':').next().unwrap_or(name);
-        let manifest = self
-            .root
-            .join("images/prebuilt")
-            .join(format!("{name}.json"));
-        if let Ok(bytes) = std::fs::read(&manifest) {
-            let p: Prebuilt =
-                serde_json::from_slice(&bytes).map_err(|e| runtime::Error::Image {
-                    reference: reference.to_string(),
-                    detail: format!("{}: {e}", manifest.display()),
-                })?;
-            return Ok(ResolvedImage {
-                reference: p.reference,
-                id: None,
-                config: p.config,
-                layer_disks: p.layers,
-                layer_fs: p.layer_fs,
-            });
-        }
-        Err(runtime::Error::Image {
+        let err = |detail: String| runtime::Error::Image {
             reference: reference.to_string(),
-            detail: "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)"
-                .into(),
+            detail,
+        };
+        let img = match self.store.get(reference) {
+            Ok(i) => i,
+            Err(image::StoreError::NotFound(_)) => {
+                return Err(err(
+                    "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let disks = self
+            .store
+            .layer_disks(&img)
+            .map_err(|e| err(e.to_string()))?;
+        let rc = img.run_config();
+        let name = img
+            .references
+            .iter()
+            .find(|r| reference.parse::<image::Reference>().is_ok_and(|q| q == **r))
+            .or(img.references.first())
+            .map_or_else(|| img.id().to_string(), |r| r.to_string());
+        let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
+        Ok(ResolvedImage {
+            reference: name,
+            id: Some(img.id().to_string()),
+            config: ImageConfig {
+                entrypoint: some(rc.entrypoint),
+                cmd: some(rc.cmd),
+                env: rc.env,
+                working_dir: rc.working_dir,
+                user: rc.user,
+            },
+            layer_disks: disks,
+            layer_fs: "erofs".into(),
         })
+    }
+
+    fn user_ids(&self, image: &ResolvedImage, user: &str) -> Result<(u32, u32), runtime::Error> {
+        let err = |detail: String| runtime::Error::Image {
+            reference: image.reference.clone(),
+            detail,
+        };
+        let what = image.id.as_deref().unwrap_or(&image.reference);
+        let img = self.store.get(what).map_err(|e| err(e.to_string()))?;
+        image::users::resolve(&self.store, &img, user).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// "3 days ago" from an RFC 3339 time (`2023-11-14T22:13:20Z`); "" when unparsable.
+pub fn ago(created: Option<&str>, now: u64) -> String {
+    let Some(t) = created.and_then(epoch_of) else {
+        return String::new();
+    };
+    let s = now.saturating_sub(t);
+    let (n, unit) = match s {
+        0..=59 => return "Less than a minute ago".into(),
+        60..=3599 => (s / 60, "minute"),
+        3600..=86_399 => (s / 3600, "hour"),
+        86_400..=1_209_599 => (s / 86_400, "day"),
+        1_209_600..=5_183_999 => (s / 604_800, "week"),
+        5_184_000..=63_071_999 => (s / 2_592_000, "month"),
+        _ => (s / 31_536_000, "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS…` (UTC; offsets ignored, as a table
+/// column needs no more).
+fn epoch_of(t: &str) -> Option<u64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+/// `4.2MB`, as docker prints sizes (powers of 1000).
+pub fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{:.3}", v)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+            + units[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(epoch_of("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(epoch_of("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(ago(Some("2023-11-14T22:13:20Z"), 1_700_000_000 + 3 * 86_400), "3 days ago");
+        assert_eq!(ago(Some("x"), 5), "");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_200_000), "4.2MB");
+    }
+
+    #[test]
+    fn repo_and_tag() {
+        let r: image::Reference = "busybox".parse().unwrap();
+        assert_eq!(repo_tag(&r), ("busybox".into(), "latest".into()));
+        let r: image::Reference = "127.0.0.1:5000/a/b:t".parse().unwrap();
+        assert_eq!(repo_tag(&r), ("127.0.0.1:5000/a/b".into(), "t".into()));
     }
 }

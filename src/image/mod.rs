@@ -23,6 +23,7 @@ pub mod record;
 pub mod reference;
 pub mod scratch;
 pub mod store;
+pub mod users;
 
 pub use digest::Digest;
 pub use import::ImportError;
@@ -31,3 +32,4 @@ pub use pull::{Progress, PullError};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
 pub use store::{GcStats, Limits, Store, StoreError, DEFAULT_ROOT};
+pub use users::UserError;

@@ -34,4 +34,11 @@ pub struct ResolvedImage {
 /// Finds images by reference.
 pub trait ImageSource {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, Error>;
+
+    /// Numeric ids of a `USER[:GROUP]` spec that names users or groups, looked up in
+    /// `image`'s /etc/passwd and /etc/group. A source without file access takes numbers only.
+    fn user_ids(&self, image: &ResolvedImage, user: &str) -> Result<(u32, u32), Error> {
+        let _ = image;
+        super::spec::parse_user(user)
+    }
 }

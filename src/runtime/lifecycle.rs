@@ -18,7 +18,6 @@ use husk_protocol::{
 
 use super::image::ImageSource;
 use super::proc::{self, ProcessRef};
-use super::scratch;
 use super::spec::{self, ProcessFlags};
 use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
@@ -35,6 +34,9 @@ pub const AGENT_REACH_TIMEOUT: Duration = Duration::from_secs(10);
 const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The exit code recorded when the VM died under the process (`kill -9` of the VMM).
 pub const VM_DIED_EXIT_CODE: i32 = 137;
+
+/// Apparent size of a writable layer; sparse, so it costs what the container writes.
+pub const SCRATCH_SIZE: u64 = 8 << 30;
 
 /// The longest host socket path handed to a backend, leaving room for the suffixes
 /// backends add (`.vhost`) under `sun_path`'s 108 bytes.
@@ -86,17 +88,25 @@ impl Runtime {
         opts: &RunOptions,
     ) -> Result<State, Error> {
         let img = images.resolve(image)?;
+        // Names in `-u` or the image's User become numbers here, from the image's files.
+        let mut process = opts.process.clone();
+        if let Some(u) = process.user.as_deref().or(img.config.user.as_deref()) {
+            if let Err(Error::UserName(_)) = spec::parse_user(u) {
+                let (uid, gid) = images.user_ids(&img, u)?;
+                process.user = Some(format!("{uid}:{gid}"));
+            }
+        }
         self.store
             .create(opts.name.as_deref(), |id, dir, cid, name| {
                 let hostname = opts
                     .hostname
                     .clone()
                     .unwrap_or_else(|| id[..12].to_string());
-                let p = spec::merge(&img.config, &opts.process, &hostname, |k| {
+                let p = spec::merge(&img.config, &process, &hostname, |k| {
                     std::env::var(k).ok()
                 })?;
                 let scratch_disk = dir.join("scratch.ext4");
-                scratch::create(&scratch_disk, scratch::SCRATCH_SIZE)?;
+                crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
                 Ok(State {
                     id: id.to_string(),
                     name: name.to_string(),

@@ -18,7 +18,6 @@ pub mod image;
 pub mod lifecycle;
 pub mod monitor;
 pub mod proc;
-pub mod scratch;
 pub mod spec;
 pub mod state;
 pub mod store;
@@ -66,7 +65,7 @@ pub enum Error {
     BadEnv(String),
     #[error("the working directory {0:?} is invalid: it must be an absolute path")]
     RelativeWorkdir(String),
-    #[error("user {0:?}: only numeric UID[:GID] is supported (the agent protocol carries numeric ids); look the ids up in the image's /etc/passwd")]
+    #[error("user {0:?}: not a numeric UID[:GID]; names are looked up in the image's /etc/passwd and /etc/group")]
     UserName(String),
     #[error("invalid --memory {0:?}: use a size such as 256m or 1g")]
     BadMemory(String),
@@ -79,6 +78,8 @@ pub enum Error {
     },
     #[error("{tool} failed: {detail}")]
     Tool { tool: &'static str, detail: String },
+    #[error(transparent)]
+    Scratch(#[from] crate::image::scratch::ScratchError),
     #[error("image {reference}: {detail}")]
     Image { reference: String, detail: String },
     #[error("container {id}: cannot start its VM: {source}")]

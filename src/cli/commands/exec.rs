@@ -1,13 +1,27 @@
 use crate::cli::{Error, ExecArgs, GlobalOpts};
+use crate::cli::images::Images;
 use crate::runtime::exec::{exec, ExecOptions};
+use crate::runtime::{spec, ImageSource};
 
 pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
+    let user = match a.user {
+        // A name is looked up in the container's image, as `run -u` does.
+        Some(u) if spec::parse_user(&u).is_err() => {
+            let state = rt.store.resolve(&a.container)?;
+            let images = Images::open(&g.root)?;
+            let what = state.image_id.as_deref().unwrap_or(&state.image);
+            let img = images.resolve(what)?;
+            let (uid, gid) = images.user_ids(&img, &u)?;
+            Some(format!("{uid}:{gid}"))
+        }
+        u => u,
+    };
     let opts = ExecOptions {
         args: a.command,
         env: a.env,
         workdir: a.workdir,
-        user: a.user,
+        user,
         stdin: a.interactive,
         tty: a.tty,
     };

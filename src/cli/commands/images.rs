@@ -1,34 +1,160 @@
-use crate::cli::images::Images;
+//! `images`, `rmi`, `load`, `pull`: the image store under `--root`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::cli::images::{ago, human_size, rows, Images};
 use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs};
+use crate::image::{Progress, Reference};
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
-    let all = Images::open(&g.root)?.list()?;
-    if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+    let images = Images::open(&g.root)?;
+    let all = images.store.list().map_err(|e| Error::Image(e.to_string()))?;
+    if a.quiet {
+        for i in &all {
+            println!("{}", &i.id().hex()[..12]);
+        }
         return Ok(0);
     }
-    if !a.quiet {
-        println!("REPOSITORY:TAG   IMAGE ID   SIZE");
+    if a.format == Format::Json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|i| {
+                json!({
+                    "id": i.id().to_string(),
+                    "names": i.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
+                    "digest": i.manifest_digest.to_string(),
+                    "created": i.config.created(),
+                    "size": i.size(),
+                    "layers": i.layers.len(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
     }
-    for i in all {
-        println!("{i}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut table = vec![[
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
+    for i in &all {
+        for (repo, tag) in rows(i) {
+            table.push([
+                repo,
+                tag,
+                i.id().hex()[..12].to_string(),
+                ago(i.config.created().as_deref(), now),
+                human_size(i.size()),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for r in &table {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
     }
     Ok(0)
 }
 
+/// Removes names (or, by ID, the whole image) and collects what no image uses. An image a
+/// container still uses is kept unless `-f`: its layers are the container's disks.
 pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
     let images = Images::open(&g.root)?;
-    super::each(&a.images, |r| images.remove(r, a.force))
+    let rt = super::runtime(g)?;
+    super::each(&a.images, |what| {
+        let img = images
+            .store
+            .get(what)
+            .map_err(|e| Error::Image(e.to_string()))?;
+        let by_name = what
+            .parse::<Reference>()
+            .ok()
+            .filter(|r| img.references.contains(r));
+        // Dropping one of several names leaves the image (and its users) whole.
+        let deletes = by_name.is_none() || img.references.len() <= 1;
+        if deletes && !a.force {
+            let id = img.id().to_string();
+            let users: Vec<String> = rt
+                .store
+                .list()?
+                .into_iter()
+                .filter(|c| c.image_id.as_deref() == Some(id.as_str()))
+                .map(|c| format!("{} ({})", &c.id[..12], c.name))
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::Image(format!(
+                    "cannot remove image {what}: container {} uses it; remove the container \
+                     first (`husk rm`) or use `husk rmi -f`",
+                    users.join(", ")
+                )));
+            }
+        }
+        let (removed, _) = images
+            .store
+            .remove(what)
+            .map_err(|e| Error::Image(e.to_string()))?;
+        let mut out: Vec<String> = match by_name {
+            Some(r) if !deletes => vec![format!("Untagged: {}", r.familiar())],
+            _ => removed
+                .references
+                .iter()
+                .map(|r| format!("Untagged: {}", r.familiar()))
+                .collect(),
+        };
+        if deletes {
+            out.push(format!("Deleted: {}", removed.id()));
+        }
+        Ok(out.join("\n"))
+    })
 }
 
+/// On failure the store is swept, so a rejected archive leaves no blob or layer disk.
 pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {
-    for r in Images::open(&g.root)?.load(&a.input)? {
-        println!("Loaded image: {r}");
+    let images = Images::open(&g.root)?;
+    match images.store.load(&a.input) {
+        Ok(loaded) => {
+            for i in loaded {
+                for r in &i.references {
+                    println!("Loaded image: {}", r.familiar());
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = images.store.gc();
+            Err(Error::Image(e.to_string()))
+        }
     }
-    Ok(0)
 }
 
 pub fn pull(g: &GlobalOpts, a: PullArgs) -> Result<i32, Error> {
-    println!("{}", Images::open(&g.root)?.pull(&a.reference)?);
-    Ok(0)
+    let images = Images::open(&g.root)?;
+    match images.store.pull(&a.reference, Progress::Auto) {
+        Ok(img) => {
+            println!("Digest: {}", img.manifest_digest);
+            let name = a
+                .reference
+                .parse::<Reference>()
+                .map_or(a.reference.clone(), |r| r.to_string());
+            println!("Pulled: {name}");
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = images.store.gc();
+            Err(Error::Image(e.to_string()))
+        }
+    }
 }
