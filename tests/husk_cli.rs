@@ -2,8 +2,8 @@
 //! `--root` and boots real microVMs on whichever backend `--vmm auto` picks here (QEMU/TCG
 //! on PVM hosts, husk-vmm where KVM runs Linux guests).
 //!
-//! The image is a one-layer busybox: Debian's static busybox in an erofs layer, given to
-//! husk as a prebuilt image under the test's root.
+//! The image is scripts/make-busybox-image.sh's one-layer busybox (Debian's static
+//! busybox), given to each test's root with `husk load -i`.
 
 mod common;
 
@@ -120,58 +120,31 @@ fn husk(test: &str) -> Option<Husk> {
         return None;
     }
     let root = tempfile::tempdir().expect("tempdir");
-    let layer = make_busybox_layer(root.path(), busybox);
-    let prebuilt = root.path().join("images/prebuilt");
-    std::fs::create_dir_all(&prebuilt).unwrap();
-    let manifest = serde_json::json!({
-        "reference": "docker.io/library/busybox:latest",
-        "config": {
-            "entrypoint": null,
-            "cmd": ["sh"],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "working_dir": null,
-            "user": null
-        },
-        "layers": [layer],
-        "layerFs": "erofs"
-    });
-    std::fs::write(prebuilt.join("busybox.json"), manifest.to_string()).unwrap();
-    Some(Husk {
+    let h = Husk {
         root,
         kernel,
         initramfs,
-    })
+    };
+    let archive = busybox_archive();
+    let loaded = h.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert_eq!(loaded.trim(), "Loaded image: busybox:latest");
+    Some(h)
 }
 
-/// An erofs image of a minimal busybox root: /bin/busybox plus its applet links.
-fn make_busybox_layer(dir: &Path, busybox: &Path) -> PathBuf {
-    let tree = dir.join("layer-tree");
-    for d in ["bin", "etc", "root", "tmp", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(tree.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet));
-        }
-    }
-    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(tree.join("etc/group"), "root:x:0:\n").unwrap();
-    let layer = dir.join("busybox.erofs");
-    let out = Command::new("mkfs.erofs")
-        .arg("--quiet")
-        .arg(&layer)
-        .arg(&tree)
-        .output()
-        .expect("mkfs.erofs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&tree).unwrap();
-    layer
+/// The busybox docker-archive of scripts/make-busybox-image.sh, built once per test run.
+fn busybox_archive() -> PathBuf {
+    static ARCHIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ARCHIVE
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("husk-cli-images");
+            let o = Command::new(common::repo_root().join("scripts/make-busybox-image.sh"))
+                .arg(&out)
+                .output()
+                .expect("run make-busybox-image.sh");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            PathBuf::from(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap())
+        })
+        .clone()
 }
 
 fn text(b: &[u8]) -> String {

@@ -14,7 +14,7 @@ use crate::image::digest::Digest;
 use crate::image::layer::compression::Compression;
 use crate::image::record::Image;
 use crate::image::reference::Reference;
-use crate::image::store::Store;
+use crate::image::store::{Store, StoreError};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -61,11 +61,20 @@ pub(crate) fn import(store: &Store, staged: &Staged) -> Result<Vec<Image>, Impor
             .collect::<Result<Vec<_>, _>>()?;
         let config_json = src.read_json_member(store, &e.config)?;
         // Parse before storing: a config that is not one fails here, naming the archive.
-        ImageConfiguration::from_reader(&config_json[..])
+        let parsed = ImageConfiguration::from_reader(&config_json[..])
             .map_err(|err| invalid(format!("config {}: {err}", e.config)))?;
+        let diff_ids = parsed.rootfs().diff_ids();
+        if diff_ids.len() != e.layers.len() {
+            return Err(invalid(format!(
+                "manifest.json lists {} layers but config {} has {} diff_ids",
+                e.layers.len(),
+                e.config,
+                diff_ids.len()
+            )));
+        }
         let config = store.write_blob_bytes(&config_json)?;
         let mut layers = Vec::with_capacity(e.layers.len());
-        for rel in &e.layers {
+        for (rel, diff_id) in e.layers.iter().zip(diff_ids) {
             let path = staged.require(rel)?;
             // Compression decides the media type; read it before the file is moved.
             let compression = match File::open(path) {
@@ -78,7 +87,23 @@ pub(crate) fn import(store: &Store, staged: &Staged) -> Result<Vec<Image>, Impor
                 source,
             })?;
             let size = std::fs::metadata(path).map(|m| m.len());
-            let digest = src.ingest(store, rel, None, None)?;
+            // An uncompressed layer's digest is its diff_id: check it as it is stored.
+            let expected = match compression {
+                Compression::None => Some(
+                    diff_id
+                        .parse::<Digest>()
+                        .map_err(|err| invalid(format!("config {}: {err}", e.config)))?,
+                ),
+                _ => None,
+            };
+            let digest = src
+                .ingest(store, rel, expected.as_ref(), None)
+                .map_err(|err| match err {
+                    ImportError::Store(err @ StoreError::DigestMismatch { .. }) => {
+                        invalid(format!("layer {rel} does not match its diff_id: {err}"))
+                    }
+                    other => other,
+                })?;
             let size = match size {
                 Ok(s) => s,
                 Err(_) => std::fs::metadata(store.blob_path(&digest))
