@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything husk needs on this machine and boots one microVM to prove it:
 # apt packages, the guest kernel (cached), the agent initramfs, release binaries
-# (husk, husk-vmm) installed under PREFIX (default /usr/local), kernel + initramfs under
+# (husk, husk-vmm, and vhost-device-vsock where QEMU is the backend) installed under PREFIX (default /usr/local), kernel + initramfs under
 # $PREFIX/share/husk where husk finds them without flags, the busybox image loaded, and
 # `husk system check` to prove the host can run containers. Then:
 #   husk run --rm busybox echo hello from a microVM
@@ -27,18 +27,15 @@ install -m 0644 "$initramfs" "$PREFIX/share/husk/initramfs.cpio.gz"
 log "installed husk and husk-vmm to $PREFIX/bin, kernel and initramfs to $PREFIX/share/husk"
 
 # The QEMU backend (hosts whose KVM cannot run Linux guests) needs its vsock daemon.
+# On the PATH too, so it is found whoever runs husk (the cache is per user).
 if ! "$PREFIX/bin/husk-vmm" --probe >/dev/null 2>&1; then
-    scripts/install-vhost-device-vsock.sh >&2
+    vsock=$(scripts/install-vhost-device-vsock.sh | tail -n1)
+    install -m 0755 "$vsock" "$PREFIX/bin/vhost-device-vsock"
 fi
 
-# The default image, so `husk run busybox ...` works straight away.
-if [ -x scripts/make-busybox-image.sh ] && "$PREFIX/bin/husk" load --help >/dev/null 2>&1; then
-    archive=$(scripts/make-busybox-image.sh | tail -n1)
-    if "$PREFIX/bin/husk" load -i "$archive" >&2; then
-        log "loaded the busybox image"
-    else
-        log "warning: could not load $archive into the image store"
-    fi
-fi
+# The default image, so `husk run busybox ...` works straight away (a real OCI image of
+# Debian's busybox-static; loading it again is a no-op for the blobs).
+archive=$(scripts/make-busybox-image.sh | tail -n1)
+"$PREFIX/bin/husk" load -i "$archive" >&2 || die "could not load $archive into the image store"
 
 "$PREFIX/bin/husk" system check >&2 || die "husk system check failed (see the FAIL lines above)"
