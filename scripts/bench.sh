@@ -118,7 +118,20 @@ for b in backends:
     log(f"husk run --rm busybox true on {b} x{runs}")
     cmd = [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
     timed(cmd)  # warm the page cache
-    hs = [timed(cmd) for _ in range(runs)]
+    hs, failed = [], 0
+    for _ in range(runs):
+        # A failed run is counted and reported, not timed; its console log is kept.
+        try:
+            hs.append(timed(cmd, stderr=subprocess.PIPE))
+        except subprocess.CalledProcessError as e:
+            failed += 1
+            log(f"run failed: {e.stderr.decode(errors='replace').strip()}")
+            for line in e.stderr.decode(errors="replace").split("(console log: ")[1:2]:
+                src = line.split(")")[0]
+                if os.path.exists(src):
+                    dst = f"/var/tmp/husk-bench-failed-{failed}.console.log"
+                    open(dst, "wb").write(open(src, "rb").read())
+                    log(f"kept {dst}")
     if b == "qemu":
         accel = accel_of_qemu()
         log(f"bare QEMU ({accel}) boot to HUSK-AGENT-READY x{runs}")
@@ -130,7 +143,8 @@ for b in backends:
         label = "husk-vmm (KVM)"
     hm, hp = stats(hs)
     first_hm = first_hm or hm
-    rows.append(f"| `husk run --rm busybox true` | {label} | {hm:.3f} s | {hp:.3f} s | |")
+    note = f"{failed} of {runs} runs failed (not timed)" if failed else ""
+    rows.append(f"| `husk run --rm busybox true` | {label} | {hm:.3f} s | {hp:.3f} s | {note} |")
     if bs:
         bm, bp = stats(bs)
         rows.append(f"| bare boot, same kernel + initramfs, to agent ready | {label} | {bm:.3f} s | {bp:.3f} s | husk / bare = {hm / bm:.2f}x |")
