@@ -142,7 +142,14 @@ fn busybox_archive() -> PathBuf {
                 .output()
                 .expect("run make-busybox-image.sh");
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            PathBuf::from(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap())
+            PathBuf::from(
+                String::from_utf8(o.stdout)
+                    .unwrap()
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap(),
+            )
         })
         .clone()
 }

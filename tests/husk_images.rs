@@ -52,7 +52,11 @@ impl Husk {
     fn stored_files(&self) -> Vec<String> {
         ["blobs/sha256", "layers", "tmp"]
             .iter()
-            .flat_map(|d| std::fs::read_dir(self.root.path().join(d)).into_iter().flatten())
+            .flat_map(|d| {
+                std::fs::read_dir(self.root.path().join(d))
+                    .into_iter()
+                    .flatten()
+            })
             .map(|e| e.unwrap().path().display().to_string())
             .collect()
     }
@@ -87,7 +91,11 @@ fn husk(test: &str, boots: bool) -> Option<Husk> {
         }
     }
     if !Path::new("/bin/busybox").is_file() {
-        common::not_run(test, "/bin/busybox missing (apt-get install busybox-static)", true);
+        common::not_run(
+            test,
+            "/bin/busybox missing (apt-get install busybox-static)",
+            true,
+        );
         return None;
     }
     Some(Husk {
@@ -104,12 +112,22 @@ fn busybox_archive(out: &Path) -> PathBuf {
         .output()
         .expect("make-busybox-image.sh");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim().lines().last().unwrap())
+    PathBuf::from(
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
 }
 
 /// A layer tar written entry by entry with raw header names (hostile paths included).
 #[derive(Default)]
-struct Layer(Vec<(String, EntryType, Option<String>, Vec<u8>, u32)>);
+struct Layer(Vec<Entry>);
+
+/// path, kind, link target, content, mode.
+type Entry = (String, EntryType, Option<String>, Vec<u8>, u32);
 
 impl Layer {
     fn file(mut self, path: &str, data: &[u8]) -> Self {
@@ -194,7 +212,8 @@ fn docker_archive(path: &Path, name: &str, layers: &[Vec<u8>]) {
     .to_string();
     let config_name = format!("{}.json", Digest::of(config.as_bytes()).hex());
     add(&config_name, config.as_bytes());
-    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": [name], "Layers": names}]);
+    let manifest =
+        serde_json::json!([{"Config": config_name, "RepoTags": [name], "Layers": names}]);
     add("manifest.json", manifest.to_string().as_bytes());
     std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
@@ -262,8 +281,15 @@ fn user_names_resolve_from_the_image_passwd() {
     let out = h.ok(&["run", "--rm", "-u", "user:root", "busybox", "id"]);
     assert_eq!(out.trim(), "uid=1000(user) gid=0(root)");
     let err = one_line_failure(&h.run(&["run", "--rm", "-u", "nobody", "busybox", "id"]));
-    assert!(err.contains("\"nobody\"") && err.contains("/etc/passwd"), "{err}");
-    assert_eq!(h.ok(&["ps", "-aq"]), "", "a refused user leaves no container");
+    assert!(
+        err.contains("\"nobody\"") && err.contains("/etc/passwd"),
+        "{err}"
+    );
+    assert_eq!(
+        h.ok(&["ps", "-aq"]),
+        "",
+        "a refused user leaves no container"
+    );
 }
 
 /// The registry process; killed (by its pid) and its temp dir removed on drop.
@@ -318,11 +344,17 @@ fn pull_from_local_registry_then_run() {
         .arg(format!("docker://{dest}"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let pulled = h.ok(&["pull", &dest]);
     assert!(pulled.contains(&format!("Pulled: {dest}")), "{pulled}");
-    assert!(h.ok(&["images"]).contains(&format!("127.0.0.1:{port}/busybox")));
+    assert!(h
+        .ok(&["images"])
+        .contains(&format!("127.0.0.1:{port}/busybox")));
     let out = h.ok(&["run", "--rm", &dest, "echo", "pulled and booted"]);
     assert_eq!(out, "pulled and booted\n");
     // A tag the registry does not have: one line, nothing new stored.
@@ -346,9 +378,16 @@ fn malicious_layer_is_rejected_and_nothing_is_kept() {
     let err = one_line_failure(&h.run(&["load", "-i", archive.to_str().unwrap()]));
     eprintln!("{err}");
     assert!(err.contains("../../escape"), "names the entry: {err}");
-    assert!(err.contains(Digest::of(&evil).hex()), "names the layer: {err}");
+    assert!(
+        err.contains(Digest::of(&evil).hex()),
+        "names the layer: {err}"
+    );
     assert_eq!(h.image_count(), 0);
-    assert_eq!(h.stored_files(), Vec::<String>::new(), "no blob or layer disk kept");
+    assert_eq!(
+        h.stored_files(),
+        Vec::<String>::new(),
+        "no blob or layer disk kept"
+    );
     assert!(!h.root.path().join("../escape").exists());
 }
 
@@ -365,7 +404,10 @@ fn corrupt_archive_is_rejected_and_nothing_is_kept() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let err = one_line_failure(&h.run(&["load", "-i", cut.to_str().unwrap()]));
     eprintln!("{err}");
-    assert!(err.contains("cut.tar") && err.contains("layer.tar"), "{err}");
+    assert!(
+        err.contains("cut.tar") && err.contains("layer.tar"),
+        "{err}"
+    );
     // A layer whose bytes do not match its diff_id.
     let mut tampered = bytes.clone();
     let at = tampered.windows(4).position(|w| w == [7, 7, 7, 7]).unwrap();
@@ -376,7 +418,11 @@ fn corrupt_archive_is_rejected_and_nothing_is_kept() {
     eprintln!("{err}");
     assert!(err.contains("digest") || err.contains("diff"), "{err}");
     assert_eq!(h.image_count(), 0);
-    assert_eq!(h.stored_files(), Vec::<String>::new(), "no blob or layer disk kept");
+    assert_eq!(
+        h.stored_files(),
+        Vec::<String>::new(),
+        "no blob or layer disk kept"
+    );
 }
 
 #[test]
@@ -393,7 +439,10 @@ fn rmi_of_an_image_in_use_is_refused() {
     h.ok(&["start", "user1"]);
     h.ok(&["rm", "-f", "user1"]);
     let out = h.ok(&["rmi", "busybox"]);
-    assert!(out.contains("Untagged: busybox:latest") && out.contains("Deleted: sha256:"), "{out}");
+    assert!(
+        out.contains("Untagged: busybox:latest") && out.contains("Deleted: sha256:"),
+        "{out}"
+    );
     assert_eq!(h.image_count(), 0);
     assert_eq!(h.stored_files(), Vec::<String>::new());
 }

@@ -102,7 +102,11 @@ impl ImageSource for Images {
         let name = img
             .references
             .iter()
-            .find(|r| reference.parse::<image::Reference>().is_ok_and(|q| q == **r))
+            .find(|r| {
+                reference
+                    .parse::<image::Reference>()
+                    .is_ok_and(|q| q == **r)
+            })
             .or(img.references.first())
             .map_or_else(|| img.id().to_string(), |r| r.to_string());
         let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
@@ -194,7 +198,10 @@ mod tests {
     fn times_and_sizes() {
         assert_eq!(epoch_of("2023-11-14T22:13:20Z"), Some(1_700_000_000));
         assert_eq!(epoch_of("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(ago(Some("2023-11-14T22:13:20Z"), 1_700_000_000 + 3 * 86_400), "3 days ago");
+        assert_eq!(
+            ago(Some("2023-11-14T22:13:20Z"), 1_700_000_000 + 3 * 86_400),
+            "3 days ago"
+        );
         assert_eq!(ago(Some("x"), 5), "");
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(4_200_000), "4.2MB");

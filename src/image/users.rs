@@ -79,7 +79,11 @@ pub fn resolve(store: &Store, image: &Image, spec: &str) -> Result<(u32, u32), U
 fn parse_passwd(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
     text.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        Some((f.first()?.trim(), f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+        Some((
+            f.first()?.trim(),
+            f.get(2)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+        ))
     })
 }
 
@@ -102,7 +106,8 @@ enum Found {
 /// The content of `path` in the merged tree of `image`, or "" where no layer has it.
 fn read_file(store: &Store, image: &Image, path: &str) -> Result<String, (Digest, io::Error)> {
     for layer in image.layers.iter().rev() {
-        let found = scan_layer(store, &layer.digest, path).map_err(|e| (layer.digest.clone(), e))?;
+        let found =
+            scan_layer(store, &layer.digest, path).map_err(|e| (layer.digest.clone(), e))?;
         match found {
             Found::File(data) => return Ok(String::from_utf8_lossy(&data).into_owned()),
             Found::Hidden => break,
@@ -154,7 +159,8 @@ fn scan_layer(store: &Store, digest: &Digest, path: &str) -> io::Result<Found> {
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1001::/home/user:/bin/sh\nbad line\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1001::/home/user:/bin/sh\nbad line\n";
     const GROUP: &str = "root:x:0:\nstaff:x:50:user\n";
 
     #[test]

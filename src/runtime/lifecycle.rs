@@ -102,9 +102,7 @@ impl Runtime {
                     .hostname
                     .clone()
                     .unwrap_or_else(|| id[..12].to_string());
-                let p = spec::merge(&img.config, &process, &hostname, |k| {
-                    std::env::var(k).ok()
-                })?;
+                let p = spec::merge(&img.config, &process, &hostname, |k| std::env::var(k).ok())?;
                 let scratch_disk = dir.join("scratch.ext4");
                 crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
                 Ok(State {

@@ -1,5 +1,5 @@
-use crate::cli::{Error, ExecArgs, GlobalOpts};
 use crate::cli::images::Images;
+use crate::cli::{Error, ExecArgs, GlobalOpts};
 use crate::runtime::exec::{exec, ExecOptions};
 use crate::runtime::{spec, ImageSource};
 

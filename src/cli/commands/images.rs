@@ -10,7 +10,10 @@ use crate::image::{Progress, Reference};
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
     let images = Images::open(&g.root)?;
-    let all = images.store.list().map_err(|e| Error::Image(e.to_string()))?;
+    let all = images
+        .store
+        .list()
+        .map_err(|e| Error::Image(e.to_string()))?;
     if a.quiet {
         for i in &all {
             println!("{}", &i.id().hex()[..12]);

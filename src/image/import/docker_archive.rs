@@ -96,14 +96,14 @@ pub(crate) fn import(store: &Store, staged: &Staged) -> Result<Vec<Image>, Impor
                 ),
                 _ => None,
             };
-            let digest = src
-                .ingest(store, rel, expected.as_ref(), None)
-                .map_err(|err| match err {
-                    ImportError::Store(err @ StoreError::DigestMismatch { .. }) => {
-                        invalid(format!("layer {rel} does not match its diff_id: {err}"))
-                    }
-                    other => other,
-                })?;
+            let digest =
+                src.ingest(store, rel, expected.as_ref(), None)
+                    .map_err(|err| match err {
+                        ImportError::Store(err @ StoreError::DigestMismatch { .. }) => {
+                            invalid(format!("layer {rel} does not match its diff_id: {err}"))
+                        }
+                        other => other,
+                    })?;
             let size = match size {
                 Ok(s) => s,
                 Err(_) => std::fs::metadata(store.blob_path(&digest))
