@@ -20,6 +20,11 @@ const MAX_REPLY_LINE: usize = 64;
 /// listener appears at an unknown moment, capped so a slow boot costs few wasted tries.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// The longest one CONNECT may wait for its answer. A vhost-user vsock daemon can accept a
+/// connection while the guest's driver is still setting up its queues and then never answer
+/// it (seen under load with vhost-device-vsock: the first attempt hung for the whole
+/// deadline, "os error 11"); a fresh attempt after this long gets through.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One attempt: connect and do the `CONNECT`/`OK` exchange, each step bounded by `timeout`.
 /// On success the stream carries the guest connection's bytes and has no timeouts set.
@@ -79,7 +84,8 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, E
         attempts += 1;
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
+            .max(Duration::from_millis(1))
+            .min(ATTEMPT_TIMEOUT);
         match connect_once(uds, port, left) {
             Ok(s) => {
                 tracing::debug!(uds = %uds.display(), port, attempts, elapsed = ?start.elapsed(), "vsock connected");
