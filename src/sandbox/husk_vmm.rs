@@ -97,6 +97,14 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     if let Some(v) = &spec.vsock {
         flag("--vsock", format!("{},{}", v.cid, v.uds_path.display()));
     }
+    if let Some(d) = spec.shared_dirs.first() {
+        return Err(Error::Unsupported(format!(
+            "husk-vmm cannot share {} (tag {:?}) yet: it has no vhost-user-fs frontend; \
+             use --vmm qemu",
+            d.host_path.display(),
+            d.tag
+        )));
+    }
     Ok(a)
 }
 

@@ -17,6 +17,7 @@ pub mod husk_vmm;
 mod kind;
 pub mod qemu;
 pub mod vhost_vsock;
+pub mod virtiofsd;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,8 @@ pub struct VmSpec {
     /// Where the guest's serial console goes (truncated at start). The backend's own
     /// diagnostics are appended to the same file, so one file explains a failed boot.
     pub console_log: PathBuf,
-    /// Reserved: host directories shared through virtio-fs (not wired yet).
+    /// Host directories shared through virtio-fs, one virtiofsd each; the guest mounts them
+    /// by tag (`mount -t virtiofs TAG DIR`).
     pub shared_dirs: Vec<SharedDirSpec>,
     /// Reserved: TAP devices for virtio-net (not wired yet).
     pub taps: Vec<TapSpec>,
@@ -70,7 +72,8 @@ pub struct VsockSpec {
     pub uds_path: PathBuf,
 }
 
-/// Reserved for virtio-fs: a host directory and the tag the guest mounts it by.
+/// A host directory the guest sees live through virtio-fs, and the tag it mounts it by.
+/// `read_only` is enforced by the daemon (`--readonly`), not only by the guest's mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedDirSpec {
     pub host_path: PathBuf,
@@ -178,10 +181,18 @@ impl VmSpec {
                 "kernel argument {bad:?} is empty or contains whitespace; pass one argument per entry"
             )));
         }
-        if !self.shared_dirs.is_empty() || !self.taps.is_empty() {
+        for (i, d) in self.shared_dirs.iter().enumerate() {
+            virtiofsd::validate(d)?;
+            if self.shared_dirs[..i].iter().any(|o| o.tag == d.tag) {
+                return Err(Error::InvalidSpec(format!(
+                    "shared directory tag {:?} is used twice; give each share its own tag",
+                    d.tag
+                )));
+            }
+        }
+        if !self.taps.is_empty() {
             return Err(Error::Unsupported(
-                "shared directories and TAP devices are not supported by the VM backends yet"
-                    .into(),
+                "TAP devices are not supported by the VM backends yet".into(),
             ));
         }
         Ok(())
@@ -246,6 +257,16 @@ pub enum Error {
     #[error("{program} exited ({status}) before it was ready; see {log}")]
     HelperDied {
         program: String,
+        status: ExitStatus,
+        log: PathBuf,
+    },
+    /// A helper (a vhost-user daemon) died while the VM ran, and the VM was stopped for it.
+    #[error(
+        "{program} (pid {pid}) exited ({status}) while the VM ran, so the VM was stopped; see {log}"
+    )]
+    HelperExited {
+        program: String,
+        pid: u32,
         status: ExitStatus,
         log: PathBuf,
     },
