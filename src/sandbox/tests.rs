@@ -516,9 +516,7 @@ fn shared_dirs_are_validated() {
     assert!(s.validate().unwrap_err().to_string().contains("used twice"));
     s.shared_dirs.pop();
     s.validate().unwrap();
-    let err = husk_vmm::args(&s).unwrap_err();
-    assert!(
-        matches!(err, Error::Unsupported(_)) && err.to_string().contains("--vmm qemu"),
-        "{err}"
-    );
+    let a = husk_vmm::args(&s).unwrap();
+    let sock = virtiofsd::socket_for(&s.console_log, 0);
+    assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
 }
