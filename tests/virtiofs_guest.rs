@@ -25,14 +25,6 @@ fn have_virtiofsd(test: &str) -> bool {
     }
 }
 
-fn share(host_path: &Path, tag: &str, read_only: bool) -> SharedDirSpec {
-    SharedDirSpec {
-        host_path: host_path.to_path_buf(),
-        tag: tag.into(),
-        read_only,
-    }
-}
-
 /// Boots with `shares` (host dirs created under the VM's temp dir as `<tag>/`); returns the
 /// guest and the host directory of each share.
 fn boot_with_shares(test: &str, shares: &[(&str, bool)]) -> Option<(Guest, Vec<PathBuf>)> {
@@ -44,7 +36,7 @@ fn boot_with_shares(test: &str, shares: &[(&str, bool)]) -> Option<(Guest, Vec<P
         for (tag, ro) in shares {
             let d = dir.join(tag);
             std::fs::create_dir_all(&d).unwrap();
-            spec.shared_dirs.push(share(&d, tag, *ro));
+            spec.shared_dirs.push(SharedDirSpec::volume(&d, *tag, *ro));
             dirs.push(d);
         }
     })?;
@@ -182,8 +174,10 @@ fn a_directory_rootfs_boots_and_runs_a_shell() {
     std::fs::create_dir_all(&ro_root).unwrap();
     let r2 = busybox_dir(&ro_root).unwrap();
     let Some(g) = Guest::boot_custom(test, vec![], |spec, _| {
-        spec.shared_dirs.push(share(&root, "rootfs", false));
-        spec.shared_dirs.push(share(&r2, "rorootfs", true));
+        spec.shared_dirs
+            .push(SharedDirSpec::rootfs(&root, "rootfs", false));
+        spec.shared_dirs
+            .push(SharedDirSpec::rootfs(&r2, "rorootfs", true));
     }) else {
         return;
     };

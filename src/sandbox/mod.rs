@@ -79,6 +79,43 @@ pub struct SharedDirSpec {
     pub host_path: PathBuf,
     pub tag: String,
     pub read_only: bool,
+    /// How much the guest may cache; see [`ShareCache`].
+    pub cache: ShareCache,
+}
+
+/// How much of a share the guest caches (virtiofsd's `--cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareCache {
+    /// Nothing: every lookup, stat and read goes to the host, so a file the host just
+    /// changed is seen whole by the next read. For volumes (`-v`, /etc/hosts, ...), which the
+    /// host edits under a running container. Measured: with `auto`, a file the host grew was
+    /// read back truncated to its old size for up to the 1 s attribute timeout.
+    #[default]
+    Never,
+    /// Close-to-open data caching with 1 s attribute timeouts: for a rootfs directory, which
+    /// nothing on the host changes while the container runs, and which is read (exec'd,
+    /// mmap'd) far more than a volume.
+    Auto,
+}
+
+impl SharedDirSpec {
+    /// A volume the host may change at any time (cache nothing).
+    pub fn volume(host_path: impl Into<PathBuf>, tag: impl Into<String>, read_only: bool) -> Self {
+        SharedDirSpec {
+            host_path: host_path.into(),
+            tag: tag.into(),
+            read_only,
+            cache: ShareCache::Never,
+        }
+    }
+
+    /// A container rootfs directory (cached: the host leaves it alone while the VM runs).
+    pub fn rootfs(host_path: impl Into<PathBuf>, tag: impl Into<String>, read_only: bool) -> Self {
+        SharedDirSpec {
+            cache: ShareCache::Auto,
+            ..SharedDirSpec::volume(host_path, tag, read_only)
+        }
+    }
 }
 
 /// Reserved for virtio-net: a TAP device on the host and the guest's MAC address.

@@ -250,11 +250,7 @@ exec perl -MIO::Socket::UNIX -e '
 fn share_spec(dir: &Path, tag: &str, ro: bool) -> SharedDirSpec {
     let host_path = dir.join(tag);
     std::fs::create_dir_all(&host_path).unwrap();
-    SharedDirSpec {
-        host_path,
-        tag: tag.into(),
-        read_only: ro,
-    }
+    SharedDirSpec::volume(host_path, tag, ro)
 }
 
 fn alive(pid: u32) -> bool {

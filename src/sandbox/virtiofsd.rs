@@ -10,12 +10,16 @@
 //!   once and we retry with `--sandbox chroot`, which still confines paths to the directory.
 //! - `--seccomp kill`: a syscall outside virtiofsd's allow-list ends the daemon (the VM then
 //!   ends with a clear error, see [`super::child`]) rather than being logged and allowed.
-//! - `--cache auto`: the guest revalidates a file on every open and drops its page cache
-//!   when the host changed it, keeping attributes at most 1 s. That is close-to-open
-//!   consistency, what a volume the host edits while the container runs needs, without
-//!   `never`'s direct I/O on every read (and its broken shared mmap of files). No
-//!   `--writeback`: guest writes reach the host file before write(2) returns, so the host sees
-//!   a container's output as soon as the command ends.
+//! - `--cache never` for volumes ([`ShareCache::Never`]): the host edits them under a running
+//!   container, and with `auto` the guest keeps a file's size for the 1 s attribute timeout —
+//!   measured here: a file the host grew from 3 to 20 bytes was read back as its first 3
+//!   bytes. `never` makes every lookup, stat and read go to the host. Its price (no page
+//!   cache; MAP_SHARED of such files needs the kernel's direct-I/O mmap) is paid only where
+//!   coherence matters.
+//! - `--cache auto` for rootfs directories ([`ShareCache::Auto`]): nothing on the host
+//!   changes them while the container runs, and they are exec'd and mmap'd all the time.
+//! - No `--writeback`: guest writes reach the host file before write(2) returns, so the host
+//!   sees a container's output as soon as the command ends.
 //! - `--announce-submounts`: host mount points inside the share keep distinct inode numbers
 //!   in the guest (no st_ino collisions between filesystems).
 //! - `--readonly` for read-only shares: the daemon itself refuses writes, whatever the guest
@@ -27,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::child::{self, Guarded};
-use super::{vhost_vsock, Error, SharedDirSpec};
+use super::{vhost_vsock, Error, ShareCache, SharedDirSpec};
 
 /// The version `scripts/install-virtiofsd.sh` installs.
 pub const VERSION: &str = "1.14.0";
@@ -103,7 +107,11 @@ pub fn args(share: &SharedDirSpec, socket: &Path, sandbox: Sandbox) -> Vec<Strin
         format!("--shared-dir={}", share.host_path.display()),
         format!("--sandbox={}", sandbox.as_str()),
         "--seccomp=kill".into(),
-        "--cache=auto".into(),
+        match share.cache {
+            ShareCache::Never => "--cache=never",
+            ShareCache::Auto => "--cache=auto",
+        }
+        .into(),
         "--announce-submounts".into(),
         // Its info lines (connect, disconnect) would interleave with the guest console.
         "--log-level=warn".into(),
@@ -217,11 +225,7 @@ mod tests {
     use super::*;
 
     fn share(tag: &str, ro: bool) -> SharedDirSpec {
-        SharedDirSpec {
-            host_path: std::env::temp_dir(),
-            tag: tag.into(),
-            read_only: ro,
-        }
+        SharedDirSpec::volume(std::env::temp_dir(), tag, ro)
     }
 
     #[test]
@@ -235,7 +239,7 @@ mod tests {
             "--socket-path=/r/c.log.fs0.sock",
             "--sandbox=namespace",
             "--seccomp=kill",
-            "--cache=auto",
+            "--cache=never",
             "--announce-submounts",
             "--readonly",
         ] {
@@ -244,6 +248,10 @@ mod tests {
         let rw = args(&share("vol0", false), Path::new("/s"), Sandbox::Chroot);
         assert!(!rw.iter().any(|x| x == "--readonly"));
         assert!(rw.iter().any(|x| x == "--sandbox=chroot"));
+        let root = SharedDirSpec::rootfs("/r", "root", false);
+        assert!(args(&root, Path::new("/s"), Sandbox::Namespace)
+            .iter()
+            .any(|x| x == "--cache=auto"));
     }
 
     #[test]
