@@ -50,9 +50,12 @@ fn idle_init() -> husk_protocol::ProcessSpec {
 
 fn start(g: &Guest, spec: husk_protocol::ContainerSpec) {
     let id = spec.container_id.clone();
-    g.client
-        .create_container(spec)
-        .unwrap_or_else(|e| panic!("create {id}: {e}\n{}", g.console()));
+    g.client.create_container(spec).unwrap_or_else(|e| {
+        panic!(
+            "create {id}: {e}\n{}",
+            std::fs::read_to_string(g.vm.console_log()).unwrap_or_default()
+        )
+    });
     g.client.close_stdin(&id, None).unwrap();
     g.client
         .start_container(&id)
@@ -290,4 +293,138 @@ fn wait_bounded(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The same small-file and sequential-read work through virtio-fs (a volume: cache never; a
+/// rootfs-style share: cache auto), on an ext4 virtio-blk disk, and on the host directory
+/// directly, in one run (`scripts/bench-virtiofs.sh`). Guest times come from /proc/uptime
+/// (10 ms resolution); guest caches are dropped before each read phase, the host's are not.
+#[test]
+#[ignore = "benchmark: scripts/bench-virtiofs.sh"]
+fn bench_virtiofs() {
+    let test = "bench_virtiofs";
+    let n: u32 = env_or("BENCH_FILES", 2000);
+    let mib: u32 = env_or("BENCH_MIB", 256);
+    if !have_virtiofsd(test) {
+        return;
+    }
+    let disk_dir = tempfile::tempdir().unwrap();
+    let disk = disk_dir.path().join("bench.ext4");
+    let ok = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&disk)
+        .arg(format!("{}M", mib * 2 + 64))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.ext4");
+    let extra = vec![husk::sandbox::DiskSpec {
+        path: disk,
+        read_only: false,
+        serial: Some("bench".into()),
+    }];
+    let mut dirs = Vec::new();
+    let Some(g) = Guest::boot_custom(test, extra, |spec, dir| {
+        spec.memory_mib = 512;
+        for (tag, auto) in [("never", false), ("auto", true)] {
+            let d = dir.join(tag);
+            std::fs::create_dir_all(&d).unwrap();
+            spec.shared_dirs.push(if auto {
+                SharedDirSpec::rootfs(&d, tag, false)
+            } else {
+                SharedDirSpec::volume(&d, tag, false)
+            });
+            dirs.push(d);
+        }
+    }) else {
+        return;
+    };
+    let mut spec = container("b", idle_init());
+    spec.readonly_paths.clear(); // drop_caches
+    spec.mounts.push(mnt("/never", "virtiofs", "never", &[]));
+    spec.mounts.push(mnt("/auto", "virtiofs", "auto", &[]));
+    // layer0 = vda, scratch = vdb, the bench disk = vdc.
+    spec.mounts.push(mnt("/blk", "ext4", "/dev/vdc", &[]));
+    start(&g, spec);
+    let script = format!(
+        r#"t() {{ read a b < /proc/uptime; echo "${{a%.*}}${{a#*.}}"; }}
+D=$1; mkdir -p $D/small; sync
+s=$(t); i=0; while [ $i -lt {n} ]; do echo hello > $D/small/f$i; i=$((i+1)); done; sync; e=$(t); echo create $((e-s))
+echo 3 > /proc/sys/vm/drop_caches
+s=$(t); cat $D/small/* > /dev/null; e=$(t); echo read $((e-s))
+dd if=/dev/zero of=$D/big bs=1M count={mib} 2>/dev/null; sync; echo 3 > /proc/sys/vm/drop_caches
+s=$(t); dd if=$D/big of=/dev/null bs=1M 2>/dev/null; e=$(t); echo seq $((e-s))
+s=$(t); i=0; while [ $i -lt {n} ]; do : ; i=$((i+1)); done; e=$(t); echo loop $((e-s))
+rm -rf $D/small $D/big"#
+    );
+    println!("bench_virtiofs: {n} files, {mib} MiB sequential, guest on the QEMU backend");
+    println!(
+        "{:<22} {:>14} {:>14} {:>12}",
+        "target", "create/s", "small read/s", "seq MiB/s"
+    );
+    for (name, dir) in [
+        ("virtio-fs cache=never", "/never"),
+        ("virtio-fs cache=auto", "/auto"),
+        ("virtio-blk ext4", "/blk"),
+    ] {
+        let (code, o, e) = g.exec(
+            "b",
+            &format!("bench{}", &dir[1..]),
+            process(&["sh", "-c", &script, "sh", dir]),
+            vec![],
+        );
+        assert_eq!(code, 0, "{}", s(&e));
+        let cs: std::collections::HashMap<String, f64> = s(&o)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse::<f64>().ok()? / 100.0))
+            })
+            .collect();
+        let rate = |k: &str, units: f64| {
+            let secs = (cs[k] - if k == "create" { cs["loop"] } else { 0.0 }).max(0.01);
+            units / secs
+        };
+        println!(
+            "{name:<22} {:>14.0} {:>14.0} {:>12.1}   (shell loop alone: {:.2} s)",
+            rate("create", n as f64),
+            rate("read", n as f64),
+            rate("seq", mib as f64),
+            cs["loop"]
+        );
+    }
+    // The host, directly, on the share's directory (page cache warm).
+    let d = &dirs[0];
+    let small = d.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::write(small.join(format!("f{i}")), "hello\n").unwrap();
+    }
+    let create = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::read(small.join(format!("f{i}"))).unwrap();
+    }
+    let read = n as f64 / t.elapsed().as_secs_f64();
+    let big = d.join("big");
+    std::fs::write(&big, vec![0u8; (mib as usize) << 20]).unwrap();
+    let t = Instant::now();
+    let mut f = std::fs::File::open(&big).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while std::io::Read::read(&mut f, &mut buf).unwrap() > 0 {}
+    let seq = mib as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{:<22} {create:>14.0} {read:>14.0} {seq:>12.1}   (host, page cache warm)",
+        "host directory"
+    );
+    g.client.signal("b", None, libc::SIGTERM).unwrap();
+    let _ = g.client.wait("b", None);
+}
+
+fn env_or(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
