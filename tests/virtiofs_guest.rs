@@ -428,3 +428,91 @@ fn env_or(var: &str, default: u32) -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The same guest on husk-vmm: its vhost-user-fs frontend, memfd guest memory and the same
+/// virtiofsd management. A directory rootfs plus a volume, no disks at all. Runs where KVM
+/// runs a stock guest (not on PVM hosts, where only the driver-side harness
+/// `tests/virtio_fs_harness.rs` exercises the frontend).
+#[test]
+fn husk_vmm_directory_rootfs_and_volume() {
+    let test = "husk_vmm_directory_rootfs_and_volume";
+    let kvm = husk::sandbox::host::kvm_runs_stock_guests();
+    if !kvm.usable {
+        common::not_run(
+            test,
+            &format!("husk-vmm needs KVM that runs stock guests: {}", kvm.reason),
+            false,
+        );
+        return;
+    }
+    let (Some(kernel), Some(initramfs)) = (common::kernel(test), common::initramfs(test)) else {
+        return;
+    };
+    if !have_virtiofsd(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(root) = busybox_dir(dir.path()) else {
+        common::not_run(
+            test,
+            "/bin/busybox missing (apt-get install busybox-static)",
+            true,
+        );
+        return;
+    };
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let backend = husk::sandbox::HuskVmmBackend {
+        binary: common::bin("husk-vmm"),
+        virtiofsd: None,
+    };
+    let uds = dir.path().join("vsock.sock");
+    let mut spec = VmSpec::new(kernel, dir.path().join("console.log"));
+    spec.initramfs = Some(initramfs);
+    spec.vsock = Some(husk::sandbox::VsockSpec {
+        cid: 3,
+        uds_path: uds.clone(),
+    });
+    spec.shared_dirs = vec![
+        SharedDirSpec::rootfs(&root, "rootfs", false),
+        SharedDirSpec::volume(&vol, "vol", false),
+    ];
+    let vm = husk::sandbox::VmBackend::start(&backend, &spec).unwrap();
+    let client = husk::agent::AgentClient::connect(&uds, harness::T).unwrap_or_else(|e| {
+        panic!(
+            "agent never answered: {e}\n{}",
+            harness::tail(&vm.console_log())
+        )
+    });
+    let mut c = container(
+        "dir",
+        process(&[
+            "/bin/sh",
+            "-c",
+            "echo ok > /tmp/x; cat /tmp/x; echo vol > /data/v",
+        ]),
+    );
+    c.rootfs = RootfsSpec::VirtioFs {
+        tag: "rootfs".into(),
+    };
+    c.mounts.push(mnt("/data", "virtiofs", "vol", &[]));
+    client.create_container(c).unwrap();
+    let out = husk::agent::attach_stream(
+        &uds,
+        husk_protocol::StreamHello {
+            version: husk_protocol::PROTOCOL_VERSION,
+            container_id: "dir".into(),
+            exec_id: None,
+            kind: StreamKind::Stdout,
+        },
+        harness::T,
+    )
+    .unwrap();
+    client.close_stdin("dir", None).unwrap();
+    client.start_container("dir").unwrap();
+    assert_eq!(s(&harness::read_all(out)), "ok\n");
+    assert_eq!(client.wait("dir", None).unwrap().code, 0);
+    assert_eq!(std::fs::read_to_string(vol.join("v")).unwrap(), "vol\n");
+    assert_eq!(std::fs::read_to_string(root.join("tmp/x")).unwrap(), "ok\n");
+    let _ = vm.wait();
+}
