@@ -30,6 +30,8 @@ log "installed husk and husk-vmm to $PREFIX/bin, kernel and initramfs to $PREFIX
 if ! "$PREFIX/bin/husk-vmm" --probe >/dev/null 2>&1; then
     scripts/install-vhost-device-vsock.sh >&2
 fi
+# Both backends share host directories (rootfs dirs, volumes) through virtiofsd.
+scripts/install-virtiofsd.sh >&2
 
 # The default image, so `husk run busybox ...` works straight away.
 if [ -x scripts/make-busybox-image.sh ] && "$PREFIX/bin/husk" load --help >/dev/null 2>&1; then
