@@ -220,6 +220,15 @@ impl VmSpec {
         }
         for (i, d) in self.shared_dirs.iter().enumerate() {
             virtiofsd::validate(d)?;
+            // sockaddr_un holds 107 bytes of path; bind() would fail later with less to say.
+            let sock = virtiofsd::socket_for(&self.console_log, i);
+            if sock.as_os_str().len() > 107 {
+                return Err(Error::InvalidSpec(format!(
+                    "virtiofsd socket {} (beside the console log) is longer than a unix \
+                     socket path may be (107 bytes); use a shorter VM directory",
+                    sock.display()
+                )));
+            }
             if self.shared_dirs[..i].iter().any(|o| o.tag == d.tag) {
                 return Err(Error::InvalidSpec(format!(
                     "shared directory tag {:?} is used twice; give each share its own tag",

@@ -512,6 +512,13 @@ fn shared_dirs_are_validated() {
     assert!(s.validate().unwrap_err().to_string().contains("used twice"));
     s.shared_dirs.pop();
     s.validate().unwrap();
+    let mut long = s.clone();
+    long.console_log = dir.path().join("x".repeat(100));
+    assert!(long
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("107 bytes"));
     let a = husk_vmm::args(&s).unwrap();
     let sock = virtiofsd::socket_for(&s.console_log, 0);
     assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
