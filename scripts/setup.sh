@@ -32,6 +32,8 @@ if ! "$PREFIX/bin/husk-vmm" --probe >/dev/null 2>&1; then
     vsock=$(scripts/install-vhost-device-vsock.sh | tail -n1)
     install -m 0755 "$vsock" "$PREFIX/bin/vhost-device-vsock"
 fi
+# Both backends share host directories (rootfs dirs, volumes) through virtiofsd.
+scripts/install-virtiofsd.sh >&2
 
 # The default image, so `husk run busybox ...` works straight away (a real OCI image of
 # Debian's busybox-static; loading it again is a no-op for the blobs).

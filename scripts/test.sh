@@ -32,6 +32,11 @@ HUSK_VHOST_DEVICE_VSOCK=$(scripts/install-vhost-device-vsock.sh | tail -n1)
 export HUSK_VHOST_DEVICE_VSOCK
 log "vhost-device-vsock: $HUSK_VHOST_DEVICE_VSOCK"
 
+# The virtio-fs backend for shared host directories (cargo install, cached outside the repo).
+HUSK_VIRTIOFSD=$(scripts/install-virtiofsd.sh | tail -n1)
+export HUSK_VIRTIOFSD
+log "virtiofsd: $HUSK_VIRTIOFSD"
+
 # Tests that cannot run on this host say so; cargo hides a passing test's output, so they
 # also write their reason here and it is printed after the run.
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"

@@ -56,7 +56,10 @@ fn wait_bounded(vm: &dyn VmHandle, limit: Duration) -> std::process::ExitStatus 
         }
         if start.elapsed() > limit {
             let _ = vm.kill();
-            panic!("VM still running after {limit:?}; log tail:\n{}", tail(&vm.console_log()));
+            panic!(
+                "VM still running after {limit:?}; log tail:\n{}",
+                tail(&vm.console_log())
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }

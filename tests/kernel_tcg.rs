@@ -61,31 +61,48 @@ fn qemu_available() -> bool {
 
 fn qemu_command(kernel: &Path, initramfs: &Path, disk: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm,acpi=off", "-accel", "tcg", "-smp", "2", "-m", "256"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
-        // The reset path husk-vmm implements: i8042 command 0xFE ends the VM.
-        .args(["-device", "i8042", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", "console=ttyS0 reboot=k panic=-1 husk.selftest=1"])
-        // microvm puts virtio-mmio devices on its own bus and adds their
-        // virtio_mmio.device= entries to the command line itself.
-        .arg("-drive")
-        .arg(format!("if=none,id=d0,format=raw,file={}", disk.display()))
-        .args(["-device", "virtio-blk-device,drive=d0"])
-        .args(["-device", "virtio-rng-device"])
-        // A NIC with no backend still binds virtio_net; no user networking needed.
-        .args(["-device", "virtio-net-device"])
-        .args(["-device", "virtio-serial-device"]);
+    cmd.args([
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "tcg",
+        "-smp",
+        "2",
+        "-m",
+        "256",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+    ])
+    // The reset path husk-vmm implements: i8042 command 0xFE ends the VM.
+    .args(["-device", "i8042", "-no-reboot"])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initramfs)
+    .args(["-append", "console=ttyS0 reboot=k panic=-1 husk.selftest=1"])
+    // microvm puts virtio-mmio devices on its own bus and adds their
+    // virtio_mmio.device= entries to the command line itself.
+    .arg("-drive")
+    .arg(format!("if=none,id=d0,format=raw,file={}", disk.display()))
+    .args(["-device", "virtio-blk-device,drive=d0"])
+    .args(["-device", "virtio-rng-device"])
+    // A NIC with no backend still binds virtio_net; no user networking needed.
+    .args(["-device", "virtio-net-device"])
+    .args(["-device", "virtio-serial-device"]);
     cmd
 }
 
 /// The value of the first `FACT <name>: <value>` line.
 fn fact<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
     let prefix = format!("FACT {name}: ");
-    lines.iter().find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
+    lines
+        .iter()
+        .find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
 }
 
 #[test]
@@ -119,19 +136,38 @@ fn real_kernel_boots_under_qemu_tcg() {
 
     let kernel_fact = fact(&run.lines, "kernel").unwrap_or("");
     let release = kernel_fact.split_whitespace().nth(1).unwrap_or("");
-    assert!(release.starts_with("6.12."), "uname -r is {release:?}, want 6.12.x{}", ctx());
+    assert!(
+        release.starts_with("6.12."),
+        "uname -r is {release:?}, want 6.12.x{}",
+        ctx()
+    );
 
     let cpus = fact(&run.lines, "cpus").unwrap_or("");
-    assert!(cpus.starts_with("2 "), "guest sees {cpus:?} CPUs, want 2{}", ctx());
+    assert!(
+        cpus.starts_with("2 "),
+        "guest sees {cpus:?} CPUs, want 2{}",
+        ctx()
+    );
 
-    let fs: Vec<&str> = fact(&run.lines, "filesystems").unwrap_or("").split_whitespace().collect();
-    for want in
-        ["ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "devpts", "cgroup2"]
-    {
-        assert!(fs.contains(&want), "{want} not in /proc/filesystems ({fs:?}){}", ctx());
+    let fs: Vec<&str> = fact(&run.lines, "filesystems")
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    for want in [
+        "ext4", "erofs", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "devpts", "cgroup2",
+    ] {
+        assert!(
+            fs.contains(&want),
+            "{want} not in /proc/filesystems ({fs:?}){}",
+            ctx()
+        );
     }
 
-    let virtio: Vec<&String> = run.lines.iter().filter(|l| l.contains("FACT virtio: ")).collect();
+    let virtio: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("FACT virtio: "))
+        .collect();
     let want = [
         ("(block)", "driver=virtio_blk"),
         ("(entropy)", "driver=virtio_rng"),
@@ -140,25 +176,42 @@ fn real_kernel_boots_under_qemu_tcg() {
     ];
     for (kind, driver) in want {
         assert!(
-            virtio.iter().any(|l| l.contains(kind) && l.contains(driver)),
+            virtio
+                .iter()
+                .any(|l| l.contains(kind) && l.contains(driver)),
             "no virtio {kind} device bound to {driver}: {virtio:?}{}",
             ctx()
         );
     }
 
-    let failed: Vec<&String> =
-        run.lines.iter().filter(|l| l.contains("SELFTEST") && l.contains(" FAIL ")).collect();
-    assert!(failed.is_empty(), "self-test failures: {failed:#?}{}", ctx());
+    let failed: Vec<&String> = run
+        .lines
+        .iter()
+        .filter(|l| l.contains("SELFTEST") && l.contains(" FAIL "))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "self-test failures: {failed:#?}{}",
+        ctx()
+    );
     for name in SELFTESTS {
         let ok = format!("SELFTEST {name} ok");
-        assert!(run.lines.iter().any(|l| l.contains(&ok)), "no `{ok}`{}", ctx());
+        assert!(
+            run.lines.iter().any(|l| l.contains(&ok)),
+            "no `{ok}`{}",
+            ctx()
+        );
     }
     let done = run
         .lines
         .iter()
         .find(|l| l.contains("SELFTEST done"))
         .unwrap_or_else(|| panic!("no SELFTEST done{}", ctx()));
-    assert!(done.ends_with(&format!("pass={} fail=0", SELFTESTS.len())), "{done}{}", ctx());
+    assert!(
+        done.ends_with(&format!("pass={} fail=0", SELFTESTS.len())),
+        "{done}{}",
+        ctx()
+    );
 
     assert!(
         status.success(),

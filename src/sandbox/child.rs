@@ -1,14 +1,22 @@
 //! Child processes a VM is made of, and the handle both backends return.
 //!
-//! A VM is one main process (husk-vmm or QEMU), maybe a helper (vhost-device-vsock) and some
-//! socket files. [`ProcessVm`] owns them all: when the main process ends, or is killed, or the
-//! handle is dropped, the helper is killed and reaped and the files are removed, exactly once.
+//! A VM is one main process (husk-vmm or QEMU), maybe helpers (vhost-device-vsock, one
+//! virtiofsd per shared directory) and some socket files. [`ProcessVm`] owns them all: when the
+//! main process ends, or is killed, or the handle is dropped, the helpers are killed and reaped
+//! and the files are removed, exactly once.
+//!
+//! A helper that dies while the VM runs takes the VM down with it: neither QEMU nor the guest
+//! recovers a vhost-user backend, and a guest waiting on a dead virtio-fs queue would block
+//! forever. A watcher thread per helper notices the death, writes one line to the console log,
+//! kills the VM, and `wait` then reports [`Error::HelperExited`] instead of a bare status.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{Error, VmHandle};
 
@@ -143,16 +151,25 @@ fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
 /// Dropping it cleans up, so an early return while starting a VM leaks nothing either.
 #[derive(Default)]
 pub(super) struct Leftovers {
-    pub helpers: Vec<Guarded>,
+    pub helpers: Vec<Arc<Guarded>>,
     pub files: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    pub fn add_helper(&mut self, helper: Guarded) {
+        self.helpers.push(Arc::new(helper));
+    }
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        // Helpers first: they may hold the files open or recreate them.
+        // Helpers first: they may hold the files open or recreate them. Killed explicitly: a
+        // watcher thread may still hold a reference.
         for h in self.helpers.drain(..) {
             tracing::debug!(program = h.program(), pid = h.pid(), "stopping VM helper");
-            drop(h);
+            if let Err(e) = h.kill() {
+                tracing::warn!(program = %h.program(), pid = h.pid(), "cannot kill: {e}");
+            }
         }
         for f in self.files.drain(..) {
             remove_if_exists(&f);
@@ -168,12 +185,27 @@ pub(super) fn remove_if_exists(path: &Path) {
     }
 }
 
+/// A helper that died while its VM ran: what ended the VM.
+#[derive(Debug, Clone)]
+struct HelperFailure {
+    program: String,
+    pid: u32,
+    status: ExitStatus,
+}
+
+/// How long a VM may take to end on its own after a helper exits before the helper is
+/// blamed: QEMU closing its vhost-user sockets while it shuts down also ends the daemons.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
+
 /// The [`VmHandle`] of both backends: a main process plus its leftovers.
 pub(super) struct ProcessVm {
-    main: Guarded,
+    main: Arc<Guarded>,
     leftovers: Mutex<Option<Leftovers>>,
     console_log: PathBuf,
     vsock_uds: Option<PathBuf>,
+    /// Set before the helpers are stopped on purpose, so their watchers stand down.
+    stopping: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<HelperFailure>>>,
 }
 
 impl ProcessVm {
@@ -183,15 +215,82 @@ impl ProcessVm {
         console_log: PathBuf,
         vsock_uds: Option<PathBuf>,
     ) -> Self {
-        ProcessVm {
-            main,
-            leftovers: Mutex::new(Some(leftovers)),
+        let vm = ProcessVm {
+            main: Arc::new(main),
+            leftovers: Mutex::new(None),
             console_log,
             vsock_uds,
+            stopping: Arc::new(AtomicBool::new(false)),
+            failure: Arc::new(Mutex::new(None)),
+        };
+        for h in &leftovers.helpers {
+            vm.watch(h.clone());
+        }
+        *vm.leftovers.lock().unwrap_or_else(|p| p.into_inner()) = Some(leftovers);
+        vm
+    }
+
+    /// Ends the VM if `helper` dies while it runs.
+    fn watch(&self, helper: Arc<Guarded>) {
+        let main = self.main.clone();
+        let stopping = self.stopping.clone();
+        let failure = self.failure.clone();
+        let log = self.console_log.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-{}", helper.pid()))
+            .spawn(move || {
+                let Ok(status) = helper.wait() else { return };
+                let deadline = Instant::now() + HELPER_GRACE;
+                while Instant::now() < deadline {
+                    if stopping.load(Ordering::SeqCst) || !matches!(main.try_wait(), Ok(None)) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let line = format!(
+                    "husk: {} (pid {}) exited ({status}) while the VM ran; stopping the VM \
+                     (pid {})",
+                    helper.program(),
+                    helper.pid(),
+                    main.pid()
+                );
+                tracing::error!("{line}");
+                if let Ok(mut f) = OpenOptions::new().append(true).open(&log) {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(HelperFailure {
+                    program: helper.program().to_string(),
+                    pid: helper.pid(),
+                    status,
+                });
+                let _ = main.kill();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot watch VM helper {}: {e}", self.main.pid());
+        }
+    }
+
+    /// `status`, or the helper failure that ended the VM.
+    fn outcome(&self, status: ExitStatus) -> Result<ExitStatus, Error> {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match failure {
+            Some(f) => Err(Error::HelperExited {
+                program: f.program,
+                pid: f.pid,
+                status: f.status,
+                log: self.console_log.clone(),
+            }),
+            None => Ok(status),
         }
     }
 
     fn clean_up(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let taken = self
             .leftovers
             .lock()
@@ -217,15 +316,18 @@ impl VmHandle for ProcessVm {
     fn wait(&self) -> Result<ExitStatus, Error> {
         let status = self.main.wait().map_err(self.process_err("wait"))?;
         self.clean_up();
-        Ok(status)
+        self.outcome(status)
     }
 
     fn try_wait(&self) -> Result<Option<ExitStatus>, Error> {
         let status = self.main.try_wait().map_err(self.process_err("wait"))?;
-        if status.is_some() {
-            self.clean_up();
+        match status {
+            Some(st) => {
+                self.clean_up();
+                self.outcome(st).map(Some)
+            }
+            None => Ok(None),
         }
-        Ok(status)
     }
 
     fn kill(&self) -> Result<(), Error> {

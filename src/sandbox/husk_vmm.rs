@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::child::{self, Guarded, Leftovers, ProcessVm};
-use super::{Error, VmBackend, VmHandle, VmSpec};
+use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 
 /// Overrides the husk-vmm binary.
 pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
@@ -49,18 +49,22 @@ pub fn find_binary() -> Result<PathBuf, Error> {
 #[derive(Debug, Clone)]
 pub struct HuskVmmBackend {
     pub binary: PathBuf,
+    /// Found when the first VM with a shared directory starts.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl HuskVmmBackend {
     pub fn from_env() -> Result<Self, Error> {
         Ok(HuskVmmBackend {
             binary: find_binary()?,
+            virtiofsd: None,
         })
     }
 }
 
 /// husk-vmm's flags for `spec` (its CLI as on branch `vmm`: `--console file:PATH`,
-/// `--disk PATH[,ro]`, `--vsock CID,UDS`, `--append` after its own default command line, which
+/// `--disk PATH[,ro]`, `--vsock CID,UDS`, `--fs TAG,SOCKET` per share (the virtiofsd sockets
+/// [`virtiofsd::socket_for`] names), `--append` after its own default command line, which
 /// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
 ///
 /// Fails for what husk-vmm cannot express yet: disk serials.
@@ -97,6 +101,10 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     if let Some(v) = &spec.vsock {
         flag("--vsock", format!("{},{}", v.cid, v.uds_path.display()));
     }
+    for (i, d) in spec.shared_dirs.iter().enumerate() {
+        let sock = virtiofsd::socket_for(&spec.console_log, i);
+        flag("--fs", format!("{},{}", d.tag, sock.display()));
+    }
     Ok(a)
 }
 
@@ -114,6 +122,19 @@ impl VmBackend for HuskVmmBackend {
             // husk-vmm binds it; a stale one from a crashed run would make that fail.
             child::remove_if_exists(&v.uds_path);
             leftovers.files.push(v.uds_path.clone());
+        }
+        // The same daemons, flags and sockets as the QEMU backend, so both present one guest.
+        if !spec.shared_dirs.is_empty() {
+            let bin = match &self.virtiofsd {
+                Some(b) => b.clone(),
+                None => virtiofsd::find_binary()?,
+            };
+            for (i, share) in spec.shared_dirs.iter().enumerate() {
+                let sock = virtiofsd::socket_for(&spec.console_log, i);
+                leftovers.files.push(sock.clone());
+                let daemon = virtiofsd::start(&bin, share, &sock, &log, &spec.console_log)?;
+                leftovers.add_helper(daemon);
+            }
         }
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);

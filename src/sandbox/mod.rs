@@ -17,6 +17,7 @@ pub mod husk_vmm;
 mod kind;
 pub mod qemu;
 pub mod vhost_vsock;
+pub mod virtiofsd;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,8 @@ pub struct VmSpec {
     /// Where the guest's serial console goes (truncated at start). The backend's own
     /// diagnostics are appended to the same file, so one file explains a failed boot.
     pub console_log: PathBuf,
-    /// Reserved: host directories shared through virtio-fs (not wired yet).
+    /// Host directories shared through virtio-fs, one virtiofsd each; the guest mounts them
+    /// by tag (`mount -t virtiofs TAG DIR`).
     pub shared_dirs: Vec<SharedDirSpec>,
     /// Reserved: TAP devices for virtio-net (not wired yet).
     pub taps: Vec<TapSpec>,
@@ -70,12 +72,50 @@ pub struct VsockSpec {
     pub uds_path: PathBuf,
 }
 
-/// Reserved for virtio-fs: a host directory and the tag the guest mounts it by.
+/// A host directory the guest sees live through virtio-fs, and the tag it mounts it by.
+/// `read_only` is enforced by the daemon (`--readonly`), not only by the guest's mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedDirSpec {
     pub host_path: PathBuf,
     pub tag: String,
     pub read_only: bool,
+    /// How much the guest may cache; see [`ShareCache`].
+    pub cache: ShareCache,
+}
+
+/// How much of a share the guest caches (virtiofsd's `--cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ShareCache {
+    /// Nothing: every lookup, stat and read goes to the host, so a file the host just
+    /// changed is seen whole by the next read. For volumes (`-v`, /etc/hosts, ...), which the
+    /// host edits under a running container. Measured: with `auto`, a file the host grew was
+    /// read back truncated to its old size for up to the 1 s attribute timeout.
+    #[default]
+    Never,
+    /// Close-to-open data caching with 1 s attribute timeouts: for a rootfs directory, which
+    /// nothing on the host changes while the container runs, and which is read (exec'd,
+    /// mmap'd) far more than a volume.
+    Auto,
+}
+
+impl SharedDirSpec {
+    /// A volume the host may change at any time (cache nothing).
+    pub fn volume(host_path: impl Into<PathBuf>, tag: impl Into<String>, read_only: bool) -> Self {
+        SharedDirSpec {
+            host_path: host_path.into(),
+            tag: tag.into(),
+            read_only,
+            cache: ShareCache::Never,
+        }
+    }
+
+    /// A container rootfs directory (cached: the host leaves it alone while the VM runs).
+    pub fn rootfs(host_path: impl Into<PathBuf>, tag: impl Into<String>, read_only: bool) -> Self {
+        SharedDirSpec {
+            cache: ShareCache::Auto,
+            ..SharedDirSpec::volume(host_path, tag, read_only)
+        }
+    }
 }
 
 /// Reserved for virtio-net: a TAP device on the host and the guest's MAC address.
@@ -178,10 +218,27 @@ impl VmSpec {
                 "kernel argument {bad:?} is empty or contains whitespace; pass one argument per entry"
             )));
         }
-        if !self.shared_dirs.is_empty() || !self.taps.is_empty() {
+        for (i, d) in self.shared_dirs.iter().enumerate() {
+            virtiofsd::validate(d)?;
+            // sockaddr_un holds 107 bytes of path; bind() would fail later with less to say.
+            let sock = virtiofsd::socket_for(&self.console_log, i);
+            if sock.as_os_str().len() > 107 {
+                return Err(Error::InvalidSpec(format!(
+                    "virtiofsd socket {} (beside the console log) is longer than a unix \
+                     socket path may be (107 bytes); use a shorter VM directory",
+                    sock.display()
+                )));
+            }
+            if self.shared_dirs[..i].iter().any(|o| o.tag == d.tag) {
+                return Err(Error::InvalidSpec(format!(
+                    "shared directory tag {:?} is used twice; give each share its own tag",
+                    d.tag
+                )));
+            }
+        }
+        if !self.taps.is_empty() {
             return Err(Error::Unsupported(
-                "shared directories and TAP devices are not supported by the VM backends yet"
-                    .into(),
+                "TAP devices are not supported by the VM backends yet".into(),
             ));
         }
         Ok(())
@@ -246,6 +303,16 @@ pub enum Error {
     #[error("{program} exited ({status}) before it was ready; see {log}")]
     HelperDied {
         program: String,
+        status: ExitStatus,
+        log: PathBuf,
+    },
+    /// A helper (a vhost-user daemon) died while the VM ran, and the VM was stopped for it.
+    #[error(
+        "{program} (pid {pid}) exited ({status}) while the VM ran, so the VM was stopped; see {log}"
+    )]
+    HelperExited {
+        program: String,
+        pid: u32,
         status: ExitStatus,
         log: PathBuf,
     },

@@ -5,13 +5,14 @@
 //! [`vhost-device-vsock`](super::vhost_vsock) daemon, whose host side is Firecracker's hybrid
 //! unix socket, so clients cannot tell the backends apart. That path needs guest memory QEMU
 //! can share with the daemon (`memory-backend-memfd,share=on`): without it QEMU boots fine and
-//! vsock is silently dead.
+//! vsock is silently dead. Shared directories go the same way: one
+//! [`virtiofsd`](super::virtiofsd) per share behind a `vhost-user-fs-device` carrying the tag.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::child::{self, Guarded, Leftovers, ProcessVm};
-use super::{host, vhost_vsock, Error, VmBackend, VmHandle, VmSpec};
+use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 
 /// Kernel arguments every guest of this backend gets.
 ///
@@ -49,6 +50,8 @@ pub struct QemuBackend {
     pub accel: Accel,
     /// Found when the first VM with vsock starts, so VMs without vsock never need it.
     pub vhost_device_vsock: Option<PathBuf>,
+    /// Found when the first VM with a shared directory starts.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl QemuBackend {
@@ -78,6 +81,7 @@ impl QemuBackend {
             qemu,
             accel,
             vhost_device_vsock: None,
+            virtiofsd: None,
         })
     }
 }
@@ -99,8 +103,14 @@ pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
 }
 
 /// The full QEMU command line for `spec` (everything after the program name).
-/// `vhost_socket` is the vhost-device-vsock socket when the spec has vsock.
-pub fn args(spec: &VmSpec, accel: Accel, vhost_socket: Option<&Path>) -> Vec<String> {
+/// `vhost_socket` is the vhost-device-vsock socket when the spec has vsock; `fs_sockets` holds
+/// the virtiofsd socket of each of `spec.shared_dirs`, in order.
+pub fn args(
+    spec: &VmSpec,
+    accel: Accel,
+    vhost_socket: Option<&Path>,
+    fs_sockets: &[PathBuf],
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -166,6 +176,16 @@ pub fn args(spec: &VmSpec, accel: Accel, vhost_socket: Option<&Path>) -> Vec<Str
         // the CID from the daemon's config space (`--vm guest-cid=`).
         push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
     }
+    for (i, (share, sock)) in spec.shared_dirs.iter().zip(fs_sockets).enumerate() {
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs{i},path={}", sock.display()),
+        ]);
+        push(&[
+            "-device",
+            &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag),
+        ]);
+    }
     a
 }
 
@@ -202,11 +222,26 @@ impl VmBackend for QemuBackend {
             leftovers.files.push(v.uds_path.clone());
             let daemon = vhost_vsock::start(&bin, v, &sock, &log, &spec.console_log)?;
             tracing::debug!(pid = daemon.pid(), socket = %sock.display(), "vhost-device-vsock ready");
-            leftovers.helpers.push(daemon);
+            leftovers.add_helper(daemon);
             vhost_socket = Some(sock);
         }
+        let mut fs_sockets = Vec::new();
+        if !spec.shared_dirs.is_empty() {
+            let bin = match &self.virtiofsd {
+                Some(b) => b.clone(),
+                None => virtiofsd::find_binary()?,
+            };
+            for (i, share) in spec.shared_dirs.iter().enumerate() {
+                let sock = virtiofsd::socket_for(&spec.console_log, i);
+                leftovers.files.push(sock.clone());
+                let daemon = virtiofsd::start(&bin, share, &sock, &log, &spec.console_log)?;
+                tracing::debug!(pid = daemon.pid(), tag = %share.tag, "virtiofsd ready");
+                leftovers.add_helper(daemon);
+                fs_sockets.push(sock);
+            }
+        }
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(args(spec, self.accel, vhost_socket.as_deref()));
+        cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let qemu = Guarded::spawn(&self.qemu.display().to_string(), &mut cmd)?;
         tracing::debug!(

@@ -46,7 +46,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         cid: 7,
         uds_path: "/run/v.sock".into(),
     });
-    let a = qemu::args(&s, Accel::Tcg, Some(Path::new("/run/v.sock.vhost")));
+    let a = qemu::args(&s, Accel::Tcg, Some(Path::new("/run/v.sock.vhost")), &[]);
     for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
     }
@@ -94,7 +94,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
 #[test]
 fn qemu_kvm_uses_the_host_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None);
+    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, &[]);
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
     assert!(
@@ -233,6 +233,26 @@ exec perl -MIO::Socket::UNIX -e '
     )
 }
 
+/// A stand-in for virtiofsd: listens on `--socket-path`, records its pid per socket, sleeps.
+fn fake_virtiofsd(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "fake-virtiofsd",
+        r#"for a in "$@"; do case "$a" in --socket-path=*) sock="${a#--socket-path=}";; esac; done
+echo "$$" > "$sock.pid"
+echo "$@" > "$sock.args"
+exec perl -MIO::Socket::UNIX -e '
+    my $l = IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 1) or die "bind: $!";
+    sleep 1000;' "$sock""#,
+    )
+}
+
+fn share_spec(dir: &Path, tag: &str, ro: bool) -> SharedDirSpec {
+    let host_path = dir.join(tag);
+    std::fs::create_dir_all(&host_path).unwrap();
+    SharedDirSpec::volume(host_path, tag, ro)
+}
+
 fn alive(pid: u32) -> bool {
     // Signal 0 checks existence; a reaped child is gone.
     unsafe { libc::kill(pid as i32, 0) == 0 }
@@ -243,6 +263,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         qemu: script(dir, "fake-qemu", qemu_body),
         accel: Accel::Tcg,
         vhost_device_vsock: Some(fake_daemon(dir)),
+        virtiofsd: Some(fake_virtiofsd(dir)),
     }
 }
 
@@ -367,6 +388,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         qemu: dir.path().join("no-qemu"),
         accel: Accel::Tcg,
         vhost_device_vsock: None,
+        virtiofsd: None,
     };
     let err = backend
         .start(&spec_in(dir.path()))
@@ -385,4 +407,119 @@ fn listening_state_is_read_from_proc() {
     drop(l);
     // The file stays, the listener is gone.
     assert!(path.exists() && !vhost_vsock::is_listening(&path));
+}
+
+#[test]
+fn shares_get_one_virtiofsd_each_and_a_tagged_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake_qemu_backend(
+        dir.path(),
+        "echo \"$@\" > \"$(dirname \"$0\")/qemu.args\"; exec sleep 1000",
+    );
+    let mut s = spec_in(dir.path());
+    s.shared_dirs = vec![
+        share_spec(dir.path(), "root", false),
+        share_spec(dir.path(), "vol1", true),
+    ];
+    let vm = backend.start(&s).unwrap();
+    let socks: Vec<PathBuf> = (0..2)
+        .map(|i| virtiofsd::socket_for(&s.console_log, i))
+        .collect();
+    let pids: Vec<u32> = socks
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("{}.pid", p.display()))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let ro_args = std::fs::read_to_string(format!("{}.args", socks[1].display())).unwrap();
+    assert!(
+        ro_args.contains("--readonly") && ro_args.contains("--seccomp=kill"),
+        "{ro_args}"
+    );
+    // The QEMU script may not have written its args yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let qargs = loop {
+        if let Ok(a) = std::fs::read_to_string(dir.path().join("qemu.args")) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "fake QEMU never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        qargs.contains("vhost-user-fs-device,chardev=fs0,tag=root"),
+        "{qargs}"
+    );
+    assert!(
+        qargs.contains(&format!("socket,id=fs1,path={}", socks[1].display())),
+        "{qargs}"
+    );
+    assert!(pids.iter().all(|&p| alive(p)));
+    vm.kill().unwrap();
+    assert!(
+        pids.iter().all(|&p| !alive(p)),
+        "a virtiofsd outlived its VM"
+    );
+    assert!(socks.iter().all(|p| !p.exists()), "sockets left behind");
+}
+
+#[test]
+fn a_virtiofsd_that_dies_mid_run_ends_the_vm_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
+    let mut s = spec_in(dir.path());
+    s.shared_dirs = vec![share_spec(dir.path(), "vol0", false)];
+    let vm = backend.start(&s).unwrap();
+    let sock = virtiofsd::socket_for(&s.console_log, 0);
+    let pid: i32 = std::fs::read_to_string(format!("{}.pid", sock.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let err = vm
+        .wait()
+        .expect_err("a VM whose virtiofsd died must not end in success");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(matches!(err, Error::HelperExited { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("virtiofsd (share vol0)") && msg.contains("console.log"),
+        "{msg}"
+    );
+    let log = std::fs::read_to_string(vm.console_log()).unwrap();
+    assert_eq!(log.matches("while the VM ran").count(), 1, "{log}");
+    assert!(!alive(vm.pid()));
+    assert!(vm.try_wait().is_err(), "repeated calls agree");
+}
+
+#[test]
+fn shared_dirs_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.shared_dirs = vec![
+        share_spec(dir.path(), "a", false),
+        share_spec(dir.path(), "a", true),
+    ];
+    assert!(s.validate().unwrap_err().to_string().contains("used twice"));
+    s.shared_dirs.pop();
+    s.validate().unwrap();
+    let mut long = s.clone();
+    long.console_log = dir.path().join("x".repeat(100));
+    assert!(long
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("107 bytes"));
+    let a = husk_vmm::args(&s).unwrap();
+    let sock = virtiofsd::socket_for(&s.console_log, 0);
+    assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
 }

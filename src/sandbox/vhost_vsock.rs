@@ -50,7 +50,7 @@ pub fn find_binary() -> Result<PathBuf, Error> {
     })
 }
 
-fn cache_dir() -> PathBuf {
+pub(super) fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HUSK_CACHE") {
         return PathBuf::from(d);
     }

@@ -15,7 +15,7 @@ use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
-use super::config::{ConsoleConfig, DiskConfig, VsockConfig};
+use super::config::{ConsoleConfig, DiskConfig, FsConfig, VsockConfig};
 use super::console::{ConsoleError, SerialInput};
 use super::device_manager::{irqfd, DeviceError, DeviceManager, EventLoop};
 use super::exit::{ExitReason, VmExit};
@@ -23,6 +23,7 @@ use crate::devices::legacy::i8042::{I8042Device, I8042_KBD_IRQ, I8042_PORT, I804
 use crate::devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::block::{BackendError, Block};
+use crate::devices::virtio::fs::{self, VhostUserFs};
 use crate::devices::virtio::mmio::{self, attach_virtio_mmio, AttachedDevice};
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::VirtioDevice;
@@ -55,6 +56,9 @@ pub enum AttachError {
     /// The vsock device could not be created (CID, socket path).
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
+    /// A virtio-fs backend could not be reached or negotiated with.
+    #[error(transparent)]
+    Fs(#[from] fs::Error),
     /// The directory that should hold the vsock socket does not exist.
     #[error("vsock: directory {dir} for the socket {uds} does not exist; create it first")]
     VsockDir { uds: PathBuf, dir: PathBuf },
@@ -116,6 +120,22 @@ pub fn attach_vsock(env: &mut DeviceEnv, vsock: Option<&VsockConfig>) -> Result<
     }
     let dev = Vsock::new(cfg.cid.into(), cfg.uds.clone())?;
     attach_virtio(env, Box::new(dev))?;
+    Ok(())
+}
+
+/// One virtio-fs device per share, each the frontend of the virtiofsd listening on its
+/// socket. A backend that hangs up later ends the VM with a host error naming the share:
+/// the guest's requests on that device would otherwise never complete.
+pub fn attach_fs_devices(env: &mut DeviceEnv, shares: &[FsConfig]) -> Result<(), AttachError> {
+    for share in shares {
+        let exit = env.exit.clone();
+        let on_gone = Arc::new(move |why: String| {
+            log::error!("{why}; stopping the VM");
+            exit.request(ExitReason::HostError(why));
+        });
+        let dev = VhostUserFs::connect(&share.tag, &share.socket, on_gone)?;
+        attach_virtio(env, Box::new(dev))?;
+    }
     Ok(())
 }
 

@@ -101,7 +101,13 @@ impl Vmm {
         let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
 
         // Memory before the irqchip: registering slots afterwards costs milliseconds.
-        let mem = memory::create(&layout::arch_memory_regions(cfg.memory_bytes() as u64))?;
+        let regions = layout::arch_memory_regions(cfg.memory_bytes() as u64);
+        // A vhost-user backend maps guest memory from an fd; anonymous memory has none.
+        let mem = if cfg.fs.is_empty() {
+            memory::create(&regions)?
+        } else {
+            memory::create_shared(&regions)?
+        };
         memory::register(&vm, &mem)?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
@@ -138,6 +144,7 @@ impl Vmm {
             attach::attach_i8042(&mut env)?;
             attach::attach_block_devices(&mut env, &cfg.disks)?;
             attach::attach_vsock(&mut env, cfg.vsock.as_ref())?;
+            attach::attach_fs_devices(&mut env, &cfg.fs)?;
         }
 
         // The guest's software and the structures the boot protocol points it to.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::config::{ConfigError, ConsoleConfig, DiskConfig, VmmConfig, VsockConfig};
+use super::config::{ConfigError, ConsoleConfig, DiskConfig, FsConfig, VmmConfig, VsockConfig};
 
 /// Run one KVM microVM: a Linux kernel (ELF vmlinux or bzImage), an initramfs and a
 /// command line. Exits 0 when the guest resets (reboot, or poweroff with reboot=k).
@@ -47,6 +47,10 @@ pub struct Args {
     /// virtio-vsock device: guest CID and host unix socket path.
     #[arg(long, value_name = "CID,UDS")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs share served by a running virtiofsd: guest mount tag and its vhost-user
+    /// socket; repeatable. Guest memory becomes a shareable memfd.
+    #[arg(long = "fs", value_name = "TAG,SOCKET")]
+    pub fs: Vec<FsConfig>,
     /// Watchdog: end the VM with an error after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -89,6 +93,9 @@ impl Args {
         }
         if self.vsock.is_some() {
             cfg.vsock = self.vsock;
+        }
+        if !self.fs.is_empty() {
+            cfg.fs = self.fs;
         }
         if self.timeout.is_some() {
             cfg.timeout_secs = self.timeout;

@@ -41,6 +41,12 @@ pub enum ConfigError {
     /// A --vsock value is not CID,UDS with a guest CID of at least 3.
     #[error("invalid vsock {0:?}: expected CID,UDS_PATH with CID >= 3")]
     Vsock(String),
+    /// A --fs value is not TAG,SOCKET with a 1-36 byte tag.
+    #[error("invalid fs share {0:?}: expected TAG,SOCKET_PATH with a tag of 1 to 36 bytes")]
+    Fs(String),
+    /// Two shares with one tag: the guest could mount only one of them.
+    #[error("fs tag {0:?} is given twice; give each share its own tag")]
+    FsTagTwice(String),
     /// No kernel was given.
     #[error("no kernel given: pass --kernel PATH or a config file with \"kernel\"")]
     NoKernel,
@@ -51,10 +57,12 @@ pub enum ConfigError {
     #[error("memory must be at least 16 MiB and fit the host address space, got {0} MiB")]
     Memory(u32),
     /// More virtio devices than husk-vmm has interrupt lines for.
-    #[error("too many virtio devices: {disks} disk(s){vsock} need {want} IRQs, husk-vmm has {max} (lines {first}..={last}); attach fewer disks or merge read-only layers into one composite disk")]
+    #[error("too many virtio devices: {disks} disk(s){vsock}{fs} need {want} IRQs, husk-vmm has {max} (lines {first}..={last}); attach fewer disks or merge read-only layers into one composite disk")]
     TooManyDevices {
         disks: usize,
         vsock: &'static str,
+        /// " + N fs" when shares are configured, else empty.
+        fs: String,
         want: usize,
         max: usize,
         first: u32,
@@ -167,6 +175,38 @@ impl FromStr for VsockConfig {
     }
 }
 
+/// A host directory shared through virtio-fs: the guest's mount tag and the vhost-user
+/// socket of the `virtiofsd` serving it (started by the caller, before husk-vmm).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsConfig {
+    pub tag: String,
+    pub socket: PathBuf,
+}
+
+impl FromStr for FsConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Fs(s.to_string());
+        let (tag, socket) = s.split_once(',').ok_or_else(bad)?;
+        let cfg = Self {
+            tag: tag.to_string(),
+            socket: PathBuf::from(socket),
+        };
+        if !cfg.is_valid() {
+            return Err(bad());
+        }
+        Ok(cfg)
+    }
+}
+
+impl FsConfig {
+    fn is_valid(&self) -> bool {
+        (1..=crate::devices::virtio::fs::TAG_LEN).contains(&self.tag.len())
+            && !self.tag.contains('\0')
+            && !self.socket.as_os_str().is_empty()
+    }
+}
+
 /// One microVM. Field names are the JSON keys of `--config FILE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +231,9 @@ pub struct VmmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares; any share makes guest memory a shareable memfd.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Watchdog: end the VM with an error after this many seconds. A guest that halts with
     /// interrupts off never leaves KVM_RUN on some hosts, so this is the only way out then.
     #[serde(default)]
@@ -228,6 +271,7 @@ impl VmmConfig {
             console: ConsoleConfig::default(),
             disks: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
             timeout_secs: None,
             fast_exit: false,
         }
@@ -259,12 +303,25 @@ impl VmmConfig {
                 return Err(ConfigError::Vsock(format!("{},{}", v.cid, v.uds.display())));
             }
         }
-        let want = self.disks.len() + usize::from(self.vsock.is_some());
+        for (i, f) in self.fs.iter().enumerate() {
+            if !f.is_valid() {
+                return Err(ConfigError::Fs(format!("{},{}", f.tag, f.socket.display())));
+            }
+            if self.fs[..i].iter().any(|o| o.tag == f.tag) {
+                return Err(ConfigError::FsTagTwice(f.tag.clone()));
+            }
+        }
+        let want = self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len();
         let max = (layout::IRQ_MAX - layout::IRQ_BASE + 1) as usize;
         if want > max {
             return Err(ConfigError::TooManyDevices {
                 disks: self.disks.len(),
                 vsock: if self.vsock.is_some() { " + vsock" } else { "" },
+                fs: if self.fs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + {} fs", self.fs.len())
+                },
                 want,
                 max,
                 first: layout::IRQ_BASE,
@@ -305,6 +362,23 @@ mod tests {
         }
         assert!("file:".parse::<ConsoleConfig>().is_err());
         assert!("tty".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn fs_shares_parse_and_validate() {
+        let f: FsConfig = "vol0,/run/c/fs0.sock".parse().unwrap();
+        assert_eq!(
+            (f.tag.as_str(), f.socket.as_path()),
+            ("vol0", Path::new("/run/c/fs0.sock"))
+        );
+        for bad in ["vol0", ",/s", "t,", &format!("{},/s", "x".repeat(37))] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
+        }
+        let mut c = VmmConfig::new("/k");
+        c.fs = vec![f.clone(), f];
+        assert!(matches!(c.validate(), Err(ConfigError::FsTagTwice(_))));
+        c.fs.pop();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -66,6 +66,16 @@ impl Guest {
 
     /// Boots with `extra` disks after the busybox layer and the scratch disk.
     pub fn boot_with(test: &str, extra: Vec<DiskSpec>) -> Option<Guest> {
+        Guest::boot_custom(test, extra, |_, _| {})
+    }
+
+    /// As [`Guest::boot_with`], letting `customize` change the spec (shared directories, ...)
+    /// given the VM's temporary directory.
+    pub fn boot_custom(
+        test: &str,
+        extra: Vec<DiskSpec>,
+        customize: impl FnOnce(&mut VmSpec, &Path),
+    ) -> Option<Guest> {
         let kernel = common::kernel(test)?;
         let initramfs = common::initramfs(test)?;
         let rootfs = busybox_rootfs(test)?;
@@ -115,6 +125,7 @@ impl Guest {
             cid: 3,
             uds_path: uds.clone(),
         });
+        customize(&mut spec, dir.path());
         let t0 = Instant::now();
         let vm = backend.start(&spec).unwrap();
         let client = match AgentClient::connect(&uds, T) {

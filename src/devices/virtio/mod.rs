@@ -25,6 +25,7 @@
 //! [`BusDevice`]: crate::devices::bus::BusDevice
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod testing;
 pub mod vsock;

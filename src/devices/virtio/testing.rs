@@ -92,6 +92,12 @@ impl Harness {
 
     pub fn with_mem_size(device: Box<dyn VirtioDevice>, size: usize) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), size)]).expect("guest memory");
+        Self::with_mem(device, mem)
+    }
+
+    /// Attaches `device` over `mem` (one region at 0, as from `vmm::memory::create_shared`
+    /// for a vhost-user device).
+    pub fn with_mem(device: Box<dyn VirtioDevice>, mem: GuestMemory) -> Self {
         let mut bus = Bus::new();
         let mut cmdline = Cmdline::new(4096).expect("cmdline");
         let mut alloc = MmioAllocator::new(MMIO_BASE, 0x1000, 5..=23);
