@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// User to run as: UID[:GID].
     #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
     pub user: Option<String>,
+    /// Share a host directory, live, at a path in the container (repeatable; needs virtiofsd).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro|:rw]", action = ArgAction::Append)]
+    pub volume: Vec<String>,
     /// Container hostname (default: the short id).
     #[arg(long)]
     pub hostname: Option<String>,

@@ -23,7 +23,9 @@ use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
 use super::{Error, GuestAssets};
 use crate::agent::AgentClient;
-use crate::sandbox::{self, BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
+use crate::sandbox::{
+    self, virtiofsd, BackendKind, DiskSpec, SharedDirSpec, VmHandle, VmSpec, VsockSpec,
+};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;
 /// the margin is for a loaded host starting many VMs at once.
@@ -52,6 +54,8 @@ pub struct RunOptions {
     pub memory_mib: u32,
     pub stdin: bool,
     pub auto_remove: bool,
+    /// `-v`: parsed and checked ([`spec::parse_volumes`]).
+    pub volumes: Vec<super::state::Volume>,
 }
 
 /// The runtime under one `--root`, with the backend and guest assets to boot with.
@@ -122,7 +126,7 @@ impl Runtime {
                     vsock_cid: cid,
                     vsock_uds: socket_path(dir, id),
                     scratch_disk,
-                    console_log: dir.join("console.log"),
+                    console_log: console_path(dir, id, opts.volumes.len()),
                     log_file: dir.join("container.log"),
                     config: ContainerConfig {
                         args: p.args,
@@ -138,6 +142,7 @@ impl Runtime {
                         layers: img.layer_disks.clone(),
                         layer_fs: img.layer_fs.clone(),
                         auto_remove: opts.auto_remove,
+                        volumes: opts.volumes.clone(),
                     },
                 })
             })
@@ -166,6 +171,12 @@ impl Runtime {
         };
         let backend = sandbox::backend(self.backend).map_err(vm_err)?;
         let vm_spec = vm_spec(&state, &assets);
+        // The short socket directory under the temp dir may have been cleaned since `create`.
+        for p in [&state.console_log, &state.vsock_uds] {
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+        }
         remove_sockets(&state);
         let vm: Arc<dyn VmHandle> = Arc::from(backend.start(&vm_spec).map_err(vm_err)?);
         let vm_pid = ProcessRef::of(vm.pid());
@@ -222,7 +233,18 @@ impl Runtime {
         }
         drop(agent);
         let deadline = Instant::now() + VM_EXIT_TIMEOUT;
-        while vm.try_wait().ok().flatten().is_none() {
+        let mut failure = None;
+        loop {
+            match vm.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                // A helper (virtiofsd) died and the VM was stopped for it: say so.
+                Err(e @ sandbox::Error::HelperExited { .. }) => {
+                    failure = Some(e);
+                    break;
+                }
+                Err(e) => tracing::debug!(id = %state.id, "waiting for the VM: {e}"),
+            }
             if Instant::now() >= deadline {
                 tracing::warn!(id = %state.id, "VM did not power off; killing it");
                 let _ = vm.kill();
@@ -231,7 +253,14 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(vm);
-        self.record_exit(&state, code)
+        let saved = self.record_exit(&state, code)?;
+        match failure {
+            Some(cause) => Err(Error::VmFailed {
+                id: state.id.clone(),
+                cause: Box::new(cause),
+            }),
+            None => Ok(saved),
+        }
     }
 
     /// Writes the final status (stopped if a stop was asked for, else exited) and applies
@@ -366,10 +395,13 @@ impl Runtime {
     fn remove_files(&self, state: &State) -> Result<(), Error> {
         // Anything still running from this container's files (a VMM or vhost-device-vsock
         // whose monitor was itself killed) goes first, so nothing holds the disk or sockets.
+        // Sockets (vsock, virtiofsd) may live in a short directory under the temp dir.
         let dir = self.store.dir(&state.id);
         let mut dirs = vec![dir.clone()];
-        if let Some(sock_dir) = state.vsock_uds.parent().filter(|d| *d != dir) {
-            dirs.push(sock_dir.to_path_buf());
+        for p in [&state.vsock_uds, &state.console_log] {
+            if let Some(d) = p.parent().filter(|d| !dirs.iter().any(|o| o == d)) {
+                dirs.push(d.to_path_buf());
+            }
         }
         for d in &dirs {
             for p in proc::processes_using(d) {
@@ -377,8 +409,8 @@ impl Runtime {
                 p.wait_gone(Duration::from_secs(5));
             }
         }
-        if dirs.len() > 1 {
-            let _ = std::fs::remove_dir_all(&dirs[1]);
+        for d in &dirs[1..] {
+            let _ = std::fs::remove_dir_all(d);
         }
         self.store.remove_dir(&state.id)
     }
@@ -436,6 +468,26 @@ fn socket_path(dir: &Path, id: &str) -> PathBuf {
     short.join("vsock")
 }
 
+/// The VM's console log. virtiofsd sockets are named after it (`console.log.fsN.sock`), so a
+/// container with volumes whose directory is too deep for those socket paths gets its console
+/// log in the short per-container directory instead.
+fn console_path(dir: &Path, id: &str, volumes: usize) -> PathBuf {
+    let p = dir.join("console.log");
+    let longest = virtiofsd::socket_for(&p, volumes.saturating_sub(1));
+    if volumes == 0 || longest.as_os_str().len() <= MAX_SOCKET_PATH {
+        return p;
+    }
+    // Created by `boot`, which makes the parents of both sockets.
+    std::env::temp_dir()
+        .join(format!("husk-{}", &id[..16]))
+        .join("console.log")
+}
+
+/// Mount tag of volume `i`.
+pub fn volume_tag(i: usize) -> String {
+    format!("husk-vol-{i}")
+}
+
 fn remove_sockets(state: &State) {
     let vhost = sandbox::vhost_vsock::vhost_socket_for(&VsockSpec {
         cid: state.vsock_cid,
@@ -443,6 +495,9 @@ fn remove_sockets(state: &State) {
     });
     for p in [&state.vsock_uds, &vhost] {
         let _ = std::fs::remove_file(p);
+    }
+    for i in 0..state.config.volumes.len() {
+        let _ = std::fs::remove_file(virtiofsd::socket_for(&state.console_log, i));
     }
 }
 
@@ -479,7 +534,26 @@ pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
         cid: state.vsock_cid,
         uds_path: state.vsock_uds.clone(),
     });
+    spec.shared_dirs = c
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| SharedDirSpec::volume(&v.host, volume_tag(i), v.read_only))
+        .collect();
     spec
+}
+
+/// The volumes' virtio-fs mounts, parents before children (`-v a:/d -v b:/d/sub` works in
+/// either order on the command line).
+fn volume_mounts(c: &super::state::ContainerConfig) -> Vec<MountSpec> {
+    let mut v: Vec<(usize, &super::state::Volume)> = c.volumes.iter().enumerate().collect();
+    v.sort_by_key(|(_, v)| v.guest.matches('/').count());
+    v.into_iter()
+        .map(|(i, v)| {
+            let mode = if v.read_only { "ro" } else { "rw" };
+            mount(&v.guest, "virtiofs", &volume_tag(i), &[mode, "rprivate"])
+        })
+        .collect()
 }
 
 fn mount(dest: &str, fs: &str, source: &str, options: &[&str]) -> MountSpec {
@@ -535,7 +609,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
         },
         hostname: Some(c.hostname.clone()),
         // The agent gives /dev a tmpfs with the usual nodes, /dev/pts and /dev/shm itself.
-        mounts: vec![
+        mounts: [
             mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
             mount(
                 "/sys",
@@ -543,7 +617,10 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
                 "sysfs",
                 &["nosuid", "noexec", "nodev", "ro"],
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(volume_mounts(c))
+        .collect(),
         readonly_root: false,
         sysctl: Default::default(),
         masked_paths: Vec::new(),
@@ -588,6 +665,70 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.process.console_size.unwrap().cols, 80);
+    }
+
+    #[test]
+    fn volumes_become_shares_and_mounts_with_matching_tags() {
+        use super::super::state::Volume;
+        let mut s = sample(&"f".repeat(64));
+        s.config.layers = vec!["/l/0.erofs".into()];
+        s.config.volumes = vec![
+            Volume {
+                host: "/srv/a".into(),
+                guest: "/data/sub".into(),
+                read_only: true,
+            },
+            Volume {
+                host: "/srv/b".into(),
+                guest: "/data".into(),
+                read_only: false,
+            },
+        ];
+        let assets = GuestAssets {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+        };
+        let vm = vm_spec(&s, &assets);
+        assert_eq!(vm.shared_dirs.len(), 2);
+        assert_eq!(vm.shared_dirs[0].tag, "husk-vol-0");
+        assert!(vm.shared_dirs[0].read_only && !vm.shared_dirs[1].read_only);
+        assert_eq!(vm.shared_dirs[0].cache, sandbox::ShareCache::Never);
+        let c = container_spec(&s, None);
+        c.validate().unwrap();
+        let m: Vec<_> = c
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.destination.as_str(),
+                    m.source.as_str(),
+                    m.options[0].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            m[2..],
+            [
+                ("/data", "husk-vol-1", "rw"),
+                ("/data/sub", "husk-vol-0", "ro")
+            ]
+        );
+        assert_eq!((m[0].0, m[1].0), ("/proc", "/sys"));
+    }
+
+    #[test]
+    fn console_log_moves_only_when_volume_sockets_would_not_fit() {
+        let id = "a".repeat(64);
+        let short_root = Path::new("/h").join(&id);
+        assert_eq!(
+            console_path(&short_root, &id, 2),
+            short_root.join("console.log")
+        );
+        let deep = Path::new("/var/lib/husk/containers").join(&id);
+        assert_eq!(console_path(&deep, &id, 0), deep.join("console.log"));
+        let moved = console_path(&deep, &id, 3);
+        assert!(!moved.starts_with(&deep), "{}", moved.display());
+        assert!(virtiofsd::socket_for(&moved, 2).as_os_str().len() <= MAX_SOCKET_PATH);
     }
 
     #[test]

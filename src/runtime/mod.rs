@@ -27,7 +27,7 @@ use std::path::PathBuf;
 pub use assets::GuestAssets;
 pub use image::{ImageConfig, ImageSource, ResolvedImage};
 pub use lifecycle::{RunOptions, Runtime};
-pub use state::{ContainerConfig, State, Status};
+pub use state::{ContainerConfig, State, Status, Volume};
 pub use store::ContainerStore;
 
 /// Why a container operation failed. Each message names the container or path and what to do.
@@ -67,6 +67,8 @@ pub enum Error {
     RelativeWorkdir(String),
     #[error("user {0:?}: not a numeric UID[:GID]; names are looked up in the image's /etc/passwd and /etc/group")]
     UserName(String),
+    #[error("invalid --volume {spec:?}: {why}")]
+    BadVolume { spec: String, why: String },
     #[error("invalid --memory {0:?}: use a size such as 256m or 1g")]
     BadMemory(String),
     #[error("invalid --cpus {0:?}: use a number of vCPUs from 1 to 255")]
@@ -86,6 +88,13 @@ pub enum Error {
     Vm {
         id: String,
         source: Box<crate::sandbox::Error>,
+    },
+    /// The VM ended for a reason of its own (a helper such as virtiofsd died under it).
+    /// (`cause`, not `source`: the message already carries it, and `{:#}` would repeat it.)
+    #[error("container {id}: {cause}")]
+    VmFailed {
+        id: String,
+        cause: Box<crate::sandbox::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {

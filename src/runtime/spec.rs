@@ -2,6 +2,7 @@
 //! `docker run` merges them, plus the size flags (`--memory`, `--cpus`).
 
 use super::image::ImageConfig;
+use super::state::Volume;
 use super::Error;
 
 /// The process-shaping flags of `husk run`.
@@ -177,6 +178,88 @@ pub fn parse_cpus(s: &str) -> Result<u8, Error> {
     Ok(f.ceil() as u8)
 }
 
+/// `-v HOST:GUEST[:ro|:rw]`: HOST an existing directory (made canonical, so the share names
+/// the real directory whatever the caller's cwd or symlinks), GUEST an absolute path other
+/// than `/` (normalised: no `.`/`..`, no repeated or trailing `/`).
+pub fn parse_volume(s: &str) -> Result<Volume, Error> {
+    let bad = |why: String| Error::BadVolume {
+        spec: s.to_string(),
+        why,
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, guest, read_only) = match parts.as_slice() {
+        [h, g] => (*h, *g, false),
+        [h, g, "ro"] => (*h, *g, true),
+        [h, g, "rw"] => (*h, *g, false),
+        [_, _, o] => return Err(bad(format!("unknown option {o:?} (use ro or rw)"))),
+        _ => return Err(bad("use HOST:GUEST[:ro|:rw]".into())),
+    };
+    if host.is_empty() {
+        return Err(bad("the host directory is empty".into()));
+    }
+    let canon = std::fs::canonicalize(host)
+        .map_err(|e| bad(format!("host directory {host}: {}", io_reason(&e))))?;
+    if !canon.is_dir() {
+        return Err(bad(format!(
+            "host path {} is not a directory (only directories can be shared)",
+            canon.display()
+        )));
+    }
+    if canon.to_string_lossy().contains(',') {
+        return Err(bad(format!(
+            "host directory {} contains ',', which VMM command lines cannot carry",
+            canon.display()
+        )));
+    }
+    if !guest.starts_with('/') {
+        return Err(bad(format!(
+            "the container path {guest:?} must be absolute"
+        )));
+    }
+    let mut comps = Vec::new();
+    for c in guest.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if c == ".." {
+            return Err(bad(format!(
+                "the container path {guest:?} must not contain .."
+            )));
+        }
+        comps.push(c);
+    }
+    if comps.is_empty() {
+        return Err(bad(
+            "the container path cannot be / (the rootfs itself)".into()
+        ));
+    }
+    Ok(Volume {
+        host: canon,
+        guest: format!("/{}", comps.join("/")),
+        read_only,
+    })
+}
+
+/// Parses each `-v`; two volumes on the same container path are refused.
+pub fn parse_volumes(specs: &[String]) -> Result<Vec<Volume>, Error> {
+    let mut out: Vec<Volume> = Vec::new();
+    for s in specs {
+        let v = parse_volume(s)?;
+        if out.iter().any(|o| o.guest == v.guest) {
+            return Err(Error::BadVolume {
+                spec: s.clone(),
+                why: format!("{} is already a volume of this container", v.guest),
+            });
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such directory".into(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +401,38 @@ mod tests {
         assert_eq!(parse_cpus("2").unwrap(), 2);
         assert_eq!(parse_cpus("1.5").unwrap(), 2);
         assert!(parse_cpus("0").is_err());
+    }
+
+    #[test]
+    fn volumes_parse_and_bad_ones_say_why_in_one_line() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().to_str().unwrap();
+        let canon = std::fs::canonicalize(d.path()).unwrap();
+        let v = parse_volume(&format!("{host}:/data")).unwrap();
+        assert_eq!(
+            (v.host.as_path(), v.guest.as_str(), v.read_only),
+            (canon.as_path(), "/data", false)
+        );
+        let v = parse_volume(&format!("{host}/.:/a//b/./:ro")).unwrap();
+        assert_eq!((v.guest.as_str(), v.read_only), ("/a/b", true));
+        assert!(!parse_volume(&format!("{host}:/x:rw")).unwrap().read_only);
+        let file = d.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        for (spec, want) in [
+            (format!("{host}/nope:/data"), "no such directory"),
+            (format!("{}:/data", file.display()), "not a directory"),
+            (format!("{host}:data"), "must be absolute"),
+            (format!("{host}:/"), "cannot be /"),
+            (format!("{host}:/a/../b"), "must not contain .."),
+            (format!("{host}:/data:rx"), "unknown option"),
+            (host.to_string(), "HOST:GUEST"),
+            (":/data".to_string(), "empty"),
+        ] {
+            let e = parse_volume(&spec).unwrap_err().to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = parse_volumes(&[format!("{host}:/d"), format!("{host}:/d/")]).unwrap_err();
+        assert!(e.to_string().contains("already a volume"), "{e}");
     }
 }

@@ -58,6 +58,19 @@ pub struct ContainerConfig {
     pub layer_fs: String,
     /// `--rm`: remove the container when its process ends.
     pub auto_remove: bool,
+    /// `-v HOST:GUEST[:ro]`: host directories shared live into the container, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// One `-v`: a host directory (canonical) mounted at `guest` inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub host: PathBuf,
+    pub guest: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `<root>/containers/<id>/state.json`.
@@ -204,6 +217,7 @@ pub(crate) mod tests {
                 layers: vec![],
                 layer_fs: "erofs".into(),
                 auto_remove: false,
+                volumes: vec![],
             },
         }
     }
@@ -236,6 +250,24 @@ pub(crate) mod tests {
         s.pid = ProcessRef::of(std::process::id());
         assert_eq!(s.effective_status(), Status::Running);
         assert!(!s.can_delete());
+    }
+
+    #[test]
+    fn state_without_volumes_loads_and_volumes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sample(&"e".repeat(64));
+        s.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        // What a husk from before volumes wrote: no `volumes` key at all.
+        assert!(!text.contains("volumes"), "{text}");
+        assert_eq!(State::load(dir.path()).unwrap(), s);
+        s.config.volumes = vec![Volume {
+            host: "/srv/data".into(),
+            guest: "/data".into(),
+            read_only: true,
+        }];
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), s);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use crate::cli::images::Images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
-use crate::runtime::spec::{parse_cpus, parse_memory, ProcessFlags};
+use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
 use crate::runtime::{monitor, RunOptions};
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
@@ -24,6 +24,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         memory_mib: parse_memory(&a.memory)?,
         stdin: a.interactive && !a.detach,
         auto_remove: a.rm,
+        volumes: parse_volumes(&a.volume)?,
     };
     let state = rt.create(&images, &a.image, &opts)?;
     if a.detach {

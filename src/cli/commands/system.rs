@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use crate::cli::{Error, GlobalOpts, SystemArgs, SystemCommand};
 use crate::runtime::assets::{initramfs_candidates, kernel_candidates};
-use crate::sandbox::{husk_vmm, qemu, vhost_vsock, BackendKind};
+use crate::sandbox::{husk_vmm, qemu, vhost_vsock, virtiofsd, BackendKind};
 use crate::vmm::probe::HostProbe;
 
 /// One line of the report.
@@ -125,6 +125,17 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
         required: picked == BackendKind::Qemu,
         detail: match v {
             Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    let f = virtiofsd::find_binary();
+    c.push(Check {
+        what: "virtiofsd",
+        ok: f.is_ok(),
+        // Only `-v` needs it; containers without volumes run without it.
+        required: false,
+        detail: match f {
+            Ok(p) => format!("{} (for -v)", p.display()),
             Err(e) => e.to_string(),
         },
     });
