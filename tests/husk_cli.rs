@@ -32,15 +32,22 @@ impl Husk {
 
     /// Runs `husk --root <root> args…` with stdin from /dev/null.
     fn run(&self, args: &[&str]) -> Output {
-        let c = self.cmd(args);
-        let (out, _) = common::run_limited(
-            Path::new(c.get_program()),
-            &c.get_args()
-                .map(|a| a.to_str().expect("utf-8 arg"))
-                .collect::<Vec<_>>(),
-            LIMIT,
-        );
-        out
+        // run_limited takes a program and arguments, not a Command: pass the kernel and
+        // initramfs through env(1) so husk boots the ones this test picked, not whatever an
+        // earlier `setup.sh` installed under /usr/local/share/husk.
+        let kernel = format!("HUSK_KERNEL={}", self.kernel.display());
+        let initramfs = format!("HUSK_INITRAMFS={}", self.initramfs.display());
+        let husk = common::bin("husk");
+        let root = self.root.path().to_str().expect("utf-8 root");
+        let mut a = vec![
+            kernel.as_str(),
+            initramfs.as_str(),
+            husk.to_str().expect("utf-8 path"),
+            "--root",
+            root,
+        ];
+        a.extend_from_slice(args);
+        common::run_limited(Path::new("/usr/bin/env"), &a, LIMIT).0
     }
 
     /// Runs it with `input` on stdin.
