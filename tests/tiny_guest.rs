@@ -8,30 +8,17 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
+use common::{boot_tiny, husk_vmm, text};
+
 const MARKER: &str = env!("HUSK_GUEST_MARKER");
 const BOOTPARAMS: &str = env!("HUSK_GUEST_BOOTPARAMS");
 const TRIPLEFAULT: &str = env!("HUSK_GUEST_TRIPLEFAULT");
 const HALT: &str = env!("HUSK_GUEST_HALT");
 
-fn husk_vmm(args: &[&str], limit: Duration) -> (Output, Duration) {
-    common::run_limited(&common::bin("husk-vmm"), args, limit)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 const LIMIT: Duration = Duration::from_secs(30);
 
-#[test]
-fn marker_guest_prints_and_resets_cleanly() {
-    if !common::kvm_available("marker_guest_prints_and_resets_cleanly") {
-        return;
-    }
-    let (out, _) = husk_vmm(
-        &["--kernel", MARKER, "--memory", "64", "--timeout", "20"],
-        LIMIT,
-    );
+/// Asserts the marker guest printed its line and husk-vmm exited 0.
+fn assert_marker_ok(out: &Output) {
     assert_eq!(
         text(&out.stdout),
         "HUSK-TINY-OK\n",
@@ -44,6 +31,15 @@ fn marker_guest_prints_and_resets_cleanly() {
         out.status,
         text(&out.stderr)
     );
+}
+
+#[test]
+fn marker_guest_prints_and_resets_cleanly() {
+    if !common::kvm_available("marker_guest_prints_and_resets_cleanly") {
+        return;
+    }
+    let (out, _) = boot_tiny(MARKER, &["--timeout", "20"], LIMIT);
+    assert_marker_ok(&out);
     assert_eq!(text(&out.stderr), "");
 }
 
@@ -98,10 +94,7 @@ fn triple_fault_fails_with_one_line() {
     if !common::kvm_available("triple_fault_fails_with_one_line") {
         return;
     }
-    let (out, _) = husk_vmm(
-        &["--kernel", TRIPLEFAULT, "--memory", "64", "--timeout", "20"],
-        LIMIT,
-    );
+    let (out, _) = boot_tiny(TRIPLEFAULT, &["--timeout", "20"], LIMIT);
     let stderr = text(&out.stderr);
     assert_eq!(text(&out.stdout), "T\n", "the guest ran up to the fault");
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
@@ -120,10 +113,7 @@ fn watchdog_ends_a_guest_halted_with_interrupts_off() {
     if !common::kvm_available("watchdog_ends_a_guest_halted_with_interrupts_off") {
         return;
     }
-    let (out, took) = husk_vmm(
-        &["--kernel", HALT, "--memory", "64", "--timeout", "1"],
-        LIMIT,
-    );
+    let (out, took) = boot_tiny(HALT, &["--timeout", "1"], LIMIT);
     let stderr = text(&out.stderr);
     assert_eq!(text(&out.stdout), "H\n");
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
@@ -141,31 +131,8 @@ fn two_vcpus_start_and_tear_down() {
         return;
     }
     // The AP waits for a SIPI that never comes; the BSP's reset must still end the process.
-    let (out, _) = husk_vmm(
-        &[
-            "--kernel",
-            MARKER,
-            "--memory",
-            "64",
-            "--vcpus",
-            "2",
-            "--timeout",
-            "20",
-        ],
-        LIMIT,
-    );
-    assert_eq!(
-        text(&out.stdout),
-        "HUSK-TINY-OK\n",
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "status {:?}, stderr: {}",
-        out.status,
-        text(&out.stderr)
-    );
+    let (out, _) = boot_tiny(MARKER, &["--vcpus", "2", "--timeout", "20"], LIMIT);
+    assert_marker_ok(&out);
 }
 
 #[test]
@@ -173,20 +140,14 @@ fn console_off_and_file() {
     if !common::kvm_available("console_off_and_file") {
         return;
     }
-    let (out, _) = husk_vmm(
-        &["--kernel", MARKER, "--memory", "64", "--console", "off"],
-        LIMIT,
-    );
+    let (out, _) = boot_tiny(MARKER, &["--console", "off"], LIMIT);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("console.log");
     let console = format!("file:{}", log.display());
-    let (out, _) = husk_vmm(
-        &["--kernel", MARKER, "--memory", "64", "--console", &console],
-        LIMIT,
-    );
+    let (out, _) = boot_tiny(MARKER, &["--console", &console], LIMIT);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert_eq!(
         std::fs::read_to_string(&log).expect("console log"),
@@ -204,13 +165,7 @@ fn config_file_boots_the_same_guest() {
     let json = serde_json::json!({ "kernel": MARKER, "memory_mib": 64, "timeout_secs": 20.0 });
     std::fs::write(&cfg, json.to_string()).expect("write config");
     let (out, _) = husk_vmm(&["--config", cfg.to_str().expect("utf-8 path")], LIMIT);
-    assert_eq!(
-        text(&out.stdout),
-        "HUSK-TINY-OK\n",
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    assert!(out.status.success());
+    assert_marker_ok(&out);
 }
 
 #[test]
@@ -242,21 +197,9 @@ fn fast_exit_keeps_status_and_output() {
     }
     // The helper that inherits the VM closes stdio at once: the pipes reach EOF with
     // husk-vmm's own exit (run_limited would time out otherwise).
-    let (out, _) = husk_vmm(
-        &["--kernel", MARKER, "--memory", "64", "--fast-exit"],
-        LIMIT,
-    );
-    assert_eq!(
-        text(&out.stdout),
-        "HUSK-TINY-OK\n",
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    assert!(out.status.success());
-    let (out, _) = husk_vmm(
-        &["--kernel", TRIPLEFAULT, "--memory", "64", "--fast-exit"],
-        LIMIT,
-    );
+    let (out, _) = boot_tiny(MARKER, &["--fast-exit"], LIMIT);
+    assert_marker_ok(&out);
+    let (out, _) = boot_tiny(TRIPLEFAULT, &["--fast-exit"], LIMIT);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(

@@ -18,6 +18,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use common::{boot_tiny, husk_vmm, text};
+
 const PROBE: &str = env!("HUSK_GUEST_VIRTIO_PROBE");
 const BLK: &str = env!("HUSK_GUEST_VIRTIO_BLK");
 const IRQ: &str = env!("HUSK_GUEST_VIRTIO_IRQ");
@@ -26,14 +28,6 @@ const MARKER: &str = env!("HUSK_GUEST_MARKER");
 const LIMIT: Duration = Duration::from_secs(40);
 const MAGIC: &str = "MAGIC=74726976 VERSION=00000002";
 const VENDOR: &str = "VENDOR=4b535548";
-
-fn husk_vmm(args: &[&str]) -> Output {
-    common::run_limited(&common::bin("husk-vmm"), args, LIMIT).0
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -93,11 +87,8 @@ fn probe_guest_reads_blk_and_vsock_registers() {
     let (b, _) = disk(dir.path(), "b.img");
     let uds = dir.path().join("v.sock");
     let ro = format!("{},ro", s(&b));
-    let out = husk_vmm(&[
-        "--kernel",
-        PROBE,
-        "--memory",
-        "64",
+    let vsock = format!("3,{}", s(&uds));
+    let flags = [
         "--timeout",
         "30",
         "--disk",
@@ -105,8 +96,9 @@ fn probe_guest_reads_blk_and_vsock_registers() {
         "--disk",
         &ro,
         "--vsock",
-        &format!("3,{}", s(&uds)),
-    ]);
+        &vsock,
+    ];
+    let (out, _) = boot_tiny(PROBE, &flags, LIMIT);
     probe_asserts(&clean(&out));
 }
 
@@ -125,7 +117,7 @@ fn probe_guest_sees_devices_from_a_config_file() {
         "vsock": { "cid": 42, "uds": dir.path().join("v.sock") },
     });
     std::fs::write(&cfg, json.to_string()).expect("write config");
-    probe_asserts(&clean(&husk_vmm(&["--config", s(&cfg)])));
+    probe_asserts(&clean(&husk_vmm(&["--config", s(&cfg)], LIMIT).0));
 }
 
 #[test]
@@ -135,16 +127,7 @@ fn blk_guest_reads_sector_0_and_writes_sector_1() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, before) = disk(dir.path(), "rw.img");
-    let out = husk_vmm(&[
-        "--kernel",
-        BLK,
-        "--memory",
-        "64",
-        "--timeout",
-        "30",
-        "--disk",
-        s(&path),
-    ]);
+    let (out, _) = boot_tiny(BLK, &["--timeout", "30", "--disk", s(&path)], LIMIT);
     let stdout = clean(&out);
     assert!(
         stdout.contains(" FEATURES_HI=00000001 "),
@@ -181,16 +164,7 @@ fn blk_guest_cannot_write_a_read_only_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, before) = disk(dir.path(), "ro.img");
     let ro = format!("{},ro", s(&path));
-    let out = husk_vmm(&[
-        "--kernel",
-        BLK,
-        "--memory",
-        "64",
-        "--timeout",
-        "30",
-        "--disk",
-        &ro,
-    ]);
+    let (out, _) = boot_tiny(BLK, &["--timeout", "30", "--disk", &ro], LIMIT);
     let stdout = clean(&out);
     let lo = stdout
         .split(" FEATURES_LO=")
@@ -223,16 +197,7 @@ fn irq_guest_takes_the_completion_interrupt_through_irqfd() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, _) = disk(dir.path(), "irq.img");
-    let out = husk_vmm(&[
-        "--kernel",
-        IRQ,
-        "--memory",
-        "64",
-        "--timeout",
-        "30",
-        "--disk",
-        s(&path),
-    ]);
+    let (out, _) = boot_tiny(IRQ, &["--timeout", "30", "--disk", s(&path)], LIMIT);
     let stdout = clean(&out);
     // One interrupt on vector 0x30, the request completed, and the handler acknowledged
     // the device's InterruptStatus. "NOIRQ" would mean the bounded wait ran out.
@@ -245,7 +210,7 @@ fn irq_guest_takes_the_completion_interrupt_through_irqfd() {
 /// One line on stderr, exit status 1, naming `what`; a host without /dev/kvm may fail on
 /// that first for errors found after opening it.
 fn fails_with(args: &[&str], what: &str, before_kvm: bool) {
-    let out = husk_vmm(args);
+    let (out, _) = husk_vmm(args, LIMIT);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");

@@ -124,6 +124,25 @@ pub fn expected_e820_entries(mem_bytes: usize) -> usize {
     1 + husk::vmm::arch::x86_64::layout::arch_memory_regions(mem_bytes as u64).len()
 }
 
+/// Lossy UTF-8 text of a process's stdout or stderr.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs this package's husk-vmm binary with `args`, killed after `limit` (see
+/// [`run_limited`]).
+pub fn husk_vmm(args: &[&str], limit: Duration) -> (Output, Duration) {
+    run_limited(&bin("husk-vmm"), args, limit)
+}
+
+/// Boots the tiny guest `kernel` (an ELF built from tests/guests/*.S) in husk-vmm with
+/// 64 MiB of memory and `flags` after those, killed after `limit`.
+pub fn boot_tiny(kernel: &str, flags: &[&str], limit: Duration) -> (Output, Duration) {
+    let mut args = vec!["--kernel", kernel, "--memory", "64"];
+    args.extend_from_slice(flags);
+    husk_vmm(&args, limit)
+}
+
 /// Runs `program` with `args` (stdin null), killing it after `limit` so a broken VMM fails
 /// the test instead of hanging it. Returns the output and how long it ran.
 pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, Duration) {
