@@ -110,9 +110,10 @@ fn husk_vmm_enters_the_real_kernel_on_pvm() {
         eprintln!("{name}: the kernel reached its console under PVM in {took:?}");
         return;
     }
-    let rip = stderr.split("guest rip 0x").nth(1).and_then(|s| {
-        u64::from_str_radix(s.trim().split_whitespace().next().unwrap_or(""), 16).ok()
-    });
+    let rip = stderr
+        .split("guest rip 0x")
+        .nth(1)
+        .and_then(|s| u64::from_str_radix(s.split_whitespace().next().unwrap_or(""), 16).ok());
     let rip = rip.unwrap_or_else(|| {
         panic!(
             "expected an emulation failure with a guest rip, got status {:?}: {stderr}",

@@ -147,9 +147,8 @@ fn valid_registry(r: &str) -> bool {
                     && !l.ends_with('-')
             })
     };
-    let port_ok = port.map_or(true, |p| {
-        !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit())
-    });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     host_ok && port_ok
 }
 

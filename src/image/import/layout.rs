@@ -71,7 +71,7 @@ pub(crate) fn import(
         .filter(|e| {
             e.platform
                 .as_ref()
-                .map_or(true, |p| p.os == "linux" && p.architecture == "amd64")
+                .is_none_or(|p| p.os == "linux" && p.architecture == "amd64")
         })
         .collect();
     if entries.is_empty() {

@@ -297,7 +297,7 @@ fn checked_range(
     slices: &[GuestSlice<'_>],
 ) -> Result<u64, RequestError> {
     let len: u64 = slices.iter().map(|s| s.len() as u64).sum();
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::UnalignedLength(len));
     }
     let end = sector

@@ -456,7 +456,7 @@ impl BusDevice for MmioTransport {
         data.fill(0);
         if offset >= reg::CONFIG {
             self.device.read_config(offset - reg::CONFIG, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
             log::warn!(
@@ -472,7 +472,7 @@ impl BusDevice for MmioTransport {
                 return;
             }
             self.device.write_config(offset - reg::CONFIG, data);
-        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset % 4 == 0) {
+        } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         } else {
             log::warn!(
