@@ -380,6 +380,43 @@ pub(super) fn quiet_stdio(cmd: &mut Command, log: &File, log_path: &Path) -> Res
 }
 
 /// Finds `name` in `PATH`.
+/// Finds a helper binary husk installs itself: `$env_var` when set (it must name an
+/// executable), else the install script's place under the husk cache (`cached`), else `PATH`,
+/// else the `fallbacks`. `hint` says how to install it.
+pub(super) fn find_helper(
+    env_var: &str,
+    cached: &Path,
+    name: &str,
+    fallbacks: &[&str],
+    hint: String,
+) -> Result<PathBuf, super::Error> {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(super::Error::MissingProgram {
+                program: p.display().to_string(),
+                hint: format!("{env_var} does not name an executable"),
+            })
+        };
+    }
+    if is_executable(cached) {
+        return Ok(cached.to_path_buf());
+    }
+    which(name)
+        .or_else(|| {
+            fallbacks
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| is_executable(p))
+        })
+        .ok_or_else(|| super::Error::MissingProgram {
+            program: name.into(),
+            hint,
+        })
+}
+
 pub(super) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -24,30 +24,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finds the binary: `$HUSK_VHOST_DEVICE_VSOCK`, then the install script's location under the
 /// husk cache, then `PATH`.
 pub fn find_binary() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(BINARY_ENV) {
-        let p = PathBuf::from(p);
-        return if child::is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(Error::MissingProgram {
-                program: p.display().to_string(),
-                hint: format!("{BINARY_ENV} does not name an executable"),
-            })
-        };
-    }
     let cached = cache_dir().join(format!(
         "tools/vhost-device-vsock-{VERSION}/bin/vhost-device-vsock"
     ));
-    if child::is_executable(&cached) {
-        return Ok(cached);
-    }
-    child::which("vhost-device-vsock").ok_or_else(|| Error::MissingProgram {
-        program: "vhost-device-vsock".into(),
-        hint: format!(
+    child::find_helper(
+        BINARY_ENV,
+        &cached,
+        "vhost-device-vsock",
+        &[],
+        format!(
             "the QEMU backend needs it for vsock; run scripts/install-vhost-device-vsock.sh \
              (cargo install vhost-device-vsock@{VERSION}) or set {BINARY_ENV}"
         ),
-    })
+    )
 }
 
 pub(super) fn cache_dir() -> PathBuf {

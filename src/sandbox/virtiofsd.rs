@@ -64,32 +64,17 @@ impl Sandbox {
 /// Finds the binary: `$HUSK_VIRTIOFSD`, then the install script's location under the husk
 /// cache, then `PATH`, then Debian's `/usr/libexec/virtiofsd`.
 pub fn find_binary() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(BINARY_ENV) {
-        let p = PathBuf::from(p);
-        return if child::is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(Error::MissingProgram {
-                program: p.display().to_string(),
-                hint: format!("{BINARY_ENV} does not name an executable"),
-            })
-        };
-    }
     let cached = vhost_vsock::cache_dir().join(format!("tools/virtiofsd-{VERSION}/bin/virtiofsd"));
-    if child::is_executable(&cached) {
-        return Ok(cached);
-    }
-    child::which("virtiofsd")
-        .or_else(|| {
-            Some(PathBuf::from("/usr/libexec/virtiofsd")).filter(|p| child::is_executable(p))
-        })
-        .ok_or_else(|| Error::MissingProgram {
-            program: "virtiofsd".into(),
-            hint: format!(
-                "shared directories need it; run scripts/install-virtiofsd.sh \
-                 (cargo install virtiofsd@{VERSION}) or set {BINARY_ENV}"
-            ),
-        })
+    child::find_helper(
+        BINARY_ENV,
+        &cached,
+        "virtiofsd",
+        &["/usr/libexec/virtiofsd"],
+        format!(
+            "shared directories need it; run scripts/install-virtiofsd.sh \
+             (cargo install virtiofsd@{VERSION}) or set {BINARY_ENV}"
+        ),
+    )
 }
 
 /// The vhost-user socket of share number `index`, beside the VM's console log: that file is

@@ -49,15 +49,13 @@ pub trait DiskBackend: Send + Sync {
     fn flush(&self) -> io::Result<()>;
 }
 
-/// `pread` of exactly `len` bytes at `offset` into `ptr` (retrying short reads and EINTR).
-///
-/// # Safety
-/// `ptr..ptr+len` must be valid for writes for the duration of the call.
-pub(crate) unsafe fn pread_exact(
-    file: &File,
-    ptr: *mut u8,
+/// Runs `op(done, file_offset)` — one `pread`/`pwrite` of the bytes from `done` on — until
+/// `len` bytes are through, retrying short transfers and EINTR; 0 bytes is `at_zero`.
+fn transfer_exact(
     len: usize,
     offset: u64,
+    at_zero: io::ErrorKind,
+    mut op: impl FnMut(usize, libc::off_t) -> isize,
 ) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
@@ -65,10 +63,8 @@ pub(crate) unsafe fn pread_exact(
             .checked_add(done as u64)
             .and_then(|o| libc::off_t::try_from(o).ok())
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: the caller guarantees the range is writable; we stay inside it.
-        let n = unsafe { libc::pread(file.as_raw_fd(), ptr.add(done).cast(), len - done, off) };
-        match n {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+        match op(done, off) {
+            0 => return Err(at_zero.into()),
             n if n < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -81,6 +77,22 @@ pub(crate) unsafe fn pread_exact(
     Ok(())
 }
 
+/// `pread` of exactly `len` bytes at `offset` into `ptr` (retrying short reads and EINTR).
+///
+/// # Safety
+/// `ptr..ptr+len` must be valid for writes for the duration of the call.
+pub(crate) unsafe fn pread_exact(
+    file: &File,
+    ptr: *mut u8,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
+    transfer_exact(len, offset, io::ErrorKind::UnexpectedEof, |done, off| {
+        // SAFETY: the caller guarantees the range is writable; we stay inside it.
+        unsafe { libc::pread(file.as_raw_fd(), ptr.add(done).cast(), len - done, off) }
+    })
+}
+
 /// `pwrite` of exactly `len` bytes from `ptr` at `offset`.
 ///
 /// # Safety
@@ -91,26 +103,10 @@ pub(crate) unsafe fn pwrite_all(
     len: usize,
     offset: u64,
 ) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < len {
-        let off = offset
-            .checked_add(done as u64)
-            .and_then(|o| libc::off_t::try_from(o).ok())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    transfer_exact(len, offset, io::ErrorKind::WriteZero, |done, off| {
         // SAFETY: the caller guarantees the range is readable; we stay inside it.
-        let n = unsafe { libc::pwrite(file.as_raw_fd(), ptr.add(done).cast(), len - done, off) };
-        match n {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            n => done += n as usize,
-        }
-    }
-    Ok(())
+        unsafe { libc::pwrite(file.as_raw_fd(), ptr.add(done).cast(), len - done, off) }
+    })
 }
 
 /// Reads into a guest slice from `file` at `offset`.
