@@ -124,7 +124,16 @@ mod tests {
             .arg(&marker)
             .spawn()
             .unwrap();
-        let found = processes_using(dir.path());
+        // spawn() returns once the child's exec has begun, a moment before /proc shows its
+        // new command line: poll briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found = processes_using(dir.path());
+            if found.iter().any(|p| p.pid == child.id()) || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert!(found.iter().any(|p| p.pid == child.id()), "{found:?}");
         child.kill().unwrap();
         child.wait().unwrap();
