@@ -7,49 +7,14 @@
 
 mod common;
 
+use common::cli::{Husk, LIMIT};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Longest any one husk command may take before the test calls it hung.
-const LIMIT: Duration = Duration::from_secs(120);
-
-struct Husk {
-    root: tempfile::TempDir,
-    kernel: PathBuf,
-    initramfs: PathBuf,
-}
-
 impl Husk {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::bin("husk"));
-        c.arg("--root").arg(self.root.path()).args(args);
-        c.env("HUSK_KERNEL", &self.kernel)
-            .env("HUSK_INITRAMFS", &self.initramfs);
-        c
-    }
-
-    /// Runs `husk --root <root> args…` with stdin from /dev/null.
-    fn run(&self, args: &[&str]) -> Output {
-        // run_limited takes a program and arguments, not a Command: pass the kernel and
-        // initramfs through env(1) so husk boots the ones this test picked, not whatever an
-        // earlier `setup.sh` installed under /usr/local/share/husk.
-        let kernel = format!("HUSK_KERNEL={}", self.kernel.display());
-        let initramfs = format!("HUSK_INITRAMFS={}", self.initramfs.display());
-        let husk = common::bin("husk");
-        let root = self.root.path().to_str().expect("utf-8 root");
-        let mut a = vec![
-            kernel.as_str(),
-            initramfs.as_str(),
-            husk.to_str().expect("utf-8 path"),
-            "--root",
-            root,
-        ];
-        a.extend_from_slice(args);
-        common::run_limited(Path::new("/usr/bin/env"), &a, LIMIT).0
-    }
-
     /// Runs it with `input` on stdin.
     fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         let mut child = self
@@ -61,22 +26,6 @@ impl Husk {
             .expect("spawn husk");
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().expect("husk output")
-    }
-
-    /// Runs and asserts success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "husk {args:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    fn containers_dir(&self) -> PathBuf {
-        self.root.path().join("containers")
     }
 
     /// `ps -a --format json` as (name, status, exitCode).
@@ -94,11 +43,6 @@ impl Husk {
                 )
             })
             .collect()
-    }
-
-    fn state(&self, id: &str) -> serde_json::Value {
-        let path = self.containers_dir().join(id).join("state.json");
-        serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
     }
 }
 
@@ -126,12 +70,7 @@ fn husk(test: &str) -> Option<Husk> {
         );
         return None;
     }
-    let root = tempfile::tempdir().expect("tempdir");
-    let h = Husk {
-        root,
-        kernel,
-        initramfs,
-    };
+    let h = Husk::new(kernel, initramfs);
     let archive = busybox_archive();
     let loaded = h.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert_eq!(loaded.trim(), "Loaded image: busybox:latest");

@@ -6,48 +6,15 @@
 
 mod common;
 
+use common::cli::Husk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use husk::image::Digest;
 use tar::{EntryType, Header};
 
-/// Longest any one husk command may take before the test calls it hung.
-const LIMIT: Duration = Duration::from_secs(120);
-
-struct Husk {
-    root: tempfile::TempDir,
-    kernel: PathBuf,
-    initramfs: PathBuf,
-}
-
 impl Husk {
-    fn run(&self, args: &[&str]) -> Output {
-        let root = self.root.path().to_str().unwrap();
-        let mut all = vec![
-            "--root",
-            root,
-            "--kernel",
-            self.kernel.to_str().unwrap(),
-            "--initramfs",
-            self.initramfs.to_str().unwrap(),
-        ];
-        all.extend_from_slice(args);
-        common::run_limited(&common::bin("husk"), &all, LIMIT).0
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "husk {args:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
     /// Files under the store's blobs/, layers/ and tmp/.
     fn stored_files(&self) -> Vec<String> {
         ["blobs/sha256", "layers", "tmp"]
@@ -98,11 +65,7 @@ fn husk(test: &str, boots: bool) -> Option<Husk> {
         );
         return None;
     }
-    Some(Husk {
-        root: tempfile::tempdir().unwrap(),
-        kernel,
-        initramfs,
-    })
+    Some(Husk::new(kernel, initramfs))
 }
 
 /// scripts/make-busybox-image.sh into `out`; returns the docker-archive.

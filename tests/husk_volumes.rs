@@ -5,70 +5,14 @@
 
 mod common;
 
+use common::cli::{Husk, LIMIT};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Longest any one husk command may take before the test calls it hung.
-const LIMIT: Duration = Duration::from_secs(120);
-
-struct Husk {
-    root: tempfile::TempDir,
-    kernel: PathBuf,
-    initramfs: PathBuf,
-}
-
 impl Husk {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(common::bin("husk"));
-        c.arg("--root").arg(self.root.path()).args(args);
-        c.env("HUSK_KERNEL", &self.kernel)
-            .env("HUSK_INITRAMFS", &self.initramfs);
-        c
-    }
-
-    /// Runs `husk --root <root> args…` with stdin from /dev/null, bounded by [`LIMIT`].
-    /// `common::run_limited` takes no environment, so `env` carries the asset paths: without
-    /// them husk would boot whatever kernel is installed under /usr/local/share/husk.
-    fn run(&self, args: &[&str]) -> Output {
-        let kernel = format!("HUSK_KERNEL={}", self.kernel.display());
-        let initramfs = format!("HUSK_INITRAMFS={}", self.initramfs.display());
-        let husk = common::bin("husk");
-        let root = self.root.path().to_str().expect("utf-8 root");
-        let mut a = vec![
-            kernel.as_str(),
-            initramfs.as_str(),
-            husk.to_str().expect("utf-8 path"),
-            "--root",
-            root,
-        ];
-        a.extend_from_slice(args);
-        common::run_limited(Path::new("/usr/bin/env"), &a, LIMIT).0
-    }
-
-    /// Runs and asserts success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "husk {args:?} failed ({}):\n{}",
-            out.status,
-            text(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 stdout")
-    }
-
-    fn state(&self, id: &str) -> serde_json::Value {
-        let path = self
-            .root
-            .path()
-            .join("containers")
-            .join(id)
-            .join("state.json");
-        serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
-    }
-
     /// What is left in the containers directory besides its lock file.
     fn leftovers(&self) -> Vec<String> {
         std::fs::read_dir(self.root.path().join("containers"))
@@ -136,11 +80,7 @@ fn husk(test: &str) -> Option<Husk> {
         );
         return None;
     }
-    let h = Husk {
-        root: tempfile::tempdir().expect("tempdir"),
-        kernel,
-        initramfs,
-    };
+    let h = Husk::new(kernel, initramfs);
     let archive = busybox_archive();
     let loaded = h.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert_eq!(loaded.trim(), "Loaded image: busybox:latest");

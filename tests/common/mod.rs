@@ -286,3 +286,4 @@ pub fn run_console(
         total,
     }
 }
+pub mod cli;

@@ -1,0 +1,75 @@
+//! Drives the built `husk` binary against a private `--root`, for the CLI tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Longest any one husk command may take before a test calls it hung.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// A husk root of the test's own, and the guest kernel + initramfs it boots.
+pub struct Husk {
+    pub root: tempfile::TempDir,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+impl Husk {
+    pub fn new(kernel: PathBuf, initramfs: PathBuf) -> Self {
+        Husk {
+            root: tempfile::tempdir().expect("tempdir"),
+            kernel,
+            initramfs,
+        }
+    }
+
+    /// `husk --root <root> args…` as a Command (for tests that pipe stdin themselves).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(super::bin("husk"));
+        c.arg("--root").arg(self.root.path()).args(args);
+        c.env("HUSK_KERNEL", &self.kernel)
+            .env("HUSK_INITRAMFS", &self.initramfs);
+        c
+    }
+
+    /// Runs `husk --root <root> args…` with stdin from /dev/null, bounded by [`LIMIT`].
+    /// `run_limited` takes no environment, so env(1) carries the asset paths: without them
+    /// husk would boot whatever kernel an earlier setup.sh installed under /usr/local.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let kernel = format!("HUSK_KERNEL={}", self.kernel.display());
+        let initramfs = format!("HUSK_INITRAMFS={}", self.initramfs.display());
+        let husk = super::bin("husk");
+        let root = self.root.path().to_str().expect("utf-8 root");
+        let mut a = vec![
+            kernel.as_str(),
+            initramfs.as_str(),
+            husk.to_str().expect("utf-8 path"),
+            "--root",
+            root,
+        ];
+        a.extend_from_slice(args);
+        super::run_limited(Path::new("/usr/bin/env"), &a, LIMIT).0
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "husk {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.path().join("containers")
+    }
+
+    /// A container's state.json.
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        let path = self.containers_dir().join(id).join("state.json");
+        serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
+    }
+}
