@@ -16,6 +16,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$root/scripts/lib.sh"   # ensure_packages
 COMPRESS=${COMPRESS:-gzip}
 case "$COMPRESS" in
     gzip) ext=.cpio.gz ;;
@@ -30,28 +31,13 @@ TARGET=x86_64-unknown-linux-gnu
 say() { echo "build-initramfs.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else die "need root to run: $* (install it by hand, or run as root)"; fi
-}
-apt_install() {
-    [ $# -gt 0 ] || return 0
-    command -v apt-get >/dev/null || die "missing packages $* and no apt-get: install them by hand"
-    say "installing $*"
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2; then
-        as_root apt-get update >&2
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
-    fi
-}
-
 missing=()
 command -v cpio >/dev/null || missing+=(cpio)
 [ "$COMPRESS" != gzip ] || command -v gzip >/dev/null || missing+=(gzip)
 [ "$COMPRESS" != zstd ] || command -v zstd >/dev/null || missing+=(zstd)
 # A static glibc binary links against libc.a.
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
-if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+if [ ${#missing[@]} -gt 0 ]; then ensure_packages "${missing[@]}"; fi
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
 
 # --- the agent, static --------------------------------------------------------------------
