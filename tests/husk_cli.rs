@@ -50,54 +50,7 @@ impl Husk {
 fn husk(test: &str) -> Option<Husk> {
     let kernel = common::kernel(test)?;
     let initramfs = common::initramfs(test)?;
-    for tool in ["mkfs.erofs", "mkfs.ext4"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("PATH=$PATH:/usr/sbin:/sbin command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            common::not_run(test, &format!("{tool} not installed"), true);
-            return None;
-        }
-    }
-    let busybox = Path::new("/usr/bin/busybox");
-    if !busybox.is_file() {
-        common::not_run(
-            test,
-            "/usr/bin/busybox missing (apt-get install busybox-static)",
-            true,
-        );
-        return None;
-    }
-    let h = Husk::new(kernel, initramfs);
-    let archive = busybox_archive();
-    let loaded = h.ok(&["load", "-i", archive.to_str().unwrap()]);
-    assert_eq!(loaded.trim(), "Loaded image: busybox:latest");
-    Some(h)
-}
-
-/// The busybox docker-archive of scripts/make-busybox-image.sh, built once per test run.
-fn busybox_archive() -> PathBuf {
-    static ARCHIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ARCHIVE
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("husk-cli-images");
-            let o = Command::new(common::repo_root().join("scripts/make-busybox-image.sh"))
-                .arg(&out)
-                .output()
-                .expect("run make-busybox-image.sh");
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            PathBuf::from(
-                String::from_utf8(o.stdout)
-                    .unwrap()
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap(),
-            )
-        })
-        .clone()
+    Husk::with_busybox(test, kernel, initramfs)
 }
 
 fn text(b: &[u8]) -> String {

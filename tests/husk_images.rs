@@ -51,38 +51,14 @@ fn husk(test: &str, boots: bool) -> Option<Husk> {
     } else {
         (PathBuf::from("/nonexistent"), PathBuf::from("/nonexistent"))
     };
-    for tool in ["mkfs.erofs", "mkfs.ext4", "python3"] {
-        if !have(tool) {
-            common::not_run(test, &format!("{tool} not installed"), true);
-            return None;
-        }
+    if !common::cli::image_tools_present(test) {
+        return None;
     }
-    if !Path::new("/bin/busybox").is_file() {
-        common::not_run(
-            test,
-            "/bin/busybox missing (apt-get install busybox-static)",
-            true,
-        );
+    if !have("python3") {
+        common::not_run(test, "python3 not installed", true);
         return None;
     }
     Some(Husk::new(kernel, initramfs))
-}
-
-/// scripts/make-busybox-image.sh into `out`; returns the docker-archive.
-fn busybox_archive(out: &Path) -> PathBuf {
-    let o = Command::new(common::repo_root().join("scripts/make-busybox-image.sh"))
-        .arg(out)
-        .output()
-        .expect("make-busybox-image.sh");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    PathBuf::from(
-        String::from_utf8(o.stdout)
-            .unwrap()
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    )
 }
 
 /// A layer tar written entry by entry with raw header names (hostile paths included).
@@ -237,7 +213,7 @@ fn layered_image_with_whiteout_and_opaque_dir_shows_the_merged_tree() {
 fn user_names_resolve_from_the_image_passwd() {
     let test = "user_names_resolve_from_the_image_passwd";
     let Some(h) = husk(test, true) else { return };
-    let archive = busybox_archive(&h.root.path().join("img"));
+    let archive = common::cli::busybox_archive();
     h.ok(&["load", "-i", archive.to_str().unwrap()]);
     let out = h.ok(&["run", "--rm", "-u", "user", "busybox", "id"]);
     assert_eq!(out.trim(), "uid=1000(user) gid=1000(user)");
@@ -299,7 +275,7 @@ fn pull_from_local_registry_then_run() {
         .map(|w| PathBuf::from(w.trim_end_matches(')')));
     let _reg = Registry { pid, dir };
 
-    let archive = busybox_archive(&h.root.path().join("img"));
+    let archive = common::cli::busybox_archive();
     let dest = format!("127.0.0.1:{port}/busybox:test");
     let o = Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
@@ -392,7 +368,7 @@ fn corrupt_archive_is_rejected_and_nothing_is_kept() {
 fn rmi_of_an_image_in_use_is_refused() {
     let test = "rmi_of_an_image_in_use_is_refused";
     let Some(h) = husk(test, true) else { return };
-    let archive = busybox_archive(&h.root.path().join("img"));
+    let archive = common::cli::busybox_archive();
     h.ok(&["load", "-i", archive.to_str().unwrap()]);
     h.ok(&["run", "--name", "user1", "busybox", "true"]);
     let err = one_line_failure(&h.run(&["rmi", "busybox"]));

@@ -9,7 +9,7 @@ use common::cli::{Husk, LIMIT};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 impl Husk {
@@ -61,46 +61,7 @@ fn husk(test: &str) -> Option<Husk> {
         common::not_run(test, &e.to_string(), true);
         return None;
     }
-    for tool in ["mkfs.erofs", "mkfs.ext4"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("PATH=$PATH:/usr/sbin:/sbin command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            common::not_run(test, &format!("{tool} not installed"), true);
-            return None;
-        }
-    }
-    if !Path::new("/usr/bin/busybox").is_file() {
-        common::not_run(
-            test,
-            "/usr/bin/busybox missing (apt-get install busybox-static)",
-            true,
-        );
-        return None;
-    }
-    let h = Husk::new(kernel, initramfs);
-    let archive = busybox_archive();
-    let loaded = h.ok(&["load", "-i", archive.to_str().unwrap()]);
-    assert_eq!(loaded.trim(), "Loaded image: busybox:latest");
-    Some(h)
-}
-
-/// The busybox docker-archive of scripts/make-busybox-image.sh, built once per test run.
-fn busybox_archive() -> PathBuf {
-    static ARCHIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ARCHIVE
-        .get_or_init(|| {
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("husk-volumes-images");
-            let o = Command::new(common::repo_root().join("scripts/make-busybox-image.sh"))
-                .arg(&out)
-                .output()
-                .expect("run make-busybox-image.sh");
-            assert!(o.status.success(), "{}", text(&o.stderr));
-            PathBuf::from(text(&o.stdout).trim().lines().last().unwrap())
-        })
-        .clone()
+    Husk::with_busybox(test, kernel, initramfs)
 }
 
 fn text(b: &[u8]) -> String {

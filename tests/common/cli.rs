@@ -73,3 +73,61 @@ impl Husk {
         serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
     }
 }
+
+/// Whether the tools a husk root needs to hold images are here; says NOT RUN (a failure under
+/// CI) when one is missing.
+pub fn image_tools_present(test: &str) -> bool {
+    for tool in ["mkfs.erofs", "mkfs.ext4"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("PATH=$PATH:/usr/sbin:/sbin command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            super::not_run(test, &format!("{tool} not installed"), true);
+            return false;
+        }
+    }
+    if !Path::new("/usr/bin/busybox").is_file() {
+        super::not_run(
+            test,
+            "/usr/bin/busybox missing (apt-get install busybox-static)",
+            true,
+        );
+        return false;
+    }
+    true
+}
+
+/// The busybox docker-archive of scripts/make-busybox-image.sh, built once per test binary.
+pub fn busybox_archive() -> PathBuf {
+    static ARCHIVE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ARCHIVE
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("{}-images", env!("CARGO_CRATE_NAME")));
+            let o = Command::new(super::repo_root().join("scripts/make-busybox-image.sh"))
+                .arg(&out)
+                .output()
+                .expect("run make-busybox-image.sh");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+            PathBuf::from(stdout.trim().lines().last().expect("archive path"))
+        })
+        .clone()
+}
+
+impl Husk {
+    /// A root with the busybox image loaded, or `None` after saying why this host cannot run
+    /// the test.
+    pub fn with_busybox(test: &str, kernel: PathBuf, initramfs: PathBuf) -> Option<Husk> {
+        if !image_tools_present(test) {
+            return None;
+        }
+        let h = Husk::new(kernel, initramfs);
+        let archive = busybox_archive();
+        let loaded = h.ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);
+        assert_eq!(loaded.trim(), "Loaded image: busybox:latest");
+        Some(h)
+    }
+}
