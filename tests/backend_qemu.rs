@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -236,19 +235,11 @@ fn vsock_device_runs_vhost_device_vsock_and_cleans_up() {
         vm.pid()
     );
 
-    // The daemon accepts on the hybrid socket. Until the guest's driver has set up the
-    // virtqueues it resets such connections ("backend event before vring initialization"),
-    // and until an agent listens on 1024 the guest refuses them: either way no `OK`, which
-    // is what `AgentClient::connect` retries through.
-    let mut s = UnixStream::connect(&uds).expect("connect to the hybrid socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let answer = s.write_all(b"CONNECT 1024\n").and_then(|()| {
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    });
-    eprintln!("{test}: CONNECT 1024 while the guest boots -> {answer:?}");
-    drop(s);
+    // No CONNECT before the guest is up: vhost-device-vsock's worker thread dies on a host
+    // connection that arrives after QEMU handed it guest memory but before the driver set
+    // up the virtqueues (`VmHandle::wait_vsock_ready` exists for that).
+    vm.wait_vsock_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}; log tail:\n{}", tail(&vm.console_log())));
 
     let ready = wait_for_console(vm.as_ref(), MARKER, t0, Duration::from_secs(60));
     assert!(
@@ -417,6 +408,8 @@ fn vsock_reaches_a_guest_listener_end_to_end() {
 
     let t0 = Instant::now();
     let vm = backend.start(&spec).unwrap();
+    vm.wait_vsock_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}; log tail:\n{}", tail(&vm.console_log())));
     let client = husk::agent::AgentClient::connect(&uds, Duration::from_secs(60));
     let Ok(client) = client else {
         panic!(

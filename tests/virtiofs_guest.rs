@@ -478,6 +478,9 @@ fn husk_vmm_directory_rootfs_and_volume() {
         SharedDirSpec::volume(&vol, "vol", false),
     ];
     let vm = husk::sandbox::VmBackend::start(&backend, &spec).unwrap();
+    if let Err(e) = vm.wait_vsock_ready(harness::T) {
+        panic!("{e}\n{}", harness::tail(&vm.console_log()));
+    }
     let client = husk::agent::AgentClient::connect(&uds, harness::T).unwrap_or_else(|e| {
         panic!(
             "agent never answered: {e}\n{}",

@@ -43,7 +43,7 @@ mod syscalls;
 mod vsock;
 
 /// Printed once the guest is up; host-side tests and the VMM wait for it.
-pub const READY_MARKER: &str = "HUSK-AGENT-READY";
+pub const READY_MARKER: &str = husk_protocol::GUEST_READY_MARKER;
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("init") {

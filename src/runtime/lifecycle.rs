@@ -190,6 +190,11 @@ impl Runtime {
             s.exit_code = None;
             s.stop_requested = false;
         })?;
+        if let Err(source) = vm.wait_vsock_ready(AGENT_CONNECT_TIMEOUT) {
+            let _ = vm.kill();
+            let _ = self.record_exit(&state, None);
+            return Err(vm_err(source));
+        }
         let agent = AgentClient::connect(&state.vsock_uds, AGENT_CONNECT_TIMEOUT).and_then(|a| {
             a.create_container(container_spec(&state, console))?;
             Ok(a)

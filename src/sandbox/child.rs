@@ -203,6 +203,8 @@ pub(super) struct ProcessVm {
     leftovers: Mutex<Option<Leftovers>>,
     console_log: PathBuf,
     vsock_uds: Option<PathBuf>,
+    /// The console line after which the host may use the vsock socket (None: at once).
+    vsock_ready_line: Option<&'static str>,
     /// Set before the helpers are stopped on purpose, so their watchers stand down.
     stopping: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<HelperFailure>>>,
@@ -214,12 +216,14 @@ impl ProcessVm {
         leftovers: Leftovers,
         console_log: PathBuf,
         vsock_uds: Option<PathBuf>,
+        vsock_ready_line: Option<&'static str>,
     ) -> Self {
         let vm = ProcessVm {
             main: Arc::new(main),
             leftovers: Mutex::new(None),
             console_log,
             vsock_uds,
+            vsock_ready_line,
             stopping: Arc::new(AtomicBool::new(false)),
             failure: Arc::new(Mutex::new(None)),
         };
@@ -342,6 +346,78 @@ impl VmHandle for ProcessVm {
 
     fn vsock_uds(&self) -> Option<PathBuf> {
         self.vsock_uds.clone()
+    }
+
+    fn wait_vsock_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let Some(marker) = self.vsock_ready_line else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        let mut seen = ConsoleScan::default();
+        loop {
+            if seen.found(&self.console_log, marker) {
+                return Ok(());
+            }
+            if let Some(status) = self.main.try_wait().map_err(self.process_err("wait"))? {
+                // The line may have landed just before the exit.
+                if seen.found(&self.console_log, marker) {
+                    return Ok(());
+                }
+                return Err(Error::ExitedBeforeReady {
+                    status,
+                    log: self.console_log.clone(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::GuestNotUp {
+                    secs: timeout.as_secs(),
+                    marker,
+                    log: self.console_log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Looks for a line in a growing console log, reading each byte once.
+#[derive(Default)]
+struct ConsoleScan {
+    offset: u64,
+    /// The unfinished last line of what was read so far.
+    tail: Vec<u8>,
+}
+
+impl ConsoleScan {
+    /// Longest partial line kept between reads: a marker is short.
+    const MAX_TAIL: usize = 4096;
+
+    fn found(&mut self, log: &Path, marker: &str) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(log) else {
+            return false;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return false;
+        }
+        self.offset += buf.len() as u64;
+        self.tail.extend_from_slice(&buf);
+        let hit = self
+            .tail
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes());
+        if let Some(nl) = self.tail.iter().rposition(|&b| b == b'\n') {
+            self.tail.drain(..=nl);
+        }
+        if self.tail.len() > Self::MAX_TAIL {
+            let cut = self.tail.len() - Self::MAX_TAIL;
+            self.tail.drain(..cut);
+        }
+        hit
     }
 }
 

@@ -146,6 +146,7 @@ impl VmBackend for HuskVmmBackend {
             leftovers,
             spec.console_log.clone(),
             spec.vsock.as_ref().map(|v| v.uds_path.clone()),
+            None,
         )))
     }
 }

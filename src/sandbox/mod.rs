@@ -22,6 +22,7 @@ pub mod virtiofsd;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::time::Duration;
 
 pub use husk_vmm::HuskVmmBackend;
 pub use kind::{BackendKind, ParseBackendKindError, VMM_ENV};
@@ -275,6 +276,13 @@ pub trait VmHandle: Send + Sync {
 
     /// The hybrid vsock socket, if the VM has a vsock device.
     fn vsock_uds(&self) -> Option<PathBuf>;
+
+    /// Blocks until the host may connect through [`vsock_uds`](Self::vsock_uds), or
+    /// `timeout` passes. husk-vmm's own vsock device takes connections at any time and
+    /// returns at once; vhost-device-vsock's worker thread dies on a host connection that
+    /// arrives before the guest driver has set up its queues (every later `CONNECT` then
+    /// hangs), so the QEMU backend waits for the guest's ready line on the console first.
+    fn wait_vsock_ready(&self, timeout: Duration) -> Result<(), Error>;
 }
 
 /// Picks the backend for `kind`, resolving `Auto` by probing the host.
@@ -323,6 +331,14 @@ pub enum Error {
         secs: u64,
         log: PathBuf,
     },
+    #[error("the guest did not come up within {secs} s (no {marker:?} on the console); see {log}")]
+    GuestNotUp {
+        secs: u64,
+        marker: &'static str,
+        log: PathBuf,
+    },
+    #[error("the VM exited ({status}) before the guest came up; see {log}")]
+    ExitedBeforeReady { status: ExitStatus, log: PathBuf },
     #[error("cannot prepare {path}: {source}")]
     File { path: PathBuf, source: io::Error },
     #[error("{op} on VM process {pid} failed: {source}")]

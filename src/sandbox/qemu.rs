@@ -254,6 +254,9 @@ impl VmBackend for QemuBackend {
             leftovers,
             spec.console_log.clone(),
             spec.vsock.as_ref().map(|v| v.uds_path.clone()),
+            spec.vsock
+                .as_ref()
+                .map(|_| husk_protocol::GUEST_READY_MARKER),
         )))
     }
 }

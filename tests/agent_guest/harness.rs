@@ -128,6 +128,9 @@ impl Guest {
         customize(&mut spec, dir.path());
         let t0 = Instant::now();
         let vm = backend.start(&spec).unwrap();
+        if let Err(e) = vm.wait_vsock_ready(T) {
+            panic!("{test}: {e}\nconsole:\n{}", tail(&vm.console_log()));
+        }
         let client = match AgentClient::connect(&uds, T) {
             Ok(c) => c,
             Err(e) => panic!(

@@ -39,6 +39,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// frame says which a connection is: a `Request` or a `StreamHello`).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The line the agent prints on the console once the guest is up (every virtio driver
+/// probed, so its vsock device is live). Hosts whose vsock backend must not be reached
+/// earlier (vhost-device-vsock) wait for it before the first `CONNECT`.
+pub const GUEST_READY_MARKER: &str = "HUSK-AGENT-READY";
+
 /// A host → agent request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
