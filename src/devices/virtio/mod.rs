@@ -27,6 +27,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod testing;
 pub mod vsock;
 pub mod worker;

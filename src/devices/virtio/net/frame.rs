@@ -1,0 +1,174 @@
+//! Pure frame processing: one descriptor chain in, one frame out (tx) or one frame into one
+//! chain (rx). No threads, no fds — unit tests drive it over plain guest memory.
+//!
+//! Chains are hostile. A chain is refused, before any byte of it is used, when it does not
+//! end on its own (a loop, longer than the queue, a `next` outside the table), when a
+//! descriptor points outside guest memory or has the wrong direction (device-writable in a
+//! tx chain, device-readable in an rx chain), when a tx chain is longer than a vnet header
+//! plus [`MAX_FRAME`] or shorter than a vnet header plus an Ethernet header, or when its
+//! header asks for an offload that was not negotiated.
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::{features, hdr, ETH_HLEN, HDR_LEN, MAX_FRAME};
+use crate::devices::virtio::GuestMemory;
+
+/// Bytes a tx chain may carry: header plus the largest frame.
+pub const MAX_TX_CHAIN: usize = HDR_LEN + MAX_FRAME;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Loop, chain longer than the queue, or a `next` outside the descriptor table.
+    #[error("descriptor chain does not terminate")]
+    Unterminated,
+    /// The head index is outside the descriptor table: the chain has no descriptor at all.
+    #[error("descriptor chain is empty")]
+    Empty,
+    #[error("device-writable descriptor in a tx chain")]
+    WriteOnlyInTx,
+    #[error("device-readable descriptor in an rx chain")]
+    ReadOnlyInRx,
+    #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
+    BadAddress { addr: u64, len: u32 },
+    #[error("tx chain of {0} bytes or more exceeds the {MAX_TX_CHAIN}-byte limit")]
+    TooLong(u64),
+    #[error("tx chain of {0} bytes is shorter than a vnet header and an Ethernet header")]
+    TooShort(u64),
+    #[error("tx header asks for {0}, which was not negotiated")]
+    Offload(&'static str),
+    #[error("rx buffer of {cap} bytes cannot hold a {len}-byte frame")]
+    BufferTooSmall { cap: u64, len: usize },
+}
+
+/// Gathers tx `chain` into `buf` (at least [`MAX_TX_CHAIN`] bytes); returns the length of
+/// header + frame. `acked` are the negotiated features the header is checked against.
+pub fn read_tx_frame<M>(
+    mem: &GuestMemory,
+    chain: DescriptorChain<M>,
+    buf: &mut [u8],
+    acked: u64,
+) -> Result<usize, FrameError>
+where
+    M: std::ops::Deref<Target = GuestMemory>,
+{
+    let limit = buf.len().min(MAX_TX_CHAIN);
+    let mut total = 0usize;
+    let mut last_has_next = false;
+    let mut n = 0usize;
+    for d in chain {
+        n += 1;
+        last_has_next = d.has_next();
+        if d.is_write_only() {
+            return Err(FrameError::WriteOnlyInTx);
+        }
+        let len = d.len() as usize;
+        let end = total + len;
+        if end > limit {
+            return Err(FrameError::TooLong(end as u64));
+        }
+        mem.read_slice(&mut buf[total..end], d.addr())
+            .map_err(|_| bad_address(&d))?;
+        total = end;
+    }
+    if last_has_next {
+        return Err(FrameError::Unterminated);
+    }
+    if n == 0 {
+        return Err(FrameError::Empty);
+    }
+    if total < HDR_LEN + ETH_HLEN {
+        return Err(FrameError::TooShort(total as u64));
+    }
+    check_tx_header(&buf[..HDR_LEN], acked)?;
+    Ok(total)
+}
+
+/// Refuses header fields the driver may only use with features it did not negotiate; the
+/// TAP would otherwise hand an offload request to the host stack the guest never agreed to.
+pub fn check_tx_header(h: &[u8], acked: u64) -> Result<(), FrameError> {
+    let (flags, gso_type) = (h[0], h[1]);
+    if flags & hdr::F_NEEDS_CSUM != 0 && acked & features::CSUM == 0 {
+        return Err(FrameError::Offload("checksum offload (CSUM)"));
+    }
+    if gso_type & hdr::GSO_ECN != 0 {
+        return Err(FrameError::Offload("ECN segmentation (HOST_ECN)"));
+    }
+    let need = match gso_type {
+        hdr::GSO_NONE => return Ok(()),
+        hdr::GSO_TCPV4 => (features::HOST_TSO4, "TCPv4 segmentation (HOST_TSO4)"),
+        hdr::GSO_TCPV6 => (features::HOST_TSO6, "TCPv6 segmentation (HOST_TSO6)"),
+        _ => return Err(FrameError::Offload("an unknown segmentation type")),
+    };
+    if acked & need.0 == 0 {
+        return Err(FrameError::Offload(need.1));
+    }
+    let gso_size = u16::from_le_bytes([h[4], h[5]]);
+    if gso_size == 0 {
+        return Err(FrameError::Offload("segmentation with gso_size 0"));
+    }
+    Ok(())
+}
+
+/// Scatters `frame` (vnet header included) into rx `chain`; returns the bytes written (the
+/// used length). `scratch` is reused between calls to hold the validated descriptors.
+pub fn write_rx_frame<M>(
+    mem: &GuestMemory,
+    chain: DescriptorChain<M>,
+    frame: &[u8],
+    scratch: &mut Vec<(GuestAddress, u32)>,
+) -> Result<u32, FrameError>
+where
+    M: std::ops::Deref<Target = GuestMemory>,
+{
+    scratch.clear();
+    let mut cap = 0u64;
+    let mut last_has_next = false;
+    for d in chain {
+        last_has_next = d.has_next();
+        if !d.is_write_only() {
+            return Err(FrameError::ReadOnlyInRx);
+        }
+        if !mem.check_range(d.addr(), d.len() as usize) {
+            return Err(bad_address(&d));
+        }
+        cap += u64::from(d.len());
+        scratch.push((d.addr(), d.len()));
+    }
+    if last_has_next {
+        return Err(FrameError::Unterminated);
+    }
+    if scratch.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    if cap < frame.len() as u64 {
+        return Err(FrameError::BufferTooSmall {
+            cap,
+            len: frame.len(),
+        });
+    }
+    let mut off = 0usize;
+    for &(addr, len) in scratch.iter() {
+        if off == frame.len() {
+            break;
+        }
+        let n = (len as usize).min(frame.len() - off);
+        mem.write_slice(&frame[off..off + n], addr)
+            .map_err(|_| FrameError::BadAddress { addr: addr.0, len })?;
+        off += n;
+    }
+    // frame.len() ≤ HDR_LEN + MAX_FRAME, far below u32::MAX.
+    Ok(frame.len() as u32)
+}
+
+fn bad_address(d: &Descriptor) -> FrameError {
+    FrameError::BadAddress {
+        addr: d.addr().0,
+        len: d.len(),
+    }
+}
+
+#[cfg(test)]
+#[path = "frame_tests.rs"]
+mod tests;

@@ -1,0 +1,393 @@
+//! The virtio-net event subscriber on the device's worker thread: frames from the TAP into
+//! rx buffers, tx chains onto the TAP.
+//!
+//! Fairness: one event moves at most [`FRAME_BUDGET`] frames each way. When tx stops on the
+//! budget, the handler re-arms by writing its own tx queue eventfd, and when rx does, by
+//! writing its rx eventfd; either way the event loop gets to every other ready fd (the stop
+//! event included) before this queue runs again, so a guest or a host that floods does not
+//! hold the thread.
+//!
+//! Deferral: when the guest has no rx buffer, nothing more is read from the TAP (frames wait
+//! in the TAP's own queue, where the host stack sees the backpressure) and the TAP is taken
+//! out of the epoll set, so a readable TAP does not spin the loop. The guest's next rx kick
+//! puts it back. A frame already read when a chain turns out unusable stays pending for the
+//! next buffer.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::frame::{self, FrameError, MAX_TX_CHAIN};
+use super::{Tap, ETH_HLEN, HDR_LEN, HDR_NUM_BUFFERS};
+use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
+
+pub const RXQ: usize = 0;
+pub const TXQ: usize = 1;
+const TAP_EVENT: u32 = 2;
+
+/// Frames one event may move in one direction before yielding to the rest of the loop.
+pub const FRAME_BUDGET: usize = 64;
+
+/// The host side as the handler uses it; [`Tap`] in production, an in-memory double in the
+/// unit tests.
+pub trait NetBackend: AsRawFd + Send {
+    /// One frame, vnet header first; `WouldBlock` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl NetBackend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Tap::read_frame(self, buf)
+    }
+    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Tap::write_frame(self, buf)
+    }
+}
+
+/// Counters of one device, shared with whoever created it (tests, logs).
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub rx_frames: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Frames from the host that fit no guest buffer (or were runts), dropped.
+    pub rx_dropped: AtomicU64,
+    /// Guest rx chains refused as malformed (returned with length 0).
+    pub rx_bad_chains: AtomicU64,
+    /// Times rx stopped reading the TAP because the guest had no buffer.
+    pub rx_deferred: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Guest tx chains refused as malformed or asking for unnegotiated offloads.
+    pub tx_rejected: AtomicU64,
+    /// Frames the TAP would not take.
+    pub tx_dropped: AtomicU64,
+    /// Times a queue stopped on [`FRAME_BUDGET`] and re-armed.
+    pub budget_yields: AtomicU64,
+}
+
+impl NetStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    fn inc(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why an rx pass ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RxStop {
+    /// The TAP has nothing more.
+    Drained,
+    /// The guest has no buffer: TAP reading deferred until its next kick.
+    NoBuffers,
+    /// [`FRAME_BUDGET`] frames moved; re-armed.
+    Budget,
+    /// The available ring is corrupt; the queue is left alone.
+    Broken,
+}
+
+pub struct NetHandler<B: NetBackend> {
+    mem: GuestMemory,
+    rxq: Queue,
+    txq: Queue,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    interrupt: Arc<VirtioInterrupt>,
+    backend: B,
+    acked: u64,
+    stats: Arc<NetStats>,
+    /// A frame read from the TAP and not yet placed: `rx_buf[..rx_pending]`.
+    rx_buf: Vec<u8>,
+    rx_pending: usize,
+    rx_scratch: Vec<(GuestAddress, u32)>,
+    tx_buf: Vec<u8>,
+    /// Whether the TAP fd is in the epoll set.
+    tap_armed: bool,
+    rx_broken: bool,
+    tx_broken: bool,
+}
+
+impl<B: NetBackend> NetHandler<B> {
+    /// `queues` and `evts` are rx, tx in that order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        mem: GuestMemory,
+        rxq: Queue,
+        txq: Queue,
+        rx_evt: EventFd,
+        tx_evt: EventFd,
+        interrupt: Arc<VirtioInterrupt>,
+        backend: B,
+        acked: u64,
+        stats: Arc<NetStats>,
+    ) -> Self {
+        NetHandler {
+            mem,
+            rxq,
+            txq,
+            rx_evt,
+            tx_evt,
+            interrupt,
+            backend,
+            acked,
+            stats,
+            rx_buf: vec![0; MAX_TX_CHAIN],
+            rx_pending: 0,
+            rx_scratch: Vec::with_capacity(16),
+            tx_buf: vec![0; MAX_TX_CHAIN],
+            tap_armed: false,
+            rx_broken: false,
+            tx_broken: false,
+        }
+    }
+
+
+    /// Moves up to [`FRAME_BUDGET`] tx chains onto the TAP; returns how many were consumed.
+    pub fn process_tx(&mut self) -> usize {
+        if self.tx_broken {
+            return 0;
+        }
+        let mut done = 0usize;
+        'outer: loop {
+            if let Err(e) = self.txq.disable_notification(&self.mem) {
+                log::warn!("virtio-net: tx: disabling notifications: {e}");
+            }
+            let mut progressed = false;
+            while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
+                progressed = true;
+                let head = chain.head_index();
+                match frame::read_tx_frame(&self.mem, chain, &mut self.tx_buf, self.acked) {
+                    Ok(len) => match self.backend.write_frame(&self.tx_buf[..len]) {
+                        Ok(_) => {
+                            NetStats::inc(&self.stats.tx_frames, 1);
+                            NetStats::inc(&self.stats.tx_bytes, (len - HDR_LEN) as u64);
+                        }
+                        Err(e) => {
+                            log::debug!("virtio-net: TAP refused a {len}-byte frame: {e}");
+                            NetStats::inc(&self.stats.tx_dropped, 1);
+                        }
+                    },
+                    Err(e) => {
+                        log::debug!("virtio-net: rejecting tx chain {head}: {e}");
+                        NetStats::inc(&self.stats.tx_rejected, 1);
+                    }
+                }
+                if let Err(e) = self.txq.add_used(&self.mem, head, 0) {
+                    log::warn!("virtio-net: tx add_used({head}): {e}");
+                }
+                done += 1;
+                if done >= FRAME_BUDGET {
+                    // Leave notifications off: the re-armed eventfd brings us back.
+                    NetStats::inc(&self.stats.budget_yields, 1);
+                    if let Err(e) = self.tx_evt.write(1) {
+                        log::error!("virtio-net: re-arming tx: {e}");
+                    }
+                    break 'outer;
+                }
+            }
+            match self.txq.enable_notification(&self.mem) {
+                Ok(true) if progressed => continue,
+                Ok(true) => {
+                    if self.txq.iter(&self.mem).is_err() {
+                        log::error!("virtio-net: invalid tx available index; queue stopped");
+                        self.tx_broken = true;
+                    }
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("virtio-net: tx: enabling notifications: {e}");
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            signal(&mut self.txq, &self.mem, &self.interrupt);
+        }
+        done
+    }
+
+    /// Moves up to [`FRAME_BUDGET`] frames from the backend into rx buffers.
+    pub fn process_rx(&mut self) -> RxStop {
+        if self.rx_broken {
+            return RxStop::Broken;
+        }
+        let mut moved = 0usize;
+        let mut used = false;
+        let stop = loop {
+            if moved >= FRAME_BUDGET {
+                NetStats::inc(&self.stats.budget_yields, 1);
+                if let Err(e) = self.rx_evt.write(1) {
+                    log::error!("virtio-net: re-arming rx: {e}");
+                }
+                break RxStop::Budget;
+            }
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else {
+                // Out of buffers; ask for a kick, then look again (the guest may have added
+                // some in between).
+                match self.rxq.enable_notification(&self.mem) {
+                    Ok(true) if self.rxq.iter(&self.mem).is_err() => {
+                        log::error!("virtio-net: invalid rx available index; queue stopped");
+                        self.rx_broken = true;
+                        break RxStop::Broken;
+                    }
+                    Ok(true) => continue,
+                    _ => {
+                        NetStats::inc(&self.stats.rx_deferred, 1);
+                        break RxStop::NoBuffers;
+                    }
+                }
+            };
+            if !fill_pending(
+                &mut self.backend,
+                &mut self.rx_buf,
+                &mut self.rx_pending,
+                &self.stats,
+            ) {
+                self.rxq.go_to_previous_position();
+                break RxStop::Drained;
+            }
+            moved += 1;
+            let head = chain.head_index();
+            let frame = &self.rx_buf[..self.rx_pending];
+            match frame::write_rx_frame(&self.mem, chain, frame, &mut self.rx_scratch) {
+                Ok(len) => {
+                    NetStats::inc(&self.stats.rx_frames, 1);
+                    NetStats::inc(&self.stats.rx_bytes, (self.rx_pending - HDR_LEN) as u64);
+                    self.rx_pending = 0;
+                    if let Err(e) = self.rxq.add_used(&self.mem, head, len) {
+                        log::warn!("virtio-net: rx add_used({head}): {e}");
+                    }
+                    used = true;
+                }
+                Err(e @ FrameError::BufferTooSmall { .. }) => {
+                    // The guest's buffers are smaller than its features promise: this frame
+                    // can never be delivered. Drop it and keep the buffer for the next one.
+                    log::debug!("virtio-net: dropping rx frame: {e}");
+                    NetStats::inc(&self.stats.rx_dropped, 1);
+                    self.rx_pending = 0;
+                    self.rxq.go_to_previous_position();
+                }
+                Err(e) => {
+                    log::debug!("virtio-net: refusing rx chain {head}: {e}");
+                    NetStats::inc(&self.stats.rx_bad_chains, 1);
+                    if let Err(e) = self.rxq.add_used(&self.mem, head, 0) {
+                        log::warn!("virtio-net: rx add_used({head}): {e}");
+                    }
+                    used = true;
+                }
+            }
+        };
+        if used {
+            signal(&mut self.rxq, &self.mem, &self.interrupt);
+        }
+        stop
+    }
+
+    /// Runs rx and keeps the TAP in the epoll set exactly while rx can take frames.
+    fn rx_and_rearm(&mut self, ops: &mut EventOps) {
+        let stop = self.process_rx();
+        let want = matches!(stop, RxStop::Drained | RxStop::Budget);
+        if want != self.tap_armed {
+            let ev = Events::with_data_raw(self.backend.as_raw_fd(), TAP_EVENT, EventSet::IN);
+            let r = if want { ops.add(ev) } else { ops.remove(ev) };
+            match r {
+                Ok(()) => self.tap_armed = want,
+                Err(e) => log::error!("virtio-net: updating TAP interest: {e:?}"),
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<NetStats> {
+        &self.stats
+    }
+
+    pub fn backend_fd(&self) -> RawFd {
+        self.backend.as_raw_fd()
+    }
+
+    pub fn tap_armed(&self) -> bool {
+        self.tap_armed
+    }
+}
+
+fn signal(q: &mut Queue, mem: &GuestMemory, interrupt: &VirtioInterrupt) {
+    if q.needs_notification(mem).unwrap_or(true) {
+        if let Err(e) = interrupt.signal_used_queue() {
+            log::error!("virtio-net: raising interrupt: {e}");
+        }
+    }
+}
+
+/// Reads a frame from `backend` into `buf` unless one is pending (`*pending` bytes);
+/// false when the backend has none.
+fn fill_pending<B: NetBackend>(
+    backend: &mut B,
+    buf: &mut [u8],
+    pending: &mut usize,
+    stats: &NetStats,
+) -> bool {
+    while *pending == 0 {
+        match backend.read_frame(buf) {
+            Ok(n) if n >= HDR_LEN + ETH_HLEN => {
+                // No MRG_RXBUF: every frame is one buffer (the TAP leaves this field
+                // unwritten).
+                buf[HDR_NUM_BUFFERS..HDR_NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+                *pending = n;
+            }
+            Ok(0) => return false,
+            Ok(n) => {
+                log::debug!("virtio-net: dropping a {n}-byte runt from the TAP");
+                NetStats::inc(&stats.rx_dropped, 1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    log::warn!("virtio-net: reading the TAP: {e}");
+                }
+                return false;
+            }
+        }
+    }
+    true
+}
+
+impl<B: NetBackend> MutEventSubscriber for NetHandler<B> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            d if d as usize == RXQ => {
+                let _ = self.rx_evt.read();
+                self.rx_and_rearm(ops);
+            }
+            d if d as usize == TXQ => {
+                let _ = self.tx_evt.read();
+                self.process_tx();
+            }
+            TAP_EVENT => self.rx_and_rearm(ops),
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in [(RXQ, &self.rx_evt), (TXQ, &self.tx_evt)] {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                log::error!("virtio-net: cannot watch queue {i}: {e:?}");
+            }
+        }
+        // Chains queued before activation, and frames already waiting on the TAP.
+        self.process_tx();
+        self.rx_and_rearm(ops);
+    }
+}
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;
