@@ -4,6 +4,8 @@
 //! the design wants: a crashing VMM takes down one container, and the runtime can be restarted
 //! without touching running VMs.
 
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -67,6 +69,9 @@ impl HuskVmmBackend {
 /// [`virtiofsd::socket_for`] names), `--append` after its own default command line, which
 /// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
 ///
+/// `--net tap=NAME,mac=MAC[,fd=N]` per TAP (the fd, when given, is inherited: see
+/// [`inherit_fds`]).
+///
 /// Fails for what husk-vmm cannot express yet: disk serials.
 pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     let mut a: Vec<String> = Vec::new();
@@ -105,7 +110,38 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
         let sock = virtiofsd::socket_for(&spec.console_log, i);
         flag("--fs", format!("{},{}", d.tag, sock.display()));
     }
+    for t in &spec.taps {
+        let m = t.mac;
+        let mut v = format!(
+            "tap={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            t.tap_name, m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+        if let Some(fd) = t.fd {
+            v.push_str(&format!(",fd={fd}"));
+        }
+        flag("--net", v);
+    }
     Ok(a)
+}
+
+/// Lets the VMM inherit `fds` (pre-opened TAPs) under the same numbers: they are cleared of
+/// close-on-exec in the child only, so the parent's copies stay private to it.
+fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs between fork and exec and only calls fcntl, which is
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 impl VmBackend for HuskVmmBackend {
@@ -138,6 +174,7 @@ impl VmBackend for HuskVmmBackend {
         }
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);
+        inherit_fds(&mut cmd, spec.taps.iter().filter_map(|t| t.fd).collect());
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");

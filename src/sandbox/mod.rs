@@ -119,11 +119,26 @@ impl SharedDirSpec {
     }
 }
 
-/// Reserved for virtio-net: a TAP device on the host and the guest's MAC address.
+/// A guest NIC (virtio-net): a TAP device on the host and the guest's MAC address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSpec {
     pub tap_name: String,
     pub mac: [u8; 6],
+    /// An already-open fd of that TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), e.g. opened inside
+    /// another network namespace where the VMM could not open it by name. The caller keeps
+    /// it open until `start` returns; the VMM inherits it. `None`: opened by name.
+    pub fd: Option<std::os::fd::RawFd>,
+}
+
+impl TapSpec {
+    /// A TAP the VMM opens by name.
+    pub fn new(tap_name: impl Into<String>, mac: [u8; 6]) -> Self {
+        TapSpec {
+            tap_name: tap_name.into(),
+            mac,
+            fd: None,
+        }
+    }
 }
 
 /// Longest virtio-blk serial the device can carry (`VIRTIO_BLK_ID_BYTES`).
@@ -237,10 +252,26 @@ impl VmSpec {
                 )));
             }
         }
-        if !self.taps.is_empty() {
-            return Err(Error::Unsupported(
-                "TAP devices are not supported by the VM backends yet".into(),
-            ));
+        for t in &self.taps {
+            if !crate::devices::virtio::net::tap::valid_name(&t.tap_name) {
+                return Err(Error::InvalidSpec(format!(
+                    "TAP name {:?} is not a valid interface name (1 to 15 bytes, no '/', ':', \
+                     '%' or whitespace)",
+                    t.tap_name
+                )));
+            }
+            if t.mac[0] & 1 != 0 || t.mac == [0; 6] {
+                return Err(Error::InvalidSpec(format!(
+                    "TAP {}: guest MAC {:02x?} is multicast or zero; use a unicast address",
+                    t.tap_name, t.mac
+                )));
+            }
+            if t.fd.is_some_and(|fd| fd < 3) {
+                return Err(Error::InvalidSpec(format!(
+                    "TAP {}: fd {:?} is not a TAP fd (0-2 are stdio)",
+                    t.tap_name, t.fd
+                )));
+            }
         }
         Ok(())
     }

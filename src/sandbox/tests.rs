@@ -138,6 +138,30 @@ fn husk_vmm_args_use_its_flags() {
         pair(&a, "--console"),
         [format!("file:{}", s.console_log.display())]
     );
+    assert!(pair(&a, "--net").is_empty());
+
+    s.taps = vec![
+        TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c]),
+        TapSpec {
+            fd: Some(9),
+            ..TapSpec::new("ctr-tap1", [2, 0, 0, 0, 0, 1])
+        },
+    ];
+    let a = husk_vmm::args(&s).unwrap();
+    let nets = pair(&a, "--net");
+    assert_eq!(
+        nets,
+        [
+            "tap=husk-tap0,mac=02:ab:00:00:00:0c",
+            "tap=ctr-tap1,mac=02:00:00:00:00:01,fd=9"
+        ]
+    );
+    // What husk-vmm's own flag parser makes of them.
+    let parsed: crate::vmm::config::NetConfig = nets[1].parse().unwrap();
+    assert_eq!(
+        (parsed.tap.as_deref(), parsed.fd, parsed.guest_mac().0),
+        (Some("ctr-tap1"), Some(9), [2, 0, 0, 0, 0, 1])
+    );
 
     s.disks[1].serial = Some("scratch".into());
     let err = husk_vmm::args(&s).unwrap_err();
@@ -186,11 +210,24 @@ fn validate_names_the_field_at_fault() {
     assert!(s.validate().is_err());
 
     let mut s = ok;
-    s.taps.push(TapSpec {
-        tap_name: "tap0".into(),
-        mac: [0; 6],
-    });
-    assert!(matches!(s.validate(), Err(Error::Unsupported(_))));
+    s.taps.push(TapSpec::new("tap0", [2, 0, 0, 0, 0, 1]));
+    s.validate().unwrap();
+    for bad in [
+        TapSpec::new("tap0", [0; 6]),
+        TapSpec::new("tap0", [1, 0, 0, 0, 0, 1]),
+        TapSpec::new("a/b", [2, 0, 0, 0, 0, 1]),
+        TapSpec::new("", [2, 0, 0, 0, 0, 1]),
+        TapSpec {
+            fd: Some(1),
+            ..TapSpec::new("tap0", [2, 0, 0, 0, 0, 1])
+        },
+    ] {
+        s.taps = vec![bad.clone()];
+        assert!(
+            matches!(s.validate(), Err(Error::InvalidSpec(_))),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
-use super::config::{ConsoleConfig, DiskConfig, FsConfig, VsockConfig};
+use super::config::{ConsoleConfig, DiskConfig, FsConfig, NetConfig, VsockConfig};
 use super::console::{ConsoleError, SerialInput};
 use super::device_manager::{irqfd, DeviceError, DeviceManager, EventLoop};
 use super::exit::{ExitReason, VmExit};
@@ -25,6 +25,7 @@ use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::block::{BackendError, Block};
 use crate::devices::virtio::fs::{self, VhostUserFs};
 use crate::devices::virtio::mmio::{self, attach_virtio_mmio, AttachedDevice};
+use crate::devices::virtio::net::{Net, Tap, TapError};
 use crate::devices::virtio::vsock::{self, Vsock};
 use crate::devices::virtio::VirtioDevice;
 use event_manager::SubscriberOps;
@@ -62,6 +63,16 @@ pub enum AttachError {
     /// The directory that should hold the vsock socket does not exist.
     #[error("vsock: directory {dir} for the socket {uds} does not exist; create it first")]
     VsockDir { uds: PathBuf, dir: PathBuf },
+    /// A --net TAP could not be opened or set up.
+    #[error("--net: {0}")]
+    Tap(#[from] TapError),
+    /// An inherited TAP fd is another interface than the name given beside it.
+    #[error("--net: fd {fd} is TAP {actual}, not {expected}")]
+    TapMismatch {
+        fd: i32,
+        actual: String,
+        expected: String,
+    },
     /// Placing a virtio device (window, GSI, ioeventfd, irqfd, cmdline) failed.
     #[error(transparent)]
     Virtio(#[from] mmio::AttachError),
@@ -135,6 +146,35 @@ pub fn attach_fs_devices(env: &mut DeviceEnv, shares: &[FsConfig]) -> Result<(),
         });
         let dev = VhostUserFs::connect(&share.tag, &share.socket, on_gone)?;
         attach_virtio(env, Box::new(dev))?;
+    }
+    Ok(())
+}
+
+/// One virtio-net device per NIC, on its TAP (opened by name, or the inherited fd).
+pub fn attach_net_devices(env: &mut DeviceEnv, nics: &[NetConfig]) -> Result<(), AttachError> {
+    for (i, nic) in nics.iter().enumerate() {
+        let tap = match (nic.fd, &nic.tap) {
+            (Some(fd), name) => {
+                let tap = Tap::from_raw_fd_checked(fd)?;
+                if let Some(n) = name.as_ref().filter(|n| n.as_str() != tap.name()) {
+                    return Err(AttachError::TapMismatch {
+                        fd,
+                        actual: tap.name().to_string(),
+                        expected: n.clone(),
+                    });
+                }
+                tap
+            }
+            (None, Some(name)) => Tap::open(name)?,
+            // validate() refuses this; a config built in code may not have been validated.
+            (None, None) => return Err(TapError::InvalidName(String::new()).into()),
+        };
+        log::debug!(
+            "virtio-net {i}: TAP {} offloads {:#x}",
+            tap.name(),
+            tap.supported_offloads()
+        );
+        attach_virtio(env, Box::new(Net::new(tap, nic.guest_mac().0, i)))?;
     }
     Ok(())
 }

@@ -145,6 +145,7 @@ impl Vmm {
             attach::attach_block_devices(&mut env, &cfg.disks)?;
             attach::attach_vsock(&mut env, cfg.vsock.as_ref())?;
             attach::attach_fs_devices(&mut env, &cfg.fs)?;
+            attach::attach_net_devices(&mut env, &cfg.net)?;
         }
 
         // The guest's software and the structures the boot protocol points it to.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::config::{ConfigError, ConsoleConfig, DiskConfig, FsConfig, VmmConfig, VsockConfig};
+use super::config::{
+    ConfigError, ConsoleConfig, DiskConfig, FsConfig, NetConfig, VmmConfig, VsockConfig,
+};
 
 /// Run one KVM microVM: a Linux kernel (ELF vmlinux or bzImage), an initramfs and a
 /// command line. Exits 0 when the guest resets (reboot, or poweroff with reboot=k).
@@ -51,6 +53,10 @@ pub struct Args {
     /// socket; repeatable. Guest memory becomes a shareable memfd.
     #[arg(long = "fs", value_name = "TAG,SOCKET")]
     pub fs: Vec<FsConfig>,
+    /// virtio-net device on a host TAP (opened by name, created if missing) or on an
+    /// inherited TAP fd; the MAC is derived from the name when not given. Repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,fd=N]")]
+    pub net: Vec<NetConfig>,
     /// Watchdog: end the VM with an error after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -96,6 +102,9 @@ impl Args {
         }
         if !self.fs.is_empty() {
             cfg.fs = self.fs;
+        }
+        if !self.net.is_empty() {
+            cfg.net = self.net;
         }
         if self.timeout.is_some() {
             cfg.timeout_secs = self.timeout;

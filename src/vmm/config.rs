@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::arch::x86_64::layout;
+pub use super::net_config::{MacAddr, NetConfig};
 
 /// Memory when nothing is asked for. Guest memory is mapped lazily (MAP_NORESERVE), so a
 /// larger default costs address space, not RSS.
@@ -47,6 +48,9 @@ pub enum ConfigError {
     /// Two shares with one tag: the guest could mount only one of them.
     #[error("fs tag {0:?} is given twice; give each share its own tag")]
     FsTagTwice(String),
+    /// A --net value (or a `net` entry of the config file) is unusable.
+    #[error("invalid net device {spec:?}: {why}")]
+    Net { spec: String, why: String },
     /// No kernel was given.
     #[error("no kernel given: pass --kernel PATH or a config file with \"kernel\"")]
     NoKernel,
@@ -57,12 +61,14 @@ pub enum ConfigError {
     #[error("memory must be at least 16 MiB and fit the host address space, got {0} MiB")]
     Memory(u32),
     /// More virtio devices than husk-vmm has interrupt lines for.
-    #[error("too many virtio devices: {disks} disk(s){vsock}{fs} need {want} IRQs, husk-vmm has {max} (lines {first}..={last}); attach fewer disks or merge read-only layers into one composite disk")]
+    #[error("too many virtio devices: {disks} disk(s){vsock}{fs}{net} need {want} IRQs, husk-vmm has {max} (lines {first}..={last}); attach fewer disks or merge read-only layers into one composite disk")]
     TooManyDevices {
         disks: usize,
         vsock: &'static str,
         /// " + N fs" when shares are configured, else empty.
         fs: String,
+        /// " + N net" when NICs are configured, else empty.
+        net: String,
         want: usize,
         max: usize,
         first: u32,
@@ -234,6 +240,9 @@ pub struct VmmConfig {
     /// virtio-fs shares; any share makes guest memory a shareable memfd.
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices on host TAPs.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Watchdog: end the VM with an error after this many seconds. A guest that halts with
     /// interrupts off never leaves KVM_RUN on some hosts, so this is the only way out then.
     #[serde(default)]
@@ -272,6 +281,7 @@ impl VmmConfig {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             timeout_secs: None,
             fast_exit: false,
         }
@@ -311,7 +321,16 @@ impl VmmConfig {
                 return Err(ConfigError::FsTagTwice(f.tag.clone()));
             }
         }
-        let want = self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len();
+        for n in &self.net {
+            n.check().map_err(|why| ConfigError::Net {
+                spec: serde_json::to_string(n).unwrap_or_default(),
+                why,
+            })?;
+        }
+        let want = self.disks.len()
+            + usize::from(self.vsock.is_some())
+            + self.fs.len()
+            + self.net.len();
         let max = (layout::IRQ_MAX - layout::IRQ_BASE + 1) as usize;
         if want > max {
             return Err(ConfigError::TooManyDevices {
@@ -321,6 +340,11 @@ impl VmmConfig {
                     String::new()
                 } else {
                     format!(" + {} fs", self.fs.len())
+                },
+                net: if self.net.is_empty() {
+                    String::new()
+                } else {
+                    format!(" + {} net", self.net.len())
                 },
                 want,
                 max,

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+pub mod net_config;
 pub mod probe;
 pub mod teardown;
 pub mod vcpu;
