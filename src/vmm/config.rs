@@ -327,10 +327,8 @@ impl VmmConfig {
                 why,
             })?;
         }
-        let want = self.disks.len()
-            + usize::from(self.vsock.is_some())
-            + self.fs.len()
-            + self.net.len();
+        let want =
+            self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len();
         let max = (layout::IRQ_MAX - layout::IRQ_BASE + 1) as usize;
         if want > max {
             return Err(ConfigError::TooManyDevices {

@@ -33,7 +33,8 @@ impl MacAddr {
 impl FromStr for MacAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid MAC address {s:?}: expected six hex pairs like 02:00:00:00:00:01");
+        let bad =
+            || format!("invalid MAC address {s:?}: expected six hex pairs like 02:00:00:00:00:01");
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for o in out.iter_mut() {
@@ -100,13 +101,17 @@ impl NetConfig {
                 ))
             }
             (_, Some(fd)) if fd < 3 => {
-                return Err(format!("fd={fd} is stdin/stdout/stderr or invalid; pass an fd >= 3"))
+                return Err(format!(
+                    "fd={fd} is stdin/stdout/stderr or invalid; pass an fd >= 3"
+                ))
             }
             _ => {}
         }
         if let Some(m) = self.mac {
             if !m.is_valid_unicast() {
-                return Err(format!("MAC {m} is multicast or zero; use a unicast address"));
+                return Err(format!(
+                    "MAC {m} is multicast or zero; use a unicast address"
+                ));
             }
         }
         Ok(())

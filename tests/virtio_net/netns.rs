@@ -3,6 +3,8 @@
 //! enters the namespace, creates what is asked (a TAP fd, a socket) and hands it back — fds
 //! keep their namespace wherever they are used afterwards.
 
+#![allow(dead_code)] // each test file uses part of it
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 

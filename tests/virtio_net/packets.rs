@@ -54,7 +54,14 @@ fn pseudo(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u32 {
 
 /// A UDP datagram (header + payload). `partial`: the checksum field holds only the
 /// pseudo-header sum, for a device that completes it (VIRTIO_NET_HDR_F_NEEDS_CSUM).
-pub fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, data: &[u8], partial: bool) -> Vec<u8> {
+pub fn udp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    data: &[u8],
+    partial: bool,
+) -> Vec<u8> {
     let len = 8 + data.len();
     let mut u = Vec::with_capacity(len);
     u.extend_from_slice(&sport.to_be_bytes());

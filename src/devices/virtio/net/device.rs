@@ -160,7 +160,10 @@ impl VirtioDevice for Net {
         let (Some(rxq), Some(txq), Some(rx_evt), Some(tx_evt)) =
             (queues.next(), queues.next(), evts.next(), evts.next())
         else {
-            return Err(ActivateError::QueueCount { expected: n, got: 0 });
+            return Err(ActivateError::QueueCount {
+                expected: n,
+                got: 0,
+            });
         };
         let handler = NetHandler::new(
             ctx.mem,
@@ -211,10 +214,7 @@ mod tests {
         assert_eq!(offload_features(0), 0);
         // TSO without checksum offload is not something a TAP can do.
         assert_eq!(offload_features(libc::TUN_F_TSO4), 0);
-        assert_eq!(
-            offload_features(libc::TUN_F_CSUM),
-            f::CSUM | f::GUEST_CSUM
-        );
+        assert_eq!(offload_features(libc::TUN_F_CSUM), f::CSUM | f::GUEST_CSUM);
         // A guest that took GUEST_TSO4 without GUEST_CSUM gets neither.
         assert_eq!(tun_offloads_for(f::GUEST_TSO4), 0);
         assert_eq!(

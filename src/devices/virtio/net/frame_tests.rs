@@ -27,10 +27,16 @@ fn hdr(flags: u8, gso: u8, gso_size: u16) -> [u8; HDR_LEN] {
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
-fn tx(m: &GuestMemory, descs: &[RawDescriptor], acked: u64) -> Result<(usize, Vec<u8>), FrameError> {
+fn tx(
+    m: &GuestMemory,
+    descs: &[RawDescriptor],
+    acked: u64,
+) -> Result<(usize, Vec<u8>), FrameError> {
     let vq = MockSplitQueue::new(m, 16);
     let chain = vq.build_desc_chain(descs).unwrap();
     let mut buf = vec![0u8; MAX_TX_CHAIN];
@@ -69,7 +75,10 @@ fn hostile_tx_chains_are_refused() {
         tx(&m, &[d(A, 12, 0), d(B, 60, W)], 0).unwrap_err(),
         FrameError::WriteOnlyInTx
     );
-    assert_eq!(tx(&m, &[d(A, 12, 0)], 0).unwrap_err(), FrameError::TooShort(12));
+    assert_eq!(
+        tx(&m, &[d(A, 12, 0)], 0).unwrap_err(),
+        FrameError::TooShort(12)
+    );
     assert_eq!(
         tx(&m, &[d(A, 12, 0), d(B, 13, 0)], 0).unwrap_err(),
         FrameError::TooShort(25)
@@ -136,7 +145,10 @@ fn tx_offloads_need_their_features() {
     assert!(matches!(run(csum, 0), Err(FrameError::Offload(_))));
     run(csum, features::CSUM).unwrap();
     let tso4 = hdr(hdr::F_NEEDS_CSUM, hdr::GSO_TCPV4, 1448);
-    assert!(matches!(run(tso4, features::CSUM), Err(FrameError::Offload(_))));
+    assert!(matches!(
+        run(tso4, features::CSUM),
+        Err(FrameError::Offload(_))
+    ));
     run(tso4, features::CSUM | features::HOST_TSO4).unwrap();
     let tso6 = hdr(hdr::F_NEEDS_CSUM, hdr::GSO_TCPV6, 1428);
     assert!(matches!(
@@ -151,7 +163,10 @@ fn tx_offloads_need_their_features() {
         hdr(0, hdr::GSO_UDP, 1448),
         hdr(0, 0x42, 1448),
     ] {
-        assert!(matches!(run(bad, all), Err(FrameError::Offload(_))), "{bad:?}");
+        assert!(
+            matches!(run(bad, all), Err(FrameError::Offload(_))),
+            "{bad:?}"
+        );
     }
     // DATA_VALID is meaningless on tx and harmless.
     run(hdr(hdr::F_DATA_VALID, 0, 0), 0).unwrap();

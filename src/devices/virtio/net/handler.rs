@@ -149,7 +149,6 @@ impl<B: NetBackend> NetHandler<B> {
         }
     }
 
-
     /// Moves up to [`FRAME_BUDGET`] tx chains onto the TAP; returns how many were consumed.
     pub fn process_tx(&mut self) -> usize {
         if self.tx_broken {

@@ -153,7 +153,12 @@ impl Rig {
             .map(|(i, &(a, l, f))| {
                 let last = i + 1 == bufs.len();
                 let next = base + i as u16 + 1;
-                (a, l, if last { f } else { f | N }, if last { 0 } else { next })
+                (
+                    a,
+                    l,
+                    if last { f } else { f | N },
+                    if last { 0 } else { next },
+                )
             })
             .collect();
         self.push_raw(q, &descs);
@@ -223,7 +228,7 @@ fn hostile_tx_chains_are_used_and_counted() {
     r.push_chain(TXQ, &[(a, 12, 0), (a + 12, 60, W)]); // write-only
     r.push_chain(TXQ, &[(a, 12, 0)]); // header only
     r.push_chain(TXQ, &[(a, 12, 0), (64 << 20, 60, 0)]); // outside memory
-    // A loop: 4 -> 5 -> 4.
+                                                         // A loop: 4 -> 5 -> 4.
     r.push_raw(TXQ, &[(a, 12, N, 5), (a + 12, 60, N, 4)]);
     // A chain over the size limit.
     r.push_chain(TXQ, &[(a, 12, 0), (a, 65536, 0), (a, 65536, 0)]);
@@ -245,7 +250,11 @@ fn rx_defers_without_buffers_and_resumes() {
     assert_eq!(r.h.h_backend_queued(), 3, "nothing read without a buffer");
     let b0 = r.rx_buffer(2048);
     assert_eq!(r.h.process_rx(), RxStop::NoBuffers);
-    assert_eq!(r.h.h_backend_queued(), 2, "exactly one frame taken for one buffer");
+    assert_eq!(
+        r.h.h_backend_queued(),
+        2,
+        "exactly one frame taken for one buffer"
+    );
     let b1 = r.rx_buffer(2048);
     let b2 = r.rx_buffer(2048);
     r.rx_buffer(2048); // a spare: rx ends because the TAP is empty
@@ -270,7 +279,7 @@ fn a_bad_rx_chain_is_returned_and_the_frame_waits_for_the_next() {
     let a = r.alloc(4096);
     r.push_chain(RXQ, &[(a, 12, W), (a + 12, 2000, 0)]); // device-readable
     r.push_chain(RXQ, &[(a, 2048, W), (60 << 20, 2048, W)]); // outside memory
-    // Descriptor 3 names itself as next: a loop.
+                                                             // Descriptor 3 names itself as next: a loop.
     r.push_raw(RXQ, &[(a, 2048, W | N, 3)]);
     let good = r.rx_buffer(2048);
     assert_eq!(r.h.process_rx(), RxStop::NoBuffers);

@@ -22,7 +22,9 @@ pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("invalid TAP name {0:?}: use 1 to {MAX_NAME_LEN} bytes, no '/', ':', whitespace or NUL")]
+    #[error(
+        "invalid TAP name {0:?}: use 1 to {MAX_NAME_LEN} bytes, no '/', ':', whitespace or NUL"
+    )]
     InvalidName(String),
     #[error("cannot open /dev/net/tun: {0} (is the tun module loaded, and are we root or CAP_NET_ADMIN?)")]
     OpenTun(io::Error),
@@ -30,7 +32,9 @@ pub enum TapError {
     SetIff { name: String, source: io::Error },
     #[error("fd {fd} is not an open TUN/TAP fd: {source}")]
     NotTun { fd: RawFd, source: io::Error },
-    #[error("fd {fd} is TAP {name} without {missing}; open it with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR")]
+    #[error(
+        "fd {fd} is TAP {name} without {missing}; open it with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR"
+    )]
     WrongFlags {
         fd: RawFd,
         name: String,
@@ -63,7 +67,11 @@ impl IfReq {
     }
 
     fn name(&self) -> String {
-        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         String::from_utf8_lossy(&self.name[..end]).into_owned()
     }
 }
@@ -260,7 +268,16 @@ mod tests {
 
     #[test]
     fn names_are_checked_before_any_syscall() {
-        for bad in ["", ".", "..", "a/b", "eth0:1", "tap%d", "a b", "0123456789abcdef"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "eth0:1",
+            "tap%d",
+            "a b",
+            "0123456789abcdef",
+        ] {
             assert!(
                 matches!(Tap::open(bad), Err(TapError::InvalidName(_))),
                 "{bad:?}"

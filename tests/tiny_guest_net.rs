@@ -1,0 +1,123 @@
+//! husk-vmm's virtio-net device under the real /dev/kvm: the tiny probe guest
+//! (tests/guests/virtio_probe.S) reads the registers of every announced virtio-mmio window
+//! through real MMIO exits. husk-vmm runs inside a network namespace the test creates, so
+//! the TAP it opens by name lives (and dies) there; the flag errors are checked too.
+
+mod common;
+#[path = "virtio_net/netns.rs"]
+mod netns;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{bin, husk_vmm, run_limited, text};
+
+const PROBE: &str = env!("HUSK_GUEST_VIRTIO_PROBE");
+const MARKER: &str = env!("HUSK_GUEST_MARKER");
+const LIMIT: Duration = Duration::from_secs(40);
+
+#[test]
+fn probe_guest_sees_the_net_device_after_a_disk() {
+    let test = "probe_guest_sees_the_net_device_after_a_disk";
+    if let Some(why) = netns::unavailable() {
+        common::not_run(test, &why, true);
+        return;
+    }
+    if !common::kvm_available(test) {
+        return;
+    }
+    let ns = netns::Netns::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("disk image");
+    let vmm = bin("husk-vmm");
+    let args = [
+        "netns",
+        "exec",
+        &ns.name,
+        vmm.to_str().expect("utf-8 path"),
+        "--kernel",
+        PROBE,
+        "--memory",
+        "64",
+        "--timeout",
+        "30",
+        "--disk",
+        img.to_str().expect("utf-8 path"),
+        "--net",
+        "tap=hnp0,mac=02:00:00:00:00:0a",
+    ];
+    let (out, _) = run_limited(Path::new("ip"), &args, LIMIT);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr: {}\nguest: {stdout}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr), "", "guest: {stdout}");
+    // The disk first, then the NIC: the order husk-vmm attaches them in.
+    assert!(
+        stdout.contains("virtio_mmio.device=4K@0xd0001000:6"),
+        "{stdout}"
+    );
+    let line = "VIRTIO@d0001000 MAGIC=74726976 VERSION=00000002 DEVICE=00000001 VENDOR=4b535548\n";
+    assert!(stdout.contains(line), "want {line:?} in {stdout}");
+    assert!(stdout.ends_with("DEVICES=02\n"), "{stdout}");
+    // The TAP was the VMM's (not persistent): gone with it.
+    let links = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ip", "-o", "link"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !text(&links.stdout).contains("hnp0"),
+        "{}",
+        text(&links.stdout)
+    );
+}
+
+#[test]
+fn net_flag_errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = ["--kernel", MARKER, "--memory", "64", "--timeout", "20"];
+    // Flag values clap refuses: its error line names the problem.
+    let refused = |extra: &[&str], what: &str| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (out, _) = husk_vmm(&args, LIMIT);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(what), "want {what:?}: {stderr}");
+    };
+    refused(&["--net", "tap=a/b"], "TAP name \"a/b\"");
+    refused(&["--net", "tap=t0,mac=01:00:00:00:00:01"], "multicast");
+    refused(&["--net", "tap=t0,vhost=on"], "unknown part");
+    // Errors husk-vmm finds itself: one line, status 1.
+    let run = |extra: &[&str], what: &str, before_kvm: bool| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (out, _) = husk_vmm(&args, LIMIT);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+        assert!(stderr.starts_with("husk-vmm: "), "{stderr}");
+        assert!(
+            stderr.contains(what) || (!before_kvm && stderr.contains("/dev/kvm")),
+            "want {what:?}: {stderr}"
+        );
+    };
+    // An fd that is not open is refused by number, not closed later by accident.
+    run(
+        &["--net", "fd=987"],
+        "fd 987 is not an open TUN/TAP fd",
+        false,
+    );
+    // A config file reaches the same validation.
+    let cfg = dir.path().join("vm.json");
+    let json = serde_json::json!({ "kernel": MARKER, "net": [{ "mac": "02:00:00:00:00:01" }] });
+    std::fs::write(&cfg, json.to_string()).expect("write config");
+    run(
+        &["--config", cfg.to_str().unwrap()],
+        "give tap=NAME or fd=N",
+        true,
+    );
+}
