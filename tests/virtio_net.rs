@@ -458,6 +458,65 @@ fn a_host_flood_waits_for_buffers_and_moves_in_budgeted_batches() {
     }
 }
 
+#[test]
+fn a_reset_device_comes_back_with_new_features_and_traffic_flows() {
+    if skip("a_reset_device_comes_back_with_new_features_and_traffic_flows") {
+        return;
+    }
+    let offloads = f::CSUM | f::GUEST_CSUM;
+    let mut g = Guest::new(offloads, 8);
+    let host = g.host_udp(5570);
+    host.send_to(&payload(100, 1), "10.77.0.2:4470").unwrap();
+    let got = g.recv(is_udp_to(4470));
+    assert_eq!(got[0] & hdr::F_NEEDS_CSUM, hdr::F_NEEDS_CSUM);
+
+    // The driver resets and comes back without offloads: the TAP must be told, or the
+    // host would keep handing over frames with partial checksums.
+    g.h.reset();
+    g.h.free_all();
+    g.rx_bufs.clear();
+    g.h.init(f::MAC, 2, QSIZE);
+    g.tx_base = g.h.alloc(TX_SLOT * u64::from(QSIZE));
+    for _ in 0..8 {
+        let a = g.h.alloc(u64::from(RX_BUF));
+        g.post_rx(a);
+    }
+    g.h.notify(RXQ);
+    host.send_to(&payload(100, 2), "10.77.0.2:4470").unwrap();
+    let got = g.recv(is_udp_to(4470));
+    assert_eq!(
+        got[0], 0,
+        "no NEEDS_CSUM after renegotiating without GUEST_CSUM"
+    );
+    let ip = parse_ipv4(&got[HDR_LEN..]).unwrap();
+    assert!(udp_checksum_ok(&ip));
+    let fr = g.udp_frame(4470, 5570, &payload(64, 3), false);
+    g.send(no_offload(), &fr);
+    let mut buf = [0u8; 256];
+    assert_eq!(host.recv(&mut buf).unwrap(), 64);
+}
+
+#[test]
+fn a_persistent_tap_made_by_ip_tuntap_is_attached_by_name() {
+    if skip("a_persistent_tap_made_by_ip_tuntap_is_attached_by_name") {
+        return;
+    }
+    // What host network code typically does: create the TAP (without vnet_hdr), put it on
+    // a bridge, and let the VMM attach.
+    let ns = Netns::new();
+    ns.ip(&["tuntap", "add", "dev", "hnt5", "mode", "tap"]);
+    let tap = ns
+        .enter(|| Tap::open("hnt5"))
+        .expect("attach to the persistent TAP");
+    assert_eq!(tap.name(), "hnt5");
+    assert_ne!(tap.supported_offloads() & libc::TUN_F_CSUM, 0);
+    // Only one process may hold a single-queue TAP.
+    let again = ns.enter(|| Tap::open("hnt5"));
+    assert!(matches!(again, Err(TapError::SetIff { .. })), "{again:?}");
+    drop(tap);
+    ns.ip(&["link", "show", "hnt5"]); // still there: persistent
+}
+
 /// Opens a TUN/TAP queue inside `ns` the way host network code would, returning the fd.
 fn raw_tun_fd(ns: &Netns, name: &'static str, flags: libc::c_int) -> OwnedFd {
     ns.enter(move || {
