@@ -126,7 +126,7 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
 
 /// Lets the VMM inherit `fds` (pre-opened TAPs) under the same numbers: they are cleared of
 /// close-on-exec in the child only, so the parent's copies stay private to it.
-fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+pub(super) fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
     if fds.is_empty() {
         return;
     }

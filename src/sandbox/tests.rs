@@ -560,3 +560,28 @@ fn shared_dirs_are_validated() {
     let sock = virtiofsd::socket_for(&s.console_log, 0);
     assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
 }
+
+#[test]
+fn husk_vmm_inherits_pre_opened_tap_fds_only() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // std opens with O_CLOEXEC: neither would reach the child on its own.
+    let fa = std::fs::File::create(&a).unwrap();
+    let fb = std::fs::File::create(&b).unwrap();
+    let (na, nb) = (fa.as_raw_fd(), fb.as_raw_fd());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "readlink /proc/self/fd/{na}; readlink /proc/self/fd/{nb} || echo closed"
+    ));
+    husk_vmm::inherit_fds(&mut cmd, vec![na]);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, format!("{}\nclosed\n", a.display()));
+    // The parent's copy keeps close-on-exec.
+    // SAFETY: F_GETFD only reads the descriptor flags.
+    assert_ne!(
+        unsafe { libc::fcntl(na, libc::F_GETFD) } & libc::FD_CLOEXEC,
+        0
+    );
+}
