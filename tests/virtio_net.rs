@@ -71,18 +71,13 @@ fn payload(n: usize, seed: u8) -> Vec<u8> {
 /// guest's address as a permanent neighbour (no ARP), and no IPv6 chatter.
 fn host_side() -> (Netns, Tap) {
     let ns = Netns::new();
-    for k in ["all", "default"] {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
-            .arg(format!("net.ipv6.conf.{k}.disable_ipv6=1"))
-            .output()
-            .expect("sysctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    ns.enter(|| {
+        for k in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1")
+                .expect("disable IPv6 in the namespace");
+        }
+    });
     let tap = ns
         .enter(|| Tap::open(TAP))
         .expect("open TAP in the namespace");
