@@ -240,7 +240,20 @@ fn udp_guest_to_host_and_back() {
     if skip("udp_guest_to_host_and_back") {
         return;
     }
-    let mut g = Guest::new(0, 16);
+    udp_both_ways(0);
+}
+
+#[test]
+fn udp_both_ways_with_event_idx() {
+    if skip("udp_both_ways_with_event_idx") {
+        return;
+    }
+    udp_both_ways(f::RING_EVENT_IDX);
+}
+
+fn udp_both_ways(features: u64) {
+    let mut g = Guest::new(features, 16);
+    assert_eq!(g.h.device_features() & features, features);
     assert_eq!(g.h.read_config(0, 6), GUEST_MAC, "MAC in config space");
     assert_eq!(g.h.read_config(6, 2), [1, 0], "link up");
     let host = g.host_udp(5555);
