@@ -45,8 +45,8 @@ struct Guest {
     ns: Netns,
     stats: Arc<NetStats>,
     host_mac: [u8; 6],
-    /// rx chain head → its buffer.
-    rx_bufs: HashMap<u16, GuestAddress>,
+    /// rx chain head → its buffer and length.
+    rx_bufs: HashMap<u16, (GuestAddress, u32)>,
     tx_base: GuestAddress,
     tx_next: u64,
 }
@@ -130,8 +130,12 @@ impl Guest {
     }
 
     fn post_rx(&mut self, a: GuestAddress) {
-        let head = self.h.add_chain(RXQ, &[Buf::w(a, RX_BUF)]);
-        self.rx_bufs.insert(head, a);
+        self.post_rx_len(a, RX_BUF);
+    }
+
+    fn post_rx_len(&mut self, a: GuestAddress, len: u32) {
+        let head = self.h.add_chain(RXQ, &[Buf::w(a, len)]);
+        self.rx_bufs.insert(head, (a, len));
     }
 
     /// Next received frame (vnet header included) that `want` accepts; its buffer is
@@ -144,9 +148,9 @@ impl Guest {
                 .h
                 .wait_used(RXQ, 1, left)
                 .expect("no frame reached the guest")[0];
-            let a = self.rx_bufs[&(id as u16)];
+            let (a, buf_len) = self.rx_bufs[&(id as u16)];
             let frame = self.h.read(a, len as usize);
-            self.post_rx(a);
+            self.post_rx_len(a, buf_len);
             self.h.notify(RXQ);
             if len as usize > HDR_LEN && want(&frame[HDR_LEN..]) {
                 return frame;
@@ -361,6 +365,111 @@ fn checksum_offload_is_negotiated_and_used_both_ways() {
     g2.send(vh, &fr);
     assert_eq!(g2.stat(|s| &s.tx_rejected), 1);
     assert_eq!(g2.stat(|s| &s.tx_frames), 0);
+}
+
+/// TCP segmentation offload both ways over a real TCP connection to a host socket: the
+/// "guest" does the handshake by hand, sends one 4000-byte segment for the host to cut
+/// (HOST_TSO4), and receives the host's data as segments larger than the MTU (GUEST_TSO4).
+#[test]
+fn tcp_segmentation_offload_both_ways() {
+    if skip("tcp_segmentation_offload_both_ways") {
+        return;
+    }
+    let tso = f::CSUM | f::GUEST_CSUM | f::HOST_TSO4 | f::GUEST_TSO4;
+    let mut g = Guest::new(tso, 0);
+    // Without MRG_RXBUF a TSO guest posts buffers for a whole 64 KiB packet.
+    for _ in 0..8 {
+        let a = g.h.alloc(65562 + HDR_LEN as u64);
+        g.post_rx_len(a, 65562 + HDR_LEN as u32);
+    }
+    g.h.notify(RXQ);
+    let listener =
+        g.ns.enter(|| std::net::TcpListener::bind("10.77.0.1:7000"))
+            .unwrap();
+    let ports = (40000u16, 7000u16);
+    let is_tcp = |fr: &[u8]| parse_ipv4(fr).is_some_and(|ip| ip.proto == PROTO_TCP);
+    let send_tcp = |g: &mut Guest, seq: u32, ack: u32, flags: u8, opts: &[u8]| {
+        let t = tcp(GUEST_IP, HOST_IP, ports, seq, ack, flags, opts, &[], false);
+        let fr = eth(
+            g.host_mac,
+            GUEST_MAC,
+            ETH_IP,
+            &ipv4(GUEST_IP, HOST_IP, PROTO_TCP, &t),
+        );
+        g.send(no_offload(), &fr);
+    };
+    // Handshake, MSS 1460.
+    let isn = 1_000_000u32;
+    send_tcp(&mut g, isn, 0, TCP_SYN, &[2, 4, 0x05, 0xb4]);
+    let synack = g.recv(is_tcp);
+    let ip = parse_ipv4(&synack[HDR_LEN..]).unwrap();
+    assert_eq!(ip.payload[13] & (TCP_SYN | TCP_ACK), TCP_SYN | TCP_ACK);
+    let host_isn = u32::from_be_bytes(ip.payload[4..8].try_into().unwrap());
+    send_tcp(&mut g, isn + 1, host_isn + 1, TCP_ACK, &[]);
+    listener.set_nonblocking(false).unwrap();
+    let (mut conn, _) = listener.accept().expect("host accepts");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+
+    // Guest → host: one 4000-byte segment; the host's stack takes it as GSO (MSS 1448).
+    let data = payload(4000, 7);
+    let t = tcp(
+        GUEST_IP,
+        HOST_IP,
+        ports,
+        isn + 1,
+        host_isn + 1,
+        TCP_ACK | TCP_PSH,
+        &[],
+        &data,
+        true,
+    );
+    let fr = eth(
+        g.host_mac,
+        GUEST_MAC,
+        ETH_IP,
+        &ipv4(GUEST_IP, HOST_IP, PROTO_TCP, &t),
+    );
+    let mut vh = no_offload();
+    vh[0] = hdr::F_NEEDS_CSUM;
+    vh[1] = hdr::GSO_TCPV4;
+    vh[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    vh[4..6].copy_from_slice(&1448u16.to_le_bytes()); // gso_size
+    vh[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    vh[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    g.send(vh, &fr);
+    let mut got = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut conn, &mut got).expect("host reads the offloaded segment");
+    assert_eq!(got, data);
+
+    // Host → guest: 30000 bytes; the TAP hands over GSO frames bigger than the MTU.
+    let out = payload(30000, 9);
+    std::io::Write::write_all(&mut conn, &out).unwrap();
+    let mut stream = Vec::new();
+    let mut biggest = 0usize;
+    let mut gso_seen = false;
+    while stream.len() < 2 * 1460 {
+        let fr = g.recv(is_tcp);
+        let ip = parse_ipv4(&fr[HDR_LEN..]).unwrap();
+        let doff = usize::from(ip.payload[12] >> 4) * 4;
+        let seq = u32::from_be_bytes(ip.payload[4..8].try_into().unwrap());
+        let body = &ip.payload[doff..];
+        if body.is_empty() || seq != host_isn + 1 + stream.len() as u32 {
+            continue; // an ACK or a retransmission
+        }
+        if fr[1] == hdr::GSO_TCPV4 {
+            gso_seen = true;
+            assert_eq!(fr[0] & hdr::F_NEEDS_CSUM, hdr::F_NEEDS_CSUM);
+            assert!(u16::from_le_bytes([fr[4], fr[5]]) > 0, "gso_size");
+        }
+        biggest = biggest.max(body.len());
+        stream.extend_from_slice(body);
+    }
+    assert!(gso_seen, "no GSO frame reached the guest");
+    assert!(
+        biggest > 1460,
+        "largest segment {biggest} fits the MTU: no GSO"
+    );
+    assert_eq!(&stream[..], &out[..stream.len()], "TCP stream intact");
 }
 
 #[test]
@@ -616,8 +725,8 @@ fn bench_throughput() {
         };
         for (id, len) in used {
             bytes += u64::from(len).saturating_sub(42 + HDR_LEN as u64);
-            let a = g.rx_bufs[&(id as u16)];
-            g.post_rx(a);
+            let (a, len) = g.rx_bufs[&(id as u16)];
+            g.post_rx_len(a, len);
         }
         g.h.notify(RXQ);
     }

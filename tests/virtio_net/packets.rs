@@ -130,3 +130,44 @@ pub fn udp_checksum_ok(ip: &Ip<'_>) -> bool {
     }
     csum_fold(csum_add(pseudo(ip.src, ip.dst, PROTO_UDP, u.len()), u)) == 0xffff
 }
+
+pub const PROTO_TCP: u8 = 6;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_PSH: u8 = 0x08;
+
+/// A TCP segment (header + `opts` + data). `partial`: the checksum field holds only the
+/// pseudo-header sum (over the full TCP length), as a device offloading it expects.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    opts: &[u8],
+    data: &[u8],
+    partial: bool,
+) -> Vec<u8> {
+    let hlen = 20 + opts.len();
+    let mut t = Vec::with_capacity(hlen + data.len());
+    t.extend_from_slice(&ports.0.to_be_bytes());
+    t.extend_from_slice(&ports.1.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.push(((hlen / 4) as u8) << 4);
+    t.push(flags);
+    t.extend_from_slice(&65535u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t.extend_from_slice(opts);
+    t.extend_from_slice(data);
+    let ph = pseudo(src, dst, PROTO_TCP, t.len());
+    let c = if partial {
+        csum_fold(ph)
+    } else {
+        !csum_fold(csum_add(ph, &t))
+    };
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
