@@ -180,7 +180,7 @@ impl<B: NetBackend> NetHandler<B> {
                     }
                 }
                 if let Err(e) = self.txq.add_used(&self.mem, head, 0) {
-                    log::warn!("virtio-net: tx add_used({head}): {e}");
+                    log::debug!("virtio-net: tx add_used({head}): {e}");
                 }
                 done += 1;
                 if done >= FRAME_BUDGET {
@@ -263,7 +263,7 @@ impl<B: NetBackend> NetHandler<B> {
                     NetStats::inc(&self.stats.rx_bytes, (self.rx_pending - HDR_LEN) as u64);
                     self.rx_pending = 0;
                     if let Err(e) = self.rxq.add_used(&self.mem, head, len) {
-                        log::warn!("virtio-net: rx add_used({head}): {e}");
+                        log::debug!("virtio-net: rx add_used({head}): {e}");
                     }
                     used = true;
                 }
@@ -279,7 +279,7 @@ impl<B: NetBackend> NetHandler<B> {
                     log::debug!("virtio-net: refusing rx chain {head}: {e}");
                     NetStats::inc(&self.stats.rx_bad_chains, 1);
                     if let Err(e) = self.rxq.add_used(&self.mem, head, 0) {
-                        log::warn!("virtio-net: rx add_used({head}): {e}");
+                        log::debug!("virtio-net: rx add_used({head}): {e}");
                     }
                     used = true;
                 }
