@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{bin, husk_vmm, run_limited, text};
 
 const PROBE: &str = env!("HUSK_GUEST_VIRTIO_PROBE");
+const NET: &str = env!("HUSK_GUEST_VIRTIO_NET");
 const MARKER: &str = env!("HUSK_GUEST_MARKER");
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -74,6 +75,95 @@ fn probe_guest_sees_the_net_device_after_a_disk() {
         "{}",
         text(&links.stdout)
     );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The net guest (tests/guests/virtio_net.S) sends a UDP datagram through the TAP and
+/// receives the host's answer: tx through a KVM ioeventfd, rx into the guest's own buffer,
+/// the MAC from config space. The TAP is opened by the test inside its namespace and
+/// handed to husk-vmm as an inherited fd, as host network code does.
+#[test]
+fn net_guest_sends_and_receives_through_an_inherited_tap_fd() {
+    let test = "net_guest_sends_and_receives_through_an_inherited_tap_fd";
+    if let Some(why) = netns::unavailable() {
+        common::not_run(test, &why, true);
+        return;
+    }
+    if !common::kvm_available(test) {
+        return;
+    }
+    let ns = netns::Netns::new();
+    ns.disable_ipv6();
+    let tap = ns.open_tun("hnk0", libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "hnk0"]);
+    ns.ip(&["link", "set", "hnk0", "up"]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.77.0.2",
+        "lladdr",
+        "02:00:00:00:00:0a",
+        "dev",
+        "hnk0",
+        "nud",
+        "permanent",
+    ]);
+    let host = ns
+        .enter(|| std::net::UdpSocket::bind("10.77.0.1:5555"))
+        .expect("bind in the namespace");
+    host.set_read_timeout(Some(LIMIT)).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = tap.as_raw_fd();
+    // SAFETY: F_SETFD on our own fd: husk-vmm (and only exec'd children) inherit it.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let net = format!("tap=hnk0,fd={fd},mac=02:00:00:00:00:0a");
+    let vmm = std::thread::spawn(move || {
+        let args = [
+            "--kernel",
+            NET,
+            "--memory",
+            "64",
+            "--timeout",
+            "30",
+            "--net",
+            &net,
+        ];
+        husk_vmm(&args, LIMIT)
+    });
+    let mut buf = [0u8; 64];
+    let got = host.recv_from(&mut buf);
+    if let Ok((n, from)) = &got {
+        assert_eq!(&buf[..*n], b"HUSK-GUEST-NET-1");
+        assert_eq!(from.to_string(), "10.77.0.2:4444");
+        host.send_to(b"HUSK-HOST-REPLY!", "10.77.0.2:4444").unwrap();
+    }
+    let (out, _) = vmm.join().expect("husk-vmm thread");
+    let stdout = text(&out.stdout);
+    assert!(
+        got.is_ok(),
+        "host got nothing: {got:?}\nguest: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{:?} {}\nguest: {stdout}",
+        out.status,
+        text(&out.stderr)
+    );
+    for want in [
+        "DEVICE=00000001 STATUS=0000000f MAC=02000000000a\n",
+        "TX_USED=00000001\n",
+        // vnet header + Ethernet + IPv4 + UDP + 16 bytes.
+        &format!(
+            "RX_LEN=00000046 RX_DATA={}\nDONE\n",
+            hex(b"HUSK-HOST-REPLY!")
+        ),
+    ] {
+        assert!(stdout.contains(want), "want {want:?} in {stdout}");
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod packets;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,13 +72,7 @@ fn payload(n: usize, seed: u8) -> Vec<u8> {
 /// guest's address as a permanent neighbour (no ARP), and no IPv6 chatter.
 fn host_side() -> (Netns, Tap) {
     let ns = Netns::new();
-    // /proc/sys/net shows the namespace of the thread that opens it.
-    ns.enter(|| {
-        for k in ["all", "default"] {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1")
-                .expect("disable IPv6 in the namespace");
-        }
-    });
+    ns.disable_ipv6();
     let tap = ns
         .enter(|| Tap::open(TAP))
         .expect("open TAP in the namespace");
@@ -728,40 +722,20 @@ fn a_persistent_tap_made_by_ip_tuntap_is_attached_by_name() {
     ns.ip(&["link", "show", "hnt5"]); // still there: persistent
 }
 
-/// Opens a TUN/TAP queue inside `ns` the way host network code would, returning the fd.
-fn raw_tun_fd(ns: &Netns, name: &'static str, flags: libc::c_int) -> OwnedFd {
-    ns.enter(move || {
-        // SAFETY: plain open/ioctl; the ifreq buffer is 40 bytes as TUNSETIFF expects.
-        unsafe {
-            let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            assert!(fd >= 0);
-            let mut req = [0u8; 40];
-            req[..name.len()].copy_from_slice(name.as_bytes());
-            req[16..18].copy_from_slice(&(flags as i16).to_ne_bytes());
-            assert_eq!(libc::ioctl(fd, libc::TUNSETIFF, req.as_mut_ptr()), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
-    })
-}
-
 #[test]
 fn a_tap_fd_from_another_namespace_is_taken_and_checked() {
     if skip("a_tap_fd_from_another_namespace_is_taken_and_checked") {
         return;
     }
     let ns = Netns::new();
-    let fd = raw_tun_fd(
-        &ns,
-        "hnt9",
-        libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
-    );
+    let fd = ns.open_tun("hnt9", libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
     let tap = Tap::from_fd(fd).expect("a proper TAP fd");
     assert_eq!(tap.name(), "hnt9");
     assert_ne!(tap.supported_offloads() & libc::TUN_F_CSUM, 0);
     // It is not in our namespace: opening it by name here would have created another one.
     assert!(!std::path::Path::new("/sys/class/net/hnt9").exists());
 
-    let no_vnet = raw_tun_fd(&ns, "hnt8", libc::IFF_TAP | libc::IFF_NO_PI);
+    let no_vnet = ns.open_tun("hnt8", libc::IFF_TAP | libc::IFF_NO_PI);
     let e = Tap::from_fd(no_vnet).unwrap_err();
     assert!(
         matches!(
@@ -773,11 +747,7 @@ fn a_tap_fd_from_another_namespace_is_taken_and_checked() {
         ),
         "{e}"
     );
-    let tun = raw_tun_fd(
-        &ns,
-        "hnt7",
-        libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
-    );
+    let tun = ns.open_tun("hnt7", libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
     assert!(matches!(
         Tap::from_fd(tun),
         Err(TapError::WrongFlags { .. })

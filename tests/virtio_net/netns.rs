@@ -96,3 +96,35 @@ impl Drop for Netns {
             .status();
     }
 }
+
+impl Netns {
+    /// Opens TUN/TAP `name` inside the namespace the way host network code would (raw
+    /// TUNSETIFF with `flags`), returning the fd; the interface lives while the fd does.
+    pub fn open_tun(&self, name: &'static str, flags: libc::c_int) -> std::os::fd::OwnedFd {
+        self.enter(move || {
+            use std::os::fd::FromRawFd;
+            // SAFETY: plain open/ioctl; the 40-byte buffer is the ifreq TUNSETIFF expects.
+            unsafe {
+                let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                assert!(fd >= 0, "open /dev/net/tun");
+                let mut req = [0u8; 40];
+                req[..name.len()].copy_from_slice(name.as_bytes());
+                req[16..18].copy_from_slice(&(flags as i16).to_ne_bytes());
+                assert_eq!(libc::ioctl(fd, libc::TUNSETIFF, req.as_mut_ptr()), 0);
+                std::os::fd::OwnedFd::from_raw_fd(fd)
+            }
+        })
+    }
+
+    /// Turns IPv6 off in the namespace, so no router solicitation or MLD frame reaches a
+    /// guest that only expects the test's traffic (/proc/sys/net is the namespace of the
+    /// thread that opens it).
+    pub fn disable_ipv6(&self) {
+        self.enter(|| {
+            for k in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1")
+                    .expect("disable IPv6 in the namespace");
+            }
+        });
+    }
+}
