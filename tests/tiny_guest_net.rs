@@ -1,7 +1,11 @@
-//! husk-vmm's virtio-net device under the real /dev/kvm: the tiny probe guest
-//! (tests/guests/virtio_probe.S) reads the registers of every announced virtio-mmio window
-//! through real MMIO exits. husk-vmm runs inside a network namespace the test creates, so
-//! the TAP it opens by name lives (and dies) there; the flag errors are checked too.
+//! husk-vmm's virtio-net device under the real /dev/kvm, with tiny hand-assembled guests:
+//! - the probe guest (tests/guests/virtio_probe.S) reads the registers of every announced
+//!   virtio-mmio window through real MMIO exits, with husk-vmm run inside a network
+//!   namespace the test creates, so the TAP it opens by name lives (and dies) there;
+//! - the net guest (tests/guests/virtio_net.S) sends a UDP datagram to a host socket and
+//!   receives the answer, over a TAP the test opened in its namespace and husk-vmm
+//!   inherited as an fd;
+//! - `--net` errors are one clear line.
 
 mod common;
 #[path = "virtio_net/netns.rs"]
