@@ -14,7 +14,7 @@
 //! next buffer.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -303,18 +303,6 @@ impl<B: NetBackend> NetHandler<B> {
                 Err(e) => log::error!("virtio-net: updating TAP interest: {e:?}"),
             }
         }
-    }
-
-    pub fn stats(&self) -> &Arc<NetStats> {
-        &self.stats
-    }
-
-    pub fn backend_fd(&self) -> RawFd {
-        self.backend.as_raw_fd()
-    }
-
-    pub fn tap_armed(&self) -> bool {
-        self.tap_armed
     }
 }
 

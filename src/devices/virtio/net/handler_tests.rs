@@ -2,6 +2,7 @@
 //! chains on the live path.
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 
 use super::*;
