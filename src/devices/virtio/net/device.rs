@@ -1,8 +1,8 @@
 //! The virtio-net device (type 1): an rx and a tx queue, config space = MAC + link status
 //! (+ `max_virtqueue_pairs` = 1), offloads offered as the TAP allows.
 //!
-//! The TAP is opened once, in [`Net::new`], and lives as long as the device. Each
-//! activation gets a duplicate of its fd, set to the offloads the guest accepted, and its
+//! The TAP, opened by the caller (by name or from an inherited fd), lives as long as the
+//! device. Each activation gets a duplicate of its fd, set to the offloads the guest accepted, and its
 //! own worker thread; reset stops the worker and drops that session's queues and any frame
 //! it held.
 
@@ -181,6 +181,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        log::debug!("virtio-net {}: reset; {}", self.tap.name(), self.stats);
         if let Some(mut w) = self.worker.take() {
             if let Err(e) = w.stop() {
                 log::error!("virtio-net {}: stopping worker: {e}", self.tap.name());
@@ -199,6 +200,7 @@ impl VirtioDevice for Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.worker.take();
+        log::debug!("virtio-net {}: {}", self.tap.name(), self.stats);
     }
 }
 

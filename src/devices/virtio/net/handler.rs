@@ -81,6 +81,27 @@ impl NetStats {
     }
 }
 
+impl std::fmt::Display for NetStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = Self::get;
+        write!(
+            f,
+            "rx {} frames {} bytes ({} dropped, {} bad chains, {} deferrals), \
+             tx {} frames {} bytes ({} rejected, {} dropped), {} budget yields",
+            g(&self.rx_frames),
+            g(&self.rx_bytes),
+            g(&self.rx_dropped),
+            g(&self.rx_bad_chains),
+            g(&self.rx_deferred),
+            g(&self.tx_frames),
+            g(&self.tx_bytes),
+            g(&self.tx_rejected),
+            g(&self.tx_dropped),
+            g(&self.budget_yields),
+        )
+    }
+}
+
 /// Why an rx pass ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RxStop {

@@ -217,6 +217,9 @@ fn tx_stops_on_the_budget_and_rearms() {
     assert!(r.tx_evt.read().is_err(), "no re-arm once drained");
     assert_eq!(*r.sent.lock().unwrap(), frames);
     assert_eq!(get(&r.stats.tx_frames), 100);
+    let summary = r.stats.to_string();
+    assert!(summary.contains("tx 100 frames"), "{summary}");
+    assert!(summary.ends_with("1 budget yields"), "{summary}");
 }
 
 #[test]
