@@ -10,10 +10,13 @@
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{features, hdr, ETH_HLEN, HDR_LEN, MAX_FRAME};
 use crate::devices::virtio::GuestMemory;
+
+/// A run of guest memory (no dirty bitmap).
+pub type GuestSlice<'a> = vm_memory::VolatileSlice<'a, ()>;
 
 /// Bytes a tx chain may carry: header plus the largest frame.
 pub const MAX_TX_CHAIN: usize = HDR_LEN + MAX_FRAME;
@@ -42,18 +45,43 @@ pub enum FrameError {
     BufferTooSmall { cap: u64, len: usize },
 }
 
-/// Gathers tx `chain` into `buf` (at least [`MAX_TX_CHAIN`] bytes); returns the length of
-/// header + frame. `acked` are the negotiated features the header is checked against.
-pub fn read_tx_frame<M>(
-    mem: &GuestMemory,
+/// A validated tx chain, ready to be written without copying the frame: the vnet header
+/// as a private copy (the guest cannot change it after the check) and the rest of the chain
+/// as guest memory slices.
+#[derive(Debug)]
+pub struct TxFrame<'m> {
+    pub hdr: [u8; HDR_LEN],
+    /// The frame after the header, in chain order (empty slices left out).
+    pub frame: Vec<GuestSlice<'m>>,
+    /// Header + frame bytes.
+    pub len: usize,
+}
+
+impl TxFrame<'_> {
+    /// Header and frame in one buffer (tests, and backends without writev).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = self.hdr.to_vec();
+        for s in &self.frame {
+            let start = v.len();
+            v.resize(start + s.len(), 0);
+            s.copy_to(&mut v[start..]);
+        }
+        v
+    }
+}
+
+/// Validates tx `chain` and describes it as a [`TxFrame`]. `acked` are the negotiated
+/// features the header is checked against.
+pub fn parse_tx_frame<'m, M>(
+    mem: &'m GuestMemory,
     chain: DescriptorChain<M>,
-    buf: &mut [u8],
     acked: u64,
-) -> Result<usize, FrameError>
+) -> Result<TxFrame<'m>, FrameError>
 where
     M: std::ops::Deref<Target = GuestMemory>,
 {
-    let limit = buf.len().min(MAX_TX_CHAIN);
+    let mut hdr = [0u8; HDR_LEN];
+    let mut frame = Vec::new();
     let mut total = 0usize;
     let mut last_has_next = false;
     let mut n = 0usize;
@@ -65,11 +93,27 @@ where
         }
         let len = d.len() as usize;
         let end = total + len;
-        if end > limit {
+        if end > MAX_TX_CHAIN {
             return Err(FrameError::TooLong(end as u64));
         }
-        mem.read_slice(&mut buf[total..end], d.addr())
-            .map_err(|_| bad_address(&d))?;
+        // The part of this descriptor that is still header goes into the private copy.
+        let in_hdr = HDR_LEN.saturating_sub(total).min(len);
+        if in_hdr > 0 {
+            mem.read_slice(&mut hdr[total..total + in_hdr], d.addr())
+                .map_err(|_| bad_address(&d))?;
+        }
+        if len > in_hdr {
+            let addr = d
+                .addr()
+                .checked_add(in_hdr as u64)
+                .ok_or_else(|| bad_address(&d))?;
+            // A buffer may straddle two memory regions; get_slices splits it.
+            for s in mem.get_slices(addr, len - in_hdr) {
+                frame.push(s.map_err(|_| bad_address(&d))?);
+            }
+        } else if len > 0 && !mem.check_range(d.addr(), len) {
+            return Err(bad_address(&d));
+        }
         total = end;
     }
     if last_has_next {
@@ -81,8 +125,12 @@ where
     if total < HDR_LEN + ETH_HLEN {
         return Err(FrameError::TooShort(total as u64));
     }
-    check_tx_header(&buf[..HDR_LEN], acked)?;
-    Ok(total)
+    check_tx_header(&hdr, acked)?;
+    Ok(TxFrame {
+        hdr,
+        frame,
+        len: total,
+    })
 }
 
 /// Refuses header fields the driver may only use with features it did not negotiate; the

@@ -39,8 +39,11 @@ fn tx(
 ) -> Result<(usize, Vec<u8>), FrameError> {
     let vq = MockSplitQueue::new(m, 16);
     let chain = vq.build_desc_chain(descs).unwrap();
-    let mut buf = vec![0u8; MAX_TX_CHAIN];
-    read_tx_frame(m, chain, &mut buf, acked).map(|n| (n, buf[..n].to_vec()))
+    parse_tx_frame(m, chain, acked).map(|f| {
+        let v = f.to_vec();
+        assert_eq!(v.len(), f.len);
+        (f.len, v)
+    })
 }
 
 fn rx(m: &GuestMemory, descs: &[RawDescriptor], frame: &[u8]) -> Result<u32, FrameError> {
@@ -65,6 +68,37 @@ fn tx_gathers_header_and_frame_from_any_layout() {
     m.write_slice(&one, GuestAddress(A)).unwrap();
     let (n, got) = tx(&m, &[d(A, 72, 0)], 0).unwrap();
     assert_eq!((n, &got[..]), (72, &one[..]));
+}
+
+#[test]
+fn tx_header_split_over_descriptors_is_checked_on_a_private_copy() {
+    let m = mem();
+    let mut all = hdr(hdr::F_NEEDS_CSUM, 0, 0).to_vec();
+    all.extend_from_slice(&pattern(100, 9));
+    // 5 header bytes, then 7 header bytes + 20 frame bytes, then the rest.
+    m.write_slice(&all[..5], GuestAddress(A)).unwrap();
+    m.write_slice(&all[5..32], GuestAddress(B)).unwrap();
+    m.write_slice(&all[32..], GuestAddress(C)).unwrap();
+    let vq = MockSplitQueue::new(&m, 16);
+    let chain = vq
+        .build_desc_chain(&[d(A, 5, 0), d(B, 27, 0), d(C, 80, 0)])
+        .unwrap();
+    let f = parse_tx_frame(&m, chain, features::CSUM).unwrap();
+    assert_eq!((f.len, f.to_vec()), (all.len(), all.clone()));
+    assert_eq!(f.frame.len(), 2, "frame slices start after the header");
+    // The guest rewrites its header after the check: what is sent keeps the checked one.
+    m.write_slice(&[0xff; 5], GuestAddress(A)).unwrap();
+    assert_eq!(f.hdr[0], hdr::F_NEEDS_CSUM);
+    // Unnegotiated, the same chain is refused.
+    let vq = MockSplitQueue::new(&m, 16);
+    m.write_slice(&all[..5], GuestAddress(A)).unwrap();
+    let chain = vq
+        .build_desc_chain(&[d(A, 5, 0), d(B, 27, 0), d(C, 80, 0)])
+        .unwrap();
+    assert!(matches!(
+        parse_tx_frame(&m, chain, 0),
+        Err(FrameError::Offload(_))
+    ));
 }
 
 #[test]
@@ -116,9 +150,8 @@ fn looping_and_runaway_tx_chains_are_refused() {
         RawDescriptor::from(SplitDescriptor::new(B, 60, N, 0)),
     ];
     let chain = vq.build_multiple_desc_chains(&descs).unwrap();
-    let mut buf = vec![0u8; MAX_TX_CHAIN];
     assert_eq!(
-        read_tx_frame(&m, chain, &mut buf, 0).unwrap_err(),
+        parse_tx_frame(&m, chain, 0).unwrap_err(),
         FrameError::Unterminated
     );
     // A `next` outside the table.
@@ -129,7 +162,7 @@ fn looping_and_runaway_tx_chains_are_refused() {
     ];
     let chain = vq.build_multiple_desc_chains(&descs).unwrap();
     assert_eq!(
-        read_tx_frame(&m, chain, &mut buf, 0).unwrap_err(),
+        parse_tx_frame(&m, chain, 0).unwrap_err(),
         FrameError::Unterminated
     );
 }

@@ -23,7 +23,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frame::{self, FrameError, MAX_TX_CHAIN};
+use super::frame::{self, FrameError, TxFrame, MAX_TX_CHAIN};
 use super::{Tap, ETH_HLEN, HDR_LEN, HDR_NUM_BUFFERS};
 use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
 
@@ -39,15 +39,16 @@ pub const FRAME_BUDGET: usize = 64;
 pub trait NetBackend: AsRawFd + Send {
     /// One frame, vnet header first; `WouldBlock` when none is waiting.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// One frame from a validated tx chain (header copy + guest slices).
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize>;
 }
 
 impl NetBackend for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Tap::read_frame(self, buf)
     }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Tap::write_frame(self, buf)
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize> {
+        Tap::write_frame_parts(self, &frame.hdr, &frame.frame)
     }
 }
 
@@ -129,7 +130,6 @@ pub struct NetHandler<B: NetBackend> {
     rx_buf: Vec<u8>,
     rx_pending: usize,
     rx_scratch: Vec<(GuestAddress, u32)>,
-    tx_buf: Vec<u8>,
     /// Whether the TAP fd is in the epoll set.
     tap_armed: bool,
     rx_broken: bool,
@@ -163,7 +163,6 @@ impl<B: NetBackend> NetHandler<B> {
             rx_buf: vec![0; MAX_TX_CHAIN],
             rx_pending: 0,
             rx_scratch: Vec::with_capacity(16),
-            tx_buf: vec![0; MAX_TX_CHAIN],
             tap_armed: false,
             rx_broken: false,
             tx_broken: false,
@@ -184,14 +183,14 @@ impl<B: NetBackend> NetHandler<B> {
             while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
                 progressed = true;
                 let head = chain.head_index();
-                match frame::read_tx_frame(&self.mem, chain, &mut self.tx_buf, self.acked) {
-                    Ok(len) => match self.backend.write_frame(&self.tx_buf[..len]) {
+                match frame::parse_tx_frame(&self.mem, chain, self.acked) {
+                    Ok(f) => match self.backend.write_frame(&f) {
                         Ok(_) => {
                             NetStats::inc(&self.stats.tx_frames, 1);
-                            NetStats::inc(&self.stats.tx_bytes, (len - HDR_LEN) as u64);
+                            NetStats::inc(&self.stats.tx_bytes, (f.len - HDR_LEN) as u64);
                         }
                         Err(e) => {
-                            log::debug!("virtio-net: TAP refused a {len}-byte frame: {e}");
+                            log::debug!("virtio-net: TAP refused a {}-byte frame: {e}", f.len);
                             NetStats::inc(&self.stats.tx_dropped, 1);
                         }
                     },

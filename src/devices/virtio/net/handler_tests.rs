@@ -41,9 +41,9 @@ impl NetBackend for Fake {
         buf[..f.len()].copy_from_slice(&f);
         Ok(f.len())
     }
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sent.lock().unwrap().push(buf.to_vec());
-        Ok(buf.len())
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize> {
+        self.sent.lock().unwrap().push(frame.to_vec());
+        Ok(frame.len)
     }
 }
 

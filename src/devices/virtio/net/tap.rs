@@ -15,7 +15,13 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use super::frame::GuestSlice;
 use super::HDR_LEN;
+
+/// Most guest slices one frame may be written from: a chain is at most a queue (256
+/// descriptors), each split at most once at a memory region boundary, plus slack; below
+/// the kernel's IOV_MAX (1024) with the header.
+pub const MAX_PARTS: usize = 1000;
 
 /// Longest interface name (IFNAMSIZ minus the NUL).
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
@@ -242,6 +248,38 @@ impl Tap {
     /// Writes one frame (vnet header first).
     pub fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write(buf)
+    }
+
+    /// Writes one frame given as the vnet header and guest memory slices, with one writev
+    /// and no copy of the frame. At most [`MAX_PARTS`] slices.
+    pub fn write_frame_parts(&mut self, hdr: &[u8], parts: &[GuestSlice<'_>]) -> io::Result<usize> {
+        if parts.len() > MAX_PARTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} buffers in one frame (at most {MAX_PARTS})", parts.len()),
+            ));
+        }
+        let guards: Vec<_> = parts.iter().map(|p| p.ptr_guard()).collect();
+        let mut iov = Vec::with_capacity(parts.len() + 1);
+        iov.push(libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        });
+        for (p, g) in parts.iter().zip(&guards) {
+            iov.push(libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            });
+        }
+        // SAFETY: every iovec points at memory that stays mapped and unaliased-for-writes by
+        // us for the call: `hdr` is borrowed, and each guest slice is held by its guard (the
+        // guest may write into it concurrently, which only changes the bytes sent). writev
+        // only reads from the buffers.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 
