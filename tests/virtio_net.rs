@@ -271,6 +271,31 @@ fn hostile_chains_are_refused_over_a_real_tap() {
 }
 
 #[test]
+fn a_frame_too_big_for_the_guest_buffer_is_dropped_and_the_buffer_reused() {
+    if skip("a_frame_too_big_for_the_guest_buffer_is_dropped_and_the_buffer_reused") {
+        return;
+    }
+    let mut g = Guest::new(0, 0);
+    let host = g.host_udp(5561);
+    let small = g.h.alloc(1024);
+    g.post_rx_len(small, 1024);
+    g.h.notify(RXQ);
+    // 1400 bytes of UDP payload cannot fit 1024 bytes: the frame is dropped, not split.
+    host.send_to(&payload(1400, 1), "10.77.0.2:4451").unwrap();
+    host.send_to(&payload(500, 2), "10.77.0.2:4451").unwrap();
+    let got = g.recv(is_udp_to(4451));
+    let ip = parse_ipv4(&got[HDR_LEN..]).unwrap();
+    assert_eq!(
+        &ip.payload[8..],
+        &payload(500, 2)[..],
+        "the next frame, intact"
+    );
+    assert!(udp_checksum_ok(&ip));
+    assert_eq!(g.stat(|s| &s.rx_dropped), 1);
+    assert_eq!(g.stat(|s| &s.rx_frames), 1);
+}
+
+#[test]
 fn a_host_flood_waits_for_buffers_and_moves_in_budgeted_batches() {
     if skip("a_host_flood_waits_for_buffers_and_moves_in_budgeted_batches") {
         return;

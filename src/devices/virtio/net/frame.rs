@@ -10,7 +10,7 @@
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
 use super::{features, hdr, ETH_HLEN, HDR_LEN, MAX_FRAME};
 use crate::devices::virtio::GuestMemory;
@@ -159,21 +159,22 @@ pub fn check_tx_header(h: &[u8], acked: u64) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Scatters `frame` (vnet header included) into rx `chain`; returns the bytes written (the
-/// used length). `scratch` is reused between calls to hold the validated descriptors.
-pub fn write_rx_frame<M>(
-    mem: &GuestMemory,
+/// Validates rx `chain` and returns its buffers as guest slices, in chain order, cut at
+/// [`MAX_TX_CHAIN`] bytes (no frame is longer); the frame is then read straight into
+/// them. A chain that cannot hold a vnet header and an Ethernet header is refused.
+pub fn parse_rx_chain<'m, M>(
+    mem: &'m GuestMemory,
     chain: DescriptorChain<M>,
-    frame: &[u8],
-    scratch: &mut Vec<(GuestAddress, u32)>,
-) -> Result<u32, FrameError>
+) -> Result<Vec<GuestSlice<'m>>, FrameError>
 where
     M: std::ops::Deref<Target = GuestMemory>,
 {
-    scratch.clear();
-    let mut cap = 0u64;
+    let mut parts = Vec::new();
+    let mut cap = 0usize;
     let mut last_has_next = false;
+    let mut n = 0usize;
     for d in chain {
+        n += 1;
         last_has_next = d.has_next();
         if !d.is_write_only() {
             return Err(FrameError::ReadOnlyInRx);
@@ -181,33 +182,54 @@ where
         if !mem.check_range(d.addr(), d.len() as usize) {
             return Err(bad_address(&d));
         }
-        cap += u64::from(d.len());
-        scratch.push((d.addr(), d.len()));
+        let take = (d.len() as usize).min(MAX_TX_CHAIN - cap);
+        if take > 0 {
+            for s in mem.get_slices(d.addr(), take) {
+                parts.push(s.map_err(|_| bad_address(&d))?);
+            }
+            cap += take;
+        }
     }
     if last_has_next {
         return Err(FrameError::Unterminated);
     }
-    if scratch.is_empty() {
+    if n == 0 {
         return Err(FrameError::Empty);
     }
-    if cap < frame.len() as u64 {
+    if cap < HDR_LEN + ETH_HLEN {
         return Err(FrameError::BufferTooSmall {
-            cap,
-            len: frame.len(),
+            cap: cap as u64,
+            len: HDR_LEN + ETH_HLEN,
         });
     }
-    let mut off = 0usize;
-    for &(addr, len) in scratch.iter() {
-        if off == frame.len() {
+    Ok(parts)
+}
+
+/// Bytes `parts` can hold.
+pub fn capacity(parts: &[GuestSlice<'_>]) -> usize {
+    parts.iter().map(|p| p.len()).sum()
+}
+
+/// Writes `bytes` at byte `offset` of the buffers `parts` (across buffer boundaries);
+/// false when they end first.
+pub fn write_at(parts: &[GuestSlice<'_>], mut offset: usize, mut bytes: &[u8]) -> bool {
+    for p in parts {
+        if bytes.is_empty() {
             break;
         }
-        let n = (len as usize).min(frame.len() - off);
-        mem.write_slice(&frame[off..off + n], addr)
-            .map_err(|_| FrameError::BadAddress { addr: addr.0, len })?;
-        off += n;
+        if offset >= p.len() {
+            offset -= p.len();
+            continue;
+        }
+        let n = (p.len() - offset).min(bytes.len());
+        match p.subslice(offset, n) {
+            Ok(s) => s.copy_from(&bytes[..n]),
+            Err(_) => return false,
+        }
+        bytes = &bytes[n..];
+        offset = 0;
     }
-    // frame.len() ≤ HDR_LEN + MAX_FRAME, far below u32::MAX.
-    Ok(frame.len() as u32)
+    bytes.is_empty()
 }
 
 fn bad_address(d: &Descriptor) -> FrameError {

@@ -2,6 +2,7 @@ use super::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use vm_memory::GuestAddress;
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 const N: u16 = VRING_DESC_F_NEXT as u16;
@@ -49,7 +50,16 @@ fn tx(
 fn rx(m: &GuestMemory, descs: &[RawDescriptor], frame: &[u8]) -> Result<u32, FrameError> {
     let vq = MockSplitQueue::new(m, 16);
     let chain = vq.build_desc_chain(descs).unwrap();
-    write_rx_frame(m, chain, frame, &mut Vec::new())
+    let parts = parse_rx_chain(m, chain)?;
+    let cap = capacity(&parts);
+    if frame.len() > cap {
+        return Err(FrameError::BufferTooSmall {
+            cap: cap as u64,
+            len: frame.len(),
+        });
+    }
+    assert!(write_at(&parts, 0, frame));
+    Ok(frame.len() as u32)
 }
 
 #[test]
@@ -247,11 +257,42 @@ fn hostile_rx_chains_are_refused_before_any_write() {
     ];
     let chain = vq.build_multiple_desc_chains(&descs).unwrap();
     assert_eq!(
-        write_rx_frame(&m, chain, &frame, &mut Vec::new()).unwrap_err(),
+        parse_rx_chain(&m, chain).unwrap_err(),
         FrameError::Unterminated
     );
     // Nothing was written by any refused chain.
     let mut a = [0u8; 16];
     m.read_slice(&mut a, GuestAddress(A)).unwrap();
     assert_eq!(a, [0xee; 16]);
+}
+
+#[test]
+fn rx_chains_are_cut_at_the_largest_frame_and_small_ones_refused() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let chain = vq
+        .build_desc_chain(&[d(A, 0x8_0000, W), d(B, 0x8_0000, W)])
+        .unwrap();
+    let parts = parse_rx_chain(&m, chain).unwrap();
+    assert_eq!(capacity(&parts), MAX_TX_CHAIN);
+    assert_eq!(parts.len(), 1, "the second buffer is not needed");
+    let vq = MockSplitQueue::new(&m, 16);
+    let chain = vq.build_desc_chain(&[d(A, 25, W)]).unwrap();
+    assert!(matches!(
+        parse_rx_chain(&m, chain),
+        Err(FrameError::BufferTooSmall { cap: 25, .. })
+    ));
+}
+
+#[test]
+fn write_at_crosses_buffer_boundaries() {
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    // num_buffers (header bytes 10..12) split over two descriptors.
+    let chain = vq.build_desc_chain(&[d(A, 11, W), d(B, 100, W)]).unwrap();
+    let parts = parse_rx_chain(&m, chain).unwrap();
+    assert!(write_at(&parts, 10, &[0x34, 0x12]));
+    assert_eq!(m.read_obj::<u8>(GuestAddress(A + 10)).unwrap(), 0x34);
+    assert_eq!(m.read_obj::<u8>(GuestAddress(B)).unwrap(), 0x12);
+    assert!(!write_at(&parts, 110, &[1, 2]), "past the end");
 }

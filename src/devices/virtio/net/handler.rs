@@ -10,8 +10,9 @@
 //! Deferral: when the guest has no rx buffer, nothing more is read from the TAP (frames wait
 //! in the TAP's own queue, where the host stack sees the backpressure) and the TAP is taken
 //! out of the epoll set, so a readable TAP does not spin the loop. The guest's next rx kick
-//! puts it back. A frame already read when a chain turns out unusable stays pending for the
-//! next buffer.
+//! puts it back. Frames are read straight into a validated chain (readv) and tx frames
+//! written straight from one (writev, with a checked private copy of the vnet header), so
+//! no frame is copied by the VMM.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,10 +21,9 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frame::{self, FrameError, TxFrame, MAX_TX_CHAIN};
+use super::frame::{self, GuestSlice, TxFrame, MAX_TX_CHAIN};
 use super::{Tap, ETH_HLEN, HDR_LEN, HDR_NUM_BUFFERS};
 use crate::devices::virtio::{GuestMemory, VirtioInterrupt};
 
@@ -37,15 +37,16 @@ pub const FRAME_BUDGET: usize = 64;
 /// The host side as the handler uses it; [`Tap`] in production, an in-memory double in the
 /// unit tests.
 pub trait NetBackend: AsRawFd + Send {
-    /// One frame, vnet header first; `WouldBlock` when none is waiting.
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One frame, vnet header first, read straight into guest buffers `parts`, anything
+    /// beyond them into `spill`; returns the bytes read. `WouldBlock` when none is waiting.
+    fn read_frame_into(&mut self, parts: &[GuestSlice<'_>], spill: &mut [u8]) -> io::Result<usize>;
     /// One frame from a validated tx chain (header copy + guest slices).
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize>;
 }
 
 impl NetBackend for Tap {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Tap::read_frame(self, buf)
+    fn read_frame_into(&mut self, parts: &[GuestSlice<'_>], spill: &mut [u8]) -> io::Result<usize> {
+        Tap::read_frame_parts(self, parts, spill)
     }
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize> {
         Tap::write_frame_parts(self, &frame.hdr, &frame.frame)
@@ -126,10 +127,9 @@ pub struct NetHandler<B: NetBackend> {
     backend: B,
     acked: u64,
     stats: Arc<NetStats>,
-    /// A frame read from the TAP and not yet placed: `rx_buf[..rx_pending]`.
-    rx_buf: Vec<u8>,
-    rx_pending: usize,
-    rx_scratch: Vec<(GuestAddress, u32)>,
+    /// Where the part of a frame that does not fit the guest's buffers goes: the TAP
+    /// reports only what it copied, so a frame that reaches into here was too big.
+    rx_spill: Vec<u8>,
     /// Whether the TAP fd is in the epoll set.
     tap_armed: bool,
     rx_broken: bool,
@@ -160,9 +160,7 @@ impl<B: NetBackend> NetHandler<B> {
             backend,
             acked,
             stats,
-            rx_buf: vec![0; MAX_TX_CHAIN],
-            rx_pending: 0,
-            rx_scratch: Vec::with_capacity(16),
+            rx_spill: vec![0; MAX_TX_CHAIN],
             tap_armed: false,
             rx_broken: false,
             tx_broken: false,
@@ -265,36 +263,11 @@ impl<B: NetBackend> NetHandler<B> {
                     }
                 }
             };
-            if !fill_pending(
-                &mut self.backend,
-                &mut self.rx_buf,
-                &mut self.rx_pending,
-                &self.stats,
-            ) {
-                self.rxq.go_to_previous_position();
-                break RxStop::Drained;
-            }
             moved += 1;
             let head = chain.head_index();
-            let frame = &self.rx_buf[..self.rx_pending];
-            match frame::write_rx_frame(&self.mem, chain, frame, &mut self.rx_scratch) {
-                Ok(len) => {
-                    NetStats::inc(&self.stats.rx_frames, 1);
-                    NetStats::inc(&self.stats.rx_bytes, (self.rx_pending - HDR_LEN) as u64);
-                    self.rx_pending = 0;
-                    if let Err(e) = self.rxq.add_used(&self.mem, head, len) {
-                        log::debug!("virtio-net: rx add_used({head}): {e}");
-                    }
-                    used = true;
-                }
-                Err(e @ FrameError::BufferTooSmall { .. }) => {
-                    // The guest's buffers are smaller than its features promise: this frame
-                    // can never be delivered. Drop it and keep the buffer for the next one.
-                    log::debug!("virtio-net: dropping rx frame: {e}");
-                    NetStats::inc(&self.stats.rx_dropped, 1);
-                    self.rx_pending = 0;
-                    self.rxq.go_to_previous_position();
-                }
+            // The chain is checked before anything is read, so a bad one costs no frame.
+            let parts = match frame::parse_rx_chain(&self.mem, chain) {
+                Ok(p) => p,
                 Err(e) => {
                     log::debug!("virtio-net: refusing rx chain {head}: {e}");
                     NetStats::inc(&self.stats.rx_bad_chains, 1);
@@ -302,8 +275,39 @@ impl<B: NetBackend> NetHandler<B> {
                         log::debug!("virtio-net: rx add_used({head}): {e}");
                     }
                     used = true;
+                    continue;
                 }
+            };
+            let n = match self.backend.read_frame_into(&parts, &mut self.rx_spill) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.rxq.go_to_previous_position();
+                    match e.kind() {
+                        io::ErrorKind::Interrupted => continue,
+                        io::ErrorKind::WouldBlock => {}
+                        _ => log::warn!("virtio-net: reading the TAP: {e}"),
+                    }
+                    break RxStop::Drained;
+                }
+            };
+            let cap = frame::capacity(&parts);
+            if n > cap || n < HDR_LEN + ETH_HLEN {
+                // Too big for the guest's buffers (smaller than its features promise) or a
+                // runt: the frame is lost, the buffer is kept for the next one.
+                log::debug!("virtio-net: dropping a {n}-byte rx frame ({cap}-byte buffer)");
+                NetStats::inc(&self.stats.rx_dropped, 1);
+                self.rxq.go_to_previous_position();
+                continue;
             }
+            // No MRG_RXBUF: every frame is one buffer (the TAP leaves the field unwritten).
+            frame::write_at(&parts, HDR_NUM_BUFFERS, &1u16.to_le_bytes());
+            NetStats::inc(&self.stats.rx_frames, 1);
+            NetStats::inc(&self.stats.rx_bytes, (n - HDR_LEN) as u64);
+            // n ≤ MAX_TX_CHAIN (the buffers were cut there), far below u32::MAX.
+            if let Err(e) = self.rxq.add_used(&self.mem, head, n as u32) {
+                log::debug!("virtio-net: rx add_used({head}): {e}");
+            }
+            used = true;
         };
         if used {
             signal(&mut self.rxq, &self.mem, &self.interrupt);
@@ -332,39 +336,6 @@ fn signal(q: &mut Queue, mem: &GuestMemory, interrupt: &VirtioInterrupt) {
             log::error!("virtio-net: raising interrupt: {e}");
         }
     }
-}
-
-/// Reads a frame from `backend` into `buf` unless one is pending (`*pending` bytes);
-/// false when the backend has none.
-fn fill_pending<B: NetBackend>(
-    backend: &mut B,
-    buf: &mut [u8],
-    pending: &mut usize,
-    stats: &NetStats,
-) -> bool {
-    while *pending == 0 {
-        match backend.read_frame(buf) {
-            Ok(n) if n >= HDR_LEN + ETH_HLEN => {
-                // No MRG_RXBUF: every frame is one buffer (the TAP leaves this field
-                // unwritten).
-                buf[HDR_NUM_BUFFERS..HDR_NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
-                *pending = n;
-            }
-            Ok(0) => return false,
-            Ok(n) => {
-                log::debug!("virtio-net: dropping a {n}-byte runt from the TAP");
-                NetStats::inc(&stats.rx_dropped, 1);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    log::warn!("virtio-net: reading the TAP: {e}");
-                }
-                return false;
-            }
-        }
-    }
-    true
 }
 
 impl<B: NetBackend> MutEventSubscriber for NetHandler<B> {

@@ -9,7 +9,7 @@ use super::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -33,13 +33,21 @@ impl AsRawFd for Fake {
 }
 
 impl NetBackend for Fake {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Like a TAP: fills the buffers, then the spill, returns what it copied.
+    fn read_frame_into(&mut self, parts: &[GuestSlice<'_>], spill: &mut [u8]) -> io::Result<usize> {
         let f = self
             .to_guest
             .pop_front()
             .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        buf[..f.len()].copy_from_slice(&f);
-        Ok(f.len())
+        let mut rest = &f[..];
+        for p in parts {
+            let n = p.len().min(rest.len());
+            p.subslice(0, n).unwrap().copy_from(&rest[..n]);
+            rest = &rest[n..];
+        }
+        let n = spill.len().min(rest.len());
+        spill[..n].copy_from_slice(&rest[..n]);
+        Ok(f.len() - rest.len() + n)
     }
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> io::Result<usize> {
         self.sent.lock().unwrap().push(frame.to_vec());

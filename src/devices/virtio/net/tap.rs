@@ -250,14 +250,45 @@ impl Tap {
         self.file.write(buf)
     }
 
+    /// Reads one frame straight into guest memory slices with one readv, and whatever does
+    /// not fit into `spill`; returns the bytes read (the kernel truncates silently, so a
+    /// frame that reaches `spill` did not fit the slices). At most [`MAX_PARTS`] slices.
+    pub fn read_frame_parts(
+        &mut self,
+        parts: &[GuestSlice<'_>],
+        spill: &mut [u8],
+    ) -> io::Result<usize> {
+        if parts.len() > MAX_PARTS {
+            return Err(too_many(parts.len()));
+        }
+        let guards: Vec<_> = parts.iter().map(|p| p.ptr_guard_mut()).collect();
+        let mut iov: Vec<libc::iovec> = parts
+            .iter()
+            .zip(&guards)
+            .map(|(p, g)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        iov.push(libc::iovec {
+            iov_base: spill.as_mut_ptr().cast(),
+            iov_len: spill.len(),
+        });
+        // SAFETY: each iovec is a guest memory slice kept mapped by its guard for the call,
+        // or `spill`, borrowed mutably; the kernel writes at most iov_len bytes into each.
+        // The guest may look at its rx buffers meanwhile, which is its own business.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Writes one frame given as the vnet header and guest memory slices, with one writev
     /// and no copy of the frame. At most [`MAX_PARTS`] slices.
     pub fn write_frame_parts(&mut self, hdr: &[u8], parts: &[GuestSlice<'_>]) -> io::Result<usize> {
         if parts.len() > MAX_PARTS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} buffers in one frame (at most {MAX_PARTS})", parts.len()),
-            ));
+            return Err(too_many(parts.len()));
         }
         let guards: Vec<_> = parts.iter().map(|p| p.ptr_guard()).collect();
         let mut iov = Vec::with_capacity(parts.len() + 1);
@@ -287,6 +318,13 @@ impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+}
+
+fn too_many(n: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{n} buffers in one frame (at most {MAX_PARTS})"),
+    )
 }
 
 /// What the kernel accepts as an interface name (dev_valid_name), minus the `%d` template.
