@@ -1,12 +1,15 @@
-//! Pure frame processing: one descriptor chain in, one frame out (tx) or one frame into one
-//! chain (rx). No threads, no fds — unit tests drive it over plain guest memory.
+//! Pure chain validation: a tx chain in, a [`TxFrame`] out (a checked private copy of the
+//! vnet header, the frame as guest memory slices); an rx chain in, the guest slices a
+//! frame may be read into. No threads, no fds — unit tests drive it over plain guest
+//! memory; the TAP reads and writes the slices directly (readv/writev), no frame copied.
 //!
 //! Chains are hostile. A chain is refused, before any byte of it is used, when it does not
 //! end on its own (a loop, longer than the queue, a `next` outside the table), when a
 //! descriptor points outside guest memory or has the wrong direction (device-writable in a
 //! tx chain, device-readable in an rx chain), when a tx chain is longer than a vnet header
 //! plus [`MAX_FRAME`] or shorter than a vnet header plus an Ethernet header, or when its
-//! header asks for an offload that was not negotiated.
+//! header asks for an offload that was not negotiated; an rx chain is refused when it cannot
+//! hold a vnet header and an Ethernet header.
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;

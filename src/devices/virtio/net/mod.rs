@@ -3,8 +3,9 @@
 //! - [`tap`]: the host side — a TAP opened by name or taken as an already-open fd (the host
 //!   network code may open it inside another network namespace), non-blocking, with
 //!   `IFF_VNET_HDR` and a vnet header of [`HDR_LEN`] bytes, and the offloads it accepts;
-//! - [`frame`]: pure processing of one descriptor chain — a tx chain gathered into one
-//!   frame, a frame scattered into one rx chain — with every descriptor validated;
+//! - [`frame`]: pure validation of one descriptor chain, every descriptor checked — a tx
+//!   chain becomes a checked copy of its vnet header plus guest memory slices (written to
+//!   the TAP with one writev), an rx chain becomes the slices a frame is read into (readv);
 //! - [`handler`]: the worker-thread subscriber moving frames between the queues and the
 //!   TAP, with a per-event budget so neither a flooding guest nor a flooding host holds the
 //!   loop, and rx deferred (not dropped) while the guest has no buffers;
