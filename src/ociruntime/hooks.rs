@@ -95,12 +95,12 @@ mod tests {
         let out = dir.path().join("out");
         let h = hook(serde_json::json!({
             "path": "/bin/sh",
-            "args": ["sh", "-c", format!("echo \"$0 $1 $X\" > {0}; cat >> {0}", out.display()), "one"],
+            "args": ["sh", "-c", format!("echo \"$0 $X\" > {0}; cat >> {0}", out.display()), "one"],
             "env": ["X=ex"]
         }));
         run("prestart", &[h], &serde_json::json!({"id": "c1"})).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
-        assert!(text.starts_with("sh one ex\n"), "{text}");
+        assert!(text.starts_with("one ex\n"), "{text}");
         assert!(text.contains("\"id\":\"c1\""), "{text}");
     }
 

@@ -132,9 +132,6 @@ pub struct SpecArgs {
     /// Where to write config.json.
     #[arg(long, short = 'b', default_value = ".")]
     pub bundle: PathBuf,
-    /// Accepted for compatibility; ignored.
-    #[arg(long)]
-    pub rootless: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
