@@ -107,11 +107,9 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         .ok_or_else(|| bad("no process: nothing to run".into()))?;
     let process = process::convert(proc, (24, 80)).map_err(|e| bad(e.to_string()))?;
     let translated = mounts::translate(spec.mounts().as_deref().unwrap_or_default())?;
-    let mut shares = vec![SharedDirSpec::rootfs(
-        &rootfs,
-        ROOTFS_TAG,
-        root.readonly().unwrap_or(false),
-    )];
+    // Shared read-write even for `root.readonly`: as runc does on the host, the guest creates
+    // missing mount points in the rootfs before it remounts `/` read-only.
+    let mut shares = vec![SharedDirSpec::rootfs(&rootfs, ROOTFS_TAG, false)];
     shares.extend(translated.shares);
 
     let linux = spec.linux().clone().unwrap_or_default();

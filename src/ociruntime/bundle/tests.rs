@@ -24,7 +24,7 @@ fn a_plain_bundle_plans_a_vm_and_a_container() {
     let p = plan("c1", b.path()).unwrap();
     assert_eq!(p.rootfs, b.path().join("rootfs"));
     assert_eq!(p.shares[0].tag, ROOTFS_TAG);
-    assert!(p.shares[0].read_only && p.container.readonly_root);
+    assert!(!p.shares[0].read_only && p.container.readonly_root);
     assert_eq!(p.container.hostname.as_deref(), Some("box"));
     assert_eq!(
         p.container.namespaces,
