@@ -231,7 +231,13 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         echo \"secret=[$(cat /etc/secret)]\"; \
         cat /data/in.txt; echo from-guest > /data/out.txt; \
         cat /etc/hosts; (echo x >> /etc/hosts) 2>/dev/null && echo hosts-rw || echo hosts-ro; \
-        echo \"nproc=$(nproc)\"; grep MemTotal /proc/meminfo";
+        echo \"nproc=$(nproc)\"; grep MemTotal /proc/meminfo; \
+        cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); \
+        echo \"memmax=$(cat $cg/memory.max) cpumax=$(cat $cg/cpu.max)\"; \
+        echo \"nofile=$(ulimit -n) oom=$(cat /proc/self/oom_score_adj)\"; \
+        grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status; \
+        echo \"domain=$(cat /proc/sys/kernel/domainname)\"; \
+        mkdir /tmp/d 2>/dev/null && echo mkdir-allowed || echo mkdir-denied";
     let b = Bundle::new(&rt, |c| {
         c["process"]["args"] = sh(script);
         c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [10]});
@@ -240,6 +246,15 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         c["hostname"] = "husk-test".into();
         c["root"]["readonly"] = true.into();
         c["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret", "/proc/kcore"]);
+        c["linux"]["sysctl"] = serde_json::json!({"kernel.domainname": "husk.example"});
+        c["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]});
+        c["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1000}]);
+        c["process"]["noNewPrivileges"] = true.into();
+        c["process"]["oomScoreAdj"] = 123.into();
+        c["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": [], "permitted": [], "inheritable": [], "ambient": []});
         c["linux"]["resources"] = serde_json::json!({
             "cpu": {"quota": 200000, "period": 100000},
             "memory": {"limit": 300 * 1024 * 1024}
@@ -284,6 +299,12 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         (300 * 1024..=(300 + 64) * 1024).contains(&mem_kb),
         "MemTotal {mem_kb} kB for a 300 MiB limit"
     );
+    assert!(out.contains("memmax=314572800 cpumax=200000 100000"), "{out}");
+    assert!(out.contains("nofile=1000 oom=123"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000021"), "{out}");
+    assert!(out.contains("domain=husk.example"), "{out}");
+    assert!(out.contains("mkdir-denied"), "{out}");
     assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "from-guest\n");
     assert_eq!(std::fs::read_to_string(files.path().join("hosts")).unwrap(), "10.9.8.7 husk-host\n");
     rt.ok(&["delete", "s"]);
@@ -349,4 +370,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         assert!(l["time"].as_str().is_some());
         rt.assert_clean();
     }
+    // Engines delete twice; runc's `delete --force` of a gone id succeeds.
+    rt.ok(&["delete", "--force", "nope"]);
+    rt.assert_clean();
 }

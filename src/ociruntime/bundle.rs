@@ -156,6 +156,7 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
         namespaces,
         seccomp,
+        resources: cgroup_limits(linux.resources().as_ref()),
     };
     container
         .validate()
@@ -238,6 +239,31 @@ fn size(r: Option<&LinuxResources>) -> (u8, u32) {
         })
         .unwrap_or(DEFAULT_MEMORY_MIB);
     (vcpus, memory)
+}
+
+/// The limits also applied inside the guest, as cgroups of the container.
+fn cgroup_limits(r: Option<&LinuxResources>) -> husk_protocol::Resources {
+    let Some(r) = r else {
+        return Default::default();
+    };
+    husk_protocol::Resources {
+        memory_max: r
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .filter(|&l| l > 0)
+            .map(|l| l as u64),
+        cpu_max: r.cpu().as_ref().and_then(|c| match (c.quota(), c.period()) {
+            (Some(q), Some(p)) if q > 0 && (1000..=1_000_000).contains(&p) => Some((q as u64, p)),
+            _ => None,
+        }),
+        pids_max: r
+            .pids()
+            .as_ref()
+            .map(|p| p.limit())
+            .filter(|&l| l > 0)
+            .map(|l| l as u64),
+    }
 }
 
 fn hooks(spec: &Spec) -> Result<Hooks, Error> {

@@ -11,7 +11,12 @@ pub use args::*;
 
 /// A runc-compatible OCI runtime: each container runs in its own microVM.
 #[derive(Debug, Parser)]
-#[command(name = "husk-runtime", version, about)]
+#[command(
+    name = "husk-runtime",
+    version,
+    long_version = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0\nvm: one microVM per container (husk)"),
+    about
+)]
 pub struct RuntimeCli {
     #[command(flatten)]
     pub global: RuntimeGlobal,

@@ -45,6 +45,9 @@ fn resources_size_the_vm() {
     let p = plan("c1", b.path()).unwrap();
     assert_eq!(p.vcpus, 2);
     assert_eq!(p.memory_mib, 200 + GUEST_OVERHEAD_MIB);
+    let r = &p.container.resources;
+    assert_eq!(r.memory_max, Some(200 << 20));
+    assert_eq!(r.cpu_max, Some((150_000, 100_000)));
 }
 
 #[test]
@@ -98,4 +101,62 @@ fn seccomp_profiles_convert() {
     assert_eq!(s.default_errno_ret, Some(1));
     assert_eq!(s.syscalls.len(), 2);
     assert_eq!(s.syscalls[1].args[0].value, 8);
+}
+
+/// An engine's config.json as recorded on a Debian 12 host, with its host paths moved into
+/// `dir`: the bind sources are created (files stay files), the rootfs becomes `dir/rootfs`.
+fn engine_bundle(fixture: &str, dir: &Path) -> serde_json::Value {
+    let mut c: serde_json::Value = serde_json::from_str(fixture).unwrap();
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    c["root"]["path"] = dir.join("rootfs").to_str().unwrap().into();
+    for m in c["mounts"].as_array_mut().unwrap() {
+        let bind = m["type"] == "bind";
+        if let (true, Some(src)) = (bind, m["source"].as_str()) {
+            let moved = dir.join(src.trim_start_matches('/'));
+            let is_file = ["hostname", "hosts", ".containerenv", "resolv.conf"]
+                .iter()
+                .any(|f| src.ends_with(f));
+            if is_file {
+                std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+                std::fs::write(&moved, "x").unwrap();
+            } else {
+                std::fs::create_dir_all(&moved).unwrap();
+            }
+            m["source"] = moved.to_str().unwrap().into();
+        }
+    }
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    c
+}
+
+#[test]
+fn podmans_config_plans() {
+    let d = tempfile::tempdir().unwrap();
+    engine_bundle(include_str!("fixtures/engine-config-podman.json"), d.path());
+    let p = plan(&"7".repeat(64), d.path()).unwrap();
+    // rootfs, the -v volume, and the userdata dir holding hostname/hosts/.containerenv;
+    // /dev/shm became a guest tmpfs.
+    assert_eq!(p.shares.len(), 3, "{:?}", p.shares);
+    let shm = p.container.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap();
+    assert_eq!(shm.fs_type, "tmpfs");
+    let hosts = p.container.mounts.iter().find(|m| m.destination == "/etc/hosts").unwrap();
+    assert!(hosts.source.ends_with(":hosts"), "{hosts:?}");
+    let data = p.container.mounts.iter().find(|m| m.destination == "/data").unwrap();
+    assert!(data.options.contains(&"ro".to_string()));
+    assert_eq!((p.vcpus, p.memory_mib), (2, 256 + GUEST_OVERHEAD_MIB));
+    assert_eq!(p.container.process.user.uid, 1000);
+    assert_eq!(p.container.process.rlimits.len(), 2);
+    assert!(p.container.seccomp.is_some());
+    assert!(p.netns.is_none());
+}
+
+#[test]
+fn containerds_config_plans() {
+    let d = tempfile::tempdir().unwrap();
+    engine_bundle(include_str!("fixtures/engine-config-containerd.json"), d.path());
+    let p = plan("c4", d.path()).unwrap();
+    assert_eq!(p.shares.len(), 2, "{:?}", p.shares);
+    assert!(p.container.process.no_new_privileges);
+    assert_eq!(p.vcpus, 2, "--cpus 1.5 rounds up");
+    assert_eq!(p.memory_mib, 64 + GUEST_OVERHEAD_MIB);
 }

@@ -76,7 +76,12 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
 }
 
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
-    let state = store.load(id)?;
+    let state = match store.load(id) {
+        // Engines delete twice (containerd's shim, podman's cleanup); runc's `delete --force`
+        // of an id that is already gone succeeds.
+        Err(Error::NoSuchContainer(_)) if force => return Ok(0),
+        other => other?,
+    };
     match state.effective_status() {
         Status::Running | Status::Paused | Status::Creating if !force => {
             return Err(wrong(&state, "stop it first or use delete --force"))
