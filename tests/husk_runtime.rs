@@ -175,14 +175,40 @@ fn vm_state_of(rt: &Rt) -> char {
     stat.rsplit(')').next().unwrap().trim_start().chars().next().unwrap()
 }
 
+/// Reads `master` until EOF/EIO on a thread; the text so far is in the returned buffer.
+fn pty_reader(master: std::os::fd::OwnedFd) -> (std::sync::Arc<std::sync::Mutex<String>>, std::thread::JoinHandle<()>) {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let t = text.clone();
+    let mut m = std::fs::File::from(master);
+    let h = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        // EIO once the slave side is closed by the sandbox.
+        while let Ok(n) = m.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+        }
+    });
+    (text, h)
+}
+
+fn wait_for_text(text: &std::sync::Mutex<String>, want: &str) {
+    let deadline = Instant::now() + LIMIT;
+    while !text.lock().unwrap().contains(want) {
+        assert!(Instant::now() < deadline, "no {want:?} in {:?}", text.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn console_socket_gets_a_pty_master() {
-    let test = "console_socket_gets_a_pty_master";
+fn console_socket_gets_a_pty_master_for_init_and_exec() {
+    let test = "console_socket_gets_a_pty_master_for_init_and_exec";
     let Some(rt) = Rt::new(test) else { return };
     let b = Bundle::new(&rt, |c| {
         c["process"]["terminal"] = true.into();
         c["process"]["consoleSize"] = serde_json::json!({"height": 30, "width": 100});
-        c["process"]["args"] = sh("tty; stty size; read x; echo \"got $x\"; exit 7");
+        c["process"]["args"] = sh("tty; stty size; read x; echo \"got $x\"; stty size; exit 7");
     });
     let sock = rt.tmp.path().join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();
@@ -190,26 +216,42 @@ fn console_socket_gets_a_pty_master() {
     let mut c = rt.create(&b, "p", &["--console-socket", sock.to_str().unwrap()]);
     let (master, name) = receiver.join().unwrap();
     assert!(name.starts_with("/dev/pts/"), "{name}");
+    let mut input = std::fs::File::from(master.try_clone().unwrap());
+    let resize = master.try_clone().unwrap();
+    let (text, reader) = pty_reader(master);
     rt.ok(&["start", "p"]);
-    let mut m = std::fs::File::from(master);
-    m.write_all(b"abc\n").unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 1024];
-        // EIO once the slave side is closed by the sandbox.
-        while let Ok(n) = m.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&all).replace('\r', "")
-    });
+    wait_for_text(&text, "30 100");
+
+    // The engine resizes its master: the guest's pty follows (SIGWINCH → resize_tty).
+    let ws = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ on the master fd we hold, with a winsize we own.
+    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&resize), libc::TIOCSWINSZ, &ws) }, 0);
+
+    // exec -t --detach --console-socket, as conmon and the shim do.
+    let sock2 = rt.tmp.path().join("exec-console.sock");
+    let listener2 = UnixListener::bind(&sock2).unwrap();
+    let receiver2 = std::thread::spawn(move || recv_fd(&listener2));
+    let proc_json = rt.tmp.path().join("exec-tty.json");
+    std::fs::write(&proc_json, serde_json::json!({"terminal": true, "args": ["sh", "-c", "tty; echo exec-tty; exit 6"],
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}).to_string()).unwrap();
+    let pid_file = rt.tmp.path().join("exec-tty.pid");
+    rt.ok(&["exec", "--pid-file", pid_file.to_str().unwrap(), "--process", proc_json.to_str().unwrap(),
+        "--detach", "--tty", "--console-socket", sock2.to_str().unwrap(), "p"]);
+    let (exec_master, _) = receiver2.join().unwrap();
+    let (exec_text, exec_reader) = pty_reader(exec_master);
+    let hpid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert_eq!(wait_pid(hpid, LIMIT), 6);
+    exec_reader.join().unwrap();
+    let et = exec_text.lock().unwrap().clone();
+    assert!(et.contains("/dev/pts/") && et.contains("exec-tty"), "{et:?}");
+
+    input.write_all(b"abc\n").unwrap();
     assert_eq!(c.wait(LIMIT), 7);
-    let text = reader.join().unwrap();
+    reader.join().unwrap();
+    let text = text.lock().unwrap().clone();
     assert!(text.contains("/dev/pts/"), "{text:?}");
-    assert!(text.contains("30 100"), "{text:?}");
     assert!(text.contains("got abc"), "{text:?}");
+    assert!(text.contains("40 120"), "resize did not reach the guest: {text:?}");
     rt.ok(&["delete", "p"]);
     rt.assert_clean();
 }
