@@ -36,7 +36,10 @@ fn create_start_relays_stdio_and_exits_with_the_status() {
     rt.ok(&["start", "c1"]);
     let started = t1.elapsed();
     assert!(
-        matches!(rt.state("c1")["status"].as_str(), Some("running" | "stopped")),
+        matches!(
+            rt.state("c1")["status"].as_str(),
+            Some("running" | "stopped")
+        ),
         "{}",
         rt.state("c1")
     );
@@ -47,7 +50,10 @@ fn create_start_relays_stdio_and_exits_with_the_status() {
     assert_eq!(c.read_stdout(), "out\ngot hi\n");
     assert_eq!(c.read_stderr(), "err\n");
     let s = rt.state("c1");
-    assert_eq!((s["status"].as_str(), s["pid"].as_u64()), (Some("stopped"), Some(0)));
+    assert_eq!(
+        (s["status"].as_str(), s["pid"].as_u64()),
+        (Some("stopped"), Some(0))
+    );
     rt.ok(&["delete", "c1"]);
     rt.assert_clean();
     eprintln!(
@@ -64,7 +70,8 @@ fn kill_term_kill_9_and_kill_before_start() {
     let Some(rt) = Rt::new(test) else { return };
     // PID 1 of a pid namespace ignores TERM without a handler: the trap makes it count.
     let term = Bundle::new(&rt, |c| {
-        c["process"]["args"] = sh("trap 'echo term; exit 143' TERM; echo up; while :; do sleep 1; done");
+        c["process"]["args"] =
+            sh("trap 'echo term; exit 143' TERM; echo up; while :; do sleep 1; done");
     });
     let plain = Bundle::new(&rt, |c| c["process"]["args"] = sh("sleep 1000"));
     let mut a = rt.create(&term, "t", &[]);
@@ -86,7 +93,10 @@ fn kill_term_kill_9_and_kill_before_start() {
     for id in ["t", "k", "n"] {
         assert_eq!(rt.state(id)["status"], "stopped");
         let out = rt.run(&["kill", id, "9"]);
-        assert!(!out.status.success(), "kill of a stopped container must fail");
+        assert!(
+            !out.status.success(),
+            "kill of a stopped container must fail"
+        );
         rt.ok(&["delete", id]);
     }
     rt.assert_clean();
@@ -104,7 +114,13 @@ fn exec_ps_list_pause_resume_and_force_delete() {
     rt.ok(&["start", "e"]);
 
     // Foreground exec with ARGS: the container's env, its own exit status.
-    let out = rt.run(&["exec", "e", "sh", "-c", "while [ ! -f /tmp/ready ]; do sleep 0.1; done; echo $WHO; exit 4"]);
+    let out = rt.run(&[
+        "exec",
+        "e",
+        "sh",
+        "-c",
+        "while [ ! -f /tmp/ready ]; do sleep 0.1; done; echo $WHO; exit 4",
+    ]);
     assert_eq!(out.status.code(), Some(4), "{}", common::text(&out.stderr));
     assert_eq!(common::text(&out.stdout), "init\n");
 
@@ -119,33 +135,62 @@ fn exec_ps_list_pause_resume_and_force_delete() {
     .unwrap();
     let pid_file = rt.tmp.path().join("exec.pid");
     let mut holder = rt
-        .cmd(&["exec", "--detach", "--pid-file", pid_file.to_str().unwrap(), "--process",
-            proc_json.to_str().unwrap(), "e"])
+        .cmd(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--process",
+            proc_json.to_str().unwrap(),
+            "e",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     assert!(holder.wait().unwrap().success());
-    let hpid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let hpid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(wait_pid(hpid, LIMIT), 5);
     let mut o = String::new();
-    holder.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+    holder
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut o)
+        .unwrap();
     assert_eq!(o, "exec-out\n");
     let mut e = String::new();
-    holder.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    holder
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut e)
+        .unwrap();
     assert_eq!(e, "exec-err\n");
 
     // A duplicate id is refused and leaves the first alone.
     let dup = rt.run(&["create", "--bundle", b.path().to_str().unwrap(), "e"]);
     assert!(!dup.status.success());
-    assert!(common::text(&dup.stderr).contains("already exists"), "{}", common::text(&dup.stderr));
+    assert!(
+        common::text(&dup.stderr).contains("already exists"),
+        "{}",
+        common::text(&dup.stderr)
+    );
 
     let pids: Vec<u32> = serde_json::from_str(&rt.ok(&["ps", "--format", "json", "e"])).unwrap();
     assert!(pids.contains(&(c.pid as u32)), "{pids:?}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(&rt.ok(&["list", "--format", "json"])).unwrap();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&rt.ok(&["list", "--format", "json"])).unwrap();
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0]["id"].as_str(), list[0]["status"].as_str()), (Some("e"), Some("running")));
+    assert_eq!(
+        (list[0]["id"].as_str(), list[0]["status"].as_str()),
+        (Some("e"), Some("running"))
+    );
     assert!(rt.ok(&["list"]).lines().nth(1).unwrap().starts_with("e "));
 
     rt.ok(&["pause", "e"]);
@@ -155,10 +200,17 @@ fn exec_ps_list_pause_resume_and_force_delete() {
     rt.ok(&["resume", "e"]);
     assert_eq!(rt.state("e")["status"], "running");
     let out = rt.run(&["exec", "e", "true"]);
-    assert!(out.status.success(), "exec after resume: {}", common::text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exec after resume: {}",
+        common::text(&out.stderr)
+    );
 
     let busy = rt.run(&["delete", "e"]);
-    assert!(!busy.status.success(), "delete of a running container needs --force");
+    assert!(
+        !busy.status.success(),
+        "delete of a running container needs --force"
+    );
     rt.ok(&["delete", "--force", "e"]);
     assert_eq!(wait_pid(c.pid, LIMIT), 137);
     rt.assert_clean();
@@ -166,17 +218,26 @@ fn exec_ps_list_pause_resume_and_force_delete() {
 
 /// State letter of the VMM recorded for the only container.
 fn vm_state_of(rt: &Rt) -> char {
-    let st: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(rt.root().join("e/state.json")).unwrap(),
-    )
-    .unwrap();
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rt.root().join("e/state.json")).unwrap()).unwrap();
     let pid = st["vm"]["pid"].as_u64().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit(')').next().unwrap().trim_start().chars().next().unwrap()
+    stat.rsplit(')')
+        .next()
+        .unwrap()
+        .trim_start()
+        .chars()
+        .next()
+        .unwrap()
 }
 
 /// Reads `master` until EOF/EIO on a thread; the text so far is in the returned buffer.
-fn pty_reader(master: std::os::fd::OwnedFd) -> (std::sync::Arc<std::sync::Mutex<String>>, std::thread::JoinHandle<()>) {
+fn pty_reader(
+    master: std::os::fd::OwnedFd,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let t = text.clone();
     let mut m = std::fs::File::from(master);
@@ -187,7 +248,9 @@ fn pty_reader(master: std::os::fd::OwnedFd) -> (std::sync::Arc<std::sync::Mutex<
             if n == 0 {
                 break;
             }
-            t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+            t.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
         }
     });
     (text, h)
@@ -196,7 +259,11 @@ fn pty_reader(master: std::os::fd::OwnedFd) -> (std::sync::Arc<std::sync::Mutex<
 fn wait_for_text(text: &std::sync::Mutex<String>, want: &str) {
     let deadline = Instant::now() + LIMIT;
     while !text.lock().unwrap().contains(want) {
-        assert!(Instant::now() < deadline, "no {want:?} in {:?}", text.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} in {:?}",
+            text.lock().unwrap()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -223,27 +290,63 @@ fn console_socket_gets_a_pty_master_for_init_and_exec() {
     wait_for_text(&text, "30 100");
 
     // The engine resizes its master: the guest's pty follows (SIGWINCH → resize_tty).
-    let ws = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ on the master fd we hold, with a winsize we own.
-    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&resize), libc::TIOCSWINSZ, &ws) }, 0);
+    assert_eq!(
+        unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&resize),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        },
+        0
+    );
 
     // exec -t --detach --console-socket, as conmon and the shim do.
     let sock2 = rt.tmp.path().join("exec-console.sock");
     let listener2 = UnixListener::bind(&sock2).unwrap();
     let receiver2 = std::thread::spawn(move || recv_fd(&listener2));
     let proc_json = rt.tmp.path().join("exec-tty.json");
-    std::fs::write(&proc_json, serde_json::json!({"terminal": true, "args": ["sh", "-c", "tty; echo exec-tty; exit 6"],
-        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}).to_string()).unwrap();
+    std::fs::write(
+        &proc_json,
+        serde_json::json!({"terminal": true, "args": ["sh", "-c", "tty; echo exec-tty; exit 6"],
+        "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}})
+        .to_string(),
+    )
+    .unwrap();
     let pid_file = rt.tmp.path().join("exec-tty.pid");
-    rt.ok(&["exec", "--pid-file", pid_file.to_str().unwrap(), "--process", proc_json.to_str().unwrap(),
-        "--detach", "--tty", "--console-socket", sock2.to_str().unwrap(), "p"]);
+    rt.ok(&[
+        "exec",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "--process",
+        proc_json.to_str().unwrap(),
+        "--detach",
+        "--tty",
+        "--console-socket",
+        sock2.to_str().unwrap(),
+        "p",
+    ]);
     let (exec_master, _) = receiver2.join().unwrap();
     let (exec_text, exec_reader) = pty_reader(exec_master);
-    let hpid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let hpid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(wait_pid(hpid, LIMIT), 6);
     exec_reader.join().unwrap();
     let et = exec_text.lock().unwrap().clone();
-    assert!(et.contains("/dev/pts/") && et.contains("exec-tty"), "{et:?}");
+    assert!(
+        et.contains("/dev/pts/") && et.contains("exec-tty"),
+        "{et:?}"
+    );
 
     input.write_all(b"abc\n").unwrap();
     assert_eq!(c.wait(LIMIT), 7);
@@ -251,7 +354,10 @@ fn console_socket_gets_a_pty_master_for_init_and_exec() {
     let text = text.lock().unwrap().clone();
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert!(text.contains("got abc"), "{text:?}");
-    assert!(text.contains("40 120"), "resize did not reach the guest: {text:?}");
+    assert!(
+        text.contains("40 120"),
+        "resize did not reach the guest: {text:?}"
+    );
     rt.ok(&["delete", "p"]);
     rt.assert_clean();
 }
@@ -263,7 +369,11 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("in.txt"), "from-host\n").unwrap();
     // The process runs as uid 1000; virtiofsd checks its credentials against the host's.
-    std::fs::set_permissions(host.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let files = tempfile::tempdir().unwrap();
     std::fs::write(files.path().join("hosts"), "10.9.8.7 husk-host\n").unwrap();
     let hooks = tempfile::tempdir().unwrap();
@@ -282,7 +392,8 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         mkdir /tmp/d 2>/dev/null && echo mkdir-allowed || echo mkdir-denied";
     let b = Bundle::new(&rt, |c| {
         c["process"]["args"] = sh(script);
-        c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [10]});
+        c["process"]["user"] =
+            serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [10]});
         c["process"]["env"] = serde_json::json!(["PATH=/bin", "FOO=bar"]);
         c["process"]["cwd"] = "/tmp".into();
         c["hostname"] = "husk-test".into();
@@ -292,7 +403,8 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         c["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]});
-        c["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1000}]);
+        c["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1000}]);
         c["process"]["noNewPrivileges"] = true.into();
         c["process"]["oomScoreAdj"] = 123.into();
         c["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL", "CAP_CHOWN"],
@@ -314,23 +426,36 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
     let mut c = rt.create(&b, "s", &[]);
     for k in ["prestart", "createRuntime"] {
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(hooks.path().join(format!("{k}.json"))).unwrap()).unwrap();
-        assert_eq!((v["id"].as_str(), v["pid"].as_i64()), (Some("s"), Some(c.pid as i64)), "{k}: {v}");
+            serde_json::from_slice(&std::fs::read(hooks.path().join(format!("{k}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["pid"].as_i64()),
+            (Some("s"), Some(c.pid as i64)),
+            "{k}: {v}"
+        );
     }
     assert!(!hooks.path().join("poststart.json").exists());
     rt.ok(&["start", "s"]);
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(hooks.path().join("poststart.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(hooks.path().join("poststart.json")).unwrap())
+            .unwrap();
     assert_eq!(v["status"], "running");
     let code = c.wait(LIMIT);
     let out = c.read_stdout();
     assert_eq!(code, 0, "{out}\n{}", c.read_stderr());
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[..6], ["1000", "1000", "1000 10", "FOO=bar", "/tmp", "husk-test"], "{out}");
+    assert_eq!(
+        lines[..6],
+        ["1000", "1000", "1000 10", "FOO=bar", "/tmp", "husk-test"],
+        "{out}"
+    );
     assert!(out.contains("root-ro"), "{out}");
     assert!(out.contains("secret=[]"), "{out}");
     assert!(out.contains("from-host"), "{out}");
-    assert!(out.contains("10.9.8.7 husk-host") && out.contains("hosts-ro"), "{out}");
+    assert!(
+        out.contains("10.9.8.7 husk-host") && out.contains("hosts-ro"),
+        "{out}"
+    );
     assert!(out.contains("nproc=2"), "{out}");
     let mem_kb: u64 = out
         .lines()
@@ -341,17 +466,27 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
         (300 * 1024..=(300 + 64) * 1024).contains(&mem_kb),
         "MemTotal {mem_kb} kB for a 300 MiB limit"
     );
-    assert!(out.contains("memmax=314572800 cpumax=200000 100000"), "{out}");
+    assert!(
+        out.contains("memmax=314572800 cpumax=200000 100000"),
+        "{out}"
+    );
     assert!(out.contains("nofile=1000 oom=123"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000021"), "{out}");
     assert!(out.contains("domain=husk.example"), "{out}");
     assert!(out.contains("mkdir-denied"), "{out}");
-    assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "from-guest\n");
-    assert_eq!(std::fs::read_to_string(files.path().join("hosts")).unwrap(), "10.9.8.7 husk-host\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "from-guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.path().join("hosts")).unwrap(),
+        "10.9.8.7 husk-host\n"
+    );
     rt.ok(&["delete", "s"]);
     let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(hooks.path().join("poststop.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(hooks.path().join("poststop.json")).unwrap())
+            .unwrap();
     assert_eq!(v["status"], "stopped");
     rt.assert_clean();
 }
@@ -380,21 +515,71 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     let no_rootfs = Bundle::new(&rt, |_| {});
     std::fs::remove_dir_all(no_rootfs.rootfs()).unwrap();
     let host_ns = Bundle::new(&rt, |c| {
-        c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
+        c["linux"]["namespaces"] =
+            serde_json::json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
     });
     let p = |d: &std::path::Path| d.to_str().unwrap().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["create".into(), "--bundle".into(), p(no_config.path()), "x".into()], "no config.json"),
-        (vec!["create".into(), "--bundle".into(), p(malformed.path()), "x".into()], "not a valid OCI runtime spec"),
-        (vec!["create".into(), "--bundle".into(), p(no_rootfs.path()), "x".into()], "rootfs"),
-        (vec!["create".into(), "--bundle".into(), p(host_ns.path()), "x".into()], "cannot honour"),
-        (vec!["create".into(), "--bundle".into(), p(host_ns.path()), "../x".into()], "invalid container id"),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(no_config.path()),
+                "x".into(),
+            ],
+            "no config.json",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(malformed.path()),
+                "x".into(),
+            ],
+            "not a valid OCI runtime spec",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(no_rootfs.path()),
+                "x".into(),
+            ],
+            "rootfs",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(host_ns.path()),
+                "x".into(),
+            ],
+            "cannot honour",
+        ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(host_ns.path()),
+                "../x".into(),
+            ],
+            "invalid container id",
+        ),
         (vec!["state".into(), "nope".into()], "does not exist"),
         (vec!["start".into(), "nope".into()], "does not exist"),
         (vec!["delete".into(), "nope".into()], "does not exist"),
-        (vec!["kill".into(), "nope".into(), "SIGNOPE".into()], "invalid signal"),
-        (vec!["kill".into(), "nope".into(), "99".into()], "invalid signal"),
-        (vec!["exec".into(), "nope".into(), "true".into()], "does not exist"),
+        (
+            vec!["kill".into(), "nope".into(), "SIGNOPE".into()],
+            "invalid signal",
+        ),
+        (
+            vec!["kill".into(), "nope".into(), "99".into()],
+            "invalid signal",
+        ),
+        (
+            vec!["exec".into(), "nope".into(), "true".into()],
+            "does not exist",
+        ),
     ];
     for (args, want) in &cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -50,7 +50,8 @@ pub fn limit(id: &str, r: &husk_protocol::Resources) -> io::Result<()> {
     if writes.iter().all(|(_, v)| v.is_none()) {
         return Ok(());
     }
-    fs::create_dir_all(&d).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
+    fs::create_dir_all(&d)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
     for (file, value) in writes {
         if let Some(v) = value {
             fs::write(d.join(file), &v).map_err(|e| {

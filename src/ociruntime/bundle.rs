@@ -74,9 +74,7 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, Error> {
     let path = bundle.join("config.json");
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::NoConfig { path })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoConfig { path }),
         Err(source) => return Err(Error::Io { path, source }),
     };
     serde_json::from_slice(&bytes).map_err(|e| Error::BadConfig {
@@ -132,7 +130,9 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         }
     }
     let seccomp = match linux.seccomp() {
-        Some(s) => Some(seccomp(&serde_json::to_value(s).map_err(|e| bad(e.to_string()))?)?),
+        Some(s) => Some(seccomp(
+            &serde_json::to_value(s).map_err(|e| bad(e.to_string()))?,
+        )?),
         None => None,
     };
     let (vcpus, memory_mib) = size(linux.resources().as_ref());
@@ -253,10 +253,15 @@ fn cgroup_limits(r: Option<&LinuxResources>) -> husk_protocol::Resources {
             .and_then(|m| m.limit())
             .filter(|&l| l > 0)
             .map(|l| l as u64),
-        cpu_max: r.cpu().as_ref().and_then(|c| match (c.quota(), c.period()) {
-            (Some(q), Some(p)) if q > 0 && (1000..=1_000_000).contains(&p) => Some((q as u64, p)),
-            _ => None,
-        }),
+        cpu_max: r
+            .cpu()
+            .as_ref()
+            .and_then(|c| match (c.quota(), c.period()) {
+                (Some(q), Some(p)) if q > 0 && (1000..=1_000_000).contains(&p) => {
+                    Some((q as u64, p))
+                }
+                _ => None,
+            }),
         pids_max: r
             .pids()
             .as_ref()

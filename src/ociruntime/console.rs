@@ -64,8 +64,12 @@ pub fn open(rows: u16, cols: u16) -> io::Result<Pty> {
 
 /// Connects to the engine's console socket and sends `master` with `name` as the payload.
 pub fn send_master(socket: &Path, master: &OwnedFd, name: &str) -> io::Result<()> {
-    let s = UnixStream::connect(socket)
-        .map_err(|e| io::Error::new(e.kind(), format!("console socket {}: {e}", socket.display())))?;
+    let s = UnixStream::connect(socket).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("console socket {}: {e}", socket.display()),
+        )
+    })?;
     send_fd(s.as_raw_fd(), name.as_bytes(), master.as_raw_fd())
 }
 

@@ -41,7 +41,9 @@ fn run_one(kind: &'static str, hook: &Hook, state: &serde_json::Value) -> Result
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run it: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine.
         let _ = stdin.write_all(state.to_string().as_bytes());
@@ -106,10 +108,13 @@ mod tests {
 
     #[test]
     fn failures_and_timeouts_are_errors() {
-        let f = hook(serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}));
+        let f = hook(
+            serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}),
+        );
         let e = run("poststart", &[f], &serde_json::json!({})).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
-        let slow = hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
+        let slow =
+            hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}));
         let t = Instant::now();
         assert!(run("prestart", &[slow], &serde_json::json!({})).is_err());
         assert!(t.elapsed() < Duration::from_secs(4));

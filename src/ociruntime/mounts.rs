@@ -22,7 +22,9 @@ pub fn share_tag(i: usize) -> String {
 }
 
 /// Filesystems the agent mounts itself.
-const KERNEL_FS: [&str; 7] = ["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup2", "ramfs"];
+const KERNEL_FS: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup2", "ramfs",
+];
 
 /// Options that only say "bind" or propagation; the share's mount gets its own.
 fn is_bind_only(o: &str) -> bool {
@@ -83,14 +85,22 @@ pub fn translate(mounts: &[Mount]) -> Result<Translated, Error> {
             t.bind(&dest, Path::new(&source), &options)?;
             continue;
         }
-        let fs = if typ == "cgroup" { "cgroup2" } else { typ.as_str() };
+        let fs = if typ == "cgroup" {
+            "cgroup2"
+        } else {
+            typ.as_str()
+        };
         if !KERNEL_FS.contains(&fs) {
             return Err(Error::Unsupported(format!(
                 "mounts: {dest}: filesystem type {typ:?} (the guest mounts proc, sysfs, tmpfs, \
                  devpts, mqueue, cgroup and binds of host paths)"
             )));
         }
-        let source = if source.is_empty() { fs.to_string() } else { source };
+        let source = if source.is_empty() {
+            fs.to_string()
+        } else {
+            source
+        };
         let opts: Vec<&str> = options.iter().map(String::as_str).collect();
         t.mounts.push(spec(&dest, fs, &source, &opts));
     }
@@ -187,7 +197,13 @@ mod tests {
         let got: Vec<_> = t
             .mounts
             .iter()
-            .map(|m| (m.destination.as_str(), m.fs_type.as_str(), m.source.as_str()))
+            .map(|m| {
+                (
+                    m.destination.as_str(),
+                    m.fs_type.as_str(),
+                    m.source.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -209,11 +225,17 @@ mod tests {
 
     #[test]
     fn refuses_foreign_filesystems_devices_and_missing_sources() {
-        let m = mounts(serde_json::json!([{"destination": "/x", "type": "ext4", "source": "/dev/sda1"}]));
+        let m = mounts(
+            serde_json::json!([{"destination": "/x", "type": "ext4", "source": "/dev/sda1"}]),
+        );
         assert!(matches!(translate(&m), Err(Error::Unsupported(_))));
-        let m = mounts(serde_json::json!([{"destination": "/x", "type": "bind", "source": "/dev/null"}]));
+        let m = mounts(
+            serde_json::json!([{"destination": "/x", "type": "bind", "source": "/dev/null"}]),
+        );
         assert!(matches!(translate(&m), Err(Error::Unsupported(_))));
-        let m = mounts(serde_json::json!([{"destination": "/x", "type": "bind", "source": "/nonexistent/x"}]));
+        let m = mounts(
+            serde_json::json!([{"destination": "/x", "type": "bind", "source": "/nonexistent/x"}]),
+        );
         assert!(matches!(translate(&m), Err(Error::BadConfig { .. })));
     }
 }

@@ -123,7 +123,13 @@ mod tests {
         assert_eq!((s.user.uid, s.user.gid), (1000, 1000));
         assert_eq!(s.user.additional_gids, [10, 20]);
         assert_eq!(s.user.umask, Some(18));
-        assert_eq!(s.console_size, Some(ConsoleSize { rows: 30, cols: 100 }));
+        assert_eq!(
+            s.console_size,
+            Some(ConsoleSize {
+                rows: 30,
+                cols: 100
+            })
+        );
         assert_eq!(s.rlimits[0].soft, 512);
         assert!(s.no_new_privileges);
         assert_eq!(s.oom_score_adj, Some(100));
@@ -136,13 +142,27 @@ mod tests {
     #[test]
     fn refuses_what_cannot_run() {
         let empty = process(serde_json::json!({"user": {"uid": 0, "gid": 0}, "cwd": "/"}));
-        assert!(matches!(convert(&empty, (24, 80)), Err(ProcessError::NoArgs)));
-        let rel = process(serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "tmp"}));
-        assert!(matches!(convert(&rel, (24, 80)), Err(ProcessError::RelativeCwd(_))));
-        let soft = process(serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "/",
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 2}]}));
+        assert!(matches!(
+            convert(&empty, (24, 80)),
+            Err(ProcessError::NoArgs)
+        ));
+        let rel =
+            process(serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "tmp"}));
+        assert!(matches!(
+            convert(&rel, (24, 80)),
+            Err(ProcessError::RelativeCwd(_))
+        ));
+        let soft = process(
+            serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "/",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1, "soft": 2}]}),
+        );
         assert!(convert(&soft, (24, 80)).is_err());
-        let tty = process(serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "/", "terminal": true}));
-        assert_eq!(convert(&tty, (25, 81)).unwrap().console_size, Some(ConsoleSize { rows: 25, cols: 81 }));
+        let tty = process(
+            serde_json::json!({"user": {"uid": 0, "gid": 0}, "args": ["x"], "cwd": "/", "terminal": true}),
+        );
+        assert_eq!(
+            convert(&tty, (25, 81)).unwrap().console_size,
+            Some(ConsoleSize { rows: 25, cols: 81 })
+        );
     }
 }

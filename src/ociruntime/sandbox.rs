@@ -113,7 +113,10 @@ pub fn run(
                     if let Ok(store) = Store::open(&store_root) {
                         let _ = store.update(&id, |s| s.status = Status::Running);
                     }
-                    let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Started);
+                    let _ = tx
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(Event::Started);
                     Ok(())
                 }
                 Request::Kill(sig) if started.load(Ordering::SeqCst) => {
@@ -124,7 +127,10 @@ pub fn run(
                     }
                 }
                 Request::Kill(sig) => {
-                    let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(Event::Killed(sig));
+                    let _ = tx
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(Event::Killed(sig));
                     Ok(())
                 }
             }
@@ -152,7 +158,9 @@ pub fn run(
         let _ = f.write_all(b"ok\n");
     }
     if let Some(created) = run_now {
-        let go = created().map_err(|e| e.to_string()).and_then(|()| handler(Request::Start));
+        let go = created()
+            .map_err(|e| e.to_string())
+            .and_then(|()| handler(Request::Start));
         if let Err(e) = go {
             eprintln!("husk-runtime: {e}");
             log::error_to_file(&e);
@@ -242,8 +250,8 @@ fn boot(
         source: Box::new(source),
     };
     vm.wait_vsock_ready(AGENT_CONNECT_TIMEOUT).map_err(vm_err)?;
-    let agent = AgentClient::connect(&state.vsock_uds(), AGENT_CONNECT_TIMEOUT)
-        .map_err(agent_err)?;
+    let agent =
+        AgentClient::connect(&state.vsock_uds(), AGENT_CONNECT_TIMEOUT).map_err(agent_err)?;
     agent
         .create_container(plan.container.clone())
         .map_err(agent_err)?;
@@ -334,7 +342,9 @@ fn power_off(vm: &dyn VmHandle, agent: &AgentClient, id: &str) {
             Ok(None) => {}
         }
         if Instant::now() >= deadline {
-            log::warn(&format!("container {id}: the VM did not power off; killing it"));
+            log::warn(&format!(
+                "container {id}: the VM did not power off; killing it"
+            ));
             let _ = vm.kill();
             break;
         }

@@ -28,7 +28,11 @@ impl Rt {
         let kernel = common::kernel(test)?;
         let initramfs = common::initramfs(test)?;
         if !Path::new("/bin/busybox").exists() {
-            common::not_run(test, "/bin/busybox missing (apt install busybox-static)", true);
+            common::not_run(
+                test,
+                "/bin/busybox missing (apt install busybox-static)",
+                true,
+            );
             return None;
         }
         static SUBREAPER: Once = Once::new();
@@ -243,7 +247,11 @@ pub fn wait_pid(pid: i32, limit: Duration) -> i32 {
             }
             return 128 + libc::WTERMSIG(status);
         }
-        assert!(r == 0, "waitpid({pid}): {}", std::io::Error::last_os_error());
+        assert!(
+            r == 0,
+            "waitpid({pid}): {}",
+            std::io::Error::last_os_error()
+        );
         assert!(
             start.elapsed() < limit,
             "process {pid} still running after {limit:?}"
@@ -262,8 +270,15 @@ pub fn processes_naming(dir: &Path) -> Vec<String> {
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|&p| p != me)
                 .filter(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                    let state = stat.rsplit(')').next().unwrap_or("").trim_start().chars().next();
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let state = stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .chars()
+                        .next();
                     !matches!(state, Some('Z') | Some('X') | None)
                 })
                 .filter_map(|p| {
@@ -291,7 +306,10 @@ impl Bundle {
             std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
         }
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-        let list = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+        let list = Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
         for applet in common::text(&list.stdout).lines() {
             if applet != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));

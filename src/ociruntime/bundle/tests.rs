@@ -58,7 +58,10 @@ fn bad_bundles_fail_with_the_reason() {
     assert!(matches!(plan("c", d.path()), Err(Error::BadConfig { .. })));
     let no_rootfs = tempfile::tempdir().unwrap();
     std::fs::write(no_rootfs.path().join("config.json"), base().to_string()).unwrap();
-    assert!(matches!(plan("c", no_rootfs.path()), Err(Error::NoRootfs { .. })));
+    assert!(matches!(
+        plan("c", no_rootfs.path()),
+        Err(Error::NoRootfs { .. })
+    ));
 }
 
 #[test]
@@ -137,11 +140,26 @@ fn podmans_config_plans() {
     // rootfs, the -v volume, and the userdata dir holding hostname/hosts/.containerenv;
     // /dev/shm became a guest tmpfs.
     assert_eq!(p.shares.len(), 3, "{:?}", p.shares);
-    let shm = p.container.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap();
+    let shm = p
+        .container
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/dev/shm")
+        .unwrap();
     assert_eq!(shm.fs_type, "tmpfs");
-    let hosts = p.container.mounts.iter().find(|m| m.destination == "/etc/hosts").unwrap();
+    let hosts = p
+        .container
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/etc/hosts")
+        .unwrap();
     assert!(hosts.source.ends_with(":hosts"), "{hosts:?}");
-    let data = p.container.mounts.iter().find(|m| m.destination == "/data").unwrap();
+    let data = p
+        .container
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/data")
+        .unwrap();
     assert!(data.options.contains(&"ro".to_string()));
     assert_eq!((p.vcpus, p.memory_mib), (2, 256 + GUEST_OVERHEAD_MIB));
     assert_eq!(p.container.process.user.uid, 1000);
@@ -153,7 +171,10 @@ fn podmans_config_plans() {
 #[test]
 fn containerds_config_plans() {
     let d = tempfile::tempdir().unwrap();
-    engine_bundle(include_str!("fixtures/engine-config-containerd.json"), d.path());
+    engine_bundle(
+        include_str!("fixtures/engine-config-containerd.json"),
+        d.path(),
+    );
     let p = plan("c4", d.path()).unwrap();
     assert_eq!(p.shares.len(), 2, "{:?}", p.shares);
     assert!(p.container.process.no_new_privileges);

@@ -90,7 +90,13 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
     }
     if !a.detach {
         let target = attach::forward_signals();
-        return foreground(&state, spec, a.console_socket.as_deref(), Some(&target), None);
+        return foreground(
+            &state,
+            spec,
+            a.console_socket.as_deref(),
+            Some(&target),
+            None,
+        );
     }
     let file = store.dir(&a.id).join(format!(
         "exec-{}.json",
@@ -98,7 +104,11 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
     ));
     let json = serde_json::to_vec(&spec).map_err(|e| Error::io(&file)(std::io::Error::other(e)))?;
     std::fs::write(&file, json).map_err(Error::io(&file))?;
-    let mut args: Vec<&OsStr> = vec![OsStr::new("exec-holder"), OsStr::new("--spec"), file.as_os_str()];
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("exec-holder"),
+        OsStr::new("--spec"),
+        file.as_os_str(),
+    ];
     if let Some(s) = &a.console_socket {
         args.push(OsStr::new("--console-socket"));
         args.push(s.as_os_str());
@@ -207,9 +217,7 @@ fn foreground(
                 unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
             }
         }
-        agent
-            .exec_process(&id, &exec_id, spec)
-            .map_err(agent_err)?;
+        agent.exec_process(&id, &exec_id, spec).map_err(agent_err)?;
         let attached = attach::attach(
             &agent,
             &state.vsock_uds(),

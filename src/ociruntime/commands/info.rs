@@ -33,7 +33,11 @@ pub fn ps(store: &Store, a: &PsArgs) -> Result<i32, Error> {
                 println!("{p:>8} {}", comm.trim());
             }
         }
-        other => return Err(Error::Usage(format!("invalid --format {other:?}: table or json"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "invalid --format {other:?}: table or json"
+            )))
+        }
     }
     Ok(0)
 }
@@ -67,7 +71,11 @@ pub fn list(store: &Store, a: &ListArgs) -> Result<i32, Error> {
                 );
             }
         }
-        other => return Err(Error::Usage(format!("invalid --format {other:?}: table or json"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "invalid --format {other:?}: table or json"
+            )))
+        }
     }
     Ok(0)
 }

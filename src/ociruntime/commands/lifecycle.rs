@@ -36,7 +36,11 @@ pub fn start(store: &Store, id: &str) -> Result<i32, Error> {
     })?;
     let state = store.load(id)?;
     // As runc: a failing poststart hook is a warning, the container runs on.
-    if let Err(e) = hooks::run("poststart", &state.poststart, &state.hook_json(Status::Running)) {
+    if let Err(e) = hooks::run(
+        "poststart",
+        &state.poststart,
+        &state.hook_json(Status::Running),
+    ) {
         log::warn(&e.to_string());
     }
     Ok(0)
@@ -69,7 +73,10 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
         }
         Status::Paused => return Err(wrong(&state, "resume it first, or send KILL")),
         Status::Creating | Status::Stopped => {
-            return Err(wrong(&state, "only a created or running container can be signalled"))
+            return Err(wrong(
+                &state,
+                "only a created or running container can be signalled",
+            ))
         }
     }
     Ok(0)
@@ -96,7 +103,11 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
 
 /// poststop hooks: failures are logged, the container is gone regardless.
 pub fn run_poststop(state: &ContainerState) {
-    if let Err(e) = hooks::run("poststop", &state.poststop, &state.hook_json(Status::Stopped)) {
+    if let Err(e) = hooks::run(
+        "poststop",
+        &state.poststop,
+        &state.hook_json(Status::Stopped),
+    ) {
         log::warn(&e.to_string());
     }
 }
@@ -109,8 +120,15 @@ pub fn destroy(store: &Store, state: &ContainerState) {
         // A paused VM cannot power off: let it go first.
         vm.signal(libc::SIGCONT);
     }
-    if let Some(sb) = state.sandbox.filter(|s| s.is_alive() && s.pid != std::process::id()) {
-        let _ = control::send(&state.control_socket(), Request::Kill(libc::SIGKILL), KILL_TIMEOUT);
+    if let Some(sb) = state
+        .sandbox
+        .filter(|s| s.is_alive() && s.pid != std::process::id())
+    {
+        let _ = control::send(
+            &state.control_socket(),
+            Request::Kill(libc::SIGKILL),
+            KILL_TIMEOUT,
+        );
         if !sb.wait_gone(STOP_WAIT) {
             sb.signal(libc::SIGKILL);
             sb.wait_gone(Duration::from_secs(5));
@@ -142,10 +160,13 @@ pub fn pause(store: &Store, id: &str, pause: bool) -> Result<i32, Error> {
             },
         ));
     }
-    let vm = state.vm.filter(|v| v.is_alive()).ok_or_else(|| Error::Sandbox {
-        id: id.into(),
-        detail: "its VM process is gone".into(),
-    })?;
+    let vm = state
+        .vm
+        .filter(|v| v.is_alive())
+        .ok_or_else(|| Error::Sandbox {
+            id: id.into(),
+            detail: "its VM process is gone".into(),
+        })?;
     // Stopping the VMM process stops every vCPU thread with it, on any backend.
     vm.signal(sig);
     store.update(id, |s| s.status = to)?;

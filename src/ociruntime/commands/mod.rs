@@ -67,8 +67,12 @@ fn spawn_helper(
         return Err(Error::io("pipe")(std::io::Error::last_os_error()));
     }
     // SAFETY: fresh fds from pipe2, owned here.
-    let (read_end, write_end) =
-        unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
     let mut cmd = Command::new(&exe);
     cmd.arg("--root").arg(&g.root);
     if let Some(l) = &g.log {

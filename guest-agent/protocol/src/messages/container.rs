@@ -115,7 +115,10 @@ impl ContainerSpec {
             }
         }
         if self.resources.memory_max == Some(0) || self.resources.pids_max == Some(0) {
-            return fail("resources", "a limit of 0 would stop the container from running");
+            return fail(
+                "resources",
+                "a limit of 0 would stop the container from running",
+            );
         }
         Ok(())
     }
