@@ -518,6 +518,10 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         c["linux"]["namespaces"] =
             serde_json::json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
     });
+    // A failing prestart hook fails `create` after the VM is up: it must take the VM along.
+    let bad_hook = Bundle::new(&rt, |c| {
+        c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hook-says-no >&2; exit 2"]}]});
+    });
     let p = |d: &std::path::Path| d.to_str().unwrap().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
@@ -565,6 +569,15 @@ fn bad_input_is_one_line_and_leaves_nothing() {
             ],
             "invalid container id",
         ),
+        (
+            vec![
+                "create".into(),
+                "--bundle".into(),
+                p(bad_hook.path()),
+                "h".into(),
+            ],
+            "prestart hook /bin/sh failed: exit status: 2: hook-says-no",
+        ),
         (vec!["state".into(), "nope".into()], "does not exist"),
         (vec!["start".into(), "nope".into()], "does not exist"),
         (vec!["delete".into(), "nope".into()], "does not exist"),
@@ -599,5 +612,63 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     }
     // Engines delete twice; runc's `delete --force` of a gone id succeeds.
     rt.ok(&["delete", "--force", "nope"]);
+    rt.assert_clean();
+}
+
+/// The parts of runc's CLI contract that boot nothing: `features`, `spec`, `--version`,
+/// `list` of an empty root, text logs.
+#[test]
+fn cli_contract_without_a_vm() {
+    let test = "cli_contract_without_a_vm";
+    let Some(rt) = Rt::new(test) else { return };
+    let f: serde_json::Value = serde_json::from_str(&rt.ok(&["features"])).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    assert!(f["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "prestart"));
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    let v = rt.ok(&["--version"]);
+    assert!(v.starts_with("husk-runtime version "), "{v}");
+    assert!(v.contains("spec: 1.2.0"), "{v}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    rt.ok(&["spec", "--bundle", d]);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["root"]["path"], "rootfs");
+    assert_eq!(spec["process"]["args"], serde_json::json!(["sh"]));
+    assert_eq!(spec["process"]["terminal"], true);
+    let again = rt.run(&["spec", "--bundle", d]);
+    assert!(
+        !again.status.success(),
+        "spec must not overwrite config.json"
+    );
+
+    assert_eq!(rt.ok(&["list", "--format", "json"]).trim(), "[]");
+    assert_eq!(rt.ok(&["list", "-q"]), "");
+
+    // --log-format text: logrus-style key=value lines.
+    let log = rt.tmp.path().join("text.log");
+    let out = std::process::Command::new(common::bin("husk-runtime"))
+        .arg("--root")
+        .arg(rt.root())
+        .args([
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format=text",
+            "state",
+            "missing",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("level=error msg=\"container missing does not exist\""),
+        "{text}"
+    );
     rt.assert_clean();
 }

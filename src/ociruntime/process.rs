@@ -166,3 +166,29 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    /// The `exec --process` files podman (conmon) and containerd's shim wrote for `exec -t`.
+    #[test]
+    fn engines_exec_process_files_convert() {
+        for (name, text) in [
+            (
+                "podman",
+                include_str!("bundle/fixtures/engine-process-podman-exec-tty.json"),
+            ),
+            (
+                "containerd",
+                include_str!("bundle/fixtures/engine-process-containerd-exec-tty.json"),
+            ),
+        ] {
+            let p: Process = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let s = convert(&p, (24, 80)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(s.terminal, "{name}");
+            assert!(!s.args.is_empty(), "{name}");
+            assert!(s.console_size.is_some(), "{name}");
+        }
+    }
+}
