@@ -19,6 +19,8 @@ fn main() {
             e.exit()
         }
         Err(e) => {
+            // The engine reads the reason from --log: honour it even when parsing failed.
+            log::init(log::from_raw_args(std::env::args().skip(1)));
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
             log::error(first.trim_start_matches("error: "));

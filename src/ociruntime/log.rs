@@ -46,6 +46,30 @@ pub fn current() -> Logger {
     LOGGER.get().cloned().unwrap_or_default()
 }
 
+/// `--log`/`--log-format` picked out of raw arguments, for errors met before the command
+/// line could be parsed (the engine still reads the reason from the log file).
+pub fn from_raw_args(args: impl IntoIterator<Item = String>) -> Logger {
+    let mut l = Logger::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let value = |it: &mut dyn Iterator<Item = String>| inline.clone().or_else(|| it.next());
+        match flag.as_str() {
+            "--log" => l.file = value(&mut it).map(PathBuf::from),
+            "--log-format" => {
+                if let Some(f) = value(&mut it).and_then(|v| v.parse().ok()) {
+                    l.format = f;
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
 /// One log line in `format`.
 pub fn line(format: Format, level: &str, msg: &str) -> String {
     let time = rfc3339_now();
@@ -89,6 +113,27 @@ pub fn debug(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_flags_are_found_in_unparsed_arguments() {
+        let args = [
+            "--root",
+            "/r",
+            "--log=/l.json",
+            "--log-format",
+            "json",
+            "create",
+            "--bogus",
+        ];
+        let l = from_raw_args(args.iter().map(|s| s.to_string()));
+        assert_eq!(l.file.as_deref(), Some(std::path::Path::new("/l.json")));
+        assert_eq!(l.format, Format::Json);
+        let l = from_raw_args(["--log".to_string(), "/x".into(), "--log-format=text".into()]);
+        assert_eq!(
+            (l.file.unwrap(), l.format),
+            (PathBuf::from("/x"), Format::Text)
+        );
+    }
 
     #[test]
     fn json_lines_are_runcs_shape() {

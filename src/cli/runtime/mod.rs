@@ -15,7 +15,10 @@ pub use args::*;
     name = "husk-runtime",
     version,
     long_version = concat!("version ", env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0\nvm: one microVM per container (husk)"),
-    about
+    about,
+    // As runc (urfave/cli): a flag given twice takes the last value, so a wrapper's
+    // `--root` can be overridden by the engine's.
+    args_override_self = true
 )]
 pub struct RuntimeCli {
     #[command(flatten)]
