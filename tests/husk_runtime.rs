@@ -672,3 +672,28 @@ fn cli_contract_without_a_vm() {
     );
     rt.assert_clean();
 }
+
+/// `delete` of a created (never started) container ends its sandbox and VM, and a few
+/// create → start → exit → delete cycles leave nothing behind.
+#[test]
+fn delete_of_a_created_container_and_repeated_cycles_leak_nothing() {
+    let test = "delete_of_a_created_container_and_repeated_cycles_leak_nothing";
+    let Some(rt) = Rt::new(test) else { return };
+    let b = Bundle::new(&rt, |c| c["process"]["args"] = sh("echo cycle"));
+    let mut c = rt.create(&b, "d", &[]);
+    rt.ok(&["delete", "d"]);
+    assert_eq!(c.wait(LIMIT), 137);
+    assert_eq!(c.read_stdout(), "");
+    rt.assert_clean();
+    for i in 0..3 {
+        let id = format!("cycle{i}");
+        let mut c = rt.create(&b, &id, &[]);
+        rt.ok(&["start", &id]);
+        assert_eq!(c.wait(LIMIT), 0);
+        assert_eq!(c.read_stdout(), "cycle\n");
+        rt.ok(&["delete", &id]);
+        // Engines delete twice.
+        rt.ok(&["delete", "--force", &id]);
+        rt.assert_clean();
+    }
+}

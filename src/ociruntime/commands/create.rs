@@ -78,7 +78,7 @@ pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, E
     };
     let fail = |child: &mut std::process::Child, e: Error| {
         let now = store.load(&a.id).unwrap_or_else(|_| state.clone());
-        destroy(store, &now);
+        destroy(&now);
         let _ = child.kill();
         let _ = child.wait();
         let _ = store.remove(&now);
@@ -139,7 +139,7 @@ pub fn run(store: &Store, a: &RunArgs) -> Result<i32, Error> {
     if let Ok(now) = store.load(&a.id) {
         if !a.keep {
             super::lifecycle::run_poststop(&now);
-            destroy(store, &now);
+            destroy(&now);
             let _ = store.remove(&now);
         }
     }

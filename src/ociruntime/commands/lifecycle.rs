@@ -95,7 +95,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
         }
         _ => {}
     }
-    destroy(store, &state);
+    destroy(&state);
     run_poststop(&state);
     store.remove(&state)?;
     Ok(0)
@@ -114,8 +114,7 @@ pub fn run_poststop(state: &ContainerState) {
 
 /// Ends everything a container runs on the host: the sandbox (asked to kill the VM first),
 /// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock).
-pub fn destroy(store: &Store, state: &ContainerState) {
-    let _ = store;
+pub fn destroy(state: &ContainerState) {
     if let Some(vm) = &state.vm {
         // A paused VM cannot power off: let it go first.
         vm.signal(libc::SIGCONT);
