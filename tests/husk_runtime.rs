@@ -495,10 +495,22 @@ fn oci_semantics_hooks_and_resources_in_the_guest() {
 fn run_in_the_foreground_deletes_afterwards() {
     let test = "run_in_the_foreground_deletes_afterwards";
     let Some(rt) = Rt::new(test) else { return };
-    let b = Bundle::new(&rt, |c| c["process"]["args"] = sh("echo ran; exit 9"));
+    let hooks = tempfile::tempdir().unwrap();
+    let h = |name: &str| hook_writing(&hooks.path().join(format!("{name}.json")));
+    let b = Bundle::new(&rt, |c| {
+        c["process"]["args"] = sh("echo ran; exit 9");
+        c["hooks"] = serde_json::json!({"prestart": [h("prestart")], "poststart": [h("poststart")],
+            "poststop": [h("poststop")]});
+    });
     let out = rt.run(&["run", "--bundle", b.path().to_str().unwrap(), "r"]);
     assert_eq!(out.status.code(), Some(9), "{}", common::text(&out.stderr));
     assert_eq!(common::text(&out.stdout), "ran\n");
+    for k in ["prestart", "poststart", "poststop"] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(hooks.path().join(format!("{k}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(v["id"], "r", "{k}: {v}");
+    }
     rt.assert_clean();
 }
 

@@ -168,6 +168,11 @@ pub fn run(
             let _ = store.update(id, |s| s.status = Status::Stopped);
             return 1;
         }
+        // As `start` does for `create`d containers; a failure is a warning.
+        let doc = state.hook_json(Status::Running);
+        if let Err(e) = super::hooks::run("poststart", &state.poststart, &doc) {
+            log::warn(&e.to_string());
+        }
     }
 
     // Created: wait for `start` (or a kill, or the VM dying under us).
