@@ -667,6 +667,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
             NamespaceKind::Ipc,
         ],
         seccomp: None,
+        resources: Default::default(),
     }
 }
 
