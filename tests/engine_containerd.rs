@@ -20,7 +20,11 @@ fn containerd_run_output_and_exit_code() {
     let out = ctr.run_container(
         &["--rm"],
         "run-exit",
-        &["sh", "-c", "echo from-container; echo on-stderr >&2; exit 4"],
+        &[
+            "sh",
+            "-c",
+            "echo from-container; echo on-stderr >&2; exit 4",
+        ],
     );
     assert_eq!(
         out.status.code(),
@@ -29,7 +33,11 @@ fn containerd_run_output_and_exit_code() {
         text(&out.stderr)
     );
     assert_eq!(text(&out.stdout), "from-container\n");
-    assert!(text(&out.stderr).contains("on-stderr"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("on-stderr"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = ctr.run_container(&["--rm"], "run-uname", &["uname", "-r"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -78,7 +86,16 @@ fn containerd_exec_ps_kill() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let out = ctr.run(&["task", "exec", "--exec-id", "e2", id, "sh", "-c", "echo in-exec; exit 5"]);
+    let out = ctr.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        id,
+        "sh",
+        "-c",
+        "echo in-exec; exit 5",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "in-exec\n");
 
@@ -109,12 +126,20 @@ fn containerd_exec_ps_kill() {
 
     // SIGKILL of a task that ignores SIGTERM.
     let id = "stubborn";
-    let out = ctr.run_container(&["-d"], id, &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]);
+    let out = ctr.run_container(
+        &["-d"],
+        id,
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     ctr.wait_task(id, "RUNNING");
     ctr.ok(&["task", "kill", "-s", "SIGKILL", id]);
     ctr.wait_task(id, "STOPPED");
     let out = ctr.run(&["task", "rm", id]);
-    assert!(text(&out.stderr).contains("exit code 137"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exit code 137"),
+        "{}",
+        text(&out.stderr)
+    );
     ctr.ok(&["container", "rm", id]);
 }

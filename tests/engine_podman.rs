@@ -45,7 +45,14 @@ fn podman_run_output_and_exit_code() {
     );
 
     let ok = podman.ok(&[
-        "run", "--rm", "--network", "none", "busybox", "echo", "hello", "world",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "echo",
+        "hello",
+        "world",
     ]);
     assert_eq!(ok, "hello world\n");
     assert!(
@@ -65,11 +72,25 @@ fn podman_run_interactive_stdin() {
         .collect::<String>()
         .into_bytes();
     let out = podman.run_with_input(
-        &["run", "--rm", "-i", "--network", "none", "busybox", "sh", "-c", "wc -l; exit 0"],
+        &[
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            "none",
+            "busybox",
+            "sh",
+            "-c",
+            "wc -l; exit 0",
+        ],
         &input,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), "2000", "stdin reached the container whole");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "2000",
+        "stdin reached the container whole"
+    );
 
     let out = podman.run_with_input(
         &["run", "--rm", "-i", "--network", "none", "busybox", "cat"],
@@ -102,8 +123,16 @@ fn podman_run_tty() {
     );
 
     let out = podman.run(&["run", "--rm", "--network", "none", "busybox", "tty"]);
-    assert_eq!(out.status.code(), Some(1), "tty(1) fails without a terminal");
-    assert_eq!(text(&out.stdout), "not a tty\n", "without -t there is no terminal");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "tty(1) fails without a terminal"
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "not a tty\n",
+        "without -t there is no terminal"
+    );
 }
 
 #[test]
@@ -151,7 +180,15 @@ fn podman_detached_logs_stop_rm() {
     // A container that ignores SIGTERM is killed after the timeout: 128 + SIGKILL.
     let name = "husk-stubborn";
     podman.ok(&[
-        "run", "-d", "--name", name, "--network", "none", "busybox", "sh", "-c",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
         "trap '' TERM; echo ready; while :; do sleep 0.1; done",
     ]);
     podman.wait_for_log(name, "ready");
@@ -184,16 +221,33 @@ fn podman_exec_into_running_container() {
     // The exec'd process sees the container's own files, and its exit status is exec's.
     let out = podman.run(&["exec", name, "sh", "-c", "cat /tmp/main-pid; exit 5"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "1\n", "the main process is the container's pid 1");
+    assert_eq!(
+        text(&out.stdout),
+        "1\n",
+        "the main process is the container's pid 1"
+    );
 
     let out = podman.run_with_input(&["exec", "-i", name, "cat"], b"exec stdin\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "exec stdin\n");
 
     let out = podman.ok(&["exec", "-t", name, "tty"]);
-    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\n"), "{out:?}");
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\n"),
+        "{out:?}"
+    );
 
-    let out = podman.ok(&["exec", "-e", "GREETING=hi", "-w", "/tmp", name, "sh", "-c", "echo $GREETING $PWD"]);
+    let out = podman.ok(&[
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/tmp",
+        name,
+        "sh",
+        "-c",
+        "echo $GREETING $PWD",
+    ]);
     assert_eq!(out, "hi /tmp\n");
 
     // The main process is still running after the execs.
@@ -211,7 +265,15 @@ fn podman_volumes() {
     std::fs::write(vol.path().join("from-host"), "host data\n").expect("write");
     let rw = format!("{}:/data", vol.path().display());
     let out = podman.ok(&[
-        "run", "--rm", "--network", "none", "-v", &rw, "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &rw,
+        "busybox",
+        "sh",
+        "-c",
         "cat /data/from-host; echo guest data > /data/from-guest",
     ]);
     assert_eq!(out, "host data\n");
@@ -222,10 +284,22 @@ fn podman_volumes() {
 
     let ro = format!("{}:/data:ro", vol.path().display());
     let out = podman.run(&[
-        "run", "--rm", "--network", "none", "-v", &ro, "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
         "cat /data/from-host; echo x > /data/denied",
     ]);
-    assert_ne!(out.status.code(), Some(0), "a :ro volume must refuse writes");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a :ro volume must refuse writes"
+    );
     assert_eq!(text(&out.stdout), "host data\n");
     assert!(!vol.path().join("denied").exists());
 }
@@ -302,7 +376,14 @@ fn podman_twenty_run_rm_cycles_leave_nothing() {
     for i in 0..20 {
         let name = format!("cycle-{i}");
         let out = podman.ok(&[
-            "run", "--name", &name, "--network", "none", "busybox", "echo", &name,
+            "run",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "busybox",
+            "echo",
+            &name,
         ]);
         assert_eq!(out.trim(), name);
         podman.ok(&["rm", &name]);
@@ -312,7 +393,10 @@ fn podman_twenty_run_rm_cycles_leave_nothing() {
     let state: Vec<_> = std::fs::read_dir(&podman.runtime_root)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(state.is_empty(), "runtime state left in its --root: {state:?}");
+    assert!(
+        state.is_empty(),
+        "runtime state left in its --root: {state:?}"
+    );
 
     let procs = engine::processes_using(&dir);
     assert!(procs.is_empty(), "processes left behind: {procs:#?}");

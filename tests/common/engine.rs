@@ -325,7 +325,11 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         // Whatever a failed test left running, then the store's mounts and files.
-        let _ = run_bounded(self.cmd(&["rm", "--all", "--force", "-t", "0"]), None, LIMIT);
+        let _ = run_bounded(
+            self.cmd(&["rm", "--all", "--force", "-t", "0"]),
+            None,
+            LIMIT,
+        );
         let mut c = Command::new(super::repo_root().join("scripts/engine-setup.sh"));
         c.arg("clean").arg(self.dir.path());
         let _ = run_bounded(c, None, LIMIT);
@@ -413,11 +417,9 @@ impl Containerd {
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 match f.as_slice() {
-                    [id, pid, status] => Some((
-                        id.to_string(),
-                        pid.parse().ok()?,
-                        status.to_string(),
-                    )),
+                    [id, pid, status] => {
+                        Some((id.to_string(), pid.parse().ok()?, status.to_string()))
+                    }
                     _ => None,
                 }
             })
@@ -444,13 +446,21 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Kill and remove whatever a failed test left, so no container outlives its shim.
-        if let Ok(out) = std::panic::catch_unwind(|| run_bounded(self.cmd(&["task", "ls", "-q"]), None, LIMIT)) {
+        if let Ok(out) =
+            std::panic::catch_unwind(|| run_bounded(self.cmd(&["task", "ls", "-q"]), None, LIMIT))
+        {
             for id in super::text(&out.stdout).lines().filter(|l| !l.is_empty()) {
-                let _ = run_bounded(self.cmd(&["task", "kill", "-a", "-s", "SIGKILL", id]), None, LIMIT);
+                let _ = run_bounded(
+                    self.cmd(&["task", "kill", "-a", "-s", "SIGKILL", id]),
+                    None,
+                    LIMIT,
+                );
                 let _ = run_bounded(self.cmd(&["task", "rm", "-f", id]), None, LIMIT);
             }
         }
-        if let Ok(out) = std::panic::catch_unwind(|| run_bounded(self.cmd(&["container", "ls", "-q"]), None, LIMIT)) {
+        if let Ok(out) = std::panic::catch_unwind(|| {
+            run_bounded(self.cmd(&["container", "ls", "-q"]), None, LIMIT)
+        }) {
             for id in super::text(&out.stdout).lines().filter(|l| !l.is_empty()) {
                 let _ = run_bounded(self.cmd(&["container", "rm", id]), None, LIMIT);
             }
@@ -470,7 +480,10 @@ pub fn husk_kernel_release(test: &str) -> Option<String> {
         if let Some(r) = bzimage_release(&data) {
             return Some(r);
         }
-        panic!("{}: no kernel version string in the setup header", bz.display());
+        panic!(
+            "{}: no kernel version string in the setup header",
+            bz.display()
+        );
     }
     let vmlinux = super::kernel(test)?;
     let data = std::fs::read(&vmlinux).expect("read vmlinux");
