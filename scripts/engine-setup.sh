@@ -57,7 +57,7 @@ podman_setup() {
     [ -d /run/systemd/system ] && cgroup_manager=systemd
     local nofile
     nofile=$(nofile_limit)
-    mkdir -p "$dir/graph" "$dir/run" "$dir/tmp"
+    mkdir -p "$dir/graph" "$dir/run" "$dir/tmp" "$dir/networks"
     cat >"$dir/containers.conf.tmp" <<EOF
 # Written by scripts/engine-setup.sh for husk's engine tests.
 [containers]
@@ -74,6 +74,9 @@ runtime_supports_json = ["crun", "runc", "kata", "runsc", "youki", "krun", "husk
 
 [engine.runtimes]
 husk = ["$runtime"]
+
+[network]
+network_config_dir = "$dir/networks"
 EOF
     mv "$dir/containers.conf.tmp" "$dir/containers.conf"
     cat >"$dir/storage.conf.tmp" <<EOF

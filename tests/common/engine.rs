@@ -162,9 +162,13 @@ fn private_dir() -> tempfile::TempDir {
 }
 
 /// `scripts/engine-setup.sh STEP DIR [ARG]`, asserted to succeed; returns its last line.
+/// The busybox archive is built once per test binary, in its own dir: tests setting up in
+/// parallel must not rewrite one another's.
 fn engine_setup(step: &str, dir: &Path, arg: Option<&Path>) -> String {
     let mut c = Command::new(super::repo_root().join("scripts/engine-setup.sh"));
-    c.arg(step).arg(dir);
+    c.arg(step)
+        .arg(dir)
+        .env("HUSK_BUSYBOX_ARCHIVE", super::cli::busybox_archive());
     if let Some(a) = arg {
         c.arg(a);
     }
