@@ -47,9 +47,7 @@ fn containerd_run_output_and_exit_code() {
     assert!(ctr.tasks().is_empty(), "{:?}", ctr.tasks());
     assert_eq!(ctr.ok(&["container", "ls", "-q"]), "");
     // The shim gives the runtime `--root <runc-root>/<namespace>`.
-    let state: Vec<_> = std::fs::read_dir(ctr.runtime_root.join("husk"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let state = engine::runtime_state(&ctr.runtime_root.join("husk"));
     assert!(state.is_empty(), "runtime state left: {state:?}");
 }
 

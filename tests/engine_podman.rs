@@ -309,13 +309,34 @@ fn podman_memory_and_cpus_visible_inside() {
     let Some((rt, podman)) = setup("podman_memory_and_cpus_visible_inside") else {
         return;
     };
-    // cgroup v2 or v1, whichever the container's kernel mounts.
+    // cgroup v2 or v1, whichever the container's kernel mounts. On v2 the limits are in the
+    // container's own cgroup: at /sys/fs/cgroup itself when the runtime mounts just that
+    // (runc, or a cgroup namespace), else at its path from /proc/self/cgroup.
+    let script = r#"
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    p=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
+    [ -f "$p/memory.max" ] || p=/sys/fs/cgroup
+    cat "$p/memory.max" "$p/cpu.max"
+else
+    cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+    echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)
+fi
+nproc
+grep MemTotal /proc/meminfo
+"#;
     let out = podman.ok(&[
-        "run", "--rm", "--network", "none", "--memory", "384m", "--cpus", "2", "busybox", "sh",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--memory",
+        "384m",
+        "--cpus",
+        "2",
+        "busybox",
+        "sh",
         "-c",
-        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
-         cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); \
-         nproc; grep MemTotal /proc/meminfo",
+        script,
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
@@ -390,9 +411,7 @@ fn podman_twenty_run_rm_cycles_leave_nothing() {
     }
     assert!(podman.all_containers().is_empty());
 
-    let state: Vec<_> = std::fs::read_dir(&podman.runtime_root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let state = engine::runtime_state(&podman.runtime_root);
     assert!(
         state.is_empty(),
         "runtime state left in its --root: {state:?}"

@@ -475,6 +475,23 @@ impl Drop for Containerd {
     }
 }
 
+/// What is left in a runtime's `--root` besides a root-wide lock file (`.lock`, a regular
+/// file that husk-runtime keeps for the whole root): per-container state that a delete
+/// should have removed.
+pub fn runtime_state(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    !(e.file_name() == ".lock"
+                        && e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The release (`uname -r`) of the kernel husk boots: from the bzImage's setup header
 /// (boot protocol: `kernel_version` at 0x20e points, +0x200, at "6.12.x (user@host) #1 …"),
 /// or else the `Linux version ` banner in the vmlinux.
