@@ -257,12 +257,14 @@ impl Podman {
         let dir = private_dir();
         let runtime_root = dir.path().join("runtime-root");
         let runtime = write_launcher(dir.path(), rt, Some(&runtime_root));
-        engine_setup("podman", dir.path(), Some(&runtime));
-        Some(Podman {
+        let podman = Podman {
             dir,
             runtime,
             runtime_root,
-        })
+        };
+        // After the struct exists, so that its Drop cleans up a failed setup too.
+        engine_setup("podman", podman.dir.path(), Some(&podman.runtime));
+        Some(podman)
     }
 
     /// `podman --runtime R args…` with this instance's configuration.
@@ -364,14 +366,16 @@ impl Containerd {
         let dir = private_dir();
         // The shim passes `--root` itself (`ctr run --runc-root`).
         let runtime = write_launcher(dir.path(), rt, None);
-        let socket = PathBuf::from(engine_setup("containerd-start", dir.path(), None));
-        let runtime_root = dir.path().join("runtime-root");
-        Some(Containerd {
+        let ctr = Containerd {
+            socket: dir.path().join("containerd/containerd.sock"),
+            runtime_root: dir.path().join("runtime-root"),
             dir,
-            socket,
             runtime,
-            runtime_root,
-        })
+        };
+        // After the struct exists, so that its Drop stops a daemon whose setup failed later.
+        let socket = engine_setup("containerd-start", ctr.dir.path(), None);
+        assert_eq!(Path::new(&socket), ctr.socket, "engine-setup.sh's socket");
+        Some(ctr)
     }
 
     /// `ctr --address … -n husk args…`.
