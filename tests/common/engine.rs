@@ -330,12 +330,16 @@ impl Podman {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        // Whatever a failed test left running, then the store's mounts and files.
-        let _ = run_bounded(
-            self.cmd(&["rm", "--all", "--force", "-t", "0"]),
-            None,
-            LIMIT,
-        );
+        // Whatever a failed test left running, then the store's mounts and files. Only with
+        // this instance's configuration written: podman without it is the user's podman.
+        let d = self.dir.path();
+        if d.join("containers.conf").is_file() && d.join("storage.conf").is_file() {
+            let _ = run_bounded(
+                self.cmd(&["rm", "--all", "--force", "-t", "0"]),
+                None,
+                LIMIT,
+            );
+        }
         let mut c = Command::new(super::repo_root().join("scripts/engine-setup.sh"));
         c.arg("clean").arg(self.dir.path());
         let _ = run_bounded(c, None, LIMIT);
