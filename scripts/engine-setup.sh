@@ -29,6 +29,14 @@ usage() { die "usage: $0 podman DIR [RUNTIME] | containerd-start DIR | container
 step=$1
 mkdir -p "$2"
 dir=$(cd "$2" && pwd)
+# `clean` removes DIR: only one that a setup step marked as its own.
+marker="$dir/.husk-engine-setup"
+if [ "$step" = clean ]; then
+    [ -f "$marker" ] || die "$dir was not set up by $0; not removing it"
+else
+    [ "$dir" != / ] || die "DIR must not be /"
+    : >"$marker"
+fi
 
 busybox_archive() {
     if [ -n "${HUSK_BUSYBOX_ARCHIVE:-}" ]; then
