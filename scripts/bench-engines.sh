@@ -31,7 +31,8 @@ fi
 command -v podman >/dev/null || die "podman is not installed (scripts/test.sh installs it)"
 
 work=$(mktemp -d /tmp/husk-bench.XXXXXX)
-cleanup() { "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || true; }
+# Without the setup marker nothing was mounted there yet: plain removal is safe.
+cleanup() { "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || rm -rf "$work"; }
 trap cleanup EXIT
 
 # One launcher per runtime, named like the runtime (conmon picks JSON logging by name).
