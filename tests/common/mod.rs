@@ -288,3 +288,4 @@ pub fn run_console(
     }
 }
 pub mod cli;
+pub mod engine;
