@@ -12,6 +12,7 @@ pub mod agent;
 pub mod cli;
 pub mod devices;
 pub mod image;
+pub mod ociruntime;
 pub mod runtime;
 pub mod sandbox;
 pub mod vmm;

@@ -20,7 +20,7 @@ mod seccomp;
 mod stream;
 
 pub use caps::Capability;
-pub use container::{ContainerSpec, NamespaceKind};
+pub use container::{ContainerSpec, NamespaceKind, Resources};
 pub use process::{Capabilities, ConsoleSize, ProcessSpec, Rlimit, RlimitKind, User};
 pub use reply::{check_version, ErrorCode, ErrorReply};
 pub use rootfs::{DiskRef, FsType, LayerDisk, MountSpec, RootfsSpec, MAX_DISK_SERIAL_LEN};

@@ -96,6 +96,11 @@ pub fn container() -> ContainerSpec {
                 }],
             }],
         }),
+        resources: Resources {
+            memory_max: Some(256 << 20),
+            cpu_max: Some((150_000, 100_000)),
+            pids_max: Some(2048),
+        },
     }
 }
 
