@@ -133,10 +133,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 fn check_mac(field: &str, mac: &[u8; 6]) -> Check {
     if mac[0] & 1 != 0 {
-        return fail(
-            field,
-            format!("{} is a multicast address", format_mac(mac)),
-        );
+        return fail(field, format!("{} is a multicast address", format_mac(mac)));
     }
     if *mac == [0; 6] {
         return fail(field, "00:00:00:00:00:00 is not a NIC address");
@@ -160,7 +157,10 @@ fn check_unicast(field: &str, a: &IpAddr) -> Check {
 /// line or start a new keyword in a generated file.
 fn check_dns_name(field: &str, s: &str) -> Check {
     if s.is_empty() || s.len() > MAX_HOSTNAME_LEN * 4 {
-        return fail(field, format!("must be 1 to {} bytes", MAX_HOSTNAME_LEN * 4));
+        return fail(
+            field,
+            format!("must be 1 to {} bytes", MAX_HOSTNAME_LEN * 4),
+        );
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
     if !s.chars().all(ok) || s.starts_with('-') || s.starts_with('.') {
@@ -222,7 +222,9 @@ impl NetworkConfig {
             if h.names.is_empty() {
                 return fail("names", "must not be empty");
             }
-            check_list("names", &h.names, MAX_NET_ENTRIES, |n| check_dns_name("", n))
+            check_list("names", &h.names, MAX_NET_ENTRIES, |n| {
+                check_dns_name("", n)
+            })
         })
     }
 }
@@ -282,7 +284,10 @@ mod tests {
     #[test]
     fn hostile_values_are_refused_with_the_field() {
         let cases: Vec<(fn(&mut NetworkConfig), &str)> = vec![
-            (|c| c.interfaces[0].mac = [1, 0, 0, 0, 0, 1], "interfaces[0].mac"),
+            (
+                |c| c.interfaces[0].mac = [1, 0, 0, 0, 0, 1],
+                "interfaces[0].mac",
+            ),
             (|c| c.interfaces[0].mtu = Some(10), "interfaces[0].mtu"),
             (
                 |c| c.interfaces[0].addresses[0].prefix = 33,
@@ -296,11 +301,20 @@ mod tests {
                 |c| c.routes[0].gateway = Some("fd00::1".parse().unwrap()),
                 "routes[0].gateway",
             ),
-            (|c| c.routes[0].mac = Some([2, 0, 0, 0, 0, 9]), "routes[0].mac"),
-            (|c| c.dns.search[0] = "a\nnameserver 1.2.3.4".into(), "dns.search[0]"),
+            (
+                |c| c.routes[0].mac = Some([2, 0, 0, 0, 0, 9]),
+                "routes[0].mac",
+            ),
+            (
+                |c| c.dns.search[0] = "a\nnameserver 1.2.3.4".into(),
+                "dns.search[0]",
+            ),
             (|c| c.dns.options[0] = "x y".into(), "dns.options[0]"),
             (|c| c.hosts[0].names = vec![], "hosts[0].names"),
-            (|c| c.hosts[0].names[0] = "db # x".into(), "hosts[0].names[0]"),
+            (
+                |c| c.hosts[0].names[0] = "db # x".into(),
+                "hosts[0].names[0]",
+            ),
             (
                 |c| c.interfaces.push(c.interfaces[0].clone()),
                 "interfaces[1].mac",
