@@ -637,6 +637,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
             NamespaceKind::Ipc,
         ],
         seccomp: None,
+        network: None,
     }
 }
 

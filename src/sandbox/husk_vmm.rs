@@ -84,6 +84,12 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     flag("--vcpus", spec.vcpus.to_string());
     flag("--memory", spec.memory_mib.to_string());
     flag("--console", format!("file:{}", spec.console_log.display()));
+    if !spec.taps.is_empty() {
+        return Err(Error::Unsupported(
+            "husk-vmm has no virtio-net device yet; use --vmm qemu for networked containers"
+                .into(),
+        ));
+    }
     for d in &spec.disks {
         if let Some(s) = &d.serial {
             return Err(Error::Unsupported(format!(

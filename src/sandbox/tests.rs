@@ -24,6 +24,38 @@ fn pair(args: &[String], flag: &str) -> Vec<String> {
 }
 
 #[test]
+fn qemu_args_give_each_tap_a_virtio_net_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    s.taps = vec![
+        TapSpec {
+            tap_name: "hk0".into(),
+            mac: [2, 0x68, 0x6b, 1, 2, 3],
+            fd: None,
+        },
+        TapSpec {
+            tap_name: "tap0".into(),
+            mac: [2, 0, 0, 0, 0, 9],
+            fd: Some(super::TapFd(std::sync::Arc::new(null.into()))),
+        },
+    ];
+    let a = qemu::args(&s, Accel::Tcg, None, &[]).join(" ");
+    assert!(
+        a.contains("-netdev tap,id=net0,ifname=hk0,script=no,downscript=no,vhost=off"),
+        "{a}"
+    );
+    assert!(
+        a.contains("-device virtio-net-device,netdev=net0,mac=02:68:6b:01:02:03"),
+        "{a}"
+    );
+    assert!(
+        a.contains(&format!("-netdev tap,id=net1,fd={},vhost=off", qemu::tap_fd_number(1))),
+        "{a}"
+    );
+}
+
+#[test]
 fn qemu_args_have_the_devices_and_boot_settings() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec_in(dir.path());
@@ -185,12 +217,34 @@ fn validate_names_the_field_at_fault() {
     s.vcpus = 0;
     assert!(s.validate().is_err());
 
+    let tap = |name: &str, mac: [u8; 6]| TapSpec {
+        tap_name: name.into(),
+        mac,
+        fd: None,
+    };
+    let mut s = ok.clone();
+    s.taps.push(tap("tap0", [2, 0, 0, 0, 0, 1]));
+    s.validate().unwrap();
+    assert!(
+        matches!(super::husk_vmm::args(&s), Err(Error::Unsupported(_))),
+        "husk-vmm has no virtio-net yet"
+    );
+    for bad in [
+        tap("tap0", [0; 6]),
+        tap("tap0", [1, 0, 0, 0, 0, 1]),
+        tap("a,b", [2, 0, 0, 0, 0, 1]),
+        tap(&"t".repeat(16), [2, 0, 0, 0, 0, 1]),
+    ] {
+        let mut s = ok.clone();
+        s.taps.push(bad.clone());
+        assert!(
+            matches!(s.validate(), Err(Error::InvalidSpec(_))),
+            "{bad:?} accepted"
+        );
+    }
     let mut s = ok;
-    s.taps.push(TapSpec {
-        tap_name: "tap0".into(),
-        mac: [0; 6],
-    });
-    assert!(matches!(s.validate(), Err(Error::Unsupported(_))));
+    s.taps = vec![tap("tap0", [2, 0, 0, 0, 0, 1]), tap("tap0", [2, 0, 0, 0, 0, 2])];
+    assert!(s.validate().is_err(), "same TAP twice");
 }
 
 #[test]
