@@ -323,6 +323,20 @@ pub fn detach(root: &Path, id: &str, a: &Attachment) -> Result<(), Error> {
     Ok(())
 }
 
+/// Drops every lease and rule container `id` may hold, whatever its state recorded (for
+/// `rm`, after a crash between setting them up and recording them).
+pub fn release_all(root: &Path, id: &str) -> Result<(), Error> {
+    if !root.join("network").is_dir() {
+        return Ok(());
+    }
+    let ipam = ipam::Ipam::open(root)?;
+    let lock = ipam.lock()?;
+    for br in ipam.bridges() {
+        ipam.release(&lock, &br, id)?;
+    }
+    nat::unpublish(id)
+}
+
 /// Releases leases and rules of containers `known` says no longer exist (their state was
 /// removed while something was half done). A root that never networked costs nothing.
 pub fn sweep_orphans(root: &Path, known: impl Fn(&str) -> bool) -> Result<(), Error> {

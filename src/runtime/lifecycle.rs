@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub auto_remove: bool,
     /// `-v`: parsed and checked ([`spec::parse_volumes`]).
     pub volumes: Vec<super::state::Volume>,
+    /// `--network` and `-p`.
+    pub network: crate::network::NetworkSettings,
 }
 
 /// The runtime under one `--root`, with the backend and guest assets to boot with.
@@ -75,12 +77,42 @@ pub struct Booted {
 
 impl Runtime {
     pub fn new(root: &Path, backend: BackendKind) -> Result<Runtime, Error> {
-        Ok(Runtime {
+        let rt = Runtime {
             store: ContainerStore::open(root)?,
             backend,
             kernel: None,
             initramfs: None,
-        })
+        };
+        rt.sweep_networks();
+        Ok(rt)
+    }
+
+    /// Tears down the networks of containers whose VM and monitor are both gone without
+    /// doing it (`kill -9`), and leases or rules of containers that no longer exist.
+    /// Best effort: a failure is logged and left for the next command.
+    pub fn sweep_networks(&self) {
+        let Ok(all) = self.store.list() else { return };
+        for s in all {
+            if s.network.is_some() && !s.vm_alive() && !s.monitor_alive() {
+                self.release_network(&s.id);
+            }
+        }
+        let store = &self.store;
+        let known = |id: &str| store.dir(id).join(super::state::STATE_FILE).is_file();
+        if let Err(e) = crate::network::sweep_orphans(store.root(), known) {
+            tracing::warn!("sweeping container networks: {e}");
+        }
+    }
+
+    /// Detaches container `id`'s network as its state records it, then forgets it there.
+    fn release_network(&self, id: &str) {
+        let Ok(s) = self.load(id) else { return };
+        let Some(a) = &s.network else { return };
+        if let Err(e) = crate::network::detach(self.store.root(), id, a) {
+            tracing::warn!(id, "tearing down the network: {e}");
+            return;
+        }
+        let _ = self.store.update(id, |s| s.network = None);
     }
 
     /// Records a container for `image`: resolves it, merges its config with the flags,
@@ -143,7 +175,9 @@ impl Runtime {
                         layer_fs: img.layer_fs.clone(),
                         auto_remove: opts.auto_remove,
                         volumes: opts.volumes.clone(),
+                        network: opts.network.clone(),
                     },
+                    network: None,
                 })
             })
     }
@@ -178,9 +212,32 @@ impl Runtime {
             }
         }
         remove_sockets(&state);
-        let vm: Arc<dyn VmHandle> = Arc::from(backend.start(&vm_spec).map_err(vm_err)?);
+        let mut vm_spec = vm_spec;
+        let mut guest_net = None;
+        let mut net_record = None;
+        if let Some(a) = crate::network::attach(self.store.root(), id, &state.config.network)? {
+            vm_spec.taps.push(a.tap);
+            guest_net = Some(a.guest);
+            net_record = Some(a.record.clone());
+            // Recorded before the VM starts, so a crash from here on is swept.
+            self.store.update(id, |s| {
+                s.network = Some(a.record);
+                s.monitor = ProcessRef::of(std::process::id());
+            })?;
+        }
+        let started = backend.start(&vm_spec);
+        // The VMM holds the TAP fd now; ours would keep the TAP alive after it.
+        drop(vm_spec);
+        let vm: Arc<dyn VmHandle> = match started {
+            Ok(vm) => Arc::from(vm),
+            Err(e) => {
+                self.release_network(id);
+                return Err(vm_err(e));
+            }
+        };
         let vm_pid = ProcessRef::of(vm.pid());
         let state = self.store.update(id, |s| {
+            s.network = net_record;
             s.status = Status::Running;
             s.pid = vm_pid;
             s.monitor = ProcessRef::of(std::process::id());
@@ -196,7 +253,9 @@ impl Runtime {
             return Err(vm_err(source));
         }
         let agent = AgentClient::connect(&state.vsock_uds, AGENT_CONNECT_TIMEOUT).and_then(|a| {
-            a.create_container(container_spec(&state, console))?;
+            let mut spec = container_spec(&state, console);
+            spec.network = guest_net;
+            a.create_container(spec)?;
             Ok(a)
         });
         match agent {
@@ -272,6 +331,7 @@ impl Runtime {
     /// `--rm`. Returns the state, or `None` when the container was removed.
     fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
         remove_sockets(state);
+        self.release_network(&state.id);
         let code = code.unwrap_or(VM_DIED_EXIT_CODE);
         let saved = match self.store.update(&state.id, |s| {
             s.status = if s.stop_requested {
@@ -416,6 +476,10 @@ impl Runtime {
         }
         for d in &dirs[1..] {
             let _ = std::fs::remove_dir_all(d);
+        }
+        self.release_network(&state.id);
+        if let Err(e) = crate::network::release_all(self.store.root(), &state.id) {
+            tracing::warn!(id = %state.id, "releasing the network: {e}");
         }
         self.store.remove_dir(&state.id)
     }

@@ -102,6 +102,8 @@ pub enum Error {
         console: PathBuf,
         source: Box<crate::agent::Error>,
     },
+    #[error(transparent)]
+    Network(#[from] crate::network::Error),
     #[error("container {id}: the monitor process failed: {detail} (see {log})")]
     Monitor {
         id: String,
