@@ -20,7 +20,11 @@ pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
         cmd::run(None, "ip", &["link", "add", name, "type", "bridge"])?;
         let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
         cmd::run(None, "ip", &["addr", "add", &addr, "dev", name])?;
-    } else if !Path::new("/sys/class/net").join(name).join("bridge").exists() {
+    } else if !Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .exists()
+    {
         return Err(Error::NotABridge(name.to_string()));
     }
     cmd::run(None, "ip", &["link", "set", name, "up"])?;

@@ -22,7 +22,11 @@ pub fn run(netns: Option<&Path>, prog: &str, args: &[&str]) -> Result<String, Er
     cmd.env("PATH", format!("{path}:/usr/sbin:/sbin"));
     let shown = || format!("{prog} {}", args.join(" "));
     let out = cmd.output().map_err(|e| Error::ToolMissing {
-        tool: if netns.is_some() { "nsenter".into() } else { prog.into() },
+        tool: if netns.is_some() {
+            "nsenter".into()
+        } else {
+            prog.into()
+        },
         source: e,
     })?;
     if !out.status.success() {

@@ -207,7 +207,13 @@ mod tests {
         assert_eq!(g.len(), 253);
         assert_eq!(g[0], Ipv4Addr::new(172, 31, 250, 2));
         assert_eq!(g[252], Ipv4Addr::new(172, 31, 250, 254));
-        for bad in ["10.0.0.0", "10.0.0.0/31", "10.0.0.0/4", "x/24", "10.0.0.0/x"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/31",
+            "10.0.0.0/4",
+            "x/24",
+            "10.0.0.0/x",
+        ] {
             assert!(Subnet::parse(bad).is_err(), "{bad}");
         }
     }

@@ -60,7 +60,9 @@ pub enum Error {
     BadPort { spec: String, why: String },
     #[error("invalid subnet {spec:?} (${SUBNET_ENV}): {why}")]
     BadSubnet { spec: String, why: String },
-    #[error("invalid bridge name {0:?} (${BRIDGE_ENV}): use 1 to 15 characters from [A-Za-z0-9_.-]")]
+    #[error(
+        "invalid bridge name {0:?} (${BRIDGE_ENV}): use 1 to 15 characters from [A-Za-z0-9_.-]"
+    )]
     BadBridge(String),
     #[error("no free address left on {bridge} ({subnet}); remove stopped containers or set ${SUBNET_ENV} to a larger subnet")]
     PoolExhausted { bridge: String, subnet: String },
@@ -172,9 +174,8 @@ pub fn bridge_from_env() -> Result<(String, Subnet), Error> {
     if !crate::sandbox::valid_ifname(&name) {
         return Err(Error::BadBridge(name));
     }
-    let subnet = Subnet::parse(
-        &std::env::var(SUBNET_ENV).unwrap_or_else(|_| DEFAULT_SUBNET.into()),
-    )?;
+    let subnet =
+        Subnet::parse(&std::env::var(SUBNET_ENV).unwrap_or_else(|_| DEFAULT_SUBNET.into()))?;
     Ok((name, subnet))
 }
 
@@ -348,7 +349,11 @@ pub fn sweep_orphans(root: &Path, known: impl Fn(&str) -> bool) -> Result<(), Er
     for br in ipam.bridges() {
         for (_, id) in ipam.leases(&br)? {
             if !known(&id) {
-                tracing::info!(id, bridge = br, "releasing the network of a removed container");
+                tracing::info!(
+                    id,
+                    bridge = br,
+                    "releasing the network of a removed container"
+                );
                 let _ = nat::unpublish(&id);
                 ipam.release(&lock, &br, &id)?;
             }

@@ -118,9 +118,7 @@ fn rules_tagged(tag: &str) -> Result<Vec<(String, u64)>, Error> {
 fn list() -> Result<Vec<(String, u64, String)>, Error> {
     let out = match cmd::run(None, "nft", &["-j", "-a", "list", "table", "ip", TABLE]) {
         Ok(o) => o,
-        Err(Error::Tool { detail, .. }) if detail.contains("No such file") => {
-            return Ok(Vec::new())
-        }
+        Err(Error::Tool { detail, .. }) if detail.contains("No such file") => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     Ok(parse_rules(&out))

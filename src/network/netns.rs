@@ -108,8 +108,8 @@ fn mirror(netns: &Path, veth: &str, tap: &str, mtu: u32) -> Result<(), Error> {
             ns,
             "tc",
             &[
-                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
-                "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
+                "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
             ],
         )?;
     }
@@ -241,7 +241,10 @@ mod tests {
                 {"family":"inet6","local":"fd00::5","prefixlen":64,"scope":"global"}]}]"#,
         )
         .unwrap();
-        let a: Vec<String> = parse_addresses(&addrs).iter().map(|a| a.to_string()).collect();
+        let a: Vec<String> = parse_addresses(&addrs)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(a, ["10.88.0.5/16", "fd00::5/64"]);
         let routes: Value = serde_json::from_str(
             r#"[{"dst":"default","gateway":"10.88.0.1","flags":[]},

@@ -97,7 +97,10 @@ pub fn parse(spec: &str) -> Result<PortMapping, Error> {
     let port = |s: &str, what: &str| -> Result<u16, Error> {
         match s.parse::<u16>() {
             Ok(p) if p > 0 => Ok(p),
-            _ => Err(bad(spec, &format!("{what} port {s:?} is not a number from 1 to 65535"))),
+            _ => Err(bad(
+                spec,
+                &format!("{what} port {s:?} is not a number from 1 to 65535"),
+            )),
         }
     };
     Ok(PortMapping {
@@ -115,7 +118,10 @@ mod tests {
     #[test]
     fn forms_docker_accepts() {
         let p = parse("18080:80").unwrap();
-        assert_eq!((p.host_ip, p.host_port, p.guest_port, p.proto), (None, 18080, 80, Proto::Tcp));
+        assert_eq!(
+            (p.host_ip, p.host_port, p.guest_port, p.proto),
+            (None, 18080, 80, Proto::Tcp)
+        );
         let p = parse("127.0.0.1:5353:53/udp").unwrap();
         assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(p.proto, Proto::Udp);
@@ -138,6 +144,9 @@ mod tests {
         }
         let dup = parse_all(&["1:2".into(), "1:3".into()]).unwrap_err();
         assert!(dup.to_string().contains("already published"));
-        assert_eq!(parse_all(&["1:2".into(), "1:2/udp".into()]).unwrap().len(), 2);
+        assert_eq!(
+            parse_all(&["1:2".into(), "1:2/udp".into()]).unwrap().len(),
+            2
+        );
     }
 }

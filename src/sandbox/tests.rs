@@ -50,7 +50,10 @@ fn qemu_args_give_each_tap_a_virtio_net_device() {
         "{a}"
     );
     assert!(
-        a.contains(&format!("-netdev tap,id=net1,fd={},vhost=off", qemu::tap_fd_number(1))),
+        a.contains(&format!(
+            "-netdev tap,id=net1,fd={},vhost=off",
+            qemu::tap_fd_number(1)
+        )),
         "{a}"
     );
 }
@@ -243,7 +246,10 @@ fn validate_names_the_field_at_fault() {
         );
     }
     let mut s = ok;
-    s.taps = vec![tap("tap0", [2, 0, 0, 0, 0, 1]), tap("tap0", [2, 0, 0, 0, 0, 2])];
+    s.taps = vec![
+        tap("tap0", [2, 0, 0, 0, 0, 1]),
+        tap("tap0", [2, 0, 0, 0, 0, 2]),
+    ];
     assert!(s.validate().is_err(), "same TAP twice");
 }
 

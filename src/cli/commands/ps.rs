@@ -87,7 +87,13 @@ fn addresses(s: &State) -> String {
 }
 
 fn ports(s: &State) -> String {
-    let p: Vec<String> = s.config.network.ports.iter().map(|p| p.to_string()).collect();
+    let p: Vec<String> = s
+        .config
+        .network
+        .ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     p.join(", ")
 }
 

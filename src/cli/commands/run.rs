@@ -1,8 +1,8 @@
 use crate::cli::images::Images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
-use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
 use crate::network::ports::parse_all as parse_ports;
 use crate::network::{NetworkMode, NetworkSettings};
+use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
 use crate::runtime::{monitor, RunOptions};
 
 /// `--network` (or `$HUSK_NETWORK`, else bridge) with the `-p` flags.
