@@ -235,6 +235,20 @@ impl Net {
     }
 }
 
+impl Drop for Net {
+    /// A failed test must not leave its VMs running: remove every container of the root.
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.husk.containers_dir()) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if e.path().join("state.json").is_file() {
+                    let _ = self.run(&["rm", "-f", &id]);
+                }
+            }
+        }
+    }
+}
+
 /// Retries `f` until it returns `Some` or `limit` passes.
 fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;
