@@ -283,7 +283,8 @@ mod tests {
 
     #[test]
     fn hostile_values_are_refused_with_the_field() {
-        let cases: Vec<(fn(&mut NetworkConfig), &str)> = vec![
+        type Breaker = fn(&mut NetworkConfig);
+        let cases: Vec<(Breaker, &str)> = vec![
             (
                 |c| c.interfaces[0].mac = [1, 0, 0, 0, 0, 1],
                 "interfaces[0].mac",
