@@ -352,6 +352,12 @@ fn published_port_serves_httpd_to_curl_locally_and_from_another_host() {
     ]);
     let ps = n.ok(&["ps"]);
     assert!(ps.contains("0.0.0.0:18080->80/tcp"), "{ps}");
+    let taken = n.run(&["run", "--rm", "-p", "18080:8080", "busybox", "true"]);
+    let e = common::text(&taken.stderr);
+    assert!(
+        !taken.status.success() && e.contains("tcp/18080 is already published by container"),
+        "{e}"
+    );
     let local = eventually(Duration::from_secs(20), || {
         let o = n.host.sh("curl -sf -m5 http://127.0.0.1:18080/index.html");
         o.status.success().then(|| common::text(&o.stdout))
@@ -514,6 +520,9 @@ fn engine_netns_veth_is_mirrored_to_the_guest() {
     let peer = Ns::new("peer");
     engine.link(&peer, "10.89.0.5/24", "10.89.0.1/24");
     engine.sh_ok("ip route add default via 10.89.0.1");
+    // IPv6 too: the guest must take the veth's global v6 address as well.
+    engine.sh_ok("ip addr add fd89::5/64 dev $(ls /sys/class/net | grep hva) nodad");
+    peer.sh_ok("ip addr add fd89::1/64 dev $(ls /sys/class/net | grep hvb) nodad");
     let veth_mac = engine.sh_ok("cat /sys/class/net/hva*/address");
     let ns = format!("ns:{}", engine.path().display());
     let id = n.detached(&[
@@ -529,6 +538,7 @@ fn engine_netns_veth_is_mirrored_to_the_guest() {
     ]);
     assert_eq!(n.guest_ip(&id), "10.89.0.5");
     peer.sh_ok("busybox ping -c1 -W5 10.89.0.5");
+    peer.sh_ok("busybox ping -6 -c1 -W5 fd89::5");
     let got = eventually(Duration::from_secs(20), || {
         let o = peer.sh("sleep 3 | busybox nc 10.89.0.5 7003");
         let s = common::text(&o.stdout);

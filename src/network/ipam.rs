@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::ports::PortMapping;
 use super::Error;
 
 /// An IPv4 subnet such as 172.31.250.0/24.
@@ -74,6 +75,9 @@ pub struct NetLock {
 struct Leases {
     /// Address → container id.
     leases: BTreeMap<Ipv4Addr, String>,
+    /// Published host port (`tcp/8080`) → container id.
+    #[serde(default)]
+    ports: BTreeMap<String, String>,
 }
 
 impl Ipam {
@@ -166,17 +170,60 @@ impl Ipam {
     /// Drops every lease of container `id` on `bridge`.
     pub fn release(&self, _lock: &NetLock, bridge: &str, id: &str) -> Result<(), Error> {
         let mut l = self.load(bridge)?;
-        let before = l.leases.len();
+        let before = (l.leases.len(), l.ports.len());
         l.leases.retain(|_, o| o != id);
-        if l.leases.len() != before {
+        l.ports.retain(|_, o| o != id);
+        if (l.leases.len(), l.ports.len()) != before {
             self.save(bridge, &l)?;
         }
         Ok(())
     }
 
+    /// Reserves `ports` for container `id`: refused when another container on `bridge`
+    /// publishes one of them, or a host process listens on it (a DNAT rule would silently
+    /// take its traffic).
+    pub fn reserve_ports(
+        &self,
+        _lock: &NetLock,
+        bridge: &str,
+        id: &str,
+        ports: &[PortMapping],
+    ) -> Result<(), Error> {
+        let mut l = self.load(bridge)?;
+        for p in ports {
+            let key = format!("{}/{}", p.proto.as_str(), p.host_port);
+            match l.ports.get(&key) {
+                Some(owner) if owner != id => {
+                    return Err(Error::PortInUse {
+                        port: key,
+                        by: format!("container {}", &owner[..12.min(owner.len())]),
+                    })
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            super::ports::check_free(p)?;
+            l.ports.insert(key, id.to_string());
+        }
+        self.save(bridge, &l)
+    }
+
     /// Every lease on `bridge` (address → container id).
     pub fn leases(&self, bridge: &str) -> Result<BTreeMap<Ipv4Addr, String>, Error> {
         Ok(self.load(bridge)?.leases)
+    }
+
+    /// Every container holding an address or a port on `bridge`.
+    pub fn owners(&self, bridge: &str) -> Result<Vec<String>, Error> {
+        let l = self.load(bridge)?;
+        let mut ids: Vec<String> = l
+            .leases
+            .into_values()
+            .chain(l.ports.into_values())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Bridges that have a lease file.
@@ -233,5 +280,12 @@ mod tests {
         assert_eq!(ipam.allocate(&lock, "br", &s, "b").unwrap(), a);
         assert_eq!(ipam.leases("br").unwrap().len(), 1);
         assert_eq!(ipam.bridges(), ["br"]);
+        let p = super::super::ports::parse_all(&["127.0.0.1:1:80".into()]).unwrap();
+        ipam.reserve_ports(&lock, "br", "b", &p).unwrap();
+        ipam.reserve_ports(&lock, "br", "b", &p).unwrap();
+        let e = ipam.reserve_ports(&lock, "br", "c", &p).unwrap_err();
+        assert!(e.to_string().contains("tcp/1"), "{e}");
+        ipam.release(&lock, "br", "b").unwrap();
+        ipam.reserve_ports(&lock, "br", "c", &p).unwrap();
     }
 }

@@ -68,6 +68,8 @@ pub enum Error {
     PoolExhausted { bridge: String, subnet: String },
     #[error("{0} exists but is not a bridge; set ${BRIDGE_ENV} to another name")]
     NotABridge(String),
+    #[error("host port {port} is already published by {by}; pick another -p host port")]
+    PortInUse { port: String, by: String },
     #[error("TAP {name}: {source}")]
     Tap {
         name: String,
@@ -221,7 +223,14 @@ fn attach_bridge(
     let lock = ipam.lock()?;
     bridge::ensure(&br, &subnet)?;
     nat::ensure_bridge(&br, &subnet)?;
-    let ip = ipam.allocate(&lock, &br, &subnet, id)?;
+    ipam.reserve_ports(&lock, &br, id, ports)?;
+    let ip = match ipam.allocate(&lock, &br, &subnet, id) {
+        Ok(ip) => ip,
+        Err(e) => {
+            let _ = ipam.release(&lock, &br, id);
+            return Err(e);
+        }
+    };
     let undo = |e: Error| {
         let _ = nat::unpublish(id);
         let _ = ipam.release(&lock, &br, id);
@@ -347,7 +356,7 @@ pub fn sweep_orphans(root: &Path, known: impl Fn(&str) -> bool) -> Result<(), Er
     let ipam = ipam::Ipam::open(root)?;
     let lock = ipam.lock()?;
     for br in ipam.bridges() {
-        for (_, id) in ipam.leases(&br)? {
+        for id in ipam.owners(&br)? {
             if !known(&id) {
                 tracing::info!(
                     id,

@@ -48,6 +48,23 @@ impl std::fmt::Display for PortMapping {
     }
 }
 
+/// Fails when something on this host already listens on `p`'s host port.
+pub fn check_free(p: &PortMapping) -> Result<(), Error> {
+    let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let bound = match p.proto {
+        Proto::Tcp => std::net::TcpListener::bind((ip, p.host_port)).map(drop),
+        Proto::Udp => std::net::UdpSocket::bind((ip, p.host_port)).map(drop),
+    };
+    match bound {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortInUse {
+            port: format!("{}/{}", p.proto.as_str(), p.host_port),
+            by: "a process on this host".into(),
+        }),
+        // Any other failure (an address not on this host, say) is for the rule to meet.
+        _ => Ok(()),
+    }
+}
+
 /// Parses every `-p`, refusing a host port published twice for the same protocol.
 pub fn parse_all(specs: &[String]) -> Result<Vec<PortMapping>, Error> {
     let mut out: Vec<PortMapping> = Vec::new();
@@ -148,5 +165,14 @@ mod tests {
             parse_all(&["1:2".into(), "1:2/udp".into()]).unwrap().len(),
             2
         );
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let p = parse(&format!("127.0.0.1:{port}:80")).unwrap();
+        assert!(check_free(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("a process on this host"));
+        drop(busy);
+        check_free(&p).unwrap();
     }
 }
