@@ -402,6 +402,41 @@ fn outbound_traffic_is_masqueraded_to_a_test_host() {
     );
 }
 
+/// `route_localnet` (for published ports on 127.0.0.1) must not open the host's loopback
+/// to guests: a guest root that routes 127.0.0.1 at its gateway reaches nothing. (Without
+/// the guard rule, measured: the same steps connect to the host's 127.0.0.1 listener.)
+#[test]
+fn a_guest_cannot_reach_host_loopback_services() {
+    let Some(n) = Net::new("a_guest_cannot_reach_host_loopback_services") else {
+        return;
+    };
+    let listener = n.host.spawn(
+        "python3 -c \"import socket; s=socket.socket(); \
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+         s.bind(('127.0.0.1', 9300)); s.listen(); s.settimeout(120); \
+         print('listening', flush=True); c, a = s.accept(); print('REACHED', a)\"",
+    );
+    let id = n.detached(&["busybox", "sleep", "600"]);
+    let out = n.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet; \
+         echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet; ip addr flush dev lo; \
+         ip route add 127.0.0.1/32 via 172.31.250.1 dev eth0; ip route get 127.0.0.1; \
+         echo x | timeout 5 nc 127.0.0.1 9300; true",
+    ]);
+    assert!(out.contains("127.0.0.1 via 172.31.250.1 dev eth0"), "{out}");
+    let heard = output_of(listener, Duration::from_secs(3));
+    assert!(heard.contains("listening"), "{heard}");
+    assert!(
+        !heard.contains("REACHED"),
+        "a guest reached the host's loopback: {heard}"
+    );
+    n.ok(&["rm", "-f", &id]);
+}
+
 #[test]
 fn a_gigabyte_streams_through_tcp_intact() {
     let Some(n) = Net::new("a_gigabyte_streams_through_tcp_intact") else {

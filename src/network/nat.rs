@@ -8,7 +8,10 @@
 //!
 //! Localhost publishing: DNAT in `output` plus `route_localnet` on the bridge (set by
 //! [`super::bridge`]) and the loopback MASQUERADE, as docker does with
-//! `--userland-proxy=false`. Chosen over a userspace proxy because it needs no process
+//! `--userland-proxy=false`. `route_localnet` would also let a guest that routes
+//! 127.0.0.0/8 at its gateway reach the host's loopback-only services (kube-proxy's
+//! CVE-2020-8558), so packets arriving from the bridge for 127.0.0.0/8 are dropped before
+//! routing (`raw` priority). Chosen over a userspace proxy because it needs no process
 //! that must outlive the command (a proxy in the monitor would die with a `kill -9` and
 //! would copy every byte once more), and it is torn down like every other rule.
 //!
@@ -43,13 +46,15 @@ pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), Error> {
         "add table ip {TABLE}; \
          add chain ip {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}; \
          add chain ip {TABLE} output {{ type nat hook output priority -100; policy accept; }}; \
-         add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}"
+         add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}; \
+         add chain ip {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}"
     ))?;
     let tag = bridge_tag(bridge);
     if rules_tagged(&tag)?.is_empty() {
         nft(&format!(
             "add rule ip {TABLE} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade comment \"{tag}\"; \
-             add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 oifname \"{bridge}\" masquerade comment \"{tag}\""
+             add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 oifname \"{bridge}\" masquerade comment \"{tag}\"; \
+             add rule ip {TABLE} guard iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop comment \"{tag}\""
         ))?;
     }
     Ok(())
