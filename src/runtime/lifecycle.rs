@@ -87,34 +87,6 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// Tears down the networks of containers whose VM and monitor are both gone without
-    /// doing it (`kill -9`), and leases or rules of containers that no longer exist.
-    /// Best effort: a failure is logged and left for the next command.
-    pub fn sweep_networks(&self) {
-        let Ok(all) = self.store.list() else { return };
-        for s in all {
-            if s.network.is_some() && !s.vm_alive() && !s.monitor_alive() {
-                self.release_network(&s.id);
-            }
-        }
-        let store = &self.store;
-        let known = |id: &str| store.dir(id).join(super::state::STATE_FILE).is_file();
-        if let Err(e) = crate::network::sweep_orphans(store.root(), known) {
-            tracing::warn!("sweeping container networks: {e}");
-        }
-    }
-
-    /// Detaches container `id`'s network as its state records it, then forgets it there.
-    fn release_network(&self, id: &str) {
-        let Ok(s) = self.load(id) else { return };
-        let Some(a) = &s.network else { return };
-        if let Err(e) = crate::network::detach(self.store.root(), id, a) {
-            tracing::warn!(id, "tearing down the network: {e}");
-            return;
-        }
-        let _ = self.store.update(id, |s| s.network = None);
-    }
-
     /// Records a container for `image`: resolves it, merges its config with the flags,
     /// creates the directory and the sparse writable layer. Boots nothing.
     pub fn create(
@@ -213,18 +185,7 @@ impl Runtime {
         }
         remove_sockets(&state);
         let mut vm_spec = vm_spec;
-        let mut guest_net = None;
-        let mut net_record = None;
-        if let Some(a) = crate::network::attach(self.store.root(), id, &state.config.network)? {
-            vm_spec.taps.push(a.tap);
-            guest_net = Some(a.guest);
-            net_record = Some(a.record.clone());
-            // Recorded before the VM starts, so a crash from here on is swept.
-            self.store.update(id, |s| {
-                s.network = Some(a.record);
-                s.monitor = ProcessRef::of(std::process::id());
-            })?;
-        }
+        let guest_net = self.attach_network(&state, &mut vm_spec)?;
         let started = backend.start(&vm_spec);
         // The VMM holds the TAP fd now; ours would keep the TAP alive after it.
         drop(vm_spec);
@@ -237,7 +198,6 @@ impl Runtime {
         };
         let vm_pid = ProcessRef::of(vm.pid());
         let state = self.store.update(id, |s| {
-            s.network = net_record;
             s.status = Status::Running;
             s.pid = vm_pid;
             s.monitor = ProcessRef::of(std::process::id());
@@ -477,10 +437,7 @@ impl Runtime {
         for d in &dirs[1..] {
             let _ = std::fs::remove_dir_all(d);
         }
-        self.release_network(&state.id);
-        if let Err(e) = crate::network::release_all(self.store.root(), &state.id) {
-            tracing::warn!(id = %state.id, "releasing the network: {e}");
-        }
+        self.release_all_network(&state.id);
         self.store.remove_dir(&state.id)
     }
 

@@ -86,7 +86,7 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     flag("--console", format!("file:{}", spec.console_log.display()));
     if !spec.taps.is_empty() {
         return Err(Error::Unsupported(
-            "husk-vmm has no virtio-net device yet; use --vmm qemu for networked containers".into(),
+            "husk-vmm has no virtio-net device yet; use --vmm qemu, or --network none".into(),
         ));
     }
     for d in &spec.disks {
