@@ -13,19 +13,27 @@ pub fn exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Creates bridge `name` with `subnet`'s gateway address unless it exists (callers hold the
-/// network lock, so two husk commands never race here), and turns forwarding on.
+/// Creates bridge `name` unless it exists, gives it `subnet`'s gateway address, and turns
+/// forwarding on (callers hold the network lock, so two husk commands never race here).
 pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
     if !exists(name) {
         cmd::run(None, "ip", &["link", "add", name, "type", "bridge"])?;
-        let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
-        cmd::run(None, "ip", &["addr", "add", &addr, "dev", name])?;
     } else if !Path::new("/sys/class/net")
         .join(name)
         .join("bridge")
         .exists()
     {
         return Err(Error::NotABridge(name.to_string()));
+    }
+    // Also on a bridge that exists (made by hand, or for another subnet before): the
+    // guests' gateway must be on it.
+    let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
+    match cmd::run(None, "ip", &["addr", "add", &addr, "dev", name]) {
+        Err(Error::Tool { detail, .. })
+            if detail.contains("already assigned") || detail.contains("File exists") => {}
+        other => {
+            other?;
+        }
     }
     cmd::run(None, "ip", &["link", "set", name, "up"])?;
     cmd::sysctl("net.ipv4.ip_forward", "1")?;

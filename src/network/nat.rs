@@ -15,7 +15,7 @@
 //! that must outlive the command (a proxy in the monitor would die with a `kill -9` and
 //! would copy every byte once more), and it is torn down like every other rule.
 //!
-//! Every rule carries a comment (`husk:<id>` or `husk-bridge:<name>`), and removal deletes
+//! Every rule carries a comment (`husk:<id>` or `husk-bridge:<name>:<subnet>`), and removal deletes
 //! exactly the rules with that comment, by handle.
 
 use std::net::Ipv4Addr;
@@ -31,8 +31,9 @@ fn container_tag(id: &str) -> String {
     format!("husk:{id}")
 }
 
-fn bridge_tag(bridge: &str) -> String {
-    format!("husk-bridge:{bridge}")
+/// Per bridge and subnet: a bridge moved to another subnet gets that subnet's rules too.
+fn bridge_tag(bridge: &str, subnet: &Subnet) -> String {
+    format!("husk-bridge:{bridge}:{subnet}")
 }
 
 fn nft(script: &str) -> Result<(), Error> {
@@ -49,7 +50,7 @@ pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), Error> {
          add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}; \
          add chain ip {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}"
     ))?;
-    let tag = bridge_tag(bridge);
+    let tag = bridge_tag(bridge, subnet);
     if rules_tagged(&tag)?.is_empty() {
         nft(&format!(
             "add rule ip {TABLE} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade comment \"{tag}\"; \
