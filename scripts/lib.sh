@@ -10,6 +10,10 @@ HUSK_APT_PACKAGES=(
     libseccomp-dev libcap-ng-dev iproute2 nftables curl
 )
 
+# The container engines the husk-runtime tests drive (tests/engine_*.rs), with runc and crun
+# to compare against. Only scripts/test.sh installs them; setup.sh stays lean.
+HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun)
+
 # Installs whichever of the given Debian packages are missing (apt-get update only if needed).
 ensure_packages() {
     local missing=() p

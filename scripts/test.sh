@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-ensure_packages "${HUSK_APT_PACKAGES[@]}"
+ensure_packages "${HUSK_APT_PACKAGES[@]}" "${HUSK_ENGINE_PACKAGES[@]}"
 
 if [ "${CI:-}" = "true" ] && [ ! -c /dev/kvm ]; then
     die "CI=true and /dev/kvm is missing: the KVM tests cannot run"

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod devices;
 pub mod image;
 pub mod network;
+pub mod ociruntime;
 pub mod runtime;
 pub mod sandbox;
 pub mod vmm;

@@ -364,6 +364,27 @@ fn corrupt_archive_is_rejected_and_nothing_is_kept() {
     );
 }
 
+/// Waits (bounded) until `husk ps -a` shows the container as exited.
+fn wait_exited(h: &common::cli::Husk, name: &str) {
+    let deadline = std::time::Instant::now() + common::cli::LIMIT;
+    loop {
+        let ps = h.ok(&["ps", "-a"]);
+        let line = ps
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_default()
+            .to_string();
+        if line.contains("Exited") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never exited: {line}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn rmi_of_an_image_in_use_is_refused() {
     let test = "rmi_of_an_image_in_use_is_refused";
@@ -376,12 +397,18 @@ fn rmi_of_an_image_in_use_is_refused() {
     assert_eq!(h.image_count(), 1);
     // The kept container still boots on its image's layers.
     h.ok(&["start", "user1"]);
-    h.ok(&["rm", "-f", "user1"]);
-    let out = h.ok(&["rmi", "busybox"]);
+    wait_exited(&h, "user1");
+    // -f removes the image all the same; the container holds its layers and still starts.
+    let out = h.ok(&["rmi", "-f", "busybox"]);
     assert!(
         out.contains("Untagged: busybox:latest") && out.contains("Deleted: sha256:"),
         "{out}"
     );
     assert_eq!(h.image_count(), 0);
     assert_eq!(h.stored_files(), Vec::<String>::new());
+    h.ok(&["start", "user1"]);
+    wait_exited(&h, "user1");
+    let gone = h.run(&["run", "--rm", "busybox", "true"]);
+    assert!(!gone.status.success(), "the image is gone");
+    h.ok(&["rm", "-f", "user1"]);
 }

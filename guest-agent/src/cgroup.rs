@@ -38,6 +38,30 @@ fn dir(id: &str) -> PathBuf {
     Path::new(ROOT).join("husk").join(id)
 }
 
+/// Writes the container's limits to its group (created here). A limit the guest kernel
+/// cannot apply is an error: the spec asked for it.
+pub fn limit(id: &str, r: &husk_protocol::Resources) -> io::Result<()> {
+    let d = dir(id);
+    let writes = [
+        ("memory.max", r.memory_max.map(|m| m.to_string())),
+        ("cpu.max", r.cpu_max.map(|(q, p)| format!("{q} {p}"))),
+        ("pids.max", r.pids_max.map(|p| p.to_string())),
+    ];
+    if writes.iter().all(|(_, v)| v.is_none()) {
+        return Ok(());
+    }
+    fs::create_dir_all(&d)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
+    for (file, value) in writes {
+        if let Some(v) = value {
+            fs::write(d.join(file), &v).map_err(|e| {
+                io::Error::new(e.kind(), format!("{} = {v}: {e}", d.join(file).display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Moves `pid` into the container's group (created on first use).
 pub fn add(id: &str, pid: i32) {
     let d = dir(id);

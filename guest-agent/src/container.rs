@@ -129,6 +129,12 @@ impl Agent {
                 format!("container {id:?} already exists"),
             ));
         }
+        cgroup::limit(&id, &spec.resources).map_err(|e| {
+            err(
+                ErrorCode::Unsupported,
+                format!("container {id}: cgroup limits: {e}"),
+            )
+        })?;
         let filter = match &spec.seccomp {
             Some(s) => {
                 Some(seccomp::compile(s).map_err(|e| err(ErrorCode::Unsupported, e.to_string()))?)

@@ -133,6 +133,7 @@ fn container() -> ContainerSpec {
         namespaces: vec![NamespaceKind::Pid, NamespaceKind::Mount],
         seccomp: None,
         network: None,
+        resources: Default::default(),
     }
 }
 

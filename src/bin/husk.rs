@@ -35,11 +35,28 @@ fn main() {
     let code = match commands::dispatch(cli).map_err(anyhow::Error::from) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("husk: {e:#}");
+            eprintln!("husk: {}", one_line(&e));
             CLI_ERROR
         }
     };
     std::process::exit(code);
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the line already
+/// carries (most messages embed their source; `{:#}` would print it twice).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn init_logging(level: &str) {

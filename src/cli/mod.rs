@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod images;
+pub mod runtime;
 
 use std::path::PathBuf;
 

@@ -111,6 +111,7 @@ impl Runtime {
                     .clone()
                     .unwrap_or_else(|| id[..12].to_string());
                 let p = spec::merge(&img.config, &process, &hostname, |k| std::env::var(k).ok())?;
+                let layers = hold_layers(dir, &img.layer_disks)?;
                 let scratch_disk = dir.join("scratch.ext4");
                 crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
                 Ok(State {
@@ -143,7 +144,7 @@ impl Runtime {
                         stdin: opts.stdin,
                         vcpus: opts.vcpus.max(1),
                         memory_mib: opts.memory_mib,
-                        layers: img.layer_disks.clone(),
+                        layers,
                         layer_fs: img.layer_fs.clone(),
                         auto_remove: opts.auto_remove,
                         volumes: opts.volumes.clone(),
@@ -510,6 +511,35 @@ fn console_path(dir: &Path, id: &str, volumes: usize) -> PathBuf {
 }
 
 /// Mount tag of volume `i`.
+/// Hard-links the image's layer disks into the container's directory and returns the links:
+/// the container owns its layers from now on, so `husk rmi -f` (and the store's garbage
+/// collection) can drop the image without breaking a later `husk start`, and the disk space
+/// comes back when the last container using a layer is removed. Same inode, so the host
+/// page cache is still shared. A store on another filesystem is referenced in place.
+fn hold_layers(dir: &Path, disks: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let held = dir.join("layers");
+    std::fs::create_dir_all(&held).map_err(|source| Error::Io {
+        path: held.clone(),
+        source,
+    })?;
+    disks
+        .iter()
+        .enumerate()
+        .map(|(i, disk)| {
+            let ext = disk.extension().and_then(|e| e.to_str()).unwrap_or("img");
+            let link = held.join(format!("{i}.{ext}"));
+            match std::fs::hard_link(disk, &link) {
+                Ok(()) => Ok(link),
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(disk.clone()),
+                Err(source) => Err(Error::Io {
+                    path: disk.clone(),
+                    source,
+                }),
+            }
+        })
+        .collect()
+}
+
 pub fn volume_tag(i: usize) -> String {
     format!("husk-vol-{i}")
 }
@@ -659,6 +689,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
         ],
         seccomp: None,
         network: None,
+        resources: Default::default(),
     }
 }
 

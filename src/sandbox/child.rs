@@ -506,3 +506,35 @@ pub(super) fn is_executable(p: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod console_scan_tests {
+    use super::ConsoleScan;
+    use std::io::Write;
+
+    #[test]
+    fn finds_a_marker_written_in_pieces_and_only_once_it_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut scan = ConsoleScan::default();
+        assert!(!scan.found(&log, "READY"), "no file yet");
+        let mut f = std::fs::File::create(&log).unwrap();
+        write!(f, "booting\nRE").unwrap();
+        assert!(!scan.found(&log, "READY"));
+        write!(f, "AD").unwrap();
+        assert!(!scan.found(&log, "READY"));
+        writeln!(f, "Y").unwrap();
+        assert!(scan.found(&log, "READY"), "marker split over three reads");
+    }
+
+    #[test]
+    fn old_complete_lines_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "x".repeat(10_000) + "\nabc").unwrap();
+        let mut scan = ConsoleScan::default();
+        assert!(!scan.found(&log, "READY"));
+        assert_eq!(scan.tail, b"abc");
+        assert_eq!(scan.offset, 10_004);
+    }
+}

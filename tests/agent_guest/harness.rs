@@ -289,6 +289,7 @@ pub fn container(id: &str, p: ProcessSpec) -> ContainerSpec {
         ],
         seccomp: None,
         network: None,
+        resources: Default::default(),
     }
 }
 

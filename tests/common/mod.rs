@@ -113,6 +113,7 @@ pub fn bin(name: &str) -> PathBuf {
     match name {
         "husk-vmm" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vmm")),
         "husk" => PathBuf::from(env!("CARGO_BIN_EXE_husk")),
+        "husk-runtime" => PathBuf::from(env!("CARGO_BIN_EXE_husk-runtime")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -287,3 +288,4 @@ pub fn run_console(
     }
 }
 pub mod cli;
+pub mod engine;

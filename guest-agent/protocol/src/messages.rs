@@ -21,7 +21,7 @@ mod seccomp;
 mod stream;
 
 pub use caps::Capability;
-pub use container::{ContainerSpec, NamespaceKind};
+pub use container::{ContainerSpec, NamespaceKind, Resources};
 pub use network::{
     format_mac, DnsConfig, HostEntry, InterfaceConfig, IpNet, NetworkConfig, RouteConfig,
 };

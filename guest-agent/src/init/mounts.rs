@@ -83,7 +83,15 @@ pub fn setup_container(spec: &ContainerSpec, rootfs: &Path, process: &ProcessSpe
     Ok(())
 }
 
+/// Where `virtiofs` shares are mounted (outside the container root) for file binds.
+const SHARE_STAGING: &str = "/run/husk-shares";
+
 fn mount_one(root: &OwnedFd, m: &MountSpec) -> Result<()> {
+    if m.fs_type == "virtiofs" {
+        if let Some((tag, name)) = m.source.split_once(':') {
+            return mount_share_entry(root, m, tag, name);
+        }
+    }
     let (flags, propagation, data) = parse_options(&m.options);
     let bind = flags.contains(MsFlags::MS_BIND);
     let target = if bind && Path::new(&m.source).is_file() {
@@ -141,6 +149,51 @@ fn mount_one(root: &OwnedFd, m: &MountSpec) -> Result<()> {
         .map_err(err)?;
     }
     Ok(())
+}
+
+/// A virtio-fs mount with source `TAG:NAME`: one entry (a file, e.g. `/etc/hosts`) of the
+/// shared directory `TAG`, bind-mounted at the destination. The share itself is mounted once
+/// outside the container root; virtio-fs shares whole directories only.
+fn mount_share_entry(root: &OwnedFd, m: &MountSpec, tag: &str, name: &str) -> Result<()> {
+    let bad = name.is_empty() || name == "." || name == ".." || name.contains('/');
+    let staging = Path::new(SHARE_STAGING).join(tag);
+    let err = |e: nix::Error| InitError::Mount {
+        src: m.source.clone(),
+        fstype: m.fs_type.clone(),
+        dest: m.destination.clone(),
+        source: e.into(),
+    };
+    if bad || tag.is_empty() || tag.contains('/') || tag.starts_with('.') {
+        return Err(err(nix::Error::EINVAL));
+    }
+    let entry = staging.join(name);
+    if fs::symlink_metadata(&entry).is_err() {
+        fs::create_dir_all(&staging).map_err(on_path("creating", staging.display()))?;
+        match mount(
+            Some(tag),
+            &staging,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) | Err(nix::Error::EBUSY) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    // A symlink in a host directory must not lead the bind out of the share.
+    let meta = fs::symlink_metadata(&entry).map_err(on_path("finding", entry.display()))?;
+    if meta.file_type().is_symlink() {
+        return Err(err(nix::Error::ELOOP));
+    }
+    let mut options = m.options.clone();
+    options.push("bind".into());
+    let bind = MountSpec {
+        destination: m.destination.clone(),
+        source: entry.to_string_lossy().into_owned(),
+        fs_type: "none".into(),
+        options,
+    };
+    mount_one(root, &bind)
 }
 
 /// Kernel parameters, written in the helper's own (new) namespaces: /proc/sys shows the

@@ -73,7 +73,8 @@ pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
 }
 
 /// Removes names (or, by ID, the whole image) and collects what no image uses. An image a
-/// container still uses is kept unless `-f`: its layers are the container's disks.
+/// container still uses is kept unless `-f`; with `-f` it goes, and the containers keep
+/// running and starting on their own links to its layer disks (`runtime::lifecycle`).
 pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
     let images = Images::open(&g.root)?;
     let rt = super::runtime(g)?;

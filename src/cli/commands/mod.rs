@@ -21,6 +21,19 @@ use super::{Cli, Command, Error, GlobalOpts};
 /// Runs the parsed command line; returns the exit code.
 pub fn dispatch(cli: Cli) -> Result<i32, Error> {
     let g = &cli.global;
+    if matches!(
+        cli.command,
+        Command::Ps(_)
+            | Command::Inspect(_)
+            | Command::Images(_)
+            | Command::Logs(_)
+            | Command::System(_)
+    ) {
+        // Commands that only print end quietly when their reader goes (`husk ps | head`),
+        // as `ps` and `ls` do. Not the others: they relay on sockets and must see EPIPE.
+        // SAFETY: resetting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(a) => run::run(g, a),
         Command::Ps(a) => ps::run(g, a),

@@ -39,6 +39,24 @@ pub struct ContainerSpec {
     /// The guest's network (added after version 1 shipped: absent means none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// Limits for the container's cgroup in the guest (OCI `linux.resources`). Appended:
+    /// absent means none.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// cgroup v2 limits the agent writes to the container's group (`memory.max`, `cpu.max`,
+/// `pids.max`); `None` leaves the kernel's default (`max`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: quota and period in microseconds.
+    #[serde(default)]
+    pub cpu_max: Option<(u64, u64)>,
+    #[serde(default)]
+    pub pids_max: Option<u64>,
 }
 
 /// Namespace types, named as OCI names them.
@@ -94,6 +112,20 @@ impl ContainerSpec {
         }
         if let Some(n) = &self.network {
             n.validate().map_err(|e| e.within("network"))?;
+        }
+        if let Some((quota, period)) = self.resources.cpu_max {
+            if quota == 0 || !(1000..=1_000_000).contains(&period) {
+                return fail(
+                    "resources.cpu_max",
+                    format!("quota {quota} / period {period} µs: quota > 0, period 1000..=1000000"),
+                );
+            }
+        }
+        if self.resources.memory_max == Some(0) || self.resources.pids_max == Some(0) {
+            return fail(
+                "resources",
+                "a limit of 0 would stop the container from running",
+            );
         }
         Ok(())
     }

@@ -120,6 +120,11 @@ pub fn container() -> ContainerSpec {
                 names: vec!["db".into(), "db.lan".into()],
             }],
         }),
+        resources: Resources {
+            memory_max: Some(256 << 20),
+            cpu_max: Some((150_000, 100_000)),
+            pids_max: Some(2048),
+        },
     }
 }
 

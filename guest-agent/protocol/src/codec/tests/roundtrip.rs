@@ -207,3 +207,14 @@ fn hello_from_a_newer_peer_still_decodes_for_the_version_check() {
         ErrorCode::VersionMismatch
     );
 }
+
+#[test]
+fn a_container_spec_without_resources_decodes_with_none() {
+    let mut v = serde_json::to_value(fixtures::container()).unwrap();
+    v.as_object_mut().unwrap().remove("resources");
+    let spec: ContainerSpec = serde_json::from_value(v).unwrap();
+    assert_eq!(spec.resources, Resources::default());
+    let mut bad = fixtures::container();
+    bad.resources.cpu_max = Some((0, 100_000));
+    assert!(bad.validate().is_err());
+}

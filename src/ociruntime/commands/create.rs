@@ -1,0 +1,147 @@
+//! `create` (spawn the sandbox, wait for `ok`, run the create-time hooks, write the pid file)
+//! and `run` (the same in this process, then start, wait and delete).
+
+use std::ffi::OsStr;
+
+use super::super::bundle::{self, Plan};
+use super::super::state::{check_id, rfc3339_now, ContainerState, Status, Store};
+use super::super::{hooks, sandbox, Error};
+use super::lifecycle::destroy;
+use super::{read_ready, spawn_helper, write_pid_file};
+use crate::cli::runtime::{CreateArgs, RunArgs, RuntimeGlobal};
+use crate::runtime::proc::ProcessRef;
+
+/// Records a new container (status `creating`) under the store lock; fails on a duplicate id.
+fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Error> {
+    let _lock = store.lock()?;
+    if store.exists(id) || store.dir(id).exists() {
+        return Err(Error::Exists(id.to_string()));
+    }
+    let state = ContainerState {
+        id: id.to_string(),
+        bundle: plan.bundle.clone(),
+        rootfs: plan.rootfs.clone(),
+        created: rfc3339_now(),
+        annotations: plan.annotations.clone(),
+        status: Status::Creating,
+        sandbox: None,
+        vm: None,
+        sock_dir: store.sock_dir(id),
+        vsock_cid: store.free_cid()?,
+        exit_code: None,
+        netns: plan.netns.clone(),
+        execs: Vec::new(),
+        poststart: plan.hooks.poststart.clone(),
+        poststop: plan.hooks.poststop.clone(),
+    };
+    let dir = store.dir(id);
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    let _ = std::fs::remove_dir_all(&state.sock_dir);
+    std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
+    if let Err(e) = store.save(&state) {
+        let _ = store.remove(&state);
+        return Err(e);
+    }
+    Ok(state)
+}
+
+fn create_hooks(plan: &Plan, state: &ContainerState) -> Result<(), Error> {
+    let doc = state.hook_json(Status::Created);
+    hooks::run("prestart", &plan.hooks.prestart, &doc)?;
+    hooks::run("createRuntime", &plan.hooks.create_runtime, &doc)
+}
+
+pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, Error> {
+    check_id(&a.id)?;
+    if store.exists(&a.id) {
+        return Err(Error::Exists(a.id.clone()));
+    }
+    let plan = bundle::plan(&a.id, &a.bundle)?;
+    if plan.container.process.terminal && a.console_socket.is_none() {
+        return Err(Error::Usage(
+            "process.terminal is set but no --console-socket was given for the pty".into(),
+        ));
+    }
+    let state = register(store, &a.id, &plan)?;
+    let mut args: Vec<&OsStr> = vec![OsStr::new(sandbox::SUBCOMMAND)];
+    if let Some(s) = &a.console_socket {
+        args.push(OsStr::new("--console-socket"));
+        args.push(s.as_os_str());
+    }
+    args.push(OsStr::new(&a.id));
+    let (mut child, ready) = match spawn_helper(g, &args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = store.remove(&state);
+            return Err(e);
+        }
+    };
+    let fail = |child: &mut std::process::Child, e: Error| {
+        let now = store.load(&a.id).unwrap_or_else(|_| state.clone());
+        destroy(&now);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = store.remove(&now);
+        Err(e)
+    };
+    let recorded = store.update(&a.id, |s| s.sandbox = ProcessRef::of(child.id()));
+    if let Err(e) = recorded {
+        return fail(&mut child, e);
+    }
+    if let Err(detail) = read_ready(ready) {
+        return fail(
+            &mut child,
+            Error::Sandbox {
+                id: a.id.clone(),
+                detail,
+            },
+        );
+    }
+    let state = store.load(&a.id)?;
+    if let Err(e) = create_hooks(&plan, &state) {
+        return fail(&mut child, e);
+    }
+    if let Some(p) = &a.pid_file {
+        if let Err(e) = write_pid_file(p, child.id()) {
+            return fail(&mut child, e);
+        }
+    }
+    // The sandbox lives on; it is reparented (to the engine's subreaper) when we exit.
+    std::mem::forget(child);
+    Ok(0)
+}
+
+pub fn run(store: &Store, a: &RunArgs) -> Result<i32, Error> {
+    check_id(&a.id)?;
+    if a.detach {
+        return Err(Error::Usage(
+            "run --detach is not supported: use create, then start".into(),
+        ));
+    }
+    if store.exists(&a.id) {
+        return Err(Error::Exists(a.id.clone()));
+    }
+    let plan = bundle::plan(&a.id, &a.bundle)?;
+    let state = register(store, &a.id, &plan)?;
+    let me = std::process::id();
+    let state = store.update(&state.id, |s| s.sandbox = ProcessRef::of(me))?;
+    if let Some(p) = &a.pid_file {
+        if let Err(e) = write_pid_file(p, me) {
+            let _ = store.remove(&state);
+            return Err(e);
+        }
+    }
+    let created = || {
+        let now = store.load(&a.id)?;
+        create_hooks(&plan, &now)
+    };
+    let code = sandbox::run(store, &a.id, a.console_socket.as_deref(), Some(&created));
+    if let Ok(now) = store.load(&a.id) {
+        if !a.keep {
+            super::lifecycle::run_poststop(&now);
+            destroy(&now);
+            let _ = store.remove(&now);
+        }
+    }
+    Ok(code)
+}

@@ -1,0 +1,261 @@
+//! `exec`: another process in a running container, through the agent. In the foreground it
+//! relays this process's stdio; with `--detach` a helper (`exec-holder`) does, and its pid
+//! goes to `--pid-file` so the engine waits on it for the exit status.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use husk_protocol::ProcessSpec;
+use oci_spec::runtime::Process;
+
+use super::super::state::{Status, Store};
+use super::super::{bundle, console, log, process, sandbox, Error};
+use super::{read_ready, spawn_helper, write_pid_file};
+use crate::agent::AgentClient;
+use crate::cli::runtime::{ExecArgs, ExecHolderArgs, RuntimeGlobal};
+use crate::runtime::attach::{self, Stdio};
+use crate::runtime::lifecycle::{AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE};
+use crate::runtime::proc::ProcessRef;
+
+/// The process to exec: `--process FILE`, or the container's own process with ARGS and the
+/// flags applied (as runc builds it).
+fn process_for(store: &Store, a: &ExecArgs) -> Result<ProcessSpec, Error> {
+    let state = store.load(&a.id)?;
+    let bad = |path: &Path, detail: String| Error::BadConfig {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if let Some(path) = &a.process {
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let p: Process = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(path, format!("not an OCI process: {e}")))?;
+        return process::convert(&p, (24, 80)).map_err(|e| bad(path, e.to_string()));
+    }
+    if a.args.is_empty() {
+        return Err(Error::Usage(
+            "exec needs a command after the container id, or --process FILE".into(),
+        ));
+    }
+    let spec = bundle::load_spec(&state.bundle)?;
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(a.args.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_console_size(None);
+    let mut env = p.env().clone().unwrap_or_default();
+    for e in &a.env {
+        let key = e.split('=').next().unwrap_or("");
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(c) = &a.cwd {
+        p.set_cwd(c.into());
+    }
+    if let Some(u) = &a.user {
+        let (uid, gid) = match u.split_once(':') {
+            Some((u, g)) => (u.parse(), g.parse()),
+            None => (u.parse(), Ok(0)),
+        };
+        let (Ok(uid), Ok(gid)) = (uid, gid) else {
+            return Err(Error::Usage(format!("--user {u:?}: use UID[:GID]")));
+        };
+        let user = p.user_mut();
+        user.set_uid(uid);
+        user.set_gid(gid);
+        user.set_additional_gids(Some(a.additional_gids.clone()));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    let path = state.bundle.join("config.json");
+    process::convert(&p, (24, 80)).map_err(|e| bad(&path, e.to_string()))
+}
+
+pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error> {
+    let state = store.load(&a.id)?;
+    if !matches!(state.effective_status(), Status::Running | Status::Created) {
+        return Err(Error::WrongState {
+            id: a.id.clone(),
+            status: state.effective_status().as_str(),
+            what: "exec needs a running container".into(),
+        });
+    }
+    let spec = process_for(store, a)?;
+    if spec.terminal && a.detach && a.console_socket.is_none() {
+        return Err(Error::Usage(
+            "a terminal exec with --detach needs --console-socket".into(),
+        ));
+    }
+    if !a.detach {
+        let target = attach::forward_signals();
+        return foreground(
+            &state,
+            spec,
+            a.console_socket.as_deref(),
+            Some(&target),
+            None,
+        );
+    }
+    let file = store.dir(&a.id).join(format!(
+        "exec-{}.json",
+        &crate::runtime::store::new_id()?[..16]
+    ));
+    let json = serde_json::to_vec(&spec).map_err(|e| Error::io(&file)(std::io::Error::other(e)))?;
+    std::fs::write(&file, json).map_err(Error::io(&file))?;
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("exec-holder"),
+        OsStr::new("--spec"),
+        file.as_os_str(),
+    ];
+    if let Some(s) = &a.console_socket {
+        args.push(OsStr::new("--console-socket"));
+        args.push(s.as_os_str());
+    }
+    args.push(OsStr::new(&a.id));
+    let (mut child, ready) = spawn_helper(g, &args)?;
+    if let Err(detail) = read_ready(ready) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&file);
+        return Err(Error::Sandbox {
+            id: a.id.clone(),
+            detail: format!("exec: {detail}"),
+        });
+    }
+    let holder = ProcessRef::of(child.id());
+    let _ = store.update(&a.id, |s| {
+        s.execs.retain(ProcessRef::is_alive);
+        s.execs.extend(holder);
+    });
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, child.id())?;
+    }
+    std::mem::forget(child);
+    Ok(0)
+}
+
+/// The body of `exec-holder`: runs the exec with this process's stdio (or a pty sent over
+/// the console socket), reports `ok` on the ready fd, and exits with its status.
+pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
+    let target = attach::forward_signals();
+    let mut ready = sandbox_ready_fd();
+    let state = store.load(&a.id)?;
+    let result = std::fs::read(&a.spec)
+        .map_err(Error::io(&a.spec))
+        .and_then(|b| {
+            serde_json::from_slice::<ProcessSpec>(&b).map_err(|e| Error::BadConfig {
+                path: a.spec.clone(),
+                detail: e.to_string(),
+            })
+        });
+    let _ = std::fs::remove_file(&a.spec);
+    let spec = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(f) = ready.as_mut() {
+                let _ = writeln!(f, "{e}");
+            }
+            return Err(e);
+        }
+    };
+    foreground(
+        &state,
+        spec,
+        a.console_socket.as_deref(),
+        Some(&target),
+        ready,
+    )
+}
+
+fn sandbox_ready_fd() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var(sandbox::READY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(sandbox::READY_FD_ENV);
+    // SAFETY: `exec` passed this fd for us alone; ownership is taken once.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(std::fs::File::from_raw_fd(fd))
+    }
+}
+
+/// Runs `spec` in the container with this process's stdio; `ready` hears `ok` once it runs.
+fn foreground(
+    state: &super::super::state::ContainerState,
+    spec: ProcessSpec,
+    console_socket: Option<&Path>,
+    target: Option<&Arc<std::sync::Mutex<attach::SignalTarget>>>,
+    mut ready: Option<std::fs::File>,
+) -> Result<i32, Error> {
+    let id = state.id.clone();
+    let agent_err = |source| Error::Agent {
+        id: id.clone(),
+        console: state.console_log(),
+        source: Box::new(source),
+    };
+    let run = || -> Result<_, Error> {
+        let agent = Arc::new(
+            AgentClient::connect(&state.vsock_uds(), AGENT_REACH_TIMEOUT).map_err(agent_err)?,
+        );
+        let tty = spec.terminal;
+        let exec_id = format!("exec-{}", &crate::runtime::store::new_id()?[..16]);
+        if tty {
+            if let Some(sock) = console_socket {
+                let (rows, cols) = spec
+                    .console_size
+                    .map(|c| (c.rows, c.cols))
+                    .unwrap_or((24, 80));
+                let pty = console::open(rows, cols).map_err(Error::io("pty"))?;
+                console::send_master(sock, &pty.master, &pty.name).map_err(Error::io(sock))?;
+                use std::os::fd::AsRawFd;
+                for fd in 0..3 {
+                    // SAFETY: dup2 of a slave fd we own onto the standard fds.
+                    unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) };
+                }
+                // SAFETY: a session leader (spawn_helper's setsid) takes its controlling tty.
+                unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+            }
+        }
+        agent.exec_process(&id, &exec_id, spec).map_err(agent_err)?;
+        let attached = attach::attach(
+            &agent,
+            &state.vsock_uds(),
+            &id,
+            Some(&exec_id),
+            &Stdio::Host { stdin: true, tty },
+        )
+        .map_err(agent_err)?;
+        Ok((agent, exec_id, attached, tty))
+    };
+    let (agent, exec_id, mut attached, tty) = match run() {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(f) = ready.as_mut() {
+                let _ = writeln!(f, "{}", e.to_string().replace('\n', " "));
+            }
+            return Err(e);
+        }
+    };
+    if let Some(t) = target {
+        let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+        t.agent = Some((agent.clone(), id.clone(), Some(exec_id.clone())));
+        t.tty = tty;
+    }
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(b"ok\n");
+    }
+    let exit = agent.wait(&id, Some(&exec_id));
+    let _ = attached.pump.wait_output();
+    drop(attached.raw.take());
+    if let Some(t) = target {
+        t.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
+    }
+    Ok(match exit {
+        Ok(s) => s.code,
+        Err(e) => {
+            log::error_to_file(&format!("container {id}: exec {exec_id}: {e}"));
+            VM_DIED_EXIT_CODE
+        }
+    })
+}

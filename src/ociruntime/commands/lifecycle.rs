@@ -1,0 +1,173 @@
+//! `start`, `state`, `kill`, `delete`, `pause`/`resume`, and tearing a container down.
+
+use std::time::Duration;
+
+use super::super::control::{self, Request};
+use super::super::state::{ContainerState, Status, Store};
+use super::super::{hooks, log, Error};
+use super::parse_signal;
+use crate::cli::runtime::KillArgs;
+use crate::runtime::proc;
+
+/// How long the sandbox may take to start the process (an agent round trip).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed sandbox may take to power its VM off and exit.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
+fn wrong(state: &ContainerState, what: &str) -> Error {
+    Error::WrongState {
+        id: state.id.clone(),
+        status: state.effective_status().as_str(),
+        what: what.into(),
+    }
+}
+
+pub fn start(store: &Store, id: &str) -> Result<i32, Error> {
+    let state = store.load(id)?;
+    if state.effective_status() != Status::Created {
+        return Err(wrong(&state, "only a created container can be started"));
+    }
+    control::send(&state.control_socket(), Request::Start, START_TIMEOUT).map_err(|detail| {
+        Error::Sandbox {
+            id: id.to_string(),
+            detail,
+        }
+    })?;
+    let state = store.load(id)?;
+    // As runc: a failing poststart hook is a warning, the container runs on.
+    if let Err(e) = hooks::run(
+        "poststart",
+        &state.poststart,
+        &state.hook_json(Status::Running),
+    ) {
+        log::warn(&e.to_string());
+    }
+    Ok(0)
+}
+
+pub fn state(store: &Store, id: &str) -> Result<i32, Error> {
+    let s = store.load(id)?;
+    let text = serde_json::to_string_pretty(&s.oci_json()).unwrap_or_default();
+    println!("{text}");
+    Ok(0)
+}
+
+pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
+    let sig = parse_signal(&a.signal)?;
+    let state = store.load(&a.id)?;
+    match state.effective_status() {
+        Status::Created | Status::Running => {
+            control::send(&state.control_socket(), Request::Kill(sig), KILL_TIMEOUT).map_err(
+                |detail| Error::Sandbox {
+                    id: a.id.clone(),
+                    detail,
+                },
+            )?;
+        }
+        Status::Paused if sig == libc::SIGKILL => {
+            // The VMM is stopped and cannot answer: kill it; the sandbox sees the VM end.
+            if let Some(vm) = &state.vm {
+                vm.signal(libc::SIGKILL);
+            }
+        }
+        Status::Paused => return Err(wrong(&state, "resume it first, or send KILL")),
+        Status::Creating | Status::Stopped => {
+            return Err(wrong(
+                &state,
+                "only a created or running container can be signalled",
+            ))
+        }
+    }
+    Ok(0)
+}
+
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
+    let state = match store.load(id) {
+        // Engines delete twice (containerd's shim, podman's cleanup); runc's `delete --force`
+        // of an id that is already gone succeeds.
+        Err(Error::NoSuchContainer(_)) if force => return Ok(0),
+        other => other?,
+    };
+    match state.effective_status() {
+        Status::Running | Status::Paused | Status::Creating if !force => {
+            return Err(wrong(&state, "stop it first or use delete --force"))
+        }
+        _ => {}
+    }
+    destroy(&state);
+    run_poststop(&state);
+    store.remove(&state)?;
+    Ok(0)
+}
+
+/// poststop hooks: failures are logged, the container is gone regardless.
+pub fn run_poststop(state: &ContainerState) {
+    if let Err(e) = hooks::run(
+        "poststop",
+        &state.poststop,
+        &state.hook_json(Status::Stopped),
+    ) {
+        log::warn(&e.to_string());
+    }
+}
+
+/// Ends everything a container runs on the host: the sandbox (asked to kill the VM first),
+/// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock).
+pub fn destroy(state: &ContainerState) {
+    if let Some(vm) = &state.vm {
+        // A paused VM cannot power off: let it go first.
+        vm.signal(libc::SIGCONT);
+    }
+    if let Some(sb) = state
+        .sandbox
+        .filter(|s| s.is_alive() && s.pid != std::process::id())
+    {
+        let _ = control::send(
+            &state.control_socket(),
+            Request::Kill(libc::SIGKILL),
+            KILL_TIMEOUT,
+        );
+        if !sb.wait_gone(STOP_WAIT) {
+            sb.signal(libc::SIGKILL);
+            sb.wait_gone(Duration::from_secs(5));
+        }
+    }
+    for e in &state.execs {
+        e.signal(libc::SIGKILL);
+    }
+    for p in proc::processes_using(&state.sock_dir) {
+        p.signal(libc::SIGKILL);
+        p.wait_gone(Duration::from_secs(5));
+    }
+}
+
+pub fn pause(store: &Store, id: &str, pause: bool) -> Result<i32, Error> {
+    let state = store.load(id)?;
+    let (from, to, sig) = if pause {
+        (Status::Running, Status::Paused, libc::SIGSTOP)
+    } else {
+        (Status::Paused, Status::Running, libc::SIGCONT)
+    };
+    if state.effective_status() != from {
+        return Err(wrong(
+            &state,
+            if pause {
+                "only a running container can be paused"
+            } else {
+                "only a paused container can be resumed"
+            },
+        ));
+    }
+    let vm = state
+        .vm
+        .filter(|v| v.is_alive())
+        .ok_or_else(|| Error::Sandbox {
+            id: id.into(),
+            detail: "its VM process is gone".into(),
+        })?;
+    // Stopping the VMM process stops every vCPU thread with it, on any backend.
+    vm.signal(sig);
+    store.update(id, |s| s.status = to)?;
+    Ok(0)
+}

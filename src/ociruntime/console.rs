@@ -1,0 +1,128 @@
+//! `--console-socket`: as runc does, the runtime makes the pty and hands its master to the
+//! engine over a unix socket (SCM_RIGHTS, the pty's name as the message); the sandbox keeps
+//! the slave as its stdio and relays it to the guest's pty.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// A host pty: the master for the engine, the slave for the sandbox.
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+    pub name: String,
+}
+
+/// Opens a pty of `rows`×`cols`, its slave in raw mode (the guest's pty does the line
+/// discipline; a second one on the host would echo and translate twice).
+pub fn open(rows: u16, cols: u16) -> io::Result<Pty> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds; we pass no name buffer and valid winsize.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fds from openpty, owned from here on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl on fds we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    let name = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/dev/pts/?".into());
+    // SAFETY: termios calls on the slave fd we own, with a struct we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    Ok(Pty {
+        master,
+        slave,
+        name,
+    })
+}
+
+/// Connects to the engine's console socket and sends `master` with `name` as the payload.
+pub fn send_master(socket: &Path, master: &OwnedFd, name: &str) -> io::Result<()> {
+    let s = UnixStream::connect(socket).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("console socket {}: {e}", socket.display()),
+        )
+    })?;
+    send_fd(s.as_raw_fd(), name.as_bytes(), master.as_raw_fd())
+}
+
+/// Sends `msg` with descriptor `pass` attached.
+pub fn send_fd(sock: RawFd, msg: &[u8], pass: RawFd) -> io::Result<()> {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the sendmsg call.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf.as_mut_ptr().cast();
+    m.msg_controllen = space;
+    // SAFETY: the control buffer holds exactly one cmsg of one fd.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
+    }
+    // SAFETY: sendmsg on a socket we own with the message built above.
+    if unsafe { libc::sendmsg(sock, &m, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn pty_is_raw_and_its_master_can_be_sent() {
+        let pty = open(30, 100).unwrap();
+        assert!(pty.name.starts_with("/dev/pts/"), "{}", pty.name);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        send_fd(a.as_raw_fd(), pty.name.as_bytes(), pty.master.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = b.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], pty.name.as_bytes());
+        // Raw: what the slave writes arrives on the master as is (no \n → \r\n).
+        let mut slave = std::fs::File::from(pty.slave.try_clone().unwrap());
+        slave.write_all(b"a\nb").unwrap();
+        let mut master = std::fs::File::from(pty.master.try_clone().unwrap());
+        let mut got = [0u8; 3];
+        master.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"a\nb");
+    }
+}

@@ -1,0 +1,369 @@
+//! The sandbox process: what `create` leaves running for one container (runsc's model).
+//!
+//! It boots the VM (rootfs and bind mounts over virtio-fs), has the agent create the
+//! container, attaches the stdio it inherited from `create` (or the slave of the pty whose
+//! master went to `--console-socket`) to the process's streams, reports `ok` to `create` on
+//! the ready fd and serves its control socket. On `start` the process runs; the sandbox then
+//! waits for it, powers the VM off and exits with its status (128+N for signal N), which is
+//! what an engine waiting on the pid in `--pid-file` gets. Its own messages go to `--log`
+//! only: its stdout and stderr belong to the container.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use super::bundle::{self, Plan};
+use super::control::{self, Request};
+use super::state::{ContainerState, Status, Store};
+use super::{console, log, Error};
+use crate::agent::AgentClient;
+use crate::runtime::attach::{self, Stdio};
+use crate::runtime::lifecycle::{AGENT_CONNECT_TIMEOUT, VM_DIED_EXIT_CODE};
+use crate::runtime::proc::ProcessRef;
+use crate::runtime::GuestAssets;
+use crate::sandbox::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
+
+/// The hidden subcommand `create` re-executes husk-runtime as.
+pub const SUBCOMMAND: &str = "sandbox";
+/// The environment variable naming the fd on which the sandbox reports `ok` or why not.
+pub const READY_FD_ENV: &str = "HUSK_RUNTIME_READY_FD";
+pub const READY_FD: i32 = 3;
+/// How long the VM may take to power off once asked.
+const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the control socket tells the main thread.
+enum Event {
+    Started,
+    Killed(i32),
+}
+
+/// How the sandbox's stdio reaches the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// Inherited fds (pipes from conmon or the shim): stdin, stdout, stderr as they are.
+    Pipes,
+    /// A host pty made here, its master sent over `--console-socket`.
+    Socket,
+    /// The sandbox's own stdio is a terminal (`run` in the foreground with `terminal: true`).
+    Inherited,
+}
+
+/// The sandbox body; returns the exit code for the process. `run_now`: `husk-runtime run`
+/// in the foreground, which calls it once the container is created (the create-time hooks)
+/// and then starts the process itself.
+pub fn run(
+    store: &Store,
+    id: &str,
+    console_socket: Option<&Path>,
+    run_now: Option<&dyn Fn() -> Result<(), Error>>,
+) -> i32 {
+    let foreground = run_now.is_some();
+    // Before any thread starts: the forwarded signals are blocked in every thread after.
+    let target = attach::forward_signals();
+    let mut ready = take_ready_fd();
+    let booted = boot(store, id, console_socket, foreground);
+    let booted = match booted {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = e.to_string();
+            log::error_to_file(&msg);
+            if let Some(f) = ready.as_mut() {
+                let _ = writeln!(f, "{}", msg.replace('\n', " "));
+            } else {
+                eprintln!("husk-runtime: {msg}");
+            }
+            let _ = store.update(id, |s| s.status = Status::Stopped);
+            return 1;
+        }
+    };
+    let Booted {
+        vm,
+        agent,
+        mut attached,
+        tty,
+        state,
+    } = booted;
+    target.lock().unwrap_or_else(|p| p.into_inner()).vm = Some(vm.clone());
+
+    let (tx, rx) = mpsc::channel();
+    let started = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (agent, vm, started, store_root, id) = (
+            agent.clone(),
+            vm.clone(),
+            started.clone(),
+            store.root().to_path_buf(),
+            id.to_string(),
+        );
+        let tx = std::sync::Mutex::new(tx);
+        Arc::new(move |req: Request| -> Result<(), String> {
+            match req {
+                Request::Start => {
+                    if started.swap(true, Ordering::SeqCst) {
+                        return Err(format!("container {id} was already started"));
+                    }
+                    agent
+                        .start_container(&id)
+                        .map_err(|e| format!("starting the container's process: {e}"))?;
+                    if let Ok(store) = Store::open(&store_root) {
+                        let _ = store.update(&id, |s| s.status = Status::Running);
+                    }
+                    let _ = tx
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(Event::Started);
+                    Ok(())
+                }
+                Request::Kill(sig) if started.load(Ordering::SeqCst) => {
+                    match agent.signal(&id, None, sig) {
+                        Ok(()) => Ok(()),
+                        Err(_) if sig == libc::SIGKILL => vm.kill().map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("signalling the container's process: {e}")),
+                    }
+                }
+                Request::Kill(sig) => {
+                    let _ = tx
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(Event::Killed(sig));
+                    Ok(())
+                }
+            }
+        })
+    };
+    let sock = state.control_socket();
+    let _ = std::fs::remove_file(&sock);
+    let served = UnixListener::bind(&sock)
+        .map_err(|e| format!("control socket {}: {e}", sock.display()))
+        .and_then(|l| control::serve(l, handler.clone()).map_err(|e| e.to_string()));
+    let recorded = store.update(id, |s| {
+        s.status = Status::Created;
+        s.vm = ProcessRef::of(vm.pid());
+    });
+    if let Err(e) = served.map_err(Error::Usage).and(recorded.map(|_| ())) {
+        let msg = e.to_string();
+        log::error_to_file(&msg);
+        if let Some(mut f) = ready.take() {
+            let _ = writeln!(f, "{msg}");
+        }
+        let _ = vm.kill();
+        return 1;
+    }
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(b"ok\n");
+    }
+    if let Some(created) = run_now {
+        let go = created()
+            .map_err(|e| e.to_string())
+            .and_then(|()| handler(Request::Start));
+        if let Err(e) = go {
+            eprintln!("husk-runtime: {e}");
+            log::error_to_file(&e);
+            let _ = vm.kill();
+            let _ = store.update(id, |s| s.status = Status::Stopped);
+            return 1;
+        }
+        // As `start` does for `create`d containers; a failure is a warning.
+        let doc = state.hook_json(Status::Running);
+        if let Err(e) = super::hooks::run("poststart", &state.poststart, &doc) {
+            log::warn(&e.to_string());
+        }
+    }
+
+    // Created: wait for `start` (or a kill, or the VM dying under us).
+    let code = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Started) => {
+                {
+                    let mut t = target.lock().unwrap_or_else(|p| p.into_inner());
+                    t.agent = Some((agent.clone(), id.to_string(), None));
+                    t.tty = tty;
+                }
+                let exit = agent.wait(id, None);
+                let _ = attached.pump.wait_output();
+                drop(attached.raw.take());
+                target.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
+                break match exit {
+                    Ok(s) => s.code,
+                    Err(e) => {
+                        log::error_to_file(&format!("container {id}: waiting for it: {e}"));
+                        VM_DIED_EXIT_CODE
+                    }
+                };
+            }
+            Ok(Event::Killed(sig)) => break 128 + sig,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !matches!(vm.try_wait(), Ok(None)) {
+                    log::error_to_file(&format!("container {id}: the VM ended before start"));
+                    break VM_DIED_EXIT_CODE;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break VM_DIED_EXIT_CODE,
+        }
+    };
+    let _ = store.update(id, |s| {
+        s.status = Status::Stopped;
+        s.exit_code = Some(code);
+    });
+    power_off(&*vm, &agent, id);
+    drop(agent);
+    drop(vm);
+    let _ = std::fs::remove_file(&sock);
+    code
+}
+
+struct Booted {
+    vm: Arc<dyn VmHandle>,
+    agent: Arc<AgentClient>,
+    attached: attach::Attached,
+    tty: bool,
+    state: ContainerState,
+}
+
+fn boot(
+    store: &Store,
+    id: &str,
+    console_socket: Option<&Path>,
+    foreground: bool,
+) -> Result<Booted, Error> {
+    let state = store.load(id)?;
+    let plan = bundle::plan(id, &state.bundle)?;
+    let tty = plan.container.process.terminal;
+    let mode = match (tty, console_socket, foreground) {
+        (false, _, _) => Console::Pipes,
+        (true, Some(_), _) => Console::Socket,
+        (true, None, true) => Console::Inherited,
+        (true, None, false) => {
+            return Err(Error::Usage(
+                "process.terminal is set: give --console-socket for the pty".into(),
+            ))
+        }
+    };
+    let vm = start_vm(&state, &plan)?;
+    let agent_err = |source| Error::Agent {
+        id: id.to_string(),
+        console: state.console_log(),
+        source: Box::new(source),
+    };
+    let vm_err = |source| Error::Vm {
+        id: id.to_string(),
+        source: Box::new(source),
+    };
+    vm.wait_vsock_ready(AGENT_CONNECT_TIMEOUT).map_err(vm_err)?;
+    let agent =
+        AgentClient::connect(&state.vsock_uds(), AGENT_CONNECT_TIMEOUT).map_err(agent_err)?;
+    agent
+        .create_container(plan.container.clone())
+        .map_err(agent_err)?;
+    if mode == Console::Socket {
+        let size = plan
+            .container
+            .process
+            .console_size
+            .map(|c| (c.rows, c.cols))
+            .unwrap_or((24, 80));
+        let pty = console::open(size.0, size.1).map_err(Error::io("pty"))?;
+        let sock = console_socket.unwrap_or(Path::new(""));
+        console::send_master(sock, &pty.master, &pty.name).map_err(Error::io(sock))?;
+        drop(pty.master);
+        // The slave becomes this process's stdio: the relay, raw mode and SIGWINCH → resize
+        // then work exactly as for a terminal husk runs in.
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds, from a slave fd we own.
+            unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) };
+        }
+        // SAFETY: make the slave our controlling terminal (we are a session leader) so
+        // its size changes reach us as SIGWINCH.
+        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    }
+    let attached = attach::attach(
+        &agent,
+        &state.vsock_uds(),
+        id,
+        None,
+        &Stdio::Host { stdin: true, tty },
+    )
+    .map_err(agent_err)?;
+    Ok(Booted {
+        vm,
+        agent: Arc::new(agent),
+        attached,
+        tty,
+        state,
+    })
+}
+
+fn start_vm(state: &ContainerState, plan: &Plan) -> Result<Arc<dyn VmHandle>, Error> {
+    let assets = GuestAssets::find(None, None)?;
+    let vm_err = |source| Error::Vm {
+        id: state.id.clone(),
+        source: Box::new(source),
+    };
+    let kind = BackendKind::from_env().map_err(|e| Error::Usage(e.to_string()))?;
+    let backend = sandbox::backend(kind).map_err(vm_err)?;
+    std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
+    let mut spec = VmSpec::new(&assets.kernel, state.console_log());
+    spec.initramfs = Some(assets.initramfs.clone());
+    spec.cmdline = vec!["quiet".into()];
+    spec.vcpus = plan.vcpus;
+    spec.memory_mib = plan.memory_mib;
+    spec.vsock = Some(VsockSpec {
+        cid: state.vsock_cid,
+        uds_path: state.vsock_uds(),
+    });
+    spec.shared_dirs = plan.shares.clone();
+    if let Some(ns) = &plan.netns {
+        spec.taps = network_for_netns(ns);
+    }
+    let vm = backend.start(&spec).map_err(vm_err)?;
+    Ok(Arc::from(vm))
+}
+
+/// The NICs for a container whose engine prepared the network namespace `netns` (a veth
+/// with addresses and routes). Building the TAP in that namespace and mirroring veth↔TAP
+/// with tc (as Kata does) is the networking issue's work; until then the VM gets no NIC,
+/// which is what podman's `--network none` expects.
+pub fn network_for_netns(netns: &str) -> Vec<crate::sandbox::TapSpec> {
+    log::debug(&format!(
+        "network namespace {netns}: no NIC attached (engine networking not built yet)"
+    ));
+    Vec::new()
+}
+
+/// Asks the agent to power off and waits; kills the VM if it does not go.
+fn power_off(vm: &dyn VmHandle, agent: &AgentClient, id: &str) {
+    if matches!(vm.try_wait(), Ok(None)) {
+        let _ = agent.shutdown();
+    }
+    let deadline = Instant::now() + VM_EXIT_TIMEOUT;
+    loop {
+        match vm.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) => {}
+        }
+        if Instant::now() >= deadline {
+            log::warn(&format!(
+                "container {id}: the VM did not power off; killing it"
+            ));
+            let _ = vm.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn take_ready_fd() -> Option<File> {
+    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(READY_FD_ENV);
+    // SAFETY: `create` passed this fd for us alone; ownership is taken once, and it is kept
+    // from the VMM and helpers spawned later (they would hold `create`'s read end open).
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(File::from_raw_fd(fd))
+    }
+}

@@ -1,0 +1,403 @@
+//! What husk-runtime keeps per container: `<root>/<id>/state.json` (camelCase, written through
+//! a temp file and a rename), the short socket directory the VM's sockets live in, and the
+//! OCI `state` document built from both and from the kernel's view of the sandbox process.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::Error;
+use crate::runtime::proc::ProcessRef;
+
+pub const STATE_FILE: &str = "state.json";
+/// The OCI runtime spec version husk-runtime implements.
+pub const OCI_VERSION: &str = "1.2.0";
+/// The lowest guest vsock context id handed out.
+const FIRST_CID: u32 = 3;
+
+/// OCI status, plus `paused` as runc reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// `create` has not finished yet.
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// One container as recorded on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// RFC 3339, UTC.
+    pub created: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub status: Status,
+    /// The sandbox process: the container's `pid` as engines see it.
+    pub sandbox: Option<ProcessRef>,
+    /// The VMM process (QEMU or husk-vmm), for pause/resume and the last-resort kill.
+    pub vm: Option<ProcessRef>,
+    /// Where the VM's sockets and console log are (short enough for `sun_path`).
+    pub sock_dir: PathBuf,
+    pub vsock_cid: u32,
+    pub exit_code: Option<i32>,
+    /// The network namespace the engine prepared (`linux.namespaces[network].path`).
+    pub netns: Option<String>,
+    /// Host processes of `exec --detach` (for `ps`).
+    #[serde(default)]
+    pub execs: Vec<ProcessRef>,
+    /// Hooks run after `start` and at `delete` (the bundle may be gone by then).
+    #[serde(default)]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
+    #[serde(default)]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
+}
+
+impl ContainerState {
+    /// The status the kernel agrees with: a sandbox that is gone means stopped.
+    pub fn effective_status(&self) -> Status {
+        match self.status {
+            Status::Stopped => Status::Stopped,
+            Status::Creating => {
+                if self.sandbox.as_ref().is_some_and(ProcessRef::is_alive) {
+                    Status::Creating
+                } else {
+                    Status::Stopped
+                }
+            }
+            s => {
+                if self.sandbox.as_ref().is_some_and(ProcessRef::is_alive) {
+                    s
+                } else {
+                    Status::Stopped
+                }
+            }
+        }
+    }
+
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.sock_dir.join("vsock")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.sock_dir.join("console.log")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.sock_dir.join("ctl")
+    }
+
+    /// The pid engines see: the sandbox while it lives, else 0 (as runc reports stopped ones).
+    pub fn pid(&self) -> u32 {
+        match self.effective_status() {
+            Status::Stopped => 0,
+            _ => self.sandbox.map(|p| p.pid).unwrap_or(0),
+        }
+    }
+
+    /// runc's `state` JSON.
+    pub fn oci_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "pid": self.pid(),
+            "status": self.effective_status().as_str(),
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": "",
+            "annotations": self.annotations,
+        })
+    }
+
+    /// The OCI state document hooks get on stdin.
+    pub fn hook_json(&self, status: Status) -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "pid": self.sandbox.map(|p| p.pid).unwrap_or(0),
+            "status": status.as_str(),
+            "bundle": self.bundle,
+            "annotations": self.annotations,
+        })
+    }
+}
+
+/// All containers under one `--root`.
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while ids and vsock cids are being handed out.
+pub struct StoreLock(#[allow(dead_code)] File);
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(root).map_err(Error::io(root))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub fn lock(&self) -> Result<StoreLock, Error> {
+        let path = self.root.join(".lock");
+        let f = File::create(&path).map_err(Error::io(&path))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::Io {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(StoreLock(f))
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.dir(id).join(STATE_FILE).is_file()
+    }
+
+    pub fn load(&self, id: &str) -> Result<ContainerState, Error> {
+        check_id(id)?;
+        let path = self.dir(id).join(STATE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchContainer(id.to_string()))
+            }
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path, source })
+    }
+
+    pub fn save(&self, state: &ContainerState) -> Result<(), Error> {
+        let dir = self.dir(&state.id);
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
+        f.write_all(&json).map_err(Error::io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(Error::io(&path))
+    }
+
+    /// Loads, changes and saves the state of `id` under the store lock.
+    pub fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ContainerState),
+    ) -> Result<ContainerState, Error> {
+        let _lock = self.lock()?;
+        let mut s = self.load(id)?;
+        change(&mut s);
+        self.save(&s)?;
+        Ok(s)
+    }
+
+    /// Every container with a readable state, sorted by id.
+    pub fn list(&self) -> Result<Vec<ContainerState>, Error> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.root).map_err(Error::io(&self.root))?;
+        for e in entries.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if id.starts_with('.') || !self.exists(&id) {
+                continue;
+            }
+            if let Ok(s) = self.load(&id) {
+                out.push(s);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// A vsock cid no other container under this root uses. Call under the lock.
+    pub fn free_cid(&self) -> Result<u32, Error> {
+        let used: std::collections::HashSet<u32> =
+            self.list()?.iter().map(|s| s.vsock_cid).collect();
+        Ok((FIRST_CID..u32::MAX)
+            .find(|c| !used.contains(c))
+            .unwrap_or(FIRST_CID))
+    }
+
+    /// The short directory for a container's sockets: `sun_path` holds 108 bytes, and
+    /// virtiofsd sockets are named after the console log (`console.log.fsN.sock`).
+    pub fn sock_dir(&self, id: &str) -> PathBuf {
+        let mut h = sha2::Sha256::new();
+        h.update(self.root.as_os_str().as_encoded_bytes());
+        h.update(b"\0");
+        h.update(id.as_bytes());
+        let hex: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::env::temp_dir().join(format!("husk-rt-{hex}"))
+    }
+
+    /// Removes what `id` has on disk: its state directory and socket directory.
+    pub fn remove(&self, state: &ContainerState) -> Result<(), Error> {
+        let _ = std::fs::remove_dir_all(&state.sock_dir);
+        let dir = self.dir(&state.id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Container ids as runc accepts them (they become directory names).
+pub fn check_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadId(id.to_string()))
+    }
+}
+
+/// Now as RFC 3339 with nanoseconds, UTC (what runc writes in `created` and its logs).
+pub fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_nanos())
+}
+
+/// Unix time → `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (days → civil date as in Hinnant's algorithm).
+pub fn rfc3339(secs: u64, nanos: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_798_761_599, 0), "2026-12-31T23:59:59.000000000Z");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        for ok in ["a", "abc-1.2_3", &"f".repeat(64)] {
+            check_id(ok).unwrap();
+        }
+        for bad in ["", "../x", "a/b", "-a", ".a", &"f".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn sample(id: &str) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: rfc3339_now(),
+            annotations: BTreeMap::new(),
+            status: Status::Running,
+            sandbox: None,
+            vm: None,
+            sock_dir: "/tmp/x".into(),
+            vsock_cid: 3,
+            exit_code: None,
+            netns: None,
+            execs: Vec::new(),
+            poststart: Vec::new(),
+            poststop: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gone_sandbox_means_stopped_and_pid_zero() {
+        let mut s = sample("a");
+        assert_eq!(s.effective_status(), Status::Stopped);
+        assert_eq!(s.oci_json()["pid"], 0);
+        s.sandbox = ProcessRef::of(std::process::id());
+        assert_eq!(s.effective_status(), Status::Running);
+        assert_eq!(s.oci_json()["pid"], std::process::id());
+        assert_eq!(s.oci_json()["status"], "running");
+    }
+
+    #[test]
+    fn store_saves_lists_and_hands_out_distinct_cids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut a = sample("a");
+        std::fs::create_dir_all(store.dir("a")).unwrap();
+        a.vsock_cid = store.free_cid().unwrap();
+        store.save(&a).unwrap();
+        std::fs::create_dir_all(store.dir("b")).unwrap();
+        let mut b = sample("b");
+        b.vsock_cid = store.free_cid().unwrap();
+        assert_ne!(a.vsock_cid, b.vsock_cid);
+        store.save(&b).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(store.load("a").unwrap(), a);
+        assert!(matches!(store.load("c"), Err(Error::NoSuchContainer(_))));
+        assert_ne!(store.sock_dir("a"), store.sock_dir("b"));
+        store.remove(&a).unwrap();
+        assert!(!store.exists("a"));
+    }
+}
