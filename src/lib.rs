@@ -5,6 +5,8 @@
 //! - [`agent`]: the host client of the guest agent, over the VM's vsock socket.
 //! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
 //! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
+//! - [`network`]: container networks on the host: bridge, TAPs, addresses, NAT, `-p`,
+//!   engines' network namespaces.
 //! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
 //! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
 
@@ -12,6 +14,7 @@ pub mod agent;
 pub mod cli;
 pub mod devices;
 pub mod image;
+pub mod network;
 pub mod ociruntime;
 pub mod runtime;
 pub mod sandbox;

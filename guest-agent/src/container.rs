@@ -13,7 +13,7 @@ use crate::reaper::{self, ExitCell};
 use crate::seccomp::{self, Filter};
 use crate::stdio::Stdio;
 use crate::vsock::VsockStream;
-use crate::{cgroup, rootfs};
+use crate::{cgroup, net, rootfs};
 
 /// What to do once a reply has gone out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,18 @@ impl Agent {
         };
         let root = rootfs::assemble(&id, &spec.rootfs)
             .map_err(|e| err(ErrorCode::Internal, format!("container {id}: rootfs: {e}")))?;
+        if let Some(n) = &spec.network {
+            let applied = net::configure(Some(n))
+                .and_then(|()| net::write_files(&root, n, spec.hostname.as_deref()));
+            if let Err(e) = applied {
+                rootfs::teardown(&id);
+                return Err(err(
+                    ErrorCode::Internal,
+                    format!("container {id}: network: {e}"),
+                ));
+            }
+            say!("husk-agent: {id}: network up: {}", net::summary(n));
+        }
         let cfg = InitConfig {
             mode: Mode::Create {
                 spec: Box::new(spec.clone()),

@@ -30,6 +30,8 @@ mod container;
 mod facts;
 mod init;
 mod mounts;
+mod net;
+mod netlink;
 mod power;
 mod process;
 mod pty;
@@ -92,6 +94,10 @@ fn serve() -> ! {
         say!("husk-agent: cannot start the reaper: {e}");
     }
     cgroup::init();
+    // `localhost` works in every container, networked or not.
+    if let Err(e) = net::configure(None) {
+        say!("husk-agent: cannot bring lo up: {e}");
+    }
     server::run(std::sync::Arc::new(container::Agent::default()))
 }
 

@@ -132,6 +132,7 @@ fn container() -> ContainerSpec {
         readonly_paths: vec![],
         namespaces: vec![NamespaceKind::Pid, NamespaceKind::Mount],
         seccomp: None,
+        network: None,
         resources: Default::default(),
     }
 }

@@ -31,6 +31,13 @@ pub struct RunArgs {
     /// Share a host directory, live, at a path in the container (repeatable; needs virtiofsd).
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro|:rw]", action = ArgAction::Append)]
     pub volume: Vec<String>,
+    /// Network: bridge (a host bridge with NAT), none, or ns:PATH (an existing network
+    /// namespace holding a veth). Default: $HUSK_NETWORK, else bridge.
+    #[arg(long, value_name = "bridge|none|ns:PATH")]
+    pub network: Option<String>,
+    /// Publish a container port on the host (repeatable; bridge network only).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER[/tcp|udp]", action = ArgAction::Append)]
+    pub publish: Vec<String>,
     /// Container hostname (default: the short id).
     #[arg(long)]
     pub hostname: Option<String>,

@@ -157,6 +157,7 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         namespaces,
         seccomp,
         resources: cgroup_limits(linux.resources().as_ref()),
+        network: None,
     };
     container
         .validate()

@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub auto_remove: bool,
     /// `-v`: parsed and checked ([`spec::parse_volumes`]).
     pub volumes: Vec<super::state::Volume>,
+    /// `--network` and `-p`.
+    pub network: crate::network::NetworkSettings,
 }
 
 /// The runtime under one `--root`, with the backend and guest assets to boot with.
@@ -75,12 +77,14 @@ pub struct Booted {
 
 impl Runtime {
     pub fn new(root: &Path, backend: BackendKind) -> Result<Runtime, Error> {
-        Ok(Runtime {
+        let rt = Runtime {
             store: ContainerStore::open(root)?,
             backend,
             kernel: None,
             initramfs: None,
-        })
+        };
+        rt.sweep_networks();
+        Ok(rt)
     }
 
     /// Records a container for `image`: resolves it, merges its config with the flags,
@@ -144,7 +148,9 @@ impl Runtime {
                         layer_fs: img.layer_fs.clone(),
                         auto_remove: opts.auto_remove,
                         volumes: opts.volumes.clone(),
+                        network: opts.network.clone(),
                     },
+                    network: None,
                 })
             })
     }
@@ -179,7 +185,18 @@ impl Runtime {
             }
         }
         remove_sockets(&state);
-        let vm: Arc<dyn VmHandle> = Arc::from(backend.start(&vm_spec).map_err(vm_err)?);
+        let mut vm_spec = vm_spec;
+        let guest_net = self.attach_network(&state, &mut vm_spec)?;
+        let started = backend.start(&vm_spec);
+        // The VMM holds the TAP fd now; ours would keep the TAP alive after it.
+        drop(vm_spec);
+        let vm: Arc<dyn VmHandle> = match started {
+            Ok(vm) => Arc::from(vm),
+            Err(e) => {
+                self.release_network(id);
+                return Err(vm_err(e));
+            }
+        };
         let vm_pid = ProcessRef::of(vm.pid());
         let state = self.store.update(id, |s| {
             s.status = Status::Running;
@@ -197,7 +214,9 @@ impl Runtime {
             return Err(vm_err(source));
         }
         let agent = AgentClient::connect(&state.vsock_uds, AGENT_CONNECT_TIMEOUT).and_then(|a| {
-            a.create_container(container_spec(&state, console))?;
+            let mut spec = container_spec(&state, console);
+            spec.network = guest_net;
+            a.create_container(spec)?;
             Ok(a)
         });
         match agent {
@@ -273,6 +292,7 @@ impl Runtime {
     /// `--rm`. Returns the state, or `None` when the container was removed.
     fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
         remove_sockets(state);
+        self.release_network(&state.id);
         let code = code.unwrap_or(VM_DIED_EXIT_CODE);
         let saved = match self.store.update(&state.id, |s| {
             s.status = if s.stop_requested {
@@ -418,6 +438,7 @@ impl Runtime {
         for d in &dirs[1..] {
             let _ = std::fs::remove_dir_all(d);
         }
+        self.release_all_network(&state.id);
         self.store.remove_dir(&state.id)
     }
 
@@ -667,6 +688,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
             NamespaceKind::Ipc,
         ],
         seccomp: None,
+        network: None,
         resources: Default::default(),
     }
 }

@@ -8,6 +8,7 @@
 //! - [`image`]: what the runtime needs from an image ([`ImageSource`]);
 //! - [`assets`]: where the guest kernel and agent initramfs are;
 //! - [`lifecycle`]: create, boot, attach, wait, stop, kill, remove, exec;
+//! - `network`: attach a container's network before boot, release it after, sweep crashes;
 //! - [`monitor`]: the detached `husk` process that owns a `-d` container's VM;
 //! - [`attach`]: host stdio to the agent's streams (pty, raw mode, SIGWINCH).
 
@@ -17,6 +18,7 @@ pub mod exec;
 pub mod image;
 pub mod lifecycle;
 pub mod monitor;
+mod network;
 pub mod proc;
 pub mod spec;
 pub mod state;
@@ -102,6 +104,8 @@ pub enum Error {
         console: PathBuf,
         source: Box<crate::agent::Error>,
     },
+    #[error(transparent)]
+    Network(#[from] crate::network::Error),
     #[error("container {id}: the monitor process failed: {detail} (see {log})")]
     Monitor {
         id: String,

@@ -61,6 +61,9 @@ pub struct ContainerConfig {
     /// `-v HOST:GUEST[:ro]`: host directories shared live into the container, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// `--network` and `-p`. Containers recorded before networking existed have none.
+    #[serde(default)]
+    pub network: crate::network::NetworkSettings,
 }
 
 /// One `-v`: a host directory (canonical) mounted at `guest` inside the container.
@@ -106,6 +109,10 @@ pub struct State {
     /// stdout and stderr of a detached container (`husk logs`).
     pub log_file: PathBuf,
     pub config: ContainerConfig,
+    /// What is set up on the host for the running VM (TAP, address, rules); cleared once
+    /// it is torn down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::Attachment>,
 }
 
 impl State {
@@ -218,7 +225,9 @@ pub(crate) mod tests {
                 layer_fs: "erofs".into(),
                 auto_remove: false,
                 volumes: vec![],
+                network: Default::default(),
             },
+            network: None,
         }
     }
 

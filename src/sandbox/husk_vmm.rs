@@ -4,7 +4,7 @@
 //! the design wants: a crashing VMM takes down one container, and the runtime can be restarted
 //! without touching running VMs.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -116,8 +116,8 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
             "tap={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
             t.tap_name, m[0], m[1], m[2], m[3], m[4], m[5]
         );
-        if let Some(fd) = t.fd {
-            v.push_str(&format!(",fd={fd}"));
+        if let Some(fd) = &t.fd {
+            v.push_str(&format!(",fd={}", fd.0.as_raw_fd()));
         }
         flag("--net", v);
     }
@@ -174,7 +174,11 @@ impl VmBackend for HuskVmmBackend {
         }
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);
-        inherit_fds(&mut cmd, spec.taps.iter().filter_map(|t| t.fd).collect());
+        inherit_fds(&mut cmd, spec
+                .taps
+                .iter()
+                .filter_map(|t| t.fd.as_ref().map(|f| f.0.as_raw_fd()))
+                .collect());
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");

@@ -49,7 +49,7 @@ pub struct VmSpec {
     /// Host directories shared through virtio-fs, one virtiofsd each; the guest mounts them
     /// by tag (`mount -t virtiofs TAG DIR`).
     pub shared_dirs: Vec<SharedDirSpec>,
-    /// Reserved: TAP devices for virtio-net (not wired yet).
+    /// virtio-net NICs, each on a host TAP device, in the order the guest probes them.
     pub taps: Vec<TapSpec>,
 }
 
@@ -119,16 +119,21 @@ impl SharedDirSpec {
     }
 }
 
-/// A guest NIC (virtio-net): a TAP device on the host and the guest's MAC address.
+/// A virtio-net NIC: the host TAP device behind it and the guest's MAC address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSpec {
+    /// The TAP's name in the VMM's network namespace (1 to 15 bytes of `[A-Za-z0-9_.-]`).
     pub tap_name: String,
     pub mac: [u8; 6],
-    /// An already-open fd of that TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), e.g. opened inside
-    /// another network namespace where the VMM could not open it by name. The caller keeps
-    /// it open until `start` returns; the VMM inherits it. `None`: opened by name.
-    pub fd: Option<std::os::fd::RawFd>,
+    /// A TAP already opened (`TUNSETIFF` done) by the caller, for a TAP that lives in another
+    /// network namespace than the VMM's (an engine's netns): the VMM inherits this fd instead
+    /// of opening `tap_name`.
+    pub fd: Option<TapFd>,
 }
+
+/// An open TAP queue fd, shared so a [`VmSpec`] stays cheap to clone; the VMM gets a copy.
+#[derive(Debug, Clone)]
+pub struct TapFd(pub std::sync::Arc<std::os::fd::OwnedFd>);
 
 impl TapSpec {
     /// A TAP the VMM opens by name.
@@ -139,6 +144,28 @@ impl TapSpec {
             fd: None,
         }
     }
+}
+
+impl PartialEq for TapFd {
+    fn eq(&self, other: &Self) -> bool {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd() == other.0.as_raw_fd()
+    }
+}
+impl Eq for TapFd {}
+
+/// Longest interface name (`IFNAMSIZ` less the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Whether `name` can be a Linux interface name that every VMM command line carries as is.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Longest virtio-blk serial the device can carry (`VIRTIO_BLK_ID_BYTES`).
@@ -252,24 +279,26 @@ impl VmSpec {
                 )));
             }
         }
-        for t in &self.taps {
-            if !crate::devices::virtio::net::tap::valid_name(&t.tap_name) {
+        for (i, t) in self.taps.iter().enumerate() {
+            if !valid_ifname(&t.tap_name) {
                 return Err(Error::InvalidSpec(format!(
-                    "TAP name {:?} is not a valid interface name (1 to 15 bytes, no '/', ':', \
-                     '%' or whitespace)",
+                    "TAP name {:?}: use 1 to {MAX_IFNAME_LEN} characters from [A-Za-z0-9_.-]",
                     t.tap_name
                 )));
             }
             if t.mac[0] & 1 != 0 || t.mac == [0; 6] {
                 return Err(Error::InvalidSpec(format!(
-                    "TAP {}: guest MAC {:02x?} is multicast or zero; use a unicast address",
-                    t.tap_name, t.mac
+                    "MAC of TAP {}: not a unicast address",
+                    t.tap_name
                 )));
             }
-            if t.fd.is_some_and(|fd| fd < 3) {
+            if self.taps[..i]
+                .iter()
+                .any(|o| o.tap_name == t.tap_name || o.mac == t.mac)
+            {
                 return Err(Error::InvalidSpec(format!(
-                    "TAP {}: fd {:?} is not a TAP fd (0-2 are stdio)",
-                    t.tap_name, t.fd
+                    "TAP {} or its MAC is used twice; give each NIC its own",
+                    t.tap_name
                 )));
             }
         }

@@ -176,6 +176,25 @@ pub fn args(
         // the CID from the daemon's config space (`--vm guest-cid=`).
         push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
     }
+    for (i, t) in spec.taps.iter().enumerate() {
+        // vhost=off: vhost-net would move the datapath into the host kernel, but TCG guests
+        // (these hosts) gain nothing from it and it needs /dev/vhost-net.
+        let netdev = match &t.fd {
+            Some(_) => format!("tap,id=net{i},fd={},vhost=off", tap_fd_number(i)),
+            None => format!(
+                "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                t.tap_name
+            ),
+        };
+        push(&["-netdev", &netdev]);
+        push(&[
+            "-device",
+            &format!(
+                "virtio-net-device,netdev=net{i},mac={}",
+                husk_protocol::format_mac(&t.mac)
+            ),
+        ]);
+    }
     for (i, (share, sock)) in spec.shared_dirs.iter().zip(fs_sockets).enumerate() {
         push(&[
             "-chardev",
@@ -243,6 +262,7 @@ impl VmBackend for QemuBackend {
         let mut cmd = Command::new(&self.qemu);
         cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
+        pass_tap_fds(&mut cmd, spec);
         let qemu = Guarded::spawn(&self.qemu.display().to_string(), &mut cmd)?;
         tracing::debug!(
             pid = qemu.pid(),
@@ -258,6 +278,43 @@ impl VmBackend for QemuBackend {
                 .as_ref()
                 .map(|_| husk_protocol::GUEST_READY_MARKER),
         )))
+    }
+}
+
+/// The fd number QEMU finds the pre-opened TAP of NIC `i` at (`-netdev tap,fd=N`): high,
+/// so it cannot collide with the stdio and the few fds a spawn keeps.
+pub fn tap_fd_number(i: usize) -> i32 {
+    200 + i as i32
+}
+
+/// Makes the pre-opened TAP fds of `spec` appear in QEMU at [`tap_fd_number`], inheritable.
+fn pass_tap_fds(cmd: &mut Command, spec: &VmSpec) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<(i32, i32)> = spec
+        .taps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.fd.as_ref().map(|f| (f.0.as_raw_fd(), tap_fd_number(i))))
+        .collect();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec; the fds
+    // stay open in the parent (the spec holds them) until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &(from, to) in &fds {
+                if from == to {
+                    if libc::fcntl(to, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 

@@ -24,6 +24,41 @@ fn pair(args: &[String], flag: &str) -> Vec<String> {
 }
 
 #[test]
+fn qemu_args_give_each_tap_a_virtio_net_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    s.taps = vec![
+        TapSpec {
+            tap_name: "hk0".into(),
+            mac: [2, 0x68, 0x6b, 1, 2, 3],
+            fd: None,
+        },
+        TapSpec {
+            tap_name: "tap0".into(),
+            mac: [2, 0, 0, 0, 0, 9],
+            fd: Some(super::TapFd(std::sync::Arc::new(null.into()))),
+        },
+    ];
+    let a = qemu::args(&s, Accel::Tcg, None, &[]).join(" ");
+    assert!(
+        a.contains("-netdev tap,id=net0,ifname=hk0,script=no,downscript=no,vhost=off"),
+        "{a}"
+    );
+    assert!(
+        a.contains("-device virtio-net-device,netdev=net0,mac=02:68:6b:01:02:03"),
+        "{a}"
+    );
+    assert!(
+        a.contains(&format!(
+            "-netdev tap,id=net1,fd={},vhost=off",
+            qemu::tap_fd_number(1)
+        )),
+        "{a}"
+    );
+}
+
+#[test]
 fn qemu_args_have_the_devices_and_boot_settings() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec_in(dir.path());
@@ -140,10 +175,12 @@ fn husk_vmm_args_use_its_flags() {
     );
     assert!(pair(&a, "--net").is_empty());
 
+    let held: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&held);
     s.taps = vec![
         TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c]),
         TapSpec {
-            fd: Some(9),
+            fd: Some(super::TapFd(std::sync::Arc::new(held))),
             ..TapSpec::new("ctr-tap1", [2, 0, 0, 0, 0, 1])
         },
     ];
@@ -152,15 +189,15 @@ fn husk_vmm_args_use_its_flags() {
     assert_eq!(
         nets,
         [
-            "tap=husk-tap0,mac=02:ab:00:00:00:0c",
-            "tap=ctr-tap1,mac=02:00:00:00:00:01,fd=9"
+            "tap=husk-tap0,mac=02:ab:00:00:00:0c".to_string(),
+            format!("tap=ctr-tap1,mac=02:00:00:00:00:01,fd={raw}")
         ]
     );
     // What husk-vmm's own flag parser makes of them.
     let parsed: crate::vmm::config::NetConfig = nets[1].parse().unwrap();
     assert_eq!(
         (parsed.tap.as_deref(), parsed.fd, parsed.guest_mac().0),
-        (Some("ctr-tap1"), Some(9), [2, 0, 0, 0, 0, 1])
+        (Some("ctr-tap1"), Some(raw), [2, 0, 0, 0, 0, 1])
     );
 
     s.disks[1].serial = Some("scratch".into());
@@ -216,11 +253,9 @@ fn validate_names_the_field_at_fault() {
         TapSpec::new("tap0", [0; 6]),
         TapSpec::new("tap0", [1, 0, 0, 0, 0, 1]),
         TapSpec::new("a/b", [2, 0, 0, 0, 0, 1]),
+        TapSpec::new("a,b", [2, 0, 0, 0, 0, 1]),
         TapSpec::new("", [2, 0, 0, 0, 0, 1]),
-        TapSpec {
-            fd: Some(1),
-            ..TapSpec::new("tap0", [2, 0, 0, 0, 0, 1])
-        },
+        TapSpec::new("t".repeat(16), [2, 0, 0, 0, 0, 1]),
     ] {
         s.taps = vec![bad.clone()];
         assert!(
@@ -228,6 +263,11 @@ fn validate_names_the_field_at_fault() {
             "{bad:?}"
         );
     }
+    s.taps = vec![
+        TapSpec::new("tap0", [2, 0, 0, 0, 0, 1]),
+        TapSpec::new("tap0", [2, 0, 0, 0, 0, 2]),
+    ];
+    assert!(s.validate().is_err(), "same TAP twice");
 }
 
 #[test]

@@ -288,6 +288,7 @@ pub fn container(id: &str, p: ProcessSpec) -> ContainerSpec {
             NamespaceKind::Ipc,
         ],
         seccomp: None,
+        network: None,
         resources: Default::default(),
     }
 }

@@ -7,6 +7,12 @@ use std::time::Duration;
 /// Longest any one husk command may take before a test calls it hung.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+/// `--network` of containers these tests run: none, unless a test asks for one. The
+/// default bridge is the host's `husk0`, shared by every root, and its addresses are leased
+/// per root: parallel tests with their own roots would hand out the same address twice.
+/// tests/husk_network.rs runs bridges inside network namespaces of its own instead.
+pub const NETWORK_DEFAULT: &str = "none";
+
 /// A husk root of the test's own, and the guest kernel + initramfs it boots.
 pub struct Husk {
     pub root: tempfile::TempDir,
@@ -28,7 +34,8 @@ impl Husk {
         let mut c = Command::new(super::bin("husk"));
         c.arg("--root").arg(self.root.path()).args(args);
         c.env("HUSK_KERNEL", &self.kernel)
-            .env("HUSK_INITRAMFS", &self.initramfs);
+            .env("HUSK_INITRAMFS", &self.initramfs)
+            .env("HUSK_NETWORK", NETWORK_DEFAULT);
         c
     }
 
@@ -40,9 +47,11 @@ impl Husk {
         let initramfs = format!("HUSK_INITRAMFS={}", self.initramfs.display());
         let husk = super::bin("husk");
         let root = self.root.path().to_str().expect("utf-8 root");
+        let network = format!("HUSK_NETWORK={NETWORK_DEFAULT}");
         let mut a = vec![
             kernel.as_str(),
             initramfs.as_str(),
+            network.as_str(),
             husk.to_str().expect("utf-8 path"),
             "--root",
             root,

@@ -32,6 +32,9 @@ pub const MAX_HOSTNAME_LEN: usize = 64;
 /// capability-like names, seccomp syscall names and flags.
 pub const MAX_TOKEN_LEN: usize = 256;
 
+/// Most entries in a network list: interfaces, addresses, routes, DNS servers, hosts lines.
+pub const MAX_NET_ENTRIES: usize = 64;
+
 /// Longest sysctl value.
 pub const MAX_SYSCTL_VALUE_LEN: usize = 4096;
 

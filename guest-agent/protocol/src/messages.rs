@@ -13,6 +13,7 @@
 
 mod caps;
 mod container;
+mod network;
 mod process;
 mod reply;
 mod rootfs;
@@ -21,6 +22,9 @@ mod stream;
 
 pub use caps::Capability;
 pub use container::{ContainerSpec, NamespaceKind, Resources};
+pub use network::{
+    format_mac, DnsConfig, HostEntry, InterfaceConfig, IpNet, NetworkConfig, RouteConfig,
+};
 pub use process::{Capabilities, ConsoleSize, ProcessSpec, Rlimit, RlimitKind, User};
 pub use reply::{check_version, ErrorCode, ErrorReply};
 pub use rootfs::{DiskRef, FsType, LayerDisk, MountSpec, RootfsSpec, MAX_DISK_SERIAL_LEN};

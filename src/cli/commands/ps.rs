@@ -29,7 +29,7 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let t = now();
-    let rows: Vec<[String; 6]> = shown
+    let rows: Vec<[String; 8]> = shown
         .iter()
         .map(|s| {
             [
@@ -38,6 +38,8 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
                 command(s),
                 format!("{} ago", ago(t.saturating_sub(s.created))),
                 status(s, t),
+                addresses(s),
+                ports(s),
                 s.name.clone(),
             ]
         })
@@ -48,6 +50,8 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "IP",
+        "PORTS",
         "NAMES",
     ];
     let mut widths = header.map(str::len);
@@ -72,6 +76,25 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
         line(r);
     }
     Ok(0)
+}
+
+/// The guest's addresses while its network is up.
+fn addresses(s: &State) -> String {
+    s.network
+        .as_ref()
+        .map(|n| n.addresses.join(","))
+        .unwrap_or_default()
+}
+
+fn ports(s: &State) -> String {
+    let p: Vec<String> = s
+        .config
+        .network
+        .ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    p.join(", ")
 }
 
 fn command(s: &State) -> String {

@@ -1,7 +1,22 @@
 use crate::cli::images::Images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
+use crate::network::ports::parse_all as parse_ports;
+use crate::network::{NetworkMode, NetworkSettings};
 use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
 use crate::runtime::{monitor, RunOptions};
+
+/// `--network` (or `$HUSK_NETWORK`, else bridge) with the `-p` flags.
+fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSettings, Error> {
+    let env = std::env::var(NETWORK_ENV).ok();
+    let mode = mode.or(env.as_deref()).unwrap_or("bridge");
+    let settings = NetworkMode::parse(mode)
+        .and_then(|m| NetworkSettings::new(m, parse_ports(publish)?))
+        .map_err(crate::runtime::Error::from)?;
+    Ok(settings)
+}
+
+/// The default `--network` when the flag is not given.
+pub const NETWORK_ENV: &str = "HUSK_NETWORK";
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
     if a.detach && a.interactive && a.tty {
@@ -25,6 +40,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         stdin: a.interactive && !a.detach,
         auto_remove: a.rm,
         volumes: parse_volumes(&a.volume)?,
+        network: network_settings(a.network.as_deref(), &a.publish)?,
     };
     let state = rt.create(&images, &a.image, &opts)?;
     if a.detach {

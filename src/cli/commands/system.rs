@@ -139,29 +139,56 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             Err(e) => e.to_string(),
         },
     });
-    for (tool, pkg, why) in [
+    for (tool, pkg, why, required) in [
         (
             "mkfs.erofs",
             "erofs-utils",
             "turns image layers into read-only disks",
+            true,
         ),
         (
             "mkfs.ext4",
             "e2fsprogs",
             "makes each container's writable layer",
+            true,
+        ),
+        // Networking: `--network none` runs without them, the default bridge does not.
+        (
+            "ip",
+            "iproute2",
+            "sets up the bridge and TAPs of --network bridge",
+            false,
+        ),
+        ("nft", "nftables", "adds the NAT and -p rules", false),
+        (
+            "tc",
+            "iproute2",
+            "mirrors an engine's veth (--network ns:)",
+            false,
         ),
     ] {
         let p = which(tool);
         c.push(Check {
             what: tool,
             ok: p.is_some(),
-            required: true,
+            required,
             detail: match p {
                 Some(p) => p.display().to_string(),
                 None => format!("not found: it {why}; install it (apt-get install {pkg})"),
             },
         });
     }
+    let tun = std::path::Path::new("/dev/net/tun");
+    c.push(Check {
+        what: "/dev/net/tun",
+        ok: tun.exists(),
+        required: false,
+        detail: if tun.exists() {
+            "present (TAPs for container networks)".into()
+        } else {
+            "missing: load the tun module (modprobe tun) for --network bridge".into()
+        },
+    });
 
     let mut failed = false;
     for x in &c {

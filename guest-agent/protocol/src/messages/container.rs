@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::network::NetworkConfig;
 use super::process::ProcessSpec;
 use super::rootfs::{MountSpec, RootfsSpec};
 use super::seccomp::SeccompSpec;
@@ -35,6 +36,9 @@ pub struct ContainerSpec {
     /// host-side notions and are not sent). Exec'd processes join these.
     pub namespaces: Vec<NamespaceKind>,
     pub seccomp: Option<SeccompSpec>,
+    /// The guest's network (added after version 1 shipped: absent means none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
     /// Limits for the container's cgroup in the guest (OCI `linux.resources`). Appended:
     /// absent means none.
     #[serde(default)]
@@ -105,6 +109,9 @@ impl ContainerSpec {
         }
         if let Some(s) = &self.seccomp {
             s.validate().map_err(|e| e.within("seccomp"))?;
+        }
+        if let Some(n) = &self.network {
+            n.validate().map_err(|e| e.within("network"))?;
         }
         if let Some((quota, period)) = self.resources.cpu_max {
             if quota == 0 || !(1000..=1_000_000).contains(&period) {

@@ -96,6 +96,30 @@ pub fn container() -> ContainerSpec {
                 }],
             }],
         }),
+        network: Some(NetworkConfig {
+            interfaces: vec![InterfaceConfig {
+                mac: [0x02, 0x68, 0x6b, 172, 31, 2],
+                mtu: Some(1500),
+                addresses: vec![
+                    IpNet::new("172.31.250.2".parse().unwrap(), 24),
+                    IpNet::new("fd00::2".parse().unwrap(), 64),
+                ],
+            }],
+            routes: vec![RouteConfig {
+                destination: IpNet::new("0.0.0.0".parse().unwrap(), 0),
+                gateway: Some("172.31.250.1".parse().unwrap()),
+                mac: None,
+            }],
+            dns: DnsConfig {
+                servers: vec!["172.31.250.1".parse().unwrap()],
+                search: vec!["lan".into()],
+                options: vec![],
+            },
+            hosts: vec![HostEntry {
+                addr: "172.31.250.9".parse().unwrap(),
+                names: vec!["db".into(), "db.lan".into()],
+            }],
+        }),
         resources: Resources {
             memory_max: Some(256 << 20),
             cpu_max: Some((150_000, 100_000)),

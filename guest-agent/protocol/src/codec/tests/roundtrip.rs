@@ -131,6 +131,20 @@ fn wire_format_is_pinned() {
     );
 }
 
+/// A `CreateContainer` from before networking (no `network` field) still decodes, and one
+/// without a network encodes exactly as before.
+#[test]
+fn container_spec_without_network_keeps_the_old_shape() {
+    let mut spec = fixtures::container();
+    spec.network = None;
+    let json = serde_json::to_string(&spec).expect("encode");
+    assert!(!json.contains("network"), "{json}");
+    let back: ContainerSpec = serde_json::from_str(&json).expect("decode");
+    assert_eq!(back, spec);
+    let ip = serde_json::to_string(&IpNet::new("10.0.0.1".parse().unwrap(), 8)).expect("ip");
+    assert_eq!(ip, r#"{"addr":"10.0.0.1","prefix":8}"#);
+}
+
 #[test]
 fn opening_frame_tells_control_from_stream() {
     for h in fixtures::stream_hellos() {

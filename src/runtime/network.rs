@@ -1,0 +1,74 @@
+//! The runtime's side of container networks ([`crate::network`]): attach before the VM
+//! starts (recorded in the state before the VMM runs, so a crash from then on is found),
+//! release when the VM has ended or the container is removed, and sweep what a `kill -9`
+//! of the VMM and its monitor left behind.
+
+use husk_protocol::NetworkConfig;
+
+use super::lifecycle::Runtime;
+use super::proc::ProcessRef;
+use super::state::{State, STATE_FILE};
+use super::Error;
+use crate::sandbox::VmSpec;
+
+impl Runtime {
+    /// Sets up `state`'s network, adds its NIC to `spec` and returns the guest's side;
+    /// `None` for `--network none`. The calling process becomes the monitor in the same
+    /// state update, so no sweep takes the network of a container that is still booting.
+    pub(super) fn attach_network(
+        &self,
+        state: &State,
+        spec: &mut VmSpec,
+    ) -> Result<Option<NetworkConfig>, Error> {
+        let root = self.store.root();
+        let Some(a) = crate::network::attach(root, &state.id, &state.config.network)? else {
+            return Ok(None);
+        };
+        let record = a.record;
+        if let Err(e) = self.store.update(&state.id, |s| {
+            s.network = Some(record.clone());
+            s.monitor = ProcessRef::of(std::process::id());
+        }) {
+            let _ = crate::network::detach(root, &state.id, &record);
+            return Err(e);
+        }
+        spec.taps.push(a.tap);
+        Ok(Some(a.guest))
+    }
+
+    /// Tears down the networks of containers whose VM and monitor are both gone without
+    /// doing it (`kill -9`), and leases or rules of containers that no longer exist.
+    /// Best effort: a failure is logged and left for the next command.
+    pub fn sweep_networks(&self) {
+        let Ok(all) = self.store.list() else { return };
+        for s in all {
+            if s.network.is_some() && !s.vm_alive() && !s.monitor_alive() {
+                self.release_network(&s.id);
+            }
+        }
+        let store = &self.store;
+        let known = |id: &str| store.dir(id).join(STATE_FILE).is_file();
+        if let Err(e) = crate::network::sweep_orphans(store.root(), known) {
+            tracing::warn!("sweeping container networks: {e}");
+        }
+    }
+
+    /// Detaches container `id`'s network as its state records it, then forgets it there.
+    pub(super) fn release_network(&self, id: &str) {
+        let Ok(s) = self.load(id) else { return };
+        let Some(a) = &s.network else { return };
+        if let Err(e) = crate::network::detach(self.store.root(), id, a) {
+            tracing::warn!(id, "tearing down the network: {e}");
+            return;
+        }
+        let _ = self.store.update(id, |s| s.network = None);
+    }
+
+    /// Everything container `id` may hold, whatever its state recorded (for `rm`).
+    pub(super) fn release_all_network(&self, id: &str) {
+        self.release_network(id);
+        if let Err(e) = crate::network::release_all(self.store.root(), id) {
+            tracing::warn!(id, "releasing the network: {e}");
+        }
+    }
+}
