@@ -38,11 +38,7 @@ pub struct Attached {
 
 /// Attaches the VM of container `id` (whose spec is `container`) to the engine's namespace
 /// `netns`. `Ok(None)`: the namespace holds no Ethernet link, so no NIC.
-pub fn attach(
-    id: &str,
-    netns: &str,
-    container: &ContainerSpec,
-) -> Result<Option<Attached>, Error> {
+pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option<Attached>, Error> {
     let path = Path::new(netns);
     let err = |source| Error::Network {
         id: id.to_string(),
