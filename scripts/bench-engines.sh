@@ -32,7 +32,14 @@ command -v podman >/dev/null || die "podman is not installed (scripts/test.sh in
 
 work=$(mktemp -d /tmp/husk-bench.XXXXXX)
 # Without the setup marker nothing was mounted there yet: plain removal is safe.
-cleanup() { "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || rm -rf "$work"; }
+cleanup() {
+    # Containers first (the latency ones hold a port, a bridge and netavark's rules).
+    if [ -n "${CONTAINERS_CONF:-}" ]; then
+        podman rm -a -f -t 0 >/dev/null 2>&1 || true
+        podman network rm -f hkbench >/dev/null 2>&1 || true
+    fi
+    "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || rm -rf "$work"
+}
 trap cleanup EXIT
 
 # One launcher per runtime, named like the runtime (conmon picks JSON logging by name).
@@ -135,7 +142,8 @@ NET
 mkdir -p "$work/www" && echo bench >"$work/www/index.html"
 ms_stats() { # "median p90" in ms of seconds on stdin
     sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "- -"; exit }
-        printf "%.2f %.2f\n", v[int((NR + 1) / 2)] * 1000, v[int(NR * 0.9) > 0 ? int(NR * 0.9) : 1] * 1000 }'
+        k = int(NR * 0.9); if (k < 1) k = 1
+        printf "%.2f %.2f\n", v[int((NR + 1) / 2)] * 1000, v[k] * 1000 }'
 }
 echo
 echo "HTTP GET through podman --network (bridge) -p, $REQS requests each (curl on the host -> 127.0.0.1:PORT)"
@@ -146,6 +154,7 @@ for i in "${!launchers[@]}"; do
     name=$(basename "${runtimes[$i]}")
     [ -n "${failed[$i]:-}" ] && continue
     port=$((18100 + i))
+    while ss -Hltn "sport = :$port" | grep -q .; do port=$((port + 10)); done
     if ! podman --runtime "${launchers[$i]}" run -d --name "lat$i" --network hkbench \
         -p "127.0.0.1:$port:80" -v "$work/www:/www:ro" busybox httpd -f -p 80 -h /www \
         >/dev/null 2>"$work/lat$i.err"; then
