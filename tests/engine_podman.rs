@@ -435,8 +435,8 @@ fn podman_twenty_run_rm_cycles_leave_nothing() {
 
 const PAGE: &str = "served-by-busybox-httpd";
 
-/// `printf 'GET /index.html …' | nc` to `host:port`, in a shell inside a container (busybox
-/// wget dies of SIGSEGV in husk's guest, nc does not; the point is the network).
+/// `printf 'GET /index.html …' | nc` to `host:port`, in a shell inside a container (this
+/// busybox's `wget -T` dies of SIGSEGV under runc and husk alike; nc has a timeout that works).
 fn http_get_cmd(host: &str, port: &str) -> String {
     format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port}; echo")
 }
