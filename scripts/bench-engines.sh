@@ -32,7 +32,14 @@ command -v podman >/dev/null || die "podman is not installed (scripts/test.sh in
 
 work=$(mktemp -d /tmp/husk-bench.XXXXXX)
 # Without the setup marker nothing was mounted there yet: plain removal is safe.
-cleanup() { "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || rm -rf "$work"; }
+cleanup() {
+    # Containers first (the latency ones hold a port, a bridge and netavark's rules).
+    if [ -n "${CONTAINERS_CONF:-}" ]; then
+        podman rm -a -f -t 0 >/dev/null 2>&1 || true
+        podman network rm -f hkbench >/dev/null 2>&1 || true
+    fi
+    "$here/engine-setup.sh" clean "$work" >/dev/null 2>&1 || rm -rf "$work"
+}
 trap cleanup EXIT
 
 # One launcher per runtime, named like the runtime (conmon picks JSON logging by name).
@@ -119,3 +126,46 @@ for i in "${!runtimes[@]}"; do
     ratio=$(awk -v a="$med" -v b="$base" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')
     echo "| $name | $med | $min | $max | $ratio |"
 done
+
+# Request latency through podman's bridge network and `-p` (netavark: DNAT to the
+# container's veth; with husk-runtime tc mirrors that veth into the VM's TAP): busybox httpd
+# in a container, $REQS curl GETs from the host, per runtime in the same run. The network is
+# private to this run (its own bridge and /24, in the private network_config_dir).
+REQS=${REQS:-200}
+octet=$((100 + $$ % 100))
+while ip -4 route show | grep -q "^10\.89\.$octet\."; do octet=$((octet % 250 + 1)); done
+cat >"$work/networks/hkbench.json" <<NET
+{"name":"hkbench","id":"$(printf '%064d' "$$")","driver":"bridge","network_interface":"hkbench$octet",
+ "created":"2026-01-01T00:00:00Z","subnets":[{"subnet":"10.89.$octet.0/24","gateway":"10.89.$octet.1"}],
+ "ipv6_enabled":false,"internal":false,"dns_enabled":false,"ipam_options":{"driver":"host-local"}}
+NET
+mkdir -p "$work/www" && echo bench >"$work/www/index.html"
+ms_stats() { # "median p90" in ms of seconds on stdin
+    sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "- -"; exit }
+        k = int(NR * 0.9); if (k < 1) k = 1
+        printf "%.2f %.2f\n", v[int((NR + 1) / 2)] * 1000, v[k] * 1000 }'
+}
+echo
+echo "HTTP GET through podman --network (bridge) -p, $REQS requests each (curl on the host -> 127.0.0.1:PORT)"
+echo
+echo "| runtime | median ms | p90 ms |"
+echo "|---|---:|---:|"
+for i in "${!launchers[@]}"; do
+    name=$(basename "${runtimes[$i]}")
+    [ -n "${failed[$i]:-}" ] && continue
+    port=$((18100 + i))
+    while ss -Hltn "sport = :$port" | grep -q .; do port=$((port + 10)); done
+    if ! podman --runtime "${launchers[$i]}" run -d --name "lat$i" --network hkbench \
+        -p "127.0.0.1:$port:80" -v "$work/www:/www:ro" busybox httpd -f -p 80 -h /www \
+        >/dev/null 2>"$work/lat$i.err"; then
+        echo "| $name | failed: $(tail -n1 "$work/lat$i.err" | tr '|' '/') | |"
+        continue
+    fi
+    for _ in $(seq 100); do curl -sf -m2 -o /dev/null "http://127.0.0.1:$port/index.html" && break; sleep 0.2; done
+    read -r med p90 < <(for _ in $(seq "$REQS"); do
+        curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port/index.html"
+    done | ms_stats)
+    podman --runtime "${launchers[$i]}" rm -f -t 0 "lat$i" >/dev/null 2>&1 || true
+    echo "| $name | $med | $p90 |"
+done
+podman network rm -f hkbench >/dev/null 2>&1 || true

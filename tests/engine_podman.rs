@@ -432,3 +432,136 @@ fn podman_twenty_run_rm_cycles_leave_nothing() {
         .collect();
     assert!(leaked.is_empty(), "mounts left behind: {leaked:#?}");
 }
+
+const PAGE: &str = "served-by-busybox-httpd";
+
+/// `printf 'GET /index.html …' | nc` to `host:port`, in a shell inside a container (this
+/// busybox's `wget -T` dies of SIGSEGV under runc and husk alike; nc has a timeout that works).
+fn http_get_cmd(host: &str, port: &str) -> String {
+    format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port}; echo")
+}
+
+/// podman's bridge network (netavark, a test-private bridge and /24) with `-p`: busybox
+/// httpd in a container serves a file to curl on the host, at 127.0.0.1 and at the bridge
+/// address; another container reaches it by IP and the host through the bridge, and sees
+/// podman's /etc/hosts and /etc/resolv.conf. A `kill -9` of the container's pid (husk: the
+/// sandbox) and `podman rm` then leave no netns, TAP, state, process or bridge behind.
+#[test]
+fn podman_bridge_network_publish_and_reach() {
+    let test = "podman_bridge_network_publish_and_reach";
+    let Some((rt, podman)) = setup(test) else {
+        return;
+    };
+    if !engine::tool_present(test, "curl") || !engine::tool_present(test, "nsenter") {
+        return;
+    }
+    let net = podman.private_network("husknet");
+    let www = podman.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("index.html"), format!("{PAGE}\n")).expect("index.html");
+    let port = engine::free_port().to_string();
+    let publish = format!("{port}:80");
+    let volume = format!("{}:/www:ro", www.display());
+    podman.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        &net.name,
+        "-p",
+        &publish,
+        "-v",
+        &volume,
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    for host in ["127.0.0.1", net.gateway.as_str()] {
+        let body = engine::curl_until_up(&format!("http://{host}:{port}/index.html"));
+        assert_eq!(body.trim(), PAGE, "curl via {host}:{port}");
+    }
+    let inspect = |what: &str| {
+        podman
+            .ok(&["inspect", "web", "--format", what])
+            .trim()
+            .to_string()
+    };
+    let web_ip = inspect(&format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+        net.name
+    ));
+    assert!(web_ip.starts_with("10.89."), "web's address: {web_ip:?}");
+    let netns = inspect("{{.NetworkSettings.SandboxKey}}");
+    assert!(netns.starts_with('/'), "web's network namespace: {netns:?}");
+    let tap = format!("hk{}", &inspect("{{.Id}}")[..12]);
+    if rt.is_husk {
+        // The VM's TAP sits beside podman's veth, and tc mirrors the veth into it.
+        assert!(
+            engine::links(Some(&netns)).contains(&tap),
+            "no TAP {tap} in {netns}: {:?}",
+            engine::links(Some(&netns))
+        );
+        let mut tc = std::process::Command::new("nsenter");
+        tc.arg(format!("--net={netns}"))
+            .args(["--", "tc", "qdisc", "show", "dev", "eth0"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        let qdiscs = text(&engine::run_bounded(tc, None, engine::LIMIT).stdout);
+        assert!(qdiscs.contains("ingress"), "eth0's qdiscs: {qdiscs}");
+    }
+
+    // Container → container by IP, container → host through the bridge (the published port).
+    let script = format!(
+        "{}; {}; echo ---; cat /etc/hosts /etc/resolv.conf",
+        http_get_cmd(&web_ip, "80"),
+        http_get_cmd(&net.gateway, &port)
+    );
+    let out = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &net.name,
+        "busybox",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let (replies, files) = out.split_once("---").unwrap_or((&out, ""));
+    assert_eq!(replies.matches(PAGE).count(), 2, "replies: {replies}");
+    assert!(replies.contains("200 OK"), "replies: {replies}");
+    // podman's own files (bind-mounted), as runc's containers see them.
+    assert!(
+        files.contains("host.containers.internal") && files.contains(&net.gateway),
+        "/etc/hosts: {files}"
+    );
+    assert!(files.contains("nameserver "), "/etc/resolv.conf: {files}");
+
+    // kill -9 of what podman thinks is the container (husk: the sandbox), then rm.
+    let pid = inspect("{{.State.Pid}}");
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 0), "pid {pid:?}");
+    let mut kill = std::process::Command::new("kill");
+    kill.args(["-9", &pid]);
+    assert!(engine::run_bounded(kill, None, engine::LIMIT)
+        .status
+        .success());
+    podman.ok(&["rm", "-f", "-t", "0", "web"]);
+    assert!(podman.all_containers().is_empty());
+    assert!(
+        !std::path::Path::new(&netns).exists(),
+        "{netns} outlived its container"
+    );
+    let host_links = engine::links(None);
+    assert!(
+        !host_links.contains(&tap) && !host_links.contains(&net.bridge),
+        "links left on the host: {host_links:?}"
+    );
+    let state = engine::runtime_state(&podman.runtime_root);
+    assert!(state.is_empty(), "runtime state left: {state:?}");
+    let procs = engine::processes_using(podman.dir.path());
+    assert!(procs.is_empty(), "processes left behind: {procs:#?}");
+    podman.ok(&["network", "rm", &net.name]);
+}

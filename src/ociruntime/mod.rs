@@ -9,6 +9,7 @@
 //! - [`bundle`]: `config.json` → the VM and the guest container (what is honoured, what is
 //!   refused); [`process`]: the OCI process (also `exec --process`); [`mounts`]: mounts and
 //!   the host directories they share;
+//! - [`network`]: the engine's network namespace → the VM's NIC (attach/detach);
 //! - [`hooks`]: OCI hooks, run on the host with the state on stdin;
 //! - [`console`]: the host pty and SCM_RIGHTS for `--console-socket`;
 //! - [`log`]: runc's `--log`/`--log-format` (JSON lines);
@@ -21,6 +22,7 @@ pub mod control;
 pub mod hooks;
 pub mod log;
 pub mod mounts;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod state;
@@ -77,6 +79,12 @@ pub enum Error {
         id: String,
         console: PathBuf,
         source: Box<crate::agent::Error>,
+    },
+    #[error("container {id}: network namespace {netns} (linux.namespaces): {source}")]
+    Network {
+        id: String,
+        netns: String,
+        source: Box<crate::network::Error>,
     },
     #[error("container {id}: the sandbox process failed: {detail}")]
     Sandbox { id: String, detail: String },

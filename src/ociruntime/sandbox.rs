@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
-use super::{console, log, Error};
+use super::{console, log, network, Error};
 use crate::agent::AgentClient;
 use crate::runtime::attach::{self, Stdio};
 use crate::runtime::lifecycle::{AGENT_CONNECT_TIMEOUT, VM_DIED_EXIT_CODE};
@@ -78,6 +78,8 @@ pub fn run(
                 eprintln!("husk-runtime: {msg}");
             }
             let _ = store.update(id, |s| s.status = Status::Stopped);
+            // The VM went with `boot`'s handles.
+            release_network(store, id);
             return 1;
         }
     };
@@ -152,6 +154,7 @@ pub fn run(
             let _ = writeln!(f, "{msg}");
         }
         let _ = vm.kill();
+        release_network(store, id);
         return 1;
     }
     if let Some(mut f) = ready.take() {
@@ -166,6 +169,7 @@ pub fn run(
             log::error_to_file(&e);
             let _ = vm.kill();
             let _ = store.update(id, |s| s.status = Status::Stopped);
+            release_network(store, id);
             return 1;
         }
         // As `start` does for `create`d containers; a failure is a warning.
@@ -213,6 +217,7 @@ pub fn run(
     power_off(&*vm, &agent, id);
     drop(agent);
     drop(vm);
+    release_network(store, id);
     let _ = std::fs::remove_file(&sock);
     code
 }
@@ -232,7 +237,7 @@ fn boot(
     foreground: bool,
 ) -> Result<Booted, Error> {
     let state = store.load(id)?;
-    let plan = bundle::plan(id, &state.bundle)?;
+    let mut plan = bundle::plan(id, &state.bundle)?;
     let tty = plan.container.process.terminal;
     let mode = match (tty, console_socket, foreground) {
         (false, _, _) => Console::Pipes,
@@ -244,7 +249,7 @@ fn boot(
             ))
         }
     };
-    let vm = start_vm(&state, &plan)?;
+    let vm = start_vm(store, &state, &mut plan)?;
     let agent_err = |source| Error::Agent {
         id: id.to_string(),
         console: state.console_log(),
@@ -298,7 +303,11 @@ fn boot(
     })
 }
 
-fn start_vm(state: &ContainerState, plan: &Plan) -> Result<Arc<dyn VmHandle>, Error> {
+fn start_vm(
+    store: &Store,
+    state: &ContainerState,
+    plan: &mut Plan,
+) -> Result<Arc<dyn VmHandle>, Error> {
     let assets = GuestAssets::find(None, None)?;
     let vm_err = |source| Error::Vm {
         id: state.id.clone(),
@@ -318,21 +327,31 @@ fn start_vm(state: &ContainerState, plan: &Plan) -> Result<Arc<dyn VmHandle>, Er
     });
     spec.shared_dirs = plan.shares.clone();
     if let Some(ns) = &plan.netns {
-        spec.taps = network_for_netns(ns);
+        if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
+            // Recorded before the VM exists: a sandbox killed from here on is cleaned up
+            // by `delete`.
+            let link = nic.link.clone();
+            if let Err(e) = store.update(&state.id, |s| s.network = Some(link)) {
+                network::detach(&nic.link);
+                return Err(e);
+            }
+            spec.taps.push(nic.tap);
+            plan.container.network = Some(nic.guest);
+        }
     }
+    // `spec` (and the TAP fd in it) goes at the end of this function: from then on the VMM
+    // holds the only fd, and the TAP ends with it.
     let vm = backend.start(&spec).map_err(vm_err)?;
     Ok(Arc::from(vm))
 }
 
-/// The NICs for a container whose engine prepared the network namespace `netns` (a veth
-/// with addresses and routes). Building the TAP in that namespace and mirroring veth↔TAP
-/// with tc (as Kata does) is the networking issue's work; until then the VM gets no NIC,
-/// which is what podman's `--network none` expects.
-pub fn network_for_netns(netns: &str) -> Vec<crate::sandbox::TapSpec> {
-    log::debug(&format!(
-        "network namespace {netns}: no NIC attached (engine networking not built yet)"
-    ));
-    Vec::new()
+/// Detaches the VM's NIC from the engine's namespace once the VM is gone, and forgets it.
+fn release_network(store: &Store, id: &str) {
+    let Ok(state) = store.load(id) else { return };
+    if let Some(link) = &state.network {
+        network::detach(link);
+        let _ = store.update(id, |s| s.network = None);
+    }
 }
 
 /// Asks the agent to power off and waits; kills the VM if it does not go.

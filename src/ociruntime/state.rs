@@ -67,6 +67,9 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     /// The network namespace the engine prepared (`linux.namespaces[network].path`).
     pub netns: Option<String>,
+    /// The TAP and tc mirroring the sandbox set up in `netns`, until they are detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::network::netns::NetnsLink>,
     /// Host processes of `exec --detach` (for `ps`).
     #[serde(default)]
     pub execs: Vec<ProcessRef>,
@@ -363,6 +366,7 @@ mod tests {
             vsock_cid: 3,
             exit_code: None,
             netns: None,
+            network: None,
             execs: Vec::new(),
             poststart: Vec::new(),
             poststop: Vec::new(),

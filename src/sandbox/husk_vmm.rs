@@ -174,11 +174,13 @@ impl VmBackend for HuskVmmBackend {
         }
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);
-        inherit_fds(&mut cmd, spec
-                .taps
+        inherit_fds(
+            &mut cmd,
+            spec.taps
                 .iter()
                 .filter_map(|t| t.fd.as_ref().map(|f| f.0.as_raw_fd()))
-                .collect());
+                .collect(),
+        );
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");

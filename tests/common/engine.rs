@@ -328,6 +328,121 @@ impl Podman {
     }
 }
 
+/// A bridge network private to one test (netavark): its own bridge name and /24 (from
+/// 10.89.0.0/16, none of which the host routes yet), so tests running beside each other never
+/// share a bridge or an address pool. Written straight into the podman's private
+/// `network_config_dir`: podman 4.3's `network create` cannot name the bridge.
+pub struct TestNetwork {
+    pub name: String,
+    pub bridge: String,
+    /// The bridge's (the host's) address on the network.
+    pub gateway: String,
+}
+
+impl Podman {
+    pub fn private_network(&self, name: &str) -> TestNetwork {
+        let routes = super::text(
+            &run_bounded(
+                {
+                    let mut c = Command::new("ip");
+                    c.args(["-4", "route", "show"]);
+                    c
+                },
+                None,
+                Duration::from_secs(30),
+            )
+            .stdout,
+        );
+        let seed = (std::process::id() as usize + name.len() * 7919) % 200;
+        let octet = (0..200)
+            .map(|i| 20 + (seed + i) % 200)
+            .find(|o| !routes.contains(&format!("10.89.{o}.")))
+            .expect("a free 10.89.X.0/24");
+        let bridge = format!("hkt{}x{octet}", std::process::id() % 10000);
+        let gateway = format!("10.89.{octet}.1");
+        let id: String = format!("{:0>64}", format!("{}{octet}", std::process::id()));
+        let config = serde_json::json!({
+            "name": name,
+            "id": id,
+            "driver": "bridge",
+            "network_interface": bridge,
+            "created": "2026-01-01T00:00:00Z",
+            "subnets": [{"subnet": format!("10.89.{octet}.0/24"), "gateway": gateway}],
+            "ipv6_enabled": false,
+            "internal": false,
+            "dns_enabled": false,
+            "ipam_options": {"driver": "host-local"}
+        });
+        let path = self
+            .dir
+            .path()
+            .join("networks")
+            .join(format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).expect("write the network's config");
+        TestNetwork {
+            name: name.to_string(),
+            bridge,
+            gateway,
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// `curl -s -m 3 URL` until it answers (bounded by [`LIMIT`]); returns the body.
+pub fn curl_until_up(url: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-f", "-m", "3", url]);
+        let out = run_bounded(c, None, Duration::from_secs(30));
+        if out.status.success() {
+            return super::text(&out.stdout);
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{url} never answered: {}",
+            super::text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Names of the links in the network namespace at `netns` (`ip -o link`), or of the host's.
+pub fn links(netns: Option<&str>) -> Vec<String> {
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}"))
+                .args(["--", "ip", "-o", "link"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["-o", "link"]);
+            c
+        }
+    };
+    c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let out = run_bounded(c, None, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "ip link: {}",
+        super::text(&out.stderr)
+    );
+    super::text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         // Whatever a failed test left running, then the store's mounts and files. Only with

@@ -30,6 +30,7 @@ fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Erro
         vsock_cid: store.free_cid()?,
         exit_code: None,
         netns: plan.netns.clone(),
+        network: None,
         execs: Vec::new(),
         poststart: plan.hooks.poststart.clone(),
         poststop: plan.hooks.poststop.clone(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::super::control::{self, Request};
 use super::super::state::{ContainerState, Status, Store};
-use super::super::{hooks, log, Error};
+use super::super::{hooks, log, network, Error};
 use super::parse_signal;
 use crate::cli::runtime::KillArgs;
 use crate::runtime::proc;
@@ -113,7 +113,8 @@ pub fn run_poststop(state: &ContainerState) {
 }
 
 /// Ends everything a container runs on the host: the sandbox (asked to kill the VM first),
-/// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock).
+/// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock), and
+/// the VM's attachment to the engine's network namespace.
 pub fn destroy(state: &ContainerState) {
     if let Some(vm) = &state.vm {
         // A paused VM cannot power off: let it go first.
@@ -139,6 +140,11 @@ pub fn destroy(state: &ContainerState) {
     for p in proc::processes_using(&state.sock_dir) {
         p.signal(libc::SIGKILL);
         p.wait_gone(Duration::from_secs(5));
+    }
+    // A sandbox killed with -9 never detached its NIC (the TAP went with the VMM; the
+    // veth's tc mirroring is still there).
+    if let Some(link) = &state.network {
+        network::detach(link);
     }
 }
 

@@ -1,0 +1,172 @@
+//! The engine's network namespace → the VM's NIC.
+//!
+//! podman (netavark) and CNI prepare a network namespace holding a veth with the container's
+//! MAC, addresses and routes, and name it in `linux.namespaces[network].path`. The sandbox
+//! [`attach`]es a TAP beside that veth (tc mirrors the two, see [`crate::network::netns`])
+//! before the VM starts and gives the guest the veth's identity, so the engine's bridge, port
+//! publishing and DNS work unchanged. A namespace with only `lo` (podman `--network none`)
+//! gives no NIC. What was set up is recorded in the container's state, and [`detach`]ed when
+//! the sandbox ends and again at `delete` (after a `kill -9` of the sandbox the TAP is gone
+//! with the VMM already; only the veth's ingress qdisc is left for `delete` to remove).
+//!
+//! Name resolution: engines bind-mount their own `/etc/resolv.conf` and `/etc/hosts` (the
+//! agent binds those single files out of their shared directory over what it writes). A
+//! spec that binds no `/etc/resolv.conf` gets the host's nameservers, less loopback ones
+//! (a resolver on the host's 127.0.0.x is not reachable from the engine's namespace), as
+//! docker does; the agent writes `/etc/hosts` (localhost, the hostname) either way.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use husk_protocol::{ContainerSpec, DnsConfig, NetworkConfig};
+
+use super::{log, Error};
+use crate::network::netns::{self, NetnsLink};
+use crate::network::{self, tap};
+use crate::sandbox::TapSpec;
+
+/// The host file a spec without its own `/etc/resolv.conf` takes nameservers from.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The NIC the VM gets, the guest's network (for `ContainerSpec::network`) and what to
+/// detach later.
+pub struct Attached {
+    pub tap: TapSpec,
+    pub guest: NetworkConfig,
+    pub link: NetnsLink,
+}
+
+/// Attaches the VM of container `id` (whose spec is `container`) to the engine's namespace
+/// `netns`. `Ok(None)`: the namespace holds no Ethernet link, so no NIC.
+pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option<Attached>, Error> {
+    let path = Path::new(netns);
+    let err = |source| Error::Network {
+        id: id.to_string(),
+        netns: netns.to_string(),
+        source: Box::new(source),
+    };
+    // One clear line for a namespace that is not there (the tools would say it less well).
+    if let Err(source) = std::fs::File::open(path) {
+        return Err(err(network::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }));
+    }
+    let engine = match netns::attach(path, &tap::name_for(id)) {
+        Ok(e) => e,
+        Err(network::Error::NoEngineLink { .. }) => {
+            log::debug(&format!(
+                "network namespace {netns}: no Ethernet link, the VM gets no NIC"
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let mut guest = engine.guest;
+    if !binds(container, "/etc/resolv.conf") {
+        let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
+        guest.dns = parse_resolv_conf(&host);
+    }
+    Ok(Some(Attached {
+        tap: engine.tap,
+        guest,
+        link: engine.link,
+    }))
+}
+
+/// Undoes [`attach`] once the VM is gone; failures are logged (the engine removes the
+/// namespace, and the veth with it, anyway).
+pub fn detach(link: &NetnsLink) {
+    if let Err(e) = netns::detach(link) {
+        log::warn(&format!(
+            "network namespace {}: detaching {}: {e}",
+            link.netns.display(),
+            link.tap
+        ));
+    }
+}
+
+/// Whether the container's mounts put something over `dest`.
+fn binds(container: &ContainerSpec, dest: &str) -> bool {
+    container
+        .mounts
+        .iter()
+        .any(|m| Path::new(&m.destination) == Path::new(dest))
+}
+
+/// Nameservers (not loopback ones), search domains and options of a resolv.conf.
+fn parse_resolv_conf(text: &str) -> DnsConfig {
+    let mut dns = DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                    if !ip.is_loopback() && !dns.servers.contains(&ip) {
+                        dns.servers.push(ip);
+                    }
+                }
+            }
+            Some("search" | "domain") => {
+                dns.search = words.map(str::to_string).collect();
+            }
+            Some("options") => dns.options.extend(words.map(str::to_string)),
+            _ => {}
+        }
+    }
+    if dns.servers.is_empty() {
+        // Without a usable nameserver the image's own file is better than a half one.
+        return DnsConfig::default();
+    }
+    dns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_resolv_conf_without_loopback_servers() {
+        let d = parse_resolv_conf(
+            "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.1\nnameserver ::1\n\
+             nameserver 2001:db8::1\nnameserver bogus\nsearch a.example b.example\n\
+             options ndots:2 edns0\n",
+        );
+        let servers: Vec<String> = d.servers.iter().map(|s| s.to_string()).collect();
+        assert_eq!(servers, ["192.0.2.1", "2001:db8::1"]);
+        assert_eq!(d.search, ["a.example", "b.example"]);
+        assert_eq!(d.options, ["ndots:2", "edns0"]);
+        // Only a local stub resolver: leave the image's file alone.
+        assert_eq!(
+            parse_resolv_conf("nameserver 127.0.0.53\nsearch x\n"),
+            DnsConfig::default()
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_one_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rootfs")).unwrap();
+        std::fs::write(d.path().join("resolv.conf"), "nameserver 10.88.0.1\n").unwrap();
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
+            "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/etc/resolv.conf", "type": "bind",
+                        "source": d.path().join("resolv.conf"), "options": ["bind"]}],
+            "linux": {"namespaces": [{"type": "network", "path": "/nonexistent/netns/x"}]}
+        });
+        std::fs::write(d.path().join("config.json"), config.to_string()).unwrap();
+        let plan = super::super::bundle::plan("c1", d.path()).unwrap();
+        assert!(binds(&plan.container, "/etc/resolv.conf"));
+        assert!(!binds(&plan.container, "/etc/hosts"));
+        let e = attach("c1", "/nonexistent/netns/x", &plan.container)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("/nonexistent/netns/x") && e.contains("No such file") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}
