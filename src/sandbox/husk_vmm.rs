@@ -184,7 +184,12 @@ impl VmBackend for HuskVmmBackend {
             leftovers,
             spec.console_log.clone(),
             spec.vsock.as_ref().map(|v| v.uds_path.clone()),
-            None,
+            // Its vsock takes connections at any time, but waiting for the agent's line
+            // notices a VMM that died (bad flag, KVM refusing the guest) at once, with its
+            // status and last words, rather than as an agent that never answers.
+            spec.vsock
+                .as_ref()
+                .map(|_| husk_protocol::GUEST_READY_MARKER),
         )))
     }
 }

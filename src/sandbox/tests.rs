@@ -699,3 +699,53 @@ fn husk_vmm_inherits_pre_opened_tap_fds_only() {
         0
     );
 }
+
+/// husk-vmm backend: the wait for the guest's ready line returns once it is on the console,
+/// and a VMM that dies first is reported at once with its status and its one-line error,
+/// not after the agent's connect timeout.
+#[test]
+fn husk_vmm_ready_wait_sees_the_line_or_the_vmms_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    });
+    let backend = |body: &str| HuskVmmBackend {
+        binary: script(dir.path(), "fake-husk-vmm", body),
+        virtiofsd: None,
+    };
+    let up = backend(&format!(
+        "echo booting; echo {}; exec sleep 1000",
+        husk_protocol::GUEST_READY_MARKER
+    ));
+    let vm = up.start(&s).unwrap();
+    vm.wait_vsock_ready(Duration::from_secs(20)).unwrap();
+    vm.kill().unwrap();
+
+    let dies = backend("echo booting; echo 'husk-vmm: KVM_RUN failed: \x1b[31m' >&2; exit 1");
+    let vm = dies.start(&s).unwrap();
+    let t = Instant::now();
+    let err = vm.wait_vsock_ready(Duration::from_secs(20)).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::ExitedBeforeReady { .. })
+            && msg.contains("exit status: 1")
+            && msg.contains(r#": "husk-vmm: KVM_RUN failed: \u{1b}[31m"; see "#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn last_line_is_the_last_non_empty_one_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    assert_eq!(child::last_line(&log), None, "no file");
+    std::fs::write(&log, "").unwrap();
+    assert_eq!(child::last_line(&log), None, "empty");
+    std::fs::write(&log, "x".repeat(100_000) + "\nfirst\r\n  last words  \n\n").unwrap();
+    assert_eq!(child::last_line(&log).as_deref(), Some("last words"));
+    std::fs::write(&log, "y".repeat(5000)).unwrap();
+    assert_eq!(child::last_line(&log).map(|l| l.len()), Some(300));
+}
