@@ -23,6 +23,7 @@ use common::{boot_tiny, husk_vmm, text};
 const PROBE: &str = env!("HUSK_GUEST_VIRTIO_PROBE");
 const BLK: &str = env!("HUSK_GUEST_VIRTIO_BLK");
 const IRQ: &str = env!("HUSK_GUEST_VIRTIO_IRQ");
+const BLK_ID: &str = env!("HUSK_GUEST_VIRTIO_BLK_ID");
 const MARKER: &str = env!("HUSK_GUEST_MARKER");
 
 const LIMIT: Duration = Duration::from_secs(40);
@@ -207,6 +208,50 @@ fn irq_guest_takes_the_completion_interrupt_through_irqfd() {
     );
 }
 
+/// `--disk PATH,ro,serial=ID`: the guest's GET_ID request, sent through the MMIO transport
+/// and served by the device's worker, returns the serial NUL-padded to 20 bytes — what
+/// Linux shows in /sys/block/vdX/serial and the agent looks disks up by. A disk without
+/// `serial=` keeps its file-derived id.
+#[test]
+fn blk_id_guest_reads_the_serial_given_with_disk() {
+    if !common::kvm_available("blk_id_guest_reads_the_serial_given_with_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layer, _) = disk(dir.path(), "layer.img");
+    let (plain, _) = disk(dir.path(), "plain.img");
+    let named = format!("{},ro,serial=husk-layer-0", s(&layer));
+    let (out, _) = boot_tiny(
+        BLK_ID,
+        &["--timeout", "30", "--disk", &named, "--disk", s(&plain)],
+        LIMIT,
+    );
+    let stdout = clean(&out);
+    let serial = |disk: u32| -> Vec<u8> {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!(" DISK={disk:08x}")))
+            .unwrap_or_else(|| panic!("no line for disk {disk}: {stdout}"));
+        // 20 bytes + the status byte, status OK.
+        assert!(
+            line.contains(" LEN=00000015 ID_STATUS=00000000 SERIAL="),
+            "{line}"
+        );
+        let hex = line.rsplit_once(" SERIAL=").map(|(_, h)| h).unwrap_or("");
+        assert_eq!(hex.len(), 40, "{line}");
+        (0..20)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let mut want = [0u8; 20];
+    want[..12].copy_from_slice(b"husk-layer-0");
+    assert_eq!(serial(0), want, "{stdout}");
+    let other = serial(1);
+    assert!(other.starts_with(b"husk"), "file-derived id: {other:?}");
+    assert_ne!(other, want);
+    assert!(stdout.ends_with("DONE\n"), "{stdout}");
+}
+
 /// One line on stderr, exit status 1, naming `what`; a host without /dev/kvm may fail on
 /// that first for errors found after opening it.
 fn fails_with(args: &[&str], what: &str, before_kvm: bool) {
@@ -239,6 +284,33 @@ fn device_errors_are_one_line() {
         with(&["--disk", s(&missing)]),
         &format!("--disk: opening disk image {}", s(&missing)),
         false,
+    );
+
+    // The flag parser (clap: usage error, status 2) and a config file (status 1) refuse a
+    // serial GET_ID cannot carry as given, naming it.
+    let bad_serial = format!("{},serial=has space", s(&img));
+    let (out, _) = husk_vmm(&["--kernel", MARKER, "--disk", &bad_serial], LIMIT);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("invalid disk serial \"has space\" for ")
+            && stderr.contains("1 to 20 printable ASCII characters without ','"),
+        "{stderr}"
+    );
+    let cfg = dir.path().join("serial.json");
+    let json = serde_json::json!({
+        "kernel": MARKER,
+        "disks": [{ "path": img, "serial": "x".repeat(21) }],
+    });
+    std::fs::write(&cfg, json.to_string()).expect("write config");
+    run(
+        vec!["--config".into(), s(&cfg).into()],
+        &format!("invalid disk serial \"{}\"", "x".repeat(21)),
+        true,
     );
 
     let no_dir = dir.path().join("nodir/v.sock");

@@ -656,3 +656,47 @@ fn composite_disk_serves_layers_as_gpt_partitions() {
     assert_eq!(blk::write(&mut h, parts[0].0 / 512, &[0u8; 512]), S_IOERR);
     assert_eq!(fs::read(dir.path().join("l0")).unwrap(), l0);
 }
+
+/// `--disk PATH,ro,serial=ID` as husk-vmm parses it, built into a device the way husk-vmm
+/// attaches it: GET_ID answers the configured serial, NUL-padded to 20 bytes, and the data
+/// path still reads the file.
+#[test]
+fn get_id_answers_the_serial_of_a_parsed_disk_flag() {
+    use husk::vmm::attach::block_device;
+    use husk::vmm::config::DiskConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let content = pattern(8192, 3);
+    let path = disk_file(dir.path(), "layer.img", &content);
+    for (serial, read_only) in [("husk-layer-0", true), ("husk-scratch", false)] {
+        let mode = if read_only { ",ro" } else { "" };
+        let cfg: DiskConfig = format!("{}{mode},serial={serial}", path.display())
+            .parse()
+            .unwrap();
+        let mut h = Harness::new(Box::new(block_device(0, &cfg).unwrap()));
+        assert_eq!(h.probe(), TYPE_BLOCK);
+        h.init(
+            !(1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
+            1,
+            16,
+        );
+        let ro_bit = h.device_features() & (1 << VIRTIO_BLK_F_RO) != 0;
+        assert_eq!(ro_bit, read_only, "{serial}");
+        let (s, len, id) = blk::get_id(&mut h);
+        assert_eq!((s, len), (S_OK, 21));
+        let mut want = [0u8; 20];
+        want[..serial.len()].copy_from_slice(serial.as_bytes());
+        assert_eq!(id, want, "GET_ID of {serial}");
+        let (s, data) = blk::read(&mut h, 2, 512);
+        assert_eq!((s, data.as_slice()), (S_OK, &content[1024..1536]));
+    }
+    // A full 20-byte serial fills the answer with no NUL at all, as virtio allows.
+    let full = "abcdefghij0123456789";
+    let cfg: DiskConfig = format!("{},serial={full}", path.display()).parse().unwrap();
+    let mut h = Harness::new(Box::new(block_device(1, &cfg).unwrap()));
+    h.init(
+        !(1u64 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
+        1,
+        16,
+    );
+    assert_eq!(blk::get_id(&mut h).2, full.as_bytes());
+}

@@ -23,6 +23,8 @@ pub mod proc;
 pub mod spec;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod vm_args_tests;
 
 use std::path::PathBuf;
 

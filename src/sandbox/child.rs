@@ -366,6 +366,7 @@ impl VmHandle for ProcessVm {
                 return Err(Error::ExitedBeforeReady {
                     status,
                     log: self.console_log.clone(),
+                    last_line: last_line(&self.console_log),
                 });
             }
             if Instant::now() >= deadline {
@@ -378,6 +379,20 @@ impl VmHandle for ProcessVm {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The last non-empty line of the log's final 4 KiB, trimmed to 300 characters (the guest
+/// writes this file too, so it is bounded and lossily decoded).
+pub(super) fn last_line(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.take(4096).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(line.chars().take(300).collect())
 }
 
 /// Looks for a line in a growing console log, reading each byte once.

@@ -104,26 +104,36 @@ fn probe_husk_vmm() -> Probe {
     }
 }
 
-/// Runs `bin --probe` and reads its verdict from the exit status.
+/// Runs `bin --probe --json` and reads its verdict from the exit status, with husk-vmm's
+/// own reason (the JSON's `reason`) when it gives one.
 pub fn probe_binary(bin: &Path) -> Probe {
     let mut cmd = Command::new(bin);
-    cmd.arg("--probe")
+    cmd.args(["--probe", "--json"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let status = super::child::spawn_retrying(&mut cmd).and_then(|mut c| c.wait());
-    match status {
-        Ok(s) if s.success() => Probe::yes(format!(
-            "{} --probe: this host can run Linux guests",
-            bin.display()
+    let out = super::child::spawn_retrying(&mut cmd).and_then(|c| c.wait_with_output());
+    match out {
+        Ok(o) if o.status.success() => Probe::yes(format!(
+            "{} --probe: {}",
+            bin.display(),
+            probe_reason(&o.stdout).unwrap_or_else(|| "this host can run Linux guests".into())
         )),
-        Ok(s) if s.code() == Some(2) => Probe::no(format!(
-            "{} --probe: this host cannot run Linux guests (run it for the reason)",
-            bin.display()
+        Ok(o) if o.status.code() == Some(2) => Probe::no(format!(
+            "{} --probe: this host cannot run Linux guests: {}",
+            bin.display(),
+            probe_reason(&o.stdout).unwrap_or_else(|| "run it for the reason".into())
         )),
-        Ok(s) => Probe::no(format!("{} --probe failed ({s})", bin.display())),
+        Ok(o) => Probe::no(format!("{} --probe failed ({})", bin.display(), o.status)),
         Err(e) => Probe::no(format!("cannot run {} --probe: {e}", bin.display())),
     }
+}
+
+/// The `reason` of a `husk-vmm --probe --json` report (bounded: it ends up in one line).
+fn probe_reason(json: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let r = v.get("reason")?.as_str()?.trim();
+    (!r.is_empty()).then(|| r.chars().take(400).collect())
 }
 
 #[cfg(test)]
@@ -172,7 +182,29 @@ mod tests {
         assert!(probe_binary(&fake(0)).usable);
         let no = probe_binary(&fake(2));
         assert!(
-            !no.usable && no.reason.contains("cannot run Linux guests"),
+            !no.usable
+                && no
+                    .reason
+                    .contains("cannot run Linux guests: run it for the reason"),
+            "{}",
+            no.reason
+        );
+        // husk-vmm's own reason, from its JSON report, is carried into ours.
+        let p = dir.path().join("husk-vmm-json");
+        std::fs::write(
+            &p,
+            "#!/bin/sh\n[ \"$1 $2\" = \"--probe --json\" ] || exit 9\n\
+             echo '{\"can_run_linux_guests\": false, \"reason\": \"PVM detected (test)\"}'\n\
+             exit 2\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let no = probe_binary(&p);
+        assert!(
+            !no.usable
+                && no
+                    .reason
+                    .ends_with("cannot run Linux guests: PVM detected (test)"),
             "{}",
             no.reason
         );

@@ -64,16 +64,14 @@ impl HuskVmmBackend {
     }
 }
 
-/// husk-vmm's flags for `spec` (its CLI as on branch `vmm`: `--console file:PATH`,
-/// `--disk PATH[,ro]`, `--vsock CID,UDS`, `--fs TAG,SOCKET` per share (the virtiofsd sockets
+/// husk-vmm's flags for `spec` (its CLI: `--console file:PATH`,
+/// `--disk PATH[,ro][,serial=ID]`, `--vsock CID,UDS`, `--fs TAG,SOCKET` per share (the virtiofsd sockets
 /// [`virtiofsd::socket_for`] names), `--append` after its own default command line, which
 /// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
 ///
 /// `--net tap=NAME,mac=MAC[,fd=N]` per TAP (the fd, when given, is inherited: see
 /// [`inherit_fds`]).
-///
-/// Fails for what husk-vmm cannot express yet: disk serials.
-pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
+pub fn args(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut flag = |k: &str, v: String| {
         a.push(k.to_string());
@@ -90,16 +88,13 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
     flag("--memory", spec.memory_mib.to_string());
     flag("--console", format!("file:{}", spec.console_log.display()));
     for d in &spec.disks {
-        if let Some(s) = &d.serial {
-            return Err(Error::Unsupported(format!(
-                "husk-vmm cannot give disk {} the serial {s:?} yet (its --disk takes PATH[,ro]); \
-                 name the disk by device path (/dev/vdX, in spec order) or use --vmm qemu",
-                d.path.display()
-            )));
-        }
         let mut v = d.path.display().to_string();
         if d.read_only {
             v.push_str(",ro");
+        }
+        // VmSpec::validate keeps serials to [A-Za-z0-9_-], a subset of what husk-vmm takes.
+        if let Some(s) = &d.serial {
+            v.push_str(&format!(",serial={s}"));
         }
         flag("--disk", v);
     }
@@ -121,7 +116,7 @@ pub fn args(spec: &VmSpec) -> Result<Vec<String>, Error> {
         }
         flag("--net", v);
     }
-    Ok(a)
+    a
 }
 
 /// Lets the VMM inherit `fds` (pre-opened TAPs) under the same numbers: they are cleared of
@@ -151,7 +146,7 @@ impl VmBackend for HuskVmmBackend {
 
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, Error> {
         spec.validate()?;
-        let args = args(spec)?;
+        let args = args(spec);
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
         if let Some(v) = &spec.vsock {
@@ -189,7 +184,12 @@ impl VmBackend for HuskVmmBackend {
             leftovers,
             spec.console_log.clone(),
             spec.vsock.as_ref().map(|v| v.uds_path.clone()),
-            None,
+            // Its vsock takes connections at any time, but waiting for the agent's line
+            // notices a VMM that died (bad flag, KVM refusing the guest) at once, with its
+            // status and last words, rather than as an agent that never answers.
+            spec.vsock
+                .as_ref()
+                .map(|_| husk_protocol::GUEST_READY_MARKER),
         )))
     }
 }

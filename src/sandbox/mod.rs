@@ -338,17 +338,32 @@ pub trait VmHandle: Send + Sync {
     fn vsock_uds(&self) -> Option<PathBuf>;
 
     /// Blocks until the host may connect through [`vsock_uds`](Self::vsock_uds), or
-    /// `timeout` passes. husk-vmm's own vsock device takes connections at any time and
-    /// returns at once; vhost-device-vsock's worker thread dies on a host connection that
-    /// arrives before the guest driver has set up its queues (every later `CONNECT` then
-    /// hangs), so the QEMU backend waits for the guest's ready line on the console first.
+    /// `timeout` passes: both backends wait for the guest's ready line on the console, and
+    /// fail at once when the VMM exits first. vhost-device-vsock's worker thread dies on a
+    /// host connection that arrives before the guest driver has set up its queues (every
+    /// later `CONNECT` then hangs), so for QEMU this wait is required; husk-vmm's own vsock
+    /// device takes connections at any time, and the wait only turns a VMM that died into
+    /// an error with its status and last console line.
     fn wait_vsock_ready(&self, timeout: Duration) -> Result<(), Error>;
 }
 
-/// Picks the backend for `kind`, resolving `Auto` by probing the host.
+/// Picks the backend for `kind`, resolving `Auto` by probing the host. An explicit `husk`
+/// on a host where `husk-vmm --probe` says no (PVM, no hardware virtualisation) fails here
+/// with husk-vmm's reason, instead of as a guest that never comes up.
 pub fn backend(kind: BackendKind) -> Result<Box<dyn VmBackend>, Error> {
     Ok(match kind.resolve() {
-        BackendKind::Husk => Box::new(HuskVmmBackend::from_env()?),
+        BackendKind::Husk => {
+            let b = HuskVmmBackend::from_env()?;
+            let probe = host::husk_vmm_usable();
+            if !probe.usable {
+                return Err(Error::Unsupported(format!(
+                    "the husk-vmm backend was asked for, but {}; --vmm qemu, HUSK_VMM=qemu \
+                     or auto pick QEMU",
+                    probe.reason
+                )));
+            }
+            Box::new(b)
+        }
         BackendKind::Qemu => Box::new(QemuBackend::from_env()?),
         BackendKind::Auto => unreachable!("resolve never returns Auto"),
     })
@@ -397,8 +412,13 @@ pub enum Error {
         marker: &'static str,
         log: PathBuf,
     },
-    #[error("the VM exited ({status}) before the guest came up; see {log}")]
-    ExitedBeforeReady { status: ExitStatus, log: PathBuf },
+    #[error("the VM exited ({status}) before the guest came up{}; see {log}", last_words(.last_line))]
+    ExitedBeforeReady {
+        status: ExitStatus,
+        log: PathBuf,
+        /// The console log's last non-empty line (a VMM's one-line error lands there).
+        last_line: Option<String>,
+    },
     #[error("cannot prepare {path}: {source}")]
     File { path: PathBuf, source: io::Error },
     #[error("{op} on VM process {pid} failed: {source}")]
@@ -411,3 +431,9 @@ pub enum Error {
 
 #[cfg(test)]
 mod tests;
+
+fn last_words(line: &Option<String>) -> String {
+    line.as_ref()
+        .map(|l| format!(": {l:?}"))
+        .unwrap_or_default()
+}

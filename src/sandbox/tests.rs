@@ -160,7 +160,7 @@ fn husk_vmm_args_use_its_flags() {
         cid: 3,
         uds_path: "/v.sock".into(),
     });
-    let a = husk_vmm::args(&s).unwrap();
+    let a = husk_vmm::args(&s);
     assert_eq!(pair(&a, "--initramfs"), ["/i.cpio.gz"]);
     assert_eq!(pair(&a, "--vcpus"), ["1"]);
     assert_eq!(pair(&a, "--memory"), ["128"]);
@@ -184,7 +184,7 @@ fn husk_vmm_args_use_its_flags() {
             ..TapSpec::new("ctr-tap1", [2, 0, 0, 0, 0, 1])
         },
     ];
-    let a = husk_vmm::args(&s).unwrap();
+    let a = husk_vmm::args(&s);
     let nets = pair(&a, "--net");
     assert_eq!(
         nets,
@@ -200,11 +200,85 @@ fn husk_vmm_args_use_its_flags() {
         (Some("ctr-tap1"), Some(raw), [2, 0, 0, 0, 0, 1])
     );
 
-    s.disks[1].serial = Some("scratch".into());
-    let err = husk_vmm::args(&s).unwrap_err();
-    assert!(
-        matches!(err, Error::Unsupported(_)) && err.to_string().contains("serial"),
-        "{err}"
+    s.disks[0].serial = Some("husk-layer-0".into());
+    s.disks[1].serial = Some("husk-scratch".into());
+    let a = husk_vmm::args(&s);
+    let disks = pair(&a, "--disk");
+    assert_eq!(
+        disks,
+        ["/a,ro,serial=husk-layer-0", "/b,serial=husk-scratch"]
+    );
+    // What husk-vmm's own flag parser makes of them.
+    let parsed: crate::vmm::config::DiskConfig = disks[0].parse().unwrap();
+    assert_eq!(
+        (
+            parsed.path.as_path(),
+            parsed.read_only,
+            parsed.serial.as_deref()
+        ),
+        (Path::new("/a"), true, Some("husk-layer-0"))
+    );
+}
+
+/// The whole command line the husk-vmm backend builds for a container's VM goes through
+/// husk-vmm's own parser and validation unchanged: nothing the runtime asks for is dropped
+/// or refused (the QEMU-only boot tests cannot notice a mismatch here).
+#[test]
+fn husk_vmm_accepts_the_runtimes_whole_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.initramfs = Some(dir.path().join("initrd"));
+    s.cmdline = vec!["quiet".into()];
+    s.vcpus = 2;
+    s.disks = (0..3)
+        .map(|i| DiskSpec {
+            path: dir.path().join(format!("l{i}.img")),
+            read_only: true,
+            serial: Some(format!("husk-layer-{i}")),
+        })
+        .chain([DiskSpec {
+            path: dir.path().join("scratch.img"),
+            read_only: false,
+            serial: Some("husk-scratch".into()),
+        }])
+        .collect();
+    s.vsock = Some(VsockSpec {
+        cid: 9,
+        uds_path: dir.path().join("v.sock"),
+    });
+    s.shared_dirs = vec![share_spec(dir.path(), "husk-vol-0", true)];
+    s.taps = vec![TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c])];
+    let a = husk_vmm::args(&s);
+    let cli = <crate::vmm::cli::Args as clap::Parser>::try_parse_from(
+        std::iter::once("husk-vmm".to_string()).chain(a),
+    )
+    .unwrap();
+    let cfg = cli.into_config().unwrap();
+    assert_eq!((cfg.vcpus, cfg.memory_mib), (2, s.memory_mib));
+    assert_eq!(cfg.initramfs, s.initramfs);
+    assert!(cfg.kernel_cmdline().ends_with(" quiet"));
+    let disks: Vec<_> = cfg
+        .disks
+        .iter()
+        .map(|d| (d.path.clone(), d.read_only, d.serial.clone()))
+        .collect();
+    let want: Vec<_> = s
+        .disks
+        .iter()
+        .map(|d| (d.path.clone(), d.read_only, d.serial.clone()))
+        .collect();
+    assert_eq!(disks, want);
+    let v = cfg.vsock.unwrap();
+    assert_eq!((v.cid, v.uds), (9, dir.path().join("v.sock")));
+    assert_eq!(cfg.fs.len(), 1);
+    assert_eq!(cfg.fs[0].tag, "husk-vol-0");
+    assert_eq!(cfg.fs[0].socket, virtiofsd::socket_for(&s.console_log, 0));
+    assert_eq!(cfg.net.len(), 1);
+    assert_eq!(cfg.net[0].tap.as_deref(), Some("husk-tap0"));
+    assert_eq!(cfg.net[0].guest_mac().0, [2, 0xab, 0, 0, 0, 0x0c]);
+    assert_eq!(
+        cfg.console,
+        crate::vmm::config::ConsoleConfig::File(s.console_log.clone())
     );
 }
 
@@ -596,7 +670,7 @@ fn shared_dirs_are_validated() {
         .unwrap_err()
         .to_string()
         .contains("107 bytes"));
-    let a = husk_vmm::args(&s).unwrap();
+    let a = husk_vmm::args(&s);
     let sock = virtiofsd::socket_for(&s.console_log, 0);
     assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
 }
@@ -624,4 +698,54 @@ fn husk_vmm_inherits_pre_opened_tap_fds_only() {
         unsafe { libc::fcntl(na, libc::F_GETFD) } & libc::FD_CLOEXEC,
         0
     );
+}
+
+/// husk-vmm backend: the wait for the guest's ready line returns once it is on the console,
+/// and a VMM that dies first is reported at once with its status and its one-line error,
+/// not after the agent's connect timeout.
+#[test]
+fn husk_vmm_ready_wait_sees_the_line_or_the_vmms_last_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.vsock = Some(VsockSpec {
+        cid: 3,
+        uds_path: dir.path().join("v.sock"),
+    });
+    let backend = |body: &str| HuskVmmBackend {
+        binary: script(dir.path(), "fake-husk-vmm", body),
+        virtiofsd: None,
+    };
+    let up = backend(&format!(
+        "echo booting; echo {}; exec sleep 1000",
+        husk_protocol::GUEST_READY_MARKER
+    ));
+    let vm = up.start(&s).unwrap();
+    vm.wait_vsock_ready(Duration::from_secs(20)).unwrap();
+    vm.kill().unwrap();
+
+    let dies = backend("echo booting; echo 'husk-vmm: KVM_RUN failed: \x1b[31m' >&2; exit 1");
+    let vm = dies.start(&s).unwrap();
+    let t = Instant::now();
+    let err = vm.wait_vsock_ready(Duration::from_secs(20)).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::ExitedBeforeReady { .. })
+            && msg.contains("exit status: 1")
+            && msg.contains(r#": "husk-vmm: KVM_RUN failed: \u{1b}[31m"; see "#),
+        "{msg}"
+    );
+}
+
+#[test]
+fn last_line_is_the_last_non_empty_one_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    assert_eq!(child::last_line(&log), None, "no file");
+    std::fs::write(&log, "").unwrap();
+    assert_eq!(child::last_line(&log), None, "empty");
+    std::fs::write(&log, "x".repeat(100_000) + "\nfirst\r\n  last words  \n\n").unwrap();
+    assert_eq!(child::last_line(&log).as_deref(), Some("last words"));
+    std::fs::write(&log, "y".repeat(5000)).unwrap();
+    assert_eq!(child::last_line(&log).map(|l| l.len()), Some(300));
 }

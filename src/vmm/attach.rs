@@ -22,7 +22,7 @@ use super::exit::{ExitReason, VmExit};
 use crate::devices::legacy::i8042::{I8042Device, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::EventFdTrigger;
-use crate::devices::virtio::block::{BackendError, Block};
+use crate::devices::virtio::block::{BackendError, Block, RawFile};
 use crate::devices::virtio::fs::{self, VhostUserFs};
 use crate::devices::virtio::mmio::{self, attach_virtio_mmio, AttachedDevice};
 use crate::devices::virtio::net::{Net, Tap, TapError};
@@ -105,11 +105,23 @@ pub fn attach_virtio(
 /// disks are opened O_RDONLY and offer VIRTIO_BLK_F_RO.
 pub fn attach_block_devices(env: &mut DeviceEnv, disks: &[DiskConfig]) -> Result<(), AttachError> {
     for (i, disk) in disks.iter().enumerate() {
-        // Worker thread names are capped at 15 bytes; "husk-blk18" fits.
-        let dev = Block::open(&format!("husk-blk{i}"), &disk.path, disk.read_only)?;
+        let dev = block_device(i, disk)?;
         attach_virtio(env, Box::new(dev))?;
     }
     Ok(())
+}
+
+/// The virtio-blk device for the `index`th disk: its image opened (O_RDONLY when read-only)
+/// and, when the config names one, GET_ID answering `disk.serial` — how the guest agent finds
+/// a disk in `/sys/block/*/serial`. The serial is assumed checked ([`DiskConfig::check`],
+/// part of `VmmConfig::validate`).
+pub fn block_device(index: usize, disk: &DiskConfig) -> Result<Block, AttachError> {
+    let mut file = RawFile::open(&disk.path, disk.read_only)?;
+    if let Some(id) = &disk.serial {
+        file = file.with_id(id);
+    }
+    // Worker thread names are capped at 15 bytes; "husk-blk18" fits.
+    Ok(Block::new(&format!("husk-blk{index}"), Arc::new(file)))
 }
 
 /// The virtio-vsock device bridged to host unix sockets.

@@ -43,8 +43,10 @@ pub struct Args {
     /// Serial console: stdout, off or file:PATH [default: stdout].
     #[arg(long, value_name = "WHERE")]
     pub console: Option<ConsoleConfig>,
-    /// Raw disk image as a virtio-blk device, PATH[,ro]; repeatable.
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    /// Raw disk image as a virtio-blk device, read-only with `ro`; `serial=ID` (1-20
+    /// printable ASCII characters, no ',') sets what the guest reads as its serial.
+    /// Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
     pub disks: Vec<DiskConfig>,
     /// virtio-vsock device: guest CID and host unix socket path.
     #[arg(long, value_name = "CID,UDS")]

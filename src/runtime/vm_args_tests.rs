@@ -1,0 +1,72 @@
+//! A container's VM as the husk-vmm backend hands it over: [`vm_spec`] through
+//! `sandbox::husk_vmm::args` into husk-vmm's own flag parser and validation. The boot tests
+//! on this host run QEMU, so this is where a flag husk-vmm would refuse, or a disk serial it
+//! would drop, shows up without hardware KVM.
+
+use husk_protocol::{DiskRef, RootfsSpec};
+
+use super::lifecycle::{container_spec, vm_spec};
+use super::state::tests::sample;
+use super::state::Volume;
+use super::GuestAssets;
+use crate::sandbox::{husk_vmm, TapSpec};
+use crate::vmm::cli::Args;
+
+#[test]
+fn husk_vmm_parses_a_containers_vm_and_keeps_the_serials_the_agent_looks_for() {
+    let mut s = sample(&"d".repeat(64));
+    s.config.layers = vec!["/l/0.erofs".into(), "/l/1.erofs".into()];
+    s.config.volumes = vec![Volume {
+        host: "/srv/a".into(),
+        guest: "/data".into(),
+        read_only: false,
+    }];
+    let assets = GuestAssets {
+        kernel: "/k".into(),
+        initramfs: "/i".into(),
+    };
+    let mut vm = vm_spec(&s, &assets);
+    // What `attach_network` adds for a bridged container.
+    vm.taps
+        .push(TapSpec::new("husk-abcdef", [2, 0x68, 0x6b, 0, 0, 7]));
+    let argv = std::iter::once("husk-vmm".to_string()).chain(husk_vmm::args(&vm));
+    let cfg = <Args as clap::Parser>::try_parse_from(argv)
+        .unwrap()
+        .into_config()
+        .unwrap();
+
+    let serials: Vec<_> = cfg.disks.iter().map(|d| d.serial.as_deref()).collect();
+    assert_eq!(
+        serials,
+        [
+            Some("husk-layer-0"),
+            Some("husk-layer-1"),
+            Some("husk-scratch")
+        ]
+    );
+    let ro: Vec<_> = cfg.disks.iter().map(|d| d.read_only).collect();
+    assert_eq!(ro, [true, true, false]);
+    assert_eq!(cfg.disks[2].path, s.scratch_disk);
+    // Every disk the agent will look up by serial is one husk-vmm gives that serial.
+    let c = container_spec(&s, None);
+    let RootfsSpec::Overlay { layers, scratch } = &c.rootfs else {
+        panic!("{:?}", c.rootfs)
+    };
+    let wanted = layers
+        .iter()
+        .map(|l| &l.disk)
+        .chain(scratch.as_ref().map(|s| &s.disk));
+    for disk in wanted {
+        let DiskRef::Serial(want) = disk else {
+            panic!("the agent would look up {disk:?} by device path")
+        };
+        assert!(serials.contains(&Some(want.as_str())), "{want}");
+    }
+    let v = cfg.vsock.as_ref().unwrap();
+    assert_eq!((v.cid, &v.uds), (s.vsock_cid, &s.vsock_uds));
+    assert_eq!(cfg.fs.len(), 1);
+    assert_eq!(cfg.fs[0].tag, "husk-vol-0");
+    assert_eq!(cfg.net[0].tap.as_deref(), Some("husk-abcdef"));
+    assert_eq!(cfg.initramfs.as_deref(), Some(std::path::Path::new("/i")));
+    assert!(cfg.kernel_cmdline().ends_with(" quiet"));
+}
