@@ -1,29 +1,15 @@
 //! `husk-runtime`: a runc-compatible OCI runtime; each container runs in its own microVM.
 
-use clap::error::ErrorKind;
-use clap::Parser;
 use husk::cli::runtime::{RuntimeCli, RuntimeCommand};
 use husk::ociruntime::{commands, log};
 
 fn main() {
-    let cli = match RuntimeCli::try_parse() {
+    let cli = match husk::cli::parse_args::<RuntimeCli>() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) =>
-        {
-            e.exit()
-        }
-        Err(e) => {
+        Err(line) => {
             // The engine reads the reason from --log: honour it even when parsing failed.
             log::init(log::from_raw_args(std::env::args().skip(1)));
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            log::error(first.trim_start_matches("error: "));
+            log::error(&line);
             std::process::exit(1);
         }
     };

@@ -1,33 +1,15 @@
 //! `husk`: run OCI containers, each in its own microVM.
 
-use clap::error::ErrorKind;
-use clap::Parser;
 use husk::cli::{commands, Cli};
 
 /// docker's exit code for errors of the CLI itself (not the container's).
 const CLI_ERROR: i32 = 125;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match husk::cli::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) =>
-        {
-            e.exit()
-        }
-        Err(e) => {
-            // One line: clap's first, without its usage block.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "husk: {} (see `husk --help`)",
-                first.trim_start_matches("error: ")
-            );
+        Err(line) => {
+            eprintln!("husk: {line} (see `husk --help`)");
             std::process::exit(CLI_ERROR);
         }
     };

@@ -92,3 +92,28 @@ pub enum Error {
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
 }
+
+/// Parses the process's arguments as `T`. Help and version requests are printed as clap
+/// prints them and end the process (exit 0); any other parse error comes back as one line,
+/// clap's first, without its usage block, for the binary to report its own way.
+pub fn parse_args<T: clap::Parser>() -> Result<T, String> {
+    use clap::error::ErrorKind;
+    match T::try_parse() {
+        Ok(t) => Ok(t),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            Err(first.trim_start_matches("error: ").to_string())
+        }
+    }
+}

@@ -8,9 +8,8 @@
 //! runtime `--root`), set up by scripts/engine-setup.sh, and every command is bounded.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// Longest one engine command may take (a VM boot on TCG with other tests running beside it
@@ -97,60 +96,7 @@ pub fn tool_present(test: &str, tool: &str) -> bool {
     found
 }
 
-/// Runs `cmd` with `input` on its stdin (or /dev/null), killing it after `limit` so a hung
-/// engine fails the test instead of hanging it.
-pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Output {
-    let start = Instant::now();
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let writer = input.map(|data| {
-        let mut stdin = child.stdin.take().expect("stdin piped");
-        let data = data.to_vec();
-        // Closing stdin after the data is what ends a `cat` in the container.
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        })
-    });
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {limit:?}: it must never hang");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    Output {
-        status,
-        stdout: t_out.join().expect("stdout reader"),
-        stderr: t_err.join().expect("stderr reader"),
-    }
-}
+pub use super::run_bounded;
 
 /// A private directory for one engine instance. Short on purpose: containerd's socket lives
 /// in it and a unix socket path has 108 bytes.

@@ -5,7 +5,7 @@
 //! the reason, and under `CI=true` a missing artifact or a missing /dev/kvm fails the run.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -148,14 +148,34 @@ pub fn boot_tiny(kernel: &str, flags: &[&str], limit: Duration) -> (Output, Dura
 /// the test instead of hanging it. Returns the output and how long it ran.
 pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, Duration) {
     let start = Instant::now();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = run_bounded(cmd, None, limit);
+    (out, start.elapsed())
+}
+
+/// Runs `cmd` with `input` on its stdin (or /dev/null), killing it after `limit` so a hung
+/// engine fails the test instead of hanging it.
+pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Output {
+    let start = Instant::now();
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
         .spawn()
-        .expect("spawn");
-    // Drain both pipes on threads so a chatty guest cannot block on a full pipe.
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let writer = input.map(|data| {
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        let data = data.to_vec();
+        // Closing stdin after the data is what ends a `cat` in the container.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        })
+    });
     let mut out = child.stdout.take().expect("stdout piped");
     let mut err = child.stderr.take().expect("stderr piped");
     let t_out = std::thread::spawn(move || {
@@ -175,24 +195,18 @@ pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, D
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{} {args:?} still running after {limit:?}: it must never hang",
-                program.display()
-            );
+            panic!("{cmd:?} still running after {limit:?}: it must never hang");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(10));
     };
-    let elapsed = start.elapsed();
-    let stdout = t_out.join().expect("stdout reader");
-    let stderr = t_err.join().expect("stderr reader");
-    (
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        elapsed,
-    )
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Output {
+        status,
+        stdout: t_out.join().expect("stdout reader"),
+        stderr: t_err.join().expect("stderr reader"),
+    }
 }
 
 /// What a VM printed on its console, and how it ended.
