@@ -231,6 +231,64 @@ fn user_names_resolve_from_the_image_passwd() {
     );
 }
 
+#[test]
+fn named_users_get_their_supplementary_groups() {
+    let test = "named_users_get_their_supplementary_groups";
+    let Some(h) = husk(test, true) else { return };
+    let layer = Layer::default()
+        .dir("bin")
+        .exe("bin/busybox", &busybox_bytes())
+        .symlink("bin/sh", "busybox")
+        .dir("etc")
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1001:1001::/:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            b"root:x:0:\nwheel:x:10:root,app\nstaff:x:50:app\napp:x:1001:\nother:x:60:root\n",
+        )
+        .tar();
+    let archive = h.root.path().join("groups.tar");
+    docker_archive(&archive, "groups:test", &[layer]);
+    h.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = h.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "app",
+        "groups:test",
+        "busybox",
+        "id",
+        "-G",
+    ]);
+    let mut gids: Vec<u32> = out
+        .split_whitespace()
+        .map(|g| g.parse().expect("numeric gid"))
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    assert_eq!(gids, [10, 50, 1001], "id -G said {out:?}");
+    // An explicit group replaces the primary one; the memberships stay.
+    let out = h.ok(&[
+        "run",
+        "--rm",
+        "-u",
+        "app:other",
+        "groups:test",
+        "busybox",
+        "id",
+        "-G",
+    ]);
+    let mut gids: Vec<u32> = out
+        .split_whitespace()
+        .map(|g| g.parse().expect("numeric gid"))
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    assert_eq!(gids, [10, 50, 60], "id -G said {out:?}");
+}
+
 /// The registry process; killed (by its pid) and its temp dir removed on drop.
 struct Registry {
     pid: i32,

@@ -125,7 +125,11 @@ impl ImageSource for Images {
         })
     }
 
-    fn user_ids(&self, image: &ResolvedImage, user: &str) -> Result<(u32, u32), runtime::Error> {
+    fn user_ids(
+        &self,
+        image: &ResolvedImage,
+        user: &str,
+    ) -> Result<(u32, u32, Vec<u32>), runtime::Error> {
         let err = |detail: String| runtime::Error::Image {
             reference: image.reference.clone(),
             detail,

@@ -29,10 +29,19 @@ pub enum UserError {
     },
 }
 
+/// Largest number of supplementary groups taken from `/etc/group` (the agent's list limit).
+const MAX_GROUPS: usize = 1024;
+
 /// Numeric ids of a `USER[:GROUP]` spec, docker's way: a name is looked up in
 /// `/etc/passwd` (its primary group is the gid unless GROUP is given); a numeric uid missing
-/// from passwd gets gid 0; GROUP is a name from `/etc/group` or a number.
-pub fn resolve(store: &Store, image: &Image, spec: &str) -> Result<(u32, u32), UserError> {
+/// from passwd gets gid 0; GROUP is a name from `/etc/group` or a number. The third value
+/// lists the supplementary groups: every `/etc/group` entry that names the user (by its
+/// passwd name) as a member, less the gid itself.
+pub fn resolve(
+    store: &Store,
+    image: &Image,
+    spec: &str,
+) -> Result<(u32, u32, Vec<u32>), UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -44,26 +53,31 @@ pub fn resolve(store: &Store, image: &Image, spec: &str) -> Result<(u32, u32), U
             source,
         })
     };
-    let (uid, primary) = match user.parse::<u32>() {
-        Ok(uid) => {
-            let passwd = read("etc/passwd")?;
-            let gid = parse_passwd(&passwd)
-                .find(|(_, u, _)| *u == uid)
-                .map_or(0, |(_, _, g)| g);
-            (uid, gid)
-        }
-        Err(_) => parse_passwd(&read("etc/passwd")?)
+    let passwd = read("etc/passwd")?;
+    let (name, uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => match parse_passwd(&passwd).find(|(_, u, _)| *u == uid) {
+            Some((n, _, g)) => (Some(n), uid, g),
+            None => (None, uid, 0),
+        },
+        Err(_) => parse_passwd(&passwd)
             .find(|(n, _, _)| *n == user)
-            .map(|(_, u, g)| (u, g))
+            .map(|(n, u, g)| (Some(n), u, g))
             .ok_or_else(|| UserError::NoUser {
                 user: spec.to_string(),
             })?,
+    };
+    let mut groups_text = None;
+    let mut group_file = || -> Result<String, UserError> {
+        if groups_text.is_none() {
+            groups_text = Some(read("etc/group")?);
+        }
+        Ok(groups_text.clone().unwrap_or_default())
     };
     let gid = match group {
         None | Some("") => primary,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => parse_group(&read("etc/group")?)
+            Err(_) => parse_group(&group_file()?)
                 .find(|(n, _)| *n == g)
                 .map(|(_, gid)| gid)
                 .ok_or_else(|| UserError::NoGroup {
@@ -72,7 +86,28 @@ pub fn resolve(store: &Store, image: &Image, spec: &str) -> Result<(u32, u32), U
                 })?,
         },
     };
-    Ok((uid, gid))
+    let groups = match name {
+        Some(n) => supplementary(&group_file()?, n, gid),
+        None => Vec::new(),
+    };
+    Ok((uid, gid, groups))
+}
+
+/// The gids of the groups that list `user` as a member, without `gid`, sorted, bounded.
+fn supplementary(group: &str, user: &str, gid: u32) -> Vec<u32> {
+    let mut gids: Vec<u32> = group
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let g: u32 = f.get(2)?.parse().ok()?;
+            f.get(3)?.split(',').any(|m| m.trim() == user).then_some(g)
+        })
+        .filter(|g| *g != gid)
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    gids.truncate(MAX_GROUPS);
+    gids
 }
 
 /// `(name, uid, gid)` of each well-formed passwd line.
@@ -169,6 +204,15 @@ mod tests {
         assert_eq!(p, [("root", 0, 0), ("user", 1000, 1001)]);
         let g: Vec<_> = parse_group(GROUP).collect();
         assert_eq!(g, [("root", 0), ("staff", 50)]);
+    }
+
+    #[test]
+    fn supplementary_groups_are_the_ones_listing_the_user() {
+        let group = "root:x:0:\nstaff:x:50:user\nwheel:x:10:root, user\nuser:x:1000:user\nbad\nx:x:y:user\n";
+        assert_eq!(supplementary(group, "user", 1000), [10, 50]);
+        assert_eq!(supplementary(group, "root", 0), [10]);
+        assert!(supplementary(group, "nobody", 0).is_empty());
+        assert!(supplementary("", "user", 0).is_empty());
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct ExecOptions {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// Supplementary groups of a `user` given by name (from the image's /etc/group).
+    pub additional_gids: Vec<u32>,
     pub stdin: bool,
     pub tty: bool,
 }
@@ -51,9 +53,16 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
             }
         }
     }
-    let (uid, gid) = match &opts.user {
-        Some(u) => spec::parse_user(u)?,
-        None => (state.config.uid, state.config.gid),
+    let (uid, gid, additional_gids) = match &opts.user {
+        Some(u) => {
+            let (uid, gid) = spec::parse_user(u)?;
+            (uid, gid, opts.additional_gids.clone())
+        }
+        None => (
+            state.config.uid,
+            state.config.gid,
+            state.config.additional_gids.clone(),
+        ),
     };
     let cwd = match &opts.workdir {
         Some(w) if !w.starts_with('/') => return Err(Error::RelativeWorkdir(w.clone())),
@@ -72,7 +81,7 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
         user: User {
             uid,
             gid,
-            additional_gids: Vec::new(),
+            additional_gids,
             umask: None,
         },
         terminal: opts.tty,

@@ -37,8 +37,9 @@ pub trait ImageSource {
 
     /// Numeric ids of a `USER[:GROUP]` spec that names users or groups, looked up in
     /// `image`'s /etc/passwd and /etc/group. A source without file access takes numbers only.
-    fn user_ids(&self, image: &ResolvedImage, user: &str) -> Result<(u32, u32), Error> {
+    /// The third value: supplementary gids from the image's /etc/group.
+    fn user_ids(&self, image: &ResolvedImage, user: &str) -> Result<(u32, u32, Vec<u32>), Error> {
         let _ = image;
-        super::spec::parse_user(user)
+        super::spec::parse_user(user).map(|(u, g)| (u, g, Vec::new()))
     }
 }

@@ -98,10 +98,12 @@ impl Runtime {
         let img = images.resolve(image)?;
         // Names in `-u` or the image's User become numbers here, from the image's files.
         let mut process = opts.process.clone();
+        let mut additional_gids = Vec::new();
         if let Some(u) = process.user.as_deref().or(img.config.user.as_deref()) {
             if let Err(Error::UserName(_)) = spec::parse_user(u) {
-                let (uid, gid) = images.user_ids(&img, u)?;
+                let (uid, gid, groups) = images.user_ids(&img, u)?;
                 process.user = Some(format!("{uid}:{gid}"));
+                additional_gids = groups;
             }
         }
         self.store
@@ -149,6 +151,7 @@ impl Runtime {
                         auto_remove: opts.auto_remove,
                         volumes: opts.volumes.clone(),
                         network: opts.network.clone(),
+                        additional_gids: additional_gids.clone(),
                     },
                     network: None,
                 })
@@ -651,7 +654,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
             user: User {
                 uid: c.uid,
                 gid: c.gid,
-                additional_gids: Vec::new(),
+                additional_gids: c.additional_gids.clone(),
                 umask: None,
             },
             terminal: c.tty,

@@ -61,6 +61,9 @@ pub struct ContainerConfig {
     /// `-v HOST:GUEST[:ro]`: host directories shared live into the container, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Supplementary groups of a named user, from the image's /etc/group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
     /// `--network` and `-p`. Containers recorded before networking existed have none.
     #[serde(default)]
     pub network: crate::network::NetworkSettings,
@@ -226,6 +229,7 @@ pub(crate) mod tests {
                 auto_remove: false,
                 volumes: vec![],
                 network: Default::default(),
+                additional_gids: vec![],
             },
             network: None,
         }

@@ -5,6 +5,7 @@ use crate::runtime::{spec, ImageSource};
 
 pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
+    let mut additional_gids = Vec::new();
     let user = match a.user {
         // A name is looked up in the container's image, as `run -u` does.
         Some(u) if spec::parse_user(&u).is_err() => {
@@ -12,7 +13,8 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
             let images = Images::open(&g.root)?;
             let what = state.image_id.as_deref().unwrap_or(&state.image);
             let img = images.resolve(what)?;
-            let (uid, gid) = images.user_ids(&img, &u)?;
+            let (uid, gid, groups) = images.user_ids(&img, &u)?;
+            additional_gids = groups;
             Some(format!("{uid}:{gid}"))
         }
         u => u,
@@ -22,6 +24,7 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
         env: a.env,
         workdir: a.workdir,
         user,
+        additional_gids,
         stdin: a.interactive,
         tty: a.tty,
     };
