@@ -169,3 +169,27 @@ fn freeze(d: &Path, on: bool) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procs_walks_child_groups_and_skips_junk() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.procs"), "12\n34\n").unwrap();
+        let sub = d.path().join("sub").join("deeper");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(d.path().join("sub").join("cgroup.procs"), "").unwrap();
+        fs::write(sub.join("cgroup.procs"), "56\nnot-a-pid\n").unwrap();
+        let mut pids = procs(d.path()).unwrap();
+        pids.sort();
+        assert_eq!(pids, [12, 34, 56]);
+    }
+
+    #[test]
+    fn signal_all_of_a_missing_group_is_an_error_and_signals_nothing() {
+        let e = signal_all("no-such-container-here", 0).unwrap_err();
+        assert!(e.to_string().contains("cgroup.procs"), "{e}");
+    }
+}
