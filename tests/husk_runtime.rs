@@ -5,6 +5,8 @@
 //! QEMU backend (TCG on hosts whose KVM cannot run a stock guest).
 
 mod common;
+#[path = "husk_runtime/detach.rs"]
+mod detach;
 #[path = "husk_runtime/harness.rs"]
 mod harness;
 

@@ -1,5 +1,5 @@
-//! One cgroup v2 group per container, for `Stats`. Best effort: a guest without the
-//! controllers still runs containers, and `Stats` then says why it cannot answer.
+//! One cgroup v2 group per container, for `Stats` and `kill --all`. Best effort: a guest
+//! without the controllers still runs containers, and `Stats` then says why it cannot answer.
 
 use std::fs;
 use std::io;
@@ -105,4 +105,91 @@ pub fn stats(id: &str) -> io::Result<StatsReply> {
         memory_limit_bytes: limit,
         pids,
     })
+}
+
+/// How long a freeze may take to settle before the signals go out anyway.
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends `sig` to every process in the container's group and the groups below it (runc's
+/// `kill --all`); returns how many were signalled. The group is frozen meanwhile, as runc
+/// does, so that nothing forks past the scan (best effort: without the freezer the scan is
+/// still made). A process that exits between the scan and the signal (ESRCH) is no error.
+pub fn signal_all(id: &str, sig: i32) -> io::Result<usize> {
+    let d = dir(id);
+    let frozen = freeze(&d, true);
+    let result = procs(&d).map(|pids| {
+        let me = std::process::id() as i32;
+        pids.into_iter()
+            // Never 0, -1 or 1 (process groups, everything, the guest's init), nor the agent.
+            .filter(|&p| p > 1 && p != me)
+            .filter(|&p| {
+                // SAFETY: kill(2) on one positive pid.
+                let r = unsafe { libc::kill(p, sig) };
+                r == 0
+            })
+            .count()
+    });
+    if frozen {
+        freeze(&d, false);
+    }
+    result
+}
+
+/// The pids in `d`'s `cgroup.procs` and in those of every group below it.
+fn procs(d: &Path) -> io::Result<Vec<i32>> {
+    let mut pids: Vec<i32> = read(d, "cgroup.procs")?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for entry in fs::read_dir(d)?.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            // A child group removed since the listing has nothing left to signal.
+            if let Ok(more) = procs(&entry.path()) {
+                pids.extend(more);
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// Writes `cgroup.freeze` and waits (up to [`FREEZE_WAIT`]) until `cgroup.events` agrees;
+/// whether the write was taken.
+fn freeze(d: &Path, on: bool) -> bool {
+    let want = if on { "1" } else { "0" };
+    if fs::write(d.join("cgroup.freeze"), want).is_err() {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + FREEZE_WAIT;
+    while std::time::Instant::now() < deadline {
+        let events = read(d, "cgroup.events").unwrap_or_default();
+        if events.lines().any(|l| l.trim() == format!("frozen {want}")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procs_walks_child_groups_and_skips_junk() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.procs"), "12\n34\n").unwrap();
+        let sub = d.path().join("sub").join("deeper");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(d.path().join("sub").join("cgroup.procs"), "").unwrap();
+        fs::write(sub.join("cgroup.procs"), "56\nnot-a-pid\n").unwrap();
+        let mut pids = procs(d.path()).unwrap();
+        pids.sort();
+        assert_eq!(pids, [12, 34, 56]);
+    }
+
+    #[test]
+    fn signal_all_of_a_missing_group_is_an_error_and_signals_nothing() {
+        let e = signal_all("no-such-container-here", 0).unwrap_err();
+        assert!(e.to_string().contains("cgroup.procs"), "{e}");
+    }
 }

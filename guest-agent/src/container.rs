@@ -64,8 +64,15 @@ impl Agent {
             } => self.exec(&container_id, &exec_id, *process),
             RequestBody::Signal {
                 container_id,
+                signal,
+                all: true,
+                ..
+            } => self.signal_all(&container_id, signal),
+            RequestBody::Signal {
+                container_id,
                 exec_id,
                 signal,
+                all: false,
             } => self
                 .process(&container_id, exec_id.as_deref())
                 .and_then(|p| signal_process(&p, signal)),
@@ -241,6 +248,19 @@ impl Agent {
             }
         }
         Ok(ResponseBody::Exited(status))
+    }
+
+    /// Every process in the container's cgroup: its init, execs and their children.
+    fn signal_all(&self, id: &str, signal: i32) -> Reply {
+        self.container(id)?;
+        cgroup::signal_all(id, signal)
+            .map(|_| ResponseBody::Done)
+            .map_err(|e| {
+                err(
+                    ErrorCode::Unsupported,
+                    format!("signalling every process of {id} needs its cgroup: {e}"),
+                )
+            })
     }
 
     fn stats(&self, id: &str) -> Reply {

@@ -227,6 +227,18 @@ impl AgentClient {
             container_id: container_id.into(),
             exec_id: exec_id.map(Into::into),
             signal,
+            all: false,
+        };
+        expect_done("signal", self.call_default(body)?)
+    }
+
+    /// Sends `signal` to every process of the container (its cgroup in the guest).
+    pub fn signal_all(&self, container_id: &str, signal: i32) -> Result<(), Error> {
+        let body = RequestBody::Signal {
+            container_id: container_id.into(),
+            exec_id: None,
+            signal,
+            all: true,
         };
         expect_done("signal", self.call_default(body)?)
     }

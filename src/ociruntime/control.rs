@@ -1,5 +1,5 @@
-//! The sandbox's control socket: one line per connection (`start`, `kill N`), answered with
-//! `ok` or `error <why>`. Only `start` and signals before the container's process exists go
+//! The sandbox's control socket: one line per connection (`start`, `kill N`, `kill-all N`),
+//! answered with `ok` or `error <why>`. Only `start` and signals before the container's process exists go
 //! through here; everything the agent can answer itself (exec, signals to a running process)
 //! goes to the agent.
 
@@ -13,6 +13,8 @@ use std::time::Duration;
 pub enum Request {
     Start,
     Kill(i32),
+    /// Every process of the container (`kill --all`).
+    KillAll(i32),
 }
 
 impl Request {
@@ -20,6 +22,7 @@ impl Request {
         match self {
             Request::Start => "start".into(),
             Request::Kill(s) => format!("kill {s}"),
+            Request::KillAll(s) => format!("kill-all {s}"),
         }
     }
 
@@ -27,6 +30,7 @@ impl Request {
         match line.trim().split_once(' ') {
             None if line.trim() == "start" => Some(Request::Start),
             Some(("kill", n)) => n.parse().ok().map(Request::Kill),
+            Some(("kill-all", n)) => n.parse().ok().map(Request::KillAll),
             _ => None,
         }
     }
@@ -109,10 +113,16 @@ mod tests {
         let t = Duration::from_secs(5);
         send(&sock, Request::Start, t).unwrap();
         send(&sock, Request::Kill(15), t).unwrap();
+        send(&sock, Request::KillAll(9), t).unwrap();
         assert_eq!(send(&sock, Request::Kill(0), t).unwrap_err(), "no signal 0");
         assert_eq!(
             *seen.lock().unwrap(),
-            [Request::Start, Request::Kill(15), Request::Kill(0)]
+            [
+                Request::Start,
+                Request::Kill(15),
+                Request::KillAll(9),
+                Request::Kill(0)
+            ]
         );
         assert!(send(&dir.path().join("none"), Request::Start, t).is_err());
     }

@@ -128,7 +128,15 @@ pub fn run(
                         Err(e) => Err(format!("signalling the container's process: {e}")),
                     }
                 }
-                Request::Kill(sig) => {
+                Request::KillAll(sig) if started.load(Ordering::SeqCst) => {
+                    match agent.signal_all(&id, sig) {
+                        Ok(()) => Ok(()),
+                        Err(_) if sig == libc::SIGKILL => vm.kill().map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("signalling the container's processes: {e}")),
+                    }
+                }
+                // Before start the container has no process but the one waiting to run.
+                Request::Kill(sig) | Request::KillAll(sig) => {
                     let _ = tx
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -218,7 +218,7 @@ impl Created {
     }
 }
 
-fn wait_child(child: &mut Child, limit: Duration, args: &[&str]) -> std::process::ExitStatus {
+pub fn wait_child(child: &mut Child, limit: Duration, args: &[&str]) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(s) = child.try_wait().expect("wait") {

@@ -80,11 +80,15 @@ pub enum RequestBody {
         exec_id: String,
         process: Box<ProcessSpec>,
     },
-    /// Send `signal` to a process. → `Done`.
+    /// Send `signal` to a process, or with `all` to every process in the container's
+    /// cgroup (runc's `kill --all`; `exec_id` must then be `None`). → `Done`.
     Signal {
         container_id: String,
         exec_id: Option<String>,
         signal: i32,
+        /// Absent from older hosts' requests: the one process only.
+        #[serde(default)]
+        all: bool,
     },
     /// Block until a process exits. → `Exited`.
     Wait {
@@ -233,8 +237,12 @@ impl RequestBody {
                 container_id,
                 exec_id,
                 signal,
+                all,
             } => {
                 check_target(container_id, exec_id)?;
+                if *all && exec_id.is_some() {
+                    return fail("all", "signalling all processes takes no exec_id");
+                }
                 if !(1..=MAX_SIGNAL).contains(signal) {
                     return fail(
                         "signal",

@@ -32,7 +32,8 @@ pub struct IdArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KillArgs {
-    /// Signal every process of the container (the guest's init takes them all with it).
+    /// Signal every process of the container (all of its cgroup in the guest), not just its
+    /// init.
     #[arg(long, short = 'a')]
     pub all: bool,
     pub id: String,
@@ -57,14 +58,15 @@ pub struct RunArgs {
     pub pid_file: Option<PathBuf>,
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
-    /// Leave the container after it exits (default: delete it, as runc does).
+    /// Leave the container after it exits (default: delete it, as runc does; a detached
+    /// container is always left for `delete`).
     #[arg(long)]
     pub keep: bool,
     #[arg(long)]
     pub no_pivot: bool,
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Not supported: use create + start.
+    /// Create and start, then return; the container keeps this command's stdio.
     #[arg(long, short = 'd')]
     pub detach: bool,
     pub id: String,

@@ -62,7 +62,7 @@ pub enum RuntimeCommand {
     Kill(KillArgs),
     /// Remove a container and everything it has on the host.
     Delete(DeleteArgs),
-    /// Create and start a container, in the foreground.
+    /// Create and start a container, in the foreground (or detached with --detach).
     Run(RunArgs),
     /// Run another process in a running container.
     Exec(ExecArgs),

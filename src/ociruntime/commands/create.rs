@@ -1,5 +1,6 @@
 //! `create` (spawn the sandbox, wait for `ok`, run the create-time hooks, write the pid file)
-//! and `run` (the same in this process, then start, wait and delete).
+//! and `run` (the same in this process, then start, wait and delete; with `--detach`,
+//! `create` and `start`).
 
 use std::ffi::OsStr;
 
@@ -112,12 +113,35 @@ pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, E
     Ok(0)
 }
 
-pub fn run(store: &Store, a: &RunArgs) -> Result<i32, Error> {
+/// `run --detach` (runc's `run -d`): `create`, then `start`; returns once the process runs.
+/// The sandbox keeps the stdio it inherited from here, as after `create`.
+fn run_detached(store: &Store, g: &RuntimeGlobal, a: &RunArgs) -> Result<i32, Error> {
+    let c = CreateArgs {
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: 0,
+        id: a.id.clone(),
+    };
+    create(store, g, &c)?;
+    if let Err(e) = super::lifecycle::start(store, &a.id) {
+        // As runc: a container that cannot start is not left behind.
+        if let Ok(now) = store.load(&a.id) {
+            destroy(&now);
+            super::lifecycle::run_poststop(&now);
+            let _ = store.remove(&now);
+        }
+        return Err(e);
+    }
+    Ok(0)
+}
+
+pub fn run(store: &Store, g: &RuntimeGlobal, a: &RunArgs) -> Result<i32, Error> {
     check_id(&a.id)?;
     if a.detach {
-        return Err(Error::Usage(
-            "run --detach is not supported: use create, then start".into(),
-        ));
+        return run_detached(store, g, a);
     }
     if store.exists(&a.id) {
         return Err(Error::Exists(a.id.clone()));

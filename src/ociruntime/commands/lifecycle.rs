@@ -58,12 +58,17 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
     let state = store.load(&a.id)?;
     match state.effective_status() {
         Status::Created | Status::Running => {
-            control::send(&state.control_socket(), Request::Kill(sig), KILL_TIMEOUT).map_err(
-                |detail| Error::Sandbox {
+            let req = if a.all {
+                Request::KillAll(sig)
+            } else {
+                Request::Kill(sig)
+            };
+            control::send(&state.control_socket(), req, KILL_TIMEOUT).map_err(|detail| {
+                Error::Sandbox {
                     id: a.id.clone(),
                     detail,
-                },
-            )?;
+                }
+            })?;
         }
         Status::Paused if sig == libc::SIGKILL => {
             // The VMM is stopped and cannot answer: kill it; the sandbox sees the VM end.

@@ -30,7 +30,7 @@ pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
     let store = || Store::open(&g.root);
     match &cli.command {
         RuntimeCommand::Create(a) => create::create(&store()?, g, a),
-        RuntimeCommand::Run(a) => create::run(&store()?, a),
+        RuntimeCommand::Run(a) => create::run(&store()?, g, a),
         RuntimeCommand::Start(a) => lifecycle::start(&store()?, &a.id),
         RuntimeCommand::State(a) => lifecycle::state(&store()?, &a.id),
         RuntimeCommand::Kill(a) => lifecycle::kill(&store()?, a),

@@ -149,6 +149,13 @@ pub fn requests() -> Vec<Request> {
             container_id: "web-1".into(),
             exec_id: Some("e1".into()),
             signal: 15,
+            all: false,
+        },
+        RequestBody::Signal {
+            container_id: "web-1".into(),
+            exec_id: None,
+            signal: 9,
+            all: true,
         },
         RequestBody::Wait {
             container_id: "web-1".into(),

@@ -290,6 +290,7 @@ fn other_request_rules() {
                     container_id: "c".into(),
                     exec_id: None,
                     signal: 0,
+                    all: false,
                 },
             ),
             "signal.signal",
@@ -301,9 +302,22 @@ fn other_request_rules() {
                     container_id: "c".into(),
                     exec_id: None,
                     signal: 65,
+                    all: false,
                 },
             ),
             "signal.signal",
+        ),
+        (
+            Request::new(
+                1,
+                RequestBody::Signal {
+                    container_id: "c".into(),
+                    exec_id: Some("e".into()),
+                    signal: 15,
+                    all: true,
+                },
+            ),
+            "signal.all",
         ),
         (
             Request::new(

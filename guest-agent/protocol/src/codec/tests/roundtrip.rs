@@ -218,3 +218,40 @@ fn a_container_spec_without_resources_decodes_with_none() {
     bad.resources.cpu_max = Some((0, 100_000));
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn a_signal_from_an_older_host_signals_one_process() {
+    let old = Request::new(
+        3,
+        RequestBody::Signal {
+            container_id: "c".into(),
+            exec_id: None,
+            signal: 15,
+            all: true,
+        },
+    );
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&encode(&old).expect("encode")).expect("json");
+    let text = json.to_string();
+    assert!(text.contains("\"all\":true"), "{text}");
+    // An older host's request has no `all` field at all.
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("all");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut json);
+    let back: Request = decode(json.to_string().as_bytes()).expect("decode");
+    match back.body {
+        RequestBody::Signal { signal, all, .. } => {
+            assert_eq!(signal, 15);
+            assert!(!all);
+        }
+        other => panic!("decoded {other:?}"),
+    }
+}
