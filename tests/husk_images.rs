@@ -252,41 +252,28 @@ fn named_users_get_their_supplementary_groups() {
     let archive = h.root.path().join("groups.tar");
     docker_archive(&archive, "groups:test", &[layer]);
     h.ok(&["load", "-i", archive.to_str().unwrap()]);
-    let out = h.ok(&[
-        "run",
-        "--rm",
-        "-u",
-        "app",
-        "groups:test",
-        "busybox",
-        "id",
-        "-G",
-    ]);
-    let mut gids: Vec<u32> = out
-        .split_whitespace()
-        .map(|g| g.parse().expect("numeric gid"))
-        .collect();
-    gids.sort_unstable();
-    gids.dedup();
-    assert_eq!(gids, [10, 50, 1001], "id -G said {out:?}");
+    let gids = |user: &str| -> Vec<u32> {
+        let out = h.ok(&[
+            "run",
+            "--rm",
+            "-u",
+            user,
+            "groups:test",
+            "busybox",
+            "id",
+            "-G",
+        ]);
+        let mut gids: Vec<u32> = out
+            .split_whitespace()
+            .map(|g| g.parse().expect("numeric gid"))
+            .collect();
+        gids.sort_unstable();
+        gids.dedup();
+        gids
+    };
+    assert_eq!(gids("app"), [10, 50, 1001]);
     // An explicit group replaces the primary one; the memberships stay.
-    let out = h.ok(&[
-        "run",
-        "--rm",
-        "-u",
-        "app:other",
-        "groups:test",
-        "busybox",
-        "id",
-        "-G",
-    ]);
-    let mut gids: Vec<u32> = out
-        .split_whitespace()
-        .map(|g| g.parse().expect("numeric gid"))
-        .collect();
-    gids.sort_unstable();
-    gids.dedup();
-    assert_eq!(gids, [10, 50, 60], "id -G said {out:?}");
+    assert_eq!(gids("app:other"), [10, 50, 60]);
 }
 
 /// The registry process; killed (by its pid) and its temp dir removed on drop.
