@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod cli;
 pub mod devices;
+pub mod flock;
 pub mod image;
 pub mod network;
 pub mod ociruntime;

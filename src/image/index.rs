@@ -8,9 +8,7 @@
 //! reader never sees half a file.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::digest::Digest;
@@ -30,42 +28,27 @@ pub enum IndexError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// A held `flock`; released when dropped (closing the file releases it).
+/// A held `flock` on the store's lock file; released when dropped.
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    _held: crate::flock::FileLock,
 }
 
 impl Lock {
     pub fn shared(path: &Path) -> Result<Lock, IndexError> {
-        Lock::take(path, libc::LOCK_SH)
+        Lock::wrap(path, crate::flock::FileLock::shared(path))
     }
 
     pub fn exclusive(path: &Path) -> Result<Lock, IndexError> {
-        Lock::take(path, libc::LOCK_EX)
+        Lock::wrap(path, crate::flock::FileLock::exclusive(path))
     }
 
-    fn take(path: &Path, op: libc::c_int) -> Result<Lock, IndexError> {
-        let err = |source| IndexError::Lock {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(err)?;
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(err(e));
-            }
-        }
+    fn wrap(path: &Path, held: io::Result<crate::flock::FileLock>) -> Result<Lock, IndexError> {
+        held.map(|h| Lock { _held: h })
+            .map_err(|source| IndexError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
 

@@ -3,10 +3,9 @@
 //! `<root>/network/.lock` (which also serialises bridge and rule setup).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -67,9 +66,7 @@ pub struct Ipam {
 }
 
 /// Held while leases, bridges and rules change.
-pub struct NetLock {
-    _file: File,
-}
+pub type NetLock = crate::flock::FileLock;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Leases {
@@ -92,25 +89,7 @@ impl Ipam {
 
     pub fn lock(&self) -> Result<NetLock, Error> {
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(NetLock { _file: file });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::Io { path, source: e });
-            }
-        }
+        NetLock::exclusive(&path).map_err(|source| Error::Io { path, source })
     }
 
     fn file(&self, bridge: &str) -> PathBuf {

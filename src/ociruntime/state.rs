@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -156,7 +155,7 @@ pub struct Store {
 }
 
 /// Held while ids and vsock cids are being handed out.
-pub struct StoreLock(#[allow(dead_code)] File);
+pub type StoreLock = crate::flock::FileLock;
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
@@ -176,15 +175,7 @@ impl Store {
 
     pub fn lock(&self) -> Result<StoreLock, Error> {
         let path = self.root.join(".lock");
-        let f = File::create(&path).map_err(Error::io(&path))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Io {
-                path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(StoreLock(f))
+        StoreLock::exclusive(&path).map_err(Error::io(&path))
     }
 
     pub fn exists(&self, id: &str) -> bool {

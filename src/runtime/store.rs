@@ -1,9 +1,8 @@
 //! The containers under `<root>/containers/`: one directory per container id, a lock file
 //! that serialises every state change, id/name/prefix lookup, unique names and vsock CIDs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::state::{State, STATE_FILE};
@@ -19,9 +18,7 @@ pub struct ContainerStore {
 }
 
 /// Held while state files are read-modified-written; released on drop.
-pub struct StoreLock {
-    _file: File,
-}
+pub type StoreLock = crate::flock::FileLock;
 
 impl ContainerStore {
     /// The store under `root` (e.g. `/var/lib/husk`), creating its directory if needed.
@@ -51,25 +48,7 @@ impl ContainerStore {
     /// An exclusive lock over every container's state (flock on `containers/.lock`).
     pub fn lock(&self) -> Result<StoreLock, Error> {
         let path = self.containers_dir().join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(StoreLock { _file: file });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::Io { path, source: e });
-            }
-        }
+        StoreLock::exclusive(&path).map_err(|source| Error::Io { path, source })
     }
 
     /// Every container with a readable state file. Directories without one (a create in
