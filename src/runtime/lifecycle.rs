@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{
-    ContainerSpec, DiskRef, ExitStatus, FsType, LayerDisk, MountSpec, NamespaceKind, ProcessSpec,
-    RootfsSpec, User,
-};
+use husk_protocol::ExitStatus;
 
+pub use super::guest_spec::{container_spec, layer_serial, vm_spec, volume_tag, SCRATCH_SERIAL};
 use super::image::ImageSource;
 use super::proc::{self, ProcessRef};
 use super::spec::{self, ProcessFlags};
@@ -23,9 +21,7 @@ use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
 use super::{Error, GuestAssets};
 use crate::agent::AgentClient;
-use crate::sandbox::{
-    self, virtiofsd, BackendKind, DiskSpec, SharedDirSpec, VmHandle, VmSpec, VsockSpec,
-};
+use crate::sandbox::{self, virtiofsd, BackendKind, VmHandle, VsockSpec};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;
 /// the margin is for a loaded host starting many VMs at once.
@@ -543,10 +539,6 @@ fn hold_layers(dir: &Path, disks: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
         .collect()
 }
 
-pub fn volume_tag(i: usize) -> String {
-    format!("husk-vol-{i}")
-}
-
 fn remove_sockets(state: &State) {
     let vhost = sandbox::vhost_vsock::vhost_socket_for(&VsockSpec {
         cid: state.vsock_cid,
@@ -560,146 +552,11 @@ fn remove_sockets(state: &State) {
     }
 }
 
-/// Serial of the virtio-blk disk of layer `i` (bottom first) and of the scratch disk.
-pub fn layer_serial(i: usize) -> String {
-    format!("husk-layer-{i}")
-}
-pub const SCRATCH_SERIAL: &str = "husk-scratch";
-
-/// The VM of a container: layer disks read-only in order, then the scratch disk, vsock.
-pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
-    let c = &state.config;
-    let mut spec = VmSpec::new(&assets.kernel, &state.console_log);
-    spec.initramfs = Some(assets.initramfs.clone());
-    spec.cmdline = vec!["quiet".into()];
-    spec.vcpus = c.vcpus;
-    spec.memory_mib = c.memory_mib;
-    spec.disks = c
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| DiskSpec {
-            path: p.clone(),
-            read_only: true,
-            serial: Some(layer_serial(i)),
-        })
-        .collect();
-    spec.disks.push(DiskSpec {
-        path: state.scratch_disk.clone(),
-        read_only: false,
-        serial: Some(SCRATCH_SERIAL.into()),
-    });
-    spec.vsock = Some(VsockSpec {
-        cid: state.vsock_cid,
-        uds_path: state.vsock_uds.clone(),
-    });
-    spec.shared_dirs = c
-        .volumes
-        .iter()
-        .enumerate()
-        .map(|(i, v)| SharedDirSpec::volume(&v.host, volume_tag(i), v.read_only))
-        .collect();
-    spec
-}
-
-/// The volumes' virtio-fs mounts, parents before children (`-v a:/d -v b:/d/sub` works in
-/// either order on the command line).
-fn volume_mounts(c: &super::state::ContainerConfig) -> Vec<MountSpec> {
-    let mut v: Vec<(usize, &super::state::Volume)> = c.volumes.iter().enumerate().collect();
-    v.sort_by_key(|(_, v)| v.guest.matches('/').count());
-    v.into_iter()
-        .map(|(i, v)| {
-            let mode = if v.read_only { "ro" } else { "rw" };
-            mount(&v.guest, "virtiofs", &volume_tag(i), &[mode, "rprivate"])
-        })
-        .collect()
-}
-
-fn mount(dest: &str, fs: &str, source: &str, options: &[&str]) -> MountSpec {
-    MountSpec {
-        destination: dest.into(),
-        source: source.into(),
-        fs_type: fs.into(),
-        options: options.iter().map(|o| o.to_string()).collect(),
-    }
-}
-
-/// The guest-side container: overlay of the layer disks under the scratch disk, the
-/// process from the merged config, docker's usual kernel filesystems.
-pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSpec {
-    let c = &state.config;
-    let fs_type = if c.layer_fs == "ext4" {
-        FsType::Ext4
-    } else {
-        FsType::Erofs
-    };
-    ContainerSpec {
-        container_id: state.id.clone(),
-        rootfs: RootfsSpec::Overlay {
-            layers: (0..c.layers.len())
-                .map(|i| LayerDisk {
-                    disk: DiskRef::Serial(layer_serial(i)),
-                    fs_type,
-                })
-                .collect(),
-            scratch: Some(LayerDisk {
-                disk: DiskRef::Serial(SCRATCH_SERIAL.into()),
-                fs_type: FsType::Ext4,
-            }),
-        },
-        process: ProcessSpec {
-            args: c.args.clone(),
-            env: c.env.clone(),
-            cwd: c.cwd.clone(),
-            user: User {
-                uid: c.uid,
-                gid: c.gid,
-                additional_gids: c.additional_gids.clone(),
-                umask: None,
-            },
-            terminal: c.tty,
-            console_size: console
-                .filter(|_| c.tty)
-                .map(|(rows, cols)| husk_protocol::ConsoleSize { rows, cols }),
-            rlimits: Vec::new(),
-            no_new_privileges: false,
-            capabilities: None,
-            oom_score_adj: None,
-        },
-        hostname: Some(c.hostname.clone()),
-        // The agent gives /dev a tmpfs with the usual nodes, /dev/pts and /dev/shm itself.
-        mounts: [
-            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount(
-                "/sys",
-                "sysfs",
-                "sysfs",
-                &["nosuid", "noexec", "nodev", "ro"],
-            ),
-        ]
-        .into_iter()
-        .chain(volume_mounts(c))
-        .collect(),
-        readonly_root: false,
-        sysctl: Default::default(),
-        masked_paths: Vec::new(),
-        readonly_paths: Vec::new(),
-        namespaces: vec![
-            NamespaceKind::Pid,
-            NamespaceKind::Mount,
-            NamespaceKind::Uts,
-            NamespaceKind::Ipc,
-        ],
-        seccomp: None,
-        network: None,
-        resources: Default::default(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::state::tests::sample;
     use super::*;
+    use husk_protocol::{DiskRef, FsType, RootfsSpec};
 
     #[test]
     fn vm_and_container_specs_agree_on_disks() {

@@ -15,6 +15,7 @@
 pub mod assets;
 pub mod attach;
 pub mod exec;
+pub mod guest_spec;
 pub mod image;
 pub mod lifecycle;
 pub mod monitor;
