@@ -59,6 +59,8 @@ nofile_limit() {
 podman_setup() {
     local runtime=${1:-$here/../target/release/husk-runtime}
     command -v podman >/dev/null || die "podman is not installed (scripts/test.sh installs it)"
+    [ -x /usr/lib/podman/netavark ] || command -v netavark >/dev/null \
+        || die "netavark (podman's network backend) is not installed (scripts/test.sh installs it)"
     runtime=$(readlink -m "$runtime")
     # Without systemd as init there is no systemd cgroup manager (and no journald).
     local cgroup_manager=cgroupfs
@@ -84,6 +86,8 @@ runtime_supports_json = ["crun", "runc", "kata", "runsc", "youki", "krun", "husk
 husk = ["$runtime"]
 
 [network]
+# Explicit: podman 4.3 would otherwise pick CNI where netavark is missing and fail later.
+network_backend = "netavark"
 network_config_dir = "$dir/networks"
 EOF
     mv "$dir/containers.conf.tmp" "$dir/containers.conf"

@@ -11,8 +11,10 @@ HUSK_APT_PACKAGES=(
 )
 
 # The container engines the husk-runtime tests drive (tests/engine_*.rs), with runc and crun
-# to compare against. Only scripts/test.sh installs them; setup.sh stays lean.
-HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun)
+# to compare against, and podman's network backend (netavark, with aardvark-dns for its DNS):
+# without netavark podman 4.3 silently falls back to CNI and never sees the tests' bridge
+# networks. Only scripts/test.sh installs them; setup.sh stays lean.
+HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns)
 
 # Installs whichever of the given Debian packages are missing (apt-get update only if needed).
 ensure_packages() {

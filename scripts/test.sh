@@ -40,12 +40,17 @@ log "virtiofsd: $HUSK_VIRTIOFSD"
 # Tests that cannot run on this host say so; cargo hides a passing test's output, so they
 # also write their reason here and it is printed after the run.
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"
+out="$PWD/target/husk/test-output.log"
 mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG"
 status=0
+# --no-fail-fast: one failing test binary must not hide the ones after it.
 # A hung VM test must not eat the whole CI budget.
-timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" cargo test --workspace --locked "$@" || status=$?
-if [ -s "$HUSK_NOT_RUN_LOG" ]; then
-    log "tests that could not run on this host (not counted as passed):"
-    sort -u "$HUSK_NOT_RUN_LOG" >&2
-fi
+# Build every test binary first, outside the run's time limit (the cold build is long).
+cargo test --workspace --locked --no-run >&2 || die "the test build failed"
+set +e
+timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
+    cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+scripts/test-summary.sh "$out" "$HUSK_NOT_RUN_LOG" "$status" >&2
 exit $status
