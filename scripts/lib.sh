@@ -7,14 +7,15 @@ die() { printf '%s\n' "husk: error: $*" >&2; exit 1; }
 HUSK_APT_PACKAGES=(
     build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd
     linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static skopeo docker-registry
-    libseccomp-dev libcap-ng-dev iproute2 nftables curl
+    libseccomp-dev libcap-ng-dev iproute2 nftables curl python3
 )
 
 # The container engines the husk-runtime tests drive (tests/engine_*.rs), with runc and crun
-# to compare against, and podman's network backend (netavark, with aardvark-dns for its DNS):
-# without netavark podman 4.3 silently falls back to CNI and never sees the tests' bridge
-# networks. Only scripts/test.sh installs them; setup.sh stays lean.
-HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns)
+# to compare against, and podman's network backend (netavark, with aardvark-dns for its DNS,
+# and iptables, which netavark 1.4 drives for its NAT and port rules): without netavark podman
+# 4.3 silently falls back to CNI and never sees the tests' bridge networks. Only
+# scripts/test.sh installs them; setup.sh stays lean.
+HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns iptables)
 
 # Installs whichever of the given Debian packages are missing (apt-get update only if needed).
 ensure_packages() {
