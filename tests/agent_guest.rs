@@ -101,12 +101,13 @@ fn container_init_execs_signals_pty_and_power_off() {
         "uname -r must be the guest's kernel, not the host's"
     );
 
-    // TERM to a running exec: death by signal 15 -> 143.
+    // TERM to a running exec: death by signal 15 -> 143. `Started` comes once the process
+    // has exec'd (the agent waits for its sync socket to close on exec), so the TERM reaches
+    // `sleep` itself, not the setup before it.
     g.client
         .exec_process("c1", "sleeper", process(&["sleep", "1000"]))
         .unwrap();
     g.client.close_stdin("c1", Some("sleeper")).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     g.client
         .signal("c1", Some("sleeper"), libc::SIGTERM)
         .unwrap();
@@ -188,22 +189,23 @@ fn container_init_execs_signals_pty_and_power_off() {
         vec![],
     );
     assert_eq!(code, 0);
+    // The children live 0.3 s: wait until they are gone, then look at what is left.
     let check = "cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}' | grep -c Z; ls -d /proc/[0-9]* | wc -l";
+    let mut checks = 0;
     let mut zombies = String::new();
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(500));
+    let mut counts: Vec<u32> = Vec::new();
+    common::poll_until(common::SETTLE, || {
+        checks += 1;
         let (_, o, _) = g.exec(
             "c1",
-            &format!("zcheck{}", zombies.len()),
+            &format!("zcheck{checks}"),
             process(&["sh", "-c", check]),
             vec![],
         );
         zombies = s(&o);
-        if zombies.starts_with("0\n") {
-            break;
-        }
-    }
-    let counts: Vec<u32> = zombies.lines().map(|l| l.trim().parse().unwrap()).collect();
+        counts = zombies.lines().map(|l| l.trim().parse().unwrap()).collect();
+        (counts[0] == 0 && counts[1] < 10).then_some(())
+    });
     assert_eq!(counts[0], 0, "zombies in the container: {zombies}");
     assert!(counts[1] < 10, "processes left: {}", counts[1]);
 

@@ -300,7 +300,21 @@ fn killing_a_booting_vm_leaves_nothing() {
         });
     }
     let vm = backend.start(&spec).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Booting: the guest kernel has started printing (its self-test, which ends the VM on
+    // its own, comes only after the kernel's boot).
+    let booting = common::poll_until(common::SETTLE, || {
+        let log = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+        if log.contains("Linux version") {
+            return Some(true);
+        }
+        vm.try_wait().unwrap().map(|_| false)
+    });
+    assert_eq!(
+        booting,
+        Some(true),
+        "the guest kernel never printed on the console; log tail:\n{}",
+        tail(&vm.console_log())
+    );
     let pid = vm.pid();
     drop(vm);
     assert!(!alive(pid));

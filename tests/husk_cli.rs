@@ -57,18 +57,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Polls `f` until it is true or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 /// Processes (other than this test) whose command line mentions `dir`.
 fn processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.to_str().unwrap();
@@ -179,8 +167,10 @@ fn detached_container_logs_stops_and_is_removed() {
     assert_eq!(h.ps(), [("web".to_string(), "running".to_string(), None)]);
     assert!(h.ok(&["ps"]).contains("web"));
     assert!(
-        eventually(Duration::from_secs(30), || h.ok(&["logs", "web"])
-            == "started\n"),
+        common::poll_until(Duration::from_secs(30), || (h.ok(&["logs", "web"])
+            == "started\n")
+            .then_some(()))
+        .is_some(),
         "logs: {:?}",
         h.ok(&["logs", "web"])
     );
@@ -276,15 +266,19 @@ fn ps_sees_a_killed_vmm_at_once() {
     // SAFETY: the VMM pid husk just recorded for this test's container.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     assert!(
-        eventually(Duration::from_secs(2), || h.ps()[0].1 == "exited"),
+        common::poll_until(Duration::from_secs(2), || (h.ps()[0].1 == "exited")
+            .then_some(()))
+        .is_some(),
         "{:?}",
         h.ps()
     );
     h.ok(&["rm", id.trim()]);
     assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
     assert!(
-        eventually(Duration::from_secs(5), || processes_using(h.root.path())
-            .is_empty()),
+        common::poll_until(Duration::from_secs(5), || processes_using(h.root.path())
+            .is_empty()
+            .then_some(()))
+        .is_some(),
         "{:?}",
         processes_using(h.root.path())
     );

@@ -411,23 +411,17 @@ fn corrupt_archive_is_rejected_and_nothing_is_kept() {
 
 /// Waits (bounded) until `husk ps -a` shows the container as exited.
 fn wait_exited(h: &common::cli::Husk, name: &str) {
-    let deadline = std::time::Instant::now() + common::cli::LIMIT;
-    loop {
+    let mut line = String::new();
+    let exited = common::poll_until(common::cli::LIMIT, || {
         let ps = h.ok(&["ps", "-a"]);
-        let line = ps
+        line = ps
             .lines()
             .find(|l| l.ends_with(name))
             .unwrap_or_default()
             .to_string();
-        if line.contains("Exited") {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never exited: {line}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        line.contains("Exited").then_some(())
+    });
+    assert!(exited.is_some(), "{name} never exited: {line}");
 }
 
 #[test]

@@ -70,6 +70,18 @@ impl Ns {
         common::text(&o.stdout)
     }
 
+    /// Waits until something in the namespace listens on TCP `port`.
+    fn wait_listening(&self, port: u16) {
+        common::wait_for(
+            &format!("a listener on tcp/{port} in {}", self.name),
+            common::SETTLE,
+            || {
+                let o = self.sh("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null");
+                listens(&common::text(&o.stdout), port).then_some(())
+            },
+        )
+    }
+
     /// A background `bash -c script` in the namespace, stdout piped.
     fn spawn(&self, script: &str) -> Child {
         Command::new("ip")
@@ -209,6 +221,24 @@ impl Net {
             .to_string()
     }
 
+    /// Waits until a process in container `id` listens on TCP `port`.
+    fn wait_guest_listening(&self, id: &str, port: u16) {
+        common::wait_for(
+            &format!("a listener on tcp/{port} in container {id}"),
+            common::SETTLE,
+            || {
+                let o = self.run(&[
+                    "exec",
+                    id,
+                    "sh",
+                    "-c",
+                    "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null",
+                ]);
+                listens(&common::text(&o.stdout), port).then_some(())
+            },
+        )
+    }
+
     fn lease_count(&self) -> usize {
         let p = self.husk.root.path().join("network/husk0.leases.json");
         let v: serde_json::Value =
@@ -249,18 +279,14 @@ impl Drop for Net {
     }
 }
 
-/// Retries `f` until it returns `Some` or `limit` passes.
-fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Whether the /proc/net/tcp{,6} `tables` have a socket listening on `port`.
+fn listens(tables: &str, port: u16) -> bool {
+    let local = format!(":{port:04X}");
+    tables.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // sl, local_address, rem_address, st (0A: LISTEN), …
+        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+    })
 }
 
 /// A guest shell loop serving `reply` to every TCP connection on `port`.
@@ -296,7 +322,7 @@ fn guest_and_host_ping_and_tcp_both_ways() {
     assert!(guest.starts_with("172.31.250."), "{guest}");
     // host → guest
     n.host.sh_ok(&format!("busybox ping -c1 -W5 {guest}"));
-    let got = eventually(Duration::from_secs(20), || {
+    let got = common::poll_until(Duration::from_secs(20), || {
         let o = n.host.sh(&format!("sleep 3 | busybox nc {guest} 7000"));
         let s = common::text(&o.stdout);
         s.contains("from-guest").then_some(s)
@@ -304,7 +330,7 @@ fn guest_and_host_ping_and_tcp_both_ways() {
     assert!(got.is_some(), "no TCP answer from the guest");
     // guest → host: ping the gateway, then TCP to a listener in the host namespace.
     let listener = n.host.spawn("sleep 30 | busybox nc -l -p 9000");
-    std::thread::sleep(Duration::from_millis(300));
+    n.host.wait_listening(9000);
     let out = n.ok(&[
         "exec",
         &id,
@@ -358,7 +384,7 @@ fn published_port_serves_httpd_to_curl_locally_and_from_another_host() {
         !taken.status.success() && e.contains("tcp/18080 is already published by container"),
         "{e}"
     );
-    let local = eventually(Duration::from_secs(20), || {
+    let local = common::poll_until(Duration::from_secs(20), || {
         let o = n.host.sh("curl -sf -m5 http://127.0.0.1:18080/index.html");
         o.status.success().then(|| common::text(&o.stdout))
     });
@@ -387,7 +413,7 @@ fn outbound_traffic_is_masqueraded_to_a_test_host() {
         "{routes}"
     );
     let listener = remote.spawn("sleep 60 | busybox nc -l -p 9100");
-    std::thread::sleep(Duration::from_millis(300));
+    remote.wait_listening(9100);
     n.ok(&[
         "run",
         "--rm",
@@ -416,6 +442,7 @@ fn a_guest_cannot_reach_host_loopback_services() {
          s.bind(('127.0.0.1', 9300)); s.listen(); s.settimeout(120); \
          print('listening', flush=True); c, a = s.accept(); print('REACHED', a)\"",
     );
+    n.host.wait_listening(9300);
     let id = n.detached(&["busybox", "sleep", "600"]);
     let out = n.ok(&[
         "exec",
@@ -445,10 +472,14 @@ fn a_gigabyte_streams_through_tcp_intact() {
     let id = n.detached(&["busybox", "sh", "-c", "sleep 900 | nc -l -p 7002 | md5sum"]);
     let guest = n.guest_ip(&id);
     let sum_file = n.husk.root.path().join("sent.md5");
+    let fifo = n.husk.root.path().join("sent.fifo");
+    n.wait_guest_listening(&id, 7002);
+    // md5sum runs as a job of the script, so `wait` knows when the sum is written.
     let sent = n.host.sh_within(
         &format!(
-            "sleep 2; head -c 1073741824 /dev/urandom | tee >(md5sum > {f}) | busybox nc {guest} 7002; \
-             sleep 1; cat {f}",
+            "mkfifo {p}; md5sum < {p} > {f} & \
+             head -c 1073741824 /dev/urandom | tee {p} | busybox nc {guest} 7002; wait; cat {f}",
+            p = fifo.display(),
             f = sum_file.display()
         ),
         Duration::from_secs(600),
@@ -460,7 +491,7 @@ fn a_gigabyte_streams_through_tcp_intact() {
         .next()
         .expect("sent md5")
         .to_string();
-    let got = eventually(Duration::from_secs(300), || {
+    let got = common::poll_until(Duration::from_secs(300), || {
         let logs = n.ok(&["logs", &id]);
         logs.split_whitespace().next().map(str::to_string)
     })
@@ -492,7 +523,7 @@ fn everything_is_released_on_rm_and_after_kill_9() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     assert!(
-        eventually(Duration::from_secs(10), || n
+        common::poll_until(Duration::from_secs(10), || n
             .taps()
             .is_empty()
             .then_some(()))
@@ -574,14 +605,14 @@ fn engine_netns_veth_is_mirrored_to_the_guest() {
     assert_eq!(n.guest_ip(&id), "10.89.0.5");
     peer.sh_ok("busybox ping -c1 -W5 10.89.0.5");
     peer.sh_ok("busybox ping -6 -c1 -W5 fd89::5");
-    let got = eventually(Duration::from_secs(20), || {
+    let got = common::poll_until(Duration::from_secs(20), || {
         let o = peer.sh("sleep 3 | busybox nc 10.89.0.5 7003");
         let s = common::text(&o.stdout);
         s.contains("from-engine-guest").then_some(s)
     });
     assert!(got.is_some(), "no TCP answer through the veth");
     let listener = peer.spawn("sleep 30 | busybox nc -l -p 9200");
-    std::thread::sleep(Duration::from_millis(300));
+    peer.wait_listening(9200);
     n.ok(&[
         "exec",
         &id,

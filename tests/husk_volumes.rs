@@ -103,17 +103,6 @@ fn virtiofsd_serving(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 #[test]
 fn container_writes_reach_the_host_with_content_and_mode() {
     let Some(h) = husk("container_writes_reach_the_host_with_content_and_mode") else {
@@ -199,8 +188,10 @@ fn detached_container_sees_host_changes_and_keeps_volumes_across_stop_start() {
     // stop + start: the same volumes, served by fresh daemons.
     h.ok(&["stop", "-t", "1", "vols"]);
     assert!(
-        eventually(Duration::from_secs(10), || virtiofsd_serving(d.path())
-            .is_empty()),
+        common::poll_until(Duration::from_secs(10), || virtiofsd_serving(d.path())
+            .is_empty()
+            .then_some(()))
+        .is_some(),
         "{:?}",
         processes_using(d.path())
     );
@@ -325,41 +316,52 @@ fn a_dying_virtiofsd_ends_the_run_with_a_clear_error() {
         return;
     };
     let d = volume_dir();
+    // The container says it runs by writing through the volume: the guest is up, its
+    // process started, and virtiofsd is serving it.
     let mut child = h
         .cmd(&[
             "run",
             "-v",
             &vol(d.path(), "/data"),
             "busybox",
-            "sleep",
-            "1000",
+            "sh",
+            "-c",
+            "echo up > /data/up; exec sleep 1000",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn husk run");
-    let mut pids = Vec::new();
-    let up = eventually(LIMIT, || {
-        pids = virtiofsd_serving(d.path());
-        !pids.is_empty()
+    let marker = d.path().join("up");
+    let running = common::poll_until(common::SETTLE, || {
+        if marker.exists() {
+            return Some(true);
+        }
+        // husk run ended before the container got that far: no use waiting on.
+        matches!(child.try_wait(), Ok(Some(_))).then_some(false)
     });
-    if !up {
+    if running != Some(true) {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
-        panic!("no virtiofsd appeared: {}", text(&out.stderr));
+        panic!(
+            "the container never wrote {} (husk run: {}): {}",
+            marker.display(),
+            out.status,
+            text(&out.stderr)
+        );
     }
-    // Let the guest get as far as running the container.
-    assert!(eventually(LIMIT, || h.ok(&["ps", "-q"]).lines().count() == 1));
-    std::thread::sleep(Duration::from_secs(1));
+    let pids = virtiofsd_serving(d.path());
+    assert!(!pids.is_empty(), "{:?}", processes_using(d.path()));
     for p in &pids {
         // SAFETY: plain kill(2) of a pid just read from /proc.
         unsafe { libc::kill(*p as i32, libc::SIGKILL) };
     }
     let start = Instant::now();
-    let ended = eventually(Duration::from_secs(60), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
+    let ended = common::poll_until(Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(Some(_))).then_some(())
+    })
+    .is_some();
     if !ended {
         let _ = child.kill();
     }

@@ -243,17 +243,25 @@ fn killing_virtiofsd_mid_run_ends_the_vm_with_a_clear_error() {
         return;
     };
     std::fs::write(dirs[0].join("f"), "x").unwrap();
+    // The container reads the share in a loop, and says through it that it does.
     let mut spec = container(
         "c1",
         process(&[
             "sh",
             "-c",
-            "while :; do cat /data/f > /dev/null || echo read-failed; sleep 0.1; done",
+            "cat /data/f > /dev/null && echo up > /data/reading; \
+             while :; do cat /data/f > /dev/null || echo read-failed; sleep 0.1; done",
         ]),
     );
     spec.mounts.push(mnt("/data", "virtiofs", "vol", &[]));
     start(&g, spec);
-    std::thread::sleep(Duration::from_millis(500));
+    let reading = dirs[0].join("reading");
+    assert!(
+        common::poll_until(common::SETTLE, || reading.exists().then_some(())).is_some(),
+        "the container never wrote {} through the share\n{}",
+        reading.display(),
+        g.console()
+    );
 
     let socket = virtiofsd::socket_for(&g.vm.console_log(), 0);
     let pid = virtiofsd_pid(&socket).expect("the share's virtiofsd is running");

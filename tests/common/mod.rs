@@ -125,6 +125,32 @@ pub fn expected_e820_entries(mem_bytes: usize) -> usize {
     1 + husk::vmm::arch::x86_64::layout::arch_memory_regions(mem_bytes as u64).len()
 }
 
+/// How long a test waits for a state it needs (a guest up, a port listening, a process
+/// gone) before calling it never reached: generous, so a loaded host makes a test slow, not
+/// failing.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Calls `f` every 100 ms until it returns `Some` or `limit` has passed; its value, or `None`.
+/// Tests wait with this for the state an assertion needs instead of sleeping a fixed time.
+pub fn poll_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`poll_until`] for a state the test cannot go on without: panics naming `what` it waited
+/// for when `limit` passes first.
+pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(limit, f).unwrap_or_else(|| panic!("waited {limit:?} for {what}: never happened"))
+}
+
 /// Lossy UTF-8 text of a process's stdout or stderr.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
