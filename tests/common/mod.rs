@@ -303,3 +303,4 @@ pub fn run_console(
 }
 pub mod cli;
 pub mod engine;
+pub mod rig;
