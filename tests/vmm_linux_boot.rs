@@ -49,9 +49,10 @@ fn husk_vmm_boots_linux_to_the_agent() {
         cpus.starts_with("2 "),
         "the guest sees {cpus:?} CPUs, want 2:\n{out}"
     );
-    let summary = out
-        .lines()
-        .find_map(|l| l.split_once("SELFTEST done ").map(|(_, v)| v.trim().to_string()));
+    let summary = out.lines().find_map(|l| {
+        l.split_once("SELFTEST done ")
+            .map(|(_, v)| v.trim().to_string())
+    });
     let summary = summary.unwrap_or_else(|| panic!("no self-test summary:\n{out}"));
     assert!(
         summary.ends_with(" fail=0") && !summary.starts_with("pass=0 "),

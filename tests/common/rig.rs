@@ -53,7 +53,10 @@ pub fn run_in_rig(
     let out = super::run_bounded(c, None, timeout + RIG_OVERHEAD);
     if out.status.code() == Some(NOT_RUN_STATUS) {
         let stdout = super::text(&out.stdout);
-        if let Some(line) = stdout.lines().find(|l| l.starts_with("NOT RUN: nested-kvm: ")) {
+        if let Some(line) = stdout
+            .lines()
+            .find(|l| l.starts_with("NOT RUN: nested-kvm: "))
+        {
             super::not_run(test, line.trim_start_matches("NOT RUN: "), false);
             return None;
         }
