@@ -199,7 +199,8 @@ run() {
         esac
     done
     [ $# -gt 0 ] || fail "run needs a command after --"
-    command -v qemu-system-x86_64 >/dev/null || not_run "qemu-system-x86_64 not installed (scripts/nested-kvm.sh prepare)"
+    [ -x "$(command -v qemu-system-x86_64 || true)" ] \
+        || not_run "qemu-system-x86_64 not installed (scripts/nested-kvm.sh prepare)"
     local dir
     dir=$(prepared) || not_run "no L1 kernel: scripts/nested-kvm.sh prepare failed (above)"
     [ -f "$dir/vmlinux" ] && [ -f "$dir/initramfs.cpio.gz" ] || not_run "no L1 kernel in $dir (scripts/nested-kvm.sh prepare)"
@@ -208,6 +209,8 @@ run() {
 
     # The run directory is L1's only way back: the command script in, stdout/stderr/status out.
     local run
+    # Run directories outlive only a SIGKILLed run; a day later nothing can still use them.
+    find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'nested-kvm.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
     run=$(mktemp -d "${TMPDIR:-/tmp}/nested-kvm.XXXXXX")
     local qpid="" tails=()
     cleanup() {
@@ -263,8 +266,11 @@ run() {
     [ "$verbose" = 0 ] || quiet=""
     args+=(-append "console=ttyS0 $quiet panic=-1 reboot=t tsc_early_khz=$tsc tsc=reliable mitigations=off pci=off")
 
+    # A caller that SIGKILLs this script (a test's own time limit) must not leave QEMU behind.
+    local pdeath=()
+    if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then pdeath=(setpriv --pdeathsig KILL --); fi
     local start=$SECONDS
-    qemu-system-x86_64 "${args[@]}" </dev/null >"$run/qemu.log" 2>&1 &
+    "${pdeath[@]}" qemu-system-x86_64 "${args[@]}" </dev/null >"$run/qemu.log" 2>&1 &
     qpid=$!
     tail -n +1 -f --pid="$qpid" -s 0.2 "$run/stdout" &
     tails+=($!)
