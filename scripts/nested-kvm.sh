@@ -92,6 +92,11 @@ prepared() {
 
 prepare() {
     ensure_packages qemu-system-x86 busybox-static kmod cpio xz-utils zstd
+    # One prepare at a time (tests may start several rig runs at once); the rest then find
+    # it done.
+    mkdir -p "$CACHE"
+    exec 9>"$CACHE/.lock"
+    flock 9
     local pkg ver dir
     if read -r pkg ver < <(resolve_image); then
         dir=$CACHE/${pkg}_$ver

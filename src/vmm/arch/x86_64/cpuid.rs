@@ -92,10 +92,11 @@ fn rewrites_topology(entries: &[kvm_cpuid_entry2], leaf: u32) -> bool {
 
 /// Sets the features KVM emulates in its in-kernel LAPIC but leaves out of
 /// KVM_GET_SUPPORTED_CPUID: the TSC-deadline timer, when `tsc_deadline_timer`
-/// (KVM_CAP_TSC_DEADLINE_TIMER) says KVM supports it. Linux KVM before 6.x reports the bit
-/// only through the capability (measured: Debian's 6.1 under nested SVM), and a guest without
-/// it calibrates the LAPIC timer against the PIT instead, which under nesting fails ("APIC
-/// timer disabled due to verification failure") and leaves it on the slower broadcast timer.
+/// (KVM_CAP_TSC_DEADLINE_TIMER) says KVM supports it. Older KVM reports it only through the
+/// capability (measured: Debian 12's 6.1 leaves the bit clear with the cap present; 6.18 sets
+/// it). A guest without it calibrates the LAPIC timer instead, which under nesting failed
+/// ("APIC timer disabled due to verification failure", "lapic is not functional"), leaving
+/// it with no one-shot timer and no high-resolution timers.
 /// QEMU, crosvm and Firecracker set the bit the same way. Call once on the supported CPUID,
 /// before [`filter_cpuid`]; the in-kernel irqchip it needs is one of husk-vmm's required caps.
 pub fn add_emulated_features(cpuid: &mut CpuId, tsc_deadline_timer: bool) {
