@@ -352,3 +352,31 @@ fn twenty_run_rm_leave_nothing_behind() {
     );
     assert!(h.ps().is_empty());
 }
+
+/// `husk run` output, exit codes, stdin (`-i`), `-d` + logs + stop + rm, and `exec`, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
+/// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
+const ON_KVM_BACKENDS: &[&str] = &[
+    "run_passes_stdout_stderr_stdin_and_the_exit_code",
+    "exec_runs_in_a_detached_container",
+    "detached_container_logs_stops_and_is_removed",
+];
+
+#[test]
+fn husk_cli_on_husk_vmm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_cli_on_husk_vmm",
+        common::rig::KvmBackend::HuskVmm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn husk_cli_on_qemu_kvm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_cli_on_qemu_kvm",
+        common::rig::KvmBackend::QemuKvm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}

@@ -451,3 +451,29 @@ fn rmi_of_an_image_in_use_is_refused() {
     assert!(!gone.status.success(), "the image is gone");
     h.ok(&["rm", "-f", "user1"]);
 }
+
+/// A layered image, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
+/// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
+const ON_KVM_BACKENDS: &[&str] = &[
+    "layered_image_with_whiteout_and_opaque_dir_shows_the_merged_tree",
+];
+
+#[test]
+fn husk_images_on_husk_vmm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_images_on_husk_vmm",
+        common::rig::KvmBackend::HuskVmm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn husk_images_on_qemu_kvm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_images_on_qemu_kvm",
+        common::rig::KvmBackend::QemuKvm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}

@@ -57,7 +57,9 @@ pub fn run_in_rig(
             .lines()
             .find(|l| l.starts_with("NOT RUN: nested-kvm: "))
         {
-            super::not_run(test, line.trim_start_matches("NOT RUN: "), false);
+            // Under CI=true a rig that cannot run fails the run (the host cannot run these
+            // tests any other way).
+            super::not_run(test, line.trim_start_matches("NOT RUN: "), true);
             return None;
         }
     }
@@ -113,4 +115,78 @@ pub fn on_linux_kvm(test: &str, timeout: Duration) -> bool {
     );
     eprintln!("{test}: passed in the nested-KVM rig\n{inner}");
     false
+}
+
+/// A VM backend on a KVM that boots stock Linux guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmBackend {
+    /// husk's own VMM (`HUSK_VMM=husk`).
+    HuskVmm,
+    /// QEMU microvm with `-accel kvm` (`HUSK_VMM=qemu HUSK_QEMU_ACCEL=kvm`).
+    QemuKvm,
+}
+
+impl KvmBackend {
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            KvmBackend::HuskVmm => &[("HUSK_VMM", "husk")],
+            KvmBackend::QemuKvm => &[("HUSK_VMM", "qemu"), ("HUSK_QEMU_ACCEL", "kvm")],
+        }
+    }
+}
+
+/// Runs the named tests of this test binary (`--exact`) again on `backend`: in a child
+/// process where the host's own KVM boots stock Linux, inside the nested-KVM rig elsewhere.
+/// The calling test passes only if every one of them ran there and passed; one that says
+/// NOT RUN there is reported as NOT RUN here (a failure under CI=true), never as a pass.
+pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], timeout: Duration) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    let mut args = vec![exe, "--exact", "--nocapture", "--test-threads=2"];
+    args.extend_from_slice(tests);
+    let mut env: Vec<(&str, &str)> = backend.env().to_vec();
+    env.push((IN_RIG_ENV, "1"));
+    let probe = HostProbe::run();
+    let (out, place) = if probe.can_run_linux_guests {
+        let mut c = Command::new(exe);
+        c.args(&args[1..]).envs(env.iter().copied());
+        (super::run_bounded(c, None, timeout), "on this host")
+    } else {
+        eprintln!(
+            "{test}: KVM here cannot run a stock Linux guest ({}); running {} tests on {backend:?} \
+             in the nested-KVM rig",
+            probe.reason,
+            tests.len()
+        );
+        let Some(out) = run_in_rig(test, &args, &env, timeout) else {
+            return;
+        };
+        (out, "in the nested-KVM rig")
+    };
+    let stdout = super::text(&out.stdout);
+    let stderr = super::text(&out.stderr);
+    let inner = format!("--- stdout {place}:\n{stdout}\n--- stderr {place}:\n{stderr}");
+    let not_run: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| l.starts_with("NOT RUN: "))
+        .collect();
+    if !not_run.is_empty() {
+        super::not_run(
+            test,
+            &format!("on {backend:?} {place}: {}", not_run.join("; ")),
+            true,
+        );
+        return;
+    }
+    let want = format!("test result: ok. {} passed; 0 failed", tests.len());
+    assert!(
+        out.status.success() && stdout.contains(&want),
+        "{test}: on {backend:?} {place} (status {:?}), expected `{want}`:\n{inner}",
+        out.status
+    );
+    eprintln!("{test}: {} tests passed on {backend:?} {place}", tests.len());
+    for line in stdout.lines().filter(|l| l.starts_with("test ")) {
+        eprintln!("  {line}");
+    }
 }
