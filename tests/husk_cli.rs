@@ -231,6 +231,37 @@ fn the_container_runs_on_the_guest_kernel() {
     assert_ne!(guest, host);
 }
 
+/// `husk run -t`: the container's process gets a terminal of its own (a pty in the guest)
+/// and the exit code comes back. `script` gives husk a real terminal to relay.
+#[test]
+fn run_t_gives_the_container_a_terminal() {
+    let Some(h) = husk("run_t_gives_the_container_a_terminal") else {
+        return;
+    };
+    let line = format!(
+        "{} --root {} run --rm -t busybox sh -c 'tty; test -t 0 && test -t 1 && echo both-ttys; exit 3'",
+        common::bin("husk").display(),
+        h.root.path().display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qefc", &line, "/dev/null"])
+        .env("HUSK_KERNEL", &h.kernel)
+        .env("HUSK_INITRAMFS", &h.initramfs)
+        .env("HUSK_NETWORK", common::cli::NETWORK_DEFAULT);
+    let out = common::run_bounded(c, None, LIMIT);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    // A terminal translates \n to \r\n on the way out.
+    assert!(stdout.contains("/dev/pts/"), "{stdout:?}");
+    assert!(stdout.contains("both-ttys\r\n"), "{stdout:?}");
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+}
+
 #[test]
 fn writable_layer_survives_stop_and_start_and_goes_with_rm() {
     let Some(h) = husk("writable_layer_survives_stop_and_start_and_goes_with_rm") else {
@@ -359,6 +390,7 @@ const ON_KVM_BACKENDS: &[&str] = &[
     "run_passes_stdout_stderr_stdin_and_the_exit_code",
     "exec_runs_in_a_detached_container",
     "detached_container_logs_stops_and_is_removed",
+    "run_t_gives_the_container_a_terminal",
 ];
 
 #[test]

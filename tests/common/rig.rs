@@ -142,7 +142,15 @@ impl KvmBackend {
 pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], timeout: Duration) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let exe = exe.to_str().expect("a UTF-8 test binary path");
-    let mut args = vec![exe, "--exact", "--nocapture", "--test-threads=2"];
+    // --include-ignored: a test that only one backend can run is #[ignore]d on the host and
+    // named here by the rerun for that backend.
+    let mut args = vec![
+        exe,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=2",
+    ];
     args.extend_from_slice(tests);
     let mut env: Vec<(&str, &str)> = backend.env().to_vec();
     env.push((IN_RIG_ENV, "1"));
@@ -185,7 +193,10 @@ pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], tim
         "{test}: on {backend:?} {place} (status {:?}), expected `{want}`:\n{inner}",
         out.status
     );
-    eprintln!("{test}: {} tests passed on {backend:?} {place}", tests.len());
+    eprintln!(
+        "{test}: {} tests passed on {backend:?} {place}",
+        tests.len()
+    );
     for line in stdout.lines().filter(|l| l.starts_with("test ")) {
         eprintln!("  {line}");
     }
