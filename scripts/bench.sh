@@ -2,12 +2,12 @@
 # husk's benchmark, all in one run (release build), medians and p90 of RUNS (default 20):
 #   - `husk run --rm busybox true` per backend this host can run (qemu always; husk-vmm only
 #     where `husk-vmm --probe` says it can run Linux guests);
-#   - beside it a bare boot of the same kernel + agent initramfs on the same backend, QEMU
+#   - beside it a bare boot of the same kernel + agent initramfs on the same backend, VMM
 #     spawn -> the agent's HUSK-AGENT-READY on the serial console (no disks, no vsock), so
-#     husk's own overhead shows as a ratio;
+#     husk's own overhead shows as a ratio, and with both backends husk-vmm / QEMU;
 #   - `runc run` of the same busybox rootfs as a plain container (no network namespace);
-#   - host memory of an idle container (`husk run -d busybox sleep 1000`): PSS and RSS of its
-#     monitor, VMM and vhost-device-vsock from /proc/PID/smaps_rollup (guest pages never
+#   - host memory of an idle container (`husk run -d busybox sleep 1000`) per backend: PSS and
+#     RSS of its monitor, VMM and vhost-device-vsock from /proc/PID/smaps_rollup (guest pages never
 #     touched are never faulted in, so they count nowhere);
 #   - converting and caching a 100 MB layer (scripts/bench-image.sh's harness).
 # Prints a markdown table on stdout; progress goes to stderr.
@@ -108,12 +108,32 @@ def bare_qemu(accel):
         p.kill()
         p.wait()
 
+def bare_husk_vmm():
+    """husk-vmm with the same kernel, initramfs and cmdline, to the ready marker."""
+    vmm = os.path.join(os.path.dirname(husk), "husk-vmm")
+    args = [vmm, "--kernel", kernel, "--initramfs", initramfs, "--vcpus", "1", "--memory", "256",
+            "--console", "stdout", "--append", "quiet", "--timeout", "120"]
+    t = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        seen = b""
+        while b"HUSK-AGENT-READY" not in seen:
+            chunk = p.stdout.read1(4096)
+            if not chunk:
+                raise RuntimeError("bare husk-vmm exited before the ready marker")
+            seen = seen[-64:] + chunk
+        return time.monotonic() - t
+    finally:
+        p.kill()
+        p.wait()
+
 def accel_of_qemu():
     # Same probe as husk's: HUSK_QEMU_ACCEL, else kvm only where husk-vmm says KVM runs guests.
     return os.environ.get("HUSK_QEMU_ACCEL") or ("kvm" if "husk" in backends else "tcg")
 
 rows = []
 first_hm = None
+bare = {}
 for b in backends:
     log(f"husk run --rm busybox true on {b} x{runs}")
     cmd = [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
@@ -139,8 +159,11 @@ for b in backends:
         bs = [bare_qemu(accel) for _ in range(runs)]
         label = f"QEMU microvm ({accel.upper()})"
     else:
-        bs = None
+        log(f"bare husk-vmm boot to HUSK-AGENT-READY x{runs}")
+        bare_husk_vmm()
+        bs = [bare_husk_vmm() for _ in range(runs)]
         label = "husk-vmm (KVM)"
+    bare[b] = stats(bs)[0]
     hm, hp = stats(hs)
     first_hm = first_hm or hm
     note = f"{failed} of {runs} runs failed (not timed)" if failed else ""
@@ -154,13 +177,9 @@ rc = [timed(["runc", "run", "--bundle", bundle, f"husk-bench-{i}"]) for i in ran
 rm, rp = stats(rc)
 rows.append(f"| `runc run` (same rootfs, `true`, no netns) | runc (no VM) | {rm:.3f} s | {rp:.3f} s | husk ({backends[0]}) / runc = {first_hm / rm:.1f}x |")
 
-log("idle container memory")
-cid = subprocess.run([husk, "--root", root, "run", "-d", "--name", "bench-idle", "busybox", "sleep", "1000"],
-                     check=True, capture_output=True, text=True).stdout.strip()
-time.sleep(3)
-state = json.load(open(os.path.join(root, "containers", cid, "state.json")))
-monitor = state.get("monitor") or {}
-mon_pid = monitor.get("pid") if isinstance(monitor, dict) else monitor
+if "husk" in bare and "qemu" in bare:
+    rows.append(f"| bare boot to agent ready, husk-vmm / QEMU microvm ({accel_of_qemu().upper()}) | both | {bare['husk'] / bare['qemu']:.2f}x | | same kernel + initramfs, same run |")
+
 def children(pid):
     out = []
     for t in os.listdir(f"/proc/{pid}/task"):
@@ -169,23 +188,37 @@ def children(pid):
         except FileNotFoundError:
             pass
     return out
-pids, todo = [], [mon_pid]
-while todo:
-    p = todo.pop()
-    pids.append(p)
-    todo += children(p)
-parts, tot_pss, tot_rss = [], 0, 0
-for p in pids:
-    name = open(f"/proc/{p}/comm").read().strip()
-    kv = {}
-    for line in open(f"/proc/{p}/smaps_rollup"):
-        f = line.split()
-        if len(f) >= 2 and f[0].endswith(":") and f[1].isdigit():
-            kv[f[0][:-1]] = int(f[1])
-    tot_pss += kv["Pss"]; tot_rss += kv["Rss"]
-    parts.append(f"{name} {kv['Pss'] / 1024:.1f}")
-subprocess.run([husk, "--root", root, "rm", "-f", cid], check=True, stdout=subprocess.DEVNULL)
-rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {backends[0]} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)} |")
+
+vmm_pss = {}
+for b in backends:
+    log(f"idle container memory on {b}")
+    cid = subprocess.run([husk, "--root", root, "--vmm", b, "run", "-d", "--name", "bench-idle", "busybox", "sleep", "1000"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    time.sleep(3)
+    state = json.load(open(os.path.join(root, "containers", cid, "state.json")))
+    monitor = state.get("monitor") or {}
+    mon_pid = monitor.get("pid") if isinstance(monitor, dict) else monitor
+    pids, todo = [], [mon_pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    parts, tot_pss, tot_rss = [], 0, 0
+    for p in pids:
+        name = open(f"/proc/{p}/comm").read().strip()
+        kv = {}
+        for line in open(f"/proc/{p}/smaps_rollup"):
+            f = line.split()
+            if len(f) >= 2 and f[0].endswith(":") and f[1].isdigit():
+                kv[f[0][:-1]] = int(f[1])
+        tot_pss += kv["Pss"]; tot_rss += kv["Rss"]
+        parts.append(f"{name} {kv['Pss'] / 1024:.1f}")
+        if name.startswith(("qemu", "husk-vmm")):
+            vmm_pss[b] = kv["Pss"]
+    subprocess.run([husk, "--root", root, "rm", "-f", cid], check=True, stdout=subprocess.DEVNULL)
+    rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {b} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)} |")
+if "husk" in vmm_pss and "qemu" in vmm_pss:
+    rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
 
 print("| measure | backend | median | p90 | note |")
 print("|---|---|---|---|---|")
