@@ -462,7 +462,7 @@ impl Store {
                         keep_blobs.insert(l.digest);
                     }
                 }
-                Err(e) => log::warn!("gc: keeping manifest {m} only: {e}"),
+                Err(e) => tracing::warn!("gc: keeping manifest {m} only: {e}"),
             }
         }
         let mut stats = GcStats::default();

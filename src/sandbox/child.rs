@@ -508,19 +508,7 @@ pub(super) fn find_helper(
         })
 }
 
-pub(super) fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-pub(super) fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
+pub(super) use crate::util::fs::{is_executable, which};
 
 #[cfg(test)]
 mod console_scan_tests {

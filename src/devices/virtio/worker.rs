@@ -39,7 +39,7 @@ impl MutEventSubscriber for StopSubscriber {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("worker: cannot watch stop eventfd: {e:?}");
+            tracing::error!("worker: cannot watch stop eventfd: {e:?}");
             // Without a stop event the loop could never be joined; stop right away.
             self.stopped.store(true, Ordering::SeqCst);
         }
@@ -66,7 +66,7 @@ impl Worker {
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = em.run() {
-                        log::error!("{thread_name}: event loop failed: {e:?}");
+                        tracing::error!("{thread_name}: event loop failed: {e:?}");
                         break;
                     }
                 }
@@ -87,7 +87,7 @@ impl Worker {
         if let Some(h) = self.handle.take() {
             self.stop_evt.write(1)?;
             if h.join().is_err() {
-                log::error!("{}: worker thread panicked", self.name);
+                tracing::error!("{}: worker thread panicked", self.name);
             }
         }
         Ok(())

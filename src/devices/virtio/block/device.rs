@@ -102,7 +102,7 @@ impl VirtioDevice for Block {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
+        tracing::debug!(
             "virtio-blk: ignoring {}-byte config write at {offset:#x}",
             data.len()
         );
@@ -137,7 +137,7 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> bool {
         if let Some(mut w) = self.worker.take() {
             if let Err(e) = w.stop() {
-                log::error!("{}: stopping worker: {e}", self.name);
+                tracing::error!("{}: stopping worker: {e}", self.name);
                 return false;
             }
         }

@@ -181,17 +181,17 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        log::debug!("virtio-net {}: reset; {}", self.tap.name(), self.stats);
+        tracing::debug!("virtio-net {}: reset; {}", self.tap.name(), self.stats);
         if let Some(mut w) = self.worker.take() {
             if let Err(e) = w.stop() {
-                log::error!("virtio-net {}: stopping worker: {e}", self.tap.name());
+                tracing::error!("virtio-net {}: stopping worker: {e}", self.tap.name());
                 return false;
             }
         }
         self.acked_features = 0;
         // Back to complete frames only until the next driver negotiates.
         if let Err(e) = self.tap.set_offload(0) {
-            log::warn!("virtio-net: {e}");
+            tracing::warn!("virtio-net: {e}");
         }
         true
     }
@@ -200,7 +200,7 @@ impl VirtioDevice for Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.worker.take();
-        log::debug!("virtio-net {}: {}", self.tap.name(), self.stats);
+        tracing::debug!("virtio-net {}: {}", self.tap.name(), self.stats);
     }
 }
 

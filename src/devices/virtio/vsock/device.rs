@@ -163,7 +163,7 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) -> bool {
         if let Some(mut w) = self.worker.take() {
             if let Err(e) = w.stop() {
-                log::error!("vsock: stopping worker: {e}");
+                tracing::error!("vsock: stopping worker: {e}");
                 return false;
             }
         }
