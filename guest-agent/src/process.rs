@@ -100,67 +100,11 @@ pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
 
 /// Receives one packet and the descriptor passed with it, if any; empty at EOF.
 pub fn recv_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 << 10];
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut passed = None;
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        while !c.is_null() {
-            let h = unsafe { &*c };
-            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-                let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>()) };
-                passed = Some(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
-        }
-        buf.truncate(n as usize);
-        return Ok((buf, passed));
-    }
+    husk_fdpass::recv_fd(fd, 64 << 10)
 }
 
 /// Sends `msg` with the descriptor `pass` attached.
-pub fn send_fd(fd: RawFd, msg: &[u8], pass: RawFd) -> io::Result<()> {
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf.as_mut_ptr().cast();
-    m.msg_controllen = space;
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
-    }
-    if unsafe { libc::sendmsg(fd, &m, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub use husk_fdpass::send_fd;
 
 pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
     let n = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
