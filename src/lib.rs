@@ -11,6 +11,8 @@
 //! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
 //! - [`util`]: helpers written once: `which`, atomic file writes, time stamps.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod agent;
 pub mod cli;
 pub mod devices;

@@ -5,6 +5,8 @@
 //! reports NOT RUN with the probe's reason — never a silent pass. The same kernel is proven
 //! under QEMU/TCG by another test.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::time::Duration;

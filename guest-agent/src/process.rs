@@ -68,6 +68,7 @@ pub struct Spawned {
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into `fds`, a live [c_int; 2].
     let rc = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -79,6 +80,8 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: socketpair succeeded, so both fds are fresh and owned by nobody else: each OwnedFd
+    // is its only owner.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -86,6 +89,7 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
+        // SAFETY: recv() writes at most buf.len() bytes into `buf`, a live Vec we own.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n >= 0 {
             buf.truncate(n as usize);
@@ -107,6 +111,7 @@ pub fn recv_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
 pub use husk_fdpass::send_fd;
 
 pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: send() reads msg.len() bytes from `msg`, borrowed for the call.
     let n = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -120,9 +125,12 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
         .map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
     let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
     let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(SpawnError::Helper(io::Error::last_os_error()));
     }
+    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else: each OwnedFd is its
+    // only owner.
     let (cfg_r, cfg_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
     let mut cmd = Command::new("/proc/self/exe");
@@ -131,6 +139,10 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
         .stdin(StdStdio::from(stdio.stdin))
         .stdout(StdStdio::from(stdio.stdout))
         .stderr(StdStdio::from(stdio.stderr));
+    // SAFETY: the pre_exec closure runs in the forked child before exec and calls only fcntl and
+    // dup2, which are async-signal-safe, and allocates nothing (last_os_error only reads errno).
+    // `sync_fd` and `cfg_fd` are plain ints that stay open in the parent (`theirs`, `cfg_r`) until
+    // spawn has returned, so the child inherits valid fds.
     unsafe {
         // Only async-signal-safe calls between fork and exec. Duplicate above any target
         // first, so placing one fd cannot clobber the other.
@@ -158,6 +170,8 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
         tv_sec: 60,
         tv_usec: 0,
     };
+    // SAFETY: `tv` is a live timeval and the length passed is exactly its size; setsockopt only
+    // reads it.
     unsafe {
         libc::setsockopt(
             ours.as_raw_fd(),

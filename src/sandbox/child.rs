@@ -125,8 +125,10 @@ pub(super) fn spawn_retrying(cmd: &mut Command) -> io::Result<Child> {
 /// it meanwhile (ECHILD); the caller then finds the status under the lock.
 fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
     loop {
-        // SAFETY: waitid writes only into the siginfo we pass; the pid is our own child.
+        // SAFETY: siginfo_t is a plain C struct; all-zero bytes are a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, zeroed siginfo_t that waitid writes into; `pid` is our own
+        // child, so no other waiter races us for it.
         let rc = unsafe {
             libc::waitid(
                 libc::P_PID,

@@ -77,6 +77,8 @@ pub fn create_shared(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMma
             source: std::io::Error::last_os_error(),
         });
     }
+    // SAFETY: `fd` is the memfd just created and checked non-negative; nothing else owns it, so
+    // the File becomes its only owner.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(total).map_err(|source| MemoryError::Memfd {
         size: total,
