@@ -52,7 +52,7 @@ impl Worker {
         let stop_evt = EventFd::new(EFD_NONBLOCK)?;
         let stopped = Arc::new(AtomicBool::new(false));
         let mut em: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| ActivateError::EventManager(format!("{e:?}")))?;
+            EventManager::new().map_err(ActivateError::EventManager)?;
         em.add_subscriber(Box::new(StopSubscriber {
             evt: stop_evt.try_clone()?,
             stopped: stopped.clone(),

@@ -36,14 +36,16 @@ pub enum Error {
     Connect {
         tag: String,
         socket: PathBuf,
-        reason: String,
+        #[source]
+        reason: vhost::Error,
     },
     #[error("virtio-fs {tag}: vhost-user {op} with the backend at {socket} failed: {reason}")]
     Handshake {
         tag: String,
         socket: PathBuf,
         op: &'static str,
-        reason: String,
+        #[source]
+        reason: vhost::Error,
     },
     #[error("virtio-fs {tag}: the backend at {socket} does not offer VIRTIO_F_VERSION_1")]
     NotModern { tag: String, socket: PathBuf },
@@ -72,18 +74,18 @@ impl VhostUserFs {
             Frontend::connect(socket, NUM_QUEUES as u64).map_err(|e| Error::Connect {
                 tag: tag.into(),
                 socket: socket.into(),
-                reason: e.to_string(),
+                reason: e,
             })?;
-        fn hs<'a, E: std::fmt::Display>(
+        fn hs<'a>(
             tag: &'a str,
             socket: &'a Path,
             op: &'static str,
-        ) -> impl FnOnce(E) -> Error + 'a {
-            move |e| Error::Handshake {
+        ) -> impl FnOnce(vhost::Error) -> Error + 'a {
+            move |reason| Error::Handshake {
                 tag: tag.into(),
                 socket: socket.into(),
                 op,
-                reason: e.to_string(),
+                reason,
             }
         }
         let hs = |op| hs(tag, socket, op);

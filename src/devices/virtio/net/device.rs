@@ -154,7 +154,7 @@ impl VirtioDevice for Net {
         }
         let tap = self.tap.try_clone()?;
         tap.set_offload(tun_offloads_for(self.acked_features))
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+            .map_err(|e| ActivateError::BackendSetup(Box::new(e)))?;
         let mut queues = ctx.queues.into_iter();
         let mut evts = ctx.queue_evts.into_iter();
         let (Some(rxq), Some(txq), Some(rx_evt), Some(tx_evt)) =

@@ -151,7 +151,7 @@ impl VirtioDevice for Vsock {
         }
         let listener = self.listener.try_clone()?;
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener)
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+            .map_err(|e| ActivateError::BackendSetup(Box::new(e)))?;
         let handler = VsockHandler::new(ctx.mem, ctx.queues, ctx.queue_evts, ctx.interrupt, muxer);
         self.worker = Some(Worker::spawn(
             &format!("husk-vsock-{}", self.guest_cid),
