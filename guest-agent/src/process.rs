@@ -49,9 +49,13 @@ pub enum Mode {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot run the init helper (/proc/self/exe init): {0}")]
-    Helper(io::Error),
+    Helper(#[source] io::Error),
     #[error("sync socket with the init helper: {0}")]
-    Sync(io::Error),
+    Sync(#[source] io::Error),
+    #[error("encoding the init config: {0}")]
+    EncodeConfig(#[source] serde_json::Error),
+    #[error("sending the init config: {0}")]
+    SendConfig(#[source] io::Error),
     #[error("{0}")]
     Setup(String),
     #[error("the init helper exited before the process was ready (see the guest console)")]
@@ -121,8 +125,7 @@ pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Runs the helper with `cfg` and waits until the process is set up (or failed).
 pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
-    let json = serde_json::to_vec(cfg)
-        .map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
+    let json = serde_json::to_vec(cfg).map_err(SpawnError::EncodeConfig)?;
     let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
@@ -162,8 +165,7 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
     drop(theirs);
     drop(cfg_r);
     let mut w = std::fs::File::from(cfg_w);
-    w.write_all(&json)
-        .map_err(|e| SpawnError::Setup(format!("sending the init config: {e}")))?;
+    w.write_all(&json).map_err(SpawnError::SendConfig)?;
     drop(w);
 
     let tv = libc::timeval {

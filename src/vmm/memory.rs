@@ -183,6 +183,6 @@ mod tests {
     #[test]
     fn overlapping_regions_are_rejected() {
         let e = create(&[(GuestAddress(0), 2 << 20), (GuestAddress(1 << 20), 1 << 20)]);
-        assert!(matches!(e, Err(MemoryError::Layout(_))));
+        assert!(matches!(e, Err(MemoryError::Regions(_))));
     }
 }
