@@ -25,6 +25,7 @@
 //! [`BusDevice`]: crate::devices::bus::BusDevice
 
 pub mod block;
+pub mod common;
 pub mod fs;
 pub mod mmio;
 pub mod net;
