@@ -42,16 +42,29 @@ HUSK_VIRTIOFSD=$(scripts/install-virtiofsd.sh | tail -n1)
 export HUSK_VIRTIOFSD
 log "virtiofsd: $HUSK_VIRTIOFSD"
 
+# The nested-KVM rig (an L1 Linux under TCG with SVM) for the husk-vmm and QEMU -accel kvm
+# tests wherever this host's own KVM cannot boot Linux (PVM, no /dev/kvm): its L1 kernel is
+# downloaded and unpacked into the cache here, once, outside the tests' time limit.
+rig_status=0
+rig=$(scripts/nested-kvm.sh prepare | tail -n1) || rig_status=$?
+if [ "$rig_status" = 0 ]; then
+    log "nested-KVM rig: $rig"
+elif [ "${CI:-}" = "true" ]; then
+    die "CI=true and the nested-KVM rig cannot be prepared ($rig)"
+else
+    log "nested-KVM rig not available here: $rig (tests that need it will say NOT RUN)"
+fi
+
 # Tests that cannot run on this host say so; cargo hides a passing test's output, so they
 # also write their reason here and it is printed after the run.
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"
 out="$PWD/target/husk/test-output.log"
 mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG"
 status=0
-# --no-fail-fast: one failing test binary must not hide the ones after it.
-# A hung VM test must not eat the whole CI budget.
 # Build every test binary first, outside the run's time limit (the cold build is long).
 cargo test --workspace --locked --no-run >&2 || die "the test build failed"
+# --no-fail-fast: one failing test binary must not hide the ones after it.
+# A hung VM test must not eat the whole CI budget.
 set +e
 timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
     cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"

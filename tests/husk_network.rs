@@ -636,3 +636,30 @@ fn engine_netns_veth_is_mirrored_to_the_guest() {
     let left = engine.sh_ok("tc qdisc show; ls /sys/class/net");
     assert!(!left.contains("ingress") && !left.contains("hk"), "{left}");
 }
+
+/// the bridge network and `-p`, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
+/// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
+const ON_KVM_BACKENDS: &[&str] = &[
+    "published_port_serves_httpd_to_curl_locally_and_from_another_host",
+    "guest_and_host_ping_and_tcp_both_ways",
+];
+
+#[test]
+fn husk_network_on_husk_vmm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_network_on_husk_vmm",
+        common::rig::KvmBackend::HuskVmm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn husk_network_on_qemu_kvm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_network_on_qemu_kvm",
+        common::rig::KvmBackend::QemuKvm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}

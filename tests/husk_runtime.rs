@@ -713,3 +713,32 @@ fn delete_of_a_created_container_and_repeated_cycles_leak_nothing() {
         rt.assert_clean();
     }
 }
+
+/// husk-runtime create/start/exec/kill/delete and a pty, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
+/// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
+const ON_KVM_BACKENDS: &[&str] = &[
+    "create_start_relays_stdio_and_exits_with_the_status",
+    "kill_term_kill_9_and_kill_before_start",
+    "exec_ps_list_pause_resume_and_force_delete",
+    "console_socket_gets_a_pty_master_for_init_and_exec",
+];
+
+#[test]
+fn husk_runtime_on_husk_vmm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_runtime_on_husk_vmm",
+        common::rig::KvmBackend::HuskVmm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn husk_runtime_on_qemu_kvm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_runtime_on_qemu_kvm",
+        common::rig::KvmBackend::QemuKvm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}

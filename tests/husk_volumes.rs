@@ -385,3 +385,30 @@ fn a_dying_virtiofsd_ends_the_run_with_a_clear_error() {
     h.ok(&["rm", "-f", h.ok(&["ps", "-aq"]).trim()]);
     assert!(processes_using(d.path()).is_empty());
 }
+
+/// `husk run -v` (virtio-fs volumes, `:ro`), again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
+/// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
+const ON_KVM_BACKENDS: &[&str] = &[
+    "container_writes_reach_the_host_with_content_and_mode",
+    "read_only_volume_refuses_writes",
+];
+
+#[test]
+fn husk_volumes_on_husk_vmm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_volumes_on_husk_vmm",
+        common::rig::KvmBackend::HuskVmm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}
+
+#[test]
+fn husk_volumes_on_qemu_kvm() {
+    common::rig::rerun_on_kvm_backend(
+        "husk_volumes_on_qemu_kvm",
+        common::rig::KvmBackend::QemuKvm,
+        ON_KVM_BACKENDS,
+        std::time::Duration::from_secs(900),
+    );
+}

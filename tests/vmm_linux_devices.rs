@@ -8,7 +8,7 @@
 //! tells them apart by the /role file on each, so attach order does not matter.
 //!
 //! - `linux_devices_under_husk_vmm` runs where `husk::vmm::probe` says KVM runs stock Linux
-//!   guests; on PVM hosts it prints `NOT RUN` with the probe's reason.
+//!   guests, and elsewhere (PVM hosts) inside the nested-KVM rig (`tests/common/rig.rs`).
 //! - `linux_devices_under_qemu_tcg` runs the same initramfs and disks under QEMU microvm
 //!   (software CPU) everywhere, so the guest script, the images and the kernel's drivers are
 //!   proven here too. QEMU has no userspace virtio-vsock (only vhost-vsock, which needs the
@@ -25,8 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-use husk::vmm::probe::HostProbe;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const HOST_PORT: u32 = 5001;
@@ -187,13 +185,8 @@ fn token() -> String {
 #[test]
 fn linux_devices_under_husk_vmm() {
     let name = "linux_devices_under_husk_vmm";
-    let probe = HostProbe::run();
-    if !probe.can_run_linux_guests {
-        common::not_run(
-            name,
-            &format!("KVM here cannot run a stock Linux guest: {}", probe.reason),
-            false,
-        );
+    // Directly where the host's KVM boots Linux, else in the nested-KVM rig.
+    if !common::rig::on_linux_kvm(name, Duration::from_secs(600)) {
         return;
     }
     let Some(kernel) = common::kernel(name) else {

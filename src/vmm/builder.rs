@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use event_manager::SubscriberOps;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::arch::{
     self,
-    x86_64::{boot_params, layout, mptable},
+    x86_64::{boot_params, cpuid, layout, mptable},
 };
 use super::attach::{self, AttachError, DeviceEnv};
 use super::config::{ConfigError, VmmConfig};
@@ -173,9 +173,10 @@ impl Vmm {
         mptable::setup_mptable(&mem, cfg.vcpus).map_err(arch_err("MP table"))?;
 
         // vCPUs last: each needs the entry point and the finished memory image.
-        let cpuid = kvm
+        let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::add_emulated_features(&mut cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
         let msrs = kvm
             .get_msr_index_list()
             .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?;

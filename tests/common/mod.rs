@@ -340,3 +340,4 @@ pub fn run_console(
 }
 pub mod cli;
 pub mod engine;
+pub mod rig;

@@ -90,8 +90,28 @@ fn rewrites_topology(entries: &[kvm_cpuid_entry2], leaf: u32) -> bool {
     has(0, |e| e.ebx & 0xffff != 0) && has(1, |_| true)
 }
 
-/// Adjusts `cpuid` (from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `nr_vcpus`.
-/// TSC-deadline stays as KVM reports it: set only where KVM supports it.
+/// Sets the features KVM emulates in its in-kernel LAPIC but leaves out of
+/// KVM_GET_SUPPORTED_CPUID: the TSC-deadline timer, when `tsc_deadline_timer`
+/// (KVM_CAP_TSC_DEADLINE_TIMER) says KVM supports it. Older KVM reports it only through the
+/// capability (measured: Debian 12's 6.1 leaves the bit clear with the cap present; 6.18 sets
+/// it). A guest without it calibrates the LAPIC timer instead, which under nesting failed
+/// ("APIC timer disabled due to verification failure", "lapic is not functional"), leaving
+/// it with no one-shot timer and no high-resolution timers.
+/// QEMU, crosvm and Firecracker set the bit the same way. Call once on the supported CPUID,
+/// before [`filter_cpuid`]; the in-kernel irqchip it needs is one of husk-vmm's required caps.
+pub fn add_emulated_features(cpuid: &mut CpuId, tsc_deadline_timer: bool) {
+    if !tsc_deadline_timer {
+        return;
+    }
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+        }
+    }
+}
+
+/// Adjusts `cpuid` (from KVM_GET_SUPPORTED_CPUID, after [`add_emulated_features`]) for vCPU
+/// `vcpu_id` of `nr_vcpus`. TSC-deadline is left as given: never invented here.
 pub fn filter_cpuid(cpuid: &mut CpuId, vcpu_id: u8, nr_vcpus: u8) -> Result<(), Error> {
     if nr_vcpus == 0 {
         return Err(Error::NoVcpus);
@@ -226,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn tsc_deadline_added_only_where_kvm_has_the_cap() {
+        let mut without = CpuId::from_entries(&[leaf(1, 0, [0, 0, 0x8, 0])]).unwrap();
+        add_emulated_features(&mut without, false);
+        assert_eq!(find(&without, 1, 0).ecx, 0x8);
+        let mut with = without.clone();
+        add_emulated_features(&mut with, true);
+        assert_eq!(find(&with, 1, 0).ecx, 0x8 | LEAF1_ECX_TSC_DEADLINE);
+        // Already reported (newer KVM): unchanged, and it survives the per-vCPU filter.
+        add_emulated_features(&mut with, true);
+        filter_cpuid(&mut with, 0, 2).unwrap();
+        assert_eq!(
+            find(&with, 1, 0).ecx,
+            0x8 | LEAF1_ECX_TSC_DEADLINE | LEAF1_ECX_HYPERVISOR
+        );
+        assert_eq!(with.as_slice().len(), 1);
+    }
+
+    #[test]
     fn leaf4_cache_topology() {
         let mut c = intel();
         filter_cpuid(&mut c, 0, 4).unwrap();
@@ -327,6 +365,8 @@ mod tests {
     fn filtered_host_cpuid_is_accepted_by_kvm() {
         let kvm = Kvm::new().unwrap();
         let mut c = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        add_emulated_features(&mut c, tsc_deadline);
         filter_cpuid(&mut c, 1, 2).unwrap();
         let vm = kvm.create_vm().unwrap();
         let vcpu = vm.create_vcpu(1).unwrap();
@@ -335,5 +375,8 @@ mod tests {
         let l1 = find(&back, 1, 0);
         assert_eq!(l1.ebx >> 24, 1);
         assert_eq!(l1.ecx & LEAF1_ECX_HYPERVISOR, LEAF1_ECX_HYPERVISOR);
+        if tsc_deadline {
+            assert_eq!(l1.ecx & LEAF1_ECX_TSC_DEADLINE, LEAF1_ECX_TSC_DEADLINE);
+        }
     }
 }

@@ -1,0 +1,203 @@
+//! The nested-KVM rig (`scripts/nested-kvm.sh`) from the tests: commands run inside an L1
+//! Linux under QEMU's TCG, whose emulated SVM gives it a hardware-virtualisation /dev/kvm.
+//!
+//! A test that needs a KVM able to boot a stock Linux guest starts with [`on_linux_kvm`]: on
+//! a host whose own KVM can (`husk-vmm --probe` says yes) it runs directly; elsewhere (PVM,
+//! no /dev/kvm) this same test binary re-runs just that test inside the rig, and the outer
+//! test passes only if the inner one really ran and passed.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use husk::vmm::probe::HostProbe;
+
+/// Set inside the rig when a test re-runs itself there.
+pub const IN_RIG_ENV: &str = "HUSK_IN_NESTED_KVM";
+
+/// The exit status `scripts/nested-kvm.sh run` uses for NOT RUN.
+const NOT_RUN_STATUS: i32 = 3;
+
+/// Time for `prepare` (a first run downloads and unpacks the L1 kernel) and L1's boot and
+/// power-off, on top of what the command itself may take.
+const RIG_OVERHEAD: Duration = Duration::from_secs(240);
+
+/// True inside the rig (a test re-run by [`on_linux_kvm`]).
+pub fn in_rig() -> bool {
+    std::env::var_os(IN_RIG_ENV).is_some()
+}
+
+fn script() -> PathBuf {
+    super::repo_root().join("scripts/nested-kvm.sh")
+}
+
+/// Runs `cmd` inside the rig (cwd: the repository root) with `env` added to what the script
+/// passes on (PATH, HOME, HUSK_*, ...), L1 killed after `timeout`. Returns its output and
+/// status, or None after reporting NOT RUN with the rig's one-line reason.
+pub fn run_in_rig(
+    test: &str,
+    cmd: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<Output> {
+    let mut c = Command::new(script());
+    c.arg("run")
+        .arg("--timeout")
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("--cwd")
+        .arg(super::repo_root());
+    for (k, v) in env {
+        c.arg("--env").arg(format!("{k}={v}"));
+    }
+    c.arg("--").args(cmd);
+    let out = super::run_bounded(c, None, timeout + RIG_OVERHEAD);
+    if out.status.code() == Some(NOT_RUN_STATUS) {
+        let stdout = super::text(&out.stdout);
+        if let Some(line) = stdout
+            .lines()
+            .find(|l| l.starts_with("NOT RUN: nested-kvm: "))
+        {
+            // Under CI=true a rig that cannot run fails the run (the host cannot run these
+            // tests any other way).
+            super::not_run(test, line.trim_start_matches("NOT RUN: "), true);
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// For a test that needs a KVM that can boot a stock Linux guest. Returns true when the
+/// test should go on in this process: the host's KVM can (the probe says yes), or this is
+/// already the rig. Otherwise returns false after running this test (`--exact test`) inside
+/// the rig and asserting that it ran and passed there, or after reporting NOT RUN when
+/// the rig cannot run; the caller then returns.
+pub fn on_linux_kvm(test: &str, timeout: Duration) -> bool {
+    let probe = HostProbe::run();
+    if probe.can_run_linux_guests {
+        return true;
+    }
+    assert!(
+        !in_rig(),
+        "{test}: inside the nested-KVM rig, but its KVM cannot run a Linux guest: {}",
+        probe.reason
+    );
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    eprintln!(
+        "{test}: KVM here cannot run a stock Linux guest ({}); running it in the nested-KVM rig",
+        probe.reason
+    );
+    let Some(out) = run_in_rig(
+        test,
+        &[exe, "--exact", test, "--nocapture", "--test-threads=1"],
+        &[(IN_RIG_ENV, "1")],
+        timeout,
+    ) else {
+        return false;
+    };
+    let stdout = super::text(&out.stdout);
+    let stderr = super::text(&out.stderr);
+    let inner = format!("--- stdout in the rig:\n{stdout}\n--- stderr in the rig:\n{stderr}");
+    if let Some(line) = stderr
+        .lines()
+        .chain(stdout.lines())
+        .find(|l| l.starts_with(&format!("NOT RUN: {test}: ")))
+    {
+        // It did not run inside either: that is what it reports, not a pass.
+        let reason = line.trim_start_matches(&format!("NOT RUN: {test}: "));
+        super::not_run(test, &format!("in the nested-KVM rig: {reason}"), true);
+        return false;
+    }
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} failed in the nested-KVM rig (status {:?}):\n{inner}",
+        out.status
+    );
+    eprintln!("{test}: passed in the nested-KVM rig\n{inner}");
+    false
+}
+
+/// A VM backend on a KVM that boots stock Linux guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmBackend {
+    /// husk's own VMM (`HUSK_VMM=husk`).
+    HuskVmm,
+    /// QEMU microvm with `-accel kvm` (`HUSK_VMM=qemu HUSK_QEMU_ACCEL=kvm`).
+    QemuKvm,
+}
+
+impl KvmBackend {
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            KvmBackend::HuskVmm => &[("HUSK_VMM", "husk")],
+            KvmBackend::QemuKvm => &[("HUSK_VMM", "qemu"), ("HUSK_QEMU_ACCEL", "kvm")],
+        }
+    }
+}
+
+/// Runs the named tests of this test binary (`--exact`) again on `backend`: in a child
+/// process where the host's own KVM boots stock Linux, inside the nested-KVM rig elsewhere.
+/// The calling test passes only if every one of them ran there and passed; one that says
+/// NOT RUN there is reported as NOT RUN here (a failure under CI=true), never as a pass.
+pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], timeout: Duration) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    // --include-ignored: a test that only one backend can run is #[ignore]d on the host and
+    // named here by the rerun for that backend.
+    let mut args = vec![
+        exe,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=2",
+    ];
+    args.extend_from_slice(tests);
+    let mut env: Vec<(&str, &str)> = backend.env().to_vec();
+    env.push((IN_RIG_ENV, "1"));
+    let probe = HostProbe::run();
+    let (out, place) = if probe.can_run_linux_guests {
+        let mut c = Command::new(exe);
+        c.args(&args[1..]).envs(env.iter().copied());
+        (super::run_bounded(c, None, timeout), "on this host")
+    } else {
+        eprintln!(
+            "{test}: KVM here cannot run a stock Linux guest ({}); running {} tests on {backend:?} \
+             in the nested-KVM rig",
+            probe.reason,
+            tests.len()
+        );
+        let Some(out) = run_in_rig(test, &args, &env, timeout) else {
+            return;
+        };
+        (out, "in the nested-KVM rig")
+    };
+    let stdout = super::text(&out.stdout);
+    let stderr = super::text(&out.stderr);
+    let inner = format!("--- stdout {place}:\n{stdout}\n--- stderr {place}:\n{stderr}");
+    let not_run: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| l.starts_with("NOT RUN: "))
+        .collect();
+    if !not_run.is_empty() {
+        super::not_run(
+            test,
+            &format!("on {backend:?} {place}: {}", not_run.join("; ")),
+            true,
+        );
+        return;
+    }
+    let want = format!("test result: ok. {} passed; 0 failed", tests.len());
+    assert!(
+        out.status.success() && stdout.contains(&want),
+        "{test}: on {backend:?} {place} (status {:?}), expected `{want}`:\n{inner}",
+        out.status
+    );
+    eprintln!(
+        "{test}: {} tests passed on {backend:?} {place}",
+        tests.len()
+    );
+    for line in stdout.lines().filter(|l| l.starts_with("test ")) {
+        eprintln!("  {line}");
+    }
+}
