@@ -8,6 +8,8 @@
 //! QueueNotify through the MMIO bus, the worker thread's event loop, pread/pwrite straight
 //! into guest memory, used ring, irq EventFd, driver wake-up.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};

@@ -5,7 +5,12 @@
 #   scripts/build-initramfs.sh        -> last stdout line: path of the initramfs
 #
 # Environment:
-#   OUT=file         output path (default target/husk/initramfs.cpio.gz, or .cpio / .cpio.zst)
+#   OUT=file         output path (default target/husk/initramfs.cpio.gz, or .cpio / .cpio.zst;
+#                    target/husk/initramfs-selftest.cpio.gz with SELFTEST=1)
+#   SELFTEST=1       the test initramfs: the agent built with its `selftest` feature, so
+#                    `husk.selftest=1` on the kernel command line runs the 23-check syscall
+#                    self-test (tests/kernel_tcg.rs, tests/backend_qemu.rs). The production
+#                    initramfs (the default) carries no self-test.
 #   COMPRESS=gzip    gzip (default), zstd or none. Measured under QEMU TCG with this agent
 #                    (~1 MiB archive) the three boot within noise of each other (see
 #                    kernel-config/README.md); gzip keeps the file small and needs nothing extra.
@@ -24,7 +29,12 @@ case "$COMPRESS" in
     none) ext=.cpio ;;
     *) echo "build-initramfs.sh: COMPRESS must be gzip, zstd or none (got $COMPRESS)" >&2; exit 1 ;;
 esac
-OUT=${OUT:-$root/target/husk/initramfs$ext}
+SELFTEST=${SELFTEST:-0}
+case "$SELFTEST" in
+    1) features=(--features selftest); OUT=${OUT:-$root/target/husk/initramfs-selftest$ext} ;;
+    0) features=(); OUT=${OUT:-$root/target/husk/initramfs$ext} ;;
+    *) echo "build-initramfs.sh: SELFTEST must be 0 or 1 (got $SELFTEST)" >&2; exit 1 ;;
+esac
 epoch=${SOURCE_DATE_EPOCH:-0}
 TARGET=x86_64-unknown-linux-gnu
 
@@ -43,9 +53,9 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 # --- the agent, static --------------------------------------------------------------------
 # --target keeps these flags off build scripts and proc macros; stripping symbols makes the
 # binary several times smaller, which is what the kernel has to unpack at boot.
-say "building husk-agent (static, $TARGET)"
+say "building husk-agent (static, $TARGET${features[*]:+, ${features[*]}})"
 (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release -p husk-agent --target "$TARGET" >&2)
+    cargo build --release -p husk-agent --target "$TARGET" ${features[@]+"${features[@]}"} >&2)
 agent=$root/target/$TARGET/release/husk-agent
 [ -x "$agent" ] || die "cargo did not produce $agent"
 # A dynamic /init would die at once with no loader in the initramfs: refuse to pack one.

@@ -26,6 +26,11 @@ HUSK_INITRAMFS=$(scripts/build-initramfs.sh | tail -n1)
 [ -f "$HUSK_INITRAMFS" ] || die "initramfs build failed ($HUSK_INITRAMFS)"
 export HUSK_INITRAMFS
 log "initramfs: $HUSK_INITRAMFS"
+# The same agent with its syscall self-test (husk.selftest=1), for the tests that boot it.
+HUSK_SELFTEST_INITRAMFS=$(SELFTEST=1 scripts/build-initramfs.sh | tail -n1)
+[ -f "$HUSK_SELFTEST_INITRAMFS" ] || die "self-test initramfs build failed ($HUSK_SELFTEST_INITRAMFS)"
+export HUSK_SELFTEST_INITRAMFS
+log "self-test initramfs: $HUSK_SELFTEST_INITRAMFS"
 
 # The QEMU backend's vsock daemon (cargo install, cached outside the repo).
 HUSK_VHOST_DEVICE_VSOCK=$(scripts/install-vhost-device-vsock.sh | tail -n1)

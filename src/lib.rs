@@ -9,6 +9,9 @@
 //!   engines' network namespaces.
 //! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
 //! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
+//! - [`util`]: helpers written once: `which`, atomic file writes, time stamps.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod cli;
@@ -19,4 +22,5 @@ pub mod network;
 pub mod ociruntime;
 pub mod runtime;
 pub mod sandbox;
+pub mod util;
 pub mod vmm;

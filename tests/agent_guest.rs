@@ -3,6 +3,8 @@
 //! ext4 scratch disk), and the host drives it through `AgentClient` over vsock.
 //! Several checks share one boot: a TCG boot costs seconds of a small machine's CPU.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "agent_guest/harness.rs"]
 mod harness;

@@ -5,6 +5,8 @@
 //! spec paths that go through hostile symlinks in the image staying inside the container.
 //! One boot for all of it: a TCG boot costs seconds of a small machine's CPU.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "agent_guest/harness.rs"]
 mod harness;

@@ -2,6 +2,8 @@
 //! binary (`ctr run --runc-binary R`): run with output and exit status, exec, kill and
 //! `ctr task ps`. Each test starts a containerd of its own (tests/common/engine.rs).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::engine::{self, Containerd};

@@ -4,6 +4,8 @@
 //! the kernel the container sees, and 20 run/rm cycles that must leave nothing behind.
 //! Each test has its own podman store and runtime `--root` (tests/common/engine.rs).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::engine::{self, Podman, Runtime};

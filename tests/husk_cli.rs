@@ -5,6 +5,8 @@
 //! The image is scripts/make-busybox-image.sh's one-layer busybox (Debian's static
 //! busybox), given to each test's root with `husk load -i`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::cli::{Husk, LIMIT};

@@ -4,6 +4,8 @@
 //! run`; hostile and corrupt archives rejected by `husk load` with one line and nothing kept;
 //! `rmi` of an image in use refused; `-u NAME` resolved from the image's /etc/passwd.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::cli::Husk;

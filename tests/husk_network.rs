@@ -3,6 +3,8 @@
 //! so the host's namespace is never touched and the tests run in parallel), and talks only to
 //! its own guests and to "test hosts" in namespaces it made.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::io::Read;

@@ -4,6 +4,8 @@
 //! every test no state, VMM, virtiofsd or vhost-device-vsock left. Real guests boot on the
 //! QEMU backend (TCG on hosts whose KVM cannot run a stock guest).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "husk_runtime/detach.rs"]
 mod detach;
@@ -298,8 +300,8 @@ fn console_socket_gets_a_pty_master_for_init_and_exec() {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ on the master fd we hold, with a winsize we own.
     assert_eq!(
+        // SAFETY: TIOCSWINSZ on the master fd we hold, with a winsize we own.
         unsafe {
             libc::ioctl(
                 std::os::fd::AsRawFd::as_raw_fd(&resize),

@@ -3,6 +3,8 @@
 //! built binary with real microVMs, each test with its own `--root`, the image being
 //! scripts/make-busybox-image.sh's busybox as in tests/husk_cli.rs.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::cli::{Husk, LIMIT};

@@ -2,6 +2,8 @@
 //! scripts/start-test-registry.sh, stopped by the test), the busybox OCI image pushed with
 //! skopeo, pulled with `Store::pull` over plain HTTP, digests and the converted layer checked.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

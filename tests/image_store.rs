@@ -3,6 +3,8 @@
 //! (and stacking them with overlayfs), hostile and corrupt layers, the shared layer cache,
 //! and remove + GC. Needs root, mkfs.erofs and loop mounts; says NOT RUN otherwise.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "image_store/helpers.rs"]
 mod helpers;

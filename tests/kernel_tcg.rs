@@ -7,6 +7,8 @@
 //! kernel (`reboot=k`) resets through the i8042 keyboard controller, and QEMU, given an
 //! i8042 device and `-no-reboot`, exits 0 on that reset.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::path::Path;
@@ -107,7 +109,8 @@ fn fact<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
 
 #[test]
 fn real_kernel_boots_under_qemu_tcg() {
-    let (Some(kernel), Some(initramfs)) = (common::kernel(TEST), common::initramfs(TEST)) else {
+    let (Some(kernel), Some(initramfs)) = (common::kernel(TEST), common::selftest_initramfs(TEST))
+    else {
         return;
     };
     if !qemu_available() {

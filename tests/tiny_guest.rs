@@ -3,6 +3,8 @@
 //! boot_params in rsi, long mode. Each asserts on what the guest printed and on husk-vmm's
 //! exit status and stderr.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::process::Output;

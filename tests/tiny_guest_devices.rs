@@ -12,6 +12,8 @@
 //! - irqfd: the worker's interrupt eventfd raises GSI 5 in KVM's IOAPIC; the guest routes
 //!   pin 5 to vector 0x30 and its IDT handler runs (every other vector resets the guest).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::path::Path;

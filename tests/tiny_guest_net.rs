@@ -7,6 +7,8 @@
 //!   inherited as an fd;
 //! - `--net` errors are one clear line.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "virtio_net/netns.rs"]
 mod netns;

@@ -1,6 +1,8 @@
 //! virtio-blk through the driver-side harness: the real virtio-mmio transport, the real
 //! block device and its worker thread, real guest memory and a real host file. No KVM.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! FUSE on the request queue. No KVM needed, so this runs on hosts whose KVM cannot boot a
 //! stock guest.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! virtio-mmio under the real /dev/kvm: a tiny guest exercises the wiring that
 //! `attach_virtio_mmio` sets up with a real `VmFd` (MMIO exits, ioeventfd, irqfd).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use husk::devices::virtio::block::Block;
 use husk::devices::virtio::mmio::reg;
 use husk::devices::virtio::TYPE_BLOCK;

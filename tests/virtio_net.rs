@@ -7,6 +7,8 @@
 //! Run: `cargo test -p husk --test virtio_net` (root: namespaces and TAPs).
 //! Benchmark: `cargo test --release -p husk --test virtio_net -- --ignored --nocapture bench`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "virtio_net/guest.rs"]
 mod guest;

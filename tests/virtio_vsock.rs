@@ -6,6 +6,8 @@
 //! Run: `cargo test -p husk --test virtio_vsock`.
 //! Benchmark: `cargo test --release -p husk --test virtio_vsock -- --ignored --nocapture bench`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 #[path = "virtio_vsock/guest.rs"]
 mod guest;
 

@@ -2,6 +2,8 @@
 //! cannot run a stock guest) with one virtiofsd per shared directory, the agent mounting the
 //! tags as volumes inside an image rootfs or as the container rootfs itself.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 #[path = "agent_guest/harness.rs"]
 mod harness;
@@ -266,6 +268,7 @@ fn killing_virtiofsd_mid_run_ends_the_vm_with_a_clear_error() {
     let socket = virtiofsd::socket_for(&g.vm.console_log(), 0);
     let pid = virtiofsd_pid(&socket).expect("the share's virtiofsd is running");
     let t = Instant::now();
+    // SAFETY: kill() touches no memory; `pid` is the share's virtiofsd, found just above.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let err = wait_bounded(&g, Duration::from_secs(30))
         .expect_err("a VM whose virtiofsd died must not end in success");

@@ -6,6 +6,8 @@
 //! (`scripts/nested-kvm.sh`: an L1 Linux under QEMU's TCG with emulated SVM), and reports
 //! NOT RUN with the reason only where the rig cannot run either — never a silent pass.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::time::Duration;
@@ -20,7 +22,9 @@ fn husk_vmm_boots_linux_to_the_agent() {
     if !common::rig::on_linux_kvm(name, Duration::from_secs(300)) {
         return;
     }
-    let (Some(kernel), Some(initramfs)) = (common::kernel(name), common::initramfs(name)) else {
+    // The test initramfs: the production agent carries no self-test.
+    let (Some(kernel), Some(initramfs)) = (common::kernel(name), common::selftest_initramfs(name))
+    else {
         return;
     };
     // `husk.selftest=1`: the agent runs its self-test and then powers off, so the VM ends

@@ -15,6 +15,8 @@
 //!   host's /dev/vhost-vsock and would not test husk's device anyway), so its vsock part is
 //!   reported NOT RUN.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -38,6 +38,7 @@ pub fn drop_bounding(caps: &Capabilities) -> io::Result<()> {
     let keep = mask(&caps.bounding);
     for cap in 0..=last_cap().min(63) {
         if keep & (1 << cap) == 0 {
+            // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory of ours.
             let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
                 return Err(io::Error::last_os_error());
@@ -70,10 +71,13 @@ pub fn apply(caps: &Capabilities) -> io::Result<()> {
             inheritable: (i >> 32) as u32,
         },
     ];
+    // SAFETY: `hdr` and `data` are live, #[repr(C)] and laid out as the kernel's v3 header and two
+    // data structs, which capset reads (and may write the header's version into).
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes only integers.
     unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
@@ -84,6 +88,7 @@ pub fn apply(caps: &Capabilities) -> io::Result<()> {
         )
     };
     for c in &caps.ambient {
+        // SAFETY: PR_CAP_AMBIENT_RAISE takes a capability number and touches no memory of ours.
         let rc = unsafe {
             libc::prctl(
                 libc::PR_CAP_AMBIENT,

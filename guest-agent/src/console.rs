@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 
 pub fn ensure_stdio() {
     let missing: Vec<i32> = (0..3)
+        // SAFETY: F_GETFD on any integer only reads the fd table; a closed fd gives EBADF and is
+        // the answer we want.
         .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0)
         .collect();
     if missing.is_empty() {
@@ -23,6 +25,8 @@ pub fn ensure_stdio() {
         Err(_) => return,
     };
     for fd in missing {
+        // SAFETY: dup2 onto 0-2, which the filter above found closed, so no descriptor owned
+        // elsewhere in this process is replaced; `console` stays open for the call.
         unsafe { libc::dup2(console.as_raw_fd(), fd) };
     }
     // `console` closes here; the dup'ed descriptors stay open.

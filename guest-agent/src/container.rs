@@ -317,6 +317,8 @@ fn signal_process(p: &Process, signal: i32) -> Reply {
             "the process has already exited",
         ));
     }
+    // SAFETY: kill() touches no memory; `p.pid` is our child and not yet reaped (its exit is
+    // unset, checked above), so the pid cannot have been reused.
     if unsafe { libc::kill(p.pid, signal) } < 0 {
         return Err(err(
             ErrorCode::Internal,

@@ -46,6 +46,7 @@ pub fn kernel_cmdline() -> String {
 
 /// Online CPUs, as the kernel's `cpu/online` range list (e.g. `0-1`) and counted.
 fn online_cpus() -> String {
+    // SAFETY: sysconf with a valid name only returns a number.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     match fs::read_to_string("/sys/devices/system/cpu/online") {
         Ok(list) => format!("{n} (online {})", list.trim()),

@@ -5,12 +5,16 @@
 //! disks the host names ([`rootfs`]), each process created through a re-executed
 //! single-threaded helper (`husk-agent init`: [`process`] on the agent side, [`init`] in the
 //! helper), stdio relayed on stream connections ([`stdio`], [`pty`]), every child reaped
-//! ([`reaper`]). With `husk.selftest=1` on the kernel command line it runs the syscall-surface
-//! self-test instead and ends the VM. Run as an ordinary program (not PID 1) it skips the
-//! mounts and the power-off and only reports (`husk-agent [--selftest] [--serve]`).
+//! ([`reaper`]). Built with the `selftest` feature (the test initramfs,
+//! `SELFTEST=1 scripts/build-initramfs.sh`), `husk.selftest=1` on the kernel command line makes
+//! it run the syscall-surface self-test instead and end the VM; the production PID 1 carries
+//! no self-test. Run as an ordinary program (not PID 1) it skips the mounts and the power-off
+//! and only reports (`husk-agent [--selftest] [--serve]`).
 //!
 //! PID 1 must never panic (a panic is a kernel panic), so every step reports its failure on
 //! the console and the agent carries on.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 /// Writes one line to stdout (the console when PID 1), ignoring write errors: there is
 /// nowhere else to report them and PID 1 must not die over a console hiccup.
@@ -38,6 +42,7 @@ mod pty;
 mod reaper;
 mod rootfs;
 mod seccomp;
+#[cfg(feature = "selftest")]
 mod selftest;
 mod server;
 mod stdio;
@@ -69,10 +74,7 @@ fn main() {
     let selftest = (pid1 && cmdline_flag(&cmdline, "husk.selftest"))
         || std::env::args().any(|a| a == "--selftest");
     if selftest {
-        let summary = selftest::run(pid1);
-        if !pid1 && summary.fail > 0 {
-            std::process::exit(1);
-        }
+        run_selftest(pid1);
     }
 
     if pid1 && selftest {
@@ -84,11 +86,36 @@ fn main() {
     serve();
 }
 
+/// The syscall-surface self-test; outside PID 1 a failure is the exit status.
+#[cfg(feature = "selftest")]
+fn run_selftest(pid1: bool) {
+    let summary = selftest::run(pid1);
+    if !pid1 && summary.fail > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// A production agent asked for the self-test says it has none (and, as PID 1, still ends
+/// the VM below, so a test that booted the wrong initramfs fails at once, not at a timeout).
+#[cfg(not(feature = "selftest"))]
+fn run_selftest(pid1: bool) {
+    say!(
+        "husk-agent: the self-test was asked for, but this agent was built without it \
+         (build the test initramfs: SELFTEST=1 scripts/build-initramfs.sh)"
+    );
+    if !pid1 {
+        std::process::exit(1);
+    }
+}
+
 /// Serves the host over vsock until told to power off.
 fn serve() -> ! {
     // A pump writing to a pipe whose reader is gone must get EPIPE, not kill PID 1.
+    // SAFETY: signal() only changes this process's disposition of SIGPIPE; SIG_IGN is a valid
+    // disposition and no Rust code relies on SIGPIPE's default.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Orphans are reparented to PID 1; elsewhere (tests) become their reaper all the same.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if let Err(e) = reaper::start() {
         say!("husk-agent: cannot start the reaper: {e}");

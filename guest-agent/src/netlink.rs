@@ -99,8 +99,9 @@ impl Netlink {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is fresh and ours.
         Ok(Netlink {
+            // SAFETY: socket() just returned `fd` (checked non-negative above); nothing else
+            // owns it, so the OwnedFd is its only owner.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             seq: 0,
         })

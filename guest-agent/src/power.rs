@@ -11,6 +11,7 @@ use nix::sys::reboot::{reboot, RebootMode};
 
 pub fn off() -> ! {
     say!("husk-agent: syncing and ending the VM");
+    // SAFETY: sync() takes no arguments and cannot fail.
     unsafe { libc::sync() };
     let err = match reboot(RebootMode::RB_AUTOBOOT) {
         Ok(never) => match never {},

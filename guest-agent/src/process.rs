@@ -49,9 +49,13 @@ pub enum Mode {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot run the init helper (/proc/self/exe init): {0}")]
-    Helper(io::Error),
+    Helper(#[source] io::Error),
     #[error("sync socket with the init helper: {0}")]
-    Sync(io::Error),
+    Sync(#[source] io::Error),
+    #[error("encoding the init config: {0}")]
+    EncodeConfig(#[source] serde_json::Error),
+    #[error("sending the init config: {0}")]
+    SendConfig(#[source] io::Error),
     #[error("{0}")]
     Setup(String),
     #[error("the init helper exited before the process was ready (see the guest console)")]
@@ -68,6 +72,7 @@ pub struct Spawned {
 
 fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into `fds`, a live [c_int; 2].
     let rc = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -79,6 +84,8 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: socketpair succeeded, so both fds are fresh and owned by nobody else: each OwnedFd
+    // is its only owner.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -86,6 +93,7 @@ fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
+        // SAFETY: recv() writes at most buf.len() bytes into `buf`, a live Vec we own.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n >= 0 {
             buf.truncate(n as usize);
@@ -100,69 +108,14 @@ pub fn recv(fd: RawFd) -> io::Result<Vec<u8>> {
 
 /// Receives one packet and the descriptor passed with it, if any; empty at EOF.
 pub fn recv_fd(fd: RawFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 << 10];
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut passed = None;
-        let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        while !c.is_null() {
-            let h = unsafe { &*c };
-            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-                let raw = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>()) };
-                passed = Some(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-            c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
-        }
-        buf.truncate(n as usize);
-        return Ok((buf, passed));
-    }
+    husk_fdpass::recv_fd(fd, 64 << 10)
 }
 
 /// Sends `msg` with the descriptor `pass` attached.
-pub fn send_fd(fd: RawFd, msg: &[u8], pass: RawFd) -> io::Result<()> {
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf.as_mut_ptr().cast();
-    m.msg_controllen = space;
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
-    }
-    if unsafe { libc::sendmsg(fd, &m, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub use husk_fdpass::send_fd;
 
 pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: send() reads msg.len() bytes from `msg`, borrowed for the call.
     let n = unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -172,13 +125,15 @@ pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Runs the helper with `cfg` and waits until the process is set up (or failed).
 pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
-    let json = serde_json::to_vec(cfg)
-        .map_err(|e| SpawnError::Setup(format!("encoding the init config: {e}")))?;
+    let json = serde_json::to_vec(cfg).map_err(SpawnError::EncodeConfig)?;
     let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
     let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(SpawnError::Helper(io::Error::last_os_error()));
     }
+    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else: each OwnedFd is its
+    // only owner.
     let (cfg_r, cfg_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
     let mut cmd = Command::new("/proc/self/exe");
@@ -187,6 +142,10 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
         .stdin(StdStdio::from(stdio.stdin))
         .stdout(StdStdio::from(stdio.stdout))
         .stderr(StdStdio::from(stdio.stderr));
+    // SAFETY: the pre_exec closure runs in the forked child before exec and calls only fcntl and
+    // dup2, which are async-signal-safe, and allocates nothing (last_os_error only reads errno).
+    // `sync_fd` and `cfg_fd` are plain ints that stay open in the parent (`theirs`, `cfg_r`) until
+    // spawn has returned, so the child inherits valid fds.
     unsafe {
         // Only async-signal-safe calls between fork and exec. Duplicate above any target
         // first, so placing one fd cannot clobber the other.
@@ -206,14 +165,15 @@ pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError>
     drop(theirs);
     drop(cfg_r);
     let mut w = std::fs::File::from(cfg_w);
-    w.write_all(&json)
-        .map_err(|e| SpawnError::Setup(format!("sending the init config: {e}")))?;
+    w.write_all(&json).map_err(SpawnError::SendConfig)?;
     drop(w);
 
     let tv = libc::timeval {
         tv_sec: 60,
         tv_usec: 0,
     };
+    // SAFETY: `tv` is a live timeval and the length passed is exactly its size; setsockopt only
+    // reads it.
     unsafe {
         libc::setsockopt(
             ours.as_raw_fd(),

@@ -11,6 +11,8 @@ pub fn resize(master: RawFd, rows: u16, cols: u16) -> io::Result<()> {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
+    // SAFETY: TIOCSWINSZ reads one winsize from `ws`, a live local of that type; a bad fd only
+    // makes it fail.
     if unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) } < 0 {
         return Err(io::Error::last_os_error());
     }

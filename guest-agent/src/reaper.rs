@@ -91,6 +91,8 @@ fn run() {
     let r = reaper();
     loop {
         let mut raw = 0;
+        // SAFETY: waitpid writes the status into `raw`, a live c_int, and touches no other
+        // memory of ours.
         let pid = unsafe { libc::waitpid(-1, &mut raw, libc::__WALL) };
         if pid > 0 {
             let status = decode(raw);

@@ -235,6 +235,9 @@ pub fn install(filter: &Filter) -> std::io::Result<()> {
         filter: filter.insns.as_ptr(),
     };
     const SECCOMP_SET_MODE_FILTER: libc::c_long = 1;
+    // SAFETY: `prog` points at `filter.insns`, which outlives the call, and its `len` is at most
+    // the Vec's length (the u16 cast can only shorten it); the kernel copies the program and keeps
+    // no pointer into it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_seccomp,

@@ -15,15 +15,20 @@ pub struct Listener(OwnedFd);
 impl Listener {
     /// Listens on `port` for any CID.
     pub fn bind(port: u32) -> io::Result<Listener> {
+        // SAFETY: socket() takes only integers and returns a new fd or -1.
         let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: socket() just returned `fd` (checked non-negative); nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_vm is a plain C struct; all-zero bytes are a valid value.
         let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
         addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
         addr.svm_cid = libc::VMADDR_CID_ANY;
         addr.svm_port = port;
+        // SAFETY: `addr` is a live sockaddr_vm and the length passed is exactly its size; bind
+        // only reads it.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -34,6 +39,7 @@ impl Listener {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: listen() takes an fd we own and an integer.
         if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -41,6 +47,8 @@ impl Listener {
     }
 
     pub fn accept(&self) -> io::Result<VsockStream> {
+        // SAFETY: null addr/addrlen pointers are allowed (the peer address is not wanted); the
+        // listening fd is ours.
         let fd = unsafe {
             libc::accept4(
                 self.0.as_raw_fd(),
@@ -52,6 +60,7 @@ impl Listener {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: accept4 just returned `fd` (checked non-negative); nothing else owns it.
         Ok(VsockStream(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 }
@@ -71,6 +80,7 @@ impl VsockStream {
             std::net::Shutdown::Write => libc::SHUT_WR,
             std::net::Shutdown::Both => libc::SHUT_RDWR,
         };
+        // SAFETY: shutdown() on an fd we own, with a valid `how`; it touches no memory.
         if unsafe { libc::shutdown(self.0.as_raw_fd(), how) } < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -93,6 +103,8 @@ impl Read for &VsockStream {
 impl Write for &VsockStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(CHUNK);
+        // SAFETY: the kernel reads `n` bytes from `buf`, and `n` <= buf.len(); MSG_NOSIGNAL turns
+        // a closed peer into EPIPE instead of SIGPIPE.
         let rc = unsafe {
             libc::send(
                 self.0.as_raw_fd(),
@@ -131,6 +143,8 @@ impl Write for VsockStream {
 /// read(2), retried on EINTR.
 pub fn fd_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
+        // SAFETY: read() writes at most buf.len() bytes into `buf`, which is exclusively borrowed
+        // for the call.
         let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if rc >= 0 {
             return Ok(rc as usize);
@@ -145,6 +159,8 @@ pub fn fd_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// write(2) of all of `buf`, retried on EINTR and short writes.
 pub fn fd_write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
+        // SAFETY: write() reads at most buf.len() bytes from `buf`, which is borrowed for the
+        // call.
         let rc = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if rc < 0 {
             let e = io::Error::last_os_error();

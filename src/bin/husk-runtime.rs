@@ -1,5 +1,7 @@
 //! `husk-runtime`: a runc-compatible OCI runtime; each container runs in its own microVM.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use husk::cli::runtime::{RuntimeCli, RuntimeCommand};
 use husk::ociruntime::{commands, log};
 

@@ -4,6 +4,8 @@
 //! line on stderr for any failure (triple fault, KVM or emulation error, watchdog, bad
 //! input, no /dev/kvm); `--probe`: 0 if this host can run Linux guests, 2 if not.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use clap::Parser;
 use husk::vmm::cli::Args;
 use husk::vmm::probe::HostProbe;

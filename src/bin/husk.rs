@@ -1,5 +1,7 @@
 //! `husk`: run OCI containers, each in its own microVM.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use husk::cli::{commands, Cli};
 
 /// docker's exit code for errors of the CLI itself (not the container's).

@@ -8,7 +8,7 @@
 //! reader never sees half a file.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::digest::Digest;
@@ -91,16 +91,8 @@ impl Index {
             path: path.to_path_buf(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".index.json.")
-            .tempfile_in(dir)
-            .map_err(err)?;
         let json = serde_json::to_vec_pretty(self).map_err(|e| err(io::Error::other(e)))?;
-        tmp.write_all(&json).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(())
+        crate::util::fs::write_atomic(path, &json).map_err(err)
     }
 
     /// Runs `f` on the index under `index.lock` and writes the result back.

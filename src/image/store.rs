@@ -72,11 +72,12 @@ pub enum StoreError {
     TooLarge { digest: String, limit: u64 },
     #[error("blob {0} is missing from the store")]
     MissingBlob(Digest),
-    #[error("{what} {digest} is not valid: {reason}")]
+    #[error("{what} {digest} is not valid: {source}")]
     Invalid {
         what: &'static str,
         digest: Digest,
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -292,29 +293,36 @@ impl Store {
         manifest_digest: &Digest,
         references: Vec<Reference>,
     ) -> Result<Image, StoreError> {
-        let invalid = |what, digest: &Digest, reason: String| StoreError::Invalid {
-            what,
-            digest: digest.clone(),
-            reason,
-        };
+        fn invalid(
+            what: &'static str,
+            digest: &Digest,
+            source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        ) -> StoreError {
+            StoreError::Invalid {
+                what,
+                digest: digest.clone(),
+                source: source.into(),
+            }
+        }
         let data = self.read_blob_bytes(manifest_digest)?;
         let manifest = ImageManifest::from_reader(&data[..])
-            .map_err(|e| invalid("manifest", manifest_digest, e.to_string()))?;
-        let config_digest: Digest = manifest.config().digest().to_string().parse().map_err(
-            |e: super::digest::DigestError| invalid("manifest", manifest_digest, e.to_string()),
-        )?;
+            .map_err(|e| invalid("manifest", manifest_digest, e))?;
+        let config_digest: Digest = manifest
+            .config()
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e: super::digest::DigestError| invalid("manifest", manifest_digest, e))?;
         let cdata = self.read_blob_bytes(&config_digest)?;
         let config = ImageConfiguration::from_reader(&cdata[..])
-            .map_err(|e| invalid("image config", &config_digest, e.to_string()))?;
+            .map_err(|e| invalid("image config", &config_digest, e))?;
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for l in manifest.layers() {
-            let digest =
-                l.digest()
-                    .to_string()
-                    .parse()
-                    .map_err(|e: super::digest::DigestError| {
-                        invalid("manifest", manifest_digest, e.to_string())
-                    })?;
+            let digest = l
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e: super::digest::DigestError| invalid("manifest", manifest_digest, e))?;
             layers.push(Layer {
                 digest,
                 media_type: l.media_type().to_string(),
@@ -462,7 +470,7 @@ impl Store {
                         keep_blobs.insert(l.digest);
                     }
                 }
-                Err(e) => log::warn!("gc: keeping manifest {m} only: {e}"),
+                Err(e) => tracing::warn!("gc: keeping manifest {m} only: {e}"),
             }
         }
         let mut stats = GcStats::default();

@@ -3,8 +3,6 @@
 //! `<root>/network/.lock` (which also serialises bridge and rule setup).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -110,16 +108,11 @@ impl Ipam {
 
     fn save(&self, bridge: &str, l: &Leases) -> Result<(), Error> {
         let path = self.file(bridge);
-        let tmp = path.with_extension("tmp");
-        let io = |source| Error::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let body = serde_json::to_vec_pretty(l).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path, source })
+        let body = serde_json::to_vec_pretty(l).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        crate::util::fs::write_atomic(&path, &body).map_err(|source| Error::Io { path, source })
     }
 
     /// The address of container `id` on `bridge`: its existing lease, or the lowest free one.

@@ -20,13 +20,14 @@ pub mod ipam;
 pub mod nat;
 pub mod netns;
 pub mod ports;
+pub mod resolv;
 pub mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use husk_protocol::{DnsConfig, InterfaceConfig, IpNet, NetworkConfig, RouteConfig};
+use husk_protocol::{InterfaceConfig, IpNet, NetworkConfig, RouteConfig};
 use serde::{Deserialize, Serialize};
 
 pub use ipam::Subnet;
@@ -253,7 +254,7 @@ fn attach_bridge(
             gateway: Some(IpAddr::V4(subnet.gateway())),
             mac: None,
         }],
-        dns: host_dns(),
+        dns: resolv::host(),
         hosts: Vec::new(),
     };
     Ok(Attached {
@@ -275,44 +276,6 @@ fn attach_bridge(
         },
         guest,
     })
-}
-
-/// The host's resolvers a guest can reach: those in /etc/resolv.conf that are not on the
-/// host's loopback (systemd-resolved's 127.0.0.53 answers only the host itself).
-fn host_dns() -> DnsConfig {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    parse_resolv(&text)
-}
-
-fn parse_resolv(text: &str) -> DnsConfig {
-    let mut d = DnsConfig::default();
-    for line in text.lines() {
-        let mut w = line.split_whitespace();
-        match w.next() {
-            Some("nameserver") => {
-                if let Some(a) = w.next().and_then(|a| a.parse::<IpAddr>().ok()) {
-                    if !a.is_loopback() && !a.is_unspecified() && d.servers.len() < 3 {
-                        d.servers.push(a);
-                    }
-                }
-            }
-            Some("search") => {
-                d.search = w
-                    .filter(|s| {
-                        s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-                    })
-                    .map(str::to_string)
-                    .collect()
-            }
-            _ => {}
-        }
-    }
-    if d.servers.is_empty() {
-        // Without a server, a search list alone would only confuse the resolver.
-        d.search.clear();
-    }
-    d
 }
 
 /// Tears down what [`attach`] set up for container `id` (idempotent).
@@ -392,16 +355,5 @@ mod tests {
         let p = ports::parse_all(&["8080:80".into()]).unwrap();
         assert!(NetworkSettings::new(NetworkMode::None, p.clone()).is_err());
         assert!(NetworkSettings::new(NetworkMode::Bridge, p).is_ok());
-    }
-
-    #[test]
-    fn host_resolvers_on_loopback_are_left_out() {
-        let d = parse_resolv(
-            "nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan corp.example\noptions edns0\n",
-        );
-        assert_eq!(d.servers, ["192.0.2.53".parse::<IpAddr>().unwrap()]);
-        assert_eq!(d.search, ["lan", "corp.example"]);
-        let only_local = parse_resolv("nameserver 127.0.0.53\nsearch lan\n");
-        assert!(only_local.servers.is_empty() && only_local.search.is_empty());
     }
 }

@@ -103,7 +103,10 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         .process()
         .as_ref()
         .ok_or_else(|| bad("no process: nothing to run".into()))?;
-    let process = process::convert(proc, (24, 80)).map_err(|e| bad(e.to_string()))?;
+    let process = process::convert(proc, (24, 80)).map_err(|source| Error::BadProcess {
+        path: bundle.join("config.json"),
+        source,
+    })?;
     let translated = mounts::translate(spec.mounts().as_deref().unwrap_or_default())?;
     // Shared read-write even for `root.readonly`: as runc does on the host, the guest creates
     // missing mount points in the rootfs before it remounts `/` read-only.
@@ -130,9 +133,12 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
         }
     }
     let seccomp = match linux.seccomp() {
-        Some(s) => Some(seccomp(
-            &serde_json::to_value(s).map_err(|e| bad(e.to_string()))?,
-        )?),
+        Some(s) => Some(seccomp(&serde_json::to_value(s).map_err(|source| {
+            Error::BadJson {
+                path: bundle.join("config.json"),
+                source,
+            }
+        })?)?),
         None => None,
     };
     let (vcpus, memory_mib) = size(linux.resources().as_ref());

@@ -3,7 +3,7 @@
 //! the slave as its stdio and relays it to the guest's pty.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -73,35 +73,9 @@ pub fn send_master(socket: &Path, master: &OwnedFd, name: &str) -> io::Result<()
     send_fd(s.as_raw_fd(), name.as_bytes(), master.as_raw_fd())
 }
 
-/// Sends `msg` with descriptor `pass` attached.
-pub fn send_fd(sock: RawFd, msg: &[u8], pass: RawFd) -> io::Result<()> {
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the sendmsg call.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf.as_mut_ptr().cast();
-    m.msg_controllen = space;
-    // SAFETY: the control buffer holds exactly one cmsg of one fd.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), pass);
-    }
-    // SAFETY: sendmsg on a socket we own with the message built above.
-    if unsafe { libc::sendmsg(sock, &m, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+/// Sends `msg` with descriptor `pass` attached (the one SCM_RIGHTS sender, shared with
+/// husk-agent).
+pub use husk_fdpass::send_fd;
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,18 @@ pub enum Error {
     NoConfig { path: PathBuf },
     #[error("{path}: {detail}")]
     BadConfig { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    BadProcess {
+        path: PathBuf,
+        #[source]
+        source: process::ProcessError,
+    },
+    #[error("{path}: {source}")]
+    BadJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("the bundle's rootfs {path} is not a directory")]
     NoRootfs { path: PathBuf },
     #[error("config.json: {0}: a VM runtime cannot honour this")]

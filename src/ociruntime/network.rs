@@ -15,18 +15,14 @@
 //! (a resolver on the host's 127.0.0.x is not reachable from the engine's namespace), as
 //! docker does; the agent writes `/etc/hosts` (localhost, the hostname) either way.
 
-use std::net::IpAddr;
 use std::path::Path;
 
-use husk_protocol::{ContainerSpec, DnsConfig, NetworkConfig};
+use husk_protocol::{ContainerSpec, NetworkConfig};
 
 use super::{log, Error};
 use crate::network::netns::{self, NetnsLink};
 use crate::network::{self, tap};
 use crate::sandbox::TapSpec;
-
-/// The host file a spec without its own `/etc/resolv.conf` takes nameservers from.
-const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The NIC the VM gets, the guest's network (for `ContainerSpec::network`) and what to
 /// detach later.
@@ -64,8 +60,7 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
     };
     let mut guest = engine.guest;
     if !binds(container, "/etc/resolv.conf") {
-        let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
-        guest.dns = parse_resolv_conf(&host);
+        guest.dns = network::resolv::host();
     }
     Ok(Some(Attached {
         tap: engine.tap,
@@ -94,54 +89,9 @@ fn binds(container: &ContainerSpec, dest: &str) -> bool {
         .any(|m| Path::new(&m.destination) == Path::new(dest))
 }
 
-/// Nameservers (not loopback ones), search domains and options of a resolv.conf.
-fn parse_resolv_conf(text: &str) -> DnsConfig {
-    let mut dns = DnsConfig::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => {
-                if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
-                    if !ip.is_loopback() && !dns.servers.contains(&ip) {
-                        dns.servers.push(ip);
-                    }
-                }
-            }
-            Some("search" | "domain") => {
-                dns.search = words.map(str::to_string).collect();
-            }
-            Some("options") => dns.options.extend(words.map(str::to_string)),
-            _ => {}
-        }
-    }
-    if dns.servers.is_empty() {
-        // Without a usable nameserver the image's own file is better than a half one.
-        return DnsConfig::default();
-    }
-    dns
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_resolv_conf_without_loopback_servers() {
-        let d = parse_resolv_conf(
-            "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.1\nnameserver ::1\n\
-             nameserver 2001:db8::1\nnameserver bogus\nsearch a.example b.example\n\
-             options ndots:2 edns0\n",
-        );
-        let servers: Vec<String> = d.servers.iter().map(|s| s.to_string()).collect();
-        assert_eq!(servers, ["192.0.2.1", "2001:db8::1"]);
-        assert_eq!(d.search, ["a.example", "b.example"]);
-        assert_eq!(d.options, ["ndots:2", "edns0"]);
-        // Only a local stub resolver: leave the image's file alone.
-        assert_eq!(
-            parse_resolv_conf("nameserver 127.0.0.53\nsearch x\n"),
-            DnsConfig::default()
-        );
-    }
 
     #[test]
     fn a_missing_namespace_is_one_clear_error() {

@@ -14,10 +14,15 @@ pub enum ProcessError {
     NoArgs,
     #[error("process.cwd {0:?} is not an absolute path")]
     RelativeCwd(String),
-    #[error("process.rlimits: {0}")]
-    Rlimit(String),
+    #[error("process.rlimits: {kind}: {source}")]
+    Rlimit {
+        /// The rlimit's type as the spec wrote it (`RLIMIT_NOFILE`, as Debug prints it).
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("process: {0}")]
-    Invalid(String),
+    Invalid(#[source] husk_protocol::ValidationError),
 }
 
 /// The agent's process from an OCI process. `default_console`: the size to give a terminal
@@ -49,8 +54,10 @@ pub fn convert(p: &Process, default_console: (u16, u16)) -> Result<ProcessSpec, 
         .flatten()
         .map(|r| {
             let v = serde_json::json!({"type": r.typ(), "soft": r.soft(), "hard": r.hard()});
-            serde_json::from_value::<Rlimit>(v)
-                .map_err(|e| ProcessError::Rlimit(format!("{:?}: {e}", r.typ())))
+            serde_json::from_value::<Rlimit>(v).map_err(|source| ProcessError::Rlimit {
+                kind: format!("{:?}", r.typ()),
+                source,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let capabilities = p.capabilities().as_ref().map(|c| Capabilities {
@@ -78,8 +85,7 @@ pub fn convert(p: &Process, default_console: (u16, u16)) -> Result<ProcessSpec, 
         capabilities,
         oom_score_adj: p.oom_score_adj(),
     };
-    spec.validate()
-        .map_err(|e| ProcessError::Invalid(e.to_string()))?;
+    spec.validate().map_err(ProcessError::Invalid)?;
     Ok(spec)
 }
 

@@ -3,10 +3,7 @@
 //! OCI `state` document built from both and from the kernel's view of the sandbox process.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -198,15 +195,11 @@ impl Store {
     pub fn save(&self, state: &ContainerState) -> Result<(), Error> {
         let dir = self.dir(&state.id);
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
-        f.write_all(&json).map_err(Error::io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(Error::io(&path))
+        crate::util::fs::write_atomic(&path, &json).map_err(Error::io(&path))
     }
 
     /// Loads, changes and saves the state of `id` under the store lock.
@@ -293,45 +286,9 @@ pub fn check_id(id: &str) -> Result<(), Error> {
     }
 }
 
-/// Now as RFC 3339 with nanoseconds, UTC (what runc writes in `created` and its logs).
-pub fn rfc3339_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs(), d.subsec_nanos())
-}
-
-/// Unix time → `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (days → civil date as in Hinnant's algorithm).
-pub fn rfc3339(secs: u64, nanos: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(rfc3339(1_798_761_599, 0), "2026-12-31T23:59:59.000000000Z");
-    }
 
     #[test]
     fn ids_are_checked() {
@@ -342,6 +299,8 @@ mod tests {
             assert!(check_id(bad).is_err(), "{bad}");
         }
     }
+
+    use crate::util::time::rfc3339_now;
 
     fn sample(id: &str) -> ContainerState {
         ContainerState {

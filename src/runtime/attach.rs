@@ -100,6 +100,8 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     for fd in [0, 1] {
         // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes one winsize into `ws`, a live local of that type; a bad or
+        // non-tty fd only makes it fail.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
             return Some((ws.ws_row, ws.ws_col));
         }

@@ -1,14 +1,14 @@
 //! `state.json`: what husk knows about one container, saved atomically (temp file + rename)
 //! so a crash mid-write leaves the old state, never a torn one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::proc::ProcessRef;
 use super::Error;
+use crate::util::fs::write_atomic;
+pub use crate::util::time::now;
 
 /// The file name of a container's state inside its directory.
 pub const STATE_FILE: &str = "state.json";
@@ -168,25 +168,9 @@ impl State {
     /// Writes `state.json` in `dir` through a temp file and a rename.
     pub fn save(&self, dir: &Path) -> Result<(), Error> {
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
-        let io = |source| Error::Io {
-            path: tmp.clone(),
-            source,
-        };
         let json = serde_json::to_vec_pretty(self).expect("state serializes");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&json).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path, source })
+        write_atomic(&path, &json).map_err(|source| Error::Io { path, source })
     }
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

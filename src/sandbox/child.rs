@@ -125,8 +125,10 @@ pub(super) fn spawn_retrying(cmd: &mut Command) -> io::Result<Child> {
 /// it meanwhile (ECHILD); the caller then finds the status under the lock.
 fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
     loop {
-        // SAFETY: waitid writes only into the siginfo we pass; the pid is our own child.
+        // SAFETY: siginfo_t is a plain C struct; all-zero bytes are a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, zeroed siginfo_t that waitid writes into; `pid` is our own
+        // child, so no other waiter races us for it.
         let rc = unsafe {
             libc::waitid(
                 libc::P_PID,
@@ -508,19 +510,7 @@ pub(super) fn find_helper(
         })
 }
 
-pub(super) fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-pub(super) fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
+pub(super) use crate::util::fs::{is_executable, which};
 
 #[cfg(test)]
 mod console_scan_tests {

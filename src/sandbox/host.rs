@@ -4,13 +4,14 @@
 //! `/dev/kvm` existing is not enough: on PVM hosts (`kvm_pvm`, nested clouds without
 //! hardware virtualisation) KVM only runs PVM-patched guests, and a stock kernel dies early.
 //! This is the one place that decides. For husk-vmm it asks `husk-vmm --probe` (husk-vmm's
-//! own judgement, `husk::vmm::probe`); for QEMU's accelerator it reads the same facts from
-//! sysfs itself.
+//! own judgement, `husk::vmm::probe`); for QEMU's accelerator it applies its own rule to the
+//! facts `husk::vmm::probe` gathers.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use crate::vmm::probe::HostFacts;
 
 /// A yes/no answer with the reason, for debug logs and `husk system check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,25 +48,7 @@ pub struct KvmFacts {
 
 impl KvmFacts {
     pub fn gather() -> Self {
-        let dev_kvm = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .map(drop)
-            .map_err(|e| format!("cannot open /dev/kvm: {e}"));
-        let module = |m: &str| Path::new("/sys/module").join(m).exists();
-        let cpu_flags = std::fs::read_to_string("/proc/cpuinfo")
-            .map(|c| {
-                c.lines()
-                    .filter(|l| l.starts_with("flags"))
-                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-            })
-            .unwrap_or(false);
-        KvmFacts {
-            dev_kvm,
-            pvm: module("kvm_pvm"),
-            hw_virt: module("kvm_intel") || module("kvm_amd") || cpu_flags,
-        }
+        Self::from(&HostFacts::gather())
     }
 
     /// Whether KVM here can run a stock Linux guest.
@@ -82,6 +65,18 @@ impl KvmFacts {
             return Probe::no("no kvm_intel/kvm_amd and no vmx/svm CPU flag");
         }
         Probe::yes("/dev/kvm with hardware virtualisation")
+    }
+}
+
+impl From<&HostFacts> for KvmFacts {
+    fn from(f: &HostFacts) -> Self {
+        KvmFacts {
+            dev_kvm: f
+                .kvm_open()
+                .map_err(|e| format!("cannot open /dev/kvm: {e}")),
+            pvm: f.pvm,
+            hw_virt: f.hw_virt(),
+        }
     }
 }
 
@@ -214,6 +209,28 @@ mod tests {
             "{}",
             broken.reason
         );
+    }
+
+    #[test]
+    fn facts_come_from_the_host_probe() {
+        let f = KvmFacts::from(&HostFacts {
+            kvm_device_present: false,
+            pvm: true,
+            kvm_modules: vec!["kvm_pvm".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            f.dev_kvm,
+            Err("cannot open /dev/kvm: No such file or directory (os error 2)".into())
+        );
+        assert!(f.pvm && !f.hw_virt);
+        let f = KvmFacts::from(&HostFacts {
+            kvm_device_present: true,
+            kvm_api_version: Some(12),
+            cpu_virt_flag: Some("vmx".into()),
+            ..Default::default()
+        });
+        assert!(f.dev_kvm.is_ok() && f.hw_virt && f.decide().usable);
     }
 
     #[test]

@@ -406,6 +406,7 @@ fn share_spec(dir: &Path, tag: &str, ro: bool) -> SharedDirSpec {
 
 fn alive(pid: u32) -> bool {
     // Signal 0 checks existence; a reaped child is gone.
+    // SAFETY: kill() touches no memory, and signal 0 delivers nothing.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
@@ -631,6 +632,7 @@ fn a_virtiofsd_that_dies_mid_run_ends_the_vm_with_a_clear_error() {
         .parse()
         .unwrap();
     let t = Instant::now();
+    // SAFETY: kill() touches no memory; `pid` is the helper this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let err = vm
         .wait()
@@ -693,8 +695,8 @@ fn husk_vmm_inherits_pre_opened_tap_fds_only() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text, format!("{}\nclosed\n", a.display()));
     // The parent's copy keeps close-on-exec.
-    // SAFETY: F_GETFD only reads the descriptor flags.
     assert_ne!(
+        // SAFETY: F_GETFD only reads the descriptor flags.
         unsafe { libc::fcntl(na, libc::F_GETFD) } & libc::FD_CLOEXEC,
         0
     );

@@ -92,7 +92,7 @@ pub fn attach_virtio(
         &mut env.devices.virtio,
         device,
     )?;
-    log::debug!(
+    tracing::debug!(
         "virtio device type {kind} at {:#x}+{:#x}, GSI {}",
         a.base,
         a.size,
@@ -153,7 +153,7 @@ pub fn attach_fs_devices(env: &mut DeviceEnv, shares: &[FsConfig]) -> Result<(),
     for share in shares {
         let exit = env.exit.clone();
         let on_gone = Arc::new(move |why: String| {
-            log::error!("{why}; stopping the VM");
+            tracing::error!("{why}; stopping the VM");
             exit.request(ExitReason::HostError(why));
         });
         let dev = VhostUserFs::connect(&share.tag, &share.socket, on_gone)?;
@@ -181,7 +181,7 @@ pub fn attach_net_devices(env: &mut DeviceEnv, nics: &[NetConfig]) -> Result<(),
             // validate() refuses this; a config built in code may not have been validated.
             (None, None) => return Err(TapError::InvalidName(String::new()).into()),
         };
-        log::debug!(
+        tracing::debug!(
             "virtio-net {i}: TAP {} offloads {:#x}",
             tap.name(),
             tap.supported_offloads()

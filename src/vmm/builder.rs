@@ -54,7 +54,11 @@ pub enum VmmError {
     Attach(#[from] AttachError),
     /// x86 boot structures (boot_params, MP table, vCPU registers) could not be set up.
     #[error("{what}: {err}")]
-    Arch { what: String, err: String },
+    Arch {
+        what: String,
+        #[source]
+        err: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// vCPU threads could not start.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -73,11 +77,13 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::KvmIoctl { what, source }
 }
 
-fn arch_err<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> VmmError {
+fn arch_err<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> VmmError {
     let what = what.into();
     move |e| VmmError::Arch {
         what,
-        err: e.to_string(),
+        err: Box::new(e),
     }
 }
 

@@ -28,6 +28,7 @@ pub enum LoaderError {
     #[error("cannot load kernel {path}: {err}")]
     Kernel {
         path: PathBuf,
+        #[source]
         err: linux_loader::loader::Error,
     },
     /// The initramfs does not fit in guest memory.
@@ -35,20 +36,22 @@ pub enum LoaderError {
     InitrdPlace {
         path: PathBuf,
         size: usize,
-        err: String,
+        #[source]
+        err: boot_params::Error,
     },
     /// Copying the initramfs into guest memory failed.
     #[error("cannot copy initramfs {path} into guest memory: {err}")]
     InitrdCopy {
         path: PathBuf,
+        #[source]
         err: vm_memory::GuestMemoryError,
     },
     /// The command line is invalid or too long.
     #[error("invalid kernel command line: {0:?}")]
-    Cmdline(linux_loader::cmdline::Error),
+    Cmdline(#[source] linux_loader::cmdline::Error),
     /// Writing the command line into guest memory failed.
     #[error("cannot write the kernel command line: {0}")]
-    CmdlineWrite(linux_loader::loader::Error),
+    CmdlineWrite(#[source] linux_loader::loader::Error),
 }
 
 /// A loaded kernel: where to start and, for bzImage, the header boot_params needs.
@@ -136,7 +139,7 @@ pub fn load_initrd(
     let addr = boot_params::initrd_load_addr(mem, size).map_err(|e| LoaderError::InitrdPlace {
         path: path.to_path_buf(),
         size,
-        err: e.to_string(),
+        err: e,
     })?;
     mem.read_exact_volatile_from(addr, &mut file, size)
         .map_err(|err| LoaderError::InitrdCopy {

@@ -32,6 +32,12 @@ pub enum MemoryError {
     /// The regions overlap or are not sorted.
     #[error("invalid guest memory layout: {0}")]
     Layout(String),
+    /// vm-memory refused the regions (overlapping, unsorted).
+    #[error("invalid guest memory layout: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
+    /// A region has no host address.
+    #[error("invalid guest memory layout: {0}")]
+    HostAddress(#[source] vm_memory::GuestMemoryError),
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION slot {slot} ({size} bytes at {addr:#x}): {source}")]
     Register {
@@ -62,7 +68,7 @@ pub fn create(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMmap, Memo
             .ok_or_else(|| MemoryError::Layout(format!("region at {:#x} overflows", addr.0)))?;
         mapped.push(region);
     }
-    GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Layout(e.to_string()))
+    GuestMemoryMmap::from_regions(mapped).map_err(MemoryError::Regions)
 }
 
 /// As [`create`], but backed by one memfd mapped MAP_SHARED (still lazily: a memfd's pages
@@ -77,6 +83,8 @@ pub fn create_shared(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMma
             source: std::io::Error::last_os_error(),
         });
     }
+    // SAFETY: `fd` is the memfd just created and checked non-negative; nothing else owns it, so
+    // the File becomes its only owner.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(total).map_err(|source| MemoryError::Memfd {
         size: total,
@@ -108,7 +116,7 @@ pub fn create_shared(regions: &[(GuestAddress, usize)]) -> Result<GuestMemoryMma
         mapped.push(region);
         offset += size as u64;
     }
-    GuestMemoryMmap::from_regions(mapped).map_err(|e| MemoryError::Layout(e.to_string()))
+    GuestMemoryMmap::from_regions(mapped).map_err(MemoryError::Regions)
 }
 
 /// Gives every region of `mem` to the VM, one slot each, in address order.
@@ -117,7 +125,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
         let slot = slot as u32;
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| MemoryError::Layout(e.to_string()))?;
+            .map_err(MemoryError::HostAddress)?;
         let r = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -175,6 +183,6 @@ mod tests {
     #[test]
     fn overlapping_regions_are_rejected() {
         let e = create(&[(GuestAddress(0), 2 << 20), (GuestAddress(1 << 20), 1 << 20)]);
-        assert!(matches!(e, Err(MemoryError::Layout(_))));
+        assert!(matches!(e, Err(MemoryError::Regions(_))));
     }
 }

@@ -1,8 +1,10 @@
 //! Can this host run husk-vmm Linux guests? Gathers the facts (/dev/kvm, KVM API version,
 //! PVM, CPU virtualisation flags, KVM modules) and decides, with the reason in words.
 //!
-//! Used by `husk-vmm --probe`, and meant for `husk system check` and backend selection
-//! (`--vmm auto`): the decision is a pure function of [`HostFacts`] so it is unit-tested.
+//! The one place these facts are read: `husk-vmm --probe` decides with [`HostProbe`],
+//! `husk system check` reports them, and the backend seam (`sandbox::host`) derives QEMU's
+//! KVM-or-TCG choice from the same [`HostFacts`]. The decision is a pure function of
+//! [`HostFacts`] so it is unit-tested.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -71,6 +73,28 @@ impl HostFacts {
         facts.cpu_virt_flag = cpu_virt_flag(&root.join("proc/cpuinfo")).ok().flatten();
         facts
     }
+
+    /// Whether /dev/kvm opened read-write, or the error text of the attempt (a missing
+    /// device reads as the open's own "No such file or directory").
+    pub fn kvm_open(&self) -> Result<(), String> {
+        if !self.kvm_device_present {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT).to_string());
+        }
+        match &self.kvm_open_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// `kvm_intel` or `kvm_amd` loaded, or a vmx/svm CPU flag: KVM backed by hardware
+    /// virtualisation.
+    pub fn hw_virt(&self) -> bool {
+        self.cpu_virt_flag.is_some()
+            || self
+                .kvm_modules
+                .iter()
+                .any(|m| m == "kvm_intel" || m == "kvm_amd")
+    }
 }
 
 fn api_version(kvm: &std::fs::File) -> i32 {
@@ -122,12 +146,7 @@ impl HostProbe {
                 backend on this host"
                     .into(),
             )
-        } else if facts.cpu_virt_flag.is_none()
-            && !facts
-                .kvm_modules
-                .iter()
-                .any(|m| m == "kvm_intel" || m == "kvm_amd")
-        {
+        } else if !facts.hw_virt() {
             no(
                 "no vmx/svm CPU flag and neither kvm_intel nor kvm_amd loaded: this /dev/kvm \
                 is not backed by hardware virtualisation"

@@ -93,6 +93,17 @@ pub fn initramfs(test: &str) -> Option<PathBuf> {
     )
 }
 
+/// The test initramfs: the same agent built with its self-test (`husk.selftest=1`), by
+/// `SELFTEST=1 scripts/build-initramfs.sh`. The production initramfs has no self-test.
+pub fn selftest_initramfs(test: &str) -> Option<PathBuf> {
+    artifact(
+        "HUSK_SELFTEST_INITRAMFS",
+        repo_root().join("target/husk/initramfs-selftest.cpio.gz"),
+        "SELFTEST=1 scripts/build-initramfs.sh",
+        test,
+    )
+}
+
 /// /dev/kvm usable by this process (open read-write).
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()

@@ -37,6 +37,7 @@ impl Rt {
         }
         static SUBREAPER: Once = Once::new();
         // The sandbox outlives `create`; as conmon does, become its reaper to get its status.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
         SUBREAPER.call_once(|| unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         });

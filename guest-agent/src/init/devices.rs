@@ -30,6 +30,8 @@ pub fn populate(root: &OwnedFd, has_pts: bool, has_shm: bool) -> Result<()> {
             continue;
         }
         let path = format!("/dev/{name}");
+        // SAFETY: `c` is a live NUL-terminated name and `dev` a directory fd we hold; mknodat only
+        // reads the name.
         let rc = unsafe {
             libc::mknodat(
                 dev.as_raw_fd(),
@@ -40,6 +42,8 @@ pub fn populate(root: &OwnedFd, has_pts: bool, has_shm: bool) -> Result<()> {
         };
         cvt(rc).map_err(inside("mknod", &path))?;
         // mknod obeys the umask.
+        // SAFETY: as above: a live NUL-terminated name relative to a directory fd we hold;
+        // fchmodat only reads it.
         unsafe { libc::fchmodat(dev.as_raw_fd(), c.as_ptr(), 0o666, 0) };
     }
     let pts = in_root::mkdir_all(root.as_fd(), "/dev/pts", 0o755)
@@ -78,6 +82,8 @@ pub fn populate(root: &OwnedFd, has_pts: bool, has_shm: bool) -> Result<()> {
             continue;
         }
         let t = CString::new(to).expect("static target");
+        // SAFETY: `t` and `c` are live NUL-terminated strings and `dev` a directory fd we hold;
+        // symlinkat only reads them.
         cvt(unsafe { libc::symlinkat(t.as_ptr(), dev.as_raw_fd(), c.as_ptr()) })
             .map_err(inside("symlink", format!("/dev/{link}")))?;
     }
@@ -85,7 +91,10 @@ pub fn populate(root: &OwnedFd, has_pts: bool, has_shm: bool) -> Result<()> {
 }
 
 fn exists(dir: &OwnedFd, name: &CString) -> bool {
+    // SAFETY: stat is a plain C struct; all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat reads the live NUL-terminated `name` and writes one stat into `st`, a live
+    // local of that type; `dir` is a directory fd we hold.
     unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -106,13 +115,19 @@ pub fn terminal(root: &OwnedFd, p: &ProcessSpec, console: bool) -> Result<()> {
         .map_err(inside("opening", "/dev/pts/ptmx"))?;
     let m = master.as_raw_fd();
     let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one c_int from `unlock`, a live local.
     cvt(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) }).map_err(sys("unlockpt"))?;
     // The slave straight from the master: no path lookup that a hostile /dev/pts could
     // redirect.
+    // SAFETY: TIOCGPTPEER takes integer flags (no pointer) on the master fd we hold, and returns a
+    // new fd or -1.
     let s = unsafe { libc::ioctl(m, libc::TIOCGPTPEER, flags | libc::O_CLOEXEC) };
     cvt(s).map_err(sys("opening the pty slave (TIOCGPTPEER)"))?;
+    // SAFETY: TIOCGPTPEER just returned `s` (checked by cvt above); nothing else owns it.
     let slave = unsafe { OwnedFd::from_raw_fd(s) };
     // Owned by the process's user, as a login would leave it.
+    // SAFETY: fchown on `s`, kept open by `slave` for the rest of this function; it touches no
+    // memory.
     unsafe { libc::fchown(s, p.user.uid, u32::MAX) };
     if let Some(sz) = p.console_size {
         crate::pty::resize(m, sz.rows, sz.cols).map_err(sys("TIOCSWINSZ"))?;
@@ -132,6 +147,9 @@ pub fn terminal(root: &OwnedFd, p: &ProcessSpec, console: bool) -> Result<()> {
     send_fd(SYNC, b"T", m).map_err(InitError::Sync)?;
     drop(master);
     for fd in 0..3 as RawFd {
+        // SAFETY: `s` is kept open by `slave` until the function returns, and is above 2 (fds 0-2
+        // were open already), so dup2 only replaces this helper's standard fds, which no Rust
+        // object owns.
         cvt(unsafe { libc::dup2(s, fd) }).map_err(sys("dup2 of the pty slave"))?;
     }
     Ok(())

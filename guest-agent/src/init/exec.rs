@@ -41,8 +41,12 @@ fn rlimit_resource(k: RlimitKind) -> libc::__rlimit_resource_t {
 /// Applies the process spec and execs it. The root is already the container's, so `cwd`
 /// and the program resolve inside it.
 pub fn exec(p: &ProcessSpec, filter: Option<&Filter>) -> Result<Never> {
+    // SAFETY: setsid() takes no arguments and touches no memory (it fails harmlessly if already a
+    // group leader).
     unsafe { libc::setsid() };
     if p.terminal {
+        // SAFETY: TIOCSCTTY takes an integer argument, not a pointer; fd 0 is the pty slave the
+        // helper was given.
         cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map_err(sys("TIOCSCTTY"))?;
     }
     for r in &p.rlimits {
@@ -50,6 +54,7 @@ pub fn exec(p: &ProcessSpec, filter: Option<&Filter>) -> Result<Never> {
             rlim_cur: r.soft,
             rlim_max: r.hard,
         };
+        // SAFETY: `lim` is a live rlimit that setrlimit only reads.
         cvt(unsafe { libc::setrlimit(rlimit_resource(r.kind), &lim) }).map_err(|source| {
             InitError::Rlimit {
                 kind: r.kind,
@@ -81,6 +86,8 @@ pub fn exec(p: &ProcessSpec, filter: Option<&Filter>) -> Result<Never> {
         }
     };
     let gids: Vec<libc::gid_t> = u.additional_gids.clone();
+    // SAFETY: setgroups reads gids.len() gid_t values from `gids`, a live Vec of exactly that
+    // length.
     cvt(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) }).map_err(|source| {
         InitError::User {
             op: "setgroups",
@@ -89,17 +96,24 @@ pub fn exec(p: &ProcessSpec, filter: Option<&Filter>) -> Result<Never> {
         }
     })?;
     if p.capabilities.is_some() {
+        // SAFETY: PR_SET_KEEPCAPS takes only integers.
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     }
+    // SAFETY: setresgid takes only integers; the helper is single-threaded, so the ids change for
+    // the whole process at once.
     cvt(unsafe { libc::setresgid(u.gid, u.gid, u.gid) }).map_err(user_err("setresgid", u.gid))?;
+    // SAFETY: setresuid takes only integers; the helper is single-threaded, so the ids change for
+    // the whole process at once.
     cvt(unsafe { libc::setresuid(u.uid, u.uid, u.uid) }).map_err(user_err("setresuid", u.uid))?;
     if let Some(m) = u.umask {
+        // SAFETY: umask() takes an integer and cannot fail.
         unsafe { libc::umask(m) };
     }
     if let Some(c) = &p.capabilities {
         caps::apply(c).map_err(caps_err("setting capabilities"))?;
     }
     if p.no_new_privileges {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes only integers.
         cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
             .map_err(sys("prctl(PR_SET_NO_NEW_PRIVS)"))?;
         if let Some(f) = filter {
@@ -124,12 +138,17 @@ pub fn exec(p: &ProcessSpec, filter: Option<&Filter>) -> Result<Never> {
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_p.push(std::ptr::null());
+    // SAFETY: fcntl on the sync fd takes only integers. `path`, `argv` and `envp` are live
+    // CStrings, and `argv_p`/`envp_p` are NUL-terminated arrays of pointers into them, all alive
+    // across execve (which only returns on failure).
     unsafe {
         libc::fcntl(SYNC, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
     }
     let e = io::Error::last_os_error();
     let _ = send(SYNC, format!("Eexec {}: {e}", program.display()).as_bytes());
+    // SAFETY: _exit ends the process at once; skipping destructors and atexit handlers is intended
+    // in this single-threaded helper, whose only output already went to the sync socket.
     unsafe { libc::_exit(127) }
 }
 

@@ -28,12 +28,16 @@ fn cstr(s: &str) -> io::Result<CString> {
 
 fn openat2(dir: RawFd, path: &str, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
+    // SAFETY: open_how is a plain C struct; all-zero bytes are a valid value (no flags, no resolve
+    // restrictions).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.mode = mode as u64;
     how.resolve = resolve;
     // RESOLVE_IN_ROOT answers EAGAIN when a rename raced a ".." walk: try again.
     for _ in 0..64 {
+        // SAFETY: `c` is a live NUL-terminated path and `how` a live open_how whose exact size is
+        // passed; openat2 only reads both. `dir` is a directory fd the caller holds open.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
@@ -44,6 +48,7 @@ fn openat2(dir: RawFd, path: &str, flags: i32, mode: u32, resolve: u64) -> io::R
             )
         };
         if fd >= 0 {
+            // SAFETY: openat2 just returned `fd` (checked non-negative); nothing else owns it.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
         let e = io::Error::last_os_error();
@@ -58,6 +63,7 @@ fn openat2(dir: RawFd, path: &str, flags: i32, mode: u32, resolve: u64) -> io::R
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    // SAFETY: `c` is a live NUL-terminated path; open only reads it.
     let fd = unsafe {
         libc::open(
             c.as_ptr(),
@@ -67,6 +73,7 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: open just returned `fd` (checked non-negative); nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -99,6 +106,8 @@ pub fn mkdir_all(root: BorrowedFd, path: &str, mode: u32) -> io::Result<OwnedFd>
             Ok(fd) => cur = fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && comp != ".." => {
                 let c = cstr(comp)?;
+                // SAFETY: `c` is a live NUL-terminated name and `cur` a directory fd we hold;
+                // mkdirat only reads the name.
                 if unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), mode) } < 0 {
                     let e = io::Error::last_os_error();
                     return Err(if e.raw_os_error() == Some(libc::EEXIST) {

@@ -132,6 +132,8 @@ fn inside(op: &'static str, path: impl Display) -> impl FnOnce(io::Error) -> Ini
 pub fn main() -> ! {
     // The agent ignores SIGPIPE; ignored dispositions survive exec, the process must not
     // inherit that.
+    // SAFETY: resetting dispositions to SIG_DFL for the catchable signals (SIGKILL/SIGSTOP
+    // skipped) touches no memory; the helper has installed no handler anything relies on.
     unsafe {
         for sig in 1..32 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -148,10 +150,14 @@ pub fn main() -> ! {
         Err(e) => e,
     };
     let _ = send(SYNC, format!("E{err}").as_bytes());
+    // SAFETY: _exit ends the single-threaded helper at once; the error already went to the sync
+    // socket and no destructor needs to run.
     unsafe { libc::_exit(1) }
 }
 
 fn read_config() -> Result<InitConfig> {
+    // SAFETY: fd 4 (CONFIG) is the config pipe the agent's pre_exec placed there for this process
+    // alone; nothing else in the helper owns or closes it, so the File is its only owner.
     let mut f = unsafe { fs::File::from_raw_fd(CONFIG) };
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(InitError::ReadConfig)?;
@@ -169,6 +175,8 @@ fn run(cfg: InitConfig) -> Result<Never> {
     match &cfg.mode {
         Mode::Create { spec, rootfs } => {
             let flags = namespaces::flags(&spec.namespaces)?;
+            // SAFETY: unshare takes only flags; the helper is single-threaded, as unsharing a user
+            // or mount namespace requires.
             cvt(unsafe { libc::unshare(flags) }).map_err(sys("unshare"))?;
             fork_parent()?;
             mounts::setup_container(spec, rootfs, &cfg.process)?;
@@ -186,6 +194,7 @@ fn run(cfg: InitConfig) -> Result<Never> {
     match recv(SYNC).map_err(InitError::Sync)?.first() {
         Some(b'S') => {}
         // The agent dropped the container before starting it.
+        // SAFETY: _exit ends the single-threaded helper at once; nothing is left to flush.
         _ => unsafe { libc::_exit(0) },
     }
     exec::exec(&cfg.process, cfg.seccomp.as_ref())
@@ -195,6 +204,9 @@ fn run(cfg: InitConfig) -> Result<Never> {
 /// learns its status) and, after unshare/setns of a pid namespace, the first process in it.
 /// The helper reports the pid and exits; only the child returns.
 fn fork_parent() -> Result<()> {
+    // SAFETY: a raw clone with no new stack (0) and no pointer arguments behaves as fork: the
+    // child gets a copy of this single-threaded process's memory, so no other thread's state is
+    // duplicated half-way; CLONE_PARENT | SIGCHLD only changes who is told of its exit.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -208,6 +220,8 @@ fn fork_parent() -> Result<()> {
     cvt(pid).map_err(sys("clone(CLONE_PARENT)"))?;
     if pid > 0 {
         let _ = send(SYNC, format!("P{pid}").as_bytes());
+        // SAFETY: _exit ends the helper's parent side at once; the child's pid already went to the
+        // sync socket and no destructor needs to run.
         unsafe { libc::_exit(0) }
     }
     Ok(())

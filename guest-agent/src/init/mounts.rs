@@ -282,7 +282,9 @@ fn readonly(root: &OwnedFd, p: &str) -> Result<()> {
 }
 
 fn is_dir(fd: &OwnedFd) -> bool {
+    // SAFETY: stat is a plain C struct; all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat into `st`, a live local of that type, for an fd we hold.
     unsafe {
         libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
     }
@@ -290,7 +292,9 @@ fn is_dir(fd: &OwnedFd) -> bool {
 
 /// The flags of the mount holding `fd` that a bind remount would otherwise clear.
 fn kept_flags(fd: &OwnedFd) -> MsFlags {
+    // SAFETY: statvfs is a plain C struct; all-zero bytes are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs writes one statvfs into `st`, a live local of that type, for an fd we hold.
     if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } < 0 {
         return MsFlags::empty();
     }

@@ -13,8 +13,11 @@ const WANT_CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "io", "cpuset"];
 /// Mounts cgroup2 (as PID 1), checks the controllers container runtimes need are offered,
 /// enables them for children and creates a child cgroup that gets their interface files.
 pub(super) fn cgroup2(pid1: bool) -> Check {
+    // SAFETY: statfs is a plain C struct; all-zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { zeroed() };
     let root = CString::new(CGROUP_ROOT).map_err(|_| fail(libc::EINVAL, "path"))?;
+    // SAFETY: `root` is a live NUL-terminated path; statfs writes one statfs into `st`, a live
+    // local.
     let mounted = unsafe { libc::statfs(root.as_ptr(), &mut st) } == 0
         && st.f_type as i64 == CGROUP2_SUPER_MAGIC;
     if !mounted {

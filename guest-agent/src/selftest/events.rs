@@ -8,10 +8,13 @@ use nix::errno::Errno;
 use super::{cvt, fail, fd, last, Check};
 
 pub(super) fn posix_timers() -> Check {
+    // SAFETY: sigevent is a plain C struct; all-zero bytes are a valid value.
     let mut sev: libc::sigevent = unsafe { zeroed() };
     sev.sigev_notify = libc::SIGEV_NONE;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     cvt(
+        // SAFETY: timer_create reads `sev` and writes the new timer id into `timer`, both live
+        // locals.
         unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) } as i64,
         "timer_create",
     )?;
@@ -26,12 +29,17 @@ pub(super) fn posix_timers() -> Check {
         },
     };
     let res = cvt(
+        // SAFETY: `timer` was created above and not yet deleted; timer_settime reads `spec`, a
+        // live local, and a null old-value pointer is allowed.
         unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) } as i64,
         "timer_settime",
     )
     .and_then(|_| {
+        // SAFETY: itimerspec is a plain C struct; all-zero bytes are a valid value.
         let mut cur: libc::itimerspec = unsafe { zeroed() };
         cvt(
+            // SAFETY: `timer` is live (deleted only below); timer_gettime writes one itimerspec
+            // into `cur`, a live local.
             unsafe { libc::timer_gettime(timer, &mut cur) } as i64,
             "timer_gettime",
         )?;
@@ -40,6 +48,7 @@ pub(super) fn posix_timers() -> Check {
         }
         Ok(())
     });
+    // SAFETY: `timer` was created above and is deleted exactly once, here.
     unsafe { libc::timer_delete(timer) };
     res
 }
@@ -47,10 +56,12 @@ pub(super) fn posix_timers() -> Check {
 /// An eventfd made readable, watched by an epoll instance that must report it.
 pub(super) fn epoll() -> Check {
     let ep = fd(
+        // SAFETY: epoll_create1 takes only flags and returns a new fd or -1.
         unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as i64,
         "epoll_create1",
     )?;
     let ev = fd(
+        // SAFETY: eventfd takes only integers and returns a new fd or -1.
         unsafe { libc::eventfd(1, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64,
         "eventfd",
     )?;
@@ -59,6 +70,8 @@ pub(super) fn epoll() -> Check {
         u64: 7,
     };
     cvt(
+        // SAFETY: both fds are open (held by `ep` and `ev`); epoll_ctl reads `event`, a live
+        // local.
         unsafe {
             libc::epoll_ctl(
                 ep.as_raw_fd(),
@@ -71,6 +84,8 @@ pub(super) fn epoll() -> Check {
     )?;
     let mut out = [libc::epoll_event { events: 0, u64: 0 }; 2];
     let n = cvt(
+        // SAFETY: epoll_wait writes at most 2 events into `out`, a live array of 2; both fds are
+        // held open.
         unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 2, 0) } as i64,
         "epoll_wait",
     )?;
@@ -85,14 +100,17 @@ pub(super) fn epoll() -> Check {
 
 pub(super) fn eventfd() -> Check {
     let ev = fd(
+        // SAFETY: eventfd takes only integers and returns a new fd or -1.
         unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as i64,
         "eventfd",
     )?;
     let one: u64 = 1;
+    // SAFETY: write reads 8 bytes from `one`, a live u64; the eventfd is held open by `ev`.
     if unsafe { libc::write(ev.as_raw_fd(), (&one as *const u64).cast(), 8) } != 8 {
         return Err(last("write eventfd"));
     }
     let mut got: u64 = 0;
+    // SAFETY: read writes 8 bytes into `got`, a live u64; the eventfd is held open by `ev`.
     if unsafe { libc::read(ev.as_raw_fd(), (&mut got as *mut u64).cast(), 8) } != 8 || got != 1 {
         return Err(last("read eventfd"));
     }
@@ -101,6 +119,11 @@ pub(super) fn eventfd() -> Check {
 
 /// Blocks SIGUSR1, sends it to ourselves and reads it back through a signalfd.
 pub(super) fn signalfd() -> Check {
+    // SAFETY: sigset_t and signalfd_siginfo are plain C structs for which all-zero bytes are
+    // valid; every pointer passed (`mask`, `old`, `info`) is a live local of the type the call
+    // expects, and read() is given exactly size_of::<signalfd_siginfo>(). SIGUSR1 is blocked
+    // before raise(), so its default action (termination) cannot run: it stays pending for the
+    // signalfd, and the old mask is restored on every path.
     unsafe {
         let mut mask: libc::sigset_t = zeroed();
         libc::sigemptyset(&mut mask);
@@ -140,6 +163,7 @@ pub(super) fn signalfd() -> Check {
 
 pub(super) fn timerfd() -> Check {
     let tfd = fd(
+        // SAFETY: timerfd_create takes only integers and returns a new fd or -1.
         unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) } as i64,
         "timerfd_create",
     )?;
@@ -154,11 +178,15 @@ pub(super) fn timerfd() -> Check {
         },
     };
     cvt(
+        // SAFETY: the timerfd is held open by `tfd`; timerfd_settime reads `spec`, a live local,
+        // and a null old-value pointer is allowed.
         unsafe { libc::timerfd_settime(tfd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } as i64,
         "timerfd_settime",
     )?;
     // Blocking read: returns once the 1 ms timer expired.
     let mut expirations: u64 = 0;
+    // SAFETY: read writes 8 bytes into `expirations`, a live u64; the timerfd is held open by
+    // `tfd`.
     if unsafe { libc::read(tfd.as_raw_fd(), (&mut expirations as *mut u64).cast(), 8) } != 8 {
         return Err(last("read timerfd"));
     }
@@ -170,6 +198,8 @@ pub(super) fn futex() -> Check {
     let addr = &word as *const u32;
     // Nobody waits: FUTEX_WAKE returns 0 woken.
     let woken = cvt(
+        // SAFETY: `addr` points at `word`, a live, aligned u32 on our stack; FUTEX_WAKE with no
+        // waiters only reads it, and the timeout/second-address arguments are unused (0).
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
@@ -187,6 +217,9 @@ pub(super) fn futex() -> Check {
         return Err(fail(libc::EIO, format!("FUTEX_WAKE woke {woken}")));
     }
     // The value differs from 1: FUTEX_WAIT must refuse with EAGAIN instead of sleeping.
+    // SAFETY: `addr` points at `word`, still live and aligned; its value (0) differs from the
+    // expected 1, so FUTEX_WAIT returns EAGAIN at once instead of sleeping, and the null timeout
+    // is never used.
     let r = unsafe {
         libc::syscall(
             libc::SYS_futex,

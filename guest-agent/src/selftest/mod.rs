@@ -53,6 +53,8 @@ fn cvt(ret: i64, what: &str) -> Result<i64, Fail> {
 /// Wraps a new file descriptor so it is closed on every path.
 fn fd(ret: i64, what: &str) -> Result<OwnedFd, Fail> {
     let raw = cvt(ret, what)?;
+    // SAFETY: every caller passes the return value of a call that creates a new fd (epoll_create1,
+    // eventfd, socket, ...), checked non-negative by cvt above, so nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
 }
 

@@ -10,16 +10,22 @@ use super::{cvt, fail, fd, last, Check};
 /// Runs `child` in a forked child and returns its exit status: 0 for success, else an errno.
 /// The child only makes raw syscalls, so forking a possibly multi-threaded process is safe.
 fn in_child(what: &str, child: impl FnOnce() -> i32) -> Check {
+    // SAFETY: the self-test runs on the main thread before the agent starts any other (serve()
+    // comes later), and the child below only makes raw syscalls and then _exit, so nothing in the
+    // child can meet a lock or allocator state a fork left half-taken.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(last("fork"));
     }
     if pid == 0 {
         let code = child();
+        // SAFETY: _exit ends the forked child at once, without running the parent's destructors or
+        // atexit handlers twice.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
     loop {
+        // SAFETY: waitpid writes the status into `status`, a live c_int; `pid` is our own child.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         if r == pid {
             break;
@@ -42,6 +48,10 @@ fn in_child(what: &str, child: impl FnOnce() -> i32) -> Check {
 
 /// A forked child installs an allow-all seccomp filter and checks it is in filter mode.
 pub(super) fn seccomp() -> Check {
+    // SAFETY: in the forked child (see in_child): `prog` points at `allow`, a live one-instruction
+    // filter whose length it gives exactly, and the kernel copies it; prctl and the seccomp
+    // syscall take only integers besides that pointer. The filter only allows, and it binds the
+    // throwaway child alone.
     in_child("prctl(NO_NEW_PRIVS)+seccomp(SET_MODE_FILTER)", || unsafe {
         let allow = [libc::sock_filter {
             code: (libc::BPF_RET | libc::BPF_K) as u16,
@@ -105,6 +115,9 @@ pub(super) fn bpf() -> Check {
         prog_flags: 0,
     };
     let prog = fd(
+        // SAFETY: `attr` is a live #[repr(C)] prefix of union bpf_attr's prog-load arm, and its
+        // exact size is passed (the kernel zero-extends the rest); `insns` (2 instructions) and
+        // `license` (NUL-terminated) are live across the call, which copies them.
         unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -117,11 +130,14 @@ pub(super) fn bpf() -> Check {
     )?;
     // Attach it to a socket: what a workload does with a socket filter.
     let sock = fd(
+        // SAFETY: socket() takes only integers and returns a new fd or -1.
         unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as i64,
         "socket",
     )?;
     let pfd = prog.as_raw_fd();
     cvt(
+        // SAFETY: SO_ATTACH_BPF reads one i32 (4 bytes) from `pfd`, a live local; both fds are
+        // held open.
         unsafe {
             libc::setsockopt(
                 sock.as_raw_fd(),
@@ -149,6 +165,8 @@ pub(super) fn bpf() -> Check {
         map_flags: 0,
     };
     fd(
+        // SAFETY: `map` is a live #[repr(C)] prefix of union bpf_attr's map-create arm and its
+        // exact size is passed; the kernel only reads it.
         unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -164,6 +182,8 @@ pub(super) fn bpf() -> Check {
 
 /// A forked child unshares every namespace a container runtime uses.
 pub(super) fn namespaces() -> Check {
+    // SAFETY: in the forked, single-threaded child (see in_child), as unshare(CLONE_NEWUSER)
+    // requires; sethostname reads 13 bytes from a C string literal that long (plus its NUL).
     in_child("unshare(user|mnt|uts|ipc|pid|net|cgroup)", || unsafe {
         let flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS

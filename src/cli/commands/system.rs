@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use crate::cli::{Error, GlobalOpts, SystemArgs, SystemCommand};
 use crate::runtime::assets::{initramfs_candidates, kernel_candidates};
 use crate::sandbox::{husk_vmm, qemu, vhost_vsock, virtiofsd, BackendKind};
+use crate::util::fs::which_or_in;
 use crate::vmm::probe::HostProbe;
 
 /// One line of the report.
@@ -20,23 +21,13 @@ pub fn run(g: &GlobalOpts, a: SystemArgs) -> Result<i32, Error> {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 fn check(g: &GlobalOpts) -> Result<i32, Error> {
     let kind = BackendKind::from_flag_or_env(g.vmm.as_deref())?;
     let picked = kind.resolve();
     let mut c = Vec::new();
 
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
+    let probe = HostProbe::run();
+    let kvm = probe.facts.kvm_open();
     c.push(Check {
         what: "KVM access",
         ok: kvm.is_ok(),
@@ -49,7 +40,6 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             ),
         },
     });
-    let probe = HostProbe::run();
     c.push(Check {
         what: "husk-vmm guests",
         ok: probe.can_run_linux_guests,
@@ -167,7 +157,7 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             false,
         ),
     ] {
-        let p = which(tool);
+        let p = which_or_in(tool, &["/usr/sbin", "/sbin"]);
         c.push(Check {
             what: tool,
             ok: p.is_some(),

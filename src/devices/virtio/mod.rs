@@ -25,6 +25,7 @@
 //! [`BusDevice`]: crate::devices::bus::BusDevice
 
 pub mod block;
+pub mod common;
 pub mod fs;
 pub mod mmio;
 pub mod net;
@@ -143,14 +144,17 @@ pub enum ActivateError {
     #[error("device activation I/O error: {0}")]
     Io(#[from] io::Error),
     /// The worker's event manager could not be created or a subscriber registered.
-    #[error("device event manager: {0}")]
-    EventManager(String),
+    #[error("device event manager: {0:?}")]
+    EventManager(#[source] event_manager::Error),
     /// The worker thread could not be spawned.
     #[error("spawning device worker thread {name}: {source}")]
     Thread { name: String, source: io::Error },
     /// The backend cannot serve this session.
     #[error("device backend: {0}")]
     Backend(String),
+    /// The backend (TAP, vsock muxer) failed to set up for this session.
+    #[error("device backend: {0}")]
+    BackendSetup(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A virtio device behind a transport.

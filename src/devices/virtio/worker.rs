@@ -39,7 +39,7 @@ impl MutEventSubscriber for StopSubscriber {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("worker: cannot watch stop eventfd: {e:?}");
+            tracing::error!("worker: cannot watch stop eventfd: {e:?}");
             // Without a stop event the loop could never be joined; stop right away.
             self.stopped.store(true, Ordering::SeqCst);
         }
@@ -52,7 +52,7 @@ impl Worker {
         let stop_evt = EventFd::new(EFD_NONBLOCK)?;
         let stopped = Arc::new(AtomicBool::new(false));
         let mut em: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| ActivateError::EventManager(format!("{e:?}")))?;
+            EventManager::new().map_err(ActivateError::EventManager)?;
         em.add_subscriber(Box::new(StopSubscriber {
             evt: stop_evt.try_clone()?,
             stopped: stopped.clone(),
@@ -66,7 +66,7 @@ impl Worker {
             .spawn(move || {
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = em.run() {
-                        log::error!("{thread_name}: event loop failed: {e:?}");
+                        tracing::error!("{thread_name}: event loop failed: {e:?}");
                         break;
                     }
                 }
@@ -87,7 +87,7 @@ impl Worker {
         if let Some(h) = self.handle.take() {
             self.stop_evt.write(1)?;
             if h.join().is_err() {
-                log::error!("{}: worker thread panicked", self.name);
+                tracing::error!("{}: worker thread panicked", self.name);
             }
         }
         Ok(())

@@ -49,6 +49,10 @@ impl Staged {
             path: archive.to_path_buf(),
             reason,
         };
+        let unreadable = |source: io::Error| ImportError::ArchiveRead {
+            path: archive.to_path_buf(),
+            source,
+        };
         let file = File::open(archive).map_err(io_err("cannot open archive", archive))?;
         let mut reader = BufReader::with_capacity(256 << 10, file);
         let compression =
@@ -74,8 +78,8 @@ impl Staged {
         let mut ar = tar::Archive::new(tar);
         // Raw mode for the same reason as in layer::unpack: extension headers are read here,
         // with a bound, not by the tar crate into unbounded memory.
-        for entry in ar.entries().map_err(|e| corrupt(e.to_string()))?.raw(true) {
-            let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
+        for entry in ar.entries().map_err(unreadable)?.raw(true) {
+            let mut entry = entry.map_err(unreadable)?;
             count += 1;
             if count > limits.max_entries {
                 return Err(corrupt(format!("more than {} entries", limits.max_entries)));
@@ -92,7 +96,7 @@ impl Staged {
                 (&mut entry)
                     .take(MAX_NAME_BYTES + 1)
                     .read_to_end(&mut v)
-                    .map_err(|e| corrupt(e.to_string()))?;
+                    .map_err(unreadable)?;
                 if v.len() as u64 > MAX_NAME_BYTES {
                     return Err(corrupt("oversized extension header".into()));
                 }
@@ -132,10 +136,7 @@ impl Staged {
             };
             match kind {
                 EntryType::Regular | EntryType::Continuous => {
-                    let size = entry
-                        .header()
-                        .entry_size()
-                        .map_err(|e| corrupt(e.to_string()))?;
+                    let size = entry.header().entry_size().map_err(unreadable)?;
                     bytes = bytes.saturating_add(size);
                     if bytes > limits.max_unpacked_bytes {
                         return Err(corrupt(format!(
@@ -185,7 +186,7 @@ impl Staged {
             &mut (&mut rest).take(limits.max_unpacked_bytes),
             &mut io::sink(),
         )
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(unreadable)?;
         Ok(staged)
     }
 

@@ -33,6 +33,12 @@ pub enum ImportError {
     },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
+    #[error("archive {path}: {source}")]
+    ArchiveRead {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: neither a docker-archive (manifest.json) nor an oci-archive (oci-layout + index.json)")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: {reason}")]

@@ -433,7 +433,7 @@ impl Unpacker<'_> {
         }
         for (name, value) in &meta.xattrs {
             if !whiteout::xattr_allowed(name) {
-                log::warn!(
+                tracing::warn!(
                     "layer {}: entry {:?}: ignoring xattr {name}",
                     self.layer,
                     String::from_utf8_lossy(&meta.path)

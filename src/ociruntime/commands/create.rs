@@ -5,12 +5,13 @@
 use std::ffi::OsStr;
 
 use super::super::bundle::{self, Plan};
-use super::super::state::{check_id, rfc3339_now, ContainerState, Status, Store};
+use super::super::state::{check_id, ContainerState, Status, Store};
 use super::super::{hooks, sandbox, Error};
 use super::lifecycle::destroy;
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::cli::runtime::{CreateArgs, RunArgs, RuntimeGlobal};
 use crate::runtime::proc::ProcessRef;
+use crate::util::time::rfc3339_now;
 
 /// Records a new container (status `creating`) under the store lock; fails on a duplicate id.
 fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Error> {

@@ -31,7 +31,10 @@ fn process_for(store: &Store, a: &ExecArgs) -> Result<ProcessSpec, Error> {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let p: Process = serde_json::from_slice(&bytes)
             .map_err(|e| bad(path, format!("not an OCI process: {e}")))?;
-        return process::convert(&p, (24, 80)).map_err(|e| bad(path, e.to_string()));
+        return process::convert(&p, (24, 80)).map_err(|source| Error::BadProcess {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     if a.args.is_empty() {
         return Err(Error::Usage(
@@ -70,7 +73,7 @@ fn process_for(store: &Store, a: &ExecArgs) -> Result<ProcessSpec, Error> {
         p.set_no_new_privileges(Some(true));
     }
     let path = state.bundle.join("config.json");
-    process::convert(&p, (24, 80)).map_err(|e| bad(&path, e.to_string()))
+    process::convert(&p, (24, 80)).map_err(|source| Error::BadProcess { path, source })
 }
 
 pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error> {

@@ -6,7 +6,6 @@ mod info;
 mod lifecycle;
 mod signal;
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -120,15 +119,5 @@ fn read_ready(read_end: std::fs::File) -> Result<(), String> {
 
 /// Writes `pid` to `path` through a temp file and a rename, as runc does (no newline).
 fn write_pid_file(path: &Path, pid: u32) -> Result<(), Error> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pid".into())
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(pid.to_string().as_bytes())
-        .map_err(Error::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    crate::util::fs::write_atomic(path, pid.to_string().as_bytes()).map_err(Error::io(path))
 }

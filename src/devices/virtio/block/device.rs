@@ -10,6 +10,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 use super::backend::{BackendError, DiskBackend, RawFile, SECTOR_SIZE};
 use super::handler::BlockHandler;
+use crate::devices::virtio::common;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
@@ -92,36 +93,24 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        common::read_config(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
+        tracing::debug!(
             "virtio-blk: ignoring {}-byte config write at {offset:#x}",
             data.len()
         );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        common::check_activate(&self.worker, &ctx, 1)?;
         let ActivateContext {
             mem,
             queues,
             queue_evts,
             interrupt,
         } = ctx;
-        if queues.len() != 1 || queue_evts.len() != 1 {
-            let got = queues.len().min(queue_evts.len());
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        }
         let (Some(queue), Some(evt)) = (queues.into_iter().next(), queue_evts.into_iter().next())
         else {
             return Err(ActivateError::QueueCount {
@@ -135,11 +124,8 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut w) = self.worker.take() {
-            if let Err(e) = w.stop() {
-                log::error!("{}: stopping worker: {e}", self.name);
-                return false;
-            }
+        if !common::stop_worker(&mut self.worker, &self.name) {
+            return false;
         }
         self.acked_features = 0;
         true

@@ -47,7 +47,7 @@ impl BlockHandler {
         let mut done = 0usize;
         loop {
             if let Err(e) = self.queue.disable_notification(&self.mem) {
-                log::warn!("virtio-blk: disabling notifications: {e}");
+                tracing::warn!("virtio-blk: disabling notifications: {e}");
             }
             let mut progressed = false;
             while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
@@ -55,7 +55,7 @@ impl BlockHandler {
                 let head = chain.head_index();
                 let out = request::process(&self.mem, chain, self.disk.as_ref());
                 if let Err(e) = self.queue.add_used(&self.mem, head, out.used_len) {
-                    log::warn!("virtio-blk: add_used({head}): {e}");
+                    tracing::warn!("virtio-blk: add_used({head}): {e}");
                 }
                 done += 1;
             }
@@ -65,21 +65,21 @@ impl BlockHandler {
                     // Nothing popped although the ring says there is more: either the driver
                     // raced us (retry) or its avail index is bogus (stop for good).
                     if self.queue.iter(&self.mem).is_err() {
-                        log::error!("virtio-blk: invalid available ring index; queue stopped");
+                        tracing::error!("virtio-blk: invalid available ring index; queue stopped");
                         self.broken = true;
                         break;
                     }
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    log::warn!("virtio-blk: enabling notifications: {e}");
+                    tracing::warn!("virtio-blk: enabling notifications: {e}");
                     break;
                 }
             }
         }
         if done > 0 && self.queue.needs_notification(&self.mem).unwrap_or(true) {
             if let Err(e) = self.interrupt.signal_used_queue() {
-                log::error!("virtio-blk: raising interrupt: {e}");
+                tracing::error!("virtio-blk: raising interrupt: {e}");
             }
         }
         done
@@ -96,7 +96,7 @@ impl MutEventSubscriber for BlockHandler {
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.queue_evt, EventSet::IN)) {
-            log::error!("virtio-blk: cannot watch the queue eventfd: {e:?}");
+            tracing::error!("virtio-blk: cannot watch the queue eventfd: {e:?}");
         }
         // Requests queued before activation (or before a ioeventfd kick was missed).
         self.process_queue();

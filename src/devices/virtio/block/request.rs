@@ -96,7 +96,7 @@ where
     let req = match parse(mem, chain) {
         Ok(r) => r,
         Err(e) => {
-            log::debug!("virtio-blk: dropping request: {e}");
+            tracing::debug!("virtio-blk: dropping request: {e}");
             return Outcome {
                 used_len: 0,
                 status: None,
@@ -106,7 +106,7 @@ where
     let (status, data_written) = match execute(mem, &req, disk) {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(e) => {
-            log::debug!("virtio-blk: request failed: {e}");
+            tracing::debug!("virtio-blk: request failed: {e}");
             (e.status(), 0)
         }
     };
@@ -173,7 +173,7 @@ impl Request {
     /// A request that can only be answered with an error: no buffers, so execute() fails
     /// on the header.
     fn invalid(status: GuestAddress, why: RequestError) -> Self {
-        log::debug!("virtio-blk: malformed chain: {why}");
+        tracing::debug!("virtio-blk: malformed chain: {why}");
         Request {
             readable: Vec::new(),
             writable: Vec::new(),

@@ -11,6 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::handler::{OnBackendGone, Relay};
+use crate::devices::virtio::common;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -36,14 +37,16 @@ pub enum Error {
     Connect {
         tag: String,
         socket: PathBuf,
-        reason: String,
+        #[source]
+        reason: vhost::Error,
     },
     #[error("virtio-fs {tag}: vhost-user {op} with the backend at {socket} failed: {reason}")]
     Handshake {
         tag: String,
         socket: PathBuf,
         op: &'static str,
-        reason: String,
+        #[source]
+        reason: vhost::Error,
     },
     #[error("virtio-fs {tag}: the backend at {socket} does not offer VIRTIO_F_VERSION_1")]
     NotModern { tag: String, socket: PathBuf },
@@ -72,18 +75,18 @@ impl VhostUserFs {
             Frontend::connect(socket, NUM_QUEUES as u64).map_err(|e| Error::Connect {
                 tag: tag.into(),
                 socket: socket.into(),
-                reason: e.to_string(),
+                reason: e,
             })?;
-        fn hs<'a, E: std::fmt::Display>(
+        fn hs<'a>(
             tag: &'a str,
             socket: &'a Path,
             op: &'static str,
-        ) -> impl FnOnce(E) -> Error + 'a {
-            move |e| Error::Handshake {
+        ) -> impl FnOnce(vhost::Error) -> Error + 'a {
+            move |reason| Error::Handshake {
                 tag: tag.into(),
                 socket: socket.into(),
                 op,
-                reason: e.to_string(),
+                reason,
             }
         }
         let hs = |op| hs(tag, socket, op);
@@ -225,25 +228,13 @@ impl VirtioDevice for VhostUserFs {
         let mut cfg = [0u8; TAG_LEN + 4];
         cfg[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
         cfg[TAG_LEN..].copy_from_slice(&((NUM_QUEUES - 1) as u32).to_le_bytes());
-        let start = offset as usize;
-        if start < cfg.len() {
-            let n = data.len().min(cfg.len() - start);
-            data[..n].copy_from_slice(&cfg[start..start + n]);
-        }
+        common::read_config(&cfg, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != NUM_QUEUES || ctx.queue_evts.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len(),
-            });
-        }
+        common::check_activate(&self.worker, &ctx, NUM_QUEUES)?;
         let calls = self
             .hand_over(&ctx)
             .map_err(|e| ActivateError::Backend(format!("{}: {e}", self.what())))?;
@@ -260,9 +251,9 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut w) = self.worker.take() {
-            let _ = w.stop();
-        }
+        // A worker that will not stop is logged; the vrings are stopped all the same.
+        let who = self.what();
+        let _ = common::stop_worker(&mut self.worker, &who);
         // virtiofsd has no way back to a pristine session on the same connection without
         // RESET_DEVICE; stopping the rings lets a new driver session set them up again.
         for i in 0..NUM_QUEUES {

@@ -60,7 +60,7 @@ impl MutEventSubscriber for Relay {
         if let Some(call) = self.calls.get(events.data() as usize) {
             let _ = call.read();
             if let Err(e) = self.interrupt.signal_used_queue() {
-                log::error!("{}: raising the interrupt: {e}", self.what);
+                tracing::error!("{}: raising the interrupt: {e}", self.what);
             }
         }
     }
@@ -68,7 +68,7 @@ impl MutEventSubscriber for Relay {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, c) in self.calls.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(c, i as u32, EventSet::IN)) {
-                log::error!(
+                tracing::error!(
                     "{}: cannot watch queue {i}'s call eventfd: {e:?}",
                     self.what
                 );
@@ -77,7 +77,7 @@ impl MutEventSubscriber for Relay {
         // Only hang-ups: replies to our requests are read by the frontend on the vCPU side.
         let set = EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR;
         if let Err(e) = ops.add(Events::with_data_raw(self.socket_fd, SOCKET, set)) {
-            log::error!("{}: cannot watch the vhost-user socket: {e:?}", self.what);
+            tracing::error!("{}: cannot watch the vhost-user socket: {e:?}", self.what);
         }
     }
 }

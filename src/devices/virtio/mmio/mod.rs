@@ -218,7 +218,7 @@ impl MmioTransport {
             reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => u32::MAX,
             reg::CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
-                log::debug!("virtio-mmio: read of write-only/unknown register {offset:#x}");
+                tracing::debug!("virtio-mmio: read of write-only/unknown register {offset:#x}");
                 0
             }
         }
@@ -230,7 +230,7 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_select = v,
             reg::DRIVER_FEATURES => {
                 if !self.has(status::DRIVER) || self.has(status::FEATURES_OK) || self.failed() {
-                    log::warn!(
+                    tracing::warn!(
                         "virtio-mmio: driver features written in status {:#x}",
                         self.status
                     );
@@ -273,7 +273,7 @@ impl MmioTransport {
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
             reg::STATUS => self.set_status(v),
             reg::SHM_SEL => {}
-            _ => log::debug!("virtio-mmio: write of read-only/unknown register {offset:#x}"),
+            _ => tracing::debug!("virtio-mmio: write of read-only/unknown register {offset:#x}"),
         }
     }
 
@@ -281,7 +281,7 @@ impl MmioTransport {
     /// is not live (the driver must clear QueueReady before reconfiguring).
     fn with_queue(&mut self, f: impl FnOnce(&mut Queue, &mut QueueSetup)) {
         if !self.queue_config_allowed() {
-            log::warn!(
+            tracing::warn!(
                 "virtio-mmio: queue register written in status {:#x}",
                 self.status
             );
@@ -289,7 +289,7 @@ impl MmioTransport {
         }
         match self.selected_queue() {
             Some((q, s)) => f(q, s),
-            None => log::warn!("virtio-mmio: queue register written for a missing queue"),
+            None => tracing::warn!("virtio-mmio: queue register written for a missing queue"),
         }
     }
 
@@ -300,7 +300,7 @@ impl MmioTransport {
         }
         if let Some(evt) = self.queue_evts.get(index as usize) {
             if let Err(e) = evt.write(1) {
-                log::error!("virtio-mmio: signalling queue {index}: {e}");
+                tracing::error!("virtio-mmio: signalling queue {index}: {e}");
             }
         }
     }
@@ -319,7 +319,7 @@ impl MmioTransport {
         // Otherwise exactly one new bit, in order, with every earlier bit kept.
         let old = self.status;
         if v & old != old || self.failed() {
-            log::warn!("virtio-mmio: status {old:#x} -> {v:#x} refused");
+            tracing::warn!("virtio-mmio: status {old:#x} -> {v:#x} refused");
             return;
         }
         match v & !old {
@@ -331,7 +331,7 @@ impl MmioTransport {
                     self.status = v;
                 } else {
                     // The driver reads FEATURES_OK back and sees it unset (virtio 3.1.1).
-                    log::warn!(
+                    tracing::warn!(
                         "virtio-mmio: driver features {:#x} refused (offered {:#x})",
                         self.driver_features,
                         self.device.avail_features()
@@ -339,7 +339,7 @@ impl MmioTransport {
                 }
             }
             DRIVER_OK if old == ACKNOWLEDGE | DRIVER | FEATURES_OK => self.activate(v),
-            _ => log::warn!("virtio-mmio: status {old:#x} -> {v:#x} refused"),
+            _ => tracing::warn!("virtio-mmio: status {old:#x} -> {v:#x} refused"),
         }
     }
 
@@ -357,7 +357,7 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, (q, s)) in self.queues.iter().zip(&self.queue_setup).enumerate() {
             if s.bad || !q.is_valid(&self.mem) {
-                log::warn!("virtio-mmio: queue {i} has an invalid setup; needs reset");
+                tracing::warn!("virtio-mmio: queue {i} has an invalid setup; needs reset");
                 self.needs_reset();
                 return;
             }
@@ -366,7 +366,7 @@ impl MmioTransport {
             match Queue::try_from(state) {
                 Ok(q) => queues.push(q),
                 Err(e) => {
-                    log::warn!("virtio-mmio: queue {i}: {e}; needs reset");
+                    tracing::warn!("virtio-mmio: queue {i}: {e}; needs reset");
                     self.needs_reset();
                     return;
                 }
@@ -379,7 +379,7 @@ impl MmioTransport {
             match evt.try_clone() {
                 Ok(e) => queue_evts.push(e),
                 Err(e) => {
-                    log::error!("virtio-mmio: cloning queue eventfd: {e}");
+                    tracing::error!("virtio-mmio: cloning queue eventfd: {e}");
                     self.needs_reset();
                     return;
                 }
@@ -397,7 +397,7 @@ impl MmioTransport {
                 self.status = new_status;
             }
             Err(e) => {
-                log::error!(
+                tracing::error!(
                     "virtio-mmio: device type {} activation failed: {e}",
                     self.device.device_type()
                 );
@@ -409,7 +409,7 @@ impl MmioTransport {
     fn needs_reset(&mut self) {
         self.status |= status::DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.signal_config_change() {
-            log::error!("virtio-mmio: raising config-change interrupt: {e}");
+            tracing::error!("virtio-mmio: raising config-change interrupt: {e}");
         }
     }
 
@@ -417,7 +417,7 @@ impl MmioTransport {
     /// queues it used are gone before the driver may reuse the memory.
     fn reset(&mut self) {
         if self.activated && !self.device.reset() {
-            log::error!(
+            tracing::error!(
                 "virtio-mmio: device type {} cannot reset",
                 self.device.device_type()
             );
@@ -459,7 +459,7 @@ impl BusDevice for MmioTransport {
         } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
-            log::warn!(
+            tracing::warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} ignored",
                 data.len()
             );
@@ -475,7 +475,7 @@ impl BusDevice for MmioTransport {
         } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         } else {
-            log::warn!(
+            tracing::warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} ignored",
                 data.len()
             );

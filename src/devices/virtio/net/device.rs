@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::handler::NetHandler;
 pub use super::handler::NetStats;
 use super::{features as f, Tap};
+use crate::devices::virtio::common;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -126,15 +127,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.config();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        for (i, b) in data.iter_mut().enumerate() {
-            if let Some(v) = start.checked_add(i).and_then(|o| cfg.get(o)) {
-                *b = *v;
-            }
-        }
+        common::read_config(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -142,19 +135,11 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
         let n = QUEUE_SIZES.len();
-        if ctx.queues.len() != n || ctx.queue_evts.len() != n {
-            return Err(ActivateError::QueueCount {
-                expected: n,
-                got: ctx.queues.len().min(ctx.queue_evts.len()),
-            });
-        }
+        common::check_activate(&self.worker, &ctx, n)?;
         let tap = self.tap.try_clone()?;
         tap.set_offload(tun_offloads_for(self.acked_features))
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+            .map_err(|e| ActivateError::BackendSetup(Box::new(e)))?;
         let mut queues = ctx.queues.into_iter();
         let mut evts = ctx.queue_evts.into_iter();
         let (Some(rxq), Some(txq), Some(rx_evt), Some(tx_evt)) =
@@ -181,17 +166,14 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
-        log::debug!("virtio-net {}: reset; {}", self.tap.name(), self.stats);
-        if let Some(mut w) = self.worker.take() {
-            if let Err(e) = w.stop() {
-                log::error!("virtio-net {}: stopping worker: {e}", self.tap.name());
-                return false;
-            }
+        tracing::debug!("virtio-net {}: reset; {}", self.tap.name(), self.stats);
+        if !common::stop_worker(&mut self.worker, &format!("virtio-net {}", self.tap.name())) {
+            return false;
         }
         self.acked_features = 0;
         // Back to complete frames only until the next driver negotiates.
         if let Err(e) = self.tap.set_offload(0) {
-            log::warn!("virtio-net: {e}");
+            tracing::warn!("virtio-net: {e}");
         }
         true
     }
@@ -200,7 +182,7 @@ impl VirtioDevice for Net {
 impl Drop for Net {
     fn drop(&mut self) {
         self.worker.take();
-        log::debug!("virtio-net {}: {}", self.tap.name(), self.stats);
+        tracing::debug!("virtio-net {}: {}", self.tap.name(), self.stats);
     }
 }
 

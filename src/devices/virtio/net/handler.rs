@@ -175,7 +175,7 @@ impl<B: NetBackend> NetHandler<B> {
         let mut done = 0usize;
         'outer: loop {
             if let Err(e) = self.txq.disable_notification(&self.mem) {
-                log::warn!("virtio-net: tx: disabling notifications: {e}");
+                tracing::warn!("virtio-net: tx: disabling notifications: {e}");
             }
             let mut progressed = false;
             while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
@@ -188,24 +188,24 @@ impl<B: NetBackend> NetHandler<B> {
                             NetStats::inc(&self.stats.tx_bytes, (f.len - HDR_LEN) as u64);
                         }
                         Err(e) => {
-                            log::debug!("virtio-net: TAP refused a {}-byte frame: {e}", f.len);
+                            tracing::debug!("virtio-net: TAP refused a {}-byte frame: {e}", f.len);
                             NetStats::inc(&self.stats.tx_dropped, 1);
                         }
                     },
                     Err(e) => {
-                        log::debug!("virtio-net: rejecting tx chain {head}: {e}");
+                        tracing::debug!("virtio-net: rejecting tx chain {head}: {e}");
                         NetStats::inc(&self.stats.tx_rejected, 1);
                     }
                 }
                 if let Err(e) = self.txq.add_used(&self.mem, head, 0) {
-                    log::debug!("virtio-net: tx add_used({head}): {e}");
+                    tracing::debug!("virtio-net: tx add_used({head}): {e}");
                 }
                 done += 1;
                 if done >= FRAME_BUDGET {
                     // Leave notifications off: the re-armed eventfd brings us back.
                     NetStats::inc(&self.stats.budget_yields, 1);
                     if let Err(e) = self.tx_evt.write(1) {
-                        log::error!("virtio-net: re-arming tx: {e}");
+                        tracing::error!("virtio-net: re-arming tx: {e}");
                     }
                     break 'outer;
                 }
@@ -214,14 +214,14 @@ impl<B: NetBackend> NetHandler<B> {
                 Ok(true) if progressed => continue,
                 Ok(true) => {
                     if self.txq.iter(&self.mem).is_err() {
-                        log::error!("virtio-net: invalid tx available index; queue stopped");
+                        tracing::error!("virtio-net: invalid tx available index; queue stopped");
                         self.tx_broken = true;
                     }
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    log::warn!("virtio-net: tx: enabling notifications: {e}");
+                    tracing::warn!("virtio-net: tx: enabling notifications: {e}");
                     break;
                 }
             }
@@ -243,7 +243,7 @@ impl<B: NetBackend> NetHandler<B> {
             if moved >= FRAME_BUDGET {
                 NetStats::inc(&self.stats.budget_yields, 1);
                 if let Err(e) = self.rx_evt.write(1) {
-                    log::error!("virtio-net: re-arming rx: {e}");
+                    tracing::error!("virtio-net: re-arming rx: {e}");
                 }
                 break RxStop::Budget;
             }
@@ -252,7 +252,7 @@ impl<B: NetBackend> NetHandler<B> {
                 // some in between).
                 match self.rxq.enable_notification(&self.mem) {
                     Ok(true) if self.rxq.iter(&self.mem).is_err() => {
-                        log::error!("virtio-net: invalid rx available index; queue stopped");
+                        tracing::error!("virtio-net: invalid rx available index; queue stopped");
                         self.rx_broken = true;
                         break RxStop::Broken;
                     }
@@ -269,10 +269,10 @@ impl<B: NetBackend> NetHandler<B> {
             let parts = match frame::parse_rx_chain(&self.mem, chain) {
                 Ok(p) => p,
                 Err(e) => {
-                    log::debug!("virtio-net: refusing rx chain {head}: {e}");
+                    tracing::debug!("virtio-net: refusing rx chain {head}: {e}");
                     NetStats::inc(&self.stats.rx_bad_chains, 1);
                     if let Err(e) = self.rxq.add_used(&self.mem, head, 0) {
-                        log::debug!("virtio-net: rx add_used({head}): {e}");
+                        tracing::debug!("virtio-net: rx add_used({head}): {e}");
                     }
                     used = true;
                     continue;
@@ -285,7 +285,7 @@ impl<B: NetBackend> NetHandler<B> {
                     match e.kind() {
                         io::ErrorKind::Interrupted => continue,
                         io::ErrorKind::WouldBlock => {}
-                        _ => log::warn!("virtio-net: reading the TAP: {e}"),
+                        _ => tracing::warn!("virtio-net: reading the TAP: {e}"),
                     }
                     break RxStop::Drained;
                 }
@@ -294,7 +294,7 @@ impl<B: NetBackend> NetHandler<B> {
             if n > cap || n < HDR_LEN + ETH_HLEN {
                 // Too big for the guest's buffers (smaller than its features promise) or a
                 // runt: the frame is lost, the buffer is kept for the next one.
-                log::debug!("virtio-net: dropping a {n}-byte rx frame ({cap}-byte buffer)");
+                tracing::debug!("virtio-net: dropping a {n}-byte rx frame ({cap}-byte buffer)");
                 NetStats::inc(&self.stats.rx_dropped, 1);
                 self.rxq.go_to_previous_position();
                 continue;
@@ -305,7 +305,7 @@ impl<B: NetBackend> NetHandler<B> {
             NetStats::inc(&self.stats.rx_bytes, (n - HDR_LEN) as u64);
             // n ≤ MAX_TX_CHAIN (the buffers were cut there), far below u32::MAX.
             if let Err(e) = self.rxq.add_used(&self.mem, head, n as u32) {
-                log::debug!("virtio-net: rx add_used({head}): {e}");
+                tracing::debug!("virtio-net: rx add_used({head}): {e}");
             }
             used = true;
         };
@@ -324,7 +324,7 @@ impl<B: NetBackend> NetHandler<B> {
             let r = if want { ops.add(ev) } else { ops.remove(ev) };
             match r {
                 Ok(()) => self.tap_armed = want,
-                Err(e) => log::error!("virtio-net: updating TAP interest: {e:?}"),
+                Err(e) => tracing::error!("virtio-net: updating TAP interest: {e:?}"),
             }
         }
     }
@@ -333,7 +333,7 @@ impl<B: NetBackend> NetHandler<B> {
 fn signal(q: &mut Queue, mem: &GuestMemory, interrupt: &VirtioInterrupt) {
     if q.needs_notification(mem).unwrap_or(true) {
         if let Err(e) = interrupt.signal_used_queue() {
-            log::error!("virtio-net: raising interrupt: {e}");
+            tracing::error!("virtio-net: raising interrupt: {e}");
         }
     }
 }
@@ -357,7 +357,7 @@ impl<B: NetBackend> MutEventSubscriber for NetHandler<B> {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, evt) in [(RXQ, &self.rx_evt), (TXQ, &self.tx_evt)] {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
-                log::error!("virtio-net: cannot watch queue {i}: {e:?}");
+                tracing::error!("virtio-net: cannot watch queue {i}: {e:?}");
             }
         }
         // Chains queued before activation, and frames already waiting on the TAP.

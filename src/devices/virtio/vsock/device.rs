@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::handler::VsockHandler;
 use super::muxer::Muxer;
+use crate::devices::virtio::common;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -124,15 +125,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = self.guest_cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        for (i, b) in data.iter_mut().enumerate() {
-            if let Some(v) = start.checked_add(i).and_then(|o| cfg.get(o)) {
-                *b = *v;
-            }
-        }
+        // struct virtio_vsock_config { le64 guest_cid; }
+        common::read_config(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -140,18 +134,10 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len().min(ctx.queue_evts.len()),
-            });
-        }
+        common::check_activate(&self.worker, &ctx, QUEUE_SIZES.len())?;
         let listener = self.listener.try_clone()?;
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener)
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+            .map_err(|e| ActivateError::BackendSetup(Box::new(e)))?;
         let handler = VsockHandler::new(ctx.mem, ctx.queues, ctx.queue_evts, ctx.interrupt, muxer);
         self.worker = Some(Worker::spawn(
             &format!("husk-vsock-{}", self.guest_cid),
@@ -161,11 +147,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(mut w) = self.worker.take() {
-            if let Err(e) = w.stop() {
-                log::error!("vsock: stopping worker: {e}");
-                return false;
-            }
+        if !common::stop_worker(&mut self.worker, "vsock") {
+            return false;
         }
         self.acked_features = 0;
         true

@@ -54,7 +54,7 @@ impl VsockHandler {
             Ok(false) => {}
             _ => {
                 if let Err(e) = self.interrupt.signal_used_queue() {
-                    log::error!("vsock: raising interrupt: {e}");
+                    tracing::error!("vsock: raising interrupt: {e}");
                 }
             }
         }
@@ -70,16 +70,16 @@ impl VsockHandler {
                     Ok(hdr) => match c.read_packet(&self.mem, &mut self.buf) {
                         Ok(hdr) => self.muxer.send_pkt(&hdr, &self.buf),
                         Err(e) => {
-                            log::debug!("{e}; rejecting packet");
+                            tracing::debug!("{e}; rejecting packet");
                             self.muxer.reject(&hdr);
                         }
                     },
-                    Err(e) => log::debug!("{e}; dropping tx chain"),
+                    Err(e) => tracing::debug!("{e}; dropping tx chain"),
                 },
-                Err(e) => log::debug!("{e}; dropping tx chain"),
+                Err(e) => tracing::debug!("{e}; dropping tx chain"),
             }
             if let Err(e) = self.queues[TXQ].add_used(&self.mem, head, 0) {
-                log::error!("vsock: tx used ring: {e}");
+                tracing::error!("vsock: tx used ring: {e}");
             }
             used = true;
         }
@@ -102,7 +102,7 @@ impl VsockHandler {
                 .filter(|c| c.len() >= HDR_SIZE as u64);
             let Some(chain) = chain else {
                 // A buffer we cannot write a packet into: hand it back empty.
-                log::debug!("vsock: unusable rx buffer {head}");
+                tracing::debug!("vsock: unusable rx buffer {head}");
                 let _ = self.queues[RXQ].add_used(&self.mem, head, 0);
                 used = true;
                 continue;
@@ -115,12 +115,12 @@ impl VsockHandler {
             let len = match chain.write_packet(&self.mem, &hdr, &self.buf) {
                 Ok(n) => n,
                 Err(e) => {
-                    log::error!("vsock: writing rx packet: {e}");
+                    tracing::error!("vsock: writing rx packet: {e}");
                     0
                 }
             };
             if let Err(e) = self.queues[RXQ].add_used(&self.mem, head, len) {
-                log::error!("vsock: rx used ring: {e}");
+                tracing::error!("vsock: rx used ring: {e}");
             }
             used = true;
         }
@@ -148,7 +148,7 @@ impl MutEventSubscriber for VsockHandler {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, evt) in self.queue_evts.iter().enumerate() {
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
-                log::error!("vsock: cannot watch queue {i}: {e:?}");
+                tracing::error!("vsock: cannot watch queue {i}: {e:?}");
             }
         }
         if let Err(e) = ops.add(Events::with_data_raw(
@@ -156,7 +156,7 @@ impl MutEventSubscriber for VsockHandler {
             BACKEND,
             EventSet::IN,
         )) {
-            log::error!("vsock: cannot watch host sockets: {e:?}");
+            tracing::error!("vsock: cannot watch host sockets: {e:?}");
         }
         // Chains the driver queued before activation, and host programs already waiting.
         self.process_tx();

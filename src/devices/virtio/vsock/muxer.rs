@@ -137,7 +137,7 @@ impl Muxer {
     /// dropped; nothing the guest sends is an error for the device.
     pub fn send_pkt(&mut self, hdr: &Header, data: &[u8]) {
         if hdr.src_cid != self.guest_cid {
-            log::debug!(
+            tracing::debug!(
                 "vsock: dropping packet from cid {} (guest is {})",
                 hdr.src_cid,
                 self.guest_cid
@@ -155,7 +155,7 @@ impl Muxer {
                 Ok(Verdict::Reset) => self.reset(key),
                 Ok(Verdict::Drop) => self.remove(key),
                 Err(e) => {
-                    log::debug!("{e}; resetting");
+                    tracing::debug!("{e}; resetting");
                     self.reset(key);
                 }
             }
@@ -166,7 +166,7 @@ impl Muxer {
             return;
         }
         if self.connection_count() >= MAX_CONNECTIONS {
-            log::warn!(
+            tracing::warn!(
                 "vsock: {MAX_CONNECTIONS} connections open; refusing guest connect to port {}",
                 hdr.dst_port
             );
@@ -180,7 +180,7 @@ impl Muxer {
                 self.insert(key, conn);
             }
             Err(e) => {
-                log::debug!("vsock: guest connect to {}: {e}", path.display());
+                tracing::debug!("vsock: guest connect to {}: {e}", path.display());
                 self.rst_for(hdr);
             }
         }
@@ -239,7 +239,7 @@ impl Muxer {
                 }
                 Ok(None) => self.after_change(key),
                 Err(e) => {
-                    log::debug!("{e}; resetting");
+                    tracing::debug!("{e}; resetting");
                     self.reset(key);
                     return self.rsts.pop_front();
                 }
@@ -258,7 +258,7 @@ impl Muxer {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::error!("vsock: epoll_wait: {e}");
+                    tracing::error!("vsock: epoll_wait: {e}");
                     return;
                 }
             };
@@ -286,13 +286,13 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        log::warn!("vsock: accept on {}: {e}", self.uds.display());
+                        tracing::warn!("vsock: accept on {}: {e}", self.uds.display());
                     }
                     return;
                 }
             };
             if self.connection_count() >= MAX_CONNECTIONS {
-                log::warn!(
+                tracing::warn!(
                     "vsock: {MAX_CONNECTIONS} connections open; closing new host connection"
                 );
                 continue;
@@ -341,7 +341,7 @@ impl Muxer {
             Ok(Some(v)) => v,
             Ok(None) => return,
             Err(e) => {
-                log::debug!("{e}");
+                tracing::debug!("{e}");
                 return self.drop_pending(fd);
             }
         };
@@ -352,7 +352,7 @@ impl Muxer {
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         let Some(local) = self.alloc_local_port(port) else {
-            log::warn!("vsock: no free local port for host connection to guest port {port}");
+            tracing::warn!("vsock: no free local port for host connection to guest port {port}");
             return;
         };
         let preread = p.buf[used..].to_vec();
@@ -405,7 +405,7 @@ impl Muxer {
         }
         if set.contains(EventSet::OUT) || conn.hung_up() {
             if let Err(e) = conn.flush_tx() {
-                log::debug!("{e}; resetting");
+                tracing::debug!("{e}; resetting");
                 return self.reset(key);
             }
         }
@@ -431,7 +431,7 @@ impl Muxer {
             .map(|(&k, _)| k)
             .collect();
         for key in late {
-            log::debug!("vsock: stream {key:?} timed out");
+            tracing::debug!("vsock: stream {key:?} timed out");
             self.reset(key);
         }
         let any = !self.pending.is_empty() || self.conns.values().any(|c| c.deadline.is_some());
@@ -484,7 +484,7 @@ impl Muxer {
             match res {
                 Ok(()) => conn.registered = Some(want),
                 Err(e) => {
-                    log::warn!("vsock: epoll for stream {key:?}: {e}");
+                    tracing::warn!("vsock: epoll for stream {key:?}: {e}");
                     return self.reset(key);
                 }
             }
@@ -504,7 +504,7 @@ impl Muxer {
                 self.rsts.push_back(rst);
             }
             if conn.state() == State::LocalInit {
-                log::debug!(
+                tracing::debug!(
                     "vsock: host connection to guest port {} refused or timed out",
                     key.1
                 );
