@@ -11,22 +11,33 @@ out=$1 notrun=$2 status=${3:-}
 echo
 echo "================ husk test summary ================"
 awk '
-    # "     Running tests/foo.rs (target/debug/deps/foo-0123)" or "   Doc-tests husk"
-    /^ *Running / { bin = $2; if (bin == "unittests") bin = $3 " (unit)"; next }
-    /^ *Doc-tests / { bin = "doc-tests " $2; next }
-    /^test .* \.\.\. FAILED$/ { sub(/^test /, ""); sub(/ \.\.\. FAILED$/, ""); failed[++nf] = bin ": " $0 }
-    /^test result: / {
+    # Every binary ends with one "test result:" line, after a "failures:" list of its failed
+    # tests. The captured output of a failed test may quote other runs (a rerun in the
+    # nested-KVM rig) with lines of the same shape, always before its own: so the last
+    # result and the last list before the next binary are those of the binary.
+    function flush(   p, f, ig, n, i, names) {
+        if (result == "") return
         p = f = ig = 0
-        if (match($0, /[0-9]+ passed/)) p = substr($0, RSTART, RLENGTH) + 0
-        if (match($0, /[0-9]+ failed/)) f = substr($0, RSTART, RLENGTH) + 0
-        if (match($0, /[0-9]+ ignored/)) ig = substr($0, RSTART, RLENGTH) + 0
-        if (p + f + ig > 0) printf "  %-48s %4d passed %3d failed %3d ignored\\n", bin, p, f, ig
+        if (match(result, /[0-9]+ passed/)) p = substr(result, RSTART, RLENGTH) + 0
+        if (match(result, /[0-9]+ failed/)) f = substr(result, RSTART, RLENGTH) + 0
+        if (match(result, /[0-9]+ ignored/)) ig = substr(result, RSTART, RLENGTH) + 0
+        if (p + f + ig > 0) printf "  %-48s %4d passed %3d failed %3d ignored\n", bin, p, f, ig
         tp += p; tf += f; ti += ig; nb++
+        n = split(failing, names, "\n")
+        for (i = 1; i <= n; i++) if (names[i] != "") failed[++nf] = bin ": " names[i]
+        result = ""; failing = ""; list = ""
     }
+    # "     Running tests/foo.rs (target/debug/deps/foo-0123)" or "   Doc-tests husk"
+    /^ *Running / { flush(); bin = $2; if (bin == "unittests") bin = $3 " (unit)"; next }
+    /^ *Doc-tests / { flush(); bin = "doc-tests " $2; next }
+    /^failures:$/ { inlist = 1; list = ""; next }
+    inlist && /^    [^ ]+$/ { sub(/^    /, ""); list = list $0 "\n"; next }
+    /^test result: / { inlist = 0; result = $0; failing = list; next }
     # A binary that died before printing its result (crash, signal, timeout).
     /^error: test failed, to rerun pass / { crashed[++nc] = $0 }
     END {
-        printf "  %d test binaries: %d passed, %d failed, %d ignored\\n", nb, tp, tf, ti
+        flush()
+        printf "  %d test binaries: %d passed, %d failed, %d ignored\n", nb, tp, tf, ti
         for (i = 1; i <= nf; i++) print "  FAILED " failed[i]
         for (i = 1; i <= nc; i++) print "  " crashed[i]
     }
