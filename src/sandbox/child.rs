@@ -387,13 +387,24 @@ impl VmHandle for ProcessVm {
 /// writes this file too, so it is bounded and lossily decoded).
 pub(super) fn last_line(log: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
+    // A panic's stack dump runs to a few KiB after its "Kernel panic" line.
+    const TAIL: u64 = 16 << 10;
     let mut f = File::open(log).ok()?;
     let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
     let mut buf = Vec::new();
-    f.take(4096).read_to_end(&mut buf).ok()?;
+    f.take(TAIL).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
-    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("Kernel panic"))
+        .or(lines.last())?;
     Some(line.chars().take(300).collect())
 }
 

@@ -20,8 +20,11 @@ use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 /// reset ends QEMU with status 0. microvm has no i8042, so `reboot=k` only gets there after the
 /// kernel's ten keyboard-controller attempts time out (measured: 2.2 s from start to exit
 /// instead of 0.74 s under TCG); a triple fault resets at once. `panic=-1` turns a guest
-/// panic into the same reset instead of a hung VM.
-pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1"];
+/// panic into the same reset instead of a hung VM. `no_timer_check`: the kernel's early check
+/// that the timer interrupt reaches the IO-APIC counts ticks in a busy-wait, which a vCPU
+/// thread starved on a loaded host fails, and the kernel then panics ("IO-APIC + timer
+/// doesn't work!"; Kata's guests skip the check too).
+pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1", "no_timer_check"];
 
 /// Overrides the QEMU binary.
 pub const QEMU_ENV: &str = "HUSK_QEMU";
@@ -35,7 +38,7 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",

@@ -96,7 +96,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     assert_eq!(pair(&a, "-smp"), ["2"]);
     assert_eq!(
         pair(&a, "-append"),
-        ["console=ttyS0 reboot=t panic=-1 quiet"]
+        ["console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
     );
     assert_eq!(
         pair(&a, "-drive"),
@@ -750,4 +750,15 @@ fn last_line_is_the_last_non_empty_one_bounded() {
     assert_eq!(child::last_line(&log).as_deref(), Some("last words"));
     std::fs::write(&log, "y".repeat(5000)).unwrap();
     assert_eq!(child::last_line(&log).map(|l| l.len()), Some(300));
+    // A panic's own line, not the end of the stack dump after it.
+    let dump = "[    0.02] Call Trace:\n".repeat(50) + "[    0.02]  </TASK>\n";
+    std::fs::write(
+        &log,
+        format!("[    0.01] Kernel panic - not syncing: IO-APIC + timer doesn't work!\n{dump}"),
+    )
+    .unwrap();
+    assert_eq!(
+        child::last_line(&log).as_deref(),
+        Some("[    0.01] Kernel panic - not syncing: IO-APIC + timer doesn't work!")
+    );
 }

@@ -298,9 +298,11 @@ fn default_mem() -> u32 {
 
 /// The command line when none is given. `reboot=k` makes reboot (and `panic=1`) go through
 /// the i8042 reset line, which ends the VM; `i8042.*` keep that controller's probe short
-/// since only its reset line is emulated; no PCI/ACPI probing on a virtio-mmio machine.
+/// since only its reset line is emulated; no PCI/ACPI probing on a virtio-mmio machine;
+/// `no_timer_check` skips the early busy-wait check of the timer interrupt, which a vCPU
+/// starved on a loaded host fails with a panic (as the QEMU backend's guests do).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check";
 
 impl VmmConfig {
     /// A config with defaults for everything but the kernel.

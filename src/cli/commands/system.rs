@@ -98,13 +98,23 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             ),
         },
     });
-    let q = qemu::find_qemu(std::env::var_os(qemu::QEMU_ENV).map(PathBuf::from));
+    // The backend as `husk run` would start it: the binary and the accelerator it gets.
+    let q = qemu::QemuBackend::from_env();
     c.push(Check {
         what: "qemu",
         ok: q.is_ok(),
         required: picked == BackendKind::Qemu,
         detail: match q {
-            Ok(p) => p.display().to_string(),
+            Ok(b) => format!(
+                "{} (-accel {}{})",
+                b.qemu.display(),
+                b.accel.as_str(),
+                if b.accel == qemu::Accel::Tcg {
+                    ": every guest instruction emulated"
+                } else {
+                    ""
+                }
+            ),
             Err(e) => e.to_string(),
         },
     });
