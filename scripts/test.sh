@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+setup_start=$(date +%s)
 
 ensure_packages "${HUSK_APT_PACKAGES[@]}" "${HUSK_ENGINE_PACKAGES[@]}"
 
@@ -63,6 +64,8 @@ mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG"
 status=0
 # Build every test binary first, outside the run's time limit (the cold build is long).
 cargo test --workspace --locked --no-run >&2 || die "the test build failed"
+log "set-up (packages, kernel, initramfs, tools, rig, test build): $(( $(date +%s) - setup_start ))s"
+tests_start=$(date +%s)
 # --no-fail-fast: one failing test binary must not hide the ones after it.
 # A hung VM test must not eat the whole CI budget.
 set +e
@@ -70,5 +73,6 @@ timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
     cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
+log "tests: $(( $(date +%s) - tests_start ))s"
 scripts/test-summary.sh "$out" "$HUSK_NOT_RUN_LOG" "$status" >&2
 exit $status
