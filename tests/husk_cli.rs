@@ -395,22 +395,7 @@ const ON_KVM_BACKENDS: &[&str] = &[
     "run_t_gives_the_container_a_terminal",
 ];
 
-#[test]
-fn husk_cli_on_husk_vmm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_cli_on_husk_vmm",
-        common::rig::KvmBackend::HuskVmm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
-}
-
-#[test]
-fn husk_cli_on_qemu_kvm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_cli_on_qemu_kvm",
-        common::rig::KvmBackend::QemuKvm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
+crate::on_kvm_backends! {
+    husk_cli_on_husk_vmm => ON_KVM_BACKENDS,
+    husk_cli_on_qemu_kvm => ON_KVM_BACKENDS,
 }

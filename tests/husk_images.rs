@@ -503,22 +503,7 @@ fn rmi_of_an_image_in_use_is_refused() {
 const ON_KVM_BACKENDS: &[&str] =
     &["layered_image_with_whiteout_and_opaque_dir_shows_the_merged_tree"];
 
-#[test]
-fn husk_images_on_husk_vmm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_images_on_husk_vmm",
-        common::rig::KvmBackend::HuskVmm,
-        &[ON_KVM_BACKENDS[0], "many_layer_image_runs_on_husk_vmm"],
-        std::time::Duration::from_secs(900),
-    );
-}
-
-#[test]
-fn husk_images_on_qemu_kvm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_images_on_qemu_kvm",
-        common::rig::KvmBackend::QemuKvm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
+crate::on_kvm_backends! {
+    husk_images_on_husk_vmm => &[ON_KVM_BACKENDS[0], "many_layer_image_runs_on_husk_vmm"],
+    husk_images_on_qemu_kvm => ON_KVM_BACKENDS,
 }

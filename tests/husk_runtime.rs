@@ -723,22 +723,7 @@ const ON_KVM_BACKENDS: &[&str] = &[
     "console_socket_gets_a_pty_master_for_init_and_exec",
 ];
 
-#[test]
-fn husk_runtime_on_husk_vmm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_runtime_on_husk_vmm",
-        common::rig::KvmBackend::HuskVmm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
-}
-
-#[test]
-fn husk_runtime_on_qemu_kvm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_runtime_on_qemu_kvm",
-        common::rig::KvmBackend::QemuKvm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
+crate::on_kvm_backends! {
+    husk_runtime_on_husk_vmm => ON_KVM_BACKENDS,
+    husk_runtime_on_qemu_kvm => ON_KVM_BACKENDS,
 }

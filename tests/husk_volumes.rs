@@ -393,22 +393,7 @@ const ON_KVM_BACKENDS: &[&str] = &[
     "read_only_volume_refuses_writes",
 ];
 
-#[test]
-fn husk_volumes_on_husk_vmm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_volumes_on_husk_vmm",
-        common::rig::KvmBackend::HuskVmm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
-}
-
-#[test]
-fn husk_volumes_on_qemu_kvm() {
-    common::rig::rerun_on_kvm_backend(
-        "husk_volumes_on_qemu_kvm",
-        common::rig::KvmBackend::QemuKvm,
-        ON_KVM_BACKENDS,
-        std::time::Duration::from_secs(900),
-    );
+crate::on_kvm_backends! {
+    husk_volumes_on_husk_vmm => ON_KVM_BACKENDS,
+    husk_volumes_on_qemu_kvm => ON_KVM_BACKENDS,
 }

@@ -201,3 +201,33 @@ pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], tim
         eprintln!("  {line}");
     }
 }
+
+/// How long the reruns of one test file on one backend may take (L1's boot included).
+pub const RERUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Two tests, `$husk` and `$qemu`, that re-run the named tests of this test file on husk-vmm
+/// and on QEMU `-accel kvm` ([`rerun_on_kvm_backend`]).
+#[macro_export]
+macro_rules! on_kvm_backends {
+    ($husk:ident => $husk_tests:expr, $qemu:ident => $qemu_tests:expr $(,)?) => {
+        #[test]
+        fn $husk() {
+            common::rig::rerun_on_kvm_backend(
+                stringify!($husk),
+                common::rig::KvmBackend::HuskVmm,
+                $husk_tests,
+                common::rig::RERUN_TIMEOUT,
+            );
+        }
+
+        #[test]
+        fn $qemu() {
+            common::rig::rerun_on_kvm_backend(
+                stringify!($qemu),
+                common::rig::KvmBackend::QemuKvm,
+                $qemu_tests,
+                common::rig::RERUN_TIMEOUT,
+            );
+        }
+    };
+}

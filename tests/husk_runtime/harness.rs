@@ -3,7 +3,7 @@
 //! `--pid-file` waited on as a (sub)reaper waits, and a check that nothing is left behind.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -341,33 +341,9 @@ impl Bundle {
 /// Accepts one connection on `listener` and receives the fd sent with SCM_RIGHTS.
 pub fn recv_fd(listener: &UnixListener) -> (OwnedFd, String) {
     let (conn, _) = listener.accept().expect("console socket accept");
-    let mut buf = [0u8; 256];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: a zeroed msghdr pointing at our buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: recvmsg into the buffers above.
-    let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
-    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
-    // SAFETY: reading the one cmsg the kernel filled in.
-    let fd = unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        assert!(!c.is_null(), "no fd received");
-        assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
-        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>())
-    };
-    // SAFETY: the kernel gave us this fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    (fd, String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+    let (msg, fd) = husk_fdpass::recv_fd(conn.as_raw_fd(), 256).expect("recvmsg");
+    let fd = fd.expect("no fd received");
+    (fd, String::from_utf8_lossy(&msg).into_owned())
 }
 
 /// A shell hook that writes its stdin (the state) to `out`.
