@@ -83,10 +83,11 @@ def bare_qemu(accel):
     log_path = os.path.join(work, "bare-console.log")
     args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem", "-accel", accel,
+            *(["-cpu", "host"] if accel == "kvm" else []),
             "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
             "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
             "-kernel", kernel, "-initrd", initramfs,
-            "-append", "console=ttyS0 reboot=t panic=-1 quiet"]
+            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
     if os.path.exists(log_path):
         os.remove(log_path)
     t = time.monotonic()
