@@ -60,7 +60,9 @@ fi
 # also write their reason here and it is printed after the run.
 export HUSK_NOT_RUN_LOG="$PWD/target/husk/not-run.log"
 out="$PWD/target/husk/test-output.log"
-mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG"
+# Each run in the nested-KVM rig appends its test name and seconds here.
+export HUSK_RIG_TIME_LOG="$PWD/target/husk/rig-times.log"
+mkdir -p target/husk && : > "$HUSK_NOT_RUN_LOG" && : > "$HUSK_RIG_TIME_LOG"
 status=0
 # Build every test binary first, outside the run's time limit (the cold build is long).
 cargo test --workspace --locked --no-run >&2 || die "the test build failed"
@@ -74,5 +76,8 @@ timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
 status=${PIPESTATUS[0]}
 set -e
 log "tests: $(( $(date +%s) - tests_start ))s"
+if [ -s "$HUSK_RIG_TIME_LOG" ]; then
+    log "nested-KVM rig: $(awk '{n++; s+=$2} END {printf "%d runs, %.0f s in all (run beside other tests)", n, s}' "$HUSK_RIG_TIME_LOG")"
+fi
 scripts/test-summary.sh "$out" "$HUSK_NOT_RUN_LOG" "$status" >&2
 exit $status

@@ -22,6 +22,22 @@ const NOT_RUN_STATUS: i32 = 3;
 /// power-off, on top of what the command itself may take.
 const RIG_OVERHEAD: Duration = Duration::from_secs(240);
 
+/// Appends "TEST SECONDS" to `$HUSK_RIG_TIME_LOG` (scripts/test.sh sums it: the rig's share of
+/// the suite's time).
+fn record_rig_time(test: &str, took: Duration) {
+    use std::io::Write;
+    let Some(log) = std::env::var_os("HUSK_RIG_TIME_LOG") else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test} {:.1}", took.as_secs_f64());
+    }
+}
+
 /// True inside the rig (a test re-run by [`on_linux_kvm`]).
 pub fn in_rig() -> bool {
     std::env::var_os(IN_RIG_ENV).is_some()
@@ -50,7 +66,9 @@ pub fn run_in_rig(
         c.arg("--env").arg(format!("{k}={v}"));
     }
     c.arg("--").args(cmd);
+    let started = std::time::Instant::now();
     let out = super::run_bounded(c, None, timeout + RIG_OVERHEAD);
+    record_rig_time(test, started.elapsed());
     if out.status.code() == Some(NOT_RUN_STATUS) {
         let stdout = super::text(&out.stdout);
         if let Some(line) = stdout
