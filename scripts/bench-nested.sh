@@ -18,5 +18,5 @@ HUSK_VHOST_DEVICE_VSOCK=${HUSK_VHOST_DEVICE_VSOCK:-$(scripts/install-vhost-devic
 export HUSK_KERNEL HUSK_INITRAMFS HUSK_VHOST_DEVICE_VSOCK
 scripts/nested-kvm.sh prepare >/dev/null
 log "scripts/bench.sh $runs in the nested-KVM rig"
-scripts/nested-kvm.sh run --timeout 3000 -- scripts/bench.sh "$runs"
+HUSK_BENCH_NO_CONVERT=1 scripts/nested-kvm.sh run --timeout 3000 -- scripts/bench.sh "$runs"
 echo "(in the nested-KVM rig: L1 = Debian's 6.1 kernel under QEMU TCG with SVM, $(nproc) host CPUs)"
