@@ -66,6 +66,13 @@ pub fn run_in_rig(
         c.arg("--env").arg(format!("{k}={v}"));
     }
     c.arg("--").args(cmd);
+    // One L1 at a time per test binary: two of them on a 2-core host starve each other's
+    // guests past their boot timeouts (measured: QEMU -accel kvm in L1 > 60 s to the agent
+    // with three L1s up); the binary's other tests go on beside it.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = std::time::Instant::now();
     let out = super::run_bounded(c, None, timeout + RIG_OVERHEAD);
     record_rig_time(test, started.elapsed());
