@@ -106,40 +106,67 @@ pub fn on_linux_kvm(test: &str, timeout: Duration) -> bool {
         "{test}: inside the nested-KVM rig, but its KVM cannot run a Linux guest: {}",
         probe.reason
     );
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    let exe = current_exe();
     eprintln!(
         "{test}: KVM here cannot run a stock Linux guest ({}); running it in the nested-KVM rig",
         probe.reason
     );
-    let Some(out) = run_in_rig(
+    if let Some(out) = run_in_rig(
         test,
-        &[exe, "--exact", test, "--nocapture", "--test-threads=1"],
+        &rerun_args(&exe, &[test]),
         &[(IN_RIG_ENV, "1")],
         timeout,
-    ) else {
-        return false;
-    };
+    ) {
+        judge_rerun(test, &out, "in the nested-KVM rig", 1);
+    }
+    false
+}
+
+fn current_exe() -> String {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.to_str().expect("a UTF-8 test binary path").to_string()
+}
+
+/// libtest arguments that run exactly `tests` of this binary, output shown. --include-ignored:
+/// a test that only one backend can run is #[ignore]d on the host and named by its rerun.
+fn rerun_args<'a>(exe: &'a str, tests: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        exe,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=2",
+    ];
+    args.extend_from_slice(tests);
+    args
+}
+
+/// Judges a rerun of `n` tests `place` ("in the nested-KVM rig", "on this host"): the calling
+/// test passes only if all of them ran and passed there; one that says NOT RUN there is
+/// reported as NOT RUN here (a failure under CI=true), never as a pass.
+fn judge_rerun(test: &str, out: &Output, place: &str, n: usize) {
     let stdout = super::text(&out.stdout);
     let stderr = super::text(&out.stderr);
-    let inner = format!("--- stdout in the rig:\n{stdout}\n--- stderr in the rig:\n{stderr}");
-    if let Some(line) = stderr
+    let inner = format!("--- stdout {place}:\n{stdout}\n--- stderr {place}:\n{stderr}");
+    let not_run: Vec<&str> = stderr
         .lines()
         .chain(stdout.lines())
-        .find(|l| l.starts_with(&format!("NOT RUN: {test}: ")))
-    {
-        // It did not run inside either: that is what it reports, not a pass.
-        let reason = line.trim_start_matches(&format!("NOT RUN: {test}: "));
-        super::not_run(test, &format!("in the nested-KVM rig: {reason}"), true);
-        return false;
+        .filter(|l| l.starts_with("NOT RUN: "))
+        .collect();
+    if !not_run.is_empty() {
+        super::not_run(test, &format!("{place}: {}", not_run.join("; ")), true);
+        return;
     }
+    let want = format!("test result: ok. {n} passed; 0 failed");
     assert!(
-        out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "{test} failed in the nested-KVM rig (status {:?}):\n{inner}",
+        out.status.success() && stdout.contains(&want),
+        "{test}: {place} (status {:?}), expected `{want}`:\n{inner}",
         out.status
     );
-    eprintln!("{test}: passed in the nested-KVM rig\n{inner}");
-    false
+    eprintln!("{test}: {n} tests passed {place}");
+    for line in stdout.lines().filter(|l| l.starts_with("test ")) {
+        eprintln!("  {line}");
+    }
 }
 
 /// A VM backend on a KVM that boots stock Linux guests.
@@ -165,25 +192,21 @@ impl KvmBackend {
 /// The calling test passes only if every one of them ran there and passed; one that says
 /// NOT RUN there is reported as NOT RUN here (a failure under CI=true), never as a pass.
 pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], timeout: Duration) {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let exe = exe.to_str().expect("a UTF-8 test binary path");
-    // --include-ignored: a test that only one backend can run is #[ignore]d on the host and
-    // named here by the rerun for that backend.
-    let mut args = vec![
-        exe,
-        "--exact",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=2",
-    ];
-    args.extend_from_slice(tests);
+    let exe = current_exe();
+    let args = rerun_args(&exe, tests);
     let mut env: Vec<(&str, &str)> = backend.env().to_vec();
     env.push((IN_RIG_ENV, "1"));
     let probe = HostProbe::run();
-    let (out, place) = if probe.can_run_linux_guests {
-        let mut c = Command::new(exe);
+    if probe.can_run_linux_guests {
+        let mut c = Command::new(&exe);
         c.args(&args[1..]).envs(env.iter().copied());
-        (super::run_bounded(c, None, timeout), "on this host")
+        let out = super::run_bounded(c, None, timeout);
+        judge_rerun(
+            test,
+            &out,
+            &format!("on {backend:?} on this host"),
+            tests.len(),
+        );
     } else {
         eprintln!(
             "{test}: KVM here cannot run a stock Linux guest ({}); running {} tests on {backend:?} \
@@ -191,39 +214,14 @@ pub fn rerun_on_kvm_backend(test: &str, backend: KvmBackend, tests: &[&str], tim
             probe.reason,
             tests.len()
         );
-        let Some(out) = run_in_rig(test, &args, &env, timeout) else {
-            return;
-        };
-        (out, "in the nested-KVM rig")
-    };
-    let stdout = super::text(&out.stdout);
-    let stderr = super::text(&out.stderr);
-    let inner = format!("--- stdout {place}:\n{stdout}\n--- stderr {place}:\n{stderr}");
-    let not_run: Vec<&str> = stderr
-        .lines()
-        .chain(stdout.lines())
-        .filter(|l| l.starts_with("NOT RUN: "))
-        .collect();
-    if !not_run.is_empty() {
-        super::not_run(
-            test,
-            &format!("on {backend:?} {place}: {}", not_run.join("; ")),
-            true,
-        );
-        return;
-    }
-    let want = format!("test result: ok. {} passed; 0 failed", tests.len());
-    assert!(
-        out.status.success() && stdout.contains(&want),
-        "{test}: on {backend:?} {place} (status {:?}), expected `{want}`:\n{inner}",
-        out.status
-    );
-    eprintln!(
-        "{test}: {} tests passed on {backend:?} {place}",
-        tests.len()
-    );
-    for line in stdout.lines().filter(|l| l.starts_with("test ")) {
-        eprintln!("  {line}");
+        if let Some(out) = run_in_rig(test, &args, &env, timeout) {
+            judge_rerun(
+                test,
+                &out,
+                &format!("on {backend:?} in the nested-KVM rig"),
+                tests.len(),
+            );
+        }
     }
 }
 
