@@ -27,7 +27,12 @@
 #   3    NOT RUN: exactly one line `NOT RUN: nested-kvm: <reason>` on stdout (no qemu, no L1
 #        kernel, TCG without SVM, no /dev/kvm in L1)
 #   124  L1 did not finish within --timeout (default 600 s): the console's last lines follow
-#   125  L1 ended without reporting the command's status (crash): the console's last lines
+#   125  L1 ended without reporting the command's status: the console's last lines
+#   126  L1's own kernel failed (a panic, an oops, or a soft lockup that lasted
+#        $LOCKUP_GRACE s): the first report and the console's last lines follow. This is
+#        the emulated machine failing under the command, not the command: TCG's emulation of
+#        SVM is what breaks (measured: ~1 run in 3 with two QEMU -accel kvm guests at once),
+#        so a caller may run the command again in a fresh L1.
 # Defaults: 2 vCPUs, 6144 MiB. L1's console goes to a temporary file (--console FILE keeps
 # it); --verbose boots L1 without `quiet`.
 set -euo pipefail
@@ -37,6 +42,13 @@ source "$root/scripts/lib.sh"   # ensure_packages, husk_cache
 here=$root/scripts/nested-kvm
 CACHE=$(husk_cache)/nested-kvm
 NOT_RUN=3
+L1_FAILED=126
+# How long an L1 soft lockup may last before L1 is given up as wedged (measured: once
+# reported, none ever recovered; the CPU stayed stuck until the run's time limit).
+LOCKUP_GRACE=${HUSK_RIG_LOCKUP_GRACE:-60}
+# Lines of L1's console that mean its own kernel failed (never printed by the command, whose
+# output goes to the run directory; an L2 guest's console goes to a file as well).
+L1_FAILURE='Kernel panic - not syncing|BUG: soft lockup|stack guard page was hit|BUG: unable to handle|general protection fault|Oops: |double fault'
 
 say() { echo "nested-kvm: $*" >&2; }
 fail() { echo "nested-kvm: error: $*" >&2; exit 1; }
@@ -281,12 +293,24 @@ run() {
     tails+=($!)
     tail -n +1 -f --pid="$qpid" -s 0.2 "$run/stderr" >&2 &
     tails+=($!)
-    local timed_out=0
+    local timed_out=0 wedged=0 lockup_since="" polls=0
     while kill -0 "$qpid" 2>/dev/null; do
         if [ $((SECONDS - start)) -ge "$timeout" ]; then
             timed_out=1
             kill -KILL "$qpid" 2>/dev/null || true
             break
+        fi
+        # Once a second: a soft lockup in L1 that lasts LOCKUP_GRACE ends L1 at once rather
+        # than at the run's time limit.
+        polls=$((polls + 1))
+        if [ $((polls % 5)) = 0 ] && [ ! -s "$run/status" ]; then
+            if [ -z "$lockup_since" ]; then
+                grep -q 'BUG: soft lockup' "$run/console.log" && lockup_since=$SECONDS
+            elif [ $((SECONDS - lockup_since)) -ge "$LOCKUP_GRACE" ]; then
+                wedged=1
+                kill -KILL "$qpid" 2>/dev/null || true
+                break
+            fi
         fi
         sleep 0.2
     done
@@ -298,6 +322,20 @@ run() {
 
     if [ -s "$run/notrun" ]; then
         not_run "$(head -1 "$run/notrun")"
+    fi
+    if [ ! -s "$run/status" ] && grep -qE "$L1_FAILURE" "$run/console.log"; then
+        local first
+        first=$(grep -m1 -oE "($L1_FAILURE).*" "$run/console.log")
+        say "L1's kernel failed after $((SECONDS - start))s$([ "$wedged" = 0 ] || echo " (soft lockup past ${LOCKUP_GRACE}s: L1 ended)"): $first"
+        say "its first report:"
+        grep -m1 -A 40 -E "$L1_FAILURE" "$run/console.log" >&2 || true
+        local at
+        at=$(grep -m1 -nE "$L1_FAILURE" "$run/console.log" | cut -d: -f1)
+        if [ $(($(wc -l <"$run/console.log") - at)) -gt 40 ]; then
+            say "its console's last lines:"
+            tail -n 15 "$run/console.log" >&2
+        fi
+        exit $L1_FAILED
     fi
     if [ "$timed_out" = 1 ]; then
         say "L1 did not finish within ${timeout}s; its console's last lines:"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One summary over every test binary of a `cargo test --no-fail-fast` run: passed, failed and
 # ignored per binary and in total, the failed tests by name, and the tests that could not run
-# on this host (NOT RUN, not counted as passed).
+# on this host (NOT RUN, not counted as passed), and the nested-KVM rig's runs made again
+# because L1's own kernel failed under TCG (RIG RETRY).
 #
-#   scripts/test-summary.sh CARGO_OUTPUT NOT_RUN_LOG [CARGO_STATUS]
+#   scripts/test-summary.sh CARGO_OUTPUT NOT_RUN_LOG [CARGO_STATUS] [RIG_RETRY_LOG]
 set -euo pipefail
-out=$1 notrun=$2 status=${3:-}
+out=$1 notrun=$2 status=${3:-} retries=${4:-}
 [ -f "$out" ] || { echo "husk: test summary: no cargo output at $out" >&2; exit 1; }
 
 echo
@@ -49,6 +50,10 @@ if [ -s "$notrun" ]; then
     sort -u "$notrun" | sed 's/^/    /'
 else
     echo "  NOT RUN: none"
+fi
+if [ -n "$retries" ] && [ -s "$retries" ]; then
+    echo "  nested-KVM rig: $(wc -l <"$retries") runs made again after L1's kernel failed under TCG:"
+    sed 's/^/    /' "$retries"
 fi
 if grep -q '^error: could not compile' "$out"; then
     echo "  the build failed: see 'error' lines in $out"

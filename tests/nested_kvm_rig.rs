@@ -1,0 +1,131 @@
+//! The nested-KVM rig's own contract (`scripts/nested-kvm.sh run`), which every husk-vmm and
+//! QEMU `-accel kvm` test on a PVM host relies on: a command's output and status come back;
+//! an L1 kernel that fails under the command is reported as that (status 126, with its first
+//! report), never as the command's failure; an L1 that outlives its limit is ended (status 124)
+//! and leaves no QEMU behind; and a directory shared with --rw is written through.
+//!
+//! NOT RUN (a failure under CI=true) only where the rig itself cannot run, with its reason.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// `scripts/nested-kvm.sh run` exit statuses (see its header).
+const NOT_RUN: i32 = 3;
+const TIMED_OUT: i32 = 124;
+const L1_FAILED: i32 = 126;
+
+/// Runs `sh -c SCRIPT` in the rig with `--timeout limit`; None after reporting NOT RUN.
+fn rig(test: &str, extra: &[&str], script: &str, limit: u64) -> Option<Output> {
+    let mut c = Command::new(common::repo_root().join("scripts/nested-kvm.sh"));
+    c.args(["run", "--timeout", &limit.to_string()])
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
+    let out = common::run_bounded(c, None, Duration::from_secs(limit + 240));
+    if out.status.code() == Some(NOT_RUN) {
+        let stdout = common::text(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("NOT RUN: "))
+            .unwrap_or("NOT RUN: the rig gave no reason");
+        common::not_run(test, line.trim_start_matches("NOT RUN: "), true);
+        return None;
+    }
+    Some(out)
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        out.status,
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    )
+}
+
+#[test]
+fn rig_returns_the_commands_output_status_and_writes() {
+    let test = "rig_returns_the_commands_output_status_and_writes";
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path().to_str().unwrap();
+    let script = format!(
+        "test -c /dev/kvm || exit 9; echo to-stdout; echo to-stderr >&2; \
+         echo written-in-l1 > {dir}/f; echo scratch > /etc/husk-rig-scratch; exit 7"
+    );
+    let Some(out) = rig(test, &["--rw", dir], &script, 300) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+    assert_eq!(common::text(&out.stdout), "to-stdout\n", "{}", show(&out));
+    assert!(
+        common::text(&out.stderr).contains("to-stderr"),
+        "{}",
+        show(&out)
+    );
+    // --rw is written through; everything else lands in L1's tmpfs overlay only.
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("f")).unwrap(),
+        "written-in-l1\n"
+    );
+    assert!(!std::path::Path::new("/etc/husk-rig-scratch").exists());
+}
+
+#[test]
+fn rig_reports_a_failing_l1_kernel_as_such() {
+    let test = "rig_reports_a_failing_l1_kernel_as_such";
+    // A panic of L1's own kernel mid-command (what TCG's emulated SVM sometimes causes).
+    let Some(out) = rig(
+        test,
+        &[],
+        "echo before; sync; echo c > /proc/sysrq-trigger; sleep 600",
+        300,
+    ) else {
+        return;
+    };
+    let stderr = common::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(L1_FAILED), "{}", show(&out));
+    assert!(
+        stderr.contains("L1's kernel failed") && stderr.contains("Kernel panic - not syncing"),
+        "{}",
+        show(&out)
+    );
+    assert!(stderr.contains("its first report:"), "{}", show(&out));
+}
+
+#[test]
+fn rig_ends_an_l1_past_its_limit_and_leaves_no_qemu() {
+    let test = "rig_ends_an_l1_past_its_limit_and_leaves_no_qemu";
+    let started = Instant::now();
+    let Some(out) = rig(test, &[], "sleep 1000", 30) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(TIMED_OUT), "{}", show(&out));
+    assert!(
+        common::text(&out.stderr).contains("did not finish within 30s"),
+        "{}",
+        show(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(120), "{}", show(&out));
+    // L1's QEMU is gone: the script removes a run's directory only after its QEMU has
+    // exited, so a QEMU whose console's directory no longer exists was left behind.
+    let left = Command::new("pgrep")
+        .args(["-f", "nested-kvm\\.[A-Za-z0-9]+/console.log"])
+        .output()
+        .unwrap();
+    let pids = common::text(&left.stdout);
+    for pid in pids.lines() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let dir = cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("file:"))
+            .and_then(|p| p.strip_suffix("/console.log"));
+        if let Some(dir) = dir {
+            assert!(
+                std::path::Path::new(dir).exists(),
+                "a QEMU whose run directory is gone is still running: {cmdline}"
+            );
+        }
+    }
+}
