@@ -106,7 +106,11 @@ fn rig_ends_an_l1_past_its_limit_and_leaves_no_qemu() {
         "{}",
         show(&out)
     );
-    assert!(started.elapsed() < Duration::from_secs(120), "{}", show(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{}",
+        show(&out)
+    );
     // L1's QEMU is gone: the script removes a run's directory only after its QEMU has
     // exited, so a QEMU whose console's directory no longer exists was left behind.
     let left = Command::new("pgrep")
