@@ -3,7 +3,7 @@
 //! - [`vmm`]: builds and runs one microVM (KVM, x86_64).
 //! - [`devices`]: the buses and the devices husk-vmm emulates.
 //! - [`agent`]: the host client of the guest agent, over the VM's vsock socket.
-//! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
+//! - [`backend`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
 //! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
 //! - [`network`]: container networks on the host: bridge, TAPs, addresses, NAT, `-p`,
 //!   engines' network namespaces.
@@ -14,6 +14,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
+pub mod backend;
 pub mod cli;
 pub mod devices;
 pub mod flock;
@@ -21,6 +22,5 @@ pub mod image;
 pub mod network;
 pub mod ociruntime;
 pub mod runtime;
-pub mod sandbox;
 pub mod util;
 pub mod vmm;

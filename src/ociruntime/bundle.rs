@@ -20,7 +20,7 @@ use husk_protocol::{ContainerSpec, NamespaceKind, RootfsSpec, SeccompSpec};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Spec};
 
 use super::{mounts, process, Error};
-use crate::sandbox::SharedDirSpec;
+use crate::backend::SharedDirSpec;
 
 /// virtio-fs tag of the bundle's rootfs.
 pub const ROOTFS_TAG: &str = "husk-rootfs";

@@ -84,7 +84,7 @@ pub enum Error {
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,
-        source: Box<crate::sandbox::Error>,
+        source: Box<crate::backend::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {

@@ -20,9 +20,9 @@ use std::path::Path;
 use husk_protocol::{ContainerSpec, NetworkConfig};
 
 use super::{log, Error};
+use crate::backend::TapSpec;
 use crate::network::netns::{self, NetnsLink};
 use crate::network::{self, tap};
-use crate::sandbox::TapSpec;
 
 /// The NIC the VM gets, the guest's network (for `ContainerSpec::network`) and what to
 /// detach later.

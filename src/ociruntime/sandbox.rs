@@ -22,11 +22,11 @@ use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
 use super::{console, log, network, Error};
 use crate::agent::AgentClient;
+use crate::backend::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
 use crate::runtime::attach::{self, Stdio};
 use crate::runtime::lifecycle::{AGENT_CONNECT_TIMEOUT, VM_DIED_EXIT_CODE};
 use crate::runtime::proc::ProcessRef;
 use crate::runtime::GuestAssets;
-use crate::sandbox::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
 pub const SUBCOMMAND: &str = "sandbox";
@@ -322,7 +322,7 @@ fn start_vm(
         source: Box::new(source),
     };
     let kind = BackendKind::from_env().map_err(|e| Error::Usage(e.to_string()))?;
-    let backend = sandbox::backend(kind).map_err(vm_err)?;
+    let backend = backend::backend(kind).map_err(vm_err)?;
     std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
     let mut spec = VmSpec::new(&assets.kernel, state.console_log());
     spec.initramfs = Some(assets.initramfs.clone());

@@ -21,7 +21,7 @@ use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
 use super::{Error, GuestAssets};
 use crate::agent::AgentClient;
-use crate::sandbox::{self, virtiofsd, BackendKind, VmHandle, VsockSpec};
+use crate::backend::{self, virtiofsd, BackendKind, VmHandle, VsockSpec};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;
 /// the margin is for a loaded host starting many VMs at once.
@@ -175,7 +175,7 @@ impl Runtime {
             id: id.to_string(),
             source: Box::new(source),
         };
-        let backend = sandbox::backend(self.backend).map_err(vm_err)?;
+        let backend = backend::backend(self.backend).map_err(vm_err)?;
         let vm_spec = vm_spec(&state, &assets);
         // The short socket directory under the temp dir may have been cleaned since `create`.
         for p in [&state.console_log, &state.vsock_uds] {
@@ -263,7 +263,7 @@ impl Runtime {
                 Ok(Some(_)) => break,
                 Ok(None) => {}
                 // A helper (virtiofsd) died and the VM was stopped for it: say so.
-                Err(e @ sandbox::Error::HelperExited { .. }) => {
+                Err(e @ backend::Error::HelperExited { .. }) => {
                     failure = Some(e);
                     break;
                 }
@@ -540,7 +540,7 @@ fn hold_layers(dir: &Path, disks: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
 }
 
 fn remove_sockets(state: &State) {
-    let vhost = sandbox::vhost_vsock::vhost_socket_for(&VsockSpec {
+    let vhost = backend::vhost_vsock::vhost_socket_for(&VsockSpec {
         cid: state.vsock_cid,
         uds_path: state.vsock_uds.clone(),
     });
@@ -610,7 +610,7 @@ mod tests {
         assert_eq!(vm.shared_dirs.len(), 2);
         assert_eq!(vm.shared_dirs[0].tag, "husk-vol-0");
         assert!(vm.shared_dirs[0].read_only && !vm.shared_dirs[1].read_only);
-        assert_eq!(vm.shared_dirs[0].cache, sandbox::ShareCache::Never);
+        assert_eq!(vm.shared_dirs[0].cache, backend::ShareCache::Never);
         let c = container_spec(&s, None);
         c.validate().unwrap();
         let m: Vec<_> = c

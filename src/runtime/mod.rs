@@ -92,14 +92,14 @@ pub enum Error {
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,
-        source: Box<crate::sandbox::Error>,
+        source: Box<crate::backend::Error>,
     },
     /// The VM ended for a reason of its own (a helper such as virtiofsd died under it).
     /// (`cause`, not `source`: the message already carries it, and `{:#}` would repeat it.)
     #[error("container {id}: {cause}")]
     VmFailed {
         id: String,
-        cause: Box<crate::sandbox::Error>,
+        cause: Box<crate::backend::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {
