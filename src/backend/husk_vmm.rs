@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers, ProcessVm};
+use super::process_vm::{self as child, Guarded, Leftovers, ProcessVm};
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 
 /// Overrides the husk-vmm binary.

@@ -11,10 +11,10 @@
 //! the same devices, and expose vsock as Firecracker's hybrid unix socket at
 //! [`VsockSpec::uds_path`].
 
-mod child;
 pub mod host;
 pub mod husk_vmm;
 mod kind;
+mod process_vm;
 pub mod qemu;
 pub mod vhost_vsock;
 pub mod virtiofsd;

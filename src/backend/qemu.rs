@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers, ProcessVm};
+use super::process_vm::{self as child, Guarded, Leftovers, ProcessVm};
 use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 
 /// Kernel arguments every guest of this backend gets.
