@@ -107,7 +107,7 @@ pub fn probe_binary(bin: &Path) -> Probe {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let out = super::process_vm::spawn_retrying(&mut cmd).and_then(|c| c.wait_with_output());
+    let out = super::child::spawn_retrying(&mut cmd).and_then(|c| c.wait_with_output());
     match out {
         Ok(o) if o.status.success() => Probe::yes(format!(
             "{} --probe: {}",

@@ -11,6 +11,7 @@
 //! the same devices, and expose vsock as Firecracker's hybrid unix socket at
 //! [`VsockSpec::uds_path`].
 
+mod child;
 pub mod host;
 pub mod husk_vmm;
 mod kind;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process_vm::{self as child, Guarded};
+use super::child::{self, Guarded};
 use super::{Error, VsockSpec};
 
 /// The version `scripts/install-vhost-device-vsock.sh` installs.

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process_vm::{self as child, Guarded};
+use super::child::{self, Guarded};
 use super::{vhost_vsock, Error, ShareCache, SharedDirSpec};
 
 /// The version `scripts/install-virtiofsd.sh` installs.
