@@ -18,7 +18,7 @@ fn main() {
     // The internal processes' stdio belongs to the container: their errors go to --log.
     let internal = matches!(
         cli.command,
-        RuntimeCommand::Sandbox(_) | RuntimeCommand::ExecHolder(_)
+        RuntimeCommand::VmHolder(_) | RuntimeCommand::ExecHolder(_)
     );
     let code = match commands::dispatch(cli) {
         Ok(code) => code,

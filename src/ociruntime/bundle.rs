@@ -1,4 +1,4 @@
-//! A bundle's `config.json` → everything the sandbox needs: the VM's size and shared
+//! A bundle's `config.json` → everything the VM holder needs: the VM's size and shared
 //! directories, the guest container, the hooks. All checking happens here, before anything
 //! is spawned, so bad input leaves nothing behind.
 //!

@@ -1,7 +1,7 @@
 //! `husk-runtime`: a runc-compatible OCI runtime whose containers each run in a microVM.
 //!
-//! The process model is a sandbox runtime's (as gVisor's runsc): `create` starts a host
-//! *sandbox* process ([`sandbox`]) that owns the VM, keeps the stdio it inherited (or a pty it
+//! The process model is gVisor runsc's (which calls it the sandbox): `create` starts a host
+//! *VM holder* process ([`vm_holder`]) that owns the VM, keeps the stdio it inherited (or a pty it
 //! sent over `--console-socket`), relays it to the container's process through the agent and
 //! exits with that process's status. The other commands find it through the state under
 //! `--root` ([`state`]) and talk to it over its control socket ([`control`]) or to the agent.
@@ -24,8 +24,8 @@ pub mod log;
 pub mod mounts;
 pub mod network;
 pub mod process;
-pub mod sandbox;
 pub mod state;
+pub mod vm_holder;
 
 use std::path::PathBuf;
 
@@ -98,8 +98,12 @@ pub enum Error {
         netns: String,
         source: Box<crate::network::Error>,
     },
-    #[error("container {id}: the sandbox process failed: {detail}")]
-    Sandbox { id: String, detail: String },
+    /// The VM holder (or the control socket to it) failed.
+    #[error("container {id}: the VM holder process failed: {detail}")]
+    VmHolder { id: String, detail: String },
+    /// A detached exec's holder did not come up.
+    #[error("container {id}: the exec holder process failed: {detail}")]
+    ExecHolder { id: String, detail: String },
     #[error("{kind} hook {path} failed: {detail}")]
     Hook {
         kind: &'static str,

@@ -1,12 +1,12 @@
 //! The engine's network namespace → the VM's NIC.
 //!
 //! podman (netavark) and CNI prepare a network namespace holding a veth with the container's
-//! MAC, addresses and routes, and name it in `linux.namespaces[network].path`. The sandbox
+//! MAC, addresses and routes, and name it in `linux.namespaces[network].path`. The VM holder
 //! [`attach`]es a TAP beside that veth (tc mirrors the two, see [`crate::network::netns`])
 //! before the VM starts and gives the guest the veth's identity, so the engine's bridge, port
 //! publishing and DNS work unchanged. A namespace with only `lo` (podman `--network none`)
 //! gives no NIC. What was set up is recorded in the container's state, and [`detach`]ed when
-//! the sandbox ends and again at `delete` (after a `kill -9` of the sandbox the TAP is gone
+//! the VM holder ends and again at `delete` (after a `kill -9` of the VM holder the TAP is gone
 //! with the VMM already; only the veth's ingress qdisc is left for `delete` to remove).
 //!
 //! Name resolution: engines bind-mount their own `/etc/resolv.conf` and `/etc/hosts` (the

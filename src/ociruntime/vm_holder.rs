@@ -1,9 +1,9 @@
-//! The sandbox process: what `create` leaves running for one container (runsc's model).
+//! The VM holder process: what `create` leaves running for one container (runsc's model).
 //!
 //! It boots the VM (rootfs and bind mounts over virtio-fs), has the agent create the
 //! container, attaches the stdio it inherited from `create` (or the slave of the pty whose
 //! master went to `--console-socket`) to the process's streams, reports `ok` to `create` on
-//! the ready fd and serves its control socket. On `start` the process runs; the sandbox then
+//! the ready fd and serves its control socket. On `start` the process runs; the VM holder then
 //! waits for it, powers the VM off and exits with its status (128+N for signal N), which is
 //! what an engine waiting on the pid in `--pid-file` gets. Its own messages go to `--log`
 //! only: its stdout and stderr belong to the container.
@@ -29,8 +29,8 @@ use crate::runtime::proc::ProcessRef;
 use crate::runtime::GuestAssets;
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
-pub const SUBCOMMAND: &str = "sandbox";
-/// The environment variable naming the fd on which the sandbox reports `ok` or why not.
+pub const SUBCOMMAND: &str = "vm-holder";
+/// The environment variable naming the fd on which the VM holder reports `ok` or why not.
 pub const READY_FD_ENV: &str = "HUSK_RUNTIME_READY_FD";
 pub const READY_FD: i32 = 3;
 /// How long the VM may take to power off once asked.
@@ -42,18 +42,18 @@ enum Event {
     Killed(i32),
 }
 
-/// How the sandbox's stdio reaches the container.
+/// How the VM holder's stdio reaches the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Console {
     /// Inherited fds (pipes from conmon or the shim): stdin, stdout, stderr as they are.
     Pipes,
     /// A host pty made here, its master sent over `--console-socket`.
     Socket,
-    /// The sandbox's own stdio is a terminal (`run` in the foreground with `terminal: true`).
+    /// The VM holder's own stdio is a terminal (`run` in the foreground with `terminal: true`).
     Inherited,
 }
 
-/// The sandbox body; returns the exit code for the process. `run_now`: `husk-runtime run`
+/// The VM holder body; returns the exit code for the process. `run_now`: `husk-runtime run`
 /// in the foreground, which calls it once the container is created (the create-time hooks)
 /// and then starts the process itself.
 pub fn run(
@@ -336,7 +336,7 @@ fn start_vm(
     spec.shared_dirs = plan.shares.clone();
     if let Some(ns) = &plan.netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
-            // Recorded before the VM exists: a sandbox killed from here on is cleaned up
+            // Recorded before the VM exists: a VM holder killed from here on is cleaned up
             // by `delete`.
             let link = nic.link.clone();
             if let Err(e) = store.update(&state.id, |s| s.network = Some(link)) {
