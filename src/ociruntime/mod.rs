@@ -12,7 +12,7 @@
 //! - [`network`]: the engine's network namespace → the VM's NIC (attach/detach);
 //! - [`hooks`]: OCI hooks, run on the host with the state on stdin;
 //! - [`console`]: the host pty and SCM_RIGHTS for `--console-socket`;
-//! - [`log`]: runc's `--log`/`--log-format` (JSON lines);
+//! - [`runc_log`]: runc's `--log`/`--log-format` (JSON lines);
 //! - [`commands`]: one function per subcommand.
 
 pub mod bundle;
@@ -20,10 +20,10 @@ pub mod commands;
 pub mod console;
 pub mod control;
 pub mod hooks;
-pub mod log;
 pub mod mounts;
 pub mod network;
 pub mod process;
+pub mod runc_log;
 pub mod state;
 pub mod vm_holder;
 

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use husk_protocol::{ContainerSpec, NetworkConfig};
 
-use super::{log, Error};
+use super::{runc_log, Error};
 use crate::backend::TapSpec;
 use crate::network::netns::{self, NetnsLink};
 use crate::network::{self, tap};
@@ -51,7 +51,7 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
     let engine = match netns::attach(path, &tap::name_for(id)) {
         Ok(e) => e,
         Err(network::Error::NoEngineLink { .. }) => {
-            log::debug(&format!(
+            runc_log::debug(&format!(
                 "network namespace {netns}: no Ethernet link, the VM gets no NIC"
             ));
             return Ok(None);
@@ -73,7 +73,7 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
 /// namespace, and the veth with it, anyway).
 pub fn detach(link: &NetnsLink) {
     if let Err(e) = netns::detach(link) {
-        log::warn(&format!(
+        runc_log::warn(&format!(
             "network namespace {}: detaching {}: {e}",
             link.netns.display(),
             link.tap

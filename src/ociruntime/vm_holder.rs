@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
-use super::{console, log, network, Error};
+use super::{console, network, runc_log, Error};
 use crate::agent::AgentClient;
 use crate::backend::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
 use crate::runtime::attach::{self, Stdio};
@@ -71,7 +71,7 @@ pub fn run(
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
-            log::error_to_file(&msg);
+            runc_log::error_to_file(&msg);
             if let Some(f) = ready.as_mut() {
                 let _ = writeln!(f, "{}", msg.replace('\n', " "));
             } else {
@@ -157,7 +157,7 @@ pub fn run(
     });
     if let Err(e) = served.map_err(Error::Usage).and(recorded.map(|_| ())) {
         let msg = e.to_string();
-        log::error_to_file(&msg);
+        runc_log::error_to_file(&msg);
         if let Some(mut f) = ready.take() {
             let _ = writeln!(f, "{msg}");
         }
@@ -174,7 +174,7 @@ pub fn run(
             .and_then(|()| handler(Request::Start));
         if let Err(e) = go {
             eprintln!("husk-runtime: {e}");
-            log::error_to_file(&e);
+            runc_log::error_to_file(&e);
             let _ = vm.kill();
             let _ = store.update(id, |s| s.status = Status::Stopped);
             release_network(store, id);
@@ -183,7 +183,7 @@ pub fn run(
         // As `start` does for `create`d containers; a failure is a warning.
         let doc = state.hook_json(Status::Running);
         if let Err(e) = super::hooks::run("poststart", &state.poststart, &doc) {
-            log::warn(&e.to_string());
+            runc_log::warn(&e.to_string());
         }
     }
 
@@ -203,7 +203,7 @@ pub fn run(
                 break match exit {
                     Ok(s) => s.code,
                     Err(e) => {
-                        log::error_to_file(&format!("container {id}: waiting for it: {e}"));
+                        runc_log::error_to_file(&format!("container {id}: waiting for it: {e}"));
                         VM_DIED_EXIT_CODE
                     }
                 };
@@ -211,7 +211,7 @@ pub fn run(
             Ok(Event::Killed(sig)) => break 128 + sig,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !matches!(vm.try_wait(), Ok(None)) {
-                    log::error_to_file(&format!("container {id}: the VM ended before start"));
+                    runc_log::error_to_file(&format!("container {id}: the VM ended before start"));
                     break VM_DIED_EXIT_CODE;
                 }
             }
@@ -374,7 +374,7 @@ fn power_off(vm: &dyn VmHandle, agent: &AgentClient, id: &str) {
             Ok(None) => {}
         }
         if Instant::now() >= deadline {
-            log::warn(&format!(
+            runc_log::warn(&format!(
                 "container {id}: the VM did not power off; killing it"
             ));
             let _ = vm.kill();

@@ -11,7 +11,7 @@ use husk_protocol::ProcessSpec;
 use oci_spec::runtime::Process;
 
 use super::super::state::{Status, Store};
-use super::super::{bundle, console, log, process, vm_holder, Error};
+use super::super::{bundle, console, process, runc_log, vm_holder, Error};
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::agent::AgentClient;
 use crate::cli::runtime::{ExecArgs, ExecHolderArgs, RuntimeGlobal};
@@ -257,7 +257,7 @@ fn foreground(
     Ok(match exit {
         Ok(s) => s.code,
         Err(e) => {
-            log::error_to_file(&format!("container {id}: exec {exec_id}: {e}"));
+            runc_log::error_to_file(&format!("container {id}: exec {exec_id}: {e}"));
             VM_DIED_EXIT_CODE
         }
     })

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::super::control::{self, Request};
 use super::super::state::{ContainerState, Status, Store};
-use super::super::{hooks, log, network, Error};
+use super::super::{hooks, network, runc_log, Error};
 use super::parse_signal;
 use crate::cli::runtime::KillArgs;
 use crate::runtime::proc;
@@ -41,7 +41,7 @@ pub fn start(store: &Store, id: &str) -> Result<i32, Error> {
         &state.poststart,
         &state.hook_json(Status::Running),
     ) {
-        log::warn(&e.to_string());
+        runc_log::warn(&e.to_string());
     }
     Ok(0)
 }
@@ -113,7 +113,7 @@ pub fn run_poststop(state: &ContainerState) {
         &state.poststop,
         &state.hook_json(Status::Stopped),
     ) {
-        log::warn(&e.to_string());
+        runc_log::warn(&e.to_string());
     }
 }
 

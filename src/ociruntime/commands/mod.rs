@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use super::log::{self, Format, Logger};
+use super::runc_log::{self, Format, Logger};
 use super::state::Store;
 use super::Error;
 use crate::cli::runtime::{RuntimeCli, RuntimeCommand};
@@ -21,7 +21,7 @@ pub use signal::parse_signal;
 pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
     let g = &cli.global;
     let format: Format = g.log_format.parse().map_err(Error::Usage)?;
-    log::init(Logger {
+    runc_log::init(Logger {
         file: g.log.clone(),
         format,
         debug: g.debug,
