@@ -7,8 +7,13 @@
 //! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
 //! - [`network`]: container networks on the host: bridge, TAPs, addresses, NAT, `-p`,
 //!   engines' network namespaces.
-//! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
-//! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
+//! - [`runtime`]: the `husk` CLI's containers: state on disk, lifecycle, the monitor of
+//!   detached ones.
+//! - [`ociruntime`]: `husk-runtime`, the runc-compatible OCI runtime: bundles, the VM holder
+//!   process per container, runc's commands.
+//! - [`cli`]: the command lines of `husk` and `husk-runtime` (clap definitions, and `husk`'s
+//!   commands).
+//! - [`flock`]: `flock(2)` lock files for the stores several processes change at once.
 //! - [`util`]: helpers written once: `which`, atomic file writes, time stamps.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
