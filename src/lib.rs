@@ -3,17 +3,23 @@
 //! - [`vmm`]: builds and runs one microVM (KVM, x86_64).
 //! - [`devices`]: the buses and the devices husk-vmm emulates.
 //! - [`agent`]: the host client of the guest agent, over the VM's vsock socket.
-//! - [`sandbox`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
+//! - [`backend`]: the VM-backend seam (husk-vmm or QEMU) the runtime starts VMs through.
 //! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
 //! - [`network`]: container networks on the host: bridge, TAPs, addresses, NAT, `-p`,
 //!   engines' network namespaces.
-//! - [`runtime`]: containers: state on disk, lifecycle, the monitor of detached ones.
-//! - [`cli`]: the `husk` command line (clap definitions and the commands behind them).
+//! - [`runtime`]: the `husk` CLI's containers: state on disk, lifecycle, the monitor of
+//!   detached ones.
+//! - [`ociruntime`]: `husk-runtime`, the runc-compatible OCI runtime: bundles, the VM holder
+//!   process per container, runc's commands.
+//! - [`cli`]: the command lines of `husk` and `husk-runtime` (clap definitions, and `husk`'s
+//!   commands).
+//! - [`flock`]: `flock(2)` lock files for the stores several processes change at once.
 //! - [`util`]: helpers written once: `which`, atomic file writes, time stamps.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
+pub mod backend;
 pub mod cli;
 pub mod devices;
 pub mod flock;
@@ -21,6 +27,5 @@ pub mod image;
 pub mod network;
 pub mod ociruntime;
 pub mod runtime;
-pub mod sandbox;
 pub mod util;
 pub mod vmm;

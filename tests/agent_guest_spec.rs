@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{container, mnt, process, s, Guest};
-use husk::sandbox::DiskSpec;
+use husk::backend::DiskSpec;
 use husk_protocol::{
     Capabilities, Capability, DiskRef, FsType, LayerDisk, NamespaceKind, Rlimit, RlimitKind,
     RootfsSpec, StreamKind, User,

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk::sandbox::{vhost_vsock, BackendKind, VmBackend, VmHandle, VmSpec, VsockSpec};
+use husk::backend::{vhost_vsock, BackendKind, VmBackend, VmHandle, VmSpec, VsockSpec};
 
 const MARKER: &str = "HUSK-AGENT-READY";
 
@@ -26,7 +26,7 @@ fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
 
 /// The QEMU backend, picked through the seam as the runtime does (`--vmm qemu`).
 fn backend(test: &str) -> Option<Box<dyn VmBackend>> {
-    match husk::sandbox::backend(BackendKind::Qemu) {
+    match husk::backend::backend(BackendKind::Qemu) {
         Ok(b) => {
             eprintln!("{test}: backend {}", b.name());
             Some(b)

@@ -447,7 +447,7 @@ fn http_get_cmd(host: &str, port: &str) -> String {
 /// httpd in a container serves a file to curl on the host, at 127.0.0.1 and at the bridge
 /// address; another container reaches it by IP and the host through the bridge, and sees
 /// podman's /etc/hosts and /etc/resolv.conf. A `kill -9` of the container's pid (husk: the
-/// sandbox) and `podman rm` then leave no netns, TAP, state, process or bridge behind.
+/// VM holder) and `podman rm` then leave no netns, TAP, state, process or bridge behind.
 #[test]
 fn podman_bridge_network_publish_and_reach() {
     let test = "podman_bridge_network_publish_and_reach";
@@ -542,7 +542,7 @@ fn podman_bridge_network_publish_and_reach() {
     );
     assert!(files.contains("nameserver "), "/etc/resolv.conf: {files}");
 
-    // kill -9 of what podman thinks is the container (husk: the sandbox), then rm.
+    // kill -9 of what podman thinks is the container (husk: the VM holder), then rm.
     let pid = inspect("{{.State.Pid}}");
     assert!(pid.parse::<u32>().is_ok_and(|p| p > 0), "pid {pid:?}");
     let mut kill = std::process::Command::new("kill");

@@ -1,6 +1,6 @@
 //! husk-runtime driven as podman/conmon and containerd's shim drive runc: OCI bundles with a
 //! busybox rootfs directory (shared into the guest over virtio-fs), `create` with pipes as
-//! stdio, the sandbox pid from `--pid-file` waited on for the container's status, and after
+//! stdio, the VM holder pid from `--pid-file` waited on for the container's status, and after
 //! every test no state, VMM, virtiofsd or vhost-device-vsock left. Real guests boot on the
 //! QEMU backend (TCG on hosts whose KVM cannot run a stock guest).
 
@@ -50,7 +50,7 @@ fn create_start_relays_stdio_and_exits_with_the_status() {
     c.stdin.as_mut().unwrap().write_all(b"hi\n").unwrap();
     let code = c.wait(LIMIT);
     let exited = t0.elapsed();
-    assert_eq!(code, 3, "the sandbox exits with the container's status");
+    assert_eq!(code, 3, "the VM holder exits with the container's status");
     assert_eq!(c.read_stdout(), "out\ngot hi\n");
     assert_eq!(c.read_stderr(), "err\n");
     let s = rt.state("c1");
@@ -247,7 +247,7 @@ fn pty_reader(
     let mut m = std::fs::File::from(master);
     let h = std::thread::spawn(move || {
         let mut buf = [0u8; 1024];
-        // EIO once the slave side is closed by the sandbox.
+        // EIO once the slave side is closed by the VM holder.
         while let Ok(n) = m.read(&mut buf) {
             if n == 0 {
                 break;
@@ -689,7 +689,7 @@ fn cli_contract_without_a_vm() {
     rt.assert_clean();
 }
 
-/// `delete` of a created (never started) container ends its sandbox and VM, and a few
+/// `delete` of a created (never started) container ends its VM holder and VM, and a few
 /// create → start → exit → delete cycles leave nothing behind.
 #[test]
 fn delete_of_a_created_container_and_repeated_cycles_leak_nothing() {

@@ -59,7 +59,7 @@ fn husk(test: &str) -> Option<Husk> {
         );
         return None;
     }
-    if let Err(e) = husk::sandbox::virtiofsd::find_binary() {
+    if let Err(e) = husk::backend::virtiofsd::find_binary() {
         common::not_run(test, &e.to_string(), true);
         return None;
     }

@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use husk::backend::{vhost_vsock, virtiofsd, SharedDirSpec};
 use husk::devices::virtio::fs::{VhostUserFs, TAG_LEN};
 use husk::devices::virtio::testing::{Buf, Harness};
-use husk::sandbox::{vhost_vsock, virtiofsd, SharedDirSpec};
 use vm_memory::GuestAddress;
 
 const FUSE_LOOKUP: u32 = 1;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::{container, mnt, process, s, Guest};
-use husk::sandbox::{virtiofsd, SharedDirSpec, VmSpec};
+use husk::backend::{virtiofsd, SharedDirSpec, VmSpec};
 use husk_protocol::{RootfsSpec, StreamKind};
 
 /// virtiofsd, or `None` after reporting why the test cannot run.
@@ -292,7 +292,7 @@ fn killing_virtiofsd_mid_run_ends_the_vm_with_a_clear_error() {
 fn wait_bounded(
     g: &Guest,
     limit: Duration,
-) -> Result<std::process::ExitStatus, husk::sandbox::Error> {
+) -> Result<std::process::ExitStatus, husk::backend::Error> {
     let start = Instant::now();
     loop {
         if let Some(st) = g.vm.try_wait()? {
@@ -329,7 +329,7 @@ fn bench_virtiofs() {
         .unwrap()
         .success();
     assert!(ok, "mkfs.ext4");
-    let extra = vec![husk::sandbox::DiskSpec {
+    let extra = vec![husk::backend::DiskSpec {
         path: disk,
         read_only: false,
         serial: Some("bench".into()),
@@ -468,14 +468,14 @@ fn husk_vmm_directory_rootfs_and_volume() {
     };
     let vol = dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
-    let backend = husk::sandbox::HuskVmmBackend {
+    let backend = husk::backend::HuskVmmBackend {
         binary: common::bin("husk-vmm"),
         virtiofsd: None,
     };
     let uds = dir.path().join("vsock.sock");
     let mut spec = VmSpec::new(kernel, dir.path().join("console.log"));
     spec.initramfs = Some(initramfs);
-    spec.vsock = Some(husk::sandbox::VsockSpec {
+    spec.vsock = Some(husk::backend::VsockSpec {
         cid: 3,
         uds_path: uds.clone(),
     });
@@ -483,7 +483,7 @@ fn husk_vmm_directory_rootfs_and_volume() {
         SharedDirSpec::rootfs(&root, "rootfs", false),
         SharedDirSpec::volume(&vol, "vol", false),
     ];
-    let vm = husk::sandbox::VmBackend::start(&backend, &spec).unwrap();
+    let vm = husk::backend::VmBackend::start(&backend, &spec).unwrap();
     if let Err(e) = vm.wait_vsock_ready(harness::T) {
         panic!("{e}\n{}", harness::tail(&vm.console_log()));
     }

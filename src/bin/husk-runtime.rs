@@ -3,31 +3,31 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use husk::cli::runtime::{RuntimeCli, RuntimeCommand};
-use husk::ociruntime::{commands, log};
+use husk::ociruntime::{commands, runc_log};
 
 fn main() {
     let cli = match husk::cli::parse_args::<RuntimeCli>() {
         Ok(cli) => cli,
         Err(line) => {
             // The engine reads the reason from --log: honour it even when parsing failed.
-            log::init(log::from_raw_args(std::env::args().skip(1)));
-            log::error(&line);
+            runc_log::init(runc_log::from_raw_args(std::env::args().skip(1)));
+            runc_log::error(&line);
             std::process::exit(1);
         }
     };
     // The internal processes' stdio belongs to the container: their errors go to --log.
     let internal = matches!(
         cli.command,
-        RuntimeCommand::Sandbox(_) | RuntimeCommand::ExecHolder(_)
+        RuntimeCommand::VmHolder(_) | RuntimeCommand::ExecHolder(_)
     );
     let code = match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) if internal => {
-            log::error_to_file(&e.to_string());
+            runc_log::error_to_file(&e.to_string());
             1
         }
         Err(e) => {
-            log::error(&e.to_string());
+            runc_log::error(&e.to_string());
             1
         }
     };

@@ -1,63 +1,54 @@
-//! The image store (`crate::image::Store`, under `--root`) as the commands see it: the
-//! runtime's [`ImageSource`], and the rows and JSON of `images` and `inspect`.
+//! The image store (`crate::image::Store`, under `--root`) as the commands show it: the JSON
+//! of `inspect`, and the rows, ages and sizes of `images`.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use crate::image::{self, Image, Store};
-use crate::runtime::{self, ImageConfig, ImageSource, ResolvedImage};
 
 use super::Error;
-
-/// The images under `--root`.
-pub struct Images {
-    pub store: Store,
-}
 
 fn image_err(e: impl std::fmt::Display) -> Error {
     Error::Image(e.to_string())
 }
 
-impl Images {
-    pub fn open(root: &Path) -> Result<Images, Error> {
-        Ok(Images {
-            store: Store::open(root).map_err(image_err)?,
-        })
-    }
+/// The image store under `--root`.
+pub fn open(root: &Path) -> Result<Store, Error> {
+    Store::open(root).map_err(image_err)
+}
 
-    /// `image` as `husk inspect` shows it, docker's field names where docker has one.
-    pub fn inspect(&self, what: &str) -> Result<Option<Value>, Error> {
-        let img = match self.store.get(what) {
-            Ok(i) => i,
-            Err(image::StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(image_err(e)),
-        };
-        let layers: Vec<Value> = img
-            .layers
-            .iter()
-            .map(|l| {
-                json!({
-                    "Digest": l.digest.to_string(),
-                    "MediaType": l.media_type,
-                    "Size": l.size,
-                    "Disk": self.store.layer_image_path(&l.digest),
-                })
+/// `what` as `husk inspect` shows it, docker's field names where docker has one.
+pub fn inspect(store: &Store, what: &str) -> Result<Option<Value>, Error> {
+    let img = match store.get(what) {
+        Ok(i) => i,
+        Err(image::StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(image_err(e)),
+    };
+    let layers: Vec<Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "Digest": l.digest.to_string(),
+                "MediaType": l.media_type,
+                "Size": l.size,
+                "Disk": store.layer_image_path(&l.digest),
             })
-            .collect();
-        Ok(Some(json!({
-            "Id": img.id().to_string(),
-            "RepoTags": img.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
-            "Digest": img.manifest_digest.to_string(),
-            "Created": img.config.created(),
-            "Architecture": img.config.architecture().to_string(),
-            "Os": img.config.os().to_string(),
-            "Size": img.size(),
-            "Config": img.config.config(),
-            "RootFS": img.config.rootfs(),
-            "Layers": layers,
-        })))
-    }
+        })
+        .collect();
+    Ok(Some(json!({
+        "Id": img.id().to_string(),
+        "RepoTags": img.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
+        "Digest": img.manifest_digest.to_string(),
+        "Created": img.config.created(),
+        "Architecture": img.config.architecture().to_string(),
+        "Os": img.config.os().to_string(),
+        "Size": img.size(),
+        "Config": img.config.config(),
+        "RootFS": img.config.rootfs(),
+        "Layers": layers,
+    })))
 }
 
 /// `docker.io/library/busybox:latest` → (`busybox`, `latest`); untagged → `<none>`.
@@ -76,68 +67,6 @@ pub fn rows(img: &Image) -> Vec<(String, String)> {
         return vec![("<none>".into(), "<none>".into())];
     }
     img.references.iter().map(repo_tag).collect()
-}
-
-impl ImageSource for Images {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, runtime::Error> {
-        let err = |detail: String| runtime::Error::Image {
-            reference: reference.to_string(),
-            detail,
-        };
-        let img = match self.store.get(reference) {
-            Ok(i) => i,
-            Err(image::StoreError::NotFound(_)) => {
-                return Err(err(
-                    "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)"
-                        .into(),
-                ))
-            }
-            Err(e) => return Err(err(e.to_string())),
-        };
-        let disks = self
-            .store
-            .layer_disks(&img)
-            .map_err(|e| err(e.to_string()))?;
-        let rc = img.run_config();
-        let name = img
-            .references
-            .iter()
-            .find(|r| {
-                reference
-                    .parse::<image::Reference>()
-                    .is_ok_and(|q| q == **r)
-            })
-            .or(img.references.first())
-            .map_or_else(|| img.id().to_string(), |r| r.to_string());
-        let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
-        Ok(ResolvedImage {
-            reference: name,
-            id: Some(img.id().to_string()),
-            config: ImageConfig {
-                entrypoint: some(rc.entrypoint),
-                cmd: some(rc.cmd),
-                env: rc.env,
-                working_dir: rc.working_dir,
-                user: rc.user,
-            },
-            layer_disks: disks,
-            layer_fs: "erofs".into(),
-        })
-    }
-
-    fn user_ids(
-        &self,
-        image: &ResolvedImage,
-        user: &str,
-    ) -> Result<(u32, u32, Vec<u32>), runtime::Error> {
-        let err = |detail: String| runtime::Error::Image {
-            reference: image.reference.clone(),
-            detail,
-        };
-        let what = image.id.as_deref().unwrap_or(&image.reference);
-        let img = self.store.get(what).map_err(|e| err(e.to_string()))?;
-        image::users::resolve(&self.store, &img, user).map_err(|e| err(e.to_string()))
-    }
 }
 
 /// "3 days ago" from an RFC 3339 time (`2023-11-14T22:13:20Z`); "" when unparsable.

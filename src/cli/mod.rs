@@ -84,7 +84,7 @@ pub enum Error {
     #[error(transparent)]
     Runtime(#[from] crate::runtime::Error),
     #[error(transparent)]
-    Backend(#[from] crate::sandbox::ParseBackendKindError),
+    Backend(#[from] crate::backend::ParseBackendKindError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]

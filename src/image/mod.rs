@@ -2,6 +2,9 @@
 //! and oci-archive tars, OCI layout directories and registries, with each layer converted
 //! once into a read-only erofs disk that every image and container using it shares.
 //!
+//! The store is the container runtime's [`ImageSource`](crate::runtime::ImageSource)
+//! (`source.rs`), and cleans up after itself: a failed load or pull is swept ([`Store::gc`]).
+//!
 //! Everything an image supplies is untrusted: digests are checked before a blob gets its
 //! name, JSON is size-bounded, and layers are unpacked by [`layer::unpack`], which refuses any
 //! entry that would land outside the layer root.
@@ -22,6 +25,7 @@ pub mod pull;
 pub mod record;
 pub mod reference;
 pub mod scratch;
+mod source;
 pub mod store;
 pub mod users;
 

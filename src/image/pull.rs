@@ -131,11 +131,21 @@ impl Store {
         rt.block_on(self.pull_async(reference, progress))
     }
 
+    /// [`Store::pull`] inside a tokio runtime. On failure the store is swept, so a pull that
+    /// broke off leaves no blob or layer disk behind.
     pub async fn pull_async(
         &self,
         reference: &str,
         progress: Progress,
     ) -> Result<Image, PullError> {
+        let pulled = self.pull_unswept(reference, progress).await;
+        if pulled.is_err() {
+            self.sweep();
+        }
+        pulled
+    }
+
+    async fn pull_unswept(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
         let r: Reference = reference.parse()?;
         let shown = r.to_string();
         let registry_err = |source| PullError::Registry {

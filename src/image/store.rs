@@ -453,6 +453,18 @@ impl Store {
         Ok((image, stats))
     }
 
+    /// After a failed load or pull (its ingest lock released): collects what it left (blobs,
+    /// layer disks, staging files), so a rejected archive or a broken pull takes no space.
+    /// The caller reports the failure it had; a sweep that fails too is only logged.
+    pub(super) fn sweep(&self) {
+        if let Err(e) = self.gc() {
+            tracing::debug!(
+                "sweeping {} after a failed import: {e}",
+                self.root.display()
+            );
+        }
+    }
+
     /// Deletes blobs and layer images that no indexed image reaches, and stale staging files.
     /// Waits for imports in flight (they hold the ingest lock shared).
     pub fn gc(&self) -> Result<GcStats, StoreError> {
@@ -609,5 +621,24 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(matches!(store.get("busybox"), Err(StoreError::NotFound(_))));
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_load_sweeps_what_no_image_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        // A blob no image names, as a load that broke off leaves one.
+        let stray = store.write_blob_bytes(b"half an import").unwrap();
+        let archive = dir.path().join("other.tar");
+        let mut tar = tar::Builder::new(File::create(&archive).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "hello", &b"x"[..]).unwrap();
+        tar.finish().unwrap();
+        drop(tar);
+        assert!(store.load(&archive).is_err(), "neither archive format");
+        assert!(!store.has_blob(&stray), "swept after the failure");
     }
 }

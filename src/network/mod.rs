@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use ipam::Subnet;
 pub use ports::{PortMapping, Proto};
 
-use crate::sandbox::{TapFd, TapSpec};
+use crate::backend::{TapFd, TapSpec};
 
 /// The bridge `husk run` uses (env override).
 pub const BRIDGE_ENV: &str = "HUSK_NETWORK_BRIDGE";
@@ -174,7 +174,7 @@ pub struct Attached {
 /// The bridge and subnet from the environment (or the defaults).
 pub fn bridge_from_env() -> Result<(String, Subnet), Error> {
     let name = std::env::var(BRIDGE_ENV).unwrap_or_else(|_| DEFAULT_BRIDGE.into());
-    if !crate::sandbox::valid_ifname(&name) {
+    if !crate::backend::valid_ifname(&name) {
         return Err(Error::BadBridge(name));
     }
     let subnet =

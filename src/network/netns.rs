@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{cmd, tap, Error};
-use crate::sandbox::{TapFd, TapSpec};
+use crate::backend::{TapFd, TapSpec};
 
 /// What [`attach`] set up in a namespace; keep it (it is serialisable) to [`detach`] later.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! A bundle's `config.json` → everything the sandbox needs: the VM's size and shared
+//! A bundle's `config.json` → everything the VM holder needs: the VM's size and shared
 //! directories, the guest container, the hooks. All checking happens here, before anything
 //! is spawned, so bad input leaves nothing behind.
 //!
@@ -20,7 +20,7 @@ use husk_protocol::{ContainerSpec, NamespaceKind, RootfsSpec, SeccompSpec};
 use oci_spec::runtime::{Hook, LinuxNamespaceType, LinuxResources, Spec};
 
 use super::{mounts, process, Error};
-use crate::sandbox::SharedDirSpec;
+use crate::backend::SharedDirSpec;
 
 /// virtio-fs tag of the bundle's rootfs.
 pub const ROOTFS_TAG: &str = "husk-rootfs";

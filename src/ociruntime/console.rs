@@ -1,5 +1,5 @@
 //! `--console-socket`: as runc does, the runtime makes the pty and hands its master to the
-//! engine over a unix socket (SCM_RIGHTS, the pty's name as the message); the sandbox keeps
+//! engine over a unix socket (SCM_RIGHTS, the pty's name as the message); the VM holder keeps
 //! the slave as its stdio and relays it to the guest's pty.
 
 use std::io;
@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-/// A host pty: the master for the engine, the slave for the sandbox.
+/// A host pty: the master for the engine, the slave for the VM holder.
 pub struct Pty {
     pub master: OwnedFd,
     pub slave: OwnedFd,

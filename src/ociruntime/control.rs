@@ -1,4 +1,4 @@
-//! The sandbox's control socket: one line per connection (`start`, `kill N`, `kill-all N`),
+//! The VM holder's control socket: one line per connection (`start`, `kill N`, `kill-all N`),
 //! answered with `ok` or `error <why>`. Only `start` and signals before the container's process exists go
 //! through here; everything the agent can answer itself (exec, signals to a running process)
 //! goes to the agent.
@@ -36,19 +36,19 @@ impl Request {
     }
 }
 
-/// Sends `req` to the sandbox listening on `sock` and waits up to `timeout` for its answer.
+/// Sends `req` to the VM holder listening on `sock` and waits up to `timeout` for its answer.
 pub fn send(sock: &Path, req: Request, timeout: Duration) -> Result<(), String> {
     let mut s = UnixStream::connect(sock)
-        .map_err(|e| format!("cannot reach the sandbox at {}: {e}", sock.display()))?;
+        .map_err(|e| format!("cannot reach the VM holder at {}: {e}", sock.display()))?;
     let _ = s.set_read_timeout(Some(timeout));
-    writeln!(s, "{}", req.line()).map_err(|e| format!("writing to the sandbox: {e}"))?;
+    writeln!(s, "{}", req.line()).map_err(|e| format!("writing to the VM holder: {e}"))?;
     let mut answer = String::new();
     BufReader::new(&s)
         .read_line(&mut answer)
-        .map_err(|e| format!("no answer from the sandbox: {e}"))?;
+        .map_err(|e| format!("no answer from the VM holder: {e}"))?;
     match answer.trim() {
         "ok" => Ok(()),
-        "" => Err("the sandbox closed the connection without answering".into()),
+        "" => Err("the VM holder closed the connection without answering".into()),
         other => Err(other.strip_prefix("error ").unwrap_or(other).to_string()),
     }
 }

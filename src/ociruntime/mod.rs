@@ -1,7 +1,7 @@
 //! `husk-runtime`: a runc-compatible OCI runtime whose containers each run in a microVM.
 //!
-//! The process model is a sandbox runtime's (as gVisor's runsc): `create` starts a host
-//! *sandbox* process ([`sandbox`]) that owns the VM, keeps the stdio it inherited (or a pty it
+//! The process model is gVisor runsc's (which calls it the sandbox): `create` starts a host
+//! *VM holder* process ([`vm_holder`]) that owns the VM, keeps the stdio it inherited (or a pty it
 //! sent over `--console-socket`), relays it to the container's process through the agent and
 //! exits with that process's status. The other commands find it through the state under
 //! `--root` ([`state`]) and talk to it over its control socket ([`control`]) or to the agent.
@@ -12,7 +12,7 @@
 //! - [`network`]: the engine's network namespace → the VM's NIC (attach/detach);
 //! - [`hooks`]: OCI hooks, run on the host with the state on stdin;
 //! - [`console`]: the host pty and SCM_RIGHTS for `--console-socket`;
-//! - [`log`]: runc's `--log`/`--log-format` (JSON lines);
+//! - [`runc_log`]: runc's `--log`/`--log-format` (JSON lines);
 //! - [`commands`]: one function per subcommand.
 
 pub mod bundle;
@@ -20,12 +20,12 @@ pub mod commands;
 pub mod console;
 pub mod control;
 pub mod hooks;
-pub mod log;
 pub mod mounts;
 pub mod network;
 pub mod process;
-pub mod sandbox;
+pub mod runc_log;
 pub mod state;
+pub mod vm_holder;
 
 use std::path::PathBuf;
 
@@ -84,7 +84,7 @@ pub enum Error {
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,
-        source: Box<crate::sandbox::Error>,
+        source: Box<crate::backend::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {
@@ -98,8 +98,12 @@ pub enum Error {
         netns: String,
         source: Box<crate::network::Error>,
     },
-    #[error("container {id}: the sandbox process failed: {detail}")]
-    Sandbox { id: String, detail: String },
+    /// The VM holder (or the control socket to it) failed.
+    #[error("container {id}: the VM holder process failed: {detail}")]
+    VmHolder { id: String, detail: String },
+    /// A detached exec's holder did not come up.
+    #[error("container {id}: the exec holder process failed: {detail}")]
+    ExecHolder { id: String, detail: String },
     #[error("{kind} hook {path} failed: {detail}")]
     Hook {
         kind: &'static str,

@@ -14,7 +14,7 @@ use husk_protocol::MountSpec;
 use oci_spec::runtime::Mount;
 
 use super::Error;
-use crate::sandbox::SharedDirSpec;
+use crate::backend::SharedDirSpec;
 
 /// Mount tag of shared directory `i` (the rootfs has its own tag).
 pub fn share_tag(i: usize) -> String {

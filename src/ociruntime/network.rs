@@ -1,12 +1,12 @@
 //! The engine's network namespace → the VM's NIC.
 //!
 //! podman (netavark) and CNI prepare a network namespace holding a veth with the container's
-//! MAC, addresses and routes, and name it in `linux.namespaces[network].path`. The sandbox
+//! MAC, addresses and routes, and name it in `linux.namespaces[network].path`. The VM holder
 //! [`attach`]es a TAP beside that veth (tc mirrors the two, see [`crate::network::netns`])
 //! before the VM starts and gives the guest the veth's identity, so the engine's bridge, port
 //! publishing and DNS work unchanged. A namespace with only `lo` (podman `--network none`)
 //! gives no NIC. What was set up is recorded in the container's state, and [`detach`]ed when
-//! the sandbox ends and again at `delete` (after a `kill -9` of the sandbox the TAP is gone
+//! the VM holder ends and again at `delete` (after a `kill -9` of the VM holder the TAP is gone
 //! with the VMM already; only the veth's ingress qdisc is left for `delete` to remove).
 //!
 //! Name resolution: engines bind-mount their own `/etc/resolv.conf` and `/etc/hosts` (the
@@ -19,10 +19,10 @@ use std::path::Path;
 
 use husk_protocol::{ContainerSpec, NetworkConfig};
 
-use super::{log, Error};
+use super::{runc_log, Error};
+use crate::backend::TapSpec;
 use crate::network::netns::{self, NetnsLink};
 use crate::network::{self, tap};
-use crate::sandbox::TapSpec;
 
 /// The NIC the VM gets, the guest's network (for `ContainerSpec::network`) and what to
 /// detach later.
@@ -51,7 +51,7 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
     let engine = match netns::attach(path, &tap::name_for(id)) {
         Ok(e) => e,
         Err(network::Error::NoEngineLink { .. }) => {
-            log::debug(&format!(
+            runc_log::debug(&format!(
                 "network namespace {netns}: no Ethernet link, the VM gets no NIC"
             ));
             return Ok(None);
@@ -73,7 +73,7 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
 /// namespace, and the veth with it, anyway).
 pub fn detach(link: &NetnsLink) {
     if let Err(e) = netns::detach(link) {
-        log::warn(&format!(
+        runc_log::warn(&format!(
             "network namespace {}: detaching {}: {e}",
             link.netns.display(),
             link.tap

@@ -1,6 +1,6 @@
 //! What husk-runtime keeps per container: `<root>/<id>/state.json` (camelCase, written through
 //! a temp file and a rename), the short socket directory the VM's sockets live in, and the
-//! OCI `state` document built from both and from the kernel's view of the sandbox process.
+//! OCI `state` document built from both and from the kernel's view of the VM holder process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,8 +53,10 @@ pub struct ContainerState {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     pub status: Status,
-    /// The sandbox process: the container's `pid` as engines see it.
-    pub sandbox: Option<ProcessRef>,
+    /// The VM holder process: the container's `pid` as engines see it.
+    /// (`sandbox` in state written before the process had this name: still read.)
+    #[serde(alias = "sandbox")]
+    pub vm_holder: Option<ProcessRef>,
     /// The VMM process (QEMU or husk-vmm), for pause/resume and the last-resort kill.
     pub vm: Option<ProcessRef>,
     /// Where the VM's sockets and console log are (short enough for `sun_path`).
@@ -63,7 +65,7 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     /// The network namespace the engine prepared (`linux.namespaces[network].path`).
     pub netns: Option<String>,
-    /// The TAP and tc mirroring the sandbox set up in `netns`, until they are detached.
+    /// The TAP and tc mirroring the VM holder set up in `netns`, until they are detached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::network::netns::NetnsLink>,
     /// Host processes of `exec --detach` (for `ps`).
@@ -77,19 +79,19 @@ pub struct ContainerState {
 }
 
 impl ContainerState {
-    /// The status the kernel agrees with: a sandbox that is gone means stopped.
+    /// The status the kernel agrees with: a VM holder that is gone means stopped.
     pub fn effective_status(&self) -> Status {
         match self.status {
             Status::Stopped => Status::Stopped,
             Status::Creating => {
-                if self.sandbox.as_ref().is_some_and(ProcessRef::is_alive) {
+                if self.vm_holder.as_ref().is_some_and(ProcessRef::is_alive) {
                     Status::Creating
                 } else {
                     Status::Stopped
                 }
             }
             s => {
-                if self.sandbox.as_ref().is_some_and(ProcessRef::is_alive) {
+                if self.vm_holder.as_ref().is_some_and(ProcessRef::is_alive) {
                     s
                 } else {
                     Status::Stopped
@@ -110,11 +112,11 @@ impl ContainerState {
         self.sock_dir.join("ctl")
     }
 
-    /// The pid engines see: the sandbox while it lives, else 0 (as runc reports stopped ones).
+    /// The pid engines see: the VM holder while it lives, else 0 (as runc reports stopped ones).
     pub fn pid(&self) -> u32 {
         match self.effective_status() {
             Status::Stopped => 0,
-            _ => self.sandbox.map(|p| p.pid).unwrap_or(0),
+            _ => self.vm_holder.map(|p| p.pid).unwrap_or(0),
         }
     }
 
@@ -138,7 +140,7 @@ impl ContainerState {
         serde_json::json!({
             "ociVersion": OCI_VERSION,
             "id": self.id,
-            "pid": self.sandbox.map(|p| p.pid).unwrap_or(0),
+            "pid": self.vm_holder.map(|p| p.pid).unwrap_or(0),
             "status": status.as_str(),
             "bundle": self.bundle,
             "annotations": self.annotations,
@@ -310,7 +312,7 @@ mod tests {
             created: rfc3339_now(),
             annotations: BTreeMap::new(),
             status: Status::Running,
-            sandbox: None,
+            vm_holder: None,
             vm: None,
             sock_dir: "/tmp/x".into(),
             vsock_cid: 3,
@@ -324,14 +326,25 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_sandbox_means_stopped_and_pid_zero() {
+    fn a_gone_vm_holder_means_stopped_and_pid_zero() {
         let mut s = sample("a");
         assert_eq!(s.effective_status(), Status::Stopped);
         assert_eq!(s.oci_json()["pid"], 0);
-        s.sandbox = ProcessRef::of(std::process::id());
+        s.vm_holder = ProcessRef::of(std::process::id());
         assert_eq!(s.effective_status(), Status::Running);
         assert_eq!(s.oci_json()["pid"], std::process::id());
         assert_eq!(s.oci_json()["status"], "running");
+    }
+
+    #[test]
+    fn state_that_calls_the_vm_holder_sandbox_still_loads() {
+        let mut s = sample("a");
+        s.vm_holder = ProcessRef::of(std::process::id());
+        let mut v = serde_json::to_value(&s).unwrap();
+        let map = v.as_object_mut().unwrap();
+        let holder = map.remove("vmHolder").unwrap();
+        map.insert("sandbox".into(), holder);
+        assert_eq!(serde_json::from_value::<ContainerState>(v).unwrap(), s);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use husk_protocol::{StreamHello, StreamKind, PROTOCOL_VERSION};
 
 use crate::agent::{attach_stream, AgentClient, Error as AgentError, Pump};
-use crate::sandbox::VmHandle;
+use crate::backend::VmHandle;
 
 use super::lifecycle::AGENT_REACH_TIMEOUT;
 

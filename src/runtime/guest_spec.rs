@@ -9,7 +9,7 @@ use husk_protocol::{
 
 use super::assets::GuestAssets;
 use super::state::State;
-use crate::sandbox::{DiskSpec, SharedDirSpec, VmSpec, VsockSpec};
+use crate::backend::{DiskSpec, SharedDirSpec, VmSpec, VsockSpec};
 
 /// The virtio-fs tag of volume `i`.
 pub fn volume_tag(i: usize) -> String {

@@ -21,7 +21,7 @@ use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
 use super::{Error, GuestAssets};
 use crate::agent::AgentClient;
-use crate::sandbox::{self, virtiofsd, BackendKind, VmHandle, VsockSpec};
+use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;
 /// the margin is for a loaded host starting many VMs at once.
@@ -35,10 +35,6 @@ pub const VM_DIED_EXIT_CODE: i32 = 137;
 
 /// Apparent size of a writable layer; sparse, so it costs what the container writes.
 pub const SCRATCH_SIZE: u64 = 8 << 30;
-
-/// The longest host socket path handed to a backend, leaving room for the suffixes
-/// backends add (`.vhost`) under `sun_path`'s 108 bytes.
-const MAX_SOCKET_PATH: usize = 96;
 
 /// `husk run` settings besides the image.
 #[derive(Debug, Clone, Default)]
@@ -112,6 +108,10 @@ impl Runtime {
                 let layers = hold_layers(dir, &img.layer_disks)?;
                 let scratch_disk = dir.join("scratch.ext4");
                 crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
+                let vsock_uds = backend::vsock_socket_path(dir, &short_dir(id));
+                if let Some(d) = vsock_uds.parent() {
+                    let _ = std::fs::create_dir_all(d);
+                }
                 Ok(State {
                     id: id.to_string(),
                     name: name.to_string(),
@@ -127,9 +127,10 @@ impl Runtime {
                     stop_requested: false,
                     backend: None,
                     vsock_cid: cid,
-                    vsock_uds: socket_path(dir, id),
+                    vsock_uds,
                     scratch_disk,
-                    console_log: console_path(dir, id, opts.volumes.len()),
+                    // `boot` makes its directory (and the socket's) when it is short_dir.
+                    console_log: backend::console_log_path(dir, &short_dir(id), opts.volumes.len()),
                     log_file: dir.join("container.log"),
                     config: ContainerConfig {
                         args: p.args,
@@ -175,7 +176,7 @@ impl Runtime {
             id: id.to_string(),
             source: Box::new(source),
         };
-        let backend = sandbox::backend(self.backend).map_err(vm_err)?;
+        let backend = backend::backend(self.backend).map_err(vm_err)?;
         let vm_spec = vm_spec(&state, &assets);
         // The short socket directory under the temp dir may have been cleaned since `create`.
         for p in [&state.console_log, &state.vsock_uds] {
@@ -263,7 +264,7 @@ impl Runtime {
                 Ok(Some(_)) => break,
                 Ok(None) => {}
                 // A helper (virtiofsd) died and the VM was stopped for it: say so.
-                Err(e @ sandbox::Error::HelperExited { .. }) => {
+                Err(e @ backend::Error::HelperExited { .. }) => {
                     failure = Some(e);
                     break;
                 }
@@ -482,31 +483,10 @@ fn wait_ended(state: &State, timeout: Duration) -> bool {
     }
 }
 
-/// The vsock socket: in the container directory when the path fits a unix socket address,
-/// else in a short per-container directory under the temp dir.
-fn socket_path(dir: &Path, id: &str) -> PathBuf {
-    let p = dir.join("vsock");
-    if p.as_os_str().len() <= MAX_SOCKET_PATH {
-        return p;
-    }
-    let short = std::env::temp_dir().join(format!("husk-{}", &id[..16]));
-    let _ = std::fs::create_dir_all(&short);
-    short.join("vsock")
-}
-
-/// The VM's console log. virtiofsd sockets are named after it (`console.log.fsN.sock`), so a
-/// container with volumes whose directory is too deep for those socket paths gets its console
-/// log in the short per-container directory instead.
-fn console_path(dir: &Path, id: &str, volumes: usize) -> PathBuf {
-    let p = dir.join("console.log");
-    let longest = virtiofsd::socket_for(&p, volumes.saturating_sub(1));
-    if volumes == 0 || longest.as_os_str().len() <= MAX_SOCKET_PATH {
-        return p;
-    }
-    // Created by `boot`, which makes the parents of both sockets.
-    std::env::temp_dir()
-        .join(format!("husk-{}", &id[..16]))
-        .join("console.log")
+/// A short per-container directory under the temp dir, for the VM files whose paths would not
+/// fit a unix socket address in the container's directory (the backend decides which).
+fn short_dir(id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("husk-{}", &id[..16]))
 }
 
 /// Mount tag of volume `i`.
@@ -539,17 +519,13 @@ fn hold_layers(dir: &Path, disks: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
         .collect()
 }
 
+/// Removes the sockets a killed VM (or monitor) left behind ([`backend::remove_sockets`]).
 fn remove_sockets(state: &State) {
-    let vhost = sandbox::vhost_vsock::vhost_socket_for(&VsockSpec {
+    let vsock = VsockSpec {
         cid: state.vsock_cid,
         uds_path: state.vsock_uds.clone(),
-    });
-    for p in [&state.vsock_uds, &vhost] {
-        let _ = std::fs::remove_file(p);
-    }
-    for i in 0..state.config.volumes.len() {
-        let _ = std::fs::remove_file(virtiofsd::socket_for(&state.console_log, i));
-    }
+    };
+    backend::remove_sockets(&vsock, &state.console_log, state.config.volumes.len());
 }
 
 #[cfg(test)]
@@ -610,7 +586,7 @@ mod tests {
         assert_eq!(vm.shared_dirs.len(), 2);
         assert_eq!(vm.shared_dirs[0].tag, "husk-vol-0");
         assert!(vm.shared_dirs[0].read_only && !vm.shared_dirs[1].read_only);
-        assert_eq!(vm.shared_dirs[0].cache, sandbox::ShareCache::Never);
+        assert_eq!(vm.shared_dirs[0].cache, backend::ShareCache::Never);
         let c = container_spec(&s, None);
         c.validate().unwrap();
         let m: Vec<_> = c
@@ -632,33 +608,5 @@ mod tests {
             ]
         );
         assert_eq!((m[0].0, m[1].0), ("/proc", "/sys"));
-    }
-
-    #[test]
-    fn console_log_moves_only_when_volume_sockets_would_not_fit() {
-        let id = "a".repeat(64);
-        let short_root = Path::new("/h").join(&id);
-        assert_eq!(
-            console_path(&short_root, &id, 2),
-            short_root.join("console.log")
-        );
-        let deep = Path::new("/var/lib/husk/containers").join(&id);
-        assert_eq!(console_path(&deep, &id, 0), deep.join("console.log"));
-        let moved = console_path(&deep, &id, 3);
-        assert!(!moved.starts_with(&deep), "{}", moved.display());
-        assert!(virtiofsd::socket_for(&moved, 2).as_os_str().len() <= MAX_SOCKET_PATH);
-    }
-
-    #[test]
-    fn long_roots_get_short_socket_paths() {
-        let id = "d".repeat(64);
-        let short = socket_path(
-            Path::new("/var/lib/husk/containers").join(&id).as_path(),
-            &id,
-        );
-        assert!(short.starts_with("/var/lib/husk"));
-        let deep = Path::new("/a").join("b".repeat(80)).join(&id);
-        let p = socket_path(&deep, &id);
-        assert!(p.as_os_str().len() <= MAX_SOCKET_PATH, "{}", p.display());
     }
 }

@@ -1,5 +1,11 @@
-//! The container lifecycle: one container = one microVM, its state under
+//! The `husk` CLI's containers: one container = one microVM, its state under
 //! `<root>/containers/<id>/`.
+//!
+//! This is the `husk` front-end's half of the container code, not a shared core:
+//! `husk-runtime` ([`crate::ociruntime`]) keeps its own state and lifecycle and borrows only
+//! pieces of this module ([`assets`], [`attach`], [`proc`], `store::new_id`, a few lifecycle
+//! constants). The planned container core (one lifecycle for every front-end) will take over
+//! what the two share and leave here only what is `husk`'s own.
 //!
 //! - [`state`]: `state.json` (camelCase, atomic writes) and the status guards;
 //! - [`store`]: container directories, the lock, id/name/prefix lookup;
@@ -92,14 +98,14 @@ pub enum Error {
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,
-        source: Box<crate::sandbox::Error>,
+        source: Box<crate::backend::Error>,
     },
     /// The VM ended for a reason of its own (a helper such as virtiofsd died under it).
     /// (`cause`, not `source`: the message already carries it, and `{:#}` would repeat it.)
     #[error("container {id}: {cause}")]
     VmFailed {
         id: String,
-        cause: Box<crate::sandbox::Error>,
+        cause: Box<crate::backend::Error>,
     },
     #[error("container {id}: {source} (console log: {console})")]
     Agent {

@@ -9,7 +9,7 @@ use super::lifecycle::Runtime;
 use super::proc::ProcessRef;
 use super::state::{State, STATE_FILE};
 use super::Error;
-use crate::sandbox::VmSpec;
+use crate::backend::VmSpec;
 
 impl Runtime {
     /// Sets up `state`'s network, adds its NIC to `spec` and returns the guest's side;

@@ -1,5 +1,5 @@
 //! A container's VM as the husk-vmm backend hands it over: [`vm_spec`] through
-//! `sandbox::husk_vmm::args` into husk-vmm's own flag parser and validation. The boot tests
+//! `backend::husk_vmm::args` into husk-vmm's own flag parser and validation. The boot tests
 //! on this host run QEMU, so this is where a flag husk-vmm would refuse, or a disk serial it
 //! would drop, shows up without hardware KVM.
 
@@ -9,7 +9,7 @@ use super::lifecycle::{container_spec, vm_spec};
 use super::state::tests::sample;
 use super::state::Volume;
 use super::GuestAssets;
-use crate::sandbox::{husk_vmm, TapSpec};
+use crate::backend::{husk_vmm, TapSpec};
 use crate::vmm::cli::Args;
 
 #[test]

@@ -2,7 +2,7 @@
 //! PVM, CPU virtualisation flags, KVM modules) and decides, with the reason in words.
 //!
 //! The one place these facts are read: `husk-vmm --probe` decides with [`HostProbe`],
-//! `husk system check` reports them, and the backend seam (`sandbox::host`) derives QEMU's
+//! `husk system check` reports them, and the backend seam (`backend::host`) derives QEMU's
 //! KVM-or-TCG choice from the same [`HostFacts`]. The decision is a pure function of
 //! [`HostFacts`] so it is unit-tested.
 

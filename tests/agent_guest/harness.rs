@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk::agent::{attach_stream, copy_to_stream, AgentClient};
-use husk::sandbox::{BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
+use husk::backend::{BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
 use husk_protocol::{
     ContainerSpec, DiskRef, FsType, LayerDisk, MountSpec, NamespaceKind, ProcessSpec, RootfsSpec,
     StreamHello, StreamKind, User, PROTOCOL_VERSION,
@@ -79,7 +79,7 @@ impl Guest {
         let kernel = common::kernel(test)?;
         let initramfs = common::initramfs(test)?;
         let rootfs = busybox_rootfs(test)?;
-        let backend = match husk::sandbox::backend(BackendKind::Qemu) {
+        let backend = match husk::backend::backend(BackendKind::Qemu) {
             Ok(b) => b,
             Err(e) => {
                 common::not_run(test, &e.to_string(), true);

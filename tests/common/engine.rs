@@ -146,7 +146,7 @@ fn write_launcher(dir: &Path, rt: &Runtime, root: Option<&Path>) -> PathBuf {
     let bin_dir = dir.join("bin");
     std::fs::create_dir_all(&bin_dir).expect("launcher dir");
     let mut script = String::from("#!/bin/sh\n# Written by husk's engine tests.\n");
-    // Inherited by whatever the runtime starts (sandbox, VMM, daemons): how the leak check
+    // Inherited by whatever the runtime starts (VM holder, VMM, daemons): how the leak check
     // tells this test's processes from those of tests running beside it.
     script.push_str(&format!(
         "export {OWNER_ENV}={}\n",
@@ -611,7 +611,7 @@ pub fn host_kernel_release() -> String {
 
 /// Processes (other than this one) that belong to the engine instance in `dir`: started
 /// through its launcher (their environment has [`OWNER_ENV`]=dir), or whose command line or
-/// working directory names `dir` (conmon, the sandbox, VMM, virtiofsd, vsock daemon).
+/// working directory names `dir` (conmon, the VM holder, VMM, virtiofsd, vsock daemon).
 pub fn processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.to_str().expect("utf-8 dir");
     let me = std::process::id().to_string();

@@ -123,7 +123,7 @@ fn kill_all_signals_every_process_of_the_container() {
     rt.assert_clean();
 }
 
-/// `run --detach --pid-file`: returns once started, the sandbox keeps the stdio `run` had,
+/// `run --detach --pid-file`: returns once started, the VM holder keeps the stdio `run` had,
 /// and `state`, `kill` and `delete` work on it afterwards.
 #[test]
 fn run_detach_returns_once_started() {
@@ -162,7 +162,7 @@ fn run_detach_returns_once_started() {
         .unwrap();
     let s = rt.state("d");
     assert_eq!(s["status"], "running", "{s}");
-    assert_eq!(s["pid"], pid, "the pid file names the sandbox");
+    assert_eq!(s["pid"], pid, "the pid file names the VM holder");
     assert!(running(pid));
 
     // The container's stdio is what `run` was given.

@@ -1,5 +1,5 @@
 //! Drives the built `husk-runtime` binary as an engine does: OCI bundles with a busybox
-//! rootfs directory, `create` with pipes as the container's stdio, the sandbox pid from
+//! rootfs directory, `create` with pipes as the container's stdio, the VM holder pid from
 //! `--pid-file` waited on as a (sub)reaper waits, and a check that nothing is left behind.
 
 use std::io::Read;
@@ -36,7 +36,7 @@ impl Rt {
             return None;
         }
         static SUBREAPER: Once = Once::new();
-        // The sandbox outlives `create`; as conmon does, become its reaper to get its status.
+        // The VM holder outlives `create`; as conmon does, become its reaper to get its status.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
         SUBREAPER.call_once(|| unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
@@ -75,7 +75,7 @@ impl Rt {
         c
     }
 
-    /// Runs a command that does not leave a sandbox behind (stdin null, output captured).
+    /// Runs a command that does not leave a VM holder behind (stdin null, output captured).
     pub fn run(&self, args: &[&str]) -> Output {
         let mut child = self
             .cmd(args)
@@ -151,7 +151,7 @@ impl Rt {
     }
 
     /// Asserts nothing of this test is left: no container state, and no live process
-    /// (sandbox, VMM, virtiofsd, vhost-device-vsock) naming the test's directory.
+    /// (VM holder, VMM, virtiofsd, vhost-device-vsock) naming the test's directory.
     pub fn assert_clean(&self) {
         let left: Vec<_> = std::fs::read_dir(self.root())
             .map(|d| {
@@ -190,7 +190,7 @@ impl Rt {
     }
 }
 
-/// What `create` left: the sandbox pid and the container's stdio.
+/// What `create` left: the VM holder pid and the container's stdio.
 pub struct Created {
     pub pid: i32,
     pub stdin: Option<ChildStdin>,
@@ -200,7 +200,7 @@ pub struct Created {
 }
 
 impl Created {
-    /// Waits for the sandbox to exit; its exit code (the container's status).
+    /// Waits for the VM holder to exit; its exit code (the container's status).
     pub fn wait(&mut self, limit: Duration) -> i32 {
         drop(self.stdin.take());
         wait_pid(self.pid, limit)

@@ -1,4 +1,4 @@
-use crate::cli::images::Images;
+use crate::cli::images;
 use crate::cli::{Error, ExecArgs, GlobalOpts};
 use crate::runtime::exec::{exec, ExecOptions};
 use crate::runtime::{spec, ImageSource};
@@ -10,10 +10,10 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
         // A name is looked up in the container's image, as `run -u` does.
         Some(u) if spec::parse_user(&u).is_err() => {
             let state = rt.store.resolve(&a.container)?;
-            let images = Images::open(&g.root)?;
+            let image_store = images::open(&g.root)?;
             let what = state.image_id.as_deref().unwrap_or(&state.image);
-            let img = images.resolve(what)?;
-            let (uid, gid, groups) = images.user_ids(&img, &u)?;
+            let img = image_store.resolve(what)?;
+            let (uid, gid, groups) = image_store.user_ids(&img, &u)?;
             additional_gids = groups;
             Some(format!("{uid}:{gid}"))
         }

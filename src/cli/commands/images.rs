@@ -4,16 +4,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::cli::images::{ago, human_size, rows, Images};
+use crate::cli::images::{ago, human_size, open, rows};
 use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs};
 use crate::image::{Progress, Reference};
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
-    let images = Images::open(&g.root)?;
-    let all = images
-        .store
-        .list()
-        .map_err(|e| Error::Image(e.to_string()))?;
+    let store = open(&g.root)?;
+    let all = store.list().map_err(|e| Error::Image(e.to_string()))?;
     if a.quiet {
         for i in &all {
             println!("{}", &i.id().hex()[..12]);
@@ -76,13 +73,10 @@ pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
 /// container still uses is kept unless `-f`; with `-f` it goes, and the containers keep
 /// running and starting on their own links to its layer disks (`runtime::lifecycle`).
 pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
-    let images = Images::open(&g.root)?;
+    let store = open(&g.root)?;
     let rt = super::runtime(g)?;
     super::each(&a.images, |what| {
-        let img = images
-            .store
-            .get(what)
-            .map_err(|e| Error::Image(e.to_string()))?;
+        let img = store.get(what).map_err(|e| Error::Image(e.to_string()))?;
         let by_name = what
             .parse::<Reference>()
             .ok()
@@ -106,8 +100,7 @@ pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
                 )));
             }
         }
-        let (removed, _) = images
-            .store
+        let (removed, _) = store
             .remove(what)
             .map_err(|e| Error::Image(e.to_string()))?;
         let mut out: Vec<String> = match by_name {
@@ -125,40 +118,29 @@ pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
     })
 }
 
-/// On failure the store is swept, so a rejected archive leaves no blob or layer disk.
 pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {
-    let images = Images::open(&g.root)?;
-    match images.store.load(&a.input) {
-        Ok(loaded) => {
-            for i in loaded {
-                for r in &i.references {
-                    println!("Loaded image: {}", r.familiar());
-                }
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            let _ = images.store.gc();
-            Err(Error::Image(e.to_string()))
+    let store = open(&g.root)?;
+    let loaded = store
+        .load(&a.input)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    for i in loaded {
+        for r in &i.references {
+            println!("Loaded image: {}", r.familiar());
         }
     }
+    Ok(0)
 }
 
 pub fn pull(g: &GlobalOpts, a: PullArgs) -> Result<i32, Error> {
-    let images = Images::open(&g.root)?;
-    match images.store.pull(&a.reference, Progress::Auto) {
-        Ok(img) => {
-            println!("Digest: {}", img.manifest_digest);
-            let name = a
-                .reference
-                .parse::<Reference>()
-                .map_or(a.reference.clone(), |r| r.to_string());
-            println!("Pulled: {name}");
-            Ok(0)
-        }
-        Err(e) => {
-            let _ = images.store.gc();
-            Err(Error::Image(e.to_string()))
-        }
-    }
+    let store = open(&g.root)?;
+    let img = store
+        .pull(&a.reference, Progress::Auto)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    println!("Digest: {}", img.manifest_digest);
+    let name = a
+        .reference
+        .parse::<Reference>()
+        .map_or(a.reference.clone(), |r| r.to_string());
+    println!("Pulled: {name}");
+    Ok(0)
 }

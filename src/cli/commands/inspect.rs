@@ -1,11 +1,11 @@
-use crate::cli::images::Images;
+use crate::cli::images;
 use crate::cli::{Error, GlobalOpts, InspectArgs};
 use crate::runtime;
 
 /// Containers first (id, prefix, name), then images; prints a JSON array as docker does.
 pub fn run(g: &GlobalOpts, a: InspectArgs) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
-    let images = Images::open(&g.root)?;
+    let store = images::open(&g.root)?;
     let mut found = Vec::new();
     let mut code = 0;
     for t in &a.targets {
@@ -18,7 +18,7 @@ pub fn run(g: &GlobalOpts, a: InspectArgs) -> Result<i32, Error> {
             Err(runtime::Error::NoSuchContainer(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        match images.inspect(t)? {
+        match images::inspect(&store, t)? {
             Some(v) => found.push(v),
             None => {
                 eprintln!("husk: no such container or image: {t}");

@@ -13,8 +13,8 @@ pub mod start;
 pub mod stop;
 pub mod system;
 
+use crate::backend::BackendKind;
 use crate::runtime::Runtime;
-use crate::sandbox::BackendKind;
 
 use super::{Cli, Command, Error, GlobalOpts};
 

@@ -1,4 +1,4 @@
-use crate::cli::images::Images;
+use crate::cli::images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
 use crate::network::ports::parse_all as parse_ports;
 use crate::network::{NetworkMode, NetworkSettings};
@@ -23,7 +23,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         // docker allows -dit (attach later); husk has no attach yet.
     }
     let rt = super::runtime(g)?;
-    let images = Images::open(&g.root)?;
+    let image_store = images::open(&g.root)?;
     let opts = RunOptions {
         name: a.name,
         process: ProcessFlags {
@@ -42,7 +42,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         volumes: parse_volumes(&a.volume)?,
         network: network_settings(a.network.as_deref(), &a.publish)?,
     };
-    let state = rt.create(&images, &a.image, &opts)?;
+    let state = rt.create(&image_store, &a.image, &opts)?;
     if a.detach {
         if let Err(e) = monitor::spawn(&rt, &state.id) {
             if a.rm {

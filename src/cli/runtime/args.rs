@@ -7,7 +7,7 @@ pub struct CreateArgs {
     /// The bundle directory (config.json and the rootfs).
     #[arg(long, short = 'b', default_value = ".")]
     pub bundle: PathBuf,
-    /// Where to write the sandbox process's pid.
+    /// Where to write the VM holder process's pid.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
     /// A unix socket to send the pty master to (terminal: true).
@@ -137,7 +137,7 @@ pub struct SpecArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct SandboxArgs {
+pub struct VmHolderArgs {
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
     pub id: String,

@@ -79,8 +79,8 @@ pub enum RuntimeCommand {
     /// Print what this runtime supports, as JSON.
     Features,
     /// (internal) The process that owns a container's VM.
-    #[command(name = "sandbox", hide = true)]
-    Sandbox(SandboxArgs),
+    #[command(name = "vm-holder", hide = true)]
+    VmHolder(VmHolderArgs),
     /// (internal) The process that relays a detached exec's stdio.
     #[command(name = "exec-holder", hide = true)]
     ExecHolder(ExecHolderArgs),

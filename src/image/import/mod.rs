@@ -195,8 +195,17 @@ pub(crate) fn commit(
 impl Store {
     /// Loads every image of a docker-archive or oci-archive tar (plain, gzip or zstd), as
     /// `docker load -i` does. The format is told by the members: `manifest.json` is a
-    /// docker-archive, `oci-layout` + `index.json` an oci-archive.
+    /// docker-archive, `oci-layout` + `index.json` an oci-archive. On failure the store is
+    /// swept, so a rejected archive leaves no blob or layer disk behind.
     pub fn load(&self, path: &Path) -> Result<Vec<Image>, ImportError> {
+        let loaded = self.load_unswept(path);
+        if loaded.is_err() {
+            self.sweep();
+        }
+        loaded
+    }
+
+    fn load_unswept(&self, path: &Path) -> Result<Vec<Image>, ImportError> {
         let _ingest = self.ingest_lock()?;
         let staged = Staged::extract(self, path)?;
         if staged.has("manifest.json") {

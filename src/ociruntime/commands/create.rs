@@ -1,4 +1,4 @@
-//! `create` (spawn the sandbox, wait for `ok`, run the create-time hooks, write the pid file)
+//! `create` (spawn the VM holder, wait for `ok`, run the create-time hooks, write the pid file)
 //! and `run` (the same in this process, then start, wait and delete; with `--detach`,
 //! `create` and `start`).
 
@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 
 use super::super::bundle::{self, Plan};
 use super::super::state::{check_id, ContainerState, Status, Store};
-use super::super::{hooks, sandbox, Error};
+use super::super::{hooks, vm_holder, Error};
 use super::lifecycle::destroy;
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::cli::runtime::{CreateArgs, RunArgs, RuntimeGlobal};
@@ -26,7 +26,7 @@ fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Erro
         created: rfc3339_now(),
         annotations: plan.annotations.clone(),
         status: Status::Creating,
-        sandbox: None,
+        vm_holder: None,
         vm: None,
         sock_dir: store.sock_dir(id),
         vsock_cid: store.free_cid()?,
@@ -66,7 +66,7 @@ pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, E
         ));
     }
     let state = register(store, &a.id, &plan)?;
-    let mut args: Vec<&OsStr> = vec![OsStr::new(sandbox::SUBCOMMAND)];
+    let mut args: Vec<&OsStr> = vec![OsStr::new(vm_holder::SUBCOMMAND)];
     if let Some(s) = &a.console_socket {
         args.push(OsStr::new("--console-socket"));
         args.push(s.as_os_str());
@@ -87,14 +87,14 @@ pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, E
         let _ = store.remove(&now);
         Err(e)
     };
-    let recorded = store.update(&a.id, |s| s.sandbox = ProcessRef::of(child.id()));
+    let recorded = store.update(&a.id, |s| s.vm_holder = ProcessRef::of(child.id()));
     if let Err(e) = recorded {
         return fail(&mut child, e);
     }
     if let Err(detail) = read_ready(ready) {
         return fail(
             &mut child,
-            Error::Sandbox {
+            Error::VmHolder {
                 id: a.id.clone(),
                 detail,
             },
@@ -109,13 +109,13 @@ pub fn create(store: &Store, g: &RuntimeGlobal, a: &CreateArgs) -> Result<i32, E
             return fail(&mut child, e);
         }
     }
-    // The sandbox lives on; it is reparented (to the engine's subreaper) when we exit.
+    // The VM holder lives on; it is reparented (to the engine's subreaper) when we exit.
     std::mem::forget(child);
     Ok(0)
 }
 
 /// `run --detach` (runc's `run -d`): `create`, then `start`; returns once the process runs.
-/// The sandbox keeps the stdio it inherited from here, as after `create`.
+/// The VM holder keeps the stdio it inherited from here, as after `create`.
 fn run_detached(store: &Store, g: &RuntimeGlobal, a: &RunArgs) -> Result<i32, Error> {
     let c = CreateArgs {
         bundle: a.bundle.clone(),
@@ -150,7 +150,7 @@ pub fn run(store: &Store, g: &RuntimeGlobal, a: &RunArgs) -> Result<i32, Error> 
     let plan = bundle::plan(&a.id, &a.bundle)?;
     let state = register(store, &a.id, &plan)?;
     let me = std::process::id();
-    let state = store.update(&state.id, |s| s.sandbox = ProcessRef::of(me))?;
+    let state = store.update(&state.id, |s| s.vm_holder = ProcessRef::of(me))?;
     if let Some(p) = &a.pid_file {
         if let Err(e) = write_pid_file(p, me) {
             let _ = store.remove(&state);
@@ -161,7 +161,7 @@ pub fn run(store: &Store, g: &RuntimeGlobal, a: &RunArgs) -> Result<i32, Error> 
         let now = store.load(&a.id)?;
         create_hooks(&plan, &now)
     };
-    let code = sandbox::run(store, &a.id, a.console_socket.as_deref(), Some(&created));
+    let code = vm_holder::run(store, &a.id, a.console_socket.as_deref(), Some(&created));
     if let Ok(now) = store.load(&a.id) {
         if !a.keep {
             super::lifecycle::run_poststop(&now);

@@ -11,7 +11,7 @@ use husk_protocol::ProcessSpec;
 use oci_spec::runtime::Process;
 
 use super::super::state::{Status, Store};
-use super::super::{bundle, console, log, process, sandbox, Error};
+use super::super::{bundle, console, process, runc_log, vm_holder, Error};
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::agent::AgentClient;
 use crate::cli::runtime::{ExecArgs, ExecHolderArgs, RuntimeGlobal};
@@ -122,9 +122,9 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_file(&file);
-        return Err(Error::Sandbox {
+        return Err(Error::ExecHolder {
             id: a.id.clone(),
-            detail: format!("exec: {detail}"),
+            detail,
         });
     }
     let holder = ProcessRef::of(child.id());
@@ -143,7 +143,7 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
 /// the console socket), reports `ok` on the ready fd, and exits with its status.
 pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
     let target = attach::forward_signals();
-    let mut ready = sandbox_ready_fd();
+    let mut ready = take_ready_fd();
     let state = store.load(&a.id)?;
     let result = std::fs::read(&a.spec)
         .map_err(Error::io(&a.spec))
@@ -172,10 +172,10 @@ pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
     )
 }
 
-fn sandbox_ready_fd() -> Option<std::fs::File> {
+fn take_ready_fd() -> Option<std::fs::File> {
     use std::os::fd::FromRawFd;
-    let fd: i32 = std::env::var(sandbox::READY_FD_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(sandbox::READY_FD_ENV);
+    let fd: i32 = std::env::var(vm_holder::READY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(vm_holder::READY_FD_ENV);
     // SAFETY: `exec` passed this fd for us alone; ownership is taken once.
     unsafe {
         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
@@ -257,7 +257,7 @@ fn foreground(
     Ok(match exit {
         Ok(s) => s.code,
         Err(e) => {
-            log::error_to_file(&format!("container {id}: exec {exec_id}: {e}"));
+            runc_log::error_to_file(&format!("container {id}: exec {exec_id}: {e}"));
             VM_DIED_EXIT_CODE
         }
     })

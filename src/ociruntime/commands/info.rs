@@ -5,7 +5,7 @@ use super::super::Error;
 use crate::cli::runtime::{ListArgs, PsArgs, SpecArgs};
 use crate::runtime::proc::ProcessRef;
 
-/// The host processes of a container: the sandbox, the VMM, and the holders of detached
+/// The host processes of a container: the VM holder, the VMM, and the holders of detached
 /// execs. (The container's own processes are in the guest; their pids mean nothing here.)
 pub fn ps(store: &Store, a: &PsArgs) -> Result<i32, Error> {
     let state = store.load(&a.id)?;
@@ -17,7 +17,7 @@ pub fn ps(store: &Store, a: &PsArgs) -> Result<i32, Error> {
         });
     }
     let pids: Vec<u32> = state
-        .sandbox
+        .vm_holder
         .iter()
         .chain(state.vm.iter())
         .chain(state.execs.iter())

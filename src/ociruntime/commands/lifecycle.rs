@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use super::super::control::{self, Request};
 use super::super::state::{ContainerState, Status, Store};
-use super::super::{hooks, log, network, Error};
+use super::super::{hooks, network, runc_log, Error};
 use super::parse_signal;
 use crate::cli::runtime::KillArgs;
 use crate::runtime::proc;
 
-/// How long the sandbox may take to start the process (an agent round trip).
+/// How long the VM holder may take to start the process (an agent round trip).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a killed sandbox may take to power its VM off and exit.
+/// How long a killed VM holder may take to power its VM off and exit.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 
 fn wrong(state: &ContainerState, what: &str) -> Error {
@@ -29,7 +29,7 @@ pub fn start(store: &Store, id: &str) -> Result<i32, Error> {
         return Err(wrong(&state, "only a created container can be started"));
     }
     control::send(&state.control_socket(), Request::Start, START_TIMEOUT).map_err(|detail| {
-        Error::Sandbox {
+        Error::VmHolder {
             id: id.to_string(),
             detail,
         }
@@ -41,7 +41,7 @@ pub fn start(store: &Store, id: &str) -> Result<i32, Error> {
         &state.poststart,
         &state.hook_json(Status::Running),
     ) {
-        log::warn(&e.to_string());
+        runc_log::warn(&e.to_string());
     }
     Ok(0)
 }
@@ -64,14 +64,14 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
                 Request::Kill(sig)
             };
             control::send(&state.control_socket(), req, KILL_TIMEOUT).map_err(|detail| {
-                Error::Sandbox {
+                Error::VmHolder {
                     id: a.id.clone(),
                     detail,
                 }
             })?;
         }
         Status::Paused if sig == libc::SIGKILL => {
-            // The VMM is stopped and cannot answer: kill it; the sandbox sees the VM end.
+            // The VMM is stopped and cannot answer: kill it; the VM holder sees the VM end.
             if let Some(vm) = &state.vm {
                 vm.signal(libc::SIGKILL);
             }
@@ -113,11 +113,11 @@ pub fn run_poststop(state: &ContainerState) {
         &state.poststop,
         &state.hook_json(Status::Stopped),
     ) {
-        log::warn(&e.to_string());
+        runc_log::warn(&e.to_string());
     }
 }
 
-/// Ends everything a container runs on the host: the sandbox (asked to kill the VM first),
+/// Ends everything a container runs on the host: the VM holder (asked to kill the VM first),
 /// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock), and
 /// the VM's attachment to the engine's network namespace.
 pub fn destroy(state: &ContainerState) {
@@ -126,7 +126,7 @@ pub fn destroy(state: &ContainerState) {
         vm.signal(libc::SIGCONT);
     }
     if let Some(sb) = state
-        .sandbox
+        .vm_holder
         .filter(|s| s.is_alive() && s.pid != std::process::id())
     {
         let _ = control::send(
@@ -146,7 +146,7 @@ pub fn destroy(state: &ContainerState) {
         p.signal(libc::SIGKILL);
         p.wait_gone(Duration::from_secs(5));
     }
-    // A sandbox killed with -9 never detached its NIC (the TAP went with the VMM; the
+    // A VM holder killed with -9 never detached its NIC (the TAP went with the VMM; the
     // veth's tc mirroring is still there).
     if let Some(link) = &state.network {
         network::detach(link);
@@ -173,7 +173,7 @@ pub fn pause(store: &Store, id: &str, pause: bool) -> Result<i32, Error> {
     let vm = state
         .vm
         .filter(|v| v.is_alive())
-        .ok_or_else(|| Error::Sandbox {
+        .ok_or_else(|| Error::VmHolder {
             id: id.into(),
             detail: "its VM process is gone".into(),
         })?;

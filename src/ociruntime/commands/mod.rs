@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use super::log::{self, Format, Logger};
+use super::runc_log::{self, Format, Logger};
 use super::state::Store;
 use super::Error;
 use crate::cli::runtime::{RuntimeCli, RuntimeCommand};
@@ -21,7 +21,7 @@ pub use signal::parse_signal;
 pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
     let g = &cli.global;
     let format: Format = g.log_format.parse().map_err(Error::Usage)?;
-    log::init(Logger {
+    runc_log::init(Logger {
         file: g.log.clone(),
         format,
         debug: g.debug,
@@ -41,7 +41,7 @@ pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
         RuntimeCommand::List(a) => info::list(&store()?, a),
         RuntimeCommand::Spec(a) => info::spec(a),
         RuntimeCommand::Features => info::features(),
-        RuntimeCommand::Sandbox(a) => Ok(super::sandbox::run(
+        RuntimeCommand::VmHolder(a) => Ok(super::vm_holder::run(
             &store()?,
             &a.id,
             a.console_socket.as_deref(),
@@ -52,7 +52,7 @@ pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
 }
 
 /// Re-executes husk-runtime with the global flags and `args`, in a session of its own, with
-/// the write end of a pipe as fd [`READY_FD`](super::sandbox::READY_FD); the stdio is
+/// the write end of a pipe as fd [`READY_FD`](super::vm_holder::READY_FD); the stdio is
 /// inherited. Returns the child and the pipe's read end.
 fn spawn_helper(
     g: &crate::cli::runtime::RuntimeGlobal,
@@ -83,8 +83,8 @@ fn spawn_helper(
     }
     cmd.args(args);
     cmd.env(
-        super::sandbox::READY_FD_ENV,
-        super::sandbox::READY_FD.to_string(),
+        super::vm_holder::READY_FD_ENV,
+        super::vm_holder::READY_FD.to_string(),
     );
     let wfd = write_end.into_raw_fd();
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -94,7 +94,7 @@ fn spawn_helper(
                 return Err(std::io::Error::last_os_error());
             }
             // dup2 leaves the new fd without CLOEXEC, so it survives the exec.
-            if libc::dup2(wfd, super::sandbox::READY_FD) < 0 {
+            if libc::dup2(wfd, super::vm_holder::READY_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -94,7 +94,7 @@ pub fn error(msg: &str) {
     eprintln!("husk-runtime: {msg}");
 }
 
-/// An error to the log file only (the sandbox's stderr belongs to the container).
+/// An error to the log file only (the VM holder's stderr belongs to the container).
 pub fn error_to_file(msg: &str) {
     write("error", msg);
 }

@@ -11,8 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers, ProcessVm};
+use super::child::{self, Guarded, Leftovers};
+use super::process_vm::ProcessVm;
 use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use crate::util::fs::{is_executable, which};
 
 /// Kernel arguments every guest of this backend gets.
 ///
@@ -93,8 +95,8 @@ impl QemuBackend {
 /// `PATH`; either way it must be executable.
 pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
     let found = match explicit {
-        Some(p) => Some(p).filter(|p| child::is_executable(p)),
-        None => child::which("qemu-system-x86_64"),
+        Some(p) => Some(p).filter(|p| is_executable(p)),
+        None => which("qemu-system-x86_64"),
     };
     found.ok_or_else(|| Error::MissingProgram {
         program: "qemu-system-x86_64".into(),

@@ -9,7 +9,7 @@
 //!   namespaces cannot be created (a container without CAP_SYS_ADMIN) the daemon dies at
 //!   once and we retry with `--sandbox chroot`, which still confines paths to the directory.
 //! - `--seccomp kill`: a syscall outside virtiofsd's allow-list ends the daemon (the VM then
-//!   ends with a clear error, see [`super::child`]) rather than being logged and allowed.
+//!   ends with a clear error, see [`super::process_vm`]) rather than being logged and allowed.
 //! - `--cache never` for volumes ([`ShareCache::Never`]): the host edits them under a running
 //!   container, and with `auto` the guest keeps a file's size for the 1 s attribute timeout —
 //!   measured here: a file the host grew from 3 to 20 bytes was read back as its first 3

@@ -743,13 +743,13 @@ fn husk_vmm_ready_wait_sees_the_line_or_the_vmms_last_words() {
 fn last_line_is_the_last_non_empty_one_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("console.log");
-    assert_eq!(child::last_line(&log), None, "no file");
+    assert_eq!(process_vm::last_line(&log), None, "no file");
     std::fs::write(&log, "").unwrap();
-    assert_eq!(child::last_line(&log), None, "empty");
+    assert_eq!(process_vm::last_line(&log), None, "empty");
     std::fs::write(&log, "x".repeat(100_000) + "\nfirst\r\n  last words  \n\n").unwrap();
-    assert_eq!(child::last_line(&log).as_deref(), Some("last words"));
+    assert_eq!(process_vm::last_line(&log).as_deref(), Some("last words"));
     std::fs::write(&log, "y".repeat(5000)).unwrap();
-    assert_eq!(child::last_line(&log).map(|l| l.len()), Some(300));
+    assert_eq!(process_vm::last_line(&log).map(|l| l.len()), Some(300));
     // A panic's own line, not the end of the stack dump after it.
     let dump = "[    0.02] Call Trace:\n".repeat(50) + "[    0.02]  </TASK>\n";
     std::fs::write(
@@ -758,7 +758,7 @@ fn last_line_is_the_last_non_empty_one_bounded() {
     )
     .unwrap();
     assert_eq!(
-        child::last_line(&log).as_deref(),
+        process_vm::last_line(&log).as_deref(),
         Some("[    0.01] Kernel panic - not syncing: IO-APIC + timer doesn't work!")
     );
 }

@@ -1,9 +1,9 @@
-//! The sandbox process: what `create` leaves running for one container (runsc's model).
+//! The VM holder process: what `create` leaves running for one container (runsc's model).
 //!
 //! It boots the VM (rootfs and bind mounts over virtio-fs), has the agent create the
 //! container, attaches the stdio it inherited from `create` (or the slave of the pty whose
 //! master went to `--console-socket`) to the process's streams, reports `ok` to `create` on
-//! the ready fd and serves its control socket. On `start` the process runs; the sandbox then
+//! the ready fd and serves its control socket. On `start` the process runs; the VM holder then
 //! waits for it, powers the VM off and exits with its status (128+N for signal N), which is
 //! what an engine waiting on the pid in `--pid-file` gets. Its own messages go to `--log`
 //! only: its stdout and stderr belong to the container.
@@ -20,17 +20,17 @@ use std::time::{Duration, Instant};
 use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
-use super::{console, log, network, Error};
+use super::{console, network, runc_log, Error};
 use crate::agent::AgentClient;
+use crate::backend::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
 use crate::runtime::attach::{self, Stdio};
 use crate::runtime::lifecycle::{AGENT_CONNECT_TIMEOUT, VM_DIED_EXIT_CODE};
 use crate::runtime::proc::ProcessRef;
 use crate::runtime::GuestAssets;
-use crate::sandbox::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
-pub const SUBCOMMAND: &str = "sandbox";
-/// The environment variable naming the fd on which the sandbox reports `ok` or why not.
+pub const SUBCOMMAND: &str = "vm-holder";
+/// The environment variable naming the fd on which the VM holder reports `ok` or why not.
 pub const READY_FD_ENV: &str = "HUSK_RUNTIME_READY_FD";
 pub const READY_FD: i32 = 3;
 /// How long the VM may take to power off once asked.
@@ -42,18 +42,18 @@ enum Event {
     Killed(i32),
 }
 
-/// How the sandbox's stdio reaches the container.
+/// How the VM holder's stdio reaches the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Console {
     /// Inherited fds (pipes from conmon or the shim): stdin, stdout, stderr as they are.
     Pipes,
     /// A host pty made here, its master sent over `--console-socket`.
     Socket,
-    /// The sandbox's own stdio is a terminal (`run` in the foreground with `terminal: true`).
+    /// The VM holder's own stdio is a terminal (`run` in the foreground with `terminal: true`).
     Inherited,
 }
 
-/// The sandbox body; returns the exit code for the process. `run_now`: `husk-runtime run`
+/// The VM holder body; returns the exit code for the process. `run_now`: `husk-runtime run`
 /// in the foreground, which calls it once the container is created (the create-time hooks)
 /// and then starts the process itself.
 pub fn run(
@@ -71,7 +71,7 @@ pub fn run(
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
-            log::error_to_file(&msg);
+            runc_log::error_to_file(&msg);
             if let Some(f) = ready.as_mut() {
                 let _ = writeln!(f, "{}", msg.replace('\n', " "));
             } else {
@@ -157,7 +157,7 @@ pub fn run(
     });
     if let Err(e) = served.map_err(Error::Usage).and(recorded.map(|_| ())) {
         let msg = e.to_string();
-        log::error_to_file(&msg);
+        runc_log::error_to_file(&msg);
         if let Some(mut f) = ready.take() {
             let _ = writeln!(f, "{msg}");
         }
@@ -174,7 +174,7 @@ pub fn run(
             .and_then(|()| handler(Request::Start));
         if let Err(e) = go {
             eprintln!("husk-runtime: {e}");
-            log::error_to_file(&e);
+            runc_log::error_to_file(&e);
             let _ = vm.kill();
             let _ = store.update(id, |s| s.status = Status::Stopped);
             release_network(store, id);
@@ -183,7 +183,7 @@ pub fn run(
         // As `start` does for `create`d containers; a failure is a warning.
         let doc = state.hook_json(Status::Running);
         if let Err(e) = super::hooks::run("poststart", &state.poststart, &doc) {
-            log::warn(&e.to_string());
+            runc_log::warn(&e.to_string());
         }
     }
 
@@ -203,7 +203,7 @@ pub fn run(
                 break match exit {
                     Ok(s) => s.code,
                     Err(e) => {
-                        log::error_to_file(&format!("container {id}: waiting for it: {e}"));
+                        runc_log::error_to_file(&format!("container {id}: waiting for it: {e}"));
                         VM_DIED_EXIT_CODE
                     }
                 };
@@ -211,7 +211,7 @@ pub fn run(
             Ok(Event::Killed(sig)) => break 128 + sig,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !matches!(vm.try_wait(), Ok(None)) {
-                    log::error_to_file(&format!("container {id}: the VM ended before start"));
+                    runc_log::error_to_file(&format!("container {id}: the VM ended before start"));
                     break VM_DIED_EXIT_CODE;
                 }
             }
@@ -322,7 +322,7 @@ fn start_vm(
         source: Box::new(source),
     };
     let kind = BackendKind::from_env().map_err(|e| Error::Usage(e.to_string()))?;
-    let backend = sandbox::backend(kind).map_err(vm_err)?;
+    let backend = backend::backend(kind).map_err(vm_err)?;
     std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
     let mut spec = VmSpec::new(&assets.kernel, state.console_log());
     spec.initramfs = Some(assets.initramfs.clone());
@@ -336,7 +336,7 @@ fn start_vm(
     spec.shared_dirs = plan.shares.clone();
     if let Some(ns) = &plan.netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
-            // Recorded before the VM exists: a sandbox killed from here on is cleaned up
+            // Recorded before the VM exists: a VM holder killed from here on is cleaned up
             // by `delete`.
             let link = nic.link.clone();
             if let Err(e) = store.update(&state.id, |s| s.network = Some(link)) {
@@ -374,7 +374,7 @@ fn power_off(vm: &dyn VmHandle, agent: &AgentClient, id: &str) {
             Ok(None) => {}
         }
         if Instant::now() >= deadline {
-            log::warn(&format!(
+            runc_log::warn(&format!(
                 "container {id}: the VM did not power off; killing it"
             ));
             let _ = vm.kill();

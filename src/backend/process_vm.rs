@@ -1,4 +1,4 @@
-//! Child processes a VM is made of, and the handle both backends return.
+//! [`ProcessVm`], the [`VmHandle`] both backends return.
 //!
 //! A VM is one main process (husk-vmm or QEMU), maybe helpers (vhost-device-vsock, one
 //! virtiofsd per shared directory) and some socket files. [`ProcessVm`] owns them all: when the
@@ -13,179 +13,13 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::child::{Guarded, Leftovers};
 use super::{Error, VmHandle};
-
-/// A child process that any thread may wait for or kill through `&self`.
-///
-/// Waiting happens in two steps so `kill` never races with the reaping: `waitid(WNOWAIT)`
-/// blocks without the lock until the child has exited (leaving it a zombie, so its pid cannot
-/// be reused), then the lock is taken to reap it and record the status.
-pub(super) struct Guarded {
-    program: String,
-    pid: u32,
-    state: Mutex<GuardState>,
-}
-
-struct GuardState {
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl Guarded {
-    pub fn spawn(program: &str, cmd: &mut Command) -> Result<Guarded, Error> {
-        let child = spawn_retrying(cmd).map_err(|source| Error::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
-        Ok(Guarded {
-            program: program.to_string(),
-            pid: child.id(),
-            state: Mutex::new(GuardState {
-                child,
-                status: None,
-            }),
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
-        // A panic while holding this lock leaves the state consistent (it only caches).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
-        let mut s = self.lock();
-        if s.status.is_none() {
-            s.status = s.child.try_wait()?;
-        }
-        Ok(s.status)
-    }
-
-    pub fn wait(&self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            wait_exited_no_reap(self.pid)?;
-        }
-    }
-
-    /// SIGKILLs the child if it still runs and reaps it.
-    pub fn kill(&self) -> io::Result<ExitStatus> {
-        let mut s = self.lock();
-        if let Some(status) = s.status {
-            return Ok(status);
-        }
-        if s.child.try_wait()?.is_none() {
-            s.child.kill()?;
-        }
-        let status = s.child.wait()?;
-        s.status = Some(status);
-        Ok(status)
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Err(e) = self.kill() {
-            tracing::warn!(program = %self.program, pid = self.pid, "cannot kill: {e}");
-        }
-    }
-}
-
-/// `cmd.spawn()`, retried briefly on ETXTBSY: a binary written a moment ago (a fresh build,
-/// a copied VMM) can still have a writer in a process another thread is forking, and exec
-/// fails until that child has exec'd too.
-pub(super) fn spawn_retrying(cmd: &mut Command) -> io::Result<Child> {
-    let mut tries = 0;
-    loop {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Blocks until `pid` has exited without reaping it. Returns at once if someone else reaped
-/// it meanwhile (ECHILD); the caller then finds the status under the lock.
-fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
-    loop {
-        // SAFETY: siginfo_t is a plain C struct; all-zero bytes are a valid value.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a live, zeroed siginfo_t that waitid writes into; `pid` is our own
-        // child, so no other waiter races us for it.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return Ok(()),
-            _ => return Err(err),
-        }
-    }
-}
-
-/// What a VM leaves behind besides its main process: helpers to kill, files to remove.
-/// Dropping it cleans up, so an early return while starting a VM leaks nothing either.
-#[derive(Default)]
-pub(super) struct Leftovers {
-    pub helpers: Vec<Arc<Guarded>>,
-    pub files: Vec<PathBuf>,
-}
-
-impl Leftovers {
-    pub fn add_helper(&mut self, helper: Guarded) {
-        self.helpers.push(Arc::new(helper));
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        // Helpers first: they may hold the files open or recreate them. Killed explicitly: a
-        // watcher thread may still hold a reference.
-        for h in self.helpers.drain(..) {
-            tracing::debug!(program = h.program(), pid = h.pid(), "stopping VM helper");
-            if let Err(e) = h.kill() {
-                tracing::warn!(program = %h.program(), pid = h.pid(), "cannot kill: {e}");
-            }
-        }
-        for f in self.files.drain(..) {
-            remove_if_exists(&f);
-        }
-    }
-}
-
-pub(super) fn remove_if_exists(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), "cannot remove: {e}");
-        }
-    }
-}
 
 /// A helper that died while its VM ran: what ended the VM.
 #[derive(Debug, Clone)]
@@ -459,69 +293,6 @@ impl Drop for ProcessVm {
         self.clean_up();
     }
 }
-
-/// Truncates the console log and returns a second, appending handle to it for a process's
-/// stderr: the backend's diagnostics land after the guest output they relate to.
-pub(super) fn open_console_log(path: &Path) -> Result<File, Error> {
-    let err = |source| Error::File {
-        path: path.to_path_buf(),
-        source,
-    };
-    File::create(path).map_err(err)?;
-    OpenOptions::new().append(true).open(path).map_err(err)
-}
-
-/// stdin from /dev/null, stdout and stderr appended to `log`.
-pub(super) fn quiet_stdio(cmd: &mut Command, log: &File, log_path: &Path) -> Result<(), Error> {
-    let dup = || {
-        log.try_clone().map_err(|source| Error::File {
-            path: log_path.to_path_buf(),
-            source,
-        })
-    };
-    cmd.stdin(Stdio::null()).stdout(dup()?).stderr(dup()?);
-    Ok(())
-}
-
-/// Finds `name` in `PATH`.
-/// Finds a helper binary husk installs itself: `$env_var` when set (it must name an
-/// executable), else the install script's place under the husk cache (`cached`), else `PATH`,
-/// else the `fallbacks`. `hint` says how to install it.
-pub(super) fn find_helper(
-    env_var: &str,
-    cached: &Path,
-    name: &str,
-    fallbacks: &[&str],
-    hint: String,
-) -> Result<PathBuf, super::Error> {
-    if let Some(p) = std::env::var_os(env_var) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(super::Error::MissingProgram {
-                program: p.display().to_string(),
-                hint: format!("{env_var} does not name an executable"),
-            })
-        };
-    }
-    if is_executable(cached) {
-        return Ok(cached.to_path_buf());
-    }
-    which(name)
-        .or_else(|| {
-            fallbacks
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| is_executable(p))
-        })
-        .ok_or_else(|| super::Error::MissingProgram {
-            program: name.into(),
-            hint,
-        })
-}
-
-pub(super) use crate::util::fs::{is_executable, which};
 
 #[cfg(test)]
 mod console_scan_tests {

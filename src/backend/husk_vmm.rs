@@ -9,8 +9,10 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers, ProcessVm};
+use super::child::{self, Guarded, Leftovers};
+use super::process_vm::ProcessVm;
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use crate::util::fs::{is_executable, which};
 
 /// Overrides the husk-vmm binary.
 pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
@@ -20,7 +22,7 @@ pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
 pub fn find_binary() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os(BINARY_ENV) {
         let p = PathBuf::from(p);
-        return if child::is_executable(&p) {
+        return if is_executable(&p) {
             Ok(p)
         } else {
             Err(Error::MissingProgram {
@@ -36,12 +38,12 @@ pub fn find_binary() -> Result<PathBuf, Error> {
             .chain(exe.parent().and_then(|d| d.parent()));
         for d in dirs {
             let p = d.join("husk-vmm");
-            if child::is_executable(&p) {
+            if is_executable(&p) {
                 return Ok(p);
             }
         }
     }
-    child::which("husk-vmm").ok_or_else(|| Error::MissingProgram {
+    which("husk-vmm").ok_or_else(|| Error::MissingProgram {
         program: "husk-vmm".into(),
         hint: format!("build it (cargo build --bin husk-vmm), put it on PATH or set {BINARY_ENV}"),
     })

@@ -9,12 +9,15 @@
 //!
 //! Nothing above this module may know which one runs: both take the same spec, give the guest
 //! the same devices, and expose vsock as Firecracker's hybrid unix socket at
-//! [`VsockSpec::uds_path`].
+//! [`VsockSpec::uds_path`]. Nor which files a backend adds beside that socket and the console
+//! log: [`vsock_socket_path`], [`console_log_path`] and [`remove_sockets`] know them.
 
 mod child;
 pub mod host;
 pub mod husk_vmm;
 mod kind;
+mod paths;
+mod process_vm;
 pub mod qemu;
 pub mod vhost_vsock;
 pub mod virtiofsd;
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 pub use husk_vmm::HuskVmmBackend;
 pub use kind::{BackendKind, ParseBackendKindError, VMM_ENV};
+pub use paths::{console_log_path, remove_sockets, vsock_socket_path, MAX_SOCKET_PATH};
 pub use qemu::QemuBackend;
 
 /// One microVM, described independently of the backend that runs it.
