@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Instant;
 
-use harness::{hook_writing, recv_fd, wait_pid, Bundle, Rt, LIMIT};
+use harness::{hook_writing, read_exact_within, recv_fd, wait_pid, Bundle, Rt, LIMIT};
 
 fn sh(script: &str) -> serde_json::Value {
     serde_json::json!(["sh", "-c", script])
@@ -83,9 +83,7 @@ fn kill_term_kill_9_and_kill_before_start() {
     let mut n = rt.create(&plain, "n", &[]);
     rt.ok(&["start", "t"]);
     rt.ok(&["start", "k"]);
-    let mut first = [0u8; 3];
-    a.stdout.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"up\n");
+    assert_eq!(read_exact_within(&rt, &mut a.stdout, 3, LIMIT), b"up\n");
     rt.ok(&["kill", "t", "15"]);
     rt.ok(&["kill", "k", "KILL"]);
     // A created container can be killed before it ever ran.

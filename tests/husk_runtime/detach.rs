@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::harness::{wait_child, wait_pid, Bundle, Rt, LIMIT};
+use crate::harness::{read_exact_within, wait_child, wait_pid, Bundle, Rt, LIMIT};
 
 fn sh(script: &str) -> serde_json::Value {
     serde_json::json!(["sh", "-c", script])
@@ -80,18 +80,14 @@ fn kill_all_signals_every_process_of_the_container() {
     });
     let mut c = rt.create(&b, "a", &[]);
     rt.ok(&["start", "a"]);
-    let mut up = [0u8; 3];
-    c.stdout.read_exact(&mut up).unwrap();
-    assert_eq!(&up, b"up\n");
+    assert_eq!(read_exact_within(&rt, &mut c.stdout, 3, LIMIT), b"up\n");
     let holder = exec_detached(&rt, "a", "sleeper", &["sleep", "1000"]);
     assert!(running(holder));
     assert!(background_sleep_alive(&rt, "a", false));
 
     // Without --all: the init's trap runs, nothing else is touched.
     rt.ok(&["kill", "a", "TERM"]);
-    let mut term = [0u8; 5];
-    c.stdout.read_exact(&mut term).unwrap();
-    assert_eq!(&term, b"term\n");
+    assert_eq!(read_exact_within(&rt, &mut c.stdout, 5, LIMIT), b"term\n");
     std::thread::sleep(Duration::from_millis(500));
     assert!(running(holder), "a plain kill must leave the exec running");
     assert!(
@@ -108,8 +104,11 @@ fn kill_all_signals_every_process_of_the_container() {
         "husk-runtime kill --all → exec gone: {:.3} s",
         t0.elapsed().as_secs_f64()
     );
-    c.stdout.read_exact(&mut term).unwrap();
-    assert_eq!(&term, b"term\n", "the init got TERM too");
+    assert_eq!(
+        read_exact_within(&rt, &mut c.stdout, 5, LIMIT),
+        b"term\n",
+        "the init got TERM too"
+    );
     assert!(
         !background_sleep_alive(&rt, "a", true),
         "kill --all must reach the init's background sleep"
@@ -169,9 +168,10 @@ fn run_detach_returns_once_started() {
     let mut stdin = run.stdin.take().unwrap();
     let mut stdout = run.stdout.take().unwrap();
     stdin.write_all(b"hi\n").unwrap();
-    let mut got = [0u8; 11];
-    stdout.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"out\ngot hi\n");
+    assert_eq!(
+        read_exact_within(&rt, &mut stdout, 11, LIMIT),
+        b"out\ngot hi\n"
+    );
 
     rt.ok(&["kill", "d", "TERM"]);
     assert_eq!(wait_pid(pid, LIMIT), 7);

@@ -50,6 +50,29 @@ impl Rt {
         })
     }
 
+    /// The last lines of every VM console log under this test's directories (for a failure).
+    pub fn console_tails(&self) -> String {
+        fn walk(dir: &Path, out: &mut String) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.file_name().is_some_and(|n| n == "console.log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                    out.push_str(&format!("--- {}:\n{tail}\n", p.display()));
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(self.tmp.path(), &mut out);
+        out
+    }
+
     pub fn root(&self) -> PathBuf {
         self.tmp.path().join("root")
     }
@@ -217,6 +240,50 @@ impl Created {
         let _ = self.stderr.read_to_string(&mut s);
         s
     }
+}
+
+/// Reads exactly `n` bytes from `r` (a container's stdout) within `limit`: output the VM never
+/// sends fails the test with what did arrive and the tails of the VMs' console logs, instead
+/// of blocking it forever.
+pub fn read_exact_within(
+    rt: &Rt,
+    r: &mut (impl Read + AsRawFd),
+    n: usize,
+    limit: Duration,
+) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    let mut got = vec![0u8; n];
+    let mut have = 0;
+    while have < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{n} bytes of output not there within {limit:?}; got {:?}\n{}",
+            String::from_utf8_lossy(&got[..have]),
+            rt.console_tails()
+        );
+        let mut pfd = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd, borrowed for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready <= 0 {
+            continue;
+        }
+        match r.read(&mut got[have..]) {
+            Ok(0) => panic!(
+                "output closed after {:?}, before {n} bytes",
+                String::from_utf8_lossy(&got[..have])
+            ),
+            Ok(k) => have += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading output: {e}"),
+        }
+    }
+    got
 }
 
 pub fn wait_child(child: &mut Child, limit: Duration, args: &[&str]) -> std::process::ExitStatus {
