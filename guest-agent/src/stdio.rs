@@ -120,13 +120,15 @@ impl Stdio {
         match (self, kind) {
             (Stdio::Pipes { stdout, .. }, StreamKind::Stdout) => {
                 let fd = taken(stdout)?;
-                ready(&stream).map_err(internal)?;
-                spawn("stdout-pump", move || output_pump(fd, stream, false));
+                ready_or_put_back(stdout, fd, &stream, ready)
+                    .map(|fd| spawn("stdout-pump", move || output_pump(fd, stream, false)))
+                    .map_err(internal)?;
             }
             (Stdio::Pipes { stderr, .. }, StreamKind::Stderr) => {
                 let fd = taken(stderr)?;
-                ready(&stream).map_err(internal)?;
-                spawn("stderr-pump", move || output_pump(fd, stream, false));
+                ready_or_put_back(stderr, fd, &stream, ready)
+                    .map(|fd| spawn("stderr-pump", move || output_pump(fd, stream, false)))
+                    .map_err(internal)?;
             }
             (
                 Stdio::Pipes {
@@ -137,8 +139,8 @@ impl Stdio {
                 StreamKind::Stdin,
             ) => {
                 let fd = taken(stdin)?;
+                let fd = ready_or_put_back(stdin, fd, &stream, ready).map_err(internal)?;
                 *lock(stdin_stream) = stream.try_clone().ok();
-                ready(&stream).map_err(internal)?;
                 spawn("stdin-pump", move || input_pump(stream, fd));
             }
             (Stdio::Pty { master, attached }, StreamKind::Pty) => {
@@ -214,6 +216,24 @@ fn pty_master(m: &OnceLock<OwnedFd>) -> Result<&OwnedFd, ErrorReply> {
         .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidState, "the pty is not open yet"))
 }
 
+/// Sends the handshake's answer with `ready`; if that fails (the host gave up on this
+/// connection), `fd` goes back into `slot` so the host's next attach gets it, rather than
+/// the process's output being tied to a dead stream or its pipe being closed.
+fn ready_or_put_back(
+    slot: &Mutex<Option<OwnedFd>>,
+    fd: OwnedFd,
+    stream: &VsockStream,
+    ready: impl FnOnce(&VsockStream) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
+    match ready(stream) {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            *lock(slot) = Some(fd);
+            Err(e)
+        }
+    }
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
         say!("husk-agent: cannot start {name}: {e}");
@@ -235,8 +255,10 @@ fn output_pump(fd: OwnedFd, stream: VsockStream, pty: bool) {
                 break;
             }
         };
-        if out.write_all(&buf[..n]).is_err() {
-            // The host went away; dropping the read end gives the writer EPIPE.
+        if let Err(e) = out.write_all(&buf[..n]) {
+            // The host went away; dropping the read end gives the writer EPIPE. Said on the
+            // console: output lost this way otherwise looks like output never written.
+            say!("husk-agent: relaying process output to the host: {e}");
             return;
         }
     }

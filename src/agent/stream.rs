@@ -136,7 +136,15 @@ impl Pump {
     ) -> io::Result<()> {
         let h = std::thread::Builder::new()
             .name("husk-stdout-pump".into())
-            .spawn(move || copy_from_stream(&stream, &mut dst))?;
+            .spawn(move || {
+                let copied = copy_from_stream(&stream, &mut dst);
+                if let Err(e) = &copied {
+                    // Joined only after the container exits: say it now, or output cut short
+                    // looks like output the container never wrote.
+                    tracing::warn!("an output stream from the guest broke off: {e}");
+                }
+                copied
+            })?;
         self.outputs.push(h);
         Ok(())
     }

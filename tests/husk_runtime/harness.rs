@@ -50,7 +50,8 @@ impl Rt {
         })
     }
 
-    /// The last lines of every VM console log under this test's directories (for a failure).
+    /// The last lines of every VM console log under this test's directories and of the
+    /// runtime log (for a failure).
     pub fn console_tails(&self) -> String {
         fn walk(dir: &Path, out: &mut String) {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -70,6 +71,10 @@ impl Rt {
         }
         let mut out = String::new();
         walk(self.tmp.path(), &mut out);
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        out.push_str(&format!("--- {}:\n{tail}\n", self.log().display()));
         out
     }
 
