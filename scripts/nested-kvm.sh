@@ -28,8 +28,9 @@
 #        kernel, TCG without SVM, no /dev/kvm in L1)
 #   124  L1 did not finish within --timeout (default 600 s): the console's last lines follow
 #   125  L1 ended without reporting the command's status: the console's last lines
-#   126  L1's own kernel failed (a panic, an oops, or a soft lockup that lasted
-#        $LOCKUP_GRACE s): the first report and the console's last lines follow. This is
+#   126  L1's own kernel failed (a panic, an oops, a soft lockup or RCU stall that lasted
+#        $LOCKUP_GRACE s, or no heartbeat from L1 for $HEARTBEAT_LIMIT s): the first report
+#        and the console's last lines follow. This is
 #        the emulated machine failing under the command, not the command: TCG's emulation of
 #        SVM is what breaks (measured: ~1 run in 3 with two QEMU -accel kvm guests at once),
 #        so a caller may run the command again in a fresh L1.
@@ -43,12 +44,18 @@ here=$root/scripts/nested-kvm
 CACHE=$(husk_cache)/nested-kvm
 NOT_RUN=3
 L1_FAILED=126
-# How long an L1 soft lockup may last before L1 is given up as wedged (measured: once
+# How long an L1 soft lockup or RCU stall may last before L1 is given up (measured: once
 # reported, none ever recovered; the CPU stayed stuck until the run's time limit).
 LOCKUP_GRACE=${HUSK_RIG_LOCKUP_GRACE:-60}
+# L1's stage2 touches run/heartbeat every 5 s. Measured: an L1 wedged by TCG printed one RCU
+# stall report and then nothing at all, its timers dead; 90 s without a beat (from boot, or
+# since the last) is such an L1, not a slow one (it boots in 5-20 s, beats every 5).
+HEARTBEAT_LIMIT=${HUSK_RIG_HEARTBEAT_LIMIT:-90}
+# Console lines that say L1 is stuck (ended after LOCKUP_GRACE unless the command finishes).
+L1_STUCK='BUG: soft lockup|rcu: INFO: rcu_preempt (self-)?detected stall'
 # Lines of L1's console that mean its own kernel failed (never printed by the command, whose
 # output goes to the run directory; an L2 guest's console goes to a file as well).
-L1_FAILURE='Kernel panic - not syncing|BUG: soft lockup|stack guard page was hit|BUG: unable to handle|general protection fault|Oops: |double fault'
+L1_FAILURE='nested-kvm: L1 stopped|Kernel panic - not syncing|BUG: soft lockup|rcu: INFO: rcu_preempt (self-)?detected stall|stack guard page was hit|BUG: unable to handle|general protection fault|Oops: |double fault'
 
 say() { echo "nested-kvm: $*" >&2; }
 fail() { echo "nested-kvm: error: $*" >&2; exit 1; }
@@ -286,28 +293,36 @@ run() {
     # A caller that SIGKILLs this script (a test's own time limit) must not leave QEMU behind.
     local pdeath=()
     if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then pdeath=(setpriv --pdeathsig KILL --); fi
-    local start=$SECONDS
+    local start=$SECONDS boot_epoch
+    boot_epoch=$(date +%s)
     "${pdeath[@]}" qemu-system-x86_64 "${args[@]}" </dev/null >"$run/qemu.log" 2>&1 &
     qpid=$!
     tail -n +1 -f --pid="$qpid" -s 0.2 "$run/stdout" &
     tails+=($!)
     tail -n +1 -f --pid="$qpid" -s 0.2 "$run/stderr" >&2 &
     tails+=($!)
-    local timed_out=0 wedged=0 lockup_since="" polls=0
+    local timed_out=0 wedged="" lockup_since="" polls=0 beat
     while kill -0 "$qpid" 2>/dev/null; do
         if [ $((SECONDS - start)) -ge "$timeout" ]; then
             timed_out=1
             kill -KILL "$qpid" 2>/dev/null || true
             break
         fi
-        # Once a second: a soft lockup in L1 that lasts LOCKUP_GRACE ends L1 at once rather
-        # than at the run's time limit.
+        # Once a second: a stuck L1 (a soft lockup or RCU stall lasting LOCKUP_GRACE, or no
+        # heartbeat for HEARTBEAT_LIMIT) is ended at once rather than at the run's limit.
         polls=$((polls + 1))
         if [ $((polls % 5)) = 0 ] && [ ! -s "$run/status" ]; then
             if [ -z "$lockup_since" ]; then
-                grep -q 'BUG: soft lockup' "$run/console.log" && lockup_since=$SECONDS
+                grep -qE "$L1_STUCK" "$run/console.log" && lockup_since=$SECONDS
             elif [ $((SECONDS - lockup_since)) -ge "$LOCKUP_GRACE" ]; then
-                wedged=1
+                wedged="stuck past ${LOCKUP_GRACE}s"
+            fi
+            beat=$(stat -c %Y "$run/heartbeat" 2>/dev/null || echo "$boot_epoch")
+            if [ $(($(date +%s) - beat)) -ge "$HEARTBEAT_LIMIT" ]; then
+                wedged="${wedged:+$wedged; }no heartbeat from L1 for ${HEARTBEAT_LIMIT}s"
+                echo "nested-kvm: L1 stopped: no heartbeat for ${HEARTBEAT_LIMIT}s" >>"$run/console.log"
+            fi
+            if [ -n "$wedged" ]; then
                 kill -KILL "$qpid" 2>/dev/null || true
                 break
             fi
@@ -326,7 +341,7 @@ run() {
     if [ ! -s "$run/status" ] && grep -qE "$L1_FAILURE" "$run/console.log"; then
         local first
         first=$(grep -m1 -oE "($L1_FAILURE).*" "$run/console.log")
-        say "L1's kernel failed after $((SECONDS - start))s$([ "$wedged" = 0 ] || echo " (soft lockup past ${LOCKUP_GRACE}s: L1 ended)"): $first"
+        say "L1's kernel failed after $((SECONDS - start))s${wedged:+ (L1 ended: $wedged)}: $first"
         say "its first report:"
         grep -m1 -A 40 -E "$L1_FAILURE" "$run/console.log" >&2 || true
         local at

@@ -126,10 +126,80 @@ fn rig_ends_an_l1_past_its_limit_and_leaves_no_qemu() {
             .find_map(|a| a.strip_prefix("file:"))
             .and_then(|p| p.strip_suffix("/console.log"));
         if let Some(dir) = dir {
+            // Seen from the QEMU's own root (a chroot's rig runs are not this test's).
             assert!(
-                std::path::Path::new(dir).exists(),
+                std::path::Path::new(&format!("/proc/{pid}/root{dir}")).exists()
+                    || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
                 "a QEMU whose run directory is gone is still running: {cmdline}"
             );
         }
     }
+}
+
+#[test]
+fn rig_ends_an_l1_whose_heartbeat_stops() {
+    let test = "rig_ends_an_l1_whose_heartbeat_stops";
+    // A wedged L1 (its timers dead after an RCU stall report, as TCG's SVM has left it) is
+    // imitated by stopping its QEMU: no beat comes, and the rig must end it as an L1 failure.
+    let mut c = Command::new(common::repo_root().join("scripts/nested-kvm.sh"));
+    c.env("HUSK_RIG_HEARTBEAT_LIMIT", "20")
+        .args([
+            "run",
+            "--timeout",
+            "300",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 600",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("start the rig");
+    let script_pid = child.id().to_string();
+    let mut stdout = child.stdout.take().unwrap();
+    // "up" comes from the command: L1 is booted and beating.
+    let mut up = [0u8; 3];
+    let booted = std::io::Read::read_exact(&mut stdout, &mut up).is_ok() && &up == b"up\n";
+    if !booted {
+        let out = child.wait_with_output().unwrap();
+        if out.status.code() == Some(NOT_RUN) {
+            let line = common::text(&out.stdout);
+            common::not_run(test, line.trim().trim_start_matches("NOT RUN: "), true);
+            return;
+        }
+        panic!("the rig never ran the command: {}", show(&out));
+    }
+    let qemu = Command::new("pgrep")
+        .args(["-P", &script_pid, "qemu-system-x86"])
+        .output()
+        .unwrap();
+    let qemu = common::text(&qemu.stdout).trim().to_string();
+    assert!(!qemu.is_empty(), "no QEMU child of the rig script");
+    let stopped_at = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-STOP", &qemu])
+        .status()
+        .unwrap()
+        .success());
+    let ended = common::poll_until(Duration::from_secs(120), || {
+        child.try_wait().unwrap().map(|s| s.code())
+    });
+    if ended.is_none() {
+        let _ = Command::new("kill").args(["-KILL", &qemu]).status();
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(ended, Some(Some(L1_FAILED)), "{}", show(&out));
+    let stderr = common::text(&out.stderr);
+    assert!(
+        stderr.contains("no heartbeat from L1 for 20s"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(60),
+        "ended {:?} after L1 stopped",
+        stopped_at.elapsed()
+    );
 }
