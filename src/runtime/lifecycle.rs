@@ -489,7 +489,6 @@ fn short_dir(id: &str) -> PathBuf {
     std::env::temp_dir().join(format!("husk-{}", &id[..16]))
 }
 
-/// Mount tag of volume `i`.
 /// Hard-links the image's layer disks into the container's directory and returns the links:
 /// the container owns its layers from now on, so `husk rmi -f` (and the store's garbage
 /// collection) can drop the image without breaking a later `husk start`, and the disk space

@@ -19,9 +19,6 @@ fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSet
 pub const NETWORK_ENV: &str = "HUSK_NETWORK";
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
-    if a.detach && a.interactive && a.tty {
-        // docker allows -dit (attach later); husk has no attach yet.
-    }
     let rt = super::runtime(g)?;
     let image_store = images::open(&g.root)?;
     let opts = RunOptions {
