@@ -52,7 +52,7 @@ else
     echo "  NOT RUN: none"
 fi
 if [ -n "$retries" ] && [ -s "$retries" ]; then
-    echo "  nested-KVM rig: $(wc -l <"$retries") runs made again after L1's kernel failed under TCG:"
+    echo "  nested-KVM rig: runs made again after L1's kernel failed under TCG: $(wc -l <"$retries")"
     sed 's/^/    /' "$retries"
 fi
 if grep -q '^error: could not compile' "$out"; then
