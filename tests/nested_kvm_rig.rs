@@ -11,28 +11,20 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// `scripts/nested-kvm.sh run` exit statuses (see its header).
-const NOT_RUN: i32 = 3;
-const TIMED_OUT: i32 = 124;
-const L1_FAILED: i32 = 126;
+use common::rig::{reported_not_run, L1_FAILED_STATUS as L1_FAILED};
 
-/// Runs `sh -c SCRIPT` in the rig with `--timeout limit`; None after reporting NOT RUN.
+/// `scripts/nested-kvm.sh run`'s status for an L1 past its limit (see its header).
+const TIMED_OUT: i32 = 124;
+
+/// Runs `sh -c SCRIPT` in the rig with `--timeout limit`, once (no retry: these tests judge
+/// the rig itself); None after reporting NOT RUN.
 fn rig(test: &str, extra: &[&str], script: &str, limit: u64) -> Option<Output> {
-    let mut c = Command::new(common::repo_root().join("scripts/nested-kvm.sh"));
+    let mut c = Command::new(common::rig::script());
     c.args(["run", "--timeout", &limit.to_string()])
         .args(extra)
         .args(["--", "sh", "-c", script]);
     let out = common::run_bounded(c, None, Duration::from_secs(limit + 240));
-    if out.status.code() == Some(NOT_RUN) {
-        let stdout = common::text(&out.stdout);
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("NOT RUN: "))
-            .unwrap_or("NOT RUN: the rig gave no reason");
-        common::not_run(test, line.trim_start_matches("NOT RUN: "), true);
-        return None;
-    }
-    Some(out)
+    (!reported_not_run(test, &out)).then_some(out)
 }
 
 fn show(out: &Output) -> String {
@@ -141,7 +133,7 @@ fn rig_ends_an_l1_whose_heartbeat_stops() {
     let test = "rig_ends_an_l1_whose_heartbeat_stops";
     // A wedged L1 (its timers dead after an RCU stall report, as TCG's SVM has left it) is
     // imitated by stopping its QEMU: no beat comes, and the rig must end it as an L1 failure.
-    let mut c = Command::new(common::repo_root().join("scripts/nested-kvm.sh"));
+    let mut c = Command::new(common::rig::script());
     c.env("HUSK_RIG_HEARTBEAT_LIMIT", "20")
         .args([
             "run",
@@ -160,12 +152,14 @@ fn rig_ends_an_l1_whose_heartbeat_stops() {
     let mut stdout = child.stdout.take().unwrap();
     // "up" comes from the command: L1 is booted and beating.
     let mut up = [0u8; 3];
-    let booted = std::io::Read::read_exact(&mut stdout, &mut up).is_ok() && &up == b"up\n";
-    if !booted {
-        let out = child.wait_with_output().unwrap();
-        if out.status.code() == Some(NOT_RUN) {
-            let line = common::text(&out.stdout);
-            common::not_run(test, line.trim().trim_start_matches("NOT RUN: "), true);
+    let read = std::io::Read::read_exact(&mut stdout, &mut up).is_ok();
+    if !(read && &up == b"up\n") {
+        let mut out = child.wait_with_output().unwrap();
+        if read {
+            // They belong to the front of its stdout (a NOT RUN line's "NOT").
+            out.stdout.splice(0..0, up);
+        }
+        if reported_not_run(test, &out) {
             return;
         }
         panic!("the rig never ran the command: {}", show(&out));

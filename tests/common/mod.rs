@@ -37,15 +37,22 @@ pub fn not_run(test: &str, reason: &str, must_run: bool) {
     eprintln!("NOT RUN: {test}: {reason}");
     // cargo hides the output of passing tests, so also record the line where the test
     // script collects and prints them after the run.
-    if let Some(log) = std::env::var_os("HUSK_NOT_RUN_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-        {
-            let _ = writeln!(f, "NOT RUN: {test}: {reason}");
-        }
+    append_to_log("HUSK_NOT_RUN_LOG", &format!("NOT RUN: {test}: {reason}"));
+}
+
+/// Appends `line` to the file `$env_var` names (scripts/test.sh sets these logs and sums or
+/// prints them after the run); nothing when it is unset.
+pub fn append_to_log(env_var: &str, line: &str) {
+    use std::io::Write;
+    let Some(log) = std::env::var_os(env_var) else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 

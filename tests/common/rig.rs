@@ -20,7 +20,7 @@ const NOT_RUN_STATUS: i32 = 3;
 
 /// The exit status `scripts/nested-kvm.sh run` uses when L1's own kernel failed (a panic, an
 /// oops, a soft lockup) under the command: TCG's emulated SVM breaking, not the command.
-const L1_FAILED_STATUS: i32 = 126;
+pub const L1_FAILED_STATUS: i32 = 126;
 
 /// Runs of one command in the rig: a run whose L1 kernel failed is run again in a fresh L1
 /// (each retry is logged and shown in the suite's summary); a failure of the command itself
@@ -34,23 +34,15 @@ const RIG_OVERHEAD: Duration = Duration::from_secs(240);
 /// Appends "TEST SECONDS" to `$HUSK_RIG_TIME_LOG` (scripts/test.sh sums it: the rig's share of
 /// the suite's time).
 fn record_rig_time(test: &str, took: Duration) {
-    use std::io::Write;
-    let Some(log) = std::env::var_os("HUSK_RIG_TIME_LOG") else {
-        return;
-    };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = writeln!(f, "{test} {:.1}", took.as_secs_f64());
-    }
+    super::append_to_log(
+        "HUSK_RIG_TIME_LOG",
+        &format!("{test} {:.1}", took.as_secs_f64()),
+    );
 }
 
 /// Appends "RIG RETRY: TEST: REASON" to `$HUSK_RIG_RETRY_LOG` (scripts/test-summary.sh lists
 /// them) and to stderr.
 fn record_rig_retry(test: &str, attempt: usize, out: &Output) {
-    use std::io::Write;
     let stderr = super::text(&out.stderr);
     let reason = stderr
         .lines()
@@ -61,16 +53,24 @@ fn record_rig_retry(test: &str, attempt: usize, out: &Output) {
         "RIG RETRY: {test}: attempt {attempt} of {RIG_ATTEMPTS}: {reason}; running it again in a fresh L1"
     );
     eprintln!("{line}\n{stderr}");
-    let Some(log) = std::env::var_os("HUSK_RIG_RETRY_LOG") else {
-        return;
-    };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        let _ = writeln!(f, "{line}");
+    super::append_to_log("HUSK_RIG_RETRY_LOG", &line);
+}
+
+/// When `out` is the rig's NOT RUN (exit 3 with its one line), reports it for `test` (a
+/// failure under CI=true: the host cannot run these tests any other way) and returns true.
+pub fn reported_not_run(test: &str, out: &Output) -> bool {
+    if out.status.code() != Some(NOT_RUN_STATUS) {
+        return false;
     }
+    let stdout = super::text(&out.stdout);
+    let Some(line) = stdout
+        .lines()
+        .find(|l| l.starts_with("NOT RUN: nested-kvm: "))
+    else {
+        return false;
+    };
+    super::not_run(test, line.trim_start_matches("NOT RUN: "), true);
+    true
 }
 
 /// True inside the rig (a test re-run by [`on_linux_kvm`]).
@@ -78,7 +78,7 @@ pub fn in_rig() -> bool {
     std::env::var_os(IN_RIG_ENV).is_some()
 }
 
-fn script() -> PathBuf {
+pub fn script() -> PathBuf {
     super::repo_root().join("scripts/nested-kvm.sh")
 }
 
@@ -123,19 +123,7 @@ pub fn run_in_rig(
         record_rig_retry(test, attempt, &out);
         attempt += 1;
     };
-    if out.status.code() == Some(NOT_RUN_STATUS) {
-        let stdout = super::text(&out.stdout);
-        if let Some(line) = stdout
-            .lines()
-            .find(|l| l.starts_with("NOT RUN: nested-kvm: "))
-        {
-            // Under CI=true a rig that cannot run fails the run (the host cannot run these
-            // tests any other way).
-            super::not_run(test, line.trim_start_matches("NOT RUN: "), true);
-            return None;
-        }
-    }
-    Some(out)
+    (!reported_not_run(test, &out)).then_some(out)
 }
 
 /// For a test that needs a KVM that can boot a stock Linux guest. Returns true when the

@@ -53,6 +53,12 @@ impl Rt {
     /// The last lines of every VM console log under this test's directories and of the
     /// runtime log (for a failure).
     pub fn console_tails(&self) -> String {
+        fn tail(path: &Path, out: &mut String) {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            out.push_str(&format!("--- {}:\n{tail}\n", path.display()));
+        }
         fn walk(dir: &Path, out: &mut String) {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return;
@@ -62,19 +68,13 @@ impl Rt {
                 if p.is_dir() {
                     walk(&p, out);
                 } else if p.file_name().is_some_and(|n| n == "console.log") {
-                    let text = std::fs::read_to_string(&p).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                    out.push_str(&format!("--- {}:\n{tail}\n", p.display()));
+                    tail(&p, out);
                 }
             }
         }
         let mut out = String::new();
         walk(self.tmp.path(), &mut out);
-        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        out.push_str(&format!("--- {}:\n{tail}\n", self.log().display()));
+        tail(&self.log(), &mut out);
         out
     }
 
