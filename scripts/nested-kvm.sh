@@ -55,7 +55,7 @@ HEARTBEAT_LIMIT=${HUSK_RIG_HEARTBEAT_LIMIT:-90}
 L1_STUCK='BUG: soft lockup|rcu: INFO: rcu_preempt (self-)?detected stall'
 # Lines of L1's console that mean its own kernel failed (never printed by the command, whose
 # output goes to the run directory; an L2 guest's console goes to a file as well).
-L1_FAILURE='nested-kvm: L1 stopped|Kernel panic - not syncing|BUG: soft lockup|rcu: INFO: rcu_preempt (self-)?detected stall|stack guard page was hit|BUG: unable to handle|general protection fault|Oops: |double fault'
+L1_FAILURE="Kernel panic - not syncing|$L1_STUCK|stack guard page was hit|BUG: unable to handle|general protection fault|Oops: |double fault"
 
 say() { echo "nested-kvm: $*" >&2; }
 fail() { echo "nested-kvm: error: $*" >&2; exit 1; }
@@ -320,7 +320,6 @@ run() {
             beat=$(stat -c %Y "$run/heartbeat" 2>/dev/null || echo "$boot_epoch")
             if [ $(($(date +%s) - beat)) -ge "$HEARTBEAT_LIMIT" ]; then
                 wedged="${wedged:+$wedged; }no heartbeat from L1 for ${HEARTBEAT_LIMIT}s"
-                echo "nested-kvm: L1 stopped: no heartbeat for ${HEARTBEAT_LIMIT}s" >>"$run/console.log"
             fi
             if [ -n "$wedged" ]; then
                 kill -KILL "$qpid" 2>/dev/null || true
@@ -338,15 +337,19 @@ run() {
     if [ -s "$run/notrun" ]; then
         not_run "$(head -1 "$run/notrun")"
     fi
-    if [ ! -s "$run/status" ] && grep -qE "$L1_FAILURE" "$run/console.log"; then
-        local first
-        first=$(grep -m1 -oE "($L1_FAILURE).*" "$run/console.log")
-        say "L1's kernel failed after $((SECONDS - start))s${wedged:+ (L1 ended: $wedged)}: $first"
-        say "its first report:"
-        grep -m1 -A 40 -E "$L1_FAILURE" "$run/console.log" >&2 || true
-        local at
-        at=$(grep -m1 -nE "$L1_FAILURE" "$run/console.log" | cut -d: -f1)
-        if [ $(($(wc -l <"$run/console.log") - at)) -gt 40 ]; then
+    # The first line of L1's first failure report, if any (its line number: at).
+    local at="" first=""
+    if [ ! -s "$run/status" ]; then
+        at=$(grep -m1 -nE "$L1_FAILURE" "$run/console.log" | cut -d: -f1 || true)
+        [ -z "$at" ] || first=$(sed -n "${at}s/^\[[^]]*\] *//p" "$run/console.log")
+    fi
+    if [ -n "$wedged" ] || [ -n "$at" ]; then
+        say "L1's kernel failed after $((SECONDS - start))s${wedged:+ (L1 ended: $wedged)}: ${first:-nothing on its console}"
+        if [ -n "$at" ]; then
+            say "its first report:"
+            sed -n "${at},$((at + 40))p" "$run/console.log" >&2
+        fi
+        if [ -z "$at" ] || [ $(($(wc -l <"$run/console.log") - at)) -gt 40 ]; then
             say "its console's last lines:"
             tail -n 15 "$run/console.log" >&2
         fi
