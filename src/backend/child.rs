@@ -201,6 +201,19 @@ pub(super) fn quiet_stdio(cmd: &mut Command, log: &File, log_path: &Path) -> Res
     Ok(())
 }
 
+/// The program `$env_var` names, when it is set: it must be an executable.
+pub(super) fn executable_from_env(env_var: &str) -> Option<Result<PathBuf, Error>> {
+    let p = PathBuf::from(std::env::var_os(env_var)?);
+    Some(if is_executable(&p) {
+        Ok(p)
+    } else {
+        Err(Error::MissingProgram {
+            program: p.display().to_string(),
+            hint: format!("{env_var} does not name an executable"),
+        })
+    })
+}
+
 /// Finds a helper binary husk installs itself: `$env_var` when set (it must name an
 /// executable), else the install script's place under the husk cache (`cached`), else `PATH`,
 /// else the `fallbacks`. `hint` says how to install it.
@@ -211,16 +224,8 @@ pub(super) fn find_helper(
     fallbacks: &[&str],
     hint: String,
 ) -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(env_var) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(Error::MissingProgram {
-                program: p.display().to_string(),
-                hint: format!("{env_var} does not name an executable"),
-            })
-        };
+    if let Some(p) = executable_from_env(env_var) {
+        return p;
     }
     if is_executable(cached) {
         return Ok(cached.to_path_buf());

@@ -20,16 +20,8 @@ pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
 /// Finds husk-vmm: `$HUSK_VMM_BIN`, then beside the running executable (and one level up, for
 /// test binaries in `target/*/deps`), then `PATH`.
 pub fn find_binary() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(BINARY_ENV) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(Error::MissingProgram {
-                program: p.display().to_string(),
-                hint: format!("{BINARY_ENV} does not name an executable"),
-            })
-        };
+    if let Some(p) = child::executable_from_env(BINARY_ENV) {
+        return p;
     }
     if let Ok(exe) = std::env::current_exe() {
         let dirs = exe
