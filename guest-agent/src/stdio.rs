@@ -107,28 +107,16 @@ impl Stdio {
         stream: VsockStream,
         ready: impl FnOnce(&VsockStream) -> io::Result<()>,
     ) -> Result<(), ErrorReply> {
-        let taken = |slot: &Mutex<Option<OwnedFd>>| {
-            lock(slot).take().ok_or_else(|| {
-                ErrorReply::new(
-                    ErrorCode::AlreadyExists,
-                    format!("the {kind:?} stream is already attached"),
-                )
-            })
-        };
         let internal =
             |e: io::Error| ErrorReply::new(ErrorCode::Internal, format!("attaching {kind:?}: {e}"));
         match (self, kind) {
             (Stdio::Pipes { stdout, .. }, StreamKind::Stdout) => {
-                let fd = taken(stdout)?;
-                ready_or_put_back(stdout, fd, &stream, ready)
-                    .map(|fd| spawn("stdout-pump", move || output_pump(fd, stream, false)))
-                    .map_err(internal)?;
+                let fd = take_when_ready(stdout, kind, &stream, ready)?;
+                spawn("stdout-pump", move || output_pump(fd, stream, false));
             }
             (Stdio::Pipes { stderr, .. }, StreamKind::Stderr) => {
-                let fd = taken(stderr)?;
-                ready_or_put_back(stderr, fd, &stream, ready)
-                    .map(|fd| spawn("stderr-pump", move || output_pump(fd, stream, false)))
-                    .map_err(internal)?;
+                let fd = take_when_ready(stderr, kind, &stream, ready)?;
+                spawn("stderr-pump", move || output_pump(fd, stream, false));
             }
             (
                 Stdio::Pipes {
@@ -138,8 +126,7 @@ impl Stdio {
                 },
                 StreamKind::Stdin,
             ) => {
-                let fd = taken(stdin)?;
-                let fd = ready_or_put_back(stdin, fd, &stream, ready).map_err(internal)?;
+                let fd = take_when_ready(stdin, kind, &stream, ready)?;
                 *lock(stdin_stream) = stream.try_clone().ok();
                 spawn("stdin-pump", move || input_pump(stream, fd));
             }
@@ -216,20 +203,29 @@ fn pty_master(m: &OnceLock<OwnedFd>) -> Result<&OwnedFd, ErrorReply> {
         .ok_or_else(|| ErrorReply::new(ErrorCode::InvalidState, "the pty is not open yet"))
 }
 
-/// Sends the handshake's answer with `ready`; if that fails (the host gave up on this
-/// connection), `fd` goes back into `slot` so the host's next attach gets it, rather than
-/// the process's output being tied to a dead stream or its pipe being closed.
-fn ready_or_put_back(
+/// Takes a pipe end out of `slot` for `stream`, once `ready` has answered the handshake. If
+/// that fails (the host gave up on this connection), the fd goes back into `slot` so the
+/// host's next attach gets it, rather than being tied to a dead stream or closed.
+fn take_when_ready(
     slot: &Mutex<Option<OwnedFd>>,
-    fd: OwnedFd,
+    kind: StreamKind,
     stream: &VsockStream,
     ready: impl FnOnce(&VsockStream) -> io::Result<()>,
-) -> io::Result<OwnedFd> {
+) -> Result<OwnedFd, ErrorReply> {
+    let fd = lock(slot).take().ok_or_else(|| {
+        ErrorReply::new(
+            ErrorCode::AlreadyExists,
+            format!("the {kind:?} stream is already attached"),
+        )
+    })?;
     match ready(stream) {
         Ok(()) => Ok(fd),
         Err(e) => {
             *lock(slot) = Some(fd);
-            Err(e)
+            Err(ErrorReply::new(
+                ErrorCode::Internal,
+                format!("attaching {kind:?}: {e}"),
+            ))
         }
     }
 }
