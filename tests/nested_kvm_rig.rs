@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::rig::{reported_not_run, L1_FAILED_STATUS as L1_FAILED};
+use common::rig::{emulation_fault, reported_not_run, L1_FAILED_STATUS as L1_FAILED};
 
 /// `scripts/nested-kvm.sh run`'s status for an L1 past its limit (see its header).
 const TIMED_OUT: i32 = 124;
@@ -61,6 +61,13 @@ fn rig_returns_the_commands_output_status_and_writes() {
         "written-in-l1\n"
     );
     assert!(!std::path::Path::new("/etc/husk-rig-scratch").exists());
+    // A failed command brings L1's word on its guests with it, and is the command's failure.
+    assert!(
+        common::text(&out.stderr).contains("nested-kvm L1: kernel messages about KVM"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(emulation_fault(&out), None, "{}", show(&out));
 }
 
 #[test]
@@ -83,6 +90,45 @@ fn rig_reports_a_failing_l1_kernel_as_such() {
         show(&out)
     );
     assert!(stderr.contains("its first report:"), "{}", show(&out));
+    let fault = emulation_fault(&out).unwrap_or_default();
+    assert!(fault.contains("L1's kernel failed"), "{fault:?}\n{}", show(&out));
+}
+
+/// Which failed runs are retried: an L2 that reset before its kernel wrote a line (as QEMU
+/// -accel kvm in L1 did once in CI) is the emulation's fault; the same error with the guest's
+/// last words, a VM that exited with an error status, and any other failure are the command's.
+#[test]
+fn only_faults_of_the_emulation_are_retried() {
+    use std::os::unix::process::ExitStatusExt;
+    let failed = |stderr: &str| Output {
+        status: std::process::ExitStatus::from_raw(101 << 8),
+        stdout: b"test result: FAILED. 3 passed; 1 failed\n".to_vec(),
+        stderr: stderr.as_bytes().to_vec(),
+    };
+    let create = "create n failed (exit status: 1): husk-runtime: container n: the VM holder \
+                  process failed: container n: cannot start its VM: ";
+    let silent = failed(&format!(
+        "{create}the VM exited (exit status: 0) before the guest came up; see /tmp/x/console.log"
+    ));
+    let fault = emulation_fault(&silent).unwrap_or_default();
+    assert!(
+        fault.starts_with("an L2 guest reset before its first console line: create n failed"),
+        "{fault:?}"
+    );
+    for (what, stderr) in [
+        (
+            "last words",
+            format!("{create}the VM exited (exit status: 0) before the guest came up: \
+                     \"Kernel panic - not syncing: Attempted to kill init!\"; see /tmp/x/console.log"),
+        ),
+        (
+            "an error status",
+            format!("{create}the VM exited (exit status: 1) before the guest came up; see /tmp/x/c"),
+        ),
+        ("another failure", "assertion `left == right` failed".to_string()),
+    ] {
+        assert_eq!(emulation_fault(&failed(&stderr)), None, "{what}");
+    }
 }
 
 #[test]

@@ -162,7 +162,10 @@ impl Rt {
         if !status.success() {
             let mut e = String::new();
             let _ = stderr.read_to_string(&mut e);
-            panic!("create {id} failed ({status}): {e}");
+            panic!(
+                "create {id} failed ({status}): {e}\n{}",
+                self.console_tails()
+            );
         }
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .expect("pid file")
