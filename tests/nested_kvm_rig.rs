@@ -91,7 +91,11 @@ fn rig_reports_a_failing_l1_kernel_as_such() {
     );
     assert!(stderr.contains("its first report:"), "{}", show(&out));
     let fault = emulation_fault(&out).unwrap_or_default();
-    assert!(fault.contains("L1's kernel failed"), "{fault:?}\n{}", show(&out));
+    assert!(
+        fault.contains("L1's kernel failed"),
+        "{fault:?}\n{}",
+        show(&out)
+    );
 }
 
 /// Which failed runs are retried: an L2 that reset before its kernel wrote a line (as QEMU

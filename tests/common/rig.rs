@@ -95,7 +95,12 @@ pub fn emulation_fault(out: &Output) -> Option<String> {
         .lines()
         .chain(stdout.lines())
         .find(|l| l.contains(&silent))
-        .map(|l| format!("an L2 guest reset before its first console line: {}", l.trim()))
+        .map(|l| {
+            format!(
+                "an L2 guest reset before its first console line: {}",
+                l.trim()
+            )
+        })
 }
 
 /// When `out` is the rig's NOT RUN (exit 3 with its one line), reports it for `test` (a
