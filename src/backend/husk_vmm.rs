@@ -1,18 +1,22 @@
-//! The husk-vmm backend: one `husk-vmm` process per VM, driven by its command-line flags.
+//! The husk-vmm backend: one `husk-vmm` process per VM, given its [`VmmConfig`] as a JSON file.
 //!
 //! Spawning the binary (rather than calling the VMM in-process) keeps one VM per process, as
 //! the design wants: a crashing VMM takes down one container, and the runtime can be restarted
 //! without touching running VMs.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::child::{self, Guarded, Leftovers};
 use super::process_vm::ProcessVm;
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
-use crate::util::fs::{is_executable, which};
+use crate::util::fs::{is_executable, which, write_atomic};
+use crate::vmm::config::{
+    ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, VmmConfig, VsockConfig,
+};
 
 /// Overrides the husk-vmm binary.
 pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
@@ -58,59 +62,78 @@ impl HuskVmmBackend {
     }
 }
 
-/// husk-vmm's flags for `spec` (its CLI: `--console file:PATH`,
-/// `--disk PATH[,ro][,serial=ID]`, `--vsock CID,UDS`, `--fs TAG,SOCKET` per share (the virtiofsd sockets
-/// [`virtiofsd::socket_for`] names), `--append` after its own default command line, which
-/// already carries `console=ttyS0 reboot=k panic=1` and the i8042 settings).
-///
-/// `--net tap=NAME,mac=MAC[,fd=N]` per TAP (the fd, when given, is inherited: see
-/// [`inherit_fds`]).
-pub fn args(spec: &VmSpec) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    let mut flag = |k: &str, v: String| {
-        a.push(k.to_string());
-        a.push(v);
-    };
-    flag("--kernel", spec.kernel.display().to_string());
-    if let Some(i) = &spec.initramfs {
-        flag("--initramfs", i.display().to_string());
-    }
-    if !spec.cmdline.is_empty() {
-        flag("--append", spec.cmdline.join(" "));
-    }
-    flag("--vcpus", spec.vcpus.to_string());
-    flag("--memory", spec.memory_mib.to_string());
-    flag("--console", format!("file:{}", spec.console_log.display()));
-    for d in &spec.disks {
-        let mut v = d.path.display().to_string();
-        if d.read_only {
-            v.push_str(",ro");
-        }
-        // VmSpec::validate keeps serials to [A-Za-z0-9_-], a subset of what husk-vmm takes.
-        if let Some(s) = &d.serial {
-            v.push_str(&format!(",serial={s}"));
-        }
-        flag("--disk", v);
-    }
-    if let Some(v) = &spec.vsock {
-        flag("--vsock", format!("{},{}", v.cid, v.uds_path.display()));
-    }
-    for (i, d) in spec.shared_dirs.iter().enumerate() {
-        let sock = virtiofsd::socket_for(&spec.console_log, i);
-        flag("--fs", format!("{},{}", d.tag, sock.display()));
-    }
-    for t in &spec.taps {
-        let m = t.mac;
-        let mut v = format!(
-            "tap={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            t.tap_name, m[0], m[1], m[2], m[3], m[4], m[5]
-        );
-        if let Some(fd) = &t.fd {
-            v.push_str(&format!(",fd={}", fd.0.as_raw_fd()));
-        }
-        flag("--net", v);
-    }
-    a
+/// husk-vmm's [`VmmConfig`] for `spec`, handed over as JSON (`--config`, see [`config_file_for`]):
+/// the console appended to `spec.console_log`, one virtio-fs device per share on the socket
+/// its virtiofsd listens on ([`virtiofsd::socket_for`]), `append` after husk-vmm's own default
+/// command line (which already carries `console=ttyS0 reboot=k panic=1` and the i8042
+/// settings), and each TAP by name, with its pre-opened fd when it has one (inherited under the
+/// same number: see [`inherit_fds`]).
+pub fn config(spec: &VmSpec) -> VmmConfig {
+    let mut cfg = VmmConfig::new(&spec.kernel);
+    cfg.initramfs = spec.initramfs.clone();
+    cfg.append = (!spec.cmdline.is_empty()).then(|| spec.cmdline.join(" "));
+    cfg.vcpus = spec.vcpus;
+    cfg.memory_mib = spec.memory_mib;
+    cfg.console = ConsoleConfig::File(spec.console_log.clone());
+    cfg.disks = spec
+        .disks
+        .iter()
+        .map(|d| DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            serial: d.serial.clone(),
+        })
+        .collect();
+    cfg.vsock = spec.vsock.as_ref().map(|v| VsockConfig {
+        cid: v.cid,
+        uds: v.uds_path.clone(),
+    });
+    cfg.fs = spec
+        .shared_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| FsConfig {
+            tag: d.tag.clone(),
+            socket: virtiofsd::socket_for(&spec.console_log, i),
+        })
+        .collect();
+    cfg.net = spec
+        .taps
+        .iter()
+        .map(|t| NetConfig {
+            tap: Some(t.tap_name.clone()),
+            fd: t.fd.as_ref().map(|f| f.0.as_raw_fd()),
+            mac: Some(MacAddr(t.mac)),
+        })
+        .collect();
+    cfg
+}
+
+/// Where the VM's husk-vmm config is written: beside its console log
+/// (`console.log.husk-vmm.json`), where a person debugging the VM finds it, and removed with
+/// the VM's other files. `husk-vmm --config FILE` runs the same VM by hand.
+pub fn config_file_for(console_log: &Path) -> PathBuf {
+    let mut s = console_log.as_os_str().to_owned();
+    s.push(".husk-vmm.json");
+    PathBuf::from(s)
+}
+
+/// Writes `spec`'s config where [`config_file_for`] says (owner-only: it names every file and
+/// socket of the VM), after checking it as husk-vmm will, so that a VM husk-vmm would refuse
+/// fails here with the reason rather than as a VMM that exited.
+pub(super) fn write_config(spec: &VmSpec) -> Result<PathBuf, Error> {
+    let cfg = config(spec);
+    cfg.validate().map_err(Error::VmmConfig)?;
+    let path = config_file_for(&spec.console_log);
+    // VmmConfig holds only strings, numbers and paths: serialising it cannot fail.
+    let json = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
+    write_atomic(&path, &json)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|source| Error::File {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
 }
 
 /// Lets the VMM inherit `fds` (pre-opened TAPs) under the same numbers: they are cleared of
@@ -140,9 +163,10 @@ impl VmBackend for HuskVmmBackend {
 
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, Error> {
         spec.validate()?;
-        let args = args(spec);
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
+        let config = write_config(spec)?;
+        leftovers.files.push(config.clone());
         if let Some(v) = &spec.vsock {
             // husk-vmm binds it; a stale one from a crashed run would make that fail.
             child::remove_if_exists(&v.uds_path);
@@ -162,7 +186,7 @@ impl VmBackend for HuskVmmBackend {
             }
         }
         let mut cmd = Command::new(&self.binary);
-        cmd.args(args);
+        cmd.arg("--config").arg(&config);
         inherit_fds(
             &mut cmd,
             spec.taps

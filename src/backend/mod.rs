@@ -423,6 +423,9 @@ pub enum Error {
         /// The console log's last non-empty line (a VMM's one-line error lands there).
         last_line: Option<String>,
     },
+    /// The VM as husk-vmm would take it fails husk-vmm's own checks.
+    #[error("husk-vmm cannot run this VM: {0}")]
+    VmmConfig(#[source] crate::vmm::config::ConfigError),
     #[error("cannot prepare {path}: {source}")]
     File { path: PathBuf, source: io::Error },
     #[error("{op} on VM process {pid} failed: {source}")]

@@ -139,7 +139,8 @@ fn qemu_kvm_uses_the_host_cpu() {
 }
 
 #[test]
-fn husk_vmm_args_use_its_flags() {
+fn husk_vmm_config_carries_the_spec() {
+    use crate::vmm::config::ConsoleConfig;
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec_in(dir.path());
     s.initramfs = Some("/i.cpio.gz".into());
@@ -148,7 +149,7 @@ fn husk_vmm_args_use_its_flags() {
         DiskSpec {
             path: "/a".into(),
             read_only: true,
-            serial: None,
+            serial: Some("husk-layer-0".into()),
         },
         DiskSpec {
             path: "/b".into(),
@@ -160,20 +161,27 @@ fn husk_vmm_args_use_its_flags() {
         cid: 3,
         uds_path: "/v.sock".into(),
     });
-    let a = husk_vmm::args(&s);
-    assert_eq!(pair(&a, "--initramfs"), ["/i.cpio.gz"]);
-    assert_eq!(pair(&a, "--vcpus"), ["1"]);
-    assert_eq!(pair(&a, "--memory"), ["128"]);
-    assert_eq!(pair(&a, "--disk"), ["/a,ro", "/b"]);
-    assert_eq!(pair(&a, "--vsock"), ["3,/v.sock"]);
+    let cfg = husk_vmm::config(&s);
+    assert_eq!(cfg.kernel, s.kernel);
+    assert_eq!(cfg.initramfs.as_deref(), Some(Path::new("/i.cpio.gz")));
+    assert_eq!((cfg.vcpus, cfg.memory_mib), (1, 128));
     // Its own default command line stays; ours is appended.
-    assert!(pair(&a, "--cmdline").is_empty());
-    assert_eq!(pair(&a, "--append"), ["quiet init=/init"]);
+    assert_eq!(cfg.cmdline, None);
+    assert_eq!(cfg.append.as_deref(), Some("quiet init=/init"));
+    assert_eq!(cfg.console, ConsoleConfig::File(s.console_log.clone()));
+    let disks: Vec<_> = cfg
+        .disks
+        .iter()
+        .map(|d| (d.path.to_str().unwrap(), d.read_only, d.serial.as_deref()))
+        .collect();
     assert_eq!(
-        pair(&a, "--console"),
-        [format!("file:{}", s.console_log.display())]
+        disks,
+        [("/a", true, Some("husk-layer-0")), ("/b", false, None)]
     );
-    assert!(pair(&a, "--net").is_empty());
+    let v = cfg.vsock.as_ref().unwrap();
+    assert_eq!((v.cid, v.uds.as_path()), (3, Path::new("/v.sock")));
+    assert!(cfg.net.is_empty() && cfg.fs.is_empty());
+    assert!(!cfg.fast_exit && cfg.timeout_secs.is_none());
 
     let held: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
     let raw = std::os::fd::AsRawFd::as_raw_fd(&held);
@@ -184,47 +192,25 @@ fn husk_vmm_args_use_its_flags() {
             ..TapSpec::new("ctr-tap1", [2, 0, 0, 0, 0, 1])
         },
     ];
-    let a = husk_vmm::args(&s);
-    let nets = pair(&a, "--net");
+    let nets: Vec<_> = husk_vmm::config(&s)
+        .net
+        .iter()
+        .map(|n| (n.tap.clone().unwrap(), n.fd, n.guest_mac().0))
+        .collect();
     assert_eq!(
         nets,
         [
-            "tap=husk-tap0,mac=02:ab:00:00:00:0c".to_string(),
-            format!("tap=ctr-tap1,mac=02:00:00:00:00:01,fd={raw}")
+            ("husk-tap0".to_string(), None, [2, 0xab, 0, 0, 0, 0x0c]),
+            ("ctr-tap1".to_string(), Some(raw), [2, 0, 0, 0, 0, 1])
         ]
-    );
-    // What husk-vmm's own flag parser makes of them.
-    let parsed: crate::vmm::config::NetConfig = nets[1].parse().unwrap();
-    assert_eq!(
-        (parsed.tap.as_deref(), parsed.fd, parsed.guest_mac().0),
-        (Some("ctr-tap1"), Some(raw), [2, 0, 0, 0, 0, 1])
-    );
-
-    s.disks[0].serial = Some("husk-layer-0".into());
-    s.disks[1].serial = Some("husk-scratch".into());
-    let a = husk_vmm::args(&s);
-    let disks = pair(&a, "--disk");
-    assert_eq!(
-        disks,
-        ["/a,ro,serial=husk-layer-0", "/b,serial=husk-scratch"]
-    );
-    // What husk-vmm's own flag parser makes of them.
-    let parsed: crate::vmm::config::DiskConfig = disks[0].parse().unwrap();
-    assert_eq!(
-        (
-            parsed.path.as_path(),
-            parsed.read_only,
-            parsed.serial.as_deref()
-        ),
-        (Path::new("/a"), true, Some("husk-layer-0"))
     );
 }
 
-/// The whole command line the husk-vmm backend builds for a container's VM goes through
-/// husk-vmm's own parser and validation unchanged: nothing the runtime asks for is dropped
-/// or refused (the QEMU-only boot tests cannot notice a mismatch here).
+/// The config the husk-vmm backend writes for a container's VM is what husk-vmm reads back
+/// through its own `--config` and validation, unchanged: nothing the runtime asks for is
+/// dropped or refused (the QEMU-only boot tests cannot notice a mismatch here).
 #[test]
-fn husk_vmm_accepts_the_runtimes_whole_command_line() {
+fn husk_vmm_reads_back_the_runtimes_whole_config() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = spec_in(dir.path());
     s.initramfs = Some(dir.path().join("initrd"));
@@ -248,38 +234,42 @@ fn husk_vmm_accepts_the_runtimes_whole_command_line() {
     });
     s.shared_dirs = vec![share_spec(dir.path(), "husk-vol-0", true)];
     s.taps = vec![TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c])];
-    let a = husk_vmm::args(&s);
-    let cli = <crate::vmm::cli::Args as clap::Parser>::try_parse_from(
-        std::iter::once("husk-vmm".to_string()).chain(a),
-    )
+    let file = husk_vmm::write_config(&s).unwrap();
+    assert_eq!(file, husk_vmm::config_file_for(&s.console_log));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cli = <crate::vmm::cli::Args as clap::Parser>::try_parse_from([
+        "husk-vmm",
+        "--config",
+        file.to_str().unwrap(),
+    ])
     .unwrap();
     let cfg = cli.into_config().unwrap();
-    assert_eq!((cfg.vcpus, cfg.memory_mib), (2, s.memory_mib));
-    assert_eq!(cfg.initramfs, s.initramfs);
+    cfg.validate().unwrap();
+    assert_eq!(cfg, husk_vmm::config(&s));
     assert!(cfg.kernel_cmdline().ends_with(" quiet"));
-    let disks: Vec<_> = cfg
-        .disks
-        .iter()
-        .map(|d| (d.path.clone(), d.read_only, d.serial.clone()))
-        .collect();
-    let want: Vec<_> = s
-        .disks
-        .iter()
-        .map(|d| (d.path.clone(), d.read_only, d.serial.clone()))
-        .collect();
-    assert_eq!(disks, want);
-    let v = cfg.vsock.unwrap();
-    assert_eq!((v.cid, v.uds), (9, dir.path().join("v.sock")));
-    assert_eq!(cfg.fs.len(), 1);
-    assert_eq!(cfg.fs[0].tag, "husk-vol-0");
     assert_eq!(cfg.fs[0].socket, virtiofsd::socket_for(&s.console_log, 0));
-    assert_eq!(cfg.net.len(), 1);
-    assert_eq!(cfg.net[0].tap.as_deref(), Some("husk-tap0"));
-    assert_eq!(cfg.net[0].guest_mac().0, [2, 0xab, 0, 0, 0, 0x0c]);
-    assert_eq!(
-        cfg.console,
-        crate::vmm::config::ConsoleConfig::File(s.console_log.clone())
+}
+
+/// A VM that husk-vmm would refuse fails at the seam with husk-vmm's own reason, and leaves
+/// no config file behind.
+#[test]
+fn husk_vmm_refuses_a_config_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec_in(dir.path());
+    s.disks = vec![DiskSpec {
+        path: dir.path().join("d.img"),
+        read_only: false,
+        serial: Some("x".repeat(21)),
+    }];
+    let err = husk_vmm::write_config(&s).unwrap_err();
+    assert!(
+        err.to_string().starts_with("husk-vmm cannot run this VM: "),
+        "{err}"
     );
+    assert!(!husk_vmm::config_file_for(&s.console_log).exists());
 }
 
 #[test]
@@ -672,9 +662,9 @@ fn shared_dirs_are_validated() {
         .unwrap_err()
         .to_string()
         .contains("107 bytes"));
-    let a = husk_vmm::args(&s);
+    let fs = husk_vmm::config(&s).fs;
     let sock = virtiofsd::socket_for(&s.console_log, 0);
-    assert_eq!(pair(&a, "--fs"), vec![format!("a,{}", sock.display())]);
+    assert_eq!((fs[0].tag.as_str(), &fs[0].socket), ("a", &sock));
 }
 
 #[test]

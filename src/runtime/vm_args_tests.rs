@@ -1,7 +1,7 @@
 //! A container's VM as the husk-vmm backend hands it over: [`vm_spec`] through
-//! `backend::husk_vmm::args` into husk-vmm's own flag parser and validation. The boot tests
-//! on this host run QEMU, so this is where a flag husk-vmm would refuse, or a disk serial it
-//! would drop, shows up without hardware KVM.
+//! `backend::husk_vmm::config`, as JSON, into husk-vmm's own `--config` reader and validation.
+//! The boot tests on this host run QEMU, so this is where a field husk-vmm would refuse, or a
+//! disk serial it would drop, shows up without hardware KVM.
 
 use husk_protocol::{DiskRef, RootfsSpec};
 
@@ -29,11 +29,15 @@ fn husk_vmm_parses_a_containers_vm_and_keeps_the_serials_the_agent_looks_for() {
     // What `attach_network` adds for a bridged container.
     vm.taps
         .push(TapSpec::new("husk-abcdef", [2, 0x68, 0x6b, 0, 0, 7]));
-    let argv = std::iter::once("husk-vmm".to_string()).chain(husk_vmm::args(&vm));
-    let cfg = <Args as clap::Parser>::try_parse_from(argv)
-        .unwrap()
-        .into_config()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.json");
+    std::fs::write(&file, serde_json::to_vec(&husk_vmm::config(&vm)).unwrap()).unwrap();
+    let cfg =
+        <Args as clap::Parser>::try_parse_from(["husk-vmm", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .into_config()
+            .unwrap();
+    cfg.validate().unwrap();
 
     let serials: Vec<_> = cfg.disks.iter().map(|d| d.serial.as_deref()).collect();
     assert_eq!(
