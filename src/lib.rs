@@ -7,6 +7,8 @@
 //! - [`image`]: the image store: blobs, references, import, pull, layers as erofs disks.
 //! - [`network`]: container networks on the host: bridge, TAPs, addresses, NAT, `-p`,
 //!   engines' network namespaces.
+//! - [`pod`]: the container core every front-end drives: a VM holding one or more
+//!   containers, guest assets, stdio attach, the ready pipe of re-executed holders.
 //! - [`runtime`]: the `husk` CLI's containers: state on disk, lifecycle, the monitor of
 //!   detached ones.
 //! - [`ociruntime`]: `husk-runtime`, the runc-compatible OCI runtime: bundles, the VM holder
@@ -26,6 +28,7 @@ pub mod flock;
 pub mod image;
 pub mod network;
 pub mod ociruntime;
+pub mod pod;
 pub mod runtime;
 pub mod util;
 pub mod vmm;

@@ -80,7 +80,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     #[error("{0}")]
-    Assets(#[from] crate::runtime::Error),
+    Assets(#[from] crate::pod::MissingAsset),
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,

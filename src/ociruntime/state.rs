@@ -9,13 +9,11 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::Error;
-use crate::runtime::proc::ProcessRef;
+use crate::pod::proc::ProcessRef;
 
 pub const STATE_FILE: &str = "state.json";
 /// The OCI runtime spec version husk-runtime implements.
 pub const OCI_VERSION: &str = "1.2.0";
-/// The lowest guest vsock context id handed out.
-const FIRST_CID: u32 = 3;
 
 /// OCI status, plus `paused` as runc reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,11 +236,9 @@ impl Store {
 
     /// A vsock cid no other container under this root uses. Call under the lock.
     pub fn free_cid(&self) -> Result<u32, Error> {
-        let used: std::collections::HashSet<u32> =
-            self.list()?.iter().map(|s| s.vsock_cid).collect();
-        Ok((FIRST_CID..u32::MAX)
-            .find(|c| !used.contains(c))
-            .unwrap_or(FIRST_CID))
+        Ok(crate::pod::free_cid(
+            self.list()?.iter().map(|s| s.vsock_cid),
+        ))
     }
 
     /// The short directory for a container's sockets: `sun_path` holds 108 bytes, and

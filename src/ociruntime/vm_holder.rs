@@ -8,33 +8,28 @@
 //! what an engine waiting on the pid in `--pid-file` gets. Its own messages go to `--log`
 //! only: its stdout and stderr belong to the container.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
 use super::{console, network, runc_log, Error};
-use crate::agent::AgentClient;
 use crate::backend::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
-use crate::runtime::attach::{self, Stdio};
-use crate::runtime::lifecycle::{AGENT_CONNECT_TIMEOUT, VM_DIED_EXIT_CODE};
-use crate::runtime::proc::ProcessRef;
-use crate::runtime::GuestAssets;
+use crate::pod::attach::{self, Stdio};
+use crate::pod::proc::ProcessRef;
+use crate::pod::ready_pipe::Reporter;
+use crate::pod::{BootError, GuestAssets, PodVm, PoweredOff, VM_DIED_EXIT_CODE};
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
 pub const SUBCOMMAND: &str = "vm-holder";
-/// The environment variable naming the fd on which the VM holder reports `ok` or why not.
+/// The environment variable naming the fd on which a holder (of a VM or an exec) reports `ok`
+/// or why not to the command that spawned it ([`crate::pod::ready_pipe`]).
 pub const READY_FD_ENV: &str = "HUSK_RUNTIME_READY_FD";
-pub const READY_FD: i32 = 3;
-/// How long the VM may take to power off once asked.
-const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the control socket tells the main thread.
 enum Event {
@@ -65,16 +60,14 @@ pub fn run(
     let foreground = run_now.is_some();
     // Before any thread starts: the forwarded signals are blocked in every thread after.
     let target = attach::forward_signals();
-    let mut ready = take_ready_fd();
+    let mut ready = Reporter::take(READY_FD_ENV);
     let booted = boot(store, id, console_socket, foreground);
     let booted = match booted {
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
             runc_log::error_to_file(&msg);
-            if let Some(f) = ready.as_mut() {
-                let _ = writeln!(f, "{}", msg.replace('\n', " "));
-            } else {
+            if !ready.fail(&msg) {
                 eprintln!("husk-runtime: {msg}");
             }
             let _ = store.update(id, |s| s.status = Status::Stopped);
@@ -84,13 +77,13 @@ pub fn run(
         }
     };
     let Booted {
-        vm,
-        agent,
-        mut attached,
+        pod,
+        attached,
         tty,
         state,
     } = booted;
-    target.lock().unwrap_or_else(|p| p.into_inner()).vm = Some(vm.clone());
+    let (vm, agent) = (pod.vm.clone(), pod.agent.clone());
+    attach::guard_vm(&target, &vm);
 
     let (tx, rx) = mpsc::channel();
     let started = Arc::new(AtomicBool::new(false));
@@ -158,16 +151,12 @@ pub fn run(
     if let Err(e) = served.map_err(Error::Usage).and(recorded.map(|_| ())) {
         let msg = e.to_string();
         runc_log::error_to_file(&msg);
-        if let Some(mut f) = ready.take() {
-            let _ = writeln!(f, "{msg}");
-        }
+        ready.fail(&msg);
         let _ = vm.kill();
         release_network(store, id);
         return 1;
     }
-    if let Some(mut f) = ready.take() {
-        let _ = f.write_all(b"ok\n");
-    }
+    ready.ok();
     if let Some(created) = run_now {
         let go = created()
             .map_err(|e| e.to_string())
@@ -188,18 +177,15 @@ pub fn run(
     }
 
     // Created: wait for `start` (or a kill, or the VM dying under us).
+    let mut attached = Some(attached);
     let code = loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Event::Started) => {
-                {
-                    let mut t = target.lock().unwrap_or_else(|p| p.into_inner());
-                    t.agent = Some((agent.clone(), id.to_string(), None));
-                    t.tty = tty;
-                }
-                let exit = agent.wait(id, None);
-                let _ = attached.pump.wait_output();
-                drop(attached.raw.take());
-                target.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
+                attach::follow(&target, &agent, id, None, tty);
+                let Some(attached) = attached.take() else {
+                    break VM_DIED_EXIT_CODE;
+                };
+                let exit = attached.wait(&agent, id, None, Some(&target));
                 break match exit {
                     Ok(s) => s.code,
                     Err(e) => {
@@ -222,17 +208,21 @@ pub fn run(
         s.status = Status::Stopped;
         s.exit_code = Some(code);
     });
-    power_off(&*vm, &agent, id);
-    drop(agent);
-    drop(vm);
+    drop((vm, agent, attached));
+    match pod.power_off(true) {
+        Ok(PoweredOff::Cleanly) => {}
+        Ok(PoweredOff::Killed) => runc_log::warn(&format!(
+            "container {id}: the VM did not power off; killed it"
+        )),
+        Err(e) => runc_log::error_to_file(&format!("container {id}: {e}")),
+    }
     release_network(store, id);
     let _ = std::fs::remove_file(&sock);
     code
 }
 
 struct Booted {
-    vm: Arc<dyn VmHandle>,
-    agent: Arc<AgentClient>,
+    pod: PodVm,
     attached: attach::Attached,
     tty: bool,
     state: ContainerState,
@@ -267,12 +257,14 @@ fn boot(
         id: id.to_string(),
         source: Box::new(source),
     };
-    vm.wait_vsock_ready(AGENT_CONNECT_TIMEOUT).map_err(vm_err)?;
-    let agent =
-        AgentClient::connect(&state.vsock_uds(), AGENT_CONNECT_TIMEOUT).map_err(agent_err)?;
-    agent
-        .create_container(plan.container.clone())
-        .map_err(agent_err)?;
+    let pod = PodVm::connect(vm, &state.vsock_uds()).map_err(|e| match e {
+        BootError::Vm(source) => vm_err(source),
+        BootError::Agent(source) => agent_err(source),
+    })?;
+    if let Err(source) = pod.create_container(plan.container.clone()) {
+        let _ = pod.vm.kill();
+        return Err(agent_err(source));
+    }
     if mode == Console::Socket {
         let size = plan
             .container
@@ -294,17 +286,21 @@ fn boot(
         // its size changes reach us as SIGWINCH.
         unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     }
-    let attached = attach::attach(
-        &agent,
-        &state.vsock_uds(),
+    let attached = match attach::attach(
+        &pod.agent,
+        pod.vsock_uds(),
         id,
         None,
         &Stdio::Host { stdin: true, tty },
-    )
-    .map_err(agent_err)?;
+    ) {
+        Ok(a) => a,
+        Err(source) => {
+            let _ = pod.vm.kill();
+            return Err(agent_err(source));
+        }
+    };
     Ok(Booted {
-        vm,
-        agent: Arc::new(agent),
+        pod,
         attached,
         tty,
         state,
@@ -359,38 +355,5 @@ fn release_network(store: &Store, id: &str) {
     if let Some(link) = &state.network {
         network::detach(link);
         let _ = store.update(id, |s| s.network = None);
-    }
-}
-
-/// Asks the agent to power off and waits; kills the VM if it does not go.
-fn power_off(vm: &dyn VmHandle, agent: &AgentClient, id: &str) {
-    if matches!(vm.try_wait(), Ok(None)) {
-        let _ = agent.shutdown();
-    }
-    let deadline = Instant::now() + VM_EXIT_TIMEOUT;
-    loop {
-        match vm.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) => {}
-        }
-        if Instant::now() >= deadline {
-            runc_log::warn(&format!(
-                "container {id}: the VM did not power off; killing it"
-            ));
-            let _ = vm.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn take_ready_fd() -> Option<File> {
-    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(READY_FD_ENV);
-    // SAFETY: `create` passed this fd for us alone; ownership is taken once, and it is kept
-    // from the VMM and helpers spawned later (they would hold `create`'s read end open).
-    unsafe {
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        Some(File::from_raw_fd(fd))
     }
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use husk_protocol::{ProcessSpec, User};
 
-use super::attach::{self, Stdio};
-use super::lifecycle::{Runtime, VM_DIED_EXIT_CODE};
+use super::lifecycle::Runtime;
 use super::{spec, Error};
+use crate::pod::attach::{self, Stdio};
+use crate::pod::VM_DIED_EXIT_CODE;
 
 /// `husk exec` flags.
 #[derive(Debug, Clone, Default)]
@@ -99,16 +100,9 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
         stdin: opts.stdin,
         tty: opts.tty,
     };
-    let mut attached = attach::attach(&agent, &state.vsock_uds, &state.id, Some(&exec_id), &stdio)
+    let attached = attach::attach(&agent, &state.vsock_uds, &state.id, Some(&exec_id), &stdio)
         .map_err(agent_err)?;
-    {
-        let mut t = target.lock().unwrap_or_else(|p| p.into_inner());
-        t.agent = Some((agent.clone(), state.id.clone(), Some(exec_id.clone())));
-        t.tty = opts.tty;
-    }
-    let exit = agent.wait(&state.id, Some(&exec_id));
-    let _ = attached.pump.wait_output();
-    drop(attached.raw.take());
-    target.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
+    attach::follow(&target, &agent, &state.id, Some(&exec_id), opts.tty);
+    let exit = attached.wait(&agent, &state.id, Some(&exec_id), Some(&target));
     Ok(exit.map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE))
 }

@@ -7,9 +7,9 @@ use husk_protocol::{
     User,
 };
 
-use super::assets::GuestAssets;
 use super::state::State;
 use crate::backend::{DiskSpec, SharedDirSpec, VmSpec, VsockSpec};
+use crate::pod::GuestAssets;
 
 /// The virtio-fs tag of volume `i`.
 pub fn volume_tag(i: usize) -> String {

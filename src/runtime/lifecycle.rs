@@ -1,7 +1,7 @@
 //! One container's life: create (record + writable layer), boot (VM + agent + guest
 //! container), finish (exit status, VM down, `--rm`), stop, kill, remove.
 //!
-//! Whoever boots a container owns its [`VmHandle`] until the VM is gone: the foreground
+//! Whoever boots a container owns its [`PodVm`] until the VM is gone: the foreground
 //! `husk run`, or the detached monitor of `husk run -d` / `husk start`. That process is
 //! recorded as the container's `monitor` and is the one that writes the exit status; other
 //! commands only signal (through the agent, or the VMM pid as the last resort) and wait for
@@ -15,23 +15,17 @@ use husk_protocol::ExitStatus;
 
 pub use super::guest_spec::{container_spec, layer_serial, vm_spec, volume_tag, SCRATCH_SERIAL};
 use super::image::ImageSource;
-use super::proc::{self, ProcessRef};
 use super::spec::{self, ProcessFlags};
 use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
-use super::{Error, GuestAssets};
+use super::Error;
 use crate::agent::AgentClient;
-use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
-
-/// How long a booting guest may take until its agent answers. TCG boots in about a second;
-/// the margin is for a loaded host starting many VMs at once.
-pub const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a running agent may take to accept a new connection (exec, stop, kill).
-pub const AGENT_REACH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the VM may take to power off once asked.
-const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The exit code recorded when the VM died under the process (`kill -9` of the VMM).
-pub const VM_DIED_EXIT_CODE: i32 = 137;
+use crate::backend::{self, BackendKind, VsockSpec};
+use crate::pod::proc::{self, ProcessRef};
+use crate::pod::{
+    BootError, GuestAssets, PodVm, PoweredOff, AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE,
+    VM_EXIT_TIMEOUT,
+};
 
 /// Apparent size of a writable layer; sparse, so it costs what the container writes.
 pub const SCRATCH_SIZE: u64 = 8 << 30;
@@ -60,11 +54,10 @@ pub struct Runtime {
     pub initramfs: Option<PathBuf>,
 }
 
-/// A booted container: its VM, and a connection to its agent with the container created.
+/// A booted container: its VM, with the container created in it by the agent.
 pub struct Booted {
     pub state: State,
-    pub vm: Arc<dyn VmHandle>,
-    pub agent: Arc<AgentClient>,
+    pub pod: PodVm,
 }
 
 impl Runtime {
@@ -190,7 +183,7 @@ impl Runtime {
         let started = backend.start(&vm_spec);
         // The VMM holds the TAP fd now; ours would keep the TAP alive after it.
         drop(vm_spec);
-        let vm: Arc<dyn VmHandle> = match started {
+        let vm: Arc<dyn crate::backend::VmHandle> = match started {
             Ok(vm) => Arc::from(vm),
             Err(e) => {
                 self.release_network(id);
@@ -208,33 +201,29 @@ impl Runtime {
             s.exit_code = None;
             s.stop_requested = false;
         })?;
-        if let Err(source) = vm.wait_vsock_ready(AGENT_CONNECT_TIMEOUT) {
-            let _ = vm.kill();
-            let _ = self.record_exit(&state, None);
-            return Err(vm_err(source));
-        }
-        let agent = AgentClient::connect(&state.vsock_uds, AGENT_CONNECT_TIMEOUT).and_then(|a| {
-            let mut spec = container_spec(&state, console);
-            spec.network = guest_net;
-            a.create_container(spec)?;
-            Ok(a)
-        });
-        match agent {
-            Ok(a) => Ok(Booted {
-                state,
-                vm,
-                agent: Arc::new(a),
-            }),
-            Err(source) => {
-                let _ = vm.kill();
+        let agent_err = |state: &State, source| Error::Agent {
+            id: id.to_string(),
+            console: state.console_log.clone(),
+            source: Box::new(source),
+        };
+        let pod = match PodVm::connect(vm, &state.vsock_uds) {
+            Ok(pod) => pod,
+            Err(e) => {
                 let _ = self.record_exit(&state, None);
-                Err(Error::Agent {
-                    id: id.to_string(),
-                    console: state.console_log.clone(),
-                    source: Box::new(source),
-                })
+                return Err(match e {
+                    BootError::Vm(source) => vm_err(source),
+                    BootError::Agent(source) => agent_err(&state, source),
+                });
             }
+        };
+        let mut spec = container_spec(&state, console);
+        spec.network = guest_net;
+        if let Err(source) = pod.create_container(spec) {
+            let _ = pod.vm.kill();
+            let _ = self.record_exit(&state, None);
+            return Err(agent_err(&state, source));
         }
+        Ok(Booted { state, pod })
     }
 
     /// Records how the container's process ended, powers the VM off (killing it if it does
@@ -244,7 +233,7 @@ impl Runtime {
         booted: Booted,
         exit: Result<ExitStatus, crate::agent::Error>,
     ) -> Result<Option<State>, Error> {
-        let Booted { state, vm, agent } = booted;
+        let Booted { state, pod } = booted;
         let code = match &exit {
             Ok(s) => Some(s.code),
             Err(e) => {
@@ -252,32 +241,15 @@ impl Runtime {
                 None
             }
         };
-        if code.is_some() {
-            // The agent answers, then powers off; a failure here only means it went first.
-            let _ = agent.shutdown();
-        }
-        drop(agent);
-        let deadline = Instant::now() + VM_EXIT_TIMEOUT;
-        let mut failure = None;
-        loop {
-            match vm.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) => {}
-                // A helper (virtiofsd) died and the VM was stopped for it: say so.
-                Err(e @ backend::Error::HelperExited { .. }) => {
-                    failure = Some(e);
-                    break;
-                }
-                Err(e) => tracing::debug!(id = %state.id, "waiting for the VM: {e}"),
+        // A helper (virtiofsd) died and the VM was stopped for it: say so.
+        let failure = match pod.power_off(code.is_some()) {
+            Ok(PoweredOff::Cleanly) => None,
+            Ok(PoweredOff::Killed) => {
+                tracing::warn!(id = %state.id, "VM did not power off; killed it");
+                None
             }
-            if Instant::now() >= deadline {
-                tracing::warn!(id = %state.id, "VM did not power off; killing it");
-                let _ = vm.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(vm);
+            Err(e) => Some(e),
+        };
         let saved = self.record_exit(&state, code)?;
         match failure {
             Some(cause) => Err(Error::VmFailed {

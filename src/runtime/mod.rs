@@ -18,15 +18,12 @@
 //! - [`monitor`]: the detached `husk` process that owns a `-d` container's VM;
 //! - [`attach`]: host stdio to the agent's streams (pty, raw mode, SIGWINCH).
 
-pub mod assets;
-pub mod attach;
 pub mod exec;
 pub mod guest_spec;
 pub mod image;
 pub mod lifecycle;
 pub mod monitor;
 mod network;
-pub mod proc;
 pub mod spec;
 pub mod state;
 pub mod store;
@@ -35,7 +32,6 @@ mod vm_args_tests;
 
 use std::path::PathBuf;
 
-pub use assets::GuestAssets;
 pub use image::{ImageConfig, ImageSource, ResolvedImage};
 pub use lifecycle::{RunOptions, Runtime};
 pub use state::{ContainerConfig, State, Status, Volume};
@@ -84,11 +80,8 @@ pub enum Error {
     BadMemory(String),
     #[error("invalid --cpus {0:?}: use a number of vCPUs from 1 to 255")]
     BadCpus(String),
-    #[error("{what} not found; looked at {}; run scripts/setup.sh or set {}", list(.looked), env_for(.what))]
-    MissingAsset {
-        what: &'static str,
-        looked: Vec<PathBuf>,
-    },
+    #[error(transparent)]
+    MissingAsset(#[from] crate::pod::MissingAsset),
     #[error("{tool} failed: {detail}")]
     Tool { tool: &'static str, detail: String },
     #[error(transparent)]
@@ -121,20 +114,4 @@ pub enum Error {
         detail: String,
         log: PathBuf,
     },
-}
-
-fn list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn env_for(what: &str) -> &'static str {
-    if what.contains("kernel") {
-        "HUSK_KERNEL"
-    } else {
-        "HUSK_INITRAMFS"
-    }
 }

@@ -6,10 +6,10 @@
 use husk_protocol::NetworkConfig;
 
 use super::lifecycle::Runtime;
-use super::proc::ProcessRef;
 use super::state::{State, STATE_FILE};
 use super::Error;
 use crate::backend::VmSpec;
+use crate::pod::proc::ProcessRef;
 
 impl Runtime {
     /// Sets up `state`'s network, adds its NIC to `spec` and returns the guest's side;

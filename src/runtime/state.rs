@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::proc::ProcessRef;
 use super::Error;
+use crate::pod::proc::ProcessRef;
 use crate::util::fs::write_atomic;
 pub use crate::util::time::now;
 

@@ -1,15 +1,10 @@
 //! The containers under `<root>/containers/`: one directory per container id, a lock file
 //! that serialises every state change, id/name/prefix lookup, unique names and vsock CIDs.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::state::{State, STATE_FILE};
 use super::Error;
-
-/// The first vsock CID handed out (0-2 are reserved).
-const FIRST_CID: u32 = 3;
 
 /// The container directories under one `--root`.
 #[derive(Debug, Clone)]
@@ -125,10 +120,7 @@ impl ContainerStore {
                 id: other.id.clone(),
             });
         }
-        let used: std::collections::HashSet<u32> = all.iter().map(|s| s.vsock_cid).collect();
-        let cid = (FIRST_CID..)
-            .find(|c| !used.contains(c))
-            .expect("a free cid");
+        let cid = crate::pod::free_cid(all.iter().map(|s| s.vsock_cid));
         let dir = self.dir(&id);
         std::fs::create_dir(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
@@ -169,16 +161,12 @@ impl ContainerStore {
     }
 }
 
-/// 64 hex digits from the kernel's random source.
+/// 64 hex digits from the kernel's random source ([`crate::pod::new_id`]).
 pub(crate) fn new_id() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| Error::Io {
-            path: "/dev/urandom".into(),
-            source,
-        })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::pod::new_id().map_err(|source| Error::Io {
+        path: "/dev/urandom".into(),
+        source,
+    })
 }
 
 /// Docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.

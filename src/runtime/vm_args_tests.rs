@@ -8,8 +8,8 @@ use husk_protocol::{DiskRef, RootfsSpec};
 use super::lifecycle::{container_spec, vm_spec};
 use super::state::tests::sample;
 use super::state::Volume;
-use super::GuestAssets;
 use crate::backend::{husk_vmm, TapSpec};
+use crate::pod::GuestAssets;
 use crate::vmm::cli::Args;
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk::agent::{attach_stream, copy_to_stream, AgentClient};
-use husk::backend::{BackendKind, DiskSpec, VmHandle, VmSpec, VsockSpec};
+use husk::backend::{BackendKind, DiskSpec, VmBackend, VmHandle, VmSpec, VsockSpec};
 use husk_protocol::{
     ContainerSpec, DiskRef, FsType, LayerDisk, MountSpec, NamespaceKind, ProcessSpec, RootfsSpec,
     StreamHello, StreamKind, User, PROTOCOL_VERSION,
@@ -59,23 +59,31 @@ pub fn tail(p: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-impl Guest {
-    pub fn boot(test: &str) -> Option<Guest> {
-        Guest::boot_with(test, vec![])
-    }
+/// A guest VM ready to start on the QEMU backend: kernel, agent initramfs, the busybox layer
+/// (serial `layer0`), an ext4 scratch disk (`scratch`), then `extra`; vsock at `uds`.
+pub struct Planned {
+    pub backend: Box<dyn VmBackend>,
+    pub spec: VmSpec,
+    pub uds: PathBuf,
+    pub dir: tempfile::TempDir,
+}
 
-    /// Boots with `extra` disks after the busybox layer and the scratch disk.
-    pub fn boot_with(test: &str, extra: Vec<DiskSpec>) -> Option<Guest> {
-        Guest::boot_custom(test, extra, |_, _| {})
+/// A fresh 64 MiB ext4 disk image at `path`, or why not.
+pub fn ext4_disk(path: &Path) -> Result<(), String> {
+    let mk = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(path)
+        .arg("64M")
+        .output();
+    match mk {
+        Ok(o) if o.status.success() => Ok(()),
+        other => Err(format!("mkfs.ext4 for {}: {other:?}", path.display())),
     }
+}
 
-    /// As [`Guest::boot_with`], letting `customize` change the spec (shared directories, ...)
-    /// given the VM's temporary directory.
-    pub fn boot_custom(
-        test: &str,
-        extra: Vec<DiskSpec>,
-        customize: impl FnOnce(&mut VmSpec, &Path),
-    ) -> Option<Guest> {
+impl Planned {
+    /// None after reporting NOT RUN (no kernel, initramfs, rootfs, QEMU or mkfs.ext4).
+    pub fn new(test: &str, extra: Vec<DiskSpec>) -> Option<Planned> {
         let kernel = common::kernel(test)?;
         let initramfs = common::initramfs(test)?;
         let rootfs = busybox_rootfs(test)?;
@@ -88,21 +96,9 @@ impl Guest {
         };
         let dir = tempfile::tempdir().unwrap();
         let scratch = dir.path().join("scratch.ext4");
-        let mk = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
-            .arg(&scratch)
-            .arg("64M")
-            .output();
-        match mk {
-            Ok(o) if o.status.success() => {}
-            other => {
-                common::not_run(
-                    test,
-                    &format!("mkfs.ext4 for the scratch disk: {other:?}"),
-                    true,
-                );
-                return None;
-            }
+        if let Err(why) = ext4_disk(&scratch) {
+            common::not_run(test, &why, true);
+            return None;
         }
         let uds = dir.path().join("vsock.sock");
         let mut spec = VmSpec::new(kernel, dir.path().join("console.log"));
@@ -125,6 +121,38 @@ impl Guest {
             cid: 3,
             uds_path: uds.clone(),
         });
+        Some(Planned {
+            backend,
+            spec,
+            uds,
+            dir,
+        })
+    }
+}
+
+impl Guest {
+    pub fn boot(test: &str) -> Option<Guest> {
+        Guest::boot_with(test, vec![])
+    }
+
+    /// Boots with `extra` disks after the busybox layer and the scratch disk.
+    pub fn boot_with(test: &str, extra: Vec<DiskSpec>) -> Option<Guest> {
+        Guest::boot_custom(test, extra, |_, _| {})
+    }
+
+    /// As [`Guest::boot_with`], letting `customize` change the spec (shared directories, ...)
+    /// given the VM's temporary directory.
+    pub fn boot_custom(
+        test: &str,
+        extra: Vec<DiskSpec>,
+        customize: impl FnOnce(&mut VmSpec, &Path),
+    ) -> Option<Guest> {
+        let Planned {
+            backend,
+            mut spec,
+            uds,
+            dir,
+        } = Planned::new(test, extra)?;
         customize(&mut spec, dir.path());
         let t0 = Instant::now();
         let vm = backend.start(&spec).unwrap();

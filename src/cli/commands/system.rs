@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use crate::backend::{husk_vmm, qemu, vhost_vsock, virtiofsd, BackendKind};
 use crate::cli::{Error, GlobalOpts, SystemArgs, SystemCommand};
-use crate::runtime::assets::{initramfs_candidates, kernel_candidates};
+use crate::pod::assets::{initramfs_candidates, kernel_candidates};
 use crate::util::fs::which_or_in;
 use crate::vmm::probe::HostProbe;
 

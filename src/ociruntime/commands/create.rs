@@ -10,7 +10,7 @@ use super::super::{hooks, vm_holder, Error};
 use super::lifecycle::destroy;
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::cli::runtime::{CreateArgs, RunArgs, RuntimeGlobal};
-use crate::runtime::proc::ProcessRef;
+use crate::pod::proc::ProcessRef;
 use crate::util::time::rfc3339_now;
 
 /// Records a new container (status `creating`) under the store lock; fails on a duplicate id.

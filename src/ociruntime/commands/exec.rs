@@ -3,7 +3,6 @@
 //! goes to `--pid-file` so the engine waits on it for the exit status.
 
 use std::ffi::OsStr;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,9 +14,10 @@ use super::super::{bundle, console, process, runc_log, vm_holder, Error};
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::agent::AgentClient;
 use crate::cli::runtime::{ExecArgs, ExecHolderArgs, RuntimeGlobal};
-use crate::runtime::attach::{self, Stdio};
-use crate::runtime::lifecycle::{AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE};
-use crate::runtime::proc::ProcessRef;
+use crate::pod::attach::{self, Stdio};
+use crate::pod::proc::ProcessRef;
+use crate::pod::ready_pipe::Reporter;
+use crate::pod::{AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE};
 
 /// The process to exec: `--process FILE`, or the container's own process with ARGS and the
 /// flags applied (as runc builds it).
@@ -98,13 +98,12 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
             spec,
             a.console_socket.as_deref(),
             Some(&target),
-            None,
+            Reporter::default(),
         );
     }
-    let file = store.dir(&a.id).join(format!(
-        "exec-{}.json",
-        &crate::runtime::store::new_id()?[..16]
-    ));
+    let file = store
+        .dir(&a.id)
+        .join(format!("exec-{}.json", &new_id()?[..16]));
     let json = serde_json::to_vec(&spec).map_err(|e| Error::io(&file)(std::io::Error::other(e)))?;
     std::fs::write(&file, json).map_err(Error::io(&file))?;
     let mut args: Vec<&OsStr> = vec![
@@ -143,8 +142,14 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
 /// the console socket), reports `ok` on the ready fd, and exits with its status.
 pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
     let target = attach::forward_signals();
-    let mut ready = take_ready_fd();
-    let state = store.load(&a.id)?;
+    let mut ready = Reporter::take(vm_holder::READY_FD_ENV);
+    let state = match store.load(&a.id) {
+        Ok(s) => s,
+        Err(e) => {
+            ready.fail(&e.to_string());
+            return Err(e);
+        }
+    };
     let result = std::fs::read(&a.spec)
         .map_err(Error::io(&a.spec))
         .and_then(|b| {
@@ -157,9 +162,7 @@ pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
     let spec = match result {
         Ok(s) => s,
         Err(e) => {
-            if let Some(f) = ready.as_mut() {
-                let _ = writeln!(f, "{e}");
-            }
+            ready.fail(&e.to_string());
             return Err(e);
         }
     };
@@ -172,15 +175,9 @@ pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
     )
 }
 
-fn take_ready_fd() -> Option<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    let fd: i32 = std::env::var(vm_holder::READY_FD_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(vm_holder::READY_FD_ENV);
-    // SAFETY: `exec` passed this fd for us alone; ownership is taken once.
-    unsafe {
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        Some(std::fs::File::from_raw_fd(fd))
-    }
+/// A fresh exec id's random part.
+fn new_id() -> Result<String, Error> {
+    crate::pod::new_id().map_err(Error::io("/dev/urandom"))
 }
 
 /// Runs `spec` in the container with this process's stdio; `ready` hears `ok` once it runs.
@@ -189,7 +186,7 @@ fn foreground(
     spec: ProcessSpec,
     console_socket: Option<&Path>,
     target: Option<&Arc<std::sync::Mutex<attach::SignalTarget>>>,
-    mut ready: Option<std::fs::File>,
+    mut ready: Reporter,
 ) -> Result<i32, Error> {
     let id = state.id.clone();
     let agent_err = |source| Error::Agent {
@@ -202,7 +199,7 @@ fn foreground(
             AgentClient::connect(&state.vsock_uds(), AGENT_REACH_TIMEOUT).map_err(agent_err)?,
         );
         let tty = spec.terminal;
-        let exec_id = format!("exec-{}", &crate::runtime::store::new_id()?[..16]);
+        let exec_id = format!("exec-{}", &new_id()?[..16]);
         if tty {
             if let Some(sock) = console_socket {
                 let (rows, cols) = spec
@@ -231,29 +228,18 @@ fn foreground(
         .map_err(agent_err)?;
         Ok((agent, exec_id, attached, tty))
     };
-    let (agent, exec_id, mut attached, tty) = match run() {
+    let (agent, exec_id, attached, tty) = match run() {
         Ok(r) => r,
         Err(e) => {
-            if let Some(f) = ready.as_mut() {
-                let _ = writeln!(f, "{}", e.to_string().replace('\n', " "));
-            }
+            ready.fail(&e.to_string());
             return Err(e);
         }
     };
     if let Some(t) = target {
-        let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-        t.agent = Some((agent.clone(), id.clone(), Some(exec_id.clone())));
-        t.tty = tty;
+        attach::follow(t, &agent, &id, Some(&exec_id), tty);
     }
-    if let Some(mut f) = ready.take() {
-        let _ = f.write_all(b"ok\n");
-    }
-    let exit = agent.wait(&id, Some(&exec_id));
-    let _ = attached.pump.wait_output();
-    drop(attached.raw.take());
-    if let Some(t) = target {
-        t.lock().unwrap_or_else(|p| p.into_inner()).agent = None;
-    }
+    ready.ok();
+    let exit = attached.wait(&agent, &id, Some(&exec_id), target.map(|t| &**t));
     Ok(match exit {
         Ok(s) => s.code,
         Err(e) => {

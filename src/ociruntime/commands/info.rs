@@ -3,7 +3,7 @@
 use super::super::state::{Status, Store, OCI_VERSION};
 use super::super::Error;
 use crate::cli::runtime::{ListArgs, PsArgs, SpecArgs};
-use crate::runtime::proc::ProcessRef;
+use crate::pod::proc::ProcessRef;
 
 /// The host processes of a container: the VM holder, the VMM, and the holders of detached
 /// execs. (The container's own processes are in the guest; their pids mean nothing here.)

@@ -7,7 +7,7 @@ use super::super::state::{ContainerState, Status, Store};
 use super::super::{hooks, network, runc_log, Error};
 use super::parse_signal;
 use crate::cli::runtime::KillArgs;
-use crate::runtime::proc;
+use crate::pod::proc;
 
 /// How long the VM holder may take to start the process (an agent round trip).
 const START_TIMEOUT: Duration = Duration::from_secs(30);

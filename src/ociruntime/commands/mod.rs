@@ -6,7 +6,6 @@ mod info;
 mod lifecycle;
 mod signal;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
@@ -14,6 +13,7 @@ use super::runc_log::{self, Format, Logger};
 use super::state::Store;
 use super::Error;
 use crate::cli::runtime::{RuntimeCli, RuntimeCommand};
+use crate::pod::ready_pipe;
 
 pub use signal::parse_signal;
 
@@ -51,27 +51,14 @@ pub fn dispatch(cli: RuntimeCli) -> Result<i32, Error> {
     }
 }
 
-/// Re-executes husk-runtime with the global flags and `args`, in a session of its own, with
-/// the write end of a pipe as fd [`READY_FD`](super::vm_holder::READY_FD); the stdio is
-/// inherited. Returns the child and the pipe's read end.
+/// Re-executes husk-runtime with the global flags and `args`, in a session of its own, with a
+/// ready pipe ([`crate::pod::ready_pipe`], named by [`READY_FD_ENV`](super::vm_holder::READY_FD_ENV));
+/// the stdio is inherited. Returns the child and the pipe's read end.
 fn spawn_helper(
     g: &crate::cli::runtime::RuntimeGlobal,
     args: &[&std::ffi::OsStr],
 ) -> Result<(Child, std::fs::File), Error> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
     let exe = std::env::current_exe().map_err(Error::io("/proc/self/exe"))?;
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills the two fds.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io("pipe")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fresh fds from pipe2, owned here.
-    let (read_end, write_end) = unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
     let mut cmd = Command::new(&exe);
     cmd.arg("--root").arg(&g.root);
     if let Some(l) = &g.log {
@@ -82,39 +69,13 @@ fn spawn_helper(
         cmd.arg("--debug");
     }
     cmd.args(args);
-    cmd.env(
-        super::vm_holder::READY_FD_ENV,
-        super::vm_holder::READY_FD.to_string(),
-    );
-    let wfd = write_end.into_raw_fd();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 leaves the new fd without CLOEXEC, so it survives the exec.
-            if libc::dup2(wfd, super::vm_holder::READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = cmd.spawn();
-    // SAFETY: our copy of the write end; the child has its own.
-    unsafe { libc::close(wfd) };
-    Ok((spawned.map_err(Error::io(&exe))?, read_end))
+    ready_pipe::spawn(cmd, super::vm_holder::READY_FD_ENV).map_err(Error::io(&exe))
 }
 
 /// The helper's one-line answer: `Ok` for `ok`, else what it said.
 fn read_ready(read_end: std::fs::File) -> Result<(), String> {
-    let mut answer = String::new();
-    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(read_end), &mut answer);
-    match answer.trim() {
-        "ok" => Ok(()),
-        "" => Err("it exited without saying why (see --log)".into()),
-        msg => Err(msg.to_string()),
-    }
+    ready_pipe::read_answer(read_end)
+        .map_err(|said| said.unwrap_or_else(|| "it exited without saying why (see --log)".into()))
 }
 
 /// Writes `pid` to `path` through a temp file and a rename, as runc does (no newline).

@@ -5,7 +5,29 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Error;
+/// A guest kernel or initramfs that is not where it was looked for.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} not found; looked at {}; run scripts/setup.sh or set {}", list(.looked), env_for(.what))]
+pub struct MissingAsset {
+    pub what: &'static str,
+    pub looked: Vec<PathBuf>,
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn env_for(what: &str) -> &'static str {
+    if what.contains("kernel") {
+        KERNEL_ENV
+    } else {
+        INITRAMFS_ENV
+    }
+}
 
 pub const KERNEL_ENV: &str = "HUSK_KERNEL";
 pub const INITRAMFS_ENV: &str = "HUSK_INITRAMFS";
@@ -61,14 +83,18 @@ pub fn initramfs_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     c
 }
 
-fn first(what: &'static str, candidates: Vec<PathBuf>, explicit: bool) -> Result<PathBuf, Error> {
+fn first(
+    what: &'static str,
+    candidates: Vec<PathBuf>,
+    explicit: bool,
+) -> Result<PathBuf, MissingAsset> {
     // An explicit flag or variable that names a missing file is an error, not a fallthrough.
     if explicit {
         let p = &candidates[0];
         return if p.is_file() {
             Ok(p.clone())
         } else {
-            Err(Error::MissingAsset {
+            Err(MissingAsset {
                 what,
                 looked: vec![p.clone()],
             })
@@ -78,14 +104,17 @@ fn first(what: &'static str, candidates: Vec<PathBuf>, explicit: bool) -> Result
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or(Error::MissingAsset {
+        .ok_or(MissingAsset {
             what,
             looked: candidates,
         })
 }
 
 impl GuestAssets {
-    pub fn find(kernel: Option<&Path>, initramfs: Option<&Path>) -> Result<GuestAssets, Error> {
+    pub fn find(
+        kernel: Option<&Path>,
+        initramfs: Option<&Path>,
+    ) -> Result<GuestAssets, MissingAsset> {
         Ok(GuestAssets {
             kernel: first(
                 "guest kernel",

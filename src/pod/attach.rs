@@ -6,12 +6,12 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use husk_protocol::{StreamHello, StreamKind, PROTOCOL_VERSION};
+use husk_protocol::{ExitStatus, StreamHello, StreamKind, PROTOCOL_VERSION};
 
 use crate::agent::{attach_stream, AgentClient, Error as AgentError, Pump};
 use crate::backend::VmHandle;
 
-use super::lifecycle::AGENT_REACH_TIMEOUT;
+use super::AGENT_REACH_TIMEOUT;
 
 /// Where a process's stdio goes.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub fn forward_signals() -> Arc<Mutex<SignalTarget>> {
 }
 
 fn deliver(target: &Mutex<SignalTarget>, sig: i32) {
-    let t = target.lock().unwrap_or_else(|p| p.into_inner());
+    let t = lock(target);
     match (&t.agent, sig) {
         (Some((agent, id, exec)), libc::SIGWINCH) => {
             if t.tty {
@@ -176,6 +176,53 @@ fn io_err(uds: &Path) -> impl Fn(io::Error) -> AgentError + '_ {
         uds: uds.to_path_buf(),
         source,
     }
+}
+
+impl Attached {
+    /// Waits for the process (`exec`, or the container's own) to end while `target` forwards
+    /// husk's signals to it, then drains its output and restores the host terminal.
+    pub fn wait(
+        mut self,
+        agent: &Arc<AgentClient>,
+        container: &str,
+        exec: Option<&str>,
+        target: Option<&Mutex<SignalTarget>>,
+    ) -> Result<ExitStatus, AgentError> {
+        let exit = agent.wait(container, exec);
+        let _ = self.pump.wait_output();
+        drop(self.raw.take());
+        if let Some(t) = target {
+            lock(t).agent = None;
+        }
+        exit
+    }
+}
+
+/// From now on the signals `target` receives go to `container`'s process (`exec`, or its own)
+/// through `agent`; `tty`: SIGWINCH resizes its pty.
+pub fn follow(
+    target: &Mutex<SignalTarget>,
+    agent: &Arc<AgentClient>,
+    container: &str,
+    exec: Option<&str>,
+    tty: bool,
+) {
+    let mut t = lock(target);
+    t.agent = Some((
+        agent.clone(),
+        container.to_string(),
+        exec.map(str::to_string),
+    ));
+    t.tty = tty;
+}
+
+/// The VM a signal that comes before the process runs ends (no VM is left behind).
+pub fn guard_vm(target: &Mutex<SignalTarget>, vm: &Arc<dyn VmHandle>) {
+    lock(target).vm = Some(vm.clone());
+}
+
+fn lock(target: &Mutex<SignalTarget>) -> std::sync::MutexGuard<'_, SignalTarget> {
+    target.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Connects the process's streams to `stdio` and starts pumping. Call after

@@ -1,0 +1,108 @@
+//! [`PodVm`]: a started VM and the connection to its agent, holding one or more containers.
+//! Every front-end boots, fills and powers off its VMs through it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use husk_protocol::ContainerSpec;
+
+use super::{AGENT_CONNECT_TIMEOUT, VM_EXIT_TIMEOUT};
+use crate::agent::{self, AgentClient};
+use crate::backend::{self, VmHandle};
+
+/// Why a started VM did not become a [`PodVm`]; the VM has been killed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The VM ended, or its guest never said it was up.
+    #[error(transparent)]
+    Vm(backend::Error),
+    /// The guest came up, but its agent could not be reached.
+    #[error(transparent)]
+    Agent(agent::Error),
+}
+
+/// How [`PodVm::power_off`] ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoweredOff {
+    /// It went when asked (or had already gone).
+    Cleanly,
+    /// It did not go within [`VM_EXIT_TIMEOUT`] and was killed.
+    Killed,
+}
+
+/// A VM whose agent answers, and the containers created in it.
+pub struct PodVm {
+    pub vm: Arc<dyn VmHandle>,
+    pub agent: Arc<AgentClient>,
+    vsock_uds: PathBuf,
+}
+
+impl PodVm {
+    /// Waits until the guest of the just-started `vm` says it is up, then connects to its
+    /// agent over `vsock_uds`. On failure the VM is killed.
+    pub fn connect(vm: Arc<dyn VmHandle>, vsock_uds: &Path) -> Result<PodVm, BootError> {
+        let connected = vm
+            .wait_vsock_ready(AGENT_CONNECT_TIMEOUT)
+            .map_err(BootError::Vm)
+            .and_then(|()| {
+                AgentClient::connect(vsock_uds, AGENT_CONNECT_TIMEOUT).map_err(BootError::Agent)
+            });
+        match connected {
+            Ok(agent) => Ok(PodVm {
+                vm,
+                agent: Arc::new(agent),
+                vsock_uds: vsock_uds.to_path_buf(),
+            }),
+            Err(e) => {
+                let _ = vm.kill();
+                Err(e)
+            }
+        }
+    }
+
+    /// The host socket the agent's connections (control and streams) go through.
+    pub fn vsock_uds(&self) -> &Path {
+        &self.vsock_uds
+    }
+
+    /// Creates a container in the VM; its process waits for `start`. A pod holds any number
+    /// of them, each under its own id.
+    pub fn create_container(&self, spec: ContainerSpec) -> Result<(), agent::Error> {
+        self.agent.create_container(spec)
+    }
+
+    /// Powers the VM off: asks the agent if the VM still runs (`ask`: false when the agent
+    /// is known to be gone), waits up to [`VM_EXIT_TIMEOUT`], then kills it. `Err` when the
+    /// VM was ended by a failing helper (a virtiofsd that died under it): the cause to report.
+    pub fn power_off(self, ask: bool) -> Result<PoweredOff, backend::Error> {
+        let PodVm { vm, agent, .. } = self;
+        if ask && matches!(vm.try_wait(), Ok(None)) {
+            // The agent answers, then powers off; a failure only means it went first.
+            let _ = agent.shutdown();
+        }
+        drop(agent);
+        wait_or_kill(&*vm, VM_EXIT_TIMEOUT)
+    }
+}
+
+/// Waits up to `limit` for `vm` to end, then kills it.
+fn wait_or_kill(vm: &dyn VmHandle, limit: Duration) -> Result<PoweredOff, backend::Error> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match vm.try_wait() {
+            Ok(Some(_)) => return Ok(PoweredOff::Cleanly),
+            Ok(None) => {}
+            Err(e @ backend::Error::HelperExited { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!("waiting for the VM: {e}");
+                return Ok(PoweredOff::Cleanly);
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = vm.kill();
+            return Ok(PoweredOff::Killed);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
