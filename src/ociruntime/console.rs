@@ -73,6 +73,27 @@ pub fn send_master(socket: &Path, master: &OwnedFd, name: &str) -> io::Result<()
     send_fd(s.as_raw_fd(), name.as_bytes(), master.as_raw_fd())
 }
 
+/// Makes a `size` (rows, columns; 24×80 when None) pty, sends its master to the engine over
+/// `socket`, and makes its slave this process's stdin, stdout, stderr and controlling
+/// terminal: the relay, raw mode and SIGWINCH → resize then work exactly as for a terminal
+/// husk runs in. The caller must be a session leader (a holder spawned with its own session).
+pub fn become_pty_of(socket: &Path, size: Option<(u16, u16)>) -> io::Result<()> {
+    let (rows, cols) = size.unwrap_or((24, 80));
+    let pty = open(rows, cols)?;
+    send_master(socket, &pty.master, &pty.name)?;
+    drop(pty.master);
+    for fd in 0..3 {
+        // SAFETY: dup2 of the slave, an fd we own, onto the standard fds.
+        if unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: TIOCSCTTY on our stdin, now the slave; only a session leader may, and a failure
+    // only costs SIGWINCH.
+    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    Ok(())
+}
+
 /// Sends `msg` with descriptor `pass` attached (the one SCM_RIGHTS sender, shared with
 /// husk-agent).
 pub use husk_fdpass::send_fd;

@@ -8,7 +8,6 @@
 //! what an engine waiting on the pid in `--pid-file` gets. Its own messages go to `--log`
 //! only: its stdout and stderr belong to the container.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +18,11 @@ use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
 use super::{console, network, runc_log, Error};
-use crate::backend::{self, BackendKind, VmHandle, VmSpec, VsockSpec};
+use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 use crate::pod::attach::{self, Stdio};
 use crate::pod::proc::ProcessRef;
 use crate::pod::ready_pipe::Reporter;
-use crate::pod::{BootError, GuestAssets, PodVm, PoweredOff, VM_DIED_EXIT_CODE};
+use crate::pod::{base_spec, BootError, GuestAssets, PodVm, PoweredOff, VM_DIED_EXIT_CODE};
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
 pub const SUBCOMMAND: &str = "vm-holder";
@@ -270,21 +269,9 @@ fn boot(
             .container
             .process
             .console_size
-            .map(|c| (c.rows, c.cols))
-            .unwrap_or((24, 80));
-        let pty = console::open(size.0, size.1).map_err(Error::io("pty"))?;
+            .map(|c| (c.rows, c.cols));
         let sock = console_socket.unwrap_or(Path::new(""));
-        console::send_master(sock, &pty.master, &pty.name).map_err(Error::io(sock))?;
-        drop(pty.master);
-        // The slave becomes this process's stdio: the relay, raw mode and SIGWINCH → resize
-        // then work exactly as for a terminal husk runs in.
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard fds, from a slave fd we own.
-            unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) };
-        }
-        // SAFETY: make the slave our controlling terminal (we are a session leader) so
-        // its size changes reach us as SIGWINCH.
-        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        console::become_pty_of(sock, size).map_err(Error::io(sock))?;
     }
     let attached = match attach::attach(
         &pod.agent,
@@ -320,15 +307,17 @@ fn start_vm(
     let kind = BackendKind::from_env().map_err(|e| Error::Usage(e.to_string()))?;
     let backend = backend::backend(kind).map_err(vm_err)?;
     std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
-    let mut spec = VmSpec::new(&assets.kernel, state.console_log());
-    spec.initramfs = Some(assets.initramfs.clone());
-    spec.cmdline = vec!["quiet".into()];
-    spec.vcpus = plan.vcpus;
-    spec.memory_mib = plan.memory_mib;
-    spec.vsock = Some(VsockSpec {
+    let vsock = VsockSpec {
         cid: state.vsock_cid,
         uds_path: state.vsock_uds(),
-    });
+    };
+    let mut spec = base_spec(
+        &assets,
+        &state.console_log(),
+        plan.vcpus,
+        plan.memory_mib,
+        vsock,
+    );
     spec.shared_dirs = plan.shares.clone();
     if let Some(ns) = &plan.netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {

@@ -3,9 +3,11 @@
 //! [`crate::ociruntime`], and the containerd shim to come).
 //!
 //! - [`assets`]: where the guest kernel and the agent initramfs are;
-//! - [`vm`]: [`PodVm`], a started VM with its agent: connect, create containers, power off;
+//! - [`vm`]: the base [`VmSpec`](crate::backend::VmSpec) of a pod, and [`PodVm`], a started
+//!   VM with its agent: connect, create containers, power off;
 //! - [`attach`]: host stdio to a process's streams (pipes, pty, log file), signal forwarding,
 //!   and the wait for the process with its output drained;
+//! - [`exec`]: another process in a running container;
 //! - [`proc`]: processes known by pid and start time, liveness from `/proc`;
 //! - [`ready_pipe`]: a front-end re-executing itself as the process that holds a VM (or an
 //!   exec), told `ok` or why not on an inherited pipe.
@@ -14,6 +16,7 @@
 
 pub mod assets;
 pub mod attach;
+pub mod exec;
 pub mod proc;
 pub mod ready_pipe;
 pub mod vm;
@@ -21,7 +24,7 @@ pub mod vm;
 use std::time::Duration;
 
 pub use assets::{GuestAssets, MissingAsset};
-pub use vm::{BootError, PodVm, PoweredOff};
+pub use vm::{base_spec, BootError, PodVm, PoweredOff};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;
 /// the margin is for a loaded host starting many VMs at once.

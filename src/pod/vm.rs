@@ -7,9 +7,28 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::ContainerSpec;
 
+use super::GuestAssets;
 use super::{AGENT_CONNECT_TIMEOUT, VM_EXIT_TIMEOUT};
 use crate::agent::{self, AgentClient};
-use crate::backend::{self, VmHandle};
+use crate::backend::{self, VmHandle, VmSpec, VsockSpec};
+
+/// A pod VM before its disks, shares and NICs: `assets`' kernel and agent initramfs booted
+/// `quiet`, `vcpus` and `memory_mib`, the agent's vsock, the console appended to `console_log`.
+pub fn base_spec(
+    assets: &GuestAssets,
+    console_log: &Path,
+    vcpus: u8,
+    memory_mib: u32,
+    vsock: VsockSpec,
+) -> VmSpec {
+    let mut spec = VmSpec::new(&assets.kernel, console_log);
+    spec.initramfs = Some(assets.initramfs.clone());
+    spec.cmdline = vec!["quiet".into()];
+    spec.vcpus = vcpus;
+    spec.memory_mib = memory_mib;
+    spec.vsock = Some(vsock);
+    spec
+}
 
 /// Why a started VM did not become a [`PodVm`]; the VM has been killed.
 #[derive(Debug, thiserror::Error)]

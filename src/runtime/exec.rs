@@ -1,14 +1,13 @@
 //! `husk exec`: another process in a running container, through a control connection of
 //! its own to the container's agent.
 
-use std::sync::Arc;
-
 use husk_protocol::{ProcessSpec, User};
 
 use super::lifecycle::Runtime;
 use super::{spec, Error};
 use crate::pod::attach::{self, Stdio};
-use crate::pod::VM_DIED_EXIT_CODE;
+use crate::pod::exec::new_exec_id;
+use crate::pod::{self, VM_DIED_EXIT_CODE};
 
 /// `husk exec` flags.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +27,7 @@ pub struct ExecOptions {
 pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error> {
     let target = attach::forward_signals();
     let state = rt.store.resolve(query)?;
-    let agent = Arc::new(rt.connect(&state)?);
+    super::lifecycle::must_be_running(&state)?;
     let agent_err = |source| Error::Agent {
         id: state.id.clone(),
         console: state.console_log.clone(),
@@ -92,17 +91,17 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
         capabilities: None,
         oom_score_adj: None,
     };
-    let exec_id = format!("exec-{}", &super::store::new_id()?[..16]);
-    agent
-        .exec_process(&state.id, &exec_id, process)
-        .map_err(agent_err)?;
+    let exec_id = new_exec_id().map_err(|source| Error::Io {
+        path: "/dev/urandom".into(),
+        source,
+    })?;
     let stdio = Stdio::Host {
         stdin: opts.stdin,
         tty: opts.tty,
     };
-    let attached = attach::attach(&agent, &state.vsock_uds, &state.id, Some(&exec_id), &stdio)
+    let running = pod::exec::start(&state.vsock_uds, &state.id, &exec_id, process, &stdio)
         .map_err(agent_err)?;
-    attach::follow(&target, &agent, &state.id, Some(&exec_id), opts.tty);
-    let exit = attached.wait(&agent, &state.id, Some(&exec_id), Some(&target));
+    running.follow(&target);
+    let exit = running.wait(Some(&target));
     Ok(exit.map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE))
 }

@@ -9,7 +9,7 @@ use husk_protocol::{
 
 use super::state::State;
 use crate::backend::{DiskSpec, SharedDirSpec, VmSpec, VsockSpec};
-use crate::pod::GuestAssets;
+use crate::pod::{self, GuestAssets};
 
 /// The virtio-fs tag of volume `i`.
 pub fn volume_tag(i: usize) -> String {
@@ -25,11 +25,11 @@ pub const SCRATCH_SERIAL: &str = "husk-scratch";
 /// The VM of a container: layer disks read-only in order, then the scratch disk, vsock.
 pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
     let c = &state.config;
-    let mut spec = VmSpec::new(&assets.kernel, &state.console_log);
-    spec.initramfs = Some(assets.initramfs.clone());
-    spec.cmdline = vec!["quiet".into()];
-    spec.vcpus = c.vcpus;
-    spec.memory_mib = c.memory_mib;
+    let vsock = VsockSpec {
+        cid: state.vsock_cid,
+        uds_path: state.vsock_uds.clone(),
+    };
+    let mut spec = pod::base_spec(assets, &state.console_log, c.vcpus, c.memory_mib, vsock);
     spec.disks = c
         .layers
         .iter()
@@ -44,10 +44,6 @@ pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
         path: state.scratch_disk.clone(),
         read_only: false,
         serial: Some(SCRATCH_SERIAL.into()),
-    });
-    spec.vsock = Some(VsockSpec {
-        cid: state.vsock_cid,
-        uds_path: state.vsock_uds.clone(),
     });
     spec.shared_dirs = c
         .volumes

@@ -289,9 +289,7 @@ impl Runtime {
 
     /// A fresh control connection to a running container's agent (for exec, stop, kill).
     pub fn connect(&self, state: &State) -> Result<AgentClient, Error> {
-        if !state.can_signal() {
-            return Err(wrong_state(state, "start it first (`husk start`)"));
-        }
+        must_be_running(state)?;
         AgentClient::connect(&state.vsock_uds, AGENT_REACH_TIMEOUT).map_err(|source| Error::Agent {
             id: state.id.clone(),
             console: state.console_log.clone(),
@@ -425,6 +423,15 @@ impl Runtime {
             return Ok(self.record_exit(&now_state, None)?.unwrap_or(now_state));
         }
         Ok(now_state)
+    }
+}
+
+/// Exec, stop and kill need a running container.
+pub(super) fn must_be_running(state: &State) -> Result<(), Error> {
+    if state.can_signal() {
+        Ok(())
+    } else {
+        Err(wrong_state(state, "start it first (`husk start`)"))
     }
 }
 

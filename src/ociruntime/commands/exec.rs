@@ -12,12 +12,12 @@ use oci_spec::runtime::Process;
 use super::super::state::{Status, Store};
 use super::super::{bundle, console, process, runc_log, vm_holder, Error};
 use super::{read_ready, spawn_helper, write_pid_file};
-use crate::agent::AgentClient;
 use crate::cli::runtime::{ExecArgs, ExecHolderArgs, RuntimeGlobal};
 use crate::pod::attach::{self, Stdio};
+use crate::pod::exec::{new_exec_id, RunningExec};
 use crate::pod::proc::ProcessRef;
 use crate::pod::ready_pipe::Reporter;
-use crate::pod::{AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE};
+use crate::pod::{self, VM_DIED_EXIT_CODE};
 
 /// The process to exec: `--process FILE`, or the container's own process with ARGS and the
 /// flags applied (as runc builds it).
@@ -189,46 +189,25 @@ fn foreground(
     mut ready: Reporter,
 ) -> Result<i32, Error> {
     let id = state.id.clone();
-    let agent_err = |source| Error::Agent {
-        id: id.clone(),
-        console: state.console_log(),
-        source: Box::new(source),
-    };
-    let run = || -> Result<_, Error> {
-        let agent = Arc::new(
-            AgentClient::connect(&state.vsock_uds(), AGENT_REACH_TIMEOUT).map_err(agent_err)?,
-        );
-        let tty = spec.terminal;
-        let exec_id = format!("exec-{}", &new_id()?[..16]);
-        if tty {
-            if let Some(sock) = console_socket {
-                let (rows, cols) = spec
-                    .console_size
-                    .map(|c| (c.rows, c.cols))
-                    .unwrap_or((24, 80));
-                let pty = console::open(rows, cols).map_err(Error::io("pty"))?;
-                console::send_master(sock, &pty.master, &pty.name).map_err(Error::io(sock))?;
-                use std::os::fd::AsRawFd;
-                for fd in 0..3 {
-                    // SAFETY: dup2 of a slave fd we own onto the standard fds.
-                    unsafe { libc::dup2(pty.slave.as_raw_fd(), fd) };
-                }
-                // SAFETY: a session leader (spawn_helper's setsid) takes its controlling tty.
-                unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-            }
+    let run = || -> Result<RunningExec, Error> {
+        if let (true, Some(sock)) = (spec.terminal, console_socket) {
+            let size = spec.console_size.map(|c| (c.rows, c.cols));
+            console::become_pty_of(sock, size).map_err(Error::io(sock))?;
         }
-        agent.exec_process(&id, &exec_id, spec).map_err(agent_err)?;
-        let attached = attach::attach(
-            &agent,
-            &state.vsock_uds(),
-            &id,
-            Some(&exec_id),
-            &Stdio::Host { stdin: true, tty },
-        )
-        .map_err(agent_err)?;
-        Ok((agent, exec_id, attached, tty))
+        let exec_id = new_exec_id().map_err(Error::io("/dev/urandom"))?;
+        let stdio = Stdio::Host {
+            stdin: true,
+            tty: spec.terminal,
+        };
+        pod::exec::start(&state.vsock_uds(), &id, &exec_id, spec, &stdio).map_err(|source| {
+            Error::Agent {
+                id: id.clone(),
+                console: state.console_log(),
+                source: Box::new(source),
+            }
+        })
     };
-    let (agent, exec_id, attached, tty) = match run() {
+    let running = match run() {
         Ok(r) => r,
         Err(e) => {
             ready.fail(&e.to_string());
@@ -236,10 +215,11 @@ fn foreground(
         }
     };
     if let Some(t) = target {
-        attach::follow(t, &agent, &id, Some(&exec_id), tty);
+        running.follow(t);
     }
     ready.ok();
-    let exit = attached.wait(&agent, &id, Some(&exec_id), target.map(|t| &**t));
+    let exec_id = running.exec_id().to_string();
+    let exit = running.wait(target.map(|t| &**t));
     Ok(match exit {
         Ok(s) => s.code,
         Err(e) => {
