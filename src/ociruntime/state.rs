@@ -10,8 +10,9 @@ use sha2::Digest;
 
 use super::Error;
 use crate::pod::proc::ProcessRef;
+use crate::pod::StateStore;
 
-pub const STATE_FILE: &str = "state.json";
+pub use crate::pod::state_store::STATE_FILE;
 /// The OCI runtime spec version husk-runtime implements.
 pub const OCI_VERSION: &str = "1.2.0";
 
@@ -146,9 +147,9 @@ impl ContainerState {
     }
 }
 
-/// All containers under one `--root`.
+/// All containers under one `--root`: a [`StateStore`] of [`ContainerState`]s.
 pub struct Store {
-    root: PathBuf,
+    records: StateStore<ContainerState>,
 }
 
 /// Held while ids and vsock cids are being handed out.
@@ -156,50 +157,34 @@ pub type StoreLock = crate::flock::FileLock;
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(root).map_err(Error::io(root))?;
         Ok(Store {
-            root: root.to_path_buf(),
+            records: StateStore::open(root)?,
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.records.root()
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {
-        self.root.join(id)
+        self.records.dir(id)
     }
 
     pub fn lock(&self) -> Result<StoreLock, Error> {
-        let path = self.root.join(".lock");
-        StoreLock::exclusive(&path).map_err(Error::io(&path))
+        Ok(self.records.lock()?)
     }
 
     pub fn exists(&self, id: &str) -> bool {
-        self.dir(id).join(STATE_FILE).is_file()
+        self.records.exists(id)
     }
 
     pub fn load(&self, id: &str) -> Result<ContainerState, Error> {
         check_id(id)?;
-        let path = self.dir(id).join(STATE_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchContainer(id.to_string()))
-            }
-            Err(source) => return Err(Error::Io { path, source }),
-        };
-        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path, source })
+        Ok(self.records.load(id)?)
     }
 
     pub fn save(&self, state: &ContainerState) -> Result<(), Error> {
-        let dir = self.dir(&state.id);
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        crate::util::fs::write_atomic(&path, &json).map_err(Error::io(&path))
+        Ok(self.records.save(&state.id, state)?)
     }
 
     /// Loads, changes and saves the state of `id` under the store lock.
@@ -208,28 +193,13 @@ impl Store {
         id: &str,
         change: impl FnOnce(&mut ContainerState),
     ) -> Result<ContainerState, Error> {
-        let _lock = self.lock()?;
-        let mut s = self.load(id)?;
-        change(&mut s);
-        self.save(&s)?;
-        Ok(s)
+        check_id(id)?;
+        Ok(self.records.update(id, change)?)
     }
 
     /// Every container with a readable state, sorted by id.
     pub fn list(&self) -> Result<Vec<ContainerState>, Error> {
-        let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.root).map_err(Error::io(&self.root))?;
-        for e in entries.flatten() {
-            let Some(id) = e.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if id.starts_with('.') || !self.exists(&id) {
-                continue;
-            }
-            if let Ok(s) = self.load(&id) {
-                out.push(s);
-            }
-        }
+        let mut out = self.records.list()?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -245,7 +215,7 @@ impl Store {
     /// virtiofsd sockets are named after the console log (`console.log.fsN.sock`).
     pub fn sock_dir(&self, id: &str) -> PathBuf {
         let mut h = sha2::Sha256::new();
-        h.update(self.root.as_os_str().as_encoded_bytes());
+        h.update(self.root().as_os_str().as_encoded_bytes());
         h.update(b"\0");
         h.update(id.as_bytes());
         let hex: String = h.finalize()[..8]
@@ -258,14 +228,7 @@ impl Store {
     /// Removes what `id` has on disk: its state directory and socket directory.
     pub fn remove(&self, state: &ContainerState) -> Result<(), Error> {
         let _ = std::fs::remove_dir_all(&state.sock_dir);
-        let dir = self.dir(&state.id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        Ok(self.records.remove(&state.id)?)
     }
 }
 

@@ -9,6 +9,7 @@
 //!   and the wait for the process with its output drained;
 //! - [`exec`]: another process in a running container;
 //! - [`proc`]: processes known by pid and start time, liveness from `/proc`;
+//! - [`state_store`]: the one atomic JSON store of per-container records;
 //! - [`ready_pipe`]: a front-end re-executing itself as the process that holds a VM (or an
 //!   exec), told `ok` or why not on an inherited pipe.
 //!
@@ -19,11 +20,13 @@ pub mod attach;
 pub mod exec;
 pub mod proc;
 pub mod ready_pipe;
+pub mod state_store;
 pub mod vm;
 
 use std::time::Duration;
 
 pub use assets::{GuestAssets, MissingAsset};
+pub use state_store::{StateStore, StoreError};
 pub use vm::{base_spec, BootError, PodVm, PoweredOff};
 
 /// How long a booting guest may take until its agent answers. TCG boots in about a second;

@@ -149,11 +149,7 @@ impl Runtime {
     }
 
     pub fn load(&self, id: &str) -> Result<State, Error> {
-        let dir = self.store.dir(id);
-        if !dir.join(super::state::STATE_FILE).is_file() {
-            return Err(Error::NoSuchContainer(id.to_string()));
-        }
-        State::load(&dir)
+        self.store.load(id)
     }
 
     /// Boots the VM of container `id` and creates the container in it (not started yet).

@@ -115,3 +115,14 @@ pub enum Error {
         log: PathBuf,
     },
 }
+
+impl From<crate::pod::StoreError> for Error {
+    fn from(e: crate::pod::StoreError) -> Error {
+        use crate::pod::StoreError;
+        match e {
+            StoreError::NotFound(id) => Error::NoSuchContainer(id),
+            StoreError::Io { path, source } => Error::Io { path, source },
+            StoreError::Corrupt { path, source } => Error::CorruptState { path, source },
+        }
+    }
+}

@@ -1,17 +1,15 @@
 //! `state.json`: what husk knows about one container, saved atomically (temp file + rename)
 //! so a crash mid-write leaves the old state, never a torn one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::Error;
 use crate::pod::proc::ProcessRef;
-use crate::util::fs::write_atomic;
 pub use crate::util::time::now;
 
 /// The file name of a container's state inside its directory.
-pub const STATE_FILE: &str = "state.json";
+pub use crate::pod::state_store::STATE_FILE;
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,27 +153,12 @@ impl State {
     pub fn can_delete(&self) -> bool {
         self.effective_status() != Status::Running
     }
-
-    pub fn load(dir: &Path) -> Result<State, Error> {
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptState { path, source })
-    }
-
-    /// Writes `state.json` in `dir` through a temp file and a rename.
-    pub fn save(&self, dir: &Path) -> Result<(), Error> {
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(self).expect("state serializes");
-        write_atomic(&path, &json).map_err(|source| Error::Io { path, source })
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::runtime::Error;
 
     pub(crate) fn sample(id: &str) -> State {
         State {
@@ -221,17 +204,18 @@ pub(crate) mod tests {
 
     #[test]
     fn saves_camel_case_atomically_and_loads_back() {
-        let dir = tempfile::tempdir().unwrap();
+        let (_root, store) = store();
         let mut s = sample(&"a".repeat(64));
         s.exit_code = Some(3);
-        s.save(dir.path()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        std::fs::create_dir(store.dir(&s.id)).unwrap();
+        store.save(&s.id, &s).unwrap();
+        let text = std::fs::read_to_string(store.dir(&s.id).join(STATE_FILE)).unwrap();
         assert!(text.contains("\"exitCode\": 3"), "{text}");
         assert!(text.contains("\"vsockUds\""), "{text}");
         assert!(text.contains("\"status\": \"created\""), "{text}");
         // No temp file left beside it.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert_eq!(State::load(dir.path()).unwrap(), s);
+        assert_eq!(std::fs::read_dir(store.dir(&s.id)).unwrap().count(), 1);
+        assert_eq!(store.load(&s.id).unwrap(), s);
     }
 
     #[test]
@@ -251,27 +235,35 @@ pub(crate) mod tests {
 
     #[test]
     fn state_without_volumes_loads_and_volumes_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
+        let (_root, store) = store();
         let mut s = sample(&"e".repeat(64));
-        s.save(dir.path()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        std::fs::create_dir(store.dir(&s.id)).unwrap();
+        store.save(&s.id, &s).unwrap();
+        let text = std::fs::read_to_string(store.dir(&s.id).join(STATE_FILE)).unwrap();
         // What a husk from before volumes wrote: no `volumes` key at all.
         assert!(!text.contains("volumes"), "{text}");
-        assert_eq!(State::load(dir.path()).unwrap(), s);
+        assert_eq!(store.load(&s.id).unwrap(), s);
         s.config.volumes = vec![Volume {
             host: "/srv/data".into(),
             guest: "/data".into(),
             read_only: true,
         }];
-        s.save(dir.path()).unwrap();
-        assert_eq!(State::load(dir.path()).unwrap(), s);
+        store.save(&s.id, &s).unwrap();
+        assert_eq!(store.load(&s.id).unwrap(), s);
     }
 
     #[test]
-    fn corrupt_state_names_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(STATE_FILE), b"{").unwrap();
-        let e = State::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("state.json"), "{e}");
+    fn corrupt_state_names_the_file_and_the_way_out() {
+        let (_root, store) = store();
+        std::fs::create_dir(store.dir("c")).unwrap();
+        std::fs::write(store.dir("c").join(STATE_FILE), b"{").unwrap();
+        let e = Error::from(store.load("c").unwrap_err()).to_string();
+        assert!(e.contains("state.json") && e.contains("husk rm -f"), "{e}");
+    }
+
+    fn store() -> (tempfile::TempDir, crate::pod::StateStore<State>) {
+        let root = tempfile::tempdir().unwrap();
+        let store = crate::pod::StateStore::open(root.path()).unwrap();
+        (root, store)
     }
 }

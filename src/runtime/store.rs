@@ -3,13 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use super::state::{State, STATE_FILE};
+use super::state::State;
 use super::Error;
+use crate::pod::StateStore;
 
-/// The container directories under one `--root`.
+/// The container directories under one `--root`: a [`StateStore`] of [`State`]s in
+/// `<root>/containers/`.
 #[derive(Debug, Clone)]
 pub struct ContainerStore {
     root: PathBuf,
+    records: StateStore<State>,
 }
 
 /// Held while state files are read-modified-written; released on drop.
@@ -18,13 +21,9 @@ pub type StoreLock = crate::flock::FileLock;
 impl ContainerStore {
     /// The store under `root` (e.g. `/var/lib/husk`), creating its directory if needed.
     pub fn open(root: &Path) -> Result<ContainerStore, Error> {
-        let dir = root.join("containers");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
         Ok(ContainerStore {
             root: root.to_path_buf(),
+            records: StateStore::open(&root.join("containers"))?,
         })
     }
 
@@ -33,40 +32,27 @@ impl ContainerStore {
     }
 
     pub fn containers_dir(&self) -> PathBuf {
-        self.root.join("containers")
+        self.records.root().to_path_buf()
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {
-        self.containers_dir().join(id)
+        self.records.dir(id)
     }
 
     /// An exclusive lock over every container's state (flock on `containers/.lock`).
     pub fn lock(&self) -> Result<StoreLock, Error> {
-        let path = self.containers_dir().join(".lock");
-        StoreLock::exclusive(&path).map_err(|source| Error::Io { path, source })
+        Ok(self.records.lock()?)
     }
 
-    /// Every container with a readable state file. Directories without one (a create in
-    /// progress, a crash before the first save) are skipped.
+    /// One container's state by full id.
+    pub fn load(&self, id: &str) -> Result<State, Error> {
+        Ok(self.records.load(id)?)
+    }
+
+    /// Every container with a readable state file, newest first. Directories without one (a
+    /// create in progress, a crash before the first save) are skipped.
     pub fn list(&self) -> Result<Vec<State>, Error> {
-        let dir = self.containers_dir();
-        let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut all = Vec::new();
-        for e in entries.flatten() {
-            let p = e.path();
-            if !p.join(STATE_FILE).is_file() {
-                continue;
-            }
-            match State::load(&p) {
-                Ok(s) => all.push(s),
-                // Removed between the check and the read.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("skipping {}: {e}", p.display()),
-            }
-        }
+        let mut all = self.records.list()?;
         all.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
         Ok(all)
     }
@@ -126,7 +112,8 @@ impl ContainerStore {
             path: dir.clone(),
             source,
         })?;
-        let made = build(&id, &dir, cid, &name).and_then(|s| s.save(&dir).map(|()| s));
+        let made = build(&id, &dir, cid, &name)
+            .and_then(|s| self.records.save(&id, &s).map(|()| s).map_err(Error::from));
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -136,28 +123,13 @@ impl ContainerStore {
     /// Loads, changes and saves one container's state under the lock. Fails with
     /// [`Error::NoSuchContainer`] if it was removed meanwhile.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut State)) -> Result<State, Error> {
-        let _lock = self.lock()?;
-        let dir = self.dir(id);
-        if !dir.join(STATE_FILE).is_file() {
-            return Err(Error::NoSuchContainer(id.to_string()));
-        }
-        let mut s = State::load(&dir)?;
-        change(&mut s);
-        s.save(&dir)?;
-        Ok(s)
+        Ok(self.records.update(id, change)?)
     }
 
     /// Removes a container's directory (its scratch disk, sockets, logs, state).
     pub fn remove_dir(&self, id: &str) -> Result<(), Error> {
         let _lock = self.lock()?;
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
-                path: dir,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        Ok(self.records.remove(id)?)
     }
 }
 
