@@ -1,22 +1,19 @@
 //! The `husk` CLI's containers: one container = one microVM, its state under
 //! `<root>/containers/<id>/`.
 //!
-//! This is the `husk` front-end's half of the container code, not a shared core:
-//! `husk-runtime` ([`crate::ociruntime`]) keeps its own state and lifecycle and borrows only
-//! pieces of this module ([`assets`], [`attach`], [`proc`], `store::new_id`, a few lifecycle
-//! constants). The planned container core (one lifecycle for every front-end) will take over
-//! what the two share and leave here only what is `husk`'s own.
+//! This is `husk`'s own half: its record, docker's image/flag merge, the VM and container
+//! spec built from the record, the detached monitor. Booting, exec, stdio and the store's
+//! file handling are the container core's ([`crate::pod`]), shared with `husk-runtime`.
 //!
-//! - [`state`]: `state.json` (camelCase, atomic writes) and the status guards;
-//! - [`store`]: container directories, the lock, id/name/prefix lookup;
-//! - [`proc`]: liveness from pid + start time in `/proc`, never from a stale file;
+//! - [`state`]: `state.json` (camelCase) and the status guards;
+//! - [`store`]: container directories, id/name/prefix lookup, unique names and CIDs;
 //! - [`spec`]: image config + `husk run` flags, merged as docker merges them;
 //! - [`image`]: what the runtime needs from an image ([`ImageSource`]);
-//! - [`assets`]: where the guest kernel and agent initramfs are;
-//! - [`lifecycle`]: create, boot, attach, wait, stop, kill, remove, exec;
+//! - [`guest_spec`]: the VM spec and the agent's container spec from the record;
+//! - [`lifecycle`]: create, boot, finish, stop, kill, remove;
+//! - [`exec`]: `husk exec`'s process spec;
 //! - `network`: attach a container's network before boot, release it after, sweep crashes;
-//! - [`monitor`]: the detached `husk` process that owns a `-d` container's VM;
-//! - [`attach`]: host stdio to the agent's streams (pty, raw mode, SIGWINCH).
+//! - [`monitor`]: the foreground drive and the detached `husk` process of a `-d` container.
 
 pub mod exec;
 pub mod guest_spec;
