@@ -2,7 +2,8 @@
 # One summary over every test binary of a `cargo test --no-fail-fast` run: passed, failed and
 # ignored per binary and in total, the failed tests by name, and the tests that could not run
 # on this host (NOT RUN, not counted as passed), and the nested-KVM rig's runs made again
-# because L1's own kernel failed under TCG (RIG RETRY).
+# for a fault of TCG's emulated SVM (RIG RETRY: L1's own kernel failed, or an L2 guest reset
+# before its first console line).
 #
 #   scripts/test-summary.sh CARGO_OUTPUT NOT_RUN_LOG [CARGO_STATUS] [RIG_RETRY_LOG]
 set -euo pipefail
@@ -52,7 +53,7 @@ else
     echo "  NOT RUN: none"
 fi
 if [ -n "$retries" ] && [ -s "$retries" ]; then
-    echo "  nested-KVM rig: runs made again after L1's kernel failed under TCG: $(wc -l <"$retries")"
+    echo "  nested-KVM rig: runs made again for a fault of TCG's emulated SVM: $(wc -l <"$retries")"
     sed 's/^/    /' "$retries"
 fi
 if grep -q '^error: could not compile' "$out"; then
