@@ -289,6 +289,71 @@ fn writable_layer_survives_stop_and_start_and_goes_with_rm() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// A foreground `husk run` whose VM dies under it exits 137 as docker's would, and says that
+/// it was the VM (not a SIGKILL inside the container) on one line.
+#[test]
+fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
+    let Some(h) = husk("a_vm_killed_under_husk_run_is_said_to_have_ended") else {
+        return;
+    };
+    let mut child = h
+        .cmd(&[
+            "run",
+            "--name",
+            "doomed",
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; sleep 1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the process runs in the guest, the only container of this root has its VMM pid.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let up = rx.recv_timeout(LIMIT).unwrap_or_default();
+    let pid = std::fs::read_dir(h.containers_dir())
+        .unwrap()
+        .flatten()
+        .find_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|s| s["pid"]["pid"].as_i64());
+    let (true, Some(pid)) = (up == "up\n", pid) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("never up ({up:?}, pid {pid:?}): {}", text(&out.stderr));
+    };
+    // SAFETY: the VMM pid husk just recorded for this test's container.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let ended = common::poll_until(Duration::from_secs(60), || {
+        child.try_wait().unwrap().map(|_| ())
+    });
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        ended.is_some(),
+        "husk run still running after its VM was killed: {err}"
+    );
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(
+        err.contains("container doomed: the VM ended before the container's process did"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    h.ok(&["rm", "doomed"]);
+}
+
 #[test]
 fn ps_sees_a_killed_vmm_at_once() {
     let Some(h) = husk("ps_sees_a_killed_vmm_at_once") else {

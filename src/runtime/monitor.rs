@@ -128,7 +128,25 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     attach::follow(&target, &pod.agent, id, None, tty);
     on_started();
     let exit = attached.wait(&pod.agent, id, None, Some(&target));
+    // Status 137 alone would read as a SIGKILL inside the container. Unless a stop or kill
+    // asked for it, or the VM's end has a cause of its own to report, say that the VM (or the
+    // way to its agent) went instead.
+    let lost = match &exit {
+        Err(e) if !rt.load(id).map(|s| s.stop_requested).unwrap_or(true) => Some(format!(
+            "container {}: the VM ended before the container's process did ({e})",
+            booted.state.name
+        )),
+        _ => None,
+    };
+    let console = booted.state.console_log.clone();
     let code = exit.as_ref().map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE);
     rt.finish(booted, exit)?;
+    if let Some(line) = lost {
+        // With --rm the console log went with the container.
+        match console.exists() {
+            true => tracing::warn!("{line}; see {}", console.display()),
+            false => tracing::warn!("{line}"),
+        }
+    }
     Ok(code)
 }
