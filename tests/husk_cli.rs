@@ -289,6 +289,58 @@ fn writable_layer_survives_stop_and_start_and_goes_with_rm() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// `husk run --timings` says where the time went, phase by phase in the order they happen,
+/// and the phases add up to about the command's own wall time.
+#[test]
+fn run_timings_list_every_phase_in_order() {
+    let Some(h) = husk("run_timings_list_every_phase_in_order") else {
+        return;
+    };
+    let started = Instant::now();
+    let out = h.run(&["run", "--rm", "--timings", "busybox", "true"]);
+    let wall = started.elapsed();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let phases = [
+        "image resolve",
+        "disk preparation",
+        "network attach",
+        "helper daemons",
+        "VMM spawn",
+        "kernel boot to agent ready",
+        "agent connect",
+        "container create",
+        "stdio attach + start",
+        "process run to exit",
+        "power-off + cleanup",
+        "total",
+    ];
+    let lines: Vec<&str> = err
+        .lines()
+        .skip_while(|l| *l != "husk: timings:")
+        .skip(1)
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim().rsplitn(3, ' ').nth(2).unwrap_or("").trim())
+        .collect();
+    assert_eq!(names, phases, "{err}");
+    let total_ms: f64 = lines
+        .last()
+        .and_then(|l| l.split_whitespace().rev().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0);
+    // The phases run from the command's start to its end, less process start-up and exit.
+    assert!(
+        total_ms > 0.0 && total_ms <= wall.as_secs_f64() * 1e3,
+        "total {total_ms} ms against {wall:?}: {err}"
+    );
+    assert!(
+        total_ms >= wall.as_secs_f64() * 1e3 * 0.5,
+        "{total_ms} ms against {wall:?}"
+    );
+}
+
 /// A foreground `husk run` whose VM dies under it exits 137 as docker's would, and says that
 /// it was the VM (not a SIGKILL inside the container) on one line.
 #[test]

@@ -14,6 +14,7 @@ use super::child::{self, Guarded, Leftovers};
 use super::process_vm::ProcessVm;
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::util::fs::{is_executable, which, write_atomic};
+use crate::util::timings;
 use crate::vmm::config::{
     ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, VmmConfig, VsockConfig,
 };
@@ -185,6 +186,7 @@ impl VmBackend for HuskVmmBackend {
                 leftovers.add_helper(daemon);
             }
         }
+        timings::mark("helper daemons");
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config").arg(&config);
         inherit_fds(
@@ -196,6 +198,7 @@ impl VmBackend for HuskVmmBackend {
         );
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
+        timings::mark("VMM spawn");
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");
         Ok(Box::new(ProcessVm::new(
             vmm,

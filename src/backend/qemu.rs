@@ -15,6 +15,7 @@ use super::child::{self, Guarded, Leftovers};
 use super::process_vm::ProcessVm;
 use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::util::fs::{is_executable, which};
+use crate::util::timings;
 
 /// Kernel arguments every guest of this backend gets.
 ///
@@ -264,11 +265,13 @@ impl VmBackend for QemuBackend {
                 fs_sockets.push(sock);
             }
         }
+        timings::mark("helper daemons");
         let mut cmd = Command::new(&self.qemu);
         cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         pass_tap_fds(&mut cmd, spec);
         let qemu = Guarded::spawn(&self.qemu.display().to_string(), &mut cmd)?;
+        timings::mark("VMM spawn");
         tracing::debug!(
             pid = qemu.pid(),
             accel = self.accel.as_str(),

@@ -10,6 +10,11 @@ pub struct RunArgs {
     /// Run in the background and print the container id.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Print how long each phase took (image, disks, network, helpers, VMM spawn, boot to
+    /// agent ready, create, start, run, teardown) on stderr at the end. With -d: the phases
+    /// up to the start of the monitor.
+    #[arg(long)]
+    pub timings: bool,
     /// Keep stdin open and pass it to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,

@@ -23,6 +23,7 @@ use crate::pod::attach::{self, Stdio};
 use crate::pod::proc::ProcessRef;
 use crate::pod::ready_pipe::Reporter;
 use crate::pod::{base_spec, BootError, GuestAssets, PodVm, PoweredOff, VM_DIED_EXIT_CODE};
+use crate::util::timings;
 
 /// The hidden subcommand `create` re-executes husk-runtime as.
 pub const SUBCOMMAND: &str = "vm-holder";
@@ -60,6 +61,8 @@ pub fn run(
     // Before any thread starts: the forwarded signals are blocked in every thread after.
     let target = attach::forward_signals();
     let mut ready = Reporter::take(READY_FD_ENV);
+    // Phases for the --debug log (cheap when unused).
+    timings::record();
     let booted = boot(store, id, console_socket, foreground);
     let booted = match booted {
         Ok(b) => b,
@@ -156,6 +159,11 @@ pub fn run(
         return 1;
     }
     ready.ok();
+    timings::mark("stdio attach + control socket");
+    runc_log::debug(&format!(
+        "container {id}: created in: {}",
+        timings::line(&timings::take())
+    ));
     if let Some(created) = run_now {
         let go = created()
             .map_err(|e| e.to_string())
@@ -208,6 +216,7 @@ pub fn run(
         s.exit_code = Some(code);
     });
     drop((vm, agent, attached));
+    timings::mark("created to exit");
     match pod.power_off(true) {
         Ok(PoweredOff::Cleanly) => {}
         Ok(PoweredOff::Killed) => runc_log::warn(&format!(
@@ -217,6 +226,11 @@ pub fn run(
     }
     release_network(store, id);
     let _ = std::fs::remove_file(&sock);
+    timings::mark("power-off + cleanup");
+    runc_log::debug(&format!(
+        "container {id}: ended with {code}: {}",
+        timings::line(&timings::take())
+    ));
     code
 }
 
@@ -332,6 +346,7 @@ fn start_vm(
             plan.container.network = Some(nic.guest);
         }
     }
+    timings::mark("bundle plan + network attach");
     // `spec` (and the TAP fd in it) goes at the end of this function: from then on the VMM
     // holds the only fd, and the TAP ends with it.
     let vm = backend.start(&spec).map_err(vm_err)?;

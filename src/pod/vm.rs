@@ -11,6 +11,7 @@ use super::GuestAssets;
 use super::{AGENT_CONNECT_TIMEOUT, VM_EXIT_TIMEOUT};
 use crate::agent::{self, AgentClient};
 use crate::backend::{self, VmHandle, VmSpec, VsockSpec};
+use crate::util::timings;
 
 /// A pod VM before its disks, shares and NICs: `assets`' kernel and agent initramfs booted
 /// `quiet`, `vcpus` and `memory_mib`, the agent's vsock, the console appended to `console_log`.
@@ -65,8 +66,10 @@ impl PodVm {
             .wait_vsock_ready(AGENT_CONNECT_TIMEOUT)
             .map_err(BootError::Vm)
             .and_then(|()| {
+                timings::mark("kernel boot to agent ready");
                 AgentClient::connect(vsock_uds, AGENT_CONNECT_TIMEOUT).map_err(BootError::Agent)
             });
+        timings::mark("agent connect");
         match connected {
             Ok(agent) => Ok(PodVm {
                 vm,
@@ -88,7 +91,9 @@ impl PodVm {
     /// Creates a container in the VM; its process waits for `start`. A pod holds any number
     /// of them, each under its own id.
     pub fn create_container(&self, spec: ContainerSpec) -> Result<(), agent::Error> {
-        self.agent.create_container(spec)
+        let created = self.agent.create_container(spec);
+        timings::mark("container create");
+        created
     }
 
     /// Powers the VM off: asks the agent if the VM still runs (`ask`: false when the agent

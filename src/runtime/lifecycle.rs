@@ -26,6 +26,7 @@ use crate::pod::{
     BootError, GuestAssets, PodVm, PoweredOff, AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE,
     VM_EXIT_TIMEOUT,
 };
+use crate::util::timings;
 
 /// Apparent size of a writable layer; sparse, so it costs what the container writes.
 pub const SCRATCH_SIZE: u64 = 8 << 30;
@@ -81,6 +82,7 @@ impl Runtime {
         opts: &RunOptions,
     ) -> Result<State, Error> {
         let img = images.resolve(image)?;
+        timings::mark("image resolve");
         // Names in `-u` or the image's User become numbers here, from the image's files.
         let mut process = opts.process.clone();
         let mut additional_gids = Vec::new();
@@ -101,6 +103,7 @@ impl Runtime {
                 let layers = hold_layers(dir, &img.layer_disks)?;
                 let scratch_disk = dir.join("scratch.ext4");
                 crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
+                timings::mark("disk preparation");
                 let vsock_uds = backend::vsock_socket_path(dir, &short_dir(id));
                 if let Some(d) = vsock_uds.parent() {
                     let _ = std::fs::create_dir_all(d);
@@ -176,6 +179,7 @@ impl Runtime {
         remove_sockets(&state);
         let mut vm_spec = vm_spec;
         let guest_net = self.attach_network(&state, &mut vm_spec)?;
+        timings::mark("network attach");
         let started = backend.start(&vm_spec);
         // The VMM holds the TAP fd now; ours would keep the TAP alive after it.
         drop(vm_spec);

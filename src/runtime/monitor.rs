@@ -10,6 +10,7 @@ use super::Error;
 use crate::pod::attach::{self, Stdio};
 use crate::pod::ready_pipe::{self, Reporter};
 use crate::pod::VM_DIED_EXIT_CODE;
+use crate::util::timings;
 
 /// The hidden subcommand a monitor runs as.
 pub const MONITOR_SUBCOMMAND: &str = "container-monitor";
@@ -125,9 +126,11 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
             return Err(e);
         }
     };
+    timings::mark("stdio attach + start");
     attach::follow(&target, &pod.agent, id, None, tty);
     on_started();
     let exit = attached.wait(&pod.agent, id, None, Some(&target));
+    timings::mark("process run to exit");
     // Status 137 alone would read as a SIGKILL inside the container. Unless a stop or kill
     // asked for it, or the VM's end has a cause of its own to report, say that the VM (or the
     // way to its agent) went instead.
@@ -141,6 +144,7 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     let console = booted.state.console_log.clone();
     let code = exit.as_ref().map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE);
     rt.finish(booted, exit)?;
+    timings::mark("power-off + cleanup");
     if let Some(line) = lost {
         // With --rm the console log went with the container.
         match console.exists() {

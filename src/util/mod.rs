@@ -1,5 +1,7 @@
 //! Small helpers the rest of the crate shares, each written once: finding a program on
-//! `PATH` and replacing a file atomically ([`fs`]), and time stamps ([`time`]).
+//! `PATH` and replacing a file atomically ([`fs`]), time stamps ([`time`]), and the start-up
+//! phase timer behind `husk run --timings` ([`timings`]).
 
 pub mod fs;
 pub mod time;
+pub mod timings;

@@ -4,6 +4,7 @@ use crate::network::ports::parse_all as parse_ports;
 use crate::network::{NetworkMode, NetworkSettings};
 use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
 use crate::runtime::{monitor, RunOptions};
+use crate::util::timings;
 
 /// `--network` (or `$HUSK_NETWORK`, else bridge) with the `-p` flags.
 fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSettings, Error> {
@@ -19,6 +20,18 @@ fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSet
 pub const NETWORK_ENV: &str = "HUSK_NETWORK";
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
+    if a.timings {
+        timings::record();
+    }
+    let show = a.timings;
+    let result = run_recorded(g, a);
+    if show {
+        eprint!("husk: timings:\n{}", timings::table(&timings::take()));
+    }
+    result
+}
+
+fn run_recorded(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
     let image_store = images::open(&g.root)?;
     let opts = RunOptions {
@@ -41,7 +54,9 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
     };
     let state = rt.create(&image_store, &a.image, &opts)?;
     if a.detach {
-        if let Err(e) = monitor::spawn(&rt, &state.id) {
+        let spawned = monitor::spawn(&rt, &state.id);
+        timings::mark("monitor start to running");
+        if let Err(e) = spawned {
             if a.rm {
                 let _ = rt.remove(&state.id, true);
             }
