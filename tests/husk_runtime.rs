@@ -30,7 +30,7 @@ fn create_start_relays_stdio_and_exits_with_the_status() {
         c["process"]["args"] = sh("echo out; echo err >&2; read x; echo \"got $x\"; exit 3");
     });
     let t0 = Instant::now();
-    let mut c = rt.create(&b, "c1", &[]);
+    let mut c = rt.create(&b, "c1", &["--debug"]);
     let s = rt.state("c1");
     assert_eq!(s["status"], "created");
     assert_eq!(s["pid"], c.pid);
@@ -57,6 +57,26 @@ fn create_start_relays_stdio_and_exits_with_the_status() {
     assert_eq!(
         (s["status"].as_str(), s["pid"].as_u64()),
         (Some("stopped"), Some(0))
+    );
+    // --debug: the VM holder logs where its time went, created and ended.
+    let log = std::fs::read_to_string(rt.log()).unwrap_or_default();
+    let said = |prefix: &str, phase: &str| {
+        log.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["level"] == "debug"
+                    && v["msg"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(prefix) && m.contains(phase))
+            })
+        })
+    };
+    assert!(
+        said("container c1: created in: ", "kernel boot to agent ready "),
+        "{log}"
+    );
+    assert!(
+        said("container c1: ended with 3: ", "power-off + cleanup "),
+        "{log}"
     );
     rt.ok(&["delete", "c1"]);
     rt.assert_clean();
