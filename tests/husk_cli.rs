@@ -399,7 +399,7 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
     );
     assert_eq!(out.status.code(), Some(137), "{err}");
     assert!(
-        err.contains("container doomed: the VM ended before the container's process did"),
+        err.contains("container doomed: lost its process before it exited: the VM ended"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -78,6 +78,6 @@ fn one_vm_holds_two_containers_and_powers_off() {
         assert_eq!(std::fs::read_to_string(&log).unwrap(), want_out, "{id}");
     }
     let vm = pod.vm.clone();
-    assert_eq!(pod.power_off(true).unwrap(), PoweredOff::Cleanly);
+    assert_eq!(pod.power_off().unwrap(), PoweredOff::Cleanly);
     assert!(vm.try_wait().unwrap().is_some(), "the VM is gone");
 }

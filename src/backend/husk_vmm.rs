@@ -5,7 +5,6 @@
 //! without touching running VMs.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +12,7 @@ use std::process::Command;
 use super::child::{self, Guarded, Leftovers};
 use super::process_vm::ProcessVm;
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
-use crate::util::fs::{is_executable, which, write_atomic};
+use crate::util::fs::{is_executable, which};
 use crate::util::timings;
 use crate::vmm::config::{
     ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, VmmConfig, VsockConfig,
@@ -111,29 +110,43 @@ pub fn config(spec: &VmSpec) -> VmmConfig {
 }
 
 /// Where the VM's husk-vmm config is written: beside its console log
-/// (`console.log.husk-vmm.json`), where a person debugging the VM finds it, and removed with
-/// the VM's other files. `husk-vmm --config FILE` runs the same VM by hand.
+/// (`console.log.husk-vmm.json`), for the VM's lifetime; it goes with the VM's other files.
+/// It names inherited TAPs by fd number, so only a VM without a NIC can be re-run from it by
+/// hand (`husk-vmm --config FILE`).
 pub fn config_file_for(console_log: &Path) -> PathBuf {
     let mut s = console_log.as_os_str().to_owned();
     s.push(".husk-vmm.json");
     PathBuf::from(s)
 }
 
-/// Writes `spec`'s config where [`config_file_for`] says (owner-only: it names every file and
-/// socket of the VM), after checking it as husk-vmm will, so that a VM husk-vmm would refuse
-/// fails here with the reason rather than as a VMM that exited.
+/// Writes `spec`'s config where [`config_file_for`] says, owner-only from its creation (it
+/// names every file and socket of the VM), after checking it as husk-vmm will, so that a VM
+/// husk-vmm would refuse fails here with the reason rather than as a VMM that exited. On an
+/// error nothing is left behind.
 pub(super) fn write_config(spec: &VmSpec) -> Result<PathBuf, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let cfg = config(spec);
     cfg.validate().map_err(Error::VmmConfig)?;
     let path = config_file_for(&spec.console_log);
-    // VmmConfig holds only strings, numbers and paths: serialising it cannot fail.
-    let json = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
-    write_atomic(&path, &json)
-        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|source| Error::File {
-            path: path.clone(),
-            source,
-        })?;
+    let fail = |source| Error::File {
+        path: path.clone(),
+        source,
+    };
+    // A path that is not UTF-8 cannot be written as JSON.
+    let json = serde_json::to_vec_pretty(&cfg).map_err(|e| fail(std::io::Error::other(e)))?;
+    // A stale file of a crashed run would keep its old mode: start afresh.
+    child::remove_if_exists(&path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&json));
+    if let Err(e) = written {
+        child::remove_if_exists(&path);
+        return Err(fail(e));
+    }
     Ok(path)
 }
 

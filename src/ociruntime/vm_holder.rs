@@ -217,7 +217,7 @@ pub fn run(
     });
     drop((vm, agent, attached));
     timings::mark("created to exit");
-    match pod.power_off(true) {
+    match pod.power_off() {
         Ok(PoweredOff::Cleanly) => {}
         Ok(PoweredOff::Killed) => runc_log::warn(&format!(
             "container {id}: the VM did not power off; killed it"
@@ -270,14 +270,10 @@ fn boot(
         id: id.to_string(),
         source: Box::new(source),
     };
-    let pod = PodVm::connect(vm, &state.vsock_uds()).map_err(|e| match e {
+    let pod = PodVm::boot(vm, &state.vsock_uds(), plan.container.clone()).map_err(|e| match e {
         BootError::Vm(source) => vm_err(source),
         BootError::Agent(source) => agent_err(source),
     })?;
-    if let Err(source) = pod.create_container(plan.container.clone()) {
-        let _ = pod.vm.kill();
-        return Err(agent_err(source));
-    }
     if mode == Console::Socket {
         let size = plan
             .container

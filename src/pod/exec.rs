@@ -1,5 +1,6 @@
 //! Another process in a running container of a pod: a control connection of its own to the
-//! agent, the process started under a fresh exec id, its stdio attached, then the wait. `husk
+//! agent ([`connect`]), the process started under a fresh exec id with its stdio attached
+//! ([`start`]), then the wait. `husk
 //! exec` and husk-runtime's `exec` (foreground or its exec holder) both go through here.
 
 use std::path::Path;
@@ -25,16 +26,24 @@ pub struct RunningExec {
     attached: Attached,
 }
 
-/// Starts `spec` as `exec_id` in `container` through the agent behind `vsock_uds`, its stdio
-/// attached to `stdio`.
+/// A control connection of its own to the agent behind `vsock_uds`, for one exec.
+pub fn connect(vsock_uds: &Path) -> Result<Arc<AgentClient>, agent::Error> {
+    Ok(Arc::new(AgentClient::connect(
+        vsock_uds,
+        AGENT_REACH_TIMEOUT,
+    )?))
+}
+
+/// Starts `spec` as `exec_id` in `container` through `agent` (from [`connect`]), its stdio
+/// attached to `stdio` over `vsock_uds`.
 pub fn start(
+    agent: Arc<AgentClient>,
     vsock_uds: &Path,
     container: &str,
     exec_id: &str,
     spec: ProcessSpec,
     stdio: &Stdio,
 ) -> Result<RunningExec, agent::Error> {
-    let agent = Arc::new(AgentClient::connect(vsock_uds, AGENT_REACH_TIMEOUT)?);
     let tty = spec.terminal;
     agent.exec_process(container, exec_id, spec)?;
     let attached = attach::attach(&agent, vsock_uds, container, Some(exec_id), stdio)?;

@@ -13,7 +13,9 @@
 //! - [`ready_pipe`]: a front-end re-executing itself as the process that holds a VM (or an
 //!   exec), told `ok` or why not on an inherited pipe.
 //!
-//! What stays with each front-end is its own state record and command-line behaviour.
+//! What stays with each front-end: its state record and command-line behaviour, and how it
+//! gets a VM started (its image or bundle, its network) and drives a started container
+//! (husk's monitor, husk-runtime's VM holder and control socket).
 
 pub mod assets;
 pub mod attach;

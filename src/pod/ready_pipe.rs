@@ -25,14 +25,21 @@ pub fn spawn(mut cmd: Command, env_var: &str) -> std::io::Result<(Child, File)> 
     cmd.env(env_var, READY_FD.to_string());
     let wfd = write_end.into_raw_fd();
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
-    // (setsid, dup2); it allocates nothing.
+    // (setsid, dup2, fcntl); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // dup2 leaves the new fd without CLOEXEC, so it survives the exec.
-            if libc::dup2(wfd, READY_FD) < 0 {
+            // dup2 leaves the new fd without CLOEXEC, so it survives the exec; when the pipe
+            // already is READY_FD (this process started with fd 3 closed), dup2 would do
+            // nothing and CLOEXEC would stay: clear it instead.
+            let kept = if wfd == READY_FD {
+                libc::fcntl(wfd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(wfd, READY_FD)
+            };
+            if kept < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -70,8 +77,18 @@ impl Reporter {
             .and_then(|v| v.parse::<i32>().ok())
             .filter(|fd| *fd > 2);
         std::env::remove_var(env_var);
-        Reporter(fd.map(|fd| {
-            // SAFETY: the parent passed this fd for this process alone and ownership is taken
+        // Only an open pipe is taken: a variable inherited by a process that was not handed
+        // the fd must not make it close (or write into) a file of its own.
+        let is_pipe = |fd: i32| {
+            // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat writes one stat into `st`, a live local of that type; a closed fd
+            // only makes it fail.
+            let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            ok && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        };
+        Reporter(fd.filter(|fd| is_pipe(*fd)).map(|fd| {
+            // SAFETY: an open pipe the parent passed for this process alone; ownership is taken
             // once (the variable is gone). Close-on-exec keeps it from the VMM and helpers
             // spawned later, which would otherwise hold the parent's read end open.
             unsafe {
@@ -117,6 +134,34 @@ mod tests {
         let answer = read_answer(read_end);
         child.wait().unwrap();
         answer
+    }
+
+    #[test]
+    fn a_reporter_answers_once_on_one_line_and_takes_only_a_pipe() {
+        use std::io::Read;
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array we pass.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the read end, fresh from pipe2, owned here alone.
+        let mut read_end = unsafe { File::from_raw_fd(fds[0]) };
+        std::env::set_var("HUSK_TEST_REPORTER_FD", fds[1].to_string());
+        let mut r = Reporter::take("HUSK_TEST_REPORTER_FD");
+        assert!(std::env::var_os("HUSK_TEST_REPORTER_FD").is_none());
+        assert!(r.is_waited_for());
+        assert!(r.fail("no\nkernel"));
+        r.ok();
+        assert!(!r.fail("again"));
+        drop(r);
+        let mut got = String::new();
+        read_end.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "no kernel\n");
+        // A variable naming a file that is not a pipe (or nothing open) is ignored.
+        let file = tempfile::tempfile().unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&file);
+        std::env::set_var("HUSK_TEST_REPORTER_FD", n.to_string());
+        assert!(!Reporter::take("HUSK_TEST_REPORTER_FD").is_waited_for());
+        std::env::set_var("HUSK_TEST_REPORTER_FD", "1000000");
+        assert!(!Reporter::take("HUSK_TEST_REPORTER_FD").is_waited_for());
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum BootError {
     /// The VM ended, or its guest never said it was up.
     #[error(transparent)]
     Vm(backend::Error),
-    /// The guest came up, but its agent could not be reached.
+    /// The guest came up, but its agent could not be reached or refused the container.
     #[error(transparent)]
     Agent(agent::Error),
 }
@@ -51,7 +51,8 @@ pub enum PoweredOff {
     Killed,
 }
 
-/// A VM whose agent answers, and the containers created in it.
+/// A VM whose agent answers; it holds the containers created in it (the agent keeps them
+/// apart by id).
 pub struct PodVm {
     pub vm: Arc<dyn VmHandle>,
     pub agent: Arc<AgentClient>,
@@ -83,6 +84,23 @@ impl PodVm {
         }
     }
 
+    /// [`connect`](Self::connect), then creates the pod's first container from `first`. On
+    /// failure the VM is killed.
+    pub fn boot(
+        vm: Arc<dyn VmHandle>,
+        vsock_uds: &Path,
+        first: ContainerSpec,
+    ) -> Result<PodVm, BootError> {
+        let pod = PodVm::connect(vm, vsock_uds)?;
+        match pod.create_container(first) {
+            Ok(()) => Ok(pod),
+            Err(e) => {
+                let _ = pod.vm.kill();
+                Err(BootError::Agent(e))
+            }
+        }
+    }
+
     /// The host socket the agent's connections (control and streams) go through.
     pub fn vsock_uds(&self) -> &Path {
         &self.vsock_uds
@@ -96,12 +114,12 @@ impl PodVm {
         created
     }
 
-    /// Powers the VM off: asks the agent if the VM still runs (`ask`: false when the agent
-    /// is known to be gone), waits up to [`VM_EXIT_TIMEOUT`], then kills it. `Err` when the
-    /// VM was ended by a failing helper (a virtiofsd that died under it): the cause to report.
-    pub fn power_off(self, ask: bool) -> Result<PoweredOff, backend::Error> {
+    /// Powers the VM off: asks the agent if the VM still runs, waits up to
+    /// [`VM_EXIT_TIMEOUT`], then kills it. `Err` when the VM was ended by a failing helper (a
+    /// virtiofsd that died under it): the cause to report.
+    pub fn power_off(self) -> Result<PoweredOff, backend::Error> {
         let PodVm { vm, agent, .. } = self;
-        if ask && matches!(vm.try_wait(), Ok(None)) {
+        if matches!(vm.try_wait(), Ok(None)) {
             // The agent answers, then powers off; a failure only means it went first.
             let _ = agent.shutdown();
         }
@@ -118,9 +136,11 @@ fn wait_or_kill(vm: &dyn VmHandle, limit: Duration) -> Result<PoweredOff, backen
             Ok(Some(_)) => return Ok(PoweredOff::Cleanly),
             Ok(None) => {}
             Err(e @ backend::Error::HelperExited { .. }) => return Err(e),
+            // Its state unknown: make sure it is gone.
             Err(e) => {
                 tracing::debug!("waiting for the VM: {e}");
-                return Ok(PoweredOff::Cleanly);
+                let _ = vm.kill();
+                return Ok(PoweredOff::Killed);
             }
         }
         if Instant::now() >= deadline {
@@ -128,5 +148,91 @@ fn wait_or_kill(vm: &dyn VmHandle, limit: Duration) -> Result<PoweredOff, backen
             return Ok(PoweredOff::Killed);
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A VM that ends after `polls` polls, or never, or fails its wait once.
+    struct FakeVm {
+        polls: AtomicUsize,
+        ends_after: Option<usize>,
+        helper_died: bool,
+        killed: AtomicBool,
+    }
+
+    impl FakeVm {
+        fn new(ends_after: Option<usize>, helper_died: bool) -> FakeVm {
+            FakeVm {
+                polls: AtomicUsize::new(0),
+                ends_after,
+                helper_died,
+                killed: AtomicBool::new(false),
+            }
+        }
+    }
+
+    impl VmHandle for FakeVm {
+        fn pid(&self) -> u32 {
+            1
+        }
+        fn wait(&self) -> Result<std::process::ExitStatus, backend::Error> {
+            unimplemented!("not used by power-off")
+        }
+        fn try_wait(&self) -> Result<Option<std::process::ExitStatus>, backend::Error> {
+            use std::os::unix::process::ExitStatusExt;
+            let n = self.polls.fetch_add(1, Ordering::SeqCst);
+            if self.helper_died {
+                return Err(backend::Error::HelperExited {
+                    program: "virtiofsd".into(),
+                    pid: 2,
+                    status: std::process::ExitStatus::from_raw(9),
+                    log: "/log".into(),
+                });
+            }
+            let ended = self.ends_after.is_some_and(|k| n >= k);
+            Ok(ended.then(|| std::process::ExitStatus::from_raw(0)))
+        }
+        fn kill(&self) -> Result<(), backend::Error> {
+            self.killed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn console_log(&self) -> PathBuf {
+            "/console.log".into()
+        }
+        fn vsock_uds(&self) -> Option<PathBuf> {
+            None
+        }
+        fn wait_vsock_ready(&self, _: Duration) -> Result<(), backend::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn power_off_waits_kills_a_vm_that_stays_and_reports_a_dead_helper() {
+        let going = FakeVm::new(Some(3), false);
+        assert_eq!(
+            wait_or_kill(&going, Duration::from_secs(5)).unwrap(),
+            PoweredOff::Cleanly
+        );
+        assert!(!going.killed.load(Ordering::SeqCst));
+
+        let staying = FakeVm::new(None, false);
+        let t = Instant::now();
+        assert_eq!(
+            wait_or_kill(&staying, Duration::from_millis(50)).unwrap(),
+            PoweredOff::Killed
+        );
+        assert!(staying.killed.load(Ordering::SeqCst));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+
+        let broken = FakeVm::new(None, true);
+        let e = wait_or_kill(&broken, Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("virtiofsd"), "{e}");
     }
 }

@@ -99,7 +99,17 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
         stdin: opts.stdin,
         tty: opts.tty,
     };
-    let running = pod::exec::start(&state.vsock_uds, &state.id, &exec_id, process, &stdio)
+    let running = pod::exec::connect(&state.vsock_uds)
+        .and_then(|agent| {
+            pod::exec::start(
+                agent,
+                &state.vsock_uds,
+                &state.id,
+                &exec_id,
+                process,
+                &stdio,
+            )
+        })
         .map_err(agent_err)?;
     running.follow(&target);
     let exit = running.wait(Some(&target));

@@ -206,7 +206,9 @@ impl Runtime {
             console: state.console_log.clone(),
             source: Box::new(source),
         };
-        let pod = match PodVm::connect(vm, &state.vsock_uds) {
+        let mut spec = container_spec(&state, console);
+        spec.network = guest_net;
+        let pod = match PodVm::boot(vm, &state.vsock_uds, spec) {
             Ok(pod) => pod,
             Err(e) => {
                 let _ = self.record_exit(&state, None);
@@ -216,13 +218,6 @@ impl Runtime {
                 });
             }
         };
-        let mut spec = container_spec(&state, console);
-        spec.network = guest_net;
-        if let Err(source) = pod.create_container(spec) {
-            let _ = pod.vm.kill();
-            let _ = self.record_exit(&state, None);
-            return Err(agent_err(&state, source));
-        }
         Ok(Booted { state, pod })
     }
 
@@ -242,7 +237,7 @@ impl Runtime {
             }
         };
         // A helper (virtiofsd) died and the VM was stopped for it: say so.
-        let failure = match pod.power_off(code.is_some()) {
+        let failure = match pod.power_off() {
             Ok(PoweredOff::Cleanly) => None,
             Ok(PoweredOff::Killed) => {
                 tracing::warn!(id = %state.id, "VM did not power off; killed it");

@@ -2,8 +2,9 @@
 //! `<root>/containers/<id>/`.
 //!
 //! This is `husk`'s own half: its record, docker's image/flag merge, the VM and container
-//! spec built from the record, the detached monitor. Booting, exec, stdio and the store's
-//! file handling are the container core's ([`crate::pod`]), shared with `husk-runtime`.
+//! spec built from the record, starting the VM with its network, the detached monitor. The
+//! agent connection, container creation and power-off, exec, stdio and the store's file
+//! handling are the container core's ([`crate::pod`]), shared with `husk-runtime`.
 //!
 //! - [`state`]: `state.json` (camelCase) and the status guards;
 //! - [`store`]: container directories, id/name/prefix lookup, unique names and CIDs;

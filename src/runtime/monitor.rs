@@ -136,7 +136,7 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     // way to its agent) went instead.
     let lost = match &exit {
         Err(e) if !rt.load(id).map(|s| s.stop_requested).unwrap_or(true) => Some(format!(
-            "container {}: the VM ended before the container's process did ({e})",
+            "container {}: lost its process before it exited: the VM ended or its agent stopped answering ({e})",
             booted.state.name
         )),
         _ => None,

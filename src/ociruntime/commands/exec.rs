@@ -189,23 +189,24 @@ fn foreground(
     mut ready: Reporter,
 ) -> Result<i32, Error> {
     let id = state.id.clone();
+    let agent_err = |source| Error::Agent {
+        id: id.clone(),
+        console: state.console_log(),
+        source: Box::new(source),
+    };
     let run = || -> Result<RunningExec, Error> {
+        // The agent first: an engine is handed a pty only for an exec that can run.
+        let agent = pod::exec::connect(&state.vsock_uds()).map_err(agent_err)?;
+        let exec_id = new_exec_id().map_err(Error::io("/dev/urandom"))?;
         if let (true, Some(sock)) = (spec.terminal, console_socket) {
             let size = spec.console_size.map(|c| (c.rows, c.cols));
             console::become_pty_of(sock, size).map_err(Error::io(sock))?;
         }
-        let exec_id = new_exec_id().map_err(Error::io("/dev/urandom"))?;
         let stdio = Stdio::Host {
             stdin: true,
             tty: spec.terminal,
         };
-        pod::exec::start(&state.vsock_uds(), &id, &exec_id, spec, &stdio).map_err(|source| {
-            Error::Agent {
-                id: id.clone(),
-                console: state.console_log(),
-                source: Box::new(source),
-            }
-        })
+        pod::exec::start(agent, &state.vsock_uds(), &id, &exec_id, spec, &stdio).map_err(agent_err)
     };
     let running = match run() {
         Ok(r) => r,
