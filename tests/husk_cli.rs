@@ -383,6 +383,21 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
         let out = child.wait_with_output().unwrap();
         panic!("never up ({up:?}, pid {pid:?}): {}", text(&out.stderr));
     };
+    // What the container leaves on the host is its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = std::fs::read_dir(h.containers_dir())
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().is_dir())
+            .unwrap()
+            .path();
+        assert_eq!(mode(&h.containers_dir()), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("scratch.ext4")), 0o600);
+        assert_eq!(mode(&dir.join("console.log")), 0o600);
+    }
     // SAFETY: the VMM pid husk just recorded for this test's container.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let ended = common::poll_until(Duration::from_secs(60), || {

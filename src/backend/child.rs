@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -185,7 +186,14 @@ pub(super) fn open_console_log(path: &Path) -> Result<File, Error> {
         path: path.to_path_buf(),
         source,
     };
-    File::create(path).map_err(err)?;
+    // Owner-only: the guest's console may carry what the container printed.
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
     OpenOptions::new().append(true).open(path).map_err(err)
 }
 

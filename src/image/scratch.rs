@@ -4,6 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,7 +38,13 @@ pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match OpenOptions::new().write(true).create_new(true).open(path) {
+    // Owner-only: it will hold whatever the container writes.
+    let file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(ScratchError::Exists {

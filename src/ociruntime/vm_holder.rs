@@ -34,7 +34,19 @@ pub const READY_FD_ENV: &str = "HUSK_RUNTIME_READY_FD";
 /// What the control socket tells the main thread.
 enum Event {
     Started,
+    /// The process could not be started (a missing binary): the exit code to report.
+    StartFailed(i32),
     Killed(i32),
+}
+
+/// The exit code of a process that could not be started, as a shell reports a command it
+/// cannot run: 127 when it does not exist, 126 otherwise.
+fn start_failure_code(why: &str) -> i32 {
+    if why.contains("No such file or directory") {
+        127
+    } else {
+        126
+    }
 }
 
 /// How the VM holder's stdio reaches the container.
@@ -104,9 +116,15 @@ pub fn run(
                     if started.swap(true, Ordering::SeqCst) {
                         return Err(format!("container {id} was already started"));
                     }
-                    agent
-                        .start_container(&id)
-                        .map_err(|e| format!("starting the container's process: {e}"))?;
+                    if let Err(e) = agent.start_container(&id) {
+                        // The container is over: it never ran and never will.
+                        let why = format!("starting the container's process: {e}");
+                        let _ = tx
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .send(Event::StartFailed(start_failure_code(&why)));
+                        return Err(why);
+                    }
                     if let Ok(store) = Store::open(&store_root) {
                         let _ = store.update(&id, |s| s.status = Status::Running);
                     }
@@ -201,6 +219,7 @@ pub fn run(
                     }
                 };
             }
+            Ok(Event::StartFailed(code)) => break code,
             Ok(Event::Killed(sig)) => break 128 + sig,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if !matches!(vm.try_wait(), Ok(None)) {
@@ -316,7 +335,7 @@ fn start_vm(
     };
     let kind = BackendKind::from_env().map_err(|e| Error::Usage(e.to_string()))?;
     let backend = backend::backend(kind).map_err(vm_err)?;
-    std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
+    crate::util::fs::create_private_dir(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
     let vsock = VsockSpec {
         cid: state.vsock_cid,
         uds_path: state.vsock_uds(),

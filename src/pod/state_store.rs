@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::flock::FileLock;
-use crate::util::fs::write_atomic;
+use crate::util::fs::{create_private_dir, write_atomic};
 
 /// The file name of a record inside its directory.
 pub const STATE_FILE: &str = "state.json";
@@ -52,9 +52,10 @@ impl<T> Clone for StateStore<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> StateStore<T> {
-    /// The store under `root`, creating the directory if needed.
+    /// The store under `root`, creating the directory if needed; only its owner may enter
+    /// it (0700).
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(root).map_err(|source| StoreError::Io {
+        create_private_dir(root).map_err(|source| StoreError::Io {
             path: root.to_path_buf(),
             source,
         })?;

@@ -26,6 +26,7 @@ use crate::pod::{
     BootError, GuestAssets, PodVm, PoweredOff, AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE,
     VM_EXIT_TIMEOUT,
 };
+use crate::util::fs::create_private_dir;
 use crate::util::timings;
 
 /// Apparent size of a writable layer; sparse, so it costs what the container writes.
@@ -106,7 +107,7 @@ impl Runtime {
                 timings::mark("disk preparation");
                 let vsock_uds = backend::vsock_socket_path(dir, &short_dir(id));
                 if let Some(d) = vsock_uds.parent() {
-                    let _ = std::fs::create_dir_all(d);
+                    let _ = create_private_dir(d);
                 }
                 Ok(State {
                     id: id.to_string(),
@@ -173,7 +174,7 @@ impl Runtime {
         // The short socket directory under the temp dir may have been cleaned since `create`.
         for p in [&state.console_log, &state.vsock_uds] {
             if let Some(d) = p.parent() {
-                let _ = std::fs::create_dir_all(d);
+                let _ = create_private_dir(d);
             }
         }
         remove_sockets(&state);

@@ -1,6 +1,7 @@
 //! The containers under `<root>/containers/`: one directory per container id, a lock file
 //! that serialises every state change, id/name/prefix lookup, unique names and vsock CIDs.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::state::State;
@@ -108,10 +109,13 @@ impl ContainerStore {
         }
         let cid = crate::pod::free_cid(all.iter().map(|s| s.vsock_cid));
         let dir = self.dir(&id);
-        std::fs::create_dir(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
         let made = build(&id, &dir, cid, &name)
             .and_then(|s| self.records.save(&id, &s).map(|()| s).map_err(Error::from));
         if made.is_err() {

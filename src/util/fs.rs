@@ -1,4 +1,4 @@
-//! Files and programs: [`which`] and [`write_atomic`].
+//! Files and programs: [`which`], [`write_atomic`] and [`create_private_dir`].
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -49,9 +49,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `path` (and missing parents) as a directory only its owner may enter (0700), or
+/// makes an existing one so: what a container leaves there (its console log, its writable
+/// layer, its sockets) is no other local user's to read.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_dirs_are_0700_new_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("a/b");
+        create_private_dir(&new).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&new), 0o700);
+        let old = dir.path().join("c");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700);
+    }
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temp_file() {

@@ -11,6 +11,7 @@ use super::lifecycle::destroy;
 use super::{read_ready, spawn_helper, write_pid_file};
 use crate::cli::runtime::{CreateArgs, RunArgs, RuntimeGlobal};
 use crate::pod::proc::ProcessRef;
+use crate::util::fs::create_private_dir;
 use crate::util::time::rfc3339_now;
 
 /// Records a new container (status `creating`) under the store lock; fails on a duplicate id.
@@ -38,9 +39,9 @@ fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Erro
         poststop: plan.hooks.poststop.clone(),
     };
     let dir = store.dir(id);
-    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    create_private_dir(&dir).map_err(Error::io(&dir))?;
     let _ = std::fs::remove_dir_all(&state.sock_dir);
-    std::fs::create_dir_all(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
+    create_private_dir(&state.sock_dir).map_err(Error::io(&state.sock_dir))?;
     if let Err(e) = store.save(&state) {
         let _ = store.remove(&state);
         return Err(e);

@@ -69,6 +69,11 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
                     detail,
                 }
             })?;
+            if sig == libc::SIGKILL {
+                // As with runc, a container is stopped once `kill KILL` returns: a `delete`
+                // right after it must not find it running.
+                wait_stopped(store, &a.id, STOP_WAIT);
+            }
         }
         Status::Paused if sig == libc::SIGKILL => {
             // The VMM is stopped and cannot answer: kill it; the VM holder sees the VM end.
@@ -85,6 +90,19 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
         }
     }
     Ok(0)
+}
+
+/// Waits up to `limit` for container `id` to be stopped (or gone).
+fn wait_stopped(store: &Store, id: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        match store.load(id) {
+            Ok(s) if s.effective_status() != Status::Stopped => {}
+            _ => return,
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runc_log::warn(&format!("container {id}: not stopped {limit:?} after KILL"));
 }
 
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
