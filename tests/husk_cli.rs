@@ -341,6 +341,57 @@ fn run_timings_list_every_phase_in_order() {
     );
 }
 
+/// Ctrl-C while the VM boots (before the container runs) ends `husk run` with 130 and takes
+/// the VM with it: no VMM is left running, and the container can be removed.
+#[test]
+fn a_signal_during_boot_takes_the_vm_with_it() {
+    let Some(h) = husk("a_signal_during_boot_takes_the_vm_with_it") else {
+        return;
+    };
+    let mut child = h
+        .cmd(&["run", "--name", "early", "busybox", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The VMM's pid is recorded as soon as it runs, most of a second before the guest is up.
+    let pid = common::poll_until(LIMIT, || {
+        let dir = std::fs::read_dir(h.containers_dir()).ok()?;
+        let s: serde_json::Value = dir
+            .flatten()
+            .find_map(|e| std::fs::read(e.path().join("state.json")).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        s["pid"]["pid"].as_i64()
+    });
+    let Some(pid) = pid else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("the VM never started: {}", text(&out.stderr));
+    };
+    // SAFETY: plain kill(2) of the husk process this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let ended = common::poll_until(Duration::from_secs(30), || {
+        child.try_wait().unwrap().map(|_| ())
+    });
+    if ended.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        ended.is_some(),
+        "husk run still running after SIGINT: {err}"
+    );
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let gone = common::poll_until(Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "the VMM (pid {pid}) outlived husk run");
+    h.ok(&["rm", "early"]);
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+}
+
 /// A foreground `husk run` whose VM dies under it exits 137 as docker's would, and says that
 /// it was the VM (not a SIGKILL inside the container) on one line.
 #[test]

@@ -75,7 +75,7 @@ pub fn run(
     let mut ready = Reporter::take(READY_FD_ENV);
     // Phases for the --debug log (cheap when unused).
     timings::record();
-    let booted = boot(store, id, console_socket, foreground);
+    let booted = boot(store, id, console_socket, foreground, &target);
     let booted = match booted {
         Ok(b) => b,
         Err(e) => {
@@ -97,7 +97,6 @@ pub fn run(
         state,
     } = booted;
     let (vm, agent) = (pod.vm.clone(), pod.agent.clone());
-    attach::guard_vm(&target, &vm);
 
     let (tx, rx) = mpsc::channel();
     let started = Arc::new(AtomicBool::new(false));
@@ -260,11 +259,14 @@ struct Booted {
     state: ContainerState,
 }
 
+/// Starts the VM and creates the container in it; `target` takes the VM as soon as it runs,
+/// so that a signal ending the holder during the boot takes the VM with it.
 fn boot(
     store: &Store,
     id: &str,
     console_socket: Option<&Path>,
     foreground: bool,
+    target: &std::sync::Mutex<attach::SignalTarget>,
 ) -> Result<Booted, Error> {
     let state = store.load(id)?;
     let mut plan = bundle::plan(id, &state.bundle)?;
@@ -280,6 +282,7 @@ fn boot(
         }
     };
     let vm = start_vm(store, &state, &mut plan)?;
+    attach::guard_vm(target, &vm);
     let agent_err = |source| Error::Agent {
         id: id.to_string(),
         console: state.console_log(),

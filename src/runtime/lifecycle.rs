@@ -158,8 +158,14 @@ impl Runtime {
 
     /// Boots the VM of container `id` and creates the container in it (not started yet).
     /// The calling process becomes the container's monitor. `console`: the host terminal
-    /// size for a tty container.
-    pub fn boot(&self, id: &str, console: Option<(u16, u16)>) -> Result<Booted, Error> {
+    /// size for a tty container. `on_vm` sees the VM as soon as it runs, before the guest
+    /// is up (a signal that ends husk meanwhile must take the VM with it).
+    pub fn boot(
+        &self,
+        id: &str,
+        console: Option<(u16, u16)>,
+        on_vm: impl FnOnce(&Arc<dyn crate::backend::VmHandle>),
+    ) -> Result<Booted, Error> {
         let state = self.load(id)?;
         if !state.can_start() {
             return Err(wrong_state(&state, "it is already running"));
@@ -191,6 +197,7 @@ impl Runtime {
                 return Err(vm_err(e));
             }
         };
+        on_vm(&vm);
         let vm_pid = ProcessRef::of(vm.pid());
         let state = self.store.update(id, |s| {
             s.status = Status::Running;

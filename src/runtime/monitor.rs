@@ -106,9 +106,10 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     let target = attach::forward_signals();
     let tty = matches!(stdio, Stdio::Host { tty: true, .. });
     let console = if tty { attach::terminal_size() } else { None };
-    let booted = rt.boot(id, console.or(Some((24, 80))))?;
+    let booted = rt.boot(id, console.or(Some((24, 80))), |vm| {
+        attach::guard_vm(&target, vm)
+    })?;
     let pod = &booted.pod;
-    attach::guard_vm(&target, &pod.vm);
     let attached = attach::attach(&pod.agent, pod.vsock_uds(), id, None, &stdio)
         .and_then(|a| pod.agent.start_container(id).map(|_| a));
     let attached = match attached {
