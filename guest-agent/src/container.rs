@@ -19,7 +19,11 @@ use crate::{cgroup, net, rootfs};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
     Nothing,
+    /// The host asked (`Shutdown`): it needs nothing more, so the VM ends at once.
     PowerOff,
+    /// Every container's status was collected: the VM ends once that last reply, which the
+    /// host does need, has had time to leave (unless the host's `Shutdown` comes first).
+    PowerOffWhenDelivered,
 }
 
 pub struct Process {
@@ -244,7 +248,7 @@ impl Agent {
             *lock(&self.container(id)?.collected) = true;
             let all = lock(&self.containers).values().all(|c| *lock(&c.collected));
             if all {
-                *after = After::PowerOff;
+                *after = After::PowerOffWhenDelivered;
             }
         }
         Ok(ResponseBody::Exited(status))

@@ -112,10 +112,16 @@ fn dispatch(agent: &Arc<Agent>, writer: &Arc<Mutex<VsockStream>>, req: Request) 
         .spawn(move || {
             let (body, after) = agent.handle(req.body);
             send(&writer, &Response { id: req.id, body });
-            if after == After::PowerOff {
-                // Give the reply a moment to leave through the vsock device before the reset.
-                std::thread::sleep(Duration::from_millis(250));
-                power::off();
+            match after {
+                After::Nothing => {}
+                After::PowerOff => power::off(),
+                After::PowerOffWhenDelivered => {
+                    // Give the reply a moment to leave through the vsock device before the
+                    // reset; the host's `Shutdown`, sent once it has the reply and the
+                    // process's output, usually ends the VM first.
+                    std::thread::sleep(Duration::from_millis(250));
+                    power::off();
+                }
             }
         });
     if let Err(e) = r {

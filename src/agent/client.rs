@@ -297,10 +297,16 @@ impl AgentClient {
         }
     }
 
-    /// Asks the agent to sync and power the VM off. The agent answers first; the connection
-    /// closes as the VM goes down.
+    /// Asks the agent to sync and power the VM off. The agent answers and ends the VM at once,
+    /// so the answer may be lost with it: the connection then closes as the VM goes down.
     pub fn shutdown(&self) -> Result<(), Error> {
-        expect_done("shutdown", self.call_default(RequestBody::Shutdown)?)
+        self.shutdown_within(self.call_timeout)
+    }
+
+    /// [`shutdown`](Self::shutdown), waiting at most `timeout` for the answer (a caller that
+    /// watches the VM end does not need it).
+    pub fn shutdown_within(&self, timeout: Duration) -> Result<(), Error> {
+        expect_done("shutdown", self.call(RequestBody::Shutdown, Some(timeout))?)
     }
 }
 

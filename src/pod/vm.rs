@@ -42,6 +42,9 @@ pub enum BootError {
     Agent(agent::Error),
 }
 
+/// How long power-off waits for the agent to answer `Shutdown` before it watches the VM end.
+const SHUTDOWN_ANSWER: Duration = Duration::from_secs(2);
+
 /// How [`PodVm::power_off`] ended the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoweredOff {
@@ -120,8 +123,9 @@ impl PodVm {
     pub fn power_off(self) -> Result<PoweredOff, backend::Error> {
         let PodVm { vm, agent, .. } = self;
         if matches!(vm.try_wait(), Ok(None)) {
-            // The agent answers, then powers off; a failure only means it went first.
-            let _ = agent.shutdown();
+            // The agent answers, then powers off at once: the answer may be lost with the VM,
+            // and the VM's end is what is waited for below.
+            let _ = agent.shutdown_within(SHUTDOWN_ANSWER);
         }
         drop(agent);
         wait_or_kill(&*vm, VM_EXIT_TIMEOUT)
