@@ -341,6 +341,15 @@ fn run_timings_list_every_phase_in_order() {
     );
 }
 
+/// The state.json of the only container under `h`'s root, once it has one.
+fn only_state(h: &Husk) -> Option<serde_json::Value> {
+    std::fs::read_dir(h.containers_dir())
+        .ok()?
+        .flatten()
+        .find_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// Ctrl-C while the VM boots (before the container runs) ends `husk run` with 130 and takes
 /// the VM with it: no VMM is left running, and the container can be removed.
 #[test]
@@ -356,14 +365,7 @@ fn a_signal_during_boot_takes_the_vm_with_it() {
         .spawn()
         .unwrap();
     // The VMM's pid is recorded as soon as it runs, most of a second before the guest is up.
-    let pid = common::poll_until(LIMIT, || {
-        let dir = std::fs::read_dir(h.containers_dir()).ok()?;
-        let s: serde_json::Value = dir
-            .flatten()
-            .find_map(|e| std::fs::read(e.path().join("state.json")).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())?;
-        s["pid"]["pid"].as_i64()
-    });
+    let pid = common::poll_until(LIMIT, || only_state(&h)?["pid"]["pid"].as_i64());
     let Some(pid) = pid else {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
@@ -371,18 +373,9 @@ fn a_signal_during_boot_takes_the_vm_with_it() {
     };
     // SAFETY: plain kill(2) of the husk process this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let ended = common::poll_until(Duration::from_secs(30), || {
-        child.try_wait().unwrap().map(|_| ())
-    });
-    if ended.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let (out, ended) = common::finish_within(child, Duration::from_secs(30));
     let err = text(&out.stderr);
-    assert!(
-        ended.is_some(),
-        "husk run still running after SIGINT: {err}"
-    );
+    assert!(ended, "husk run still running after SIGINT: {err}");
     assert_eq!(out.status.code(), Some(130), "{err}");
     let gone = common::poll_until(Duration::from_secs(10), || {
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
@@ -423,12 +416,7 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
         let _ = tx.send(line);
     });
     let up = rx.recv_timeout(LIMIT).unwrap_or_default();
-    let pid = std::fs::read_dir(h.containers_dir())
-        .unwrap()
-        .flatten()
-        .find_map(|e| std::fs::read(e.path().join("state.json")).ok())
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|s| s["pid"]["pid"].as_i64());
+    let pid = only_state(&h).and_then(|s| s["pid"]["pid"].as_i64());
     let (true, Some(pid)) = (up == "up\n", pid) else {
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
@@ -451,16 +439,10 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
     }
     // SAFETY: the VMM pid husk just recorded for this test's container.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let ended = common::poll_until(Duration::from_secs(60), || {
-        child.try_wait().unwrap().map(|_| ())
-    });
-    if ended.is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let (out, ended) = common::finish_within(child, Duration::from_secs(60));
     let err = text(&out.stderr);
     assert!(
-        ended.is_some(),
+        ended,
         "husk run still running after its VM was killed: {err}"
     );
     assert_eq!(out.status.code(), Some(137), "{err}");

@@ -198,6 +198,16 @@ pub fn run_limited(program: &Path, args: &[&str], limit: Duration) -> (Output, D
     (out, start.elapsed())
 }
 
+/// Waits up to `limit` for `child` to end by itself, then kills it; its output, and whether
+/// it ended by itself. Its stdout and stderr should be piped and small.
+pub fn finish_within(mut child: std::process::Child, limit: Duration) -> (Output, bool) {
+    let ended = poll_until(limit, || child.try_wait().ok().flatten().map(|_| ())).is_some();
+    if !ended {
+        let _ = child.kill();
+    }
+    (child.wait_with_output().expect("wait"), ended)
+}
+
 /// Runs `cmd` with `input` on its stdin (or /dev/null), killing it after `limit` so a hung
 /// engine fails the test instead of hanging it.
 pub fn run_bounded(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Output {
