@@ -2,8 +2,8 @@
 //! and oci-archive tars, OCI layout directories and registries, with each layer converted
 //! once into a read-only erofs disk that every image and container using it shares.
 //!
-//! The store is the container runtime's [`ImageSource`](crate::runtime::ImageSource)
-//! (`source.rs`), and cleans up after itself: a failed load or pull is swept ([`Store::gc`]).
+//! The store is what a container's image comes from ([`ImageSource`], `source.rs`), and
+//! cleans up after itself: a failed load or pull is swept ([`Store::gc`]).
 //!
 //! Everything an image supplies is untrusted: digests are checked before a blob gets its
 //! name, JSON is size-bounded, and layers are unpacked by [`layer::unpack`], which refuses any
@@ -35,5 +35,6 @@ pub use layer::{ConvertError, Converted};
 pub use pull::{Progress, PullError};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
+pub use source::{ImageConfig, ImageSource, ResolvedImage, SourceError};
 pub use store::{GcStats, Limits, Store, StoreError, DEFAULT_ROOT};
 pub use users::UserError;

@@ -1,12 +1,62 @@
-//! The store as the container runtime's [`ImageSource`]: a reference → the image's run config
-//! and its layers as read-only disks, and `USER` names → ids from the image's own files.
+//! What a container needs from an image, and the store as its provider: a reference → the
+//! image's run config and its layers as read-only disks, and `USER` names → ids from the
+//! image's own files. `husk`'s runtime takes any [`ImageSource`]; the [`Store`] is the one.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use super::{users, Reference, Store, StoreError};
-use crate::runtime::{self, ImageConfig, ImageSource, ResolvedImage};
+
+/// The parts of an OCI image config (`config` object) that shape the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// An image ready to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// The normalized reference (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// The image id (config digest), if known.
+    pub id: Option<String>,
+    pub config: ImageConfig,
+    /// One read-only filesystem image per layer, bottom layer first.
+    pub layer_disks: Vec<PathBuf>,
+    /// `"erofs"` or `"ext4"`.
+    pub layer_fs: String,
+}
+
+/// Why an image could not be resolved for a container.
+#[derive(Debug, thiserror::Error)]
+#[error("image {reference}: {detail}")]
+pub struct SourceError {
+    pub reference: String,
+    pub detail: String,
+}
+
+/// Finds images by reference.
+pub trait ImageSource {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, SourceError>;
+
+    /// Numeric ids of a `USER[:GROUP]` spec that names users or groups, looked up in
+    /// `image`'s /etc/passwd and /etc/group. The third value: supplementary gids from the
+    /// image's /etc/group.
+    fn user_ids(
+        &self,
+        image: &ResolvedImage,
+        user: &str,
+    ) -> Result<(u32, u32, Vec<u32>), SourceError>;
+}
 
 impl ImageSource for Store {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, runtime::Error> {
-        let err = |detail: String| runtime::Error::Image {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, SourceError> {
+        let err = |detail: String| SourceError {
             reference: reference.to_string(),
             detail,
         };
@@ -48,8 +98,8 @@ impl ImageSource for Store {
         &self,
         image: &ResolvedImage,
         user: &str,
-    ) -> Result<(u32, u32, Vec<u32>), runtime::Error> {
-        let err = |detail: String| runtime::Error::Image {
+    ) -> Result<(u32, u32, Vec<u32>), SourceError> {
+        let err = |detail: String| SourceError {
             reference: image.reference.clone(),
             detail,
         };

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use husk_protocol::ExitStatus;
 
 pub use super::guest_spec::{container_spec, layer_serial, vm_spec, volume_tag, SCRATCH_SERIAL};
-use super::image::ImageSource;
 use super::spec::{self, ProcessFlags};
 use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
 use super::Error;
 use crate::agent::AgentClient;
 use crate::backend::{self, BackendKind, VsockSpec};
+use crate::image::ImageSource;
 use crate::pod::proc::{self, ProcessRef};
 use crate::pod::{
     BootError, GuestAssets, PodVm, PoweredOff, AGENT_REACH_TIMEOUT, VM_DIED_EXIT_CODE,

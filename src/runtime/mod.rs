@@ -9,7 +9,6 @@
 //! - [`state`]: `state.json` (camelCase) and the status guards;
 //! - [`store`]: container directories, id/name/prefix lookup, unique names and CIDs;
 //! - [`spec`]: image config + `husk run` flags, merged as docker merges them;
-//! - [`image`]: what the runtime needs from an image ([`ImageSource`]);
 //! - [`guest_spec`]: the VM spec and the agent's container spec from the record;
 //! - [`lifecycle`]: create, boot, finish, stop, kill, remove;
 //! - [`exec`]: `husk exec`'s process spec;
@@ -18,7 +17,6 @@
 
 pub mod exec;
 pub mod guest_spec;
-pub mod image;
 pub mod lifecycle;
 pub mod monitor;
 mod network;
@@ -30,7 +28,6 @@ mod vm_args_tests;
 
 use std::path::PathBuf;
 
-pub use image::{ImageConfig, ImageSource, ResolvedImage};
 pub use lifecycle::{RunOptions, Runtime};
 pub use state::{ContainerConfig, State, Status, Volume};
 pub use store::ContainerStore;
@@ -84,8 +81,8 @@ pub enum Error {
     Tool { tool: &'static str, detail: String },
     #[error(transparent)]
     Scratch(#[from] crate::image::scratch::ScratchError),
-    #[error("image {reference}: {detail}")]
-    Image { reference: String, detail: String },
+    #[error(transparent)]
+    Image(#[from] crate::image::SourceError),
     #[error("container {id}: cannot start its VM: {source}")]
     Vm {
         id: String,

@@ -1,9 +1,9 @@
 //! The container's process from its image config and `husk run` flags, merged exactly as
 //! `docker run` merges them, plus the size flags (`--memory`, `--cpus`).
 
-use super::image::ImageConfig;
 use super::state::Volume;
 use super::Error;
+use crate::image::ImageConfig;
 
 /// The process-shaping flags of `husk run`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 use crate::cli::images;
 use crate::cli::{Error, ExecArgs, GlobalOpts};
+use crate::image::ImageSource;
 use crate::runtime::exec::{exec, ExecOptions};
-use crate::runtime::{spec, ImageSource};
+use crate::runtime::spec;
 
 pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
@@ -12,8 +13,12 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
             let state = rt.store.resolve(&a.container)?;
             let image_store = images::open(&g.root)?;
             let what = state.image_id.as_deref().unwrap_or(&state.image);
-            let img = image_store.resolve(what)?;
-            let (uid, gid, groups) = image_store.user_ids(&img, &u)?;
+            let img = image_store
+                .resolve(what)
+                .map_err(crate::runtime::Error::from)?;
+            let (uid, gid, groups) = image_store
+                .user_ids(&img, &u)
+                .map_err(crate::runtime::Error::from)?;
             additional_gids = groups;
             Some(format!("{uid}:{gid}"))
         }
