@@ -87,7 +87,8 @@ pub fn run(
             let _ = store.update(id, |s| s.status = Status::Stopped);
             // The VM went with `boot`'s handles.
             release_network(store, id);
-            return 1;
+            // A signal that ended the boot (killing the VM) is the outcome.
+            return attach::ending_for_signal().unwrap_or(1);
         }
     };
     let Booted {

@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use husk_protocol::{ExitStatus, StreamHello, StreamKind, PROTOCOL_VERSION};
@@ -69,6 +70,19 @@ pub fn forward_signals() -> Arc<Mutex<SignalTarget>> {
     target
 }
 
+/// 128+N once a forwarded signal N is ending this process (before the container ran).
+static ENDING: AtomicI32 = AtomicI32::new(0);
+
+/// The exit status a forwarded signal is ending this process with, if one is: a command whose
+/// boot then fails (its VM killed by that signal) exits with it, and says nothing of the
+/// failure it caused.
+pub fn ending_for_signal() -> Option<i32> {
+    match ENDING.load(Ordering::SeqCst) {
+        0 => None,
+        code => Some(code),
+    }
+}
+
 fn deliver(target: &Mutex<SignalTarget>, sig: i32) {
     let t = lock(target);
     match (&t.agent, sig) {
@@ -86,7 +100,9 @@ fn deliver(target: &Mutex<SignalTarget>, sig: i32) {
             }
         }
         (None, _) => {
-            // Not started yet: give up on the container, and leave no VM behind.
+            // Not started yet: give up on the container, and leave no VM behind. Said first,
+            // so that the boot failing under us (its VM killed) is not reported instead.
+            ENDING.store(128 + sig, Ordering::SeqCst);
             if let Some(vm) = &t.vm {
                 let _ = vm.kill();
             }
