@@ -23,9 +23,7 @@ fn main() {
     let code = match commands::dispatch(cli) {
         Ok(code) => code,
         // A signal during the boot ended it: that is the outcome, not the boot's failure.
-        Err(_) if husk::pod::attach::ending_for_signal().is_some() => {
-            husk::pod::attach::ending_for_signal().unwrap_or(1)
-        }
+        Err(_) if let Some(code) = husk::pod::attach::ending_for_signal() => code,
         Err(e) if internal => {
             runc_log::error_to_file(&e.to_string());
             1

@@ -19,13 +19,10 @@ fn main() {
     let code = match commands::dispatch(cli).map_err(anyhow::Error::from) {
         Ok(code) => code,
         // A Ctrl-C during the boot ended it: that, not the boot's failure, is the outcome.
-        Err(_) if husk::pod::attach::ending_for_signal().is_some() => {
-            husk::pod::attach::ending_for_signal().unwrap_or(CLI_ERROR)
-        }
-        Err(e) => {
+        Err(e) => husk::pod::attach::ending_for_signal().unwrap_or_else(|| {
             eprintln!("husk: {}", one_line(&e));
             CLI_ERROR
-        }
+        }),
     };
     std::process::exit(code);
 }

@@ -202,14 +202,10 @@ pub fn run(
     }
 
     // Created: wait for `start` (or a kill, or the VM dying under us).
-    let mut attached = Some(attached);
     let code = loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Event::Started) => {
                 attach::follow(&target, &agent, id, None, tty);
-                let Some(attached) = attached.take() else {
-                    break VM_DIED_EXIT_CODE;
-                };
                 let exit = attached.wait(&agent, id, None, Some(&target));
                 break match exit {
                     Ok(s) => s.code,
@@ -234,7 +230,7 @@ pub fn run(
         s.status = Status::Stopped;
         s.exit_code = Some(code);
     });
-    drop((vm, agent, attached));
+    drop((vm, agent));
     timings::mark("created to exit");
     match pod.power_off() {
         Ok(PoweredOff::Cleanly) => {}

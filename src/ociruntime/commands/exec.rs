@@ -101,9 +101,8 @@ pub fn exec(store: &Store, g: &RuntimeGlobal, a: &ExecArgs) -> Result<i32, Error
             Reporter::default(),
         );
     }
-    let file = store
-        .dir(&a.id)
-        .join(format!("exec-{}.json", &new_id()?[..16]));
+    let exec_id = new_exec_id().map_err(Error::io("/dev/urandom"))?;
+    let file = store.dir(&a.id).join(format!("{exec_id}.json"));
     let json = serde_json::to_vec(&spec).map_err(|e| Error::io(&file)(std::io::Error::other(e)))?;
     std::fs::write(&file, json).map_err(Error::io(&file))?;
     let mut args: Vec<&OsStr> = vec![
@@ -173,11 +172,6 @@ pub fn holder(store: &Store, a: &ExecHolderArgs) -> Result<i32, Error> {
         Some(&target),
         ready,
     )
-}
-
-/// A fresh exec id's random part.
-fn new_id() -> Result<String, Error> {
-    crate::pod::new_id().map_err(Error::io("/dev/urandom"))
 }
 
 /// Runs `spec` in the container with this process's stdio; `ready` hears `ok` once it runs.
