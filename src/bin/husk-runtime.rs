@@ -23,15 +23,14 @@ fn main() {
     let code = match commands::dispatch(cli) {
         Ok(code) => code,
         // A signal during the boot ended it: that is the outcome, not the boot's failure.
-        Err(_) if let Some(code) = husk::pod::attach::ending_for_signal() => code,
-        Err(e) if internal => {
-            runc_log::error_to_file(&e.to_string());
+        Err(e) => husk::pod::attach::ending_for_signal().unwrap_or_else(|| {
+            if internal {
+                runc_log::error_to_file(&e.to_string());
+            } else {
+                runc_log::error(&e.to_string());
+            }
             1
-        }
-        Err(e) => {
-            runc_log::error(&e.to_string());
-            1
-        }
+        }),
     };
     std::process::exit(code);
 }
