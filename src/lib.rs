@@ -13,6 +13,8 @@
 //!   detached ones.
 //! - [`ociruntime`]: `husk-runtime`, the runc-compatible OCI runtime: bundles, the VM holder
 //!   process per container, runc's commands.
+//! - [`confine`]: the VMM's seccomp filters per thread, its jail, and the host side of both
+//!   (uids, cgroups, namespaces) for husk-vmm and QEMU.
 //! - [`cli`]: the command lines of `husk` and `husk-runtime` (clap definitions, and `husk`'s
 //!   commands).
 //! - [`flock`]: `flock(2)` lock files for the stores several processes change at once.
@@ -23,6 +25,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cli;
+pub mod confine;
 pub mod devices;
 pub mod flock;
 pub mod image;

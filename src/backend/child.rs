@@ -147,6 +147,8 @@ fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
 pub(super) struct Leftovers {
     pub helpers: Vec<Arc<Guarded>>,
     pub files: Vec<PathBuf>,
+    /// The VMM's cgroup: removed last, once its processes are gone.
+    pub cgroup: Option<crate::confine::cgroup::Cgroup>,
 }
 
 impl Leftovers {

@@ -9,13 +9,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers};
+use super::child::{self, Leftovers};
+use super::confined;
 use super::process_vm::ProcessVm;
 use super::{virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use crate::confine::jail::JailConfig;
+use crate::confine::launch;
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
 use crate::vmm::config::{
-    ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, VmmConfig, VsockConfig,
+    ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, SeccompMode, VmmConfig, VsockConfig,
 };
 
 /// Overrides the husk-vmm binary.
@@ -123,10 +126,15 @@ pub fn config_file_for(console_log: &Path) -> PathBuf {
 /// names every file and socket of the VM), after checking it as husk-vmm will, so that a VM
 /// husk-vmm would refuse fails here with the reason rather than as a VMM that exited. On an
 /// error nothing is left behind.
-pub(super) fn write_config(spec: &VmSpec) -> Result<PathBuf, Error> {
+pub(super) fn write_config(spec: &VmSpec, jail: Option<JailConfig>) -> Result<PathBuf, Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let cfg = config(spec);
+    let mut cfg = config(spec);
+    match jail {
+        Some(j) => cfg.jail = Some(j),
+        // Unconfined on request (`HUSK_JAIL=off`): no filters either.
+        None => cfg.seccomp = SeccompMode::Off,
+    }
     cfg.validate().map_err(Error::VmmConfig)?;
     let path = config_file_for(&spec.console_log);
     let fail = |source| Error::File {
@@ -148,6 +156,64 @@ pub(super) fn write_config(spec: &VmSpec) -> Result<PathBuf, Error> {
         return Err(fail(e));
     }
     Ok(path)
+}
+
+/// What husk-vmm's cgroup allows beyond guest memory: its own heap, stacks and device
+/// buffers (measured idle: a few MiB), with room; one pid per thread it may run.
+fn overhead(spec: &VmSpec) -> confined::Overhead {
+    confined::Overhead {
+        memory_mib: 64,
+        pids: max_threads(spec) + 2,
+    }
+}
+
+/// husk-vmm's threads: main, the spawner, the vCPUs, one worker per device, the fast-exit
+/// helper, and slack for a device reset racing its old worker's exit.
+fn max_threads(spec: &VmSpec) -> u64 {
+    let devices = spec.disks.len()
+        + spec.taps.len()
+        + spec.shared_dirs.len()
+        + usize::from(spec.vsock.is_some());
+    (3 + usize::from(spec.vcpus) + 2 * devices) as u64 + 4
+}
+
+/// Open files husk-vmm may hold: its devices' fds and the vsock connections of the host
+/// and guest.
+const MAX_OPEN_FILES: u64 = 4096;
+
+/// The console log may grow to this much (RLIMIT_FSIZE, unless a writable disk is larger).
+pub const CONSOLE_LOG_LIMIT: u64 = 64 << 20;
+
+/// husk-vmm's jail for `spec`, as `ids`: its root on husk's empty directory, the vsock
+/// socket's directory inside (for guest-initiated connections), rlimits from the VM.
+fn jail_for(spec: &VmSpec, ids: crate::confine::launch::Ids) -> Result<JailConfig, Error> {
+    let root = launch::empty_dir().map_err(|source| Error::File {
+        path: launch::EMPTY_DIR.into(),
+        source,
+    })?;
+    let largest_writable_disk = spec
+        .disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .filter_map(|d| std::fs::metadata(&d.path).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    Ok(JailConfig {
+        root,
+        uid: ids.uid,
+        gid: ids.gid,
+        binds: spec
+            .vsock
+            .as_ref()
+            .and_then(|v| v.uds_path.parent())
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect(),
+        max_open_files: MAX_OPEN_FILES,
+        max_file_bytes: largest_writable_disk.max(CONSOLE_LOG_LIMIT),
+        max_threads: max_threads(spec),
+    })
 }
 
 /// Lets the VMM inherit `fds` (pre-opened TAPs) under the same numbers: they are cleared of
@@ -179,7 +245,12 @@ impl VmBackend for HuskVmmBackend {
         spec.validate()?;
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
-        let config = write_config(spec)?;
+        let confinement = confined::for_vm(spec, overhead(spec));
+        let jail = match &confinement {
+            Some(c) => Some(jail_for(spec, c.ids)?),
+            None => None,
+        };
+        let config = write_config(spec, jail)?;
         leftovers.files.push(config.clone());
         if let Some(v) = &spec.vsock {
             // husk-vmm binds it; a stale one from a crashed run would make that fail.
@@ -210,7 +281,10 @@ impl VmBackend for HuskVmmBackend {
                 .collect(),
         );
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
-        let vmm = Guarded::spawn("husk-vmm", &mut cmd)?;
+        // husk-vmm enters its other namespaces and drops its capabilities itself, once the
+        // VM is built.
+        let vmm = confined::spawn("husk-vmm", &mut cmd, confinement.as_ref(), 0, None)?;
+        leftovers.cgroup = confinement.and_then(|c| c.cgroup);
         timings::mark("VMM spawn");
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");
         Ok(Box::new(ProcessVm::new(

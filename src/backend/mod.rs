@@ -13,6 +13,7 @@
 //! log: [`vsock_socket_path`], [`console_log_path`] and [`remove_sockets`] know them.
 
 mod child;
+mod confined;
 pub mod host;
 pub mod husk_vmm;
 mod kind;
@@ -387,6 +388,9 @@ pub enum Error {
     MissingProgram { program: String, hint: String },
     #[error("cannot start {program}: {source}")]
     Spawn { program: String, source: io::Error },
+    /// The VM's cgroup could not be joined.
+    #[error(transparent)]
+    Cgroup(#[from] crate::confine::cgroup::Error),
     #[error("{program} exited ({status}) before it was ready; see {log}")]
     HelperDied {
         program: String,

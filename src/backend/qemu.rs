@@ -11,9 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, Leftovers};
+use super::child::{self, Leftovers};
+use super::confined;
 use super::process_vm::ProcessVm;
 use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use crate::confine::launch::{self, Ids};
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
 
@@ -268,9 +270,24 @@ impl VmBackend for QemuBackend {
         timings::mark("helper daemons");
         let mut cmd = Command::new(&self.qemu);
         cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
+        let confinement = confined::for_vm(spec, self.overhead(spec));
+        if let Some(c) = &confinement {
+            let empty = launch::empty_dir().map_err(|source| Error::File {
+                path: launch::EMPTY_DIR.into(),
+                source,
+            })?;
+            cmd.args(confinement_args(c.ids, &empty));
+        }
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         pass_tap_fds(&mut cmd, spec);
-        let qemu = Guarded::spawn(&self.qemu.display().to_string(), &mut cmd)?;
+        let qemu = confined::spawn(
+            &self.qemu.display().to_string(),
+            &mut cmd,
+            confinement.as_ref(),
+            namespaces(spec),
+            Some(QEMU_CAPS),
+        )?;
+        leftovers.cgroup = confinement.and_then(|c| c.cgroup);
         timings::mark("VMM spawn");
         tracing::debug!(
             pid = qemu.pid(),
@@ -287,6 +304,58 @@ impl VmBackend for QemuBackend {
                 .map(|_| husk_protocol::GUEST_READY_MARKER),
         )))
     }
+}
+
+impl QemuBackend {
+    /// What QEMU's cgroup allows beyond guest memory: under TCG its translation cache (up to
+    /// a few hundred MiB on a busy guest) and its own heap; under KVM, heap and I/O buffers.
+    /// pids: its vCPU, RCU and I/O worker threads (QEMU's pool grows to 64).
+    fn overhead(&self, spec: &VmSpec) -> confined::Overhead {
+        confined::Overhead {
+            memory_mib: match self.accel {
+                Accel::Tcg => 512,
+                Accel::Kvm => 128,
+            },
+            pids: 80 + u64::from(spec.vcpus),
+        }
+    }
+}
+
+/// QEMU's own confinement, on top of the namespaces, PID namespace and cgroup it is born in:
+/// its seccomp sandbox (no obsolete syscalls, no spawning, no resource-control calls), and,
+/// once it has opened everything, a chroot into an empty directory as the jail's uid/gid.
+///
+/// `elevateprivileges=deny` would forbid the very set*id calls `-runas` makes (QEMU 7.2
+/// installs its filter first and dies of SIGSYS at `-runas`: measured), so set*id stays
+/// allowed; QEMU drops to a non-root uid with no capabilities and `no_new_privs` (set by its
+/// seccomp library), from which no set*id call can climb back.
+pub fn confinement_args(ids: Ids, empty_dir: &Path) -> Vec<String> {
+    vec![
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
+        "-runas".into(),
+        format!("{}:{}", ids.uid, ids.gid),
+        "-chroot".into(),
+        empty_dir.display().to_string(),
+    ]
+}
+
+/// The only capabilities QEMU starts with: those `-runas` and `-chroot` use, after it has
+/// opened its files (all root's own, so no DAC override is needed).
+const QEMU_CAPS: &[u32] = &[
+    launch::CAP_SETGID,
+    launch::CAP_SETUID,
+    launch::CAP_SYS_CHROOT,
+];
+
+/// The namespaces QEMU is born in: mount, IPC, UTS, and network unless it opens a TAP by name
+/// (a pre-opened TAP fd works from any namespace).
+fn namespaces(spec: &VmSpec) -> libc::c_int {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if spec.taps.iter().all(|t| t.fd.is_some()) {
+        flags |= libc::CLONE_NEWNET;
+    }
+    flags
 }
 
 /// The fd number QEMU finds the pre-opened TAP of NIC `i` at (`-netdev tap,fd=N`): high,

@@ -234,7 +234,7 @@ fn husk_vmm_reads_back_the_runtimes_whole_config() {
     });
     s.shared_dirs = vec![share_spec(dir.path(), "husk-vol-0", true)];
     s.taps = vec![TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c])];
-    let file = husk_vmm::write_config(&s).unwrap();
+    let file = husk_vmm::write_config(&s, None).unwrap();
     assert_eq!(file, husk_vmm::config_file_for(&s.console_log));
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -264,7 +264,7 @@ fn husk_vmm_refuses_a_config_before_it_starts() {
         read_only: false,
         serial: Some("x".repeat(21)),
     }];
-    let err = husk_vmm::write_config(&s).unwrap_err();
+    let err = husk_vmm::write_config(&s, None).unwrap_err();
     assert!(
         err.to_string().starts_with("husk-vmm cannot run this VM: "),
         "{err}"

@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use clap::Parser;
+use husk::confine::seccomp;
 use husk::vmm::cli::Args;
 use husk::vmm::probe::HostProbe;
 use husk::vmm::Vmm;
@@ -28,11 +29,14 @@ fn main() {
     // The VM stays alive (not dropped) until the process exits: see `teardown`.
     let mut vmm = None;
     let mut fast_exit = false;
+    let selftest = args.seccomp_selftest;
     let result = args
         .into_config()
         .map_err(anyhow::Error::from)
         .and_then(|cfg| {
             fast_exit = cfg.fast_exit;
+            // Compiled before anything else; each thread installs its own once it starts.
+            seccomp::prepare(cfg.seccomp, cfg.fast_exit, selftest)?;
             Ok(vmm.insert(Vmm::new(cfg)?).run()?)
         });
     let code = match result {

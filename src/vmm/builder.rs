@@ -11,6 +11,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::confine::seccomp::{self, ThreadKind};
+use crate::confine::{jail, threads};
+
 use super::arch::{
     self,
     x86_64::{boot_params, cpuid, layout, mptable},
@@ -62,6 +65,9 @@ pub enum VmmError {
     /// vCPU threads could not start.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The jail could not be entered.
+    #[error(transparent)]
+    Jail(#[from] jail::Error),
     /// The event loop failed.
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
@@ -205,6 +211,11 @@ impl Vmm {
             });
         }
 
+        // Everything the VM needs is open: confine the process before any guest code runs.
+        if let Some(j) = &cfg.jail {
+            jail::enter(j)?;
+        }
+
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
@@ -225,6 +236,15 @@ impl Vmm {
     pub fn run(&mut self) -> Result<ExitReason, VmmError> {
         vcpu::install_kick_handler()?;
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
+        // With seccomp on, device workers start from the spawner (started first: a vCPU may
+        // activate a device at once), never from a vCPU; the main thread filters itself last,
+        // once it has started its threads.
+        if seccomp::active() {
+            threads::start_spawner().map_err(|source| VmmError::Io {
+                what: "the thread spawner",
+                source,
+            })?;
+        }
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         for v in self.vcpus.drain(..) {
             match v.spawn() {
@@ -235,6 +255,7 @@ impl Vmm {
                 }
             }
         }
+        seccomp::install_or_exit(ThreadKind::Main);
         while !self.exit.is_stopping() {
             let wait_ms = match deadline {
                 None => -1,

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::config::{
-    ConfigError, ConsoleConfig, DiskConfig, FsConfig, NetConfig, VmmConfig, VsockConfig,
+    ConfigError, ConsoleConfig, DiskConfig, FsConfig, NetConfig, SeccompMode, VmmConfig,
+    VsockConfig,
 };
+use crate::confine::seccomp::ThreadKind;
 
 /// Run one KVM microVM: a Linux kernel (ELF vmlinux or bzImage), an initramfs and a
 /// command line. Exits 0 when the guest resets (reboot, or poweroff with reboot=k).
@@ -65,6 +67,15 @@ pub struct Args {
     /// Exit as soon as the guest ends, leaving VM teardown to a short-lived helper child.
     #[arg(long)]
     pub fast_exit: bool,
+    /// What each thread's seccomp filter does with a forbidden syscall: kill (end husk-vmm
+    /// with one line naming the thread and syscall), log (let it through; the kernel's audit
+    /// log, `dmesg`, names it: debugging only) or off [default: kill].
+    #[arg(long, value_name = "MODE")]
+    pub seccomp: Option<SeccompMode>,
+    /// Test hook: threads of this kind make a forbidden syscall right after installing their
+    /// filter, to prove the filter is live.
+    #[arg(long, value_name = "KIND", hide = true)]
+    pub seccomp_selftest: Option<ThreadKind>,
 }
 
 impl Args {
@@ -112,6 +123,9 @@ impl Args {
             cfg.timeout_secs = self.timeout;
         }
         cfg.fast_exit |= self.fast_exit;
+        if let Some(m) = self.seccomp {
+            cfg.seccomp = m;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::arch::x86_64::layout;
 pub use super::net_config::{MacAddr, NetConfig};
+use crate::confine::jail::{self, JailConfig};
+pub use crate::confine::seccomp::Mode as SeccompMode;
 use crate::devices::virtio::block::backend::ID_BYTES;
 
 /// Memory when nothing is asked for. Guest memory is mapped lazily (MAP_NORESERVE), so a
@@ -22,6 +24,9 @@ pub const MAX_VCPUS: u8 = 254;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The jail settings are unusable.
+    #[error(transparent)]
+    Jail(#[from] jail::Error),
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -287,6 +292,12 @@ pub struct VmmConfig {
     /// init or the nearest subreaper, which must reap it.
     #[serde(default)]
     pub fast_exit: bool,
+    /// What the seccomp filters of husk-vmm's threads do with a forbidden syscall.
+    #[serde(default)]
+    pub seccomp: SeccompMode,
+    /// husk-vmm's jail, entered once the VM is built (see `confine::jail`); none by default.
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
 }
 
 fn default_vcpus() -> u8 {
@@ -321,6 +332,8 @@ impl VmmConfig {
             net: Vec::new(),
             timeout_secs: None,
             fast_exit: false,
+            seccomp: SeccompMode::default(),
+            jail: None,
         }
     }
 
@@ -394,6 +407,9 @@ impl VmmConfig {
             if !(t.is_finite() && t > 0.0) {
                 return Err(ConfigError::Timeout(t));
             }
+        }
+        if let Some(j) = &self.jail {
+            j.validate()?;
         }
         Ok(())
     }

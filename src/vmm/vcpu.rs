@@ -18,6 +18,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit::{ExitReason, VmExit};
+use crate::confine::seccomp::ThreadKind;
+use crate::confine::threads;
 use crate::devices::bus::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +84,15 @@ enum Next {
 impl Vcpu {
     pub fn spawn(self) -> Result<JoinHandle<()>, VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            // The loop needs little stack; a small one keeps RSS down.
-            .stack_size(256 << 10)
-            .spawn(move || self.run())
-            .map_err(|source| VcpuError::Spawn { id, source })
+        // The loop needs little stack; a small one keeps RSS down. The thread installs the
+        // vCPU seccomp filter before its first KVM_RUN.
+        threads::spawn_now(
+            &format!("vcpu{id}"),
+            ThreadKind::Vcpu,
+            Some(256 << 10),
+            move || self.run(),
+        )
+        .map_err(|source| VcpuError::Spawn { id, source })
     }
 
     /// Runs until the VM ends; records why if this vCPU is the one that ended it.

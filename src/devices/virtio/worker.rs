@@ -14,6 +14,8 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ActivateError;
+use crate::confine::seccomp::ThreadKind;
+use crate::confine::threads;
 
 /// A subscriber that can move to the worker thread.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
@@ -47,8 +49,12 @@ impl MutEventSubscriber for StopSubscriber {
 }
 
 impl Worker {
-    /// Starts thread `name` running an event loop over `subscribers`.
-    pub fn spawn(name: &str, subscribers: Vec<Subscriber>) -> Result<Self, ActivateError> {
+    /// Starts thread `name`, of seccomp kind `kind`, running an event loop over `subscribers`.
+    pub fn spawn(
+        name: &str,
+        kind: ThreadKind,
+        subscribers: Vec<Subscriber>,
+    ) -> Result<Self, ActivateError> {
         let stop_evt = EventFd::new(EFD_NONBLOCK)?;
         let stopped = Arc::new(AtomicBool::new(false));
         let mut em: EventManager<Subscriber> =
@@ -61,20 +67,19 @@ impl Worker {
             em.add_subscriber(s);
         }
         let thread_name = name.to_string();
-        let handle = std::thread::Builder::new()
-            .name(thread_name.clone())
-            .spawn(move || {
-                while !stopped.load(Ordering::SeqCst) {
-                    if let Err(e) = em.run() {
-                        tracing::error!("{thread_name}: event loop failed: {e:?}");
-                        break;
-                    }
+        // The thread installs `kind`'s seccomp filter before its loop touches a queue.
+        let handle = threads::spawn(name, kind, None, move || {
+            while !stopped.load(Ordering::SeqCst) {
+                if let Err(e) = em.run() {
+                    tracing::error!("{thread_name}: event loop failed: {e:?}");
+                    break;
                 }
-            })
-            .map_err(|source| ActivateError::Thread {
-                name: name.to_string(),
-                source,
-            })?;
+            }
+        })
+        .map_err(|source| ActivateError::Thread {
+            name: name.to_string(),
+            source,
+        })?;
         Ok(Self {
             name: name.to_string(),
             stop_evt,
@@ -131,7 +136,7 @@ mod tests {
             evt: evt.try_clone().unwrap(),
             hits: hits.clone(),
         };
-        let mut w = Worker::spawn("test-worker", vec![Box::new(sub)]).unwrap();
+        let mut w = Worker::spawn("test-worker", ThreadKind::Block, vec![Box::new(sub)]).unwrap();
         evt.write(1).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while hits.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {

@@ -1,5 +1,6 @@
 //! The virtio-blk device: features, config space, activate/reset.
 
+use crate::confine::seccomp::ThreadKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -119,7 +120,11 @@ impl VirtioDevice for Block {
             });
         };
         let handler = BlockHandler::new(mem, queue, evt, interrupt, self.disk.clone());
-        self.worker = Some(Worker::spawn(&self.name, vec![Box::new(handler)])?);
+        self.worker = Some(Worker::spawn(
+            &self.name,
+            ThreadKind::Block,
+            vec![Box::new(handler)],
+        )?);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The vhost-user-fs device: config space, features, and the handover to the backend.
 
+use crate::confine::seccomp::ThreadKind;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -246,7 +247,11 @@ impl VirtioDevice for VhostUserFs {
             self.on_gone.clone(),
         );
         // Thread names are capped at 15 bytes.
-        self.worker = Some(Worker::spawn("husk-fs", vec![Box::new(relay)])?);
+        self.worker = Some(Worker::spawn(
+            "husk-fs",
+            ThreadKind::Fs,
+            vec![Box::new(relay)],
+        )?);
         Ok(())
     }
 

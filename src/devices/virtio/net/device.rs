@@ -6,6 +6,7 @@
 //! own worker thread; reset stops the worker and drops that session's queues and any frame
 //! it held.
 
+use crate::confine::seccomp::ThreadKind;
 use std::sync::Arc;
 
 use super::handler::NetHandler;
@@ -161,7 +162,11 @@ impl VirtioDevice for Net {
             self.acked_features,
             self.stats.clone(),
         );
-        self.worker = Some(Worker::spawn(&self.thread_name, vec![Box::new(handler)])?);
+        self.worker = Some(Worker::spawn(
+            &self.thread_name,
+            ThreadKind::Net,
+            vec![Box::new(handler)],
+        )?);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! backlog). Each activation gets its own muxer and worker thread; reset drops them and
 //! with them every stream of that driver session.
 
+use crate::confine::seccomp::ThreadKind;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -141,6 +142,7 @@ impl VirtioDevice for Vsock {
         let handler = VsockHandler::new(ctx.mem, ctx.queues, ctx.queue_evts, ctx.interrupt, muxer);
         self.worker = Some(Worker::spawn(
             &format!("husk-vsock-{}", self.guest_cid),
+            ThreadKind::Vsock,
             vec![Box::new(handler)],
         )?);
         Ok(())

@@ -1,0 +1,70 @@
+//! How both backends start their VMM confined (see `confine` and docs/security.md): the
+//! uid/gid from husk's range, a cgroup sized from the VM, the namespaces it is born in and
+//! a PID namespace of its own. `HUSK_JAIL=off` turns all of it off, with seccomp.
+
+use std::process::Command;
+
+use super::child::Guarded;
+use super::{Error, VmSpec};
+use crate::confine::cgroup::{Cgroup, Limits};
+use crate::confine::launch::{self, Ids};
+
+/// What a confined VMM launch was given.
+pub(super) struct Confinement {
+    pub ids: Ids,
+    /// Removed when the VM's leftovers go.
+    pub cgroup: Option<Cgroup>,
+}
+
+/// The VMM's own memory on top of the guest's, in MiB, per backend: what its cgroup allows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Overhead {
+    pub memory_mib: u64,
+    pub pids: u64,
+}
+
+/// The confinement of `spec`'s VMM, or `None` when `HUSK_JAIL=off`.
+pub(super) fn for_vm(spec: &VmSpec, overhead: Overhead) -> Option<Confinement> {
+    if !launch::enabled() {
+        return None;
+    }
+    let cid = spec.vsock.as_ref().map(|v| v.cid);
+    let name = match cid {
+        Some(c) => format!("vm-{c}"),
+        None => format!("vm-p{}", std::process::id()),
+    };
+    let limits = Limits {
+        memory_bytes: (u64::from(spec.memory_mib) + overhead.memory_mib) << 20,
+        pids: overhead.pids,
+    };
+    Some(Confinement {
+        ids: launch::ids_for(cid),
+        cgroup: launch::cgroup(&name, limits),
+    })
+}
+
+/// Spawns `cmd` as `program`: with `conf`, in its cgroup, in new namespaces (`ns_flags`,
+/// entered between fork and exec) and in a new PID namespace, with only `keep_caps` left in
+/// its capability bounding set when given.
+pub(super) fn spawn(
+    program: &str,
+    cmd: &mut Command,
+    conf: Option<&Confinement>,
+    ns_flags: libc::c_int,
+    keep_caps: Option<&'static [u32]>,
+) -> Result<Guarded, Error> {
+    let Some(conf) = conf else {
+        return Guarded::spawn(program, cmd);
+    };
+    let procs = match &conf.cgroup {
+        Some(cg) => cg.procs_files()?,
+        None => Vec::new(),
+    };
+    launch::in_child(cmd, procs, ns_flags, keep_caps);
+    launch::in_new_pid_namespace(|| Guarded::spawn(program, cmd)).map_err(|source| {
+        Error::Spawn {
+            program: program.to_string(),
+            source,
+        }
+    })?
+}
