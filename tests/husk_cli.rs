@@ -551,6 +551,135 @@ fn twenty_run_rm_leave_nothing_behind() {
     assert!(h.ps().is_empty());
 }
 
+/// `Key:\tvalue` of a /proc status file.
+fn status_field(status: &str, key: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// The VMM of a running container (QEMU here, husk-vmm in the rig) runs confined: under
+/// seccomp, as a uid of husk's range with no capability and `no_new_privs`, in its own PID,
+/// mount, IPC and UTS namespaces, with no host file system under its root, in its own cgroup
+/// (where the host gives one), which goes with the container.
+#[test]
+fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
+    let test = "the_vmm_runs_confined_and_its_cgroup_goes_with_the_container";
+    let Some(h) = husk(test) else {
+        return;
+    };
+    let id = h.ok(&["run", "-d", "busybox", "sleep", "600"]);
+    let id = id.trim();
+    let pid = h.state(id)["pid"]["pid"].as_u64().expect("the VMM's pid");
+    let proc_dir = format!("/proc/{pid}");
+    let status = std::fs::read_to_string(format!("{proc_dir}/status")).expect("status");
+    let cgroups = std::fs::read_to_string(format!("{proc_dir}/cgroup")).unwrap_or_default();
+    let root: Vec<String> = std::fs::read_dir(format!("{proc_dir}/root"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ns = |p: &str, k: &str| std::fs::read_link(format!("/proc/{p}/ns/{k}")).ok();
+    let shared: Vec<&str> = ["pid", "mnt", "ipc", "uts"]
+        .into_iter()
+        .filter(|k| ns(&pid.to_string(), k) == ns("self", k))
+        .collect();
+    // The exec path still works through the jail.
+    assert_eq!(h.ok(&["exec", id, "echo", "through"]), "through\n");
+    h.ok(&["rm", "-f", id]);
+
+    assert_eq!(
+        status_field(&status, "Seccomp").as_deref(),
+        Some("2"),
+        "{status}"
+    );
+    assert_eq!(status_field(&status, "NoNewPrivs").as_deref(), Some("1"));
+    assert_eq!(
+        status_field(&status, "CapEff").as_deref(),
+        Some("0000000000000000")
+    );
+    let uid: u32 = status_field(&status, "Uid")
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .expect("uid");
+    let base = husk::confine::launch::DEFAULT_ID_BASE;
+    assert!(
+        (base..base + husk::confine::launch::ID_COUNT).contains(&uid),
+        "uid {uid}"
+    );
+    assert!(shared.is_empty(), "shares the host's {shared:?} namespaces");
+    for host_dir in ["etc", "usr", "var", "root", "home"] {
+        assert!(!root.iter().any(|e| e == host_dir), "root holds {root:?}");
+    }
+    let has_cgroups = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+    if has_cgroups {
+        let line = cgroups
+            .lines()
+            .find(|l| l.contains("/husk/vm-"))
+            .unwrap_or_else(|| panic!("not in a husk cgroup: {cgroups}"));
+        let dir = line.rsplit(':').next().unwrap().to_string();
+        for hierarchy in ["", "/memory", "/pids"] {
+            let p = format!("/sys/fs/cgroup{hierarchy}{dir}");
+            assert!(!std::path::Path::new(&p).exists(), "{p} outlived its VM");
+        }
+    } else {
+        common::not_run(
+            test,
+            "this host mounts no memory/pids cgroup (cgroup part)",
+            false,
+        );
+    }
+}
+
+/// Another user gets one line, exit 125 (husk) or 1 (husk-runtime), and nothing is created.
+#[test]
+fn a_user_who_is_not_root_gets_one_line() {
+    let test = "a_user_who_is_not_root_gets_one_line";
+    if husk::util::fs::which("setpriv").is_none() {
+        common::not_run(test, "setpriv (util-linux) is missing", true);
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("root");
+    for (bin, args, code) in [
+        (
+            "husk",
+            vec![
+                "--root",
+                root.to_str().unwrap(),
+                "run",
+                "--rm",
+                "busybox",
+                "true",
+            ],
+            125,
+        ),
+        ("husk-runtime", vec!["list"], 1),
+    ] {
+        let copy = dir.path().join(bin);
+        std::fs::copy(common::bin(bin), &copy).expect("copy binary");
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&copy)
+            .args(&args)
+            .output()
+            .expect("setpriv");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{bin}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bin}: {err}");
+        assert!(
+            err.contains("needs root (you are uid 65534)") && err.contains("sudo"),
+            "{bin}: {err}"
+        );
+    }
+    assert!(!root.exists(), "a refused husk created its root");
+}
+
 /// `husk run` output, exit codes, stdin (`-i`), `-d` + logs + stop + rm, and `exec`, again on both backends of a KVM that boots stock Linux: husk-vmm and QEMU
 /// `-accel kvm` (on this project's PVM hosts: inside the nested-KVM rig).
 const ON_HUSK_VMM: &[&str] = &[
@@ -559,6 +688,7 @@ const ON_HUSK_VMM: &[&str] = &[
     "exec_runs_in_a_detached_container",
     "detached_container_logs_stops_and_is_removed",
     "run_t_gives_the_container_a_terminal",
+    "the_vmm_runs_confined_and_its_cgroup_goes_with_the_container",
 ];
 
 /// Not `run_i_streams_stdin_into_the_container`: on QEMU `-accel kvm` in the rig, ~290 KB of
@@ -570,6 +700,7 @@ const ON_QEMU_KVM: &[&str] = &[
     "exec_runs_in_a_detached_container",
     "detached_container_logs_stops_and_is_removed",
     "run_t_gives_the_container_a_terminal",
+    "the_vmm_runs_confined_and_its_cgroup_goes_with_the_container",
 ];
 
 crate::on_kvm_backends! {

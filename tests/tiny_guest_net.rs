@@ -217,3 +217,44 @@ fn net_flag_errors_are_one_line() {
         true,
     );
 }
+
+/// The net worker runs under its own seccomp filter: one forbidden syscall there (the test
+/// hook's) ends husk-vmm with one line naming the net thread.
+#[test]
+fn a_forbidden_syscall_in_the_net_worker_ends_husk_vmm() {
+    let test = "a_forbidden_syscall_in_the_net_worker_ends_husk_vmm";
+    if let Some(why) = netns::unavailable() {
+        common::not_run(test, &why, true);
+        return;
+    }
+    if !common::kvm_available(test) {
+        return;
+    }
+    let ns = netns::Netns::new();
+    let tap = ns.open_tun("hnk1", libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+    use std::os::fd::AsRawFd;
+    let fd = tap.as_raw_fd();
+    // SAFETY: F_SETFD on our own fd: husk-vmm (and only exec'd children) inherit it.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let net = format!("tap=hnk1,fd={fd},mac=02:00:00:00:00:0b");
+    let args = [
+        "--kernel",
+        NET,
+        "--memory",
+        "64",
+        "--timeout",
+        "30",
+        "--net",
+        &net,
+        "--seccomp-selftest",
+        "net",
+    ];
+    let (out, _) = husk_vmm(&args, LIMIT);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(159), "{stderr}");
+    assert!(
+        stderr.starts_with("husk-vmm: seccomp: the net thread (tid ")
+            && stderr.ends_with("made a forbidden syscall: 63 (uname); stopping the VM\n"),
+        "{stderr}"
+    );
+}

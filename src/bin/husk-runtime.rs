@@ -15,6 +15,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Err(e) = husk::util::privilege::require_root() {
+        runc_log::init(runc_log::from_raw_args(std::env::args().skip(1)));
+        runc_log::error(&e.to_string());
+        std::process::exit(1);
+    }
     // The internal processes' stdio belongs to the container: their errors go to --log.
     let internal = matches!(
         cli.command,

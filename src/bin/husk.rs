@@ -15,6 +15,10 @@ fn main() {
             std::process::exit(CLI_ERROR);
         }
     };
+    if let Err(e) = husk::util::privilege::require_root() {
+        eprintln!("husk: {e}");
+        std::process::exit(CLI_ERROR);
+    }
     init_logging(&cli.global.log_level);
     let code = match commands::dispatch(cli).map_err(anyhow::Error::from) {
         Ok(code) => code,

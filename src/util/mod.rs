@@ -3,5 +3,6 @@
 //! phase timer behind `husk run --timings` ([`timings`]).
 
 pub mod fs;
+pub mod privilege;
 pub mod time;
 pub mod timings;
