@@ -233,6 +233,19 @@ fn linux_devices_under_husk_vmm() {
         "guest never listened{}",
         con.text()
     );
+    // husk-vmm's seccomp filters are on by default: every thread runs under one, the device
+    // workers (three disks and vsock, all active by now) and the spawner included.
+    let threads = thread_seccomp(con.child.id());
+    let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        threads.iter().all(|(_, mode)| mode == "2"),
+        "{threads:?}{}",
+        con.text()
+    );
+    for want in ["husk-vmm", "husk-spawner", "vcpu0", "husk-vsock-3"] {
+        assert!(names.contains(&want), "no {want} thread in {names:?}");
+    }
+    assert!(names.len() >= 4 + 3, "{names:?}");
     let mut s = UnixStream::connect(&uds).expect("connect to the vsock uds");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
@@ -352,4 +365,95 @@ fn linux_devices_under_qemu_tcg() {
         "QEMU has no userspace virtio-vsock; husk's vsock is exercised by linux_devices_under_husk_vmm",
         false,
     );
+}
+
+/// `(name, Seccomp mode)` of each thread of `pid` but KVM's own kernel workers.
+fn thread_seccomp(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))?
+                .trim()
+                .to_string();
+            Some((name.trim().to_string(), mode))
+        })
+        .filter(|(name, _)| !name.starts_with("kvm-"))
+        .collect()
+}
+
+/// The vsock worker and the virtio-fs vhost-user frontend each run under their own filter:
+/// the test hook's forbidden syscall there, made as the Linux driver activates the device,
+/// ends husk-vmm with one line naming that thread. (The other kinds are proven with tiny
+/// guests: tests/vmm_confinement.rs, tests/tiny_guest_net.rs.)
+#[test]
+fn a_forbidden_syscall_in_the_vsock_and_fs_threads_ends_husk_vmm() {
+    let name = "a_forbidden_syscall_in_the_vsock_and_fs_threads_ends_husk_vmm";
+    if !common::rig::on_linux_kvm(name, Duration::from_secs(600)) {
+        return;
+    }
+    let (Some(kernel), Some(initramfs)) = (common::kernel(name), common::initramfs(name)) else {
+        return;
+    };
+    let virtiofsd = match husk::backend::virtiofsd::find_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            common::not_run(name, &format!("no virtiofsd: {e}"), true);
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs_sock = dir.path().join("fs.sock");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    let mut daemon = Command::new(&virtiofsd)
+        .arg("--socket-path")
+        .arg(&fs_sock)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start virtiofsd");
+    let up = common::poll_until(Duration::from_secs(10), || fs_sock.exists().then_some(()));
+    assert!(up.is_some(), "virtiofsd never made {}", fs_sock.display());
+    let uds = dir.path().join("v.sock");
+    let cases = [
+        (
+            "vsock",
+            vec!["--vsock".to_string(), format!("3,{}", uds.display())],
+        ),
+        (
+            "fs",
+            vec!["--fs".to_string(), format!("vol,{}", fs_sock.display())],
+        ),
+    ];
+    for (kind, flags) in cases {
+        let mut cmd = Command::new(common::bin("husk-vmm"));
+        cmd.arg("--kernel")
+            .arg(&kernel)
+            .arg("--initramfs")
+            .arg(&initramfs);
+        cmd.args(["--memory", "256", "--timeout", "120", "--append", "quiet"]);
+        cmd.args(&flags).args(["--seccomp-selftest", kind]);
+        let mut con = Console::spawn(cmd);
+        let status = con.finish();
+        let ctx = con.text();
+        assert_eq!(status.and_then(|s| s.code()), Some(159), "{kind}{ctx}");
+        let want = format!("husk-vmm: seccomp: the {kind} thread (tid ");
+        let line = con.seen.iter().find(|l| l.starts_with(&want));
+        assert!(
+            line.is_some_and(
+                |l| l.ends_with("made a forbidden syscall: 63 (uname); stopping the VM")
+            ),
+            "{kind}{ctx}"
+        );
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }

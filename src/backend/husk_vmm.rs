@@ -131,7 +131,10 @@ pub(super) fn write_config(spec: &VmSpec, jail: Option<JailConfig>) -> Result<Pa
     use std::os::unix::fs::OpenOptionsExt;
     let mut cfg = config(spec);
     match jail {
-        Some(j) => cfg.jail = Some(j),
+        Some(j) => {
+            cfg.jail = Some(j);
+            cfg.seccomp = launch::seccomp_mode();
+        }
         // Unconfined on request (`HUSK_JAIL=off`): no filters either.
         None => cfg.seccomp = SeccompMode::Off,
     }

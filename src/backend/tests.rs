@@ -234,7 +234,16 @@ fn husk_vmm_reads_back_the_runtimes_whole_config() {
     });
     s.shared_dirs = vec![share_spec(dir.path(), "husk-vol-0", true)];
     s.taps = vec![TapSpec::new("husk-tap0", [2, 0xab, 0, 0, 0, 0x0c])];
-    let file = husk_vmm::write_config(&s, None).unwrap();
+    let jail = crate::confine::jail::JailConfig {
+        root: "/run/husk-jail".into(),
+        uid: 0x7000_0009,
+        gid: 0x7000_0009,
+        binds: vec![dir.path().to_path_buf()],
+        max_open_files: 4096,
+        max_file_bytes: 64 << 20,
+        max_threads: 16,
+    };
+    let file = husk_vmm::write_config(&s, Some(jail.clone())).unwrap();
     assert_eq!(file, husk_vmm::config_file_for(&s.console_log));
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -248,7 +257,10 @@ fn husk_vmm_reads_back_the_runtimes_whole_config() {
     .unwrap();
     let cfg = cli.into_config().unwrap();
     cfg.validate().unwrap();
-    assert_eq!(cfg, husk_vmm::config(&s));
+    let mut want = husk_vmm::config(&s);
+    want.jail = Some(jail);
+    want.seccomp = crate::confine::launch::seccomp_mode();
+    assert_eq!(cfg, want);
     assert!(cfg.kernel_cmdline().ends_with(" quiet"));
     assert_eq!(cfg.fs[0].socket, virtiofsd::socket_for(&s.console_log, 0));
 }

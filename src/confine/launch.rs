@@ -16,6 +16,21 @@ use super::cgroup::{Cgroup, Limits};
 /// measuring what confinement costs, never for untrusted guests.
 pub const ENV: &str = "HUSK_JAIL";
 
+/// `HUSK_SECCOMP=log` runs husk-vmm's filters in log mode (the kernel's audit log, `dmesg`,
+/// names each syscall a filter would have refused): for finding what a new device path
+/// needs. `kill` is the default; `off` drops the filters but keeps the jail.
+pub const SECCOMP_ENV: &str = "HUSK_SECCOMP";
+
+/// The seccomp mode for husk-vmm: [`SECCOMP_ENV`], else kill. An unknown value is kill.
+pub fn seccomp_mode() -> super::seccomp::Mode {
+    use super::seccomp::Mode;
+    match std::env::var(SECCOMP_ENV).as_deref() {
+        Ok("log") => Mode::Log,
+        Ok("off") => Mode::Off,
+        _ => Mode::Kill,
+    }
+}
+
 /// `HUSK_JAIL_ID_BASE=N`: the first of the [`ID_COUNT`] uids (and gids) VMMs run as.
 pub const ID_BASE_ENV: &str = "HUSK_JAIL_ID_BASE";
 

@@ -1,7 +1,7 @@
 //! The syscalls each husk-vmm thread kind may make: what its code and the Rust/glibc runtime
 //! under it were seen to need (strace and `--seccomp log` over every device path), nothing
-//! more. Arguments are checked where Firecracker checks them: ioctl numbers (KVM's type and
-//! the two TUN requests), no executable mappings, unix sockets only, threads (never
+//! more. Arguments are checked where Firecracker checks them: ioctl numbers (KVM's type, the
+//! two TUN requests, FIONBIO), no executable mappings, unix sockets only, threads (never
 //! processes) from `clone`, `prctl` for thread names only.
 
 use std::collections::BTreeMap;
@@ -54,6 +54,7 @@ const EVENT_LOOP: &[i64] = &[
 /// the worker's event loop, the vhost-user session's set-up messages) and reset them.
 const VCPU: &[i64] = &[
     libc::SYS_epoll_create1,
+    libc::SYS_timerfd_create,
     libc::SYS_epoll_ctl,
     libc::SYS_eventfd2,
     libc::SYS_fcntl,
@@ -86,6 +87,8 @@ const VSOCK: &[i64] = &[
     libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_shutdown,
+    libc::SYS_timerfd_gettime,
+    libc::SYS_timerfd_settime,
     libc::SYS_writev,
 ];
 
@@ -150,6 +153,7 @@ pub fn rules(kind: ThreadKind, fast_exit: bool) -> Result<Rules, BackendError> {
                     )?])?,
                     rule(vec![eq(1, libc::TUNSETOFFLOAD)?])?,
                     rule(vec![eq(1, libc::TUNSETVNETHDRSZ)?])?,
+                    fionbio()?,
                 ],
             );
         }
@@ -161,6 +165,7 @@ pub fn rules(kind: ThreadKind, fast_exit: bool) -> Result<Rules, BackendError> {
             allow(&mut r, EVENT_LOOP);
             allow(&mut r, VSOCK);
             r.insert(libc::SYS_socket, vec![unix_socket()?]);
+            r.insert(libc::SYS_ioctl, vec![fionbio()?]);
         }
         ThreadKind::Net => {
             allow(&mut r, EVENT_LOOP);
@@ -169,6 +174,7 @@ pub fn rules(kind: ThreadKind, fast_exit: bool) -> Result<Rules, BackendError> {
         ThreadKind::Fs => {
             allow(&mut r, EVENT_LOOP);
             allow(&mut r, FS);
+            r.insert(libc::SYS_ioctl, vec![fionbio()?]);
         }
         ThreadKind::Spawner => {
             // Every worker starts under this filter too (filters stack), so it is the union
@@ -177,6 +183,7 @@ pub fn rules(kind: ThreadKind, fast_exit: bool) -> Result<Rules, BackendError> {
                 allow(&mut r, set);
             }
             r.insert(libc::SYS_socket, vec![unix_socket()?]);
+            r.insert(libc::SYS_ioctl, vec![fionbio()?]);
             // clone3's flags live in memory a filter cannot read: it answers ENOSYS (a
             // second filter) and glibc falls back to clone, checked here.
             r.insert(libc::SYS_clone3, vec![]);
@@ -232,6 +239,11 @@ fn not_executable(arg: u8) -> Result<SeccompRule, BackendError> {
     )?])
 }
 
+/// `ioctl(fd, FIONBIO, …)`: std's `set_nonblocking` on sockets.
+fn fionbio() -> Result<SeccompRule, BackendError> {
+    rule(vec![eq(1, libc::FIONBIO)?])
+}
+
 /// `socket(AF_UNIX, …)` only: guest-initiated vsock connections go to host unix sockets.
 fn unix_socket() -> Result<SeccompRule, BackendError> {
     rule(vec![Cond::new(
@@ -278,10 +290,11 @@ mod tests {
     }
 
     #[test]
-    fn only_vcpus_make_ioctls() {
+    fn ioctls_only_where_a_device_needs_them() {
         for kind in ThreadKind::ALL {
             let r = rules(kind, true).unwrap();
-            assert_eq!(r.contains_key(&libc::SYS_ioctl), kind == ThreadKind::Vcpu);
+            let want = !matches!(kind, ThreadKind::Main | ThreadKind::Block | ThreadKind::Net);
+            assert_eq!(r.contains_key(&libc::SYS_ioctl), want, "{kind}");
         }
     }
 }

@@ -63,12 +63,14 @@ impl Worker {
             evt: stop_evt.try_clone()?,
             stopped: stopped.clone(),
         }));
-        for s in subscribers {
-            em.add_subscriber(s);
-        }
         let thread_name = name.to_string();
-        // The thread installs `kind`'s seccomp filter before its loop touches a queue.
+        // The thread installs `kind`'s seccomp filter, then adds the subscribers: their
+        // `init` already serves what the guest queued before activation, and that must not
+        // run on the (vCPU) thread that activated the device.
         let handle = threads::spawn(name, kind, None, move || {
+            for s in subscribers {
+                em.add_subscriber(s);
+            }
             while !stopped.load(Ordering::SeqCst) {
                 if let Err(e) = em.run() {
                     tracing::error!("{thread_name}: event loop failed: {e:?}");
