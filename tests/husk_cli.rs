@@ -562,7 +562,8 @@ fn status_field(status: &str, key: &str) -> Option<String> {
 /// The VMM of a running container (QEMU here, husk-vmm in the rig) runs confined: under
 /// seccomp, as a uid of husk's range with no capability and `no_new_privs`, in its own PID,
 /// mount, IPC and UTS namespaces, with no host file system under its root, in its own cgroup
-/// (where the host gives one), which goes with the container.
+/// (where the host gives one), which goes with the container. QEMU's vhost-device-vsock runs
+/// as that same uid, with no capability.
 #[test]
 fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
     let test = "the_vmm_runs_confined_and_its_cgroup_goes_with_the_container";
@@ -587,6 +588,20 @@ fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
         .into_iter()
         .filter(|k| ns(&pid.to_string(), k) == ns("self", k))
         .collect();
+    let vmm_comm = std::fs::read_to_string(format!("{proc_dir}/comm")).unwrap_or_default();
+    let vmm_uid = status_field(&status, "Uid").unwrap_or_default();
+    let vmm_uid = vmm_uid.split_whitespace().next().unwrap_or("").to_string();
+    // QEMU's vsock helper runs as the VM's uid: found by its socket directory.
+    let marker = format!("/run/husk-ids/sockets/{vmm_uid}/");
+    let helpers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .collect();
     // The exec path still works through the jail.
     assert_eq!(h.ok(&["exec", id, "echo", "through"]), "through\n");
     h.ok(&["rm", "-f", id]);
@@ -610,6 +625,18 @@ fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
         "uid {uid}"
     );
     assert!(shared.is_empty(), "shares the host's {shared:?} namespaces");
+    if vmm_comm.starts_with("qemu") {
+        assert_eq!(helpers.len(), 1, "vhost-device-vsock under {marker}");
+    }
+    for h in &helpers {
+        let ids = format!("{vmm_uid}\t{vmm_uid}\t{vmm_uid}\t{vmm_uid}");
+        assert_eq!(status_field(h, "Uid").as_deref(), Some(ids.as_str()), "{h}");
+        assert_eq!(
+            status_field(h, "CapEff").as_deref(),
+            Some("0000000000000000")
+        );
+        assert_eq!(status_field(h, "NoNewPrivs").as_deref(), Some("1"));
+    }
     for host_dir in ["etc", "usr", "var", "root", "home"] {
         assert!(!root.iter().any(|e| e == host_dir), "root holds {root:?}");
     }

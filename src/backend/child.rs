@@ -147,8 +147,8 @@ fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
 pub(super) struct Leftovers {
     pub helpers: Vec<Arc<Guarded>>,
     pub files: Vec<PathBuf>,
-    /// The VMM's cgroup: removed last, once its processes are gone.
-    pub cgroup: Option<crate::confine::cgroup::Cgroup>,
+    /// The VMM's cgroup and id lease: released last, once its processes are gone.
+    pub confinement: Option<super::confined::Confinement>,
 }
 
 impl Leftovers {

@@ -7,13 +7,21 @@ use std::process::Command;
 use super::child::Guarded;
 use super::{Error, VmSpec};
 use crate::confine::cgroup::{Cgroup, Limits};
-use crate::confine::launch::{self, Ids};
+use crate::confine::launch::{self, IdLease, Ids, SocketDir};
 
-/// What a confined VMM launch was given.
+/// What a confined VMM launch was given; it goes with the VM's leftovers, the cgroup first
+/// (fields drop in order), then the id lease, so the id is free only once both are gone.
 pub(super) struct Confinement {
-    pub ids: Ids,
-    /// Removed when the VM's leftovers go.
     pub cgroup: Option<Cgroup>,
+    /// The socket directory of a helper that runs as the VM's id (vhost-device-vsock).
+    pub helper_sockets: Option<SocketDir>,
+    pub lease: IdLease,
+}
+
+impl Confinement {
+    pub fn ids(&self) -> Ids {
+        self.lease.ids
+    }
 }
 
 /// The VMM's own memory on top of the guest's, in MiB, per backend: what its cgroup allows.
@@ -23,24 +31,26 @@ pub(super) struct Overhead {
     pub pids: u64,
 }
 
-/// The confinement of `spec`'s VMM, or `None` when `HUSK_JAIL=off`.
-pub(super) fn for_vm(spec: &VmSpec, overhead: Overhead) -> Option<Confinement> {
+/// The confinement of `spec`'s VMM, or `None` when `HUSK_JAIL=off`: an id leased from husk's
+/// range and a cgroup named after it (`vm-<uid>`).
+pub(super) fn for_vm(spec: &VmSpec, overhead: Overhead) -> Result<Option<Confinement>, Error> {
     if !launch::enabled() {
-        return None;
+        return Ok(None);
     }
-    let cid = spec.vsock.as_ref().map(|v| v.cid);
-    let name = match cid {
-        Some(c) => format!("vm-{c}"),
-        None => format!("vm-p{}", std::process::id()),
-    };
+    let lease = launch::lease_ids().map_err(|source| Error::File {
+        path: launch::ID_LEASE_DIR.into(),
+        source,
+    })?;
     let limits = Limits {
         memory_bytes: (u64::from(spec.memory_mib) + overhead.memory_mib) << 20,
         pids: overhead.pids,
     };
-    Some(Confinement {
-        ids: launch::ids_for(cid),
-        cgroup: launch::cgroup(&name, limits),
-    })
+    let cgroup = launch::cgroup(&format!("vm-{}", lease.ids.uid), limits);
+    Ok(Some(Confinement {
+        cgroup,
+        helper_sockets: None,
+        lease,
+    }))
 }
 
 /// Spawns `cmd` as `program`: with `conf`, in its cgroup, in new namespaces (`ns_flags`,
@@ -60,7 +70,7 @@ pub(super) fn spawn(
         Some(cg) => cg.procs_files()?,
         None => Vec::new(),
     };
-    launch::in_child(cmd, procs, ns_flags, keep_caps);
+    launch::in_child(cmd, procs, ns_flags, keep_caps, conf.lease.lock_fd());
     launch::in_new_pid_namespace(|| Guarded::spawn(program, cmd)).map_err(|source| {
         Error::Spawn {
             program: program.to_string(),

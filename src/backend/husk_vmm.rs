@@ -248,9 +248,9 @@ impl VmBackend for HuskVmmBackend {
         spec.validate()?;
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
-        let confinement = confined::for_vm(spec, overhead(spec));
+        let confinement = confined::for_vm(spec, overhead(spec))?;
         let jail = match &confinement {
-            Some(c) => Some(jail_for(spec, c.ids)?),
+            Some(c) => Some(jail_for(spec, c.ids())?),
             None => None,
         };
         let config = write_config(spec, jail)?;
@@ -287,7 +287,7 @@ impl VmBackend for HuskVmmBackend {
         // husk-vmm enters its other namespaces and drops its capabilities itself, once the
         // VM is built.
         let vmm = confined::spawn("husk-vmm", &mut cmd, confinement.as_ref(), 0, None)?;
-        leftovers.cgroup = confinement.and_then(|c| c.cgroup);
+        leftovers.confinement = confinement;
         timings::mark("VMM spawn");
         tracing::debug!(pid = vmm.pid(), "husk-vmm started");
         Ok(Box::new(ProcessVm::new(

@@ -237,6 +237,8 @@ impl VmBackend for QemuBackend {
         }
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
+        // Its id and cgroup first: vhost-device-vsock runs as that id, in that cgroup.
+        let mut confinement = confined::for_vm(spec, self.overhead(spec))?;
         let mut vhost_socket = None;
         if let Some(v) = &spec.vsock {
             let bin = match &self.vhost_device_vsock {
@@ -247,7 +249,14 @@ impl VmBackend for QemuBackend {
             // Registered before the daemon runs, so a failed start removes them too.
             leftovers.files.push(sock.clone());
             leftovers.files.push(v.uds_path.clone());
-            let daemon = vhost_vsock::start(&bin, v, &sock, &log, &spec.console_log)?;
+            let daemon = vhost_vsock::start(
+                &bin,
+                v,
+                &sock,
+                &log,
+                &spec.console_log,
+                confinement.as_mut(),
+            )?;
             tracing::debug!(pid = daemon.pid(), socket = %sock.display(), "vhost-device-vsock ready");
             leftovers.add_helper(daemon);
             vhost_socket = Some(sock);
@@ -270,13 +279,12 @@ impl VmBackend for QemuBackend {
         timings::mark("helper daemons");
         let mut cmd = Command::new(&self.qemu);
         cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
-        let confinement = confined::for_vm(spec, self.overhead(spec));
         if let Some(c) = &confinement {
             let empty = launch::empty_dir().map_err(|source| Error::File {
                 path: launch::EMPTY_DIR.into(),
                 source,
             })?;
-            cmd.args(confinement_args(c.ids, &empty));
+            cmd.args(confinement_args(c.ids(), &empty));
         }
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
         pass_tap_fds(&mut cmd, spec);
@@ -287,7 +295,7 @@ impl VmBackend for QemuBackend {
             namespaces(spec),
             Some(QEMU_CAPS),
         )?;
-        leftovers.cgroup = confinement.and_then(|c| c.cgroup);
+        leftovers.confinement = confinement;
         timings::mark("VMM spawn");
         tracing::debug!(
             pid = qemu.pid(),

@@ -5,12 +5,15 @@
 //! and fails otherwise), and it outlives a QEMU that exits, so the handle kills it by pid.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::child::{self, Guarded};
+use super::confined::Confinement;
 use super::{Error, VsockSpec};
+use crate::confine::launch;
 
 /// The version `scripts/install-vhost-device-vsock.sh` installs.
 pub const VERSION: &str = "0.3.0";
@@ -71,8 +74,18 @@ pub fn args(vsock: &VsockSpec, vhost_socket: &Path) -> Vec<String> {
 /// Whether a unix socket is bound at `path` and listening, from `/proc/net/unix` (probing with
 /// connect() would make us the daemon's vhost-user frontend).
 pub fn is_listening(path: &Path) -> bool {
+    listening_in(path, "/proc/net/unix")
+}
+
+/// [`is_listening`] in the network namespace of process `pid` (unix sockets are listed per
+/// namespace, and a confined daemon has its own).
+pub fn is_listening_in(path: &Path, pid: u32) -> bool {
+    listening_in(path, &format!("/proc/{pid}/net/unix"))
+}
+
+fn listening_in(path: &Path, table: &str) -> bool {
     const SO_ACCEPTCON: u32 = 0x0001_0000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+    let Ok(table) = std::fs::read_to_string(table) else {
         return false;
     };
     let want = path.as_os_str().to_string_lossy();
@@ -87,25 +100,75 @@ pub fn is_listening(path: &Path) -> bool {
 
 /// Starts the daemon and waits until it listens on its vhost-user socket. Stale sockets from a
 /// previous run are removed first: the daemon refuses to bind over them.
+///
+/// With `conf` the daemon runs as the VM's own id, in new IPC, UTS and network namespaces,
+/// with no capability and `no_new_privs`, in the VM's cgroup: it binds its two sockets in a
+/// directory that id owns ([`launch::socket_dir`]), and `vhost_socket` and the VM's vsock
+/// socket are symlinks to them (a unix-socket connect follows them; root connects to both).
 pub(super) fn start(
     binary: &Path,
     vsock: &VsockSpec,
     vhost_socket: &Path,
     log: &File,
     log_path: &Path,
+    conf: Option<&mut Confinement>,
 ) -> Result<Guarded, Error> {
     child::remove_if_exists(vhost_socket);
     child::remove_if_exists(&vsock.uds_path);
-    let mut cmd = Command::new(binary);
-    cmd.args(args(vsock, vhost_socket));
+    let Some(conf) = conf else {
+        let mut cmd = Command::new(binary);
+        cmd.args(args(vsock, vhost_socket));
+        child::quiet_stdio(&mut cmd, log, log_path)?;
+        let daemon = Guarded::spawn("vhost-device-vsock", &mut cmd)?;
+        return wait_listening(daemon, vhost_socket, log_path);
+    };
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::File { path, source }
+    };
+    let dir = launch::socket_dir(conf.ids()).map_err(file_err(Path::new(launch::ID_LEASE_DIR)))?;
+    let own = VsockSpec {
+        cid: vsock.cid,
+        uds_path: dir.path().join("vsock"),
+    };
+    let own_vhost = vhost_socket_for(&own);
+    for (link, target) in [
+        (&vsock.uds_path, &own.uds_path),
+        (&vhost_socket.to_path_buf(), &own_vhost),
+    ] {
+        std::os::unix::fs::symlink(target, link).map_err(file_err(link))?;
+    }
+    conf.helper_sockets = Some(dir);
+    let (exe, _exe_fd) = launch::exec_path(binary).map_err(file_err(binary))?;
+    let mut cmd = Command::new(exe);
+    // Named after the VM's socket path: a runtime that sweeps a dead VM's processes finds
+    // its helpers by the VM's directory in their command line.
+    cmd.arg0(format!("vhost-device-vsock@{}", vsock.uds_path.display()))
+        .args(args(&own, &own_vhost));
     child::quiet_stdio(&mut cmd, log, log_path)?;
+    let procs = match &conf.cgroup {
+        Some(cg) => cg.procs_files()?,
+        None => Vec::new(),
+    };
+    // The cgroup first, while still root; then the namespaces and the id.
+    launch::in_child_cgroup(&mut cmd, procs);
+    launch::as_ids_in_child(
+        &mut cmd,
+        conf.ids(),
+        libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
+    );
     let daemon = Guarded::spawn("vhost-device-vsock", &mut cmd)?;
+    wait_listening(daemon, &own_vhost, log_path)
+}
+
+/// Waits until `daemon` listens on `vhost_socket`.
+fn wait_listening(daemon: Guarded, vhost_socket: &Path, log_path: &Path) -> Result<Guarded, Error> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     loop {
         // The file appears at bind(), before listen(): QEMU connecting in between is
         // refused and exits, so wait for the listening state itself.
-        if is_listening(vhost_socket) {
+        if is_listening_in(vhost_socket, daemon.pid()) {
             return Ok(daemon);
         }
         let status = daemon.try_wait().map_err(|source| Error::Process {

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -63,19 +63,76 @@ pub struct Ids {
     pub gid: u32,
 }
 
-/// The ids of the VM with vsock CID `cid` (unique among live VMs, so no two running VMMs
-/// share a uid and none may signal or trace another); without a CID, this process's pid.
-pub fn ids_for(cid: Option<u32>) -> Ids {
-    let base = std::env::var(ID_BASE_ENV)
+/// Where the leases on husk's ids are kept: one lock file per id in use (and, under
+/// `sockets/`, the socket directories of helpers that run as an id).
+pub const ID_LEASE_DIR: &str = "/run/husk-ids";
+
+/// A uid/gid of husk's range held for one VM, so no two live VMMs share one (none may then
+/// signal or trace another). The lease is an exclusive `flock` on `ID_LEASE_DIR/<uid>`: the
+/// VMM inherits the lock's fd (see [`in_child`]) and the launcher keeps its own until the
+/// VM's cgroup (named after the uid) is gone, so the id is free again only once both are.
+/// A crash frees it with the processes; nothing to clean up.
+#[derive(Debug)]
+pub struct IdLease {
+    pub ids: Ids,
+    lock: File,
+}
+
+impl IdLease {
+    pub fn lock_fd(&self) -> RawFd {
+        self.lock.as_raw_fd()
+    }
+}
+
+fn id_base() -> u32 {
+    std::env::var(ID_BASE_ENV)
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|b| *b > 0 && b.checked_add(ID_COUNT).is_some())
-        .unwrap_or(DEFAULT_ID_BASE);
-    let n = cid.unwrap_or_else(std::process::id) % ID_COUNT;
-    Ids {
-        uid: base + n,
-        gid: base + n,
+        .unwrap_or(DEFAULT_ID_BASE)
+}
+
+/// Leases a free id of husk's range (starting at a spread-out point, probing onwards).
+pub fn lease_ids() -> io::Result<IdLease> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = std::path::Path::new(ID_LEASE_DIR);
+    // 0711: a helper running as a leased id walks through to its socket directory; nobody
+    // but root lists or opens the lock files.
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let base = id_base();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    for i in 0..ID_COUNT {
+        let id = base + start.wrapping_add(i) % ID_COUNT;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dir.join(id.to_string()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(IdLease {
+                ids: Ids { uid: id, gid: id },
+                lock,
+            });
+        }
+    }
+    Err(io::Error::other(format!(
+        "all {ID_COUNT} ids from {base} are in use by VMs"
+    )))
 }
 
 /// [`EMPTY_DIR`], made if missing (mode 0555: nobody writes there).
@@ -115,21 +172,27 @@ pub fn cgroup(name: &str, limits: Limits) -> Option<Cgroup> {
 ///
 /// With `keep_caps`, every other capability leaves the bounding set before exec, so the VMM
 /// starts (as root) with only those, and can never gain another, whatever it executes.
+///
+/// `keep_fd` (the id lease's lock) is inherited: the lease lasts as long as the VMM.
 pub fn in_child(
     cmd: &mut Command,
     procs: Vec<File>,
     flags: libc::c_int,
     keep_caps: Option<&'static [u32]>,
+    keep_fd: RawFd,
 ) {
-    let procs: Vec<OwnedFd> = procs.into_iter().map(OwnedFd::from).collect();
+    in_child_cgroup(cmd, procs);
     let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    // SAFETY: only write, unshare, mount and prctl run between fork and exec, all
-    // async-signal-safe, on fds the closure owns and static strings; nothing is allocated.
+    // SAFETY: only fcntl, unshare, mount and prctl run between fork and exec, all
+    // async-signal-safe, on an fd and static strings; nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
+            if libc::fcntl(keep_fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             for cap in 0..=last_cap {
                 let Some(keep) = keep_caps else { break };
                 if keep.contains(&(cap as u32)) {
@@ -139,11 +202,6 @@ pub fn in_child(
                 if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
                     && *libc::__errno_location() != libc::EINVAL
                 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            for f in &procs {
-                if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -163,6 +221,111 @@ pub fn in_child(
             }
             Ok(())
         });
+    }
+}
+
+/// Between fork and exec: join the cgroup behind `procs` (its `cgroup.procs` files).
+pub fn in_child_cgroup(cmd: &mut Command, procs: Vec<File>) {
+    let procs: Vec<OwnedFd> = procs.into_iter().map(OwnedFd::from).collect();
+    // SAFETY: only write(2) on fds the closure owns runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &procs {
+                if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Between fork and exec of a helper daemon: new IPC, UTS and network namespaces (`flags`),
+/// an empty capability bounding set, umask 007, then `ids` with no supplementary groups, and
+/// `no_new_privs`. Its program must be reachable by `ids` (see [`exec_path`]).
+pub fn as_ids_in_child(cmd: &mut Command, ids: Ids, flags: libc::c_int) {
+    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    // SAFETY: only unshare, prctl, umask, setgroups and setres[ug]id run between fork and exec, all
+    // async-signal-safe system calls on plain integers; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fail = || Err(io::Error::last_os_error());
+            if flags != 0 && libc::unshare(flags) != 0 {
+                return fail();
+            }
+            for cap in 0..=last_cap {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return fail();
+                }
+            }
+            // Sockets it creates: owner and group (root, from a setgid directory) only.
+            libc::umask(0o007);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(ids.gid, ids.gid, ids.gid) != 0
+                || libc::setresuid(ids.uid, ids.uid, ids.uid) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `binary` opened for exec by another uid: the returned path (`/proc/self/fd/N`, valid while
+/// the returned file is open) reaches it without walking directories only root may enter
+/// (husk's tools live under root's home), checking only the file's own exec permission.
+pub fn exec_path(binary: &std::path::Path) -> io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(binary)?;
+    Ok((PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())), f))
+}
+
+/// A directory for the sockets a helper running as `ids` creates:
+/// `/run/husk-ids/sockets/<uid>`, made afresh (the id's lease says nobody else uses it),
+/// owned by the id and group root, mode 2770: its sockets take group root (setgid directory;
+/// the helper's umask is 007), so root processes that lack CAP_DAC_OVERRIDE (a confined QEMU
+/// connecting to the vhost-user socket) may connect, and nobody else. Removed when the
+/// returned guard drops.
+pub fn socket_dir(ids: Ids) -> io::Result<SocketDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = std::path::Path::new(ID_LEASE_DIR).join("sockets");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&parent)?;
+    let dir = parent.join(ids.uid.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    std::os::unix::fs::chown(&dir, Some(ids.uid), Some(0))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770))?;
+    }
+    Ok(SocketDir(dir))
+}
+
+/// A helper's socket directory, removed on drop.
+#[derive(Debug)]
+pub struct SocketDir(PathBuf);
+
+impl SocketDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -189,12 +352,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_come_from_husks_range() {
-        let ids = ids_for(Some(3));
-        assert_eq!(ids.uid, DEFAULT_ID_BASE + 3);
-        assert_eq!(ids.gid, ids.uid);
-        assert_ne!(ids_for(Some(4)).uid, ids.uid);
-        assert!(ids_for(None).uid >= DEFAULT_ID_BASE);
+    fn leased_ids_are_exclusive_and_from_husks_range() {
+        let a = lease_ids().unwrap();
+        let b = lease_ids().unwrap();
+        assert_ne!(a.ids.uid, b.ids.uid);
+        for l in [&a, &b] {
+            assert_eq!(l.ids.gid, l.ids.uid);
+            assert!((DEFAULT_ID_BASE..DEFAULT_ID_BASE + ID_COUNT).contains(&l.ids.uid));
+        }
+        // Another open file description cannot take a held id.
+        let again = std::fs::File::open(format!("{ID_LEASE_DIR}/{}", a.ids.uid)).unwrap();
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(again.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, -1);
     }
 
     #[test]

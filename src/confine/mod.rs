@@ -15,4 +15,5 @@ pub mod launch;
 pub mod seccomp;
 mod syscall_names;
 pub mod syscalls;
+pub mod thread_kind;
 pub mod threads;

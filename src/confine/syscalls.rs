@@ -11,7 +11,7 @@ use seccompiler::{
     SeccompRule,
 };
 
-use super::seccomp::ThreadKind;
+use super::thread_kind::ThreadKind;
 
 pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 

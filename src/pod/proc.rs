@@ -62,7 +62,8 @@ impl ProcessRef {
 }
 
 /// Live processes whose command line mentions `dir` (a container directory): the VMM and
-/// its helpers (vhost-device-vsock) take their sockets and disks from there. `rm` sweeps
+/// its helpers take their sockets and disks from there (vhost-device-vsock, whose sockets
+/// live elsewhere, names the VM's socket in its argv[0]). `rm` sweeps
 /// them so nothing outlives a monitor that was itself killed.
 pub fn processes_using(dir: &Path) -> Vec<ProcessRef> {
     let needle = dir.as_os_str().as_encoded_bytes();
