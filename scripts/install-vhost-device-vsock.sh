@@ -29,8 +29,7 @@ start=$(date +%s)
 mkdir -p "$(husk_cache)/tools"
 tmp="$(mktemp -d "$(husk_cache)/tools/.vhost-device-vsock.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
-cargo install --locked --quiet --root "$tmp/root" --target-dir "$tmp/target" \
-    vhost-device-vsock --version "=$VERSION" >&2 \
+cargo_install vhost-device-vsock "$VERSION" "$tmp/root" "$tmp/target" \
     || die "cargo install vhost-device-vsock $VERSION failed"
 rm -rf "$root"
 mkdir -p "$(dirname "$root")"

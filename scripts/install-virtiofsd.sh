@@ -31,8 +31,7 @@ start=$(date +%s)
 mkdir -p "$(husk_cache)/tools"
 tmp="$(mktemp -d "$(husk_cache)/tools/.virtiofsd.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
-cargo install --locked --quiet --root "$tmp/root" --target-dir "$tmp/target" \
-    virtiofsd --version "=$VERSION" >&2 \
+cargo_install virtiofsd "$VERSION" "$tmp/root" "$tmp/target" \
     || die "cargo install virtiofsd $VERSION failed"
 rm -rf "$root"
 mkdir -p "$(dirname "$root")"

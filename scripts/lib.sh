@@ -35,3 +35,12 @@ ensure_packages() {
 }
 
 husk_cache() { echo "${HUSK_CACHE:-$HOME/.cache/husk}"; }
+
+# cargo_install CRATE VERSION ROOT TARGET_DIR: `cargo install --locked` of exactly VERSION.
+# From cargo's own cache first (--offline: no index or download when the crate and its
+# locked dependencies were fetched before), else from the registry.
+cargo_install() {
+    local crate=$1 version=$2 root=$3 target=$4
+    cargo install --locked --quiet --offline --root "$root" --target-dir "$target"         "$crate" --version "=$version" >&2 2>/dev/null && return 0
+    cargo install --locked --quiet --root "$root" --target-dir "$target"         "$crate" --version "=$version" >&2
+}

@@ -13,6 +13,9 @@ use husk::vmm::probe::HostProbe;
 use husk::vmm::Vmm;
 
 fn main() {
+    // The sockets and files husk-vmm makes (its vsock socket) are its owner's only.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe { libc::umask(0o077) };
     let args = Args::parse();
     if args.probe {
         let probe = HostProbe::run();

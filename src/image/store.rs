@@ -111,6 +111,9 @@ impl Store {
             root: root.into(),
             limits: Limits::default(),
         };
+        // husk's whole state lives under the root (images, containers, leases): root only.
+        crate::util::fs::create_private_dir(&store.root)
+            .map_err(io_err("cannot create store directory", &store.root))?;
         for dir in [
             store.root.join("blobs/sha256"),
             store.root.join("layers"),
@@ -613,6 +616,18 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn the_root_is_root_only_new_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("husk");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
     }
 
     #[test]
