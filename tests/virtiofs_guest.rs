@@ -471,6 +471,7 @@ fn husk_vmm_directory_rootfs_and_volume() {
     let backend = husk::backend::HuskVmmBackend {
         binary: common::bin("husk-vmm"),
         virtiofsd: None,
+        confine: true,
     };
     let uds = dir.path().join("vsock.sock");
     let mut spec = VmSpec::new(kernel, dir.path().join("console.log"));

@@ -31,10 +31,14 @@ pub(super) struct Overhead {
     pub pids: u64,
 }
 
-/// The confinement of `spec`'s VMM, or `None` when `HUSK_JAIL=off`: an id leased from husk's
-/// range and a cgroup named after it (`vm-<uid>`).
-pub(super) fn for_vm(spec: &VmSpec, overhead: Overhead) -> Result<Option<Confinement>, Error> {
-    if !launch::enabled() {
+/// The confinement of `spec`'s VMM, or `None` when the backend starts it unconfined
+/// (`HUSK_JAIL=off`): an id leased from husk's range and a cgroup named after it (`vm-<uid>`).
+pub(super) fn for_vm(
+    spec: &VmSpec,
+    overhead: Overhead,
+    enabled: bool,
+) -> Result<Option<Confinement>, Error> {
+    if !enabled {
         return Ok(None);
     }
     let lease = launch::lease_ids().map_err(|source| Error::File {

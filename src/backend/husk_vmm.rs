@@ -54,6 +54,9 @@ pub struct HuskVmmBackend {
     pub binary: PathBuf,
     /// Found when the first VM with a shared directory starts.
     pub virtiofsd: Option<PathBuf>,
+    /// Start husk-vmm jailed and filtered (`confine`, docs/security.md); off only with
+    /// `HUSK_JAIL=off`.
+    pub confine: bool,
 }
 
 impl HuskVmmBackend {
@@ -61,6 +64,7 @@ impl HuskVmmBackend {
         Ok(HuskVmmBackend {
             binary: find_binary()?,
             virtiofsd: None,
+            confine: launch::enabled(),
         })
     }
 }
@@ -248,7 +252,7 @@ impl VmBackend for HuskVmmBackend {
         spec.validate()?;
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
-        let confinement = confined::for_vm(spec, overhead(spec))?;
+        let confinement = confined::for_vm(spec, overhead(spec), self.confine)?;
         let jail = match &confinement {
             Some(c) => Some(jail_for(spec, c.ids())?),
             None => None,

@@ -60,6 +60,9 @@ pub struct QemuBackend {
     pub vhost_device_vsock: Option<PathBuf>,
     /// Found when the first VM with a shared directory starts.
     pub virtiofsd: Option<PathBuf>,
+    /// Start QEMU and vhost-device-vsock confined (`confine`, docs/security.md); off only
+    /// with `HUSK_JAIL=off`.
+    pub confine: bool,
 }
 
 impl QemuBackend {
@@ -90,6 +93,7 @@ impl QemuBackend {
             accel,
             vhost_device_vsock: None,
             virtiofsd: None,
+            confine: launch::enabled(),
         })
     }
 }
@@ -238,7 +242,7 @@ impl VmBackend for QemuBackend {
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
         // Its id and cgroup first: vhost-device-vsock runs as that id, in that cgroup.
-        let mut confinement = confined::for_vm(spec, self.overhead(spec))?;
+        let mut confinement = confined::for_vm(spec, self.overhead(spec), self.confine)?;
         let mut vhost_socket = None;
         if let Some(v) = &spec.vsock {
             let bin = match &self.vhost_device_vsock {

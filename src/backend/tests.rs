@@ -418,6 +418,8 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         accel: Accel::Tcg,
         vhost_device_vsock: Some(fake_daemon(dir)),
         virtiofsd: Some(fake_virtiofsd(dir)),
+        // The fake daemons write into the test's directory, which a VM's uid may not.
+        confine: false,
     }
 }
 
@@ -543,6 +545,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         accel: Accel::Tcg,
         vhost_device_vsock: None,
         virtiofsd: None,
+        confine: true,
     };
     let err = backend
         .start(&spec_in(dir.path()))
@@ -718,6 +721,7 @@ fn husk_vmm_ready_wait_sees_the_line_or_the_vmms_last_words() {
     let backend = |body: &str| HuskVmmBackend {
         binary: script(dir.path(), "fake-husk-vmm", body),
         virtiofsd: None,
+        confine: true,
     };
     let up = backend(&format!(
         "echo booting; echo {}; exec sleep 1000",
