@@ -7,7 +7,7 @@
 #     jail and seccomp filters and with `--seccomp off` and no jail: the VMM's own cost
 #     without a guest kernel's boot to hide it.
 # Prints a markdown table on stdout; progress on stderr.
-# Usage: scripts/bench-confinement.sh [RUNS]
+# Usage: scripts/bench-confinement.sh [RUNS]   (HUSK_BENCH_BACKENDS=husk,qemu picks backends)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -32,6 +32,11 @@ archive=$(scripts/make-busybox-image.sh "$work/img" | tail -n1)
 backends=(qemu)
 if "$vmm_bin" --probe >/dev/null 2>&1; then
     backends+=(husk)
+fi
+# HUSK_BENCH_BACKENDS=husk (or qemu): only those, e.g. husk-vmm alone in the nested-KVM rig
+# (scripts/nested-kvm.sh run -- scripts/bench-confinement.sh), where QEMU -accel kvm is slow.
+if [ -n "${HUSK_BENCH_BACKENDS:-}" ]; then
+    IFS=, read -r -a backends <<< "$HUSK_BENCH_BACKENDS"
 fi
 
 python3 - "$runs" "$husk_bin" "$vmm_bin" "$marker" "$work" "${backends[@]}" <<'PY'

@@ -4,7 +4,7 @@
 /// The kinds of threads husk-vmm runs, each with its own allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum ThreadKind {
-    /// The main thread: the event loop (serial input, exit requests, the vsock listener).
+    /// The main thread: the event loop (serial input, exit requests, the watchdog).
     Main,
     /// A vCPU: KVM_RUN and the device registers the guest reads and writes.
     Vcpu,
