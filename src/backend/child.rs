@@ -148,7 +148,7 @@ pub(super) struct Leftovers {
     pub helpers: Vec<Arc<Guarded>>,
     pub files: Vec<PathBuf>,
     /// The VMM's cgroup and id lease: released last, once its processes are gone.
-    pub confinement: Option<super::confined::Confinement>,
+    pub confinement: Option<crate::confine::launch::Confinement>,
 }
 
 impl Leftovers {

@@ -6,23 +6,8 @@ use std::process::Command;
 
 use super::child::Guarded;
 use super::{Error, VmSpec};
-use crate::confine::cgroup::{Cgroup, Limits};
-use crate::confine::launch::{self, IdLease, Ids, SocketDir};
-
-/// What a confined VMM launch was given; it goes with the VM's leftovers, the cgroup first
-/// (fields drop in order), then the id lease, so the id is free only once both are gone.
-pub(super) struct Confinement {
-    pub cgroup: Option<Cgroup>,
-    /// The socket directory of a helper that runs as the VM's id (vhost-device-vsock).
-    pub helper_sockets: Option<SocketDir>,
-    pub lease: IdLease,
-}
-
-impl Confinement {
-    pub fn ids(&self) -> Ids {
-        self.lease.ids
-    }
-}
+use crate::confine::cgroup::Limits;
+use crate::confine::launch::{self, Confinement};
 
 /// The VMM's own memory on top of the guest's, in MiB, per backend: what its cgroup allows.
 #[derive(Debug, Clone, Copy)]

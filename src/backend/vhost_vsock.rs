@@ -11,9 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::child::{self, Guarded};
-use super::confined::Confinement;
 use super::{Error, VsockSpec};
-use crate::confine::launch;
+use crate::confine::launch::{self, Confinement};
 
 /// The version `scripts/install-vhost-device-vsock.sh` installs.
 pub const VERSION: &str = "0.3.0";

@@ -135,6 +135,21 @@ pub fn lease_ids() -> io::Result<IdLease> {
     )))
 }
 
+/// What a confined VMM launch was given; it goes with the VM's leftovers, the cgroup first
+/// (fields drop in order), then the id lease, so the id is free only once both are gone.
+pub struct Confinement {
+    pub cgroup: Option<Cgroup>,
+    /// The socket directory of a helper that runs as the VM's id (vhost-device-vsock).
+    pub helper_sockets: Option<SocketDir>,
+    pub lease: IdLease,
+}
+
+impl Confinement {
+    pub fn ids(&self) -> Ids {
+        self.lease.ids
+    }
+}
+
 /// [`EMPTY_DIR`], made if missing (mode 0555: nobody writes there).
 pub fn empty_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
