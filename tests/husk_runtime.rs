@@ -171,7 +171,16 @@ fn exec_ps_list_pause_resume_and_force_delete() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(holder.wait().unwrap().success());
+    let status = holder.wait().unwrap();
+    if !status.success() {
+        let mut e = String::new();
+        let _ = holder.stderr.take().unwrap().read_to_string(&mut e);
+        let log = std::fs::read_to_string(rt.log()).unwrap_or_default();
+        panic!(
+            "exec --detach: {status}: {e}\n--- runtime log:\n{log}{}",
+            rt.console_tails()
+        );
+    }
     let hpid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
