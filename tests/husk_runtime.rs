@@ -175,11 +175,8 @@ fn exec_ps_list_pause_resume_and_force_delete() {
     if !status.success() {
         let mut e = String::new();
         let _ = holder.stderr.take().unwrap().read_to_string(&mut e);
-        let log = std::fs::read_to_string(rt.log()).unwrap_or_default();
-        panic!(
-            "exec --detach: {status}: {e}\n--- runtime log:\n{log}{}",
-            rt.console_tails()
-        );
+        let (log, consoles) = (std::fs::read_to_string(rt.log()), rt.console_tails());
+        panic!("exec --detach: {status}: {e}\nlog: {log:?}{consoles}");
     }
     let hpid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()

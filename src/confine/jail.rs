@@ -97,11 +97,7 @@ pub fn enter(cfg: &JailConfig) -> Result<(), Error> {
         return Err(Error::Threads(threads));
     }
     // Read while /proc is still there.
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .map_err(step("reading cap_last_cap"))?
-        .trim()
-        .parse::<libc::c_ulong>()
-        .map_err(|e| Error::Invalid(format!("cap_last_cap: {e}")))?;
+    let last_cap = super::launch::last_cap().map_err(step("reading cap_last_cap"))?;
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
     // SAFETY: unshare takes flags only.
     let rc = unsafe { libc::unshare(flags) };
@@ -261,14 +257,10 @@ fn set_limits(cfg: &JailConfig) -> Result<(), Error> {
 }
 
 fn drop_privileges(uid: u32, gid: u32, last_cap: libc::c_ulong) -> Result<(), Error> {
+    super::launch::drop_bounding_caps(last_cap, &[])
+        .map_err(step("dropping the capability bounding set"))?;
     // SAFETY: prctl/setgroups/setres[ug]id take plain integers (setgroups a null list of 0).
     unsafe {
-        for cap in 0..=last_cap {
-            check(
-                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0),
-                "dropping the capability bounding set",
-            )?;
-        }
         check(
             libc::prctl(
                 libc::PR_CAP_AMBIENT,

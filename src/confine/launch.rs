@@ -197,10 +197,8 @@ pub fn in_child(
     keep_fd: RawFd,
 ) {
     in_child_cgroup(cmd, procs);
-    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    // CAP_CHECKPOINT_RESTORE (40), the last of Linux 6.1, where /proc cannot say.
+    let last_cap = last_cap().unwrap_or(40);
     // SAFETY: only fcntl, unshare, mount and prctl run between fork and exec, all
     // async-signal-safe, on an fd and static strings; nothing is allocated.
     unsafe {
@@ -208,17 +206,8 @@ pub fn in_child(
             if libc::fcntl(keep_fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            for cap in 0..=last_cap {
-                let Some(keep) = keep_caps else { break };
-                if keep.contains(&(cap as u32)) {
-                    continue;
-                }
-                // EINVAL: a capability this kernel does not have.
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                    && *libc::__errno_location() != libc::EINVAL
-                {
-                    return Err(io::Error::last_os_error());
-                }
+            if let Some(keep) = keep_caps {
+                drop_bounding_caps(last_cap, keep)?;
             }
             if flags != 0 && libc::unshare(flags) != 0 {
                 return Err(io::Error::last_os_error());
@@ -237,6 +226,31 @@ pub fn in_child(
             Ok(())
         });
     }
+}
+
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
+pub fn last_cap() -> io::Result<libc::c_ulong> {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .map_err(io::Error::other)
+}
+
+/// Drops every capability up to `last_cap` but `keep` from the bounding set. Allocates
+/// nothing and makes only prctl calls: safe between fork and exec.
+pub fn drop_bounding_caps(last_cap: libc::c_ulong, keep: &[u32]) -> io::Result<()> {
+    for cap in 0..=last_cap {
+        if keep.contains(&(cap as u32)) {
+            continue;
+        }
+        // SAFETY: prctl takes plain integers. EINVAL: a capability this kernel lacks.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Between fork and exec: join the cgroup behind `procs` (its `cgroup.procs` files).
@@ -259,10 +273,8 @@ pub fn in_child_cgroup(cmd: &mut Command, procs: Vec<File>) {
 /// an empty capability bounding set, umask 007, then `ids` with no supplementary groups, and
 /// `no_new_privs`. Its program must be reachable by `ids` (see [`exec_path`]).
 pub fn as_ids_in_child(cmd: &mut Command, ids: Ids, flags: libc::c_int) {
-    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    // CAP_CHECKPOINT_RESTORE (40), the last of Linux 6.1, where /proc cannot say.
+    let last_cap = last_cap().unwrap_or(40);
     // SAFETY: only unshare, prctl, umask, setgroups and setres[ug]id run between fork and exec, all
     // async-signal-safe system calls on plain integers; nothing is allocated.
     unsafe {
@@ -271,13 +283,7 @@ pub fn as_ids_in_child(cmd: &mut Command, ids: Ids, flags: libc::c_int) {
             if flags != 0 && libc::unshare(flags) != 0 {
                 return fail();
             }
-            for cap in 0..=last_cap {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                    && *libc::__errno_location() != libc::EINVAL
-                {
-                    return fail();
-                }
-            }
+            drop_bounding_caps(last_cap, &[])?;
             // Sockets it creates: owner and group (root, from a setgid directory) only.
             libc::umask(0o007);
             if libc::setgroups(0, std::ptr::null()) != 0
