@@ -99,8 +99,9 @@ fn rig_reports_a_failing_l1_kernel_as_such() {
 }
 
 /// Which failed runs are retried: an L2 that reset before its kernel wrote a line (as QEMU
-/// -accel kvm in L1 did once in CI) is the emulation's fault; the same error with the guest's
-/// last words, a VM that exited with an error status, and any other failure are the command's.
+/// -accel kvm in L1 did once in CI) and a husk-vmm L2 guest's triple fault are the
+/// emulation's fault; the same error with the guest's last words, a VM that exited with an
+/// error status, another husk-vmm error and any other failure are the command's.
 #[test]
 fn only_faults_of_the_emulation_are_retried() {
     use std::os::unix::process::ExitStatusExt;
@@ -119,6 +120,16 @@ fn only_faults_of_the_emulation_are_retried() {
         fault.starts_with("an L2 guest reset before its first console line: create n failed"),
         "{fault:?}"
     );
+    let triple = failed(
+        "thread 'x' panicked: agent never answered\n[    2.228018] Run /init as init process\n\
+         HUSK-AGENT-READY\nhusk-vmm: guest triple fault on vCPU 1 (KVM_EXIT_SHUTDOWN)\n",
+    );
+    let fault = emulation_fault(&triple).unwrap_or_default();
+    assert_eq!(
+        fault,
+        "an L2 guest of husk-vmm triple-faulted under TCG's SVM: \
+         husk-vmm: guest triple fault on vCPU 1 (KVM_EXIT_SHUTDOWN)"
+    );
     for (what, stderr) in [
         (
             "last words",
@@ -130,6 +141,11 @@ fn only_faults_of_the_emulation_are_retried() {
             format!("{create}the VM exited (exit status: 1) before the guest came up; see /tmp/x/c"),
         ),
         ("another failure", "assertion `left == right` failed".to_string()),
+        (
+            "another husk-vmm error",
+            "husk-vmm: KVM internal error on vCPU 0 (suberror 1: instruction emulation failed)"
+                .to_string(),
+        ),
     ] {
         assert_eq!(emulation_fault(&failed(&stderr)), None, "{what}");
     }
