@@ -77,25 +77,43 @@ fn align_up(v: u64, a: u64) -> u64 {
 }
 
 impl CompositeDisk {
+    /// Opens the layer files (read-only) and builds the disk over them.
     pub fn open(layers: &[Layer]) -> Result<Self, CompositeError> {
         if layers.is_empty() || layers.len() > MAX_LAYERS {
             return Err(CompositeError::LayerCount(layers.len()));
         }
         let mut files = Vec::with_capacity(layers.len());
-        let mut sizes = Vec::with_capacity(layers.len());
         for l in layers {
-            let open_err = |source| CompositeError::Open {
+            let f = File::open(&l.path).map_err(|source| CompositeError::Open {
                 path: l.path.clone(),
                 source,
-            };
-            let f = File::open(&l.path).map_err(open_err)?;
-            let size = f.metadata().map_err(open_err)?.len();
+            })?;
+            files.push(f);
+        }
+        Self::from_files(layers, files)
+    }
+
+    /// Builds the disk over layer files already open (`files[i]` holds `layers[i]`, whose
+    /// path only names it in errors): how a confined process that cannot reach the image
+    /// store serves layers its parent opened for it.
+    pub fn from_files(layers: &[Layer], files: Vec<File>) -> Result<Self, CompositeError> {
+        if layers.is_empty() || layers.len() > MAX_LAYERS || files.len() != layers.len() {
+            return Err(CompositeError::LayerCount(files.len()));
+        }
+        let mut sizes = Vec::with_capacity(layers.len());
+        for (l, f) in layers.iter().zip(&files) {
+            let size = f
+                .metadata()
+                .map_err(|source| CompositeError::Open {
+                    path: l.path.clone(),
+                    source,
+                })?
+                .len();
             if size == 0 {
                 return Err(CompositeError::EmptyLayer {
                     path: l.path.clone(),
                 });
             }
-            files.push(f);
             sizes.push(size);
         }
 
@@ -194,6 +212,12 @@ impl CompositeDisk {
             capacity,
             id: id_from_str(&id_string(&disk_guid)),
         })
+    }
+
+    /// Overrides the GET_ID serial (the guest's `/sys/block/vdX/serial`).
+    pub fn with_id(mut self, id: &str) -> Self {
+        self.id = id_from_str(id);
+        self
     }
 
     /// Disk offsets (first byte, length) of each layer's partition data.
@@ -369,6 +393,21 @@ pub fn crc32(data: &[u8]) -> u32 {
     !data.iter().fold(!0u32, |c, &b| {
         table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
     })
+}
+
+/// The partition name of layer `index` (bottom first) on husk's layer disks; the guest finds
+/// layers by partition number, the name is for people reading `lsblk` or `sgdisk -p`.
+pub fn layer_label(index: usize) -> String {
+    format!("husk-layer-{index}")
+}
+
+/// Layers named by [`layer_label`], in the order given.
+pub fn indexed_layers(paths: &[PathBuf]) -> Vec<Layer> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| layer(p, &layer_label(i)))
+        .collect()
 }
 
 /// Path helper for callers building layer lists.

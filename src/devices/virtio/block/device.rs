@@ -34,30 +34,41 @@ pub struct Block {
     worker: Option<Worker>,
 }
 
+/// The virtio features a virtio-blk device over `disk` offers (husk-vmm's device and the
+/// vhost-user-blk backend alike).
+pub fn features(disk: &dyn DiskBackend) -> u64 {
+    let mut f = VIRTIO_F_VERSION_1
+        | 1 << VIRTIO_RING_F_EVENT_IDX
+        | 1 << VIRTIO_RING_F_INDIRECT_DESC
+        | 1 << VIRTIO_BLK_F_FLUSH
+        | 1 << VIRTIO_BLK_F_SEG_MAX
+        | 1 << VIRTIO_BLK_F_BLK_SIZE;
+    if disk.read_only() {
+        f |= 1 << VIRTIO_BLK_F_RO;
+    }
+    f
+}
+
+/// `struct virtio_blk_config` up to `blk_size` for `disk`.
+pub fn config_space(disk: &dyn DiskBackend) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    config[0..8].copy_from_slice(&(disk.capacity() / SECTOR_SIZE).to_le_bytes());
+    // size_max (8..12) stays 0: not offered.
+    config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+    // geometry (16..20) stays 0: not offered.
+    config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    config
+}
+
 impl Block {
     /// A device over `disk`; `name` names the worker thread (keep it ≤ 15 bytes).
     pub fn new(name: &str, disk: Arc<dyn DiskBackend>) -> Self {
-        let mut avail_features = VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC
-            | 1 << VIRTIO_BLK_F_FLUSH
-            | 1 << VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_BLK_F_BLK_SIZE;
-        if disk.read_only() {
-            avail_features |= 1 << VIRTIO_BLK_F_RO;
-        }
-        let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&(disk.capacity() / SECTOR_SIZE).to_le_bytes());
-        // size_max (8..12) stays 0: not offered.
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        // geometry (16..20) stays 0: not offered.
-        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         Self {
             name: name.to_string(),
+            avail_features: features(disk.as_ref()),
+            config: config_space(disk.as_ref()),
             disk,
-            avail_features,
             acked_features: 0,
-            config,
             worker: None,
         }
     }

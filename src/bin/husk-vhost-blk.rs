@@ -1,0 +1,102 @@
+//! husk-vhost-blk: serves a container's read-only image layers, as one composite GPT disk
+//! (partition N = layer N-1, bottom first), to QEMU's `vhost-user-blk` device. husk-vmm
+//! serves the same composite disk in-process; this is how QEMU gets it too, so an image of
+//! any layer count up to 127 takes one virtio-mmio slot on either backend.
+//!
+//! The QEMU backend starts it confined (the VM's own uid, no capabilities, its own
+//! namespaces, the VM's cgroup) and hands it everything it needs as open file descriptors: a
+//! listening unix socket (`--socket-fd`) and each layer file (`--layer-fd`, read-only). It
+//! reaches no path of its own, so the image store stays root's. `--socket PATH` and
+//! `--layer PATH` are for running it by hand. It serves one frontend and exits 0 when that
+//! one hangs up; 1 with one line on stderr for any failure.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use husk::devices::vhost_user_blk;
+use husk::devices::virtio::block::composite::{self, CompositeDisk};
+use vhost::vhost_user::Listener;
+
+/// Serve image layers as one composite disk to a vhost-user-blk frontend.
+#[derive(Debug, Parser)]
+#[command(name = "husk-vhost-blk", version)]
+struct Args {
+    /// A listening unix socket, inherited.
+    #[arg(long, conflicts_with = "socket")]
+    socket_fd: Option<RawFd>,
+    /// Or bind and listen here (replacing a stale socket file).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// A layer file open for reading, inherited; bottom layer first.
+    #[arg(long = "layer-fd")]
+    layer_fds: Vec<RawFd>,
+    /// Or a layer file by path; bottom layer first.
+    #[arg(long = "layer", conflicts_with = "layer_fds")]
+    layers: Vec<PathBuf>,
+    /// What the disk answers to GET_ID (the guest's /sys/block/vdX/serial).
+    #[arg(long)]
+    serial: Option<String>,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("husk-vhost-blk: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Takes ownership of inherited descriptor `fd`, refusing one that is not open.
+fn inherited(fd: RawFd, what: &str) -> anyhow::Result<File> {
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("{what} descriptor {fd} is not an open inherited file descriptor");
+    }
+    // SAFETY: fd is open (checked above), was handed to this process for this purpose and is
+    // owned by nothing else here; it is taken exactly once (the argument list names it once,
+    // checked by the caller).
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for fd in args.layer_fds.iter().chain(args.socket_fd.as_ref()) {
+        if !seen.insert(*fd) {
+            bail!("descriptor {fd} is named twice");
+        }
+    }
+    let disk = if args.layer_fds.is_empty() {
+        CompositeDisk::open(&composite::indexed_layers(&args.layers))?
+    } else {
+        let mut layers = Vec::new();
+        let mut files = Vec::new();
+        for (i, &fd) in args.layer_fds.iter().enumerate() {
+            files.push(inherited(fd, "layer")?);
+            layers.push(composite::layer(
+                format!("fd {fd}"),
+                &composite::layer_label(i),
+            ));
+        }
+        CompositeDisk::from_files(&layers, files)?
+    };
+    let disk = match &args.serial {
+        Some(s) => disk.with_id(s),
+        None => disk,
+    };
+    let mut listener = match (args.socket_fd, &args.socket) {
+        (Some(fd), _) => {
+            let f = inherited(fd, "socket")?;
+            Listener::from(std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(f)))
+        }
+        (None, Some(p)) => Listener::new(p, true)
+            .with_context(|| format!("listening on {}", p.display()))?,
+        (None, None) => bail!("give --socket-fd or --socket"),
+    };
+    vhost_user_blk::serve(&mut listener, Arc::new(disk))?;
+    Ok(())
+}
