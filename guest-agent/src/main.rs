@@ -36,6 +36,7 @@ mod init;
 mod mounts;
 mod net;
 mod netlink;
+mod overlay_mount;
 mod power;
 mod process;
 mod pty;

@@ -18,6 +18,12 @@ pub const RUN_DIR: &str = "/run/husk";
 pub enum RootfsError {
     #[error("no disk with serial {0:?} (looked in /sys/block/*/serial); did the host attach it?")]
     NoSuchSerial(String),
+    #[error("disk {disk} (serial {serial:?}) has no partition {number}; did the host attach all layers?")]
+    NoSuchPartition {
+        serial: String,
+        disk: String,
+        number: u32,
+    },
     #[error("disk {0} does not exist")]
     NoSuchDevice(String),
     #[error("cannot create {path}: {source}")]
@@ -75,13 +81,8 @@ fn overlay(
         mount_disk(&find_disk(&layer.disk)?, layer.fs_type, &dir, true)?;
         lower.push(dir);
     }
-    // The spec lists the base layer first; lowerdir= wants the top layer first.
+    // The spec lists the base layer first; overlayfs wants the top layer first.
     lower.reverse();
-    let lowerdir = lower
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
     match scratch {
         Some(s) => {
             let dir = base.join("scratch");
@@ -90,12 +91,7 @@ fn overlay(
             let (upper, work) = (dir.join("upper"), dir.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
-            let data = format!(
-                "lowerdir={lowerdir},upperdir={},workdir={}",
-                upper.display(),
-                work.display()
-            );
-            do_mount("overlay", root, "overlay", MsFlags::empty(), Some(&data))
+            crate::overlay_mount::mount(root, &lower, Some((&upper, &work)))
         }
         // overlayfs wants two lower layers when there is no upper: bind a single one.
         None if lower.len() == 1 => {
@@ -114,13 +110,7 @@ fn overlay(
                 None,
             )
         }
-        None => do_mount(
-            "overlay",
-            root,
-            "overlay",
-            MsFlags::MS_RDONLY,
-            Some(&format!("lowerdir={lowerdir}")),
-        ),
+        None => crate::overlay_mount::mount(root, &lower, None),
     }
 }
 
@@ -153,17 +143,45 @@ pub fn find_disk(disk: &DiskRef) -> Result<PathBuf, RootfsError> {
             }
         }
         DiskRef::Serial(want) => {
-            let entries =
-                fs::read_dir("/sys/block").map_err(|_| RootfsError::NoSuchSerial(want.clone()))?;
-            for e in entries.flatten() {
-                let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
-                if serial.trim_end_matches(['\n', '\0', ' ']) == want {
-                    return Ok(Path::new("/dev").join(e.file_name()));
-                }
-            }
-            Err(RootfsError::NoSuchSerial(want.clone()))
+            let name = disk_by_serial(Path::new(SYS_BLOCK), want)?;
+            Ok(Path::new("/dev").join(name))
+        }
+        DiskRef::Partition { serial, number } => {
+            let disk = disk_by_serial(Path::new(SYS_BLOCK), serial)?;
+            let name =
+                partition_of(&Path::new(SYS_BLOCK).join(&disk), *number).ok_or_else(|| {
+                    RootfsError::NoSuchPartition {
+                        serial: serial.clone(),
+                        disk: disk.to_string_lossy().into_owned(),
+                        number: *number,
+                    }
+                })?;
+            Ok(Path::new("/dev").join(name))
         }
     }
+}
+
+const SYS_BLOCK: &str = "/sys/block";
+
+/// The name of the disk under `sys_block` whose `serial` is `want`.
+fn disk_by_serial(sys_block: &Path, want: &str) -> Result<std::ffi::OsString, RootfsError> {
+    let entries = fs::read_dir(sys_block).map_err(|_| RootfsError::NoSuchSerial(want.into()))?;
+    for e in entries.flatten() {
+        let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if serial.trim_end_matches(['\n', '\0', ' ']) == want {
+            return Ok(e.file_name());
+        }
+    }
+    Err(RootfsError::NoSuchSerial(want.into()))
+}
+
+/// The name of partition `number` of the disk at `disk_dir` (`/sys/block/vda`): the child
+/// directory whose `partition` file holds that number (`vda3`, or `nvme0n1p3` elsewhere).
+fn partition_of(disk_dir: &Path, number: u32) -> Option<std::ffi::OsString> {
+    fs::read_dir(disk_dir).ok()?.flatten().find_map(|e| {
+        let n = fs::read_to_string(e.path().join("partition")).ok()?;
+        (n.trim().parse::<u32>().ok()? == number).then(|| e.file_name())
+    })
 }
 
 fn mkdir(p: &Path) -> Result<(), RootfsError> {
@@ -186,4 +204,43 @@ fn do_mount(
         target: target.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake /sys/block: vda (serial husk-layers) with partitions 1..=12, vdb (scratch).
+    fn sys_block() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let vda = d.path().join("vda");
+        fs::create_dir_all(&vda).unwrap();
+        fs::write(vda.join("serial"), "husk-layers").unwrap();
+        for n in 1..=12 {
+            let p = vda.join(format!("vda{n}"));
+            fs::create_dir(&p).unwrap();
+            fs::write(p.join("partition"), format!("{n}\n")).unwrap();
+        }
+        fs::create_dir(vda.join("queue")).unwrap();
+        let vdb = d.path().join("vdb");
+        fs::create_dir_all(&vdb).unwrap();
+        fs::write(vdb.join("serial"), "husk-scratch\0\0").unwrap();
+        d
+    }
+
+    #[test]
+    fn partitions_are_found_by_number_not_by_name_order() {
+        let d = sys_block();
+        let disk = disk_by_serial(d.path(), "husk-layers").unwrap();
+        assert_eq!(disk, "vda");
+        let dir = d.path().join(&disk);
+        assert_eq!(partition_of(&dir, 1).unwrap(), "vda1");
+        assert_eq!(partition_of(&dir, 11).unwrap(), "vda11");
+        assert_eq!(partition_of(&dir, 13), None);
+        assert_eq!(disk_by_serial(d.path(), "husk-scratch").unwrap(), "vdb");
+        assert!(matches!(
+            disk_by_serial(d.path(), "nope"),
+            Err(RootfsError::NoSuchSerial(_))
+        ));
+    }
 }

@@ -18,16 +18,22 @@ use crate::confine::launch;
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
 use crate::vmm::config::{
-    ConsoleConfig, DiskConfig, FsConfig, MacAddr, NetConfig, SeccompMode, VmmConfig, VsockConfig,
+    ConsoleConfig, DiskConfig, FsConfig, LayerDiskConfig, MacAddr, NetConfig, SeccompMode,
+    VmmConfig, VsockConfig,
 };
 
 /// Overrides the husk-vmm binary.
 pub const BINARY_ENV: &str = "HUSK_VMM_BIN";
 
-/// Finds husk-vmm: `$HUSK_VMM_BIN`, then beside the running executable (and one level up, for
-/// test binaries in `target/*/deps`), then `PATH`.
+/// Finds husk-vmm ([`find_husk_binary`] with `$HUSK_VMM_BIN`).
 pub fn find_binary() -> Result<PathBuf, Error> {
-    if let Some(p) = child::executable_from_env(BINARY_ENV) {
+    find_husk_binary("husk-vmm", BINARY_ENV)
+}
+
+/// Finds one of husk's own binaries, `name`: `$env`, then beside the running executable (and
+/// one level up, for test binaries in `target/*/deps`), then `PATH`.
+pub fn find_husk_binary(name: &str, env: &str) -> Result<PathBuf, Error> {
+    if let Some(p) = child::executable_from_env(env) {
         return p;
     }
     if let Ok(exe) = std::env::current_exe() {
@@ -36,15 +42,15 @@ pub fn find_binary() -> Result<PathBuf, Error> {
             .into_iter()
             .chain(exe.parent().and_then(|d| d.parent()));
         for d in dirs {
-            let p = d.join("husk-vmm");
+            let p = d.join(name);
             if is_executable(&p) {
                 return Ok(p);
             }
         }
     }
-    which("husk-vmm").ok_or_else(|| Error::MissingProgram {
-        program: "husk-vmm".into(),
-        hint: format!("build it (cargo build --bin husk-vmm), put it on PATH or set {BINARY_ENV}"),
+    which(name).ok_or_else(|| Error::MissingProgram {
+        program: name.into(),
+        hint: format!("build it (cargo build --bin {name}), put it on PATH or set {env}"),
     })
 }
 
@@ -82,6 +88,10 @@ pub fn config(spec: &VmSpec) -> VmmConfig {
     cfg.vcpus = spec.vcpus;
     cfg.memory_mib = spec.memory_mib;
     cfg.console = ConsoleConfig::File(spec.console_log.clone());
+    cfg.layer_disk = spec.layer_disk.as_ref().map(|l| LayerDiskConfig {
+        layers: l.layers.clone(),
+        serial: Some(l.serial.clone()),
+    });
     cfg.disks = spec
         .disks
         .iter()
@@ -178,6 +188,7 @@ fn overhead(spec: &VmSpec) -> confined::Overhead {
 /// helper, and slack for a device reset racing its old worker's exit.
 fn max_threads(spec: &VmSpec) -> u64 {
     let devices = spec.disks.len()
+        + usize::from(spec.layer_disk.is_some())
         + spec.taps.len()
         + spec.shared_dirs.len()
         + usize::from(spec.vsock.is_some());

@@ -20,6 +20,7 @@ mod kind;
 mod paths;
 mod process_vm;
 pub mod qemu;
+pub mod vhost_blk;
 pub mod vhost_vsock;
 pub mod virtiofsd;
 
@@ -45,7 +46,9 @@ pub struct VmSpec {
     pub cmdline: Vec<String>,
     pub vcpus: u8,
     pub memory_mib: u32,
-    /// virtio-blk disks, in the order the guest sees them (`vda`, `vdb`, ...).
+    /// The image layers as one read-only disk, attached before `disks`.
+    pub layer_disk: Option<LayerDiskSpec>,
+    /// virtio-blk disks, in the order the guest sees them after the layer disk.
     pub disks: Vec<DiskSpec>,
     pub vsock: Option<VsockSpec>,
     /// Where the guest's serial console goes (truncated at start). The backend's own
@@ -57,6 +60,20 @@ pub struct VmSpec {
     /// virtio-net NICs, each on a host TAP device, in the order the guest probes them.
     pub taps: Vec<TapSpec>,
 }
+
+/// Image layers (filesystem images, bottom first) that the guest sees as the partitions of one
+/// read-only GPT disk: partition N holds layer N-1. One virtio-mmio slot whatever the layer
+/// count (up to [`MAX_LAYERS`]); nothing is copied, each layer file is shared by every VM that
+/// uses it. husk-vmm serves it in-process, QEMU through `husk-vhost-blk` (vhost-user-blk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDiskSpec {
+    pub layers: Vec<PathBuf>,
+    /// virtio-blk serial, how the agent finds the disk.
+    pub serial: String,
+}
+
+/// The most layers a layer disk holds (OCI's limit).
+pub const MAX_LAYERS: usize = crate::vmm::config::MAX_LAYERS;
 
 /// A raw disk image the guest sees as a virtio-blk device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +202,7 @@ impl VmSpec {
             cmdline: Vec::new(),
             vcpus: 1,
             memory_mib: 256,
+            layer_disk: None,
             disks: Vec::new(),
             vsock: None,
             console_log: console_log.into(),
@@ -210,21 +228,37 @@ impl VmSpec {
         if let Some(i) = &self.initramfs {
             must_exist("initramfs", i)?;
         }
+        let check_serial = |s: &str, of: &Path| {
+            if s.is_empty()
+                || s.len() > MAX_DISK_SERIAL_LEN
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(Error::InvalidSpec(format!(
+                    "disk serial {s:?} of {}: use 1 to {MAX_DISK_SERIAL_LEN} characters \
+                     from [A-Za-z0-9_-]",
+                    of.display()
+                )));
+            }
+            Ok(())
+        };
+        if let Some(l) = &self.layer_disk {
+            if l.layers.is_empty() || l.layers.len() > MAX_LAYERS {
+                return Err(Error::InvalidSpec(format!(
+                    "an image of {} layers; husk runs 1 to {MAX_LAYERS}",
+                    l.layers.len()
+                )));
+            }
+            for p in &l.layers {
+                must_exist("layer image", p)?;
+            }
+            check_serial(&l.serial, Path::new("the layer disk"))?;
+        }
         for d in &self.disks {
             must_exist("disk image", &d.path)?;
             if let Some(s) = &d.serial {
-                if s.is_empty()
-                    || s.len() > MAX_DISK_SERIAL_LEN
-                    || !s
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err(Error::InvalidSpec(format!(
-                        "disk serial {s:?} of {}: use 1 to {MAX_DISK_SERIAL_LEN} characters \
-                         from [A-Za-z0-9_-]",
-                        d.path.display()
-                    )));
-                }
+                check_serial(s, &d.path)?;
             }
             // Both backends use ',' as an option separator in the disk argument.
             if d.path.to_string_lossy().contains(',') {

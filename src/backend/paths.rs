@@ -34,11 +34,14 @@ pub fn console_log_path(dir: &Path, short_dir: &Path, shares: usize) -> PathBuf 
 }
 
 /// Removes the sockets a VM's backend may have left behind (its VMM or owner was killed before
-/// the handle cleaned up): the vsock socket and its vhost twin, and the virtiofsd sockets of
+/// the handle cleaned up): the vsock socket and its vhost and layer-disk twins, and the virtiofsd sockets of
 /// its `shares` shares beside `console_log`.
 pub fn remove_sockets(vsock: &VsockSpec, console_log: &Path, shares: usize) {
     let vhost = vhost_vsock::vhost_socket_for(vsock);
-    for p in [&vsock.uds_path, &vhost] {
+    let mut layers = vsock.uds_path.as_os_str().to_owned();
+    layers.push(".blk");
+    let layers = PathBuf::from(layers);
+    for p in [&vsock.uds_path, &vhost, &layers] {
         let _ = std::fs::remove_file(p);
     }
     for i in 0..shares {

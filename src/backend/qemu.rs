@@ -14,7 +14,7 @@ use std::process::Command;
 use super::child::{self, Leftovers};
 use super::confined;
 use super::process_vm::ProcessVm;
-use super::{host, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use super::{host, vhost_blk, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::confine::launch::{self, Ids};
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
@@ -60,6 +60,8 @@ pub struct QemuBackend {
     pub vhost_device_vsock: Option<PathBuf>,
     /// Found when the first VM with a shared directory starts.
     pub virtiofsd: Option<PathBuf>,
+    /// Found when the first VM with a layer disk starts.
+    pub vhost_blk: Option<PathBuf>,
     /// Start QEMU and vhost-device-vsock confined (`confine`, docs/security.md); off only
     /// with `HUSK_JAIL=off`.
     pub confine: bool,
@@ -93,6 +95,7 @@ impl QemuBackend {
             accel,
             vhost_device_vsock: None,
             virtiofsd: None,
+            vhost_blk: None,
             confine: launch::enabled(),
         })
     }
@@ -122,6 +125,7 @@ pub fn args(
     accel: Accel,
     vhost_socket: Option<&Path>,
     fs_sockets: &[PathBuf],
+    layer_socket: Option<&Path>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -164,6 +168,14 @@ pub fn args(
         .chain(spec.cmdline.iter().map(String::as_str))
         .collect();
     push(&["-append", &cmdline.join(" ")]);
+    if let (Some(_), Some(sock)) = (&spec.layer_disk, layer_socket) {
+        // Read-only, capacity and serial come from husk-vhost-blk's config space and GET_ID.
+        push(&[
+            "-chardev",
+            &format!("socket,id=layers,path={}", sock.display()),
+        ]);
+        push(&["-device", "vhost-user-blk,chardev=layers,num-queues=1"]);
+    }
     for (i, d) in spec.disks.iter().enumerate() {
         let ro = if d.read_only { "on" } else { "off" };
         push(&[
@@ -265,6 +277,30 @@ impl VmBackend for QemuBackend {
             leftovers.add_helper(daemon);
             vhost_socket = Some(sock);
         }
+        let mut layer_socket = None;
+        if let Some(layers) = &spec.layer_disk {
+            let bin = match &self.vhost_blk {
+                Some(b) => b.clone(),
+                None => vhost_blk::find_binary()?,
+            };
+            let sock = vhost_blk::socket_for(spec);
+            leftovers.files.push(sock.clone());
+            let daemon = vhost_blk::start(
+                &bin,
+                layers,
+                &sock,
+                &log,
+                &spec.console_log,
+                confinement.as_ref(),
+            )?;
+            tracing::debug!(
+                pid = daemon.pid(),
+                layers = layers.layers.len(),
+                "husk-vhost-blk ready"
+            );
+            leftovers.add_helper(daemon);
+            layer_socket = Some(sock);
+        }
         let mut fs_sockets = Vec::new();
         if !spec.shared_dirs.is_empty() {
             let bin = match &self.virtiofsd {
@@ -282,7 +318,13 @@ impl VmBackend for QemuBackend {
         }
         timings::mark("helper daemons");
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(args(spec, self.accel, vhost_socket.as_deref(), &fs_sockets));
+        cmd.args(args(
+            spec,
+            self.accel,
+            vhost_socket.as_deref(),
+            &fs_sockets,
+            layer_socket.as_deref(),
+        ));
         if let Some(c) = &confinement {
             let empty = launch::empty_dir().map_err(|source| Error::File {
                 path: launch::EMPTY_DIR.into(),

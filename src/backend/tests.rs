@@ -40,7 +40,7 @@ fn qemu_args_give_each_tap_a_virtio_net_device() {
             fd: Some(super::TapFd(std::sync::Arc::new(null.into()))),
         },
     ];
-    let a = qemu::args(&s, Accel::Tcg, None, &[]).join(" ");
+    let a = qemu::args(&s, Accel::Tcg, None, &[], None).join(" ");
     assert!(
         a.contains("-netdev tap,id=net0,ifname=hk0,script=no,downscript=no,vhost=off"),
         "{a}"
@@ -81,7 +81,13 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         cid: 7,
         uds_path: "/run/v.sock".into(),
     });
-    let a = qemu::args(&s, Accel::Tcg, Some(Path::new("/run/v.sock.vhost")), &[]);
+    let a = qemu::args(
+        &s,
+        Accel::Tcg,
+        Some(Path::new("/run/v.sock.vhost")),
+        &[],
+        None,
+    );
     for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
     }
@@ -129,7 +135,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
 #[test]
 fn qemu_kvm_uses_the_host_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, &[]);
+    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, &[], None);
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
     assert!(
@@ -418,6 +424,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         accel: Accel::Tcg,
         vhost_device_vsock: Some(fake_daemon(dir)),
         virtiofsd: Some(fake_virtiofsd(dir)),
+        vhost_blk: None,
         // The fake daemons write into the test's directory, which a VM's uid may not.
         confine: false,
     }
@@ -545,6 +552,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         accel: Accel::Tcg,
         vhost_device_vsock: None,
         virtiofsd: None,
+        vhost_blk: None,
         confine: true,
     };
     let err = backend

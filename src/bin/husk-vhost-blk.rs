@@ -91,10 +91,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut listener = match (args.socket_fd, &args.socket) {
         (Some(fd), _) => {
             let f = inherited(fd, "socket")?;
-            Listener::from(std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(f)))
+            Listener::from(std::os::unix::net::UnixListener::from(
+                std::os::fd::OwnedFd::from(f),
+            ))
         }
-        (None, Some(p)) => Listener::new(p, true)
-            .with_context(|| format!("listening on {}", p.display()))?,
+        (None, Some(p)) => {
+            Listener::new(p, true).with_context(|| format!("listening on {}", p.display()))?
+        }
         (None, None) => bail!("give --socket-fd or --socket"),
     };
     vhost_user_blk::serve(&mut listener, Arc::new(disk))?;

@@ -4,5 +4,5 @@
 
 pub mod bus;
 pub mod legacy;
-pub mod virtio;
 pub mod vhost_user_blk;
+pub mod virtio;

@@ -18,7 +18,9 @@ use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT}
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use super::virtio::block::device::{self, CONFIG_LEN};
 use super::virtio::block::{request, DiskBackend};
@@ -97,12 +99,17 @@ impl VhostUserBlk {
             let mut progressed = false;
             loop {
                 let guard = mem.memory();
-                let chain = vring.get_mut().get_queue_mut().pop_descriptor_chain(guard.clone());
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(guard.clone());
                 let Some(chain) = chain else { break };
                 progressed = true;
                 let head = chain.head_index();
                 let out = request::process(&guard, chain, self.disk.as_ref());
-                vring.add_used(head, out.used_len).map_err(io::Error::other)?;
+                vring
+                    .add_used(head, out.used_len)
+                    .map_err(io::Error::other)?;
                 done += 1;
             }
             // true: more arrived while notifications were off.

@@ -8,7 +8,7 @@ use husk_protocol::{
 };
 
 use super::state::State;
-use crate::backend::{DiskSpec, SharedDirSpec, VmSpec, VsockSpec};
+use crate::backend::{DiskSpec, LayerDiskSpec, SharedDirSpec, VmSpec, VsockSpec};
 use crate::pod::{self, GuestAssets};
 
 /// The virtio-fs tag of volume `i`.
@@ -16,13 +16,21 @@ pub fn volume_tag(i: usize) -> String {
     format!("husk-vol-{i}")
 }
 
-/// Serial of the virtio-blk disk of layer `i` (bottom first) and of the scratch disk.
-pub fn layer_serial(i: usize) -> String {
-    format!("husk-layer-{i}")
-}
+/// Serial of the layer disk (all image layers, partition N = layer N-1) and of the scratch
+/// disk.
+pub const LAYERS_SERIAL: &str = "husk-layers";
 pub const SCRATCH_SERIAL: &str = "husk-scratch";
 
-/// The VM of a container: layer disks read-only in order, then the scratch disk, vsock.
+/// How the agent finds layer `i` (bottom first): partition i+1 of the layer disk.
+pub fn layer_ref(i: usize) -> DiskRef {
+    DiskRef::Partition {
+        serial: LAYERS_SERIAL.into(),
+        number: i as u32 + 1,
+    }
+}
+
+/// The VM of a container: the layer disk (read-only, one device for all layers), the scratch
+/// disk, vsock.
 pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
     let c = &state.config;
     let vsock = VsockSpec {
@@ -30,16 +38,10 @@ pub fn vm_spec(state: &State, assets: &GuestAssets) -> VmSpec {
         uds_path: state.vsock_uds.clone(),
     };
     let mut spec = pod::base_spec(assets, &state.console_log, c.vcpus, c.memory_mib, vsock);
-    spec.disks = c
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| DiskSpec {
-            path: p.clone(),
-            read_only: true,
-            serial: Some(layer_serial(i)),
-        })
-        .collect();
+    spec.layer_disk = (!c.layers.is_empty()).then(|| LayerDiskSpec {
+        layers: c.layers.clone(),
+        serial: LAYERS_SERIAL.into(),
+    });
     spec.disks.push(DiskSpec {
         path: state.scratch_disk.clone(),
         read_only: false,
@@ -90,7 +92,7 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
         rootfs: RootfsSpec::Overlay {
             layers: (0..c.layers.len())
                 .map(|i| LayerDisk {
-                    disk: DiskRef::Serial(layer_serial(i)),
+                    disk: layer_ref(i),
                     fs_type,
                 })
                 .collect(),

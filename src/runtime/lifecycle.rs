@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::ExitStatus;
 
-pub use super::guest_spec::{container_spec, layer_serial, vm_spec, volume_tag, SCRATCH_SERIAL};
+pub use super::guest_spec::{
+    container_spec, layer_ref, vm_spec, volume_tag, LAYERS_SERIAL, SCRATCH_SERIAL,
+};
 use super::spec::{self, ProcessFlags};
 use super::state::{now, ContainerConfig, State, Status};
 use super::store::ContainerStore;
@@ -525,16 +527,25 @@ mod tests {
             initramfs: "/i".into(),
         };
         let vm = vm_spec(&s, &assets);
+        let layers = vm.layer_disk.as_ref().unwrap();
+        assert_eq!(layers.layers, s.config.layers);
+        assert_eq!(layers.serial, "husk-layers");
         let serials: Vec<_> = vm.disks.iter().map(|d| d.serial.clone().unwrap()).collect();
-        assert_eq!(serials, ["husk-layer-0", "husk-layer-1", "husk-scratch"]);
-        assert!(vm.disks[0].read_only && vm.disks[1].read_only && !vm.disks[2].read_only);
+        assert_eq!(serials, ["husk-scratch"]);
+        assert!(!vm.disks[0].read_only);
         assert_eq!(vm.vsock.as_ref().unwrap().cid, s.vsock_cid);
         let c = container_spec(&s, Some((24, 80)));
         c.validate().unwrap();
         match &c.rootfs {
             RootfsSpec::Overlay { layers, scratch } => {
                 assert_eq!(layers.len(), 2);
-                assert_eq!(layers[1].disk, DiskRef::Serial("husk-layer-1".into()));
+                assert_eq!(
+                    layers[1].disk,
+                    DiskRef::Partition {
+                        serial: "husk-layers".into(),
+                        number: 2
+                    }
+                );
                 assert_eq!(scratch.as_ref().unwrap().fs_type, FsType::Ext4);
             }
             other => panic!("{other:?}"),

@@ -39,18 +39,13 @@ fn husk_vmm_parses_a_containers_vm_and_keeps_the_serials_the_agent_looks_for() {
             .unwrap();
     cfg.validate().unwrap();
 
-    let serials: Vec<_> = cfg.disks.iter().map(|d| d.serial.as_deref()).collect();
-    assert_eq!(
-        serials,
-        [
-            Some("husk-layer-0"),
-            Some("husk-layer-1"),
-            Some("husk-scratch")
-        ]
-    );
-    let ro: Vec<_> = cfg.disks.iter().map(|d| d.read_only).collect();
-    assert_eq!(ro, [true, true, false]);
-    assert_eq!(cfg.disks[2].path, s.scratch_disk);
+    let layer_disk = cfg.layer_disk.as_ref().unwrap();
+    assert_eq!(layer_disk.layers, s.config.layers);
+    let mut serials: Vec<_> = cfg.disks.iter().map(|d| d.serial.as_deref()).collect();
+    assert_eq!(serials, [Some("husk-scratch")]);
+    assert!(!cfg.disks[0].read_only);
+    assert_eq!(cfg.disks[0].path, s.scratch_disk);
+    serials.push(layer_disk.serial.as_deref());
     // Every disk the agent will look up by serial is one husk-vmm gives that serial.
     let c = container_spec(&s, None);
     let RootfsSpec::Overlay { layers, scratch } = &c.rootfs else {
@@ -60,9 +55,16 @@ fn husk_vmm_parses_a_containers_vm_and_keeps_the_serials_the_agent_looks_for() {
         .iter()
         .map(|l| &l.disk)
         .chain(scratch.as_ref().map(|s| &s.disk));
-    for disk in wanted {
-        let DiskRef::Serial(want) = disk else {
-            panic!("the agent would look up {disk:?} by device path")
+    for (i, disk) in wanted.enumerate() {
+        let want = match disk {
+            DiskRef::Serial(s) => s,
+            // Layer i is partition i+1 of the layer disk, which holds one partition per layer.
+            DiskRef::Partition { serial, number } => {
+                assert_eq!(*number as usize, i + 1);
+                assert!(i < layer_disk.layers.len());
+                serial
+            }
+            DiskRef::Device(_) => panic!("the agent would look up {disk:?} by device path"),
         };
         assert!(serials.contains(&Some(want.as_str())), "{want}");
     }

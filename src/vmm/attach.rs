@@ -15,13 +15,14 @@ use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 
-use super::config::{ConsoleConfig, DiskConfig, FsConfig, NetConfig, VsockConfig};
+use super::config::{ConsoleConfig, DiskConfig, FsConfig, LayerDiskConfig, NetConfig, VsockConfig};
 use super::console::{ConsoleError, SerialInput};
 use super::device_manager::{irqfd, DeviceError, DeviceManager, EventLoop};
 use super::exit::{ExitReason, VmExit};
 use crate::devices::legacy::i8042::{I8042Device, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::block::composite::{self, CompositeDisk, CompositeError};
 use crate::devices::virtio::block::{BackendError, Block, RawFile};
 use crate::devices::virtio::fs::{self, VhostUserFs};
 use crate::devices::virtio::mmio::{self, attach_virtio_mmio, AttachedDevice};
@@ -54,6 +55,9 @@ pub enum AttachError {
     /// A --disk image could not be opened.
     #[error("--disk: {0}")]
     Disk(#[from] BackendError),
+    /// The layer disk could not be built from its layers.
+    #[error("layer disk: {0}")]
+    LayerDisk(#[from] CompositeError),
     /// The vsock device could not be created (CID, socket path).
     #[error(transparent)]
     Vsock(#[from] vsock::Error),
@@ -99,6 +103,22 @@ pub fn attach_virtio(
         a.gsi
     );
     Ok(a)
+}
+
+/// The image layers' composite disk (read-only, one virtio-blk device), when configured.
+pub fn attach_layer_disk(
+    env: &mut DeviceEnv,
+    layers: Option<&LayerDiskConfig>,
+) -> Result<(), AttachError> {
+    let Some(cfg) = layers else {
+        return Ok(());
+    };
+    let mut disk = CompositeDisk::open(&composite::indexed_layers(&cfg.layers))?;
+    if let Some(id) = &cfg.serial {
+        disk = disk.with_id(id);
+    }
+    attach_virtio(env, Box::new(Block::new("husk-layers", Arc::new(disk))))?;
+    Ok(())
 }
 
 /// virtio-blk devices, in the order given (the guest sees them as vda, vdb, …). Read-only

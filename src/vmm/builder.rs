@@ -154,6 +154,7 @@ impl Vmm {
             };
             attach::attach_serial(&mut env, &cfg.console)?;
             attach::attach_i8042(&mut env)?;
+            attach::attach_layer_disk(&mut env, cfg.layer_disk.as_ref())?;
             attach::attach_block_devices(&mut env, &cfg.disks)?;
             attach::attach_vsock(&mut env, cfg.vsock.as_ref())?;
             attach::attach_fs_devices(&mut env, &cfg.fs)?;

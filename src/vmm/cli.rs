@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::config::{
-    ConfigError, ConsoleConfig, DiskConfig, FsConfig, NetConfig, SeccompMode, VmmConfig,
-    VsockConfig,
+    ConfigError, ConsoleConfig, DiskConfig, FsConfig, LayerDiskConfig, NetConfig, SeccompMode,
+    VmmConfig, VsockConfig,
 };
 use crate::confine::seccomp::ThreadKind;
 
@@ -50,6 +50,13 @@ pub struct Args {
     /// Repeatable.
     #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
     pub disks: Vec<DiskConfig>,
+    /// Image layer (a filesystem image file), bottom first; repeatable. The layers become one
+    /// read-only GPT disk, partition N holding layer N-1, attached before the --disk devices.
+    #[arg(long = "layer", value_name = "PATH")]
+    pub layers: Vec<PathBuf>,
+    /// What the layer disk answers as its serial.
+    #[arg(long, value_name = "ID", requires = "layers")]
+    pub layer_serial: Option<String>,
     /// virtio-vsock device: guest CID and host unix socket path.
     #[arg(long, value_name = "CID,UDS")]
     pub vsock: Option<VsockConfig>,
@@ -106,6 +113,12 @@ impl Args {
         }
         if let Some(c) = self.console {
             cfg.console = c;
+        }
+        if !self.layers.is_empty() {
+            cfg.layer_disk = Some(LayerDiskConfig {
+                layers: self.layers,
+                serial: self.layer_serial,
+            });
         }
         if !self.disks.is_empty() {
             cfg.disks = self.disks;

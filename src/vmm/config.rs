@@ -83,6 +83,9 @@ pub enum ConfigError {
         first: u32,
         last: u32,
     },
+    /// A layer disk with no layers or more than OCI allows.
+    #[error("a layer disk holds 1 to {MAX_LAYERS} layers, got {0}")]
+    LayerCount(usize),
     /// Watchdog timeout not a positive number of seconds.
     #[error("timeout must be a positive number of seconds, got {0}")]
     Timeout(f64),
@@ -137,6 +140,37 @@ impl From<ConsoleConfig> for String {
         c.to_string()
     }
 }
+
+/// Read-only image layers the guest sees as the partitions of one GPT disk (partition N is
+/// layer N-1, bottom first), served without copying (see `devices::virtio::block::composite`).
+/// One virtio-mmio slot whatever the layer count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerDiskConfig {
+    pub layers: Vec<PathBuf>,
+    /// What GET_ID answers (the guest's `/sys/block/vdX/serial`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+impl LayerDiskConfig {
+    /// 1 to [`MAX_LAYERS`] layers and a valid serial.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
+            return Err(ConfigError::LayerCount(self.layers.len()));
+        }
+        match &self.serial {
+            Some(s) if !valid_serial(s) => Err(ConfigError::DiskSerial {
+                path: PathBuf::from("(layer disk)"),
+                serial: s.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The most layers a layer disk holds: OCI's limit (127); the GPT array has room for 128.
+pub const MAX_LAYERS: usize = 127;
 
 /// A raw disk image exposed as a virtio-blk device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +307,9 @@ pub struct VmmConfig {
     pub memory_mib: u32,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// The image layers as one read-only composite disk, attached before `disks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_disk: Option<LayerDiskConfig>,
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
@@ -326,6 +363,7 @@ impl VmmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_mem(),
             console: ConsoleConfig::default(),
+            layer_disk: None,
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
@@ -371,6 +409,9 @@ impl VmmConfig {
                 return Err(ConfigError::FsTagTwice(f.tag.clone()));
             }
         }
+        if let Some(l) = &self.layer_disk {
+            l.check()?;
+        }
         for d in &self.disks {
             d.check()?;
         }
@@ -380,12 +421,12 @@ impl VmmConfig {
                 why,
             })?;
         }
-        let want =
-            self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len();
+        let disks = self.disks.len() + usize::from(self.layer_disk.is_some());
+        let want = disks + usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len();
         let max = (layout::IRQ_MAX - layout::IRQ_BASE + 1) as usize;
         if want > max {
             return Err(ConfigError::TooManyDevices {
-                disks: self.disks.len(),
+                disks,
                 vsock: if self.vsock.is_some() { " + vsock" } else { "" },
                 fs: if self.fs.is_empty() {
                     String::new()

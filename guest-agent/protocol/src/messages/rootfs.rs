@@ -46,6 +46,9 @@ pub enum DiskRef {
     Serial(String),
     /// A `/dev/...` path, used verbatim.
     Device(String),
+    /// Partition `number` (1-based, at most [`MAX_LAYERS`]) of the disk whose
+    /// `/sys/block/*/serial` is `serial`: an image layer on husk's composite layer disk.
+    Partition { serial: String, number: u32 },
 }
 
 /// Filesystems husk's guest kernel is built with for disks.
@@ -108,18 +111,30 @@ impl RootfsSpec {
     }
 }
 
+fn check_serial(s: &str) -> Check {
+    check_token("disk.serial", s)?;
+    if s.len() > MAX_DISK_SERIAL_LEN {
+        return fail(
+            "disk.serial",
+            format!(
+                "{} bytes long, virtio-blk serials hold {MAX_DISK_SERIAL_LEN}",
+                s.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
 impl LayerDisk {
     fn validate(&self) -> Check {
         match &self.disk {
-            DiskRef::Serial(s) => {
-                check_token("disk.serial", s)?;
-                if s.len() > MAX_DISK_SERIAL_LEN {
+            DiskRef::Serial(s) => check_serial(s),
+            DiskRef::Partition { serial, number } => {
+                check_serial(serial)?;
+                if *number == 0 || *number as usize > MAX_LAYERS {
                     return fail(
-                        "disk.serial",
-                        format!(
-                            "{} bytes long, virtio-blk serials hold {MAX_DISK_SERIAL_LEN}",
-                            s.len()
-                        ),
+                        "disk.number",
+                        format!("partition {number}, want 1..={MAX_LAYERS}"),
                     );
                 }
                 Ok(())

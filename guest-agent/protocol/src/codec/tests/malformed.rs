@@ -221,6 +221,33 @@ fn validation_failures_name_the_field() {
                 scratch: None,
             }
         }),
+        ("create_container.rootfs.layers[1].disk.number", |s| {
+            s.rootfs = RootfsSpec::Overlay {
+                layers: [1, 0]
+                    .into_iter()
+                    .map(|number| LayerDisk {
+                        disk: DiskRef::Partition {
+                            serial: "husk-layers".into(),
+                            number,
+                        },
+                        fs_type: FsType::Erofs,
+                    })
+                    .collect(),
+                scratch: None,
+            }
+        }),
+        ("create_container.rootfs.layers[0].disk.serial", |s| {
+            s.rootfs = RootfsSpec::Overlay {
+                layers: vec![LayerDisk {
+                    disk: DiskRef::Partition {
+                        serial: "x".repeat(21),
+                        number: 1,
+                    },
+                    fs_type: FsType::Erofs,
+                }],
+                scratch: None,
+            }
+        }),
         ("create_container.rootfs.disk.disk.device", |s| {
             s.rootfs = RootfsSpec::Disk {
                 disk: LayerDisk {

@@ -54,6 +54,18 @@ fn every_rootfs_kind_round_trips() {
             }],
             scratch: None,
         },
+        RootfsSpec::Overlay {
+            layers: (1..=127)
+                .map(|number| LayerDisk {
+                    disk: DiskRef::Partition {
+                        serial: "husk-layers".into(),
+                        number,
+                    },
+                    fs_type: FsType::Erofs,
+                })
+                .collect(),
+            scratch: None,
+        },
     ];
     for rootfs in kinds {
         let mut spec = fixtures::container();

@@ -1,0 +1,102 @@
+//! `husk-vhost-blk` for QEMU: the vhost-user-blk backend that serves a VM's layer disk
+//! ([`LayerDiskSpec`]), the same composite GPT disk husk-vmm serves in-process, so an image of
+//! any layer count takes one of microvm's eight virtio-mmio slots.
+//!
+//! husk binds the vhost-user socket and opens the layer files itself and hands both to the
+//! daemon as inherited descriptors: the socket listens before QEMU starts (QEMU connects as a
+//! client and fails otherwise) with nothing to wait for, and a confined daemon (the VM's own
+//! uid, no capabilities, its own namespaces, the VM's cgroup) needs no path into the
+//! root-only image store.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::child::{self, Guarded};
+use super::{husk_vmm, Error, LayerDiskSpec, VmSpec};
+use crate::confine::launch::{self, Confinement};
+
+/// Overrides where the binary is looked for.
+pub const BINARY_ENV: &str = "HUSK_VHOST_BLK_BIN";
+
+const PROGRAM: &str = "husk-vhost-blk";
+
+/// Finds husk-vhost-blk: `$HUSK_VHOST_BLK_BIN`, then beside the running executable (and one
+/// level up, for test binaries), then `PATH` — where husk-vmm is looked for.
+pub fn find_binary() -> Result<PathBuf, Error> {
+    husk_vmm::find_husk_binary(PROGRAM, BINARY_ENV)
+}
+
+/// The vhost-user socket of `spec`'s layer disk: beside the vsock socket (whose path leaves
+/// room for a suffix in a unix socket address), else beside the console log.
+pub fn socket_for(spec: &VmSpec) -> PathBuf {
+    let base = match &spec.vsock {
+        Some(v) => v.uds_path.as_os_str().to_owned(),
+        None => spec.console_log.as_os_str().to_owned(),
+    };
+    let mut s = base;
+    s.push(".blk");
+    PathBuf::from(s)
+}
+
+/// Starts the daemon for `layers` on `socket` (replacing a stale socket file). With `conf` it
+/// runs as the VM's id, in new IPC, UTS and network namespaces, with no capability and
+/// `no_new_privs`, in the VM's cgroup.
+pub(super) fn start(
+    binary: &Path,
+    layers: &LayerDiskSpec,
+    socket: &Path,
+    log: &File,
+    log_path: &Path,
+    conf: Option<&Confinement>,
+) -> Result<Guarded, Error> {
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::File { path, source }
+    };
+    child::remove_if_exists(socket);
+    let listener = UnixListener::bind(socket).map_err(file_err(socket))?;
+    let files = layers
+        .layers
+        .iter()
+        .map(|p| File::open(p).map_err(file_err(p)))
+        .collect::<Result<Vec<File>, Error>>()?;
+    let mut args = vec![
+        "--socket-fd".to_string(),
+        listener.as_raw_fd().to_string(),
+        "--serial".into(),
+        layers.serial.clone(),
+    ];
+    for f in &files {
+        args.push("--layer-fd".into());
+        args.push(f.as_raw_fd().to_string());
+    }
+    let mut fds: Vec<_> = files.iter().map(AsRawFd::as_raw_fd).collect();
+    fds.push(listener.as_raw_fd());
+
+    let (exe, _exe_fd) = launch::exec_path(binary).map_err(file_err(binary))?;
+    let mut cmd = Command::new(exe);
+    // Named after the VM's socket: a runtime that sweeps a dead VM's processes finds its
+    // helpers by the VM's directory in their command line.
+    cmd.arg0(format!("{PROGRAM}@{}", socket.display()))
+        .args(&args);
+    child::quiet_stdio(&mut cmd, log, log_path)?;
+    husk_vmm::inherit_fds(&mut cmd, fds);
+    if let Some(conf) = conf {
+        let procs = match &conf.cgroup {
+            Some(cg) => cg.procs_files()?,
+            None => Vec::new(),
+        };
+        launch::in_child_cgroup(&mut cmd, procs);
+        launch::as_ids_in_child(
+            &mut cmd,
+            conf.ids(),
+            libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
+        );
+    }
+    // The parent's copies of the socket and files close when this returns; the daemon's stay.
+    Guarded::spawn(PROGRAM, &mut cmd)
+}
