@@ -188,3 +188,39 @@ impl VhostUserBackend for VhostUserBlk {
         self.process_queue(vring).map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::block::composite::{self, CompositeDisk};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
+
+    #[test]
+    fn features_and_config_are_husk_vmm_devices_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<_> = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("l{i}"));
+                std::fs::write(&p, vec![i as u8 + 1; 4096 * (i + 1)]).unwrap();
+                p
+            })
+            .collect();
+        let disk = Arc::new(CompositeDisk::open(&composite::indexed_layers(&paths)).unwrap());
+        let b = VhostUserBlk::new(disk.clone());
+        assert_eq!(
+            b.features() & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            device::features(disk.as_ref())
+        );
+        assert_ne!(b.features() & (1 << VIRTIO_BLK_F_RO), 0, "read-only");
+        let cfg = b.get_config(0, CONFIG_LEN as u32);
+        assert_eq!(cfg, device::config_space(disk.as_ref()));
+        assert_eq!(
+            u64::from_le_bytes(cfg[..8].try_into().unwrap()) * 512,
+            disk.capacity()
+        );
+        // Whatever a frontend asks, a bounded answer and no panic.
+        assert_eq!(b.get_config(u32::MAX, 8), vec![0; 8]);
+        assert_eq!(b.get_config(0, u32::MAX).len(), 4096);
+        assert!(b.handle_event(5, EventSet::IN, &[], 0).is_err());
+    }
+}

@@ -183,6 +183,40 @@ mod tests {
     }
 
     #[test]
+    fn layers_make_one_disk_that_takes_one_interrupt_line() {
+        let parse = |n: usize| {
+            let mut argv = vec!["husk-vmm".to_string(), "--kernel".into(), "/k".into()];
+            for i in 0..n {
+                argv.extend(["--layer".into(), format!("/l/{i}")]);
+            }
+            argv.extend(["--layer-serial".into(), "husk-layers".into()]);
+            for i in 0..18 {
+                argv.extend(["--disk".into(), format!("/d{i}")]);
+            }
+            Args::try_parse_from(argv).unwrap().into_config()
+        };
+        // 127 layers + 18 disks: 19 devices, all of husk-vmm's lines.
+        let cfg = parse(127).unwrap();
+        let l = cfg.layer_disk.as_ref().unwrap();
+        assert_eq!(
+            (l.layers.len(), l.serial.as_deref()),
+            (127, Some("husk-layers"))
+        );
+        cfg.validate().unwrap();
+        let mut more = cfg.clone();
+        more.disks.push(more.disks[0].clone());
+        assert!(matches!(
+            more.validate(),
+            Err(ConfigError::TooManyDevices { disks: 20, .. })
+        ));
+        assert!(matches!(parse(128), Err(ConfigError::LayerCount(128))));
+        assert!(
+            Args::try_parse_from(["husk-vmm", "--kernel", "/k", "--layer-serial", "x"]).is_err(),
+            "a serial without layers"
+        );
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vm.json");

@@ -132,6 +132,7 @@ pub fn bin(name: &str) -> PathBuf {
         "husk-vmm" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vmm")),
         "husk" => PathBuf::from(env!("CARGO_BIN_EXE_husk")),
         "husk-runtime" => PathBuf::from(env!("CARGO_BIN_EXE_husk-runtime")),
+        "husk-vhost-blk" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vhost-blk")),
         other => panic!("unknown binary {other}"),
     }
 }
