@@ -171,6 +171,13 @@ pub struct LoadArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PullArgs {
     pub reference: String,
+    /// Pull this platform's image from a multi-platform index (OS/ARCH[/VARIANT]) [default:
+    /// this host's].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<crate::image::import::platform::Platform>,
+    /// No progress bars.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]

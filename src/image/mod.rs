@@ -32,7 +32,7 @@ pub mod users;
 pub use digest::Digest;
 pub use import::ImportError;
 pub use layer::{ConvertError, Converted};
-pub use pull::{Progress, PullError};
+pub use pull::{Progress, PullError, PullOptions};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
 pub use source::{ImageConfig, ImageSource, ResolvedImage, SourceError};

@@ -3,24 +3,56 @@
 //!
 //! Manifests are fetched raw and their digests computed here, so a registry cannot hand
 //! over a manifest other than the one a `@sha256:` reference pins; a multi-platform index is
-//! resolved to linux/amd64 here too. Every blob goes through a [`BlobWriter`], which checks
-//! its digest before it gets a name in the store.
+//! resolved to this host's platform (or `--platform`) here too. Blobs download
+//! [`MAX_CONCURRENT_DOWNLOADS`] at a time, each with its own progress bar, and a transfer that
+//! breaks off (connection reset, timeout, 5xx, 429) is retried from the start after a bounded
+//! back-off ([`ATTEMPTS`] tries in all). Every blob goes through a [`BlobWriter`], which
+//! bounds it by its descriptor's size and checks its digest before it gets a name in the
+//! store; a digest or size that does not match is never retried.
 
 use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 
 use super::digest::Digest;
-use super::import::platform::{self, IndexDoc};
+use super::import::platform::{self, IndexDoc, Platform};
 use super::import::{commit, ImportError};
 use super::record::Image;
 use super::reference::{Reference, ReferenceError};
 use super::store::{BlobWriter, Store, StoreError};
+
+/// Layers downloaded at once (docker's default for `max-concurrent-downloads`).
+pub const MAX_CONCURRENT_DOWNLOADS: usize = 3;
+/// Tries per blob when the transfer breaks off.
+pub const ATTEMPTS: u32 = 3;
+/// The first pause before a retry; each later one doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub progress: Progress,
+    /// The platform a multi-platform index is resolved to.
+    pub platform: Platform,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            progress: Progress::Auto,
+            platform: Platform::host(),
+        }
+    }
+}
 
 /// Whether `pull` draws progress bars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,8 +75,19 @@ pub enum PullError {
     },
     #[error("pull {reference}: {reason}")]
     Invalid { reference: String, reason: String },
-    #[error("pull {reference}: no image for linux/amd64 (the registry has: {found})")]
-    NoPlatform { reference: String, found: String },
+    #[error("pull {reference}: no image for {platform} (the registry has: {found})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        found: String,
+    },
+    #[error("pull {reference}: blob {digest}: gave up after {attempts} tries: {source}")]
+    Retries {
+        reference: String,
+        digest: String,
+        attempts: u32,
+        source: OciDistributionError,
+    },
     #[error("pull {reference}: {source}")]
     Store {
         reference: String,
@@ -120,7 +163,7 @@ fn oci_ref(r: &Reference, digest: Option<&Digest>) -> oci_client::Reference {
 impl Store {
     /// Pulls `reference` (blocking: runs a small tokio runtime inside), stores it, converts
     /// its layers and names it. Callers inside a tokio runtime use [`Store::pull_async`].
-    pub fn pull(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
+    pub fn pull(&self, reference: &str, opts: &PullOptions) -> Result<Image, PullError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -128,7 +171,7 @@ impl Store {
                 reference: reference.to_string(),
                 source,
             })?;
-        rt.block_on(self.pull_async(reference, progress))
+        rt.block_on(self.pull_async(reference, opts))
     }
 
     /// [`Store::pull`] inside a tokio runtime. On failure the store is swept, so a pull that
@@ -136,16 +179,16 @@ impl Store {
     pub async fn pull_async(
         &self,
         reference: &str,
-        progress: Progress,
+        opts: &PullOptions,
     ) -> Result<Image, PullError> {
-        let pulled = self.pull_unswept(reference, progress).await;
+        let pulled = self.pull_unswept(reference, opts).await;
         if pulled.is_err() {
             self.sweep();
         }
         pulled
     }
 
-    async fn pull_unswept(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
+    async fn pull_unswept(&self, reference: &str, opts: &PullOptions) -> Result<Image, PullError> {
         let r: Reference = reference.parse()?;
         let shown = r.to_string();
         let registry_err = |source| PullError::Registry {
@@ -182,9 +225,12 @@ impl Store {
             let index: IndexDoc = serde_json::from_slice(&json)
                 .map_err(|e| invalid(format!("index {digest}: {e}")))?;
             let (chosen, _) =
-                platform::select(&index.manifests).map_err(|found| PullError::NoPlatform {
-                    reference: shown.clone(),
-                    found,
+                platform::select(&index.manifests, &opts.platform).map_err(|found| {
+                    PullError::NoPlatform {
+                        reference: shown.clone(),
+                        platform: opts.platform.to_string(),
+                        found,
+                    }
                 })?;
             let (bytes, _) = client
                 .pull_manifest_raw(&oci_ref(&r, Some(&chosen)), &auth, ACCEPT)
@@ -207,7 +253,7 @@ impl Store {
                 .map_err(|e| invalid(format!("manifest {digest}: {e}")))
         };
 
-        let bars = MultiProgress::with_draw_target(match progress {
+        let bars = MultiProgress::with_draw_target(match opts.progress {
             Progress::Auto => ProgressDrawTarget::stderr(),
             Progress::Quiet => ProgressDrawTarget::hidden(),
         });
@@ -219,40 +265,110 @@ impl Store {
         for l in manifest.layers() {
             blobs.push((parse(l.digest())?, l.size(), false));
         }
-        for (d, size, is_config) in blobs {
+        let fetches = blobs.into_iter().map(|(d, size, is_config)| {
             let bar = bars.add(
                 ProgressBar::new(size)
                     .with_style(style.clone())
                     .with_prefix(d.short().to_string()),
             );
-            if self.has_blob(&d) {
-                bar.finish_with_message("already present");
-                continue;
-            }
             // The descriptor's size bounds what the registry may send.
             let max = if is_config {
                 size.min(self.limits().max_json_bytes)
             } else {
                 size
             };
-            let mut w = self.blob_writer(Some(max)).map_err(store_err)?;
-            client
-                .pull_blob(
-                    &oci_ref(&r, None),
-                    d.to_string().as_str(),
-                    ProgressWriter {
-                        blob: &mut w,
-                        bar: &bar,
-                    },
-                )
-                .await
-                .map_err(registry_err)?;
-            w.commit(Some(&d)).map_err(store_err)?;
-            bar.finish_with_message("done");
-        }
+            let (client, r, shown) = (&client, &r, &shown);
+            async move {
+                if self.has_blob(&d) {
+                    bar.finish_with_message("already present");
+                    return Ok(());
+                }
+                self.fetch_blob(client, r, &d, max, &bar)
+                    .await
+                    .map_err(|e| e.into_pull_error(shown, &d))?;
+                bar.finish_with_message("done");
+                Ok::<(), PullError>(())
+            }
+        });
+        futures_util::stream::iter(fetches)
+            .buffer_unordered(MAX_CONCURRENT_DOWNLOADS)
+            .try_collect::<Vec<()>>()
+            .await?;
         self.write_blob(&json[..], Some(&digest), None)
             .map_err(store_err)?;
         Ok(commit(self, &digest, vec![r.clone()])?)
+    }
+}
+
+/// Why one blob's download failed.
+enum FetchError {
+    /// The transfer failed and will not be tried again.
+    Registry(OciDistributionError),
+    /// It kept breaking off.
+    Retries(u32, OciDistributionError),
+    Store(StoreError),
+}
+
+impl FetchError {
+    fn into_pull_error(self, reference: &str, digest: &Digest) -> PullError {
+        let reference = reference.to_string();
+        match self {
+            FetchError::Registry(source) => PullError::Registry { reference, source },
+            FetchError::Retries(attempts, source) => PullError::Retries {
+                reference,
+                digest: digest.to_string(),
+                attempts,
+                source,
+            },
+            FetchError::Store(source) => PullError::Store { reference, source },
+        }
+    }
+}
+
+/// Whether a failed transfer is worth another try: the connection or the server broke, not
+/// the content (a digest or size that does not match, an auth or not-found answer).
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Downloads blob `d` (at most `max` bytes) into the store, retrying a transfer that
+    /// breaks off; each try starts over with a fresh writer (a dropped one leaves nothing).
+    async fn fetch_blob(
+        &self,
+        client: &Client,
+        r: &Reference,
+        d: &Digest,
+        max: u64,
+        bar: &ProgressBar,
+    ) -> Result<(), FetchError> {
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            bar.set_position(0);
+            let mut w = self.blob_writer(Some(max)).map_err(FetchError::Store)?;
+            let got = client
+                .pull_blob(
+                    &oci_ref(r, None),
+                    d.to_string().as_str(),
+                    ProgressWriter { blob: &mut w, bar },
+                )
+                .await;
+            match got {
+                Ok(()) => return w.commit(Some(d)).map(drop).map_err(FetchError::Store),
+                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                    bar.set_message(format!("retrying in {} ms ({e})", backoff.as_millis()));
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) if is_transient(&e) => return Err(FetchError::Retries(attempt, e)),
+                Err(e) => return Err(FetchError::Registry(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::cli::images::{ago, human_size, open, rows};
 use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs};
-use crate::image::{Progress, Reference};
+use crate::image::{Progress, PullOptions, Reference};
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
@@ -133,8 +133,15 @@ pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {
 
 pub fn pull(g: &GlobalOpts, a: PullArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
+    let mut opts = PullOptions::default();
+    if let Some(p) = a.platform {
+        opts.platform = p;
+    }
+    if a.quiet {
+        opts.progress = Progress::Quiet;
+    }
     let img = store
-        .pull(&a.reference, Progress::Auto)
+        .pull(&a.reference, &opts)
         .map_err(|e| Error::Image(e.to_string()))?;
     println!("Digest: {}", img.manifest_digest);
     let name = a

@@ -77,7 +77,9 @@ pub(crate) fn import(
     if entries.is_empty() {
         return Err(ImportError::NoPlatform {
             path: src.origin().to_path_buf(),
-            found: platform::select(&index.manifests).err().unwrap_or_default(),
+            found: platform::select(&index.manifests, &platform::Platform::host())
+                .err()
+                .unwrap_or_default(),
         });
     }
     if name.is_some() && entries.len() > 1 {
@@ -136,8 +138,8 @@ fn resolve(
     if platform::is_index(&media_type) {
         let nested: IndexDoc = serde_json::from_slice(&json)
             .map_err(|err| invalid(src, format!("index {digest}: {err}")))?;
-        let (_, chosen) =
-            platform::select(&nested.manifests).map_err(|found| ImportError::NoPlatform {
+        let (_, chosen) = platform::select(&nested.manifests, &platform::Platform::host())
+            .map_err(|found| ImportError::NoPlatform {
                 path: src.origin().to_path_buf(),
                 found,
             })?;
