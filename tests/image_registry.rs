@@ -358,6 +358,14 @@ fn a_multi_platform_tag_resolves_to_the_asked_platform() {
     let mut opts = quiet();
     opts.platform = "linux/arm64".parse().unwrap();
     assert_eq!(store.pull(&dest, &opts).unwrap().manifest_digest, arm);
+    // Pulled, but not runnable here: one line that says so and how to get this host's.
+    let err = husk::image::ImageSource::resolve(&store, &dest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("built for linux/arm64") && err.contains("--platform linux/amd64"),
+        "{err}"
+    );
     opts.platform = "linux/s390x".parse().unwrap();
     let err = store.pull(&dest, &opts).unwrap_err().to_string();
     assert!(

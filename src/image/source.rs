@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::import::platform::Platform;
 use super::{users, Reference, Store, StoreError};
 
 /// The parts of an OCI image config (`config` object) that shape the process.
@@ -70,6 +71,14 @@ impl ImageSource for Store {
             }
             Err(e) => return Err(err(e.to_string())),
         };
+        let host = Platform::host();
+        let arch = img.config.architecture().to_string();
+        if arch != host.architecture {
+            return Err(err(format!(
+                "it is built for {}/{arch}; this host runs {host} (pull it with --platform {host})",
+                img.config.os()
+            )));
+        }
         let disks = self.layer_disks(&img).map_err(|e| err(e.to_string()))?;
         let rc = img.run_config();
         let name = img

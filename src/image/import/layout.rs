@@ -65,19 +65,16 @@ pub(crate) fn import(
     let index: IndexDoc = serde_json::from_slice(&src.read_json_member(store, "index.json")?)
         .map_err(|e| invalid(src, format!("index.json: {e}")))?;
     // Top-level entries for other platforms are skipped, as in a nested index.
+    let host = platform::Platform::host();
     let entries: Vec<&Entry> = index
         .manifests
         .iter()
-        .filter(|e| {
-            e.platform
-                .as_ref()
-                .is_none_or(|p| p.os == "linux" && p.architecture == "amd64")
-        })
+        .filter(|e| e.platform.as_ref().is_none_or(|p| host.matches(p)))
         .collect();
     if entries.is_empty() {
         return Err(ImportError::NoPlatform {
             path: src.origin().to_path_buf(),
-            found: platform::select(&index.manifests, &platform::Platform::host())
+            found: platform::select(&index.manifests, &host)
                 .err()
                 .unwrap_or_default(),
         });

@@ -28,7 +28,8 @@ impl Platform {
         }
     }
 
-    fn matches(&self, p: &PlatformSpec) -> bool {
+    /// Whether an index entry's platform is this one (any variant when none is asked).
+    pub fn matches(&self, p: &PlatformSpec) -> bool {
         p.os == self.os
             && p.architecture == self.architecture
             && self
