@@ -7,7 +7,7 @@ die() { printf '%s\n' "husk: error: $*" >&2; exit 1; }
 HUSK_APT_PACKAGES=(
     build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd
     linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static skopeo docker-registry
-    libseccomp-dev libcap-ng-dev iproute2 nftables curl python3
+    libseccomp-dev libcap-ng-dev iproute2 nftables curl python3 debootstrap
 )
 
 # The container engines the husk-runtime tests drive (tests/engine_*.rs), with runc and crun
