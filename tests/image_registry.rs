@@ -216,7 +216,8 @@ fn flaky_proxy(upstream: u16, cut: i32) -> Proxy {
 
 /// A registry that drops the connection mid-layer: two cut transfers are retried and the
 /// pull completes with the right digests; one that always drops ends the pull with one line
-/// naming the blob and the tries, and leaves nothing in the store.
+/// naming the blob and the tries, and leaves nothing in the store; one that sends a blob
+/// whose bytes do not match its digest is refused at once, the same way.
 #[test]
 fn a_dropped_connection_mid_layer_is_retried_then_given_up() {
     let test = "a_dropped_connection_mid_layer_is_retried_then_given_up";
@@ -265,6 +266,24 @@ fn a_dropped_connection_mid_layer_is_retried_then_given_up() {
         "no image after a failed pull"
     );
     let blobs: Vec<_> = std::fs::read_dir(work.path().join("store2/blobs/sha256"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(blobs.is_empty(), "blobs left behind: {blobs:?}");
+    drop(broken);
+
+    // A registry that sends other bytes than the digest names: refused at once (never
+    // retried), one line, nothing kept.
+    let lying = flaky_proxy(reg.port, -2);
+    let store = Store::open(work.path().join("store3")).unwrap();
+    let err = store
+        .pull(&format!("127.0.0.1:{}/busybox:test", lying.port), &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("digest"), "{err}");
+    assert!(!err.contains("tries"), "a wrong digest is not retried: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(store.list().unwrap().is_empty());
+    let blobs: Vec<_> = std::fs::read_dir(work.path().join("store3/blobs/sha256"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(blobs.is_empty(), "blobs left behind: {blobs:?}");

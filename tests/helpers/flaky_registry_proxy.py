@@ -3,7 +3,8 @@
 (with the full Content-Length) and half the body, then the connection is closed. Everything
 else is passed through to the registry at 127.0.0.1:UPSTREAM. Prints its port, then serves.
 
-Usage: flaky_registry_proxy.py UPSTREAM_PORT CUT   (CUT=-1: every blob GET is cut)
+Usage: flaky_registry_proxy.py UPSTREAM_PORT CUT   (CUT=-1: every blob GET is cut;
+CUT=-2: every blob is sent whole but with its last byte changed)
 """
 import http.server
 import socket
@@ -48,7 +49,9 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             resp = e
         body = resp.read() if method == "GET" else b""
         cut_this = False
-        if method == "GET" and "/blobs/sha256:" in self.path and len(body) > 1:
+        if cut == -2 and method == "GET" and "/blobs/sha256:" in self.path and body:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        elif method == "GET" and "/blobs/sha256:" in self.path and len(body) > 1:
             with lock:
                 if cuts_left[0] != 0:
                     cuts_left[0] -= 1
