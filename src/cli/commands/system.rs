@@ -69,6 +69,17 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             Err(e) => e.to_string(),
         },
     });
+    // QEMU reaches an image's layer disk only through it.
+    let blk = crate::backend::vhost_blk::find_binary();
+    c.push(Check {
+        what: "husk-vhost-blk",
+        ok: blk.is_ok(),
+        required: picked == BackendKind::Qemu,
+        detail: match blk {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
     let found = |cands: Vec<PathBuf>| cands.iter().find(|p| p.is_file()).cloned();
     let kernel = kernel_candidates(g.kernel.as_deref());
     c.push(Check {
