@@ -17,22 +17,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod credentials;
 pub mod digest;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod login;
 pub mod pull;
 pub mod record;
 pub mod reference;
 pub mod scratch;
 mod source;
 pub mod store;
+pub mod transport;
 pub mod users;
 
 pub use digest::Digest;
 pub use import::ImportError;
 pub use layer::{ConvertError, Converted};
-pub use pull::{Progress, PullError};
+pub use pull::{Progress, PullError, PullOptions};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
 pub use source::{ImageConfig, ImageSource, ResolvedImage, SourceError};

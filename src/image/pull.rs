@@ -1,5 +1,8 @@
-//! Pulls an image from a registry over the OCI distribution API (`oci-client`), anonymously,
-//! with plain HTTP allowed only for registries on this host (`localhost`, `127.0.0.1`).
+//! Pulls an image from a registry over the OCI distribution API (`oci-client`), with the
+//! credentials `husk login`, docker or podman left for it ([`credentials`], anonymous when
+//! there are none; oci-client answers basic and bearer-token challenges itself), over the
+//! connection [`transport`] picks (plain HTTP only for this host's registries and ones
+//! configured insecure).
 //!
 //! Manifests are fetched raw and their digests computed here, so a registry cannot hand
 //! over a manifest other than the one a `@sha256:` reference pins; a multi-platform index is
@@ -11,9 +14,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+
+use super::credentials::{self, CredentialsError, Locations};
 
 use super::digest::Digest;
 use super::import::platform::{self, IndexDoc};
@@ -21,6 +25,25 @@ use super::import::{commit, ImportError};
 use super::record::Image;
 use super::reference::{Reference, ReferenceError};
 use super::store::{BlobWriter, Store, StoreError};
+use super::transport::{certificate_failure, root_cause, Transport, TransportError};
+
+/// How `pull` reaches the registry and what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullOptions {
+    pub progress: Progress,
+    /// `false`: no certificate checks for this pull (podman's `--tls-verify=false`), and
+    /// plain HTTP when the registry does not speak TLS.
+    pub tls_verify: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            progress: Progress::Auto,
+            tls_verify: true,
+        }
+    }
+}
 
 /// Whether `pull` draws progress bars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,7 +62,63 @@ pub enum PullError {
     #[error("pull {reference}: {source}")]
     Registry {
         reference: String,
-        source: oci_client::errors::OciDistributionError,
+        source: OciDistributionError,
+    },
+    #[error("pull {reference}: cannot reach {registry}: {reason}")]
+    Unreachable {
+        reference: String,
+        registry: String,
+        reason: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(
+        "pull {reference}: access denied by {registry}, and there are no credentials for it \
+         (run `husk login {registry}`, or check the name)"
+    )]
+    NoCredentials {
+        reference: String,
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(
+        "pull {reference}: access denied by {registry} with the credentials from {origin} \
+         (wrong or expired: run `husk login {registry}`; or the image does not exist)"
+    )]
+    Denied {
+        reference: String,
+        registry: String,
+        origin: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(
+        "pull {reference}: TLS certificate of {registry} not trusted ({reason}); put the \
+         registry's CA in {ca_dir}/ca.crt, or, for a registry you trust anyway, list it in \
+         insecure_registries of {conf} or use --tls-verify=false"
+    )]
+    Untrusted {
+        reference: String,
+        registry: String,
+        reason: String,
+        ca_dir: String,
+        conf: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("pull {reference}: credentials for {registry}: {source}")]
+    Credentials {
+        reference: String,
+        registry: String,
+        #[source]
+        source: CredentialsError,
+    },
+    #[error("pull {reference}: {source}")]
+    Transport {
+        reference: String,
+        #[source]
+        source: TransportError,
     },
     #[error("pull {reference}: {reason}")]
     Invalid { reference: String, reason: String },
@@ -96,16 +175,60 @@ impl tokio::io::AsyncWrite for ProgressWriter<'_, '_> {
     }
 }
 
-fn client_for(r: &Reference) -> Client {
-    let protocol = if r.is_local_registry() {
-        ClientProtocol::HttpsExcept(vec![r.registry().to_string()])
-    } else {
-        ClientProtocol::Https
+/// Turns what oci-client reports into what the user must do: log in, fix the credentials,
+/// trust a CA.
+fn classify(
+    reference: &str,
+    registry: &str,
+    transport: &Transport,
+    origin: Option<&str>,
+    source: OciDistributionError,
+) -> PullError {
+    let (reference, registry) = (reference.to_string(), registry.to_string());
+    let denied = match &source {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
     };
-    Client::new(ClientConfig {
-        protocol,
-        ..Default::default()
-    })
+    if denied {
+        return match origin {
+            Some(o) => PullError::Denied {
+                reference,
+                registry,
+                origin: o.to_string(),
+                source,
+            },
+            None => PullError::NoCredentials {
+                reference,
+                registry,
+                source,
+            },
+        };
+    }
+    if let OciDistributionError::RequestError(e) = &source {
+        if let Some(reason) = certificate_failure(e) {
+            return PullError::Untrusted {
+                ca_dir: transport.ca_dir(&registry).display().to_string(),
+                conf: transport.conf_path().display().to_string(),
+                reference,
+                registry,
+                reason,
+                source,
+            };
+        }
+        let reason = root_cause(e);
+        return PullError::Unreachable {
+            reference,
+            registry,
+            reason,
+            source,
+        };
+    }
+    PullError::Registry { reference, source }
 }
 
 fn oci_ref(r: &Reference, digest: Option<&Digest>) -> oci_client::Reference {
@@ -121,6 +244,17 @@ impl Store {
     /// Pulls `reference` (blocking: runs a small tokio runtime inside), stores it, converts
     /// its layers and names it. Callers inside a tokio runtime use [`Store::pull_async`].
     pub fn pull(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
+        self.pull_with(
+            reference,
+            PullOptions {
+                progress,
+                ..PullOptions::default()
+            },
+        )
+    }
+
+    /// [`Store::pull`] with every option.
+    pub fn pull_with(&self, reference: &str, opts: PullOptions) -> Result<Image, PullError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -128,30 +262,48 @@ impl Store {
                 reference: reference.to_string(),
                 source,
             })?;
-        rt.block_on(self.pull_async(reference, progress))
+        rt.block_on(self.pull_async(reference, opts))
     }
 
     /// [`Store::pull`] inside a tokio runtime. On failure the store is swept, so a pull that
     /// broke off leaves no blob or layer disk behind.
-    pub async fn pull_async(
-        &self,
-        reference: &str,
-        progress: Progress,
-    ) -> Result<Image, PullError> {
-        let pulled = self.pull_unswept(reference, progress).await;
+    pub async fn pull_async(&self, reference: &str, opts: PullOptions) -> Result<Image, PullError> {
+        let pulled = self.pull_unswept(reference, opts).await;
         if pulled.is_err() {
             self.sweep();
         }
         pulled
     }
 
-    async fn pull_unswept(&self, reference: &str, progress: Progress) -> Result<Image, PullError> {
+    async fn pull_unswept(&self, reference: &str, opts: PullOptions) -> Result<Image, PullError> {
         let r: Reference = reference.parse()?;
         let shown = r.to_string();
-        let registry_err = |source| PullError::Registry {
+        let transport_err = |source| PullError::Transport {
             reference: shown.clone(),
             source,
         };
+        let transport = Transport::from_env(opts.tls_verify).map_err(transport_err)?;
+        let client = transport
+            .endpoint(r.registry())
+            .await
+            .and_then(|e| e.oci_client())
+            .map_err(transport_err)?;
+        let found =
+            credentials::lookup(&Locations::from_env(), r.registry()).map_err(|source| {
+                PullError::Credentials {
+                    reference: shown.clone(),
+                    registry: r.registry().to_string(),
+                    source,
+                }
+            })?;
+        let auth = match &found {
+            Some(f) => {
+                RegistryAuth::Basic(f.credential.username.clone(), f.credential.secret.clone())
+            }
+            None => RegistryAuth::Anonymous,
+        };
+        let origin = found.as_ref().map(|f| f.origin.as_str());
+        let registry_err = |source| classify(&shown, r.registry(), &transport, origin, source);
         let store_err = |source| PullError::Store {
             reference: shown.clone(),
             source,
@@ -160,8 +312,6 @@ impl Store {
             reference: shown.clone(),
             reason,
         };
-        let client = client_for(&r);
-        let auth = RegistryAuth::Anonymous;
         let _ingest = self.ingest_lock().map_err(store_err)?;
 
         let (bytes, _) = client
@@ -207,7 +357,7 @@ impl Store {
                 .map_err(|e| invalid(format!("manifest {digest}: {e}")))
         };
 
-        let bars = MultiProgress::with_draw_target(match progress {
+        let bars = MultiProgress::with_draw_target(match opts.progress {
             Progress::Auto => ProgressDrawTarget::stderr(),
             Progress::Quiet => ProgressDrawTarget::hidden(),
         });

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::cli::images::{ago, human_size, open, rows};
 use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs};
-use crate::image::{Progress, Reference};
+use crate::image::{PullOptions, Reference};
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
@@ -134,7 +134,13 @@ pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {
 pub fn pull(g: &GlobalOpts, a: PullArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
     let img = store
-        .pull(&a.reference, Progress::Auto)
+        .pull_with(
+            &a.reference,
+            PullOptions {
+                tls_verify: a.tls_verify,
+                ..PullOptions::default()
+            },
+        )
         .map_err(|e| Error::Image(e.to_string()))?;
     println!("Digest: {}", img.manifest_digest);
     let name = a
