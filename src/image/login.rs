@@ -14,16 +14,11 @@ pub enum LoginError {
     Transport(#[from] TransportError),
     #[error("login to {registry}: wrong username or password (the registry refused them)")]
     Refused { registry: String },
-    #[error(
-        "login to {registry}: TLS certificate not trusted ({reason}); put the registry's CA in \
-         {ca_dir}/ca.crt, or, for a registry you trust anyway, list it in insecure_registries \
-         of {conf} or use --tls-verify=false"
-    )]
+    #[error("login to {registry}: TLS certificate not trusted ({reason}); {hint}")]
     Untrusted {
         registry: String,
         reason: String,
-        ca_dir: String,
-        conf: String,
+        hint: String,
     },
     #[error("login to {registry}: cannot reach {url}: {reason}")]
     Unreachable {
@@ -110,8 +105,7 @@ pub async fn verify(
         Some(reason) => LoginError::Untrusted {
             registry: registry.to_string(),
             reason,
-            ca_dir: transport.ca_dir(registry).display().to_string(),
-            conf: transport.conf_path().display().to_string(),
+            hint: transport.trust_hint(registry),
         },
         None => LoginError::Unreachable {
             registry: registry.to_string(),

@@ -70,7 +70,7 @@ pub enum PullError {
         registry: String,
         reason: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error(
         "pull {reference}: access denied by {registry}, and there are no credentials for it \
@@ -80,7 +80,7 @@ pub enum PullError {
         reference: String,
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error(
         "pull {reference}: access denied by {registry} with the credentials from {origin} \
@@ -91,34 +91,29 @@ pub enum PullError {
         registry: String,
         origin: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
-    #[error(
-        "pull {reference}: TLS certificate of {registry} not trusted ({reason}); put the \
-         registry's CA in {ca_dir}/ca.crt, or, for a registry you trust anyway, list it in \
-         insecure_registries of {conf} or use --tls-verify=false"
-    )]
+    #[error("pull {reference}: TLS certificate of {registry} not trusted ({reason}); {hint}")]
     Untrusted {
         reference: String,
         registry: String,
         reason: String,
-        ca_dir: String,
-        conf: String,
+        hint: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error("pull {reference}: credentials for {registry}: {source}")]
     Credentials {
         reference: String,
         registry: String,
         #[source]
-        source: CredentialsError,
+        source: Box<CredentialsError>,
     },
     #[error("pull {reference}: {source}")]
     Transport {
         reference: String,
         #[source]
-        source: TransportError,
+        source: Box<TransportError>,
     },
     #[error("pull {reference}: {reason}")]
     Invalid { reference: String, reason: String },
@@ -200,24 +195,23 @@ fn classify(
                 reference,
                 registry,
                 origin: o.to_string(),
-                source,
+                source: Box::new(source),
             },
             None => PullError::NoCredentials {
                 reference,
                 registry,
-                source,
+                source: Box::new(source),
             },
         };
     }
     if let OciDistributionError::RequestError(e) = &source {
         if let Some(reason) = certificate_failure(e) {
             return PullError::Untrusted {
-                ca_dir: transport.ca_dir(&registry).display().to_string(),
-                conf: transport.conf_path().display().to_string(),
+                hint: transport.trust_hint(&registry),
                 reference,
                 registry,
                 reason,
-                source,
+                source: Box::new(source),
             };
         }
         let reason = root_cause(e);
@@ -225,7 +219,7 @@ fn classify(
             reference,
             registry,
             reason,
-            source,
+            source: Box::new(source),
         };
     }
     PullError::Registry { reference, source }
@@ -280,7 +274,7 @@ impl Store {
         let shown = r.to_string();
         let transport_err = |source| PullError::Transport {
             reference: shown.clone(),
-            source,
+            source: Box::new(source),
         };
         let transport = Transport::from_env(opts.tls_verify).map_err(transport_err)?;
         let client = transport
@@ -293,7 +287,7 @@ impl Store {
                 PullError::Credentials {
                     reference: shown.clone(),
                     registry: r.registry().to_string(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         let auth = match &found {

@@ -123,9 +123,14 @@ impl Transport {
         self.certs_dir.join(registry)
     }
 
-    /// The registries.json path (named in error messages).
-    pub fn conf_path(&self) -> &Path {
-        &self.conf
+    /// What to do about `registry`'s untrusted certificate, for error messages.
+    pub fn trust_hint(&self, registry: &str) -> String {
+        format!(
+            "put the registry's CA in {}/ca.crt, or, for a registry you trust anyway, list it \
+             in insecure_registries of {} or use --tls-verify=false",
+            self.ca_dir(registry).display(),
+            self.conf.display()
+        )
     }
 
     fn is_insecure(&self, registry: &str) -> bool {
@@ -268,11 +273,24 @@ pub fn certificate_failure(err: &(dyn std::error::Error + 'static)) -> Option<St
     while let Some(e) = cur {
         let text = e.to_string();
         if text.contains("certificate") {
-            found = Some(text);
+            found = Some(openssl_reason(&text));
         }
         cur = e.source();
     }
     found
+}
+
+/// The reason in OpenSSL's `error:CODE:LIB:FUNC:REASON:FILE:LINE:DETAIL`, with its detail;
+/// any other text as it is.
+fn openssl_reason(text: &str) -> String {
+    let parts: Vec<&str> = text.splitn(8, ':').collect();
+    match parts.as_slice() {
+        ["error", _, _, _, reason, _, _, detail] if !detail.trim().is_empty() => {
+            format!("{reason}: {}", detail.trim())
+        }
+        ["error", _, _, _, reason, ..] => reason.to_string(),
+        _ => text.to_string(),
+    }
 }
 
 /// The innermost cause of `err` (what a transport failure's outer layers wrap).
@@ -317,6 +335,25 @@ mod tests {
         ] {
             assert_eq!(is_local(r), local, "{r}");
         }
+    }
+
+    #[test]
+    fn openssl_reasons() {
+        assert_eq!(
+            openssl_reason(
+                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate \
+                 verify failed:../ssl/statem/statem_clnt.c:1889:"
+            ),
+            "certificate verify failed"
+        );
+        assert_eq!(
+            openssl_reason("error:0A000086:SSL routines:f:certificate verify failed:x.c:1: (self-signed certificate)"),
+            "certificate verify failed: (self-signed certificate)"
+        );
+        assert_eq!(
+            openssl_reason("invalid peer certificate"),
+            "invalid peer certificate"
+        );
     }
 
     #[test]
