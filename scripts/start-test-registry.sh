@@ -2,20 +2,23 @@
 # Starts Debian's docker-registry on <host>:<free port> with its own temp config and storage,
 # waits until it answers, prints "PORT PID". Stop it with `kill PID`; its temp dir (printed
 # to stderr) goes with `rm -rf`.
-# Usage: scripts/start-test-registry.sh [--host IP] [--tls CERT KEY] [--htpasswd USER PASS]
+# Usage: scripts/start-test-registry.sh [--host IP] [--tls CERT KEY]
+#            [--htpasswd USER PASS | --token REALM SERVICE ISSUER CERT]
 #   --host      address to listen on (default 127.0.0.1)
 #   --tls       serve HTTPS with this certificate and key (default: plain HTTP)
 #   --htpasswd  require this user (htpasswd auth, bcrypt; needs apache2-utils)
+#   --token     require bearer tokens from REALM, signed by the key of CERT
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
-host=127.0.0.1 cert="" key="" user="" pass=""
+host=127.0.0.1 cert="" key="" user="" pass="" realm="" service="" issuer="" bundle=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --host) host=$2; shift 2 ;;
         --tls) cert=$2 key=$3; shift 3 ;;
         --htpasswd) user=$2 pass=$3; shift 3 ;;
+        --token) realm=$2 service=$3 issuer=$4 bundle=$5; shift 5 ;;
         *) die "unknown argument $1 (see the usage in $0)" ;;
     esac
 done
@@ -43,6 +46,10 @@ if [ -n "$user" ]; then
     command -v htpasswd >/dev/null || ensure_packages apache2-utils
     htpasswd -Bbc "$dir/htpasswd" "$user" "$pass" 2>/dev/null
     printf 'auth:\n  htpasswd:\n    realm: husk-test\n    path: %s\n' "$dir/htpasswd" >> "$dir/config.yml"
+fi
+if [ -n "$realm" ]; then
+    printf 'auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n' \
+        "$realm" "$service" "$issuer" "$bundle" >> "$dir/config.yml"
 fi
 setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 < /dev/null &
 pid=$!

@@ -1,5 +1,6 @@
-//! Private registries: Debian's docker-registry with htpasswd auth and TLS from a CA this test
-//! makes with openssl (scripts/start-test-registry.sh --tls --htpasswd), on 127.0.0.2 — not
+//! Private registries: Debian's docker-registry with htpasswd auth — or token auth, with the
+//! token server tests/fixtures/token-server.py — and TLS from a CA this test makes with
+//! openssl (scripts/start-test-registry.sh --tls --htpasswd|--token), on 127.0.0.2 — not
 //! 127.0.0.1, where husk always speaks plain HTTP. The busybox image is pushed with skopeo;
 //! `husk login`, `pull`, `images` and `logout` run as the binary with their own HOME,
 //! DOCKER_CONFIG, XDG_RUNTIME_DIR, certs.d and registries.json, so the host's own
@@ -10,9 +11,10 @@
 mod common;
 
 use std::io::Write;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::cli::Husk;
 
@@ -82,17 +84,62 @@ fn sh(script: &str, dir: &Path) {
     );
 }
 
+/// How the registry asks for USER:PASS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// `WWW-Authenticate: Basic`, checked against an htpasswd file.
+    Htpasswd,
+    /// `WWW-Authenticate: Bearer`: a token from tests/fixtures/token-server.py.
+    Token,
+}
+
+/// The token server this test started; killed (by its handle) on drop.
+struct TokenServer(Child);
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the token server on HOST; its realm URL.
+fn start_token_server(w: &Path) -> (TokenServer, String) {
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=husk-test-token \
+           -keyout token.key -out token.crt 2>/dev/null",
+        w,
+    );
+    let mut child = Command::new("python3")
+        .arg(common::repo_root().join("tests/fixtures/token-server.py"))
+        .args([HOST, USER, PASS])
+        .arg(w.join("token.key"))
+        .arg(w.join("token.crt"))
+        .arg("husk-test-issuer")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = TokenServer(child);
+    let port: u16 = line.trim().parse().expect("token server port");
+    (server, format!("http://{HOST}:{port}/token"))
+}
+
 /// Everything one test uses: its CA, registry, husk root and credential/trust locations.
 struct Rig {
     work: tempfile::TempDir,
     reg: Registry,
     husk: Husk,
+    _token: Option<TokenServer>,
 }
 
 impl Rig {
-    /// The CA (ca.crt), a server certificate for 127.0.0.2 it signed, the registry with
-    /// USER:PASS, and busybox pushed; `None` after saying why this host cannot run `test`.
-    fn new(test: &str) -> Option<Rig> {
+    /// The CA (ca.crt), a server certificate for 127.0.0.2 it signed, the registry asking
+    /// for USER:PASS, and busybox pushed; `None` after saying why this host cannot run `test`.
+    fn new(test: &str, auth: Auth) -> Option<Rig> {
         // SAFETY: no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             common::not_run(test, "needs root (husk and layer conversion)", true);
@@ -135,13 +182,25 @@ impl Rig {
             ),
             w,
         );
-        let o = Command::new(common::repo_root().join("scripts/start-test-registry.sh"))
+        let mut start = Command::new(common::repo_root().join("scripts/start-test-registry.sh"));
+        start
             .args(["--host", HOST, "--tls"])
             .arg(w.join("server.crt"))
-            .arg(w.join("server.key"))
-            .args(["--htpasswd", USER, PASS])
-            .output()
-            .unwrap();
+            .arg(w.join("server.key"));
+        let token = match auth {
+            Auth::Htpasswd => {
+                start.args(["--htpasswd", USER, PASS]);
+                None
+            }
+            Auth::Token => {
+                let (server, realm) = start_token_server(w);
+                start
+                    .args(["--token", &realm, "husk-test", "husk-test-issuer"])
+                    .arg(w.join("token.crt"));
+                Some(server)
+            }
+        };
+        let o = start.output().unwrap();
         if !o.status.success() {
             common::not_run(
                 test,
@@ -179,7 +238,12 @@ impl Rig {
             "/nonexistent/vmlinux".into(),
             "/nonexistent/initramfs".into(),
         );
-        Some(Rig { work, reg, husk })
+        Some(Rig {
+            work,
+            reg,
+            husk,
+            _token: token,
+        })
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -279,7 +343,7 @@ fn auth_entry(user: &str, pass: &str) -> String {
 
 #[test]
 fn login_pull_logout() {
-    let Some(rig) = Rig::new("login_pull_logout") else {
+    let Some(rig) = Rig::new("login_pull_logout", Auth::Htpasswd) else {
         return;
     };
     rig.trust_ca();
@@ -322,7 +386,7 @@ fn login_pull_logout() {
 
 #[test]
 fn certificates_and_insecure_registries() {
-    let Some(rig) = Rig::new("certificates_and_insecure_registries") else {
+    let Some(rig) = Rig::new("certificates_and_insecure_registries", Auth::Htpasswd) else {
         return;
     };
     let image = rig.reg.image();
@@ -385,7 +449,7 @@ fn certificates_and_insecure_registries() {
 
 #[test]
 fn credential_helper() {
-    let Some(rig) = Rig::new("credential_helper") else {
+    let Some(rig) = Rig::new("credential_helper", Auth::Htpasswd) else {
         return;
     };
     rig.trust_ca();
@@ -464,4 +528,26 @@ esac
     let cfg = std::fs::read_to_string(&config).unwrap();
     assert!(!cfg.contains("auths"), "stored inline too: {cfg}");
     rig.pull_ok(&[], env);
+}
+
+#[test]
+fn token_auth_registry() {
+    let Some(rig) = Rig::new("token_auth_registry", Auth::Token) else {
+        return;
+    };
+    rig.trust_ca();
+    let image = rig.reg.image();
+    // Anonymous: the token server grants nothing, the registry refuses.
+    rig.fails(&["pull", &image], &[], "", "no credentials for it");
+    assert!(!rig.has_image());
+    let o = rig.login("wrong-password", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("wrong username or password"), "{err}");
+    assert!(!rig.path("docker/config.json").exists());
+    let o = rig.login(PASS, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Login Succeeded\n");
+    rig.pull_ok(&[], &[]);
 }
