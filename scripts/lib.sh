@@ -6,7 +6,7 @@ die() { printf '%s\n' "husk: error: $*" >&2; exit 1; }
 # Packages a fresh Debian 12 machine needs to build and test husk.
 HUSK_APT_PACKAGES=(
     build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd
-    linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static skopeo docker-registry
+    linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static skopeo docker-registry apache2-utils
     libseccomp-dev libcap-ng-dev iproute2 nftables curl python3 debootstrap
 )
 

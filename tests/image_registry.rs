@@ -280,7 +280,10 @@ fn a_dropped_connection_mid_layer_is_retried_then_given_up() {
         .unwrap_err()
         .to_string();
     assert!(err.to_lowercase().contains("digest"), "{err}");
-    assert!(!err.contains("tries"), "a wrong digest is not retried: {err}");
+    assert!(
+        !err.contains("tries"),
+        "a wrong digest is not retried: {err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(store.list().unwrap().is_empty());
     let blobs: Vec<_> = std::fs::read_dir(work.path().join("store3/blobs/sha256"))

@@ -170,6 +170,11 @@ pub struct LoadArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PullArgs {
+    /// Check the registry's TLS certificate (`--tls-verify=false`: don't, and fall back to
+    /// plain HTTP when the registry has no TLS).
+    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub tls_verify: bool,
     pub reference: String,
     /// Pull this platform's image from a multi-platform index (OS/ARCH[/VARIANT]) [default:
     /// this host's].
@@ -178,6 +183,31 @@ pub struct PullArgs {
     /// No progress bars.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    /// Username.
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (visible to other users of this host: prefer --password-stdin).
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Check the registry's TLS certificate (see `husk pull --help`).
+    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The registry (default: Docker Hub).
+    pub registry: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogoutArgs {
+    /// The registry (default: Docker Hub).
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

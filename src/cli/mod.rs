@@ -71,6 +71,10 @@ pub enum Command {
     Load(LoadArgs),
     /// Pull an image from a registry.
     Pull(PullArgs),
+    /// Log in to a registry (keeps the credentials where docker would).
+    Login(LoginArgs),
+    /// Log out from a registry.
+    Logout(LogoutArgs),
     /// Host checks.
     System(SystemArgs),
     /// (internal) Own a detached container's VM until it ends.

@@ -17,16 +17,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod credentials;
 pub mod digest;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod login;
 pub mod pull;
 pub mod record;
 pub mod reference;
 pub mod scratch;
 mod source;
 pub mod store;
+pub mod transport;
 pub mod users;
 
 pub use digest::Digest;

@@ -1,5 +1,8 @@
-//! Pulls an image from a registry over the OCI distribution API (`oci-client`), anonymously,
-//! with plain HTTP allowed only for registries on this host (`localhost`, `127.0.0.1`).
+//! Pulls an image from a registry over the OCI distribution API (`oci-client`), with the
+//! credentials `husk login`, docker or podman left for it ([`credentials`], anonymous when
+//! there are none; oci-client answers basic and bearer-token challenges itself), over the
+//! connection [`transport`] picks (plain HTTP only for this host's registries and ones
+//! configured insecure).
 //!
 //! Manifests are fetched raw and their digests computed here, so a registry cannot hand
 //! over a manifest other than the one a `@sha256:` reference pins; a multi-platform index is
@@ -18,10 +21,10 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+
+use super::credentials::{self, CredentialsError, Locations};
 
 use super::digest::Digest;
 use super::import::platform::{self, IndexDoc, Platform};
@@ -29,6 +32,7 @@ use super::import::{commit, ImportError};
 use super::record::Image;
 use super::reference::{Reference, ReferenceError};
 use super::store::{BlobWriter, Store, StoreError};
+use super::transport::{certificate_failure, root_cause, Transport, TransportError};
 
 /// Layers downloaded at once (docker's default for `max-concurrent-downloads`).
 pub const MAX_CONCURRENT_DOWNLOADS: usize = 3;
@@ -37,12 +41,15 @@ pub const ATTEMPTS: u32 = 3;
 /// The first pause before a retry; each later one doubles it.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
-/// How to pull.
+/// How `pull` reaches the registry, what it pulls and what it shows.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
     pub progress: Progress,
     /// The platform a multi-platform index is resolved to.
     pub platform: Platform,
+    /// `false`: no certificate checks for this pull (podman's `--tls-verify=false`), and
+    /// plain HTTP when the registry does not speak TLS.
+    pub tls_verify: bool,
 }
 
 impl Default for PullOptions {
@@ -50,6 +57,7 @@ impl Default for PullOptions {
         PullOptions {
             progress: Progress::Auto,
             platform: Platform::host(),
+            tls_verify: true,
         }
     }
 }
@@ -71,7 +79,58 @@ pub enum PullError {
     #[error("pull {reference}: {source}")]
     Registry {
         reference: String,
-        source: oci_client::errors::OciDistributionError,
+        source: OciDistributionError,
+    },
+    #[error("pull {reference}: cannot reach {registry}: {reason}")]
+    Unreachable {
+        reference: String,
+        registry: String,
+        reason: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error(
+        "pull {reference}: access denied by {registry}, and there are no credentials for it \
+         (run `husk login {registry}`, or check the name)"
+    )]
+    NoCredentials {
+        reference: String,
+        registry: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error(
+        "pull {reference}: access denied by {registry} with the credentials from {origin} \
+         (wrong or expired: run `husk login {registry}`; or the image does not exist)"
+    )]
+    Denied {
+        reference: String,
+        registry: String,
+        origin: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error("pull {reference}: TLS certificate of {registry} not trusted ({reason}); {hint}")]
+    Untrusted {
+        reference: String,
+        registry: String,
+        reason: String,
+        hint: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error("pull {reference}: credentials for {registry}: {source}")]
+    Credentials {
+        reference: String,
+        registry: String,
+        #[source]
+        source: Box<CredentialsError>,
+    },
+    #[error("pull {reference}: {source}")]
+    Transport {
+        reference: String,
+        #[source]
+        source: Box<TransportError>,
     },
     #[error("pull {reference}: {reason}")]
     Invalid { reference: String, reason: String },
@@ -139,16 +198,59 @@ impl tokio::io::AsyncWrite for ProgressWriter<'_, '_> {
     }
 }
 
-fn client_for(r: &Reference) -> Client {
-    let protocol = if r.is_local_registry() {
-        ClientProtocol::HttpsExcept(vec![r.registry().to_string()])
-    } else {
-        ClientProtocol::Https
+/// Turns what oci-client reports into what the user must do: log in, fix the credentials,
+/// trust a CA.
+fn classify(
+    reference: &str,
+    registry: &str,
+    transport: &Transport,
+    origin: Option<&str>,
+    source: OciDistributionError,
+) -> PullError {
+    let (reference, registry) = (reference.to_string(), registry.to_string());
+    let denied = match &source {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
     };
-    Client::new(ClientConfig {
-        protocol,
-        ..Default::default()
-    })
+    if denied {
+        return match origin {
+            Some(o) => PullError::Denied {
+                reference,
+                registry,
+                origin: o.to_string(),
+                source: Box::new(source),
+            },
+            None => PullError::NoCredentials {
+                reference,
+                registry,
+                source: Box::new(source),
+            },
+        };
+    }
+    if let OciDistributionError::RequestError(e) = &source {
+        if let Some(reason) = certificate_failure(e) {
+            return PullError::Untrusted {
+                hint: transport.trust_hint(&registry),
+                reference,
+                registry,
+                reason,
+                source: Box::new(source),
+            };
+        }
+        let reason = root_cause(e);
+        return PullError::Unreachable {
+            reference,
+            registry,
+            reason,
+            source: Box::new(source),
+        };
+    }
+    PullError::Registry { reference, source }
 }
 
 fn oci_ref(r: &Reference, digest: Option<&Digest>) -> oci_client::Reference {
@@ -191,10 +293,32 @@ impl Store {
     async fn pull_unswept(&self, reference: &str, opts: &PullOptions) -> Result<Image, PullError> {
         let r: Reference = reference.parse()?;
         let shown = r.to_string();
-        let registry_err = |source| PullError::Registry {
+        let transport_err = |source| PullError::Transport {
             reference: shown.clone(),
-            source,
+            source: Box::new(source),
         };
+        let transport = Transport::from_env(opts.tls_verify).map_err(transport_err)?;
+        let client = transport
+            .endpoint(r.registry())
+            .await
+            .and_then(|e| e.oci_client())
+            .map_err(transport_err)?;
+        let found =
+            credentials::lookup(&Locations::from_env(), r.registry()).map_err(|source| {
+                PullError::Credentials {
+                    reference: shown.clone(),
+                    registry: r.registry().to_string(),
+                    source: Box::new(source),
+                }
+            })?;
+        let auth = match &found {
+            Some(f) => {
+                RegistryAuth::Basic(f.credential.username.clone(), f.credential.secret.clone())
+            }
+            None => RegistryAuth::Anonymous,
+        };
+        let origin = found.as_ref().map(|f| f.origin.as_str());
+        let registry_err = |source| classify(&shown, r.registry(), &transport, origin, source);
         let store_err = |source| PullError::Store {
             reference: shown.clone(),
             source,
@@ -203,8 +327,6 @@ impl Store {
             reference: shown.clone(),
             reason,
         };
-        let client = client_for(&r);
-        let auth = RegistryAuth::Anonymous;
         let _ingest = self.ingest_lock().map_err(store_err)?;
 
         let (bytes, _) = client
@@ -277,7 +399,7 @@ impl Store {
             } else {
                 size
             };
-            let (client, r, shown) = (&client, &r, &shown);
+            let (client, r, shown, registry_err) = (&client, &r, &shown, &registry_err);
             async move {
                 if self.has_blob(&d) {
                     bar.finish_with_message("already present");
@@ -285,7 +407,7 @@ impl Store {
                 }
                 self.fetch_blob(client, r, &d, max, &bar)
                     .await
-                    .map_err(|e| e.into_pull_error(shown, &d))?;
+                    .map_err(|e| e.into_pull_error(shown, &d, registry_err))?;
                 bar.finish_with_message("done");
                 Ok::<(), PullError>(())
             }
@@ -310,10 +432,16 @@ enum FetchError {
 }
 
 impl FetchError {
-    fn into_pull_error(self, reference: &str, digest: &Digest) -> PullError {
+    /// `registry`: how a registry's own answer becomes a [`PullError`] ([`classify`]).
+    fn into_pull_error(
+        self,
+        reference: &str,
+        digest: &Digest,
+        registry: impl Fn(OciDistributionError) -> PullError,
+    ) -> PullError {
         let reference = reference.to_string();
         match self {
-            FetchError::Registry(source) => PullError::Registry { reference, source },
+            FetchError::Registry(source) => registry(source),
             FetchError::Retries(attempts, source) => PullError::Retries {
                 reference,
                 digest: digest.to_string(),
@@ -329,7 +457,8 @@ impl FetchError {
 /// the content (a digest or size that does not match, an auth or not-found answer).
 fn is_transient(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(_) => true,
+        // A certificate that is not trusted stays untrusted.
+        OciDistributionError::RequestError(e) => certificate_failure(e).is_none(),
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         _ => false,
     }
@@ -340,7 +469,7 @@ impl Store {
     /// breaks off; each try starts over with a fresh writer (a dropped one leaves nothing).
     async fn fetch_blob(
         &self,
-        client: &Client,
+        client: &oci_client::Client,
         r: &Reference,
         d: &Digest,
         max: u64,

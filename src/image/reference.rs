@@ -80,11 +80,7 @@ impl Reference {
 
     /// Whether the registry is this host, where plain HTTP is allowed.
     pub fn is_local_registry(&self) -> bool {
-        let host = match self.registry.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => self.registry.as_str(),
-        };
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        super::transport::is_local(&self.registry)
     }
 }
 

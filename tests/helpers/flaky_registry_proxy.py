@@ -72,6 +72,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that went away mid-answer (the cut itself, or a retry's race)
+
+
+server = Server(("127.0.0.1", 0), Proxy)
 print(server.server_address[1], flush=True)
 server.serve_forever()

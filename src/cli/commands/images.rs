@@ -133,7 +133,10 @@ pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {
 
 pub fn pull(g: &GlobalOpts, a: PullArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
-    let mut opts = PullOptions::default();
+    let mut opts = PullOptions {
+        tls_verify: a.tls_verify,
+        ..PullOptions::default()
+    };
     if let Some(p) = a.platform {
         opts.platform = p;
     }

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod images;
 pub mod inspect;
 pub mod kill;
+pub mod login;
 pub mod logs;
 pub mod ps;
 pub mod rm;
@@ -48,6 +49,8 @@ pub fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Rmi(a) => images::rmi(g, a),
         Command::Load(a) => images::load(g, a),
         Command::Pull(a) => images::pull(g, a),
+        Command::Login(a) => login::login(a),
+        Command::Logout(a) => login::logout(a),
         Command::System(a) => system::run(g, a),
         Command::Monitor(a) => Ok(crate::runtime::monitor::run_monitor(&runtime(g)?, &a.id)?),
     }
