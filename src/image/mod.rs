@@ -18,9 +18,11 @@
 //! ```
 
 pub mod digest;
+pub mod export;
 pub mod import;
 pub mod index;
 pub mod layer;
+pub mod prune;
 pub mod pull;
 pub mod record;
 pub mod reference;
@@ -30,8 +32,10 @@ pub mod store;
 pub mod users;
 
 pub use digest::Digest;
+pub use export::{ArchiveFormat, ExportError};
 pub use import::ImportError;
 pub use layer::{ConvertError, Converted};
+pub use prune::{PruneScope, Pruned};
 pub use pull::{Progress, PullError};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;
