@@ -267,7 +267,9 @@ impl Store {
             for (layer, diff_id) in img.layers.iter().zip(img.config.rootfs().diff_ids()) {
                 layers.push(self.add_plain_layer(&mut m, img, &layer.digest, diff_id)?);
             }
-            let tags: Vec<String> = item.names.iter().map(Reference::familiar).collect();
+            // Full names: docker shortens them on load, podman would otherwise file a short
+            // name under localhost/.
+            let tags: Vec<String> = item.names.iter().map(Reference::to_string).collect();
             entries.push(json!({"Config": config, "RepoTags": tags, "Layers": layers}));
         }
         let manifest = serde_json::to_vec(&entries).expect("JSON values serialize");

@@ -19,7 +19,7 @@ pub fn image(g: &GlobalOpts, a: PruneArgs) -> Result<i32, Error> {
     } else {
         "WARNING! This will remove all dangling images."
     };
-    if !confirmed(a.force, "husk image prune", warning)? {
+    if !confirmed(a.force, warning)? {
         return Ok(0);
     }
     let rt = super::runtime(g)?;
@@ -45,7 +45,7 @@ pub fn system(g: &GlobalOpts, a: PruneArgs) -> Result<i32, Error> {
         "  - all dangling images"
     };
     let warning = format!("WARNING! This will remove:\n  - all stopped containers\n{images}\n");
-    if !confirmed(a.force, "husk system prune", &warning)? {
+    if !confirmed(a.force, &warning)? {
         return Ok(0);
     }
     let rt = super::runtime(g)?;
@@ -116,15 +116,15 @@ fn print_images(pruned: &Pruned) {
 
 /// Asks on the terminal unless `force`; refuses, with one line, to guess when stdin is not
 /// a terminal.
-fn confirmed(force: bool, command: &str, warning: &str) -> Result<bool, Error> {
+fn confirmed(force: bool, warning: &str) -> Result<bool, Error> {
     if force {
         return Ok(true);
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        return Err(Error::Usage(format!(
-            "{command}: stdin is not a terminal to confirm on; add -f to remove without asking"
-        )));
+        return Err(Error::Usage(
+            "stdin is not a terminal to confirm on; add -f to prune without asking".into(),
+        ));
     }
     print!("{warning}\nAre you sure you want to continue? [y/N] ");
     std::io::stdout().flush()?;
