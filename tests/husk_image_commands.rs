@@ -397,3 +397,48 @@ fn prune_and_df_spare_what_a_container_uses() {
     assert!(h.ok(&["ps", "-a", "-q"]).is_empty());
     assert_eq!(h.df("Containers")["Size"], "0B");
 }
+
+#[test]
+fn prune_asks_on_a_terminal_and_save_refuses_one() {
+    let test = "prune_asks_on_a_terminal_and_save_refuses_one";
+    let Some(h) = busybox_root(test) else { return };
+    if !Path::new("/usr/bin/script").is_file() {
+        common::not_run(test, "script(1) missing (apt-get install bsdutils)", true);
+        return;
+    }
+    // `script` gives husk a terminal; what it types comes from our stdin.
+    let on_tty = |args: &str, typed: &[u8]| {
+        let line = format!(
+            "{} --root {} {args}",
+            common::bin("husk").display(),
+            h.root.path().display()
+        );
+        let mut c = Command::new("/usr/bin/script");
+        c.args(["-qec", &line, "/dev/null"]);
+        let out = common::run_bounded(c, Some(typed), std::time::Duration::from_secs(60));
+        common::text(&out.stdout)
+    };
+    let other = h.root.path().join("other.tar");
+    small_archive(&other, "other:1", "other\n");
+    h.ok(&["load", "-i", path_str(&other)]);
+    h.ok(&["tag", "other:1", "busybox"]);
+    assert_eq!(h.images_json().len(), 2);
+
+    let out = on_tty("image prune", b"n\n");
+    assert!(
+        out.contains("WARNING! This will remove all dangling images."),
+        "{out}"
+    );
+    assert!(!out.contains("Deleted Images:"), "{out}");
+    assert_eq!(h.images_json().len(), 2, "answered no");
+    let out = on_tty("image prune", b"y\n");
+    assert!(out.contains("Deleted Images:"), "{out}");
+    assert_eq!(h.images_json().len(), 1, "answered yes");
+
+    let out = on_tty("save busybox", b"");
+    assert!(
+        out.contains("cowardly refusing to save to a terminal"),
+        "{out}"
+    );
+    assert!(out.len() < 200, "no archive on the terminal: {out:?}");
+}

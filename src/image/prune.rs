@@ -44,10 +44,18 @@ impl Store {
         if images.is_empty() {
             return Ok(Pruned::default());
         }
-        Index::update(&self.index_path(), &self.index_lock_path(), |index| {
+        // Under the index lock, an image named since the listing is no longer dangling.
+        let images = Index::update(&self.index_path(), &self.index_lock_path(), |index| {
+            let images: Vec<Image> = images
+                .into_iter()
+                .filter(|i| {
+                    scope == PruneScope::Unused || index.dangling.contains(&i.manifest_digest)
+                })
+                .collect();
             for i in &images {
                 index.forget(&i.manifest_digest);
             }
+            images
         })?;
         let stats = self.gc()?;
         Ok(Pruned { images, stats })
