@@ -38,13 +38,7 @@ fn bad_descriptors_and_missing_layers_are_one_line() {
     assert!(err.contains("/nonexistent/layer"), "{err}");
     let empty = dir.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
-    let err = one_line_failure(
-        daemon()
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--layer")
-            .arg(&empty),
-    );
+    let err = one_line_failure(daemon().arg("--socket").arg(&sock).arg("--layer").arg(&empty));
     assert!(err.contains("empty"), "{err}");
     let err = one_line_failure(daemon().arg("--socket").arg(&sock));
     assert!(err.contains("1..=128 layers"), "{err}");
