@@ -1,6 +1,11 @@
 //! One clap struct per subcommand.
 
+use std::path::PathBuf;
+
 use clap::{ArgAction, Args, Subcommand};
+
+use super::format::Format;
+use crate::image::ArchiveFormat;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -62,12 +67,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct PsArgs {
     /// Show all containers (default: running ones).
@@ -76,7 +75,9 @@ pub struct PsArgs {
     /// Only print ids.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    /// table, json, or a template of docker's fields: '{{.ID}} {{.Names}} {{.Status}}'
+    /// (.ID .Image .Command .CreatedAt .RunningFor .Ports .Status .State .Names).
+    #[arg(long, default_value = "table")]
     pub format: Format,
 }
 
@@ -147,9 +148,69 @@ pub struct InspectArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ImagesArgs {
+    /// Only print image IDs.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
+    /// Show a DIGEST column: the registry's manifest digest, <none> for an image whose
+    /// manifest husk wrote itself (a docker-archive load).
+    #[arg(long)]
+    pub digests: bool,
+    /// table, json, or a template of docker's fields: '{{.Repository}}:{{.Tag}} {{.ID}}'
+    /// (.ID .Repository .Tag .Digest .CreatedSince .CreatedAt .Size).
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TagArgs {
+    /// The image (name, ID or digest).
+    pub source: String,
+    /// Its new name, moved here if another image had it.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SaveArgs {
+    /// Write to this file (default: stdout, which must not be a terminal).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// docker-archive (what docker save writes) or oci-archive.
+    #[arg(long, default_value = "docker-archive")]
+    pub format: ArchiveFormat,
+    /// Images (names, IDs or digests).
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImageCommand {
+    /// Remove dangling images (with -a: every image no container uses).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Remove every image no container uses, not only dangling ones.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DfArgs {
+    /// Show the space each image and container takes.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// table or json (one object per line, as docker prints).
+    #[arg(long, default_value = "table")]
     pub format: Format,
 }
 
@@ -165,7 +226,7 @@ pub struct RmiArgs {
 pub struct LoadArgs {
     /// The archive (docker save or oci-archive tar).
     #[arg(short = 'i', long = "input")]
-    pub input: std::path::PathBuf,
+    pub input: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -220,6 +281,10 @@ pub struct SystemArgs {
 pub enum SystemCommand {
     /// Check that this host can run containers, and say how to fix what is missing.
     Check,
+    /// Show the disk space images and containers take.
+    Df(DfArgs),
+    /// Remove stopped containers and dangling images (with -a: every unused image).
+    Prune(PruneArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -120,6 +120,10 @@ mod tests {
         assert_eq!(ago(Some("x"), 5), "");
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(4_200_000), "4.2MB");
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(3_056_128), "3.056MB");
+        assert_eq!(human_size(1_500_000_000), "1.5GB");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod format;
 pub mod images;
 pub mod runtime;
 
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use args::*;
+pub use format::Format;
 
 /// Run OCI containers, each in its own microVM.
 #[derive(Debug, Parser)]
@@ -67,6 +69,12 @@ pub enum Command {
     Images(ImagesArgs),
     /// Remove images.
     Rmi(RmiArgs),
+    /// Give an image another name (moved here if another image had it).
+    Tag(TagArgs),
+    /// Write images to a docker-archive or oci-archive tar.
+    Save(SaveArgs),
+    /// Manage images (prune).
+    Image(ImageArgs),
     /// Load an image from a docker-archive or oci-archive tar.
     Load(LoadArgs),
     /// Pull an image from a registry.
@@ -95,6 +103,8 @@ pub enum Error {
     Image(String),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Format(#[from] format::TemplateError),
 }
 
 /// Parses the process's arguments as `T`. Help and version requests are printed as clap

@@ -7,7 +7,7 @@
 //! read-modify-write of `index.json`, which is replaced atomically (temp file + rename) so a
 //! reader never sees half a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -59,9 +59,35 @@ pub struct Index {
     pub schema_version: u32,
     /// Normalized reference → manifest digest.
     pub images: BTreeMap<String, Digest>,
+    /// Manifests that lost their last name to another image (a retag, or a newer load or
+    /// pull of the same name): docker's `<none>:<none>` images, kept until pruned or removed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub dangling: BTreeSet<Digest>,
 }
 
 impl Index {
+    /// Points `reference` at `manifest`. The image that had the name before is kept as
+    /// dangling if that was its last name, as docker keeps it.
+    pub fn name(&mut self, reference: String, manifest: &Digest) {
+        if let Some(old) = self.images.insert(reference, manifest.clone()) {
+            if old != *manifest && !self.images.values().any(|m| *m == old) {
+                self.dangling.insert(old);
+            }
+        }
+        self.dangling.remove(manifest);
+    }
+
+    /// Drops every name of `manifest`, and the manifest itself if it was dangling.
+    pub fn forget(&mut self, manifest: &Digest) {
+        self.images.retain(|_, m| m != manifest);
+        self.dangling.remove(manifest);
+    }
+
+    /// Every image's manifest, named or dangling, each once.
+    pub fn manifests(&self) -> BTreeSet<&Digest> {
+        self.images.values().chain(&self.dangling).collect()
+    }
+
     /// Reads `path`; a missing file is an empty index.
     pub fn read(path: &Path) -> Result<Index, IndexError> {
         let data = match std::fs::read(path) {
@@ -136,6 +162,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_moved_name_leaves_its_old_image_dangling() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let mut i = Index::default();
+        i.name("x:1".into(), &a);
+        i.name("x:2".into(), &a);
+        i.name("x:1".into(), &b);
+        assert!(i.dangling.is_empty(), "a still has x:2");
+        i.name("x:2".into(), &b);
+        assert_eq!(i.dangling, BTreeSet::from([a.clone()]));
+        assert_eq!(i.manifests(), BTreeSet::from([&a, &b]));
+        i.name("y:1".into(), &a);
+        assert!(i.dangling.is_empty(), "named again");
+        i.forget(&b);
+        assert_eq!(i.manifests(), BTreeSet::from([&a]));
     }
 
     #[test]

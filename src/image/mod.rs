@@ -3,7 +3,9 @@
 //! once into a read-only erofs disk that every image and container using it shares.
 //!
 //! The store is what a container's image comes from ([`ImageSource`], `source.rs`), and
-//! cleans up after itself: a failed load or pull is swept ([`Store::gc`]).
+//! cleans up after itself: a failed load or pull is swept ([`Store::gc`]). Images go back out
+//! as docker-archive or oci-archive tars (`export.rs`, `husk save`) and are pruned in bulk
+//! through the same index update and GC (`prune.rs`).
 //!
 //! Everything an image supplies is untrusted: digests are checked before a blob gets its
 //! name, JSON is size-bounded, and layers are unpacked by [`layer::unpack`], which refuses any
@@ -19,10 +21,12 @@
 
 pub mod credentials;
 pub mod digest;
+pub mod export;
 pub mod import;
 pub mod index;
 pub mod layer;
 pub mod login;
+pub mod prune;
 pub mod pull;
 pub mod record;
 pub mod reference;
@@ -33,8 +37,10 @@ pub mod transport;
 pub mod users;
 
 pub use digest::Digest;
+pub use export::{ArchiveFormat, ExportError};
 pub use import::ImportError;
 pub use layer::{ConvertError, Converted};
+pub use prune::{PruneScope, Pruned};
 pub use pull::{Progress, PullError, PullOptions};
 pub use record::{Image, Layer, RunConfig};
 pub use reference::Reference;

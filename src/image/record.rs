@@ -7,6 +7,10 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 use super::digest::Digest;
 use super::reference::Reference;
 
+/// Annotation on a manifest husk wrote itself for an image that came without one (a
+/// docker-archive load): its digest is no registry's, so the image has no repo digest.
+pub const SYNTHESIZED: &str = "io.husk.manifest.synthesized-from";
+
 /// A layer of an image, bottom first, as its manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -67,6 +71,17 @@ impl Image {
             exposed_ports,
             labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
         }
+    }
+
+    /// The manifest digest as a registry knows it (`name@digest` pulls this image), or `None`
+    /// when husk wrote the manifest itself.
+    pub fn repo_digest(&self) -> Option<&Digest> {
+        let synthesized = self
+            .manifest
+            .annotations()
+            .as_ref()
+            .is_some_and(|a| a.contains_key(SYNTHESIZED));
+        (!synthesized).then_some(&self.manifest_digest)
     }
 
     /// The total size of the layer blobs as stored.

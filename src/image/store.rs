@@ -70,6 +70,8 @@ pub enum StoreError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest}: larger than {limit} bytes")]
     TooLarge { digest: String, limit: u64 },
+    #[error("cannot tag with {0}: a name with a digest names content; give a tag")]
+    DigestTag(String),
     #[error("blob {0} is missing from the store")]
     MissingBlob(Digest),
     #[error("{what} {digest} is not valid: {source}")]
@@ -161,11 +163,11 @@ impl Store {
         self.root.join("tmp")
     }
 
-    fn index_path(&self) -> PathBuf {
+    pub(super) fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }
 
-    fn index_lock_path(&self) -> PathBuf {
+    pub(super) fn index_lock_path(&self) -> PathBuf {
         self.root.join("index.lock")
     }
 
@@ -362,16 +364,33 @@ impl Store {
     ) -> Result<(), StoreError> {
         Index::update(&self.index_path(), &self.index_lock_path(), |index| {
             for r in references {
-                index.images.insert(r.to_string(), manifest_digest.clone());
+                index.name(r.to_string(), manifest_digest);
             }
         })?;
         Ok(())
     }
 
+    /// `husk tag SOURCE TARGET`: `target` names the image `source` finds from now on; the
+    /// image it named before keeps its other names, or stays as a dangling image.
+    pub fn tag_image(&self, source: &str, target: &str) -> Result<Image, StoreError> {
+        let image = self.get(source)?;
+        let target: Reference = target.parse()?;
+        if target.digest().is_some() {
+            return Err(StoreError::DigestTag(target.to_string()));
+        }
+        self.tag(std::slice::from_ref(&target), &image.manifest_digest)?;
+        self.get(&target.to_string())
+    }
+
     /// All images, each once, with every reference that names it.
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
-        let mut by_manifest: BTreeMap<Digest, Vec<Reference>> = BTreeMap::new();
-        for (name, digest) in self.read_index()?.images {
+        let index = self.read_index()?;
+        let mut by_manifest: BTreeMap<Digest, Vec<Reference>> = index
+            .dangling
+            .iter()
+            .map(|d| (d.clone(), Vec::new()))
+            .collect();
+        for (name, digest) in index.images {
             let r: Reference = name.parse()?;
             by_manifest.entry(digest).or_default().push(r);
         }
@@ -401,7 +420,7 @@ impl Store {
             }
             // `name@sha256:M` of a stored manifest also names it.
             if let Some(d) = r.digest() {
-                if index.images.values().any(|m| m == d) {
+                if index.manifests().contains(d) {
                     return self.image_by_manifest(d, refs_of(d)?);
                 }
             }
@@ -409,7 +428,7 @@ impl Store {
         let hex = what.strip_prefix("sha256:").unwrap_or(what);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let mut found = Vec::new();
-            for m in index.images.values().collect::<BTreeSet<_>>() {
+            for m in index.manifests() {
                 let img = self.image_by_manifest(m, refs_of(m)?)?;
                 if img.manifest_digest.hex().starts_with(hex)
                     || img.config_digest.hex().starts_with(hex)
@@ -449,7 +468,7 @@ impl Store {
                 Some(n) if index.images.contains_key(&n) => {
                     index.images.remove(&n);
                 }
-                _ => index.images.retain(|_, m| *m != image.manifest_digest),
+                _ => index.forget(&image.manifest_digest),
             },
         )?;
         let stats = self.gc()?;
@@ -474,7 +493,7 @@ impl Store {
         let _guard = Lock::exclusive(&self.root.join("lock"))?;
         let mut keep_blobs = BTreeSet::new();
         let mut keep_layers = BTreeSet::new();
-        for m in self.read_index()?.images.values().collect::<BTreeSet<_>>() {
+        for m in self.read_index()?.manifests() {
             keep_blobs.insert(m.clone());
             // A manifest that cannot be read keeps only itself; its image is broken anyway.
             match self.image_by_manifest(m, Vec::new()) {

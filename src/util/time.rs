@@ -31,6 +31,16 @@ pub fn rfc3339(secs: u64, nanos: u32) -> String {
         .to_string()
 }
 
+/// Unix time as docker's listings print it: `2024-01-01 00:00:00 +0000 UTC`.
+pub fn docker_time(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+        .unwrap_or_default()
+        .format("%Y-%m-%d %H:%M:%S +0000 UTC")
+        .to_string()
+}
+
 /// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS…` (UTC; fractions and offsets ignored,
 /// as a table column needs no more); `None` when unparsable or before 1970.
 pub fn epoch_of(t: &str) -> Option<u64> {
@@ -48,6 +58,7 @@ mod tests {
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
         assert_eq!(rfc3339(1_798_761_599, 0), "2026-12-31T23:59:59.000000000Z");
         assert!(rfc3339_now().ends_with('Z'));
+        assert_eq!(docker_time(951_782_400), "2000-02-29 00:00:00 +0000 UTC");
     }
 
     #[test]

@@ -1,14 +1,29 @@
-//! `images`, `rmi`, `load`, `pull`: the image store under `--root`.
+//! `images`, `tag`, `rmi`, `load`, `pull`: the image store under `--root`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use crate::cli::images::{ago, human_size, open, rows};
-use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs};
-use crate::image::{Progress, PullOptions, Reference};
+use crate::cli::{Error, Format, GlobalOpts, ImagesArgs, LoadArgs, PullArgs, RmiArgs, TagArgs};
+use crate::image::{Image, Progress, PullOptions, Reference};
+use crate::util::time::{docker_time, epoch_of};
+
+/// `.Field`s of `husk images --format`, as docker names them.
+const IMAGE_FIELDS: &[&str] = &[
+    "ID",
+    "Repository",
+    "Tag",
+    "Digest",
+    "CreatedSince",
+    "CreatedAt",
+    "Size",
+];
 
 pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
+    if let Format::Template(t) = &a.format {
+        t.check(IMAGE_FIELDS)?;
+    }
     let store = open(&g.root)?;
     let all = store.list().map_err(|e| Error::Image(e.to_string()))?;
     if a.quiet {
@@ -17,48 +32,92 @@ pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
         }
         return Ok(0);
     }
-    if a.format == Format::Json {
-        let v: Vec<_> = all
-            .iter()
-            .map(|i| {
-                json!({
-                    "id": i.id().to_string(),
-                    "names": i.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
-                    "digest": i.manifest_digest.to_string(),
-                    "created": i.config.created(),
-                    "size": i.size(),
-                    "layers": i.layers.len(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return Ok(0);
-    }
+    let repo_digest = |i: &Image| i.repo_digest().map_or("<none>".into(), |d| d.to_string());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut table = vec![[
-        "REPOSITORY".to_string(),
-        "TAG".into(),
-        "IMAGE ID".into(),
-        "CREATED".into(),
-        "SIZE".into(),
-    ]];
+    let t = match a.format {
+        Format::Json => {
+            let v: Vec<_> = all
+                .iter()
+                .map(|i| {
+                    json!({
+                        "id": i.id().to_string(),
+                        "names": i.references.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
+                        "digest": i.manifest_digest.to_string(),
+                        "repoDigest": i.repo_digest().map(|d| d.to_string()),
+                        "created": i.config.created(),
+                        "size": i.size(),
+                        "layers": i.layers.len(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+            return Ok(0);
+        }
+        Format::Template(t) => t,
+        Format::Table => {
+            let mut header = vec!["REPOSITORY", "TAG"];
+            if a.digests {
+                header.push("DIGEST");
+            }
+            header.extend(["IMAGE ID", "CREATED", "SIZE"]);
+            let mut table = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+            for i in &all {
+                for (repo, tag) in rows(i) {
+                    let mut row = vec![repo, tag];
+                    if a.digests {
+                        row.push(repo_digest(i));
+                    }
+                    row.extend([
+                        i.id().hex()[..12].to_string(),
+                        ago(i.config.created().as_deref(), now),
+                        human_size(i.size()),
+                    ]);
+                    table.push(row);
+                }
+            }
+            print_table(&table);
+            return Ok(0);
+        }
+    };
     for i in &all {
         for (repo, tag) in rows(i) {
-            table.push([
-                repo,
-                tag,
-                i.id().hex()[..12].to_string(),
-                ago(i.config.created().as_deref(), now),
-                human_size(i.size()),
-            ]);
+            let line = t.render(|f| match f {
+                "ID" => i.id().hex()[..12].to_string(),
+                "Repository" => repo.clone(),
+                "Tag" => tag.clone(),
+                "Digest" => repo_digest(i),
+                "CreatedSince" => ago(i.config.created().as_deref(), now),
+                "CreatedAt" => i
+                    .config
+                    .created()
+                    .as_deref()
+                    .and_then(epoch_of)
+                    .map(docker_time)
+                    .unwrap_or_default(),
+                "Size" => human_size(i.size()),
+                _ => unreachable!("fields were checked against IMAGE_FIELDS"),
+            });
+            println!("{line}");
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    Ok(0)
+}
+
+/// Columns padded to their widest cell, three spaces apart, as docker's tables.
+pub(super) fn print_table(table: &[Vec<String>]) {
+    let columns = table.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    for r in &table {
+    for r in table {
         let line: Vec<String> = r
             .iter()
             .zip(&widths)
@@ -66,6 +125,14 @@ pub fn list(g: &GlobalOpts, a: ImagesArgs) -> Result<i32, Error> {
             .collect();
         println!("{}", line.join("   ").trim_end());
     }
+}
+
+/// `husk tag SOURCE TARGET`: prints nothing, as docker.
+pub fn tag(g: &GlobalOpts, a: TagArgs) -> Result<i32, Error> {
+    let store = open(&g.root)?;
+    store
+        .tag_image(&a.source, &a.target)
+        .map_err(|e| Error::Image(e.to_string()))?;
     Ok(0)
 }
 

@@ -1,15 +1,18 @@
 //! What each subcommand does; `src/bin/husk.rs` calls [`dispatch`]. Each returns the
 //! process exit code.
 
+pub mod df;
 pub mod exec;
 pub mod images;
 pub mod inspect;
 pub mod kill;
 pub mod login;
 pub mod logs;
+pub mod prune;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod save;
 pub mod start;
 pub mod stop;
 pub mod system;
@@ -17,7 +20,7 @@ pub mod system;
 use crate::backend::BackendKind;
 use crate::runtime::Runtime;
 
-use super::{Cli, Command, Error, GlobalOpts};
+use super::{Cli, Command, Error, GlobalOpts, ImageCommand};
 
 /// Runs the parsed command line; returns the exit code.
 pub fn dispatch(cli: Cli) -> Result<i32, Error> {
@@ -51,6 +54,11 @@ pub fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Pull(a) => images::pull(g, a),
         Command::Login(a) => login::login(a),
         Command::Logout(a) => login::logout(a),
+        Command::Tag(a) => images::tag(g, a),
+        Command::Save(a) => save::run(g, a),
+        Command::Image(a) => match a.command {
+            ImageCommand::Prune(p) => prune::image(g, p),
+        },
         Command::System(a) => system::run(g, a),
         Command::Monitor(a) => Ok(crate::runtime::monitor::run_monitor(&runtime(g)?, &a.id)?),
     }

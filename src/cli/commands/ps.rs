@@ -1,8 +1,25 @@
 use crate::cli::{Error, Format, GlobalOpts, PsArgs};
 use crate::runtime::state::now;
 use crate::runtime::{State, Status};
+use crate::util::time::docker_time;
+
+/// `.Field`s of `husk ps --format`, as docker names them.
+const PS_FIELDS: &[&str] = &[
+    "ID",
+    "Image",
+    "Command",
+    "CreatedAt",
+    "RunningFor",
+    "Ports",
+    "Status",
+    "State",
+    "Names",
+];
 
 pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
+    if let Format::Template(t) = &a.format {
+        t.check(PS_FIELDS)?;
+    }
     let rt = super::runtime(g)?;
     let shown: Vec<State> = rt
         .store
@@ -21,14 +38,37 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<i32, Error> {
         }
         return Ok(0);
     }
-    if a.format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&shown).expect("state serializes")
-        );
-        return Ok(0);
-    }
     let t = now();
+    match &a.format {
+        Format::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shown).expect("state serializes")
+            );
+            return Ok(0);
+        }
+        Format::Template(tmpl) => {
+            for s in &shown {
+                println!(
+                    "{}",
+                    tmpl.render(|f| match f {
+                        "ID" => s.short_id().to_string(),
+                        "Image" => s.image.clone(),
+                        "Command" => command(s),
+                        "CreatedAt" => docker_time(s.created),
+                        "RunningFor" => format!("{} ago", ago(t.saturating_sub(s.created))),
+                        "Ports" => ports(s),
+                        "Status" => status(s, t),
+                        "State" => s.status.as_str().to_string(),
+                        "Names" => s.name.clone(),
+                        _ => unreachable!("fields were checked against PS_FIELDS"),
+                    })
+                );
+            }
+            return Ok(0);
+        }
+        Format::Table => {}
+    }
     let rows: Vec<[String; 8]> = shown
         .iter()
         .map(|s| {
@@ -97,7 +137,7 @@ fn ports(s: &State) -> String {
     p.join(", ")
 }
 
-fn command(s: &State) -> String {
+pub(super) fn command(s: &State) -> String {
     let c = s.config.args.join(" ");
     let c = if c.chars().count() > 20 {
         format!("{}…", c.chars().take(19).collect::<String>())
@@ -107,7 +147,7 @@ fn command(s: &State) -> String {
     format!("\"{c}\"")
 }
 
-fn status(s: &State, t: u64) -> String {
+pub(super) fn status(s: &State, t: u64) -> String {
     let since = |at: Option<u64>| ago(t.saturating_sub(at.unwrap_or(s.created)));
     match s.status {
         Status::Created => "Created".into(),
@@ -126,7 +166,7 @@ fn status(s: &State, t: u64) -> String {
     }
 }
 
-fn ago(secs: u64) -> String {
+pub(super) fn ago(secs: u64) -> String {
     match secs {
         0..=1 => "1 second".into(),
         2..=59 => format!("{secs} seconds"),

@@ -1,3 +1,6 @@
+//! `husk system check|df|prune`: whether this host can run containers; df and prune live
+//! in `df.rs` and `prune.rs`.
+
 use std::path::PathBuf;
 
 use crate::backend::{husk_vmm, qemu, vhost_vsock, virtiofsd, BackendKind};
@@ -18,6 +21,8 @@ struct Check {
 pub fn run(g: &GlobalOpts, a: SystemArgs) -> Result<i32, Error> {
     match a.command {
         SystemCommand::Check => check(g),
+        SystemCommand::Df(a) => super::df::run(g, a),
+        SystemCommand::Prune(a) => super::prune::system(g, a),
     }
 }
 

@@ -12,7 +12,7 @@ use super::archive::Staged;
 use super::{commit, ImportError, Source};
 use crate::image::digest::Digest;
 use crate::image::layer::compression::Compression;
-use crate::image::record::Image;
+use crate::image::record::{Image, SYNTHESIZED};
 use crate::image::reference::Reference;
 use crate::image::store::{Store, StoreError};
 
@@ -129,6 +129,10 @@ pub(crate) fn import(store: &Store, staged: &Staged) -> Result<Vec<Image>, Impor
                 oci_digest(&config)?,
             ))
             .layers(layers)
+            .annotations(std::collections::HashMap::from([(
+                SYNTHESIZED.to_string(),
+                "docker-archive".to_string(),
+            )]))
             .build()
             .map_err(|err| invalid(format!("cannot build a manifest: {err}")))?;
         let manifest_json = serde_json::to_vec(&manifest)
