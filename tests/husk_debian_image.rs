@@ -1,7 +1,8 @@
 //! A large real image through the whole path: a Debian rootfs (debootstrap, minbase, cached)
 //! as three layers with whiteouts (scripts/make-debian-image.sh), pushed to a local
 //! docker-registry with skopeo, `husk pull`ed, run, and checked from inside: the release, the
-//! top layer's file, its whiteouts, dpkg's database and apt.
+//! top layer's file, its whiteouts, dpkg's database and apt; then `husk save`d and loaded and
+//! run by podman, which sees the same files.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -120,5 +121,45 @@ fn a_debian_image_of_three_layers_is_pushed_pulled_and_run() {
         ["husk test image, three layers", "README.husk", "3", "apt",],
         "{out}"
     );
+
+    // Saved by husk, loaded and run by podman (its own storage, no network; runc, which this
+    // host's hybrid cgroups suit, where crun refuses them).
+    let archive = work.path().join("debian.tar");
+    h.ok(&["save", "-o", archive.to_str().unwrap(), &dest]);
+    let storage = tempfile::tempdir().unwrap();
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(storage.path().join("root"))
+            .arg("--runroot")
+            .arg(storage.path().join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        let conf = common::repo_root().join("../shared/podman/containers.conf");
+        if conf.is_file() {
+            c.env("CONTAINERS_CONF", conf);
+        }
+        let out = common::run_bounded(c, None, std::time::Duration::from_secs(300));
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            common::text(&out.stderr)
+        );
+        common::text(&out.stdout)
+    };
+    podman(&["load", "-i", archive.to_str().unwrap()]);
+    let seen = podman(&[
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &dest,
+        "sh",
+        "-c",
+        "cat /etc/husk-release; ls /usr/share/doc",
+    ]);
+    assert_eq!(seen, "husk test image, three layers\nREADME.husk\n");
     drop(reg);
 }
