@@ -290,45 +290,6 @@ fn husk_vmm_refuses_a_config_before_it_starts() {
     assert!(!husk_vmm::config_file_for(&s.console_log).exists());
 }
 
-/// The layer disk is one vhost-user-blk device on the socket beside the vsock socket; husk-vmm
-/// gets the layers in its config, as one disk.
-#[test]
-fn the_layer_disk_is_one_device_on_both_backends() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = spec_in(dir.path());
-    s.vsock = Some(VsockSpec {
-        cid: 7,
-        uds_path: "/run/c/vsock".into(),
-    });
-    s.layer_disk = Some(LayerDiskSpec {
-        layers: (0..127)
-            .map(|i| PathBuf::from(format!("/l/{i}.erofs")))
-            .collect(),
-        serial: "husk-layers".into(),
-    });
-    let sock = vhost_blk::socket_for(&s);
-    assert_eq!(sock, Path::new("/run/c/vsock.blk"));
-    let a = qemu::args(&s, Accel::Tcg, None, &[], Some(&sock));
-    assert!(pair(&a, "-chardev").contains(&"socket,id=layers,path=/run/c/vsock.blk".to_string()));
-    let devices = pair(&a, "-device");
-    assert_eq!(
-        devices
-            .iter()
-            .filter(|d| d.starts_with("vhost-user-blk,"))
-            .count(),
-        1,
-        "{devices:?}"
-    );
-    assert!(
-        !a.iter().any(|x| x.contains("/l/0.erofs")),
-        "QEMU never opens a layer: {a:?}"
-    );
-    let cfg = husk_vmm::config(&s);
-    let l = cfg.layer_disk.as_ref().unwrap();
-    assert_eq!(l.layers.len(), 127);
-    assert_eq!(l.serial.as_deref(), Some("husk-layers"));
-}
-
 #[test]
 fn validate_names_the_field_at_fault() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,36 +327,6 @@ fn validate_names_the_field_at_fault() {
     let mut s = ok.clone();
     s.vcpus = 0;
     assert!(s.validate().is_err());
-
-    let layer = dir.path().join("layer.erofs");
-    std::fs::write(&layer, b"x").unwrap();
-    for (n, serial, what) in [
-        (0, "husk-layers", "0 layers"),
-        (MAX_LAYERS + 1, "husk-layers", "128 layers"),
-        (1, "bad serial", "serial"),
-    ] {
-        let mut s = ok.clone();
-        s.layer_disk = Some(LayerDiskSpec {
-            layers: vec![layer.clone(); n],
-            serial: serial.into(),
-        });
-        let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains(what), "{err}");
-    }
-    let mut s = ok.clone();
-    s.layer_disk = Some(LayerDiskSpec {
-        layers: vec![layer.clone(), dir.path().join("missing")],
-        serial: "husk-layers".into(),
-    });
-    assert!(matches!(
-        s.validate(),
-        Err(Error::MissingFile {
-            what: "layer image",
-            ..
-        })
-    ));
-    s.layer_disk.as_mut().unwrap().layers = vec![layer; MAX_LAYERS];
-    s.validate().unwrap();
 
     let mut s = ok;
     s.taps.push(TapSpec::new("tap0", [2, 0, 0, 0, 0, 1]));

@@ -100,3 +100,100 @@ pub(super) fn start(
     // The parent's copies of the socket and files close when this returns; the daemon's stay.
     Guarded::spawn(PROGRAM, &mut cmd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{husk_vmm, qemu, Error, LayerDiskSpec, VmSpec, VsockSpec, MAX_LAYERS};
+    use super::*;
+    use qemu::Accel;
+
+    fn spec_in(dir: &Path) -> VmSpec {
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        VmSpec::new(kernel, dir.join("console.log"))
+    }
+
+    fn pair(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    /// The layer disk is one vhost-user-blk device on the socket beside the vsock socket; husk-vmm
+    /// gets the layers in its config, as one disk.
+    #[test]
+    fn the_layer_disk_is_one_device_on_both_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec_in(dir.path());
+        s.vsock = Some(VsockSpec {
+            cid: 7,
+            uds_path: "/run/c/vsock".into(),
+        });
+        s.layer_disk = Some(LayerDiskSpec {
+            layers: (0..127)
+                .map(|i| PathBuf::from(format!("/l/{i}.erofs")))
+                .collect(),
+            serial: "husk-layers".into(),
+        });
+        let sock = socket_for(&s);
+        assert_eq!(sock, Path::new("/run/c/vsock.blk"));
+        let a = qemu::args(&s, Accel::Tcg, None, &[], Some(&sock));
+        assert!(
+            pair(&a, "-chardev").contains(&"socket,id=layers,path=/run/c/vsock.blk".to_string())
+        );
+        let devices = pair(&a, "-device");
+        assert_eq!(
+            devices
+                .iter()
+                .filter(|d| d.starts_with("vhost-user-blk,"))
+                .count(),
+            1,
+            "{devices:?}"
+        );
+        assert!(
+            !a.iter().any(|x| x.contains("/l/0.erofs")),
+            "QEMU never opens a layer: {a:?}"
+        );
+        let cfg = husk_vmm::config(&s);
+        let l = cfg.layer_disk.as_ref().unwrap();
+        assert_eq!(l.layers.len(), 127);
+        assert_eq!(l.serial.as_deref(), Some("husk-layers"));
+    }
+
+    #[test]
+    fn layer_disk_specs_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = spec_in(dir.path());
+        ok.validate().unwrap();
+        let layer = dir.path().join("layer.erofs");
+        std::fs::write(&layer, b"x").unwrap();
+        for (n, serial, what) in [
+            (0, "husk-layers", "0 layers"),
+            (MAX_LAYERS + 1, "husk-layers", "128 layers"),
+            (1, "bad serial", "serial"),
+        ] {
+            let mut s = ok.clone();
+            s.layer_disk = Some(LayerDiskSpec {
+                layers: vec![layer.clone(); n],
+                serial: serial.into(),
+            });
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let mut s = ok.clone();
+        s.layer_disk = Some(LayerDiskSpec {
+            layers: vec![layer.clone(), dir.path().join("missing")],
+            serial: "husk-layers".into(),
+        });
+        assert!(matches!(
+            s.validate(),
+            Err(Error::MissingFile {
+                what: "layer image",
+                ..
+            })
+        ));
+        s.layer_disk.as_mut().unwrap().layers = vec![layer; MAX_LAYERS];
+        s.validate().unwrap();
+    }
+}
