@@ -9,7 +9,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::rootfs::RootfsError;
+/// A step of the overlay mount failed.
+#[derive(Debug, thiserror::Error)]
+#[error("mounting the overlay ({lower} lower layers) on {target}: {step}: {source}")]
+pub struct OverlayError {
+    pub lower: usize,
+    pub step: String,
+    pub target: PathBuf,
+    #[source]
+    pub source: nix::Error,
+}
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
@@ -24,10 +33,10 @@ pub fn mount(
     target: &Path,
     lower: &[PathBuf],
     upper: Option<(&Path, &Path)>,
-) -> Result<(), RootfsError> {
-    let fail = |step: &str, errno: nix::Error| RootfsError::Mount {
-        what: format!("overlay ({step}, {} lower layers)", lower.len()),
-        fstype: "overlay".into(),
+) -> Result<(), OverlayError> {
+    let fail = |step: &str, errno: nix::Error| OverlayError {
+        lower: lower.len(),
+        step: step.to_string(),
         target: target.to_path_buf(),
         source: errno,
     };
@@ -39,7 +48,7 @@ pub fn mount(
     }
     // SAFETY: fd is a descriptor fsopen just returned, owned by nothing else.
     let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let set = |key: &str, value: &Path| -> Result<(), RootfsError> {
+    let set = |key: &str, value: &Path| -> Result<(), OverlayError> {
         let key = CString::new(key).map_err(|_| fail(key, nix::Error::EINVAL))?;
         let value = CString::new(value.as_os_str().as_bytes())
             .map_err(|_| fail("path with NUL", nix::Error::EINVAL))?;

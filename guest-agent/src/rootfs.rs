@@ -24,6 +24,8 @@ pub enum RootfsError {
         disk: String,
         number: u32,
     },
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay_mount::OverlayError),
     #[error("disk {0} does not exist")]
     NoSuchDevice(String),
     #[error("cannot create {path}: {source}")]
@@ -91,7 +93,11 @@ fn overlay(
             let (upper, work) = (dir.join("upper"), dir.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
-            crate::overlay_mount::mount(root, &lower, Some((&upper, &work)))
+            Ok(crate::overlay_mount::mount(
+                root,
+                &lower,
+                Some((&upper, &work)),
+            )?)
         }
         // overlayfs wants two lower layers when there is no upper: bind a single one.
         None if lower.len() == 1 => {
@@ -110,7 +116,7 @@ fn overlay(
                 None,
             )
         }
-        None => crate::overlay_mount::mount(root, &lower, None),
+        None => Ok(crate::overlay_mount::mount(root, &lower, None)?),
     }
 }
 

@@ -4,42 +4,16 @@
 //! RECLAIMABLE is what `husk image prune -a` frees; a container's size is the disk its
 //! directory takes (writable layer, logs), what removing it frees.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
 use serde_json::json;
 
 use super::images::print_table;
-use super::prune::images_in_use;
 use super::ps;
+use super::usage::{container_size, images_in_use};
 use crate::cli::images::{ago, human_size, open, rows};
 use crate::cli::{DfArgs, Error, Format, GlobalOpts};
 use crate::image::Image;
-use crate::runtime::{Runtime, State, Status};
+use crate::runtime::{State, Status};
 use crate::util::time::now;
-
-/// Bytes allocated on disk under `path` (a sparse writable layer counts what it holds).
-fn allocated(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let own = meta.blocks() * 512;
-    if !meta.is_dir() {
-        return own;
-    }
-    let children: u64 = std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| allocated(&e.path()))
-        .sum();
-    own + children
-}
-
-/// What removing container `s` frees.
-pub(super) fn container_size(rt: &Runtime, s: &State) -> u64 {
-    allocated(&rt.store.dir(&s.id))
-}
 
 /// `4.26MB (70%)`, or `0B` when there is nothing, as docker writes RECLAIMABLE.
 fn reclaimable(bytes: u64, total: u64) -> String {
@@ -242,15 +216,5 @@ mod tests {
         assert_eq!(reclaimable(0, 0), "0B");
         assert_eq!(reclaimable(700, 1000), "700B (70%)");
         assert_eq!(reclaimable(4_260_000, 4_260_000), "4.26MB (100%)");
-    }
-
-    #[test]
-    fn allocated_counts_blocks_not_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let sparse = std::fs::File::create(dir.path().join("sparse")).unwrap();
-        sparse.set_len(1 << 30).unwrap();
-        std::fs::write(dir.path().join("data"), vec![1u8; 8192]).unwrap();
-        let n = allocated(dir.path());
-        assert!((8192..1 << 20).contains(&n), "{n}");
     }
 }

@@ -16,6 +16,7 @@ pub mod save;
 pub mod start;
 pub mod stop;
 pub mod system;
+mod usage;
 
 use crate::backend::BackendKind;
 use crate::runtime::Runtime;

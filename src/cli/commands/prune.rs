@@ -3,13 +3,12 @@
 //! store's own removal and garbage collection ([`Store::prune`]), containers through
 //! `Runtime::remove`, as `rmi` and `rm` do.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 
-use super::df::container_size;
+use super::usage::{container_size, images_in_use};
 use crate::cli::images::{human_size, open};
 use crate::cli::{Error, GlobalOpts, PruneArgs};
-use crate::image::{Digest, PruneScope, Pruned, Store};
+use crate::image::{PruneScope, Pruned, Store};
 use crate::runtime::{Runtime, Status};
 
 /// `husk image prune`.
@@ -82,16 +81,6 @@ pub fn system(g: &GlobalOpts, a: PruneArgs) -> Result<i32, Error> {
     reclaimed += pruned.stats.bytes_freed;
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
-}
-
-/// The IDs of the images some container (running or not) was made from.
-pub(super) fn images_in_use(rt: &Runtime) -> Result<BTreeSet<Digest>, Error> {
-    Ok(rt
-        .store
-        .list()?
-        .into_iter()
-        .filter_map(|s| s.image_id.and_then(|id| id.parse().ok()))
-        .collect())
 }
 
 fn prune_images(rt: &Runtime, store: &Store, all: bool) -> Result<Pruned, Error> {
