@@ -75,9 +75,9 @@ fn silent_reset_text() -> String {
 ///   in CI in about 30 rig runs). husk-vmm reports a guest's triple fault on the console, so
 ///   its resets are never taken for this;
 /// - an L2 guest of husk-vmm triple-faulted ([`husk_vmm_triple_fault_text`]). Seen in CI 2
-///   times in about 4 suites (some 250 husk-vmm boots in L1), at random points: before the
-///   guest's first console line, and with the agent idle after its ready line; 0 in 44
-///   `husk run`s of the same image in one L1 (22 confined, 22 with `HUSK_JAIL=off`), and
+///   times in 4 suites (CI and fresh-machine runs), at random points: before the
+///   guest's first console line, and with the agent idle after its ready line; 0 in 70
+///   `husk run`s of the same image in one L1 (35 confined, 35 with `HUSK_JAIL=off`), and
 ///   never in a QEMU TCG boot of the same kernel on the host. A silent triple fault (no oops
 ///   first) is a guest whose page tables or IDT went bad, which is what a stale nested-paging
 ///   TLB in TCG's SVM produces; a husk-vmm bug that does it every time still fails, below.
