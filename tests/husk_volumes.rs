@@ -243,7 +243,13 @@ fn read_only_volume_refuses_writes() {
         "cat /ro/seed; echo nope > /ro/new",
     ]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "from the host\n");
+    assert_eq!(
+        text(&out.stdout),
+        "from the host\n",
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
     assert!(
         text(&out.stderr).contains("Read-only file system"),
         "{}",

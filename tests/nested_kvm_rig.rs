@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::rig::{emulation_fault, reported_not_run, L1_FAILED_STATUS as L1_FAILED};
+use common::rig::{emulation_fault, reported_not_run, retry_reason, L1_FAILED_STATUS as L1_FAILED};
 
 /// `scripts/nested-kvm.sh run`'s status for an L1 past its limit (see its header).
 const TIMED_OUT: i32 = 124;
@@ -149,6 +149,45 @@ fn only_faults_of_the_emulation_are_retried() {
     ] {
         assert_eq!(emulation_fault(&failed(&stderr)), None, "{what}");
     }
+}
+
+/// How many runs a command gets: known faults of the emulation up to three, any other failure
+/// one more, success and NOT RUN none.
+#[test]
+fn a_failed_run_is_tried_again_as_far_as_its_cause_allows() {
+    use std::os::unix::process::ExitStatusExt;
+    let with = |code: i32, stderr: &str| Output {
+        status: std::process::ExitStatus::from_raw(code << 8),
+        stdout: Vec::new(),
+        stderr: stderr.as_bytes().to_vec(),
+    };
+    let l1 = with(
+        L1_FAILED,
+        "nested-kvm: L1's kernel failed after 91s (no heartbeat)",
+    );
+    assert!(retry_reason(&l1, 1, 0).is_some_and(|(_, known)| known));
+    assert!(retry_reason(&l1, 2, 1).is_some_and(|(_, known)| known));
+    assert_eq!(retry_reason(&l1, 3, 0), None, "three runs at most");
+    let failed = with(
+        101,
+        "thread 'ro' (192) panicked at tests/husk_volumes.rs:246:5:\nassertion failed\n",
+    );
+    let (why, known) = retry_reason(&failed, 1, 0).unwrap();
+    assert!(!known);
+    assert!(
+        why.contains("panicked at tests/husk_volumes.rs:246:5: assertion failed"),
+        "{why}"
+    );
+    assert_eq!(
+        retry_reason(&failed, 2, 1),
+        None,
+        "an unexplained failure gets one more run"
+    );
+    assert_eq!(retry_reason(&with(0, ""), 1, 0), None);
+    assert_eq!(
+        retry_reason(&with(3, "NOT RUN: nested-kvm: no qemu"), 1, 0),
+        None
+    );
 }
 
 #[test]
