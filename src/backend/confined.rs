@@ -67,3 +67,20 @@ pub(super) fn spawn(
         }
     })?
 }
+
+/// Makes `cmd` a confined helper daemon of the VM (vhost-device-vsock, husk-vhost-blk): in
+/// the VM's cgroup first, while still root; then new IPC, UTS and network namespaces, the VM's
+/// uid/gid, no capability and `no_new_privs`.
+pub(super) fn as_helper(cmd: &mut Command, conf: &Confinement) -> Result<(), Error> {
+    let procs = match &conf.cgroup {
+        Some(cg) => cg.procs_files()?,
+        None => Vec::new(),
+    };
+    launch::in_child_cgroup(cmd, procs);
+    launch::as_ids_in_child(
+        cmd,
+        conf.ids(),
+        libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
+    );
+    Ok(())
+}

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::qemu::{self, Accel};
 use super::*;
 
-fn spec_in(dir: &Path) -> VmSpec {
+/// A spec whose kernel file exists in `dir` (not a real kernel: nothing boots here).
+pub(super) fn spec_in(dir: &Path) -> VmSpec {
     let kernel = dir.join("vmlinux");
     std::fs::write(&kernel, b"not really a kernel").unwrap();
     let mut s = VmSpec::new(kernel, dir.join("console.log"));
@@ -16,7 +17,8 @@ fn spec_in(dir: &Path) -> VmSpec {
     s
 }
 
-fn pair(args: &[String], flag: &str) -> Vec<String> {
+/// The values that follow `flag` in `args`.
+pub(super) fn pair(args: &[String], flag: &str) -> Vec<String> {
     args.windows(2)
         .filter(|w| w[0] == flag)
         .map(|w| w[1].clone())

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::child::{self, Guarded};
-use super::{husk_vmm, Error, LayerDiskSpec, VmSpec};
+use super::{confined, husk_vmm, Error, LayerDiskSpec, VmSpec};
 use crate::confine::launch::{self, Confinement};
 
 /// Overrides where the binary is looked for.
@@ -86,16 +86,7 @@ pub(super) fn start(
     child::quiet_stdio(&mut cmd, log, log_path)?;
     husk_vmm::inherit_fds(&mut cmd, fds);
     if let Some(conf) = conf {
-        let procs = match &conf.cgroup {
-            Some(cg) => cg.procs_files()?,
-            None => Vec::new(),
-        };
-        launch::in_child_cgroup(&mut cmd, procs);
-        launch::as_ids_in_child(
-            &mut cmd,
-            conf.ids(),
-            libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
-        );
+        confined::as_helper(&mut cmd, conf)?;
     }
     // The parent's copies of the socket and files close when this returns; the daemon's stay.
     Guarded::spawn(PROGRAM, &mut cmd)
@@ -103,22 +94,10 @@ pub(super) fn start(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{husk_vmm, qemu, Error, LayerDiskSpec, VmSpec, VsockSpec, MAX_LAYERS};
+    use super::super::tests::{pair, spec_in};
+    use super::super::{husk_vmm, qemu, Error, LayerDiskSpec, VsockSpec, MAX_LAYERS};
     use super::*;
     use qemu::Accel;
-
-    fn spec_in(dir: &Path) -> VmSpec {
-        let kernel = dir.join("vmlinux");
-        std::fs::write(&kernel, b"k").unwrap();
-        VmSpec::new(kernel, dir.join("console.log"))
-    }
-
-    fn pair(args: &[String], flag: &str) -> Vec<String> {
-        args.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].clone())
-            .collect()
-    }
 
     /// The layer disk is one vhost-user-blk device on the socket beside the vsock socket; husk-vmm
     /// gets the layers in its config, as one disk.

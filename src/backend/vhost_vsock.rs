@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::child::{self, Guarded};
+use super::confined;
 use super::{Error, VsockSpec};
 use crate::confine::launch::{self, Confinement};
 
@@ -145,17 +146,7 @@ pub(super) fn start(
     cmd.arg0(format!("vhost-device-vsock@{}", vsock.uds_path.display()))
         .args(args(&own, &own_vhost));
     child::quiet_stdio(&mut cmd, log, log_path)?;
-    let procs = match &conf.cgroup {
-        Some(cg) => cg.procs_files()?,
-        None => Vec::new(),
-    };
-    // The cgroup first, while still root; then the namespaces and the id.
-    launch::in_child_cgroup(&mut cmd, procs);
-    launch::as_ids_in_child(
-        &mut cmd,
-        conf.ids(),
-        libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
-    );
+    confined::as_helper(&mut cmd, conf)?;
     let daemon = Guarded::spawn("vhost-device-vsock", &mut cmd)?;
     wait_listening(daemon, &own_vhost, log_path)
 }
