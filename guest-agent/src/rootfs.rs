@@ -4,6 +4,8 @@
 //! `/run/husk/<id>/scratch` (holding `upper/` and `work/`), and the overlay at
 //! `/run/husk/<id>/rootfs`, which the init helper then makes the container's `/`.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -76,11 +78,12 @@ fn overlay(
     layers: &[LayerDisk],
     scratch: Option<&LayerDisk>,
 ) -> Result<(), RootfsError> {
+    let mut disks = Disks::default();
     let mut lower = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         let dir = base.join("layers").join(i.to_string());
         mkdir(&dir)?;
-        mount_disk(&find_disk(&layer.disk)?, layer.fs_type, &dir, true)?;
+        mount_disk(&disks.find(&layer.disk)?, layer.fs_type, &dir, true)?;
         lower.push(dir);
     }
     // The spec lists the base layer first; overlayfs wants the top layer first.
@@ -89,7 +92,7 @@ fn overlay(
         Some(s) => {
             let dir = base.join("scratch");
             mkdir(&dir)?;
-            mount_disk(&find_disk(&s.disk)?, s.fs_type, &dir, false)?;
+            mount_disk(&disks.find(&s.disk)?, s.fs_type, &dir, false)?;
             let (upper, work) = (dir.join("upper"), dir.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
@@ -137,40 +140,57 @@ fn mount_disk(dev: &Path, fs: FsType, target: &Path, readonly: bool) -> Result<(
     }
 }
 
-/// The device node for `disk`: by virtio-blk serial, or the path as given.
+/// The device node for `disk`: by virtio-blk serial, by partition of such a disk, or the path
+/// as given.
 pub fn find_disk(disk: &DiskRef) -> Result<PathBuf, RootfsError> {
-    match disk {
-        DiskRef::Device(p) => {
-            let p = PathBuf::from(p);
-            if p.exists() {
-                Ok(p)
-            } else {
-                Err(RootfsError::NoSuchDevice(p.display().to_string()))
-            }
-        }
-        DiskRef::Serial(want) => {
-            let name = disk_by_serial(Path::new(SYS_BLOCK), want)?;
-            Ok(Path::new("/dev").join(name))
-        }
-        DiskRef::Partition { serial, number } => {
-            let disk = disk_by_serial(Path::new(SYS_BLOCK), serial)?;
-            let name =
-                partition_of(&Path::new(SYS_BLOCK).join(&disk), *number).ok_or_else(|| {
-                    RootfsError::NoSuchPartition {
-                        serial: serial.clone(),
-                        disk: disk.to_string_lossy().into_owned(),
-                        number: *number,
-                    }
-                })?;
-            Ok(Path::new("/dev").join(name))
-        }
-    }
+    Disks::default().find(disk)
 }
 
 const SYS_BLOCK: &str = "/sys/block";
 
+/// Finds disks, reading a layer disk's partitions from sysfs once however many layers it
+/// holds (127 partitions: one scan, not one per layer).
+#[derive(Default)]
+struct Disks {
+    /// serial -> (disk name, partition number -> partition name)
+    partitioned: HashMap<String, (OsString, HashMap<u32, OsString>)>,
+}
+
+impl Disks {
+    fn find(&mut self, disk: &DiskRef) -> Result<PathBuf, RootfsError> {
+        let dev = |name: &OsString| Path::new("/dev").join(name);
+        match disk {
+            DiskRef::Device(p) => {
+                let p = PathBuf::from(p);
+                if p.exists() {
+                    Ok(p)
+                } else {
+                    Err(RootfsError::NoSuchDevice(p.display().to_string()))
+                }
+            }
+            DiskRef::Serial(want) => Ok(dev(&disk_by_serial(Path::new(SYS_BLOCK), want)?)),
+            DiskRef::Partition { serial, number } => {
+                if !self.partitioned.contains_key(serial) {
+                    let name = disk_by_serial(Path::new(SYS_BLOCK), serial)?;
+                    let parts = partitions_of(&Path::new(SYS_BLOCK).join(&name));
+                    self.partitioned.insert(serial.clone(), (name, parts));
+                }
+                let (name, parts) = &self.partitioned[serial];
+                parts
+                    .get(number)
+                    .map(dev)
+                    .ok_or_else(|| RootfsError::NoSuchPartition {
+                        serial: serial.clone(),
+                        disk: name.to_string_lossy().into_owned(),
+                        number: *number,
+                    })
+            }
+        }
+    }
+}
+
 /// The name of the disk under `sys_block` whose `serial` is `want`.
-fn disk_by_serial(sys_block: &Path, want: &str) -> Result<std::ffi::OsString, RootfsError> {
+fn disk_by_serial(sys_block: &Path, want: &str) -> Result<OsString, RootfsError> {
     let entries = fs::read_dir(sys_block).map_err(|_| RootfsError::NoSuchSerial(want.into()))?;
     for e in entries.flatten() {
         let serial = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
@@ -181,13 +201,19 @@ fn disk_by_serial(sys_block: &Path, want: &str) -> Result<std::ffi::OsString, Ro
     Err(RootfsError::NoSuchSerial(want.into()))
 }
 
-/// The name of partition `number` of the disk at `disk_dir` (`/sys/block/vda`): the child
-/// directory whose `partition` file holds that number (`vda3`, or `nvme0n1p3` elsewhere).
-fn partition_of(disk_dir: &Path, number: u32) -> Option<std::ffi::OsString> {
-    fs::read_dir(disk_dir).ok()?.flatten().find_map(|e| {
-        let n = fs::read_to_string(e.path().join("partition")).ok()?;
-        (n.trim().parse::<u32>().ok()? == number).then(|| e.file_name())
-    })
+/// The partitions of the disk at `disk_dir` (`/sys/block/vda`) by number: its child
+/// directories with a `partition` file (`vda3`, or `nvme0n1p3` elsewhere).
+fn partitions_of(disk_dir: &Path) -> HashMap<u32, OsString> {
+    let Ok(entries) = fs::read_dir(disk_dir) else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = fs::read_to_string(e.path().join("partition")).ok()?;
+            Some((n.trim().parse::<u32>().ok()?, e.file_name()))
+        })
+        .collect()
 }
 
 fn mkdir(p: &Path) -> Result<(), RootfsError> {
@@ -239,10 +265,11 @@ mod tests {
         let d = sys_block();
         let disk = disk_by_serial(d.path(), "husk-layers").unwrap();
         assert_eq!(disk, "vda");
-        let dir = d.path().join(&disk);
-        assert_eq!(partition_of(&dir, 1).unwrap(), "vda1");
-        assert_eq!(partition_of(&dir, 11).unwrap(), "vda11");
-        assert_eq!(partition_of(&dir, 13), None);
+        let parts = partitions_of(&d.path().join(&disk));
+        assert_eq!(parts.len(), 12, "{parts:?}");
+        assert_eq!(parts[&1], "vda1");
+        assert_eq!(parts[&11], "vda11");
+        assert_eq!(parts.get(&13), None);
         assert_eq!(disk_by_serial(d.path(), "husk-scratch").unwrap(), "vdb");
         assert!(matches!(
             disk_by_serial(d.path(), "nope"),

@@ -476,7 +476,8 @@ impl Store {
         bar: &ProgressBar,
     ) -> Result<(), FetchError> {
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
+        let mut attempt = 1;
+        loop {
             bar.set_position(0);
             let mut w = self.blob_writer(Some(max)).map_err(FetchError::Store)?;
             let got = client
@@ -488,16 +489,16 @@ impl Store {
                 .await;
             match got {
                 Ok(()) => return w.commit(Some(d)).map(drop).map_err(FetchError::Store),
-                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                Err(e) if !is_transient(&e) => return Err(FetchError::Registry(e)),
+                Err(e) if attempt == ATTEMPTS => return Err(FetchError::Retries(attempt, e)),
+                Err(e) => {
                     bar.set_message(format!("retrying in {} ms ({e})", backoff.as_millis()));
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
+                    attempt += 1;
                 }
-                Err(e) if is_transient(&e) => return Err(FetchError::Retries(attempt, e)),
-                Err(e) => return Err(FetchError::Registry(e)),
             }
         }
-        unreachable!("the last attempt returns")
     }
 }
 
