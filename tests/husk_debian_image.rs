@@ -11,19 +11,7 @@ mod common;
 use std::process::Command;
 
 use common::cli::Husk;
-
-/// The registry `scripts/start-test-registry.sh` started; stopped on drop.
-struct Registry {
-    port: u16,
-    pid: i32,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: signalling the registry process this test started.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-    }
-}
+use common::registry::Registry;
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -67,20 +55,8 @@ fn a_debian_image_of_three_layers_is_pushed_pulled_and_run() {
     );
     let layout = String::from_utf8_lossy(&made.stdout).trim().to_string();
 
-    let started = Command::new(common::repo_root().join("scripts/start-test-registry.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let out = String::from_utf8_lossy(&started.stdout).to_string();
-    let mut it = out.split_whitespace();
-    let reg = Registry {
-        port: it.next().unwrap().parse().unwrap(),
-        pid: it.next().unwrap().parse().unwrap(),
-    };
+    let reg = Registry::start(std::iter::empty::<&str>())
+        .unwrap_or_else(|e| panic!("start-test-registry.sh: {e}"));
     let dest = format!("127.0.0.1:{}/debian:husk-test", reg.port);
     let copy = Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
@@ -127,26 +103,7 @@ fn a_debian_image_of_three_layers_is_pushed_pulled_and_run() {
     let archive = work.path().join("debian.tar");
     h.ok(&["save", "-o", archive.to_str().unwrap(), &dest]);
     let storage = tempfile::tempdir().unwrap();
-    let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(storage.path().join("root"))
-            .arg("--runroot")
-            .arg(storage.path().join("run"))
-            .args(["--storage-driver", "vfs"])
-            .args(args);
-        let conf = common::repo_root().join("../shared/podman/containers.conf");
-        if conf.is_file() {
-            c.env("CONTAINERS_CONF", conf);
-        }
-        let out = common::run_bounded(c, None, std::time::Duration::from_secs(300));
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            common::text(&out.stderr)
-        );
-        common::text(&out.stdout)
-    };
+    let podman = |args: &[&str]| common::engine::podman_in(storage.path(), args);
     podman(&["load", "-i", archive.to_str().unwrap()]);
     let seen = podman(&[
         "--runtime",

@@ -273,26 +273,7 @@ fn podman_loads_what_husk_saves() {
         let file = dir.path().join(format!("{format}.tar"));
         h.ok(&["save", "--format", format, "-o", path_str(&file), "busybox"]);
         let storage = tempfile::tempdir().unwrap();
-        let podman = |args: &[&str]| {
-            let mut c = Command::new("podman");
-            c.arg("--root")
-                .arg(storage.path().join("root"))
-                .arg("--runroot")
-                .arg(storage.path().join("run"))
-                .args(["--storage-driver", "vfs"])
-                .args(args);
-            let conf = common::repo_root().join("../shared/podman/containers.conf");
-            if conf.is_file() {
-                c.env("CONTAINERS_CONF", conf);
-            }
-            let out = common::run_bounded(c, None, std::time::Duration::from_secs(120));
-            assert!(
-                out.status.success(),
-                "podman {args:?}: {}",
-                common::text(&out.stderr)
-            );
-            common::text(&out.stdout)
-        };
+        let podman = |args: &[&str]| common::engine::podman_in(storage.path(), args);
         podman(&["load", "-i", path_str(&file)]);
         let shown = podman(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
         let id = h.inspect("busybox")["Id"].as_str().unwrap()[7..19].to_string();

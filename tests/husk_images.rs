@@ -9,6 +9,7 @@
 mod common;
 
 use common::cli::Husk;
+use common::registry::Registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -333,22 +334,6 @@ fn named_users_get_their_supplementary_groups() {
     assert_eq!(gids("app:other"), [10, 50, 60]);
 }
 
-/// The registry process; killed (by its pid) and its temp dir removed on drop.
-struct Registry {
-    pid: i32,
-    dir: Option<PathBuf>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: signalling the registry process this test started.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        if let Some(d) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 #[test]
 fn pull_from_local_registry_then_run() {
     let test = "pull_from_local_registry_then_run";
@@ -363,20 +348,9 @@ fn pull_from_local_registry_then_run() {
             return;
         }
     }
-    let o = Command::new(common::repo_root().join("scripts/start-test-registry.sh"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout);
-    let mut it = out.split_whitespace();
-    let port: u16 = it.next().unwrap().parse().unwrap();
-    let pid: i32 = it.next().unwrap().parse().unwrap();
-    let dir = String::from_utf8_lossy(&o.stderr)
-        .split_whitespace()
-        .find(|w| w.starts_with("/tmp/husk-registry"))
-        .map(|w| PathBuf::from(w.trim_end_matches(')')));
-    let _reg = Registry { pid, dir };
-
+    let reg = Registry::start(std::iter::empty::<&str>())
+        .unwrap_or_else(|e| panic!("start-test-registry.sh: {e}"));
+    let port = reg.port;
     let archive = common::cli::busybox_archive();
     let dest = format!("127.0.0.1:{port}/busybox:test");
     let o = Command::new("skopeo")

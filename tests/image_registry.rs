@@ -9,42 +9,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::registry::Registry;
 use husk::image::{Digest, Progress, PullOptions, Store};
 
 fn quiet() -> PullOptions {
     PullOptions {
         progress: Progress::Quiet,
         ..Default::default()
-    }
-}
-
-/// The registry process; killed (by its pid) and its temp dir removed on drop.
-struct Registry {
-    port: u16,
-    pid: i32,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // Its temp dir holds the config it was started with: `docker-registry serve DIR/config.yml`.
-        let dir = std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .ok()
-            .and_then(|c| {
-                let cfg = c
-                    .split(|b| *b == 0)
-                    .rfind(|a| a.ends_with(b"config.yml"))?
-                    .to_vec();
-                Path::new(std::str::from_utf8(&cfg).ok()?)
-                    .parent()
-                    .map(Path::to_path_buf)
-            });
-        // SAFETY: signalling the registry process this test started.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        if let Some(d) =
-            dir.filter(|d| d.starts_with("/tmp") && d.to_string_lossy().contains("husk-registry"))
-        {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 
@@ -57,25 +28,13 @@ fn have(cmd: &str) -> bool {
 }
 
 fn start_registry(test: &str) -> Option<Registry> {
-    let o = Command::new(common::repo_root().join("scripts/start-test-registry.sh"))
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        common::not_run(
-            test,
-            &format!(
-                "start-test-registry.sh failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            true,
-        );
-        return None;
+    match Registry::start(std::iter::empty::<&str>()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            common::not_run(test, &format!("start-test-registry.sh failed: {e}"), true);
+            None
+        }
     }
-    let out = String::from_utf8_lossy(&o.stdout);
-    let mut it = out.split_whitespace();
-    let port = it.next()?.parse().ok()?;
-    let pid = it.next()?.parse().ok()?;
-    Some(Registry { port, pid })
 }
 
 fn skopeo(args: &[&str]) -> Result<String, String> {

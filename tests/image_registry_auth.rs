@@ -17,16 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use common::cli::Husk;
+use common::registry::Registry;
 
 const HOST: &str = "127.0.0.2";
 const USER: &str = "husker";
 const PASS: &str = "s3cret-pw";
-
-/// The registry process; killed (by its pid) and its temp dir removed on drop.
-struct Registry {
-    port: u16,
-    pid: i32,
-}
 
 impl Registry {
     fn addr(&self) -> String {
@@ -35,30 +30,6 @@ impl Registry {
 
     fn image(&self) -> String {
         format!("{}/busybox:test", self.addr())
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // Its temp dir holds the config it was started with: `docker-registry serve DIR/config.yml`.
-        let dir = std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .ok()
-            .and_then(|c| {
-                let cfg = c
-                    .split(|b| *b == 0)
-                    .rfind(|a| a.ends_with(b"config.yml"))?
-                    .to_vec();
-                Path::new(std::str::from_utf8(&cfg).ok()?)
-                    .parent()
-                    .map(Path::to_path_buf)
-            });
-        // SAFETY: signalling the registry process this test started.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        if let Some(d) =
-            dir.filter(|d| d.starts_with("/tmp") && d.to_string_lossy().contains("husk-registry"))
-        {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 
@@ -177,41 +148,32 @@ impl Rig {
             ),
             w,
         );
-        let mut start = Command::new(common::repo_root().join("scripts/start-test-registry.sh"));
-        start
-            .args(["--host", HOST, "--tls"])
-            .arg(w.join("server.crt"))
-            .arg(w.join("server.key"));
+        let mut args: Vec<std::ffi::OsString> =
+            ["--host", HOST, "--tls"].iter().map(Into::into).collect();
+        args.push(w.join("server.crt").into());
+        args.push(w.join("server.key").into());
         let token = match auth {
             Auth::Htpasswd => {
-                start.args(["--htpasswd", USER, PASS]);
+                args.extend(["--htpasswd", USER, PASS].iter().map(Into::into));
                 None
             }
             Auth::Token => {
                 let (server, realm) = start_token_server(w);
-                start
-                    .args(["--token", &realm, "husk-test", "husk-test-issuer"])
-                    .arg(w.join("token.crt"));
+                args.extend(
+                    ["--token", &realm, "husk-test", "husk-test-issuer"]
+                        .iter()
+                        .map(Into::into),
+                );
+                args.push(w.join("token.crt").into());
                 Some(server)
             }
         };
-        let o = start.output().unwrap();
-        if !o.status.success() {
-            common::not_run(
-                test,
-                &format!(
-                    "start-test-registry.sh failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                true,
-            );
-            return None;
-        }
-        let out = String::from_utf8_lossy(&o.stdout);
-        let mut it = out.split_whitespace();
-        let reg = Registry {
-            port: it.next().unwrap().parse().unwrap(),
-            pid: it.next().unwrap().parse().unwrap(),
+        let reg = match Registry::start(&args) {
+            Ok(r) => r,
+            Err(e) => {
+                common::not_run(test, &format!("start-test-registry.sh failed: {e}"), true);
+                return None;
+            }
         };
         let archive = common::cli::busybox_archive();
         let o = Command::new("skopeo")

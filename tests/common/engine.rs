@@ -652,3 +652,26 @@ pub fn mounts() -> BTreeSet<(String, String)> {
         })
         .collect()
 }
+
+/// `podman ARGS` with its own storage under `storage` (vfs, no daemon state shared with the
+/// host's), the project's containers.conf when there is one; its stdout, asserting success.
+pub fn podman_in(storage: &Path, args: &[&str]) -> String {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("run"))
+        .args(["--storage-driver", "vfs"])
+        .args(args);
+    let conf = super::repo_root().join("../shared/podman/containers.conf");
+    if conf.is_file() {
+        c.env("CONTAINERS_CONF", conf);
+    }
+    let out = super::run_bounded(c, None, std::time::Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        super::text(&out.stderr)
+    );
+    super::text(&out.stdout)
+}

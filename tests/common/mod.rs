@@ -358,4 +358,5 @@ pub fn run_console(
 }
 pub mod cli;
 pub mod engine;
+pub mod registry;
 pub mod rig;
