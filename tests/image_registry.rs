@@ -27,7 +27,26 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A registry for `test`, or None after reporting NOT RUN: these tests need root (layer
+/// conversion), skopeo, docker-registry, mkfs.erofs and python3.
 fn start_registry(test: &str) -> Option<Registry> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::not_run(test, "needs root (layer conversion)", true);
+        return None;
+    }
+    for tool in ["skopeo", "docker-registry", "mkfs.erofs", "python3"] {
+        if !have(tool) {
+            common::not_run(
+                test,
+                &format!(
+                    "{tool} not found: apt-get install skopeo docker-registry erofs-utils python3"
+                ),
+                true,
+            );
+            return None;
+        }
+    }
     match Registry::start(std::iter::empty::<&str>()) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -60,23 +79,6 @@ fn busybox_layout(out: &Path) -> PathBuf {
 #[test]
 fn pull_from_local_registry() {
     let test = "pull_from_local_registry";
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        common::not_run(test, "needs root (layer conversion)", true);
-        return;
-    }
-    for tool in ["skopeo", "docker-registry", "mkfs.erofs", "python3"] {
-        if !have(tool) {
-            common::not_run(
-                test,
-                &format!(
-                    "{tool} not found: apt-get install skopeo docker-registry erofs-utils python3"
-                ),
-                true,
-            );
-            return;
-        }
-    }
     let Some(reg) = start_registry(test) else {
         return;
     };
@@ -180,17 +182,6 @@ fn flaky_proxy(upstream: u16, cut: i32) -> Proxy {
 #[test]
 fn a_dropped_connection_mid_layer_is_retried_then_given_up() {
     let test = "a_dropped_connection_mid_layer_is_retried_then_given_up";
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        common::not_run(test, "needs root (layer conversion)", true);
-        return;
-    }
-    for tool in ["skopeo", "docker-registry", "mkfs.erofs", "python3"] {
-        if !have(tool) {
-            common::not_run(test, &format!("{tool} not found"), true);
-            return;
-        }
-    }
     let Some(reg) = start_registry(test) else {
         return;
     };
@@ -308,17 +299,6 @@ fn make_multi_platform(layout: &Path) -> (Digest, Digest) {
 #[test]
 fn a_multi_platform_tag_resolves_to_the_asked_platform() {
     let test = "a_multi_platform_tag_resolves_to_the_asked_platform";
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        common::not_run(test, "needs root (layer conversion)", true);
-        return;
-    }
-    for tool in ["skopeo", "docker-registry", "mkfs.erofs", "python3"] {
-        if !have(tool) {
-            common::not_run(test, &format!("{tool} not found"), true);
-            return;
-        }
-    }
     let Some(reg) = start_registry(test) else {
         return;
     };
