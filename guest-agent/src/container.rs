@@ -152,6 +152,12 @@ impl Agent {
             }
             None => None,
         };
+        // The init helper starts first and comes up while the root filesystem is mounted; it
+        // gets its configuration, which names that root, once it is there.
+        let (stdio, child) = Stdio::new(spec.process.terminal)
+            .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
+        let helper = process::Helper::start(child)
+            .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
         let root = rootfs::assemble(&id, &spec.rootfs)
             .map_err(|e| err(ErrorCode::Internal, format!("container {id}: rootfs: {e}")))?;
         if let Some(n) = &spec.network {
@@ -174,7 +180,7 @@ impl Agent {
             process: spec.process.clone(),
             seccomp: filter.clone(),
         };
-        let proc = match spawn_process(cfg, &id) {
+        let proc = match watch_process(helper.configure(&cfg), stdio, &id) {
             Ok(p) => p,
             Err(e) => {
                 rootfs::teardown(&id);
@@ -299,8 +305,18 @@ fn hello(h: &Hello) -> Reply {
 fn spawn_process(cfg: InitConfig, id: &str) -> Result<Process, ErrorReply> {
     let (stdio, child) = Stdio::new(cfg.process.terminal)
         .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
-    let mut spawned = process::spawn(&cfg, child)
-        .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
+    watch_process(process::spawn(&cfg, child), stdio, id)
+}
+
+/// The process a helper set up (`spawned`), its stdio relayed by `stdio`, reaped when it
+/// ends and counted in the container's cgroup.
+fn watch_process(
+    spawned: Result<process::Spawned, process::SpawnError>,
+    stdio: Stdio,
+    id: &str,
+) -> Result<Process, ErrorReply> {
+    let mut spawned =
+        spawned.map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
     if let Some(m) = spawned.pty.take() {
         stdio.set_pty_master(m);
     }

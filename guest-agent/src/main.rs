@@ -68,20 +68,18 @@ fn main() {
         );
     }
 
-    say!("{READY_MARKER}");
-    facts::report();
-
     let cmdline = facts::kernel_cmdline();
     let selftest = (pid1 && cmdline_flag(&cmdline, "husk.selftest"))
         || std::env::args().any(|a| a == "--selftest");
-    if selftest {
-        run_selftest(pid1);
-    }
-
-    if pid1 && selftest {
-        power::off();
-    }
-    if !pid1 && !std::env::args().any(|a| a == "--serve") {
+    if selftest || (!pid1 && !std::env::args().any(|a| a == "--serve")) {
+        say!("{READY_MARKER}");
+        facts::report();
+        if selftest {
+            run_selftest(pid1);
+        }
+        if pid1 {
+            power::off();
+        }
         return;
     }
     serve();
@@ -109,7 +107,7 @@ fn run_selftest(pid1: bool) {
     }
 }
 
-/// Serves the host over vsock until told to power off.
+/// Serves the host over vsock until told to power off; says it is ready once it listens.
 fn serve() -> ! {
     // A pump writing to a pipe whose reader is gone must get EPIPE, not kill PID 1.
     // SAFETY: signal() only changes this process's disposition of SIGPIPE; SIG_IGN is a valid
@@ -126,7 +124,18 @@ fn serve() -> ! {
     if let Err(e) = net::configure(None) {
         say!("husk-agent: cannot bring lo up: {e}");
     }
-    server::run(std::sync::Arc::new(container::Agent::default()))
+    // Ready means serving: the port is bound before the marker, so the host's first connect
+    // is taken at once. The facts are printed beside the server, off the host's path.
+    let listener = server::listen();
+    say!("{READY_MARKER}");
+    if std::thread::Builder::new()
+        .name("facts".into())
+        .spawn(facts::report)
+        .is_err()
+    {
+        facts::report();
+    }
+    server::run(listener, std::sync::Arc::new(container::Agent::default()))
 }
 
 /// True when the kernel command line has `name=1` (or `name=y`, `name=true`, or bare `name`).

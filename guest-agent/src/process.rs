@@ -125,97 +125,120 @@ pub fn send(fd: RawFd, msg: &[u8]) -> io::Result<()> {
 
 /// Runs the helper with `cfg` and waits until the process is set up (or failed).
 pub fn spawn(cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, SpawnError> {
-    let json = serde_json::to_vec(cfg).map_err(SpawnError::EncodeConfig)?;
-    let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(SpawnError::Helper(io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else: each OwnedFd is its
-    // only owner.
-    let (cfg_r, cfg_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("init")
-        .env_clear()
-        .stdin(StdStdio::from(stdio.stdin))
-        .stdout(StdStdio::from(stdio.stdout))
-        .stderr(StdStdio::from(stdio.stderr));
-    // SAFETY: the pre_exec closure runs in the forked child before exec and calls only fcntl and
-    // dup2, which are async-signal-safe, and allocates nothing (last_os_error only reads errno).
-    // `sync_fd` and `cfg_fd` are plain ints that stay open in the parent (`theirs`, `cfg_r`) until
-    // spawn has returned, so the child inherits valid fds.
-    unsafe {
-        // Only async-signal-safe calls between fork and exec. Duplicate above any target
-        // first, so placing one fd cannot clobber the other.
-        cmd.pre_exec(move || {
-            let a = libc::fcntl(sync_fd, libc::F_DUPFD, 10);
-            let b = libc::fcntl(cfg_fd, libc::F_DUPFD, 10);
-            if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(SpawnError::Helper)?;
-    // The helper's status is of no interest; let the reaper discard it.
-    drop(reaper::watch(child.id() as i32));
-    drop(cmd);
-    drop(theirs);
-    drop(cfg_r);
-    let mut w = std::fs::File::from(cfg_w);
-    w.write_all(&json).map_err(SpawnError::SendConfig)?;
-    drop(w);
+    Helper::start(stdio)?.configure(cfg)
+}
 
-    let tv = libc::timeval {
-        tv_sec: 60,
-        tv_usec: 0,
-    };
-    // SAFETY: `tv` is a live timeval and the length passed is exactly its size; setsockopt only
-    // reads it.
-    unsafe {
-        libc::setsockopt(
-            ours.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    // `P` (from the helper) and `R` (from the process) race; wait for both.
-    let (mut pid, mut ready, mut pty) = (None, false, None);
-    while pid.is_none() || !ready {
-        let (msg, fd) = recv_fd(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
-        match msg.first() {
-            None => return Err(SpawnError::Vanished),
-            Some(b'T') if fd.is_some() => pty = fd,
-            Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
-            Some(b'R') => ready = true,
-            Some(b'E') => {
-                return Err(SpawnError::Setup(
-                    String::from_utf8_lossy(&msg[1..]).into_owned(),
-                ))
-            }
-            Some(_) => {
-                return Err(SpawnError::Setup(
-                    "unexpected message from the init helper".into(),
-                ))
+/// An init helper that runs (exec'd, its runtime up) and waits for its configuration: started
+/// first, it comes up while the caller prepares what the configuration names (a container's
+/// root filesystem). Dropped unconfigured, it reads end-of-file and exits.
+pub struct Helper {
+    sync: OwnedFd,
+    config: std::fs::File,
+}
+
+impl Helper {
+    /// Starts `/proc/self/exe init` with `stdio`; its configuration follows in
+    /// [`configure`](Self::configure).
+    pub fn start(stdio: ChildStdio) -> Result<Helper, SpawnError> {
+        let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(SpawnError::Helper(io::Error::last_os_error()));
+        }
+        // SAFETY: pipe2 succeeded, so both fds are fresh and owned by nobody else: each OwnedFd
+        // is its only owner.
+        let (cfg_r, cfg_w) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("init")
+            .env_clear()
+            .stdin(StdStdio::from(stdio.stdin))
+            .stdout(StdStdio::from(stdio.stdout))
+            .stderr(StdStdio::from(stdio.stderr));
+        // SAFETY: the pre_exec closure runs in the forked child before exec and calls only fcntl
+        // and dup2, which are async-signal-safe, and allocates nothing (last_os_error only reads
+        // errno). `sync_fd` and `cfg_fd` are plain ints that stay open in the parent (`theirs`,
+        // `cfg_r`) until spawn has returned, so the child inherits valid fds.
+        unsafe {
+            // Only async-signal-safe calls between fork and exec. Duplicate above any target
+            // first, so placing one fd cannot clobber the other.
+            cmd.pre_exec(move || {
+                let a = libc::fcntl(sync_fd, libc::F_DUPFD, 10);
+                let b = libc::fcntl(cfg_fd, libc::F_DUPFD, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(SpawnError::Helper)?;
+        // The helper's status is of no interest; let the reaper discard it.
+        drop(reaper::watch(child.id() as i32));
+        Ok(Helper {
+            sync: ours,
+            config: std::fs::File::from(cfg_w),
+        })
+    }
+
+    /// Sends `cfg` and waits until the process is set up (or failed).
+    pub fn configure(self, cfg: &InitConfig) -> Result<Spawned, SpawnError> {
+        let Helper { sync: ours, config } = self;
+        let json = serde_json::to_vec(cfg).map_err(SpawnError::EncodeConfig)?;
+        let mut w = config;
+        w.write_all(&json).map_err(SpawnError::SendConfig)?;
+        drop(w);
+        let tv = libc::timeval {
+            tv_sec: 60,
+            tv_usec: 0,
+        };
+        // SAFETY: `tv` is a live timeval and the length passed is exactly its size; setsockopt only
+        // reads it.
+        unsafe {
+            libc::setsockopt(
+                ours.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        // `P` (from the helper) and `R` (from the process) race; wait for both.
+        let (mut pid, mut ready, mut pty) = (None, false, None);
+        while pid.is_none() || !ready {
+            let (msg, fd) = recv_fd(ours.as_raw_fd()).map_err(SpawnError::Sync)?;
+            match msg.first() {
+                None => return Err(SpawnError::Vanished),
+                Some(b'T') if fd.is_some() => pty = fd,
+                Some(b'P') => pid = String::from_utf8_lossy(&msg[1..]).parse::<i32>().ok(),
+                Some(b'R') => ready = true,
+                Some(b'E') => {
+                    return Err(SpawnError::Setup(
+                        String::from_utf8_lossy(&msg[1..]).into_owned(),
+                    ))
+                }
+                Some(_) => {
+                    return Err(SpawnError::Setup(
+                        "unexpected message from the init helper".into(),
+                    ))
+                }
             }
         }
+        let pid = pid.ok_or_else(|| {
+            SpawnError::Setup("the init helper never said the process's pid".into())
+        })?;
+        if cfg.process.terminal && pty.is_none() {
+            return Err(SpawnError::Setup(
+                "the process has a terminal but the init helper sent no pty".into(),
+            ));
+        }
+        Ok(Spawned {
+            pid,
+            pty,
+            gate: ours,
+        })
     }
-    let pid = pid
-        .ok_or_else(|| SpawnError::Setup("the init helper never said the process's pid".into()))?;
-    if cfg.process.terminal && pty.is_none() {
-        return Err(SpawnError::Setup(
-            "the process has a terminal but the init helper sent no pty".into(),
-        ));
-    }
-    Ok(Spawned {
-        pid,
-        pty,
-        gate: ours,
-    })
 }
 
 impl Spawned {

@@ -15,18 +15,21 @@ use crate::container::{After, Agent};
 use crate::power;
 use crate::vsock::{Listener, VsockStream};
 
-/// Listens forever.
-pub fn run(agent: Arc<Agent>) -> ! {
-    let listener = loop {
+/// Binds the agent's port (retrying until the vsock transport lets it).
+pub fn listen() -> Listener {
+    loop {
         match Listener::bind(AGENT_VSOCK_PORT) {
-            Ok(l) => break l,
+            Ok(l) => return l,
             Err(e) => {
                 say!("husk-agent: cannot listen on vsock port {AGENT_VSOCK_PORT}: {e}; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-    };
-    say!("husk-agent: listening on vsock port {AGENT_VSOCK_PORT}");
+    }
+}
+
+/// Serves the connections `listener` accepts, forever.
+pub fn run(listener: Listener, agent: Arc<Agent>) -> ! {
     loop {
         match listener.accept() {
             Ok(conn) => {

@@ -190,6 +190,8 @@ impl VmHandle for ProcessVm {
         };
         let deadline = Instant::now() + timeout;
         let mut seen = ConsoleScan::default();
+        // Woken by the console's writes (and its close when the VMM ends), not by a timer.
+        let changes = ConsoleChanges::watch(&self.console_log);
         loop {
             if seen.found(&self.console_log, marker) {
                 return Ok(());
@@ -212,7 +214,49 @@ impl VmHandle for ProcessVm {
                     log: self.console_log.clone(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(20));
+            changes.wait(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+/// inotify on the console log: returns from [`wait`](Self::wait) when the file is written
+/// or closed. Without inotify (a full instance table) it falls back to a short sleep.
+struct ConsoleChanges(Option<nix::sys::inotify::Inotify>);
+
+impl ConsoleChanges {
+    /// The longest wait between looks at the VMM itself (a VMM that dies before opening
+    /// the log, or keeps it open while hung, writes nothing).
+    const MAX_WAIT: Duration = Duration::from_millis(100);
+    /// The pause between looks without inotify.
+    const FALLBACK_PAUSE: Duration = Duration::from_millis(20);
+
+    fn watch(log: &Path) -> ConsoleChanges {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let watched = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).and_then(|i| {
+            i.add_watch(
+                log,
+                AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+            )
+            .map(|_| i)
+        });
+        ConsoleChanges(watched.ok())
+    }
+
+    fn wait(&self, left: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let left = left.min(Self::MAX_WAIT);
+        let Some(inotify) = &self.0 else {
+            std::thread::sleep(left.min(Self::FALLBACK_PAUSE));
+            return;
+        };
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        if let Ok(n) = poll(&mut fds, PollTimeout::from(ms)) {
+            if n > 0 {
+                // Drain: the events themselves say nothing the file does not.
+                while matches!(inotify.read_events(), Ok(ev) if !ev.is_empty()) {}
+            }
         }
     }
 }
