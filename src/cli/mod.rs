@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod exit_handoff;
 pub mod format;
 pub mod images;
 pub mod runtime;

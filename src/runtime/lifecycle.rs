@@ -265,21 +265,30 @@ impl Runtime {
         }
     }
 
-    /// Writes the final status (stopped if a stop was asked for, else exited) and applies
-    /// `--rm`. Returns the state, or `None` when the container was removed.
-    fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
-        remove_sockets(state);
-        self.release_network(&state.id);
-        let code = code.unwrap_or(VM_DIED_EXIT_CODE);
-        let saved = match self.store.update(&state.id, |s| {
+    /// Records that the container's process ended with `code`: stopped if a stop was asked
+    /// for, else exited. Its monitor may still be powering the VM off.
+    pub fn record_status(&self, id: &str, code: i32) -> Result<State, Error> {
+        self.store.update(id, |s| {
             s.status = if s.stop_requested {
                 Status::Stopped
             } else {
                 Status::Exited
             };
             s.exit_code = Some(code);
-            s.finished_at = Some(now());
-        }) {
+            // The first record of the end is the time of it (`boot` clears it).
+            if s.finished_at.is_none() {
+                s.finished_at = Some(now());
+            }
+        })
+    }
+
+    /// Writes the final status (stopped if a stop was asked for, else exited) and applies
+    /// `--rm`. Returns the state, or `None` when the container was removed.
+    fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
+        remove_sockets(state);
+        self.release_network(&state.id);
+        let code = code.unwrap_or(VM_DIED_EXIT_CODE);
+        let saved = match self.record_status(&state.id, code) {
             Ok(s) => s,
             // Removed meanwhile (`rm -f`).
             Err(Error::NoSuchContainer(_)) => return Ok(None),

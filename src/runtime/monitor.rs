@@ -19,9 +19,16 @@ pub const MONITOR_SUBCOMMAND: &str = "container-monitor";
 pub const READY_FD_ENV: &str = "HUSK_MONITOR_READY_FD";
 
 /// Runs container `id` with husk's own stdio; returns the container's exit code.
-pub fn run_foreground(rt: &Runtime, id: &str, stdin: bool) -> Result<i32, Error> {
+/// `on_exit` gets that code as soon as the process has exited, its output is out and the
+/// exit is recorded, before the VM is powered off (not called when the wait failed).
+pub fn run_foreground(
+    rt: &Runtime,
+    id: &str,
+    stdin: bool,
+    on_exit: impl FnOnce(i32),
+) -> Result<i32, Error> {
     let tty = rt.load(id)?.config.tty;
-    drive(rt, id, Stdio::Host { stdin, tty }, || {})
+    drive(rt, id, Stdio::Host { stdin, tty }, || {}, on_exit)
 }
 
 /// The body of a monitor process: boots the container, reports readiness on the ready fd,
@@ -39,7 +46,7 @@ pub fn run_monitor(rt: &Runtime, id: &str) -> Result<i32, Error> {
         path: state.log_file.clone(),
         tty: state.config.tty,
     };
-    let result = drive(rt, id, stdio, || ready.ok());
+    let result = drive(rt, id, stdio, || ready.ok(), |_| {});
     if let Err(e) = &result {
         ready.fail(&e.to_string());
     }
@@ -102,7 +109,13 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
     }
 }
 
-fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Result<i32, Error> {
+fn drive(
+    rt: &Runtime,
+    id: &str,
+    stdio: Stdio,
+    on_started: impl FnOnce(),
+    on_exit: impl FnOnce(i32),
+) -> Result<i32, Error> {
     let target = attach::forward_signals();
     let tty = matches!(stdio, Stdio::Host { tty: true, .. });
     let console = if tty { attach::terminal_size() } else { None };
@@ -144,6 +157,12 @@ fn drive(rt: &Runtime, id: &str, stdio: Stdio, on_started: impl FnOnce()) -> Res
     };
     let console = booted.state.console_log.clone();
     let code = exit.as_ref().map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE);
+    if exit.is_ok() {
+        // Recorded first: whoever the caller runs next sees the container exited (and `start`
+        // or a new container of its name waits for this monitor to finish).
+        rt.record_status(id, code)?;
+        on_exit(code);
+    }
     rt.finish(booted, exit)?;
     timings::mark("power-off + cleanup");
     if let Some(line) = lost {

@@ -86,27 +86,42 @@ impl ContainerStore {
         name: Option<&str>,
         build: impl FnOnce(&str, &Path, u32, &str) -> Result<State, Error>,
     ) -> Result<State, Error> {
-        let _lock = self.lock()?;
-        let all = self.list()?;
-        let id = loop {
-            let id = new_id()?;
-            if !all.iter().any(|s| s.id == id) {
-                break id;
+        let mut waited = false;
+        let (_lock, all, id, name) = loop {
+            let lock = self.lock()?;
+            let all = self.list()?;
+            let id = loop {
+                let id = new_id()?;
+                if !all.iter().any(|s| s.id == id) {
+                    break id;
+                }
+            };
+            let name = match name {
+                Some(n) => {
+                    check_name(n)?;
+                    n.to_string()
+                }
+                None => format!("husk_{}", &id[..8]),
+            };
+            let Some(other) = all.iter().find(|s| s.name == name) else {
+                break (lock, all, id, name);
+            };
+            // A `--rm` container whose process has exited is on its way out: its monitor
+            // powers the VM off and removes it. Wait for that once, as `rm` would.
+            if !waited && finishing(other) {
+                let monitor = other.monitor.clone();
+                drop(lock);
+                if let Some(m) = monitor {
+                    m.wait_gone(FINISH_WAIT);
+                }
+                waited = true;
+                continue;
             }
-        };
-        let name = match name {
-            Some(n) => {
-                check_name(n)?;
-                n.to_string()
-            }
-            None => format!("husk_{}", &id[..8]),
-        };
-        if let Some(other) = all.iter().find(|s| s.name == name) {
             return Err(Error::NameInUse {
                 name,
                 id: other.id.clone(),
             });
-        }
+        };
         let cid = crate::pod::free_cid(all.iter().map(|s| s.vsock_cid));
         let dir = self.dir(&id);
         std::fs::DirBuilder::new()
@@ -146,6 +161,14 @@ pub(crate) fn new_id() -> Result<String, Error> {
 }
 
 /// Docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+/// How long a new container waits for a `--rm` container of its name to be removed.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A `--rm` container whose process has exited, still held by its monitor.
+fn finishing(s: &State) -> bool {
+    s.config.auto_remove && s.status != super::state::Status::Running && s.monitor_alive()
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

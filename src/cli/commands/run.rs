@@ -1,3 +1,4 @@
+use crate::cli::exit_handoff;
 use crate::cli::images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
 use crate::network::ports::parse_all as parse_ports;
@@ -20,18 +21,37 @@ fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSet
 pub const NETWORK_ENV: &str = "HUSK_NETWORK";
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
+    // In the foreground the caller gets the exit status before the teardown (first, while
+    // this process has one thread).
+    let handoff = if a.detach {
+        None
+    } else {
+        exit_handoff::split()
+    };
     if a.timings {
         timings::record();
     }
     let show = a.timings;
-    let result = run_recorded(g, a);
-    if show {
+    let early = handoff.is_some();
+    let on_exit = move |code| {
+        if show {
+            eprint!(
+                "husk: timings (the teardown follows once the caller has the exit status):\n{}",
+                timings::table(&timings::take())
+            );
+        }
+        if let Some(h) = handoff {
+            h.deliver(code);
+        }
+    };
+    let result = run_recorded(g, a, on_exit);
+    if show && !early {
         eprint!("husk: timings:\n{}", timings::table(&timings::take()));
     }
     result
 }
 
-fn run_recorded(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
+fn run_recorded(g: &GlobalOpts, a: RunArgs, on_exit: impl FnOnce(i32)) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
     let image_store = images::open(&g.root)?;
     let opts = RunOptions {
@@ -65,7 +85,7 @@ fn run_recorded(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         println!("{}", state.id);
         return Ok(0);
     }
-    match monitor::run_foreground(&rt, &state.id, opts.stdin) {
+    match monitor::run_foreground(&rt, &state.id, opts.stdin, on_exit) {
         Ok(code) => Ok(code),
         Err(e) => {
             if a.rm {
