@@ -42,22 +42,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One launcher per runtime, named like the runtime (conmon picks JSON logging by name).
+# One launcher per runtime (carries HUSK_KERNEL & co.; named like the runtime).
 launchers=()
 for i in "${!runtimes[@]}"; do
-    r=$(readlink -f "${runtimes[$i]}") || die "${runtimes[$i]}: not found"
-    [ -x "$r" ] || die "$r is not executable"
-    mkdir -p "$work/rt$i"
-    l="$work/rt$i/$(basename "${runtimes[$i]}")"
-    {
-        echo '#!/bin/sh'
-        for v in HUSK_KERNEL HUSK_BZIMAGE HUSK_INITRAMFS HUSK_VIRTIOFSD HUSK_VHOST_DEVICE_VSOCK HUSK_CACHE; do
-            [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
-        done
-        printf 'exec %q --root %q "$@"\n' "$r" "$work/rt$i/root"
-    } >"$l"
-    chmod +x "$l"
-    launchers+=("$l")
+    launchers+=("$("$here/engine-setup.sh" launcher "$work/rt$i" "${runtimes[$i]}")")
 done
 
 # shellcheck disable=SC1091

@@ -4,6 +4,8 @@
 # side in one run: bare boot to the agent's ready line, `husk run --rm busybox true`, idle
 # container memory, per backend. Under emulation absolute times mean little; the ratios
 # between the two backends of the same run are the result.
+# The density and parallel parts are smaller here by default (L1 has 6 GiB and two emulated
+# CPUs): HUSK_BENCH_IDLE=20, HUSK_BENCH_PARALLEL=10; set them to override (HUSK_* reach the rig).
 # Usage: scripts/bench-nested.sh [RUNS]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ HUSK_KERNEL=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 HUSK_INITRAMFS=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}
 HUSK_VHOST_DEVICE_VSOCK=${HUSK_VHOST_DEVICE_VSOCK:-$(scripts/install-vhost-device-vsock.sh | tail -n1)}
 export HUSK_KERNEL HUSK_INITRAMFS HUSK_VHOST_DEVICE_VSOCK
+export HUSK_BENCH_IDLE=${HUSK_BENCH_IDLE:-20} HUSK_BENCH_PARALLEL=${HUSK_BENCH_PARALLEL:-10}
 scripts/nested-kvm.sh prepare >/dev/null
 log "scripts/bench.sh $runs in the nested-KVM rig"
 HUSK_BENCH_NO_CONVERT=1 scripts/nested-kvm.sh run --timeout 3000 -- scripts/bench.sh "$runs"

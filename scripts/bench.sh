@@ -9,8 +9,17 @@
 #   - host memory of an idle container (`husk run -d busybox sleep 1000`) per backend: PSS and
 #     RSS of its monitor, VMM and vhost-device-vsock from /proc/PID/smaps_rollup (guest pages never
 #     touched are never faulted in, so they count nowhere);
+#   - `podman run --rm --network none busybox true` through husk-runtime and through runc,
+#     interleaved, with husk-runtime's ratio to the bare boot (podman's private store from
+#     scripts/engine-setup.sh; without podman the row says NOT RUN; HUSK_BENCH_PODMAN=0 skips);
+#   - HUSK_BENCH_PARALLEL (default 20; 0 skips) `husk run --rm busybox true` started at once
+#     per backend, beside as many `runc run`s: successes, wall time, containers/s;
+#   - density, per backend: HUSK_BENCH_IDLE (default 100; 0 skips) idle containers started
+#     HUSK_BENCH_IDLE_BATCH (default 4) at a time, `husk exec ID true` into each, their
+#     processes' total PSS, MemAvailable before/after, idle CPU; all removed afterwards;
 #   - converting and caching a 100 MB layer (scripts/bench-image.sh's harness).
-# Prints a markdown table on stdout; progress goes to stderr.
+# The measurements are scripts/bench/*.py. Prints a markdown table on stdout; progress goes
+# to stderr. Every container of the run lives in its own --root and is removed on exit.
 # Usage: scripts/bench.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +28,7 @@ runs=${1:-20}
 
 command -v runc >/dev/null || ensure_packages runc
 log "building release binaries"
-cargo build --release --locked -p husk --bin husk --bin husk-vmm >&2
+cargo build --release --locked -p husk --bin husk --bin husk-vmm --bin husk-runtime >&2
 husk_bin=$PWD/target/release/husk
 kernel=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 initramfs=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}
@@ -27,7 +36,12 @@ export HUSK_KERNEL=$kernel HUSK_INITRAMFS=$initramfs
 
 work=$(mktemp -d /var/tmp/husk-bench.XXXXXX)
 cleanup() {
-    "$husk_bin" --root "$work/root" rm -f bench-idle >/dev/null 2>&1 || true
+    # Whatever a part left running (the density run removes its own unless it was killed).
+    "$husk_bin" --root "$work/root" ps -a -q 2>/dev/null | xargs -r "$husk_bin" --root "$work/root" rm -f >/dev/null 2>&1 || true
+    if [ -f "$work/podman/.husk-engine-setup" ]; then
+        (. "$work/podman/podman.env" && podman rm -a -f -t 0 >/dev/null 2>&1) || true
+        scripts/engine-setup.sh clean "$work/podman" >/dev/null 2>&1 || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,173 +72,22 @@ c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != 
 json.dump(c, open(p, "w"), indent=1)
 PY
 
-python3 - "$runs" "$husk_bin" "$work" "$bundle" "$kernel" "$initramfs" "${backends[@]}" <<'PY' > "$work/table.md"
-import os, statistics, subprocess, sys, time, json
+# podman: one private store, a launcher per runtime (both from scripts/engine-setup.sh).
+if [ "${HUSK_BENCH_PODMAN:-1}" = 0 ]; then
+    export BENCH_PODMAN_NOT_RUN="HUSK_BENCH_PODMAN=0"
+elif ! command -v podman >/dev/null; then
+    export BENCH_PODMAN_NOT_RUN="podman missing"
+else
+    HUSK_BUSYBOX_ARCHIVE=$archive scripts/engine-setup.sh podman "$work/podman" >/dev/null
+    # shellcheck disable=SC1091
+    . "$work/podman/podman.env"
+    BENCH_PODMAN_HUSK=$(scripts/engine-setup.sh launcher "$work/podman/rt-husk" target/release/husk-runtime)
+    BENCH_PODMAN_RUNC=$(scripts/engine-setup.sh launcher "$work/podman/rt-runc" "$(command -v runc)")
+    export BENCH_PODMAN_HUSK BENCH_PODMAN_RUNC
+fi
 
-runs, husk, work, bundle, kernel, initramfs = int(sys.argv[1]), *sys.argv[2:7]
-backends = sys.argv[7:]
-root = os.path.join(work, "root")
-
-def log(*a):
-    print("bench:", *a, file=sys.stderr, flush=True)
-
-def stats(xs):
-    xs = sorted(xs)
-    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
-    return statistics.median(xs), p90
-
-def timed(argv, **kw):
-    t = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
-    return time.monotonic() - t
-
-def bare_qemu(accel):
-    """QEMU as husk starts it (microvm, same kernel, initramfs, cmdline), to the ready marker."""
-    log_path = os.path.join(work, "bare-console.log")
-    args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem", "-accel", accel,
-            *(["-cpu", "host"] if accel == "kvm" else []),
-            "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
-            "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
-            "-kernel", kernel, "-initrd", initramfs,
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
-    if os.path.exists(log_path):
-        os.remove(log_path)
-    t = time.monotonic()
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                with open(log_path, "rb") as f:
-                    if b"HUSK-AGENT-READY" in f.read():
-                        return time.monotonic() - t
-            except FileNotFoundError:
-                pass
-            if p.poll() is not None:
-                raise RuntimeError("bare QEMU exited before the ready marker")
-            if time.monotonic() - t > 120:
-                raise RuntimeError("bare QEMU: no ready marker in 120 s")
-            time.sleep(0.002)
-    finally:
-        p.kill()
-        p.wait()
-
-def bare_husk_vmm():
-    """husk-vmm with the same kernel, initramfs and cmdline, to the ready marker."""
-    vmm = os.path.join(os.path.dirname(husk), "husk-vmm")
-    args = [vmm, "--kernel", kernel, "--initramfs", initramfs, "--vcpus", "1", "--memory", "256",
-            "--console", "stdout", "--append", "quiet", "--timeout", "120"]
-    t = time.monotonic()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        seen = b""
-        while b"HUSK-AGENT-READY" not in seen:
-            chunk = p.stdout.read1(4096)
-            if not chunk:
-                raise RuntimeError("bare husk-vmm exited before the ready marker")
-            seen = seen[-64:] + chunk
-        return time.monotonic() - t
-    finally:
-        p.kill()
-        p.wait()
-
-def accel_of_qemu():
-    # Same probe as husk's: HUSK_QEMU_ACCEL, else kvm only where husk-vmm says KVM runs guests.
-    return os.environ.get("HUSK_QEMU_ACCEL") or ("kvm" if "husk" in backends else "tcg")
-
-rows = []
-first_hm = None
-bare = {}
-for b in backends:
-    log(f"husk run --rm busybox true on {b} x{runs}")
-    cmd = [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
-    timed(cmd)  # warm the page cache
-    hs, failed = [], 0
-    for _ in range(runs):
-        # A failed run is counted and reported, not timed; its console log is kept.
-        try:
-            hs.append(timed(cmd, stderr=subprocess.PIPE))
-        except subprocess.CalledProcessError as e:
-            failed += 1
-            log(f"run failed: {e.stderr.decode(errors='replace').strip()}")
-            for line in e.stderr.decode(errors="replace").split("(console log: ")[1:2]:
-                src = line.split(")")[0]
-                if os.path.exists(src):
-                    dst = f"/var/tmp/husk-bench-failed-{failed}.console.log"
-                    open(dst, "wb").write(open(src, "rb").read())
-                    log(f"kept {dst}")
-    if b == "qemu":
-        accel = accel_of_qemu()
-        log(f"bare QEMU ({accel}) boot to HUSK-AGENT-READY x{runs}")
-        bare_qemu(accel)
-        bs = [bare_qemu(accel) for _ in range(runs)]
-        label = f"QEMU microvm ({accel.upper()})"
-    else:
-        log(f"bare husk-vmm boot to HUSK-AGENT-READY x{runs}")
-        bare_husk_vmm()
-        bs = [bare_husk_vmm() for _ in range(runs)]
-        label = "husk-vmm (KVM)"
-    bare[b] = stats(bs)[0]
-    hm, hp = stats(hs)
-    first_hm = first_hm or hm
-    note = f"{failed} of {runs} runs failed (not timed)" if failed else ""
-    rows.append(f"| `husk run --rm busybox true` | {label} | {hm:.3f} s | {hp:.3f} s | {note} |")
-    if bs:
-        bm, bp = stats(bs)
-        rows.append(f"| bare boot, same kernel + initramfs, to agent ready | {label} | {bm:.3f} s | {bp:.3f} s | husk / bare = {hm / bm:.2f}x |")
-
-log(f"runc run x{runs}")
-rc = [timed(["runc", "run", "--bundle", bundle, f"husk-bench-{i}"]) for i in range(runs)]
-rm, rp = stats(rc)
-rows.append(f"| `runc run` (same rootfs, `true`, no netns) | runc (no VM) | {rm:.3f} s | {rp:.3f} s | husk ({backends[0]}) / runc = {first_hm / rm:.1f}x |")
-
-if "husk" in bare and "qemu" in bare:
-    rows.append(f"| bare boot to agent ready, husk-vmm / QEMU microvm ({accel_of_qemu().upper()}) | both | {bare['husk'] / bare['qemu']:.2f}x | | same kernel + initramfs, same run |")
-
-def children(pid):
-    out = []
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out += [int(c) for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
-        except FileNotFoundError:
-            pass
-    return out
-
-vmm_pss = {}
-for b in backends:
-    log(f"idle container memory on {b}")
-    cid = subprocess.run([husk, "--root", root, "--vmm", b, "run", "-d", "--name", "bench-idle", "busybox", "sleep", "1000"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    time.sleep(3)
-    state = json.load(open(os.path.join(root, "containers", cid, "state.json")))
-    monitor = state.get("monitor") or {}
-    mon_pid = monitor.get("pid") if isinstance(monitor, dict) else monitor
-    pids, todo = [], [mon_pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += children(p)
-    parts, tot_pss, tot_rss = [], 0, 0
-    for p in pids:
-        name = open(f"/proc/{p}/comm").read().strip()
-        kv = {}
-        for line in open(f"/proc/{p}/smaps_rollup"):
-            f = line.split()
-            if len(f) >= 2 and f[0].endswith(":") and f[1].isdigit():
-                kv[f[0][:-1]] = int(f[1])
-        tot_pss += kv["Pss"]; tot_rss += kv["Rss"]
-        parts.append(f"{name} {kv['Pss'] / 1024:.1f}")
-        if name.startswith(("qemu", "husk-vmm")):
-            vmm_pss[b] = kv["Pss"]
-    subprocess.run([husk, "--root", root, "rm", "-f", cid], check=True, stdout=subprocess.DEVNULL)
-    rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {b} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)} |")
-if "husk" in vmm_pss and "qemu" in vmm_pss:
-    rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
-
-print("| measure | backend | median | p90 | note |")
-print("|---|---|---|---|---|")
-print("\n".join(rows))
-PY
+python3 -B scripts/bench/main.py "$runs" "$husk_bin" "$work" "$bundle" "$kernel" "$initramfs" \
+    "${backends[@]}" >"$work/table.md"
 
 cat "$work/table.md"
 # HUSK_BENCH_NO_CONVERT=1 leaves out the layer conversion (a host measure that builds the

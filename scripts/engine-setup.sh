@@ -13,6 +13,10 @@
 #       imported into namespace "husk". Prints the socket path.
 #   scripts/engine-setup.sh containerd-stop DIR
 #       stops that containerd (and any shims it left), unmounts what it left under DIR.
+#   scripts/engine-setup.sh launcher DIR RUNTIME
+#       DIR/<RUNTIME's name>: a tiny script that runs RUNTIME with --root DIR/root and the
+#       HUSK_KERNEL & co. of this environment (conmon does not pass the environment on), named
+#       like the runtime (conmon picks JSON logging by name). Prints its path.
 #   scripts/engine-setup.sh clean DIR
 #       containerd-stop, unmounts everything under DIR (podman's overlay driver keeps its
 #       store bind-mounted) and removes DIR.
@@ -24,7 +28,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
 
-usage() { die "usage: $0 podman DIR [RUNTIME] | containerd-start DIR | containerd-stop DIR | clean DIR"; }
+usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | clean DIR"; }
 [ $# -ge 2 ] || usage
 step=$1
 mkdir -p "$2"
@@ -107,6 +111,22 @@ EOF
         podman load -q -i "$(busybox_archive)" >&2 || die "podman load of busybox failed"
     fi
     echo "$dir/podman.env"
+}
+
+launcher() {
+    local r l v
+    r=$(readlink -f "$1") || die "$1: not found"
+    [ -x "$r" ] || die "$r is not executable"
+    l="$dir/$(basename "$1")"
+    {
+        echo '#!/bin/sh'
+        for v in HUSK_KERNEL HUSK_BZIMAGE HUSK_INITRAMFS HUSK_VIRTIOFSD HUSK_VHOST_DEVICE_VSOCK HUSK_CACHE; do
+            [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        printf 'exec %q --root %q "$@"\n' "$r" "$dir/root"
+    } >"$l"
+    chmod +x "$l"
+    echo "$l"
 }
 
 ctr_address() { echo "$dir/containerd/containerd.sock"; }
@@ -192,6 +212,7 @@ unmount_under() {
 
 case "$step" in
     podman) podman_setup "${3:-}" ;;
+    launcher) [ $# -eq 3 ] || usage; launcher "$3" ;;
     containerd-start) containerd_start ;;
     containerd-stop) containerd_stop ;;
     clean)

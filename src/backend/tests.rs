@@ -93,7 +93,10 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
     }
-    assert_eq!(pair(&a, "-accel"), ["tcg"]);
+    assert_eq!(
+        pair(&a, "-accel"),
+        [format!("tcg,tb-size={}", qemu::TCG_TB_SIZE_MIB)]
+    );
     assert!(pair(&a, "-M")[0].starts_with("microvm,acpi=off"));
     assert!(pair(&a, "-M")[0].contains("memory-backend=mem"));
     assert_eq!(
@@ -135,9 +138,22 @@ fn qemu_args_have_the_devices_and_boot_settings() {
 }
 
 #[test]
+fn bench_bare_boot_uses_husks_tcg_cache_size() {
+    // scripts/bench.sh compares `husk run` to a bare QEMU boot: both must translate with
+    // the same cache, or the ratio measures the cache size.
+    let boot_py = include_str!("../../scripts/bench/boot.py");
+    let want = format!("TCG_ACCEL = \"tcg,tb-size={}\"", qemu::TCG_TB_SIZE_MIB);
+    assert!(
+        boot_py.contains(&want),
+        "scripts/bench/boot.py must say {want}"
+    );
+}
+
+#[test]
 fn qemu_kvm_uses_the_host_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, &[], None);
+    // The translation-cache size is TCG's alone; KVM has none.
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
     assert!(

@@ -1,0 +1,67 @@
+"""Bare boots: the same kernel + agent initramfs on a backend, VMM spawn to the agent's
+HUSK-AGENT-READY on the serial console (no disks, no vsock): what `husk run` is compared to."""
+import os
+import subprocess
+import time
+
+# QEMU's TCG translation-cache size, as husk gives it (TCG_TB_SIZE_MIB in
+# src/backend/qemu.rs; a unit test there keeps the two equal).
+TCG_ACCEL = "tcg,tb-size=64"
+
+
+def qemu_accel_arg(accel):
+    """The `-accel` value husk passes for accel (`kvm` or `tcg`)."""
+    return TCG_ACCEL if accel == "tcg" else accel
+
+
+def bare_qemu(work, kernel, initramfs, accel):
+    """QEMU as husk starts it (microvm, same kernel, initramfs, cmdline), to the ready marker."""
+    log_path = os.path.join(work, "bare-console.log")
+    args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
+            "-accel", qemu_accel_arg(accel),
+            *(["-cpu", "host"] if accel == "kvm" else []),
+            "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+            "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
+            "-kernel", kernel, "-initrd", initramfs,
+            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    t = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with open(log_path, "rb") as f:
+                    if b"HUSK-AGENT-READY" in f.read():
+                        return time.monotonic() - t
+            except FileNotFoundError:
+                pass
+            if p.poll() is not None:
+                raise RuntimeError("bare QEMU exited before the ready marker")
+            if time.monotonic() - t > 120:
+                raise RuntimeError("bare QEMU: no ready marker in 120 s")
+            time.sleep(0.002)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def bare_husk_vmm(husk, kernel, initramfs):
+    """husk-vmm with the same kernel, initramfs and cmdline, to the ready marker."""
+    vmm = os.path.join(os.path.dirname(husk), "husk-vmm")
+    args = [vmm, "--kernel", kernel, "--initramfs", initramfs, "--vcpus", "1", "--memory", "256",
+            "--console", "stdout", "--append", "quiet", "--timeout", "120"]
+    t = time.monotonic()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        seen = b""
+        while b"HUSK-AGENT-READY" not in seen:
+            chunk = p.stdout.read1(4096)
+            if not chunk:
+                raise RuntimeError("bare husk-vmm exited before the ready marker")
+            seen = seen[-64:] + chunk
+        return time.monotonic() - t
+    finally:
+        p.kill()
+        p.wait()

@@ -1,0 +1,97 @@
+"""Helpers shared by the parts of scripts/bench.sh: progress, statistics, timing, and the
+host memory and CPU of a container's processes (read from /proc)."""
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def stats(xs):
+    """(median, p90) of xs."""
+    xs = sorted(xs)
+    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
+    return statistics.median(xs), p90
+
+
+def timed(argv, **kw):
+    t = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.monotonic() - t
+
+
+def children(pid):
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tasks:
+        try:
+            out += [int(c) for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    return pids
+
+
+def comm(pid):
+    """The program's name: argv[0] up to an `@` (husk's confined helpers are started as
+    `NAME@SOCKET` through an fd, so their comm is the fd's number), else comm."""
+    argv0 = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+    name = os.path.basename(argv0.split("@")[0])
+    return name or open(f"/proc/{pid}/comm").read().strip()
+
+
+def smaps_rollup(pid):
+    """/proc/PID/smaps_rollup as {field: kB}; {} once the process is gone."""
+    kv = {}
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            f = line.split()
+            if len(f) >= 2 and f[0].endswith(":") and f[1].isdigit():
+                kv[f[0][:-1]] = int(f[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kv
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of pid so far (0 once it is gone)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mem_available_mib():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def container_pids(root, cid):
+    """(monitor pid, VMM pid) from husk's state.json of container cid."""
+    import json
+
+    state = json.load(open(os.path.join(root, "containers", cid, "state.json")))
+
+    def pid_of(v):
+        return v.get("pid") if isinstance(v, dict) else v
+
+    return pid_of(state.get("monitor") or {}), pid_of(state.get("pid") or {})

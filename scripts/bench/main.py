@@ -1,0 +1,149 @@
+"""scripts/bench.sh's measurements (see there), printed as one markdown table on stdout.
+Usage: main.py RUNS HUSK WORK BUNDLE KERNEL INITRAMFS BACKEND...
+Environment: BENCH_PODMAN_HUSK and BENCH_PODMAN_RUNC (podman launchers, from bench.sh) or
+BENCH_PODMAN_NOT_RUN (why not); HUSK_BENCH_IDLE (default 100, 0: no density run),
+HUSK_BENCH_IDLE_BATCH (default 4), HUSK_BENCH_PARALLEL (default 20, 0: none)."""
+import os
+import subprocess
+import sys
+import time
+
+import boot
+import density
+import parallel
+import podman
+from common import comm, container_pids, log, smaps_rollup, stats, timed, tree
+
+runs, husk, work, bundle, kernel, initramfs = int(sys.argv[1]), *sys.argv[2:7]
+backends = sys.argv[7:]
+root = os.path.join(work, "root")
+
+
+def env_int(name, default):
+    v = os.environ.get(name, "")
+    return int(v) if v else default
+
+
+def accel_of_qemu():
+    # Same probe as husk's: HUSK_QEMU_ACCEL, else kvm only where husk-vmm says KVM runs guests.
+    return os.environ.get("HUSK_QEMU_ACCEL") or ("kvm" if "husk" in backends else "tcg")
+
+
+def husk_runs(b):
+    """`runs` timed `husk run --rm busybox true` on backend b; (times, failures)."""
+    cmd = [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
+    timed(cmd)  # warm the page cache
+    hs, failed = [], 0
+    for _ in range(runs):
+        # A failed run is counted and reported, not timed; its console log is kept.
+        try:
+            hs.append(timed(cmd, stderr=subprocess.PIPE))
+        except subprocess.CalledProcessError as e:
+            failed += 1
+            log(f"run failed: {e.stderr.decode(errors='replace').strip()}")
+            for line in e.stderr.decode(errors="replace").split("(console log: ")[1:2]:
+                src = line.split(")")[0]
+                if os.path.exists(src):
+                    dst = f"/var/tmp/husk-bench-failed-{failed}.console.log"
+                    open(dst, "wb").write(open(src, "rb").read())
+                    log(f"kept {dst}")
+    return hs, failed
+
+
+rows = []
+first_hm = None
+bare = {}
+for b in backends:
+    log(f"husk run --rm busybox true on {b} x{runs}")
+    hs, failed = husk_runs(b)
+    if b == "qemu":
+        accel = accel_of_qemu()
+        log(f"bare QEMU ({boot.qemu_accel_arg(accel)}) boot to HUSK-AGENT-READY x{runs}")
+        boot.bare_qemu(work, kernel, initramfs, accel)
+        bs = [boot.bare_qemu(work, kernel, initramfs, accel) for _ in range(runs)]
+        label = f"QEMU microvm ({accel.upper()})"
+    else:
+        log(f"bare husk-vmm boot to HUSK-AGENT-READY x{runs}")
+        boot.bare_husk_vmm(husk, kernel, initramfs)
+        bs = [boot.bare_husk_vmm(husk, kernel, initramfs) for _ in range(runs)]
+        label = "husk-vmm (KVM)"
+    bm, bp = stats(bs)
+    bare[b] = bm
+    note = f"{failed} of {runs} runs failed (not timed)" if failed else ""
+    if hs:
+        hm, hp = stats(hs)
+        first_hm = first_hm or hm
+        rows.append(f"| `husk run --rm busybox true` | {label} | {hm:.3f} s | {hp:.3f} s | {note} |")
+        note = f"husk / bare = {hm / bm:.2f}x"
+    else:
+        rows.append(f"| `husk run --rm busybox true` | {label} | failed | | {note} |")
+    rows.append(f"| bare boot, same kernel + initramfs, to agent ready | {label} | {bm:.3f} s | {bp:.3f} s | {note} |")
+
+log(f"runc run x{runs}")
+rc = [timed(["runc", "run", "--bundle", bundle, f"husk-bench-{i}"]) for i in range(runs)]
+rm, rp = stats(rc)
+vs = f"husk ({backends[0]}) / runc = {first_hm / rm:.1f}x" if first_hm else ""
+rows.append(f"| `runc run` (same rootfs, `true`, no netns) | runc (no VM) | {rm:.3f} s | {rp:.3f} s | {vs} |")
+
+if "husk" in bare and "qemu" in bare:
+    rows.append(f"| bare boot to agent ready, husk-vmm / QEMU microvm ({accel_of_qemu().upper()}) | both | {bare['husk'] / bare['qemu']:.2f}x | | same kernel + initramfs, same run |")
+
+# podman through husk-runtime and runc. husk-runtime picks its backend like `husk --vmm auto`:
+# its ratio is to the bare boot of that backend (the first of `backends`).
+podman_row = "| `podman run --rm --network none busybox true` | {} | {} | {} | {} |"
+if os.environ.get("BENCH_PODMAN_NOT_RUN"):
+    rows.append(podman_row.format("husk-runtime, runc", f"NOT RUN: {os.environ['BENCH_PODMAN_NOT_RUN']}", "", ""))
+else:
+    log(f"podman run --rm with husk-runtime and runc x{runs}, interleaved")
+    res = podman.measure([("husk-runtime", os.environ["BENCH_PODMAN_HUSK"]),
+                          ("runc", os.environ["BENCH_PODMAN_RUNC"])], runs)
+    med = {n: stats(t)[0] for n, (t, err) in res.items() if t and not err}
+    for name, (times, err) in res.items():
+        if err:
+            rows.append(podman_row.format(name, "failed", "", err))
+            continue
+        m, p = stats(times)
+        if name == "husk-runtime":
+            ratios = [f"husk-runtime / bare boot ({backends[0]}) = {m / bare[backends[0]]:.2f}x"]
+            if "runc" in med:
+                ratios.append(f"husk-runtime / runc = {m / med['runc']:.1f}x")
+            rows.append(podman_row.format(name, f"{m:.3f} s", f"{p:.3f} s", "; ".join(ratios)))
+        else:
+            rows.append(podman_row.format(name, f"{m:.3f} s", f"{p:.3f} s", ""))
+
+vmm_pss = {}
+for b in backends:
+    log(f"idle container memory on {b}")
+    cid = subprocess.run([husk, "--root", root, "--vmm", b, "run", "-d", "--name", "bench-idle", "busybox", "sleep", "1000"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        time.sleep(3)
+        mon_pid, _ = container_pids(root, cid)
+        parts, tot_pss, tot_rss = [], 0, 0
+        for p in tree(mon_pid):
+            name = comm(p)
+            kv = smaps_rollup(p)
+            tot_pss += kv["Pss"]
+            tot_rss += kv["Rss"]
+            parts.append(f"{name} {kv['Pss'] / 1024:.1f}")
+            if name.startswith(("qemu", "husk-vmm")):
+                vmm_pss[b] = kv["Pss"]
+    finally:
+        subprocess.run([husk, "--root", root, "rm", "-f", cid], check=True, stdout=subprocess.DEVNULL)
+    rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {b} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)} |")
+if "husk" in vmm_pss and "qemu" in vmm_pss:
+    rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
+
+n_par = env_int("HUSK_BENCH_PARALLEL", 20)
+if n_par > 0:
+    for b in backends:
+        rows += parallel.rows(husk, root, b, bundle, n_par, f"{os.getpid()}-{b}")
+
+n_idle = env_int("HUSK_BENCH_IDLE", 100)
+if n_idle > 0:
+    for b in backends:
+        rows += density.rows(husk, root, b, n_idle, max(1, env_int("HUSK_BENCH_IDLE_BATCH", 4)))
+
+print("| measure | backend | median | p90 | note |")
+print("|---|---|---|---|---|")
+print("\n".join(rows))
