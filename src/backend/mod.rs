@@ -20,6 +20,7 @@ mod kind;
 mod paths;
 mod process_vm;
 pub mod qemu;
+pub mod tsc;
 pub mod vhost_blk;
 pub mod vhost_vsock;
 pub mod virtiofsd;

@@ -105,7 +105,11 @@ impl Runtime {
                 let p = spec::merge(&img.config, &process, &hostname, |k| std::env::var(k).ok())?;
                 let layers = hold_layers(dir, &img.layer_disks)?;
                 let scratch_disk = dir.join("scratch.ext4");
-                crate::image::scratch::create(&scratch_disk, SCRATCH_SIZE)?;
+                crate::image::scratch::from_template(
+                    &scratch_disk,
+                    SCRATCH_SIZE,
+                    &self.store.root().join("templates"),
+                )?;
                 timings::mark("disk preparation");
                 let vsock_uds = backend::vsock_socket_path(dir, &short_dir(id));
                 if let Some(d) = vsock_uds.parent() {
