@@ -87,7 +87,9 @@ def bare_qemu(accel):
             "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
             "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
             "-kernel", kernel, "-initrd", initramfs,
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
+            # BOOT_ARGS, TCG_BOOT_ARGS under TCG (src/backend/qemu.rs), then husk's `quiet`.
+            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check "
+                       + ("lapic_timer_period=4000000 " if accel == "tcg" else "") + "quiet"]
     if os.path.exists(log_path):
         os.remove(log_path)
     t = time.monotonic()

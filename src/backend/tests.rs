@@ -104,7 +104,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     assert_eq!(pair(&a, "-smp"), ["2"]);
     assert_eq!(
         pair(&a, "-append"),
-        ["console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
+        ["console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 quiet"]
     );
     assert_eq!(
         pair(&a, "-drive"),
@@ -143,6 +143,20 @@ fn qemu_kvm_uses_the_host_cpu() {
     assert!(
         !a.iter().any(|x| x.contains("vsock")),
         "no vsock asked for: {a:?}"
+    );
+}
+
+#[test]
+fn qemu_presets_the_apic_timer_period_under_tcg_only() {
+    // TCG's APIC bus is 1 GHz; KVM's is not guaranteed, and KVM skips calibration anyway.
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec_in(dir.path());
+    let append = |accel| pair(&qemu::args(&s, accel, None, &[], None), "-append");
+    let tcg = "console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000";
+    assert_eq!(append(Accel::Tcg), [tcg]);
+    assert_eq!(
+        append(Accel::Kvm),
+        ["console=ttyS0 reboot=t panic=-1 no_timer_check"]
     );
 }
 
