@@ -89,7 +89,7 @@ def bare_qemu(accel):
             "-kernel", kernel, "-initrd", initramfs,
             # BOOT_ARGS, TCG_BOOT_ARGS under TCG (src/backend/qemu.rs), then husk's `quiet`.
             "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check "
-                       + ("lapic_timer_period=4000000 " if accel == "tcg" else "") + "quiet"]
+                       + ("lapic_timer_period=4000000 noreplace-smp " if accel == "tcg" else "") + "quiet"]
     if os.path.exists(log_path):
         os.remove(log_path)
     t = time.monotonic()

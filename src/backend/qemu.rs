@@ -38,7 +38,11 @@ pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1", "no_ti
 /// skips ~0.2 s of calibrating and verifying against the emulated PIT. Not under KVM: with
 /// `-cpu host` the TSC-deadline timer already skips calibration, and KVM's APIC bus rate is
 /// not guaranteed to be 1 GHz. A kernel without the patch ignores the unknown parameter.
-pub const TCG_BOOT_ARGS: &[&str] = &["lapic_timer_period=4000000"];
+///
+/// `noreplace-smp`: a kernel that finds one CPU rewrites every LOCK prefix in its text to a
+/// no-op prefix, one `text_poke` (page-table switch + TLB flush) each, ~80 ms under TCG and
+/// cheap on KVM. The LOCK prefixes stay correct on one CPU; they only cost a few cycles.
+pub const TCG_BOOT_ARGS: &[&str] = &["lapic_timer_period=4000000", "noreplace-smp"];
 
 /// Overrides the QEMU binary.
 pub const QEMU_ENV: &str = "HUSK_QEMU";

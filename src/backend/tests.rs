@@ -104,7 +104,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     assert_eq!(pair(&a, "-smp"), ["2"]);
     assert_eq!(
         pair(&a, "-append"),
-        ["console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 quiet"]
+        ["console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 noreplace-smp quiet"]
     );
     assert_eq!(
         pair(&a, "-drive"),
@@ -147,12 +147,13 @@ fn qemu_kvm_uses_the_host_cpu() {
 }
 
 #[test]
-fn qemu_presets_the_apic_timer_period_under_tcg_only() {
-    // TCG's APIC bus is 1 GHz; KVM's is not guaranteed, and KVM skips calibration anyway.
+fn qemu_adds_the_tcg_boot_args_under_tcg_only() {
+    // TCG_BOOT_ARGS (APIC bus rate, UP patching) describe TCG; KVM keeps the plain line.
     let dir = tempfile::tempdir().unwrap();
     let s = spec_in(dir.path());
     let append = |accel| pair(&qemu::args(&s, accel, None, &[], None), "-append");
-    let tcg = "console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000";
+    let tcg =
+        "console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 noreplace-smp";
     assert_eq!(append(Accel::Tcg), [tcg]);
     assert_eq!(
         append(Accel::Kvm),
