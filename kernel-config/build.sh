@@ -13,13 +13,17 @@
 #   FRAGMENT=file      config fragment (default: husk.config beside this script)
 #   JOBS=n             make -j (default: nproc)
 #
-# The cache key is the sha256 of the fragment, the kernel source identity and this script, so
-# changing any of them rebuilds and an unchanged tree returns at once. Everything but the final
-# path goes to stderr.
+# Every kernel-config/patches/*.patch is applied (patch -p1, in name order) to the extracted or
+# copied tree before configuring; one that does not apply fails the build.
+#
+# The cache key is the sha256 of the fragment, the patches, the kernel source identity and this
+# script, so changing any of them rebuilds and an unchanged tree returns at once. Everything but
+# the final path goes to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 FRAGMENT=${FRAGMENT:-$here/husk.config}
+PATCHES=$here/patches
 CACHE=${HUSK_CACHE:-$HOME/.cache/husk}/kernel
 JOBS=${JOBS:-$(nproc)}
 DEB_PKG=linux-source-6.12
@@ -65,7 +69,16 @@ else
     src_id="deb:$DEB_PKG:$pkg_version:$(stat -c '%s:%Y' "$DEB_TARBALL")"
 fi
 
-key=$( { echo "$src_id"; echo "--- fragment"; cat "$FRAGMENT"; echo "--- build.sh"; cat "${BASH_SOURCE[0]}"; } \
+# In name order (LC_ALL=C so every machine sorts alike); the key covers names and contents.
+patches=()
+if [ -d "$PATCHES" ]; then
+    while IFS= read -r p; do patches+=("$p"); done \
+        < <(find "$PATCHES" -maxdepth 1 -type f -name '*.patch' | LC_ALL=C sort)
+fi
+
+key=$( { echo "$src_id"; echo "--- fragment"; cat "$FRAGMENT"
+         for p in ${patches[@]+"${patches[@]}"}; do echo "--- patch $(basename "$p")"; cat "$p"; done
+         echo "--- build.sh"; cat "${BASH_SOURCE[0]}"; } \
        | sha256sum | cut -c1-16)
 out=$CACHE/$key
 
@@ -80,7 +93,7 @@ fi
 # --- build tools ---------------------------------------------------------------------------
 missing=()
 need() { command -v "$1" >/dev/null || missing+=("$2"); }
-need make make; need gcc gcc; need flex flex; need bison bison; need bc bc; need xz xz-utils
+need make make; need patch patch; need gcc gcc; need flex flex; need bison bison; need bc bc; need xz xz-utils
 need perl perl-base; need sha256sum coreutils; need flock util-linux
 [ -f /usr/include/gelf.h ] || missing+=(libelf-dev)
 [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
@@ -122,6 +135,12 @@ else
     tree=$(find "$build" -mindepth 1 -maxdepth 1 -type d | head -n1)
 fi
 [ -f "$tree/Makefile" ] || die "no kernel tree in $build"
+for p in ${patches[@]+"${patches[@]}"}; do
+    say "applying $(basename "$p")"
+    # --forward: a tree that already has the change fails instead of being reverted.
+    patch -d "$tree" -p1 --forward --batch <"$p" >>"$logf" 2>&1 \
+        || die "patch $p does not apply to $src_id (see $logf)"
+done
 # A tree someone configured or built before would leak its .config into ours.
 make -s -C "$tree" ARCH=x86_64 mrproper >>"$logf" 2>&1
 

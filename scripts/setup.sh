@@ -23,7 +23,7 @@ for bin in husk husk-vmm husk-vhost-blk husk-runtime; do
 done
 install -m 0644 "$(readlink -f "$kernel")" "$PREFIX/share/husk/vmlinux"
 install -m 0644 "$(readlink -f "$(dirname "$kernel")/bzImage")" "$PREFIX/share/husk/bzImage"
-install -m 0644 "$initramfs" "$PREFIX/share/husk/initramfs.cpio.gz"
+install -m 0644 "$initramfs" "$PREFIX/share/husk/initramfs.cpio"
 log "installed husk, husk-vmm, husk-vhost-blk and husk-runtime to $PREFIX/bin, kernel and initramfs to $PREFIX/share/husk"
 
 # The QEMU backend (hosts whose KVM cannot run Linux guests) needs its vsock daemon.

@@ -9,6 +9,25 @@ import time
 TCG_ACCEL = "tcg,tb-size=64"
 
 
+# The kernel arguments husk adds under TCG (TCG_BOOT_ARGS and tcg_boot_args in
+# src/backend/qemu.rs; the same unit test keeps them equal): the fixed ones, then the host's
+# TSC frequency as husk measured and cached it (src/backend/tsc.rs), when it did.
+TCG_BOOT_ARGS = "lapic_timer_period=4000000 noreplace-smp"
+TSC_CACHE = "/run/husk/tsc-khz"
+
+
+def tcg_boot_args():
+    args = TCG_BOOT_ARGS
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        cached_boot, khz = open(TSC_CACHE).read().split()
+        if cached_boot == boot:
+            args += f" tsc_early_khz={int(khz)} tsc=reliable"
+    except (OSError, ValueError):
+        pass
+    return args
+
+
 def qemu_accel_arg(accel):
     """The `-accel` value husk passes for accel (`kvm` or `tcg`)."""
     return TCG_ACCEL if accel == "tcg" else accel
@@ -24,7 +43,8 @@ def bare_qemu(work, kernel, initramfs, accel):
             "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
             "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
             "-kernel", kernel, "-initrd", initramfs,
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
+            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check "
+                       + (tcg_boot_args() + " " if accel == "tcg" else "") + "quiet"]
     if os.path.exists(log_path):
         os.remove(log_path)
     t = time.monotonic()

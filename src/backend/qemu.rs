@@ -44,6 +44,33 @@ pub const BOOT_ARGS: &[&str] = &["console=ttyS0", "reboot=t", "panic=-1", "no_ti
 /// much code can hold at 64 MiB instead of up to 1 GiB. KVM has no translation cache.
 pub const TCG_TB_SIZE_MIB: u32 = 64;
 
+/// Kernel arguments added under TCG only, after [`BOOT_ARGS`].
+///
+/// `lapic_timer_period=4000000` (our kernel's patch, kernel-config/patches/): TCG's APIC bus
+/// runs at 1 GHz, so with HZ=250 the kernel's calibration always finds 4000000; presetting it
+/// skips ~0.2 s of calibrating and verifying against the emulated PIT. Not under KVM: with
+/// `-cpu host` the TSC-deadline timer already skips calibration, and KVM's APIC bus rate is
+/// not guaranteed to be 1 GHz. A kernel without the patch ignores the unknown parameter.
+///
+/// `noreplace-smp`: a kernel that finds one CPU rewrites every LOCK prefix in its text to a
+/// no-op prefix, one `text_poke` (page-table switch + TLB flush) each, ~80 ms under TCG and
+/// cheap on KVM. The LOCK prefixes stay correct on one CPU; they only cost a few cycles.
+pub const TCG_BOOT_ARGS: &[&str] = &["lapic_timer_period=4000000", "noreplace-smp"];
+
+/// [`TCG_BOOT_ARGS`], then, where the host's TSC frequency is known, `tsc_early_khz=` with it
+/// and `tsc=reliable`: a TCG guest reads the host's own TSC but cannot calibrate it against
+/// the emulated PIT, and without it keeps time on jiffies and never idles tickless
+/// ([`tsc`](super::tsc)); `reliable` because its rate is the host's constant one, which the
+/// jiffies watchdog, slowed by emulation, would otherwise call skewed.
+pub fn tcg_boot_args(tsc_khz: Option<u32>) -> Vec<String> {
+    let mut a: Vec<String> = TCG_BOOT_ARGS.iter().map(|s| s.to_string()).collect();
+    if let Some(khz) = tsc_khz {
+        a.push(format!("tsc_early_khz={khz}"));
+        a.push("tsc=reliable".into());
+    }
+    a
+}
+
 /// Overrides the QEMU binary.
 pub const QEMU_ENV: &str = "HUSK_QEMU";
 /// Forces the accelerator (`kvm` or `tcg`) instead of probing.
@@ -78,6 +105,8 @@ pub struct QemuBackend {
     /// Start QEMU and vhost-device-vsock confined (`confine`, docs/security.md); off only
     /// with `HUSK_JAIL=off`.
     pub confine: bool,
+    /// Under TCG, the host's TSC frequency, told to the guest ([`tsc`](super::tsc)).
+    pub tsc_khz: Option<u32>,
 }
 
 impl QemuBackend {
@@ -110,6 +139,10 @@ impl QemuBackend {
             virtiofsd: None,
             vhost_blk: None,
             confine: launch::enabled(),
+            tsc_khz: match accel {
+                Accel::Tcg => super::tsc::host_tsc_khz(),
+                Accel::Kvm => None,
+            },
         })
     }
 }
@@ -132,10 +165,12 @@ pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
 
 /// The full QEMU command line for `spec` (everything after the program name).
 /// `vhost_socket` is the vhost-device-vsock socket when the spec has vsock; `fs_sockets` holds
-/// the virtiofsd socket of each of `spec.shared_dirs`, in order.
+/// the virtiofsd socket of each of `spec.shared_dirs`, in order. `tsc_khz`: the host's TSC
+/// frequency, told to a TCG guest ([`tcg_boot_args`]).
 pub fn args(
     spec: &VmSpec,
     accel: Accel,
+    tsc_khz: Option<u32>,
     vhost_socket: Option<&Path>,
     fs_sockets: &[PathBuf],
     layer_socket: Option<&Path>,
@@ -175,9 +210,14 @@ pub fn args(
     if let Some(i) = &spec.initramfs {
         push(&["-initrd", &i.display().to_string()]);
     }
+    let accel_args = match accel {
+        Accel::Tcg => tcg_boot_args(tsc_khz),
+        Accel::Kvm => Vec::new(),
+    };
     let cmdline: Vec<&str> = BOOT_ARGS
         .iter()
         .copied()
+        .chain(accel_args.iter().map(String::as_str))
         .chain(spec.cmdline.iter().map(String::as_str))
         .collect();
     push(&["-append", &cmdline.join(" ")]);
@@ -334,6 +374,7 @@ impl VmBackend for QemuBackend {
         cmd.args(args(
             spec,
             self.accel,
+            self.tsc_khz,
             vhost_socket.as_deref(),
             &fs_sockets,
             layer_socket.as_deref(),

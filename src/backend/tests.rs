@@ -42,7 +42,7 @@ fn qemu_args_give_each_tap_a_virtio_net_device() {
             fd: Some(super::TapFd(std::sync::Arc::new(null.into()))),
         },
     ];
-    let a = qemu::args(&s, Accel::Tcg, None, &[], None).join(" ");
+    let a = qemu::args(&s, Accel::Tcg, None, None, &[], None).join(" ");
     assert!(
         a.contains("-netdev tap,id=net0,ifname=hk0,script=no,downscript=no,vhost=off"),
         "{a}"
@@ -83,9 +83,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         cid: 7,
         uds_path: "/run/v.sock".into(),
     });
-    let a = qemu::args(
-        &s,
-        Accel::Tcg,
+    let a = qemu::args(&s, Accel::Tcg, None,
         Some(Path::new("/run/v.sock.vhost")),
         &[],
         None,
@@ -107,7 +105,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
     assert_eq!(pair(&a, "-smp"), ["2"]);
     assert_eq!(
         pair(&a, "-append"),
-        ["console=ttyS0 reboot=t panic=-1 no_timer_check quiet"]
+        ["console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 noreplace-smp quiet"]
     );
     assert_eq!(
         pair(&a, "-drive"),
@@ -138,21 +136,27 @@ fn qemu_args_have_the_devices_and_boot_settings() {
 }
 
 #[test]
-fn bench_bare_boot_uses_husks_tcg_cache_size() {
+fn bench_bare_boot_boots_as_husk_does() {
     // scripts/bench.sh compares `husk run` to a bare QEMU boot: both must translate with
-    // the same cache, or the ratio measures the cache size.
+    // the same cache and boot with the same kernel arguments, or the ratio measures those.
     let boot_py = include_str!("../../scripts/bench/boot.py");
-    let want = format!("TCG_ACCEL = \"tcg,tb-size={}\"", qemu::TCG_TB_SIZE_MIB);
-    assert!(
-        boot_py.contains(&want),
-        "scripts/bench/boot.py must say {want}"
-    );
+    for want in [
+        format!("TCG_ACCEL = \"tcg,tb-size={}\"", qemu::TCG_TB_SIZE_MIB),
+        format!("TCG_BOOT_ARGS = \"{}\"", qemu::TCG_BOOT_ARGS.join(" ")),
+        format!("TSC_CACHE = \"{}\"", super::tsc::CACHE),
+        "tsc_early_khz={int(khz)} tsc=reliable".to_string(),
+    ] {
+        assert!(
+            boot_py.contains(&want),
+            "scripts/bench/boot.py must say {want}"
+        );
+    }
 }
 
 #[test]
 fn qemu_kvm_uses_the_host_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, &[], None);
+    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, None, &[], None);
     // The translation-cache size is TCG's alone; KVM has none.
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
@@ -160,6 +164,28 @@ fn qemu_kvm_uses_the_host_cpu() {
         !a.iter().any(|x| x.contains("vsock")),
         "no vsock asked for: {a:?}"
     );
+}
+
+#[test]
+fn qemu_adds_the_tcg_boot_args_under_tcg_only() {
+    // TCG_BOOT_ARGS (APIC bus rate, UP patching) describe TCG; KVM keeps the plain line.
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec_in(dir.path());
+    let append = |accel, tsc| pair(&qemu::args(&s, accel, tsc, None, &[], None), "-append");
+    let tcg =
+        "console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 noreplace-smp";
+    assert_eq!(append(Accel::Tcg, None), [tcg]);
+    // A known host TSC frequency is told to a TCG guest, never to a KVM one (its own clock).
+    assert_eq!(
+        append(Accel::Tcg, Some(2_596_096)),
+        [format!("{tcg} tsc_early_khz=2596096 tsc=reliable")]
+    );
+    for tsc in [None, Some(2_596_096)] {
+        assert_eq!(
+            append(Accel::Kvm, tsc),
+            ["console=ttyS0 reboot=t panic=-1 no_timer_check"]
+        );
+    }
 }
 
 #[test]
@@ -445,6 +471,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         vhost_blk: None,
         // The fake daemons write into the test's directory, which a VM's uid may not.
         confine: false,
+        tsc_khz: None,
     }
 }
 
@@ -572,6 +599,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         virtiofsd: None,
         vhost_blk: None,
         confine: true,
+        tsc_khz: None,
     };
     let err = backend
         .start(&spec_in(dir.path()))

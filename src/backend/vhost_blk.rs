@@ -117,7 +117,7 @@ mod tests {
         });
         let sock = socket_for(&s);
         assert_eq!(sock, Path::new("/run/c/vsock.blk"));
-        let a = qemu::args(&s, Accel::Tcg, None, &[], Some(&sock));
+        let a = qemu::args(&s, Accel::Tcg, None, None, &[], Some(&sock));
         assert!(
             pair(&a, "-chardev").contains(&"socket,id=layers,path=/run/c/vsock.blk".to_string())
         );

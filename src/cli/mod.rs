@@ -38,7 +38,7 @@ pub struct GlobalOpts {
     /// Guest kernel (default: $HUSK_KERNEL, <prefix>/share/husk/vmlinux, ~/.cache/husk/kernel/vmlinux).
     #[arg(long, global = true)]
     pub kernel: Option<PathBuf>,
-    /// Agent initramfs (default: $HUSK_INITRAMFS, <prefix>/share/husk/initramfs.cpio.gz).
+    /// Agent initramfs (default: $HUSK_INITRAMFS, <prefix>/share/husk/initramfs.cpio).
     #[arg(long, global = true)]
     pub initramfs: Option<PathBuf>,
     /// error, warn, info, debug or trace (or a tracing filter).

@@ -1,7 +1,9 @@
 //! Where the guest kernel and the agent initramfs are, without flags: `--kernel`/
 //! `--initramfs`, then `HUSK_KERNEL`/`HUSK_INITRAMFS`, then `<prefix>/share/husk/` beside the
 //! installed binary (and `/usr/local/share/husk/`), then the build caches of a checkout
-//! (`~/.cache/husk/kernel/vmlinux`, `<repo>/target/husk/initramfs.cpio.gz`).
+//! (`~/.cache/husk/kernel/vmlinux`, `<repo>/target/husk/initramfs.cpio`). An initramfs is
+//! `initramfs.cpio` (uncompressed, the default since it boots fastest) or, as built before
+//! that, `initramfs.cpio.gz`.
 
 use std::path::{Path, PathBuf};
 
@@ -70,16 +72,18 @@ pub fn kernel_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     c
 }
 
+/// File names of the initramfs, preferred first (scripts/build-initramfs.sh's default, then
+/// its gzip form, which older builds and installs have).
+const INITRAMFS_NAMES: [&str; 2] = ["initramfs.cpio", "initramfs.cpio.gz"];
+
 /// The places looked at for the initramfs, in order.
 pub fn initramfs_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     let mut c: Vec<PathBuf> = flag.map(Path::to_path_buf).into_iter().collect();
     c.extend(std::env::var_os(INITRAMFS_ENV).map(PathBuf::from));
-    c.extend(
-        share_dirs()
-            .into_iter()
-            .map(|d| d.join("initramfs.cpio.gz")),
-    );
-    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/husk/initramfs.cpio.gz"));
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/husk");
+    for d in share_dirs().into_iter().chain([checkout]) {
+        c.extend(INITRAMFS_NAMES.iter().map(|n| d.join(n)));
+    }
     c
 }
 

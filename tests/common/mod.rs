@@ -94,7 +94,7 @@ pub fn bzimage(test: &str) -> Option<PathBuf> {
 pub fn initramfs(test: &str) -> Option<PathBuf> {
     artifact(
         "HUSK_INITRAMFS",
-        repo_root().join("target/husk/initramfs.cpio.gz"),
+        repo_root().join("target/husk/initramfs.cpio"),
         "scripts/build-initramfs.sh",
         test,
     )
@@ -105,7 +105,7 @@ pub fn initramfs(test: &str) -> Option<PathBuf> {
 pub fn selftest_initramfs(test: &str) -> Option<PathBuf> {
     artifact(
         "HUSK_SELFTEST_INITRAMFS",
-        repo_root().join("target/husk/initramfs-selftest.cpio.gz"),
+        repo_root().join("target/husk/initramfs-selftest.cpio"),
         "SELFTEST=1 scripts/build-initramfs.sh",
         test,
     )
