@@ -33,18 +33,30 @@ def qemu_accel_arg(accel):
     return TCG_ACCEL if accel == "tcg" else accel
 
 
+BOOT_ARGS = "console=ttyS0 reboot=t panic=-1 no_timer_check"  # BOOT_ARGS in qemu.rs
+
+
+def husk_append(accel):
+    """The kernel command line husk boots a pod VM with on QEMU (before its devices)."""
+    return BOOT_ARGS + " " + (tcg_boot_args() + " " if accel == "tcg" else "") + "quiet"
+
+
 def bare_qemu(work, kernel, initramfs, accel):
     """QEMU as husk starts it (microvm, same kernel, initramfs, cmdline), to the ready marker."""
-    log_path = os.path.join(work, "bare-console.log")
+    return boot_qemu(os.path.join(work, "bare-console.log"), kernel, initramfs, accel,
+                     husk_append(accel))
+
+
+def boot_qemu(log_path, kernel, initramfs, accel, append):
+    """Seconds from spawning QEMU (husk's machine, 1 vCPU, 256 MiB) with kernel command line
+    `append` to the agent's ready marker in its console log at log_path."""
     args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
             "-accel", qemu_accel_arg(accel),
             *(["-cpu", "host"] if accel == "kvm" else []),
             "-smp", "1", "-m", "256M", "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
             "-chardev", f"file,id=console,path={log_path}", "-serial", "chardev:console",
-            "-kernel", kernel, "-initrd", initramfs,
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check "
-                       + (tcg_boot_args() + " " if accel == "tcg" else "") + "quiet"]
+            "-kernel", kernel, "-initrd", initramfs, "-append", append]
     if os.path.exists(log_path):
         os.remove(log_path)
     t = time.monotonic()
@@ -58,9 +70,9 @@ def bare_qemu(work, kernel, initramfs, accel):
             except FileNotFoundError:
                 pass
             if p.poll() is not None:
-                raise RuntimeError("bare QEMU exited before the ready marker")
+                raise RuntimeError(f"QEMU exited before the ready marker ({append!r})")
             if time.monotonic() - t > 120:
-                raise RuntimeError("bare QEMU: no ready marker in 120 s")
+                raise RuntimeError(f"QEMU: no ready marker in 120 s ({append!r})")
             time.sleep(0.002)
     finally:
         p.kill()
