@@ -734,3 +734,44 @@ crate::on_kvm_backends! {
     husk_cli_on_husk_vmm => ON_HUSK_VMM,
     husk_cli_on_qemu_kvm => ON_QEMU_KVM,
 }
+
+#[test]
+fn run_answers_with_the_exit_status_before_the_teardown() {
+    let Some(h) = husk("run_answers_with_the_exit_status_before_the_teardown") else {
+        return;
+    };
+    // Without --rm the caller gets the status and output at the process's exit; the VM is
+    // powered off after. Output through a pipe ends with the answer (nothing keeps it open).
+    let out = h.run(&[
+        "run",
+        "--name",
+        "early",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    // Recorded as exited before the answer, whatever the teardown is doing.
+    let ps = h.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("early Exited (5)"), "{ps:?}");
+    // The name is held until `rm`, which waits for the teardown, and then nothing is left.
+    let again = h.run(&["run", "--name", "early", "busybox", "true"]);
+    assert!(
+        !again.status.success(),
+        "a second container took a held name"
+    );
+    h.ok(&["rm", "early"]);
+    assert!(leftovers(&h).is_empty(), "{:?}", leftovers(&h));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_using(h.root.path()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        processes_using(h.root.path()).is_empty(),
+        "{:?}",
+        processes_using(h.root.path())
+    );
+}

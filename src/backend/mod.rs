@@ -476,6 +476,8 @@ pub enum Error {
 }
 
 #[cfg(test)]
+mod qemu_args_tests;
+#[cfg(test)]
 mod tests;
 
 fn last_words(line: &Option<String>) -> String {

@@ -1,6 +1,6 @@
 //! `husk run` in the foreground answers its caller as soon as the container's process has
-//! exited and its output is out; powering the VM off, releasing its network and `--rm`'s
-//! removal go on afterwards, in the background.
+//! exited and its output is out; powering the VM off and releasing its network go on
+//! afterwards, in the background (`run` leaves `--rm` and `--timings` out: see there).
 //!
 //! Before any thread starts, `husk run` forks. The parent is the process the caller waits on:
 //! it reads one message from a pipe, the exit code, and exits with it. Signals another process

@@ -109,7 +109,7 @@ impl ContainerStore {
             // A `--rm` container whose process has exited is on its way out: its monitor
             // powers the VM off and removes it. Wait for that once, as `rm` would.
             if !waited && finishing(other) {
-                let monitor = other.monitor.clone();
+                let monitor = other.monitor;
                 drop(lock);
                 if let Some(m) = monitor {
                     m.wait_gone(FINISH_WAIT);

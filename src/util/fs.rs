@@ -61,6 +61,57 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Makes `dst` (empty, open for writing) a copy of `src` that is as sparse as `src`: a reflink
+/// where the filesystem shares extents, else only `src`'s data extents are copied (in the
+/// kernel, `copy_file_range`) and its holes stay holes.
+pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
+    // SAFETY: FICLONE takes the source fd as its argument and touches no memory of ours.
+    if unsafe { libc::ioctl(d, libc::FICLONE, s) } == 0 {
+        return Ok(());
+    }
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    let mut at: i64 = 0;
+    while (at as u64) < len {
+        // SAFETY: lseek on an fd we own moves only that file's offset.
+        let data = unsafe { libc::lseek(s, at, libc::SEEK_DATA) };
+        if data < 0 {
+            match io::Error::last_os_error() {
+                // No data after `at`: the rest is a hole, already there.
+                e if e.raw_os_error() == Some(libc::ENXIO) => break,
+                e => return Err(e),
+            }
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (mut from, mut to) = (data, data);
+        while from < hole {
+            // SAFETY: copy_file_range between two fds we own, with offsets in live locals it
+            // advances; it reads and writes no memory of ours otherwise.
+            let n = unsafe {
+                libc::copy_file_range(s, &mut from, d, &mut to, (hole - from) as usize, 0)
+            };
+            match n {
+                n if n > 0 => {}
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        at = hole;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,55 +162,4 @@ mod tests {
         assert!(which("sh").is_some());
         assert!(!is_executable(dir.path()));
     }
-}
-
-/// Makes `dst` (empty, open for writing) a copy of `src` that is as sparse as `src`: a reflink
-/// where the filesystem shares extents, else only `src`'s data extents are copied (in the
-/// kernel, `copy_file_range`) and its holes stay holes.
-pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (s, d) = (src.as_raw_fd(), dst.as_raw_fd());
-    // SAFETY: FICLONE takes the source fd as its argument and touches no memory of ours.
-    if unsafe { libc::ioctl(d, libc::FICLONE, s) } == 0 {
-        return Ok(());
-    }
-    let len = src.metadata()?.len();
-    dst.set_len(len)?;
-    let mut at: i64 = 0;
-    while (at as u64) < len {
-        // SAFETY: lseek on an fd we own moves only that file's offset.
-        let data = unsafe { libc::lseek(s, at, libc::SEEK_DATA) };
-        if data < 0 {
-            match io::Error::last_os_error() {
-                // No data after `at`: the rest is a hole, already there.
-                e if e.raw_os_error() == Some(libc::ENXIO) => break,
-                e => return Err(e),
-            }
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (mut from, mut to) = (data, data);
-        while from < hole {
-            // SAFETY: copy_file_range between two fds we own, with offsets in live locals it
-            // advances; it reads and writes no memory of ours otherwise.
-            let n = unsafe {
-                libc::copy_file_range(s, &mut from, d, &mut to, (hole - from) as usize, 0)
-            };
-            match n {
-                n if n > 0 => {}
-                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        at = hole;
-    }
-    Ok(())
 }

@@ -21,9 +21,11 @@ fn network_settings(mode: Option<&str>, publish: &[String]) -> Result<NetworkSet
 pub const NETWORK_ENV: &str = "HUSK_NETWORK";
 
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
-    // In the foreground the caller gets the exit status before the teardown (first, while
-    // this process has one thread).
-    let handoff = if a.detach {
+    // In the foreground the caller gets the exit status before the VM is powered off (split
+    // first, while this process has one thread). Not with `--rm`, whose caller, as docker's
+    // and podman's, finds the container gone when the command returns; not with `--timings`,
+    // whose table ends with the teardown.
+    let handoff = if a.detach || a.rm || a.timings {
         None
     } else {
         exit_handoff::split()
@@ -32,20 +34,13 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
         timings::record();
     }
     let show = a.timings;
-    let early = handoff.is_some();
     let on_exit = move |code| {
-        if show {
-            eprint!(
-                "husk: timings (the teardown follows once the caller has the exit status):\n{}",
-                timings::table(&timings::take())
-            );
-        }
         if let Some(h) = handoff {
             h.deliver(code);
         }
     };
     let result = run_recorded(g, a, on_exit);
-    if show && !early {
+    if show {
         eprint!("husk: timings:\n{}", timings::table(&timings::take()));
     }
     result
