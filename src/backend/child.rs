@@ -141,6 +141,70 @@ fn wait_exited_no_reap(pid: u32) -> io::Result<()> {
     }
 }
 
+/// How long a helper daemon may take to listen on its socket.
+pub(super) const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a helper's listening socket is listed: the host's `/proc/net/unix`, or that of the
+/// helper's own network namespace (a confined helper has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ListenTable {
+    Host,
+    OfDaemon,
+}
+
+/// A helper daemon that was spawned and is about to listen on `socket`: spawn every helper
+/// of a VM first, then wait for each ([`ready`](Self::ready)), so their start-ups overlap.
+pub(super) struct Starting {
+    pub daemon: Guarded,
+    pub socket: PathBuf,
+    pub table: ListenTable,
+}
+
+impl Starting {
+    /// Waits until the daemon listens; its death or [`READY_TIMEOUT`] is the error, naming
+    /// `log_path` (where its stderr went).
+    pub fn ready(self, log_path: &Path) -> Result<Guarded, Error> {
+        use std::time::{Duration, Instant};
+        // The file appears at bind(), before listen(): a VMM connecting in between is
+        // refused and exits, so wait for the listening state itself. It comes within
+        // milliseconds: look often (a look reads one /proc table).
+        const PAUSE: Duration = Duration::from_millis(1);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let listening = match self.table {
+                ListenTable::Host => super::vhost_vsock::is_listening(&self.socket),
+                ListenTable::OfDaemon => {
+                    super::vhost_vsock::is_listening_in(&self.socket, self.daemon.pid())
+                }
+            };
+            if listening {
+                return Ok(self.daemon);
+            }
+            let status = self.daemon.try_wait().map_err(|source| Error::Process {
+                op: "wait",
+                pid: self.daemon.pid(),
+                source,
+            })?;
+            if let Some(status) = status {
+                return Err(Error::HelperDied {
+                    program: self.daemon.program().to_string(),
+                    status,
+                    log: log_path.to_path_buf(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::HelperTimeout {
+                    program: self.daemon.program().to_string(),
+                    path: self.socket.clone(),
+                    secs: READY_TIMEOUT.as_secs(),
+                    log: log_path.to_path_buf(),
+                });
+            }
+            std::thread::sleep(PAUSE);
+        }
+    }
+}
+
 /// What a VM leaves behind besides its main process: helpers to kill, files to remove.
 /// Dropping it cleans up, so an early return while starting a VM leaks nothing either.
 #[derive(Default)]

@@ -308,7 +308,9 @@ impl VmBackend for QemuBackend {
         let mut leftovers = Leftovers::default();
         // Its id and cgroup first: vhost-device-vsock runs as that id, in that cgroup.
         let mut confinement = confined::for_vm(spec, self.overhead(spec), self.confine)?;
+        // Every helper is spawned first, then waited for: their start-ups overlap.
         let mut vhost_socket = None;
+        let mut vsock_starting = None;
         if let Some(v) = &spec.vsock {
             let bin = match &self.vhost_device_vsock {
                 Some(b) => b.clone(),
@@ -318,16 +320,14 @@ impl VmBackend for QemuBackend {
             // Registered before the daemon runs, so a failed start removes them too.
             leftovers.files.push(sock.clone());
             leftovers.files.push(v.uds_path.clone());
-            let daemon = vhost_vsock::start(
+            vsock_starting = Some(vhost_vsock::launch(
                 &bin,
                 v,
                 &sock,
                 &log,
                 &spec.console_log,
                 confinement.as_mut(),
-            )?;
-            tracing::debug!(pid = daemon.pid(), socket = %sock.display(), "vhost-device-vsock ready");
-            leftovers.add_helper(daemon);
+            )?);
             vhost_socket = Some(sock);
         }
         let mut layer_socket = None;
@@ -338,6 +338,7 @@ impl VmBackend for QemuBackend {
             };
             let sock = vhost_blk::socket_for(spec);
             leftovers.files.push(sock.clone());
+            // Its socket is bound and listening before it runs: nothing to wait for.
             let daemon = vhost_blk::start(
                 &bin,
                 layers,
@@ -349,12 +350,13 @@ impl VmBackend for QemuBackend {
             tracing::debug!(
                 pid = daemon.pid(),
                 layers = layers.layers.len(),
-                "husk-vhost-blk ready"
+                "husk-vhost-blk started"
             );
             leftovers.add_helper(daemon);
             layer_socket = Some(sock);
         }
         let mut fs_sockets = Vec::new();
+        let mut fs_starting = Vec::new();
         if !spec.shared_dirs.is_empty() {
             let bin = match &self.virtiofsd {
                 Some(b) => b.clone(),
@@ -363,11 +365,27 @@ impl VmBackend for QemuBackend {
             for (i, share) in spec.shared_dirs.iter().enumerate() {
                 let sock = virtiofsd::socket_for(&spec.console_log, i);
                 leftovers.files.push(sock.clone());
-                let daemon = virtiofsd::start(&bin, share, &sock, &log, &spec.console_log)?;
-                tracing::debug!(pid = daemon.pid(), tag = %share.tag, "virtiofsd ready");
-                leftovers.add_helper(daemon);
+                let starting = virtiofsd::launch(
+                    &bin,
+                    share,
+                    &sock,
+                    virtiofsd::Sandbox::Namespace,
+                    &log,
+                    &spec.console_log,
+                )?;
+                fs_starting.push((bin.clone(), share, starting));
                 fs_sockets.push(sock);
             }
+        }
+        if let Some(starting) = vsock_starting {
+            let daemon = starting.ready(&spec.console_log)?;
+            tracing::debug!(pid = daemon.pid(), "vhost-device-vsock ready");
+            leftovers.add_helper(daemon);
+        }
+        for (bin, share, starting) in fs_starting {
+            let daemon = virtiofsd::ready(starting, &bin, share, &log, &spec.console_log)?;
+            tracing::debug!(pid = daemon.pid(), tag = %share.tag, "virtiofsd ready");
+            leftovers.add_helper(daemon);
         }
         timings::mark("helper daemons");
         let mut cmd = Command::new(&self.qemu);

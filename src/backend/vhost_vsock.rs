@@ -8,9 +8,8 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use super::child::{self, Guarded};
+use super::child::{self, Guarded, ListenTable, Starting};
 use super::confined;
 use super::{Error, VsockSpec};
 use crate::confine::launch::{self, Confinement};
@@ -20,9 +19,6 @@ pub const VERSION: &str = "0.3.0";
 
 /// Overrides where the binary is looked for.
 pub const BINARY_ENV: &str = "HUSK_VHOST_DEVICE_VSOCK";
-
-/// How long the daemon may take to create its vhost-user socket.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Finds the binary: `$HUSK_VHOST_DEVICE_VSOCK`, then the install script's location under the
 /// husk cache, then `PATH`.
@@ -98,29 +94,32 @@ fn listening_in(path: &Path, table: &str) -> bool {
     })
 }
 
-/// Starts the daemon and waits until it listens on its vhost-user socket. Stale sockets from a
-/// previous run are removed first: the daemon refuses to bind over them.
+/// Spawns the daemon; it will listen on `vhost_socket` ([`Starting::ready`] waits for that).
+/// Stale sockets from a previous run are removed first: the daemon refuses to bind over them.
 ///
 /// With `conf` the daemon runs as the VM's own id, in new IPC, UTS and network namespaces,
 /// with no capability and `no_new_privs`, in the VM's cgroup: it binds its two sockets in a
 /// directory that id owns ([`launch::socket_dir`]), and `vhost_socket` and the VM's vsock
 /// socket are symlinks to them (a unix-socket connect follows them; root connects to both).
-pub(super) fn start(
+pub(super) fn launch(
     binary: &Path,
     vsock: &VsockSpec,
     vhost_socket: &Path,
     log: &File,
     log_path: &Path,
     conf: Option<&mut Confinement>,
-) -> Result<Guarded, Error> {
+) -> Result<Starting, Error> {
     child::remove_if_exists(vhost_socket);
     child::remove_if_exists(&vsock.uds_path);
     let Some(conf) = conf else {
         let mut cmd = Command::new(binary);
         cmd.args(args(vsock, vhost_socket));
         child::quiet_stdio(&mut cmd, log, log_path)?;
-        let daemon = Guarded::spawn("vhost-device-vsock", &mut cmd)?;
-        return wait_listening(daemon, vhost_socket, log_path);
+        return Ok(Starting {
+            daemon: Guarded::spawn("vhost-device-vsock", &mut cmd)?,
+            socket: vhost_socket.to_path_buf(),
+            table: ListenTable::Host,
+        });
     };
     let file_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -147,41 +146,9 @@ pub(super) fn start(
         .args(args(&own, &own_vhost));
     child::quiet_stdio(&mut cmd, log, log_path)?;
     confined::as_helper(&mut cmd, conf)?;
-    let daemon = Guarded::spawn("vhost-device-vsock", &mut cmd)?;
-    wait_listening(daemon, &own_vhost, log_path)
-}
-
-/// Waits until `daemon` listens on `vhost_socket`.
-fn wait_listening(daemon: Guarded, vhost_socket: &Path, log_path: &Path) -> Result<Guarded, Error> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        // The file appears at bind(), before listen(): QEMU connecting in between is
-        // refused and exits, so wait for the listening state itself.
-        if is_listening_in(vhost_socket, daemon.pid()) {
-            return Ok(daemon);
-        }
-        let status = daemon.try_wait().map_err(|source| Error::Process {
-            op: "wait",
-            pid: daemon.pid(),
-            source,
-        })?;
-        if let Some(status) = status {
-            return Err(Error::HelperDied {
-                program: "vhost-device-vsock".into(),
-                status,
-                log: log_path.to_path_buf(),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::HelperTimeout {
-                program: "vhost-device-vsock".into(),
-                path: vhost_socket.to_path_buf(),
-                secs: READY_TIMEOUT.as_secs(),
-                log: log_path.to_path_buf(),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    Ok(Starting {
+        daemon: Guarded::spawn("vhost-device-vsock", &mut cmd)?,
+        socket: own_vhost,
+        table: ListenTable::OfDaemon,
+    })
 }

@@ -28,9 +28,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use super::child::{self, Guarded};
+use super::child::{self, Guarded, ListenTable, Starting};
 use super::{vhost_vsock, Error, ShareCache, SharedDirSpec};
 
 /// The version `scripts/install-virtiofsd.sh` installs.
@@ -38,9 +37,6 @@ pub const VERSION: &str = "1.14.0";
 
 /// Overrides where the binary is looked for.
 pub const BINARY_ENV: &str = "HUSK_VIRTIOFSD";
-
-/// How long the daemon may take to listen on its socket.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest mount tag the virtio-fs config space holds.
 pub const MAX_TAG_LEN: usize = 36;
@@ -146,63 +142,53 @@ pub(super) fn start(
     log: &File,
     log_path: &Path,
 ) -> Result<Guarded, Error> {
-    match start_with(binary, share, socket, Sandbox::Namespace, log, log_path) {
+    let starting = launch(binary, share, socket, Sandbox::Namespace, log, log_path)?;
+    ready(starting, binary, share, log, log_path)
+}
+
+/// Waits for a daemon [`launch`]ed with the namespace sandbox to listen; if it died (a host
+/// that cannot give it namespaces), starts it again with the chroot sandbox and waits.
+pub(super) fn ready(
+    starting: Starting,
+    binary: &Path,
+    share: &SharedDirSpec,
+    log: &File,
+    log_path: &Path,
+) -> Result<Guarded, Error> {
+    let socket = starting.socket.clone();
+    match starting.ready(log_path) {
         Err(Error::HelperDied { status, .. }) => {
             tracing::warn!(
                 share = %share.host_path.display(),
                 %status,
                 "virtiofsd could not use --sandbox=namespace; retrying with --sandbox=chroot"
             );
-            start_with(binary, share, socket, Sandbox::Chroot, log, log_path)
+            launch(binary, share, &socket, Sandbox::Chroot, log, log_path)?.ready(log_path)
         }
         other => other,
     }
 }
 
-fn start_with(
+/// Spawns a daemon for `share` that will listen on `socket` (a stale socket file is removed
+/// first); [`ready`] waits for it.
+pub(super) fn launch(
     binary: &Path,
     share: &SharedDirSpec,
     socket: &Path,
     sandbox: Sandbox,
     log: &File,
     log_path: &Path,
-) -> Result<Guarded, Error> {
+) -> Result<Starting, Error> {
     child::remove_if_exists(socket);
     let mut cmd = Command::new(binary);
     cmd.args(args(share, socket, sandbox));
     child::quiet_stdio(&mut cmd, log, log_path)?;
     let program = format!("virtiofsd (share {})", share.tag);
-    let daemon = Guarded::spawn(&program, &mut cmd)?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        // As with vhost-device-vsock: the file appears at bind(), before listen().
-        if vhost_vsock::is_listening(socket) {
-            return Ok(daemon);
-        }
-        let status = daemon.try_wait().map_err(|source| Error::Process {
-            op: "wait",
-            pid: daemon.pid(),
-            source,
-        })?;
-        if let Some(status) = status {
-            return Err(Error::HelperDied {
-                program,
-                status,
-                log: log_path.to_path_buf(),
-            });
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::HelperTimeout {
-                program,
-                path: socket.to_path_buf(),
-                secs: READY_TIMEOUT.as_secs(),
-                log: log_path.to_path_buf(),
-            });
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    Ok(Starting {
+        daemon: Guarded::spawn(&program, &mut cmd)?,
+        socket: socket.to_path_buf(),
+        table: ListenTable::Host,
+    })
 }
 
 #[cfg(test)]

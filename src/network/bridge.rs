@@ -2,6 +2,7 @@
 //! subnet's first address, IPv4 forwarding on, and `route_localnet` so a published port
 //! answers on 127.0.0.1 too (see [`super::nat`]).
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::cmd;
@@ -26,17 +27,54 @@ pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
         return Err(Error::NotABridge(name.to_string()));
     }
     // Also on a bridge that exists (made by hand, or for another subnet before): the
-    // guests' gateway must be on it.
-    let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
-    match cmd::run(None, "ip", &["addr", "add", &addr, "dev", name]) {
-        Err(Error::Tool { detail, .. })
-            if detail.contains("already assigned") || detail.contains("File exists") => {}
-        other => {
-            other?;
+    // guests' gateway must be on it. Looked up first: each `ip` run costs milliseconds on
+    // every container start.
+    if !has_address(name, subnet.gateway()) {
+        let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
+        match cmd::run(None, "ip", &["addr", "add", &addr, "dev", name]) {
+            Err(Error::Tool { detail, .. })
+                if detail.contains("already assigned") || detail.contains("File exists") => {}
+            other => {
+                other?;
+            }
         }
     }
-    cmd::run(None, "ip", &["link", "set", name, "up"])?;
+    if !is_up(name) {
+        cmd::run(None, "ip", &["link", "set", name, "up"])?;
+    }
     cmd::sysctl("net.ipv4.ip_forward", "1")?;
     cmd::sysctl(&format!("net.ipv4.conf.{name}.route_localnet"), "1")?;
     Ok(())
+}
+
+/// Whether interface `name` is administratively up (`IFF_UP` in its sysfs flags).
+fn is_up(name: &str) -> bool {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & libc::IFF_UP as u32 != 0)
+}
+
+/// Whether interface `name` holds IPv4 address `addr`.
+fn has_address(name: &str, addr: Ipv4Addr) -> bool {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs
+        .filter(|a| a.interface_name == name)
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .any(|ip| ip == addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_up_and_holds_127_0_0_1() {
+        assert!(is_up("lo"));
+        assert!(has_address("lo", Ipv4Addr::LOCALHOST));
+        assert!(!has_address("lo", Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(!is_up("husk-no-such-if"));
+    }
 }

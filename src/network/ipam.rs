@@ -198,6 +198,18 @@ impl Ipam {
         Ok(ids)
     }
 
+    /// Whether container `id` holds a published port on any bridge. Only then can it have
+    /// DNAT rules: they are added after the reservation and deleted before its release,
+    /// under the lock, so a container without ports costs no `nft` run.
+    pub fn holds_ports(&self, _lock: &NetLock, id: &str) -> Result<bool, Error> {
+        for br in self.bridges() {
+            if self.load(&br)?.ports.values().any(|o| o == id) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Bridges that have a lease file.
     pub fn bridges(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

@@ -224,6 +224,8 @@ fn attach_bridge(
     let lock = ipam.lock()?;
     bridge::ensure(&br, &subnet)?;
     nat::ensure_bridge(&br, &subnet)?;
+    // A start after a crash may find the last boot's rules.
+    let stale_rules = ipam.holds_ports(&lock, id)?;
     ipam.reserve_ports(&lock, &br, id, ports)?;
     let ip = match ipam.allocate(&lock, &br, &subnet, id) {
         Ok(ip) => ip,
@@ -233,14 +235,17 @@ fn attach_bridge(
         }
     };
     let undo = |e: Error| {
-        let _ = nat::unpublish(id);
+        if !ports.is_empty() || stale_rules {
+            let _ = nat::unpublish(id);
+        }
         let _ = ipam.release(&lock, &br, id);
         e
     };
     let fd = tap::open(tap_name).map_err(undo)?;
     cmd::run(None, "ip", &["link", "set", tap_name, "master", &br, "up"]).map_err(undo)?;
-    // A start after a crash may find the last boot's rules.
-    nat::unpublish(id).map_err(undo)?;
+    if stale_rules {
+        nat::unpublish(id).map_err(undo)?;
+    }
     nat::publish(id, ip, ports).map_err(undo)?;
     let mac = tap::mac_for(ip);
     let guest = NetworkConfig {
@@ -286,7 +291,9 @@ pub fn detach(root: &Path, id: &str, a: &Attachment) -> Result<(), Error> {
     if let Some(b) = &a.bridge {
         let ipam = ipam::Ipam::open(root)?;
         let lock = ipam.lock()?;
-        nat::unpublish(id)?;
+        if ipam.holds_ports(&lock, id)? {
+            nat::unpublish(id)?;
+        }
         ipam.release(&lock, &b.name, id)?;
         // Normally gone with the VMM's fd already.
         if bridge::exists(&a.tap) {
@@ -304,10 +311,13 @@ pub fn release_all(root: &Path, id: &str) -> Result<(), Error> {
     }
     let ipam = ipam::Ipam::open(root)?;
     let lock = ipam.lock()?;
+    if ipam.holds_ports(&lock, id)? {
+        nat::unpublish(id)?;
+    }
     for br in ipam.bridges() {
         ipam.release(&lock, &br, id)?;
     }
-    nat::unpublish(id)
+    Ok(())
 }
 
 /// Releases leases and rules of containers `known` says no longer exist (their state was
@@ -326,7 +336,11 @@ pub fn sweep_orphans(root: &Path, known: impl Fn(&str) -> bool) -> Result<(), Er
                     bridge = br,
                     "releasing the network of a removed container"
                 );
-                let _ = nat::unpublish(&id);
+                // Its ports stay reserved while its rules could not be deleted: the next
+                // sweep tries again.
+                if ipam.holds_ports(&lock, &id)? && nat::unpublish(&id).is_err() {
+                    continue;
+                }
                 ipam.release(&lock, &br, &id)?;
             }
         }

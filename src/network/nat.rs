@@ -40,25 +40,39 @@ fn nft(script: &str) -> Result<(), Error> {
     cmd::run(None, "nft", &[script]).map(|_| ())
 }
 
-/// The table, its chains and `bridge`'s MASQUERADE rules, unless already there. Callers hold
-/// the network lock.
+/// The chains of the table, each hooked where its name says (`guard` filters at `raw`).
+const CHAINS: [&str; 4] = ["prerouting", "output", "postrouting", "guard"];
+
+/// The table, its chains and `bridge`'s MASQUERADE rules, unless already there: one `nft`
+/// listing when they are (the usual case), one more run to add what is missing. Callers
+/// hold the network lock.
 pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), Error> {
-    nft(&format!(
-        "add table ip {TABLE}; \
-         add chain ip {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}; \
-         add chain ip {TABLE} output {{ type nat hook output priority -100; policy accept; }}; \
-         add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}; \
-         add chain ip {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}"
-    ))?;
+    let table = Table::read()?;
+    let mut script = String::new();
+    if !CHAINS
+        .iter()
+        .all(|c| table.chains.iter().any(|have| have == c))
+    {
+        script.push_str(&format!(
+            "add table ip {TABLE}; \
+             add chain ip {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}; \
+             add chain ip {TABLE} output {{ type nat hook output priority -100; policy accept; }}; \
+             add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}; \
+             add chain ip {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}; "
+        ));
+    }
     let tag = bridge_tag(bridge, subnet);
-    if rules_tagged(&tag)?.is_empty() {
-        nft(&format!(
+    if !table.rules.iter().any(|(_, _, c)| *c == tag) {
+        script.push_str(&format!(
             "add rule ip {TABLE} postrouting ip saddr {subnet} oifname != \"{bridge}\" masquerade comment \"{tag}\"; \
              add rule ip {TABLE} postrouting ip saddr 127.0.0.0/8 oifname \"{bridge}\" masquerade comment \"{tag}\"; \
              add rule ip {TABLE} guard iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop comment \"{tag}\""
-        ))?;
+        ));
     }
-    Ok(())
+    if script.is_empty() {
+        return Ok(());
+    }
+    nft(&script)
 }
 
 /// DNAT rules publishing `ports` of the guest at `guest`.
@@ -103,49 +117,56 @@ pub fn unpublish(id: &str) -> Result<(), Error> {
     nft(&script.join("; "))
 }
 
-/// Every container id that has rules in the table.
-pub fn tagged_containers() -> Result<Vec<String>, Error> {
-    Ok(list()?
-        .into_iter()
-        .filter_map(|(_, _, c)| c.strip_prefix("husk:").map(str::to_string))
-        .collect())
-}
-
 /// (chain, handle) of each rule whose comment is `tag`.
 fn rules_tagged(tag: &str) -> Result<Vec<(String, u64)>, Error> {
-    Ok(list()?
+    Ok(Table::read()?
+        .rules
         .into_iter()
         .filter(|(_, _, c)| c == tag)
         .map(|(ch, h, _)| (ch, h))
         .collect())
 }
 
-/// (chain, handle, comment) of every rule in the table; empty when there is no table.
-fn list() -> Result<Vec<(String, u64, String)>, Error> {
-    let out = match cmd::run(None, "nft", &["-j", "-a", "list", "table", "ip", TABLE]) {
-        Ok(o) => o,
-        Err(Error::Tool { detail, .. }) if detail.contains("No such file") => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(parse_rules(&out))
+/// What the table holds: its chains' names, and (chain, handle, comment) of each rule
+/// with a comment. Empty when there is no table.
+#[derive(Debug, Default, PartialEq)]
+struct Table {
+    chains: Vec<String>,
+    rules: Vec<(String, u64, String)>,
 }
 
-fn parse_rules(json: &str) -> Vec<(String, u64, String)> {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|i| {
-            let r = i.get("rule")?;
-            Some((
-                r.get("chain")?.as_str()?.to_string(),
-                r.get("handle")?.as_u64()?,
-                r.get("comment")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
+impl Table {
+    fn read() -> Result<Table, Error> {
+        match cmd::run(None, "nft", &["-j", "-a", "list", "table", "ip", TABLE]) {
+            Ok(out) => Ok(Table::parse(&out)),
+            Err(Error::Tool { detail, .. }) if detail.contains("No such file") => {
+                Ok(Table::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse(json: &str) -> Table {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let mut t = Table::default();
+        let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+            return t;
+        };
+        for i in items {
+            if let Some(name) = i.get("chain").and_then(|c| c.get("name")?.as_str()) {
+                t.chains.push(name.to_string());
+            }
+            let rule = i.get("rule").and_then(|r| {
+                Some((
+                    r.get("chain")?.as_str()?.to_string(),
+                    r.get("handle")?.as_u64()?,
+                    r.get("comment")?.as_str()?.to_string(),
+                ))
+            });
+            t.rules.extend(rule);
+        }
+        t
+    }
 }
 
 #[cfg(test)]
@@ -160,9 +181,12 @@ mod tests {
             {"rule":{"family":"ip","table":"husk","chain":"output","handle":7,"comment":"husk:abc","expr":[]}},
             {"rule":{"family":"ip","table":"husk","chain":"postrouting","handle":9,"expr":[]}}]}"#;
         assert_eq!(
-            parse_rules(j),
-            [("output".to_string(), 7, "husk:abc".to_string())]
+            Table::parse(j),
+            Table {
+                chains: vec!["output".to_string()],
+                rules: vec![("output".to_string(), 7, "husk:abc".to_string())],
+            }
         );
-        assert!(parse_rules("not json").is_empty());
+        assert_eq!(Table::parse("not json"), Table::default());
     }
 }
