@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use husk::backend::{vhost_vsock, virtiofsd, SharedDirSpec};
+use husk::backend::{listening, virtiofsd, SharedDirSpec};
 use husk::devices::virtio::fs::{VhostUserFs, TAG_LEN};
 use husk::devices::virtio::testing::{Buf, Harness};
 use vm_memory::GuestAddress;
@@ -48,7 +48,7 @@ fn start_virtiofsd(test: &str, dir: &Path, sock: &Path) -> Option<Daemon> {
         .expect("spawn virtiofsd");
     let d = Daemon(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !vhost_vsock::is_listening(sock) {
+    while !listening::is_listening(sock) {
         assert!(
             Instant::now() < deadline,
             "virtiofsd never listened on {}",

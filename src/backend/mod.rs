@@ -17,6 +17,7 @@ mod confined;
 pub mod host;
 pub mod husk_vmm;
 mod kind;
+pub mod listening;
 mod paths;
 mod process_vm;
 pub mod qemu;

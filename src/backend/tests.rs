@@ -449,12 +449,12 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
 fn listening_state_is_read_from_proc() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
-    assert!(!vhost_vsock::is_listening(&path));
+    assert!(!listening::is_listening(&path));
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    assert!(vhost_vsock::is_listening(&path));
+    assert!(listening::is_listening(&path));
     drop(l);
     // The file stays, the listener is gone.
-    assert!(path.exists() && !vhost_vsock::is_listening(&path));
+    assert!(path.exists() && !listening::is_listening(&path));
 }
 
 #[test]

@@ -9,8 +9,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, ListenTable, Starting};
+use super::child::{self, Guarded};
 use super::confined;
+use super::listening::{ListenTable, Starting};
 use super::{Error, VsockSpec};
 use crate::confine::launch::{self, Confinement};
 
@@ -65,33 +66,6 @@ pub fn args(vsock: &VsockSpec, vhost_socket: &Path) -> Vec<String> {
             vsock.uds_path.display()
         ),
     ]
-}
-
-/// Whether a unix socket is bound at `path` and listening, from `/proc/net/unix` (probing with
-/// connect() would make us the daemon's vhost-user frontend).
-pub fn is_listening(path: &Path) -> bool {
-    listening_in(path, "/proc/net/unix")
-}
-
-/// [`is_listening`] in the network namespace of process `pid` (unix sockets are listed per
-/// namespace, and a confined daemon has its own).
-pub fn is_listening_in(path: &Path, pid: u32) -> bool {
-    listening_in(path, &format!("/proc/{pid}/net/unix"))
-}
-
-fn listening_in(path: &Path, table: &str) -> bool {
-    const SO_ACCEPTCON: u32 = 0x0001_0000;
-    let Ok(table) = std::fs::read_to_string(table) else {
-        return false;
-    };
-    let want = path.as_os_str().to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        // Num RefCount Protocol Flags Type St Inode Path
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() >= 8
-            && f[7..].join(" ") == want
-            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & SO_ACCEPTCON != 0)
-    })
 }
 
 /// Spawns the daemon; it will listen on `vhost_socket` ([`Starting::ready`] waits for that).

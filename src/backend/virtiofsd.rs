@@ -29,7 +29,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{self, Guarded, ListenTable, Starting};
+use super::child::{self, Guarded};
+use super::listening::{ListenTable, Starting};
 use super::{vhost_vsock, Error, ShareCache, SharedDirSpec};
 
 /// The version `scripts/install-virtiofsd.sh` installs.
