@@ -14,6 +14,7 @@
 
 mod child;
 mod confined;
+pub mod console_cap;
 pub mod host;
 pub mod husk_vmm;
 mod kind;

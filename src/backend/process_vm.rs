@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::child::{Guarded, Leftovers};
+use super::console_cap::{self, ConsoleCap};
 use super::{Error, VmHandle};
 
 /// A helper that died while its VM ran: what ended the VM.
@@ -44,6 +45,8 @@ pub(super) struct ProcessVm {
     /// Set before the helpers are stopped on purpose, so their watchers stand down.
     stopping: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<HelperFailure>>>,
+    /// Keeps the console log bounded for as long as the VM is ours.
+    _console_cap: ConsoleCap,
 }
 
 impl ProcessVm {
@@ -57,6 +60,7 @@ impl ProcessVm {
         let vm = ProcessVm {
             main: Arc::new(main),
             leftovers: Mutex::new(None),
+            _console_cap: ConsoleCap::start(&console_log, console_cap::configured_max()),
             console_log,
             vsock_uds,
             vsock_ready_line,
@@ -303,6 +307,10 @@ impl ConsoleScan {
         let Ok(mut f) = std::fs::File::open(log) else {
             return false;
         };
+        // A log rotated meanwhile (backend::console_cap) starts again from its beginning.
+        if f.metadata().is_ok_and(|m| m.len() < self.offset) {
+            self.offset = 0;
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
         }
