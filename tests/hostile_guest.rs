@@ -62,3 +62,119 @@ fn a_guest_flooding_its_serial_console_fills_no_host_disk() {
         "rm left the console logs"
     );
 }
+
+/// Waits until `husk logs NAME` holds `want`, at most `secs`; returns the logs.
+fn wait_for_log(h: &Husk, name: &str, want: &str, secs: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let logs = String::from_utf8_lossy(&h.run(&["logs", name]).stdout).into_owned();
+        if logs.contains(want) || std::time::Instant::now() >= deadline {
+            return logs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The only container's state.json.
+fn only_state(h: &Husk) -> serde_json::Value {
+    let ids: Vec<_> = std::fs::read_dir(h.containers_dir())
+        .expect("containers")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    h.state(&ids[0])
+}
+
+/// Resident memory of process `pid` in MiB.
+fn rss_mib(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        / 1024
+}
+
+#[test]
+fn a_guest_eating_all_its_memory_is_stopped_inside_its_vm() {
+    let Some(h) = husk("a_guest_eating_all_its_memory_is_stopped_inside_its_vm") else {
+        return;
+    };
+    const MEMORY_MIB: u64 = 128;
+    // `tail` of an endless line keeps all of it: the guest kernel's OOM killer ends it, the
+    // container's shell goes on and says so.
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hog",
+        "-m",
+        "128m",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 1000000000 /dev/zero | tail; echo oom:$?; sleep 1000",
+    ]);
+    let logs = wait_for_log(&h, "hog", "oom:137", 120);
+    assert!(
+        logs.contains("oom:137"),
+        "the hog was not OOM-killed: {logs:?}"
+    );
+    // The host paid for the VM's memory and no more: guest RAM plus the VMM's own (QEMU's
+    // translation cache is 64 MiB of it).
+    let vmm = only_state(&h)["pid"]["pid"].as_u64().expect("VMM pid");
+    let rss = rss_mib(vmm);
+    assert!(
+        rss <= MEMORY_MIB + 160,
+        "the VMM holds {rss} MiB for a {MEMORY_MIB} MiB guest"
+    );
+    // The agent lived through it: the container still answers.
+    assert_eq!(h.ok(&["exec", "hog", "echo", "alive"]), "alive\n");
+    h.ok(&["rm", "-f", "hog"]);
+}
+
+#[test]
+fn a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering() {
+    let Some(h) = husk("a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering") else {
+        return;
+    };
+    // With `run`'s default --pids-limit (2048, podman's), which is more tasks than a
+    // 256 MiB guest can have at all: the agent's own reserve is what keeps it answering.
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bomb",
+        "busybox",
+        "sh",
+        "-c",
+        "b() { b | b & }; b; sleep 1000",
+    ]);
+    // Let the bomb fill the guest.
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    // The agent still takes connections and starts an exec (the exec itself may find no
+    // task left to fork in the container; its first builtin runs).
+    let out = h.run(&[
+        "exec",
+        "bomb",
+        "sh",
+        "-c",
+        "echo alive; cat /sys/fs/cgroup/pids.max",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("alive"),
+        "exec into the bombed container: {stdout:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another VM runs as usual meanwhile.
+    assert_eq!(h.ok(&["run", "--rm", "busybox", "echo", "ok"]), "ok\n");
+    // And the bomb stops when told, in bounded time.
+    let started = std::time::Instant::now();
+    h.ok(&["stop", "-t", "2", "bomb"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    h.ok(&["rm", "bomb"]);
+}

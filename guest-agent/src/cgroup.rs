@@ -32,6 +32,42 @@ pub fn init() {
             let _ = fs::write(d.join("cgroup.subtree_control"), c);
         }
     }
+    reserve_tasks_for_the_agent(&husk);
+}
+
+/// Tasks (processes and threads) the containers may never take from the agent.
+const AGENT_TASKS: u64 = 128;
+
+/// Caps the tasks of all containers together (the `husk` group every container's group sits
+/// in) below what the guest kernel can have at all, so that a fork bomb, whatever its own
+/// `pids.max`, leaves the agent room to answer: a 256 MiB guest allows only ~1900 tasks
+/// (`kernel.threads-max` follows memory), fewer than podman's default `pids_limit`.
+fn reserve_tasks_for_the_agent(husk: &Path) {
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let Some(max) = containers_pids_max(
+        read("/proc/sys/kernel/threads-max"),
+        read("/proc/sys/kernel/pid_max"),
+    ) else {
+        return;
+    };
+    if let Err(e) = fs::write(husk.join("pids.max"), max.to_string()) {
+        say!("husk-agent: limiting the containers' tasks to {max}: {e}");
+    }
+}
+
+/// The `pids.max` of the containers' common group: the guest's task limit less
+/// [`AGENT_TASKS`] (never below them: a tiny guest still runs a container).
+fn containers_pids_max(threads_max: Option<u64>, pid_max: Option<u64>) -> Option<u64> {
+    let limit = match (threads_max, pid_max) {
+        (Some(t), Some(p)) => t.min(p),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => return None,
+    };
+    Some(limit.saturating_sub(AGENT_TASKS).max(AGENT_TASKS))
 }
 
 fn dir(id: &str) -> PathBuf {
@@ -173,6 +209,21 @@ fn freeze(d: &Path, on: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_leave_the_agent_its_tasks() {
+        // A 256 MiB guest: threads-max 1904, pid_max 32768.
+        assert_eq!(containers_pids_max(Some(1904), Some(32768)), Some(1776));
+        assert_eq!(
+            containers_pids_max(None, Some(4096)),
+            Some(4096 - AGENT_TASKS)
+        );
+        assert_eq!(
+            containers_pids_max(Some(100), Some(32768)),
+            Some(AGENT_TASKS)
+        );
+        assert_eq!(containers_pids_max(None, None), None);
+    }
 
     #[test]
     fn procs_walks_child_groups_and_skips_junk() {

@@ -7,6 +7,9 @@ use clap::{ArgAction, Args, Subcommand};
 use super::format::Format;
 use crate::image::ArchiveFormat;
 
+/// `--pids-limit`'s default: podman's (containers.conf `pids_limit`).
+pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Remove the container when it exits.
@@ -57,6 +60,10 @@ pub struct RunArgs {
     /// Memory of the VM (e.g. 256m, 1g).
     #[arg(short = 'm', long, default_value = "256m")]
     pub memory: String,
+    /// Most processes the container may have at once, as podman's default (0 or -1:
+    /// unlimited). A fork bomb then stops at the limit instead of starving the guest.
+    #[arg(long, default_value_t = DEFAULT_PIDS_LIMIT, allow_negative_numbers = true)]
+    pub pids_limit: i64,
     /// Override the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,

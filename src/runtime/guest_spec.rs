@@ -146,6 +146,9 @@ pub fn container_spec(state: &State, console: Option<(u16, u16)>) -> ContainerSp
         ],
         seccomp: None,
         network: None,
-        resources: Default::default(),
+        resources: husk_protocol::Resources {
+            pids_max: c.pids_limit,
+            ..Default::default()
+        },
     }
 }

@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// `--pids-limit`: the container cgroup's `pids.max` (None: unlimited).
+    pub pids_limit: Option<u64>,
     pub stdin: bool,
     pub auto_remove: bool,
     /// `-v`: parsed and checked ([`spec::parse_volumes`]).
@@ -146,6 +148,7 @@ impl Runtime {
                         stdin: opts.stdin,
                         vcpus: opts.vcpus.max(1),
                         memory_mib: opts.memory_mib,
+                        pids_limit: opts.pids_limit,
                         layers,
                         layer_fs: img.layer_fs.clone(),
                         auto_remove: opts.auto_remove,

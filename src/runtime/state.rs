@@ -50,6 +50,9 @@ pub struct ContainerConfig {
     pub stdin: bool,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// `--pids-limit` (None: unlimited, and containers recorded before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
     /// The image's read-only layer disks, bottom layer first.
     pub layers: Vec<PathBuf>,
     /// `"erofs"` or `"ext4"`: the filesystem of the layer disks.
@@ -191,6 +194,7 @@ pub(crate) mod tests {
                 stdin: false,
                 vcpus: 1,
                 memory_mib: 256,
+                pids_limit: None,
                 layers: vec![],
                 layer_fs: "erofs".into(),
                 auto_remove: false,

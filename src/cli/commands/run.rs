@@ -62,6 +62,7 @@ fn run_recorded(g: &GlobalOpts, a: RunArgs, on_exit: impl FnOnce(i32)) -> Result
         hostname: a.hostname,
         vcpus: parse_cpus(&a.cpus)?,
         memory_mib: parse_memory(&a.memory)?,
+        pids_limit: u64::try_from(a.pids_limit).ok().filter(|n| *n > 0),
         stdin: a.interactive && !a.detach,
         auto_remove: a.rm,
         volumes: parse_volumes(&a.volume)?,
