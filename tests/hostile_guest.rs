@@ -2,6 +2,8 @@
 //! must cost the host no more than its limits allow. Real microVMs through `husk`, each test
 //! with its own `--root` (see tests/husk_cli.rs for the harness).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use common::cli::{Husk, LIMIT};
@@ -177,4 +179,41 @@ fn a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering() {
     h.ok(&["stop", "-t", "2", "bomb"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     h.ok(&["rm", "bomb"]);
+}
+
+#[test]
+fn a_guest_that_never_answers_costs_bounded_waits() {
+    let Some(h) = husk("a_guest_that_never_answers_costs_bounded_waits") else {
+        return;
+    };
+    h.ok(&["run", "-d", "--name", "mute", "busybox", "sleep", "1000"]);
+    // The VMM stopped: the guest, its agent included, never answers again.
+    let vmm = only_state(&h)["pid"]["pid"].as_u64().expect("VMM pid");
+    // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGSTOP) }, 0);
+    let started = std::time::Instant::now();
+    let out = h.run(&["exec", "mute", "true"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exec into a mute guest succeeded");
+    assert!(stderr.contains("agent not reachable"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "exec took {took:?}"
+    );
+    // `stop` gives up on the agent and ends the VM itself.
+    let started = std::time::Instant::now();
+    h.ok(&["stop", "-t", "2", "mute"]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(45),
+        "stop took {took:?}"
+    );
+    let state = only_state(&h);
+    assert_ne!(state["status"], "running", "{state}");
+    h.ok(&["rm", "mute"]);
+    // SAFETY: as above; the VMM is gone (ESRCH) or must not outlive its container.
+    let alive = unsafe { libc::kill(vmm as i32, 0) } == 0;
+    assert!(!alive, "the mute VM's VMM is still there");
 }
