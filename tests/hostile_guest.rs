@@ -217,3 +217,38 @@ fn a_guest_that_never_answers_costs_bounded_waits() {
     let alive = unsafe { libc::kill(vmm as i32, 0) } == 0;
     assert!(!alive, "the mute VM's VMM is still there");
 }
+
+#[test]
+fn a_guest_flooding_its_output_streams_costs_the_host_bounded_memory() {
+    let Some(h) = husk("a_guest_flooding_its_output_streams_costs_the_host_bounded_memory") else {
+        return;
+    };
+    // Both output streams flat out, over vsock to the container's monitor on the host.
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loud",
+        "busybox",
+        "sh",
+        "-c",
+        "yes >&2 & yes",
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let state = only_state(&h);
+    let monitor = state["monitor"]["pid"].as_u64().expect("monitor pid");
+    let vmm = state["pid"]["pid"].as_u64().expect("VMM pid");
+    let logged = len(std::path::Path::new(
+        state["logFile"].as_str().expect("logFile"),
+    ));
+    assert!(logged > 0, "nothing of the flood reached the log");
+    // The control connection is not stuck behind the bulk streams.
+    let started = std::time::Instant::now();
+    assert_eq!(h.ok(&["exec", "loud", "echo", "heard"]), "heard\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // Nothing on the host buffers the flood: the monitor stays small, the VMM at its size.
+    let (m, v) = (rss_mib(monitor), rss_mib(vmm));
+    assert!(m < 64, "the monitor holds {m} MiB");
+    assert!(v < 256 + 160, "the VMM holds {v} MiB");
+    h.ok(&["rm", "-f", "loud"]);
+}
