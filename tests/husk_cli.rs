@@ -436,6 +436,12 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("scratch.ext4")), 0o600);
         assert_eq!(mode(&dir.join("console.log")), 0o600);
+        // The scratch templates its disk was copied from, too.
+        let templates = h.containers_dir().parent().unwrap().join("templates");
+        assert_eq!(mode(&templates), 0o700);
+        for t in std::fs::read_dir(&templates).unwrap().flatten() {
+            assert_eq!(mode(&t.path()), 0o600, "{}", t.path().display());
+        }
     }
     // SAFETY: the VMM pid husk just recorded for this test's container.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
