@@ -57,12 +57,16 @@ pub fn explain(rootfs: &Path, program: &str, env: &[String]) -> Option<String> {
     ))
 }
 
-/// The first [`HEAD`] bytes of the regular file `path` inside the root.
+/// The first [`HEAD`] bytes of the regular file `path` inside the root. It is found with
+/// `O_PATH` and opened for reading only once it is known to be a regular file: opening a FIFO
+/// would block, and opening a device node can act on the device.
 fn read_head(root: &OwnedFd, path: &str) -> io::Result<Vec<u8>> {
-    let mut f = std::fs::File::from(open_in(root, path, libc::O_RDONLY)?);
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    let found = std::fs::File::from(open_in(root, path, libc::O_PATH)?);
+    if !found.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    // The inode found above, whatever has been renamed since.
+    let mut f = std::fs::File::open(format!("/proc/self/fd/{}", found.as_raw_fd()))?;
     let mut head = Vec::with_capacity(HEAD);
     (&mut f).take(HEAD as u64).read_to_end(&mut head)?;
     Ok(head)
@@ -220,6 +224,13 @@ mod tests {
         // A symlink inside the root is followed there (as the guest's execve would).
         symlink("/s", root.join("via")).unwrap();
         assert!(explain(&root, "/via", &[]).is_some());
+        // Neither a FIFO (opening it would block) nor a directory is read.
+        let fifo = CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads the live NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o755) }, 0);
+        assert_eq!(explain(&root, "/fifo", &[]), None);
+        std::fs::create_dir(root.join("dir")).unwrap();
+        assert_eq!(explain(&root, "/dir", &[]), None);
         // A static file (not ELF, no #!) is not explained.
         std::fs::write(root.join("data"), b"\x7fELF").unwrap();
         assert_eq!(explain(&root, "/data", &[]), None);

@@ -125,10 +125,12 @@ pub fn run(
                         // stopped before `start` hears of the failure, so that a `delete`
                         // right after it finds it stopped.
                         let mut why = format!("starting the container's process: {e}");
-                        if let Some(more) = exec_check::explain(&rootfs, &program, &env) {
-                            why = format!("{why} ({more})");
-                        }
                         let code = start_failure_code(&why);
+                        if code == 127 {
+                            if let Some(more) = exec_check::explain(&rootfs, &program, &env) {
+                                why = format!("{why} ({more})");
+                            }
+                        }
                         if let Ok(store) = Store::open(&store_root) {
                             let _ = store.update(&id, |s| {
                                 s.status = Status::Stopped;
