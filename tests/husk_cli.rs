@@ -159,6 +159,13 @@ fn detached_container_logs_stops_and_is_removed() {
         [("web".to_string(), "stopped".to_string(), Some(0))]
     );
     assert_eq!(h.ok(&["logs", "web"]), "started\ngot term\n");
+    // What the container printed, and its monitor's log, are the owner's alone.
+    for log in ["container.log", "monitor.log"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = h.containers_dir().join(id).join(log);
+        let m = std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(m.ok(), Some(0o600), "{}", p.display());
+    }
     assert!(
         !h.ok(&["ps"]).contains("web"),
         "ps without -a lists only running ones"
