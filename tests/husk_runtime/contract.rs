@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use crate::common;
 use crate::harness::{wait_child, Bundle, Rt, LIMIT};
 use crate::sh;
+use Status::{Either, Gone, Is};
+use Step::*;
 
 const RUNC: &str = "/usr/sbin/runc";
 const ID: &str = "oci";
@@ -72,9 +74,6 @@ const fn runc_differs(mut check: Check, ok: bool, status: Status) -> Check {
     check.runc_differs = Some((ok, status));
     check
 }
-
-use Status::{Either, Gone, Is};
-use Step::*;
 
 struct Scenario {
     name: &'static str,
@@ -450,10 +449,19 @@ impl Driver<'_> {
             })
             .is_some(),
             NotRan => !rootfs.join("ran").exists(),
-            UntilStopped => common::poll_until(Duration::from_secs(30), || {
-                (self.status() == Is("stopped")).then_some(())
-            })
-            .is_some(),
+            UntilStopped => {
+                let since = Instant::now();
+                let stopped = common::poll_until(Duration::from_secs(30), || {
+                    (self.status() == Is("stopped")).then_some(())
+                })
+                .is_some();
+                eprintln!(
+                    "{}: stopped {:?} after the kill",
+                    self.name,
+                    since.elapsed()
+                );
+                stopped
+            }
         }
     }
 
