@@ -4,7 +4,10 @@
 //! husk-runtime with the same bundles, as runtime-tools' validation drives a runtime. Each
 //! step's outcome — the command succeeded or failed, and what `state` says afterwards (its
 //! `status`, or that there is no such container) — must be the spec's; where runc is known to
-//! differ from the spec, the step says so and runc's outcome is checked too.
+//! differ from the spec, the step says so and runc's outcome is checked too. Also checked on
+//! both: every `state` document has the properties the spec requires (`pid` while created or
+//! running), a `config.json` changed after `create` changes nothing, `delete` leaves the
+//! bundle, and the process sees its configured RLIMIT_NOFILE (soft 3000, hard 4000).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,6 +51,10 @@ enum Step {
     NotRan,
     /// Polls `state` until it says stopped (within a bound).
     UntilStopped,
+    /// The command without a container id.
+    NoId(&'static str),
+    /// Rewrites the bundle's `config.json` to run another program (which would say `changed`).
+    EditConfig,
 }
 
 /// One step, the outcome the spec asks for (`ok`: the command succeeds), the MUST it checks,
@@ -83,167 +90,72 @@ struct Scenario {
     checks: Vec<Check>,
 }
 
+#[rustfmt::skip]
 fn scenarios() -> Vec<Scenario> {
     let long: &'static [&'static str] = &["sh", "-c", LONG];
+    let created = || c(Create, true, Is("created"), "create: the container is created");
+    let started = || c(Start, true, Is("running"), "start: the program runs");
+    let ran = || c(Ran, true, Is("running"), "start: the program MUST run");
     vec![
         Scenario {
-            name: "failed create, unknown id",
+            name: "failed create, no id, unknown id",
             args: &["/no-rootfs"],
             checks: vec![
-                c(
-                    Create,
-                    false,
-                    Gone,
-                    "create: an error, and no new container",
-                ),
+                c(Create, false, Gone, "create: an error, and no new container"),
+                c(NoId("create"), false, Gone, "create without an id: an error"),
+                c(NoId("state"), false, Gone, "state without an id: an error"),
+                c(NoId("start"), false, Gone, "start without an id: an error"),
+                c(NoId("kill"), false, Gone, "kill without an id: an error"),
+                c(NoId("delete"), false, Gone, "delete without an id: an error"),
                 c(Start, false, Gone, "start of an unknown id: an error"),
                 c(Kill("KILL"), false, Gone, "kill of an unknown id: an error"),
                 c(Delete, false, Gone, "delete of an unknown id: an error"),
-                c(
-                    ForceDelete,
-                    true,
-                    Gone,
-                    "(runc) delete --force of an unknown id succeeds",
-                ),
+                c(ForceDelete, true, Gone, "(runc) delete --force of an unknown id succeeds"),
             ],
         },
         Scenario {
             name: "created, killed",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
-                c(
-                    NotRan,
-                    true,
-                    Is("created"),
-                    "create: the program MUST NOT run yet",
-                ),
-                c(
-                    Create,
-                    false,
-                    Is("created"),
-                    "create of a used id: an error, no effect",
-                ),
-                c(
-                    Kill("KILL"),
-                    true,
-                    Is("stopped"),
-                    "kill of a created container: sent",
-                ),
-                c(
-                    Start,
-                    false,
-                    Is("stopped"),
-                    "start of a stopped container: error, no effect",
-                ),
-                c(
-                    Kill("TERM"),
-                    false,
-                    Is("stopped"),
-                    "kill of a stopped container: an error",
-                ),
+                created(),
+                c(NotRan, true, Is("created"), "create: the program MUST NOT run yet"),
+                c(Create, false, Is("created"), "create of a used id: an error, no effect"),
+                c(Kill("KILL"), true, Is("stopped"), "kill of a created container: sent"),
+                c(Start, false, Is("stopped"), "start of a stopped container: error, no effect"),
+                c(Kill("TERM"), false, Is("stopped"), "kill of a stopped container: an error"),
                 c(NotRan, true, Is("stopped"), "the program never ran"),
                 c(Delete, true, Gone, "delete of a stopped container: deleted"),
-                c(
-                    Delete,
-                    false,
-                    Gone,
-                    "delete of a deleted container: an error",
-                ),
+                c(Delete, false, Gone, "delete of a deleted container: an error"),
             ],
         },
         Scenario {
             name: "created, deleted",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
+                created(),
                 runc_differs(
-                    c(
-                        Delete,
-                        false,
-                        Is("created"),
-                        "delete of a created container: error, no effect",
-                    ),
-                    true,
-                    Gone,
+                    c(Delete, false, Is("created"), "delete of a created container: error, no effect"),
+                    true, Gone,
                 ),
-                runc_differs(
-                    c(NotRan, true, Is("created"), "the program never ran"),
-                    true,
-                    Gone,
-                ),
-                c(
-                    ForceDelete,
-                    true,
-                    Gone,
-                    "delete --force: killed and deleted",
-                ),
+                runc_differs(c(NotRan, true, Is("created"), "the program never ran"), true, Gone),
+                c(ForceDelete, true, Gone, "delete --force: killed and deleted"),
             ],
         },
         Scenario {
             name: "running, killed with TERM, stopped",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
-                c(Start, true, Is("running"), "start: the program runs"),
-                c(Ran, true, Is("running"), "start: the program MUST run"),
-                c(
-                    Start,
-                    false,
-                    Is("running"),
-                    "start of a running container: error, no effect",
-                ),
-                c(
-                    Create,
-                    false,
-                    Is("running"),
-                    "create of a used id: an error, no effect",
-                ),
-                c(
-                    Delete,
-                    false,
-                    Is("running"),
-                    "delete of a running container: error, no effect",
-                ),
-                c(
-                    Kill("TERM"),
-                    true,
-                    Either("running", "stopped"),
-                    "kill: the signal is sent",
-                ),
-                c(
-                    UntilStopped,
-                    true,
-                    Is("stopped"),
-                    "the process ended of it: stopped",
-                ),
-                c(
-                    Kill("KILL"),
-                    false,
-                    Is("stopped"),
-                    "kill of a stopped container: an error",
-                ),
-                c(
-                    Start,
-                    false,
-                    Is("stopped"),
-                    "start of a stopped container: error, no effect",
-                ),
+                created(),
+                c(EditConfig, true, Is("created"), "config.json changed after create: no effect"),
+                started(),
+                ran(),
+                c(Start, false, Is("running"), "start of a running container: error, no effect"),
+                c(Create, false, Is("running"), "create of a used id: an error, no effect"),
+                c(Delete, false, Is("running"), "delete of a running container: error, no effect"),
+                c(Kill("TERM"), true, Either("running", "stopped"), "kill: the signal is sent"),
+                c(UntilStopped, true, Is("stopped"), "the process ended of it: stopped"),
+                c(Kill("KILL"), false, Is("stopped"), "kill of a stopped container: an error"),
+                c(Start, false, Is("stopped"), "start of a stopped container: error, no effect"),
                 c(Delete, true, Gone, "delete of a stopped container: deleted"),
             ],
         },
@@ -251,46 +163,21 @@ fn scenarios() -> Vec<Scenario> {
             name: "running, TERM, delete at once",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
-                c(Start, true, Is("running"), "start: the program runs"),
-                c(Ran, true, Is("running"), "start: the program MUST run"),
-                c(
-                    Kill("TERM"),
-                    true,
-                    Either("running", "stopped"),
-                    "kill: the signal is sent",
-                ),
-                c(
-                    Delete,
-                    true,
-                    Gone,
-                    "delete once the process has ended of it: deleted",
-                ),
+                created(),
+                started(),
+                ran(),
+                c(Kill("TERM"), true, Either("running", "stopped"), "kill: the signal is sent"),
+                c(Delete, true, Gone, "delete once the process has ended of it: deleted"),
             ],
         },
         Scenario {
             name: "running, KILL, delete at once",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
-                c(Start, true, Is("running"), "start: the program runs"),
-                c(Ran, true, Is("running"), "start: the program MUST run"),
-                c(
-                    Kill("KILL"),
-                    true,
-                    Is("stopped"),
-                    "kill KILL: the process is ended",
-                ),
+                created(),
+                started(),
+                ran(),
+                c(Kill("KILL"), true, Is("stopped"), "kill KILL: the process is ended"),
                 c(Delete, true, Gone, "delete of a killed container: deleted"),
             ],
         },
@@ -298,57 +185,26 @@ fn scenarios() -> Vec<Scenario> {
             name: "running, delete --force",
             args: long,
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
-                c(Start, true, Is("running"), "start: the program runs"),
-                c(Ran, true, Is("running"), "start: the program MUST run"),
-                c(
-                    ForceDelete,
-                    true,
-                    Gone,
-                    "delete --force: killed and deleted",
-                ),
+                created(),
+                started(),
+                ran(),
+                c(ForceDelete, true, Gone, "delete --force: killed and deleted"),
             ],
         },
         Scenario {
             name: "failed start (a program whose loader is missing)",
             args: &["/dyn-true"],
             checks: vec![
-                c(
-                    Create,
-                    true,
-                    Is("created"),
-                    "create: the container is created",
-                ),
+                created(),
                 // runc's start returns before its init execs the program; the exec's failure
                 // reaches only the container's stderr.
                 runc_differs(
-                    c(
-                        Start,
-                        false,
-                        Is("stopped"),
-                        "start: the program cannot run: an error",
-                    ),
-                    true,
-                    Is("stopped"),
+                    c(Start, false, Is("stopped"), "start: the program cannot run: an error"),
+                    true, Is("stopped"),
                 ),
-                c(
-                    Delete,
-                    true,
-                    Gone,
-                    "delete of the stopped container: deleted",
-                ),
+                c(Delete, true, Gone, "delete of the stopped container: deleted"),
                 c(Create, true, Is("created"), "the id can be used again"),
-                c(
-                    ForceDelete,
-                    true,
-                    Gone,
-                    "delete --force: killed and deleted",
-                ),
+                c(ForceDelete, true, Gone, "delete --force: killed and deleted"),
             ],
         },
     ]
@@ -363,6 +219,10 @@ struct Driver<'a> {
     pids: Vec<i32>,
     /// The last failed command's stderr.
     last_err: String,
+    /// The bundle of the scenario being played.
+    bundle: PathBuf,
+    /// State documents that lack a property the spec requires.
+    bad_state: Vec<String>,
 }
 
 impl Driver<'_> {
@@ -415,10 +275,18 @@ impl Driver<'_> {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
         let known = ["creating", "created", "running", "paused", "stopped"];
         let s = v["status"].as_str().unwrap_or("");
-        Is(known
+        let status = known
             .into_iter()
             .find(|k| *k == s)
-            .unwrap_or("(not an OCI status)"))
+            .unwrap_or("(not an OCI status)");
+        // The state's REQUIRED properties: ociVersion, id, status, bundle (absolute), and on
+        // Linux pid while created or running.
+        let bundle = self.bundle.to_str().unwrap_or("");
+        let pid_ok = !matches!(status, "created" | "running") || v["pid"].as_u64() > Some(0);
+        if !v["ociVersion"].is_string() || v["id"] != ID || v["bundle"] != bundle || !pid_ok {
+            self.bad_state.push(format!("{}: state {v}", self.name));
+        }
+        Is(status)
     }
 
     fn step(&mut self, step: Step, bundle: &Path, rootfs: &Path, n: usize) -> bool {
@@ -441,6 +309,15 @@ impl Driver<'_> {
                 ok
             }
             Start => self.run(&["start", ID], None),
+            NoId(cmd) => self.run(&[cmd], None),
+            EditConfig => {
+                let path = bundle.join("config.json");
+                let mut cfg: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).expect("config.json"))
+                        .expect("json");
+                cfg["process"]["args"] = sh("echo changed > /ran");
+                std::fs::write(&path, cfg.to_string()).is_ok()
+            }
             Kill(sig) => self.run(&["kill", ID, sig], None),
             Delete => self.run(&["delete", ID], None),
             ForceDelete => self.run(&["delete", "--force", ID], None),
@@ -505,6 +382,7 @@ fn play(d: &mut Driver, sc: &Scenario, is_runc: bool) -> (Vec<String>, Option<St
         }
         _ => {}
     }
+    d.bundle = bundle.path().to_path_buf();
     let mut bad = Vec::new();
     for (n, check) in sc.checks.iter().enumerate() {
         let ok = d.step(check.step, bundle.path(), &bundle.rootfs(), n);
@@ -536,6 +414,23 @@ fn play(d: &mut Driver, sc: &Scenario, is_runc: bool) -> (Vec<String>, Option<St
     let ran = std::fs::read_to_string(bundle.rootfs().join("ran")).ok();
     let _ = d.run(&["delete", "--force", ID], None);
     d.reap();
+    // What the container did not create is not deleted with it: the bundle stays.
+    if !bundle.path().join("config.json").is_file() {
+        bad.push(format!(
+            "{}: {}: delete removed the bundle",
+            d.name, sc.name
+        ));
+    }
+    if let Some(text) = &ran {
+        // The program as configured at create ran, not the one config.json says now.
+        if !text.contains("open files") {
+            bad.push(format!(
+                "{}: {}: the process wrote {text:?}",
+                d.name, sc.name
+            ));
+        }
+    }
+    bad.append(&mut d.bad_state);
     (bad, ran)
 }
 
@@ -561,6 +456,8 @@ fn lifecycle_contract_beside_runc() {
         runc_root: None,
         pids: Vec::new(),
         last_err: String::new(),
+        bundle: PathBuf::new(),
+        bad_state: Vec::new(),
     };
     let mut runc = Driver {
         name: "runc",
@@ -568,6 +465,8 @@ fn lifecycle_contract_beside_runc() {
         runc_root: Some(rt.tmp.path().join("runc-root")),
         pids: Vec::new(),
         last_err: String::new(),
+        bundle: PathBuf::new(),
+        bad_state: Vec::new(),
     };
     let with_runc = match runc_usable() {
         Ok(()) => true,
