@@ -74,8 +74,9 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
                 }
             })?;
             if sig == libc::SIGKILL {
-                // As with runc, a container is stopped once `kill KILL` returns: a `delete`
-                // right after it must not find it running.
+                // A container is stopped once `kill KILL` returns (runc's returns once the
+                // signal is sent, and its process dies at once): a `delete` right after it
+                // must not find it running.
                 if !wait_stopped(store, &a.id, STOP_WAIT) {
                     runc_log::warn(&format!(
                         "container {}: not stopped {STOP_WAIT:?} after KILL",
