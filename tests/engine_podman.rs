@@ -1,7 +1,8 @@
 //! podman drives the OCI runtime under test (husk-runtime by default, any runc-compatible
 //! runtime through `HUSK_ENGINE_RUNTIME`): `podman --runtime R run --rm --network none busybox …`
 //! output and exit code, `-i`, `-t`, `-d` + logs + stop + rm, exec, volumes, `--memory`/`--cpus`,
-//! the kernel the container sees, and 20 run/rm cycles that must leave nothing behind.
+//! the kernel the container sees, `init` + `rm` of a created container and a failed start, and
+//! 20 run/rm cycles that must leave nothing behind.
 //! Each test has its own podman store and runtime `--root` (tests/common/engine.rs).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -134,6 +135,55 @@ fn podman_run_tty() {
         text(&out.stdout),
         "not a tty\n",
         "without -t there is no terminal"
+    );
+}
+
+/// The runtime contract as podman relies on it: `podman init` leaves the container `created`
+/// in the runtime and `podman rm` of it works (podman deletes with `--force`: a plain
+/// `delete` of a created container is an error under the runtime spec); a process that
+/// cannot be exec'd fails `podman run` and leaves nothing, in podman or in the runtime.
+#[test]
+fn podman_rm_of_a_created_container_and_a_failed_start() {
+    let Some((_rt, podman)) = setup("podman_rm_of_a_created_container_and_a_failed_start") else {
+        return;
+    };
+    let name = "husk-created";
+    podman.ok(&[
+        "create",
+        "--name",
+        name,
+        "--network",
+        "none",
+        "busybox",
+        "true",
+    ]);
+    podman.ok(&["init", name]);
+    let state = podman.ok(&["inspect", name, "--format", "{{.State.Status}}"]);
+    assert_eq!(state.trim(), "initialized");
+    podman.ok(&["rm", name]);
+    let out = podman.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "/no/such/program",
+    ]);
+    assert!(!out.status.success(), "run of a missing program succeeded");
+    assert!(
+        text(&out.stderr).contains("/no/such/program"),
+        "podman does not say what failed: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        podman.all_containers().is_empty(),
+        "left in podman: {:?}",
+        podman.all_containers()
+    );
+    let state = engine::runtime_state(&podman.runtime_root);
+    assert!(
+        state.is_empty(),
+        "runtime state left in its --root: {state:?}"
     );
 }
 

@@ -159,6 +159,13 @@ fn detached_container_logs_stops_and_is_removed() {
         [("web".to_string(), "stopped".to_string(), Some(0))]
     );
     assert_eq!(h.ok(&["logs", "web"]), "started\ngot term\n");
+    // What the container printed, and its monitor's log, are the owner's alone.
+    for log in ["container.log", "monitor.log"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = h.containers_dir().join(id).join(log);
+        let m = std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(m.ok(), Some(0o600), "{}", p.display());
+    }
     assert!(
         !h.ok(&["ps"]).contains("web"),
         "ps without -a lists only running ones"
@@ -436,6 +443,12 @@ fn a_vm_killed_under_husk_run_is_said_to_have_ended() {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("scratch.ext4")), 0o600);
         assert_eq!(mode(&dir.join("console.log")), 0o600);
+        // The scratch templates its disk was copied from, too.
+        let templates = h.containers_dir().parent().unwrap().join("templates");
+        assert_eq!(mode(&templates), 0o700);
+        for t in std::fs::read_dir(&templates).unwrap().flatten() {
+            assert_eq!(mode(&t.path()), 0o600, "{}", t.path().display());
+        }
     }
     // SAFETY: the VMM pid husk just recorded for this test's container.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);

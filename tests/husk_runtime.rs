@@ -7,6 +7,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
+#[path = "husk_runtime/contract.rs"]
+mod contract;
 #[path = "husk_runtime/detach.rs"]
 mod detach;
 #[path = "husk_runtime/harness.rs"]
@@ -710,76 +712,6 @@ fn cli_contract_without_a_vm() {
         text.contains("level=error msg=\"container missing does not exist\""),
         "{text}"
     );
-    rt.assert_clean();
-}
-
-/// `delete` of a created (never started) container ends its VM holder and VM, and a few
-/// create → start → exit → delete cycles leave nothing behind.
-#[test]
-fn delete_of_a_created_container_and_repeated_cycles_leak_nothing() {
-    let test = "delete_of_a_created_container_and_repeated_cycles_leak_nothing";
-    let Some(rt) = Rt::new(test) else { return };
-    let b = Bundle::new(&rt, |c| c["process"]["args"] = sh("echo cycle"));
-    let mut c = rt.create(&b, "d", &[]);
-    rt.ok(&["delete", "d"]);
-    assert_eq!(c.wait(LIMIT), 137);
-    assert_eq!(c.read_stdout(), "");
-    rt.assert_clean();
-    for i in 0..3 {
-        let id = format!("cycle{i}");
-        let mut c = rt.create(&b, &id, &[]);
-        rt.ok(&["start", &id]);
-        assert_eq!(c.wait(LIMIT), 0);
-        assert_eq!(c.read_stdout(), "cycle\n");
-        rt.ok(&["delete", &id]);
-        // Engines delete twice.
-        rt.ok(&["delete", "--force", &id]);
-        rt.assert_clean();
-    }
-}
-
-/// A process that cannot be executed: `start` fails and says why, the container is stopped
-/// (not left "created" or "running" with its VM up), `delete` without --force then works and
-/// leaves nothing, and the id can be created again. A `kill -9` ends the container before it
-/// returns, so a `delete` right after it succeeds (as conformance tools drive runc).
-#[test]
-fn a_failed_start_stops_the_container_and_kill_9_is_final() {
-    let test = "a_failed_start_stops_the_container_and_kill_9_is_final";
-    let Some(rt) = Rt::new(test) else { return };
-    let bad = Bundle::new(&rt, |c| {
-        c["process"]["args"] = serde_json::json!(["/no/such/binary"])
-    });
-    let mut c = rt.create(&bad, "x", &[]);
-    // What the container leaves on the host is its owner's alone.
-    let mode = |p: &std::path::Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    };
-    assert_eq!(mode(&rt.root()), 0o700);
-    assert_eq!(mode(&rt.root().join("x")), 0o700);
-    let sock_dirs: Vec<_> = std::fs::read_dir(rt.tmp.path().join("t"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("console.log").exists())
-        .collect();
-    assert_eq!(sock_dirs.len(), 1, "{sock_dirs:?}");
-    assert_eq!(mode(&sock_dirs[0]), 0o700);
-    assert_eq!(mode(&sock_dirs[0].join("console.log")), 0o600);
-    let out = rt.run(&["start", "x"]);
-    let err = common::text(&out.stderr);
-    assert!(!out.status.success(), "start of a missing binary: {err}");
-    assert!(err.contains("/no/such/binary"), "{err}");
-    assert_ne!(c.wait(LIMIT), 0, "the VM holder ends with a failure status");
-    assert_eq!(rt.state("x")["status"], "stopped");
-    rt.ok(&["delete", "x"]);
-    rt.assert_clean();
-    let good = Bundle::new(&rt, |c| c["process"]["args"] = sh("sleep 1000"));
-    let mut c = rt.create(&good, "x", &[]);
-    rt.ok(&["start", "x"]);
-    rt.ok(&["kill", "x", "KILL"]);
-    rt.ok(&["delete", "x"]);
-    assert_eq!(c.wait(LIMIT), 137);
     rt.assert_clean();
 }
 

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -188,13 +188,17 @@ pub(super) fn open_console_log(path: &Path) -> Result<File, Error> {
         path: path.to_path_buf(),
         source,
     };
-    // Owner-only: the guest's console may carry what the container printed.
-    OpenOptions::new()
+    // Owner-only: the guest's console may carry what the container printed. The mode is set
+    // on the open file too: a log left by an earlier start (or an older husk) keeps the mode
+    // it was created with.
+    let log = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
+        .map_err(err)?;
+    log.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(err)?;
     OpenOptions::new().append(true).open(path).map_err(err)
 }

@@ -659,3 +659,21 @@ fn last_line_is_the_last_non_empty_one_bounded() {
         Some("[    0.01] Kernel panic - not syncing: IO-APIC + timer doesn't work!")
     );
 }
+
+#[test]
+fn a_console_log_is_the_owners_alone_even_when_it_was_left_world_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    super::child::open_console_log(&log).unwrap();
+    assert_eq!(mode(&log), 0o600);
+    std::fs::write(&log, b"what the container printed").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    super::child::open_console_log(&log).unwrap();
+    assert_eq!(mode(&log), 0o600);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        b"",
+        "truncated for the new boot"
+    );
+}

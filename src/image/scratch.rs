@@ -133,7 +133,8 @@ pub fn from_template(path: &Path, size: u64, template_dir: &Path) -> Result<(), 
 /// template that exists is whole (two racing makers each rename a whole one).
 fn make_template(template: &Path, size: u64) -> Result<(), ScratchError> {
     let dir = template.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|source| ScratchError::Io {
+    // Owner-only, as the containers' own directories are.
+    crate::util::fs::create_private_dir(dir).map_err(|source| ScratchError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -215,7 +216,11 @@ mod tests {
             from_template(&a, 1 << 30, &templates),
             Err(ScratchError::Exists { .. })
         ));
-        // Only the template is left in its directory (no temporary file).
+        // Only the template is left in its directory (no temporary file), and both are the
+        // owner's alone.
         assert_eq!(fs::read_dir(&templates).unwrap().count(), 1);
+        assert_eq!(fs::metadata(&templates).unwrap().mode() & 0o777, 0o700);
+        let t = templates.join(format!("scratch-{}.ext4", 1u64 << 30));
+        assert_eq!(fs::metadata(&t).unwrap().mode() & 0o777, 0o600);
     }
 }

@@ -19,6 +19,7 @@ pub mod bundle;
 pub mod commands;
 pub mod console;
 pub mod control;
+pub mod exec_check;
 pub mod hooks;
 pub mod mounts;
 pub mod network;

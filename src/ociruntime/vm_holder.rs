@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::bundle::{self, Plan};
 use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
-use super::{console, network, runc_log, Error};
+use super::{console, exec_check, network, runc_log, Error};
 use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 use crate::pod::attach::{self, Stdio};
 use crate::pod::proc::ProcessRef;
@@ -96,6 +96,7 @@ pub fn run(
         attached,
         tty,
         state,
+        process,
     } = booted;
     let (vm, agent) = (pod.vm.clone(), pod.agent.clone());
 
@@ -109,6 +110,9 @@ pub fn run(
             store.root().to_path_buf(),
             id.to_string(),
         );
+        let rootfs = state.rootfs.clone();
+        let program = process.args.first().cloned().unwrap_or_default();
+        let env = process.env.clone();
         let tx = std::sync::Mutex::new(tx);
         Arc::new(move |req: Request| -> Result<(), String> {
             match req {
@@ -117,12 +121,26 @@ pub fn run(
                         return Err(format!("container {id} was already started"));
                     }
                     if let Err(e) = agent.start_container(&id) {
-                        // The container is over: it never ran and never will.
-                        let why = format!("starting the container's process: {e}");
+                        // The container is over: it never ran and never will. It is recorded
+                        // stopped before `start` hears of the failure, so that a `delete`
+                        // right after it finds it stopped.
+                        let mut why = format!("starting the container's process: {e}");
+                        let code = start_failure_code(&why);
+                        if code == 127 {
+                            if let Some(more) = exec_check::explain(&rootfs, &program, &env) {
+                                why = format!("{why} ({more})");
+                            }
+                        }
+                        if let Ok(store) = Store::open(&store_root) {
+                            let _ = store.update(&id, |s| {
+                                s.status = Status::Stopped;
+                                s.exit_code = Some(code);
+                            });
+                        }
                         let _ = tx
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .send(Event::StartFailed(start_failure_code(&why)));
+                            .send(Event::StartFailed(code));
                         return Err(why);
                     }
                     if let Ok(store) = Store::open(&store_root) {
@@ -254,6 +272,8 @@ struct Booted {
     attached: attach::Attached,
     tty: bool,
     state: ContainerState,
+    /// The container's process as the guest was given it (to explain a failed start).
+    process: husk_protocol::ProcessSpec,
 }
 
 /// Starts the VM and creates the container in it; `target` takes the VM as soon as it runs,
@@ -320,6 +340,7 @@ fn boot(
         attached,
         tty,
         state,
+        process: plan.container.process,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -278,9 +279,11 @@ pub fn attach(
             pump.output(err, io::stderr()).map_err(io_err(uds))?;
         }
         Stdio::Log { path, tty } => {
+            // What the container prints is its owner's alone.
             let log = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)
                 .map_err(io_err(uds))?;
             if *tty {

@@ -115,7 +115,10 @@ impl Runtime {
                 timings::mark("disk preparation");
                 let vsock_uds = backend::vsock_socket_path(dir, &short_dir(id));
                 if let Some(d) = vsock_uds.parent() {
-                    let _ = create_private_dir(d);
+                    create_private_dir(d).map_err(|source| Error::Io {
+                        path: d.to_path_buf(),
+                        source,
+                    })?;
                 }
                 Ok(State {
                     id: id.to_string(),
@@ -189,7 +192,10 @@ impl Runtime {
         // The short socket directory under the temp dir may have been cleaned since `create`.
         for p in [&state.console_log, &state.vsock_uds] {
             if let Some(d) = p.parent() {
-                let _ = create_private_dir(d);
+                create_private_dir(d).map_err(|source| Error::Io {
+                    path: d.to_path_buf(),
+                    source,
+                })?;
             }
         }
         remove_sockets(&state);

@@ -3,6 +3,7 @@
 //! the VM handle, writes the container's output to its log file, records the exit status and
 //! applies `--rm`, so the command that started it can return at once.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
 use super::lifecycle::Runtime;
@@ -73,6 +74,7 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(io(&log_path))?;
     let exe = std::env::current_exe().map_err(io(std::path::Path::new("/proc/self/exe")))?;

@@ -52,12 +52,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Creates `path` (and missing parents) as a directory only its owner may enter (0700), or
 /// makes an existing one so: what a container leaves there (its console log, its writable
 /// layer, its sockets) is no other local user's to read.
+///
+/// In a directory anyone may write to (`/tmp`, where the short socket directories live), a
+/// `path` that another user made first — or a symlink put there — is refused: its owner could
+/// swap the sockets in it or read what is written there.
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)?;
+    let shared_parent = path
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| m.mode() & 0o002 != 0);
+    if shared_parent {
+        let meta = std::fs::symlink_metadata(path)?;
+        // SAFETY: geteuid() takes no arguments and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "made by another user (uid {}) or not a directory, in a directory anyone \
+                     can write to: remove it",
+                    meta.uid()
+                ),
+            ));
+        }
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -115,6 +138,33 @@ pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_dir_someone_else_made_in_tmp_is_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("tmp");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        create_private_dir(&shared.join("mine")).unwrap();
+        create_private_dir(&shared.join("mine")).unwrap();
+        symlink(dir.path(), shared.join("link")).unwrap();
+        let e = create_private_dir(&shared.join("link")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // SAFETY: geteuid() takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = shared.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = create_private_dir(&theirs).unwrap_err();
+            assert!(e.to_string().contains("uid 65534"), "{e}");
+            // Outside a shared directory, an existing one is only made private.
+            let kept = dir.path().join("kept");
+            std::fs::create_dir(&kept).unwrap();
+            std::os::unix::fs::chown(&kept, Some(65534), Some(65534)).unwrap();
+            create_private_dir(&kept).unwrap();
+        }
+    }
 
     #[test]
     fn private_dirs_are_0700_new_or_not() {

@@ -1,4 +1,5 @@
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use crate::cli::{Error, GlobalOpts, LogsArgs};
@@ -14,6 +15,7 @@ pub fn run(g: &GlobalOpts, a: LogsArgs) -> Result<i32, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&state.log_file)
             .map_err(|source| crate::runtime::Error::Io {
                 path: state.log_file.clone(),

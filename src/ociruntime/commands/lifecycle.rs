@@ -14,6 +14,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a killed VM holder may take to power its VM off and exit.
 const STOP_WAIT: Duration = Duration::from_secs(15);
+/// How long `delete` of a container that looks running waits for an exit its VM holder has
+/// not recorded yet (a process that a `kill` just ended: the agent's word reaches the holder
+/// within milliseconds); only then is the container running and the delete refused.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 fn wrong(state: &ContainerState, what: &str) -> Error {
     Error::WrongState {
@@ -70,9 +74,15 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
                 }
             })?;
             if sig == libc::SIGKILL {
-                // As with runc, a container is stopped once `kill KILL` returns: a `delete`
-                // right after it must not find it running.
-                wait_stopped(store, &a.id, STOP_WAIT);
+                // A container is stopped once `kill KILL` returns (runc's returns once the
+                // signal is sent, and its process dies at once): a `delete` right after it
+                // must not find it running.
+                if !wait_stopped(store, &a.id, STOP_WAIT) {
+                    runc_log::warn(&format!(
+                        "container {}: not stopped {STOP_WAIT:?} after KILL",
+                        a.id
+                    ));
+                }
             }
         }
         Status::Paused if sig == libc::SIGKILL => {
@@ -92,31 +102,42 @@ pub fn kill(store: &Store, a: &KillArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// Waits up to `limit` for container `id` to be stopped (or gone).
-fn wait_stopped(store: &Store, id: &str, limit: Duration) {
+/// Waits up to `limit` for container `id` to be stopped (or gone); whether it is.
+fn wait_stopped(store: &Store, id: &str, limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
+    loop {
         match store.load(id) {
             Ok(s) if s.effective_status() != Status::Stopped => {}
-            _ => return,
+            _ => return true,
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    runc_log::warn(&format!("container {id}: not stopped {limit:?} after KILL"));
 }
 
+/// `delete`: as the runtime spec says, a container that is not stopped is an error and is left
+/// as it is (runc deletes a `created` one anyway; engines that mean it pass `--force`, as
+/// podman, CRI-O and the containerd client after its kill do). `--force` kills and deletes.
 pub fn delete(store: &Store, id: &str, force: bool) -> Result<i32, Error> {
-    let state = match store.load(id) {
+    let mut state = match store.load(id) {
         // Engines delete twice (containerd's shim, podman's cleanup); runc's `delete --force`
         // of an id that is already gone succeeds.
         Err(Error::NoSuchContainer(_)) if force => return Ok(0),
         other => other?,
     };
-    match state.effective_status() {
-        Status::Running | Status::Paused | Status::Creating if !force => {
-            return Err(wrong(&state, "stop it first or use delete --force"))
-        }
-        _ => {}
+    if !force && state.effective_status() == Status::Running {
+        // A process that just ended (a `kill` a moment ago) is not running: give its VM
+        // holder the moment it takes to record the exit before calling it so.
+        wait_stopped(store, id, EXIT_GRACE);
+        state = store.load(id)?;
+    }
+    if !force && state.effective_status() != Status::Stopped {
+        return Err(wrong(
+            &state,
+            "only a stopped container can be deleted; stop it first or use delete --force",
+        ));
     }
     destroy(&state);
     run_poststop(&state);
