@@ -74,7 +74,7 @@ impl Runtime {
             kernel: None,
             initramfs: None,
         };
-        rt.sweep_networks();
+        rt.repair();
         Ok(rt)
     }
 
@@ -297,7 +297,11 @@ impl Runtime {
 
     /// Writes the final status (stopped if a stop was asked for, else exited) and applies
     /// `--rm`. Returns the state, or `None` when the container was removed.
-    fn record_exit(&self, state: &State, code: Option<i32>) -> Result<Option<State>, Error> {
+    pub(super) fn record_exit(
+        &self,
+        state: &State,
+        code: Option<i32>,
+    ) -> Result<Option<State>, Error> {
         remove_sockets(state);
         self.release_network(&state.id);
         let code = code.unwrap_or(VM_DIED_EXIT_CODE);
@@ -415,23 +419,23 @@ impl Runtime {
         Ok(state.id)
     }
 
-    fn remove_files(&self, state: &State) -> Result<(), Error> {
-        // Anything still running from this container's files (a VMM or vhost-device-vsock
-        // whose monitor was itself killed) goes first, so nothing holds the disk or sockets.
-        // Sockets (vsock, virtiofsd) may live in a short directory under the temp dir.
-        let dir = self.store.dir(&state.id);
-        let mut dirs = vec![dir.clone()];
+    /// The container's directory, then the short directories its sockets and console log
+    /// may live in under the temp dir (unix socket paths are short).
+    pub(super) fn dirs_of(&self, state: &State) -> Vec<PathBuf> {
+        let mut dirs = vec![self.store.dir(&state.id)];
         for p in [&state.vsock_uds, &state.console_log] {
             if let Some(d) = p.parent().filter(|d| !dirs.iter().any(|o| o == d)) {
                 dirs.push(d.to_path_buf());
             }
         }
-        for d in &dirs {
-            for p in proc::processes_using(d) {
-                p.signal(libc::SIGKILL);
-                p.wait_gone(Duration::from_secs(5));
-            }
-        }
+        dirs
+    }
+
+    fn remove_files(&self, state: &State) -> Result<(), Error> {
+        // Anything still running from this container's files (a VMM or vhost-device-vsock
+        // whose monitor was itself killed) goes first, so nothing holds the disk or sockets.
+        let dirs = self.dirs_of(state);
+        kill_processes_in(&dirs);
         for d in &dirs[1..] {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -450,6 +454,17 @@ impl Runtime {
             return Ok(self.record_exit(&now_state, None)?.unwrap_or(now_state));
         }
         Ok(now_state)
+    }
+}
+
+/// Kills (and waits out, 5 s each) every process that has a file open or its working
+/// directory under one of `dirs`.
+pub(super) fn kill_processes_in(dirs: &[PathBuf]) {
+    for d in dirs {
+        for p in proc::processes_using(d) {
+            p.signal(libc::SIGKILL);
+            p.wait_gone(Duration::from_secs(5));
+        }
     }
 }
 

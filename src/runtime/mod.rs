@@ -20,6 +20,7 @@ pub mod guest_spec;
 pub mod lifecycle;
 pub mod monitor;
 mod network;
+mod repair;
 pub mod spec;
 pub mod state;
 pub mod store;

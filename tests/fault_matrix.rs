@@ -1,0 +1,176 @@
+//! `kill -9` of each process a container runs on, while it runs: the next command reports
+//! the right state and cleans up, and `rm` leaves nothing (processes, files, networks).
+//! Real microVMs through `husk`, each test with its own `--root`.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::cli::Husk;
+
+fn husk(test: &str) -> Option<Husk> {
+    let kernel = common::kernel(test)?;
+    let initramfs = common::initramfs(test)?;
+    Husk::with_busybox(test, kernel, initramfs)
+}
+
+/// The only container's state.json.
+fn only_state(h: &Husk) -> serde_json::Value {
+    let ids: Vec<_> = std::fs::read_dir(h.containers_dir())
+        .expect("containers")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    h.state(&ids[0])
+}
+
+/// Pids of the processes whose command line starts with `program` (argv[0], or its file
+/// name) and mentions `needle`.
+fn pids_of(program: &str, needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let argv0 = args.first().cloned().unwrap_or_default();
+        let name = Path::new(&argv0)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Helpers name themselves `PROGRAM@PATH` in argv[0].
+        let named = argv0.starts_with(program) || name.starts_with(program);
+        if named && args.iter().any(|a| a.contains(needle)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill9(pid: i32) {
+    // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// `ps -a --format json`'s status of the only container.
+fn status(h: &Husk) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["ps", "-a", "--format", "json"])).expect("ps json");
+    v[0]["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits until the only container is no longer running (at most `secs`).
+fn wait_not_running(h: &Husk, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(h);
+        if s != "running" || Instant::now() >= deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Processes that still use the root or the container's short directories.
+fn users_of(h: &Husk, state: &serde_json::Value) -> Vec<String> {
+    let mut dirs = vec![h.root.path().to_path_buf()];
+    for key in ["consoleLog", "vsockUds"] {
+        if let Some(d) = state[key].as_str().and_then(|p| Path::new(p).parent()) {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    dirs.iter()
+        .flat_map(|d| common::engine::processes_using(d))
+        .collect()
+}
+
+/// `rm` (after the kill) leaves no process and no container directory.
+fn removed_cleanly(h: &Husk, state: &serde_json::Value) {
+    h.ok(&["rm", "-f", "victim"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !users_of(h, state).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(users_of(h, state).is_empty(), "{:?}", users_of(h, state));
+    let left: Vec<_> = std::fs::read_dir(h.containers_dir())
+        .expect("containers")
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn kill_9_of_each_process_under_a_running_container() {
+    let Some(h) = husk("kill_9_of_each_process_under_a_running_container") else {
+        return;
+    };
+    let vol = tempfile::tempdir().expect("volume");
+    let volume = format!("{}:/data", vol.path().display());
+    // The VMM, and each helper daemon: the VM ends (a helper's watcher ends it within its
+    // 2 s grace), the container reads as ended, and `rm` takes everything.
+    for victim in ["vmm", "vhost-device-vsock", "husk-vhost-blk", "virtiofsd"] {
+        h.ok(&[
+            "run", "-d", "--name", "victim", "-v", &volume, "busybox", "sleep", "1000",
+        ]);
+        let state = only_state(&h);
+        let id = state["id"].as_str().expect("id").to_string();
+        let pids = match victim {
+            "vmm" => vec![state["pid"]["pid"].as_i64().expect("VMM pid") as i32],
+            // By the id's prefix: a root as deep as a test's puts the sockets (and so the
+            // helpers' arguments) in a short directory named after it. virtiofsd's sandbox
+            // keeps two processes; both go.
+            _ => pids_of(victim, &id[..16]),
+        };
+        assert!(!pids.is_empty(), "no {victim} process for {id}");
+        pids.into_iter().for_each(kill9);
+        let s = wait_not_running(&h, 30);
+        assert_ne!(
+            s, "running",
+            "still running 30 s after kill -9 of its {victim}"
+        );
+        removed_cleanly(&h, &state);
+    }
+}
+
+#[test]
+fn kill_9_of_the_monitor_is_repaired_by_the_next_command() {
+    let Some(h) = husk("kill_9_of_the_monitor_is_repaired_by_the_next_command") else {
+        return;
+    };
+    // The container outlives its monitor, then ends by itself: nobody is left to record it.
+    h.ok(&[
+        "run", "-d", "--name", "victim", "busybox", "sh", "-c", "sleep 3",
+    ]);
+    let state = only_state(&h);
+    kill9(state["monitor"]["pid"].as_i64().expect("monitor pid") as i32);
+    // The VM goes on without it (its helpers too) until the process ends.
+    let vmm = state["pid"]["pid"].as_i64().expect("VMM pid") as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(vmm, 0) } == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The next command, whatever it is, records the end and ends what was left running.
+    let s = status(&h);
+    assert_ne!(s, "running", "{s}");
+    let recorded = only_state(&h);
+    assert_ne!(recorded["status"], "running", "{recorded}");
+    assert!(
+        users_of(&h, &state).is_empty(),
+        "helpers of the ended VM still run: {:?}",
+        users_of(&h, &state)
+    );
+    removed_cleanly(&h, &state);
+}
