@@ -174,3 +174,63 @@ fn kill_9_of_the_monitor_is_repaired_by_the_next_command() {
     );
     removed_cleanly(&h, &state);
 }
+
+/// Every regular file under `dir`, relative.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_image_store_refuses_a_load_in_one_line_and_keeps_nothing_half_written() {
+    let test = "a_full_image_store_refuses_a_load_in_one_line_and_keeps_nothing_half_written";
+    if !common::cli::image_tools_present(test) {
+        return;
+    }
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        common::not_run(test, "mounting a small tmpfs store needs root", true);
+        return;
+    }
+    let archive = common::cli::busybox_archive();
+    // Too small for the layer blob; for the unpacked layer; for the erofs disk.
+    for size in ["1500k", "2600k", "4500k"] {
+        let h = Husk::new(Default::default(), Default::default());
+        let root = h.root.path();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(root)
+            .status()
+            .expect("mount");
+        assert!(mounted.success(), "mount tmpfs on {}", root.display());
+        let out = h.run(&["load", "-i", archive.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let files = files_under(root);
+        let images = h.run(&["images", "-q"]);
+        let _ = std::process::Command::new("umount").arg(root).status();
+        assert!(!out.status.success(), "a {size} store took the image");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{size}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{size}: {stderr}");
+        // Nothing half-written stays, nothing is listed, and the store still answers.
+        assert_eq!(files, ["lock"], "{size}: left {files:?}");
+        assert!(
+            images.status.success(),
+            "{size}: images failed after the full load"
+        );
+        assert!(images.stdout.is_empty(), "{size}: {:?}", images.stdout);
+    }
+}

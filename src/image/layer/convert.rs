@@ -148,7 +148,16 @@ pub fn convert(store: &Store, layer: &Digest) -> Result<Converted, ConvertError>
             source,
         })?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        // One line: mkfs.erofs reports a failure over several.
+        let stderr: String = String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+            .chars()
+            .take(600)
+            .collect();
         return Err(ConvertError::Mkfs {
             layer: layer.clone(),
             status: output.status,

@@ -264,6 +264,22 @@ fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// A file being filled that remembers whether an error `io::copy` returned was its own.
+struct WriteSide<'a> {
+    file: &'a mut fs::File,
+    failed: bool,
+}
+
+impl io::Write for WriteSide<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).inspect_err(|_| self.failed = true)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
 impl Unpacker<'_> {
     fn corrupt(&self, source: io::Error) -> UnpackError {
         UnpackError::Corrupt {
@@ -518,7 +534,16 @@ impl Unpacker<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&dest)
                     .map_err(self.io(meta, "create", &dest))?;
-                let n = io::copy(data, &mut f).map_err(|e| self.corrupt(e))?;
+                // A failed write (a full store) is the store's fault, not the archive's.
+                let mut sink = WriteSide {
+                    file: &mut f,
+                    failed: false,
+                };
+                let n = match io::copy(data, &mut sink) {
+                    Ok(n) => n,
+                    Err(e) if sink.failed => return Err(self.io(meta, "write", &dest)(e)),
+                    Err(e) => return Err(self.corrupt(e)),
+                };
                 if n != meta.size {
                     let msg = format!(
                         "{:?}: {n} of {} bytes",
