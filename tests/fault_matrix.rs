@@ -234,3 +234,48 @@ fn a_full_image_store_refuses_a_load_in_one_line_and_keeps_nothing_half_written(
         assert!(images.stdout.is_empty(), "{size}: {:?}", images.stdout);
     }
 }
+
+#[test]
+fn a_corrupt_state_or_index_file_is_named_and_the_rest_keeps_working() {
+    let Some(h) = husk("a_corrupt_state_or_index_file_is_named_and_the_rest_keeps_working") else {
+        return;
+    };
+    h.ok(&["run", "--name", "good", "busybox", "true"]);
+    h.ok(&["run", "--name", "bad", "busybox", "true"]);
+    let ids: Vec<String> = std::fs::read_dir(h.containers_dir())
+        .expect("containers")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let bad = ids
+        .iter()
+        .find(|id| h.state(id)["name"] == "bad")
+        .expect("bad's id")
+        .clone();
+    let state_file = h.containers_dir().join(&bad).join("state.json");
+    std::fs::write(&state_file, "{\"id\": \"trunc").unwrap();
+    // The rest is listed; the broken record is named once, with its file.
+    let out = h.run(&["ps", "-a", "--format", "{{.Names}}"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "good\n");
+    assert_eq!(
+        stderr.matches(&*state_file.to_string_lossy()).count(),
+        1,
+        "{stderr}"
+    );
+    // It can be removed by its id (or a prefix), with everything it held.
+    h.ok(&["rm", &bad[..12]]);
+    assert!(!h.containers_dir().join(&bad).exists());
+    h.ok(&["rm", "good"]);
+    // A corrupt image index: image commands say which file, containers still list.
+    let index = h.root.path().join("index.json");
+    std::fs::write(&index, "{\"manifests\": [oops").unwrap();
+    let out = h.run(&["images"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&*index.to_string_lossy()), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    h.ok(&["ps", "-a"]);
+}

@@ -134,10 +134,26 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             match self.load(&id) {
                 Ok(r) => all.push(r),
                 Err(StoreError::NotFound(_)) => {}
-                Err(e) => tracing::warn!("skipping {}: {e}", self.dir(&id).display()),
+                Err(e) => warn_once(&self.dir(&id), &e),
             }
         }
         Ok(all)
+    }
+
+    /// The ids starting with `prefix` whose directory holds a record that cannot be read
+    /// (corrupt, or of an unknown shape): what [`list`](Self::list) skips.
+    pub fn unreadable(&self, prefix: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|id| !prefix.is_empty() && id.starts_with(prefix) && !id.starts_with('.'))
+            .filter(|id| {
+                self.exists(id) && !matches!(self.load(id), Ok(_) | Err(StoreError::NotFound(_)))
+            })
+            .collect()
     }
 
     /// Removes record `id`'s directory and everything in it; a missing one is not an error.
@@ -150,6 +166,17 @@ impl<T: Serialize + DeserializeOwned> StateStore<T> {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+/// Warns about an unreadable record once per process (a command lists the store several
+/// times).
+fn warn_once(dir: &Path, e: &StoreError) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.iter().any(|d| d == dir) {
+        warned.push(dir.to_path_buf());
+        tracing::warn!("skipping {}: {e}", dir.display());
     }
 }
 

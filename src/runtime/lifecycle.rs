@@ -396,7 +396,14 @@ impl Runtime {
     /// Removes a container and everything it has on the host: VM processes, sockets,
     /// scratch disk, logs, directory. A running one needs `force` (it is killed first).
     pub fn remove(&self, query: &str, force: bool) -> Result<String, Error> {
-        let state = self.store.resolve(query)?;
+        let state = match self.store.resolve(query) {
+            Ok(s) => s,
+            Err(Error::NoSuchContainer(q)) => match self.store.unreadable(&q) {
+                Some(id) => return self.remove_unreadable(&id),
+                None => return Err(Error::NoSuchContainer(q)),
+            },
+            Err(e) => return Err(e),
+        };
         if !state.can_delete() {
             if !force {
                 return Err(wrong_state(
@@ -417,6 +424,22 @@ impl Runtime {
         }
         self.remove_files(&state)?;
         Ok(state.id)
+    }
+
+    /// Removes container `id` whose state file cannot be read (a corrupt `state.json`):
+    /// whatever still runs from its directory or its short socket directory (named after the
+    /// id), its network leases and rules, and both directories.
+    fn remove_unreadable(&self, id: &str) -> Result<String, Error> {
+        tracing::warn!(
+            id,
+            "its state file cannot be read; removing what is left of it"
+        );
+        let short = short_dir(id);
+        kill_processes_in(&[self.store.dir(id), short.clone()]);
+        let _ = std::fs::remove_dir_all(&short);
+        self.release_all_network(id);
+        self.store.remove_dir(id)?;
+        Ok(id.to_string())
     }
 
     /// The container's directory, then the short directories its sockets and console log

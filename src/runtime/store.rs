@@ -146,6 +146,15 @@ impl ContainerStore {
     }
 
     /// Removes a container's directory (its scratch disk, sockets, logs, state).
+    /// The id of the one container matching `query` (id or id prefix) whose state file
+    /// cannot be read; `None` when there is not exactly one.
+    pub fn unreadable(&self, query: &str) -> Option<String> {
+        match self.records.unreadable(query).as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+
     pub fn remove_dir(&self, id: &str) -> Result<(), Error> {
         let _lock = self.lock()?;
         Ok(self.records.remove(id)?)
