@@ -78,6 +78,15 @@ timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
 status=${PIPESTATUS[0]}
 set -e
 log "tests: $(( $(date +%s) - tests_start ))s"
+# A short soak (mixed cycles, then the host checked for leaks) with the binaries just built.
+soak_start=$(date +%s)
+if HUSK="$PWD/target/debug/husk" HUSK_RUNTIME="$PWD/target/debug/husk-runtime" \
+    timeout --kill-after=30 600 scripts/soak.sh "${HUSK_SOAK_CYCLES:-3}" >&2; then
+    log "soak: $(( $(date +%s) - soak_start ))s"
+else
+    log "soak: FAILED (scripts/soak.sh ${HUSK_SOAK_CYCLES:-3}, above)"
+    status=1
+fi
 if [ -s "$HUSK_RIG_TIME_LOG" ]; then
     log "nested-KVM rig: $(awk '{n++; s+=$2} END {printf "%d runs, %.0f s in all (run beside other tests)", n, s}' "$HUSK_RIG_TIME_LOG")"
 fi
