@@ -133,7 +133,13 @@ fuzz_target!(|input: Input| {
         Some(_) => input.replies.into_iter().take(1).collect(),
         None => input.replies,
     };
-    let connect_reply = input.connect_reply;
+    // A stream connection retries CONNECT until its deadline (as it must while a guest
+    // boots), so its CONNECT is answered properly and the fuzz bytes follow the line; the
+    // control connection (one attempt) gets the fuzz bytes as its answer line.
+    let connect_reply = match input.stream {
+        Some(_) => [&b"OK 1024\n"[..], &input.connect_reply].concat(),
+        None => input.connect_reply,
+    };
     let guest = std::thread::spawn(move || fake_guest(listener, connect_reply, replies));
     match input.stream {
         Some(k) => {
