@@ -11,6 +11,7 @@ use husk::devices::virtio::VirtioInterrupt;
 use husk_fuzz::guest::{self, QueueInput};
 use husk_fuzz::MemDisk;
 use libfuzzer_sys::fuzz_target;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 #[derive(Arbitrary, Debug)]
@@ -31,12 +32,17 @@ fuzz_target!(|input: Input| {
     let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let mut h = BlockHandler::new(mem, queue, evt, interrupt, disk);
     let done = h.process_queue();
-    // Never more chains than the driver made available…
-    assert!(done <= usize::from(input.queue.avail_idx()));
-    // …and none twice: with nothing new published, a second pass completes nothing.
-    assert_eq!(
-        h.process_queue(),
-        0,
-        "a second pass over the same ring did work"
-    );
+    // A driver may point device-writable buffers at its own rings, so a request's data can
+    // publish more chains; the counts below only hold when the ring was left alone.
+    let (_, avail, _) = guest::ring_addrs(0);
+    let published = |h: &BlockHandler| h.mem.read_obj::<u16>(GuestAddress(avail + 2)).ok();
+    if published(&h) == Some(input.queue.avail_idx()) {
+        // Never more chains than the driver made available…
+        assert!(done <= usize::from(input.queue.avail_idx()));
+    }
+    let again = h.process_queue();
+    if published(&h) == Some(input.queue.avail_idx()) {
+        // …and none twice: with nothing new published, a second pass completes nothing.
+        assert_eq!(again, 0, "a second pass over the same ring did work");
+    }
 });
