@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole husk test suite, from a bare Debian 12 machine: installs what is missing,
 # builds the guest kernel (cached outside the repo), the agent initramfs, then runs
-# `cargo test --workspace`, including the tests that boot real VMs.
+# `cargo test --workspace`, including the tests that boot real VMs, and every fuzz target
+# briefly (scripts/fuzz.sh, HUSK_FUZZ_SECONDS each, default 15) and a short soak
+# (scripts/soak.sh, HUSK_SOAK_CYCLES, default 3).
 #
 # With CI=true, a missing /dev/kvm or kernel fails the run instead of being reported
 # as "NOT RUN".
@@ -78,17 +80,28 @@ timeout --kill-after=30 "${HUSK_TEST_TIMEOUT:-2400}" \
 status=${PIPESTATUS[0]}
 set -e
 log "tests: $(( $(date +%s) - tests_start ))s"
+# Every cargo-fuzz target for a few seconds (docs/fuzzing.md), so a regression in a
+# hostile-input path shows; long runs are `scripts/fuzz.sh SECONDS` by hand.
+fuzz_start=$(date +%s)
+fuzz_status=0
+scripts/fuzz.sh "${HUSK_FUZZ_SECONDS:-15}" >&2 || fuzz_status=$?
+log "fuzzing: $(( $(date +%s) - fuzz_start ))s"
 # A short soak (mixed cycles, then the host checked for leaks) with the binaries just built.
 soak_start=$(date +%s)
-if HUSK="$PWD/target/debug/husk" HUSK_RUNTIME="$PWD/target/debug/husk-runtime" \
-    timeout --kill-after=30 600 scripts/soak.sh "${HUSK_SOAK_CYCLES:-3}" >&2; then
-    log "soak: $(( $(date +%s) - soak_start ))s"
-else
-    log "soak: FAILED (scripts/soak.sh ${HUSK_SOAK_CYCLES:-3}, above)"
-    status=1
-fi
+soak_status=0
+HUSK="$PWD/target/debug/husk" HUSK_RUNTIME="$PWD/target/debug/husk-runtime" \
+    timeout --kill-after=30 600 scripts/soak.sh "${HUSK_SOAK_CYCLES:-3}" >&2 || soak_status=$?
+log "soak: $(( $(date +%s) - soak_start ))s"
 if [ -s "$HUSK_RIG_TIME_LOG" ]; then
     log "nested-KVM rig: $(awk '{n++; s+=$2} END {printf "%d runs, %.0f s in all (run beside other tests)", n, s}' "$HUSK_RIG_TIME_LOG")"
 fi
 scripts/test-summary.sh "$out" "$HUSK_NOT_RUN_LOG" "$status" "$HUSK_RIG_RETRY_LOG" >&2
+if [ "$fuzz_status" != 0 ]; then
+    log "fuzzing FAILED (see the fuzz results above)"
+    status=1
+fi
+if [ "$soak_status" != 0 ]; then
+    log "soak FAILED (scripts/soak.sh ${HUSK_SOAK_CYCLES:-3}, above)"
+    status=1
+fi
 exit $status
