@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
 use super::lifecycle::Runtime;
+use super::state::Status;
 use super::Error;
 use crate::pod::attach::{self, Stdio};
 use crate::pod::ready_pipe::{self, Reporter};
@@ -57,12 +58,25 @@ pub fn run_monitor(rt: &Runtime, id: &str) -> Result<i32, Error> {
 /// Starts a monitor for container `id` and waits until its process has started (or the
 /// monitor says why not).
 pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
-    let state = rt.load(id)?;
+    let mut state = rt.load(id)?;
+    // Its end recorded, its monitor still powering the VM off (`husk run` answers before
+    // the teardown): a `start` right after waits for that, as `docker start` just works.
+    if matches!(state.status, Status::Exited | Status::Stopped) && state.monitor_alive() {
+        if let Some(m) = state.monitor {
+            m.wait_gone(super::store::FINISH_WAIT);
+        }
+        state = rt.load(id)?;
+    }
     if !state.can_start() {
+        let what = if state.effective_status() == Status::Running {
+            "it is already running"
+        } else {
+            "its last run is still being torn down (try again)"
+        };
         return Err(Error::WrongState {
             id: state.name.clone(),
             status: state.effective_status().as_str(),
-            what: "it is already running".into(),
+            what: what.into(),
         });
     }
     let dir = rt.store.dir(id);

@@ -169,15 +169,16 @@ pub(crate) fn new_id() -> Result<String, Error> {
     })
 }
 
-/// Docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-/// How long a new container waits for a `--rm` container of its name to be removed.
-const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a new container waits for a `--rm` container of its name to be removed, and
+/// `start` for the teardown of a container whose end was recorded.
+pub(super) const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A `--rm` container whose process has exited, still held by its monitor.
 fn finishing(s: &State) -> bool {
     s.config.auto_remove && s.status != super::state::Status::Running && s.monitor_alive()
 }
 
+/// Docker's rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 fn check_name(name: &str) -> Result<(), Error> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
