@@ -43,21 +43,7 @@ pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
         path: path.to_path_buf(),
         source,
     };
-    // Owner-only: it will hold whatever the container writes.
-    let file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(ScratchError::Exists {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(io_err(e)),
-    };
+    let file = create_private(path)?;
     let result = (|| {
         file.set_len(size).map_err(io_err)?;
         drop(file);
@@ -92,6 +78,27 @@ pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
     result.map(|()| start.elapsed())
 }
 
+/// Creates the new file `path`, owner-only: it will hold whatever the container writes.
+fn create_private(path: &Path) -> Result<fs::File, ScratchError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                ScratchError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ScratchError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })
+}
+
 /// Creates `path` as [`create`] does, by copying the template for `size` kept in
 /// `template_dir` (made there first, with `mkfs.ext4`, if missing). On failure nothing is
 /// left at `path`.
@@ -108,20 +115,7 @@ pub fn from_template(path: &Path, size: u64, template_dir: &Path) -> Result<(), 
         path: template.clone(),
         source,
     })?;
-    let dst = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(ScratchError::Exists {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(io_err(e)),
-    };
+    let dst = create_private(path)?;
     let copied = crate::util::fs::sparse_copy(&src, &dst).map_err(io_err);
     if copied.is_err() {
         let _ = fs::remove_file(path);
