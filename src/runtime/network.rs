@@ -36,16 +36,10 @@ impl Runtime {
         Ok(Some(a.guest))
     }
 
-    /// Tears down the networks of containers whose VM and monitor are both gone without
-    /// doing it (`kill -9`), and leases or rules of containers that no longer exist.
-    /// Best effort: a failure is logged and left for the next command.
-    pub fn sweep_networks(&self) {
-        let Ok(all) = self.store.list() else { return };
-        for s in all {
-            if s.network.is_some() && !s.vm_alive() && !s.monitor_alive() {
-                self.release_network(&s.id);
-            }
-        }
+    /// Releases leases and rules of containers that no longer exist (those of containers
+    /// whose VM and monitor died are released by [`Runtime::repair`]). Best effort: a
+    /// failure is logged and left for the next command.
+    pub(super) fn sweep_orphan_networks(&self) {
         let store = &self.store;
         let known = |id: &str| store.dir(id).join(STATE_FILE).is_file();
         if let Err(e) = crate::network::sweep_orphans(store.root(), known) {
