@@ -9,25 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::cli::Husk;
-
-fn husk(test: &str) -> Option<Husk> {
-    let kernel = common::kernel(test)?;
-    let initramfs = common::initramfs(test)?;
-    Husk::with_busybox(test, kernel, initramfs)
-}
-
-/// The only container's state.json.
-fn only_state(h: &Husk) -> serde_json::Value {
-    let ids: Vec<_> = std::fs::read_dir(h.containers_dir())
-        .expect("containers")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    h.state(&ids[0])
-}
+use common::cli::{husk_with_busybox, Husk};
 
 /// Pids of the processes whose command line starts with `program` (argv[0], or its file
 /// name) and mentions `needle`.
@@ -103,17 +85,13 @@ fn removed_cleanly(h: &Husk, state: &serde_json::Value) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(users_of(h, state).is_empty(), "{:?}", users_of(h, state));
-    let left: Vec<_> = std::fs::read_dir(h.containers_dir())
-        .expect("containers")
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
+    let left = h.container_ids();
     assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
 fn kill_9_of_each_process_under_a_running_container() {
-    let Some(h) = husk("kill_9_of_each_process_under_a_running_container") else {
+    let Some(h) = husk_with_busybox("kill_9_of_each_process_under_a_running_container") else {
         return;
     };
     let vol = tempfile::tempdir().expect("volume");
@@ -124,7 +102,7 @@ fn kill_9_of_each_process_under_a_running_container() {
         h.ok(&[
             "run", "-d", "--name", "victim", "-v", &volume, "busybox", "sleep", "1000",
         ]);
-        let state = only_state(&h);
+        let state = h.only_state();
         let id = state["id"].as_str().expect("id").to_string();
         let pids = match victim {
             "vmm" => vec![state["pid"]["pid"].as_i64().expect("VMM pid") as i32],
@@ -146,14 +124,14 @@ fn kill_9_of_each_process_under_a_running_container() {
 
 #[test]
 fn kill_9_of_the_monitor_is_repaired_by_the_next_command() {
-    let Some(h) = husk("kill_9_of_the_monitor_is_repaired_by_the_next_command") else {
+    let Some(h) = husk_with_busybox("kill_9_of_the_monitor_is_repaired_by_the_next_command") else {
         return;
     };
     // The container outlives its monitor, then ends by itself: nobody is left to record it.
     h.ok(&[
         "run", "-d", "--name", "victim", "busybox", "sh", "-c", "sleep 3",
     ]);
-    let state = only_state(&h);
+    let state = h.only_state();
     kill9(state["monitor"]["pid"].as_i64().expect("monitor pid") as i32);
     // The VM goes on without it (its helpers too) until the process ends.
     let vmm = state["pid"]["pid"].as_i64().expect("VMM pid") as i32;
@@ -165,7 +143,7 @@ fn kill_9_of_the_monitor_is_repaired_by_the_next_command() {
     // The next command, whatever it is, records the end and ends what was left running.
     let s = status(&h);
     assert_ne!(s, "running", "{s}");
-    let recorded = only_state(&h);
+    let recorded = h.only_state();
     assert_ne!(recorded["status"], "running", "{recorded}");
     assert!(
         users_of(&h, &state).is_empty(),
@@ -237,17 +215,14 @@ fn a_full_image_store_refuses_a_load_in_one_line_and_keeps_nothing_half_written(
 
 #[test]
 fn a_corrupt_state_or_index_file_is_named_and_the_rest_keeps_working() {
-    let Some(h) = husk("a_corrupt_state_or_index_file_is_named_and_the_rest_keeps_working") else {
+    let Some(h) =
+        husk_with_busybox("a_corrupt_state_or_index_file_is_named_and_the_rest_keeps_working")
+    else {
         return;
     };
     h.ok(&["run", "--name", "good", "busybox", "true"]);
     h.ok(&["run", "--name", "bad", "busybox", "true"]);
-    let ids: Vec<String> = std::fs::read_dir(h.containers_dir())
-        .expect("containers")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let ids = h.container_ids();
     let bad = ids
         .iter()
         .find(|id| h.state(id)["name"] == "bad")

@@ -6,14 +6,7 @@
 
 mod common;
 
-use common::cli::{Husk, LIMIT};
-
-/// A root with the busybox image, or `None` after saying why this host cannot run the test.
-fn husk(test: &str) -> Option<Husk> {
-    let kernel = common::kernel(test)?;
-    let initramfs = common::initramfs(test)?;
-    Husk::with_busybox(test, kernel, initramfs)
-}
+use common::cli::{husk_with_busybox, Husk, LIMIT};
 
 fn len(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
@@ -21,7 +14,8 @@ fn len(path: &std::path::Path) -> u64 {
 
 #[test]
 fn a_guest_flooding_its_serial_console_fills_no_host_disk() {
-    let Some(h) = husk("a_guest_flooding_its_serial_console_fills_no_host_disk") else {
+    let Some(h) = husk_with_busybox("a_guest_flooding_its_serial_console_fills_no_host_disk")
+    else {
         return;
     };
     const MAX: u64 = 64 << 10;
@@ -38,14 +32,7 @@ fn a_guest_flooding_its_serial_console_fills_no_host_disk() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "flooded\n");
-    let ids: Vec<_> = std::fs::read_dir(h.containers_dir())
-        .expect("containers")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    let state = h.state(&ids[0]);
+    let state = h.only_state();
     let log = std::path::PathBuf::from(state["consoleLog"].as_str().expect("consoleLog"));
     let rotated = husk::backend::console_cap::rotated_path(&log);
     let (now, old) = (len(&log), len(&rotated));
@@ -77,18 +64,6 @@ fn wait_for_log(h: &Husk, name: &str, want: &str, secs: u64) -> String {
     }
 }
 
-/// The only container's state.json.
-fn only_state(h: &Husk) -> serde_json::Value {
-    let ids: Vec<_> = std::fs::read_dir(h.containers_dir())
-        .expect("containers")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    h.state(&ids[0])
-}
-
 /// Resident memory of process `pid` in MiB.
 fn rss_mib(pid: u64) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -102,7 +77,8 @@ fn rss_mib(pid: u64) -> u64 {
 
 #[test]
 fn a_guest_eating_all_its_memory_is_stopped_inside_its_vm() {
-    let Some(h) = husk("a_guest_eating_all_its_memory_is_stopped_inside_its_vm") else {
+    let Some(h) = husk_with_busybox("a_guest_eating_all_its_memory_is_stopped_inside_its_vm")
+    else {
         return;
     };
     const MEMORY_MIB: u64 = 128;
@@ -127,7 +103,7 @@ fn a_guest_eating_all_its_memory_is_stopped_inside_its_vm() {
     );
     // The host paid for the VM's memory and no more: guest RAM plus the VMM's own (QEMU's
     // translation cache is 64 MiB of it).
-    let vmm = only_state(&h)["pid"]["pid"].as_u64().expect("VMM pid");
+    let vmm = h.only_state()["pid"]["pid"].as_u64().expect("VMM pid");
     let rss = rss_mib(vmm);
     assert!(
         rss <= MEMORY_MIB + 160,
@@ -140,7 +116,8 @@ fn a_guest_eating_all_its_memory_is_stopped_inside_its_vm() {
 
 #[test]
 fn a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering() {
-    let Some(h) = husk("a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering") else {
+    let Some(h) = husk_with_busybox("a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering")
+    else {
         return;
     };
     // With `run`'s default --pids-limit (2048, podman's), which is more tasks than a
@@ -183,12 +160,12 @@ fn a_fork_bomb_stops_at_its_limit_and_the_agent_keeps_answering() {
 
 #[test]
 fn a_guest_that_never_answers_costs_bounded_waits() {
-    let Some(h) = husk("a_guest_that_never_answers_costs_bounded_waits") else {
+    let Some(h) = husk_with_busybox("a_guest_that_never_answers_costs_bounded_waits") else {
         return;
     };
     h.ok(&["run", "-d", "--name", "mute", "busybox", "sleep", "1000"]);
     // The VMM stopped: the guest, its agent included, never answers again.
-    let vmm = only_state(&h)["pid"]["pid"].as_u64().expect("VMM pid");
+    let vmm = h.only_state()["pid"]["pid"].as_u64().expect("VMM pid");
     // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
     assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGSTOP) }, 0);
     let started = std::time::Instant::now();
@@ -210,7 +187,7 @@ fn a_guest_that_never_answers_costs_bounded_waits() {
         took < std::time::Duration::from_secs(45),
         "stop took {took:?}"
     );
-    let state = only_state(&h);
+    let state = h.only_state();
     assert_ne!(state["status"], "running", "{state}");
     h.ok(&["rm", "mute"]);
     // SAFETY: as above; the VMM is gone (ESRCH) or must not outlive its container.
@@ -220,7 +197,9 @@ fn a_guest_that_never_answers_costs_bounded_waits() {
 
 #[test]
 fn a_guest_flooding_its_output_streams_costs_the_host_bounded_memory() {
-    let Some(h) = husk("a_guest_flooding_its_output_streams_costs_the_host_bounded_memory") else {
+    let Some(h) =
+        husk_with_busybox("a_guest_flooding_its_output_streams_costs_the_host_bounded_memory")
+    else {
         return;
     };
     // Both output streams flat out, over vsock to the container's monitor on the host.
@@ -235,7 +214,7 @@ fn a_guest_flooding_its_output_streams_costs_the_host_bounded_memory() {
         "yes >&2 & yes",
     ]);
     std::thread::sleep(std::time::Duration::from_secs(10));
-    let state = only_state(&h);
+    let state = h.only_state();
     let monitor = state["monitor"]["pid"].as_u64().expect("monitor pid");
     let vmm = state["pid"]["pid"].as_u64().expect("VMM pid");
     let logged = len(std::path::Path::new(

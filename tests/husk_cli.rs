@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::cli::{Husk, LIMIT};
+use common::cli::{husk_with_busybox as husk, Husk, LIMIT};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,13 +38,6 @@ impl Husk {
             })
             .collect()
     }
-}
-
-/// A root with the busybox image, or `None` after saying why this host cannot run the test.
-fn husk(test: &str) -> Option<Husk> {
-    let kernel = common::kernel(test)?;
-    let initramfs = common::initramfs(test)?;
-    Husk::with_busybox(test, kernel, initramfs)
 }
 
 fn text(b: &[u8]) -> String {

@@ -81,6 +81,32 @@ impl Husk {
         let path = self.containers_dir().join(id).join("state.json");
         serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("state json")
     }
+
+    /// The ids of the containers under this root (their directories; `.lock` and the like
+    /// left out).
+    pub fn container_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.containers_dir())
+            .expect("containers")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    }
+
+    /// The state.json of the only container under this root.
+    pub fn only_state(&self) -> serde_json::Value {
+        let ids = self.container_ids();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        self.state(&ids[0])
+    }
+}
+
+/// A root with the busybox image and this host's guest assets, or `None` after saying why
+/// this host cannot run `test`.
+pub fn husk_with_busybox(test: &str) -> Option<Husk> {
+    let kernel = super::kernel(test)?;
+    let initramfs = super::initramfs(test)?;
+    Husk::with_busybox(test, kernel, initramfs)
 }
 
 /// Whether the tools a husk root needs to hold images are here; says NOT RUN (a failure under
