@@ -102,11 +102,8 @@ pub fn publish(id: &str, guest: Ipv4Addr, ports: &[PortMapping]) -> Result<(), E
 
 /// Deletes every rule of container `id`. No table (never set up, or flushed): nothing to do.
 pub fn unpublish(id: &str) -> Result<(), Error> {
-    let rules = match rules_tagged(&container_tag(id)) {
-        Ok(r) => r,
-        Err(Error::Tool { detail, .. }) if detail.contains("No such file") => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    // No table (never set up, or flushed) reads as no rules.
+    let rules = rules_tagged(&container_tag(id))?;
     if rules.is_empty() {
         return Ok(());
     }
