@@ -3,11 +3,13 @@
 log() { printf '%s\n' "husk: $*" >&2; }
 die() { printf '%s\n' "husk: error: $*" >&2; exit 1; }
 
-# Packages a fresh Debian 12 machine needs to build and test husk.
+# Packages a fresh Debian 12 machine needs to build and test husk (protobuf-compiler: the
+# `protoc` that the CRI client's build script of the tests' k8s-cri dev-dependency runs).
 HUSK_APT_PACKAGES=(
     build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd
     linux-source-6.12 qemu-system-x86 erofs-utils e2fsprogs busybox-static skopeo docker-registry apache2-utils
     libseccomp-dev libcap-ng-dev iproute2 nftables curl python3 debootstrap
+    protobuf-compiler
 )
 
 # The container engines the husk-runtime tests drive (tests/engine_*.rs), with runc and crun
@@ -15,7 +17,10 @@ HUSK_APT_PACKAGES=(
 # and iptables, which netavark 1.4 drives for its NAT and port rules): without netavark podman
 # 4.3 silently falls back to CNI and never sees the tests' bridge networks. Only
 # scripts/test.sh installs them; setup.sh stays lean.
-HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns iptables)
+# containernetworking-plugins: the CNI plugins containerd's CRI plugin gives a pod its network
+# with (tests/shim_cri.rs).
+HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns iptables
+    containernetworking-plugins)
 
 # Installs whichever of the given Debian packages are missing (apt-get update only if needed).
 ensure_packages() {
