@@ -13,13 +13,26 @@
 #       imported into namespace "husk". Prints the socket path.
 #   scripts/engine-setup.sh containerd-stop DIR
 #       stops that containerd (and any shims it left), unmounts what it left under DIR.
+#   scripts/engine-setup.sh cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR]
+#       containerd WITH its CRI plugin (pods in namespace k8s.io), root, state, config and
+#       socket under DIR/containerd as above; images pulled from REGISTRY (host:port) over
+#       plain HTTP (DIR/certs.d); SANDBOX_IMAGE the pods' pause image; pod networks from
+#       Debian's CNI plugins (DIR/cni/net.d: bridge + host-local + loopback, a bridge hcri-*
+#       of its own on a free 10.77.X.0/24, addresses kept in DIR/cni/ipam, netns mounted under
+#       DIR); runtime handlers `runc` (io.containerd.runc.v2) and `husk`
+#       (io.containerd.husk.v2: containerd finds containerd-shim-husk-v2 on its PATH, where
+#       SHIM_DIR goes first). Prints the socket path.
+#   scripts/engine-setup.sh cri-stop DIR
+#       kills and deletes what its pods left (through their shims), stops containerd and its
+#       shims, kills what is left in the pods' cgroup parent (/husk-cri-*), unmounts
+#       everything under DIR (snapshots, netns), deletes the bridge and CNI's cached results.
 #   scripts/engine-setup.sh launcher DIR RUNTIME
 #       DIR/<RUNTIME's name>: a tiny script that runs RUNTIME with --root DIR/root and the
 #       HUSK_KERNEL & co. of this environment (conmon does not pass the environment on), named
 #       like the runtime (conmon picks JSON logging by name). Prints its path.
 #   scripts/engine-setup.sh clean DIR
-#       containerd-stop, unmounts everything under DIR (podman's overlay driver keeps its
-#       store bind-mounted) and removes DIR.
+#       containerd-stop (cri-stop for a cri-start DIR), unmounts everything under DIR
+#       (podman's overlay driver keeps its store bind-mounted) and removes DIR.
 #
 # RUNTIME defaults to target/release/husk-runtime. The busybox archive comes from
 # scripts/make-busybox-image.sh (HUSK_BUSYBOX_ARCHIVE overrides it).
@@ -28,7 +41,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
 
-usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | clean DIR"; }
+usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR] | cri-stop DIR | clean DIR"; }
 [ $# -ge 2 ] || usage
 step=$1
 mkdir -p "$2"
@@ -139,20 +152,17 @@ containerd_running() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-containerd_start() {
-    command -v containerd >/dev/null || die "containerd is not installed (scripts/test.sh installs it)"
+# The head of config.toml both containerd steps write: root, state, socket, and the plugins
+# these hosts cannot or need not run. $1: more plugins to disable (a quoted, comma-ended list).
+containerd_config_head() {
     local c="$dir/containerd" sock
     sock=$(ctr_address)
-    # A unix socket path is limited to 108 bytes.
-    [ ${#sock} -lt 100 ] || die "containerd socket path too long: $sock (use a shorter DIR)"
-    mkdir -p "$c/root" "$c/state"
-    if ! containerd_running; then
-        cat >"$c/config.toml" <<EOF
+    cat <<EOF
 # Written by scripts/engine-setup.sh for husk's engine tests.
 version = 2
 root = "$c/root"
 state = "$c/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+disabled_plugins = [$1"io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt"]
 [grpc]
@@ -164,17 +174,181 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [metrics]
   address = ""
 EOF
-        rm -f "$sock" "$sock.ttrpc" "$c/debug.sock"
-        # setsid: the daemon must not die with the shell (or test) that started it.
-        setsid containerd --config "$c/config.toml" >"$c/containerd.log" 2>&1 </dev/null &
-        echo $! >"$c/containerd.pid"
-        local i
-        for i in $(seq 1 100); do
-            ctr --address "$sock" version >/dev/null 2>&1 && break
-            containerd_running || die "containerd exited: $(tail -n5 "$c/containerd.log")"
-            sleep 0.1
+}
+
+# Starts containerd on DIR/containerd/config.toml and waits until it answers. Environment
+# assignments given as arguments (PATH=…, HUSK_ENGINE_TEST_DIR=…) are the daemon's only:
+# containerd passes its environment on to the shims it starts.
+containerd_launch() {
+    local c="$dir/containerd" sock i
+    sock=$(ctr_address)
+    rm -f "$sock" "$sock.ttrpc" "$c/debug.sock"
+    # setsid: the daemon must not die with the shell (or test) that started it.
+    env "$@" setsid containerd --config "$c/config.toml" >"$c/containerd.log" 2>&1 </dev/null &
+    echo $! >"$c/containerd.pid"
+    for i in $(seq 1 150); do
+        ctr --address "$sock" version >/dev/null 2>&1 && return 0
+        containerd_running || die "containerd exited: $(tail -n5 "$c/containerd.log")"
+        sleep 0.1
+    done
+    die "containerd did not answer on $sock within 15 s: $(tail -n5 "$c/containerd.log")"
+}
+
+# The CRI instance's names, all from DIR's (unique) name: the CNI network and its bridge
+# (IFNAMSIZ: 15 bytes at most) and the pods' cgroup parent.
+cri_names() {
+    local tag
+    tag=$(basename "$dir" | tr -cd 'A-Za-z0-9' | tail -c 6)
+    cri_net="hcri-$tag"
+    cri_cgroup="/husk-cri-$tag"
+}
+
+# A 10.77.X.0/24 that no route of the host and no other CRI instance's network config uses,
+# starting from a number of DIR's name so that instances set up at once differ.
+cri_free_subnet() {
+    local routes taken seed i x
+    routes=$(ip -4 route show)
+    taken=$(cat /tmp/husk-cri*/cni/net.d/*.conflist 2>/dev/null || true)
+    seed=$(( $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 250 ))
+    for i in $(seq 0 249); do
+        x=$(( 1 + (seed + i) % 250 ))
+        case "$routes$taken" in *"10.77.$x."*) continue ;; esac
+        echo "10.77.$x"
+        return 0
+    done
+    die "no free 10.77.X.0/24 for the CRI network"
+}
+
+cri_start() {
+    local registry=$1 sandbox_image=$2 shim_dir=${3:-}
+    command -v containerd >/dev/null || die "containerd is not installed (scripts/test.sh installs it)"
+    [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] \
+        || die "the CNI plugins are missing from /usr/lib/cni (Debian's containernetworking-plugins)"
+    local c="$dir/containerd" sock net
+    sock=$(ctr_address)
+    [ ${#sock} -lt 100 ] || die "containerd socket path too long: $sock (use a shorter DIR)"
+    cri_names
+    mkdir -p "$c/root" "$c/state" "$dir/cni/net.d" "$dir/cni/ipam" "$dir/certs.d/$registry"
+    if containerd_running; then
+        echo "$sock"
+        return 0
+    fi
+    net=$(cri_free_subnet)
+    # Plain HTTP to the test registry (containerd 1.6's hosts.toml).
+    cat >"$dir/certs.d/$registry/hosts.toml" <<EOF
+server = "http://$registry"
+[host."http://$registry"]
+  capabilities = ["pull", "resolve"]
+EOF
+    # No ipMasq and no portmap: the pods need no way out, and this leaves no iptables rules.
+    cat >"$dir/cni/net.d/10-husk-cri.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "$cri_net",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$cri_net",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$net.0/24", "gateway": "$net.1"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "$dir/cni/ipam"
+      }
+    },
+    {"type": "loopback"}
+  ]
+}
+EOF
+    {
+        containerd_config_head ""
+        cat <<EOF
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$sandbox_image"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
+      runtime_type = "io.containerd.husk.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni/net.d"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$dir/certs.d"
+EOF
+    } >"$c/config.toml"
+    local path=$PATH
+    if [ -n "$shim_dir" ]; then
+        [ -d "$shim_dir" ] || die "SHIM_DIR $shim_dir is not a directory"
+        path="$(cd "$shim_dir" && pwd):$PATH"
+    fi
+    # The marker reaches the shims and what they start: the leak checks find them by it.
+    containerd_launch PATH="$path" HUSK_ENGINE_TEST_DIR="$dir"
+    echo "$sock"
+}
+
+# Every process in the pods' cgroup parent (any hierarchy), killed; then the cgroups removed,
+# deepest first.
+cri_cgroups_remove() {
+    local h d p
+    for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+        d="$h${cri_cgroup#/}"
+        [ -d "$d" ] || continue
+        find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | while read -r p; do
+            kill -9 "$p" 2>/dev/null || true
         done
-        ctr --address "$sock" version >/dev/null 2>&1 || die "containerd did not answer on $sock"
+    done
+    for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+        d="$h${cri_cgroup#/}"
+        [ -d "$d" ] || continue
+        find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+}
+
+cri_stop() {
+    local c="$dir/containerd" sock id
+    sock=$(ctr_address)
+    cri_names
+    if containerd_running; then
+        # What a failed test left: each task killed and deleted through its shim (a VM
+        # runtime's shim takes its VM down with it), then the containers.
+        for id in $(ctr --address "$sock" -n k8s.io task ls -q 2>/dev/null); do
+            timeout 60 ctr --address "$sock" -n k8s.io task kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
+            timeout 60 ctr --address "$sock" -n k8s.io task rm -f "$id" >/dev/null 2>&1 || true
+        done
+        for id in $(ctr --address "$sock" -n k8s.io container ls -q 2>/dev/null); do
+            timeout 60 ctr --address "$sock" -n k8s.io container rm "$id" >/dev/null 2>&1 || true
+        done
+    fi
+    containerd_stop
+    cri_cgroups_remove
+    # The netns are bind mounts under DIR (netns_mounts_under_state_dir): unmount_under took
+    # them, and their veths with them. What CNI left outside DIR: the bridge, cached results.
+    if [ -e "/sys/class/net/$cri_net" ]; then ip link del "$cri_net" 2>/dev/null || true; fi
+    rm -f /var/lib/cni/results/"$cri_net"-* 2>/dev/null || true
+}
+
+containerd_start() {
+    command -v containerd >/dev/null || die "containerd is not installed (scripts/test.sh installs it)"
+    local c="$dir/containerd" sock
+    sock=$(ctr_address)
+    # A unix socket path is limited to 108 bytes.
+    [ ${#sock} -lt 100 ] || die "containerd socket path too long: $sock (use a shorter DIR)"
+    mkdir -p "$c/root" "$c/state"
+    if ! containerd_running; then
+        containerd_config_head '"io.containerd.grpc.v1.cri", ' >"$c/config.toml"
+        containerd_launch
     fi
     if ! ctr --address "$sock" -n husk image ls -q | grep -qx docker.io/library/busybox:latest; then
         ctr --address "$sock" -n husk image import "$(busybox_archive)" >&2 \
@@ -216,8 +390,10 @@ case "$step" in
     launcher) [ $# -eq 3 ] || usage; launcher "$3" ;;
     containerd-start) containerd_start ;;
     containerd-stop) containerd_stop ;;
+    cri-start) [ $# -ge 4 ] || usage; cri_start "$3" "$4" "${5:-}" ;;
+    cri-stop) cri_stop ;;
     clean)
-        containerd_stop
+        if [ -f "$dir/cni/net.d/10-husk-cri.conflist" ]; then cri_stop; else containerd_stop; fi
         unmount_under
         rm -rf "$dir"
         ;;
