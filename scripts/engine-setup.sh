@@ -337,6 +337,10 @@ cri_stop() {
     # them, and their veths with them. What CNI left outside DIR: the bridge, cached results.
     if [ -e "/sys/class/net/$cri_net" ]; then ip link del "$cri_net" 2>/dev/null || true; fi
     rm -f /var/lib/cni/results/"$cri_net"-* 2>/dev/null || true
+    # containerd's own loopback network caches results as cni-loopback-<pod>-lo, naming the
+    # pod's netns (under DIR).
+    { grep -l -F "$dir/" /var/lib/cni/results/cni-loopback-* 2>/dev/null || true; } |
+        while read -r f; do rm -f "$f"; done
 }
 
 containerd_start() {

@@ -357,6 +357,9 @@ pub fn run_console(
     }
 }
 pub mod cli;
+pub mod cri;
+pub mod cri_image;
+pub mod cri_leaks;
 pub mod engine;
 pub mod registry;
 pub mod rig;
