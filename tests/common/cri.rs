@@ -67,18 +67,28 @@ impl Handler {
 /// The husk shim binary: `$HUSK_SHIM_BINARY`, else the one cargo built for this test binary.
 /// None (NOT RUN, a failure under CI) when there is none, or the guest assets are missing.
 pub fn husk_shim(test: &str) -> Option<PathBuf> {
-    let built = option_env!("CARGO_BIN_EXE_containerd-shim-husk-v2").map(PathBuf::from);
     let shim = match std::env::var_os("HUSK_SHIM_BINARY") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => built,
-    };
-    let Some(shim) = shim.filter(|p| p.is_file()) else {
-        super::not_run(
-            test,
-            "containerd-shim-husk-v2 not built (no such binary in this package; HUSK_SHIM_BINARY unset)",
-            true,
-        );
-        return None;
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "HUSK_SHIM_BINARY={} is not a file",
+                p.display()
+            );
+            p
+        }
+        // Set by cargo only once the package has the binary: until then, NOT RUN.
+        None => match option_env!("CARGO_BIN_EXE_containerd-shim-husk-v2") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                super::not_run(
+                    test,
+                    "containerd-shim-husk-v2 not built (the package has no such binary yet; HUSK_SHIM_BINARY unset)",
+                    true,
+                );
+                return None;
+            }
+        },
     };
     // The shim boots VMs: it needs the guest kernel and initramfs this environment names.
     super::kernel(test)?;
@@ -114,7 +124,11 @@ impl Drop for Instance {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_bounded(c, None, LIMIT)))
         {
             if !out.status.success() {
-                eprintln!("engine-setup.sh clean ({}): {}", out.status, text(&out.stderr));
+                eprintln!(
+                    "engine-setup.sh clean ({}): {}",
+                    out.status,
+                    text(&out.stderr)
+                );
             }
         }
     }
