@@ -8,10 +8,12 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::cri::{husk_shim, Cri, Handler};
 use common::cri_leaks::{instance_programs, Footprint};
+use common::engine;
 
 /// The containerd for `handler`: with the husk shim on its PATH for husk; None when the test
 /// cannot run here (already reported).
@@ -34,15 +36,53 @@ fn vm_processes(cri: &Cri, fp: &Footprint) -> Vec<String> {
     instance_programs(cri.dir(), &ids, VM_PROGRAMS)
 }
 
+/// Where the husk shim keeps a pod's working directory (share, sockets, console log).
+const HUSK_RUN_DIR: &str = "/run/husk-shim/";
+
+/// The husk shim's working directories that the VM processes `vms` name.
+fn husk_run_dirs(vms: &[String]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = vms
+        .iter()
+        .flat_map(|p| p.match_indices(HUSK_RUN_DIR).map(|(at, _)| &p[at..]))
+        .filter_map(|rest| {
+            let name = rest[HUSK_RUN_DIR.len()..].split(['/', ' ', ',']).next()?;
+            (!name.is_empty()).then(|| Path::new(HUSK_RUN_DIR).join(name))
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// The runtime's own leak checks after the pod is gone: none for runc (the common ones cover
-/// it), no VMM or device daemon for husk.
-fn runtime_leftovers(handler: Handler) -> impl Fn(&Cri, &Footprint) -> Vec<String> {
+/// it); for husk no VMM or device daemon, and none of `run_dirs` (the shim's working
+/// directories the pod's VM used).
+fn runtime_leftovers(
+    handler: Handler,
+    run_dirs: Vec<PathBuf>,
+) -> impl Fn(&Cri, &Footprint) -> Vec<String> {
     move |cri, fp| match handler {
         Handler::Runc => Vec::new(),
         Handler::Husk => vm_processes(cri, fp)
             .into_iter()
             .map(|p| format!("VM process {p}"))
+            .chain(
+                run_dirs
+                    .iter()
+                    .filter(|d| d.exists())
+                    .map(|d| format!("shim working dir {}", d.display())),
+            )
             .collect(),
+    }
+}
+
+/// The kernel release containers of `handler` must see: the host's for runc, the guest
+/// kernel's (HUSK_BZIMAGE / HUSK_KERNEL) for husk.
+fn expected_kernel(test: &str, handler: Handler) -> String {
+    match handler {
+        Handler::Runc => engine::host_kernel_release(),
+        Handler::Husk => engine::husk_kernel_release(test)
+            .unwrap_or_else(|| panic!("{test}: no guest kernel to compare uname -r with")),
     }
 }
 
@@ -85,6 +125,14 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
         "A's hostname is the pod's"
     );
 
+    let r = cri.exec_sync(&a, &["uname", "-r"], 60);
+    assert_eq!(
+        common::text(&r.stdout).trim(),
+        expected_kernel(test, handler),
+        "the kernel A runs on ({} pod)",
+        handler.name()
+    );
+
     let b = cri.create_container(&pod, &config, "b", &cri.busybox, &["sh", "-c", CLIENT]);
     cri.start_container(&b);
     let b_status = cri.wait_exited(&b);
@@ -110,12 +158,18 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
         !fp.processes.is_empty(),
         "no shim or container process carries the instance's marker"
     );
+    let mut run_dirs = Vec::new();
     if handler == Handler::Husk {
         let vms = vm_processes(&cri, &fp);
         assert!(
             !vms.is_empty(),
             "no VM runs the husk pod: {:#?}",
             fp.processes
+        );
+        run_dirs = husk_run_dirs(&vms);
+        assert!(
+            !run_dirs.is_empty(),
+            "the pod's VM processes name no {HUSK_RUN_DIR}*: {vms:#?}"
         );
     }
 
@@ -151,7 +205,7 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
 
     cri.stop_pod(&pod);
     cri.remove_pod(&pod);
-    cri.assert_pod_gone(&fp, &runtime_leftovers(handler));
+    cri.assert_pod_gone(&fp, &runtime_leftovers(handler, run_dirs));
     eprintln!(
         "{test}: RunPodSandbox {ran_pod:?}, whole flow {:?}",
         t0.elapsed()
@@ -208,6 +262,15 @@ fn ctr_run(test: &str, handler: Handler) {
     );
     assert_eq!(common::text(&out.stdout), "hi\n", "ctr run echo hi");
 
+    let out = run("uname", &["uname", "-r"]);
+    assert_eq!(
+        common::text(&out.stdout).trim(),
+        expected_kernel(test, handler),
+        "the kernel a {} container runs on; stderr {}",
+        handler.name(),
+        common::text(&out.stderr)
+    );
+
     let out = run("exit-3", &["sh", "-c", "exit 3"]);
     assert_eq!(
         out.status.code(),
@@ -231,7 +294,7 @@ fn ctr_run(test: &str, handler: Handler) {
         ip: String::new(),
         processes: Vec::new(),
     };
-    let check = runtime_leftovers(handler);
+    let check = runtime_leftovers(handler, Vec::new());
     let start = Instant::now();
     loop {
         let mut left = cri.processes();
@@ -255,4 +318,21 @@ fn ctr_run_with_runc_runtime() {
 #[test]
 fn ctr_run_with_husk_runtime() {
     ctr_run("ctr_run_with_husk_runtime", Handler::Husk);
+}
+
+#[test]
+fn husk_run_dirs_are_read_from_the_vm_command_lines() {
+    let vms = [
+        "pid 1: /usr/bin/qemu-system-x86_64 -chardev file,id=console,path=/run/husk-shim/3cf5/console.log,append=on -chardev socket,path=/run/husk-shim/3cf5/vsock.vhost".to_string(),
+        "pid 2: virtiofsd --shared-dir=/run/husk-shim/77ab/share".to_string(),
+        "pid 3: vhost-device-vsock --vm guest-cid=3".to_string(),
+    ];
+    assert_eq!(
+        husk_run_dirs(&vms),
+        [
+            PathBuf::from("/run/husk-shim/3cf5"),
+            PathBuf::from("/run/husk-shim/77ab")
+        ]
+    );
+    assert!(husk_run_dirs(&["pid 4: qemu /run/husk-shim/".to_string()]).is_empty());
 }
