@@ -278,6 +278,8 @@ EOF
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$dir/runc-root"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
       runtime_type = "io.containerd.husk.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -316,6 +318,12 @@ cri_cgroups_remove() {
     done
 }
 
+# Processes whose environment has this instance's marker (containerd passed it on).
+cri_marked_pids() {
+    { grep -lzxF "HUSK_ENGINE_TEST_DIR=$dir" /proc/[0-9]*/environ 2>/dev/null || true; } |
+        sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p' | grep -vx "$$" || true
+}
+
 cri_stop() {
     local c="$dir/containerd" sock id
     sock=$(ctr_address)
@@ -333,6 +341,22 @@ cri_stop() {
     fi
     containerd_stop
     cri_cgroups_remove
+    # The runc shim ignores SIGTERM: whatever still carries this instance's marker (the
+    # shims, what they started) gets SIGKILL after a grace period.
+    local i
+    for i in $(seq 1 50); do
+        [ -z "$(cri_marked_pids)" ] && break
+        sleep 0.1
+    done
+    for i in $(cri_marked_pids); do kill -9 "$i" 2>/dev/null || true; done
+    # A killed shim leaves its socket in /run/containerd/s (named in its bundle's address).
+    local a
+    for a in "$c"/state/io.containerd.runtime.v2.task/*/*/address; do
+        [ -f "$a" ] || continue
+        a=$(cat "$a")
+        case "$a" in unix:///run/containerd/s/*) rm -f "${a#unix://}" ;; esac
+    done
+    unmount_under
     # The netns are bind mounts under DIR (netns_mounts_under_state_dir): unmount_under took
     # them, and their veths with them. What CNI left outside DIR: the bridge, cached results.
     if [ -e "/sys/class/net/$cri_net" ]; then ip link del "$cri_net" 2>/dev/null || true; fi

@@ -257,7 +257,14 @@ impl Cri {
             self.runtime()
                 .list_pod_sandbox(ListPodSandboxRequest::default()),
         );
-        for pod in pods.map(|p| p.items).unwrap_or_default() {
+        let pods = match pods {
+            Ok(p) => p.items,
+            Err(s) => {
+                eprintln!("cleanup: ListPodSandbox: {}", s.message());
+                return;
+            }
+        };
+        for pod in pods {
             if let Err(s) = self.try_call(
                 "StopPodSandbox",
                 self.runtime().stop_pod_sandbox(StopPodSandboxRequest {

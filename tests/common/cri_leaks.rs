@@ -165,6 +165,11 @@ impl Cri {
                 }
             }
         }
+        // runc's state (the runc handler's Root is under the instance's dir).
+        let runc = dir.join("runc-root").join(K8S_NAMESPACE);
+        for c in read_names(&runc) {
+            left.push(format!("runc state {}", runc.join(c).display()));
+        }
         // The shims' bundles, and the records of the CRI and of containerd.
         let tasks = dir
             .join("containerd/state/io.containerd.runtime.v2.task")
