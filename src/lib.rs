@@ -33,5 +33,6 @@ pub mod network;
 pub mod ociruntime;
 pub mod pod;
 pub mod runtime;
+pub mod shim;
 pub mod util;
 pub mod vmm;

@@ -53,6 +53,7 @@ pub fn assemble(id: &str, spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
             mount_disk(&dev, disk.fs_type, &root, *readonly)
         }
         RootfsSpec::VirtioFs { tag } => do_mount(tag, &root, "virtiofs", MsFlags::empty(), None),
+        RootfsSpec::VirtioFsEntry { tag, entry } => share_entry(&root, tag, entry),
     };
     if result.is_err() {
         teardown(id);
@@ -70,6 +71,52 @@ pub fn teardown(id: &str) {
         }
     }
     let _ = umount2(&base.join("scratch"), MntFlags::MNT_DETACH);
+}
+
+/// Where a pod's share is mounted once, for every container's root to be bound out of it
+/// (the same place the init helper finds volume entries of a share in).
+const SHARE_STAGING: &str = "/run/husk-shares";
+
+/// Binds directory `entry` of virtio-fs share `tag` at `root`. The share stays mounted at
+/// [`SHARE_STAGING`]: were it unmounted, the kernel would keep only the superblocks of the
+/// host mounts under it (announced submounts), and the next mount of the tag would get one
+/// of those as its root.
+fn share_entry(root: &Path, tag: &str, entry: &str) -> Result<(), RootfsError> {
+    let share = Path::new(SHARE_STAGING).join(tag);
+    mkdir(&share)?;
+    if !is_mount_point(&share) {
+        do_mount(tag, &share, "virtiofs", MsFlags::empty(), None)?;
+    }
+    let dir = share.join(entry);
+    let failed = |source| RootfsError::Mount {
+        what: dir.display().to_string(),
+        fstype: "none".into(),
+        target: root.to_path_buf(),
+        source,
+    };
+    // The host makes the entry; a symlink there must not lead the bind out of the share.
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => do_mount(
+            &dir.display().to_string(),
+            root,
+            "none",
+            MsFlags::MS_BIND,
+            None,
+        ),
+        Ok(_) => Err(failed(nix::Error::ENOTDIR)),
+        Err(e) => Err(failed(nix::Error::from_raw(
+            e.raw_os_error().unwrap_or(libc::EIO),
+        ))),
+    }
+}
+
+/// Whether `dir` is the root of a mount (another device than its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
 }
 
 fn overlay(

@@ -83,8 +83,25 @@ pub fn load_spec(bundle: &Path) -> Result<Spec, Error> {
     })
 }
 
-/// Loads and checks the bundle for container `id`.
+/// Where a container's namespaces come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespaces {
+    /// Its own VM: every namespace the spec asks for is made in the guest; a path to join
+    /// one is refused (it names a host namespace).
+    Own,
+    /// A container of a pod (one VM for all): the VM's IPC and UTS namespaces are the pod's,
+    /// shared by every container in it, so the spec's paths to the sandbox's are taken as
+    /// that and none is made; pid and mount namespaces stay each container's own.
+    Pod,
+}
+
+/// Loads and checks the bundle for container `id`, in a VM of its own.
 pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
+    plan_with(id, bundle, Namespaces::Own)
+}
+
+/// Loads and checks the bundle for container `id`; `ns`: alone in its VM or in a pod's.
+pub fn plan_with(id: &str, bundle: &Path, ns: Namespaces) -> Result<Plan, Error> {
     let bundle = std::path::absolute(bundle).map_err(Error::io(bundle))?;
     let spec = load_spec(&bundle)?;
     let bad = |detail: String| Error::BadConfig {
@@ -114,7 +131,7 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
     shares.extend(translated.shares);
 
     let linux = spec.linux().clone().unwrap_or_default();
-    let (namespaces, netns) = namespaces(linux.namespaces().as_deref().unwrap_or_default())?;
+    let (namespaces, netns) = namespaces(linux.namespaces().as_deref().unwrap_or_default(), ns)?;
     if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
     {
@@ -189,6 +206,7 @@ pub fn plan(id: &str, bundle: &Path) -> Result<Plan, Error> {
 /// The guest namespaces to create, and the engine's network namespace path.
 fn namespaces(
     list: &[oci_spec::runtime::LinuxNamespace],
+    joins: Namespaces,
 ) -> Result<(Vec<NamespaceKind>, Option<String>), Error> {
     let mut kinds = Vec::new();
     let mut netns = None;
@@ -199,6 +217,10 @@ fn namespaces(
             LinuxNamespaceType::Network => {
                 netns = path.filter(|p| !p.is_empty());
                 continue;
+            }
+            // The pod's: the VM's own.
+            LinuxNamespaceType::Uts | LinuxNamespaceType::Ipc if joins == Namespaces::Pod => {
+                continue
             }
             LinuxNamespaceType::Pid => NamespaceKind::Pid,
             LinuxNamespaceType::Mount => NamespaceKind::Mount,

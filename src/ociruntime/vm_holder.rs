@@ -41,7 +41,7 @@ enum Event {
 
 /// The exit code of a process that could not be started, as a shell reports a command it
 /// cannot run: 127 when it does not exist, 126 otherwise.
-fn start_failure_code(why: &str) -> i32 {
+pub fn start_failure_code(why: &str) -> i32 {
     if why.contains("No such file or directory") {
         127
     } else {

@@ -4,7 +4,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,14 @@ pub enum Stdio {
     Host { stdin: bool, tty: bool },
     /// stdout and stderr appended to a log file (detached containers); no stdin.
     Log { path: std::path::PathBuf, tty: bool },
+    /// The FIFOs containerd gives a shim (a path per stream, `None` for a stream nobody
+    /// reads or writes); with `tty` the pty's output goes to `stdout`.
+    Fifos {
+        stdin: Option<PathBuf>,
+        stdout: Option<PathBuf>,
+        stderr: Option<PathBuf>,
+        tty: bool,
+    },
 }
 
 /// The signals `husk run`/`exec` forward to the container (as docker's sig-proxy does),
@@ -298,10 +306,89 @@ pub fn attach(
                 pump.output(err, log).map_err(io_err(uds))?;
             }
         }
+        Stdio::Fifos {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        } => {
+            let sink = |p: &Option<PathBuf>| -> io::Result<Box<dyn io::Write + Send>> {
+                Ok(match p {
+                    Some(p) => Box::new(open_fifo_for_output(p)?),
+                    None => Box::new(io::sink()),
+                })
+            };
+            if *tty {
+                let s = stream(uds, container, exec, StreamKind::Pty)?;
+                let out = sink(stdout).map_err(io_err(uds))?;
+                match stdin {
+                    Some(p) => pump.pty(FifoReader::new(p), out, s).map_err(io_err(uds))?,
+                    None => pump.output(s, out).map_err(io_err(uds))?,
+                }
+            } else {
+                match stdin {
+                    Some(p) => {
+                        let s = stream(uds, container, exec, StreamKind::Stdin)?;
+                        pump.input(FifoReader::new(p), s).map_err(io_err(uds))?;
+                        stdin_attached = true;
+                    }
+                    None => agent.close_stdin(container, exec)?,
+                }
+                let out = stream(uds, container, exec, StreamKind::Stdout)?;
+                pump.output(out, sink(stdout).map_err(io_err(uds))?)
+                    .map_err(io_err(uds))?;
+                let err = stream(uds, container, exec, StreamKind::Stderr)?;
+                pump.output(err, sink(stderr).map_err(io_err(uds))?)
+                    .map_err(io_err(uds))?;
+            }
+        }
     }
     Ok(Attached {
         pump,
         raw,
         stdin_attached,
     })
+}
+
+/// An output FIFO opened read-write: the open does not wait for a reader, and output written
+/// after the reader went away (a detached `ctr`) is not an error that ends the pump.
+fn open_fifo_for_output(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// An input FIFO opened on the first read, in the pump's thread: opening it for reading
+/// waits for its writer, which containerd may open after the process starts.
+struct FifoReader {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl FifoReader {
+    fn new(path: &Path) -> FifoReader {
+        FifoReader {
+            path: path.to_path_buf(),
+            file: None,
+        }
+    }
+}
+
+impl io::Read for FifoReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.file.is_none() {
+            self.file = Some(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&self.path)?,
+            );
+        }
+        match &mut self.file {
+            Some(f) => f.read(buf),
+            None => Ok(0),
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub struct RunningExec {
     container: String,
     exec_id: String,
     tty: bool,
+    pid: u32,
     attached: Attached,
 }
 
@@ -45,13 +46,14 @@ pub fn start(
     stdio: &Stdio,
 ) -> Result<RunningExec, agent::Error> {
     let tty = spec.terminal;
-    agent.exec_process(container, exec_id, spec)?;
+    let pid = agent.exec_process(container, exec_id, spec)?;
     let attached = attach::attach(&agent, vsock_uds, container, Some(exec_id), stdio)?;
     Ok(RunningExec {
         agent,
         container: container.to_string(),
         exec_id: exec_id.to_string(),
         tty,
+        pid,
         attached,
     })
 }
@@ -59,6 +61,11 @@ pub fn start(
 impl RunningExec {
     pub fn exec_id(&self) -> &str {
         &self.exec_id
+    }
+
+    /// Its pid in the guest.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// From now on the signals `target` receives go to this process.

@@ -28,6 +28,10 @@ pub enum RootfsSpec {
     Disk { disk: LayerDisk, readonly: bool },
     /// A host directory shared over virtio-fs, by mount tag.
     VirtioFs { tag: String },
+    /// One directory, `entry`, of the directory shared as `tag`: a pod's share holds the root
+    /// of every container the pod gets while it runs (virtio-fs devices cannot be added to a
+    /// running VM).
+    VirtioFsEntry { tag: String, entry: String },
 }
 
 /// A disk and the filesystem on it.
@@ -96,19 +100,30 @@ impl RootfsSpec {
                 Ok(())
             }
             RootfsSpec::Disk { disk, .. } => disk.validate().map_err(|e| e.within("disk")),
-            RootfsSpec::VirtioFs { tag } => {
-                // The kernel's virtio-fs tag field is 36 bytes.
-                check_token("tag", tag)?;
-                if tag.len() > 36 {
-                    return fail(
-                        "tag",
-                        format!("{} bytes long, virtio-fs tags hold 36", tag.len()),
-                    );
+            RootfsSpec::VirtioFs { tag } => check_tag(tag),
+            RootfsSpec::VirtioFsEntry { tag, entry } => {
+                check_tag(tag)?;
+                check_token("entry", entry)?;
+                // One name in the share: nothing that leads out of it.
+                if entry == "." || entry == ".." || entry.contains('/') {
+                    return fail("entry", format!("{entry:?} is not one name in the share"));
                 }
                 Ok(())
             }
         }
     }
+}
+
+fn check_tag(tag: &str) -> Check {
+    // The kernel's virtio-fs tag field is 36 bytes.
+    check_token("tag", tag)?;
+    if tag.len() > 36 {
+        return fail(
+            "tag",
+            format!("{} bytes long, virtio-fs tags hold 36", tag.len()),
+        );
+    }
+    Ok(())
 }
 
 fn check_serial(s: &str) -> Check {

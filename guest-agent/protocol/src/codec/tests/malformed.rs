@@ -260,6 +260,12 @@ fn validation_failures_name_the_field() {
         ("create_container.rootfs.tag", |s| {
             s.rootfs = RootfsSpec::VirtioFs { tag: String::new() }
         }),
+        ("create_container.rootfs.entry", |s| {
+            s.rootfs = RootfsSpec::VirtioFsEntry {
+                tag: "husk-pod".into(),
+                entry: "..".into(),
+            }
+        }),
         ("create_container.hostname", |s| {
             s.hostname = Some("h".repeat(MAX_HOSTNAME_LEN + 1))
         }),

@@ -47,6 +47,10 @@ fn every_rootfs_kind_round_trips() {
         RootfsSpec::VirtioFs {
             tag: "rootfs".into(),
         },
+        RootfsSpec::VirtioFsEntry {
+            tag: "husk-pod".into(),
+            entry: "c1.rootfs".into(),
+        },
         RootfsSpec::Overlay {
             layers: vec![LayerDisk {
                 disk: DiskRef::Serial("l0".into()),
