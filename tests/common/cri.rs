@@ -100,7 +100,7 @@ pub fn husk_shim(test: &str) -> Option<PathBuf> {
 /// [`Cri`] so that a setup failing half-way is torn down too.
 struct Instance {
     dir: tempfile::TempDir,
-    _registry: Registry,
+    registry: Registry,
 }
 
 impl Instance {
@@ -195,9 +195,9 @@ impl Cri {
             .expect("tempdir");
         let inst = Instance {
             dir,
-            _registry: registry,
+            registry,
         };
-        let host = format!("127.0.0.1:{}", inst._registry.port);
+        let host = format!("127.0.0.1:{}", inst.registry.port);
         let busybox = format!("{host}/library/busybox:latest");
         let pause = format!("{host}/husk/pause:3.9");
         push_images(inst.dir.path(), &busybox, &pause);
