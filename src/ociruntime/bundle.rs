@@ -249,7 +249,7 @@ fn namespaces(
 }
 
 /// vCPUs from the CPU quota (rounded up), memory from the limit plus the guest's own needs.
-fn size(r: Option<&LinuxResources>) -> (u8, u32) {
+pub fn size(r: Option<&LinuxResources>) -> (u8, u32) {
     let vcpus = r
         .and_then(|r| r.cpu().as_ref())
         .and_then(|c| match (c.quota(), c.period()) {
