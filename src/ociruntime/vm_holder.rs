@@ -80,8 +80,9 @@ pub fn run(
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
-            runc_log::error_to_file(&msg);
+            // `create` logs what it is told: one line per failure.
             if !ready.fail(&msg) {
+                runc_log::error_to_file(&msg);
                 eprintln!("husk-runtime: {msg}");
             }
             let _ = store.update(id, |s| s.status = Status::Stopped);
@@ -369,7 +370,12 @@ fn start_vm(
         vsock,
     );
     spec.shared_dirs = plan.shares.clone();
-    if let Some(ns) = &plan.netns {
+    let netns = if plan.new_netns {
+        Some(own_netns_and_hooks(state, plan)?)
+    } else {
+        plan.netns.clone()
+    };
+    if let Some(ns) = &netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
             // Recorded before the VM exists: a VM holder killed from here on is cleaned up
             // by `delete`.
@@ -387,6 +393,21 @@ fn start_vm(
     // holds the only fd, and the TAP ends with it.
     let vm = backend.start(&spec).map_err(vm_err)?;
     Ok(Arc::from(vm))
+}
+
+/// The container's own network namespace ([`Plan::new_netns`]), with the prestart and
+/// createRuntime hooks run in it (as runc runs them once the container's namespaces exist):
+/// docker's `libnetwork-setkey` moves the container's veth into `/proc/<pid>/ns/net` of the
+/// pid it is given, which is this process's. Returns the namespace's path.
+fn own_netns_and_hooks(state: &ContainerState, plan: &Plan) -> Result<String, Error> {
+    let ns = network::own_namespace(&state.id)?;
+    let mut doc = state.hook_json(Status::Created);
+    // `create` records this pid too, perhaps not yet.
+    doc["pid"] = serde_json::json!(std::process::id());
+    super::hooks::run("prestart", &plan.hooks.prestart, &doc)?;
+    super::hooks::run("createRuntime", &plan.hooks.create_runtime, &doc)?;
+    timings::mark("own network namespace + create-time hooks");
+    Ok(ns)
 }
 
 /// Detaches the VM's NIC from the engine's namespace once the VM is gone, and forgets it.
