@@ -15,7 +15,7 @@
 #       stops that containerd (and any shims it left), unmounts what it left under DIR.
 #   scripts/engine-setup.sh dockerd-start DIR RUNTIME
 #       dockerd with its own data root, exec root (its managed containerd lives there), pid
-#       file, socket DIR/docker/docker.sock and an empty daemon.json, `--add-runtime
+#       file, socket DIR/docker/docker.sock and a daemon.json of its own, `--add-runtime
 #       husk=RUNTIME`, busybox loaded. Networking touches no firewall: a bridge of its own
 #       (hkd<hash of DIR>, a free 10.91.X.0/24) passed as --bridge, --iptables=false
 #       --ip-masq=false --ip-forward=false, and `-p` through docker-proxy (the userland proxy).
@@ -239,8 +239,9 @@ docker_bridge() {
     fi
     seed=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
     name="hkd$((seed % 1000000))"
-    exec 9>/tmp/husk-engine-docker-bridges.lock
-    flock -w 60 9 || die "no lock on /tmp/husk-engine-docker-bridges.lock"
+    # The lock is /tmp itself (a directory can be flock'ed): no lock file is left behind.
+    exec 9</tmp
+    flock -w 60 9 || die "no lock on /tmp to pick a subnet under"
     for i in $(seq 0 199); do
         x=$(( (seed + i) % 200 + 20 ))
         ip -4 route show | grep -q "^10\.91\.$x\." || break
@@ -268,8 +269,9 @@ dockerd_start() {
     mkdir -p "$d/data" "$d/exec" "$d/config"
     if ! dockerd_running; then
         bridge=$(docker_bridge)
-        # Not /etc/docker/daemon.json: nothing of the host's docker set-up applies.
-        echo '{}' >"$d/daemon.json"
+        # Not /etc/docker/daemon.json: nothing of the host's docker set-up applies; and its
+        # identity key in DIR, not /etc/docker/key.json (20.10 takes that path from the file only).
+        printf '{"deprecated-key-path": "%s"}\n' "$d/key.json" >"$d/daemon.json"
         local cgroup_driver=cgroupfs
         [ -d /run/systemd/system ] && cgroup_driver=systemd
         rm -f "$sock"
@@ -320,6 +322,9 @@ dockerd_stop() {
         ip link show "$name" >/dev/null 2>&1 && ip link del "$name"
         rm -f "$d/bridge"
     fi
+    # Every dockerd makes /run/docker/plugins (plugin discovery, not movable); the last one
+    # here takes it away if it is still empty.
+    pgrep -x dockerd >/dev/null || rmdir /run/docker/plugins /run/docker 2>/dev/null || true
 }
 
 # Everything mounted under DIR (snapshots, rootfs, podman's overlay store), deepest first.

@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::engine::{self, Docker, Runtime};
+use common::engine::docker::{Docker, RUNTIME_NAME};
+use common::engine::{self, Runtime};
 use common::text;
 
 /// The runtime and a private dockerd, or None when this host cannot run the test (NOT RUN).
@@ -163,7 +164,7 @@ fn docker_detached_logs_stop_rm() {
     assert_eq!(docker.inspect(name, "{{.State.Status}}"), "running");
     assert_eq!(
         docker.inspect(name, "{{.HostConfig.Runtime}}"),
-        engine::DOCKER_RUNTIME
+        RUNTIME_NAME
     );
 
     // The container traps SIGTERM: a clean exit 0 proves the signal reached it.

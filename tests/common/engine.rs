@@ -7,8 +7,7 @@
 //! Every engine instance is private to one test (its own podman store, containerd daemon,
 //! runtime `--root`), set up by scripts/engine-setup.sh, and every command is bounded.
 
-mod docker;
-pub use docker::{Docker, RUNTIME_NAME as DOCKER_RUNTIME};
+pub mod docker;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
