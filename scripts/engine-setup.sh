@@ -13,6 +13,7 @@
 #       imported into namespace "husk". Prints the socket path.
 #   scripts/engine-setup.sh containerd-stop DIR
 #       stops that containerd (and any shims it left), unmounts what it left under DIR.
+<<<<<<< HEAD
 #   scripts/engine-setup.sh cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR]
 #       containerd WITH its CRI plugin (pods in namespace k8s.io), root, state, config and
 #       socket under DIR/containerd as above; images pulled from REGISTRY (host:port) over
@@ -26,13 +27,30 @@
 #       kills and deletes what its pods left (through their shims), stops containerd and its
 #       shims, kills what is left in the pods' cgroup parent (/husk-cri-*), unmounts
 #       everything under DIR (snapshots, netns), deletes the bridge and CNI's cached results.
+=======
+#   scripts/engine-setup.sh dockerd-start DIR RUNTIME
+#       dockerd with its own data root, exec root (its managed containerd lives there), pid
+#       file, socket DIR/docker/docker.sock and a daemon.json of its own, `--add-runtime
+#       husk=RUNTIME`, busybox loaded. Networking touches no firewall: a bridge of its own
+#       (hkd<hash of DIR>, a free 10.91.X.0/24) passed as --bridge, --iptables=false
+#       --ip-masq=false --ip-forward=false, and `-p` through docker-proxy (the userland proxy).
+#       Prints the socket path.
+#   scripts/engine-setup.sh dockerd-stop DIR
+#       stops that dockerd (it stops its containers and its containerd), ends whatever of it is
+#       left (shims, docker-proxy), unmounts what it left under DIR, deletes its bridge.
+>>>>>>> main
 #   scripts/engine-setup.sh launcher DIR RUNTIME
 #       DIR/<RUNTIME's name>: a tiny script that runs RUNTIME with --root DIR/root and the
 #       HUSK_KERNEL & co. of this environment (conmon does not pass the environment on), named
 #       like the runtime (conmon picks JSON logging by name). Prints its path.
 #   scripts/engine-setup.sh clean DIR
+<<<<<<< HEAD
 #       containerd-stop (cri-stop for a cri-start DIR), unmounts everything under DIR
 #       (podman's overlay driver keeps its store bind-mounted) and removes DIR.
+=======
+#       containerd-stop, dockerd-stop, unmounts everything under DIR (podman's overlay driver keeps its
+#       store bind-mounted) and removes DIR.
+>>>>>>> main
 #
 # RUNTIME defaults to target/release/husk-runtime. The busybox archive comes from
 # scripts/make-busybox-image.sh (HUSK_BUSYBOX_ARCHIVE overrides it).
@@ -41,7 +59,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
 
+<<<<<<< HEAD
 usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR] | cri-stop DIR | clean DIR"; }
+=======
+usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | dockerd-start DIR RUNTIME | dockerd-stop DIR | clean DIR"; }
+>>>>>>> main
 [ $# -ge 2 ] || usage
 step=$1
 mkdir -p "$2"
@@ -407,6 +429,118 @@ containerd_stop() {
     unmount_under
 }
 
+docker_dir() { echo "$dir/docker"; }
+
+dockerd_running() {
+    local pid d
+    d=$(docker_dir)
+    [ -f "$d/dockerd.pid" ] || return 1
+    pid=$(cat "$d/dockerd.pid")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# The docker CLI against this instance only (its own config dir: not ~/.docker).
+docker_cli() { DOCKER_CONFIG="$(docker_dir)/config" docker --host "unix://$(docker_dir)/docker.sock" "$@"; }
+
+# A bridge of this instance's own, named after DIR, on a /24 of 10.91.0.0/16 that no route on
+# the host uses yet (chosen under a lock: dockerds of tests running beside each other).
+docker_bridge() {
+    local d name seed i x
+    d=$(docker_dir)
+    if [ -f "$d/bridge" ]; then
+        read -r name _ <"$d/bridge"
+        ip link show "$name" >/dev/null 2>&1 && { echo "$name"; return 0; }
+    fi
+    seed=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
+    name="hkd$((seed % 1000000))"
+    # The lock is /tmp itself (a directory can be flock'ed): no lock file is left behind.
+    exec 9</tmp
+    flock -w 60 9 || die "no lock on /tmp to pick a subnet under"
+    for i in $(seq 0 199); do
+        x=$(( (seed + i) % 200 + 20 ))
+        ip -4 route show | grep -q "^10\.91\.$x\." || break
+        x=""
+    done
+    [ -n "$x" ] || die "no free 10.91.X.0/24 for the docker bridge"
+    ip link add "$name" type bridge || die "ip link add $name type bridge failed"
+    echo "$name 10.91.$x.1/24" >"$d/bridge"
+    ip addr add "10.91.$x.1/24" dev "$name" && ip link set "$name" up \
+        || { ip link del "$name"; die "configuring bridge $name failed"; }
+    exec 9>&-
+    echo "$name"
+}
+
+dockerd_start() {
+    local launcher d sock bridge i
+    launcher=$(readlink -f "$1") || die "$1: not found"
+    [ -x "$launcher" ] || die "$launcher is not executable"
+    command -v dockerd >/dev/null || die "dockerd is not installed (scripts/test.sh installs docker.io)"
+    command -v docker >/dev/null || die "the docker CLI is not installed (scripts/test.sh installs docker.io)"
+    d=$(docker_dir)
+    sock="$d/docker.sock"
+    # A unix socket path is limited to 108 bytes (and the managed containerd's is longer).
+    [ ${#sock} -lt 80 ] || die "docker socket path too long: $sock (use a shorter DIR)"
+    mkdir -p "$d/data" "$d/exec" "$d/config"
+    if ! dockerd_running; then
+        bridge=$(docker_bridge)
+        # Not /etc/docker/daemon.json: nothing of the host's docker set-up applies; and its
+        # identity key in DIR, not /etc/docker/key.json (20.10 takes that path from the file only).
+        printf '{"deprecated-key-path": "%s"}\n' "$d/key.json" >"$d/daemon.json"
+        local cgroup_driver=cgroupfs
+        [ -d /run/systemd/system ] && cgroup_driver=systemd
+        rm -f "$sock"
+        # setsid: the daemon must not die with the shell (or test) that started it.
+        setsid dockerd --config-file "$d/daemon.json" --data-root "$d/data" --exec-root "$d/exec" \
+            --pidfile "$d/docker.pid" --host "unix://$sock" \
+            --bridge "$bridge" --iptables=false --ip-masq=false --ip-forward=false \
+            --userland-proxy=true --exec-opt "native.cgroupdriver=$cgroup_driver" \
+            --add-runtime "husk=$launcher" >"$d/dockerd.log" 2>&1 </dev/null &
+        echo $! >"$d/dockerd.pid"
+        for i in $(seq 1 300); do
+            docker_cli version >/dev/null 2>&1 && break
+            dockerd_running || die "dockerd exited: $(tail -n5 "$d/dockerd.log")"
+            sleep 0.1
+        done
+        docker_cli version >/dev/null 2>&1 || die "dockerd did not answer on $sock: $(tail -n5 "$d/dockerd.log")"
+    fi
+    if ! docker_cli image inspect busybox:latest >/dev/null 2>&1; then
+        docker_cli load -q -i "$(busybox_archive)" >&2 || die "docker load of busybox failed"
+    fi
+    echo "$sock"
+}
+
+dockerd_stop() {
+    local d pid i p name
+    d=$(docker_dir)
+    [ -d "$d" ] || return 0
+    if dockerd_running; then
+        pid=$(cat "$d/dockerd.pid")
+        # dockerd stops its containers (10 s grace each, in parallel) and its containerd.
+        kill "$pid"
+        for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    fi
+    rm -f "$d/dockerd.pid"
+    # What outlived it (after a kill -9): its containerd, shims and docker-proxies all name
+    # its exec root or its bridge's subnet on their command lines.
+    local subnet=""
+    [ -f "$d/bridge" ] && read -r name subnet <"$d/bridge"
+    subnet=${subnet%.1/24}.
+    for p in /proc/[0-9]*; do
+        [ "${p#/proc/}" = "$$" ] && continue
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qE -- "($d/|-container-ip ${subnet//./\\.}[0-9])" \
+            && kill -9 "${p#/proc/}" 2>/dev/null
+    done
+    unmount_under
+    if [ -f "$d/bridge" ]; then
+        ip link show "$name" >/dev/null 2>&1 && ip link del "$name"
+        rm -f "$d/bridge"
+    fi
+    # Every dockerd makes /run/docker/plugins (plugin discovery, not movable); the last one
+    # here takes it away if it is still empty.
+    pgrep -x dockerd >/dev/null || rmdir /run/docker/plugins /run/docker 2>/dev/null || true
+}
+
 # Everything mounted under DIR (snapshots, rootfs, podman's overlay store), deepest first.
 unmount_under() {
     awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
@@ -418,10 +552,18 @@ case "$step" in
     launcher) [ $# -eq 3 ] || usage; launcher "$3" ;;
     containerd-start) containerd_start ;;
     containerd-stop) containerd_stop ;;
+<<<<<<< HEAD
     cri-start) [ $# -ge 4 ] || usage; cri_start "$3" "$4" "${5:-}" ;;
     cri-stop) cri_stop ;;
     clean)
         if [ -f "$dir/cni/net.d/10-husk-cri.conflist" ]; then cri_stop; else containerd_stop; fi
+=======
+    dockerd-start) [ $# -eq 3 ] || usage; dockerd_start "$3" ;;
+    dockerd-stop) dockerd_stop ;;
+    clean)
+        containerd_stop
+        dockerd_stop
+>>>>>>> main
         unmount_under
         rm -rf "$dir"
         ;;

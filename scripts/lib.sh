@@ -16,13 +16,16 @@ HUSK_APT_PACKAGES=(
 # to compare against, and podman's network backend (netavark, with aardvark-dns for its DNS,
 # and iptables, which netavark 1.4 drives for its NAT and port rules): without netavark podman
 # 4.3 silently falls back to CNI and never sees the tests' bridge networks. Only
-# scripts/test.sh installs them; setup.sh stays lean.
-# containernetworking-plugins: the CNI plugins containerd's CRI plugin gives a pod its network
-# with (tests/shim_cri.rs).
-HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns iptables
+# scripts/test.sh installs them; setup.sh stays lean. docker.io brings dockerd, the docker CLI
+# and docker-proxy (its own containerd and runc are the ones above). containernetworking-plugins:
+# the CNI plugins containerd's CRI plugin gives a pod its network with (tests/shim_cri.rs).
+HUSK_ENGINE_PACKAGES=(podman conmon containerd runc crun netavark aardvark-dns iptables docker.io
     containernetworking-plugins)
 
 # Installs whichever of the given Debian packages are missing (apt-get update only if needed).
+# No package starts its service on the way (a policy-rc.d that says no, where the machine has
+# none): the tests start private instances, and a system dockerd would take docker0, the
+# firewall's FORWARD policy and /run/docker.sock; docker-registry would take port 5000.
 ensure_packages() {
     local missing=() p
     for p in "$@"; do
@@ -30,13 +33,19 @@ ensure_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing: ${missing[*]}"
-    local SUDO=""
+    local SUDO="" policy=/usr/sbin/policy-rc.d ours=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# husk: no service starts during an install (scripts/lib.sh)\nexit 101\n' |
+            $SUDO tee "$policy" >/dev/null && $SUDO chmod 755 "$policy" && ours=1
+    fi
+    local rc=0
     if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
         $SUDO apt-get update >&2
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
-            || die "apt-get install ${missing[*]} failed"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}" >&2 || rc=1
     fi
+    [ -z "$ours" ] || $SUDO rm -f "$policy"
+    [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed"
 }
 
 husk_cache() { echo "${HUSK_CACHE:-$HOME/.cache/husk}"; }

@@ -560,7 +560,8 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         c["linux"]["namespaces"] =
             serde_json::json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]);
     });
-    // A failing prestart hook fails `create` after the VM is up: it must take the VM along.
+    // A failing prestart hook fails `create` (the VM holder runs it in the container's new
+    // network namespace, before the VM boots): nothing may be left.
     let bad_hook = Bundle::new(&rt, |c| {
         c["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hook-says-no >&2; exit 2"]}]});
     });

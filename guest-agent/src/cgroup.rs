@@ -190,6 +190,28 @@ fn procs(d: &Path) -> io::Result<Vec<i32>> {
 
 /// Writes `cgroup.freeze` and waits (up to [`FREEZE_WAIT`]) until `cgroup.events` agrees;
 /// whether the write was taken.
+/// Freezes or thaws every process of container `id` and waits (up to [`FREEZE_WAIT`]) until
+/// the kernel says it is so.
+pub fn set_frozen(id: &str, frozen: bool) -> io::Result<()> {
+    let d = dir(id);
+    let want = if frozen { "1" } else { "0" };
+    fs::write(d.join("cgroup.freeze"), want)?;
+    let deadline = std::time::Instant::now() + FREEZE_WAIT;
+    loop {
+        let events = read(&d, "cgroup.events")?;
+        if events.lines().any(|l| l.trim() == format!("frozen {want}")) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("cgroup {} did not settle at frozen {want}", d.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn freeze(d: &Path, on: bool) -> bool {
     let want = if on { "1" } else { "0" };
     if fs::write(d.join("cgroup.freeze"), want).is_err() {

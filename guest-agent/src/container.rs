@@ -104,6 +104,19 @@ impl Agent {
                         .map_err(|e| err(ErrorCode::Internal, format!("closing stdin: {e}")))
                 }),
             RequestBody::Stats { container_id } => self.stats(&container_id),
+            RequestBody::Freeze {
+                container_id,
+                frozen,
+            } => self.container(&container_id).and_then(|_| {
+                cgroup::set_frozen(&container_id, frozen)
+                    .map(|()| ResponseBody::Done)
+                    .map_err(|e| {
+                        err(
+                            ErrorCode::Unsupported,
+                            format!("freezing {container_id} needs its cgroup: {e}"),
+                        )
+                    })
+            }),
             RequestBody::Shutdown => {
                 after = After::PowerOff;
                 Ok(ResponseBody::Done)

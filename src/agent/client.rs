@@ -288,6 +288,15 @@ impl AgentClient {
         expect_done("close_stdin", self.call_default(body)?)
     }
 
+    /// Freezes (`true`) or thaws every process of a container.
+    pub fn freeze(&self, container_id: &str, frozen: bool) -> Result<(), Error> {
+        let body = RequestBody::Freeze {
+            container_id: container_id.into(),
+            frozen,
+        };
+        expect_done("freeze", self.call_default(body)?)
+    }
+
     pub fn stats(&self, container_id: &str) -> Result<StatsReply, Error> {
         match self.call_default(RequestBody::Stats {
             container_id: container_id.into(),

@@ -65,6 +65,12 @@ pub struct Plan {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub netns: Option<String>,
+    /// The spec asks for a new network namespace (a `network` entry without a path, as
+    /// docker's and containerd's specs do): the VM holder makes one for itself and runs the
+    /// create-time hooks in it, so that a hook configuring `/proc/<pid>/ns/net` (docker's
+    /// `libnetwork-setkey`) configures that namespace, never the host's, before the NIC is
+    /// chosen.
+    pub new_netns: bool,
     pub hooks: Hooks,
     pub annotations: BTreeMap<String, String>,
 }
@@ -131,7 +137,12 @@ pub fn plan_with(id: &str, bundle: &Path, ns: Namespaces) -> Result<Plan, Error>
     shares.extend(translated.shares);
 
     let linux = spec.linux().clone().unwrap_or_default();
-    let (namespaces, netns) = namespaces(linux.namespaces().as_deref().unwrap_or_default(), ns)?;
+    let list = linux.namespaces().as_deref().unwrap_or_default();
+    let (namespaces, netns) = namespaces(list, ns)?;
+    let new_netns = netns.is_none()
+        && list
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Network);
     if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
     {
@@ -193,6 +204,7 @@ pub fn plan_with(id: &str, bundle: &Path, ns: Namespaces) -> Result<Plan, Error>
         vcpus,
         memory_mib,
         netns,
+        new_netns,
         hooks,
         annotations: spec
             .annotations()
@@ -249,7 +261,7 @@ fn namespaces(
 }
 
 /// vCPUs from the CPU quota (rounded up), memory from the limit plus the guest's own needs.
-fn size(r: Option<&LinuxResources>) -> (u8, u32) {
+pub fn size(r: Option<&LinuxResources>) -> (u8, u32) {
     let vcpus = r
         .and_then(|r| r.cpu().as_ref())
         .and_then(|c| match (c.quota(), c.period()) {

@@ -99,6 +99,8 @@ pub enum Error {
         netns: String,
         source: Box<crate::network::Error>,
     },
+    #[error("container {id}: making its network namespace (linux.namespaces: network without a path): {source}")]
+    NewNetns { id: String, source: std::io::Error },
     /// The VM holder (or the control socket to it) failed.
     #[error("container {id}: the VM holder process failed: {detail}")]
     VmHolder { id: String, detail: String },

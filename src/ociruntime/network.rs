@@ -5,7 +5,9 @@
 //! [`attach`]es a TAP beside that veth (tc mirrors the two, see [`crate::network::netns`])
 //! before the VM starts and gives the guest the veth's identity, so the engine's bridge, port
 //! publishing and DNS work unchanged. A namespace with only `lo` (podman `--network none`)
-//! gives no NIC. What was set up is recorded in the container's state, and [`detach`]ed when
+//! gives no NIC. A spec that asks for a new namespace (no path: docker, containerd) gets
+//! one of the VM holder's own ([`own_namespace`]); docker's prestart hook moves its veth
+//! into it, and it is attached as podman's is. What was set up is recorded in the container's state, and [`detach`]ed when
 //! the VM holder ends and again at `delete` (after a `kill -9` of the VM holder the TAP is gone
 //! with the VMM already; only the veth's ingress qdisc is left for `delete` to remove).
 //!
@@ -67,6 +69,28 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
         guest,
         link: engine.link,
     }))
+}
+
+/// Moves the calling thread, which must be the process's main one (whose namespace
+/// `/proc/<pid>/ns/net` names, as hooks read it), into a new network namespace; returns that
+/// path. Everything the caller starts from then on (hooks, the VMM) is in it with it.
+pub fn own_namespace(id: &str) -> Result<String, Error> {
+    let err = |source| Error::NewNetns {
+        id: id.to_string(),
+        source,
+    };
+    let pid = std::process::id();
+    // SAFETY: plain syscalls without pointers.
+    if unsafe { libc::gettid() } as u32 != pid {
+        return Err(err(std::io::Error::other(
+            "not on the main thread: /proc/<pid>/ns/net would not name it",
+        )));
+    }
+    // SAFETY: unshare takes flags only; it changes this thread's network namespace alone.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(format!("/proc/{pid}/ns/net"))
 }
 
 /// Undoes [`attach`] once the VM is gone; failures are logged (the engine removes the

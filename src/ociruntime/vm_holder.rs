@@ -80,8 +80,9 @@ pub fn run(
         Ok(b) => b,
         Err(e) => {
             let msg = e.to_string();
-            runc_log::error_to_file(&msg);
+            // `create` logs what it is told: one line per failure.
             if !ready.fail(&msg) {
+                runc_log::error_to_file(&msg);
                 eprintln!("husk-runtime: {msg}");
             }
             let _ = store.update(id, |s| s.status = Status::Stopped);
@@ -369,7 +370,12 @@ fn start_vm(
         vsock,
     );
     spec.shared_dirs = plan.shares.clone();
-    if let Some(ns) = &plan.netns {
+    let netns = if plan.new_netns {
+        own_netns_and_hooks(state, plan)?
+    } else {
+        plan.netns.clone()
+    };
+    if let Some(ns) = &netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
             // Recorded before the VM exists: a VM holder killed from here on is cleaned up
             // by `delete`.
@@ -387,6 +393,36 @@ fn start_vm(
     // holds the only fd, and the TAP ends with it.
     let vm = backend.start(&spec).map_err(vm_err)?;
     Ok(Arc::from(vm))
+}
+
+/// The container's own network namespace ([`Plan::new_netns`]), with the prestart and
+/// createRuntime hooks run in it (as runc runs them once the container's namespaces exist):
+/// docker's `libnetwork-setkey` moves the container's veth into `/proc/<pid>/ns/net` of the
+/// pid it is given, which is this process's. Returns the namespace's path; None where this
+/// user may not make one (not root) and no hook would see it: as before such specs were
+/// honoured this way, the VM then has no NIC.
+fn own_netns_and_hooks(state: &ContainerState, plan: &Plan) -> Result<Option<String>, Error> {
+    let no_hooks = plan.hooks.prestart.is_empty() && plan.hooks.create_runtime.is_empty();
+    let ns = match network::own_namespace(&state.id) {
+        Ok(ns) => ns,
+        Err(Error::NewNetns { source, .. })
+            if no_hooks && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            runc_log::debug(&format!(
+                "container {}: no network namespace of its own ({source}); no hooks, no NIC",
+                state.id
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut doc = state.hook_json(Status::Created);
+    // `create` records this pid too, perhaps not yet.
+    doc["pid"] = serde_json::json!(std::process::id());
+    super::hooks::run("prestart", &plan.hooks.prestart, &doc)?;
+    super::hooks::run("createRuntime", &plan.hooks.create_runtime, &doc)?;
+    timings::mark("own network namespace + create-time hooks");
+    Ok(Some(ns))
 }
 
 /// Detaches the VM's NIC from the engine's namespace once the VM is gone, and forgets it.

@@ -12,9 +12,56 @@ use super::share::{self, PodShare, POD_TAG};
 use super::Error;
 use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 use crate::network::netns::NetnsLink;
-use crate::ociruntime::bundle::Plan;
+use crate::ociruntime::bundle::{self, Plan};
 use crate::ociruntime::network;
 use crate::pod::{base_spec, GuestAssets, PodVm, PoweredOff, FIRST_CID};
+
+/// CRI's sizing of the whole pod on its sandbox (containerd 1.7 and later): the sum of its
+/// containers' limits. containerd 1.6 sends none: the VM gets the default size.
+pub const SANDBOX_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
+pub const SANDBOX_CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const SANDBOX_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
+
+/// The VM's vCPUs and memory for a pod whose sandbox carries `annotations`, sized as
+/// husk-runtime sizes a container with those limits; `fallback` without them.
+pub fn vm_size(
+    annotations: &std::collections::BTreeMap<String, String>,
+    fallback: (u8, u32),
+) -> (u8, u32) {
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+    let num = |k: &str| {
+        annotations
+            .get(k)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v > 0)
+    };
+    let memory = num(SANDBOX_MEMORY_ANNOTATION);
+    let quota = num(SANDBOX_CPU_QUOTA_ANNOTATION);
+    let period = num(SANDBOX_CPU_PERIOD_ANNOTATION);
+    if memory.is_none() && quota.is_none() {
+        return fallback;
+    }
+    let mut r = LinuxResourcesBuilder::default();
+    if let Some(m) = memory {
+        if let Ok(mem) = LinuxMemoryBuilder::default().limit(m).build() {
+            r = r.memory(mem);
+        }
+    }
+    if let (Some(q), Some(p)) = (quota, period) {
+        if let Ok(cpu) = LinuxCpuBuilder::default().quota(q).period(p as u64).build() {
+            r = r.cpu(cpu);
+        }
+    }
+    let (vcpus, memory_mib) = bundle::size(r.build().ok().as_ref());
+    (
+        if quota.is_some() { vcpus } else { fallback.0 },
+        if memory.is_some() {
+            memory_mib
+        } else {
+            fallback.1
+        },
+    )
+}
 
 /// A running pod VM and what the host set up for it.
 pub struct Pod {
@@ -61,13 +108,8 @@ impl Pod {
                 cid: FIRST_CID,
                 uds_path: dir.join("vsock"),
             };
-            let mut spec = base_spec(
-                &assets,
-                &dir.join("console.log"),
-                plan.vcpus,
-                plan.memory_mib,
-                vsock,
-            );
+            let (vcpus, memory_mib) = vm_size(&plan.annotations, (plan.vcpus, plan.memory_mib));
+            let mut spec = base_spec(&assets, &dir.join("console.log"), vcpus, memory_mib, vsock);
             spec.shared_dirs = vec![share.spec()];
             let mut link = None;
             if let Some(ns) = &plan.netns {
@@ -279,6 +321,28 @@ fn kill_processes_using(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pods_size_comes_from_the_sandbox_annotations() {
+        let mut a = std::collections::BTreeMap::new();
+        assert_eq!(vm_size(&a, (1, 256)), (1, 256));
+        a.insert(
+            SANDBOX_MEMORY_ANNOTATION.to_string(),
+            (512u64 << 20).to_string(),
+        );
+        a.insert(
+            SANDBOX_CPU_QUOTA_ANNOTATION.to_string(),
+            "250000".to_string(),
+        );
+        a.insert(
+            SANDBOX_CPU_PERIOD_ANNOTATION.to_string(),
+            "100000".to_string(),
+        );
+        // 512 MiB of limits plus the guest's own 64; 2.5 CPUs round up to 3.
+        assert_eq!(vm_size(&a, (1, 256)), (3, 512 + bundle::GUEST_OVERHEAD_MIB));
+        a.insert(SANDBOX_MEMORY_ANNOTATION.to_string(), "lots".to_string());
+        assert_eq!(vm_size(&a, (1, 256)), (3, 256));
+    }
 
     #[test]
     fn pod_dirs_are_short_and_per_namespace() {

@@ -36,6 +36,8 @@ impl StdioPaths {
 pub enum Status {
     Created,
     Running,
+    /// Running, its processes frozen (`Pause`).
+    Paused,
     Stopped,
 }
 
@@ -102,6 +104,7 @@ impl Process {
         match self.status {
             Status::Created => TaskStatus::CREATED,
             Status::Running => TaskStatus::RUNNING,
+            Status::Paused => TaskStatus::PAUSED,
             Status::Stopped => TaskStatus::STOPPED,
         }
     }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -402,7 +403,7 @@ impl Service {
                 self.ended(&req.id, &req.exec_id, 128 + sig);
                 Ok(())
             }
-            Status::Running => {
+            Status::Running | Status::Paused => {
                 let sent = if req.all && req.exec_id.is_empty() {
                     agent.signal_all(&req.id, sig)
                 } else {
@@ -424,7 +425,7 @@ impl Service {
             .get_mut(&req.id)
             .ok_or_else(|| Error::NotFound(format!("container {}", req.id)))?;
         let p = c.process(&req.exec_id)?;
-        if p.status == Status::Running {
+        if matches!(p.status, Status::Running | Status::Paused) {
             return Err(Error::FailedPrecondition(format!(
                 "{} {}: still running",
                 req.id, req.exec_id
@@ -561,6 +562,60 @@ impl Service {
         })
     }
 
+    /// Freezes (`Pause`) or thaws (`Resume`) every process of container `id` in the guest.
+    fn set_paused(&self, id: &str, paused: bool) -> Result<(), Error> {
+        let (from, to, topic) = if paused {
+            (
+                Status::Running,
+                Status::Paused,
+                topics::TASK_PAUSED_EVENT_TOPIC,
+            )
+        } else {
+            (
+                Status::Paused,
+                Status::Running,
+                topics::TASK_RESUMED_EVENT_TOPIC,
+            )
+        };
+        let (agent, _) = self.agent()?;
+        let mut st = self.state();
+        let c = st
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        if c.init.status != from {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is {:?}, not {from:?}",
+                c.init.status
+            )));
+        }
+        agent.freeze(id, paused).map_err(|source| Error::Agent {
+            what: format!(
+                "{} container {id}",
+                if paused { "freezing" } else { "thawing" }
+            ),
+            source,
+        })?;
+        c.init.status = to;
+        for e in c.execs.values_mut().filter(|e| e.status == from) {
+            e.status = to;
+        }
+        drop(st);
+        let event: Box<dyn MessageDyn> = if paused {
+            Box::new(TaskPaused {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+        } else {
+            Box::new(TaskResumed {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+        };
+        self.publish(topic, event);
+        Ok(())
+    }
+
     fn with_agent<T>(
         &self,
         what: String,
@@ -628,7 +683,7 @@ impl containerd_shim::Task for Service {
             .ok_or_else(|| Error::NotFound(format!("container {}", req.id)))?;
         let processes = std::iter::once(&c.init)
             .chain(c.execs.values())
-            .filter(|p| p.status == Status::Running)
+            .filter(|p| matches!(p.status, Status::Running | Status::Paused))
             .map(|p| ProcessInfo {
                 pid: p.guest_pid,
                 ..Default::default()
@@ -670,12 +725,14 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn pause(&self, _: &TtrpcContext, _: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("pausing a task").into())
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, true)?;
+        Ok(api::Empty::new())
     }
 
-    fn resume(&self, _: &TtrpcContext, _: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("resuming a task").into())
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, false)?;
+        Ok(api::Empty::new())
     }
 
     fn checkpoint(

@@ -1,4 +1,4 @@
-//! Real container engines (podman, containerd's runc shim) driving an OCI runtime, for the
+//! Real container engines (podman, containerd's runc shim, dockerd) driving an OCI runtime, for the
 //! engine tests. The runtime is `$HUSK_ENGINE_RUNTIME` or the built husk-runtime; the tests
 //! are developed against runc (`HUSK_ENGINE_RUNTIME=/usr/sbin/runc`) and assert the same
 //! engine-visible behaviour of both, plus what only a VM runtime shows (the guest kernel,
@@ -6,6 +6,8 @@
 //!
 //! Every engine instance is private to one test (its own podman store, containerd daemon,
 //! runtime `--root`), set up by scripts/engine-setup.sh, and every command is bounded.
+
+pub mod docker;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

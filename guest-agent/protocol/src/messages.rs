@@ -110,6 +110,9 @@ pub enum RequestBody {
     },
     /// Resource usage of a container. → `Stats`.
     Stats { container_id: String },
+    /// Freeze (`frozen: true`) or thaw every process of a container (its cgroup's
+    /// `cgroup.freeze`): a shim's `Pause`/`Resume` of one container of a pod. → `Done`.
+    Freeze { container_id: String, frozen: bool },
     /// Sync filesystems and power the VM off; the reply is sent first. → `Done`.
     Shutdown,
 }
@@ -211,6 +214,7 @@ impl RequestBody {
             RequestBody::ResizeTty { .. } => "resize_tty",
             RequestBody::CloseStdin { .. } => "close_stdin",
             RequestBody::Stats { .. } => "stats",
+            RequestBody::Freeze { .. } => "freeze",
             RequestBody::Shutdown => "shutdown",
         }
     }
@@ -221,9 +225,9 @@ impl RequestBody {
             // gets its own error code rather than a generic invalid-request.
             RequestBody::Hello(h) => check_cstr("client", &h.client, MAX_TOKEN_LEN),
             RequestBody::CreateContainer(spec) => spec.validate(),
-            RequestBody::StartContainer { container_id } | RequestBody::Stats { container_id } => {
-                check_id("container_id", container_id)
-            }
+            RequestBody::StartContainer { container_id }
+            | RequestBody::Stats { container_id }
+            | RequestBody::Freeze { container_id, .. } => check_id("container_id", container_id),
             RequestBody::ExecProcess {
                 container_id,
                 exec_id,

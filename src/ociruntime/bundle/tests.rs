@@ -34,6 +34,36 @@ fn a_plain_bundle_plans_a_vm_and_a_container() {
     assert_eq!((p.vcpus, p.memory_mib), (DEFAULT_VCPUS, DEFAULT_MEMORY_MIB));
 }
 
+/// A `network` entry without a path (docker, containerd) asks for a new namespace, which the
+/// VM holder makes; one with a path is the engine's; none at all is neither.
+#[test]
+fn a_network_namespace_without_a_path_is_a_new_one() {
+    for (namespaces, netns, new) in [
+        (
+            serde_json::json!([{"type": "network", "path": "/run/netns/x"}]),
+            Some("/run/netns/x"),
+            false,
+        ),
+        (serde_json::json!([{"type": "network"}]), None, true),
+        (
+            serde_json::json!([{"type": "network", "path": ""}]),
+            None,
+            true,
+        ),
+        (serde_json::json!([{"type": "pid"}]), None, false),
+    ] {
+        let mut c = base();
+        c["linux"]["namespaces"] = namespaces.clone();
+        let b = bundle(c);
+        let p = plan("c1", b.path()).unwrap();
+        assert_eq!(
+            (p.netns.as_deref(), p.new_netns),
+            (netns, new),
+            "{namespaces}"
+        );
+    }
+}
+
 #[test]
 fn resources_size_the_vm() {
     let mut c = base();

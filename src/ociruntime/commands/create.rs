@@ -49,7 +49,12 @@ fn register(store: &Store, id: &str, plan: &Plan) -> Result<ContainerState, Erro
     Ok(state)
 }
 
+/// The prestart and createRuntime hooks, once the container is created; where the VM holder
+/// made the container's network namespace it ran them itself, in it ([`Plan::new_netns`]).
 fn create_hooks(plan: &Plan, state: &ContainerState) -> Result<(), Error> {
+    if plan.new_netns {
+        return Ok(());
+    }
     let doc = state.hook_json(Status::Created);
     hooks::run("prestart", &plan.hooks.prestart, &doc)?;
     hooks::run("createRuntime", &plan.hooks.create_runtime, &doc)

@@ -174,6 +174,10 @@ pub fn requests() -> Vec<Request> {
         RequestBody::Stats {
             container_id: "web-1".into(),
         },
+        RequestBody::Freeze {
+            container_id: "web-1".into(),
+            frozen: true,
+        },
         RequestBody::Shutdown,
     ];
     let mut seen = [false; REQUEST_VARIANTS];
@@ -188,7 +192,7 @@ pub fn requests() -> Vec<Request> {
         .collect()
 }
 
-const REQUEST_VARIANTS: usize = 10;
+const REQUEST_VARIANTS: usize = 11;
 
 fn variant_index(b: &RequestBody) -> usize {
     match b {
@@ -202,6 +206,7 @@ fn variant_index(b: &RequestBody) -> usize {
         RequestBody::CloseStdin { .. } => 7,
         RequestBody::Stats { .. } => 8,
         RequestBody::Shutdown => 9,
+        RequestBody::Freeze { .. } => 10,
     }
 }
 
