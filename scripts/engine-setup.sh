@@ -13,7 +13,6 @@
 #       imported into namespace "husk". Prints the socket path.
 #   scripts/engine-setup.sh containerd-stop DIR
 #       stops that containerd (and any shims it left), unmounts what it left under DIR.
-<<<<<<< HEAD
 #   scripts/engine-setup.sh cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR]
 #       containerd WITH its CRI plugin (pods in namespace k8s.io), root, state, config and
 #       socket under DIR/containerd as above; images pulled from REGISTRY (host:port) over
@@ -27,7 +26,6 @@
 #       kills and deletes what its pods left (through their shims), stops containerd and its
 #       shims, kills what is left in the pods' cgroup parent (/husk-cri-*), unmounts
 #       everything under DIR (snapshots, netns), deletes the bridge and CNI's cached results.
-=======
 #   scripts/engine-setup.sh dockerd-start DIR RUNTIME
 #       dockerd with its own data root, exec root (its managed containerd lives there), pid
 #       file, socket DIR/docker/docker.sock and a daemon.json of its own, `--add-runtime
@@ -38,19 +36,13 @@
 #   scripts/engine-setup.sh dockerd-stop DIR
 #       stops that dockerd (it stops its containers and its containerd), ends whatever of it is
 #       left (shims, docker-proxy), unmounts what it left under DIR, deletes its bridge.
->>>>>>> main
 #   scripts/engine-setup.sh launcher DIR RUNTIME
 #       DIR/<RUNTIME's name>: a tiny script that runs RUNTIME with --root DIR/root and the
 #       HUSK_KERNEL & co. of this environment (conmon does not pass the environment on), named
 #       like the runtime (conmon picks JSON logging by name). Prints its path.
 #   scripts/engine-setup.sh clean DIR
-<<<<<<< HEAD
-#       containerd-stop (cri-stop for a cri-start DIR), unmounts everything under DIR
-#       (podman's overlay driver keeps its store bind-mounted) and removes DIR.
-=======
-#       containerd-stop, dockerd-stop, unmounts everything under DIR (podman's overlay driver keeps its
-#       store bind-mounted) and removes DIR.
->>>>>>> main
+#       containerd-stop (cri-stop for a cri-start DIR), dockerd-stop, unmounts everything
+#       under DIR (podman's overlay driver keeps its store bind-mounted) and removes DIR.
 #
 # RUNTIME defaults to target/release/husk-runtime. The busybox archive comes from
 # scripts/make-busybox-image.sh (HUSK_BUSYBOX_ARCHIVE overrides it).
@@ -59,11 +51,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/lib.sh"
 
-<<<<<<< HEAD
-usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR] | cri-stop DIR | clean DIR"; }
-=======
-usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | dockerd-start DIR RUNTIME | dockerd-stop DIR | clean DIR"; }
->>>>>>> main
+usage() { die "usage: $0 podman DIR [RUNTIME] | launcher DIR RUNTIME | containerd-start DIR | containerd-stop DIR | cri-start DIR REGISTRY SANDBOX_IMAGE [SHIM_DIR] | cri-stop DIR | dockerd-start DIR RUNTIME | dockerd-stop DIR | clean DIR"; }
 [ $# -ge 2 ] || usage
 step=$1
 mkdir -p "$2"
@@ -552,18 +540,13 @@ case "$step" in
     launcher) [ $# -eq 3 ] || usage; launcher "$3" ;;
     containerd-start) containerd_start ;;
     containerd-stop) containerd_stop ;;
-<<<<<<< HEAD
     cri-start) [ $# -ge 4 ] || usage; cri_start "$3" "$4" "${5:-}" ;;
     cri-stop) cri_stop ;;
-    clean)
-        if [ -f "$dir/cni/net.d/10-husk-cri.conflist" ]; then cri_stop; else containerd_stop; fi
-=======
     dockerd-start) [ $# -eq 3 ] || usage; dockerd_start "$3" ;;
     dockerd-stop) dockerd_stop ;;
     clean)
-        containerd_stop
+        if [ -f "$dir/cni/net.d/10-husk-cri.conflist" ]; then cri_stop; else containerd_stop; fi
         dockerd_stop
->>>>>>> main
         unmount_under
         rm -rf "$dir"
         ;;
