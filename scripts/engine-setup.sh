@@ -358,7 +358,17 @@ cri_stop() {
         [ -z "$(cri_marked_pids)" ] && break
         sleep 0.1
     done
+    # The husk shim's pod directories those name (its VMM and helpers'): containerd, gone,
+    # cannot run the shim's own `delete` for them, so their mounts and files go here.
+    local pod_dirs
+    pod_dirs=$(for i in $(cri_marked_pids); do tr '\0' '\n' <"/proc/$i/cmdline" 2>/dev/null; done |
+        grep -oE '/run/husk-shim/[A-Za-z0-9_-][A-Za-z0-9_.-]*' | sort -u || true)
     for i in $(cri_marked_pids); do kill -9 "$i" 2>/dev/null || true; done
+    for i in $pod_dirs; do
+        awk -v d="$i/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+            while read -r m; do umount -l "$m" 2>/dev/null || true; done
+        rm -rf "$i"
+    done
     # A killed shim leaves its socket in /run/containerd/s (named in its bundle's address).
     local a
     for a in "$c"/state/io.containerd.runtime.v2.task/*/*/address; do
