@@ -193,10 +193,7 @@ impl Cri {
             .rand_bytes(6)
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let inst = Instance {
-            dir,
-            registry,
-        };
+        let inst = Instance { dir, registry };
         let host = format!("127.0.0.1:{}", inst.registry.port);
         let busybox = format!("{host}/library/busybox:latest");
         let pause = format!("{host}/husk/pause:3.9");
