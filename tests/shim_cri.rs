@@ -341,3 +341,74 @@ fn husk_run_dirs_are_read_from_the_vm_command_lines() {
     );
     assert!(husk_run_dirs(&["pid 4: qemu /run/husk-shim/".to_string()]).is_empty());
 }
+
+/// A husk pod's ContainerStats are the guest cgroup's numbers; then `kill -9` of the pod's
+/// shim: containerd runs the shim's `delete` action, which ends the VM and its helpers, and
+/// the pod can still be stopped and removed with nothing left.
+#[test]
+fn cri_husk_stats_then_kill_9_of_the_shim_leaves_nothing() {
+    let test = "cri_husk_stats_then_kill_9_of_the_shim_leaves_nothing";
+    let Some(cri) = cri_for(test, Handler::Husk) else {
+        return;
+    };
+    let config = cri.pod_config("stats-kill");
+    let pod = cri.run_pod(&config, Handler::Husk);
+    cri.pull(&cri.busybox);
+    // Holds 8 MB in a shell variable (the loop keeps the shell from exec'ing its last
+    // command, which would drop it), burns a little CPU, then idles.
+    let hold =
+        "x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo held; while :; do sleep 1000; done";
+    let a = cri.create_container(&pod, &config, "a", &cri.busybox, &["sh", "-c", hold]);
+    cri.start_container(&a);
+    let log = Path::new(&config.log_directory).join("a.log");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("held")
+    {
+        assert!(Instant::now() < deadline, "A never said it held its memory");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stats = cri.container_stats(&a);
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map(|v| v.value);
+    assert!(
+        memory.is_some_and(|m| m >= 8_000_000),
+        "A's working set {memory:?} does not count the 8 MB it holds"
+    );
+    assert!(cpu.is_some_and(|c| c > 0), "A's CPU time is {cpu:?}");
+
+    let fp = cri.footprint(&pod, &[&a]);
+    let run_dirs = husk_run_dirs(&vm_processes(&cri, &fp));
+    assert!(!run_dirs.is_empty(), "no VM runs the pod");
+    let shims: Vec<i32> = cri
+        .processes()
+        .iter()
+        .filter(|p| p.contains("containerd-shim-husk-v2"))
+        .filter_map(|p| p.strip_prefix("pid ")?.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        shims.len(),
+        1,
+        "one shim serves the pod: {:#?}",
+        cri.processes()
+    );
+    // SAFETY: SIGKILL to the shim process this test's containerd started.
+    assert_eq!(unsafe { libc::kill(shims[0], libc::SIGKILL) }, 0);
+
+    // containerd sees the shim go and cleans up after it; the pod then stops and goes.
+    let status = cri.wait_exited(&a);
+    assert_ne!(
+        status.exit_code, 0,
+        "A after its shim was killed: {status:?}"
+    );
+    cri.stop_pod(&pod);
+    cri.remove_pod(&pod);
+    cri.assert_pod_gone(&fp, &runtime_leftovers(Handler::Husk, run_dirs));
+}

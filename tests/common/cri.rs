@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStats, ContainerStatsRequest,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PodSandboxStatusResponse, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopContainerRequest, StopPodSandboxRequest,
+    VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -572,6 +573,18 @@ impl Cri {
     /// Processes of this instance other than containerd itself: the shims and whatever they
     /// started (they carry the instance's marker in their environment), anything whose
     /// command line or working directory names the instance's dir.
+    /// ContainerStats: what the runtime says the container uses.
+    pub fn container_stats(&self, id: &str) -> ContainerStats {
+        self.call(
+            "ContainerStats",
+            self.runtime().container_stats(ContainerStatsRequest {
+                container_id: id.to_string(),
+            }),
+        )
+        .stats
+        .unwrap_or_else(|| panic!("ContainerStats of {id}: no stats"))
+    }
+
     pub fn processes(&self) -> Vec<String> {
         let me = format!("pid {}:", self.containerd_pid);
         processes_using(self.dir())
