@@ -52,9 +52,13 @@ fn pod_of(dir: &Path, id: &str) -> (String, bool) {
 
 /// Logs to the `log` FIFO containerd reads in the bundle directory the shim serves from.
 fn init_logging(debug: bool) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a log line containerd does not read in time is dropped, never a shim
+    // stuck in a write.
     let Ok(log) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("log")
     else {
         return;
