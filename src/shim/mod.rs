@@ -5,7 +5,8 @@
 //! - [`launch`]: the `start` and `delete` actions containerd runs the binary with: which
 //!   shim serves a task (the pod's, by the CRI annotations) and the clean-up after a shim
 //!   that died;
-//! - [`service`]: the Task service containerd calls over ttrpc, driving [`pod`];
+//! - [`service`]: the Task service's operations on [`pod`] and the record of its containers;
+//! - [`task_api`]: containerd's Task API (ttrpc) onto [`service`];
 //! - [`pod`]: the pod's VM, its share and its network; containers added and removed while it
 //!   runs;
 //! - [`share`]: the host side of the pod's one virtio-fs share, which holds every
@@ -21,6 +22,7 @@ pub mod process;
 pub mod rootfs;
 pub mod service;
 pub mod share;
+pub mod task_api;
 
 use containerd_shim::protos::ttrpc;
 

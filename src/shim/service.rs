@@ -1,4 +1,4 @@
-//! The Task service containerd calls over ttrpc: every request becomes an operation on the
+//! The shim's operations: every Task request (see [`super::task_api`]) becomes an operation on the
 //! pod (see [`super::pod`]) and the record of its containers and processes.
 
 use std::collections::HashMap;
@@ -13,13 +13,12 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::context::with_timeout;
-use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
+use containerd_shim::ExitSignal;
 
 use super::pod::{self, Pod};
 use super::process::{Process, Status, StdioPaths};
-use super::{metrics, rootfs, Error, CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
+use super::{rootfs, Error, CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
 use crate::agent::AgentClient;
 use crate::ociruntime::bundle::{self, Namespaces};
 use crate::pod::{attach, exec, VM_DIED_EXIT_CODE};
@@ -78,7 +77,7 @@ impl Container {
 }
 
 /// `Some(id)` for an exec, `None` for the container's own process.
-fn exec_ref(exec_id: &str) -> Option<&str> {
+pub(super) fn exec_ref(exec_id: &str) -> Option<&str> {
     (!exec_id.is_empty()).then_some(exec_id)
 }
 
@@ -124,7 +123,7 @@ impl Service {
         st.pod.as_ref().map(Pod::vm_pid).unwrap_or(0)
     }
 
-    fn create_task(&self, req: &api::CreateTaskRequest) -> Result<u32, Error> {
+    pub(super) fn create_task(&self, req: &api::CreateTaskRequest) -> Result<u32, Error> {
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("restoring a checkpoint"));
         }
@@ -264,7 +263,7 @@ impl Service {
         Ok(pid)
     }
 
-    fn start_task(&self, id: &str, exec_id: &str) -> Result<u32, Error> {
+    pub(super) fn start_task(&self, id: &str, exec_id: &str) -> Result<u32, Error> {
         let (agent, uds) = self.agent()?;
         let mut st = self.state();
         let vm_pid = Self::vm_pid(&st);
@@ -379,7 +378,7 @@ impl Service {
         );
     }
 
-    fn kill_task(&self, req: &api::KillRequest) -> Result<(), Error> {
+    pub(super) fn kill_task(&self, req: &api::KillRequest) -> Result<(), Error> {
         let sig = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
@@ -417,7 +416,10 @@ impl Service {
         }
     }
 
-    fn delete_task(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse, Error> {
+    pub(super) fn delete_task(
+        &self,
+        req: &api::DeleteRequest,
+    ) -> Result<api::DeleteResponse, Error> {
         let mut st = self.state();
         let vm_pid = Self::vm_pid(&st);
         let c = st
@@ -479,7 +481,7 @@ impl Service {
         Ok(response)
     }
 
-    fn add_exec(&self, req: &api::ExecProcessRequest) -> Result<(), Error> {
+    pub(super) fn add_exec(&self, req: &api::ExecProcessRequest) -> Result<(), Error> {
         let process: oci_spec::runtime::Process =
             serde_json::from_slice(&req.spec.value).map_err(|e| {
                 Error::InvalidArgument(format!("exec {}: process spec: {e}", req.exec_id))
@@ -520,7 +522,7 @@ impl Service {
         Ok(())
     }
 
-    fn wait_task(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, Error> {
+    pub(super) fn wait_task(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, Error> {
         let mut st = self.state();
         loop {
             let c = st
@@ -538,7 +540,7 @@ impl Service {
         }
     }
 
-    fn task_state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, Error> {
+    pub(super) fn task_state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, Error> {
         let st = self.state();
         let vm_pid = Self::vm_pid(&st);
         let c = st
@@ -563,7 +565,7 @@ impl Service {
     }
 
     /// Freezes (`Pause`) or thaws (`Resume`) every process of container `id` in the guest.
-    fn set_paused(&self, id: &str, paused: bool) -> Result<(), Error> {
+    pub(super) fn set_paused(&self, id: &str, paused: bool) -> Result<(), Error> {
         let (from, to, topic) = if paused {
             (
                 Status::Running,
@@ -616,157 +618,40 @@ impl Service {
         Ok(())
     }
 
-    fn with_agent<T>(
+    /// The guest pids of a container's live processes.
+    pub(super) fn guest_pids(&self, id: &str) -> Result<Vec<u32>, Error> {
+        let st = self.state();
+        let c = st
+            .containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        Ok(std::iter::once(&c.init)
+            .chain(c.execs.values())
+            .filter(|p| matches!(p.status, Status::Running | Status::Paused))
+            .map(|p| p.guest_pid)
+            .collect())
+    }
+
+    /// The pod VM's host pid (0 before it boots and after it went).
+    pub(super) fn task_pid(&self) -> u32 {
+        Self::vm_pid(&self.state())
+    }
+
+    /// Ends the shim once it holds nothing: one shim serves the whole pod, and goes when its
+    /// last container has.
+    pub(super) fn shutdown_if_idle(&self) {
+        let st = self.state();
+        if st.containers.is_empty() && st.pod.is_none() {
+            self.inner.exit.signal();
+        }
+    }
+
+    pub(super) fn with_agent<T>(
         &self,
         what: String,
         f: impl FnOnce(&AgentClient) -> Result<T, crate::agent::Error>,
     ) -> Result<T, Error> {
         let (agent, _) = self.agent()?;
         f(&agent).map_err(|source| Error::Agent { what, source })
-    }
-}
-
-impl containerd_shim::Task for Service {
-    fn create(
-        &self,
-        _: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        let pid = self
-            .create_task(&req)
-            .inspect_err(|e| tracing::warn!("create {}: {e}", req.id))?;
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        let pid = self.start_task(&req.id, &req.exec_id)?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn delete(
-        &self,
-        _: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        Ok(self.delete_task(&req)?)
-    }
-
-    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        self.add_exec(&req)?;
-        Ok(api::Empty::new())
-    }
-
-    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        self.kill_task(&req)?;
-        Ok(api::Empty::new())
-    }
-
-    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        Ok(self.wait_task(&req.id, &req.exec_id)?)
-    }
-
-    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        Ok(self.task_state(&req.id, &req.exec_id)?)
-    }
-
-    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let st = self.state();
-        let c = st
-            .containers
-            .get(&req.id)
-            .ok_or_else(|| Error::NotFound(format!("container {}", req.id)))?;
-        let processes = std::iter::once(&c.init)
-            .chain(c.execs.values())
-            .filter(|p| matches!(p.status, Status::Running | Status::Paused))
-            .map(|p| ProcessInfo {
-                pid: p.guest_pid,
-                ..Default::default()
-            })
-            .collect();
-        Ok(api::PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-
-    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
-        let (rows, cols) = (
-            u16::try_from(req.height).unwrap_or(u16::MAX),
-            u16::try_from(req.width).unwrap_or(u16::MAX),
-        );
-        self.with_agent(format!("resizing the pty of {}", req.id), |a| {
-            a.resize_tty(&req.id, exec_ref(&req.exec_id), rows, cols)
-        })?;
-        Ok(api::Empty::new())
-    }
-
-    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        if req.stdin {
-            self.with_agent(format!("closing the stdin of {}", req.id), |a| {
-                a.close_stdin(&req.id, exec_ref(&req.exec_id))
-            })?;
-        }
-        Ok(api::Empty::new())
-    }
-
-    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        let stats = self.with_agent(format!("the stats of {}", req.id), |a| a.stats(&req.id))?;
-        let any = metrics::to_any(&stats)
-            .map_err(|e| Error::InvalidArgument(format!("encoding the metrics: {e}")))?;
-        Ok(api::StatsResponse {
-            stats: MessageField::some(any),
-            ..Default::default()
-        })
-    }
-
-    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.set_paused(&req.id, true)?;
-        Ok(api::Empty::new())
-    }
-
-    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        self.set_paused(&req.id, false)?;
-        Ok(api::Empty::new())
-    }
-
-    fn checkpoint(
-        &self,
-        _: &TtrpcContext,
-        _: api::CheckpointTaskRequest,
-    ) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("checkpointing a task").into())
-    }
-
-    fn update(&self, _: &TtrpcContext, _: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("changing a running task's resources").into())
-    }
-
-    fn connect(
-        &self,
-        _: &TtrpcContext,
-        _: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        let st = self.state();
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid: Self::vm_pid(&st),
-            version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        })
-    }
-
-    fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        let st = self.state();
-        // One shim serves the whole pod: it goes when its last container has.
-        if st.containers.is_empty() && st.pod.is_none() {
-            self.inner.exit.signal();
-        }
-        Ok(api::Empty::new())
     }
 }
