@@ -54,6 +54,28 @@ fn husk_run_dirs(vms: &[String]) -> Vec<PathBuf> {
     dirs
 }
 
+/// What a TCP server at `addr` sends, retried for up to 10 s while it comes up.
+fn read_from(addr: &str) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("an address"),
+            std::time::Duration::from_secs(2),
+        )
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).map(|_| out)
+        });
+        match got {
+            Ok(out) if !out.is_empty() => return out,
+            other if Instant::now() >= deadline => panic!("reading from {addr}: {other:?}"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
 /// The runtime's own leak checks after the pod is gone: none for runc (the common ones cover
 /// it); for husk no VMM or device daemon, and none of `run_dirs` (the shim's working
 /// directories the pod's VM used).
@@ -154,6 +176,36 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
         fp.ip
     );
     assert!(fp.netns.is_some(), "no netns path in the pod's status");
+    // The pod's CNI address is the pod's own (husk: the guest's NIC, mirrored to the veth in
+    // CNI's namespace), reachable from the host over the CNI bridge.
+    let r = cri.exec_sync(&a, &["ip", "-4", "-o", "addr", "show"], 60);
+    assert!(
+        common::text(&r.stdout).contains(&format!("inet {}/", fp.ip)),
+        "A does not hold the pod's address {}: {}",
+        fp.ip,
+        common::text(&r.stdout)
+    );
+    let r = cri.exec_sync(
+        &a,
+        &[
+            "sh",
+            "-c",
+            // The listener lets go of the exec's output, or ExecSync waits for it.
+            "({ echo pong-from-pod | nc -l -p 9090; } </dev/null >/dev/null 2>&1 &); sleep 0.2",
+        ],
+        60,
+    );
+    assert_eq!(
+        r.exit_code,
+        0,
+        "a listener in A: {}",
+        common::text(&r.stderr)
+    );
+    assert_eq!(
+        read_from(&format!("{}:9090", fp.ip)),
+        "pong-from-pod\n",
+        "the host reaches the pod on its CNI address"
+    );
     assert!(
         !fp.processes.is_empty(),
         "no shim or container process carries the instance's marker"

@@ -408,9 +408,20 @@ impl Service {
                 } else {
                     agent.signal(&req.id, exec_ref(&req.exec_id), sig)
                 };
-                sent.map_err(|source| Error::Agent {
-                    what: format!("signalling {} {}", req.id, req.exec_id),
-                    source,
+                sent.map_err(|source| {
+                    // It ended between our record and the guest's: containerd's "already
+                    // finished", which it takes as done.
+                    if source.agent_code() == Some(husk_protocol::ErrorCode::InvalidState) {
+                        Error::NotFound(format!(
+                            "{} {}: process already finished",
+                            req.id, req.exec_id
+                        ))
+                    } else {
+                        Error::Agent {
+                            what: format!("signalling {} {}", req.id, req.exec_id),
+                            source,
+                        }
+                    }
                 })
             }
         }
