@@ -16,7 +16,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::cri::{husk_shim, Cri, Handler};
@@ -45,7 +45,6 @@ fn env_or(name: &str, default: usize) -> usize {
 struct Pod {
     id: Option<String>,
     container: Option<String>,
-    log: Option<PathBuf>,
 }
 
 /// Starts pod `name` on `handler` and waits for the container's marker in its log; the time
@@ -54,7 +53,6 @@ struct Pod {
 fn start_pod(cri: &Cri, handler: Handler, name: &str, pod: &mut Pod) -> Duration {
     let config = cri.pod_config(name);
     let log = Path::new(&config.log_directory).join(format!("{CONTAINER}.log"));
-    pod.log = Some(log.clone());
     let command = format!("echo {MARKER}; exec sleep 1000000");
     let t0 = Instant::now();
     let id = cri.run_pod(&config, handler);
@@ -105,8 +103,8 @@ fn tear_down(cri: &Cri, pods: &[Pod]) {
         let Some(id) = &p.id else { continue };
         let containers: Vec<&str> = p.container.iter().map(String::as_str).collect();
         let fp = cri.footprint(id, &containers);
-        let cmdlines: Vec<String> = fp.processes.clone();
-        prints.push((fp, husk_run_dirs(&cmdlines)));
+        let run_dirs = husk_run_dirs(&fp.processes);
+        prints.push((fp, run_dirs));
     }
     for (fp, _) in &prints {
         cri.stop_pod(&fp.pod);
