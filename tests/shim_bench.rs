@@ -8,7 +8,10 @@
 //! - `BENCH_PODS_AT_ONCE` pods (default 10) started at once, one thread each: the time to the
 //!   last one ready, and each one's start time;
 //! - an idle pod's host footprint: PSS (`/proc/PID/smaps_rollup`) summed over the pod's host
-//!   processes, and their CPU time (utime + stime) over 10 s of idling, as millicores.
+//!   processes, beside their USS (private pages: what one more pod costs at least) and RSS
+//!   (all their pages: a pod alone on the host), and their CPU time (utime + stime) over 10 s
+//!   of idling, as millicores. PSS splits a shared page between its users, so it drops when
+//!   other processes of the same programs run on the host.
 //!
 //! It prints medians and husk/runc ratios as a markdown table; times are never pass/fail. A
 //! pod that fails to start (under load too) is listed under the table and fails the run.
@@ -201,29 +204,50 @@ fn pod_processes(cri: &Cri, handler: Handler, id: &str) -> Vec<Proc> {
     procs
 }
 
-/// `Pss` of `/proc/PID/smaps_rollup`, in KiB.
-fn pss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+/// A process's memory from `/proc/PID/smaps_rollup`, in KiB.
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    pss: u64,
+    /// `Private_Clean` + `Private_Dirty`.
+    uss: u64,
+    rss: u64,
 }
 
-/// The idle pod `id`'s host memory (PSS, MiB) and CPU (millicores over [`CPU_WINDOW`]),
-/// with its processes printed on stderr.
-fn idle_footprint(cri: &Cri, handler: Handler, id: &str) -> (f64, f64) {
+fn memory_kib(pid: u32) -> Option<Memory> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Memory {
+        pss: field("Pss:")?,
+        uss: field("Private_Clean:")? + field("Private_Dirty:")?,
+        rss: field("Rss:")?,
+    })
+}
+
+/// The idle pod `id`'s host memory (KiB) and CPU (millicores over [`CPU_WINDOW`]), with its
+/// processes printed on stderr.
+fn idle_footprint(cri: &Cri, handler: Handler, id: &str) -> (Memory, f64) {
     std::thread::sleep(SETTLE);
     let procs = pod_processes(cri, handler, id);
-    let mut pss = 0u64;
+    let mut sum = Memory::default();
+    eprintln!("  PSS/USS/RSS KiB");
     for p in &procs {
-        let kib = pss_kib(p.pid)
-            .unwrap_or_else(|| panic!("cannot read the PSS of pid {}: {}", p.pid, p.cmdline));
-        eprintln!("  {:>8} KiB  pid {}: {:.100}", kib, p.pid, p.cmdline);
-        pss += kib;
+        let m = memory_kib(p.pid)
+            .unwrap_or_else(|| panic!("cannot read the memory of pid {}: {}", p.pid, p.cmdline));
+        eprintln!(
+            "  {:>7} {:>7} {:>7}  pid {}: {:.90}",
+            m.pss, m.uss, m.rss, p.pid, p.cmdline
+        );
+        sum.pss += m.pss;
+        sum.uss += m.uss;
+        sum.rss += m.rss;
     }
     let ticks = || -> u64 { procs.iter().filter_map(|p| stat(p.pid)).map(|s| s.1).sum() };
     let (t0, c0) = (Instant::now(), ticks());
@@ -233,7 +257,7 @@ fn idle_footprint(cri: &Cri, handler: Handler, id: &str) -> (f64, f64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     assert!(hz > 0, "sysconf(_SC_CLK_TCK) = {hz}");
     let millicores = c1.saturating_sub(c0) as f64 / hz as f64 / secs * 1000.0;
-    (pss as f64 / 1024.0, millicores)
+    (sum, millicores)
 }
 
 /// A handler's numbers.
@@ -241,6 +265,8 @@ fn idle_footprint(cri: &Cri, handler: Handler, id: &str) -> (f64, f64) {
 struct Results {
     start: Vec<f64>,
     pss_mib: Vec<f64>,
+    uss_mib: Vec<f64>,
+    rss_mib: Vec<f64>,
     cpu_m: Vec<f64>,
     burst_last: Option<f64>,
     burst_each: Vec<f64>,
@@ -375,11 +401,19 @@ fn bench_pods() {
                 run + 1,
                 took.as_secs_f64()
             );
-            let (pss, cpu) = idle_footprint(&cri, handler, &id);
-            eprintln!("  = {pss:.1} MiB PSS, {cpu:.0} millicores over {CPU_WINDOW:?}");
+            let (mem, cpu) = idle_footprint(&cri, handler, &id);
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            eprintln!(
+                "  = {:.1} MiB PSS, {:.1} MiB USS, {:.1} MiB RSS, {cpu:.0} millicores over {CPU_WINDOW:?}",
+                mib(mem.pss),
+                mib(mem.uss),
+                mib(mem.rss)
+            );
             let r = &mut results[h];
             r.start.push(took.as_secs_f64());
-            r.pss_mib.push(pss);
+            r.pss_mib.push(mib(mem.pss));
+            r.uss_mib.push(mib(mem.uss));
+            r.rss_mib.push(mib(mem.rss));
             r.cpu_m.push(cpu);
             tear_down(&cri, &[pod]);
         }
@@ -434,6 +468,18 @@ fn bench_pods() {
             ratio(median(&husk.pss_mib), median(&runc.pss_mib)),
         ),
         (
+            "idle pod: host memory, USS (private)".to_string(),
+            spread(&husk.uss_mib, "MiB", 1),
+            spread(&runc.uss_mib, "MiB", 1),
+            ratio(median(&husk.uss_mib), median(&runc.uss_mib)),
+        ),
+        (
+            "idle pod: host memory, RSS".to_string(),
+            spread(&husk.rss_mib, "MiB", 1),
+            spread(&runc.rss_mib, "MiB", 1),
+            ratio(median(&husk.rss_mib), median(&runc.rss_mib)),
+        ),
+        (
             format!("idle pod: host CPU over {} s", CPU_WINDOW.as_secs()),
             spread(&husk.cpu_m, "m", 0),
             spread(&runc.cpu_m, "m", 0),
@@ -447,8 +493,8 @@ fn bench_pods() {
     println!(
         "\nmedian (min–max); pod start = RunPodSandbox + PullImage (already pulled) + \
          CreateContainer + StartContainer until the container's first line is in its CRI log; \
-         memory = PSS of the pod's shim and its processes (husk: + the VMM, virtiofsd, \
-         vhost-device-vsock), CPU = their utime + stime over {} s of idling, {} s after the start.",
+         memory = PSS, USS and RSS summed over the pod's shim and its processes (husk: + the \
+         VMM, virtiofsd, vhost-device-vsock), CPU = their utime + stime over {} s of idling, {} s after the start.",
         CPU_WINDOW.as_secs(),
         SETTLE.as_secs()
     );
