@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::cri::{husk_shim, Cri, Handler};
-use common::cri_leaks::{instance_programs, Footprint};
+use common::cri_leaks::{husk_run_dirs, instance_programs, Footprint, HUSK_RUN_DIR};
 use common::engine;
 
 /// The containerd for `handler`: with the husk shim on its PATH for husk; None when the test
@@ -34,24 +34,6 @@ fn vm_processes(cri: &Cri, fp: &Footprint) -> Vec<String> {
     let mut ids: Vec<&str> = vec![fp.pod.as_str()];
     ids.extend(fp.containers.iter().map(String::as_str));
     instance_programs(cri.dir(), &ids, VM_PROGRAMS)
-}
-
-/// Where the husk shim keeps a pod's working directory (share, sockets, console log).
-const HUSK_RUN_DIR: &str = "/run/husk-shim/";
-
-/// The husk shim's working directories that the VM processes `vms` name.
-fn husk_run_dirs(vms: &[String]) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = vms
-        .iter()
-        .flat_map(|p| p.match_indices(HUSK_RUN_DIR).map(|(at, _)| &p[at..]))
-        .filter_map(|rest| {
-            let name = rest[HUSK_RUN_DIR.len()..].split(['/', ' ', ',']).next()?;
-            (!name.is_empty()).then(|| Path::new(HUSK_RUN_DIR).join(name))
-        })
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    dirs
 }
 
 /// What a TCP server at `addr` sends, retried for up to 10 s while it comes up.

@@ -76,6 +76,24 @@ pub fn instance_programs(dir: &Path, ids: &[&str], programs: &[&str]) -> Vec<Str
         .collect()
 }
 
+/// Where the husk shim keeps a pod's working directory (share, sockets, console log).
+pub const HUSK_RUN_DIR: &str = "/run/husk-shim/";
+
+/// The husk shim's working directories that the VM processes `vms` (command lines) name.
+pub fn husk_run_dirs(vms: &[String]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = vms
+        .iter()
+        .flat_map(|p| p.match_indices(HUSK_RUN_DIR).map(|(at, _)| &p[at..]))
+        .filter_map(|rest| {
+            let name = rest[HUSK_RUN_DIR.len()..].split(['/', ' ', ',']).next()?;
+            (!name.is_empty()).then(|| Path::new(HUSK_RUN_DIR).join(name))
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 impl Cri {
     /// Records `pod` with its `containers` while they run.
     pub fn footprint(&self, pod: &str, containers: &[&str]) -> Footprint {
