@@ -318,6 +318,51 @@ fn ctr_run(test: &str, handler: Handler) {
         common::text(&out.stderr)
     );
 
+    // A container its memory limit gets OOM-killed (in the guest, for husk): exit 137 and
+    // containerd's /tasks/oom event for it.
+    let mut events = cri
+        .ctr(ns, &["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr events");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (seen, out) = (seen.clone(), events.stdout.take().expect("piped"));
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    let mut a = vec!["run", "--runtime", handler.runtime_type(), "--rm"];
+    a.extend(["--memory-limit", "33554432", &cri.busybox, "oom"]);
+    a.extend(["sh", "-c", "x=a; while :; do x=$x$x; done"]);
+    let out = cri.run_ctr(ns, &a);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "a container over its 32 MiB limit: stderr {}",
+        common::text(&out.stderr)
+    );
+    let start = Instant::now();
+    while !seen
+        .lock()
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("/tasks/oom") && l.contains("\"oom\""))
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no /tasks/oom event for container oom; events:\n{}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let _ = reader.join();
+
     for what in ["containers", "tasks"] {
         let out = cri.run_ctr(ns, &[what, "ls", "-q"]);
         assert_eq!(

@@ -133,7 +133,9 @@ pub fn stats(id: &str) -> io::Result<StatsReply> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
+    let events = read(&d, "memory.events").unwrap_or_default();
     Ok(StatsReply {
+        oom_kills: key(&events, "oom_kill "),
         cpu_usage_ns: key(&cpu, "usage_usec ") * 1000,
         cpu_user_ns: key(&cpu, "user_usec ") * 1000,
         cpu_system_ns: key(&cpu, "system_usec ") * 1000,

@@ -83,6 +83,7 @@ fn well_behaved(req: Request) -> Vec<Response> {
             memory_usage_bytes: 4096,
             memory_limit_bytes: None,
             pids: 1,
+            oom_kills: 0,
         }),
         _ => ResponseBody::Done,
     };

@@ -2,7 +2,7 @@
 //! v1 `Metrics`, which containerd's CRI plugin turns into `crictl stats` numbers.
 
 use containerd_shim::protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+    CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
@@ -33,6 +33,10 @@ pub fn to_any(stats: &StatsReply) -> Result<Any, containerd_shim::protos::protob
         }),
         ..Default::default()
     });
+    m.memory_oom_control = MessageField::some(MemoryOomControl {
+        oom_kill: stats.oom_kills,
+        ..Default::default()
+    });
     m.pids = MessageField::some(PidsStat {
         current: stats.pids,
         ..Default::default()
@@ -57,6 +61,7 @@ mod tests {
             memory_usage_bytes: 4 << 20,
             memory_limit_bytes: Some(64 << 20),
             pids: 3,
+            oom_kills: 2,
         })
         .unwrap();
         assert_eq!(any.type_url, METRICS_TYPE_URL);
@@ -66,5 +71,6 @@ mod tests {
         assert_eq!(m.memory.usage.usage, 4 << 20);
         assert_eq!(m.memory.usage.limit, 64 << 20);
         assert_eq!(m.pids.current, 3);
+        assert_eq!(m.memory_oom_control.oom_kill, 2);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
@@ -308,6 +308,7 @@ impl Service {
                 }
                 .map(|s| s.code)
                 .unwrap_or(VM_DIED_EXIT_CODE);
+                svc.report_oom(&agent, &id, code);
                 svc.ended(&id, "", code);
             });
         } else {
@@ -346,6 +347,23 @@ impl Service {
             });
         }
         Ok(vm_pid)
+    }
+
+    /// Tells containerd (before the exit, as its CRI plugin wants it) that container `id`'s
+    /// process, ended by SIGKILL, was the guest OOM killer's victim.
+    fn report_oom(&self, agent: &AgentClient, id: &str, code: i32) {
+        if code != 128 + libc::SIGKILL {
+            return;
+        }
+        if agent.stats(id).is_ok_and(|s| s.oom_kills > 0) {
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                }),
+            );
+        }
     }
 
     /// Records that a process ended with `code` and tells containerd and the waiters.

@@ -183,6 +183,10 @@ pub struct StatsReply {
     /// `None` when unlimited.
     pub memory_limit_bytes: Option<u64>,
     pub pids: u64,
+    /// How many of its processes the kernel's OOM killer ended (`memory.events`
+    /// `oom_kill`). Added after version 1 shipped: absent means none.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 impl Request {

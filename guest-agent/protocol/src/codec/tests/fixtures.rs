@@ -233,6 +233,7 @@ pub fn responses() -> Vec<Response> {
                 memory_usage_bytes: 12 << 20,
                 memory_limit_bytes: None,
                 pids: 3,
+                oom_kills: 1,
             }),
         ),
     ];
