@@ -363,6 +363,63 @@ fn ctr_run(test: &str, handler: Handler) {
     let _ = events.wait();
     let _ = reader.join();
 
+    if handler == Handler::Husk {
+        // A pod by the CRI annotations: a member goes into the sandbox's VM, and once deleted
+        // is gone from the guest too (the same id runs there again).
+        let pod = |kind: &str| {
+            [
+                "--annotation".to_string(),
+                format!("io.kubernetes.cri.container-type={kind}"),
+                "--annotation".to_string(),
+                "io.kubernetes.cri.sandbox-id=pod-x".to_string(),
+            ]
+        };
+        let mut a: Vec<String> = ["run", "-d", "--runtime", handler.runtime_type()]
+            .map(String::from)
+            .to_vec();
+        a.extend(pod("sandbox"));
+        a.extend([&cri.busybox, "pod-x", "sleep", "100000"].map(String::from));
+        let out = cri.run_ctr(ns, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            out.status.success(),
+            "the sandbox: {}",
+            common::text(&out.stderr)
+        );
+        let vms = |cri: &Cri| {
+            cri.processes()
+                .iter()
+                .filter(|p| p.contains("qemu-system") || p.contains("husk-vmm"))
+                .count()
+        };
+        let before = vms(&cri);
+        for round in 1..=2 {
+            let mut a: Vec<String> = ["run", "--rm", "--runtime", handler.runtime_type()]
+                .map(String::from)
+                .to_vec();
+            a.extend(pod("container"));
+            a.extend([&cri.busybox, "member", "sh", "-c", "echo in-pod"].map(String::from));
+            let out = cri.run_ctr(ns, &a.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(
+                (out.status.code(), common::text(&out.stdout).as_str()),
+                (Some(0), "in-pod\n"),
+                "member run {round}: stderr {}",
+                common::text(&out.stderr)
+            );
+        }
+        assert_eq!(vms(&cri), before, "members run in the sandbox's VM");
+        for args in [
+            &["task", "delete", "--force", "pod-x"][..],
+            &["containers", "rm", "pod-x"][..],
+        ] {
+            let out = cri.run_ctr(ns, args);
+            assert!(
+                out.status.success(),
+                "ctr {args:?}: {}",
+                common::text(&out.stderr)
+            );
+        }
+    }
+
     for what in ["containers", "tasks"] {
         let out = cri.run_ctr(ns, &[what, "ls", "-q"]);
         assert_eq!(

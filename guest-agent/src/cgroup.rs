@@ -108,6 +108,16 @@ pub fn add(id: &str, pid: i32) {
     }
 }
 
+/// Removes the container's group once its processes are gone (waits up to a second for the
+/// kernel to let them go), best effort.
+pub fn remove(id: &str) {
+    let d = dir(id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while fs::remove_dir(&d).is_err() && d.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn read(d: &Path, file: &str) -> io::Result<String> {
     fs::read_to_string(d.join(file))
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.join(file).display())))

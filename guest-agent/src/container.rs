@@ -104,6 +104,7 @@ impl Agent {
                         .map_err(|e| err(ErrorCode::Internal, format!("closing stdin: {e}")))
                 }),
             RequestBody::Stats { container_id } => self.stats(&container_id),
+            RequestBody::RemoveContainer { container_id } => self.remove(&container_id),
             RequestBody::Freeze {
                 container_id,
                 frozen,
@@ -258,6 +259,23 @@ impl Agent {
         let pid = process::ns_pid(p.pid);
         lock(&c.execs).insert(exec_id.to_string(), Arc::new(p));
         Ok(ResponseBody::Started { pid })
+    }
+
+    /// Forgets container `id` once its process has ended: its root is unmounted and its
+    /// cgroup removed (what is left of its processes killed first).
+    fn remove(&self, id: &str) -> Reply {
+        let c = self.container(id)?;
+        if c.init.exit.get().is_none() {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("container {id} is still running"),
+            ));
+        }
+        let _ = cgroup::signal_all(id, libc::SIGKILL);
+        lock(&self.containers).remove(id);
+        rootfs::teardown(id);
+        cgroup::remove(id);
+        Ok(ResponseBody::Done)
     }
 
     fn wait(&self, id: &str, exec_id: Option<&str>, after: &mut After) -> Reply {

@@ -288,6 +288,14 @@ impl AgentClient {
         expect_done("close_stdin", self.call_default(body)?)
     }
 
+    /// Forgets a container whose process has ended (its root and cgroup in the guest).
+    pub fn remove_container(&self, container_id: &str) -> Result<(), Error> {
+        let body = RequestBody::RemoveContainer {
+            container_id: container_id.into(),
+        };
+        expect_done("remove_container", self.call_default(body)?)
+    }
+
     /// Freezes (`true`) or thaws every process of a container.
     pub fn freeze(&self, container_id: &str, frozen: bool) -> Result<(), Error> {
         let body = RequestBody::Freeze {

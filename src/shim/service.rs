@@ -477,6 +477,12 @@ impl Service {
             return Ok(response);
         };
         if let Some(pod) = &st.pod {
+            // The guest lets go of its root before the host takes it away.
+            if !c.sandbox {
+                if let Err(e) = pod.vm.agent.remove_container(&req.id) {
+                    tracing::warn!("container {}: removing it in the guest: {e}", req.id);
+                }
+            }
             pod.release(&c.entries);
         }
         if c.mounted_rootfs {

@@ -113,6 +113,9 @@ pub enum RequestBody {
     /// Freeze (`frozen: true`) or thaw every process of a container (its cgroup's
     /// `cgroup.freeze`): a shim's `Pause`/`Resume` of one container of a pod. → `Done`.
     Freeze { container_id: String, frozen: bool },
+    /// Forget a container whose process has ended: unmount its root, remove its cgroup (a
+    /// pod's containers come and go while its VM runs). → `Done`.
+    RemoveContainer { container_id: String },
     /// Sync filesystems and power the VM off; the reply is sent first. → `Done`.
     Shutdown,
 }
@@ -219,6 +222,7 @@ impl RequestBody {
             RequestBody::CloseStdin { .. } => "close_stdin",
             RequestBody::Stats { .. } => "stats",
             RequestBody::Freeze { .. } => "freeze",
+            RequestBody::RemoveContainer { .. } => "remove_container",
             RequestBody::Shutdown => "shutdown",
         }
     }
@@ -231,7 +235,10 @@ impl RequestBody {
             RequestBody::CreateContainer(spec) => spec.validate(),
             RequestBody::StartContainer { container_id }
             | RequestBody::Stats { container_id }
-            | RequestBody::Freeze { container_id, .. } => check_id("container_id", container_id),
+            | RequestBody::Freeze { container_id, .. }
+            | RequestBody::RemoveContainer { container_id } => {
+                check_id("container_id", container_id)
+            }
             RequestBody::ExecProcess {
                 container_id,
                 exec_id,

@@ -178,6 +178,9 @@ pub fn requests() -> Vec<Request> {
             container_id: "web-1".into(),
             frozen: true,
         },
+        RequestBody::RemoveContainer {
+            container_id: "web-1".into(),
+        },
         RequestBody::Shutdown,
     ];
     let mut seen = [false; REQUEST_VARIANTS];
@@ -192,7 +195,7 @@ pub fn requests() -> Vec<Request> {
         .collect()
 }
 
-const REQUEST_VARIANTS: usize = 11;
+const REQUEST_VARIANTS: usize = 12;
 
 fn variant_index(b: &RequestBody) -> usize {
     match b {
@@ -207,6 +210,7 @@ fn variant_index(b: &RequestBody) -> usize {
         RequestBody::Stats { .. } => 8,
         RequestBody::Shutdown => 9,
         RequestBody::Freeze { .. } => 10,
+        RequestBody::RemoveContainer { .. } => 11,
     }
 }
 
