@@ -201,6 +201,22 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
             fp.processes
         );
         run_dirs = husk_run_dirs(&vms);
+        // The VMM's cgroup lies under the pod's (the kubelet counts the VM against the pod).
+        let parent = cri.cgroup_parent();
+        for vm in vms
+            .iter()
+            .filter(|p| p.contains("qemu-system") || p.contains("husk-vmm"))
+        {
+            let pid = vm
+                .strip_prefix("pid ")
+                .and_then(|r| r.split(':').next())
+                .unwrap_or_default();
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            assert!(
+                cgroup.lines().any(|l| l.contains(&format!(":{parent}/"))),
+                "the VMM {vm} is not under the pod's cgroup {parent}: {cgroup}"
+            );
+        }
         assert!(
             !run_dirs.is_empty(),
             "the pod's VM processes name no {HUSK_RUN_DIR}*: {vms:#?}"
@@ -221,10 +237,11 @@ fn pod_two_containers_share_localhost(test: &str, handler: Handler) {
         "CRI container ",
         "containerd tasks: ",
     ];
-    // Host cgroups under the pod's parent and runc's state: runc's containers are host
-    // processes (husk's live in the VM).
+    // Host cgroups under the pod's parent: runc's containers', husk's VMM's. runc's state:
+    // its containers are host processes (husk's live in the VM).
+    expected.push("cgroup ");
     if handler == Handler::Runc {
-        expected.extend(["cgroup ", "runc state "]);
+        expected.push("runc state ");
     }
     for what in expected {
         assert!(

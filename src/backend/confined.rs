@@ -34,7 +34,11 @@ pub(super) fn for_vm(
         memory_bytes: (u64::from(spec.memory_mib) + overhead.memory_mib) << 20,
         pids: overhead.pids,
     };
-    let cgroup = launch::cgroup(&format!("vm-{}", lease.ids.uid), limits);
+    let cgroup = launch::cgroup(
+        &format!("vm-{}", lease.ids.uid),
+        limits,
+        spec.cgroup_parent.as_deref(),
+    );
     Ok(Some(Confinement {
         cgroup,
         helper_sockets: None,

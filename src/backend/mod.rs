@@ -62,6 +62,10 @@ pub struct VmSpec {
     pub shared_dirs: Vec<SharedDirSpec>,
     /// virtio-net NICs, each on a host TAP device, in the order the guest probes them.
     pub taps: Vec<TapSpec>,
+    /// A cgroup (v2, an absolute path under the cgroup root) the VMM's own cgroup goes
+    /// under instead of husk's: a Kubernetes pod's, so that the kubelet counts the VM
+    /// against the pod. `None`: husk's (`/husk/vm-<uid>`).
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 /// Image layers (filesystem images, bottom first) that the guest sees as the partitions of one
@@ -211,6 +215,7 @@ impl VmSpec {
             console_log: console_log.into(),
             shared_dirs: Vec::new(),
             taps: Vec::new(),
+            cgroup_parent: None,
         }
     }
 

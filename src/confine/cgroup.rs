@@ -42,44 +42,50 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    /// The levels above `dirs` made for it (deepest first), removed after them.
+    made: Vec<PathBuf>,
 }
 
 impl Cgroup {
-    /// Creates cgroup `name` with `limits`. A stale empty one of the same name (a crashed
-    /// run) is replaced.
-    pub fn create(name: &str, limits: Limits) -> Result<Cgroup, Error> {
+    /// Creates cgroup `name` with `limits`, under `parent` (an absolute cgroup path, in every
+    /// hierarchy used) or husk's own (`/husk`). The levels of `parent` made here go with it;
+    /// those that were there stay. A stale empty one of the same name (a crashed run) is
+    /// replaced.
+    pub fn create(name: &str, limits: Limits, parent: Option<&Path>) -> Result<Cgroup, Error> {
         let root = Path::new(ROOT);
-        if root.join("cgroup.controllers").exists() {
-            return Self::create_v2(root, name, limits);
-        }
-        let (memory, pids) = (root.join("memory"), root.join("pids"));
-        if !memory.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
-            return Err(Error::Unavailable);
-        }
-        let mut cg = Cgroup { dirs: Vec::new() };
-        let mem_dir = make(&memory.join("husk"), name, &mut cg)?;
-        write(&mem_dir.join("memory.limit_in_bytes"), limits.memory_bytes)?;
-        let pids_dir = make(&pids.join("husk"), name, &mut cg)?;
-        write(&pids_dir.join("pids.max"), limits.pids)?;
-        Ok(cg)
-    }
-
-    fn create_v2(root: &Path, name: &str, limits: Limits) -> Result<Cgroup, Error> {
-        let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
-            .map_err(at(&root.join("cgroup.controllers")))?;
-        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
-        if !has("memory") || !has("pids") {
-            return Err(Error::Unavailable);
-        }
-        let parent = root.join("husk");
-        enable(&root.join("cgroup.subtree_control"))?;
-        std::fs::create_dir_all(&parent).map_err(at(&parent))?;
-        enable(&parent.join("cgroup.subtree_control"))?;
-        let mut cg = Cgroup { dirs: Vec::new() };
-        let dir = make(&parent, name, &mut cg)?;
-        write(&dir.join("memory.max"), limits.memory_bytes)?;
-        write(&dir.join("pids.max"), limits.pids)?;
-        Ok(cg)
+        let below = parent.map_or(Ok(vec!["husk".to_string()]), components)?;
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            made: Vec::new(),
+        };
+        let mut made = Vec::new();
+        let created = (|| {
+            if root.join("cgroup.controllers").exists() {
+                let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
+                    .map_err(at(&root.join("cgroup.controllers")))?;
+                let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+                if !has("memory") || !has("pids") {
+                    return Err(Error::Unavailable);
+                }
+                let parent = levels(root, &below, true, &mut made)?;
+                let dir = make(&parent, name, &mut cg)?;
+                write(&dir.join("memory.max"), limits.memory_bytes)?;
+                return write(&dir.join("pids.max"), limits.pids);
+            }
+            let (memory, pids) = (root.join("memory"), root.join("pids"));
+            if !memory.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
+                return Err(Error::Unavailable);
+            }
+            let parent = levels(&memory, &below, false, &mut made)?;
+            let mem_dir = make(&parent, name, &mut cg)?;
+            write(&mem_dir.join("memory.limit_in_bytes"), limits.memory_bytes)?;
+            let parent = levels(&pids, &below, false, &mut made)?;
+            let pids_dir = make(&parent, name, &mut cg)?;
+            write(&pids_dir.join("pids.max"), limits.pids)
+        })();
+        // Removed on drop after the VM's own, deepest first.
+        cg.made = made.into_iter().rev().collect();
+        created.map(|()| cg)
     }
 
     /// `cgroup.procs` of each directory, open for writing: writing "0" to them moves the
@@ -101,10 +107,81 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        for d in &self.dirs {
+        for d in self.dirs.iter().chain(&self.made) {
             remove(d);
         }
     }
+}
+
+/// After a crash of whoever held them (a `kill -9`'d shim): removes the VM cgroups (`vm-*`)
+/// left under `parent` in every hierarchy husk uses, then `parent` itself if that leaves it
+/// empty. Their processes must be gone (killed) first; best effort.
+pub fn remove_left_under(parent: &Path) {
+    let Ok(below) = components(parent) else {
+        return;
+    };
+    let root = Path::new(ROOT);
+    let hierarchies = if root.join("cgroup.controllers").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        vec![root.join("memory"), root.join("pids")]
+    };
+    for h in hierarchies {
+        let dir = below.iter().fold(h, |d, l| d.join(l));
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("vm-") && e.path().is_dir() {
+                    remove(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// The levels of absolute cgroup path `p` below the root; refused when it could climb out.
+fn components(p: &Path) -> Result<Vec<String>, Error> {
+    let bad = || Error::File {
+        path: p.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "not an absolute cgroup path"),
+    };
+    if !p.is_absolute() {
+        return Err(bad());
+    }
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::RootDir))
+        .map(|c| match c {
+            std::path::Component::Normal(n) => n.to_str().map(str::to_string).ok_or_else(bad),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// Makes the levels `below` under hierarchy `root` that are missing (recorded in `made`), with
+/// the memory and pids controllers enabled for each level's children on cgroup v2; returns
+/// the deepest.
+fn levels(
+    root: &Path,
+    below: &[String],
+    v2: bool,
+    made: &mut Vec<PathBuf>,
+) -> Result<PathBuf, Error> {
+    let mut dir = root.to_path_buf();
+    for level in below {
+        if v2 {
+            enable(&dir.join("cgroup.subtree_control"))?;
+        }
+        dir.push(level);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => made.push(dir.clone()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(at(&dir)(e)),
+        }
+    }
+    if v2 {
+        enable(&dir.join("cgroup.subtree_control"))?;
+    }
+    Ok(dir)
 }
 
 /// Creates `parent/name` (and `parent`), recording it in `cg` so a later failure removes it.
@@ -159,5 +236,66 @@ fn remove(dir: &Path) {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_paths_are_absolute_and_cannot_climb_out() {
+        assert_eq!(
+            components(Path::new("/kubepods/pod1/abc")).unwrap(),
+            ["kubepods", "pod1", "abc"]
+        );
+        for bad in ["kubepods/x", "/a/../b"] {
+            assert!(components(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_vm_cgroup_under_a_parent_takes_the_levels_it_made_with_it() {
+        let limits = Limits {
+            memory_bytes: 64 << 20,
+            pids: 64,
+        };
+        let parent = PathBuf::from(format!("/husk-unit-{}/pod/sandbox", std::process::id()));
+        let cg = match Cgroup::create("vm-test", limits, Some(&parent)) {
+            Ok(cg) => cg,
+            Err(e) => {
+                eprintln!("NOT RUN: a cgroup under a parent: {e}");
+                return;
+            }
+        };
+        assert!(!cg.dirs().is_empty());
+        for d in cg.dirs() {
+            assert!(d.ends_with("vm-test"), "{}", d.display());
+            assert!(
+                d.to_string_lossy().contains("/pod/sandbox/"),
+                "{}",
+                d.display()
+            );
+            assert!(d.is_dir());
+        }
+        let top: Vec<PathBuf> = cg
+            .dirs()
+            .iter()
+            .map(|d| d.ancestors().nth(3).unwrap().to_path_buf())
+            .collect();
+        drop(cg);
+        for t in top {
+            assert!(!t.exists(), "{} left", t.display());
+        }
+        // After a crash: what is left under the parent goes too.
+        let cg = Cgroup::create("vm-crashed", limits, Some(&parent)).unwrap();
+        let dirs = cg.dirs().to_vec();
+        std::mem::forget(cg);
+        remove_left_under(&parent);
+        for d in &dirs {
+            assert!(!d.exists(), "{} left", d.display());
+        }
+        remove_left_under(Path::new(&format!("/husk-unit-{}/pod", std::process::id())));
+        remove_left_under(Path::new(&format!("/husk-unit-{}", std::process::id())));
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
@@ -167,9 +167,10 @@ pub fn empty_dir() -> io::Result<PathBuf> {
     Ok(p)
 }
 
-/// The VM's cgroup, or `None` with one warning per process where the host has none to give.
-pub fn cgroup(name: &str, limits: Limits) -> Option<Cgroup> {
-    match Cgroup::create(name, limits) {
+/// The VM's cgroup, under `parent` when given (cgroup v2), or `None` with one warning per
+/// process where the host has none to give.
+pub fn cgroup(name: &str, limits: Limits, parent: Option<&Path>) -> Option<Cgroup> {
+    match Cgroup::create(name, limits, parent) {
         Ok(cg) => Some(cg),
         Err(e) => {
             static WARNED: Once = Once::new();

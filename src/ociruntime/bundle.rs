@@ -71,6 +71,8 @@ pub struct Plan {
     /// `libnetwork-setkey`) configures that namespace, never the host's, before the NIC is
     /// chosen.
     pub new_netns: bool,
+    /// `linux.cgroupsPath`, as the engine gave it.
+    pub cgroups_path: Option<PathBuf>,
     pub hooks: Hooks,
     pub annotations: BTreeMap<String, String>,
 }
@@ -205,6 +207,7 @@ pub fn plan_with(id: &str, bundle: &Path, ns: Namespaces) -> Result<Plan, Error>
         memory_mib,
         netns,
         new_netns,
+        cgroups_path: linux.cgroups_path().clone(),
         hooks,
         annotations: spec
             .annotations()

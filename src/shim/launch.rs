@@ -101,6 +101,15 @@ impl containerd_shim::Shim for HuskShim {
         let dir = pod::dir_of(&self.namespace, &sandbox);
         if is_sandbox {
             pod::clean_up_after(&dir);
+            // The VM's cgroup went under the sandbox's (see `Pod::boot`); its holder is gone.
+            let cgroups = bundle::load_spec(&cwd)
+                .ok()
+                .and_then(|s| s.linux().clone())
+                .and_then(|l| l.cgroups_path().clone())
+                .filter(|p| p.is_absolute());
+            if let Some(p) = cgroups {
+                crate::confine::cgroup::remove_left_under(&p);
+            }
         } else {
             pod::release_entries_of(&dir, &self.id);
         }

@@ -111,6 +111,9 @@ impl Pod {
             let (vcpus, memory_mib) = vm_size(&plan.annotations, (plan.vcpus, plan.memory_mib));
             let mut spec = base_spec(&assets, &dir.join("console.log"), vcpus, memory_mib, vsock);
             spec.shared_dirs = vec![share.spec()];
+            // The VMM's cgroup under the sandbox's (cgroupfs paths: the kubelet's pod cgroup
+            // then counts the VM); a systemd-style `slice:prefix:name` keeps husk's own.
+            spec.cgroup_parent = plan.cgroups_path.clone().filter(|p| p.is_absolute());
             let mut link = None;
             if let Some(ns) = &plan.netns {
                 if let Some(nic) = network::attach(id, ns, &plan.container)? {
@@ -299,6 +302,7 @@ fn kill_processes_using(dir: &Path) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
+    let mut killed = Vec::new();
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
@@ -314,7 +318,17 @@ fn kill_processes_using(dir: &Path) {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            killed.push(pid);
         }
+    }
+    // Gone before what they held (sockets, mounts, cgroups) is removed; at most 5 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while killed
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
