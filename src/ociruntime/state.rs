@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use super::Error;
 use crate::pod::proc::ProcessRef;
@@ -214,14 +213,7 @@ impl Store {
     /// The short directory for a container's sockets: `sun_path` holds 108 bytes, and
     /// virtiofsd sockets are named after the console log (`console.log.fsN.sock`).
     pub fn sock_dir(&self, id: &str) -> PathBuf {
-        let mut h = sha2::Sha256::new();
-        h.update(self.root().as_os_str().as_encoded_bytes());
-        h.update(b"\0");
-        h.update(id.as_bytes());
-        let hex: String = h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::util::fs::short_name(self.root().as_os_str().as_encoded_bytes(), id);
         std::env::temp_dir().join(format!("husk-rt-{hex}"))
     }
 

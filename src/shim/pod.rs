@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use husk_protocol::{ContainerSpec, RootfsSpec};
-use sha2::{Digest, Sha256};
 
 use super::share::{self, PodShare, POD_TAG};
 use super::Error;
@@ -75,15 +74,7 @@ pub struct Pod {
 /// The working directory of pod `id` in `namespace`: short, as the vsock socket in it must
 /// fit a socket address.
 pub fn dir_of(namespace: &str, id: &str) -> PathBuf {
-    let mut h = Sha256::new();
-    h.update(namespace.as_bytes());
-    h.update(b"\0");
-    h.update(id.as_bytes());
-    let hex: String = h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Path::new(super::RUN_DIR).join(hex)
+    Path::new(super::RUN_DIR).join(crate::util::fs::short_name(namespace.as_bytes(), id))
 }
 
 impl Pod {

@@ -213,3 +213,17 @@ mod tests {
         assert!(!is_executable(dir.path()));
     }
 }
+
+/// 16 hex digits naming the pair (`scope`, `id`): for socket directories, which must stay
+/// short (`sun_path` holds 108 bytes) and differ between stores or namespaces.
+pub fn short_name(scope: &[u8], id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(scope);
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
