@@ -3,8 +3,9 @@
 # when podman is here), checking the host for leaks every CHECK_EVERY cycles against a
 # snapshot taken after a first warm-up cycle:
 #   processes (VMMs, helpers, monitors), mounts, TAPs, nftables rules of husk's table,
-#   leases, files under the state directories, cgroups, loop devices, fds of this shell's
-#   long-lived children (none should remain), and MemAvailable (within HUSK_SOAK_MEM_MIB).
+#   leases, files under the state directories, VM cgroups of its id range, loop devices,
+#   fds of this shell's long-lived children (none should remain), and MemAvailable (within
+#   HUSK_SOAK_MEM_MIB).
 # Each cycle: `husk run --rm`; `run -d` + `exec` + `stop` + `rm`; a `-v` volume; a `-p`
 # port reached with a TCP connect; and `podman --runtime husk-runtime run --rm`.
 # Usage: scripts/soak.sh [N] (default 50; CHECK_EVERY default 50, or N when smaller).
@@ -27,6 +28,9 @@ work=$(mktemp -d /var/tmp/husk-soak.XXXXXX)
 export HUSK_SOAK_MARK=$work
 export HUSK_NETWORK_BRIDGE=${HUSK_NETWORK_BRIDGE:-hksoak0}
 export HUSK_NETWORK_SUBNET=${HUSK_NETWORK_SUBNET:-172.31.251.0/24}
+# VMMs run as ids of a range of the soak's own, so their cgroups (vm-<id>) are told apart
+# from other husk users' (tests, a CI run beside it).
+export HUSK_JAIL_ID_BASE=${HUSK_JAIL_ID_BASE:-$((0x7100 * 65536))}
 root=$work/root
 vol=$work/vol
 mkdir -p "$root" "$vol"
@@ -75,9 +79,9 @@ snapshot() {
     echo "leases $(cat "$root"/network/*.leases.json 2>/dev/null | grep -c '"' || true)"
     echo "container-dirs $(find "$root/containers" -mindepth 1 -maxdepth 1 ! -name '.*' | wc -l)"
     echo "short-dirs $(find /tmp -maxdepth 1 -name 'husk-*' | wc -l)"
-    # Global (a VM's cgroup is named after its id lease): constant on a host that runs
-    # nothing else meanwhile.
-    echo "cgroups $(find /sys/fs/cgroup -path '*husk*' -type d 2>/dev/null | wc -l)"
+    # A VM's cgroup is named after its id lease: those of the soak's id range.
+    echo "cgroups $(find /sys/fs/cgroup -path '*husk*' -name 'vm-*' -type d 2>/dev/null \
+        | awk -F/vm- -v lo="$HUSK_JAIL_ID_BASE" '$NF >= lo && $NF < lo + 65536' | wc -l)"
     echo "loops $(losetup -a 2>/dev/null | wc -l)"
     echo "children $(pgrep -c -P $$ || true)"
 }

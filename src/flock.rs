@@ -23,6 +23,16 @@ impl FileLock {
         FileLock::take(path, libc::LOCK_SH)
     }
 
+    /// An exclusive lock on `path` if nobody holds one, `None` if somebody does (no wait);
+    /// creates the file if needed.
+    pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
+        match FileLock::take(path, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn take(path: &Path, op: libc::c_int) -> io::Result<FileLock> {
         let file = OpenOptions::new()
             .create(true)
@@ -66,5 +76,15 @@ mod tests {
         assert_eq!(try_lock(), 0, "the lock outlived its guard");
         drop(f);
         let _shared = FileLock::shared(&path).unwrap();
+    }
+
+    #[test]
+    fn try_exclusive_does_not_wait_for_a_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.lock");
+        let held = FileLock::try_exclusive(&path).unwrap().expect("free lock");
+        assert!(FileLock::try_exclusive(&path).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_exclusive(&path).unwrap().is_some());
     }
 }

@@ -234,3 +234,78 @@ fn a_guest_flooding_its_output_streams_costs_the_host_bounded_memory() {
     assert!(v < 256 + 160, "the VMM holds {v} MiB");
     h.ok(&["rm", "-f", "loud"]);
 }
+
+#[test]
+fn a_guest_writing_past_its_scratch_disk_stops_at_its_size() {
+    let Some(h) = husk_with_busybox("a_guest_writing_past_its_scratch_disk_stops_at_its_size")
+    else {
+        return;
+    };
+    const SIZE: u64 = 64 << 20;
+    // A neighbour that must not notice.
+    h.ok(&["run", "-d", "--name", "calm", "busybox", "sleep", "1000"]);
+    // The container fills its writable layer, then (root in its VM, with the device
+    // capabilities) writes at and across the end of the raw scratch device, then frees its
+    // file and writes again.
+    let script = "dd if=/dev/zero of=/fill bs=1M 2>/tmp/dd.err; echo fill:$?; cat /tmp/dd.err; \
+         d=$(grep -l husk-scratch /sys/block/vd*/serial); d=${d%/serial}; \
+         mknod /tmp/s b $(tr : ' ' < $d/dev); s=$(cat $d/size); echo sectors:$s; \
+         dd if=/dev/urandom of=/tmp/s bs=512 seek=$s count=8 conv=notrunc 2>/dev/null; \
+         echo past:$?; \
+         dd if=/dev/urandom of=/tmp/s bs=512 seek=$((s-4)) count=8 conv=notrunc 2>/dev/null; \
+         echo straddle:$?; \
+         rm /fill && echo again > /again && cat /again";
+    let out = h.run(&[
+        "run",
+        "--name",
+        "fill",
+        "--storage-opt",
+        "size=64m",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The guest saw a full disk, and a device that ends where its size says.
+    assert!(stdout.contains("fill:1\n"), "{stdout}");
+    assert!(stdout.contains("No space left on device"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("sectors:{}\n", SIZE / 512)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("past:1\n"), "{stdout}");
+    assert!(stdout.contains("straddle:1\n"), "{stdout}");
+    // And its filesystem survived: freed space is writable again.
+    assert!(stdout.ends_with("again\n"), "{stdout}");
+    // The host file kept its size, and holds no more than it.
+    let fill = h
+        .container_ids()
+        .into_iter()
+        .find(|id| h.state(id)["name"] == "fill")
+        .expect("fill's id");
+    let disk = h.containers_dir().join(fill).join("scratch.ext4");
+    let meta = std::fs::metadata(&disk).expect("scratch disk");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.len(), SIZE, "{}", disk.display());
+    assert!(
+        meta.blocks() * 512 <= SIZE,
+        "{} allocates {} bytes",
+        disk.display(),
+        meta.blocks() * 512
+    );
+    assert_eq!(h.ok(&["exec", "calm", "echo", "calm"]), "calm\n");
+    h.ok(&["rm", "-f", "fill", "calm"]);
+    // A size husk cannot honour is one line, and no container.
+    let out = h.run(&["run", "--storage-opt", "size=1m", "busybox", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--storage-opt"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(h.container_ids().is_empty());
+}

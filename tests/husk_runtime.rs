@@ -13,6 +13,8 @@ mod contract;
 mod detach;
 #[path = "husk_runtime/harness.rs"]
 mod harness;
+#[path = "husk_runtime/holder_kill.rs"]
+mod holder_kill;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;

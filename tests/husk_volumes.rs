@@ -28,16 +28,6 @@ impl Husk {
     }
 }
 
-/// A failed test still takes its containers (VMs, virtiofsd) down with its root.
-impl Drop for Husk {
-    fn drop(&mut self) {
-        let ids = self.run(&["ps", "-aq"]);
-        for id in text(&ids.stdout).lines() {
-            let _ = self.run(&["rm", "-f", id]);
-        }
-    }
-}
-
 /// A root with the busybox image, or `None` after saying why this host cannot run the test.
 fn husk(test: &str) -> Option<Husk> {
     let kernel = common::kernel(test)?;

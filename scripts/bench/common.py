@@ -69,6 +69,27 @@ def smaps_rollup(pid):
     return kv
 
 
+def guest_ram_pss(pid, mem_kib):
+    """PSS (kB) of pid's mappings of guest RAM: those exactly as large as the VM's memory
+    (QEMU's memory-backend memfd, husk-vmm's guest memory, and the vhost-user backends' maps
+    of it). What is left of the process's PSS is the host's own cost of the VM."""
+    total, size = 0, None
+    try:
+        for line in open(f"/proc/{pid}/smaps"):
+            f = line.split()
+            if not f:
+                continue
+            if "-" in f[0] and not f[0].endswith(":"):
+                size = None
+            elif f[0] == "Size:":
+                size = int(f[1])
+            elif f[0] == "Pss:" and size == mem_kib:
+                total += int(f[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
 def cpu_seconds(pid):
     """User + system CPU time of pid so far (0 once it is gone)."""
     try:

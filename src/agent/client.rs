@@ -61,8 +61,18 @@ impl AgentClient {
     /// agent listens or `timeout` has passed, then checks the protocol version with `Hello`
     /// within the same deadline.
     pub fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, Error> {
+        AgentClient::connect_while(uds, timeout, || true)
+    }
+
+    /// [`connect`](Self::connect), giving up early once `worth_trying` says the VM is gone
+    /// ([`vsock::connect_while`]).
+    pub fn connect_while(
+        uds: &Path,
+        timeout: Duration,
+        worth_trying: impl FnMut() -> bool,
+    ) -> Result<AgentClient, Error> {
         let deadline = Instant::now() + timeout;
-        let stream = vsock::connect(uds, AGENT_VSOCK_PORT, timeout)?;
+        let stream = vsock::connect_while(uds, AGENT_VSOCK_PORT, timeout, worth_trying)?;
         let mut client = AgentClient::from_stream(uds, stream)?;
         let left = deadline
             .saturating_duration_since(Instant::now())

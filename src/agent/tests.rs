@@ -380,6 +380,28 @@ fn connect_retries_while_the_guest_port_has_no_listener() {
 }
 
 #[test]
+fn connect_stops_trying_once_the_vm_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut asked = 0;
+    let err = AgentClient::connect_while(&sock(&dir), Duration::from_secs(30), || {
+        asked += 1;
+        asked < 3
+    })
+    .err()
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(asked, 3);
+    match err {
+        Error::ConnectTimeout { attempts, secs, .. } => {
+            assert_eq!(attempts, 3);
+            assert!(secs < 5.0, "{secs}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
 fn connect_gives_up_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();

@@ -76,6 +76,17 @@ fn read_line(s: &mut UnixStream) -> io::Result<String> {
 
 /// Retries [`connect_once`] with growing pauses until it succeeds or `timeout` has passed.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, Error> {
+    connect_while(uds, port, timeout, || true)
+}
+
+/// [`connect`], giving up early (with the last attempt's error) once `worth_trying` says
+/// the other side is gone for good: a VM that ended will never listen.
+pub fn connect_while(
+    uds: &Path,
+    port: u32,
+    timeout: Duration,
+    mut worth_trying: impl FnMut() -> bool,
+) -> Result<UnixStream, Error> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut pause = FIRST_PAUSE;
@@ -93,11 +104,14 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, E
             }
             Err(e) => {
                 let now = Instant::now();
-                if now >= deadline {
+                if now >= deadline || !worth_trying() {
                     return Err(Error::ConnectTimeout {
                         uds: uds.to_path_buf(),
                         port,
-                        secs: timeout.as_secs_f64(),
+                        secs: now
+                            .duration_since(start)
+                            .as_secs_f64()
+                            .min(timeout.as_secs_f64()),
                         attempts,
                         last: e.to_string(),
                     });

@@ -20,6 +20,8 @@ use crate::util::fs::{is_executable, which};
 pub(super) struct Guarded {
     program: String,
     pid: u32,
+    /// Leads a process group of its own, which `kill` ends whole (see [`Guarded::spawn_group`]).
+    group: bool,
     state: Mutex<GuardState>,
 }
 
@@ -30,6 +32,20 @@ struct GuardState {
 
 impl Guarded {
     pub fn spawn(program: &str, cmd: &mut Command) -> Result<Guarded, Error> {
+        Guarded::start(program, cmd, false)
+    }
+
+    /// [`spawn`](Self::spawn) as the leader of a new process group, for a daemon that forks
+    /// (virtiofsd's sandbox): `kill` then ends the whole group at once, so a child forked a
+    /// moment before its parent is killed (before it could arm its parent-death signal)
+    /// does not outlive it.
+    pub fn spawn_group(program: &str, cmd: &mut Command) -> Result<Guarded, Error> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Guarded::start(program, cmd, true)
+    }
+
+    fn start(program: &str, cmd: &mut Command, group: bool) -> Result<Guarded, Error> {
         let child = spawn_retrying(cmd).map_err(|source| Error::Spawn {
             program: program.to_string(),
             source,
@@ -37,6 +53,7 @@ impl Guarded {
         Ok(Guarded {
             program: program.to_string(),
             pid: child.id(),
+            group,
             state: Mutex::new(GuardState {
                 child,
                 status: None,
@@ -74,11 +91,18 @@ impl Guarded {
         }
     }
 
-    /// SIGKILLs the child if it still runs and reaps it.
+    /// SIGKILLs the child (its process group, for [`spawn_group`](Self::spawn_group)) if it
+    /// still runs and reaps it.
     pub fn kill(&self) -> io::Result<ExitStatus> {
         let mut s = self.lock();
         if let Some(status) = s.status {
             return Ok(status);
+        }
+        if self.group {
+            // Not reaped yet (a zombie at most), so the group id is still this leader's and
+            // cannot name anyone else's processes.
+            // SAFETY: killpg(2) with a process group id and a signal number; no memory.
+            unsafe { libc::killpg(self.pid as libc::pid_t, libc::SIGKILL) };
         }
         if s.child.try_wait()?.is_none() {
             s.child.kill()?;
@@ -255,4 +279,58 @@ pub(super) fn find_helper(
             program: name.into(),
             hint,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::proc::ProcessRef;
+    use std::time::{Duration, Instant};
+
+    /// Starts `sh` that forks a `sleep` and waits for it; the sleep's pid.
+    fn forking_shell(group: bool) -> (Guarded, ProcessRef, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("sleep 100 & echo $! > \"$0.tmp\" && mv \"$0.tmp\" \"$0\"; wait")
+            .arg(&pidfile);
+        let g = match group {
+            true => Guarded::spawn_group("sh", &mut cmd),
+            false => Guarded::spawn("sh", &mut cmd),
+        }
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Some(p) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the shell never forked");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (g, ProcessRef::of(pid).expect("the forked sleep"), dir)
+    }
+
+    #[test]
+    fn killing_a_group_leader_ends_what_it_forked() {
+        let (g, forked, _dir) = forking_shell(true);
+        g.kill().unwrap();
+        assert!(
+            forked.wait_gone(Duration::from_secs(5)),
+            "{forked:?} outlived"
+        );
+    }
+
+    #[test]
+    fn killing_a_plain_child_leaves_what_it_forked() {
+        // What spawn_group is for: without the group the fork outlives its parent.
+        let (g, forked, _dir) = forking_shell(false);
+        g.kill().unwrap();
+        let outlived = !forked.wait_gone(Duration::from_millis(300));
+        forked.signal(libc::SIGKILL);
+        assert!(outlived);
+    }
 }

@@ -35,7 +35,7 @@ pub(super) fn for_vm(
         pids: overhead.pids,
     };
     let cgroup = launch::cgroup(
-        &format!("vm-{}", lease.ids.uid),
+        &crate::confine::cgroup::vm_name(lease.ids.uid),
         limits,
         spec.cgroup_parent.as_deref(),
     );

@@ -186,7 +186,8 @@ pub(super) fn launch(
     child::quiet_stdio(&mut cmd, log, log_path)?;
     let program = format!("virtiofsd (share {})", share.tag);
     Ok(Starting {
-        daemon: Guarded::spawn(&program, &mut cmd)?,
+        // Its sandbox forks a child that must go with it.
+        daemon: Guarded::spawn_group(&program, &mut cmd)?,
         socket: socket.to_path_buf(),
         table: ListenTable::Host,
     })

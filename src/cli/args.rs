@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// unlimited). A fork bomb then stops at the limit instead of starving the guest.
     #[arg(long, default_value_t = DEFAULT_PIDS_LIMIT, allow_negative_numbers = true)]
     pub pids_limit: i64,
+    /// Writable layer options, as docker's: size=SIZE is the most the container may write
+    /// (default 8g; sparse on the host, so it costs what is written).
+    #[arg(long = "storage-opt", value_name = "size=SIZE", action = ArgAction::Append)]
+    pub storage_opt: Vec<String>,
     /// Override the image's entrypoint ("" clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,

@@ -49,7 +49,7 @@ pub struct GlobalOpts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a new container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps(PsArgs),
     /// Print a container's output.

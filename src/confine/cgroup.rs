@@ -113,6 +113,42 @@ impl Drop for Cgroup {
     }
 }
 
+/// The name of the cgroup of the VM whose id lease is `uid`.
+pub fn vm_name(uid: u32) -> String {
+    format!("vm-{uid}")
+}
+
+/// The hierarchies husk's cgroups live in: the v2 root, or the v1 memory and pids ones.
+fn hierarchies() -> Vec<PathBuf> {
+    let root = Path::new(ROOT);
+    if root.join("cgroup.controllers").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        vec![root.join("memory"), root.join("pids")]
+    }
+}
+
+/// The id leases named by the VM cgroups under husk's own `/husk`, in any hierarchy.
+pub fn own_vm_uids() -> Vec<u32> {
+    let mut uids: Vec<u32> = hierarchies()
+        .into_iter()
+        .filter_map(|h| std::fs::read_dir(h.join("husk")).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("vm-")?.parse().ok())
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
+/// Removes the VM cgroup of lease `uid` under husk's own `/husk` where it is empty, without
+/// waiting: a process still in it keeps it.
+pub fn remove_own_vm(uid: u32) {
+    for h in hierarchies() {
+        let _ = std::fs::remove_dir(h.join("husk").join(vm_name(uid)));
+    }
+}
+
 /// After a crash of whoever held them (a `kill -9`'d shim): removes the VM cgroups (`vm-*`)
 /// left under `parent` in every hierarchy husk uses, then `parent` itself if that leaves it
 /// empty. Their processes must be gone (killed) first; best effort.
@@ -120,13 +156,7 @@ pub fn remove_left_under(parent: &Path) {
     let Ok(below) = components(parent) else {
         return;
     };
-    let root = Path::new(ROOT);
-    let hierarchies = if root.join("cgroup.controllers").exists() {
-        vec![root.to_path_buf()]
-    } else {
-        vec![root.join("memory"), root.join("pids")]
-    };
-    for h in hierarchies {
+    for h in hierarchies() {
         let dir = below.iter().fold(h, |d, l| d.join(l));
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {

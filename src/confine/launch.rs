@@ -135,6 +135,38 @@ pub fn lease_ids() -> io::Result<IdLease> {
     )))
 }
 
+/// Removes what launchers that died without cleaning up (a `kill -9` of a monitor or a VM
+/// holder) left of their VMs: the cgroup under husk's own `/husk` and the helper socket
+/// directory of each id whose lease is free. A lease is held from before both are made until
+/// after both are gone (the VMM inherits it), so a free lease means nothing uses them; it is
+/// held here while they go, so no new VM takes the id meanwhile. Best effort, no waiting.
+pub fn sweep_dead_leases() {
+    let dir = std::path::Path::new(ID_LEASE_DIR);
+    let sockets = dir.join("sockets");
+    let mut uids = super::cgroup::own_vm_uids();
+    if let Ok(entries) = std::fs::read_dir(&sockets) {
+        uids.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
+        );
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    for uid in uids {
+        // Only an id whose lock file exists was ever leased; nobody may hold it now.
+        let Ok(lock) = File::open(dir.join(uid.to_string())) else {
+            continue;
+        };
+        // SAFETY: flock on an fd we own; the lock goes with it at the end of this iteration.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        super::cgroup::remove_own_vm(uid);
+        let _ = std::fs::remove_dir_all(sockets.join(uid.to_string()));
+    }
+}
+
 /// What a confined VMM launch was given; it goes with the VM's leftovers, the cgroup first
 /// (fields drop in order), then the id lease, so the id is free only once both are gone.
 pub struct Confinement {

@@ -35,6 +35,21 @@ impl Store {
         scope: PruneScope,
         in_use: &BTreeSet<Digest>,
     ) -> Result<Pruned, StoreError> {
+        let images = self.forget_unused(scope, in_use)?;
+        if images.is_empty() {
+            return Ok(Pruned::default());
+        }
+        let stats = self.gc()?;
+        Ok(Pruned { images, stats })
+    }
+
+    /// Takes the images of `scope` whose ID is not in `in_use` out of the index (as
+    /// [`Store::forget`]); returns them. Their files stay until [`Store::gc`].
+    pub fn forget_unused(
+        &self,
+        scope: PruneScope,
+        in_use: &BTreeSet<Digest>,
+    ) -> Result<Vec<Image>, StoreError> {
         let images: Vec<Image> = self
             .list()?
             .into_iter()
@@ -42,7 +57,7 @@ impl Store {
             .filter(|i| scope == PruneScope::Unused || i.references.is_empty())
             .collect();
         if images.is_empty() {
-            return Ok(Pruned::default());
+            return Ok(images);
         }
         // Under the index lock, an image named since the listing is no longer dangling.
         let images = Index::update(&self.index_path(), &self.index_lock_path(), |index| {
@@ -57,8 +72,7 @@ impl Store {
             }
             images
         })?;
-        let stats = self.gc()?;
-        Ok(Pruned { images, stats })
+        Ok(images)
     }
 
     /// Bytes on disk of everything `images` need: manifests, configs, layer blobs and layer

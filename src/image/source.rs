@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::import::platform::Platform;
-use super::{users, Reference, Store, StoreError};
+use super::{users, ConvertError, Reference, Store, StoreError};
 
 /// The parts of an OCI image config (`config` object) that shape the process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,10 @@ pub struct SourceError {
     pub detail: String,
 }
 
+/// What a reference that names no image in the store says.
+const NO_SUCH_IMAGE: &str =
+    "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)";
+
 /// Finds images by reference.
 pub trait ImageSource {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, SourceError>;
@@ -61,14 +65,10 @@ impl ImageSource for Store {
             reference: reference.to_string(),
             detail,
         };
+        let no_such = || err(NO_SUCH_IMAGE.into());
         let img = match self.get(reference) {
             Ok(i) => i,
-            Err(StoreError::NotFound(_)) => {
-                return Err(err(
-                    "no such image; load it (`husk load -i FILE`) or pull it (`husk pull REF`)"
-                        .into(),
-                ))
-            }
+            Err(StoreError::NotFound(_)) => return Err(no_such()),
             Err(e) => return Err(err(e.to_string())),
         };
         let host = Platform::host();
@@ -79,7 +79,16 @@ impl ImageSource for Store {
                 img.config.os()
             )));
         }
-        let disks = self.layer_disks(&img).map_err(|e| err(e.to_string()))?;
+        let disks = match self.layer_disks(&img) {
+            Ok(d) => d,
+            // Removed meanwhile (`rmi`), its layers collected: as if it had never been here.
+            Err(ConvertError::MissingBlob { .. })
+                if matches!(self.get(reference), Err(StoreError::NotFound(_))) =>
+            {
+                return Err(no_such())
+            }
+            Err(e) => return Err(err(e.to_string())),
+        };
         let rc = img.run_config();
         let name = img
             .references
@@ -113,7 +122,17 @@ impl ImageSource for Store {
             detail,
         };
         let what = image.id.as_deref().unwrap_or(&image.reference);
-        let img = self.get(what).map_err(|e| err(e.to_string()))?;
-        users::resolve(self, &img, user).map_err(|e| err(e.to_string()))
+        let gone = || matches!(self.get(what), Err(StoreError::NotFound(_)));
+        let img = match self.get(what) {
+            Ok(i) => i,
+            Err(StoreError::NotFound(_)) => return Err(err(NO_SUCH_IMAGE.into())),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        // Removed meanwhile (`rmi`), its blobs collected as they were read: as `resolve`
+        // says it, not as the missing blob.
+        users::resolve(self, &img, user).map_err(|e| match gone() {
+            true => err(NO_SUCH_IMAGE.into()),
+            false => err(e.to_string()),
+        })
     }
 }

@@ -404,6 +404,17 @@ impl Store {
     /// by manifest digest (`sha256:…`), or by a prefix of its ID (≥ 4 hex digits), in that
     /// order, as docker does.
     pub fn get(&self, what: &str) -> Result<Image, StoreError> {
+        match self.lookup(what) {
+            // Removed (and its blobs collected) between the read of the index and of its
+            // blobs: a second look finds it gone, or whole again if it was loaded again. A
+            // GC keeps every blob an indexed image reaches, so a blob still missing then is
+            // missing indeed.
+            Err(StoreError::MissingBlob(_)) => self.lookup(what),
+            found => found,
+        }
+    }
+
+    fn lookup(&self, what: &str) -> Result<Image, StoreError> {
         let index = self.read_index()?;
         let refs_of = |d: &Digest| -> Result<Vec<Reference>, StoreError> {
             let mut v = Vec::new();
@@ -456,9 +467,20 @@ impl Store {
         Err(StoreError::NotFound(what.to_string()))
     }
 
-    /// Removes `what` (as [`Store::get`] finds it): a reference loses just that name; an ID or
-    /// digest removes every name of the image. Then collects garbage. Returns the image removed.
+    /// Removes `what` (as [`Store::forget`] does), then collects garbage. Returns the image
+    /// removed.
     pub fn remove(&self, what: &str) -> Result<(Image, GcStats), StoreError> {
+        let image = self.forget(what)?;
+        let stats = self.gc()?;
+        Ok((image, stats))
+    }
+
+    /// Takes `what` (as [`Store::get`] finds it) out of the index: a reference loses just that
+    /// name; an ID or digest removes every name of the image. Nothing finds it from now on;
+    /// its files stay until [`Store::gc`]. Quick, so a caller may hold a lock of its own
+    /// across its check and this (`rmi` holds the containers' lock, which `run` holds while it
+    /// resolves the image and links its layers).
+    pub fn forget(&self, what: &str) -> Result<Image, StoreError> {
         let image = self.get(what)?;
         let by_name = what.parse::<Reference>().ok().map(|r| r.to_string());
         Index::update(
@@ -471,8 +493,7 @@ impl Store {
                 _ => index.forget(&image.manifest_digest),
             },
         )?;
-        let stats = self.gc()?;
-        Ok((image, stats))
+        Ok(image)
     }
 
     /// After a failed load or pull (its ingest lock released): collects what it left (blobs,

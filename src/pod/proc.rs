@@ -15,6 +15,11 @@ pub struct ProcessRef {
     pub start_time: u64,
 }
 
+/// Whether a `/proc` state letter is a zombie's or a dead task's.
+fn dead(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
+}
+
 /// State letter and start time of `pid`, from `/proc/<pid>/stat`.
 fn stat(pid: u32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -35,7 +40,25 @@ impl ProcessRef {
 
     /// Running (not a zombie) and still the process that was recorded.
     pub fn is_alive(&self) -> bool {
-        matches!(stat(self.pid), Some((s, t)) if t == self.start_time && s != 'Z' && s != 'X')
+        match stat(self.pid) {
+            Some((s, t)) if t == self.start_time => !dead(s) || self.threads_still_exiting(),
+            _ => false,
+        }
+    }
+
+    /// Whether threads of a zombie leader still run (a killed multi-threaded VMM: its leader
+    /// is a zombie before the others are done, and its fds, locks and cgroup membership go
+    /// only with the last of them).
+    fn threads_still_exiting(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return false;
+        };
+        tasks.flatten().any(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next()?.chars().next())
+                .is_some_and(|s| !dead(s))
+        })
     }
 
     /// Sends `sig` if this is still the recorded process; `false` when it is gone.
@@ -46,6 +69,35 @@ impl ProcessRef {
         // SAFETY: kill(2) with a pid checked a moment ago; the window for reuse in between
         // is a pid wrap-around within microseconds.
         unsafe { libc::kill(self.pid as libc::pid_t, sig) == 0 }
+    }
+
+    /// Blocks until the process is gone (its exit, not its reaping): on a pidfd where the
+    /// kernel has them (5.3+), else by polling.
+    pub fn wait_exit(&self) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
+        if fd < 0 {
+            while self.is_alive() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            return;
+        }
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
+        // The pid may have gone, or been reused, between the record and the open.
+        if !self.is_alive() {
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours, count 1, no timeout.
+        while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
     }
 
     /// Polls until the process is gone or `timeout` passes; true when gone.
@@ -86,6 +138,21 @@ pub fn processes_using(dir: &Path) -> Vec<ProcessRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_exit_returns_when_the_process_ends() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let p = ProcessRef::of(child.id()).unwrap();
+        let t = std::time::Instant::now();
+        p.wait_exit();
+        assert!(t.elapsed() >= std::time::Duration::from_millis(150));
+        child.wait().unwrap();
+        // Gone already: at once.
+        p.wait_exit();
+    }
 
     #[test]
     fn this_process_is_alive_and_a_wrong_start_time_is_not() {

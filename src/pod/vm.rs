@@ -71,7 +71,11 @@ impl PodVm {
             .map_err(BootError::Vm)
             .and_then(|()| {
                 timings::mark("kernel boot to agent ready");
-                AgentClient::connect(vsock_uds, AGENT_CONNECT_TIMEOUT).map_err(BootError::Agent)
+                // A VM that ends now (a helper died under it: its watcher stops the VM) never
+                // answers: say why at once rather than after the whole timeout.
+                let running = || matches!(vm.try_wait(), Ok(None));
+                AgentClient::connect_while(vsock_uds, AGENT_CONNECT_TIMEOUT, running)
+                    .map_err(|e| ended_before_answer(&*vm, e))
             });
         timings::mark("agent connect");
         match connected {
@@ -129,6 +133,20 @@ impl PodVm {
         }
         drop(agent);
         wait_or_kill(&*vm, VM_EXIT_TIMEOUT)
+    }
+}
+
+/// Why the agent of `vm` could not be reached: the VM's end (the helper that ended it, or
+/// its exit status) when it ended, else the connection's error.
+fn ended_before_answer(vm: &dyn VmHandle, e: agent::Error) -> BootError {
+    match vm.try_wait() {
+        Ok(None) => BootError::Agent(e),
+        Ok(Some(status)) => BootError::Vm(backend::Error::ExitedBeforeReady {
+            status,
+            log: vm.console_log(),
+            last_line: None,
+        }),
+        Err(vm_error) => BootError::Vm(vm_error),
     }
 }
 
@@ -215,6 +233,22 @@ mod tests {
         fn wait_vsock_ready(&self, _: Duration) -> Result<(), backend::Error> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn an_unreachable_agent_is_blamed_on_the_vm_once_it_ended() {
+        let lost = || agent::Error::Disconnected("refused".into());
+        let running = FakeVm::new(None, false);
+        assert!(matches!(
+            ended_before_answer(&running, lost()),
+            BootError::Agent(_)
+        ));
+        let ended = FakeVm::new(Some(0), false);
+        let e = ended_before_answer(&ended, lost()).to_string();
+        assert!(e.starts_with("the VM exited (exit status: 0)"), "{e}");
+        let helper = FakeVm::new(None, true);
+        let e = ended_before_answer(&helper, lost()).to_string();
+        assert!(e.contains("virtiofsd (pid 2) exited"), "{e}");
     }
 
     #[test]

@@ -110,8 +110,39 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
                 &stdio,
             )
         })
-        .map_err(agent_err)?;
+        .map_err(|source| {
+            ended_meanwhile(rt, query, &state.id).unwrap_or_else(|| agent_err(source))
+        })?;
     running.follow(&target);
-    let exit = running.wait(Some(&target));
-    Ok(exit.map(|s| s.code).unwrap_or(VM_DIED_EXIT_CODE))
+    match running.wait(Some(&target)) {
+        Ok(s) => Ok(s.code),
+        // The VM went under it (`rm -f`, `kill`, a stop that escalated): no exit status.
+        Err(source) => Err(Error::ExecCut {
+            id: state.name.clone(),
+            source: Box::new(source),
+        }),
+    }
 }
+
+/// Why an exec could not start when its container was removed or stopped meanwhile (`rm -f`,
+/// `stop`, `kill` racing it): that, rather than the agent connection it broke. `None` when
+/// the container still runs as it did.
+fn ended_meanwhile(rt: &Runtime, query: &str, id: &str) -> Option<Error> {
+    match rt.store.load(id) {
+        Err(Error::NoSuchContainer(_)) => Some(Error::NoSuchContainer(query.to_string())),
+        Ok(s) if s.stop_requested || !s.can_signal() => Some(Error::WrongState {
+            id: s.name.clone(),
+            status: if s.vm_alive() {
+                "stopping"
+            } else {
+                s.effective_status().as_str()
+            },
+            what: "it was stopped or removed as the exec started".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// How `husk exec` ends when its process's end was never reported ([`Error::ExecCut`]): as a
+/// process killed with its VM, which it was, or nearly.
+pub const CUT_EXIT_CODE: i32 = VM_DIED_EXIT_CODE;

@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub memory_mib: u32,
     /// `--pids-limit`: the container cgroup's `pids.max` (None: unlimited).
     pub pids_limit: Option<u64>,
+    /// `--storage-opt size=`: the writable layer's apparent size (None: [`SCRATCH_SIZE`]).
+    pub scratch_size: Option<u64>,
     pub stdin: bool,
     pub auto_remove: bool,
     /// `-v`: parsed and checked ([`spec::parse_volumes`]).
@@ -64,7 +66,14 @@ pub struct Runtime {
 pub struct Booted {
     pub state: State,
     pub pod: PodVm,
+    /// Held by the container's one monitor until it is done with the VM ([`BOOT_LOCK`]).
+    _booting: crate::flock::FileLock,
 }
+
+/// The lock file in a container's directory that whoever boots it holds for as long as it
+/// owns the VM: two `husk start`s at once would otherwise both find it startable and boot two
+/// VMs over one scratch disk and one vsock socket.
+pub const BOOT_LOCK: &str = "boot.lock";
 
 impl Runtime {
     pub fn new(root: &Path, backend: BackendKind) -> Result<Runtime, Error> {
@@ -105,11 +114,11 @@ impl Runtime {
                     .clone()
                     .unwrap_or_else(|| id[..12].to_string());
                 let p = spec::merge(&img.config, &process, &hostname, |k| std::env::var(k).ok())?;
-                let layers = hold_layers(dir, &img.layer_disks)?;
+                let layers = hold_layers(dir, &still_there(images, image, &img)?)?;
                 let scratch_disk = dir.join("scratch.ext4");
                 crate::image::scratch::from_template(
                     &scratch_disk,
-                    SCRATCH_SIZE,
+                    opts.scratch_size.unwrap_or(SCRATCH_SIZE),
                     &self.store.root().join("templates"),
                 )?;
                 timings::mark("disk preparation");
@@ -133,6 +142,7 @@ impl Runtime {
                     started_at: None,
                     finished_at: None,
                     stop_requested: false,
+                    booting: false,
                     backend: None,
                     vsock_cid: cid,
                     vsock_uds,
@@ -178,6 +188,18 @@ impl Runtime {
         console: Option<(u16, u16)>,
         on_vm: impl FnOnce(&Arc<dyn crate::backend::VmHandle>),
     ) -> Result<Booted, Error> {
+        let lock = self.store.dir(id).join(BOOT_LOCK);
+        let booting = match crate::flock::FileLock::try_exclusive(&lock) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Err(Error::WrongState {
+                    id: self.load(id)?.name,
+                    status: "starting",
+                    what: "another husk command boots it".into(),
+                })
+            }
+            Err(source) => return Err(Error::Io { path: lock, source }),
+        };
         let state = self.load(id)?;
         if !state.can_start() {
             return Err(wrong_state(&state, "it is already running"));
@@ -223,6 +245,7 @@ impl Runtime {
             s.finished_at = None;
             s.exit_code = None;
             s.stop_requested = false;
+            s.booting = true;
         })?;
         let agent_err = |state: &State, source| Error::Agent {
             id: id.to_string(),
@@ -241,7 +264,11 @@ impl Runtime {
                 });
             }
         };
-        Ok(Booted { state, pod })
+        Ok(Booted {
+            state,
+            pod,
+            _booting: booting,
+        })
     }
 
     /// Records how the container's process ended, powers the VM off (killing it if it does
@@ -251,7 +278,7 @@ impl Runtime {
         booted: Booted,
         exit: Result<ExitStatus, crate::agent::Error>,
     ) -> Result<Option<State>, Error> {
-        let Booted { state, pod } = booted;
+        let Booted { state, pod, .. } = booted;
         let code = match &exit {
             Ok(s) => Some(s.code),
             Err(e) => {
@@ -288,6 +315,7 @@ impl Runtime {
                 Status::Exited
             };
             s.exit_code = Some(code);
+            s.booting = false;
             // The first record of the end is the time of it (`boot` clears it).
             if s.finished_at.is_none() {
                 s.finished_at = Some(now());
@@ -333,6 +361,12 @@ impl Runtime {
     /// running is left as it is.
     pub fn stop(&self, query: &str, timeout: Duration) -> Result<State, Error> {
         let state = self.store.resolve(query)?;
+        self.stop_resolved(&state, timeout)
+            .map_err(|e| asked_as(e, query))
+    }
+
+    fn stop_resolved(&self, state: &State, timeout: Duration) -> Result<State, Error> {
+        let state = state.clone();
         if !state.can_signal() {
             return self.settle(&state);
         }
@@ -366,7 +400,9 @@ impl Runtime {
             signal,
             libc::SIGKILL | libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT
         ) {
-            self.store.update(&state.id, |s| s.stop_requested = true)?;
+            self.store
+                .update(&state.id, |s| s.stop_requested = true)
+                .map_err(|e| asked_as(e, query))?;
         }
         match self.connect(&state) {
             Ok(agent) => {
@@ -467,13 +503,15 @@ impl Runtime {
     }
 
     /// After a stop: the state as the monitor left it; if the monitor is gone without
-    /// recording (killed itself), record the end here.
+    /// recording (killed itself), end the helpers it would have stopped with the VM and
+    /// record the end here.
     fn settle(&self, state: &State) -> Result<State, Error> {
         let now_state = self.load(&state.id)?;
         if now_state.status == Status::Running
             && !now_state.vm_alive()
             && !now_state.monitor_alive()
         {
+            kill_processes_in(&self.dirs_of(&now_state));
             return Ok(self.record_exit(&now_state, None)?.unwrap_or(now_state));
         }
         Ok(now_state)
@@ -488,6 +526,17 @@ pub(super) fn kill_processes_in(dirs: &[PathBuf]) {
             p.signal(libc::SIGKILL);
             p.wait_gone(Duration::from_secs(5));
         }
+    }
+    // Their launcher (the monitor) may have died without removing the VM's cgroup.
+    crate::confine::launch::sweep_dead_leases();
+}
+
+/// A container removed while a command worked on it (`rm -f` racing `stop`) is named as the
+/// command was asked for it, not by the id it had resolved to.
+fn asked_as(e: Error, query: &str) -> Error {
+    match e {
+        Error::NoSuchContainer(_) => Error::NoSuchContainer(query.to_string()),
+        e => e,
     }
 }
 
@@ -533,6 +582,28 @@ fn short_dir(id: &str) -> PathBuf {
     std::env::temp_dir().join(format!("husk-{}", &id[..16]))
 }
 
+/// The layer disks of `img` (resolved from `image` before the containers' lock was taken),
+/// looked up again under it: `rmi` takes an image out under the same lock, so an image
+/// removed meanwhile fails this `run` as if it had never been there ("no such image"), and
+/// one still there is linked before an `rmi` can look for its users.
+fn still_there(
+    images: &dyn ImageSource,
+    image: &str,
+    img: &crate::image::ResolvedImage,
+) -> Result<Vec<PathBuf>, Error> {
+    let Some(id) = img.id.as_deref() else {
+        return Ok(img.layer_disks.clone());
+    };
+    match images.resolve(id) {
+        Ok(now) => Ok(now.layer_disks),
+        Err(e) => Err(crate::image::SourceError {
+            reference: image.to_string(),
+            detail: e.detail,
+        }
+        .into()),
+    }
+}
+
 /// Hard-links the image's layer disks into the container's directory and returns the links:
 /// the container owns its layers from now on, so `husk rmi -f` (and the store's garbage
 /// collection) can drop the image without breaking a later `husk start`, and the disk space
@@ -575,7 +646,58 @@ fn remove_sockets(state: &State) {
 mod tests {
     use super::super::state::tests::sample;
     use super::*;
+    use crate::image::SourceError;
     use husk_protocol::{DiskRef, FsType, RootfsSpec};
+
+    /// An image source whose images are gone (an `rmi` won the race).
+    struct Emptied;
+
+    impl ImageSource for Emptied {
+        fn resolve(&self, reference: &str) -> Result<crate::image::ResolvedImage, SourceError> {
+            Err(SourceError {
+                reference: reference.into(),
+                detail: "no such image".into(),
+            })
+        }
+
+        fn user_ids(
+            &self,
+            image: &crate::image::ResolvedImage,
+            _: &str,
+        ) -> Result<(u32, u32, Vec<u32>), SourceError> {
+            self.resolve(&image.reference).map(|_| (0, 0, Vec::new()))
+        }
+    }
+
+    #[test]
+    fn a_container_removed_under_a_command_is_named_as_asked() {
+        let gone = asked_as(Error::NoSuchContainer("f".repeat(64)), "web");
+        assert_eq!(
+            gone.to_string(),
+            "no such container: web (see `husk ps -a`)"
+        );
+        let other = asked_as(Error::NoCommand, "web");
+        assert!(matches!(other, Error::NoCommand));
+    }
+
+    #[test]
+    fn an_image_removed_before_the_lock_fails_the_run_by_the_name_it_was_given() {
+        let img = crate::image::ResolvedImage {
+            reference: "docker.io/library/busybox:latest".into(),
+            id: Some(format!("sha256:{}", "a".repeat(64))),
+            config: Default::default(),
+            layer_disks: vec!["/store/layers/x.erofs".into()],
+            layer_fs: "erofs".into(),
+        };
+        let e = still_there(&Emptied, "busybox", &img).unwrap_err();
+        assert_eq!(e.to_string(), "image busybox: no such image");
+        // An image without an id (another source) is taken as resolved.
+        let no_id = crate::image::ResolvedImage { id: None, ..img };
+        assert_eq!(
+            still_there(&Emptied, "busybox", &no_id).unwrap(),
+            no_id.layer_disks
+        );
+    }
 
     #[test]
     fn vm_and_container_specs_agree_on_disks() {

@@ -76,6 +76,8 @@ pub enum Error {
     BadMemory(String),
     #[error("invalid --cpus {0:?}: use a number of vCPUs from 1 to 255")]
     BadCpus(String),
+    #[error("invalid --storage-opt {opt:?}: {why}")]
+    BadStorageOpt { opt: String, why: String },
     #[error(transparent)]
     MissingAsset(#[from] crate::pod::MissingAsset),
     #[error("{tool} failed: {detail}")]
@@ -100,6 +102,13 @@ pub enum Error {
     Agent {
         id: String,
         console: PathBuf,
+        source: Box<crate::agent::Error>,
+    },
+    /// `husk exec` lost its agent before its process ended: the container was stopped,
+    /// killed or removed under it.
+    #[error("container {id}: the exec lost its process before it exited: the VM ended (the container was stopped, killed or removed) or its agent stopped answering: {source}")]
+    ExecCut {
+        id: String,
         source: Box<crate::agent::Error>,
     },
     #[error(transparent)]

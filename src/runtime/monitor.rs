@@ -114,8 +114,12 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
         }
         Err(said) => {
             let status = child.wait().ok();
-            let detail =
-                said.unwrap_or_else(|| format!("it exited ({status:?}) without saying why"));
+            // Killed mid-boot, it said nothing and left the VM it started behind.
+            rt.end_abandoned_boot(id);
+            let detail = said.unwrap_or_else(|| match status {
+                Some(s) => format!("it ended ({s}) before the container started"),
+                None => "it ended before the container started".into(),
+            });
             Err(Error::Monitor {
                 id: id.to_string(),
                 detail,
@@ -156,6 +160,10 @@ fn drive(
             return Err(e);
         }
     };
+    // Its process runs: from here a monitor's death leaves a working container behind.
+    if let Err(e) = rt.store.update(id, |s| s.booting = false) {
+        tracing::debug!(id, "recording the container's start: {e}");
+    }
     timings::mark("stdio attach + start");
     attach::follow(&target, &pod.agent, id, None, tty);
     on_started();

@@ -140,10 +140,9 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), Error> {
     }
 }
 
-/// `--memory`: a number with an optional unit b, k, m, g (as docker: no unit = bytes).
-/// Returns MiB.
-pub fn parse_memory(s: &str) -> Result<u32, Error> {
-    let bad = || Error::BadMemory(s.to_string());
+/// A size as docker writes it: a number with an optional unit b, k, m, g (no unit = bytes;
+/// `mb`, `gb` as `m`, `g`). None when it is not one.
+fn parse_bytes(s: &str) -> Option<u64> {
     let t = s.trim().to_ascii_lowercase();
     let t = t
         .strip_suffix('b')
@@ -156,14 +155,49 @@ pub fn parse_memory(s: &str) -> Result<u32, Error> {
         Some('b') => (&t[..t.len() - 1], 1),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mib = n.checked_mul(mult).ok_or_else(bad)? >> 20;
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// `--memory`: a size ([`parse_bytes`]). Returns MiB.
+pub fn parse_memory(s: &str) -> Result<u32, Error> {
+    let bad = || Error::BadMemory(s.to_string());
+    let mib = parse_bytes(s).ok_or_else(bad)? >> 20;
     if mib < 32 {
         return Err(Error::BadMemory(format!(
             "{s} (at least 32m: a Linux guest needs it)"
         )));
     }
     u32::try_from(mib).map_err(|_| bad())
+}
+
+/// Smallest writable layer `--storage-opt size=` takes: ext4's journal and metadata need a
+/// few MiB before the container can write anything.
+pub const MIN_SCRATCH_SIZE: u64 = 16 << 20;
+/// Largest: ext4 with 4 KiB blocks and husk's mkfs options handles far more, but a sparse
+/// file past 16 TiB is refused by ext4 hosts.
+pub const MAX_SCRATCH_SIZE: u64 = 16 << 40;
+
+/// `--storage-opt KEY=VALUE` (repeatable, as docker's): only `size`, the apparent size of the
+/// container's writable layer in bytes. None when no size is given.
+pub fn parse_storage_opts(opts: &[String]) -> Result<Option<u64>, Error> {
+    let mut size = None;
+    for o in opts {
+        let bad = |why: &str| Error::BadStorageOpt {
+            opt: o.clone(),
+            why: why.to_string(),
+        };
+        let (key, value) = o.split_once('=').ok_or_else(|| bad("use size=SIZE"))?;
+        if !key.trim().eq_ignore_ascii_case("size") {
+            return Err(bad("the only option is size (the writable layer's size)"));
+        }
+        let n = parse_bytes(value).ok_or_else(|| bad("use a size such as 64m or 20g"))?;
+        if !(MIN_SCRATCH_SIZE..=MAX_SCRATCH_SIZE).contains(&n) {
+            return Err(bad("the size must be from 16m to 16t"));
+        }
+        // Whole 4 KiB blocks: the disk is a block device to the guest.
+        size = Some(n & !4095);
+    }
+    Ok(size)
 }
 
 /// `--cpus`: docker takes a fraction; a VM has whole vCPUs, so it is rounded up.
@@ -401,6 +435,33 @@ mod tests {
         assert_eq!(parse_cpus("2").unwrap(), 2);
         assert_eq!(parse_cpus("1.5").unwrap(), 2);
         assert!(parse_cpus("0").is_err());
+    }
+
+    #[test]
+    fn storage_opts() {
+        let opts =
+            |v: &[&str]| parse_storage_opts(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(opts(&[]).unwrap(), None);
+        assert_eq!(opts(&["size=64m"]).unwrap(), Some(64 << 20));
+        assert_eq!(opts(&["SIZE=1GB"]).unwrap(), Some(1 << 30));
+        // The last one counts, as docker's; whole blocks only.
+        assert_eq!(
+            opts(&["size=1g", "size=20000000"]).unwrap(),
+            Some(19_996_672)
+        );
+        for bad in [
+            "size=1m",
+            "size=lots",
+            "size",
+            "dm.basesize=1g",
+            "size=99999999t",
+        ] {
+            let e = opts(&[bad]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("invalid --storage-opt {bad:?}: ")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct State {
     pub finished_at: Option<u64>,
     /// Set by `stop`/`kill` so the monitor records `stopped` rather than `exited`.
     pub stop_requested: bool,
+    /// From the VM's start until the container's process runs in it. A VM whose monitor
+    /// died meanwhile runs nothing and nobody would end it: the next command does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub booting: bool,
     /// The backend that ran it last (`qemu (tcg)`, `husk-vmm`, ...).
     pub backend: Option<String>,
     pub vsock_cid: u32,
@@ -177,6 +181,7 @@ pub(crate) mod tests {
             started_at: None,
             finished_at: None,
             stop_requested: false,
+            booting: false,
             backend: None,
             vsock_cid: 3,
             vsock_uds: "/r/v.sock".into(),

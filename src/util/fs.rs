@@ -135,6 +135,20 @@ pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
     Ok(())
 }
 
+/// 16 hex digits naming the pair (`scope`, `id`): for socket directories, which must stay
+/// short (`sun_path` holds 108 bytes) and differ between stores or namespaces.
+pub fn short_name(scope: &[u8], id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(scope);
+    h.update(b"\0");
+    h.update(id.as_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,18 +226,4 @@ mod tests {
         assert!(which("sh").is_some());
         assert!(!is_executable(dir.path()));
     }
-}
-
-/// 16 hex digits naming the pair (`scope`, `id`): for socket directories, which must stay
-/// short (`sun_path` holds 108 bytes) and differ between stores or namespaces.
-pub fn short_name(scope: &[u8], id: &str) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(scope);
-    h.update(b"\0");
-    h.update(id.as_bytes());
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

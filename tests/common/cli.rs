@@ -101,6 +101,34 @@ impl Husk {
     }
 }
 
+impl Drop for Husk {
+    /// Whatever a test left running under its root (it failed midway, or kept a container
+    /// for its checks) goes with the root: a VM, its monitor and its helper daemons outlive
+    /// a deleted root otherwise, and nothing would ever repair them.
+    fn drop(&mut self) {
+        let ids: Vec<String> = std::fs::read_dir(self.containers_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids.iter().map(String::as_str));
+        let out = self.run(&args);
+        if !out.status.success() {
+            eprintln!(
+                "husk rm -f of what {} left: {}",
+                self.root.path().display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+}
+
 /// A root with the busybox image and this host's guest assets, or `None` after saying why
 /// this host cannot run `test`.
 pub fn husk_with_busybox(test: &str) -> Option<Husk> {

@@ -361,5 +361,6 @@ pub mod cri;
 pub mod cri_image;
 pub mod cri_leaks;
 pub mod engine;
+pub mod faults;
 pub mod registry;
 pub mod rig;

@@ -1,7 +1,7 @@
 use crate::cli::images;
 use crate::cli::{Error, ExecArgs, GlobalOpts};
 use crate::image::ImageSource;
-use crate::runtime::exec::{exec, ExecOptions};
+use crate::runtime::exec::{exec, ExecOptions, CUT_EXIT_CODE};
 use crate::runtime::spec;
 
 pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
@@ -33,5 +33,12 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32, Error> {
         stdin: a.interactive,
         tty: a.tty,
     };
-    Ok(exec(&rt, &a.container, &opts)?)
+    match exec(&rt, &a.container, &opts) {
+        // Said in one line, and the exit code of a process killed with its VM.
+        Err(e @ crate::runtime::Error::ExecCut { .. }) => {
+            eprintln!("husk: {e}");
+            Ok(CUT_EXIT_CODE)
+        }
+        r => Ok(r?),
+    }
 }

@@ -139,10 +139,16 @@ pub fn tag(g: &GlobalOpts, a: TagArgs) -> Result<i32, Error> {
 /// Removes names (or, by ID, the whole image) and collects what no image uses. An image a
 /// container still uses is kept unless `-f`; with `-f` it goes, and the containers keep
 /// running and starting on their own links to its layer disks (`runtime::lifecycle`).
+///
+/// The look for users and the removal from the index happen under the containers' lock,
+/// which `run` holds while it resolves the image and links its layers: a racing `run` either
+/// recorded its container first (and this refuses) or finds no such image.
 pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
     let store = open(&g.root)?;
     let rt = super::runtime(g)?;
-    super::each(&a.images, |what| {
+    let mut removed_any = false;
+    let code = super::each(&a.images, |what| {
+        let containers = rt.store.lock()?;
         let img = store.get(what).map_err(|e| Error::Image(e.to_string()))?;
         let by_name = what
             .parse::<Reference>()
@@ -167,9 +173,11 @@ pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
                 )));
             }
         }
-        let (removed, _) = store
-            .remove(what)
+        let removed = store
+            .forget(what)
             .map_err(|e| Error::Image(e.to_string()))?;
+        drop(containers);
+        removed_any = true;
         let mut out: Vec<String> = match by_name {
             Some(r) if !deletes => vec![format!("Untagged: {}", r.familiar())],
             _ => removed
@@ -182,7 +190,12 @@ pub fn rmi(g: &GlobalOpts, a: RmiArgs) -> Result<i32, Error> {
             out.push(format!("Deleted: {}", removed.id()));
         }
         Ok(out.join("\n"))
-    })
+    })?;
+    // Outside the lock: the collection waits for imports in flight.
+    if removed_any {
+        store.gc().map_err(|e| Error::Image(e.to_string()))?;
+    }
+    Ok(code)
 }
 
 pub fn load(g: &GlobalOpts, a: LoadArgs) -> Result<i32, Error> {

@@ -40,7 +40,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, Error> {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     match cli.command {
-        Command::Run(a) => run::run(g, a),
+        Command::Run(a) => run::run(g, *a),
         Command::Ps(a) => ps::run(g, a),
         Command::Logs(a) => logs::run(g, a),
         Command::Exec(a) => exec::run(g, a),

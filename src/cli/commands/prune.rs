@@ -89,9 +89,17 @@ fn prune_images(rt: &Runtime, store: &Store, all: bool) -> Result<Pruned, Error>
     } else {
         PruneScope::Dangling
     };
-    store
-        .prune(scope, &images_in_use(rt)?)
-        .map_err(|e| Error::Image(e.to_string()))
+    // As `rmi`: no `run` records a container of an image between the look and the removal.
+    let images = {
+        let _containers = rt.store.lock()?;
+        store.forget_unused(scope, &images_in_use(rt)?)
+    };
+    let images = images.map_err(|e| Error::Image(e.to_string()))?;
+    if images.is_empty() {
+        return Ok(Pruned::default());
+    }
+    let stats = store.gc().map_err(|e| Error::Image(e.to_string()))?;
+    Ok(Pruned { images, stats })
 }
 
 fn print_images(pruned: &Pruned) {

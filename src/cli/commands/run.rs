@@ -3,7 +3,9 @@ use crate::cli::images;
 use crate::cli::{Error, GlobalOpts, RunArgs};
 use crate::network::ports::parse_all as parse_ports;
 use crate::network::{NetworkMode, NetworkSettings};
-use crate::runtime::spec::{parse_cpus, parse_memory, parse_volumes, ProcessFlags};
+use crate::runtime::spec::{
+    parse_cpus, parse_memory, parse_storage_opts, parse_volumes, ProcessFlags,
+};
 use crate::runtime::{monitor, RunOptions};
 use crate::util::timings;
 
@@ -63,6 +65,7 @@ fn run_recorded(g: &GlobalOpts, a: RunArgs, on_exit: impl FnOnce(i32)) -> Result
         vcpus: parse_cpus(&a.cpus)?,
         memory_mib: parse_memory(&a.memory)?,
         pids_limit: u64::try_from(a.pids_limit).ok().filter(|n| *n > 0),
+        scratch_size: parse_storage_opts(&a.storage_opt)?,
         stdin: a.interactive && !a.detach,
         auto_remove: a.rm,
         volumes: parse_volumes(&a.volume)?,

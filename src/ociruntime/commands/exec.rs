@@ -213,6 +213,14 @@ fn foreground(
         running.follow(t);
     }
     ready.ok();
+    // As runc's exec'd processes die with the container's init: the VM holder's death
+    // (a `kill -9`) takes the VM, and so this exec (137), with it.
+    if let (Some(holder), Some(vm)) = (state.vm_holder, state.vm) {
+        std::thread::spawn(move || {
+            holder.wait_exit();
+            vm.signal(libc::SIGKILL);
+        });
+    }
     let exec_id = running.exec_id().to_string();
     let exit = running.wait(target.map(|t| &**t));
     Ok(match exit {

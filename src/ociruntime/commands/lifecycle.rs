@@ -190,6 +190,8 @@ pub fn destroy(state: &ContainerState) {
     if let Some(link) = &state.network {
         network::detach(link);
     }
+    // Nor removed the VM's cgroup.
+    crate::confine::launch::sweep_dead_leases();
 }
 
 pub fn pause(store: &Store, id: &str, pause: bool) -> Result<i32, Error> {
