@@ -31,9 +31,12 @@ export HUSK_NETWORK_SUBNET=${HUSK_NETWORK_SUBNET:-172.31.251.0/24}
 # VMMs run as ids of a range of the soak's own, so their cgroups (vm-<id>) are told apart
 # from other husk users' (tests, a CI run beside it).
 export HUSK_JAIL_ID_BASE=${HUSK_JAIL_ID_BASE:-$((0x7100 * 65536))}
+# And a TMPDIR of its own: the short socket directories (husk-*) and their mounts are
+# counted there, not host-wide, where a test run beside it has some for a moment.
+export TMPDIR=$work/tmp
 root=$work/root
 vol=$work/vol
-mkdir -p "$root" "$vol"
+mkdir -p "$root" "$vol" "$TMPDIR"
 h() { "$HUSK" --root "$root" "$@"; }
 cleanup() {
     h rm -f $(h ps -a -q 2>/dev/null) >/dev/null 2>&1 || true
@@ -73,12 +76,12 @@ snapshot() {
     echo "vmms $(procs_of '^(qemu-system|husk-vmm)')"
     echo "helpers $(procs_of 'vhost-device-vsock|virtiofsd|husk-vhost-blk')"
     echo "monitors $(procs_of 'container-monitor|husk-runtime')"
-    echo "mounts $(grep -c -e "$work" -e ' /tmp/husk-' /proc/self/mountinfo || true)"
+    echo "mounts $(grep -c -e "$work" /proc/self/mountinfo || true)"
     echo "taps $(ip -o link show master "$HUSK_NETWORK_BRIDGE" 2>/dev/null | wc -l)"
     echo "nft-rules $(nft list table ip husk 2>/dev/null | grep -c -e "$HUSK_NETWORK_BRIDGE" -e "dnat to ${HUSK_NETWORK_SUBNET%.*}" || true)"
     echo "leases $(cat "$root"/network/*.leases.json 2>/dev/null | grep -c '"' || true)"
     echo "container-dirs $(find "$root/containers" -mindepth 1 -maxdepth 1 ! -name '.*' | wc -l)"
-    echo "short-dirs $(find /tmp -maxdepth 1 -name 'husk-*' | wc -l)"
+    echo "short-dirs $(find "$TMPDIR" -maxdepth 1 -name 'husk-*' | wc -l)"
     # A VM's cgroup is named after its id lease: those of the soak's id range.
     echo "cgroups $(find /sys/fs/cgroup -path '*husk*' -name 'vm-*' -type d 2>/dev/null \
         | awk -F/vm- -v lo="$HUSK_JAIL_ID_BASE" '$NF >= lo && $NF < lo + 65536' | wc -l)"

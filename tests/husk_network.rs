@@ -175,25 +175,39 @@ impl Net {
         })
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        let kernel = format!("HUSK_KERNEL={}", self.husk.kernel.display());
-        let initramfs = format!("HUSK_INITRAMFS={}", self.husk.initramfs.display());
+    /// `ip`'s arguments for `husk --root ROOT args…` inside the test's host namespace.
+    fn husk_args(&self, args: &[&str]) -> Vec<String> {
         let husk = common::bin("husk");
-        let root = self.husk.root.path().to_str().expect("utf-8 root");
-        let mut a = vec![
-            "netns",
-            "exec",
-            &self.host.name,
-            "/usr/bin/env",
-            &kernel,
-            &initramfs,
-            "HUSK_NETWORK=bridge",
-            husk.to_str().expect("utf-8 path"),
-            "--root",
-            root,
-        ];
-        a.extend_from_slice(args);
+        let mut a: Vec<String> = ["netns", "exec", &self.host.name, "/usr/bin/env"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(format!("HUSK_KERNEL={}", self.husk.kernel.display()));
+        a.push(format!("HUSK_INITRAMFS={}", self.husk.initramfs.display()));
+        a.push("HUSK_NETWORK=bridge".into());
+        a.push(husk.to_str().expect("utf-8 path").into());
+        a.push("--root".into());
+        a.push(self.husk.root.path().to_str().expect("utf-8 root").into());
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let a = self.husk_args(args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
         common::run_limited(Path::new("/usr/sbin/ip"), &a, LIMIT).0
+    }
+
+    /// `husk args…` in the background, its output piped; its pid is husk's (`ip netns exec`
+    /// and `env` exec it).
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("/usr/sbin/ip")
+            .args(self.husk_args(args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start husk")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -539,6 +553,9 @@ fn everything_is_released_on_rm_and_after_kill_9() {
     assert!(n.husk.state(&id)["network"].is_null());
     n.ok(&["rm", "-f", &id]);
 }
+
+#[path = "husk_network/faults.rs"]
+mod faults;
 
 #[test]
 fn host_and_container_network_modes_are_refused_clearly() {

@@ -17,6 +17,10 @@ fuzz_target!(|data: &[u8]| {
         .expect("--config FILE parses");
     let Ok(cfg) = args.into_config() else { return };
     let _ = cfg.kernel_cmdline();
+    // As the builder does: a validated timeout must make a `Duration` without panicking.
+    if let Some(t) = cfg.timeout_secs {
+        let _ = std::time::Duration::from_secs_f64(t);
+    }
     assert!(
         cfg.memory_bytes() >= 16 << 20,
         "validated config with {} bytes of RAM",

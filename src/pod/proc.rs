@@ -46,6 +46,28 @@ impl ProcessRef {
         }
     }
 
+    /// Going but not yet gone: the leader has exited (a zombie) while other threads of it
+    /// still run their exit. A killed multi-threaded VMM is in this state while it tears
+    /// down its guest memory and VM fds, after its TAP and sockets have closed.
+    pub fn is_exiting(&self) -> bool {
+        match stat(self.pid) {
+            Some((s, t)) if t == self.start_time => dead(s) && self.threads_still_exiting(),
+            _ => false,
+        }
+    }
+
+    /// Waits, until `deadline`, for an exiting process (`is_exiting`) to finish; a live or a
+    /// gone one returns at once. True when it is no longer exiting.
+    pub fn settle_exit(&self, deadline: std::time::Instant) -> bool {
+        while self.is_exiting() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Whether threads of a zombie leader still run (a killed multi-threaded VMM: its leader
     /// is a zombie before the others are done, and its fds, locks and cgroup membership go
     /// only with the last of them).
@@ -179,6 +201,31 @@ mod tests {
         assert!(r.wait_gone(std::time::Duration::from_secs(5)));
         child.wait().unwrap();
         assert!(!r.is_alive());
+    }
+
+    #[test]
+    fn a_leader_gone_before_its_threads_is_exiting_and_alive_until_they_end() {
+        // The leader leaves by exit(2) (60 on x86_64: this thread only) while a thread
+        // sleeps on for 1.5 s, as a killed VMM's leader goes before its vCPU threads.
+        let script = "import ctypes, threading, time\n\
+                      threading.Thread(target=time.sleep, args=(1.5,)).start()\n\
+                      time.sleep(0.2)\n\
+                      ctypes.CDLL(None).syscall(60, 0)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("python3 runs");
+        let r = ProcessRef::of(child.id()).expect("child is there");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !r.is_exiting() {
+            assert!(std::time::Instant::now() < deadline, "leader never exited alone");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(r.is_alive(), "its thread still runs: alive");
+        assert!(r.settle_exit(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+        assert!(!r.is_exiting());
+        assert!(!r.is_alive(), "all its threads ended: gone");
+        child.wait().unwrap();
     }
 
     #[test]

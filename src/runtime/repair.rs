@@ -8,12 +8,28 @@
 use super::lifecycle::{kill_processes_in, Runtime};
 use super::state::Status;
 
+/// How long the repair waits, in all, for processes that are exiting to finish.
+const SETTLE_EXITS: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Runtime {
     /// Repairs every container a crash left half-ended, then sweeps networks whose owners
     /// are gone. Best effort: a failure is logged and left for the next command.
     pub(super) fn repair(&self) {
         // One listing for both: every command starts here.
         let all = self.store.list().unwrap_or_default();
+        // A VM or monitor killed a moment ago may still be exiting: a killed multi-threaded
+        // VMM's leader is a zombie, its TAP and sockets closed, while its other threads tear
+        // down guest memory. Read then, "VM alive, monitor dead" looks like a running
+        // container that lost its monitor, and nothing would be released. So wait for such
+        // processes to finish first, bounded for the whole listing.
+        let deadline = std::time::Instant::now() + SETTLE_EXITS;
+        for s in &all {
+            for p in [&s.pid, &s.monitor].into_iter().flatten() {
+                if !p.settle_exit(deadline) {
+                    tracing::warn!(id = s.id, pid = p.pid, "a process still exiting after {SETTLE_EXITS:?}");
+                }
+            }
+        }
         for s in &all {
             if s.status == Status::Running && s.booting && !s.monitor_alive() && s.vm_alive() {
                 // Its monitor died with the command that asked for the boot (`run -d` and

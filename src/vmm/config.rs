@@ -21,6 +21,9 @@ pub const DEFAULT_MEM_MIB: u32 = 256;
 /// KVM's in-kernel LAPIC ids and the MP table's CPU entries are 8-bit; 254 leaves room for
 /// the IOAPIC id.
 pub const MAX_VCPUS: u8 = 254;
+/// The longest watchdog timeout, in seconds (about 136 years): the builder turns it into a
+/// `Duration`, and this keeps every accepted value far inside what one holds.
+pub const MAX_TIMEOUT_SECS: f64 = u32::MAX as f64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,8 +89,9 @@ pub enum ConfigError {
     /// A layer disk with no layers or more than OCI allows.
     #[error("a layer disk holds 1 to {MAX_LAYERS} layers, got {0}")]
     LayerCount(usize),
-    /// Watchdog timeout not a positive number of seconds.
-    #[error("timeout must be a positive number of seconds, got {0}")]
+    /// Watchdog timeout not a positive number of seconds, or past what a `Duration` of the
+    /// builder can hold.
+    #[error("timeout must be a positive number of seconds up to {MAX_TIMEOUT_SECS}, got {0}")]
     Timeout(f64),
 }
 
@@ -445,7 +449,7 @@ impl VmmConfig {
             });
         }
         if let Some(t) = self.timeout_secs {
-            if !(t.is_finite() && t > 0.0) {
+            if !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS) {
                 return Err(ConfigError::Timeout(t));
             }
         }
@@ -636,6 +640,31 @@ mod tests {
         c.memory_mib = 64;
         c.timeout_secs = Some(-1.0);
         assert!(c.validate().is_err());
+        // The builder turns the timeout into a `Duration`, which panics on values past
+        // u64 seconds: a 73-digit timeout once passed validation (found by fuzzing).
+        for bad in [1.8e72, MAX_TIMEOUT_SECS * 2.0, f64::INFINITY, f64::NAN] {
+            c.timeout_secs = Some(bad);
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Timeout(_))),
+                "{bad} accepted"
+            );
+        }
+        c.timeout_secs = Some(MAX_TIMEOUT_SECS);
+        c.validate().unwrap();
+        let d = std::time::Duration::from_secs_f64(MAX_TIMEOUT_SECS);
+        assert_eq!(d.as_secs(), u32::MAX as u64);
+    }
+
+    #[test]
+    fn a_timeout_with_a_long_mantissa_reads_back_unchanged() {
+        // What the vmm_config fuzz target found: without serde_json's exact float parsing
+        // this read back one ulp off (1.800666666666667e72), so a config did not survive
+        // its own serialisation.
+        let text = format!(r#"{{"kernel":"/k","timeout_secs":18006666{}6}}"#, "6".repeat(64));
+        let c: VmmConfig = serde_json::from_str(&text).unwrap();
+        let back: VmmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.timeout_secs, c.timeout_secs);
+        assert!(matches!(c.validate(), Err(ConfigError::Timeout(_))));
     }
 
     #[test]
