@@ -218,7 +218,10 @@ mod tests {
         let r = ProcessRef::of(child.id()).expect("child is there");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !r.is_exiting() {
-            assert!(std::time::Instant::now() < deadline, "leader never exited alone");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "leader never exited alone"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(r.is_alive(), "its thread still runs: alive");

@@ -26,7 +26,11 @@ impl Runtime {
         for s in &all {
             for p in [&s.pid, &s.monitor].into_iter().flatten() {
                 if !p.settle_exit(deadline) {
-                    tracing::warn!(id = s.id, pid = p.pid, "a process still exiting after {SETTLE_EXITS:?}");
+                    tracing::warn!(
+                        id = s.id,
+                        pid = p.pid,
+                        "a process still exiting after {SETTLE_EXITS:?}"
+                    );
                 }
             }
         }

@@ -660,7 +660,10 @@ mod tests {
         // What the vmm_config fuzz target found: without serde_json's exact float parsing
         // this read back one ulp off (1.800666666666667e72), so a config did not survive
         // its own serialisation.
-        let text = format!(r#"{{"kernel":"/k","timeout_secs":18006666{}6}}"#, "6".repeat(64));
+        let text = format!(
+            r#"{{"kernel":"/k","timeout_secs":18006666{}6}}"#,
+            "6".repeat(64)
+        );
         let c: VmmConfig = serde_json::from_str(&text).unwrap();
         let back: VmmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back.timeout_secs, c.timeout_secs);

@@ -14,9 +14,7 @@ use common::faults::{alive, kill9};
 
 /// The longest the command in flight may take to end after the kill.
 const ENDS_WITHIN: Duration = Duration::from_secs(20);
-const RUN: [&str; 7] = [
-    "run", "-d", "--name", "victim", "-p", "18090:80", "busybox",
-];
+const RUN: [&str; 7] = ["run", "-d", "--name", "victim", "-p", "18090:80", "busybox"];
 
 fn run_args() -> Vec<&'static str> {
     RUN.iter().copied().chain(["sleep", "600"]).collect()
@@ -35,8 +33,7 @@ fn pid_of(state: &Value, key: &str) -> i32 {
 
 /// `ps -a`'s status of the only container (the command that repairs what a kill left).
 fn status(n: &Net) -> String {
-    let v: Value =
-        serde_json::from_str(&n.ok(&["ps", "-a", "--format", "json"])).expect("ps json");
+    let v: Value = serde_json::from_str(&n.ok(&["ps", "-a", "--format", "json"])).expect("ps json");
     v[0]["status"].as_str().unwrap_or_default().to_string()
 }
 
@@ -111,7 +108,13 @@ fn kill_9_of_a_networked_container_releases_its_network() {
     let ctx = "kill -9 of the VMM during an exec";
     let id = n.detached(&run_args()[2..]);
     let vmm = pid_of(&n.husk.state(&id), "pid");
-    let mut exec = n.spawn(&["exec", "victim", "sh", "-c", "sleep 1; echo started; sleep 5"]);
+    let mut exec = n.spawn(&[
+        "exec",
+        "victim",
+        "sh",
+        "-c",
+        "sleep 1; echo started; sleep 5",
+    ]);
     let mut lines = BufReader::new(exec.stdout.take().expect("stdout")).lines();
     assert_eq!(
         lines.next().and_then(Result::ok).as_deref(),
@@ -120,7 +123,10 @@ fn kill_9_of_a_networked_container_releases_its_network() {
     );
     kill9(vmm);
     let (out, ended) = common::finish_within(exec, ENDS_WITHIN);
-    assert!(ended, "{ctx}: the exec still ran {ENDS_WITHIN:?} after the kill");
+    assert!(
+        ended,
+        "{ctx}: the exec still ran {ENDS_WITHIN:?} after the kill"
+    );
     assert_eq!(
         out.status.code(),
         Some(137),
@@ -141,11 +147,10 @@ fn kill_9_of_a_networked_container_releases_its_network() {
     std::thread::sleep(Duration::from_millis(100));
     kill9(vmm);
     let (out, ended) = common::finish_within(stop, ENDS_WITHIN);
-    assert!(ended, "{ctx}: the stop still ran {ENDS_WITHIN:?} after the kill");
     assert!(
-        out.status.success(),
-        "{ctx}: {}",
-        common::text(&out.stderr)
+        ended,
+        "{ctx}: the stop still ran {ENDS_WITHIN:?} after the kill"
     );
+    assert!(out.status.success(), "{ctx}: {}", common::text(&out.stderr));
     network_released(&n, &id, vmm, ctx);
 }
