@@ -24,13 +24,33 @@ HUSK=${HUSK:-husk}
 command -v "$HUSK" >/dev/null || die "husk is not installed (scripts/setup.sh)"
 [ "$(id -u)" = 0 ] || die "the soak needs root (networks, cgroups, mounts)"
 
+# A slot of its own: a bridge, a subnet and a range of VM ids (their cgroups are vm-<id>)
+# that no other soak on this host uses, so two soaks (a CI run beside a long one) never
+# count each other's TAPs, rules or cgroups. A slot is taken by making its lock directory
+# (atomic) while its bridge does not exist; one whose owner died is taken over.
+slot=
+for s in 0 1 2 3 4; do
+    lock=/run/husk-soak-slot-$s
+    if ! mkdir "$lock" 2>/dev/null; then
+        owner=$(cat "$lock/pid" 2>/dev/null || true)
+        { [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; } && continue
+        rm -rf "$lock"
+        mkdir "$lock" 2>/dev/null || continue
+    fi
+    echo $$ >"$lock/pid"
+    if ip link show "hksoak$s" >/dev/null 2>&1; then
+        rm -rf "$lock"
+        continue
+    fi
+    slot=$s
+    break
+done
+[ -n "$slot" ] || die "soak: all 5 soak slots are in use on this host"
 work=$(mktemp -d /var/tmp/husk-soak.XXXXXX)
 export HUSK_SOAK_MARK=$work
-export HUSK_NETWORK_BRIDGE=${HUSK_NETWORK_BRIDGE:-hksoak0}
-export HUSK_NETWORK_SUBNET=${HUSK_NETWORK_SUBNET:-172.31.251.0/24}
-# VMMs run as ids of a range of the soak's own, so their cgroups (vm-<id>) are told apart
-# from other husk users' (tests, a CI run beside it).
-export HUSK_JAIL_ID_BASE=${HUSK_JAIL_ID_BASE:-$((0x7100 * 65536))}
+export HUSK_NETWORK_BRIDGE=${HUSK_NETWORK_BRIDGE:-hksoak$slot}
+export HUSK_NETWORK_SUBNET=${HUSK_NETWORK_SUBNET:-172.31.$((251 + slot)).0/24}
+export HUSK_JAIL_ID_BASE=${HUSK_JAIL_ID_BASE:-$(((0x7100 + slot) * 65536))}
 # And a TMPDIR of its own: the short socket directories (husk-*) and their mounts are
 # counted there, not host-wide, where a test run beside it has some for a moment.
 export TMPDIR=$work/tmp
@@ -46,6 +66,7 @@ cleanup() {
     fi
     rm -rf "$work"
     ip link del "$HUSK_NETWORK_BRIDGE" 2>/dev/null || true
+    rm -rf "/run/husk-soak-slot-$slot"
 }
 trap cleanup EXIT
 
