@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::{husk_with_busybox, Husk, LIMIT};
+use common::faults::files_under;
 use common::text;
 
 /// A root with busybox, the temp dir its commands use, and the network namespace they run
@@ -202,24 +203,6 @@ fn one_line(out: &Output, what: &str) -> String {
     assert!(lines[0].starts_with("husk: "), "{what}: {err:?}");
     assert!(!err.contains("panicked"), "{what}: {err:?}");
     lines[0].to_string()
-}
-
-/// Every regular file under `dir`, relative.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The archive to load busybox again after an `rmi` won.
