@@ -128,7 +128,7 @@ pub fn removed_cleanly(h: &Husk, state: &serde_json::Value) {
     assert!(dirs.is_empty(), "{dirs:?}");
 }
 
-/// Every regular file under `dir`, relative.
+/// Every regular file under `dir`, relative, sorted.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -142,6 +142,7 @@ pub fn files_under(dir: &Path) -> Vec<String> {
             }
         }
     }
+    out.sort();
     out
 }
 
