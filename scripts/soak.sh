@@ -66,6 +66,15 @@ cleanup() {
     fi
     rm -rf "$work"
     ip link del "$HUSK_NETWORK_BRIDGE" 2>/dev/null || true
+    # And the bridge's own rules (husk keeps a bridge's MASQUERADE and guard while the
+    # bridge is in use; this bridge is gone).
+    nft -a list table ip husk 2>/dev/null \
+        | awk -v tag="\"husk-bridge:$HUSK_NETWORK_BRIDGE:" '
+            $1 == "chain" { chain = $2 }
+            index($0, tag) && match($0, /# handle [0-9]+$/) { print chain, substr($0, RSTART + 9) }' \
+        | while read -r chain handle; do
+            nft delete rule ip husk "$chain" handle "$handle" 2>/dev/null || true
+        done || true
     rm -rf "/run/husk-soak-slot-$slot"
 }
 trap cleanup EXIT
