@@ -14,7 +14,8 @@
 #
 # Knobs: HUSK_FUZZ_RSS_MB (memory cap per target, default 2048), HUSK_FUZZ_TIMEOUT
 # (seconds one input may take, default 10), HUSK_FUZZ_TMPDIR (where targets make their temp
-# files; default a fresh directory on /dev/shm).
+# files; default a fresh directory on /dev/shm), HUSK_FUZZ_RUNS (also stop a target after
+# this many executions: a campaign to a count, e.g. 10100000 with a generous SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -24,6 +25,8 @@ shift || true
 [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -gt 0 ] || die "usage: scripts/fuzz.sh [SECONDS] [TARGET...]"
 rss_mb=${HUSK_FUZZ_RSS_MB:-2048}
 timeout_s=${HUSK_FUZZ_TIMEOUT:-10}
+runs=${HUSK_FUZZ_RUNS:-}
+[ -z "$runs" ] || [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "HUSK_FUZZ_RUNS must be a positive number of executions, not '$runs'"
 
 not_run() {
     if [ "${CI:-}" = "true" ]; then
@@ -96,7 +99,7 @@ for t in "${targets[@]}"; do
     timeout --kill-after=10 $(( seconds + timeout_s + 120 )) "$bin_dir/$t" \
         -max_total_time="$seconds" -rss_limit_mb="$rss_mb" -malloc_limit_mb="$rss_mb" \
         -timeout="$timeout_s" -max_len="$(max_len "$t")" -print_final_stats=1 \
-        -artifact_prefix="$artifacts/" -close_fd_mask=1 \
+        -artifact_prefix="$artifacts/" -close_fd_mask=1 ${runs:+-runs="$runs"} \
         "$work" "$seeds" >"$log_file" 2>&1
     rc=$?
     set -e
