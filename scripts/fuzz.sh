@@ -12,7 +12,8 @@
 # fuzz/artifacts/TARGET/. Outside CI a fuzz run that cannot happen (no nightly toolchain,
 # cargo-fuzz cannot be installed) prints "NOT RUN: reason" and exits 0; with CI=true it fails.
 #
-# Knobs: HUSK_FUZZ_RSS_MB (memory cap per target, default 2048), HUSK_FUZZ_TIMEOUT
+# Knobs: HUSK_FUZZ_RSS_MB (memory cap per target, default 2048; agent_host 4096, below),
+# HUSK_FUZZ_TIMEOUT
 # (seconds one input may take, default 10), HUSK_FUZZ_TMPDIR (where targets make their temp
 # files; default a fresh directory on /dev/shm), HUSK_FUZZ_RUNS (also stop a target after
 # this many executions: a campaign to a count, e.g. 10100000 with a generous SECONDS).
@@ -23,7 +24,21 @@ source scripts/lib.sh
 seconds=${1:-60}
 shift || true
 [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -gt 0 ] || die "usage: scripts/fuzz.sh [SECONDS] [TARGET...]"
-rss_mb=${HUSK_FUZZ_RSS_MB:-2048}
+# The cap on a target's resident memory (libFuzzer's -rss_limit_mb; a single allocation is
+# capped at HUSK_FUZZ_RSS_MB or 2048 MiB). agent_host gets more: it starts one or two threads per
+# input (the fake guest, AgentClient's reader), and ASan keeps about 200 bytes for every
+# thread that ever ran (measured: a Rust program starting and joining threads grows by that
+# per thread under ASan and not at all without it), so a 10 M-execution run would end near
+# 2 GiB in a false "out-of-memory".
+rss_limit() {
+    if [ -n "${HUSK_FUZZ_RSS_MB:-}" ]; then
+        echo "$HUSK_FUZZ_RSS_MB"
+    elif [ "$1" = agent_host ]; then
+        echo 4096
+    else
+        echo 2048
+    fi
+}
 timeout_s=${HUSK_FUZZ_TIMEOUT:-10}
 runs=${HUSK_FUZZ_RUNS:-}
 [ -z "$runs" ] || [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "HUSK_FUZZ_RUNS must be a positive number of executions, not '$runs'"
@@ -97,7 +112,7 @@ for t in "${targets[@]}"; do
     # A libFuzzer hang past -timeout is caught by libFuzzer itself; this outer bound only
     # catches a harness that stops answering altogether.
     timeout --kill-after=10 $(( seconds + timeout_s + 120 )) "$bin_dir/$t" \
-        -max_total_time="$seconds" -rss_limit_mb="$rss_mb" -malloc_limit_mb="$rss_mb" \
+        -max_total_time="$seconds" -rss_limit_mb="$(rss_limit "$t")" -malloc_limit_mb="${HUSK_FUZZ_RSS_MB:-2048}" \
         -timeout="$timeout_s" -max_len="$(max_len "$t")" -print_final_stats=1 \
         -artifact_prefix="$artifacts/" -close_fd_mask=1 ${runs:+-runs="$runs"} \
         "$work" "$seeds" >"$log_file" 2>&1
