@@ -13,10 +13,10 @@
 # cargo-fuzz cannot be installed) prints "NOT RUN: reason" and exits 0; with CI=true it fails.
 #
 # Knobs: HUSK_FUZZ_RSS_MB (memory cap per target, default 2048; agent_host 4096, below),
-# HUSK_FUZZ_TIMEOUT
-# (seconds one input may take, default 10), HUSK_FUZZ_TMPDIR (where targets make their temp
-# files; default a fresh directory on /dev/shm), HUSK_FUZZ_RUNS (also stop a target after
-# this many executions: a campaign to a count, e.g. 10100000 with a generous SECONDS).
+# HUSK_FUZZ_TIMEOUT (seconds one input may take, default 10), HUSK_FUZZ_TMPDIR (where targets
+# make their temp files; default a fresh directory on /dev/shm), HUSK_FUZZ_RUNS (also stop a
+# target after this many executions: a campaign to a count, e.g. 10100000 with a generous
+# SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -25,8 +25,8 @@ seconds=${1:-60}
 shift || true
 [[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -gt 0 ] || die "usage: scripts/fuzz.sh [SECONDS] [TARGET...]"
 # The cap on a target's resident memory (libFuzzer's -rss_limit_mb; a single allocation is
-# capped at HUSK_FUZZ_RSS_MB or 2048 MiB). agent_host gets more: it starts one or two threads per
-# input (the fake guest, AgentClient's reader), and ASan keeps about 200 bytes for every
+# capped at HUSK_FUZZ_RSS_MB or 2048 MiB). agent_host gets more: it starts one or two threads
+# per input (the fake guest, AgentClient's reader), and ASan keeps about 200 bytes for every
 # thread that ever ran (measured: a Rust program starting and joining threads grows by that
 # per thread under ASan and not at all without it), so a 10 M-execution run would end near
 # 2 GiB in a false "out-of-memory".
