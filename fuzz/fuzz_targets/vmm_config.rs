@@ -5,7 +5,8 @@
 //!
 //! The `Command` is built once (as a process builds it once), not for every input: building
 //! it, with clap's debug assertions on, took a fifth of each run and is the same every time.
-//! The file is rewritten in place for each input.
+//! The file is rewritten in place for each input; its temp dir outlives the process
+//! (libFuzzer ends with `exit`), inside the TMPDIR that `scripts/fuzz.sh` removes afterwards.
 #![no_main]
 
 use std::cell::RefCell;
