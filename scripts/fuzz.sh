@@ -31,13 +31,10 @@ shift || true
 # per thread under ASan and not at all without it), so a 10 M-execution run would end near
 # 2 GiB in a false "out-of-memory".
 rss_limit() {
-    if [ -n "${HUSK_FUZZ_RSS_MB:-}" ]; then
-        echo "$HUSK_FUZZ_RSS_MB"
-    elif [ "$1" = agent_host ]; then
-        echo 4096
-    else
-        echo 2048
-    fi
+    case $1 in
+        agent_host) echo "${HUSK_FUZZ_RSS_MB:-4096}" ;;
+        *) echo "${HUSK_FUZZ_RSS_MB:-2048}" ;;
+    esac
 }
 timeout_s=${HUSK_FUZZ_TIMEOUT:-10}
 runs=${HUSK_FUZZ_RUNS:-}
