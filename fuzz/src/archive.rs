@@ -34,7 +34,7 @@ pub fn build(input: &[u8]) -> Vec<u8> {
     if kind == b'R' {
         return rest.to_vec();
     }
-    let tar = tar_of(rest, b"\n@@\n", true);
+    let tar = tar_of(rest, true);
     match kind {
         b'G' => gzip_stored(&tar),
         b'Z' => zstd::encode_all(&tar[..], 1).expect("zstd into memory"),
@@ -161,8 +161,10 @@ fn substitute(s: &[u8], facts: &[Facts]) -> Vec<u8> {
     out
 }
 
-/// The tar of the members in `rest`; `outer` says whether its 't'/'z' members are built.
-fn tar_of(rest: &[u8], separator: &[u8], outer: bool) -> Vec<u8> {
+/// The tar of the members in `rest`: the outer archive's (separated by "\n@@\n", its 't'/'z'
+/// members built) or a nested one's (separated by "\n@@@\n", 't'/'z' plain files).
+fn tar_of(rest: &[u8], outer: bool) -> Vec<u8> {
+    let separator: &[u8] = if outer { b"\n@@\n" } else { b"\n@@@\n" };
     let mut members: Vec<Member> = split_on(rest, separator)
         .into_iter()
         .filter_map(parse_member)
@@ -173,7 +175,7 @@ fn tar_of(rest: &[u8], separator: &[u8], outer: bool) -> Vec<u8> {
         m.content = substitute(&m.content, &facts);
         let diff = match m.kind {
             b't' | b'z' if outer => {
-                let tar = tar_of(&m.content, b"\n@@@\n", false);
+                let tar = tar_of(&m.content, false);
                 let diff = hex_digest(&tar);
                 m.content = if m.kind == b'z' {
                     gzip_stored(&tar)
