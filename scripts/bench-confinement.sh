@@ -14,7 +14,7 @@ source scripts/lib.sh
 runs=${1:-20}
 
 log "building release binaries"
-cargo build --release --locked -p husk --bin husk --bin husk-vmm >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm >&2
 husk_bin=$PWD/target/release/husk
 vmm_bin=$PWD/target/release/husk-vmm
 marker=$(find target/release/build -path '*/out/guests/marker.elf' -newer Cargo.lock | head -n1)

@@ -26,7 +26,7 @@ CPUS=${NET_BENCH_CPUS:-2}
 
 # QEMU carries the data, not husk: a debug build is fine. HUSK_BIN overrides.
 if [ -z "${HUSK_BIN:-}" ]; then
-    cargo build -q --bin husk >&2
+    cargo build -q --bin husk --bin husk-monitor >&2
     HUSK_BIN=$PWD/target/debug/husk
 fi
 work=$(mktemp -d /tmp/husk-bench-net.XXXXXX)

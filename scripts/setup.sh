@@ -19,13 +19,13 @@ log "building release binaries"
 cargo build --release --locked -p husk >&2
 
 install -d "$PREFIX/bin" "$PREFIX/share/husk"
-for bin in husk husk-vmm husk-vhost-blk husk-runtime containerd-shim-husk-v2; do
+for bin in husk husk-monitor husk-vmm husk-vhost-blk husk-runtime containerd-shim-husk-v2; do
     if [ -x "target/release/$bin" ]; then install -m 0755 "target/release/$bin" "$PREFIX/bin/$bin"; fi
 done
 install -m 0644 "$(readlink -f "$kernel")" "$PREFIX/share/husk/vmlinux"
 install -m 0644 "$(readlink -f "$(dirname "$kernel")/bzImage")" "$PREFIX/share/husk/bzImage"
 install -m 0644 "$initramfs" "$PREFIX/share/husk/initramfs.cpio"
-log "installed husk, husk-vmm, husk-vhost-blk, husk-runtime and containerd-shim-husk-v2 to $PREFIX/bin, kernel and initramfs to $PREFIX/share/husk"
+log "installed husk, husk-monitor, husk-vmm, husk-vhost-blk, husk-runtime and containerd-shim-husk-v2 to $PREFIX/bin, kernel and initramfs to $PREFIX/share/husk"
 
 # The QEMU backend (hosts whose KVM cannot run Linux guests) needs its vsock daemon.
 # On the PATH too, so it is found whoever runs husk (the cache is per user).

@@ -105,7 +105,7 @@ procs_of() { # KIND-REGEX: this soak's processes whose name matches
 snapshot() {
     echo "vmms $(procs_of '^(qemu-system|husk-vmm)')"
     echo "helpers $(procs_of 'vhost-device-vsock|virtiofsd|husk-vhost-blk')"
-    echo "monitors $(procs_of 'container-monitor|husk-runtime')"
+    echo "monitors $(procs_of 'husk-monitor|husk-runtime')"
     echo "mounts $(grep -c -e "$work" /proc/self/mountinfo || true)"
     echo "taps $(ip -o link show master "$HUSK_NETWORK_BRIDGE" 2>/dev/null | wc -l)"
     echo "nft-rules $(nft list table ip husk 2>/dev/null | grep -c -e "$HUSK_NETWORK_BRIDGE" -e "dnat to ${HUSK_NETWORK_SUBNET%.*}" || true)"

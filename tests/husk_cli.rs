@@ -137,6 +137,13 @@ fn detached_container_logs_stops_and_is_removed() {
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(h.ps(), [("web".to_string(), "running".to_string(), None)]);
     assert!(h.ok(&["ps"]).contains("web"));
+    // Its VM is owned by a husk-monitor process (a binary of its own, not `husk`).
+    let inspect: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", "web"])).unwrap();
+    let monitor = inspect[0]["monitor"]["pid"]
+        .as_u64()
+        .expect("a monitor pid");
+    let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
+    assert_eq!(exe, common::bin("husk-monitor"), "monitor {monitor}");
     assert!(
         common::poll_until(Duration::from_secs(30), || (h.ok(&["logs", "web"])
             == "started\n")
@@ -524,6 +531,28 @@ fn errors_are_one_line_and_fail() {
             text(&out.stdout)
         );
     }
+}
+
+/// husk-monitor, run by hand for a container that does not exist, says so in one line.
+#[test]
+fn husk_monitor_errors_are_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let args = [
+        "--root",
+        root.path().to_str().unwrap(),
+        "--vmm",
+        "qemu",
+        "--",
+        "deadbeef",
+    ];
+    let out = common::run_limited(&common::bin("husk-monitor"), &args, LIMIT).0;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("husk-monitor: ") && err.contains("no such container: deadbeef"),
+        "{err}"
+    );
 }
 
 #[test]

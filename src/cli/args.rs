@@ -297,8 +297,3 @@ pub enum SystemCommand {
     /// Remove stopped containers and dangling images (with -a: every unused image).
     Prune(PruneArgs),
 }
-
-#[derive(Debug, Clone, Args)]
-pub struct MonitorArgs {
-    pub id: String,
-}

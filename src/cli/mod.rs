@@ -86,9 +86,6 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Host checks.
     System(SystemArgs),
-    /// (internal) Own a detached container's VM until it ends.
-    #[command(name = "container-monitor", hide = true)]
-    Monitor(MonitorArgs),
 }
 
 /// Why a command failed; the binary prints it on one line and exits 125.

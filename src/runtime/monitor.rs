@@ -1,6 +1,6 @@
 //! Driving a container from boot to exit, in the foreground (`husk run`) or in a detached
-//! monitor process (`husk run -d`, `husk start`): a `husk` child in its own session that owns
-//! the VM handle, writes the container's output to its log file, records the exit status and
+//! monitor process (`husk run -d`, `husk start`): a `husk-monitor` child in its own session
+//! (`src/bin/husk-monitor.rs`) that owns the VM handle, writes the container's output to its log file, records the exit status and
 //! applies `--rm`, so the command that started it can return at once.
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,8 +14,10 @@ use crate::pod::ready_pipe::{self, Reporter};
 use crate::pod::VM_DIED_EXIT_CODE;
 use crate::util::timings;
 
-/// The hidden subcommand a monitor runs as.
-pub const MONITOR_SUBCOMMAND: &str = "container-monitor";
+/// The monitor's program, found where husk-vmm is ([`find_binary`]).
+const PROGRAM: &str = "husk-monitor";
+/// Overrides where the monitor's binary is looked for.
+pub const BINARY_ENV: &str = "HUSK_MONITOR_BIN";
 /// The environment variable naming the fd on which a monitor reports `ok` (or why it failed)
 /// to its parent ([`ready_pipe`]).
 pub const READY_FD_ENV: &str = "HUSK_MONITOR_READY_FD";
@@ -91,7 +93,10 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
         .mode(0o600)
         .open(&log_path)
         .map_err(io(&log_path))?;
-    let exe = std::env::current_exe().map_err(io(std::path::Path::new("/proc/self/exe")))?;
+    let exe = find_binary().map_err(|source| Error::Vm {
+        id: id.to_string(),
+        source: Box::new(source),
+    })?;
     let mut cmd = Command::new(&exe);
     cmd.arg("--root").arg(rt.store.root());
     cmd.arg("--vmm").arg(rt.backend.to_string());
@@ -101,7 +106,7 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
     if let Some(i) = &rt.initramfs {
         cmd.arg("--initramfs").arg(i);
     }
-    cmd.arg(MONITOR_SUBCOMMAND).arg(id);
+    cmd.arg("--").arg(id);
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -127,6 +132,12 @@ pub fn spawn(rt: &Runtime, id: &str) -> Result<(), Error> {
             })
         }
     }
+}
+
+/// Finds husk-monitor: `$HUSK_MONITOR_BIN`, then beside the running executable (and one level
+/// up, for test binaries), then `PATH`.
+pub fn find_binary() -> Result<std::path::PathBuf, crate::backend::Error> {
+    crate::backend::husk_vmm::find_husk_binary(PROGRAM, BINARY_ENV)
 }
 
 fn drive(

@@ -133,6 +133,7 @@ pub fn bin(name: &str) -> PathBuf {
         "husk" => PathBuf::from(env!("CARGO_BIN_EXE_husk")),
         "husk-runtime" => PathBuf::from(env!("CARGO_BIN_EXE_husk-runtime")),
         "husk-vhost-blk" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vhost-blk")),
+        "husk-monitor" => PathBuf::from(env!("CARGO_BIN_EXE_husk-monitor")),
         other => panic!("unknown binary {other}"),
     }
 }

@@ -61,7 +61,6 @@ pub fn dispatch(cli: Cli) -> Result<i32, Error> {
             ImageCommand::Prune(p) => prune::image(g, p),
         },
         Command::System(a) => system::run(g, a),
-        Command::Monitor(a) => Ok(crate::runtime::monitor::run_monitor(&runtime(g)?, &a.id)?),
     }
 }
 

@@ -85,6 +85,17 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             Err(e) => e.to_string(),
         },
     });
+    // `husk run -d` and `husk start` leave each container to one.
+    let monitor = crate::runtime::monitor::find_binary();
+    c.push(Check {
+        what: "husk-monitor",
+        ok: monitor.is_ok(),
+        required: true,
+        detail: match monitor {
+            Ok(p) => p.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
     let found = |cands: Vec<PathBuf>| cands.iter().find(|p| p.is_file()).cloned();
     let kernel = kernel_candidates(g.kernel.as_deref());
     c.push(Check {
