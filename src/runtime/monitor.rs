@@ -1,7 +1,8 @@
 //! Driving a container from boot to exit, in the foreground (`husk run`) or in a detached
 //! monitor process (`husk run -d`, `husk start`): a `husk-monitor` child in its own session
-//! (`src/bin/husk-monitor.rs`) that owns the VM handle, writes the container's output to its log file, records the exit status and
-//! applies `--rm`, so the command that started it can return at once.
+//! (`src/bin/husk-monitor.rs`) that owns the VM handle, writes the container's output to its
+//! log file, records the exit status and applies `--rm`, so the command that started it can
+//! return at once.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
