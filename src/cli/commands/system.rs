@@ -18,6 +18,25 @@ struct Check {
     detail: String,
 }
 
+impl Check {
+    /// A helper program husk starts: its path, or why it was not found.
+    fn program(
+        what: &'static str,
+        found: Result<PathBuf, impl std::fmt::Display>,
+        required: bool,
+    ) -> Check {
+        Check {
+            what,
+            ok: found.is_ok(),
+            required,
+            detail: match found {
+                Ok(p) => p.display().to_string(),
+                Err(e) => e.to_string(),
+            },
+        }
+    }
+}
+
 pub fn run(g: &GlobalOpts, a: SystemArgs) -> Result<i32, Error> {
     match a.command {
         SystemCommand::Check => check(g),
@@ -64,38 +83,23 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             }
         ),
     });
-    let vmm = husk_vmm::find_binary();
-    c.push(Check {
-        what: "husk-vmm",
-        ok: vmm.is_ok(),
-        required: picked == BackendKind::Husk,
-        detail: match vmm {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
-        },
-    });
+    c.push(Check::program(
+        "husk-vmm",
+        husk_vmm::find_binary(),
+        picked == BackendKind::Husk,
+    ));
     // QEMU reaches an image's layer disk only through it.
-    let blk = crate::backend::vhost_blk::find_binary();
-    c.push(Check {
-        what: "husk-vhost-blk",
-        ok: blk.is_ok(),
-        required: picked == BackendKind::Qemu,
-        detail: match blk {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
-        },
-    });
+    c.push(Check::program(
+        "husk-vhost-blk",
+        crate::backend::vhost_blk::find_binary(),
+        picked == BackendKind::Qemu,
+    ));
     // `husk run -d` and `husk start` leave each container to one.
-    let monitor = crate::runtime::monitor::find_binary();
-    c.push(Check {
-        what: "husk-monitor",
-        ok: monitor.is_ok(),
-        required: true,
-        detail: match monitor {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
-        },
-    });
+    c.push(Check::program(
+        "husk-monitor",
+        crate::runtime::monitor::find_binary(),
+        true,
+    ));
     let found = |cands: Vec<PathBuf>| cands.iter().find(|p| p.is_file()).cloned();
     let kernel = kernel_candidates(g.kernel.as_deref());
     c.push(Check {
@@ -145,16 +149,11 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
             Err(e) => e.to_string(),
         },
     });
-    let v = vhost_vsock::find_binary();
-    c.push(Check {
-        what: "vhost-device-vsock",
-        ok: v.is_ok(),
-        required: picked == BackendKind::Qemu,
-        detail: match v {
-            Ok(p) => p.display().to_string(),
-            Err(e) => e.to_string(),
-        },
-    });
+    c.push(Check::program(
+        "vhost-device-vsock",
+        vhost_vsock::find_binary(),
+        picked == BackendKind::Qemu,
+    ));
     let f = virtiofsd::find_binary();
     c.push(Check {
         what: "virtiofsd",
