@@ -498,10 +498,10 @@ fn ps_sees_a_killed_vmm_at_once() {
 #[test]
 fn errors_are_one_line_and_fail() {
     let root = tempfile::tempdir().unwrap();
-    let husk = |args: &[&str]| {
+    let run = |program: &str, args: &[&str]| {
         let mut a = vec!["--root", root.path().to_str().unwrap()];
         a.extend_from_slice(args);
-        common::run_limited(&common::bin("husk"), &a, LIMIT).0
+        common::run_limited(&common::bin(program), &a, LIMIT).0
     };
     for (args, want) in [
         (&["run", "--bogus", "busybox"][..], "--bogus"),
@@ -517,7 +517,7 @@ fn errors_are_one_line_and_fail() {
         (&["kill", "-s", "NOPE", "deadbeef"][..], "invalid signal"),
         (&["run", "--memory", "lots", "busybox"][..], "--memory"),
     ] {
-        let out = husk(args);
+        let out = run("husk", args);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "husk {args:?} succeeded");
         assert_eq!(err.lines().count(), 1, "husk {args:?}: {err}");
@@ -531,21 +531,8 @@ fn errors_are_one_line_and_fail() {
             text(&out.stdout)
         );
     }
-}
-
-/// husk-monitor, run by hand for a container that does not exist, says so in one line.
-#[test]
-fn husk_monitor_errors_are_one_line() {
-    let root = tempfile::tempdir().unwrap();
-    let args = [
-        "--root",
-        root.path().to_str().unwrap(),
-        "--vmm",
-        "qemu",
-        "--",
-        "deadbeef",
-    ];
-    let out = common::run_limited(&common::bin("husk-monitor"), &args, LIMIT).0;
+    // husk-monitor, run by hand for a container that does not exist, says so in one line.
+    let out = run("husk-monitor", &["--vmm", "qemu", "--", "deadbeef"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
