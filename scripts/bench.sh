@@ -2,9 +2,10 @@
 # husk's benchmark, all in one run (release build), medians and p90 of RUNS (default 20):
 #   - `husk run --rm busybox true` per backend this host can run (qemu always; husk-vmm only
 #     where `husk-vmm --probe` says it can run Linux guests);
-#   - beside it a bare boot of the same kernel + agent initramfs on the same backend, VMM
-#     spawn -> the agent's HUSK-AGENT-READY on the serial console (no disks, no vsock), so
-#     husk's own overhead shows as a ratio, and with both backends husk-vmm / QEMU;
+#   - beside it, run for run (interleaved), a bare boot of the same kernel + agent initramfs
+#     on the same backend, VMM spawn -> the agent's HUSK-AGENT-READY on the serial console (no
+#     disks, no vsock), so husk's own overhead shows as a ratio, and with both backends
+#     husk-vmm / QEMU;
 #   - `runc run` of the same busybox rootfs as a plain container (no network namespace);
 #   - host memory of an idle container (`husk run -d busybox sleep 1000`) per backend: PSS and
 #     RSS of its monitor, VMM and vhost-device-vsock from /proc/PID/smaps_rollup (guest pages never

@@ -345,7 +345,12 @@ fn test_initramfs(test: &str, dir: &Path) -> Option<PathBuf> {
     let root = dir.join("initramfs-root");
     std::fs::create_dir_all(&root).unwrap();
     let out = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
+        .args(["-static", "-O2"])
+        .arg(format!(
+            "-DHUSK_PROTOCOL_VERSION={}",
+            husk_protocol::PROTOCOL_VERSION
+        ))
+        .arg("-o")
         .arg(root.join("init"))
         .arg(&src)
         .output();

@@ -10,15 +10,25 @@ use husk_protocol::StatsReply;
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// Mounts cgroup2 and enables the controllers `Stats` reads.
+///
+/// `favordynmods` (Linux 6.0+, tried first): moving a task into a group then takes no RCU
+/// grace period, which each container's start waited for (`cgroup.procs`: 12 ms under QEMU's
+/// TCG, 4 with it); forks and exits pay an atomic operation more.
 pub fn init() {
     let _ = fs::create_dir_all(ROOT);
-    let r = nix::mount::mount(
-        Some("cgroup2"),
-        ROOT,
-        Some("cgroup2"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
+    let mount = |data: Option<&str>| {
+        nix::mount::mount(
+            Some("cgroup2"),
+            ROOT,
+            Some("cgroup2"),
+            nix::mount::MsFlags::empty(),
+            data,
+        )
+    };
+    let r = match mount(Some("favordynmods")) {
+        Err(nix::errno::Errno::EINVAL) => mount(None),
+        r => r,
+    };
     if let Err(e) = r {
         if e != nix::errno::Errno::EBUSY {
             say!("husk-agent: mounting cgroup2: {e}");

@@ -19,7 +19,8 @@ use crate::{cgroup, net, rootfs};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
     Nothing,
-    /// The host asked (`Shutdown`): it needs nothing more, so the VM ends at once.
+    /// The host asked (`Shutdown`, synced before the answer): it needs nothing more, so the
+    /// VM ends at once.
     PowerOff,
     /// Every container's status was collected: the VM ends once that last reply, which the
     /// host does need, has had time to leave (unless the host's `Shutdown` comes first).
@@ -119,6 +120,8 @@ impl Agent {
                     })
             }),
             RequestBody::Shutdown => {
+                // Synced before the answer: the host may kill the VM as soon as it has it.
+                crate::power::sync();
                 after = After::PowerOff;
                 Ok(ResponseBody::Done)
             }

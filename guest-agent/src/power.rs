@@ -9,10 +9,22 @@
 
 use nix::sys::reboot::{reboot, RebootMode};
 
-pub fn off() -> ! {
-    say!("husk-agent: syncing and ending the VM");
+/// Writes every dirty page and journal of the guest's file systems to their disks (the
+/// scratch disk, virtio-fs volumes written through shared mappings): once this returns, a
+/// VM killed from the host loses nothing its containers wrote.
+pub fn sync() {
     // SAFETY: sync() takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+pub fn off() -> ! {
+    say!("husk-agent: syncing and ending the VM");
+    sync();
+    reset()
+}
+
+/// Ends the VM without syncing first: for a caller that has just [`sync`]ed.
+pub fn reset() -> ! {
     let err = match reboot(RebootMode::RB_AUTOBOOT) {
         Ok(never) => match never {},
         Err(e) => e,

@@ -117,7 +117,8 @@ fn dispatch(agent: &Arc<Agent>, writer: &Arc<Mutex<VsockStream>>, req: Request) 
             send(&writer, &Response { id: req.id, body });
             match after {
                 After::Nothing => {}
-                After::PowerOff => power::off(),
+                // `Shutdown` synced before its answer.
+                After::PowerOff => power::reset(),
                 After::PowerOffWhenDelivered => {
                     // Give the reply a moment to leave through the vsock device before the
                     // reset; the host's `Shutdown`, sent once it has the reply and the

@@ -29,44 +29,60 @@ def accel_of_qemu():
     return os.environ.get("HUSK_QEMU_ACCEL") or ("kvm" if "husk" in backends else "tcg")
 
 
-def husk_runs(b):
-    """`runs` timed `husk run --rm busybox true` on backend b; (times, failures)."""
-    cmd = [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
-    timed(cmd)  # warm the page cache
-    hs, failed = [], 0
+def husk_cmd(b):
+    return [husk, "--root", root, "--vmm", b, "run", "--rm", "busybox", "true"]
+
+
+def husk_run(cmd, nth_failure):
+    """One timed `husk run --rm busybox true`; None when it failed (reported, its console log
+    kept as the nth_failure-th)."""
+    try:
+        return timed(cmd, stderr=subprocess.PIPE)
+    except subprocess.CalledProcessError as e:
+        log(f"run failed: {e.stderr.decode(errors='replace').strip()}")
+        for line in e.stderr.decode(errors="replace").split("(console log: ")[1:2]:
+            src = line.split(")")[0]
+            if os.path.exists(src):
+                dst = f"/var/tmp/husk-bench-failed-{nth_failure}.console.log"
+                open(dst, "wb").write(open(src, "rb").read())
+                log(f"kept {dst}")
+        return None
+
+
+def husk_and_bare_runs(b, bare_boot):
+    """`runs` rounds of one timed `husk run --rm busybox true` on backend b and one bare boot
+    (bare_boot()), interleaved so that the machine's drift falls on both alike; one untimed
+    round first warms the page cache. Returns (husk times, bare times, failed husk runs)."""
+    cmd = husk_cmd(b)
+    timed(cmd)
+    bare_boot()
+    hs, bs, failed = [], [], 0
     for _ in range(runs):
-        # A failed run is counted and reported, not timed; its console log is kept.
-        try:
-            hs.append(timed(cmd, stderr=subprocess.PIPE))
-        except subprocess.CalledProcessError as e:
+        t = husk_run(cmd, failed + 1)
+        if t is None:
             failed += 1
-            log(f"run failed: {e.stderr.decode(errors='replace').strip()}")
-            for line in e.stderr.decode(errors="replace").split("(console log: ")[1:2]:
-                src = line.split(")")[0]
-                if os.path.exists(src):
-                    dst = f"/var/tmp/husk-bench-failed-{failed}.console.log"
-                    open(dst, "wb").write(open(src, "rb").read())
-                    log(f"kept {dst}")
-    return hs, failed
+        else:
+            hs.append(t)
+        bs.append(bare_boot())
+    return hs, bs, failed
 
 
 rows = []
 first_hm = None
 bare = {}
 for b in backends:
-    log(f"husk run --rm busybox true on {b} x{runs}")
-    hs, failed = husk_runs(b)
     if b == "qemu":
         accel = accel_of_qemu()
-        log(f"bare QEMU ({boot.qemu_accel_arg(accel)}) boot to HUSK-AGENT-READY x{runs}")
-        boot.bare_qemu(work, kernel, initramfs, accel)
-        bs = [boot.bare_qemu(work, kernel, initramfs, accel) for _ in range(runs)]
+        bare_name = f"bare QEMU ({boot.qemu_accel_arg(accel)})"
+        bare_boot = lambda: boot.bare_qemu(work, kernel, initramfs, accel)  # noqa: E731
         label = f"QEMU microvm ({accel.upper()})"
     else:
-        log(f"bare husk-vmm boot to HUSK-AGENT-READY x{runs}")
-        boot.bare_husk_vmm(husk, kernel, initramfs)
-        bs = [boot.bare_husk_vmm(husk, kernel, initramfs) for _ in range(runs)]
+        bare_name = "bare husk-vmm"
+        bare_boot = lambda: boot.bare_husk_vmm(husk, kernel, initramfs)  # noqa: E731
         label = "husk-vmm (KVM)"
+    log(f"husk run --rm busybox true on {b} and a {bare_name} boot to HUSK-AGENT-READY, "
+        f"x{runs} interleaved")
+    hs, bs, failed = husk_and_bare_runs(b, bare_boot)
     bm, bp = stats(bs)
     bare[b] = bm
     note = f"{failed} of {runs} runs failed (not timed)" if failed else ""

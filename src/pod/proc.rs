@@ -93,47 +93,57 @@ impl ProcessRef {
         unsafe { libc::kill(self.pid as libc::pid_t, sig) == 0 }
     }
 
-    /// Blocks until the process is gone (its exit, not its reaping): on a pidfd where the
-    /// kernel has them (5.3+), else by polling.
+    /// Blocks until the process is gone (its exit, not its reaping).
     pub fn wait_exit(&self) {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
-        if fd < 0 {
-            while self.is_alive() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            return;
-        }
-        // SAFETY: the kernel just returned this fd; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
-        // The pid may have gone, or been reused, between the record and the open.
-        if !self.is_alive() {
-            return;
-        }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd of ours, count 1, no timeout.
-        while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
-            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {}
+        self.wait_until_gone(None);
     }
 
-    /// Polls until the process is gone or `timeout` passes; true when gone.
+    /// Waits until the process is gone or `timeout` passes; true when gone.
     pub fn wait_gone(&self, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+        self.wait_until_gone(Some(timeout))
+    }
+
+    /// Woken by the process's exit through a pidfd where the kernel has them (5.3+), else
+    /// by looking every [`GONE_PAUSE`].
+    fn wait_until_gone(&self, timeout: Option<std::time::Duration>) -> bool {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::time::Instant;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
+        // SAFETY: the kernel just returned this fd; nothing else owns it. (The pid may have
+        // gone, or been reused, before the open: `is_alive` below checks the start time.)
+        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) });
         while self.is_alive() {
-            if std::time::Instant::now() >= deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
                 return false;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            let Some(fd) = &pidfd else {
+                std::thread::sleep(left.map_or(GONE_PAUSE, |l| l.min(GONE_PAUSE)));
+                continue;
+            };
+            let ms = left.map_or(-1, |l| {
+                i32::try_from(l.as_millis().max(1)).unwrap_or(i32::MAX)
+            });
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd of ours, count 1.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready > 0 && self.is_alive() {
+                // Readable while alive: a pid reused after the open; no event will come.
+                std::thread::sleep(GONE_PAUSE);
+            }
         }
         true
     }
 }
+
+/// The pause between looks at a process that has no pidfd to wait on.
+const GONE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Live processes whose command line mentions `dir` (a container directory): the VMM and
 /// its helpers take their sockets and disks from there (vhost-device-vsock, whose sockets
@@ -161,19 +171,52 @@ pub fn processes_using(dir: &Path) -> Vec<ProcessRef> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wait_exit_returns_when_the_process_ends() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("0.2")
+    /// A `sleep SECONDS` child and its record.
+    fn sleeping(seconds: &str) -> (std::process::Child, ProcessRef) {
+        let child = std::process::Command::new("sleep")
+            .arg(seconds)
             .spawn()
             .unwrap();
         let p = ProcessRef::of(child.id()).unwrap();
+        (child, p)
+    }
+
+    #[test]
+    fn wait_exit_returns_when_the_process_ends() {
+        let (mut child, p) = sleeping("0.2");
         let t = std::time::Instant::now();
         p.wait_exit();
         assert!(t.elapsed() >= std::time::Duration::from_millis(150));
         child.wait().unwrap();
         // Gone already: at once.
         p.wait_exit();
+    }
+
+    #[test]
+    fn wait_gone_is_woken_by_the_exit_and_gives_up_at_its_timeout() {
+        use std::time::{Duration, Instant};
+        let (mut child, p) = sleeping("5");
+        let t = Instant::now();
+        assert!(!p.wait_gone(Duration::from_millis(100)));
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        let killer = std::thread::spawn({
+            let pid = child.id() as libc::pid_t;
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                // SAFETY: kill(2) of our own unreaped child; no memory.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let t = Instant::now();
+        assert!(p.wait_gone(Duration::from_secs(30)));
+        // Woken by the exit, not by a pause (the fallback looks every 20 ms).
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        killer.join().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
@@ -190,11 +233,7 @@ mod tests {
 
     #[test]
     fn a_reaped_child_is_gone_and_a_zombie_is_dead() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let r = ProcessRef::of(child.id()).unwrap();
+        let (mut child, r) = sleeping("5");
         assert!(r.is_alive());
         assert!(r.signal(libc::SIGKILL));
         // Not reaped yet: a zombie, which must count as dead.

@@ -36,8 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{MAX_SIGNAL, MAX_TOKEN_LEN};
 use crate::validate::{check_cstr, check_id, fail, Check};
 
-/// The protocol version this build speaks. Bump on any change to a message's shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks. Bump on any change to a message's shape or
+/// meaning. 2: `Shutdown` is answered once the guest's file systems are synced (the host
+/// kills the VM on the answer instead of waiting for the guest's reset).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on, for control and stream connections alike (the first
 /// frame says which a connection is: a `Request` or a `StreamHello`).
@@ -116,7 +118,9 @@ pub enum RequestBody {
     /// Forget a container whose process has ended: unmount its root, remove its cgroup (a
     /// pod's containers come and go while its VM runs). → `Done`.
     RemoveContainer { container_id: String },
-    /// Sync filesystems and power the VM off; the reply is sent first. → `Done`.
+    /// Sync the guest's file systems, answer, then power the VM off: once the answer is
+    /// sent nothing is left to lose, and the host may kill the VM instead of waiting for the
+    /// guest's reset. → `Done`.
     Shutdown,
 }
 
