@@ -124,13 +124,43 @@ pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
                 0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                 _ => {
                     let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => {}
+                        // The kernel cannot copy between these two (overlayfs over two
+                        // filesystems, an NFS or FUSE store): copy through a buffer.
+                        Some(libc::EXDEV | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+                            copy_range(src, dst, from as u64, hole as u64)?;
+                            break;
+                        }
+                        _ => return Err(e),
                     }
                 }
             }
         }
         at = hole;
+    }
+    Ok(())
+}
+
+/// Copies bytes `from..to` of `src` to the same offsets of `dst` (already at least `to` long)
+/// through a buffer. Zero blocks are not written: they stay holes of `dst`, also where `src`'s
+/// filesystem reports no holes (9p, some FUSE ones: all of a file is "data" there).
+fn copy_range(src: &std::fs::File, dst: &std::fs::File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let want = buf.len().min((to - at) as usize);
+        let n = match src.read_at(&mut buf[..want], at) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], at)?;
+        }
+        at += n as u64;
     }
     Ok(())
 }
@@ -192,6 +222,35 @@ mod tests {
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&old).unwrap();
         assert_eq!(mode(&old), 0o700);
+    }
+
+    #[test]
+    fn copy_range_copies_only_its_range_at_the_same_offsets() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = std::fs::File::create_new(dir.path().join("src")).unwrap();
+        // Longer than copy_range's buffer, at an offset past a hole.
+        let data: Vec<u8> = (0..(3 << 19)).map(|i| (i % 251) as u8).collect();
+        src.write_all_at(b"head", 0).unwrap();
+        src.write_all_at(&data, 4 << 20).unwrap();
+        let dst = std::fs::File::create_new(dir.path().join("dst")).unwrap();
+        let end = (4 << 20) + data.len() as u64;
+        dst.set_len(end).unwrap();
+        copy_range(&src, &dst, 4 << 20, end).unwrap();
+        assert_eq!(dst.metadata().unwrap().len(), end);
+        let mut back = vec![0u8; data.len()];
+        dst.read_exact_at(&mut back, 4 << 20).unwrap();
+        assert!(back == data, "the range differs after the copy");
+        let mut head = [9u8; 4];
+        dst.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(head, [0; 4], "bytes outside the range were copied");
+        // The hole before the data (read as zeros) stays a hole.
+        copy_range(&src, &dst, 1 << 20, 4 << 20).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let blocks_kib = dst.metadata().unwrap().blocks() / 2;
+        assert!(blocks_kib < 2 << 10, "zeros were written: {blocks_kib} KiB allocated");
+        // A source shorter than the range asked for is an error, not a short copy.
+        assert!(copy_range(&src, &dst, end - 10, end + 10).is_err());
     }
 
     #[test]
