@@ -248,7 +248,10 @@ mod tests {
         copy_range(&src, &dst, 1 << 20, 4 << 20).unwrap();
         use std::os::unix::fs::MetadataExt;
         let blocks_kib = dst.metadata().unwrap().blocks() / 2;
-        assert!(blocks_kib < 2 << 10, "zeros were written: {blocks_kib} KiB allocated");
+        assert!(
+            blocks_kib < 2 << 10,
+            "zeros were written: {blocks_kib} KiB allocated"
+        );
         // A source shorter than the range asked for is an error, not a short copy.
         assert!(copy_range(&src, &dst, end - 10, end + 10).is_err());
     }
