@@ -557,9 +557,7 @@ fn remove_and_gc_leave_nothing_behind() {
 fn scratch_disk_is_sparse_ext4() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("scratch.ext4");
-    let took =
-        husk::image::scratch::create(&p, 10 << 30, husk::image::scratch::Lifetime::Restartable)
-            .unwrap();
+    let took = husk::image::scratch::create(&p, 10 << 30).unwrap();
     assert!(
         fs::metadata(&p).unwrap().blocks() * 512 < 256 << 20,
         "sparse"

@@ -5,7 +5,7 @@
 //! `mkfs.ext4` runs once per size, for a template kept beside the containers
 //! ([`from_template`]); each container's disk is a copy of the template's few data extents
 //! (~4 MiB of an 8 GiB image, a reflink where the filesystem has them), so no mkfs is on the
-//! start-up path. A `--rm` container's disk has no journal ([`Lifetime::Disposable`]).
+//! start-up path.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -38,23 +38,10 @@ pub enum ScratchError {
 /// against a few for finding them. The agent still makes them where they are missing.
 const OVERLAY_DIRS: [&str; 2] = ["upper", "work"];
 
-/// What a scratch disk must survive, which decides whether its ext4 has a journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifetime {
-    /// The container may start again after its VM ended, however it ended (killed in the
-    /// middle of a write included): the journal replays on the next mount.
-    Restartable,
-    /// Removed with its VM (`--rm`): nothing is ever mounted again, so no journal. Without
-    /// one the guest mounts the disk without starting jbd2 or reading a journal, and commits
-    /// no metadata twice (measured under QEMU's TCG, interleaved with the journalled one:
-    /// container create -15 ms of 250).
-    Disposable,
-}
-
-/// Creates a sparse file of `size` bytes at `path` and formats it ext4 for `lifetime`,
-/// holding the empty overlay directories ([`OVERLAY_DIRS`], root-owned, 0755). Returns how
-/// long it took. On failure nothing is left at `path`.
-pub fn create(path: &Path, size: u64, lifetime: Lifetime) -> Result<Duration, ScratchError> {
+/// Creates a sparse file of `size` bytes at `path` and formats it ext4, holding the empty
+/// overlay directories ([`OVERLAY_DIRS`], root-owned, 0755). Returns how long it took. On
+/// failure nothing is left at `path`.
+pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
     let start = Instant::now();
     if size < (1 << 20) {
         return Err(ScratchError::TooSmall { size });
@@ -68,11 +55,7 @@ pub fn create(path: &Path, size: u64, lifetime: Lifetime) -> Result<Duration, Sc
         file.set_len(size).map_err(io_err)?;
         drop(file);
         let skeleton = overlay_skeleton().map_err(io_err)?;
-        let mut mkfs = Command::new("mkfs.ext4");
-        if lifetime == Lifetime::Disposable {
-            mkfs.args(["-O", "^has_journal"]);
-        }
-        let out = mkfs
+        let out = Command::new("mkfs.ext4")
             .args([
                 "-q",
                 "-F",
@@ -143,15 +126,10 @@ fn create_private(path: &Path) -> Result<fs::File, ScratchError> {
 /// Creates `path` as [`create`] does, by copying the template for `size` kept in
 /// `template_dir` (made there first, with `mkfs.ext4`, if missing). On failure nothing is
 /// left at `path`.
-pub fn from_template(
-    path: &Path,
-    size: u64,
-    lifetime: Lifetime,
-    template_dir: &Path,
-) -> Result<(), ScratchError> {
-    let template = template_dir.join(template_name(size, lifetime));
+pub fn from_template(path: &Path, size: u64, template_dir: &Path) -> Result<(), ScratchError> {
+    let template = template_dir.join(template_name(size));
     if !template.exists() {
-        make_template(&template, size, lifetime)?;
+        make_template(&template, size)?;
     }
     let io_err = |source| ScratchError::Io {
         path: path.to_path_buf(),
@@ -169,18 +147,15 @@ pub fn from_template(
     copied
 }
 
-/// The template's file name for `size` and `lifetime`. `v2`: templates of earlier husk
-/// versions lack [`OVERLAY_DIRS`] (still correct, only slower), so they are not reused.
-fn template_name(size: u64, lifetime: Lifetime) -> String {
-    match lifetime {
-        Lifetime::Restartable => format!("scratch-v2-{size}.ext4"),
-        Lifetime::Disposable => format!("scratch-v2-nojournal-{size}.ext4"),
-    }
+/// The template's file name for `size`. `v2`: templates of earlier husk versions lack
+/// [`OVERLAY_DIRS`] (still correct, only slower), so they are not reused.
+fn template_name(size: u64) -> String {
+    format!("scratch-v2-{size}.ext4")
 }
 
 /// Formats the template for `size` under a temporary name and renames it into place, so a
 /// template that exists is whole (two racing makers each rename a whole one).
-fn make_template(template: &Path, size: u64, lifetime: Lifetime) -> Result<(), ScratchError> {
+fn make_template(template: &Path, size: u64) -> Result<(), ScratchError> {
     let dir = template.parent().unwrap_or(Path::new("."));
     // Owner-only, as the containers' own directories are.
     crate::util::fs::create_private_dir(dir).map_err(|source| ScratchError::Io {
@@ -189,7 +164,7 @@ fn make_template(template: &Path, size: u64, lifetime: Lifetime) -> Result<(), S
     })?;
     let tmp = dir.join(format!(".scratch-{size}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    create(&tmp, size, lifetime)?;
+    create(&tmp, size)?;
     fs::rename(&tmp, template).map_err(|source| {
         let _ = fs::remove_file(&tmp);
         ScratchError::Io {
@@ -212,7 +187,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("scratch.ext4");
-        let took = create(&p, 1 << 30, Lifetime::Restartable).unwrap();
+        let took = create(&p, 1 << 30).unwrap();
         let m = fs::metadata(&p).unwrap();
         assert_eq!(m.len(), 1 << 30);
         assert!(
@@ -238,11 +213,11 @@ mod tests {
             assert!(listing.contains(want), "{want} not in {listing}");
         }
         assert!(matches!(
-            create(&p, 1 << 30, Lifetime::Restartable),
+            create(&p, 1 << 30),
             Err(ScratchError::Exists { .. })
         ));
         assert!(matches!(
-            create(&dir.path().join("s"), 4096, Lifetime::Disposable),
+            create(&dir.path().join("s"), 4096),
             Err(ScratchError::TooSmall { .. })
         ));
     }
@@ -258,10 +233,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
         let (a, b) = (dir.path().join("a.ext4"), dir.path().join("b.ext4"));
-        from_template(&a, 1 << 30, Lifetime::Restartable, &templates).unwrap();
-        from_template(&b, 1 << 30, Lifetime::Restartable, &templates).unwrap();
-        let template =
-            fs::read(templates.join(template_name(1 << 30, Lifetime::Restartable))).unwrap();
+        from_template(&a, 1 << 30, &templates).unwrap();
+        from_template(&b, 1 << 30, &templates).unwrap();
+        let template = fs::read(templates.join(template_name(1 << 30))).unwrap();
         for p in [&a, &b] {
             let m = fs::metadata(p).unwrap();
             assert_eq!(m.len(), 1 << 30);
@@ -274,32 +248,14 @@ mod tests {
             );
         }
         assert!(matches!(
-            from_template(&a, 1 << 30, Lifetime::Restartable, &templates),
+            from_template(&a, 1 << 30, &templates),
             Err(ScratchError::Exists { .. })
         ));
         // Only the template is left in its directory (no temporary file), and both are the
         // owner's alone.
         assert_eq!(fs::read_dir(&templates).unwrap().count(), 1);
         assert_eq!(fs::metadata(&templates).unwrap().mode() & 0o777, 0o700);
-        let t = templates.join(template_name(1 << 30, Lifetime::Restartable));
+        let t = templates.join(template_name(1 << 30));
         assert_eq!(fs::metadata(&t).unwrap().mode() & 0o777, 0o600);
-        assert!(has_journal(&t));
-        // A disposable disk comes from a template of its own, without a journal.
-        let c = dir.path().join("c.ext4");
-        from_template(&c, 1 << 30, Lifetime::Disposable, &templates).unwrap();
-        assert!(!has_journal(&c), "a disposable scratch disk has a journal");
-        assert!(
-            fs::read(&c).unwrap() != template,
-            "the disposable disk is a copy of the journalled template"
-        );
-        assert_eq!(fs::read_dir(&templates).unwrap().count(), 2);
-    }
-
-    /// Whether the ext4 image at `p` has a journal: `has_journal` (0x4) in the superblock's
-    /// `s_feature_compat` (offset 1024 + 0x5C).
-    fn has_journal(p: &Path) -> bool {
-        let d = fs::read(p).unwrap();
-        let compat = u32::from_le_bytes(d[1024 + 0x5c..1024 + 0x60].try_into().unwrap());
-        compat & 0x4 != 0
     }
 }

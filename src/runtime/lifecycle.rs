@@ -22,7 +22,6 @@ use super::store::ContainerStore;
 use super::Error;
 use crate::agent::AgentClient;
 use crate::backend::{self, BackendKind, VsockSpec};
-use crate::image::scratch::Lifetime;
 use crate::image::ImageSource;
 use crate::pod::proc::{self, ProcessRef};
 use crate::pod::{
@@ -117,14 +116,9 @@ impl Runtime {
                 let p = spec::merge(&img.config, &process, &hostname, |k| std::env::var(k).ok())?;
                 let layers = hold_layers(dir, &still_there(images, image, &img)?)?;
                 let scratch_disk = dir.join("scratch.ext4");
-                let lifetime = match opts.auto_remove {
-                    true => Lifetime::Disposable,
-                    false => Lifetime::Restartable,
-                };
                 crate::image::scratch::from_template(
                     &scratch_disk,
                     opts.scratch_size.unwrap_or(SCRATCH_SIZE),
-                    lifetime,
                     &self.store.root().join("templates"),
                 )?;
                 timings::mark("disk preparation");
