@@ -3,6 +3,19 @@
 use std::fs;
 use std::path::Path;
 
+/// Runs the calling thread only on a CPU nothing else wants (`SCHED_IDLE`), best effort.
+pub fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; sched_setscheduler reads `param`, which outlives
+    // the call, and changes nothing but this thread's policy.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        say!(
+            "husk-agent: facts at normal priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 pub fn report() {
     match nix::sys::utsname::uname() {
         Ok(u) => say!(
