@@ -52,15 +52,9 @@ husk_cache() { echo "${HUSK_CACHE:-$HOME/.cache/husk}"; }
 
 # cargo_install CRATE VERSION ROOT TARGET_DIR: `cargo install --locked` of exactly VERSION.
 # From cargo's own cache first (--offline: no index or download when the crate and its
-# locked dependencies were fetched before), else from the registry, up to three times: a
-# fresh-machine run lost its fuzzing to one failed TLS handshake with the registry's proxy
-# ("self-signed certificate in certificate chain"; the next request went through).
+# locked dependencies were fetched before), else from the registry.
 cargo_install() {
-    local crate=$1 version=$2 root=$3 target=$4 try
+    local crate=$1 version=$2 root=$3 target=$4
     cargo install --locked --quiet --offline --root "$root" --target-dir "$target"         "$crate" --version "=$version" >&2 2>/dev/null && return 0
-    for try in 1 2 3; do
-        cargo install --locked --quiet --root "$root" --target-dir "$target"         "$crate" --version "=$version" >&2 && return 0
-        [ "$try" = 3 ] || { log "cargo install $crate $version failed (try $try of 3); again in 20 s"; sleep 20; }
-    done
-    return 1
+    cargo install --locked --quiet --root "$root" --target-dir "$target"         "$crate" --version "=$version" >&2
 }
