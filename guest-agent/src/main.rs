@@ -46,6 +46,7 @@ mod seccomp;
 #[cfg(feature = "selftest")]
 mod selftest;
 mod server;
+mod spawn;
 mod stdio;
 mod syscalls;
 mod vsock;

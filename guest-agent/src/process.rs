@@ -13,9 +13,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio as StdStdio};
 
 use husk_protocol::{ContainerSpec, NamespaceKind, ProcessSpec};
 use serde::{Deserialize, Serialize};
@@ -150,32 +148,12 @@ impl Helper {
         // is its only owner.
         let (cfg_r, cfg_w) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let (sync_fd, cfg_fd) = (theirs.as_raw_fd(), cfg_r.as_raw_fd());
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg("init")
-            .env_clear()
-            .stdin(StdStdio::from(stdio.stdin))
-            .stdout(StdStdio::from(stdio.stdout))
-            .stderr(StdStdio::from(stdio.stderr));
-        // SAFETY: the pre_exec closure runs in the forked child before exec and calls only fcntl
-        // and dup2, which are async-signal-safe, and allocates nothing (last_os_error only reads
-        // errno). `sync_fd` and `cfg_fd` are plain ints that stay open in the parent (`theirs`,
-        // `cfg_r`) until spawn has returned, so the child inherits valid fds.
-        unsafe {
-            // Only async-signal-safe calls between fork and exec. Duplicate above any target
-            // first, so placing one fd cannot clobber the other.
-            cmd.pre_exec(move || {
-                let a = libc::fcntl(sync_fd, libc::F_DUPFD, 10);
-                let b = libc::fcntl(cfg_fd, libc::F_DUPFD, 10);
-                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(SpawnError::Helper)?;
+        let pid = crate::spawn::helper(&stdio, theirs.as_raw_fd(), cfg_r.as_raw_fd())
+            .map_err(SpawnError::Helper)?;
+        // The child has its copies; the parent's ends close here.
+        drop((stdio, theirs, cfg_r));
         // The helper's status is of no interest; let the reaper discard it.
-        drop(reaper::watch(child.id() as i32));
+        drop(reaper::watch(pid));
         Ok(Helper {
             sync: ours,
             config: std::fs::File::from(cfg_w),
