@@ -297,14 +297,24 @@ fn writable_layer_survives_stop_and_start_and_goes_with_rm() {
 }
 
 /// `husk run --timings` says where the time went, phase by phase in the order they happen,
-/// and the phases add up to about the command's own wall time.
+/// with the guest's steps under container create, and the phases add up to about the
+/// command's own wall time.
 #[test]
 fn run_timings_list_every_phase_in_order() {
     let Some(h) = husk("run_timings_list_every_phase_in_order") else {
         return;
     };
     let started = Instant::now();
-    let out = h.run(&["run", "--rm", "--timings", "busybox", "true"]);
+    let args = [
+        "run",
+        "--rm",
+        "--timings",
+        "--network",
+        "none",
+        "busybox",
+        "true",
+    ];
+    let out = h.run(&args);
     let wall = started.elapsed();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -322,21 +332,63 @@ fn run_timings_list_every_phase_in_order() {
         "power-off + cleanup",
         "total",
     ];
-    let lines: Vec<&str> = err
+    let table: Vec<&str> = err
         .lines()
         .skip_while(|l| *l != "husk: timings:")
         .skip(1)
         .collect();
-    let names: Vec<&str> = lines
+    let name = |l: &str| {
+        l.trim()
+            .rsplitn(3, ' ')
+            .nth(2)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let ms = |l: &str| -> f64 {
+        l.split_whitespace()
+            .rev()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    // Phases at two spaces; the guest's own steps, four in, under the phase they belong to
+    // (with no network, none for it).
+    let lines: Vec<&str> = table
         .iter()
-        .map(|l| l.trim().rsplitn(3, ' ').nth(2).unwrap_or("").trim())
+        .copied()
+        .filter(|l| !l.starts_with("    "))
         .collect();
+    let names: Vec<String> = lines.iter().map(|l| name(l)).collect();
     assert_eq!(names, phases, "{err}");
-    let total_ms: f64 = lines
-        .last()
-        .and_then(|l| l.split_whitespace().rev().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0);
+    let create = table
+        .iter()
+        .position(|l| name(l) == "container create")
+        .unwrap();
+    let steps: Vec<&str> = table[create + 1..]
+        .iter()
+        .copied()
+        .take_while(|l| l.starts_with("    "))
+        .collect();
+    let step_names: Vec<String> = steps.iter().map(|l| name(l)).collect();
+    assert_eq!(
+        step_names,
+        [
+            "cgroup and seccomp",
+            "init helper spawned",
+            "layer disks mounted",
+            "scratch disk mounted",
+            "overlay mounted",
+            "init helper set-up",
+        ],
+        "{err}"
+    );
+    let in_guest: f64 = steps.iter().map(|l| ms(l)).sum();
+    assert!(
+        steps.iter().all(|l| ms(l) >= 0.0) && in_guest <= ms(table[create]),
+        "the guest's steps ({in_guest} ms) run within container create: {err}"
+    );
+    let total_ms = lines.last().map(|l| ms(l)).unwrap_or(-1.0);
     // The phases run from the command's start to its end, less process start-up and exit.
     assert!(
         total_ms > 0.0 && total_ms <= wall.as_secs_f64() * 1e3,

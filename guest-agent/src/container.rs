@@ -12,6 +12,7 @@ use crate::process::{self, InitConfig, Mode, Spawned};
 use crate::reaper::{self, ExitCell};
 use crate::seccomp::{self, Filter};
 use crate::stdio::Stdio;
+use crate::steps::Steps;
 use crate::vsock::VsockStream;
 use crate::{cgroup, net, rootfs};
 
@@ -157,6 +158,7 @@ impl Agent {
                 format!("container {id:?} already exists"),
             ));
         }
+        let mut steps = Steps::start();
         cgroup::limit(&id, &spec.resources).map_err(|e| {
             err(
                 ErrorCode::Unsupported,
@@ -169,16 +171,19 @@ impl Agent {
             }
             None => None,
         };
+        steps.mark("cgroup and seccomp");
         // The init helper starts first and comes up while the root filesystem is mounted; it
         // gets its configuration, which names that root, once it is there.
         let (stdio, child) = Stdio::new(spec.process.terminal)
             .map_err(|e| err(ErrorCode::Internal, format!("stdio for {id}: {e}")))?;
         let helper = process::Helper::start(child)
             .map_err(|e| err(ErrorCode::Internal, format!("container {id}: {e}")))?;
-        let root = rootfs::assemble(&id, &spec.rootfs)
+        steps.mark("init helper spawned");
+        let root = rootfs::assemble(&id, &spec.rootfs, &mut steps)
             .map_err(|e| err(ErrorCode::Internal, format!("container {id}: rootfs: {e}")))?;
         if let Some(n) = &spec.network {
             let applied = net::configure(Some(n))
+                .map(|()| steps.mark("network interfaces"))
                 .and_then(|()| net::write_files(&root, n, spec.hostname.as_deref()));
             if let Err(e) = applied {
                 rootfs::teardown(&id);
@@ -187,6 +192,7 @@ impl Agent {
                     format!("container {id}: network: {e}"),
                 ));
             }
+            steps.mark("/etc/hosts and resolv.conf");
             say!("husk-agent: {id}: network up: {}", net::summary(n));
         }
         let cfg = InitConfig {
@@ -204,6 +210,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        steps.mark("init helper set-up");
         let c = Container {
             spec,
             init: Arc::new(proc),
@@ -212,7 +219,9 @@ impl Agent {
             collected: Mutex::new(false),
         };
         lock(&self.containers).insert(id, Arc::new(c));
-        Ok(ResponseBody::Done)
+        Ok(ResponseBody::Created {
+            steps: steps.into_vec(),
+        })
     }
 
     fn start(&self, id: &str) -> Reply {

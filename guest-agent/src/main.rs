@@ -48,6 +48,7 @@ mod selftest;
 mod server;
 mod spawn;
 mod stdio;
+mod steps;
 mod syscalls;
 mod vsock;
 

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use husk_protocol::{DiskRef, FsType, LayerDisk, RootfsSpec};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::steps::Steps;
+
 /// Where each container's mounts live.
 pub const RUN_DIR: &str = "/run/husk";
 
@@ -41,19 +43,24 @@ pub enum RootfsError {
     },
 }
 
-/// Mounts the root filesystem described by `spec` and returns where it is.
-pub fn assemble(id: &str, spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
+/// Mounts the root filesystem described by `spec` and returns where it is; each step it
+/// took is marked in `steps`.
+pub fn assemble(id: &str, spec: &RootfsSpec, steps: &mut Steps) -> Result<PathBuf, RootfsError> {
     let base = Path::new(RUN_DIR).join(id);
     let root = base.join("rootfs");
     mkdir(&root)?;
     let result = match spec {
-        RootfsSpec::Overlay { layers, scratch } => overlay(&base, &root, layers, scratch.as_ref()),
-        RootfsSpec::Disk { disk, readonly } => {
-            let dev = find_disk(&disk.disk)?;
-            mount_disk(&dev, disk.fs_type, &root, *readonly)
+        RootfsSpec::Overlay { layers, scratch } => {
+            overlay(&base, &root, layers, scratch.as_ref(), steps)
         }
-        RootfsSpec::VirtioFs { tag } => do_mount(tag, &root, "virtiofs", MsFlags::empty(), None),
-        RootfsSpec::VirtioFsEntry { tag, entry } => share_entry(&root, tag, entry),
+        RootfsSpec::Disk { disk, readonly } => find_disk(&disk.disk)
+            .and_then(|dev| mount_disk(&dev, disk.fs_type, &root, *readonly))
+            .map(|()| steps.mark("root disk mounted")),
+        RootfsSpec::VirtioFs { tag } => do_mount(tag, &root, "virtiofs", MsFlags::empty(), None)
+            .map(|()| steps.mark("virtio-fs root mounted")),
+        RootfsSpec::VirtioFsEntry { tag, entry } => {
+            share_entry(&root, tag, entry).map(|()| steps.mark("virtio-fs root bound"))
+        }
     };
     if result.is_err() {
         teardown(id);
@@ -124,6 +131,7 @@ fn overlay(
     root: &Path,
     layers: &[LayerDisk],
     scratch: Option<&LayerDisk>,
+    steps: &mut Steps,
 ) -> Result<(), RootfsError> {
     let mut disks = Disks::default();
     let mut lower = Vec::new();
@@ -133,6 +141,7 @@ fn overlay(
         mount_disk(&disks.find(&layer.disk)?, layer.fs_type, &dir, true)?;
         lower.push(dir);
     }
+    steps.mark("layer disks mounted");
     // The spec lists the base layer first; overlayfs wants the top layer first.
     lower.reverse();
     match scratch {
@@ -143,11 +152,10 @@ fn overlay(
             let (upper, work) = (dir.join("upper"), dir.join("work"));
             mkdir(&upper)?;
             mkdir(&work)?;
-            Ok(crate::overlay_mount::mount(
-                root,
-                &lower,
-                Some((&upper, &work)),
-            )?)
+            steps.mark("scratch disk mounted");
+            crate::overlay_mount::mount(root, &lower, Some((&upper, &work)))?;
+            steps.mark("overlay mounted");
+            Ok(())
         }
         // overlayfs wants two lower layers when there is no upper: bind a single one.
         None if lower.len() == 1 => {
@@ -164,9 +172,15 @@ fn overlay(
                 "none",
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
-            )
+            )?;
+            steps.mark("layer bound read-only");
+            Ok(())
         }
-        None => Ok(crate::overlay_mount::mount(root, &lower, None)?),
+        None => {
+            crate::overlay_mount::mount(root, &lower, None)?;
+            steps.mark("overlay mounted");
+            Ok(())
+        }
     }
 }
 

@@ -16,8 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
-    read_message, write_message, ContainerSpec, ExitStatus, Hello, HelloReply, ProcessSpec,
-    Request, RequestBody, Response, ResponseBody, StatsReply, AGENT_VSOCK_PORT, PROTOCOL_VERSION,
+    read_message, write_message, ContainerSpec, ExitStatus, GuestStep, Hello, HelloReply,
+    ProcessSpec, Request, RequestBody, Response, ResponseBody, StatsReply, AGENT_VSOCK_PORT,
+    PROTOCOL_VERSION,
 };
 
 use super::{vsock, Error};
@@ -198,11 +199,12 @@ impl AgentClient {
         }
     }
 
-    pub fn create_container(&self, spec: ContainerSpec) -> Result<(), Error> {
-        expect_done(
-            "create_container",
-            self.call_default(RequestBody::CreateContainer(Box::new(spec)))?,
-        )
+    /// Returns the guest's steps in creating it and how long each took.
+    pub fn create_container(&self, spec: ContainerSpec) -> Result<Vec<GuestStep>, Error> {
+        match self.call_default(RequestBody::CreateContainer(Box::new(spec)))? {
+            ResponseBody::Created { steps } => Ok(steps),
+            other => Err(unexpected("create_container", &other)),
+        }
     }
 
     /// Runs the container's process; returns its pid in the container's pid namespace.
@@ -387,6 +389,7 @@ fn unexpected(request: &'static str, got: &ResponseBody) -> Error {
         ResponseBody::Started { .. } => "started",
         ResponseBody::Exited(_) => "exited",
         ResponseBody::Stats(_) => "stats",
+        ResponseBody::Created { .. } => "created",
     };
     Error::UnexpectedReply { request, got }
 }

@@ -73,6 +73,12 @@ fn hello_ok(id: u64, version: u32) -> Response {
 fn well_behaved(req: Request) -> Vec<Response> {
     let body = match req.body {
         RequestBody::Hello(_) => return vec![hello_ok(req.id, PROTOCOL_VERSION)],
+        RequestBody::CreateContainer(_) => ResponseBody::Created {
+            steps: vec![husk_protocol::GuestStep {
+                name: "rootfs".into(),
+                micros: 1500,
+            }],
+        },
         RequestBody::StartContainer { .. } => ResponseBody::Started { pid: 1 },
         RequestBody::ExecProcess { .. } => ResponseBody::Started { pid: 42 },
         RequestBody::Wait { .. } => ResponseBody::Exited(husk_protocol::ExitStatus::exited(7)),
@@ -153,7 +159,8 @@ fn every_call_round_trips_with_ids_from_one() {
     };
     let c = AgentClient::connect(&sock(&dir), T).unwrap();
     assert_eq!(c.agent().unwrap().agent, "fake-agent 0");
-    c.create_container(container()).unwrap();
+    let steps = c.create_container(container()).unwrap();
+    assert_eq!((steps[0].name.as_str(), steps[0].micros), ("rootfs", 1500));
     assert_eq!(c.start_container("c1").unwrap(), 1);
     assert_eq!(c.exec_process("c1", "e1", process()).unwrap(), 42);
     c.signal("c1", Some("e1"), 15).unwrap();

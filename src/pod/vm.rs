@@ -119,7 +119,13 @@ impl PodVm {
     pub fn create_container(&self, spec: ContainerSpec) -> Result<(), agent::Error> {
         let created = self.agent.create_container(spec);
         timings::mark("container create");
-        created
+        let steps = created?;
+        timings::within(
+            steps
+                .into_iter()
+                .map(|s| (s.name, std::time::Duration::from_micros(s.micros))),
+        );
+        Ok(())
     }
 
     /// Powers the VM off: asks the agent, if the VM still runs, to sync and shut down. Its

@@ -221,6 +221,7 @@ impl Pod {
         let id = spec.container_id.clone();
         self.vm
             .create_container(spec)
+            .map(drop)
             .map_err(|source| Error::Agent {
                 what: format!("creating container {id} in pod {}", self.id),
                 source,

@@ -34,12 +34,13 @@ pub use stream::{StreamHello, StreamKind, StreamReply};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{MAX_SIGNAL, MAX_TOKEN_LEN};
-use crate::validate::{check_cstr, check_id, fail, Check};
+use crate::validate::{check_cstr, check_id, check_list, fail, Check};
 
 /// The protocol version this build speaks. Bump on any change to a message's shape or
 /// meaning. 2: `Shutdown` is answered once the guest's file systems are synced (the host
-/// kills the VM on the answer instead of waiting for the guest's reset).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// kills the VM on the answer instead of waiting for the guest's reset). 3: `CreateContainer`
+/// answers [`ResponseBody::Created`] with the guest's own steps and their durations.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on, for control and stream connections alike (the first
 /// frame says which a connection is: a `Request` or a `StreamHello`).
@@ -145,7 +146,26 @@ pub enum ResponseBody {
     },
     Exited(ExitStatus),
     Stats(StatsReply),
+    /// The container exists, its process waits for `StartContainer`; how long each of the
+    /// guest's steps took (for `husk run --timings`).
+    Created {
+        steps: Vec<GuestStep>,
+    },
 }
+
+/// One step of the guest's work on a request and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStep {
+    pub name: String,
+    pub micros: u64,
+}
+
+/// Most steps a `Created` reply may list.
+pub const MAX_GUEST_STEPS: usize = 32;
+
+/// Longest step name.
+pub const MAX_GUEST_STEP_NAME_LEN: usize = 64;
 
 /// The agent's half of the handshake. Like [`Hello`], frozen and tolerant of unknown fields,
 /// so an older host can still read a newer agent's version and report the mismatch.
@@ -313,6 +333,15 @@ impl Response {
     pub fn validate(&self) -> Check {
         match &self.body {
             Ok(ResponseBody::Hello(h)) => check_cstr("body.hello.agent", &h.agent, MAX_TOKEN_LEN),
+            Ok(ResponseBody::Created { steps }) => {
+                check_list("body.created.steps", steps, MAX_GUEST_STEPS, |s| {
+                    check_cstr("name", &s.name, MAX_GUEST_STEP_NAME_LEN)?;
+                    match s.name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+                        true => Ok(()),
+                        false => fail("name", "not printable ASCII"),
+                    }
+                })
+            }
             Ok(_) => Ok(()),
             Err(e) => e.validate().map_err(|e| e.within("body.error")),
         }

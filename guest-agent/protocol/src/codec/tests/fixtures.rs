@@ -240,6 +240,21 @@ pub fn responses() -> Vec<Response> {
                 oom_kills: 1,
             }),
         ),
+        Response::ok(
+            7,
+            ResponseBody::Created {
+                steps: vec![
+                    GuestStep {
+                        name: "scratch disk mounted".into(),
+                        micros: 27_100,
+                    },
+                    GuestStep {
+                        name: "/etc/hosts and resolv.conf".into(),
+                        micros: 0,
+                    },
+                ],
+            },
+        ),
     ];
     for (i, code) in [
         ErrorCode::VersionMismatch,
@@ -263,6 +278,7 @@ pub fn responses() -> Vec<Response> {
         match &r.body {
             Ok(ResponseBody::Hello(_) | ResponseBody::Done | ResponseBody::Started { .. }) => {}
             Ok(ResponseBody::Exited(_) | ResponseBody::Stats(_)) | Err(_) => {}
+            Ok(ResponseBody::Created { .. }) => {}
         }
     }
     out

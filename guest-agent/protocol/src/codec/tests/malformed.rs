@@ -398,6 +398,25 @@ fn other_request_rules() {
         decode::<Response>(&bytes),
         Err(CodecError::Invalid { .. })
     ));
+    // The guest names its steps: a hostile one may not flood the host's table or terminal.
+    let step = |name: &str| GuestStep {
+        name: name.into(),
+        micros: 1,
+    };
+    for steps in [
+        vec![step("ok"); MAX_GUEST_STEPS + 1],
+        vec![step("\x1b[2Jcleared")],
+        vec![step(&"x".repeat(MAX_GUEST_STEP_NAME_LEN + 1))],
+        vec![step("caf\u{e9}")],
+    ] {
+        let bytes = serde_json::to_vec(&Response::ok(1, ResponseBody::Created { steps })).unwrap();
+        match decode::<Response>(&bytes) {
+            Err(CodecError::Invalid { error, .. }) => {
+                assert!(error.field.starts_with("body.created.steps"), "{error}")
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
     let bad_stream = StreamHello {
         version: 1,
         container_id: "..".into(),
