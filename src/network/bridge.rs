@@ -15,17 +15,10 @@ pub fn exists(name: &str) -> bool {
 }
 
 /// Creates bridge `name` unless it exists, gives it `subnet`'s gateway address, and turns
-/// forwarding on (callers hold the network lock, so two husk commands never race here).
+/// forwarding on. Callers hold their root's network lock; the bridge is the host's, so a
+/// command of another husk root (another lock) may make it at the same moment.
 pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
-    if !exists(name) {
-        cmd::run(None, "ip", &["link", "add", name, "type", "bridge"])?;
-    } else if !Path::new("/sys/class/net")
-        .join(name)
-        .join("bridge")
-        .exists()
-    {
-        return Err(Error::NotABridge(name.to_string()));
-    }
+    create(name)?;
     // Also on a bridge that exists (made by hand, or for another subnet before): the
     // guests' gateway must be on it. Looked up first: each `ip` run costs milliseconds on
     // every container start.
@@ -45,6 +38,27 @@ pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
     cmd::sysctl("net.ipv4.ip_forward", "1")?;
     cmd::sysctl(&format!("net.ipv4.conf.{name}.route_localnet"), "1")?;
     Ok(())
+}
+
+/// Makes bridge `name` unless a bridge of that name exists (or another command made it
+/// meanwhile); an interface of that name that is no bridge is an error.
+fn create(name: &str) -> Result<(), Error> {
+    if !exists(name) {
+        match cmd::run(None, "ip", &["link", "add", name, "type", "bridge"]) {
+            Err(Error::Tool { detail, .. }) if detail.contains("File exists") => {}
+            other => {
+                other?;
+            }
+        }
+    }
+    match Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .exists()
+    {
+        true => Ok(()),
+        false => Err(Error::NotABridge(name.to_string())),
+    }
 }
 
 /// Whether interface `name` is administratively up (`IFF_UP` in its sysfs flags).
@@ -76,5 +90,37 @@ mod tests {
         assert!(has_address("lo", Ipv4Addr::LOCALHOST));
         assert!(!has_address("lo", Ipv4Addr::new(192, 0, 2, 1)));
         assert!(!is_up("husk-no-such-if"));
+    }
+
+    /// Two roots' commands making the host's bridge at once: whoever comes second finds it
+    /// made and goes on; a non-bridge of that name is still refused.
+    #[test]
+    fn a_bridge_made_meanwhile_is_taken_and_a_non_bridge_refused() {
+        // SAFETY: geteuid only reads this process's credentials.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("NOT RUN: a_bridge_made_meanwhile_is_taken: needs root (ip link add)");
+            return;
+        }
+        let (br, tap) = ("hk-ut-br0", "hk-ut-tap0");
+        let del = |n: &str| {
+            let _ = cmd::run(None, "ip", &["link", "del", n]);
+        };
+        del(br);
+        del(tap);
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || create(br)))
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        cmd::run(None, "ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).unwrap();
+        let refused = create(tap);
+        del(br);
+        del(tap);
+        for r in results {
+            r.expect("every racing create succeeds");
+        }
+        assert!(
+            matches!(refused, Err(Error::NotABridge(ref n)) if n == tap),
+            "{refused:?}"
+        );
     }
 }
