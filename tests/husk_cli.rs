@@ -305,7 +305,7 @@ fn run_timings_list_every_phase_in_order() {
         return;
     };
     let started = Instant::now();
-    let args = [
+    let out = h.run(&[
         "run",
         "--rm",
         "--timings",
@@ -313,91 +313,11 @@ fn run_timings_list_every_phase_in_order() {
         "none",
         "busybox",
         "true",
-    ];
-    let out = h.run(&args);
+    ]);
     let wall = started.elapsed();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let phases = [
-        "image resolve",
-        "disk preparation",
-        "network attach",
-        "helper daemons",
-        "VMM spawn",
-        "kernel boot to agent ready",
-        "agent connect",
-        "container create",
-        "stdio attach + start",
-        "process run to exit",
-        "power-off + cleanup",
-        "total",
-    ];
-    let table: Vec<&str> = err
-        .lines()
-        .skip_while(|l| *l != "husk: timings:")
-        .skip(1)
-        .collect();
-    let name = |l: &str| {
-        l.trim()
-            .rsplitn(3, ' ')
-            .nth(2)
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    };
-    let ms = |l: &str| -> f64 {
-        l.split_whitespace()
-            .rev()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1.0)
-    };
-    // Phases at two spaces; the guest's own steps, four in, under the phase they belong to
-    // (with no network, none for it).
-    let lines: Vec<&str> = table
-        .iter()
-        .copied()
-        .filter(|l| !l.starts_with("    "))
-        .collect();
-    let names: Vec<String> = lines.iter().map(|l| name(l)).collect();
-    assert_eq!(names, phases, "{err}");
-    let create = table
-        .iter()
-        .position(|l| name(l) == "container create")
-        .unwrap();
-    let steps: Vec<&str> = table[create + 1..]
-        .iter()
-        .copied()
-        .take_while(|l| l.starts_with("    "))
-        .collect();
-    let step_names: Vec<String> = steps.iter().map(|l| name(l)).collect();
-    assert_eq!(
-        step_names,
-        [
-            "cgroup and seccomp",
-            "init helper spawned",
-            "layer disks mounted",
-            "scratch disk mounted",
-            "overlay mounted",
-            "init helper set-up",
-        ],
-        "{err}"
-    );
-    let in_guest: f64 = steps.iter().map(|l| ms(l)).sum();
-    assert!(
-        steps.iter().all(|l| ms(l) >= 0.0) && in_guest <= ms(table[create]),
-        "the guest's steps ({in_guest} ms) run within container create: {err}"
-    );
-    let total_ms = lines.last().map(|l| ms(l)).unwrap_or(-1.0);
-    // The phases run from the command's start to its end, less process start-up and exit.
-    assert!(
-        total_ms > 0.0 && total_ms <= wall.as_secs_f64() * 1e3,
-        "total {total_ms} ms against {wall:?}: {err}"
-    );
-    assert!(
-        total_ms >= wall.as_secs_f64() * 1e3 * 0.5,
-        "{total_ms} ms against {wall:?}"
-    );
+    common::cli::check_timings(&err, wall);
 }
 
 /// The state.json of the only container under `h`'s root, once it has one.

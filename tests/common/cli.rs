@@ -194,3 +194,92 @@ impl Husk {
         Some(h)
     }
 }
+
+/// One row of `husk run --timings`' table: a phase (two spaces in), or a step of the guest's
+/// within the phase above it (four in).
+#[derive(Debug)]
+pub struct TimingRow {
+    pub name: String,
+    pub ms: f64,
+    pub step: bool,
+}
+
+/// The rows after `husk: timings:` in `stderr`; a duration that does not parse reads -1.
+pub fn timing_rows(stderr: &str) -> Vec<TimingRow> {
+    stderr
+        .lines()
+        .skip_while(|l| *l != "husk: timings:")
+        .skip(1)
+        .map(|l| {
+            let mut words = l.trim().rsplitn(3, ' ');
+            let ms = words.nth(1).and_then(|v| v.parse().ok()).unwrap_or(-1.0);
+            TimingRow {
+                name: words.next().unwrap_or("").trim().to_string(),
+                ms,
+                step: l.starts_with("    "),
+            }
+        })
+        .collect()
+}
+
+/// Checks `husk run --rm --timings --network none busybox true`'s table (its `stderr`, the
+/// command having taken `wall`): every phase in order, the guest's steps under container
+/// create and within it, and a total of about the command's own wall time.
+pub fn check_timings(err: &str, wall: Duration) {
+    let phases = [
+        "image resolve",
+        "disk preparation",
+        "network attach",
+        "helper daemons",
+        "VMM spawn",
+        "kernel boot to agent ready",
+        "agent connect",
+        "container create",
+        "stdio attach + start",
+        "process run to exit",
+        "power-off + cleanup",
+        "total",
+    ];
+    // Phases, and the guest's own steps under the phase they belong to (with no network,
+    // none for it).
+    let rows = timing_rows(err);
+    let names: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.step)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, phases, "{err}");
+    let create = rows
+        .iter()
+        .position(|r| r.name == "container create")
+        .unwrap();
+    let steps: Vec<_> = rows[create + 1..].iter().take_while(|r| r.step).collect();
+    let step_names: Vec<&str> = steps.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        step_names,
+        [
+            "cgroup and seccomp",
+            "init helper spawned",
+            "layer disks mounted",
+            "scratch disk mounted",
+            "overlay mounted",
+            "init helper set-up",
+        ],
+        "{err}"
+    );
+    let in_guest: f64 = steps.iter().map(|r| r.ms).sum();
+    assert!(
+        steps.iter().all(|r| r.ms >= 0.0) && in_guest <= rows[create].ms,
+        "the guest's steps ({in_guest} ms) run within container create: {err}"
+    );
+    let total_ms = rows.last().map(|r| r.ms).unwrap_or(-1.0);
+    // The phases run from the command's start to its end, less process start-up and exit.
+    assert!(
+        total_ms > 0.0 && total_ms <= wall.as_secs_f64() * 1e3,
+        "total {total_ms} ms against {wall:?}: {err}"
+    );
+    assert!(
+        total_ms >= wall.as_secs_f64() * 1e3 * 0.5,
+        "{total_ms} ms against {wall:?}"
+    );
+}
