@@ -78,10 +78,25 @@ fn run(
             envp.as_ptr().cast(),
         )
     };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
+    check(rc).map(|()| pid)
+}
+
+/// `Err` for a nonzero return of a posix_spawn function (the error number itself).
+fn check(rc: libc::c_int) -> io::Result<()> {
+    match rc {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
-    Ok(pid)
+}
+
+/// A heap `T` initialised by `init` (a posix_spawn `*_init`), which the caller must destroy.
+fn boxed<T>(init: unsafe extern "C" fn(*mut T) -> libc::c_int) -> io::Result<Box<T>> {
+    let mut b = Box::new(MaybeUninit::<T>::uninit());
+    // SAFETY: init writes an initial value into the live, boxed storage.
+    check(unsafe { init(b.as_mut_ptr()) })?;
+    // SAFETY: init succeeded, so the storage holds an initialised T; MaybeUninit<T> has T's
+    // layout, so the box may be reinterpreted.
+    Ok(unsafe { Box::from_raw(Box::into_raw(b).cast()) })
 }
 
 /// An initialised `posix_spawn_file_actions_t`, destroyed on drop.
@@ -89,26 +104,12 @@ struct FileActions(Box<libc::posix_spawn_file_actions_t>);
 
 impl FileActions {
     fn new() -> io::Result<FileActions> {
-        let mut a = Box::new(MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit());
-        // SAFETY: init writes an empty action list into the live, boxed storage.
-        let rc = unsafe { libc::posix_spawn_file_actions_init(a.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: init succeeded, so the storage holds an initialised value; MaybeUninit<T>
-        // has T's layout, so the box may be reinterpreted.
-        Ok(FileActions(unsafe {
-            Box::from_raw(Box::into_raw(a).cast())
-        }))
+        boxed(libc::posix_spawn_file_actions_init).map(FileActions)
     }
 
     fn dup2(&mut self, from: RawFd, to: RawFd) -> io::Result<()> {
         // SAFETY: the action list is initialised (new) and only appended to here.
-        let rc = unsafe { libc::posix_spawn_file_actions_adddup2(&mut *self.0, from, to) };
-        match rc {
-            0 => Ok(()),
-            e => Err(io::Error::from_raw_os_error(e)),
-        }
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut *self.0, from, to) })
     }
 
     fn as_ptr(&self) -> *const libc::posix_spawn_file_actions_t {
@@ -129,38 +130,22 @@ struct SpawnAttr(Box<libc::posix_spawnattr_t>);
 
 impl SpawnAttr {
     fn new() -> io::Result<SpawnAttr> {
-        let mut a = Box::new(MaybeUninit::<libc::posix_spawnattr_t>::uninit());
-        // SAFETY: init writes default attributes into the live, boxed storage.
-        let rc = unsafe { libc::posix_spawnattr_init(a.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: init succeeded; MaybeUninit<T> has T's layout.
-        let mut attr = SpawnAttr(unsafe { Box::from_raw(Box::into_raw(a).cast()) });
+        let mut attr = boxed(libc::posix_spawnattr_init).map(SpawnAttr)?;
         let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
         let mut pipe = MaybeUninit::<libc::sigset_t>::uninit();
+        let a = &mut *attr.0;
+        let flags = (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
         // SAFETY: sigemptyset / sigaddset write into the live sigset_t storage they are given;
-        // the setters copy the initialised sets into `attr`, which is initialised.
-        let rc = unsafe {
+        // the setters copy the initialised sets into `a`, which is initialised.
+        unsafe {
             libc::sigemptyset(empty.as_mut_ptr());
             libc::sigemptyset(pipe.as_mut_ptr());
             libc::sigaddset(pipe.as_mut_ptr(), libc::SIGPIPE);
-            let a = &mut *attr.0;
-            let flags =
-                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
-            let mut rc = libc::posix_spawnattr_setsigmask(a, empty.as_ptr());
-            if rc == 0 {
-                rc = libc::posix_spawnattr_setsigdefault(a, pipe.as_ptr());
-            }
-            if rc == 0 {
-                rc = libc::posix_spawnattr_setflags(a, flags);
-            }
-            rc
-        };
-        match rc {
-            0 => Ok(attr),
-            e => Err(io::Error::from_raw_os_error(e)),
+            check(libc::posix_spawnattr_setsigmask(a, empty.as_ptr()))?;
+            check(libc::posix_spawnattr_setsigdefault(a, pipe.as_ptr()))?;
+            check(libc::posix_spawnattr_setflags(a, flags))?;
         }
+        Ok(attr)
     }
 
     fn as_ptr(&self) -> *const libc::posix_spawnattr_t {
