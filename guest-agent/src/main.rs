@@ -36,6 +36,7 @@ mod init;
 mod mounts;
 mod net;
 mod netlink;
+mod oom;
 mod overlay_mount;
 mod power;
 mod process;
@@ -122,6 +123,7 @@ fn serve() -> ! {
         say!("husk-agent: cannot start the reaper: {e}");
     }
     cgroup::init();
+    oom::init();
     // `localhost` works in every container, networked or not.
     if let Err(e) = net::configure(None) {
         say!("husk-agent: cannot bring lo up: {e}");
