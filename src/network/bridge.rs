@@ -45,19 +45,19 @@ pub fn ensure(name: &str, subnet: &Subnet) -> Result<(), Error> {
 fn create(name: &str) -> Result<(), Error> {
     if !exists(name) {
         match cmd::run(None, "ip", &["link", "add", name, "type", "bridge"]) {
+            Ok(_) => {}
             Err(Error::Tool { detail, .. }) if detail.contains("File exists") => {}
-            other => {
-                other?;
-            }
+            Err(e) => return Err(e),
         }
     }
-    match Path::new("/sys/class/net")
+    if Path::new("/sys/class/net")
         .join(name)
         .join("bridge")
         .exists()
     {
-        true => Ok(()),
-        false => Err(Error::NotABridge(name.to_string())),
+        Ok(())
+    } else {
+        Err(Error::NotABridge(name.to_string()))
     }
 }
 
