@@ -162,6 +162,7 @@ impl Ipam {
         ports: &[PortMapping],
     ) -> Result<(), Error> {
         let mut l = self.load(bridge)?;
+        let held = l.ports.len();
         for p in ports {
             let key = format!("{}/{}", p.proto.as_str(), p.host_port);
             match l.ports.get(&key) {
@@ -177,7 +178,11 @@ impl Ipam {
             super::ports::check_free(p)?;
             l.ports.insert(key, id.to_string());
         }
-        self.save(bridge, &l)
+        // Nothing new (no -p, or a restart's own ports): no write, no fsync.
+        match l.ports.len() == held {
+            true => Ok(()),
+            false => self.save(bridge, &l),
+        }
     }
 
     /// Every lease on `bridge` (address → container id).

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod ports;
 pub mod resolv;
 pub mod tap;
+mod wiring;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ipam::Subnet;
 pub use ports::{PortMapping, Proto};
+pub use wiring::Wiring;
 
 use crate::backend::{TapFd, TapSpec};
 
@@ -84,6 +86,16 @@ pub enum Error {
     BadMode(String),
     #[error("--publish needs a bridge network; --network {0} has no host side to publish from")]
     PortsWithoutBridge(String),
+    #[error("putting {tap} on bridge {bridge}: {source}")]
+    Join {
+        tap: String,
+        bridge: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the thread that sets up the network: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the thread setting up the network ended without an answer (it panicked)")]
+    WiringLost,
 }
 
 /// `--network`.
@@ -164,11 +176,12 @@ pub struct BridgeLease {
     pub ip: Ipv4Addr,
 }
 
-/// [`attach`]'s result: the record, the NIC for the VM and the guest's configuration.
+/// [`attach`]'s result: the record, the NIC for the VM (all it needs to start) and the rest
+/// of the set-up, finishing beside the boot, which gives the guest's configuration.
 pub struct Attached {
     pub record: Attachment,
     pub tap: TapSpec,
-    pub guest: NetworkConfig,
+    pub guest: Wiring,
 }
 
 /// The bridge and subnet from the environment (or the defaults).
@@ -194,7 +207,7 @@ pub fn attach(root: &Path, id: &str, s: &NetworkSettings) -> Result<Option<Attac
                 mac: husk_protocol::format_mac(&e.tap.mac),
                 bridge: None,
                 netns: Some(e.link.clone()),
-                addresses: addresses(&e.guest),
+                addresses: e.addresses.iter().map(|a| a.addr.to_string()).collect(),
             };
             Ok(Some(Attached {
                 record,
@@ -206,13 +219,9 @@ pub fn attach(root: &Path, id: &str, s: &NetworkSettings) -> Result<Option<Attac
     }
 }
 
-fn addresses(g: &NetworkConfig) -> Vec<String> {
-    g.interfaces
-        .iter()
-        .flat_map(|i| i.addresses.iter().map(|a| a.addr.to_string()))
-        .collect()
-}
-
+/// The bridge's part of [`attach`]: the address and the TAP now, under the network lock;
+/// the bridge, its NAT, the TAP joining it and the published ports on a [`Wiring`] that
+/// keeps the lock until it is done (and on failure undoes its rules and the lease).
 fn attach_bridge(
     root: &Path,
     id: &str,
@@ -220,33 +229,25 @@ fn attach_bridge(
     ports: &[PortMapping],
 ) -> Result<Attached, Error> {
     let (br, subnet) = bridge_from_env()?;
+    // Cheap, and says so before a VM boots for nothing.
+    bridge::refuse_non_bridge(&br)?;
     let ipam = ipam::Ipam::open(root)?;
     let lock = ipam.lock()?;
-    bridge::ensure(&br, &subnet)?;
-    nat::ensure_bridge(&br, &subnet)?;
     // A start after a crash may find the last boot's rules.
     let stale_rules = ipam.holds_ports(&lock, id)?;
     ipam.reserve_ports(&lock, &br, id, ports)?;
-    let ip = match ipam.allocate(&lock, &br, &subnet, id) {
-        Ok(ip) => ip,
-        Err(e) => {
-            let _ = ipam.release(&lock, &br, id);
-            return Err(e);
-        }
-    };
-    let undo = |e: Error| {
-        if !ports.is_empty() || stale_rules {
+    let published = !ports.is_empty();
+    let undo = move |ipam: &ipam::Ipam, lock: &ipam::NetLock, id: &str, br: &str, e: Error| {
+        if published || stale_rules {
             let _ = nat::unpublish(id);
         }
-        let _ = ipam.release(&lock, &br, id);
+        let _ = ipam.release(lock, br, id);
         e
     };
-    let fd = tap::open(tap_name).map_err(undo)?;
-    cmd::run(None, "ip", &["link", "set", tap_name, "master", &br, "up"]).map_err(undo)?;
-    if stale_rules {
-        nat::unpublish(id).map_err(undo)?;
-    }
-    nat::publish(id, ip, ports).map_err(undo)?;
+    let ip = ipam
+        .allocate(&lock, &br, &subnet, id)
+        .map_err(|e| undo(&ipam, &lock, id, &br, e))?;
+    let fd = tap::open(tap_name).map_err(|e| undo(&ipam, &lock, id, &br, e))?;
     let mac = tap::mac_for(ip);
     let guest = NetworkConfig {
         interfaces: vec![InterfaceConfig {
@@ -262,24 +263,47 @@ fn attach_bridge(
         dns: resolv::host(),
         hosts: Vec::new(),
     };
+    let record = Attachment {
+        tap: tap_name.to_string(),
+        mac: husk_protocol::format_mac(&mac),
+        bridge: Some(BridgeLease {
+            name: br.clone(),
+            subnet,
+            ip,
+        }),
+        netns: None,
+        addresses: vec![ip.to_string()],
+    };
+    let (id, tap, ports) = (id.to_string(), tap_name.to_string(), ports.to_vec());
+    let (ipam_again, id_again, br_again) = (ipam.clone(), id.clone(), br.clone());
+    let wiring = Wiring::spawn(move || {
+        let wired = (|| {
+            bridge::ensure(&br, &subnet)?;
+            nat::ensure_bridge(&br, &subnet)?;
+            bridge::join(&tap, &br)?;
+            if stale_rules {
+                nat::unpublish(&id)?;
+            }
+            nat::publish(&id, ip, &ports)
+        })();
+        match wired {
+            Ok(()) => Ok(guest),
+            Err(e) => Err(undo(&ipam, &lock, &id, &br, e)),
+        }
+    })
+    // The work never ran: its lock went with it, so the lease is released under a new one.
+    .map_err(|e| match ipam_again.lock() {
+        Ok(lock) => undo(&ipam_again, &lock, &id_again, &br_again, e),
+        Err(_) => e,
+    })?;
     Ok(Attached {
-        record: Attachment {
-            tap: tap_name.to_string(),
-            mac: husk_protocol::format_mac(&mac),
-            bridge: Some(BridgeLease {
-                name: br,
-                subnet,
-                ip,
-            }),
-            netns: None,
-            addresses: vec![ip.to_string()],
-        },
+        record,
         tap: TapSpec {
             tap_name: tap_name.to_string(),
             mac,
             fd: Some(TapFd(Arc::new(fd))),
         },
-        guest,
+        guest: wiring,
     })
 }
 

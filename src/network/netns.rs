@@ -16,7 +16,7 @@ use husk_protocol::{InterfaceConfig, IpNet, NetworkConfig, RouteConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{cmd, tap, Error};
+use super::{cmd, tap, Error, Wiring};
 use crate::backend::{TapFd, TapSpec};
 
 /// What [`attach`] set up in a namespace; keep it (it is serialisable) to [`detach`] later.
@@ -29,59 +29,94 @@ pub struct NetnsLink {
 }
 
 /// The result of [`attach`]: the NIC for the VM spec (its TAP fd open, from inside the
-/// namespace), the guest's network for `ContainerSpec::network`, and what to detach.
+/// namespace), the veth's addresses, what to detach, and the rest of the set-up (the
+/// mirroring and the routes read), which gives the guest's network for
+/// `ContainerSpec::network` once done.
 pub struct EngineNetwork {
     pub tap: TapSpec,
-    pub guest: NetworkConfig,
+    pub addresses: Vec<IpNet>,
     pub link: NetnsLink,
+    pub guest: Wiring,
 }
 
 /// Sets up the TAP named `tap_name` beside the namespace's veth (or other Ethernet link)
 /// and returns what the VM and the guest need. The TAP lives as long as its fd: give
-/// `EngineNetwork::tap` to the VM spec and drop every other copy once the VMM runs.
+/// `EngineNetwork::tap` to the VM spec and drop every other copy once the VMM runs. Only
+/// what the VMM needs is done before this returns: one read of the links and the TAP;
+/// the mirroring and the routes follow on [`EngineNetwork::guest`] (which detaches again
+/// if it fails).
 pub fn attach(netns: &Path, tap_name: &str) -> Result<EngineNetwork, Error> {
     let ns = Some(netns);
-    let links: Value = json(cmd::run(ns, "ip", &["-j", "-d", "link", "show"])?)?;
+    // Links with their addresses (`addr show` lists every link, with `-d` its kind too).
+    let links: Value = json(cmd::run(ns, "ip", &["-j", "-d", "addr", "show"])?)?;
     let (veth, mac, mtu) = pick_link(&links, tap_name).ok_or_else(|| Error::NoEngineLink {
         netns: netns.to_path_buf(),
     })?;
-    let addrs: Value = json(cmd::run(ns, "ip", &["-j", "addr", "show", "dev", &veth])?)?;
-    let mut routes = Vec::new();
-    for family in ["-4", "-6"] {
-        let r: Value = json(cmd::run(
-            ns,
-            "ip",
-            &["-j", family, "route", "show", "dev", &veth],
-        )?)?;
-        routes.extend(parse_routes(&r));
-    }
+    let addresses = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l.get("ifname").and_then(Value::as_str) == Some(veth.as_str()))
+        .map(parse_addresses)
+        .unwrap_or_default();
     let fd = tap::open_in(netns, tap_name)?;
     let link = NetnsLink {
         netns: netns.to_path_buf(),
         veth: veth.clone(),
         tap: tap_name.to_string(),
     };
-    if let Err(e) = mirror(netns, &veth, tap_name, mtu) {
-        let _ = detach(&link);
-        return Err(e);
-    }
+    let interface = InterfaceConfig {
+        mac,
+        mtu: Some(mtu),
+        addresses: addresses.clone(),
+    };
+    let wired = link.clone();
+    let guest = Wiring::spawn(move || {
+        let done = mirror(&wired.netns, &wired.veth, &wired.tap, mtu)
+            .and_then(|()| routes(&wired.netns, &wired.veth));
+        match done {
+            Ok(routes) => Ok(NetworkConfig {
+                interfaces: vec![interface],
+                routes,
+                ..NetworkConfig::default()
+            }),
+            Err(e) => {
+                let _ = detach(&wired);
+                Err(e)
+            }
+        }
+    });
+    let guest = match guest {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = detach(&link);
+            return Err(e);
+        }
+    };
     Ok(EngineNetwork {
         tap: TapSpec {
             tap_name: tap_name.to_string(),
             mac,
             fd: Some(TapFd(Arc::new(fd))),
         },
-        guest: NetworkConfig {
-            interfaces: vec![InterfaceConfig {
-                mac,
-                mtu: Some(mtu),
-                addresses: parse_addresses(&addrs),
-            }],
-            routes,
-            ..NetworkConfig::default()
-        },
+        addresses,
         link,
+        guest,
     })
+}
+
+/// The routes the engine gave `veth`, IPv4 and IPv6.
+fn routes(netns: &Path, veth: &str) -> Result<Vec<RouteConfig>, Error> {
+    let mut routes = Vec::new();
+    for family in ["-4", "-6"] {
+        let r: Value = json(cmd::run(
+            Some(netns),
+            "ip",
+            &["-j", family, "route", "show", "dev", veth],
+        )?)?;
+        routes.extend(parse_routes(&r));
+    }
+    Ok(routes)
 }
 
 /// Removes the mirroring from the veth (the TAP goes with its last fd; deleted here too in
@@ -161,9 +196,9 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// Global addresses (link-local ones the guest derives itself from the same MAC).
-fn parse_addresses(v: &Value) -> Vec<IpNet> {
-    let Some(info) = v.pointer("/0/addr_info").and_then(Value::as_array) else {
+/// A link's global addresses (link-local ones the guest derives itself from the same MAC).
+fn parse_addresses(link: &Value) -> Vec<IpNet> {
+    let Some(info) = link.get("addr_info").and_then(Value::as_array) else {
         return Vec::new();
     };
     info.iter()
@@ -236,9 +271,9 @@ mod tests {
         assert_eq!((name.as_str(), mtu), ("eth0", 1450));
         assert_eq!(mac, [0x0a, 0x58, 0x0a, 0x58, 0, 5]);
         let addrs: Value = serde_json::from_str(
-            r#"[{"addr_info":[{"family":"inet","local":"10.88.0.5","prefixlen":16,"scope":"global"},
+            r#"{"addr_info":[{"family":"inet","local":"10.88.0.5","prefixlen":16,"scope":"global"},
                 {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"},
-                {"family":"inet6","local":"fd00::5","prefixlen":64,"scope":"global"}]}]"#,
+                {"family":"inet6","local":"fd00::5","prefixlen":64,"scope":"global"}]}"#,
         )
         .unwrap();
         let a: Vec<String> = parse_addresses(&addrs)

@@ -19,18 +19,18 @@
 
 use std::path::Path;
 
-use husk_protocol::{ContainerSpec, NetworkConfig};
+use husk_protocol::ContainerSpec;
 
 use super::{runc_log, Error};
 use crate::backend::TapSpec;
 use crate::network::netns::{self, NetnsLink};
-use crate::network::{self, tap};
+use crate::network::{self, tap, Wiring};
 
-/// The NIC the VM gets, the guest's network (for `ContainerSpec::network`) and what to
-/// detach later.
+/// The NIC the VM gets, the guest's network (for `ContainerSpec::network`, once its
+/// set-up, which runs beside the boot, is done) and what to detach later.
 pub struct Attached {
     pub tap: TapSpec,
-    pub guest: NetworkConfig,
+    pub guest: Wiring,
     pub link: NetnsLink,
 }
 
@@ -60,10 +60,10 @@ pub fn attach(id: &str, netns: &str, container: &ContainerSpec) -> Result<Option
         }
         Err(e) => return Err(err(e)),
     };
-    let mut guest = engine.guest;
-    if !binds(container, "/etc/resolv.conf") {
-        guest.dns = network::resolv::host();
-    }
+    let guest = match binds(container, "/etc/resolv.conf") {
+        true => engine.guest,
+        false => engine.guest.with_dns(network::resolv::host()),
+    };
     Ok(Some(Attached {
         tap: engine.tap,
         guest,

@@ -19,6 +19,7 @@ use super::control::{self, Request};
 use super::state::{ContainerState, Status, Store};
 use super::{console, exec_check, network, runc_log, Error};
 use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
+use crate::network::Wiring;
 use crate::pod::attach::{self, Stdio};
 use crate::pod::proc::ProcessRef;
 use crate::pod::ready_pipe::Reporter;
@@ -299,7 +300,7 @@ fn boot(
             ))
         }
     };
-    let vm = start_vm(store, &state, &mut plan)?;
+    let (vm, network) = start_vm(store, &state, &mut plan)?;
     attach::guard_vm(target, &vm);
     let agent_err = |source| Error::Agent {
         id: id.to_string(),
@@ -310,10 +311,19 @@ fn boot(
         id: id.to_string(),
         source: Box::new(source),
     };
-    let pod = PodVm::boot(vm, &state.vsock_uds(), plan.container.clone()).map_err(|e| match e {
-        BootError::Vm(source) => vm_err(source),
-        BootError::Agent(source) => agent_err(source),
-    })?;
+    let (netns, wiring) = network.unzip();
+    let pod =
+        PodVm::boot(vm, &state.vsock_uds(), plan.container.clone(), wiring).map_err(
+            |e| match e {
+                BootError::Vm(source) => vm_err(source),
+                BootError::Agent(source) => agent_err(source),
+                BootError::Network(source) => Error::Network {
+                    id: id.to_string(),
+                    netns: netns.unwrap_or_default(),
+                    source: Box::new(source),
+                },
+            },
+        )?;
     if mode == Console::Socket {
         let size = plan
             .container
@@ -345,11 +355,13 @@ fn boot(
     })
 }
 
+/// Starts the VM; with it, the rest of its NIC's set-up, which goes on beside the boot, and
+/// the network namespace it is in.
 fn start_vm(
     store: &Store,
     state: &ContainerState,
     plan: &mut Plan,
-) -> Result<Arc<dyn VmHandle>, Error> {
+) -> Result<(Arc<dyn VmHandle>, Option<(String, Wiring)>), Error> {
     let assets = GuestAssets::find(None, None)?;
     let vm_err = |source| Error::Vm {
         id: state.id.clone(),
@@ -375,24 +387,27 @@ fn start_vm(
     } else {
         plan.netns.clone()
     };
+    let mut wiring = None;
     if let Some(ns) = &netns {
         if let Some(nic) = network::attach(&state.id, ns, &plan.container)? {
             // Recorded before the VM exists: a VM holder killed from here on is cleaned up
             // by `delete`.
             let link = nic.link.clone();
             if let Err(e) = store.update(&state.id, |s| s.network = Some(link)) {
+                // Its end first: what it sets up is what the detach removes.
+                drop(nic.guest);
                 network::detach(&nic.link);
                 return Err(e);
             }
             spec.taps.push(nic.tap);
-            plan.container.network = Some(nic.guest);
+            wiring = Some((ns.clone(), nic.guest));
         }
     }
     timings::mark("bundle plan + network attach");
     // `spec` (and the TAP fd in it) goes at the end of this function: from then on the VMM
     // holds the only fd, and the TAP ends with it.
     let vm = backend.start(&spec).map_err(vm_err)?;
-    Ok(Arc::from(vm))
+    Ok((Arc::from(vm), wiring))
 }
 
 /// The container's own network namespace ([`Plan::new_netns`]), with the prestart and

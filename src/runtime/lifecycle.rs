@@ -230,6 +230,8 @@ impl Runtime {
         let vm: Arc<dyn crate::backend::VmHandle> = match started {
             Ok(vm) => Arc::from(vm),
             Err(e) => {
+                // The set-up's end first: it holds the network lock the release takes.
+                drop(guest_net);
                 self.release_network(id);
                 return Err(vm_err(e));
             }
@@ -252,15 +254,15 @@ impl Runtime {
             console: state.console_log.clone(),
             source: Box::new(source),
         };
-        let mut spec = container_spec(&state, console);
-        spec.network = guest_net;
-        let pod = match PodVm::boot(vm, &state.vsock_uds, spec) {
+        let spec = container_spec(&state, console);
+        let pod = match PodVm::boot(vm, &state.vsock_uds, spec, guest_net) {
             Ok(pod) => pod,
             Err(e) => {
                 let _ = self.record_exit(&state, None);
                 return Err(match e {
                     BootError::Vm(source) => vm_err(source),
                     BootError::Agent(source) => agent_err(&state, source),
+                    BootError::Network(source) => Error::Network(source),
                 });
             }
         };

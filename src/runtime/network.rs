@@ -3,23 +3,23 @@
 //! release when the VM has ended or the container is removed, and sweep what a `kill -9`
 //! of the VMM and its monitor left behind.
 
-use husk_protocol::NetworkConfig;
-
 use super::lifecycle::Runtime;
 use super::state::{State, STATE_FILE};
 use super::Error;
 use crate::backend::VmSpec;
+use crate::network::Wiring;
 use crate::pod::proc::ProcessRef;
 
 impl Runtime {
-    /// Sets up `state`'s network, adds its NIC to `spec` and returns the guest's side;
-    /// `None` for `--network none`. The calling process becomes the monitor in the same
-    /// state update, so no sweep takes the network of a container that is still booting.
+    /// Sets up `state`'s network, adds its NIC to `spec` and returns the rest of the set-up,
+    /// which finishes beside the boot and gives the guest's side; `None` for `--network
+    /// none`. The calling process becomes the monitor in the same state update, so no sweep
+    /// takes the network of a container that is still booting.
     pub(super) fn attach_network(
         &self,
         state: &State,
         spec: &mut VmSpec,
-    ) -> Result<Option<NetworkConfig>, Error> {
+    ) -> Result<Option<Wiring>, Error> {
         let root = self.store.root();
         let Some(a) = crate::network::attach(root, &state.id, &state.config.network)? else {
             return Ok(None);
@@ -29,6 +29,8 @@ impl Runtime {
             s.network = Some(record.clone());
             s.monitor = ProcessRef::of(std::process::id());
         }) {
+            // Its work done first: it holds the network lock the detach takes.
+            drop(a.guest);
             let _ = crate::network::detach(root, &state.id, &record);
             return Err(e);
         }

@@ -11,9 +11,10 @@ use super::share::{self, PodShare, POD_TAG};
 use super::Error;
 use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 use crate::network::netns::NetnsLink;
+use crate::network::Wiring;
 use crate::ociruntime::bundle::{self, Plan};
 use crate::ociruntime::network;
-use crate::pod::{base_spec, GuestAssets, PodVm, PoweredOff, FIRST_CID};
+use crate::pod::{base_spec, BootError, GuestAssets, PodVm, PoweredOff, FIRST_CID};
 
 /// CRI's sizing of the whole pod on its sandbox (containerd 1.7 and later): the sum of its
 /// containers' limits. containerd 1.6 sends none: the VM gets the default size.
@@ -106,34 +107,55 @@ impl Pod {
             // then counts the VM); a systemd-style `slice:prefix:name` keeps husk's own.
             spec.cgroup_parent = plan.cgroups_path.clone().filter(|p| p.is_absolute());
             let mut link = None;
+            let mut wiring = None;
             if let Some(ns) = &plan.netns {
                 if let Some(nic) = network::attach(id, ns, &plan.container)? {
                     spec.taps.push(nic.tap);
-                    plan.container.network = Some(nic.guest);
+                    wiring = Some(nic.guest);
                     link = Some(nic.link);
                 }
             }
+            let detach = |link: &Option<_>| {
+                if let Some(l) = link {
+                    network::detach(l);
+                }
+            };
             let started = backend.start(&spec).map_err(vm_err);
             // The TAP fd went to the VMM with `spec`; a VM that did not start takes it along.
             drop(spec);
             let vm: Arc<dyn VmHandle> = match started {
                 Ok(vm) => Arc::from(vm),
                 Err(e) => {
-                    if let Some(l) = &link {
-                        network::detach(l);
-                    }
+                    // The set-up's end first: what it sets up is what the detach removes.
+                    drop(wiring);
+                    detach(&link);
                     return Err(e);
                 }
             };
-            match PodVm::connect(vm, &dir.join("vsock")) {
-                Ok(pod) => Ok((pod, link)),
+            let connected = PodVm::connect(vm, &dir.join("vsock"));
+            // The NIC's set-up went on beside the boot; the sandbox container needs its end.
+            let wired = wiring.map(Wiring::wait).transpose();
+            let pod = match connected {
+                Ok(pod) => pod,
                 Err(source) => {
-                    if let Some(l) = &link {
-                        network::detach(l);
-                    }
-                    Err(Error::Boot {
+                    detach(&link);
+                    return Err(Error::Boot {
                         pod: id.to_string(),
                         source,
+                    });
+                }
+            };
+            match wired {
+                Ok(net) => {
+                    plan.container.network = net;
+                    Ok((pod, link))
+                }
+                Err(source) => {
+                    let _ = pod.vm.kill();
+                    detach(&link);
+                    Err(Error::Boot {
+                        pod: id.to_string(),
+                        source: BootError::Network(source),
                     })
                 }
             }
