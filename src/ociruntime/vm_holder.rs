@@ -287,6 +287,10 @@ fn boot(
     foreground: bool,
     target: &std::sync::Mutex<attach::SignalTarget>,
 ) -> Result<Booted, Error> {
+    if let Ok(kind) = BackendKind::from_env() {
+        // Beside the bundle's plan.
+        kind.probe_ahead();
+    }
     let state = store.load(id)?;
     let mut plan = bundle::plan(id, &state.bundle)?;
     let tty = plan.container.process.terminal;

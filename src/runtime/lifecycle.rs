@@ -210,6 +210,8 @@ impl Runtime {
             source: Box::new(source),
         };
         let backend = backend::backend(self.backend).map_err(vm_err)?;
+        // Auto and husk-vmm ask `husk-vmm --probe` first (once per process).
+        timings::mark("VM backend choice");
         let vm_spec = vm_spec(&state, &assets);
         // The short socket directory under the temp dir may have been cleaned since `create`.
         for p in [&state.console_log, &state.vsock_uds] {

@@ -229,6 +229,7 @@ pub fn check_timings(err: &str, wall: Duration) {
     let phases = [
         "image resolve",
         "disk preparation",
+        "VM backend choice",
         "network attach",
         "helper daemons",
         "VMM spawn",

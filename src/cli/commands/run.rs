@@ -50,6 +50,10 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32, Error> {
 
 fn run_recorded(g: &GlobalOpts, a: RunArgs, on_exit: impl FnOnce(i32)) -> Result<i32, Error> {
     let rt = super::runtime(g)?;
+    // Beside the image's resolve and the disks; `-d` leaves the boot to husk-monitor.
+    if !a.detach {
+        rt.backend.probe_ahead();
+    }
     let image_store = images::open(&g.root)?;
     let opts = RunOptions {
         name: a.name,
