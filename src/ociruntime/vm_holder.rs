@@ -359,13 +359,15 @@ fn boot(
     })
 }
 
-/// Starts the VM; with it, the rest of its NIC's set-up, which goes on beside the boot, and
-/// the network namespace it is in.
+/// The network namespace a NIC is in, and the rest of its set-up, going on beside the boot.
+type PendingNic = (String, Wiring);
+
+/// Starts the VM; with it, its NIC's pending set-up.
 fn start_vm(
     store: &Store,
     state: &ContainerState,
     plan: &mut Plan,
-) -> Result<(Arc<dyn VmHandle>, Option<(String, Wiring)>), Error> {
+) -> Result<(Arc<dyn VmHandle>, Option<PendingNic>), Error> {
     let assets = GuestAssets::find(None, None)?;
     let vm_err = |source| Error::Vm {
         id: state.id.clone(),
