@@ -68,13 +68,21 @@ impl BackendKind {
     /// for (`husk-vmm --probe`, once per process) on a thread of its own, so that it runs
     /// beside the caller's other work before the VM starts (1.5 ms on this project's
     /// machine, ~110 ms in the nested-KVM rig's L1). Nothing for QEMU, which asks no probe.
-    /// A process that ends first leaves the probe to finish and be reaped alone.
+    /// A process that ends first leaves the probe to finish and be reaped alone. The thread
+    /// takes no signal (it starts with all of them blocked), so a caller's signal handling,
+    /// `pod::attach::forward_signals` included, is as it would be without it.
     pub fn probe_ahead(self) {
-        if self != BackendKind::Qemu {
-            let _ = std::thread::Builder::new()
-                .name("husk-probe".into())
-                .spawn(host::husk_vmm_usable);
+        use nix::sys::signal::{SigSet, SigmaskHow};
+        if self == BackendKind::Qemu {
+            return;
         }
+        let Ok(mask) = SigSet::all().thread_swap_mask(SigmaskHow::SIG_BLOCK) else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("husk-probe".into())
+            .spawn(host::husk_vmm_usable);
+        let _ = mask.thread_set_mask();
     }
 
     /// Turns `Auto` into a concrete backend by probing the host; others stay as they are.

@@ -53,9 +53,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    let kind = BackendKind::from_flag_or_env(Some(&args.vmm))?;
-    kind.probe_ahead();
-    let mut rt = Runtime::new(&args.root, kind)?;
+    let mut rt = Runtime::new(&args.root, BackendKind::from_flag_or_env(Some(&args.vmm))?)?;
     rt.kernel = args.kernel;
     rt.initramfs = args.initramfs;
     Ok(monitor::run_monitor(&rt, &args.id)?)

@@ -114,8 +114,8 @@ pub fn join(tap: &str, bridge: &str) -> Result<(), Error> {
 
 /// A zeroed `ifreq` naming `name` (callers pass valid interface names: under 16 bytes).
 fn ifreq_for(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data (a name and a union of integers and arrays); all zeroes
-    // is a valid value of it.
+    // SAFETY: ifreq is plain data (a name and a union of integers, arrays, sockaddrs and a
+    // pointer, null when zeroed); all zeroes is a valid value of it.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in ifr
         .ifr_name

@@ -4,9 +4,11 @@
 //! addresses and routes only when the container is created in it, after the agent answers.
 //! Everything between (the TAP joining the bridge or mirrored to the engine's veth, NAT and
 //! published ports, the engine's routes read) runs on a thread of its own beside the VMM's
-//! start and the kernel's boot, instead of before them: 10 ms of `ip`/`nft` runs on the
-//! bridge, ~35 ms of `nsenter`/`ip`/`tc` runs in an engine's namespace on this project's
-//! machine (2026-12-05), and far more where process start-up is dear.
+//! start (its helper daemons, its spawn) instead of before it: 10 ms of `ip`/`nft` runs on
+//! the bridge, ~35 ms of `nsenter`/`ip`/`tc` runs in an engine's namespace on this project's
+//! machine (2026-12-05), and far more where process start-up is dear. The front-ends wait
+//! for it as soon as the VM runs, before they record it running: the guest boots on in its
+//! own process meanwhile, and a failure leaves the container as it was, its VM killed.
 
 use std::thread::JoinHandle;
 

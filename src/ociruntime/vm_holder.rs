@@ -306,6 +306,22 @@ fn boot(
     };
     let (vm, network) = start_vm(store, &state, &mut plan)?;
     attach::guard_vm(target, &vm);
+    // The NIC's set-up ran beside the VMM's start; the guest boots on while it ends.
+    if let Some((netns, wiring)) = network {
+        match wiring.wait() {
+            Ok(net) => plan.container.network = Some(net),
+            Err(source) => {
+                let _ = vm.kill();
+                release_network(store, id);
+                return Err(Error::Network {
+                    id: id.to_string(),
+                    netns,
+                    source: Box::new(source),
+                });
+            }
+        }
+        timings::mark("waiting for the network");
+    }
     let agent_err = |source| Error::Agent {
         id: id.to_string(),
         console: state.console_log(),
@@ -315,19 +331,10 @@ fn boot(
         id: id.to_string(),
         source: Box::new(source),
     };
-    let (netns, wiring) = network.unzip();
-    let pod =
-        PodVm::boot(vm, &state.vsock_uds(), plan.container.clone(), wiring).map_err(
-            |e| match e {
-                BootError::Vm(source) => vm_err(source),
-                BootError::Agent(source) => agent_err(source),
-                BootError::Network(source) => Error::Network {
-                    id: id.to_string(),
-                    netns: netns.unwrap_or_default(),
-                    source: Box::new(source),
-                },
-            },
-        )?;
+    let pod = PodVm::boot(vm, &state.vsock_uds(), plan.container.clone()).map_err(|e| match e {
+        BootError::Vm(source) => vm_err(source),
+        BootError::Agent(source) => agent_err(source),
+    })?;
     if mode == Console::Socket {
         let size = plan
             .container

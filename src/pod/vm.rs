@@ -12,7 +12,6 @@ use super::GuestAssets;
 use super::{AGENT_CONNECT_TIMEOUT, VM_EXIT_TIMEOUT};
 use crate::agent::{self, AgentClient};
 use crate::backend::{self, VmHandle, VmSpec, VsockSpec};
-use crate::network::Wiring;
 use crate::util::timings;
 
 /// A pod VM before its disks, shares and NICs: `assets`' kernel and agent initramfs booted
@@ -42,9 +41,6 @@ pub enum BootError {
     /// The guest came up, but its agent could not be reached or refused the container.
     #[error(transparent)]
     Agent(agent::Error),
-    /// The NIC's set-up, finishing beside the boot, failed (and undid itself).
-    #[error(transparent)]
-    Network(crate::network::Error),
 }
 
 /// How long power-off waits for the agent to answer `Shutdown` before it watches the VM end.
@@ -96,29 +92,14 @@ impl PodVm {
         }
     }
 
-    /// [`connect`](Self::connect), then creates the pod's first container from `first`,
-    /// with the guest network `network` gives once its set-up, which ran beside the boot,
-    /// is done. On failure the VM is killed.
+    /// [`connect`](Self::connect), then creates the pod's first container from `first`. On
+    /// failure the VM is killed.
     pub fn boot(
         vm: Arc<dyn VmHandle>,
         vsock_uds: &Path,
-        mut first: ContainerSpec,
-        network: Option<Wiring>,
+        first: ContainerSpec,
     ) -> Result<PodVm, BootError> {
-        let connected = PodVm::connect(vm, vsock_uds);
-        // Waited for also when the boot failed: the caller's clean-up takes the network lock.
-        let wired = network.map(Wiring::wait).transpose();
-        let pod = connected?;
-        match wired {
-            Ok(net) => {
-                timings::mark("waiting for the network");
-                first.network = net.or(first.network);
-            }
-            Err(e) => {
-                let _ = pod.vm.kill();
-                return Err(BootError::Network(e));
-            }
-        }
+        let pod = PodVm::connect(vm, vsock_uds)?;
         match pod.create_container(first) {
             Ok(()) => Ok(pod),
             Err(e) => {

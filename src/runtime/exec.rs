@@ -119,6 +119,7 @@ pub fn exec(rt: &Runtime, query: &str, opts: &ExecOptions) -> Result<i32, Error>
         // The VM went under it (`rm -f`, `kill`, a stop that escalated): no exit status.
         Err(source) => Err(Error::ExecCut {
             id: state.name.clone(),
+            cause: super::lost::cause(rt, &state),
             source: Box::new(source),
         }),
     }

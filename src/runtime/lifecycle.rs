@@ -239,6 +239,7 @@ impl Runtime {
             }
         };
         on_vm(&vm);
+        let guest_net = self.network_wired(id, &*vm, guest_net)?;
         let vm_pid = ProcessRef::of(vm.pid());
         let state = self.store.update(id, |s| {
             s.status = Status::Running;
@@ -256,15 +257,15 @@ impl Runtime {
             console: state.console_log.clone(),
             source: Box::new(source),
         };
-        let spec = container_spec(&state, console);
-        let pod = match PodVm::boot(vm, &state.vsock_uds, spec, guest_net) {
+        let mut spec = container_spec(&state, console);
+        spec.network = guest_net;
+        let pod = match PodVm::boot(vm, &state.vsock_uds, spec) {
             Ok(pod) => pod,
             Err(e) => {
                 let _ = self.record_exit(&state, None);
                 return Err(match e {
                     BootError::Vm(source) => vm_err(source),
                     BootError::Agent(source) => agent_err(&state, source),
-                    BootError::Network(source) => Error::Network(source),
                 });
             }
         };

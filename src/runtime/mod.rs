@@ -18,6 +18,7 @@
 pub mod exec;
 pub mod guest_spec;
 pub mod lifecycle;
+mod lost;
 pub mod monitor;
 mod network;
 mod repair;
@@ -104,11 +105,12 @@ pub enum Error {
         console: PathBuf,
         source: Box<crate::agent::Error>,
     },
-    /// `husk exec` lost its agent before its process ended: the container was stopped,
-    /// killed or removed under it.
-    #[error("container {id}: the exec lost its process before it exited: the VM ended (the container was stopped, killed or removed) or its agent stopped answering: {source}")]
+    /// `husk exec` lost its agent before its process ended; `cause` says what ended it
+    /// (the container stopped or removed under it, the VM gone, a silent agent).
+    #[error("container {id}: the exec lost its process before it exited: {cause} ({source})")]
     ExecCut {
         id: String,
+        cause: String,
         source: Box<crate::agent::Error>,
     },
     #[error(transparent)]

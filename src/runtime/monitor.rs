@@ -40,6 +40,8 @@ pub fn run_foreground(
 /// waits for the end. Returns the container's exit code.
 pub fn run_monitor(rt: &Runtime, id: &str) -> Result<i32, Error> {
     let mut ready = Reporter::take(READY_FD_ENV);
+    // After the ready fd became close-on-exec: the probe's process must not hold it.
+    rt.backend.probe_ahead();
     let state = match rt.load(id) {
         Ok(s) => s,
         Err(e) => {
@@ -186,8 +188,9 @@ fn drive(
     // way to its agent) went instead.
     let lost = match &exit {
         Err(e) if !rt.load(id).map(|s| s.stop_requested).unwrap_or(true) => Some(format!(
-            "container {}: lost its process before it exited: the VM ended or its agent stopped answering ({e})",
-            booted.state.name
+            "container {}: lost its process before it exited: {} ({e})",
+            booted.state.name,
+            super::lost::cause(rt, &booted.state)
         )),
         _ => None,
     };

@@ -3,12 +3,15 @@
 //! release when the VM has ended or the container is removed, and sweep what a `kill -9`
 //! of the VMM and its monitor left behind.
 
+use husk_protocol::NetworkConfig;
+
 use super::lifecycle::Runtime;
 use super::state::{State, STATE_FILE};
 use super::Error;
-use crate::backend::VmSpec;
+use crate::backend::{VmHandle, VmSpec};
 use crate::network::Wiring;
 use crate::pod::proc::ProcessRef;
+use crate::util::timings;
 
 impl Runtime {
     /// Sets up `state`'s network, adds its NIC to `spec` and returns the rest of the set-up,
@@ -36,6 +39,29 @@ impl Runtime {
         }
         spec.taps.push(a.tap);
         Ok(Some(a.guest))
+    }
+
+    /// The guest's network once `wiring`, which ran beside the start of `vm`, is done (the
+    /// guest boots on meanwhile). A failure leaves the container as it was: `vm` killed, the
+    /// network released.
+    pub(super) fn network_wired(
+        &self,
+        id: &str,
+        vm: &dyn VmHandle,
+        wiring: Option<Wiring>,
+    ) -> Result<Option<NetworkConfig>, Error> {
+        let Some(w) = wiring else { return Ok(None) };
+        match w.wait() {
+            Ok(net) => {
+                timings::mark("waiting for the network");
+                Ok(Some(net))
+            }
+            Err(e) => {
+                let _ = vm.kill();
+                self.release_network(id);
+                Err(e.into())
+            }
+        }
     }
 
     /// Releases leases and rules of containers that no longer exist (those of containers

@@ -60,6 +60,12 @@ pub enum Error {
         #[source]
         source: crate::pod::BootError,
     },
+    #[error("pod {pod}: its network: {source}")]
+    Network {
+        pod: String,
+        #[source]
+        source: crate::network::Error,
+    },
     #[error("pod {pod}: {source}")]
     Vm {
         pod: String,

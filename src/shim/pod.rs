@@ -11,10 +11,9 @@ use super::share::{self, PodShare, POD_TAG};
 use super::Error;
 use crate::backend::{self, BackendKind, VmHandle, VsockSpec};
 use crate::network::netns::NetnsLink;
-use crate::network::Wiring;
 use crate::ociruntime::bundle::{self, Plan};
 use crate::ociruntime::network;
-use crate::pod::{base_spec, BootError, GuestAssets, PodVm, PoweredOff, FIRST_CID};
+use crate::pod::{base_spec, GuestAssets, PodVm, PoweredOff, FIRST_CID};
 
 /// CRI's sizing of the whole pod on its sandbox (containerd 1.7 and later): the sum of its
 /// containers' limits. containerd 1.6 sends none: the VM gets the default size.
@@ -132,30 +131,27 @@ impl Pod {
                     return Err(e);
                 }
             };
-            let connected = PodVm::connect(vm, &dir.join("vsock"));
-            // The NIC's set-up went on beside the boot; the sandbox container needs its end.
-            let wired = wiring.map(Wiring::wait).transpose();
-            let pod = match connected {
-                Ok(pod) => pod,
-                Err(source) => {
-                    detach(&link);
-                    return Err(Error::Boot {
-                        pod: id.to_string(),
-                        source,
-                    });
+            // The NIC's set-up ran beside the VMM's start; the guest boots on while it ends.
+            if let Some(w) = wiring {
+                match w.wait() {
+                    Ok(net) => plan.container.network = Some(net),
+                    Err(source) => {
+                        let _ = vm.kill();
+                        detach(&link);
+                        return Err(Error::Network {
+                            pod: id.to_string(),
+                            source,
+                        });
+                    }
                 }
-            };
-            match wired {
-                Ok(net) => {
-                    plan.container.network = net;
-                    Ok((pod, link))
-                }
+            }
+            match PodVm::connect(vm, &dir.join("vsock")) {
+                Ok(pod) => Ok((pod, link)),
                 Err(source) => {
-                    let _ = pod.vm.kill();
                     detach(&link);
                     Err(Error::Boot {
                         pod: id.to_string(),
-                        source: BootError::Network(source),
+                        source,
                     })
                 }
             }
