@@ -219,9 +219,41 @@ pub fn attach(root: &Path, id: &str, s: &NetworkSettings) -> Result<Option<Attac
     }
 }
 
+/// What the bridge's [`attach`] took under the network lock, for container `id` on
+/// `bridge`: given back (its port rules and its lease, still under the lock) when dropped
+/// before [`keep`](Self::keep), by whichever thread drops it, a thread that never started
+/// included.
+struct Lease {
+    ipam: ipam::Ipam,
+    lock: ipam::NetLock,
+    id: String,
+    bridge: String,
+    /// Whether DNAT rules of `id` may exist (ports published now, or left by a crash).
+    rules: bool,
+    kept: bool,
+}
+
+impl Lease {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if self.rules {
+            let _ = nat::unpublish(&self.id);
+        }
+        let _ = self.ipam.release(&self.lock, &self.bridge, &self.id);
+    }
+}
+
 /// The bridge's part of [`attach`]: the address and the TAP now, under the network lock;
 /// the bridge, its NAT, the TAP joining it and the published ports on a [`Wiring`] that
-/// keeps the lock until it is done (and on failure undoes its rules and the lease).
+/// keeps the lock until it is done (a failure gives the rules and the lease back).
 fn attach_bridge(
     root: &Path,
     id: &str,
@@ -236,18 +268,16 @@ fn attach_bridge(
     // A start after a crash may find the last boot's rules.
     let stale_rules = ipam.holds_ports(&lock, id)?;
     ipam.reserve_ports(&lock, &br, id, ports)?;
-    let published = !ports.is_empty();
-    let undo = move |ipam: &ipam::Ipam, lock: &ipam::NetLock, id: &str, br: &str, e: Error| {
-        if published || stale_rules {
-            let _ = nat::unpublish(id);
-        }
-        let _ = ipam.release(lock, br, id);
-        e
+    let lease = Lease {
+        ipam,
+        lock,
+        id: id.to_string(),
+        bridge: br.clone(),
+        rules: stale_rules || !ports.is_empty(),
+        kept: false,
     };
-    let ip = ipam
-        .allocate(&lock, &br, &subnet, id)
-        .map_err(|e| undo(&ipam, &lock, id, &br, e))?;
-    let fd = tap::open(tap_name).map_err(|e| undo(&ipam, &lock, id, &br, e))?;
+    let ip = lease.ipam.allocate(&lease.lock, &br, &subnet, id)?;
+    let fd = tap::open(tap_name)?;
     let mac = tap::mac_for(ip);
     let guest = NetworkConfig {
         interfaces: vec![InterfaceConfig {
@@ -274,27 +304,17 @@ fn attach_bridge(
         netns: None,
         addresses: vec![ip.to_string()],
     };
-    let (id, tap, ports) = (id.to_string(), tap_name.to_string(), ports.to_vec());
-    let (ipam_again, id_again, br_again) = (ipam.clone(), id.clone(), br.clone());
+    let (tap, ports) = (tap_name.to_string(), ports.to_vec());
     let wiring = Wiring::spawn(move || {
-        let wired = (|| {
-            bridge::ensure(&br, &subnet)?;
-            nat::ensure_bridge(&br, &subnet)?;
-            bridge::join(&tap, &br)?;
-            if stale_rules {
-                nat::unpublish(&id)?;
-            }
-            nat::publish(&id, ip, &ports)
-        })();
-        match wired {
-            Ok(()) => Ok(guest),
-            Err(e) => Err(undo(&ipam, &lock, &id, &br, e)),
+        bridge::ensure(&br, &subnet)?;
+        nat::ensure_bridge(&br, &subnet)?;
+        bridge::join(&tap, &br)?;
+        if stale_rules {
+            nat::unpublish(&lease.id)?;
         }
-    })
-    // The work never ran: its lock went with it, so the lease is released under a new one.
-    .map_err(|e| match ipam_again.lock() {
-        Ok(lock) => undo(&ipam_again, &lock, &id_again, &br_again, e),
-        Err(_) => e,
+        nat::publish(&lease.id, ip, &ports)?;
+        lease.keep();
+        Ok(guest)
     })?;
     Ok(Attached {
         record,
