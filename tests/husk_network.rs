@@ -547,8 +547,15 @@ fn everything_is_released_on_rm_and_after_kill_9() {
         "the TAP outlived its VMM"
     );
     assert_eq!(n.lease_count(), 1, "nothing has swept yet");
-    n.ok(&["ps", "-a"]);
-    assert_eq!(n.lease_count(), 0, "ps swept the dead container's lease");
+    // What `ps` says on stderr (its warnings) goes with a failure.
+    let ps = n.run(&["ps", "-a"]);
+    let said = common::text(&ps.stderr);
+    assert!(ps.status.success(), "{said}");
+    assert_eq!(
+        n.lease_count(),
+        0,
+        "ps swept the dead container's lease; it said: {said}"
+    );
     assert_eq!(n.rules_of(&id), 0);
     assert!(n.husk.state(&id)["network"].is_null());
     n.ok(&["rm", "-f", &id]);

@@ -20,38 +20,85 @@ fn dead(state: char) -> bool {
     matches!(state, 'Z' | 'X')
 }
 
-/// State letter and start time of `pid`, from `/proc/<pid>/stat`.
-fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// What `/proc/<pid>/stat` says of a task: its state letter, its flags and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: char,
+    flags: u64,
+    start: u64,
+}
+
+/// The kernel's `PF_EXITING`: the task is in `do_exit` (set before its files, and with them
+/// a VMM's TAP and sockets, are released; it becomes a zombie only after).
+const PF_EXITING: u64 = 0x4;
+
+/// Parses a `/proc/<pid>/stat` line.
+fn parse_stat(text: &str) -> Option<Stat> {
     // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?.chars().next()?;
-    // Fields 3.. here; start time is field 22, i.e. the 20th after the state.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    // Field 3 was the state; flags are field 9, the 6th after it.
+    let flags = fields.nth(5)?.parse().ok()?;
+    // Start time is field 22, the 13th after the flags.
+    let start = fields.nth(12)?.parse().ok()?;
+    Some(Stat {
+        state,
+        flags,
+        start,
+    })
+}
+
+/// `/proc/<pid>/stat` of `pid`, if it is there.
+fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether a `/proc/<pid>/status` text shows a SIGKILL pending for the thread group or the
+/// task (set by kill(2) before it returns; the group's stays until the group is reaped).
+fn sigkill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    status.lines().any(|l| {
+        let Some((key, value)) = l.split_once(':') else {
+            return false;
+        };
+        matches!(key, "ShdPnd" | "SigPnd")
+            && u64::from_str_radix(value.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
 }
 
 impl ProcessRef {
     /// The live process `pid`, if there is one.
     pub fn of(pid: u32) -> Option<ProcessRef> {
-        stat(pid).map(|(_, start_time)| ProcessRef { pid, start_time })
+        stat(pid).map(|s| ProcessRef {
+            pid,
+            start_time: s.start,
+        })
     }
 
     /// Running (not a zombie) and still the process that was recorded.
     pub fn is_alive(&self) -> bool {
         match stat(self.pid) {
-            Some((s, t)) if t == self.start_time => !dead(s) || self.threads_still_exiting(),
+            Some(s) if s.start == self.start_time => !dead(s.state) || self.threads_still_exiting(),
             _ => false,
         }
     }
 
-    /// Going but not yet gone: the leader has exited (a zombie) while other threads of it
-    /// still run their exit. A killed multi-threaded VMM is in this state while it tears
-    /// down its guest memory and VM fds, after its TAP and sockets have closed.
+    /// Going but not yet gone: killed (a SIGKILL pending), in its exit (`PF_EXITING`), or a
+    /// zombie leader whose other threads still run their exit. A killed multi-threaded VMM
+    /// is in one of these while it tears down its guest memory and VM fds, after its TAP and
+    /// sockets may have closed; a `ps` reading it then must wait, not take it for running.
     pub fn is_exiting(&self) -> bool {
         match stat(self.pid) {
-            Some((s, t)) if t == self.start_time => dead(s) && self.threads_still_exiting(),
+            Some(s) if s.start == self.start_time => {
+                if dead(s.state) {
+                    self.threads_still_exiting()
+                } else {
+                    s.flags & PF_EXITING != 0
+                        || std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+                            .is_ok_and(|t| sigkill_pending(&t))
+                }
+            }
             _ => false,
         }
     }
@@ -268,6 +315,39 @@ mod tests {
         assert!(!r.is_exiting());
         assert!(!r.is_alive(), "all its threads ended: gone");
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_killed_process_is_exiting_from_the_moment_kill_returns() {
+        // Read at once, before the child has run its exit: never "alive and not exiting".
+        for _ in 0..30 {
+            let (mut child, r) = sleeping("5");
+            assert!(!r.is_exiting(), "a sleeping process is not exiting");
+            assert!(r.signal(libc::SIGKILL));
+            assert!(
+                r.is_exiting() || !r.is_alive(),
+                "killed, yet alive and not exiting"
+            );
+            assert!(r.settle_exit(std::time::Instant::now() + std::time::Duration::from_secs(5)));
+            assert!(!r.is_alive(), "settled after a kill: gone");
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn stat_and_status_are_read_past_odd_command_names() {
+        let line = "42 (a ) b (c) S 1 42 42 0 -1 4194564 9 0 0 0 1 2 0 0 20 0 3 0 777 1 2";
+        let s = parse_stat(line).unwrap();
+        assert_eq!((s.state, s.start), ('S', 777));
+        assert_ne!(s.flags & PF_EXITING, 0);
+        assert!(parse_stat("42 (x) S 1").is_none());
+        assert!(sigkill_pending(
+            "SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n"
+        ));
+        assert!(!sigkill_pending(
+            "SigPnd:\t0000000000000002\nShdPnd:\t0000000000000000\n"
+        ));
+        assert!(!sigkill_pending("ShdPnd:\tnot-hex\n"));
     }
 
     #[test]
