@@ -183,6 +183,24 @@ fn a_failed_run_is_tried_again_as_far_as_its_cause_allows() {
         None,
         "an unexplained failure gets one more run"
     );
+    // A guest that never came up: the console's last line goes into the reason.
+    let hung = with(
+        101,
+        "thread 'dir' (134) panicked at tests/virtiofs_guest.rs:489:9:\n\
+         the guest did not come up within 120 s\n\
+         [    0.21] Dentry cache hash table entries\n\
+         [    0.35] virtio_blk virtio0: 1/0/0 queues\n\
+         \n\
+         note: run with `RUST_BACKTRACE=1` environment variable\n",
+    );
+    let (why, _) = retry_reason(&hung, 1, 0).unwrap();
+    assert!(
+        why.contains(
+            "did not come up within 120 s; its message's last line: \"[    0.35] virtio_blk virtio0: 1/0/0 queues\""
+        ),
+        "{why}"
+    );
+    assert!(!why.contains("RUST_BACKTRACE"), "{why}");
     assert_eq!(retry_reason(&with(0, ""), 1, 0), None);
     assert_eq!(
         retry_reason(&with(3, "NOT RUN: nested-kvm: no qemu"), 1, 0),

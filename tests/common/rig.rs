@@ -151,16 +151,8 @@ pub fn retry_reason(out: &Output, attempt: usize, unexplained: usize) -> Option<
     }
     let stderr = super::text(&out.stderr);
     let stdout = super::text(&out.stdout);
-    let first = stderr
-        .lines()
-        .chain(stdout.lines())
-        .position(|l| l.contains("panicked at"))
-        .and_then(|i| {
-            let lines: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
-            let msg = lines.get(i + 1).copied().unwrap_or_default();
-            Some(format!("{} {}", lines.get(i)?.trim(), msg.trim()))
-        })
-        .unwrap_or_else(|| format!("status {:?}", out.status));
+    let first =
+        panic_summary(&stderr, &stdout).unwrap_or_else(|| format!("status {:?}", out.status));
     Some((
         format!(
             "the command failed with no known fault of the emulation ({first}); one more run, \
@@ -168,6 +160,35 @@ pub fn retry_reason(out: &Output, attempt: usize, unexplained: usize) -> Option<
         ),
         false,
     ))
+}
+
+/// The first panic in a run's output, as "panicked at FILE:LINE: MESSAGE", and, when its
+/// message goes on for more lines (a guest's console tail after "did not come up"), the last
+/// of them: where a guest that never answered stopped. Bounded to 200 characters each, so a
+/// retry's summary line shows it.
+fn panic_summary(stderr: &str, stdout: &str) -> Option<String> {
+    const MAX: usize = 200;
+    let bounded = |l: &str| l.trim().chars().take(MAX).collect::<String>();
+    let lines: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
+    let at = lines.iter().position(|l| l.contains("panicked at"))?;
+    let message: Vec<&str> = lines[at + 1..]
+        .iter()
+        .copied()
+        .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
+        .collect();
+    let mut said = format!(
+        "{} {}",
+        bounded(lines[at]),
+        bounded(message.first().copied().unwrap_or_default())
+    );
+    if let Some(last) = message[1.min(message.len())..]
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+    {
+        said.push_str(&format!("; its message's last line: {:?}", bounded(last)));
+    }
+    Some(said)
 }
 
 /// When `out` is the rig's NOT RUN (exit 3 with its one line), reports it for `test` (a
