@@ -201,6 +201,23 @@ fn a_failed_run_is_tried_again_as_far_as_its_cause_allows() {
         "{why}"
     );
     assert!(!why.contains("RUST_BACKTRACE"), "{why}");
+    // L1's report of a vCPU looping inside its KVM makes the same failure a known fault.
+    let looped = with(
+        101,
+        &format!(
+            "{}nested-kvm L1: {} (VM 383-5: 254000 guest page faults reflected in 10 s, no port, \
+             MMIO, halt or signal exit to its VMM)\n",
+            String::from_utf8_lossy(&hung.stderr),
+            common::rig::L2_FAULT_LOOP
+        ),
+    );
+    let (why, known) = retry_reason(&looped, 2, 1).unwrap();
+    assert!(known, "{why}");
+    assert!(why.contains("fault loop of TCG's SVM"), "{why}");
+    // The script writes the very text the tests look for.
+    let stage2 = std::fs::read_to_string(common::repo_root().join("scripts/nested-kvm/stage2"))
+        .expect("scripts/nested-kvm/stage2");
+    assert!(stage2.contains(common::rig::L2_FAULT_LOOP));
     assert_eq!(retry_reason(&with(0, ""), 1, 0), None);
     assert_eq!(
         retry_reason(&with(3, "NOT RUN: nested-kvm: no qemu"), 1, 0),

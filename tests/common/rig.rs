@@ -83,6 +83,13 @@ fn silent_reset_text() -> String {
 ///   first) is a guest whose page tables or IDT went bad, which is what a stale nested-paging
 ///   TLB in TCG's SVM produces; a husk-vmm bug that does it every time still fails, below.
 ///
+/// - an L2 guest whose vCPU loops inside L1's KVM with no exit to its VMM ([`L2_FAULT_LOOP`],
+///   reported by L1 itself): its console stops mid-line, at random points of the boot, and the
+///   test sees a guest that never came up. Measured 2026-12-05: a looped test in one L1
+///   failed 4 times in 17 runs and 2 in 12 (with the triple faults); in such a stop L1's KVM
+///   counted ~43,000 exits a second, each a guest page fault reflected back and an instruction
+///   emulated, while husk-vmm's threads sat idle in `epoll_wait` and `futex`.
+///
 /// A failure that repeats in every attempt still fails the test, and every retry is listed
 /// in the suite's summary (`RIG RETRY: ...`), so a rate that grows shows.
 pub fn emulation_fault(out: &Output) -> Option<String> {
@@ -100,6 +107,13 @@ pub fn emulation_fault(out: &Output) -> Option<String> {
     }
     let silent = silent_reset_text();
     let triple = husk_vmm_triple_fault_text();
+    // L1's own watch, written to the command's stderr (scripts/nested-kvm/stage2).
+    if let Some(l) = stderr.lines().find(|l| l.contains(L2_FAULT_LOOP)) {
+        return Some(format!(
+            "an L2 guest stopped in a fault loop of TCG's SVM: {}",
+            l.trim().trim_start_matches("nested-kvm L1: ")
+        ));
+    }
     let stdout = super::text(&out.stdout);
     let mut lines = stderr.lines().chain(stdout.lines());
     lines.find_map(|l| {
@@ -118,6 +132,10 @@ pub fn emulation_fault(out: &Output) -> Option<String> {
         }
     })
 }
+
+/// What L1 writes to the command's stderr when an L2 vCPU loops inside its KVM without ever
+/// exiting to its VMM (`l2_watch` in scripts/nested-kvm/stage2).
+pub const L2_FAULT_LOOP: &str = "an L2 vCPU loops inside L1's KVM";
 
 /// The start of the line husk-vmm prints when a guest triple-faults ("husk-vmm: guest triple
 /// fault on vCPU N ..."), rendered from its own exit reason so the two cannot drift apart.
