@@ -86,7 +86,7 @@ fn silent_reset_text() -> String {
 /// - an L2 guest whose vCPU loops inside L1's KVM with no exit to its VMM ([`L2_FAULT_LOOP`],
 ///   reported by L1 itself): its console stops mid-line, at random points of the boot, and the
 ///   test sees a guest that never came up. Measured 2026-12-05: a looped test in one L1
-///   failed 4 times in 17 runs and 2 in 12 (with the triple faults); in such a stop L1's KVM
+///   failed 4 times in 17 runs and 3 in 12 (with the triple faults); in such a stop L1's KVM
 ///   counted ~43,000 exits a second, each a guest page fault reflected back and an instruction
 ///   emulated, while husk-vmm's threads sat idle in `epoll_wait` and `futex`.
 ///
