@@ -201,6 +201,19 @@ fn a_failed_run_is_tried_again_as_far_as_its_cause_allows() {
         "{why}"
     );
     assert!(!why.contains("RUST_BACKTRACE"), "{why}");
+    // A later panic prints no backtrace note: its message still ends at what follows it.
+    let second = Output {
+        status: std::process::ExitStatus::from_raw(101 << 8),
+        stdout: b"failures:\n    a\ntest result: FAILED. 0 passed; 1 failed\n".to_vec(),
+        stderr: b"thread 'a' (9) panicked at tests/x.rs:1:1:\nfirst line\nlast line\n\
+                  thread 'b' (10) panicked at tests/x.rs:2:2:\nother\n"
+            .to_vec(),
+    };
+    let (why, _) = retry_reason(&second, 1, 0).unwrap();
+    assert!(
+        why.contains("tests/x.rs:1:1: first line; its message's last line: \"last line\""),
+        "{why}"
+    );
     // L1's report of a vCPU looping inside its KVM makes the same failure a known fault.
     let looped = with(
         101,

@@ -49,6 +49,20 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// How far a process that is ending has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitPhase {
+    /// A SIGKILL is pending; it has not begun its exit (not yet scheduled since the kill).
+    Killed,
+    /// In its exit: `PF_EXITING`, or a zombie leader whose threads still run theirs.
+    Exiting,
+}
+
+/// How long a killed process may take to begin its exit before [`ProcessRef::settle_exit`]
+/// stops waiting for it: a SIGKILL is acted on as soon as the process is scheduled, so more
+/// is an uninterruptible sleep, which a repair should not wait out on every command.
+const KILLED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `/proc/<pid>/stat` of `pid`, if it is there.
 fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -89,25 +103,36 @@ impl ProcessRef {
     /// is in one of these while it tears down its guest memory and VM fds, after its TAP and
     /// sockets may have closed; a `ps` reading it then must wait, not take it for running.
     pub fn is_exiting(&self) -> bool {
+        self.exit_phase().is_some()
+    }
+
+    /// Where in its end the process is, if it is ending (see [`ProcessRef::is_exiting`]).
+    fn exit_phase(&self) -> Option<ExitPhase> {
         match stat(self.pid) {
             Some(s) if s.start == self.start_time => {
                 if dead(s.state) {
-                    self.threads_still_exiting()
+                    self.threads_still_exiting().then_some(ExitPhase::Exiting)
+                } else if s.flags & PF_EXITING != 0 {
+                    Some(ExitPhase::Exiting)
                 } else {
-                    s.flags & PF_EXITING != 0
-                        || std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-                            .is_ok_and(|t| sigkill_pending(&t))
+                    std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+                        .is_ok_and(|t| sigkill_pending(&t))
+                        .then_some(ExitPhase::Killed)
                 }
             }
-            _ => false,
+            _ => None,
         }
     }
 
     /// Waits, until `deadline`, for an exiting process (`is_exiting`) to finish; a live or a
-    /// gone one returns at once. True when it is no longer exiting.
+    /// gone one returns at once. True when it is no longer exiting. A killed process that
+    /// has not begun its exit after [`KILLED_GRACE`] (stuck in an uninterruptible sleep,
+    /// where the kill waits too) is not waited for further: false.
     pub fn settle_exit(&self, deadline: std::time::Instant) -> bool {
-        while self.is_exiting() {
-            if std::time::Instant::now() >= deadline {
+        let killed_until = std::time::Instant::now() + KILLED_GRACE;
+        while let Some(phase) = self.exit_phase() {
+            let now = std::time::Instant::now();
+            if now >= deadline || (phase == ExitPhase::Killed && now >= killed_until) {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

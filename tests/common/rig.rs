@@ -182,17 +182,31 @@ pub fn retry_reason(out: &Output, attempt: usize, unexplained: usize) -> Option<
 
 /// The first panic in a run's output, as "panicked at FILE:LINE: MESSAGE", and, when its
 /// message goes on for more lines (a guest's console tail after "did not come up"), the last
-/// of them: where a guest that never answered stopped. Bounded to 200 characters each, so a
-/// retry's summary line shows it.
+/// of them: where a guest that never answered stopped. The message ends where the stream
+/// holding it does, or at what libtest or Rust print after a panic (its backtrace note,
+/// another thread's panic, the failures list, the result). Bounded to 200 characters each,
+/// so a retry's summary line shows it.
 fn panic_summary(stderr: &str, stdout: &str) -> Option<String> {
     const MAX: usize = 200;
+    const ENDS: [&str; 7] = [
+        "note: ",
+        "stack backtrace:",
+        "thread '",
+        "---- ",
+        "failures:",
+        "test result:",
+        "error: test failed",
+    ];
     let bounded = |l: &str| l.trim().chars().take(MAX).collect::<String>();
-    let lines: Vec<&str> = stderr.lines().chain(stdout.lines()).collect();
-    let at = lines.iter().position(|l| l.contains("panicked at"))?;
+    let (lines, at) = [stderr, stdout].into_iter().find_map(|text| {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.contains("panicked at"))?;
+        Some((lines, at))
+    })?;
     let message: Vec<&str> = lines[at + 1..]
         .iter()
         .copied()
-        .take_while(|l| !l.starts_with("note: ") && !l.starts_with("stack backtrace:"))
+        .take_while(|l| !ENDS.iter().any(|end| l.starts_with(end)))
         .collect();
     let mut said = format!(
         "{} {}",
