@@ -105,8 +105,6 @@ pub fn emulation_fault(out: &Output) -> Option<String> {
     if out.status.success() {
         return None;
     }
-    let silent = silent_reset_text();
-    let triple = husk_vmm_triple_fault_text();
     // L1's own watch, written to the command's stderr (scripts/nested-kvm/stage2).
     if let Some(l) = stderr.lines().find(|l| l.contains(L2_FAULT_LOOP)) {
         return Some(format!(
@@ -114,6 +112,8 @@ pub fn emulation_fault(out: &Output) -> Option<String> {
             l.trim().trim_start_matches("nested-kvm L1: ")
         ));
     }
+    let silent = silent_reset_text();
+    let triple = husk_vmm_triple_fault_text();
     let stdout = super::text(&out.stdout);
     let mut lines = stderr.lines().chain(stdout.lines());
     lines.find_map(|l| {
@@ -213,11 +213,7 @@ fn panic_summary(stderr: &str, stdout: &str) -> Option<String> {
         bounded(lines[at]),
         bounded(message.first().copied().unwrap_or_default())
     );
-    if let Some(last) = message[1.min(message.len())..]
-        .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-    {
+    if let Some(last) = message.iter().skip(1).rev().find(|l| !l.trim().is_empty()) {
         said.push_str(&format!("; its message's last line: {:?}", bounded(last)));
     }
     Some(said)
