@@ -14,11 +14,10 @@ runs=${1:-10}
 # Built here, where it is fast; the rig sees this tree read-only and finds them up to date.
 log "building release binaries"
 # The same binaries scripts/bench.sh builds (a missing one would compile under TCG in L1).
-cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-runtime >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-vhost-blk --bin husk-agent-mux --bin husk-runtime >&2
 HUSK_KERNEL=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 HUSK_INITRAMFS=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}
-HUSK_VHOST_DEVICE_VSOCK=${HUSK_VHOST_DEVICE_VSOCK:-$(scripts/install-vhost-device-vsock.sh | tail -n1)}
-export HUSK_KERNEL HUSK_INITRAMFS HUSK_VHOST_DEVICE_VSOCK
+export HUSK_KERNEL HUSK_INITRAMFS
 export HUSK_BENCH_IDLE=${HUSK_BENCH_IDLE:-20} HUSK_BENCH_PARALLEL=${HUSK_BENCH_PARALLEL:-10}
 scripts/nested-kvm.sh prepare >/dev/null
 log "scripts/bench.sh $runs in the nested-KVM rig"

@@ -8,7 +8,7 @@
 #     husk-vmm / QEMU;
 #   - `runc run` of the same busybox rootfs as a plain container (no network namespace);
 #   - host memory of an idle container (`husk run -d busybox sleep 1000`) per backend: PSS and
-#     RSS of its monitor, VMM and vhost-device-vsock from /proc/PID/smaps_rollup (guest pages never
+#     RSS of its monitor, VMM and helper daemons from /proc/PID/smaps_rollup (guest pages never
 #     touched are never faulted in, so they count nowhere);
 #   - `podman run --rm --network none busybox true` through husk-runtime and through runc,
 #     interleaved, with husk-runtime's ratio to the bare boot (podman's private store from
@@ -29,7 +29,7 @@ runs=${1:-20}
 
 command -v runc >/dev/null || ensure_packages runc
 log "building release binaries"
-cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-runtime >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-vhost-blk --bin husk-agent-mux --bin husk-runtime >&2
 husk_bin=$PWD/target/release/husk
 kernel=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 initramfs=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}

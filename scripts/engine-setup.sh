@@ -143,7 +143,7 @@ launcher() {
     l="$dir/$(basename "$1")"
     {
         echo '#!/bin/sh'
-        for v in HUSK_KERNEL HUSK_BZIMAGE HUSK_INITRAMFS HUSK_VIRTIOFSD HUSK_VHOST_DEVICE_VSOCK HUSK_CACHE \
+        for v in HUSK_KERNEL HUSK_BZIMAGE HUSK_INITRAMFS HUSK_VIRTIOFSD HUSK_AGENT_MUX_BIN HUSK_CACHE \
             HUSK_NETWORK_BRIDGE HUSK_NETWORK_SUBNET HUSK_SOAK_MARK HUSK_JAIL_ID_BASE TMPDIR; do
             [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
         done

@@ -35,11 +35,6 @@ HUSK_SELFTEST_INITRAMFS=$(SELFTEST=1 scripts/build-initramfs.sh | tail -n1)
 export HUSK_SELFTEST_INITRAMFS
 log "self-test initramfs: $HUSK_SELFTEST_INITRAMFS"
 
-# The QEMU backend's vsock daemon (cargo install, cached outside the repo).
-HUSK_VHOST_DEVICE_VSOCK=$(scripts/install-vhost-device-vsock.sh | tail -n1)
-export HUSK_VHOST_DEVICE_VSOCK
-log "vhost-device-vsock: $HUSK_VHOST_DEVICE_VSOCK"
-
 # The virtio-fs backend for shared host directories (cargo install, cached outside the repo).
 HUSK_VIRTIOFSD=$(scripts/install-virtiofsd.sh | tail -n1)
 export HUSK_VIRTIOFSD

@@ -50,7 +50,7 @@ impl Victim {
         match self {
             Victim::Vmm => "the VMM",
             Victim::Monitor => "the monitor",
-            Victim::Vsock => "vhost-device-vsock",
+            Victim::Vsock => "husk-agent-mux",
             Victim::Blk => "husk-vhost-blk",
             Victim::Virtiofsd => "virtiofsd",
         }
@@ -77,7 +77,7 @@ impl Victim {
         match self {
             Victim::Vmm => recorded("pid"),
             Victim::Monitor => recorded("monitor"),
-            Victim::Vsock => pids_of("vhost-device-vsock", &id[..16]),
+            Victim::Vsock => pids_of("husk-agent-mux", &id[..16]),
             Victim::Blk => pids_of("husk-vhost-blk", &id[..16]),
             Victim::Virtiofsd => pids_of("virtiofsd", &id[..16]),
         }

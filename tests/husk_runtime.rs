@@ -1,7 +1,7 @@
 //! husk-runtime driven as podman/conmon and containerd's shim drive runc: OCI bundles with a
 //! busybox rootfs directory (shared into the guest over virtio-fs), `create` with pipes as
 //! stdio, the VM holder pid from `--pid-file` waited on for the container's status, and after
-//! every test no state, VMM, virtiofsd or vhost-device-vsock left. Real guests boot on the
+//! every test no state, VMM, virtiofsd or husk-agent-mux left. Real guests boot on the
 //! QEMU backend (TCG on hosts whose KVM cannot run a stock guest).
 
 #![deny(clippy::undocumented_unsafe_blocks)]

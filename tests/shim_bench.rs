@@ -140,7 +140,7 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
 /// The host processes of pod `id`: its shim (an instance process whose command line names
 /// the pod), everything descending from it, and for husk every process whose command line
 /// names the pod's `/run/husk-shim/<hash>` directory (the VMM, virtiofsd,
-/// vhost-device-vsock).
+/// husk-agent-mux).
 fn pod_processes(cri: &Cri, handler: Handler, id: &str) -> Vec<Proc> {
     let all = all_processes(cri.dir());
     let program = |p: &Proc| {
@@ -494,7 +494,7 @@ fn bench_pods() {
         "\nmedian (min–max); pod start = RunPodSandbox + PullImage (already pulled) + \
          CreateContainer + StartContainer until the container's first line is in its CRI log; \
          memory = PSS, USS and RSS summed over the pod's shim and its processes (husk: + the \
-         VMM, virtiofsd, vhost-device-vsock), CPU = their utime + stime over {} s of idling, {} s after the start.",
+         VMM, virtiofsd, husk-agent-mux), CPU = their utime + stime over {} s of idling, {} s after the start.",
         CPU_WINDOW.as_secs(),
         SETTLE.as_secs()
     );

@@ -28,7 +28,7 @@ fn cri_for(test: &str, handler: Handler) -> Option<Cri> {
 }
 
 /// What only a VM runtime leaves: its VMM and device daemons. Programs a husk pod runs.
-const VM_PROGRAMS: &[&str] = &["qemu-system", "husk-vmm", "virtiofsd", "vhost-device-vsock"];
+const VM_PROGRAMS: &[&str] = &["qemu-system", "husk-vmm", "virtiofsd", "husk-agent-mux"];
 
 fn vm_processes(cri: &Cri, fp: &Footprint) -> Vec<String> {
     let mut ids: Vec<&str> = vec![fp.pod.as_str()];
@@ -481,9 +481,9 @@ fn ctr_run_with_husk_runtime() {
 #[test]
 fn husk_run_dirs_are_read_from_the_vm_command_lines() {
     let vms = [
-        "pid 1: /usr/bin/qemu-system-x86_64 -chardev file,id=console,path=/run/husk-shim/3cf5/console.log,append=on -chardev socket,path=/run/husk-shim/3cf5/vsock.vhost".to_string(),
+        "pid 1: /usr/bin/qemu-system-x86_64 -chardev file,id=console,path=/run/husk-shim/3cf5/console.log,append=on -chardev socket,path=/run/husk-shim/3cf5/vsock.serial".to_string(),
         "pid 2: virtiofsd --shared-dir=/run/husk-shim/77ab/share".to_string(),
-        "pid 3: vhost-device-vsock --vm guest-cid=3".to_string(),
+        "pid 3: husk-agent-mux --listen-fd 3 --link-fd 4".to_string(),
     ];
     assert_eq!(
         husk_run_dirs(&vms),

@@ -29,6 +29,7 @@ macro_rules! say {
 
 mod caps;
 mod cgroup;
+mod channel;
 mod console;
 mod container;
 mod facts;

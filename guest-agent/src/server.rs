@@ -11,15 +11,23 @@ use husk_protocol::{
     StreamHello, StreamReply, AGENT_VSOCK_PORT,
 };
 
+use crate::channel::{self, Listener};
 use crate::container::{After, Agent};
 use crate::power;
-use crate::vsock::{Listener, VsockStream};
+use crate::vsock::{self, VsockStream};
 
-/// Binds the agent's port (retrying until the vsock transport lets it).
+/// Listens where the host connects: the agent's serial port under QEMU (see [`channel`]),
+/// else the vsock port (retrying until the vsock transport lets it bind).
 pub fn listen() -> Listener {
-    loop {
-        match Listener::bind(AGENT_VSOCK_PORT) {
+    if let Some(dev) = channel::serial_port() {
+        match channel::open_serial(&dev) {
             Ok(l) => return l,
+            Err(e) => say!("husk-agent: cannot serve on {}: {e}", dev.display()),
+        }
+    }
+    loop {
+        match vsock::Listener::bind(AGENT_VSOCK_PORT) {
+            Ok(l) => return Listener::Vsock(l),
             Err(e) => {
                 say!("husk-agent: cannot listen on vsock port {AGENT_VSOCK_PORT}: {e}; retrying");
                 std::thread::sleep(Duration::from_secs(1));
@@ -118,11 +126,15 @@ fn dispatch(agent: &Arc<Agent>, writer: &Arc<Mutex<VsockStream>>, req: Request) 
             match after {
                 After::Nothing => {}
                 // `Shutdown` synced before its answer.
-                After::PowerOff => power::reset(),
+                After::PowerOff => {
+                    channel::flush();
+                    power::reset()
+                }
                 After::PowerOffWhenDelivered => {
                     // Give the reply a moment to leave through the vsock device before the
                     // reset; the host's `Shutdown`, sent once it has the reply and the
                     // process's output, usually ends the VM first.
+                    channel::flush();
                     std::thread::sleep(Duration::from_millis(250));
                     power::off();
                 }

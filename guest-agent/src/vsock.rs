@@ -1,8 +1,9 @@
-//! AF_VSOCK sockets through libc: the listener on the agent port and its connections.
+//! AF_VSOCK sockets through libc: the listener on the agent port and its connections (and the
+//! connection type of the serial channel's streams too, see `channel`).
 //!
-//! Every write is capped at [`CHUNK`] bytes: Linux 6.12 guests send larger writes as packets
-//! split across several descriptors, which vhost-device-vsock (virtio-vsock 0.12) rejects and
-//! drops, stalling the connection. 16 KiB writes arrive intact.
+//! Every write is capped at [`CHUNK`] bytes: Linux 6.12 guests send larger writes as vsock
+//! packets split across several descriptors, which some device backends (vhost-device-vsock,
+//! virtio-vsock 0.12) reject. 16 KiB writes arrive intact everywhere.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -65,9 +66,16 @@ impl Listener {
     }
 }
 
-/// One connection; `Read`/`Write` work on `&VsockStream` too, so a reader and a writer can
+/// One connection (a vsock socket, or one end of the socket pair of a stream carried over
+/// the serial port); `Read`/`Write` work on `&VsockStream` too, so a reader and a writer can
 /// share it.
 pub struct VsockStream(OwnedFd);
+
+impl From<OwnedFd> for VsockStream {
+    fn from(fd: OwnedFd) -> VsockStream {
+        VsockStream(fd)
+    }
+}
 
 impl VsockStream {
     pub fn try_clone(&self) -> io::Result<VsockStream> {

@@ -5,20 +5,14 @@
 //! - [`AgentClient`]: the control connection, typed calls, answers matched by id;
 //! - [`attach_stream`] and [`Pump`]: stdio on connections of their own.
 //!
-//! Transport facts the protocol has to live with (measured on the QEMU backend with
-//! vhost-device-vsock 0.3.0, Linux 6.12 guest; tests/backend_qemu.rs):
-//! - guest writes over ~32 KiB go out as packets split across descriptors, which
-//!   virtio-vsock 0.12 rejects: the connection stalls. The agent keeps each write at most
-//!   [`stream::CHUNK`] (16 KiB); 16 MiB each way then arrives intact.
-//! - a host half-close (`shutdown(Write)`) reaches the guest as SHUTDOWN of *both*
-//!   directions (husk-vmm's device may differ; clients rely on neither): the guest reads
-//!   all data, then EOF, but can no longer send. Fine for one-way `Stdin` streams; a `Pty` stream must not be
-//!   half-closed, its end of input goes through `CloseStdin` instead.
-//! - heavy traffic in *both* directions on one connection can stall it for good: when a host
-//!   socket event carries EPOLLIN the daemon takes the fd out of epoll until it has read, and
-//!   a partial write to a slow host reader in that window cannot re-arm EPOLLOUT ("Failed to
-//!   re-enable EPOLLOUT" at debug level). Streams are one-way (stdin, stdout, stderr each on
-//!   its own connection), so only a pty carries both, at interactive rates.
+//! The transport differs per backend and clients rely on what both give: husk-vmm's own
+//! virtio-vsock device, and on QEMU a virtio-serial port carrying every connection through
+//! husk-agent-mux (per-stream credit, so one stalled stream holds up no other). A host
+//! half-close (`shutdown(Write)`) is an EOF the guest reads on both, but clients do not rely
+//! on the guest still being able to send after it: a `Pty` stream's end of input goes through
+//! `CloseStdin`. Streams are one-way (stdin, stdout, stderr each on its own connection), so
+//! only a pty carries both directions, at interactive rates. Writes are kept at
+//! [`stream::CHUNK`] (16 KiB) so no single write holds a stream for long.
 
 mod client;
 pub mod stream;

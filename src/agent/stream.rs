@@ -18,9 +18,7 @@ use husk_protocol::{read_message, write_message, StreamHello, StreamReply, AGENT
 
 use super::{vsock, Error};
 
-/// Bytes moved per write. Guest → host packets above ~32 KiB hit a vhost-device-vsock defect
-/// (see the module docs of `crate::agent`); host → guest writes are kept as small for symmetry
-/// and so no single write holds the stream for long.
+/// Bytes moved per write, so no single write holds the stream for long.
 pub const CHUNK: usize = 16 << 10;
 
 /// Opens a stdio stream: connects (retrying until `timeout`, like the control connection),

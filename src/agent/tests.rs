@@ -22,7 +22,7 @@ fn vmm_preamble(s: &mut UnixStream) {
         line.push(b[0]);
     }
     assert_eq!(line, format!("CONNECT {AGENT_VSOCK_PORT}").as_bytes());
-    // Like vhost-device-vsock: the guest port, not a host port.
+    // Like husk-agent-mux: the guest port, not a host port.
     s.write_all(b"OK 1024\n").unwrap();
 }
 

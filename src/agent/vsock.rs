@@ -1,7 +1,7 @@
 //! Reaching a guest vsock port through the hybrid unix socket both backends expose
 //! (Firecracker's protocol): connect to the socket, write `CONNECT <port>\n`, read one line.
 //!
-//! Firecracker answers `OK <host port>\n`, vhost-device-vsock `OK <guest port>\n`; only the
+//! Firecracker answers `OK <host port>\n`, husk-agent-mux `OK <guest port>\n`; only the
 //! `OK ` prefix means anything to us. A guest with nothing listening yet shows up as a closed
 //! connection (or a missing/refusing socket while the VMM starts), so callers retry until a
 //! deadline rather than fail on the first try.
@@ -20,10 +20,9 @@ const MAX_REPLY_LINE: usize = 64;
 /// listener appears at an unknown moment, capped so a slow boot costs few wasted tries.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const MAX_PAUSE: Duration = Duration::from_millis(200);
-/// The longest one CONNECT may wait for its answer. A vhost-user vsock daemon can accept a
-/// connection while the guest's driver is still setting up its queues and then never answer
-/// it (seen under load with vhost-device-vsock: the first attempt hung for the whole
-/// deadline, "os error 11"); a fresh attempt after this long gets through.
+/// The longest one CONNECT may wait for its answer before a fresh attempt: a transport that
+/// lost the connection attempt (a guest that rebooted under it) costs this much, not the
+/// whole deadline.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One attempt: connect and do the `CONNECT`/`OK` exchange, each step bounded by `timeout`.

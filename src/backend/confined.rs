@@ -39,11 +39,7 @@ pub(super) fn for_vm(
         limits,
         spec.cgroup_parent.as_deref(),
     );
-    Ok(Some(Confinement {
-        cgroup,
-        helper_sockets: None,
-        lease,
-    }))
+    Ok(Some(Confinement { cgroup, lease }))
 }
 
 /// Spawns `cmd` as `program`: with `conf`, in its cgroup, in new namespaces (`ns_flags`,
@@ -72,7 +68,7 @@ pub(super) fn spawn(
     })?
 }
 
-/// Makes `cmd` a confined helper daemon of the VM (vhost-device-vsock, husk-vhost-blk): in
+/// Makes `cmd` a confined helper daemon of the VM (husk-agent-mux, husk-vhost-blk): in
 /// the VM's cgroup first, while still root; then new IPC, UTS and network namespaces, the VM's
 /// uid/gid, no capability and `no_new_privs`.
 pub(super) fn as_helper(cmd: &mut Command, conf: &Confinement) -> Result<(), Error> {

@@ -1,4 +1,4 @@
-//! Waiting for a helper daemon (vhost-device-vsock, virtiofsd) to listen on its unix socket:
+//! Waiting for a helper daemon (virtiofsd) to listen on its unix socket:
 //! read from the kernel's table of unix sockets, since probing with connect() would make the
 //! prober the daemon's vhost-user frontend.
 
@@ -11,20 +11,11 @@ use super::Error;
 /// How long a helper daemon may take to listen on its socket.
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a helper's listening socket is listed: the host's `/proc/net/unix`, or that of the
-/// helper's own network namespace (a confined helper has one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ListenTable {
-    Host,
-    OfDaemon,
-}
-
 /// A helper daemon that was spawned and is about to listen on `socket`: spawn every helper
 /// of a VM first, then wait for each ([`ready`](Self::ready)), so their start-ups overlap.
 pub(super) struct Starting {
     pub daemon: Guarded,
     pub socket: PathBuf,
-    pub table: ListenTable,
 }
 
 impl Starting {
@@ -37,11 +28,7 @@ impl Starting {
         const PAUSE: Duration = Duration::from_millis(1);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let listening = match self.table {
-                ListenTable::Host => is_listening(&self.socket),
-                ListenTable::OfDaemon => is_listening_in(&self.socket, self.daemon.pid()),
-            };
-            if listening {
+            if is_listening(&self.socket) {
                 return Ok(self.daemon);
             }
             let status = self.daemon.try_wait().map_err(|source| Error::Process {
@@ -73,12 +60,6 @@ impl Starting {
 /// connect() would make us the daemon's vhost-user frontend).
 pub fn is_listening(path: &Path) -> bool {
     listening_in(path, "/proc/net/unix")
-}
-
-/// [`is_listening`] in the network namespace of process `pid` (unix sockets are listed per
-/// namespace, and a confined daemon has its own).
-pub fn is_listening_in(path: &Path, pid: u32) -> bool {
-    listening_in(path, &format!("/proc/{pid}/net/unix"))
 }
 
 fn listening_in(path: &Path, table: &str) -> bool {

@@ -5,13 +5,15 @@
 //! - [`husk_vmm::HuskVmmBackend`]: husk's own VMM, one `husk-vmm` process per VM, for hosts
 //!   whose KVM runs a stock Linux guest;
 //! - [`qemu::QemuBackend`]: QEMU's `microvm` machine (KVM where usable, TCG elsewhere), with
-//!   vsock through `vhost-device-vsock` so the host side speaks the same unix-socket protocol.
+//!   the agent's channel through a virtio-serial port and `husk-agent-mux`, whose host side
+//!   speaks the same unix-socket protocol.
 //!
 //! Nothing above this module may know which one runs: both take the same spec, give the guest
 //! the same devices, and expose vsock as Firecracker's hybrid unix socket at
 //! [`VsockSpec::uds_path`]. Nor which files a backend adds beside that socket and the console
 //! log: [`vsock_socket_path`], [`console_log_path`] and [`remove_sockets`] know them.
 
+pub mod agent_mux;
 mod child;
 mod confined;
 pub mod console_cap;
@@ -24,7 +26,6 @@ mod process_vm;
 pub mod qemu;
 pub mod tsc;
 pub mod vhost_blk;
-pub mod vhost_vsock;
 pub mod virtiofsd;
 
 use std::io;
@@ -386,11 +387,9 @@ pub trait VmHandle: Send + Sync {
 
     /// Blocks until the host may connect through [`vsock_uds`](Self::vsock_uds), or
     /// `timeout` passes: both backends wait for the guest's ready line on the console, and
-    /// fail at once when the VMM exits first. vhost-device-vsock's worker thread dies on a
-    /// host connection that arrives before the guest driver has set up its queues (every
-    /// later `CONNECT` then hangs), so for QEMU this wait is required; husk-vmm's own vsock
-    /// device takes connections at any time, and the wait only turns a VMM that died into
-    /// an error with its status and last console line.
+    /// fail at once when the VMM exits first. Both take connections at any time (husk-vmm's
+    /// vsock device; husk-agent-mux queues a stream until the guest's port opens), so the
+    /// wait only turns a VMM that died into an error with its status and last console line.
     fn wait_vsock_ready(&self, timeout: Duration) -> Result<(), Error>;
 }
 

@@ -1,14 +1,14 @@
 //! The host files a VM's backend names: the sockets it creates beside the vsock socket
-//! (vhost-device-vsock's `.vhost`) and beside the console log (one virtiofsd socket per
+//! (husk-agent-mux's `.serial`, husk-vhost-blk's `.blk`) and beside the console log (one virtiofsd socket per
 //! share). Callers pick the directories; these functions say which paths fit a unix socket
 //! address there, and clean up what a killed VM left.
 
 use std::path::{Path, PathBuf};
 
-use super::{vhost_vsock, virtiofsd, VsockSpec};
+use super::{agent_mux, virtiofsd, VsockSpec};
 
 /// The longest host socket path handed to a backend, leaving room for the suffixes
-/// backends add (`.vhost`) under `sun_path`'s 108 bytes.
+/// backends add (`.serial`) under `sun_path`'s 108 bytes.
 pub const MAX_SOCKET_PATH: usize = 96;
 
 /// The vsock socket of a VM whose files live in `dir`: there when the path fits a unix socket
@@ -34,14 +34,14 @@ pub fn console_log_path(dir: &Path, short_dir: &Path, shares: usize) -> PathBuf 
 }
 
 /// Removes the sockets a VM's backend may have left behind (its VMM or owner was killed before
-/// the handle cleaned up): the vsock socket and its vhost and layer-disk twins, and the virtiofsd sockets of
+/// the handle cleaned up): the vsock socket and its agent-link and layer-disk twins, and the virtiofsd sockets of
 /// its `shares` shares beside `console_log`.
 pub fn remove_sockets(vsock: &VsockSpec, console_log: &Path, shares: usize) {
-    let vhost = vhost_vsock::vhost_socket_for(vsock);
+    let link = agent_mux::link_socket_for(vsock);
     let mut layers = vsock.uds_path.as_os_str().to_owned();
     layers.push(".blk");
     let layers = PathBuf::from(layers);
-    for p in [&vsock.uds_path, &vhost, &layers] {
+    for p in [&vsock.uds_path, &link, &layers] {
         let _ = std::fs::remove_file(p);
     }
     for i in 0..shares {
@@ -98,7 +98,7 @@ mod tests {
         let log = dir.path().join("console.log");
         let left = [
             vsock.uds_path.clone(),
-            vhost_vsock::vhost_socket_for(&vsock),
+            agent_mux::link_socket_for(&vsock),
             virtiofsd::socket_for(&log, 0),
             virtiofsd::socket_for(&log, 1),
         ];

@@ -1,6 +1,6 @@
 //! [`ProcessVm`], the [`VmHandle`] both backends return.
 //!
-//! A VM is one main process (husk-vmm or QEMU), maybe helpers (vhost-device-vsock, one
+//! A VM is one main process (husk-vmm or QEMU), maybe helpers (husk-agent-mux, one
 //! virtiofsd per shared directory) and some socket files. [`ProcessVm`] owns them all: when the
 //! main process ends, or is killed, or the handle is dropped, the helpers are killed and reaped
 //! and the files are removed, exactly once.

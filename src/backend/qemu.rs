@@ -1,11 +1,11 @@
 //! The QEMU `microvm` backend: KVM where it can run a stock guest, TCG elsewhere.
 //!
 //! The guest gets what husk-vmm gives it: a serial console, virtio-mmio block devices and a
-//! virtio-vsock device. vsock goes through `vhost-user-vsock-device` and a
-//! [`vhost-device-vsock`](super::vhost_vsock) daemon, whose host side is Firecracker's hybrid
-//! unix socket, so clients cannot tell the backends apart. That path needs guest memory QEMU
-//! can share with the daemon (`memory-backend-memfd,share=on`): without it QEMU boots fine and
-//! vsock is silently dead. Shared directories go the same way: one
+//! channel to the agent. Where husk-vmm has a virtio-vsock device, QEMU has a virtio-serial
+//! port and a [`husk-agent-mux`](super::agent_mux) daemon, whose host side is Firecracker's
+//! hybrid unix socket, so clients cannot tell the backends apart. The layer disk is a
+//! `vhost-user-blk` device served by husk-vhost-blk, which needs guest memory QEMU can share
+//! with it (`memory-backend-memfd,share=on`). Shared directories go the same way: one
 //! [`virtiofsd`](super::virtiofsd) per share behind a `vhost-user-fs-device` carrying the tag.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::process::Command;
 use super::child::{self, Leftovers};
 use super::confined;
 use super::process_vm::ProcessVm;
-use super::{host, vhost_blk, vhost_vsock, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use super::{agent_mux, host, vhost_blk, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::confine::launch::{self, Ids};
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
@@ -96,13 +96,13 @@ impl Accel {
 pub struct QemuBackend {
     pub qemu: PathBuf,
     pub accel: Accel,
-    /// Found when the first VM with vsock starts, so VMs without vsock never need it.
-    pub vhost_device_vsock: Option<PathBuf>,
+    /// husk-agent-mux; found when the first VM with vsock starts.
+    pub agent_mux: Option<PathBuf>,
     /// Found when the first VM with a shared directory starts.
     pub virtiofsd: Option<PathBuf>,
     /// Found when the first VM with a layer disk starts.
     pub vhost_blk: Option<PathBuf>,
-    /// Start QEMU and vhost-device-vsock confined (`confine`, docs/security.md); off only
+    /// Start QEMU and its helper daemons confined (`confine`, docs/security.md); off only
     /// with `HUSK_JAIL=off`.
     pub confine: bool,
     /// Under TCG, the host's TSC frequency, told to the guest ([`tsc`](super::tsc)).
@@ -135,7 +135,7 @@ impl QemuBackend {
         Ok(QemuBackend {
             qemu,
             accel,
-            vhost_device_vsock: None,
+            agent_mux: None,
             virtiofsd: None,
             vhost_blk: None,
             confine: launch::enabled(),
@@ -164,14 +164,14 @@ pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
 }
 
 /// The full QEMU command line for `spec` (everything after the program name).
-/// `vhost_socket` is the vhost-device-vsock socket when the spec has vsock; `fs_sockets` holds
+/// `agent_link` is husk-agent-mux's link socket when the spec has vsock; `fs_sockets` holds
 /// the virtiofsd socket of each of `spec.shared_dirs`, in order. `tsc_khz`: the host's TSC
 /// frequency, told to a TCG guest ([`tcg_boot_args`]).
 pub fn args(
     spec: &VmSpec,
     accel: Accel,
     tsc_khz: Option<u32>,
-    vhost_socket: Option<&Path>,
+    agent_link: Option<&Path>,
     fs_sockets: &[PathBuf],
     layer_socket: Option<&Path>,
 ) -> Vec<String> {
@@ -189,7 +189,7 @@ pub fn args(
     }
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
-    // Shared so the vhost-user daemon can map the virtqueues; cheap enough to use always.
+    // Shared so the vhost-user daemons can map the virtqueues; cheap enough to use always.
     push(&[
         "-object",
         &format!(
@@ -244,14 +244,10 @@ pub fn args(
         }
         push(&["-device", &dev]);
     }
-    if let (Some(_), Some(sock)) = (&spec.vsock, vhost_socket) {
-        push(&[
-            "-chardev",
-            &format!("socket,id=vsock,path={}", sock.display()),
-        ]);
-        // No guest-cid here: QEMU's vhost-user device has no such property; the guest reads
-        // the CID from the daemon's config space (`--vm guest-cid=`).
-        push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+    if let (Some(_), Some(link)) = (&spec.vsock, agent_link) {
+        // The agent's channel: a virtio-serial port carrying husk-agent-mux's streams.
+        let port = agent_mux::qemu_args(link);
+        push(&port.iter().map(String::as_str).collect::<Vec<_>>());
     }
     for (i, t) in spec.taps.iter().enumerate() {
         // vhost=off: vhost-net would move the datapath into the host kernel, but TCG guests
@@ -306,29 +302,31 @@ impl VmBackend for QemuBackend {
         }
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
-        // Its id and cgroup first: vhost-device-vsock runs as that id, in that cgroup.
-        let mut confinement = confined::for_vm(spec, self.overhead(spec), self.confine)?;
+        // Its id and cgroup first: the helpers run as that id, in that cgroup.
+        let confinement = confined::for_vm(spec, self.overhead(spec), self.confine)?;
         // Every helper is spawned first, then waited for: their start-ups overlap.
-        let mut vhost_socket = None;
-        let mut vsock_starting = None;
+        let mut agent_link = None;
         if let Some(v) = &spec.vsock {
-            let bin = match &self.vhost_device_vsock {
+            let bin = match &self.agent_mux {
                 Some(b) => b.clone(),
-                None => vhost_vsock::find_binary()?,
+                None => agent_mux::find_binary()?,
             };
-            let sock = vhost_vsock::vhost_socket_for(v);
+            let link = agent_mux::link_socket_for(v);
             // Registered before the daemon runs, so a failed start removes them too.
-            leftovers.files.push(sock.clone());
+            leftovers.files.push(link.clone());
             leftovers.files.push(v.uds_path.clone());
-            vsock_starting = Some(vhost_vsock::launch(
+            // Both its sockets are bound and listening before it runs: nothing to wait for.
+            let daemon = agent_mux::start(
                 &bin,
                 v,
-                &sock,
+                &link,
                 &log,
                 &spec.console_log,
-                confinement.as_mut(),
-            )?);
-            vhost_socket = Some(sock);
+                confinement.as_ref(),
+            )?;
+            tracing::debug!(pid = daemon.pid(), "husk-agent-mux started");
+            leftovers.add_helper(daemon);
+            agent_link = Some(link);
         }
         let mut layer_socket = None;
         if let Some(layers) = &spec.layer_disk {
@@ -377,11 +375,6 @@ impl VmBackend for QemuBackend {
                 fs_sockets.push(sock);
             }
         }
-        if let Some(starting) = vsock_starting {
-            let daemon = starting.ready(&spec.console_log)?;
-            tracing::debug!(pid = daemon.pid(), "vhost-device-vsock ready");
-            leftovers.add_helper(daemon);
-        }
         for (bin, share, starting) in fs_starting {
             let daemon = virtiofsd::ready(starting, &bin, share, &log, &spec.console_log)?;
             tracing::debug!(pid = daemon.pid(), tag = %share.tag, "virtiofsd ready");
@@ -393,7 +386,7 @@ impl VmBackend for QemuBackend {
             spec,
             self.accel,
             self.tsc_khz,
-            vhost_socket.as_deref(),
+            agent_link.as_deref(),
             &fs_sockets,
             layer_socket.as_deref(),
         ));

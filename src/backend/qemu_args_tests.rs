@@ -67,7 +67,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         &s,
         Accel::Tcg,
         None,
-        Some(Path::new("/run/v.sock.vhost")),
+        Some(Path::new("/run/v.sock.serial")),
         &[],
         None,
     );
@@ -102,14 +102,15 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         [
             "virtio-blk-device,drive=d0,serial=layer0",
             "virtio-blk-device,drive=d1",
-            "vhost-user-vsock-device,chardev=vsock"
+            "virtio-serial-device,max_ports=2",
+            "virtserialport,chardev=agent,name=husk.agent,nr=1"
         ]
     );
     let chardevs = pair(&a, "-chardev");
     assert!(
         chardevs
             .iter()
-            .any(|c| c == "socket,id=vsock,path=/run/v.sock.vhost"),
+            .any(|c| c == "socket,id=agent,path=/run/v.sock.serial"),
         "{chardevs:?}"
     );
     assert!(
@@ -144,8 +145,9 @@ fn qemu_kvm_uses_the_host_cpu() {
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
     assert!(
-        !a.iter().any(|x| x.contains("vsock")),
-        "no vsock asked for: {a:?}"
+        !a.iter()
+            .any(|x| x.contains("vsock") || x.contains("virtio-serial")),
+        "no agent channel asked for: {a:?}"
     );
 }
 

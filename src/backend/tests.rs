@@ -257,19 +257,18 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// A stand-in for vhost-device-vsock: listens on both sockets (perl-base is Essential on
-/// Debian, so this needs nothing extra) and sleeps.
+/// A stand-in for husk-agent-mux: husk binds both its sockets and hands them over
+/// (`--listen-fd N --link-fd M`); this records its pid and the descriptors' kinds, and sleeps.
 fn fake_daemon(dir: &Path) -> PathBuf {
+    let d = dir.display();
     script(
         dir,
-        "fake-vhost-device-vsock",
-        r#"opts="$2"
-sock=$(echo "$opts" | sed 's/.*socket=\([^,]*\).*/\1/')
-uds=$(echo "$opts" | sed 's/.*uds-path=\([^,]*\).*/\1/')
-echo "$$" > "$(dirname "$uds")/daemon.pid"
-exec perl -MIO::Socket::UNIX -e '
-    my @l = map { IO::Socket::UNIX->new(Local => $_, Listen => 1) or die "bind $_: $!" } @ARGV;
-    sleep 1000;' "$sock" "$uds""#,
+        "fake-husk-agent-mux",
+        &format!(
+            r#"echo "$$" > "{d}/daemon.pid"
+echo "$1 $(readlink /proc/self/fd/$2 | cut -d: -f1) $3 $(readlink /proc/self/fd/$4 | cut -d: -f1)" > "{d}/daemon.fds"
+exec sleep 1000"#
+        ),
     )
 }
 
@@ -303,7 +302,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
     QemuBackend {
         qemu: script(dir, "fake-qemu", qemu_body),
         accel: Accel::Tcg,
-        vhost_device_vsock: Some(fake_daemon(dir)),
+        agent_mux: Some(fake_daemon(dir)),
         virtiofsd: Some(fake_virtiofsd(dir)),
         vhost_blk: None,
         // The fake daemons write into the test's directory, which a VM's uid may not.
@@ -312,12 +311,21 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
     }
 }
 
+/// The fake daemon's file `name`, once it has written it (start() does not wait for a
+/// daemon whose sockets husk bound itself).
+fn daemon_file(dir: &Path, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(s) if s.ends_with('\n') => return s,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            r => panic!("{name}: {r:?}"),
+        }
+    }
+}
+
 fn daemon_pid(dir: &Path) -> u32 {
-    std::fs::read_to_string(dir.join("daemon.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    daemon_file(dir, "daemon.pid").trim().parse().unwrap()
 }
 
 #[test]
@@ -333,14 +341,19 @@ fn kill_ends_vm_and_helper_and_removes_sockets() {
     let vm = backend.start(&s).unwrap();
     let daemon = daemon_pid(dir.path());
     assert!(alive(vm.pid()) && alive(daemon));
-    assert!(uds.exists() && Path::new(&format!("{}.vhost", uds.display())).exists());
+    assert!(uds.exists() && Path::new(&format!("{}.serial", uds.display())).exists());
+    assert_eq!(
+        daemon_file(dir.path(), "daemon.fds").trim(),
+        "--listen-fd socket --link-fd socket",
+        "husk-agent-mux gets both sockets as descriptors"
+    );
     assert_eq!(vm.vsock_uds(), Some(uds.clone()));
     assert_eq!(vm.try_wait().unwrap(), None);
 
     vm.kill().unwrap();
     assert!(!alive(vm.pid()), "VM process still there");
-    assert!(!alive(daemon), "vhost-device-vsock still there");
-    assert!(!uds.exists() && !Path::new(&format!("{}.vhost", uds.display())).exists());
+    assert!(!alive(daemon), "husk-agent-mux still there");
+    assert!(!uds.exists() && !Path::new(&format!("{}.serial", uds.display())).exists());
     // Killed: not a success, and repeated calls agree.
     let st = vm.wait().unwrap();
     assert!(!st.success());
@@ -404,12 +417,9 @@ fn wait_in_one_thread_kill_in_another() {
 fn daemon_that_dies_early_fails_start_without_leaks() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = fake_qemu_backend(dir.path(), "exec sleep 1000");
-    backend.vhost_device_vsock = Some(script(dir.path(), "bad-daemon", "echo boom >&2; exit 3"));
+    backend.virtiofsd = Some(script(dir.path(), "bad-daemon", "echo boom >&2; exit 3"));
     let mut s = spec_in(dir.path());
-    s.vsock = Some(VsockSpec {
-        cid: 3,
-        uds_path: dir.path().join("v.sock"),
-    });
+    s.shared_dirs = vec![share_spec(dir.path(), "vol", false)];
     let err = backend.start(&s).err().expect("start must fail");
     assert!(matches!(err, Error::HelperDied { .. }), "{err}");
     assert!(err.to_string().contains("console.log"), "{err}");
@@ -432,7 +442,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
     let backend = QemuBackend {
         qemu: dir.path().join("no-qemu"),
         accel: Accel::Tcg,
-        vhost_device_vsock: None,
+        agent_mux: None,
         virtiofsd: None,
         vhost_blk: None,
         confine: true,

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::child::{self, Guarded};
-use super::listening::{ListenTable, Starting};
-use super::{vhost_vsock, Error, ShareCache, SharedDirSpec};
+use super::listening::Starting;
+use super::{Error, ShareCache, SharedDirSpec};
 
 /// The version `scripts/install-virtiofsd.sh` installs.
 pub const VERSION: &str = "1.14.0";
@@ -58,10 +58,19 @@ impl Sandbox {
     }
 }
 
+/// The husk cache the install scripts put tools under: `$HUSK_CACHE`, else `~/.cache/husk`.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HUSK_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/husk")
+}
+
 /// Finds the binary: `$HUSK_VIRTIOFSD`, then the install script's location under the husk
 /// cache, then `PATH`, then Debian's `/usr/libexec/virtiofsd`.
 pub fn find_binary() -> Result<PathBuf, Error> {
-    let cached = vhost_vsock::cache_dir().join(format!("tools/virtiofsd-{VERSION}/bin/virtiofsd"));
+    let cached = cache_dir().join(format!("tools/virtiofsd-{VERSION}/bin/virtiofsd"));
     child::find_helper(
         BINARY_ENV,
         &cached,
@@ -189,7 +198,6 @@ pub(super) fn launch(
         // Its sandbox forks a child that must go with it.
         daemon: Guarded::spawn_group(&program, &mut cmd)?,
         socket: socket.to_path_buf(),
-        table: ListenTable::Host,
     })
 }
 

@@ -163,6 +163,8 @@ pub fn sweep_dead_leases() {
             continue;
         }
         super::cgroup::remove_own_vm(uid);
+        // Socket directories of helpers that ran as an id (vhost-device-vsock, before the
+        // QEMU backend's agent channel became a serial port): left by an older husk.
         let _ = std::fs::remove_dir_all(sockets.join(uid.to_string()));
     }
 }
@@ -171,8 +173,6 @@ pub fn sweep_dead_leases() {
 /// (fields drop in order), then the id lease, so the id is free only once both are gone.
 pub struct Confinement {
     pub cgroup: Option<Cgroup>,
-    /// The socket directory of a helper that runs as the VM's id (vhost-device-vsock).
-    pub helper_sockets: Option<SocketDir>,
     pub lease: IdLease,
 }
 
@@ -341,46 +341,6 @@ pub fn exec_path(binary: &std::path::Path) -> io::Result<(PathBuf, File)> {
         .custom_flags(libc::O_PATH)
         .open(binary)?;
     Ok((PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())), f))
-}
-
-/// A directory for the sockets a helper running as `ids` creates:
-/// `/run/husk-ids/sockets/<uid>`, made afresh (the id's lease says nobody else uses it),
-/// owned by the id and group root, mode 2770: its sockets take group root (setgid directory;
-/// the helper's umask is 007), so root processes that lack CAP_DAC_OVERRIDE (a confined QEMU
-/// connecting to the vhost-user socket) may connect, and nobody else. Removed when the
-/// returned guard drops.
-pub fn socket_dir(ids: Ids) -> io::Result<SocketDir> {
-    use std::os::unix::fs::DirBuilderExt;
-    let parent = std::path::Path::new(ID_LEASE_DIR).join("sockets");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(&parent)?;
-    let dir = parent.join(ids.uid.to_string());
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    std::os::unix::fs::chown(&dir, Some(ids.uid), Some(0))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770))?;
-    }
-    Ok(SocketDir(dir))
-}
-
-/// A helper's socket directory, removed on drop.
-#[derive(Debug)]
-pub struct SocketDir(PathBuf);
-
-impl SocketDir {
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `f` (which spawns the VMM) on a new thread whose children are born in a new PID

@@ -218,8 +218,8 @@ impl ProcessRef {
 const GONE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Live processes whose command line mentions `dir` (a container directory): the VMM and
-/// its helpers take their sockets and disks from there (vhost-device-vsock, whose sockets
-/// live elsewhere, names the VM's socket in its argv[0]). `rm` sweeps
+/// its helpers take their sockets and disks from there (and name the VM's socket in their
+/// argv[0]). `rm` sweeps
 /// them so nothing outlives a monitor that was itself killed.
 pub fn processes_using(dir: &Path) -> Vec<ProcessRef> {
     let needle = dir.as_os_str().as_encoded_bytes();

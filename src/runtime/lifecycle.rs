@@ -504,7 +504,7 @@ impl Runtime {
     }
 
     fn remove_files(&self, state: &State) -> Result<(), Error> {
-        // Anything still running from this container's files (a VMM or vhost-device-vsock
+        // Anything still running from this container's files (a VMM or husk-agent-mux
         // whose monitor was itself killed) goes first, so nothing holds the disk or sockets.
         let dirs = self.dirs_of(state);
         kill_processes_in(&dirs);

@@ -159,7 +159,7 @@ fn write_launcher(dir: &Path, rt: &Runtime, root: Option<&Path>) -> PathBuf {
         "HUSK_BZIMAGE",
         "HUSK_INITRAMFS",
         "HUSK_VIRTIOFSD",
-        "HUSK_VHOST_DEVICE_VSOCK",
+        "HUSK_AGENT_MUX_BIN",
         "HUSK_CACHE",
         "RUST_LOG",
     ] {

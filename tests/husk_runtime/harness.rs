@@ -182,7 +182,7 @@ impl Rt {
     }
 
     /// Asserts nothing of this test is left: no container state, and no live process
-    /// (VM holder, VMM, virtiofsd, vhost-device-vsock) naming the test's directory.
+    /// (VM holder, VMM, virtiofsd, husk-agent-mux) naming the test's directory.
     pub fn assert_clean(&self) {
         let left: Vec<_> = std::fs::read_dir(self.root())
             .map(|d| {

@@ -2,7 +2,7 @@
 //! container's life: created (the VM up, the process not started), running, and while an
 //! `exec` runs in it. As with runc's init: the engine's next `state` says stopped, an
 //! `exec` in flight ends in bounded time with a failure, `delete` (without --force) removes
-//! the container, and no VMM, virtiofsd, vhost-device-vsock, socket directory or state is
+//! the container, and no VMM, virtiofsd, husk-agent-mux, socket directory or state is
 //! left.
 
 use std::io::{BufRead, BufReader};

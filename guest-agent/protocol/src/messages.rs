@@ -47,8 +47,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The line the agent prints on the console once the guest is up (every virtio driver
-/// probed, so its vsock device is live). Hosts whose vsock backend must not be reached
-/// earlier (vhost-device-vsock) wait for it before the first `CONNECT`.
+/// probed, and the agent serving). Hosts wait for it before the first `CONNECT`, so that a
+/// VMM that died is an error with its last console line rather than an agent never answering.
 pub const GUEST_READY_MARKER: &str = "HUSK-AGENT-READY";
 
 /// A host → agent request.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::backend::{husk_vmm, qemu, vhost_vsock, virtiofsd, BackendKind};
+use crate::backend::{agent_mux, husk_vmm, qemu, virtiofsd, BackendKind};
 use crate::cli::{Error, GlobalOpts, SystemArgs, SystemCommand};
 use crate::pod::assets::{initramfs_candidates, kernel_candidates};
 use crate::util::fs::which_or_in;
@@ -150,8 +150,8 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
         },
     });
     c.push(Check::program(
-        "vhost-device-vsock",
-        vhost_vsock::find_binary(),
+        "husk-agent-mux",
+        agent_mux::find_binary(),
         picked == BackendKind::Qemu,
     ));
     let f = virtiofsd::find_binary();

@@ -157,7 +157,7 @@ pub fn run_poststop(state: &ContainerState) {
 }
 
 /// Ends everything a container runs on the host: the VM holder (asked to kill the VM first),
-/// then anything still using its socket directory (VMM, virtiofsd, vhost-device-vsock), and
+/// then anything still using its socket directory (VMM, virtiofsd, husk-agent-mux), and
 /// the VM's attachment to the engine's network namespace.
 pub fn destroy(state: &ContainerState) {
     if let Some(vm) = &state.vm {

@@ -1,0 +1,189 @@
+//! The host side: Firecracker's hybrid vsock protocol on a unix socket. A client connects,
+//! writes `CONNECT <port>\n`, and once the guest accepts reads `OK <port>\n` followed by the
+//! stream's bytes; a refused or unanswered stream is a closed connection, which clients
+//! retry while the guest boots.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::frame::{self, Kind, VERSION};
+use crate::link::{Link, Role, MAX_STREAMS};
+use crate::stream::Stream;
+use crate::{sys, Error};
+
+/// Longest `CONNECT` line, newline included.
+const MAX_LINE: usize = 64;
+/// Clients that have not yet sent their `CONNECT` line; beyond this the oldest is dropped.
+const MAX_PENDING: usize = 64;
+
+pub(crate) struct HostSide {
+    pub listener: OwnedFd,
+    pub pending: Vec<Pending>,
+    next_id: u32,
+    ports: std::collections::BTreeMap<u32, u32>,
+}
+
+/// A client still sending its `CONNECT` line.
+pub(crate) struct Pending {
+    pub fd: OwnedFd,
+    got: Vec<u8>,
+    /// Closed, answered or turned into a stream: pruned after this round.
+    done: bool,
+}
+
+/// Serves `listener`'s clients over `link` (the connection to QEMU's chardev) until QEMU
+/// hangs up (`Ok`) or the guest breaks the protocol.
+pub fn run(link: OwnedFd, listener: OwnedFd) -> Result<(), Error> {
+    sys::set_nonblocking(listener.as_raw_fd()).map_err(|source| Error::Io {
+        what: "making the listening socket non-blocking",
+        source,
+    })?;
+    let mut l = Link::new(
+        link,
+        Role::Host(HostSide {
+            listener,
+            pending: Vec::new(),
+            next_id: 1,
+            ports: Default::default(),
+        }),
+    )?;
+    // Every stream of an earlier host side (a VM restored from a snapshot) is gone.
+    frame::encode_word(l.out.back(), 0, Kind::Hello, VERSION);
+    l.run()
+}
+
+impl Link {
+    pub(crate) fn accept_clients(&mut self) {
+        let Role::Host(h) = &mut self.role else {
+            return;
+        };
+        while h.pending.len() + self.streams.len() < MAX_STREAMS {
+            match sys::accept(h.listener.as_raw_fd()) {
+                Ok(Some(fd)) => {
+                    // (Marked, not removed: this round's poll slots index the list.)
+                    if h.pending.iter().filter(|p| !p.done).count() >= MAX_PENDING {
+                        if let Some(oldest) = h.pending.iter_mut().find(|p| !p.done) {
+                            oldest.done = true;
+                        }
+                    }
+                    h.pending.push(Pending {
+                        fd,
+                        got: Vec::new(),
+                        done: false,
+                    });
+                }
+                Ok(None) => break,
+                // Out of descriptors or memory: the client stays queued for the next round.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Reads what a pending client sent; a complete `CONNECT` line opens its stream.
+    pub(crate) fn read_pending(&mut self, i: usize) {
+        let Role::Host(h) = &mut self.role else {
+            return;
+        };
+        let Some(p) = h.pending.get_mut(i) else {
+            return;
+        };
+        if p.done {
+            return;
+        }
+        let mut buf = [0u8; MAX_LINE];
+        let room = MAX_LINE - p.got.len();
+        match sys::read(p.fd.as_raw_fd(), &mut buf[..room]) {
+            Ok(Some(0)) | Err(_) => {
+                p.done = true;
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(n)) => p.got.extend_from_slice(&buf[..n]),
+        }
+        let Some(nl) = p.got.iter().position(|&b| b == b'\n') else {
+            if p.got.len() >= MAX_LINE {
+                p.done = true;
+            }
+            return;
+        };
+        p.done = true;
+        let Some(port) = parse_connect(&p.got[..nl]) else {
+            return;
+        };
+        let early = p.got[nl + 1..].to_vec();
+        let fd = match p.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(_) => return,
+        };
+        let mut id = h.next_id;
+        while id == 0 || self.streams.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        h.next_id = id.wrapping_add(1);
+        h.ports.insert(id, port);
+        let mut s = Stream::new(fd, false);
+        s.early = early;
+        self.streams.insert(id, s);
+        frame::encode_word(self.out.back(), id, Kind::Open, port);
+    }
+
+    pub(crate) fn prune_pending(&mut self) {
+        if let Role::Host(h) = &mut self.role {
+            h.pending.retain(|p| !p.done);
+            let streams = &self.streams;
+            h.ports.retain(|id, _| streams.contains_key(id));
+        }
+    }
+
+    /// The guest accepted stream `id`: the client gets its `OK` line, then the stream.
+    pub(crate) fn host_accepted(&mut self, id: u32) {
+        let Role::Host(h) = &mut self.role else {
+            return;
+        };
+        let port = h.ports.get(&id).copied().unwrap_or(0);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.open {
+            return;
+        }
+        s.open = true;
+        let line = format!("OK {port}\n");
+        // A fresh connection's send buffer takes a short line whole.
+        if !matches!(sys::write(s.fd.as_raw_fd(), line.as_bytes()), Ok(Some(n)) if n == line.len())
+        {
+            self.reset(id);
+            return;
+        }
+        let early = std::mem::take(&mut s.early);
+        if !early.is_empty() {
+            s.send_credit -= early.len() as u32;
+            frame::encode(self.out.back(), id, Kind::Data, &early);
+        }
+    }
+}
+
+/// The port of a `CONNECT <port>` line.
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = std::str::from_utf8(line).ok()?;
+    let port = line.strip_prefix("CONNECT ")?;
+    port.trim_end_matches('\r').parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connect_lines_parse() {
+        use super::parse_connect;
+        assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 7\r"), Some(7));
+        for bad in [
+            &b"CONNECT"[..],
+            b"CONNECT -1",
+            b"connect 5",
+            b"CONNECT 99999999999",
+            b"\xff",
+        ] {
+            assert_eq!(parse_connect(bad), None);
+        }
+    }
+}
