@@ -58,19 +58,11 @@ impl Sandbox {
     }
 }
 
-/// The husk cache the install scripts put tools under: `$HUSK_CACHE`, else `~/.cache/husk`.
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HUSK_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    Path::new(&home).join(".cache/husk")
-}
-
 /// Finds the binary: `$HUSK_VIRTIOFSD`, then the install script's location under the husk
 /// cache, then `PATH`, then Debian's `/usr/libexec/virtiofsd`.
 pub fn find_binary() -> Result<PathBuf, Error> {
-    let cached = cache_dir().join(format!("tools/virtiofsd-{VERSION}/bin/virtiofsd"));
+    let cached =
+        crate::util::fs::husk_cache_dir().join(format!("tools/virtiofsd-{VERSION}/bin/virtiofsd"));
     child::find_helper(
         BINARY_ENV,
         &cached,

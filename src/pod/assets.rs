@@ -55,20 +55,12 @@ fn share_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HUSK_CACHE") {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    Path::new(&home).join(".cache/husk")
-}
-
 /// The places looked at for the kernel, in order.
 pub fn kernel_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
     let mut c: Vec<PathBuf> = flag.map(Path::to_path_buf).into_iter().collect();
     c.extend(std::env::var_os(KERNEL_ENV).map(PathBuf::from));
     c.extend(share_dirs().into_iter().map(|d| d.join("vmlinux")));
-    c.push(cache_dir().join("kernel/vmlinux"));
+    c.push(crate::util::fs::husk_cache_dir().join("kernel/vmlinux"));
     c
 }
 

@@ -179,6 +179,16 @@ pub fn short_name(scope: &[u8], id: &str) -> String {
         .collect()
 }
 
+/// husk's per-user cache (the kernel build, tools the install scripts put there):
+/// `$HUSK_CACHE`, else `~/.cache/husk`.
+pub fn husk_cache_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("HUSK_CACHE") {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::Path::new(&home).join(".cache/husk")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -613,7 +613,7 @@ pub fn host_kernel_release() -> String {
 
 /// Processes (other than this one) that belong to the engine instance in `dir`: started
 /// through its launcher (their environment has [`OWNER_ENV`]=dir), or whose command line or
-/// working directory names `dir` (conmon, the VM holder, VMM, virtiofsd, vsock daemon).
+/// working directory names `dir` (conmon, the VM holder, VMM, virtiofsd, husk-agent-mux).
 pub fn processes_using(dir: &Path) -> Vec<String> {
     let needle = dir.to_str().expect("utf-8 dir");
     let me = std::process::id().to_string();

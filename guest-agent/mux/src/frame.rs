@@ -10,14 +10,15 @@ pub const HEADER: usize = 9;
 pub const MAX_PAYLOAD: usize = 32 << 10;
 /// Bytes either side may send on a stream before the other grants more ([`Kind::Credit`]).
 pub const WINDOW: u32 = 256 << 10;
-/// The version a [`Kind::Hello`] carries.
-pub const VERSION: u32 = 1;
+/// Bytes of a whole [`Kind::Hello`] frame.
+pub const HELLO_LEN: usize = HEADER + 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    /// Host → guest, stream 0, payload the version: a new host side; every stream of an
-    /// earlier one is gone.
+    /// Host → guest, stream 0, payload a nonce: a new host side; every stream of an earlier
+    /// one is gone. The guest answers with the same frame, and the host reads the guest's
+    /// frames from just after that echo (`Sync` in the engine).
     Hello = 1,
     /// Initiator → acceptor: open this stream to the port in the payload (u32 LE).
     Open = 2,
@@ -90,6 +91,28 @@ pub fn encode(out: &mut Vec<u8>, stream: u32, kind: Kind, payload: &[u8]) {
 /// Appends a frame whose payload is one u32.
 pub fn encode_word(out: &mut Vec<u8>, stream: u32, kind: Kind, word: u32) {
     encode(out, stream, kind, &word.to_le_bytes());
+}
+
+/// Looks for a [`Kind::Hello`] in `buf` while the link is out of step: the guest echoing
+/// `nonce` (`AwaitingEcho`), or any host Hello (`AwaitingHello`). Returns how many bytes
+/// come before it and whether it was found; when it was not, the bytes skipped leave just
+/// enough at the end for a Hello that has only begun to arrive.
+pub(crate) fn find_hello(buf: &[u8], sync: crate::link::Sync) -> (usize, bool) {
+    let mut want = [0u8; HELLO_LEN];
+    want[4] = Kind::Hello as u8;
+    want[5] = 4;
+    let len = match sync {
+        crate::link::Sync::AwaitingEcho(nonce) => {
+            want[HEADER..].copy_from_slice(&nonce.to_le_bytes());
+            HELLO_LEN
+        }
+        _ => HEADER,
+    };
+    let want = &want[..len];
+    match buf.windows(len).position(|w| w == want) {
+        Some(i) => (i, true),
+        None => (buf.len().saturating_sub(len - 1), false),
+    }
 }
 
 /// Decodes the frame at the start of `buf`: `Ok(None)` when it is not all there yet, else the

@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Kind};
-use crate::link::{Link, Role, MAX_STREAMS};
+use crate::link::{Link, Role, MAX_STREAMS, OUT_HIGH};
 use crate::stream::Stream;
 use crate::{sys, Error};
 
@@ -160,7 +160,7 @@ impl Link {
         let want = state.gen.lock().unwrap_or_else(|p| p.into_inner()).0;
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
-            while self.read_local(id) {}
+            while self.out.len() < OUT_HIGH && self.read_local(id) {}
         }
         self.write_link_until(Instant::now() + FLUSH_LIMIT);
         let mut gen = state.gen.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,8 +5,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::frame::{self, Kind, VERSION};
-use crate::link::{Link, Role, MAX_STREAMS};
+use crate::frame::{self, Kind};
+use crate::link::{Link, Role, Sync, MAX_STREAMS};
 use crate::stream::Stream;
 use crate::{sys, Error};
 
@@ -46,8 +46,11 @@ pub fn run(link: OwnedFd, listener: OwnedFd) -> Result<(), Error> {
             ports: Default::default(),
         }),
     )?;
-    // Every stream of an earlier host side (a VM restored from a snapshot) is gone.
-    frame::encode_word(l.out.back(), 0, Kind::Hello, VERSION);
+    // Every stream of an earlier host side (a VM restored from a snapshot) is gone; the
+    // guest's frames are read from its echo of this on.
+    let nonce = nonce();
+    frame::encode_word(l.out.back(), 0, Kind::Hello, nonce);
+    l.sync = Sync::AwaitingEcho(nonce);
     l.run()
 }
 
@@ -160,6 +163,20 @@ impl Link {
             frame::encode(self.out.back(), id, Kind::Data, &early);
         }
     }
+}
+
+/// A number the guest cannot have seen before this host side began: random, else the clock.
+fn nonce() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most b.len() bytes into `b`, exclusively borrowed here.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    if n == 4 {
+        return u32::from_le_bytes(b);
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+        .unwrap_or(0x6875_736b)
 }
 
 /// The port of a `CONNECT <port>` line.

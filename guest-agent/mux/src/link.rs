@@ -13,9 +13,12 @@ use crate::{guest, host, sys, Error};
 /// Streams open at once, per side.
 pub const MAX_STREAMS: usize = 256;
 /// Local ends are not read while this much waits to go out on the link.
-const OUT_HIGH: usize = 256 << 10;
+pub(crate) const OUT_HIGH: usize = 256 << 10;
 /// The link is not read while this much waits to be decoded (one whole frame always fits).
 const IN_MAX: usize = 2 * (HEADER + MAX_PAYLOAD);
+/// Nor while this much waits to go out: a peer that sends frames needing an answer (opens to
+/// be refused, data to be credited) and never reads the answers gets no more of our memory.
+const OUT_MAX: usize = 1 << 20;
 /// Credit is granted back in batches of this much: a request and its answer, far smaller,
 /// cost no frame beyond their own (and no wake-up of the other side), and the sender, with a
 /// window four batches wide, never waits on a grant while its bytes are being taken.
@@ -38,6 +41,22 @@ pub(crate) struct Link {
     /// Guest only: the host side is not connected (the port reads EOF); every stream was
     /// dropped and the link is looked at again every [`DOWN_PAUSE`].
     down: bool,
+    /// Whether the link's input is known to start at a frame boundary.
+    pub sync: Sync,
+}
+
+/// Where the link's input stands. A new host side cannot know what a guest (restored from a
+/// snapshot, or one that lost its host mid-frame) still has half-written or half-read, so the
+/// two meet at a `Hello`: the host sends one with a nonce and skips its input up to the
+/// guest's echo of it; a guest that reads something no frame can be skips up to the next
+/// `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sync {
+    InStep,
+    /// Host: waiting for the guest's echo of this nonce.
+    AwaitingEcho(u32),
+    /// Guest: skipping to the host's next `Hello`.
+    AwaitingHello,
 }
 
 #[derive(Clone, Copy)]
@@ -70,6 +89,7 @@ impl Link {
             inbuf: Vec::with_capacity(IN_MAX),
             scratch: vec![0; MAX_PAYLOAD],
             down: false,
+            sync: Sync::InStep,
         })
     }
 
@@ -134,7 +154,7 @@ impl Link {
             slots.push(slot);
         };
         let mut link_ev = 0;
-        if self.inbuf.len() < IN_MAX {
+        if self.inbuf.len() < IN_MAX && self.out.len() < OUT_MAX {
             link_ev |= libc::POLLIN;
         }
         if !self.out.is_empty() && !self.down {
@@ -160,8 +180,14 @@ impl Link {
             if !s.to_local.is_empty() {
                 ev |= libc::POLLOUT;
             }
-            // With no events asked for, a hang-up or error is still reported.
-            push(s.fd.as_raw_fd(), ev, Slot::Stream(id));
+            // With no events asked for, a hang-up or error is still reported, once; after
+            // that the slot is left out (a negative fd) until something is wanted again.
+            let fd = if ev == 0 && s.hup {
+                -1
+            } else {
+                s.fd.as_raw_fd()
+            };
+            push(fd, ev, Slot::Stream(id));
         }
     }
 
@@ -234,9 +260,22 @@ impl Link {
     }
 
     fn decode_frames(&mut self) -> Result<(), Error> {
-        let buf = std::mem::take(&mut self.inbuf);
+        let mut buf = std::mem::take(&mut self.inbuf);
         let mut pos = 0;
         let result = loop {
+            if self.sync != Sync::InStep {
+                let (skip, found) = frame::find_hello(&buf[pos..], self.sync);
+                pos += skip;
+                if !found {
+                    break Ok(());
+                }
+                if let Sync::AwaitingEcho(_) = self.sync {
+                    // The echo itself is consumed: the guest's next byte starts a frame.
+                    pos += frame::HELLO_LEN;
+                }
+                self.sync = Sync::InStep;
+                continue;
+            }
             match frame::decode(&buf[pos..]) {
                 Ok(None) => break Ok(()),
                 Ok(Some((f, n))) => {
@@ -245,10 +284,17 @@ impl Link {
                         break Err(e);
                     }
                 }
-                Err(e) => break Err(e),
+                Err(e) => {
+                    if matches!(self.role, Role::Host(_)) {
+                        break Err(e);
+                    }
+                    // The host's frames never go wrong; a guest that reads one that did lost
+                    // its place (a snapshot taken mid-frame): start again at the next Hello.
+                    self.drop_all();
+                    self.sync = Sync::AwaitingHello;
+                }
             }
         };
-        let mut buf = buf;
         buf.drain(..pos);
         self.inbuf = buf;
         result
@@ -258,7 +304,12 @@ impl Link {
         let id = f.stream;
         match f.kind {
             Kind::Hello => match self.role {
-                Role::Guest(_) => self.drop_all(),
+                Role::Guest(_) => {
+                    // A new host side: the old one's streams, and whatever was still queued
+                    // for it, are gone. The echo tells the host where our frames start.
+                    self.drop_all();
+                    frame::encode_word(self.out.back(), 0, Kind::Hello, f.word());
+                }
                 Role::Host(_) => {
                     return Err(Error::Protocol {
                         stream: id,
@@ -324,9 +375,12 @@ impl Link {
 
     /// A stream's local end is readable, writable or hung up.
     fn stream_ready(&mut self, id: u32, ev: i16) {
-        let Some(s) = self.streams.get(&id) else {
+        let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        if ev & (libc::POLLHUP | libc::POLLERR) != 0 {
+            s.hup = true;
+        }
         if !s.open {
             // A host client that gave up before the guest answered.
             if ev & (libc::POLLHUP | libc::POLLERR) != 0 {

@@ -29,6 +29,9 @@ pub struct Stream {
     pub peer_shut: bool,
     /// The local end's writing half is shut (after `peer_shut` and `to_local` drained).
     pub local_shut: bool,
+    /// The local end reported a hang-up: it is not polled while nothing is wanted of it (a
+    /// hung-up socket is always ready, and would spin the loop).
+    pub hup: bool,
 }
 
 impl Stream {
@@ -44,6 +47,7 @@ impl Stream {
             local_eof: false,
             peer_shut: false,
             local_shut: false,
+            hup: false,
         }
     }
 

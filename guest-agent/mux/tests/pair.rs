@@ -53,6 +53,15 @@ fn connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     Ok(s)
 }
 
+/// Plays the guest's part of the handshake on a raw link end: reads the host's Hello and
+/// echoes it.
+fn echo_hello(g: &mut UnixStream) {
+    let mut hello = [0u8; husk_mux::frame::HELLO_LEN];
+    g.read_exact(&mut hello).unwrap();
+    assert_eq!(hello[4], husk_mux::frame::Kind::Hello as u8);
+    g.write_all(&hello).unwrap();
+}
+
 fn guest_end(r: &Rig) -> UnixStream {
     let fd = r.acceptor.accept().unwrap();
     let s = UnixStream::from(fd);
@@ -163,6 +172,7 @@ fn the_host_side_ends_when_the_link_does_and_rejects_a_lying_guest() {
     let listener: OwnedFd = UnixListener::bind(&uds).unwrap().into();
     let (h, mut g) = UnixStream::pair().unwrap();
     let host = thread::spawn(move || host::run(h.into(), listener));
+    echo_hello(&mut g);
     let mut hello = Vec::new();
     husk_mux::frame::encode_word(&mut hello, 0, husk_mux::frame::Kind::Hello, 1);
     g.write_all(&hello).unwrap();
@@ -173,6 +183,9 @@ fn the_host_side_ends_when_the_link_does_and_rejects_a_lying_guest() {
     let listener: OwnedFd = UnixListener::bind(dir.path().join("v2")).unwrap().into();
     let (h, mut g) = UnixStream::pair().unwrap();
     let host = thread::spawn(move || host::run(h.into(), listener));
+    // Garbage before the echo is skipped (a guest restored mid-frame); after it, not.
+    g.write_all(&[0xee; 100]).unwrap();
+    echo_hello(&mut g);
     g.write_all(&[1, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0x7f])
         .unwrap();
     let e = host.join().unwrap().unwrap_err().to_string();
@@ -188,13 +201,14 @@ fn a_guest_overrunning_its_credit_loses_only_that_stream() {
     let host = thread::spawn(move || host::run(h.into(), listener));
     let mut g = g;
     let mut rd = g.try_clone().unwrap();
-    // Read the host's hello and the first open.
+    // Answer the host's hello, then read the first open.
+    echo_hello(&mut g);
     let mut c1 = UnixStream::connect(&uds).unwrap();
     c1.write_all(b"CONNECT 5\n").unwrap();
-    let mut hdr = [0u8; 13 + 13];
+    let mut hdr = [0u8; 13];
     rd.read_exact(&mut hdr).unwrap();
-    let id = u32::from_le_bytes([hdr[13], hdr[14], hdr[15], hdr[16]]);
-    assert_eq!(hdr[17], husk_mux::frame::Kind::Open as u8);
+    let id = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    assert_eq!(hdr[4], husk_mux::frame::Kind::Open as u8);
     let mut out = Vec::new();
     husk_mux::frame::encode(&mut out, id, husk_mux::frame::Kind::Accept, &[]);
     let chunk = vec![7u8; husk_mux::frame::MAX_PAYLOAD];
@@ -238,10 +252,18 @@ fn a_flush_puts_written_bytes_on_the_link() {
     use husk_mux::frame::{self, Kind};
     let (mut host_end, g) = UnixStream::pair().unwrap();
     let acceptor = guest::start(g.into(), PORT, |e| panic!("guest mux: {e}")).unwrap();
-    let mut out = Vec::new();
-    frame::encode_word(&mut out, 0, Kind::Hello, frame::VERSION);
+    // Bytes from before a snapshot (no frame can start with them) are skipped up to the
+    // host's Hello, which the guest echoes.
+    let mut out = vec![0xffu8; 20];
+    frame::encode_word(&mut out, 0, Kind::Hello, 0xabcd);
     frame::encode_word(&mut out, 9, Kind::Open, PORT);
     host_end.write_all(&out).unwrap();
+    let mut echo = [0u8; frame::HELLO_LEN];
+    host_end.read_exact(&mut echo).unwrap();
+    assert_eq!(
+        (echo[4], &echo[frame::HEADER..]),
+        (Kind::Hello as u8, &0xabcdu32.to_le_bytes()[..])
+    );
     let mut accept = [0u8; frame::HEADER];
     host_end.read_exact(&mut accept).unwrap();
     assert_eq!(accept[4], Kind::Accept as u8);
@@ -260,4 +282,35 @@ fn a_flush_puts_written_bytes_on_the_link() {
             (Kind::Data as u8, &[round; 100][..])
         );
     }
+}
+
+/// A guest that sends frames needing an answer (opens the host refuses) and never reads the
+/// answers is stopped by backpressure: the host stops reading the link instead of queueing
+/// answers without bound.
+#[test]
+fn a_guest_that_never_reads_its_answers_gets_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener: OwnedFd = UnixListener::bind(dir.path().join("vsock")).unwrap().into();
+    let (h, g) = UnixStream::pair().unwrap();
+    let _host = thread::spawn(move || host::run(h.into(), listener));
+    let flood = thread::spawn(move || {
+        let mut g = g;
+        echo_hello(&mut g);
+        let mut opens = Vec::new();
+        for id in 0..1000u32 {
+            husk_mux::frame::encode_word(&mut opens, id, husk_mux::frame::Kind::Open, 1);
+        }
+        // 500,000 opens (6.5 MB): a refusal each would be 4.5 MB of answers.
+        for _ in 0..500 {
+            if g.write_all(&opens).is_err() {
+                break;
+            }
+        }
+        g
+    });
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        !flood.is_finished(),
+        "the host took every open without its answers being read"
+    );
 }

@@ -1,0 +1,235 @@
+"""What a booted-VM template would save on QEMU: a cold boot of husk's kernel + agent against a
+restore of the same VM from a snapshot taken once the agent served, each timed from QEMU's
+spawn to the agent's answer to `Hello` through husk-agent-mux, interleaved round by round.
+
+The template is the cold VM itself, stopped after its first `Hello`: its RAM lives in a file
+(`memory-backend-file,share=on`), its device state is saved with `x-ignore-shared` (a few
+KiB), and each clone maps the RAM file privately (`share=off`: copy-on-write, so clones
+share every page they do not write) and loads only the device state (Kata's VM templating
+works the same way). The agent's channel is the virtio-serial port husk gives QEMU; a clone's
+new husk-agent-mux says Hello on the link and the guest drops the template's streams.
+
+No disks, no network: the agent as `husk run` first reaches it. What this leaves out, and
+what husk's QEMU backend would need before it restores containers' VMs, is in the README.
+
+Usage: template.py ROUNDS KERNEL INITRAMFS MUX_BINARY WORKDIR"""
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import boot  # noqa: E402
+
+AGENT_PORT = 1024  # AGENT_VSOCK_PORT
+PROTOCOL_VERSION = 3  # husk_protocol::PROTOCOL_VERSION
+LIMIT = 120.0
+
+
+def qemu_args(work, name, kernel, initramfs, memory, link):
+    log = os.path.join(work, f"{name}-console.log")
+    return ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-M", "microvm,acpi=off,x-option-roms=off,memory-backend=mem",
+            "-accel", boot.qemu_accel_arg("tcg"), "-smp", "1", "-m", "256M",
+            "-object", memory,
+            "-chardev", f"file,id=console,path={log}", "-serial", "chardev:console",
+            "-kernel", kernel, "-initrd", initramfs, "-append", boot.husk_append("tcg"),
+            # src/backend/agent_mux.rs: qemu_args
+            "-device", "virtio-serial-device,max_ports=2",
+            "-chardev", f"socket,id=agent,path={link}",
+            "-device", "virtserialport,chardev=agent,name=husk.agent,nr=1",
+            "-qmp", f"unix:{os.path.join(work, name + '.qmp')},server=on,wait=off"]
+
+
+class Vm:
+    """husk-agent-mux and QEMU for one VM named `name` under `work`."""
+
+    def __init__(self, work, name, mux_bin, args_for):
+        self.work, self.name = work, name
+        self.uds = os.path.join(work, f"{name}.vsock")
+        link = self.uds + ".serial"
+        for p in (self.uds, link, os.path.join(work, name + ".qmp")):
+            if os.path.exists(p):
+                os.remove(p)
+        self.mux = subprocess.Popen([mux_bin, "--listen", self.uds, "--link", link],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (os.path.exists(self.uds) and os.path.exists(link)):
+            time.sleep(0.001)
+        self.qemu = subprocess.Popen(args_for(link), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def qmp(self):
+        path = os.path.join(self.work, self.name + ".qmp")
+        deadline = time.monotonic() + LIMIT
+        while True:
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.qemu.poll() is not None:
+                    raise RuntimeError(f"{self.name}: no QMP socket")
+                time.sleep(0.001)
+        f = s.makefile("rw")
+        f.readline()
+        qmp_cmd(f, "qmp_capabilities")
+        return f
+
+    def hello(self):
+        """Connects through the mux (retrying while the guest comes up) and exchanges Hello."""
+        deadline = time.monotonic() + LIMIT
+        while True:
+            try:
+                return hello_once(self.uds)
+            except OSError:
+                if time.monotonic() > deadline or self.qemu.poll() is not None:
+                    raise RuntimeError(f"{self.name}: the agent never answered")
+                time.sleep(0.002)
+
+    def hello_or_end(self):
+        """[`hello`], ending the VM (no orphan QEMU) when it fails."""
+        try:
+            return self.hello()
+        except Exception:
+            self.end()
+            raise
+
+    def pss_kib(self):
+        with open(f"/proc/{self.qemu.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        return 0
+
+    def end(self):
+        for p in (self.qemu, self.mux):
+            p.kill()
+            p.wait()
+
+
+def qmp_cmd(f, name, **args):
+    f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+    f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "event" in r:
+            continue
+        if "error" in r:
+            raise RuntimeError(f"QMP {name}: {r['error']}")
+        return r.get("return")
+
+
+def hello_once(uds):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(uds)
+        s.sendall(f"CONNECT {AGENT_PORT}\n".encode())
+        line = b""
+        while not line.endswith(b"\n"):
+            b = s.recv(1)
+            if not b:
+                raise ConnectionError("closed before OK")
+            line += b
+        if not line.startswith(b"OK "):
+            raise ConnectionError(line)
+        body = json.dumps({"id": 1, "body": {"hello": {"version": PROTOCOL_VERSION,
+                                                       "client": "template.py"}}}).encode()
+        s.sendall(struct.pack(">I", len(body)) + body)
+        head = recv_exact(s, 4)
+        reply = json.loads(recv_exact(s, struct.unpack(">I", head)[0]))
+        if "Ok" not in reply.get("body", {}):
+            raise RuntimeError(f"Hello answered {reply}")
+        return reply
+    finally:
+        s.close()
+
+
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise ConnectionError("closed mid-frame")
+        b += c
+    return b
+
+
+def main():
+    rounds, kernel, initramfs, mux_bin, work = (int(sys.argv[1]), *sys.argv[2:6])
+    os.makedirs(work, exist_ok=True)
+    ram = os.path.join(work, "template.ram")
+    state = os.path.join(work, "template.state")
+
+    # The template: a cold boot with its RAM in a file, stopped and saved after its Hello.
+    with open(ram, "wb") as f:
+        f.truncate(256 << 20)
+    t = time.monotonic()
+    tpl = Vm(work, "template", mux_bin, lambda link: qemu_args(
+        work, "template", kernel, initramfs,
+        f"memory-backend-file,id=mem,size=256M,share=on,mem-path={ram}", link))
+    tpl.hello_or_end()
+    q = tpl.qmp()
+    qmp_cmd(q, "stop")
+    qmp_cmd(q, "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    qmp_cmd(q, "migrate", uri=f"exec:cat > {state}")
+    while qmp_cmd(q, "query-migrate").get("status") not in ("completed", "failed"):
+        time.sleep(0.005)
+    status = qmp_cmd(q, "query-migrate").get("status")
+    tpl.end()
+    if status != "completed":
+        raise SystemExit(f"saving the template failed: {status}")
+    made = time.monotonic() - t
+    print(f"template: booted, answered and saved in {made:.2f} s; device state "
+          f"{os.path.getsize(state) / 1024:.0f} KiB, RAM file "
+          f"{os.stat(ram).st_blocks * 512 / 2**20:.1f} MiB on disk")
+
+    cold, warm, cold_pss, warm_pss = [], [], [], []
+    for r in range(rounds):
+        for kind in (("cold", "warm") if r % 2 == 0 else ("warm", "cold")):
+            print(f"round {r} {kind}", file=sys.stderr, flush=True)
+            t = time.monotonic()
+            if kind == "cold":
+                vm = Vm(work, "cold", mux_bin, lambda link: qemu_args(
+                    work, "cold", kernel, initramfs,
+                    "memory-backend-memfd,id=mem,size=256M,share=on", link))
+                vm.hello_or_end()
+                cold.append(time.monotonic() - t)
+            else:
+                vm = Vm(work, "warm", mux_bin, lambda link: qemu_args(
+                    work, "warm", kernel, initramfs,
+                    f"memory-backend-file,id=mem,size=256M,share=off,mem-path={ram}",
+                    link) + ["-incoming", "defer"])
+                q = vm.qmp()
+                qmp_cmd(q, "migrate-set-capabilities",
+                        capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                qmp_cmd(q, "migrate-incoming", uri=f"exec:cat < {state}")
+                while qmp_cmd(q, "query-migrate").get("status") != "completed":
+                    if time.monotonic() - t > LIMIT:
+                        raise RuntimeError("restore did not complete")
+                    time.sleep(0.001)
+                qmp_cmd(q, "cont")
+                vm.hello_or_end()
+                warm.append(time.monotonic() - t)
+            time.sleep(0.3)
+            (cold_pss if kind == "cold" else warm_pss).append(vm.pss_kib() / 1024)
+            vm.end()
+
+    med = statistics.median
+    print(f"cold boot to the agent's Hello      median {med(cold) * 1e3:7.1f} ms  "
+          f"(min {min(cold) * 1e3:.1f}, max {max(cold) * 1e3:.1f}; n={len(cold)})")
+    print(f"template restore to the agent's Hello median {med(warm) * 1e3:7.1f} ms  "
+          f"(min {min(warm) * 1e3:.1f}, max {max(warm) * 1e3:.1f}; n={len(warm)})  "
+          f"restore / cold = {med(warm) / med(cold):.3f}")
+    print(f"QEMU PSS 0.3 s after the Hello: cold {med(cold_pss):.1f} MiB, restored "
+          f"{med(warm_pss):.1f} MiB (one VM at a time: a restored VM's unwritten pages are "
+          f"the template file's page cache, shared by every clone)")
+
+
+if __name__ == "__main__":
+    main()
