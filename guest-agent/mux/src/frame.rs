@@ -94,19 +94,19 @@ pub fn encode_word(out: &mut Vec<u8>, stream: u32, kind: Kind, word: u32) {
 }
 
 /// Looks for a [`Kind::Hello`] in `buf` while the link is out of step: the guest echoing
-/// `nonce` (`AwaitingEcho`), or any host Hello (`AwaitingHello`). Returns how many bytes
+/// `echo_of` (the host's nonce), or (`None`) any host Hello. Returns how many bytes
 /// come before it and whether it was found; when it was not, the bytes skipped leave just
 /// enough at the end for a Hello that has only begun to arrive.
-pub(crate) fn find_hello(buf: &[u8], sync: crate::link::Sync) -> (usize, bool) {
+pub(crate) fn find_hello(buf: &[u8], echo_of: Option<u32>) -> (usize, bool) {
     let mut want = [0u8; HELLO_LEN];
     want[4] = Kind::Hello as u8;
     want[5] = 4;
-    let len = match sync {
-        crate::link::Sync::AwaitingEcho(nonce) => {
+    let len = match echo_of {
+        Some(nonce) => {
             want[HEADER..].copy_from_slice(&nonce.to_le_bytes());
             HELLO_LEN
         }
-        _ => HEADER,
+        None => HEADER,
     };
     let want = &want[..len];
     match buf.windows(len).position(|w| w == want) {

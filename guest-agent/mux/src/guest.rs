@@ -3,28 +3,14 @@
 //! connections.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Kind};
-use crate::link::{Link, Role, MAX_STREAMS, OUT_HIGH};
+use crate::link::{Link, MAX_STREAMS, OUT_HIGH};
+use crate::role::{FlushState, GuestSide, Role};
 use crate::stream::Stream;
 use crate::{sys, Error};
-
-pub(crate) struct GuestSide {
-    port: u32,
-    accepted: mpsc::Sender<OwnedFd>,
-    /// Read end of the pipe [`Flusher::flush`] wakes the mux thread through.
-    pub wake: OwnedFd,
-    flush: Arc<FlushState>,
-}
-
-/// Flush requests made and done, in order.
-#[derive(Default)]
-struct FlushState {
-    gen: Mutex<(u64, u64)>,
-    done: Condvar,
-}
 
 /// The streams opened to the port, one socket each (blocking, close-on-exec).
 pub struct Acceptor {

@@ -6,7 +6,8 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::frame::{self, Kind};
-use crate::link::{Link, Role, Sync, MAX_STREAMS};
+use crate::link::{Link, Sync, MAX_STREAMS};
+use crate::role::{HostSide, Pending, Role};
 use crate::stream::Stream;
 use crate::{sys, Error};
 
@@ -14,21 +15,6 @@ use crate::{sys, Error};
 const MAX_LINE: usize = 64;
 /// Clients that have not yet sent their `CONNECT` line; beyond this the oldest is dropped.
 const MAX_PENDING: usize = 64;
-
-pub(crate) struct HostSide {
-    pub listener: OwnedFd,
-    pub pending: Vec<Pending>,
-    next_id: u32,
-    ports: std::collections::BTreeMap<u32, u32>,
-}
-
-/// A client still sending its `CONNECT` line.
-pub(crate) struct Pending {
-    pub fd: OwnedFd,
-    got: Vec<u8>,
-    /// Closed, answered or turned into a stream: pruned after this round.
-    done: bool,
-}
 
 /// Serves `listener`'s clients over `link` (the connection to QEMU's chardev) until QEMU
 /// hangs up (`Ok`) or the guest breaks the protocol.

@@ -20,6 +20,7 @@ pub mod guest;
 pub mod host;
 mod link;
 mod queue;
+mod role;
 mod stream;
 mod sys;
 

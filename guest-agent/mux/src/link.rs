@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{self, Frame, Kind, HEADER, MAX_PAYLOAD, WINDOW};
 use crate::queue::Queue;
+use crate::role::Role;
 use crate::stream::Stream;
-use crate::{guest, host, sys, Error};
+use crate::{sys, Error};
 
 /// Streams open at once, per side.
 pub const MAX_STREAMS: usize = 256;
@@ -25,11 +26,6 @@ const OUT_MAX: usize = 1 << 20;
 const CREDIT_BATCH: u32 = WINDOW / 4;
 /// How often a guest whose host side is gone looks again.
 const DOWN_PAUSE: Duration = Duration::from_millis(20);
-
-pub(crate) enum Role {
-    Host(host::HostSide),
-    Guest(guest::GuestSide),
-}
 
 pub(crate) struct Link {
     pub fd: OwnedFd,
@@ -264,7 +260,11 @@ impl Link {
         let mut pos = 0;
         let result = loop {
             if self.sync != Sync::InStep {
-                let (skip, found) = frame::find_hello(&buf[pos..], self.sync);
+                let echo_of = match self.sync {
+                    Sync::AwaitingEcho(nonce) => Some(nonce),
+                    _ => None,
+                };
+                let (skip, found) = frame::find_hello(&buf[pos..], echo_of);
                 pos += skip;
                 if !found {
                     break Ok(());
