@@ -18,6 +18,8 @@
 #   - density, per backend: HUSK_BENCH_IDLE (default 100; 0 skips) idle containers started
 #     HUSK_BENCH_IDLE_BATCH (default 4) at a time, `husk exec ID true` into each, their
 #     processes' total PSS, MemAvailable before/after, idle CPU; all removed afterwards;
+#   - on QEMU/TCG, the agent's VM restored from a booted template against its cold boot, to
+#     the agent's answer to `Hello` (scripts/bench/template.py; HUSK_BENCH_TEMPLATE=0 skips);
 #   - converting and caching a 100 MB layer (scripts/bench-image.sh's harness).
 # The measurements are scripts/bench/*.py. Prints a markdown table on stdout; progress goes
 # to stderr. Every container of the run lives in its own --root and is removed on exit.

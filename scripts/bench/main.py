@@ -12,6 +12,7 @@ import boot
 import density
 import parallel
 import podman
+import template
 from common import comm, container_pids, guest_ram_pss, log, smaps_rollup, stats, timed, tree
 
 runs, husk, work, bundle, kernel, initramfs = int(sys.argv[1]), *sys.argv[2:7]
@@ -153,6 +154,21 @@ for b in backends:
     rows.append(f"| idle container host memory beyond the guest's own pages | {b} | PSS {(tot_pss - ram_pss) / 1024:.1f} MiB | | the guest touched {ram_pss / 1024:.1f} MiB of its {GUEST_MIB} MiB; goal: QEMU/TCG all in ≤ 40 MiB, husk-vmm ≤ 5 MiB beyond the guest's |")
 if "husk" in vmm_pss and "qemu" in vmm_pss:
     rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
+
+# What a booted-VM template would save on QEMU/TCG, measured the way husk's QEMU backend would
+# restore (scripts/bench/template.py): the agent's VM alone, no disks or network, which is not
+# yet what `husk run` does; HUSK_BENCH_TEMPLATE=0 skips.
+if "qemu" in backends and accel_of_qemu() == "tcg" and env_int("HUSK_BENCH_TEMPLATE", 1) > 0:
+    log(f"template restore and cold boot to the agent's Hello x{runs}, interleaved")
+    mux = os.path.join(os.path.dirname(os.path.abspath(husk)), "husk-agent-mux")
+    try:
+        made, res = template.measure(runs, kernel, initramfs, mux, os.path.join(work, "template"))
+        wm, wp = stats(res["warm"])
+        cm, cp = stats(res["cold"])
+        rows.append(f"| QEMU spawn to the agent's `Hello`, cold boot | QEMU microvm (TCG) | {cm:.3f} s | {cp:.3f} s | agent's VM only: no disks, no network |")
+        rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | {wm:.3f} s | {wp:.3f} s | restore / cold = {wm / cm:.2f}x; QEMU PSS {stats(res['warm_pss'])[0]:.1f} vs {stats(res['cold_pss'])[0]:.1f} MiB cold; {made}; not yet how `husk run` starts |")
+    except Exception as e:  # noqa: BLE001 - one failed part of the bench is a row, not the end
+        rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | failed | | {e} |")
 
 n_par = env_int("HUSK_BENCH_PARALLEL", 20)
 if n_par > 0:

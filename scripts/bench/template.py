@@ -159,8 +159,10 @@ def recv_exact(s, n):
     return b
 
 
-def main():
-    rounds, kernel, initramfs, mux_bin, work = (int(sys.argv[1]), *sys.argv[2:6])
+def measure(rounds, kernel, initramfs, mux_bin, work):
+    """Makes the template, then times `rounds` cold boots and restores, interleaved. Returns
+    (what making the template took and left, {"cold": [s], "warm": [s], "cold_pss": [MiB],
+    "warm_pss": [MiB]})."""
     os.makedirs(work, exist_ok=True)
     ram = os.path.join(work, "template.ram")
     state = os.path.join(work, "template.state")
@@ -183,51 +185,63 @@ def main():
     status = qmp_cmd(q, "query-migrate").get("status")
     tpl.end()
     if status != "completed":
-        raise SystemExit(f"saving the template failed: {status}")
-    made = time.monotonic() - t
-    print(f"template: booted, answered and saved in {made:.2f} s; device state "
-          f"{os.path.getsize(state) / 1024:.0f} KiB, RAM file "
-          f"{os.stat(ram).st_blocks * 512 / 2**20:.1f} MiB on disk")
+        raise RuntimeError(f"saving the template failed: {status}")
+    made = (f"template booted, answered and saved in {time.monotonic() - t:.2f} s; device "
+            f"state {os.path.getsize(state) / 1024:.0f} KiB, RAM file "
+            f"{os.stat(ram).st_blocks * 512 / 2**20:.1f} MiB on disk")
 
-    cold, warm, cold_pss, warm_pss = [], [], [], []
+    res = {"cold": [], "warm": [], "cold_pss": [], "warm_pss": []}
     for r in range(rounds):
         for kind in (("cold", "warm") if r % 2 == 0 else ("warm", "cold")):
-            print(f"round {r} {kind}", file=sys.stderr, flush=True)
             t = time.monotonic()
             if kind == "cold":
                 vm = Vm(work, "cold", mux_bin, lambda link: qemu_args(
                     work, "cold", kernel, initramfs,
                     "memory-backend-memfd,id=mem,size=256M,share=on", link))
-                vm.hello_or_end()
-                cold.append(time.monotonic() - t)
             else:
                 vm = Vm(work, "warm", mux_bin, lambda link: qemu_args(
                     work, "warm", kernel, initramfs,
                     f"memory-backend-file,id=mem,size=256M,share=off,mem-path={ram}",
                     link) + ["-incoming", "defer"])
-                q = vm.qmp()
-                qmp_cmd(q, "migrate-set-capabilities",
-                        capabilities=[{"capability": "x-ignore-shared", "state": True}])
-                qmp_cmd(q, "migrate-incoming", uri=f"exec:cat < {state}")
-                while qmp_cmd(q, "query-migrate").get("status") != "completed":
-                    if time.monotonic() - t > LIMIT:
-                        raise RuntimeError("restore did not complete")
-                    time.sleep(0.001)
-                qmp_cmd(q, "cont")
-                vm.hello_or_end()
-                warm.append(time.monotonic() - t)
+                try:
+                    restore(vm, state, t)
+                except Exception:
+                    vm.end()
+                    raise
+            vm.hello_or_end()
+            res[kind].append(time.monotonic() - t)
             time.sleep(0.3)
-            (cold_pss if kind == "cold" else warm_pss).append(vm.pss_kib() / 1024)
+            res[kind + "_pss"].append(vm.pss_kib() / 1024)
             vm.end()
+    return made, res
 
+
+def restore(vm, state, t):
+    """Loads the template's device state into `vm` (started with `-incoming defer`) and runs it."""
+    q = vm.qmp()
+    qmp_cmd(q, "migrate-set-capabilities",
+            capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    qmp_cmd(q, "migrate-incoming", uri=f"exec:cat < {state}")
+    while qmp_cmd(q, "query-migrate").get("status") != "completed":
+        if time.monotonic() - t > LIMIT:
+            raise RuntimeError("restore did not complete")
+        time.sleep(0.001)
+    qmp_cmd(q, "cont")
+
+
+def main():
+    rounds, kernel, initramfs, mux_bin, work = (int(sys.argv[1]), *sys.argv[2:6])
+    made, res = measure(rounds, kernel, initramfs, mux_bin, work)
+    cold, warm = res["cold"], res["warm"]
     med = statistics.median
+    print(made)
     print(f"cold boot to the agent's Hello      median {med(cold) * 1e3:7.1f} ms  "
           f"(min {min(cold) * 1e3:.1f}, max {max(cold) * 1e3:.1f}; n={len(cold)})")
     print(f"template restore to the agent's Hello median {med(warm) * 1e3:7.1f} ms  "
           f"(min {min(warm) * 1e3:.1f}, max {max(warm) * 1e3:.1f}; n={len(warm)})  "
           f"restore / cold = {med(warm) / med(cold):.3f}")
-    print(f"QEMU PSS 0.3 s after the Hello: cold {med(cold_pss):.1f} MiB, restored "
-          f"{med(warm_pss):.1f} MiB (one VM at a time: a restored VM's unwritten pages are "
+    print(f"QEMU PSS 0.3 s after the Hello: cold {med(res['cold_pss']):.1f} MiB, restored "
+          f"{med(res['warm_pss']):.1f} MiB (one VM at a time: a restored VM's unwritten pages are "
           f"the template file's page cache, shared by every clone)")
 
 
