@@ -125,7 +125,7 @@ impl Link {
             frame::encode(self.out.back(), id, Kind::Refuse, &[]);
             return;
         }
-        self.streams.insert(id, Stream::new(ours, true));
+        self.streams.insert(id, Stream::new(ours, port, true));
         frame::encode(self.out.back(), id, Kind::Accept, &[]);
     }
 }

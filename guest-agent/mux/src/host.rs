@@ -29,7 +29,6 @@ pub fn run(link: OwnedFd, listener: OwnedFd) -> Result<(), Error> {
             listener,
             pending: Vec::new(),
             next_id: 1,
-            ports: Default::default(),
         }),
     )?;
     // Every stream of an earlier host side (a VM restored from a snapshot) is gone; the
@@ -55,7 +54,7 @@ impl Link {
                         }
                     }
                     h.pending.push(Pending {
-                        fd,
+                        fd: Some(fd),
                         got: Vec::new(),
                         done: false,
                     });
@@ -78,9 +77,12 @@ impl Link {
         if p.done {
             return;
         }
+        let Some(fd) = &p.fd else {
+            return;
+        };
         let mut buf = [0u8; MAX_LINE];
         let room = MAX_LINE - p.got.len();
-        match sys::read(p.fd.as_raw_fd(), &mut buf[..room]) {
+        match sys::read(fd.as_raw_fd(), &mut buf[..room]) {
             Ok(Some(0)) | Err(_) => {
                 p.done = true;
                 return;
@@ -99,17 +101,16 @@ impl Link {
             return;
         };
         let early = p.got[nl + 1..].to_vec();
-        let fd = match p.fd.try_clone() {
-            Ok(fd) => fd,
-            Err(_) => return,
+        // The client's connection moves to its stream; the entry, done, is pruned this round.
+        let Some(fd) = p.fd.take() else {
+            return;
         };
         let mut id = h.next_id;
         while id == 0 || self.streams.contains_key(&id) {
             id = id.wrapping_add(1);
         }
         h.next_id = id.wrapping_add(1);
-        h.ports.insert(id, port);
-        let mut s = Stream::new(fd, false);
+        let mut s = Stream::new(fd, port, false);
         s.early = early;
         self.streams.insert(id, s);
         frame::encode_word(self.out.back(), id, Kind::Open, port);
@@ -118,17 +119,14 @@ impl Link {
     pub(crate) fn prune_pending(&mut self) {
         if let Role::Host(h) = &mut self.role {
             h.pending.retain(|p| !p.done);
-            let streams = &self.streams;
-            h.ports.retain(|id, _| streams.contains_key(id));
         }
     }
 
     /// The guest accepted stream `id`: the client gets its `OK` line, then the stream.
     pub(crate) fn host_accepted(&mut self, id: u32) {
-        let Role::Host(h) = &mut self.role else {
+        if !matches!(self.role, Role::Host(_)) {
             return;
-        };
-        let port = h.ports.get(&id).copied().unwrap_or(0);
+        }
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -136,7 +134,7 @@ impl Link {
             return;
         }
         s.open = true;
-        let line = format!("OK {port}\n");
+        let line = format!("OK {}\n", s.port);
         // A fresh connection's send buffer takes a short line whole.
         if !matches!(sys::write(s.fd.as_raw_fd(), line.as_bytes()), Ok(Some(n)) if n == line.len())
         {

@@ -165,7 +165,9 @@ impl Link {
                 push(h.listener.as_raw_fd(), libc::POLLIN, Slot::Listener);
             }
             for (i, p) in h.pending.iter().enumerate() {
-                push(p.fd.as_raw_fd(), libc::POLLIN, Slot::Pending(i));
+                // (A pending client's descriptor is only taken in a round that prunes it.)
+                let fd = p.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+                push(fd, libc::POLLIN, Slot::Pending(i));
             }
         }
         for (&id, s) in &self.streams {

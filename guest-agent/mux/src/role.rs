@@ -3,7 +3,6 @@
 //! queue and flush requests. The engine ([`Link`](crate::link::Link)) holds one of these;
 //! `host` and `guest` act on it.
 
-use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
@@ -17,12 +16,12 @@ pub(crate) struct HostSide {
     pub(crate) listener: OwnedFd,
     pub(crate) pending: Vec<Pending>,
     pub(crate) next_id: u32,
-    pub(crate) ports: BTreeMap<u32, u32>,
 }
 
 /// A client still sending its `CONNECT` line.
 pub(crate) struct Pending {
-    pub(crate) fd: OwnedFd,
+    /// Taken when the client becomes a stream (its entry is then `done`).
+    pub(crate) fd: Option<OwnedFd>,
     pub(crate) got: Vec<u8>,
     /// Closed, answered or turned into a stream: pruned after this round.
     pub(crate) done: bool,

@@ -9,6 +9,8 @@ use crate::queue::Queue;
 pub struct Stream {
     /// This side's end: a client's connection (host) or the mux's end of a socket pair (guest).
     pub fd: OwnedFd,
+    /// The port the stream was opened to (the host answers its client's `CONNECT` with it).
+    pub port: u32,
     /// The acceptor has accepted (always true on the acceptor's side).
     pub open: bool,
     /// Bytes this side may still send.
@@ -35,9 +37,10 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(fd: OwnedFd, open: bool) -> Stream {
+    pub fn new(fd: OwnedFd, port: u32, open: bool) -> Stream {
         Stream {
             fd,
+            port,
             open,
             send_credit: WINDOW,
             recv_outstanding: 0,

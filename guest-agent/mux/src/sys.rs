@@ -18,25 +18,25 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 
 /// One read: `Ok(Some(0))` at EOF, `Ok(None)` when nothing is there yet.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    loop {
+    retry(|| {
         // SAFETY: read() writes at most buf.len() bytes into `buf`, exclusively borrowed here.
-        let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if rc >= 0 {
-            return Ok(Some(rc as usize));
-        }
-        match io::Error::last_os_error() {
-            e if e.kind() == io::ErrorKind::Interrupted => continue,
-            e if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            e => return Err(e),
-        }
-    }
+        unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    })
 }
 
 /// One write: how much was taken, `Ok(None)` when nothing could be.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
-    loop {
+    retry(|| {
         // SAFETY: write() reads at most buf.len() bytes from `buf`, borrowed for the call.
-        let rc = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) }
+    })
+}
+
+/// Runs `op` (one read or write, returning the call's result) until it is not interrupted:
+/// the bytes it moved, `Ok(None)` when it would block.
+fn retry(mut op: impl FnMut() -> isize) -> io::Result<Option<usize>> {
+    loop {
+        let rc = op();
         if rc >= 0 {
             return Ok(Some(rc as usize));
         }
