@@ -13,7 +13,7 @@ runs=${1:-10}
 counts=(1 8 20 64 127)
 
 log "building release binaries"
-cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-vhost-blk >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-layer-disk >&2
 husk_bin=$PWD/target/release/husk
 export HUSK_KERNEL=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 export HUSK_INITRAMFS=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}

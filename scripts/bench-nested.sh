@@ -14,7 +14,7 @@ runs=${1:-10}
 # Built here, where it is fast; the rig sees this tree read-only and finds them up to date.
 log "building release binaries"
 # The same binaries scripts/bench.sh builds (a missing one would compile under TCG in L1).
-cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-vhost-blk --bin husk-agent-mux --bin husk-runtime >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-layer-disk --bin husk-agent-mux --bin husk-runtime >&2
 HUSK_KERNEL=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 HUSK_INITRAMFS=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}
 export HUSK_KERNEL HUSK_INITRAMFS

@@ -31,7 +31,7 @@ runs=${1:-20}
 
 command -v runc >/dev/null || ensure_packages runc
 log "building release binaries"
-cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-vhost-blk --bin husk-agent-mux --bin husk-runtime >&2
+cargo build --release --locked -p husk --bin husk --bin husk-monitor --bin husk-vmm --bin husk-layer-disk --bin husk-agent-mux --bin husk-runtime >&2
 husk_bin=$PWD/target/release/husk
 kernel=${HUSK_KERNEL:-$(kernel-config/build.sh | tail -n1)}
 initramfs=${HUSK_INITRAMFS:-$(scripts/build-initramfs.sh | tail -n1)}

@@ -104,7 +104,7 @@ procs_of() { # KIND-REGEX: this soak's processes whose name matches
 }
 snapshot() {
     echo "vmms $(procs_of '^(qemu-system|husk-vmm)')"
-    echo "helpers $(procs_of 'husk-agent-mux|virtiofsd|husk-vhost-blk')"
+    echo "helpers $(procs_of 'husk-agent-mux|virtiofsd|husk-layer-disk')"
     echo "monitors $(procs_of 'husk-monitor|husk-runtime')"
     echo "mounts $(grep -c -e "$work" /proc/self/mountinfo || true)"
     echo "taps $(ip -o link show master "$HUSK_NETWORK_BRIDGE" 2>/dev/null | wc -l)"

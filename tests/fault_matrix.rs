@@ -23,7 +23,7 @@ fn kill_9_of_each_process_under_a_running_container() {
     let volume = format!("{}:/data", vol.path().display());
     // The VMM, and each helper daemon: the VM ends (a helper's watcher ends it within its
     // 2 s grace), the container reads as ended, and `rm` takes everything.
-    for victim in ["vmm", "husk-agent-mux", "husk-vhost-blk", "virtiofsd"] {
+    for victim in ["vmm", "husk-agent-mux", "husk-layer-disk", "virtiofsd"] {
         h.ok(&[
             "run", "-d", "--name", "victim", "-v", &volume, "busybox", "sleep", "1000",
         ]);
@@ -31,7 +31,7 @@ fn kill_9_of_each_process_under_a_running_container() {
         let cgroups = vm_cgroups(&state);
         let id = state["id"].as_str().expect("id").to_string();
         // husk-vmm (the backend on a KVM host) serves vsock and the layer disk itself.
-        if state["backend"] == "husk" && matches!(victim, "husk-agent-mux" | "husk-vhost-blk") {
+        if state["backend"] == "husk" && matches!(victim, "husk-agent-mux" | "husk-layer-disk") {
             let why = format!("the husk backend runs no {victim}");
             common::not_run(
                 "kill_9_of_each_process_under_a_running_container",

@@ -51,7 +51,7 @@ impl Victim {
             Victim::Vmm => "the VMM",
             Victim::Monitor => "the monitor",
             Victim::Vsock => "husk-agent-mux",
-            Victim::Blk => "husk-vhost-blk",
+            Victim::Blk => "husk-layer-disk",
             Victim::Virtiofsd => "virtiofsd",
         }
     }
@@ -78,7 +78,7 @@ impl Victim {
             Victim::Vmm => recorded("pid"),
             Victim::Monitor => recorded("monitor"),
             Victim::Vsock => pids_of("husk-agent-mux", &id[..16]),
-            Victim::Blk => pids_of("husk-vhost-blk", &id[..16]),
+            Victim::Blk => pids_of("husk-layer-disk", &id[..16]),
             Victim::Virtiofsd => pids_of("virtiofsd", &id[..16]),
         }
     }

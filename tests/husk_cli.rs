@@ -557,7 +557,7 @@ fn status_field(status: &str, key: &str) -> Option<String> {
 /// seccomp, as a uid of husk's range with no capability and `no_new_privs`, in its own PID,
 /// mount, IPC and UTS namespaces, with no host file system under its root, in its own cgroup
 /// (where the host gives one), which goes with the container. QEMU's helper daemons
-/// (husk-agent-mux, husk-vhost-blk) run as that same uid, with no capability.
+/// (husk-agent-mux, husk-layer-disk) run as that same uid, with no capability.
 #[test]
 fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
     let test = "the_vmm_runs_confined_and_its_cgroup_goes_with_the_container";
@@ -593,7 +593,7 @@ fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
         .filter(|e| {
             std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
                 let c = String::from_utf8_lossy(&c);
-                (c.starts_with("husk-agent-mux@") || c.starts_with("husk-vhost-blk@"))
+                (c.starts_with("husk-agent-mux@") || c.starts_with("husk-layer-disk@"))
                     && c.contains(marker)
             })
         })
@@ -626,7 +626,7 @@ fn the_vmm_runs_confined_and_its_cgroup_goes_with_the_container() {
         assert_eq!(
             helpers.len(),
             2,
-            "husk-agent-mux and husk-vhost-blk of {marker}"
+            "husk-agent-mux and husk-layer-disk of {marker}"
         );
     }
     for h in &helpers {

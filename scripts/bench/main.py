@@ -3,6 +3,7 @@ Usage: main.py RUNS HUSK WORK BUNDLE KERNEL INITRAMFS BACKEND...
 Environment: BENCH_PODMAN_HUSK and BENCH_PODMAN_RUNC (podman launchers, from bench.sh) or
 BENCH_PODMAN_NOT_RUN (why not); HUSK_BENCH_IDLE (default 100, 0: no density run),
 HUSK_BENCH_IDLE_BATCH (default 4), HUSK_BENCH_PARALLEL (default 20, 0: none)."""
+import json
 import os
 import subprocess
 import sys
@@ -156,16 +157,22 @@ if "husk" in vmm_pss and "qemu" in vmm_pss:
     rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
 
 # What a booted-VM template would save on QEMU/TCG, measured the way husk's QEMU backend would
-# restore (scripts/bench/template.py): the agent's VM alone, no disks or network, which is not
-# yet what `husk run` does; HUSK_BENCH_TEMPLATE=0 skips.
+# restore (scripts/bench/template.py): the agent's VM with busybox's layer disk (each VM its own
+# husk-layer-disk), no scratch disk or network, which is not yet what `husk run` does;
+# HUSK_BENCH_TEMPLATE=0 skips.
 if "qemu" in backends and accel_of_qemu() == "tcg" and env_int("HUSK_BENCH_TEMPLATE", 1) > 0:
     log(f"template restore and cold boot to the agent's Hello x{runs}, interleaved")
     mux = os.path.join(os.path.dirname(os.path.abspath(husk)), "husk-agent-mux")
     try:
-        made, res = template.measure(runs, kernel, initramfs, mux, os.path.join(work, "template"))
+        image = json.loads(subprocess.run([husk, "--root", root, "inspect", "busybox"], check=True,
+                                          capture_output=True, text=True).stdout)[0]
+        layer_disk = (os.path.join(os.path.dirname(os.path.abspath(husk)), "husk-layer-disk"),
+                      [layer["Disk"] for layer in image["Layers"]])
+        made, res = template.measure(runs, kernel, initramfs, mux, os.path.join(work, "template"),
+                                     layer_disk)
         wm, wp = stats(res["warm"])
         cm, cp = stats(res["cold"])
-        rows.append(f"| QEMU spawn to the agent's `Hello`, cold boot | QEMU microvm (TCG) | {cm:.3f} s | {cp:.3f} s | agent's VM only: no disks, no network |")
+        rows.append(f"| QEMU spawn to the agent's `Hello`, cold boot | QEMU microvm (TCG) | {cm:.3f} s | {cp:.3f} s | agent's VM with busybox's layer disk (husk-layer-disk's NBD export); no scratch disk, no network |")
         rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | {wm:.3f} s | {wp:.3f} s | restore / cold = {wm / cm:.2f}x; QEMU PSS {stats(res['warm_pss'])[0]:.1f} vs {stats(res['cold_pss'])[0]:.1f} MiB cold; {made}; not yet how `husk run` starts |")
     except Exception as e:  # noqa: BLE001 - one failed part of the bench is a row, not the end
         rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | failed | | {e} |")

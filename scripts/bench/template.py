@@ -9,10 +9,14 @@ share every page they do not write) and loads only the device state (Kata's VM t
 works the same way). The agent's channel is the virtio-serial port husk gives QEMU; a clone's
 new husk-agent-mux says Hello on the link and the guest drops the template's streams.
 
-No disks, no network: the agent as `husk run` first reaches it. What this leaves out, and
-what husk's QEMU backend would need before it restores containers' VMs, is in the README.
+With LAYER_DISK_BINARY and LAYER files, every VM (the template, each cold boot and each
+clone) also gets the layer disk as `husk run` gives it on QEMU: its own husk-layer-disk daemon
+serving the layers as one composite disk, a read-only NBD export behind QEMU's virtio-blk
+device (the template's disk and each clone's are different connections, the clone's to a
+daemon of its own). No network, no scratch disk. What this leaves out, and what husk's QEMU
+backend would need before it restores containers' VMs, is in the README.
 
-Usage: template.py ROUNDS KERNEL INITRAMFS MUX_BINARY WORKDIR"""
+Usage: template.py ROUNDS KERNEL INITRAMFS MUX_BINARY WORKDIR [LAYER_DISK_BINARY LAYER...]"""
 import json
 import os
 import socket
@@ -45,22 +49,48 @@ def qemu_args(work, name, kernel, initramfs, memory, link):
             "-qmp", f"unix:{os.path.join(work, name + '.qmp')},server=on,wait=off"]
 
 
-class Vm:
-    """husk-agent-mux and QEMU for one VM named `name` under `work`."""
+def layer_disk_args(sock):
+    """src/backend/qemu.rs: the layer disk, QEMU's virtio-blk over husk-layer-disk's export."""
+    return ["-blockdev", f"driver=nbd,node-name=layers,server.type=unix,server.path={sock},"
+            "read-only=on", "-device", "virtio-blk-device,drive=layers,serial=husk-layers"]
 
-    def __init__(self, work, name, mux_bin, args_for):
+
+class Vm:
+    """husk-agent-mux, husk-layer-disk when `layer_disk` is (binary, [layer]), and QEMU for
+    one VM named `name` under `work`."""
+
+    def __init__(self, work, name, mux_bin, args_for, layer_disk=None):
         self.work, self.name = work, name
         self.uds = os.path.join(work, f"{name}.vsock")
         link = self.uds + ".serial"
-        for p in (self.uds, link, os.path.join(work, name + ".qmp")):
+        blk = self.uds + ".blk"
+        for p in (self.uds, link, blk, os.path.join(work, name + ".qmp")):
             if os.path.exists(p):
                 os.remove(p)
-        self.mux = subprocess.Popen([mux_bin, "--listen", self.uds, "--link", link],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not (os.path.exists(self.uds) and os.path.exists(link)):
+        self.helpers = [subprocess.Popen([mux_bin, "--listen", self.uds, "--link", link],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        wait_for = [self.uds, link]
+        extra = []
+        if layer_disk:
+            binary, layers = layer_disk
+            cmd = [binary, "--socket", blk]
+            for layer in layers:
+                cmd += ["--layer", layer]
+            self.helpers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+            wait_for.append(blk)
+            extra = layer_disk_args(blk)
+        deadline = time.monotonic() + LIMIT
+        while not all(os.path.exists(p) for p in wait_for):
+            if time.monotonic() > deadline or any(h.poll() is not None for h in self.helpers):
+                self.end()
+                raise RuntimeError(f"{self.name}: a helper never listened")
             time.sleep(0.001)
-        self.qemu = subprocess.Popen(args_for(link), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        args = args_for(link)
+        # Devices in the same order for the template and every clone (migration needs it).
+        incoming = args.index("-incoming") if "-incoming" in args else len(args)
+        self.qemu = subprocess.Popen(args[:incoming] + extra + args[incoming:],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def qmp(self):
         path = os.path.join(self.work, self.name + ".qmp")
@@ -106,9 +136,10 @@ class Vm:
         return 0
 
     def end(self):
-        for p in (self.qemu, self.mux):
-            p.kill()
-            p.wait()
+        for p in [getattr(self, "qemu", None)] + self.helpers:
+            if p is not None:
+                p.kill()
+                p.wait()
 
 
 def qmp_cmd(f, name, **args):
@@ -159,8 +190,9 @@ def recv_exact(s, n):
     return b
 
 
-def measure(rounds, kernel, initramfs, mux_bin, work):
-    """Makes the template, then times `rounds` cold boots and restores, interleaved. Returns
+def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None):
+    """Makes the template, then times `rounds` cold boots and restores, interleaved, each VM
+    with its own layer disk when `layer_disk` is (husk-layer-disk, [layer]). Returns
     (what making the template took and left, {"cold": [s], "warm": [s], "cold_pss": [MiB],
     "warm_pss": [MiB]})."""
     os.makedirs(work, exist_ok=True)
@@ -173,7 +205,7 @@ def measure(rounds, kernel, initramfs, mux_bin, work):
     t = time.monotonic()
     tpl = Vm(work, "template", mux_bin, lambda link: qemu_args(
         work, "template", kernel, initramfs,
-        f"memory-backend-file,id=mem,size=256M,share=on,mem-path={ram}", link))
+        f"memory-backend-file,id=mem,size=256M,share=on,mem-path={ram}", link), layer_disk)
     tpl.hello_or_end()
     q = tpl.qmp()
     qmp_cmd(q, "stop")
@@ -197,12 +229,12 @@ def measure(rounds, kernel, initramfs, mux_bin, work):
             if kind == "cold":
                 vm = Vm(work, "cold", mux_bin, lambda link: qemu_args(
                     work, "cold", kernel, initramfs,
-                    "memory-backend-memfd,id=mem,size=256M,share=on", link))
+                    "memory-backend-memfd,id=mem,size=256M,share=on", link), layer_disk)
             else:
                 vm = Vm(work, "warm", mux_bin, lambda link: qemu_args(
                     work, "warm", kernel, initramfs,
                     f"memory-backend-file,id=mem,size=256M,share=off,mem-path={ram}",
-                    link) + ["-incoming", "defer"])
+                    link) + ["-incoming", "defer"], layer_disk)
                 try:
                     restore(vm, state, t)
                 except Exception:
@@ -231,7 +263,8 @@ def restore(vm, state, t):
 
 def main():
     rounds, kernel, initramfs, mux_bin, work = (int(sys.argv[1]), *sys.argv[2:6])
-    made, res = measure(rounds, kernel, initramfs, mux_bin, work)
+    layer_disk = (sys.argv[6], sys.argv[7:]) if len(sys.argv) > 7 else None
+    made, res = measure(rounds, kernel, initramfs, mux_bin, work, layer_disk)
     cold, warm = res["cold"], res["warm"]
     med = statistics.median
     print(made)

@@ -5,7 +5,7 @@
 //! (QEMU 7.2 cannot migrate a vhost-user vsock device; a serial port migrates.)
 //!
 //! husk binds both sockets itself and hands them to the daemon as inherited descriptors, as
-//! for husk-vhost-blk: they listen before QEMU starts, with nothing to wait for, and a
+//! for husk-layer-disk: they listen before QEMU starts, with nothing to wait for, and a
 //! confined daemon (the VM's own uid, no capabilities, its own namespaces, the VM's cgroup)
 //! needs no path of its own.
 

@@ -68,7 +68,7 @@ pub(super) fn spawn(
     })?
 }
 
-/// Makes `cmd` a confined helper daemon of the VM (husk-agent-mux, husk-vhost-blk): in
+/// Makes `cmd` a confined helper daemon of the VM (husk-agent-mux, husk-layer-disk): in
 /// the VM's cgroup first, while still root; then new IPC, UTS and network namespaces, the VM's
 /// uid/gid, no capability and `no_new_privs`.
 pub(super) fn as_helper(cmd: &mut Command, conf: &Confinement) -> Result<(), Error> {

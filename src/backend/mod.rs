@@ -20,12 +20,12 @@ pub mod console_cap;
 pub mod host;
 pub mod husk_vmm;
 mod kind;
+pub mod layer_disk;
 pub mod listening;
 mod paths;
 mod process_vm;
 pub mod qemu;
 pub mod tsc;
-pub mod vhost_blk;
 pub mod virtiofsd;
 
 use std::io;
@@ -72,7 +72,7 @@ pub struct VmSpec {
 /// Image layers (filesystem images, bottom first) that the guest sees as the partitions of one
 /// read-only GPT disk: partition N holds layer N-1. One virtio-mmio slot whatever the layer
 /// count (up to [`MAX_LAYERS`]); nothing is copied, each layer file is shared by every VM that
-/// uses it. husk-vmm serves it in-process, QEMU through `husk-vhost-blk` (vhost-user-blk).
+/// uses it. husk-vmm serves it in-process, QEMU through `husk-layer-disk` (an NBD export).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerDiskSpec {
     pub layers: Vec<PathBuf>,

@@ -1,5 +1,5 @@
 //! The host files a VM's backend names: the sockets it creates beside the vsock socket
-//! (husk-agent-mux's `.serial`, husk-vhost-blk's `.blk`) and beside the console log (one virtiofsd socket per
+//! (husk-agent-mux's `.serial`, husk-layer-disk's `.blk`) and beside the console log (one virtiofsd socket per
 //! share). Callers pick the directories; these functions say which paths fit a unix socket
 //! address there, and clean up what a killed VM left.
 

@@ -3,10 +3,11 @@
 //! The guest gets what husk-vmm gives it: a serial console, virtio-mmio block devices and a
 //! channel to the agent. Where husk-vmm has a virtio-vsock device, QEMU has a virtio-serial
 //! port and a [`husk-agent-mux`](super::agent_mux) daemon, whose host side is Firecracker's
-//! hybrid unix socket, so clients cannot tell the backends apart. The layer disk is a
-//! `vhost-user-blk` device served by husk-vhost-blk, which needs guest memory QEMU can share
-//! with it (`memory-backend-memfd,share=on`). Shared directories go the same way: one
-//! [`virtiofsd`](super::virtiofsd) per share behind a `vhost-user-fs-device` carrying the tag.
+//! hybrid unix socket, so clients cannot tell the backends apart. The layer disk is
+//! QEMU's own virtio-blk device reading husk-layer-disk's NBD export (the daemon never maps
+//! guest memory). Shared directories need guest memory QEMU shares
+//! (`memory-backend-memfd,share=on`): one [`virtiofsd`](super::virtiofsd) per share behind a
+//! `vhost-user-fs-device` carrying the tag.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +15,7 @@ use std::process::Command;
 use super::child::{self, Leftovers};
 use super::confined;
 use super::process_vm::ProcessVm;
-use super::{agent_mux, host, vhost_blk, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use super::{agent_mux, host, layer_disk, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::confine::launch::{self, Ids};
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
@@ -101,7 +102,7 @@ pub struct QemuBackend {
     /// Found when the first VM with a shared directory starts.
     pub virtiofsd: Option<PathBuf>,
     /// Found when the first VM with a layer disk starts.
-    pub vhost_blk: Option<PathBuf>,
+    pub layer_disk: Option<PathBuf>,
     /// Start QEMU and its helper daemons confined (`confine`, docs/security.md); off only
     /// with `HUSK_JAIL=off`.
     pub confine: bool,
@@ -137,7 +138,7 @@ impl QemuBackend {
             accel,
             agent_mux: None,
             virtiofsd: None,
-            vhost_blk: None,
+            layer_disk: None,
             confine: launch::enabled(),
             tsc_khz: match accel {
                 Accel::Tcg => super::tsc::host_tsc_khz(),
@@ -189,7 +190,7 @@ pub fn args(
     }
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
-    // Shared so the vhost-user daemons can map the virtqueues; cheap enough to use always.
+    // Shared so virtiofsd can map the virtqueues; cheap enough to use always.
     push(&[
         "-object",
         &format!(
@@ -221,13 +222,19 @@ pub fn args(
         .chain(spec.cmdline.iter().map(String::as_str))
         .collect();
     push(&["-append", &cmdline.join(" ")]);
-    if let (Some(_), Some(sock)) = (&spec.layer_disk, layer_socket) {
-        // Read-only, capacity and serial come from husk-vhost-blk's config space and GET_ID.
+    if let (Some(layers), Some(sock)) = (&spec.layer_disk, layer_socket) {
+        // QEMU's own virtio-blk device over husk-layer-disk's read-only NBD export.
         push(&[
-            "-chardev",
-            &format!("socket,id=layers,path={}", sock.display()),
+            "-blockdev",
+            &format!(
+                "driver=nbd,node-name=layers,server.type=unix,server.path={},read-only=on",
+                sock.display()
+            ),
         ]);
-        push(&["-device", "vhost-user-blk,chardev=layers,num-queues=1"]);
+        push(&[
+            "-device",
+            &format!("virtio-blk-device,drive=layers,serial={}", layers.serial),
+        ]);
     }
     for (i, d) in spec.disks.iter().enumerate() {
         let ro = if d.read_only { "on" } else { "off" };
@@ -330,14 +337,14 @@ impl VmBackend for QemuBackend {
         }
         let mut layer_socket = None;
         if let Some(layers) = &spec.layer_disk {
-            let bin = match &self.vhost_blk {
+            let bin = match &self.layer_disk {
                 Some(b) => b.clone(),
-                None => vhost_blk::find_binary()?,
+                None => layer_disk::find_binary()?,
             };
-            let sock = vhost_blk::socket_for(spec);
+            let sock = layer_disk::socket_for(spec);
             leftovers.files.push(sock.clone());
             // Its socket is bound and listening before it runs: nothing to wait for.
-            let daemon = vhost_blk::start(
+            let daemon = layer_disk::start(
                 &bin,
                 layers,
                 &sock,
@@ -348,7 +355,7 @@ impl VmBackend for QemuBackend {
             tracing::debug!(
                 pid = daemon.pid(),
                 layers = layers.layers.len(),
-                "husk-vhost-blk started"
+                "husk-layer-disk started"
             );
             leftovers.add_helper(daemon);
             layer_socket = Some(sock);

@@ -304,7 +304,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         accel: Accel::Tcg,
         agent_mux: Some(fake_daemon(dir)),
         virtiofsd: Some(fake_virtiofsd(dir)),
-        vhost_blk: None,
+        layer_disk: None,
         // The fake daemons write into the test's directory, which a VM's uid may not.
         confine: false,
         tsc_khz: None,
@@ -444,7 +444,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         accel: Accel::Tcg,
         agent_mux: None,
         virtiofsd: None,
-        vhost_blk: None,
+        layer_disk: None,
         confine: true,
         tsc_khz: None,
     };

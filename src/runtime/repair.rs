@@ -1,6 +1,6 @@
 //! What a crash left behind, repaired by the next command: a container recorded running
 //! whose VM and monitor are both gone (`kill -9` of the monitor, then the VM ended) still
-//! has its helper daemons (husk-agent-mux, husk-vhost-blk, virtiofsd), its network and
+//! has its helper daemons (husk-agent-mux, husk-layer-disk, virtiofsd), its network and
 //! no exit recorded; a container whose monitor died before its process started has a VM
 //! running nothing. Any `husk` command finds such containers when it opens the runtime,
 //! ends what is left of them and records their end, as the monitor would have.

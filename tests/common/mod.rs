@@ -132,7 +132,7 @@ pub fn bin(name: &str) -> PathBuf {
         "husk-vmm" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vmm")),
         "husk" => PathBuf::from(env!("CARGO_BIN_EXE_husk")),
         "husk-runtime" => PathBuf::from(env!("CARGO_BIN_EXE_husk-runtime")),
-        "husk-vhost-blk" => PathBuf::from(env!("CARGO_BIN_EXE_husk-vhost-blk")),
+        "husk-layer-disk" => PathBuf::from(env!("CARGO_BIN_EXE_husk-layer-disk")),
         "husk-monitor" => PathBuf::from(env!("CARGO_BIN_EXE_husk-monitor")),
         other => panic!("unknown binary {other}"),
     }

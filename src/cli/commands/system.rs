@@ -90,8 +90,8 @@ fn check(g: &GlobalOpts) -> Result<i32, Error> {
     ));
     // QEMU reaches an image's layer disk only through it.
     c.push(Check::program(
-        "husk-vhost-blk",
-        crate::backend::vhost_blk::find_binary(),
+        "husk-layer-disk",
+        crate::backend::layer_disk::find_binary(),
         picked == BackendKind::Qemu,
     ));
     // `husk run -d` and `husk start` leave each container to one.

@@ -34,8 +34,7 @@ pub struct Block {
     worker: Option<Worker>,
 }
 
-/// The virtio features a virtio-blk device over `disk` offers (husk-vmm's device and the
-/// vhost-user-blk backend alike).
+/// The virtio features husk-vmm's virtio-blk device over `disk` offers.
 pub fn features(disk: &dyn DiskBackend) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
         | 1 << VIRTIO_RING_F_EVENT_IDX

@@ -1,10 +1,10 @@
-//! `husk-vhost-blk` for QEMU: the vhost-user-blk backend that serves a VM's layer disk
+//! `husk-layer-disk` for QEMU: the read-only NBD export of a VM's layer disk
 //! ([`LayerDiskSpec`]), the same composite GPT disk husk-vmm serves in-process, so an image of
 //! any layer count takes one of microvm's eight virtio-mmio slots.
 //!
-//! husk binds the vhost-user socket and opens the layer files itself and hands both to the
-//! daemon as inherited descriptors: the socket listens before QEMU starts (QEMU connects as a
-//! client and fails otherwise) with nothing to wait for, and a confined daemon (the VM's own
+//! husk binds the NBD socket and opens the layer files itself and hands both to the daemon as
+//! inherited descriptors: the socket listens before QEMU starts (QEMU connects as a client
+//! and fails otherwise) with nothing to wait for, and a confined daemon (the VM's own
 //! uid, no capabilities, its own namespaces, the VM's cgroup) needs no path into the
 //! root-only image store.
 
@@ -20,17 +20,17 @@ use super::{confined, husk_vmm, Error, LayerDiskSpec, VmSpec};
 use crate::confine::launch::{self, Confinement};
 
 /// Overrides where the binary is looked for.
-pub const BINARY_ENV: &str = "HUSK_VHOST_BLK_BIN";
+pub const BINARY_ENV: &str = "HUSK_LAYER_DISK_BIN";
 
-const PROGRAM: &str = "husk-vhost-blk";
+const PROGRAM: &str = "husk-layer-disk";
 
-/// Finds husk-vhost-blk: `$HUSK_VHOST_BLK_BIN`, then beside the running executable (and one
+/// Finds husk-layer-disk: `$HUSK_LAYER_DISK_BIN`, then beside the running executable (and one
 /// level up, for test binaries), then `PATH` — where husk-vmm is looked for.
 pub fn find_binary() -> Result<PathBuf, Error> {
     husk_vmm::find_husk_binary(PROGRAM, BINARY_ENV)
 }
 
-/// The vhost-user socket of `spec`'s layer disk: beside the vsock socket (whose path leaves
+/// The NBD socket of `spec`'s layer disk: beside the vsock socket (whose path leaves
 /// room for a suffix in a unix socket address), else beside the console log.
 pub fn socket_for(spec: &VmSpec) -> PathBuf {
     let base = match &spec.vsock {
@@ -64,12 +64,7 @@ pub(super) fn start(
         .iter()
         .map(|p| File::open(p).map_err(file_err(p)))
         .collect::<Result<Vec<File>, Error>>()?;
-    let mut args = vec![
-        "--socket-fd".to_string(),
-        listener.as_raw_fd().to_string(),
-        "--serial".into(),
-        layers.serial.clone(),
-    ];
+    let mut args = vec!["--socket-fd".to_string(), listener.as_raw_fd().to_string()];
     for f in &files {
         args.push("--layer-fd".into());
         args.push(f.as_raw_fd().to_string());
@@ -99,8 +94,8 @@ mod tests {
     use super::*;
     use qemu::Accel;
 
-    /// The layer disk is one vhost-user-blk device on the socket beside the vsock socket; husk-vmm
-    /// gets the layers in its config, as one disk.
+    /// The layer disk is one virtio-blk device reading the NBD socket beside the vsock socket,
+    /// with the spec's serial; husk-vmm gets the layers in its config, as one disk.
     #[test]
     fn the_layer_disk_is_one_device_on_both_backends() {
         let dir = tempfile::tempdir().unwrap();
@@ -118,14 +113,15 @@ mod tests {
         let sock = socket_for(&s);
         assert_eq!(sock, Path::new("/run/c/vsock.blk"));
         let a = qemu::args(&s, Accel::Tcg, None, None, &[], Some(&sock));
-        assert!(
-            pair(&a, "-chardev").contains(&"socket,id=layers,path=/run/c/vsock.blk".to_string())
+        assert_eq!(
+            pair(&a, "-blockdev"),
+            ["driver=nbd,node-name=layers,server.type=unix,server.path=/run/c/vsock.blk,read-only=on"]
         );
         let devices = pair(&a, "-device");
         assert_eq!(
             devices
                 .iter()
-                .filter(|d| d.starts_with("vhost-user-blk,"))
+                .filter(|d| d.starts_with("virtio-blk-device,drive=layers,serial=husk-layers"))
                 .count(),
             1,
             "{devices:?}"

@@ -1,31 +1,32 @@
-//! husk-vhost-blk: serves a container's read-only image layers, as one composite GPT disk
-//! (partition N = layer N-1, bottom first), to QEMU's `vhost-user-blk` device. husk-vmm
-//! serves the same composite disk in-process; this is how QEMU gets it too, so an image of
-//! any layer count up to 127 takes one virtio-mmio slot on either backend.
+//! husk-layer-disk: serves a container's read-only image layers, as one composite GPT disk
+//! (partition N = layer N-1, bottom first), as a read-only NBD export to QEMU's `nbd` block
+//! driver behind a virtio-blk device. husk-vmm serves the same composite disk in-process;
+//! this is how QEMU gets it too, so an image of any layer count up to 127 takes one
+//! virtio-mmio slot on either backend. NBD, not vhost-user: the server never maps guest
+//! memory, so a VM whose RAM is private to QEMU (one restored from a template) reads it too.
 //!
 //! The QEMU backend starts it confined (the VM's own uid, no capabilities, its own
 //! namespaces, the VM's cgroup) and hands it everything it needs as open file descriptors: a
 //! listening unix socket (`--socket-fd`) and each layer file (`--layer-fd`, read-only). It
 //! reaches no path of its own, so the image store stays root's. `--socket PATH` and
-//! `--layer PATH` are for running it by hand. It serves one frontend and exits 0 when that
-//! one hangs up; 1 with one line on stderr for any failure.
+//! `--layer PATH` are for running it by hand. It serves one client (QEMU) and exits 0 when
+//! that one hangs up; 1 with one line on stderr for any failure.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use husk::devices::vhost_user_blk;
+use husk::devices::nbd_export;
 use husk::devices::virtio::block::composite::{self, CompositeDisk};
-use vhost::vhost_user::Listener;
 
-/// Serve image layers as one composite disk to a vhost-user-blk frontend.
+/// Serve image layers as one composite disk, a read-only NBD export, to one client.
 #[derive(Debug, Parser)]
-#[command(name = "husk-vhost-blk", version)]
+#[command(name = "husk-layer-disk", version)]
 struct Args {
     /// A listening unix socket, inherited.
     #[arg(long, conflicts_with = "socket")]
@@ -39,14 +40,11 @@ struct Args {
     /// Or a layer file by path; bottom layer first.
     #[arg(long = "layer", conflicts_with = "layer_fds")]
     layers: Vec<PathBuf>,
-    /// What the disk answers to GET_ID (the guest's /sys/block/vdX/serial).
-    #[arg(long)]
-    serial: Option<String>,
 }
 
 fn main() {
     if let Err(e) = run(Args::parse()) {
-        eprintln!("husk-vhost-blk: {e:#}");
+        eprintln!("husk-layer-disk: {e:#}");
         std::process::exit(1);
     }
 }
@@ -84,22 +82,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         CompositeDisk::from_files(&layers, files)?
     };
-    let disk = match &args.serial {
-        Some(s) => disk.with_id(s),
-        None => disk,
-    };
-    let mut listener = match (args.socket_fd, &args.socket) {
-        (Some(fd), _) => {
-            let f = inherited(fd, "socket")?;
-            Listener::from(std::os::unix::net::UnixListener::from(
-                std::os::fd::OwnedFd::from(f),
-            ))
-        }
+    let listener = match (args.socket_fd, &args.socket) {
+        (Some(fd), _) => UnixListener::from(std::os::fd::OwnedFd::from(inherited(fd, "socket")?)),
         (None, Some(p)) => {
-            Listener::new(p, true).with_context(|| format!("listening on {}", p.display()))?
+            let _ = std::fs::remove_file(p);
+            UnixListener::bind(p).with_context(|| format!("listening on {}", p.display()))?
         }
         (None, None) => bail!("give --socket-fd or --socket"),
     };
-    vhost_user_blk::serve(&mut listener, Arc::new(disk))?;
+    let (conn, _) = listener.accept().context("accepting the NBD client")?;
+    // One VM, one client: nothing else may connect once it has.
+    drop(listener);
+    nbd_export::serve(conn, &disk)?;
     Ok(())
 }
