@@ -168,12 +168,15 @@ if "qemu" in backends and accel_of_qemu() == "tcg" and env_int("HUSK_BENCH_TEMPL
                                           capture_output=True, text=True).stdout)[0]
         layer_disk = (os.path.join(os.path.dirname(os.path.abspath(husk)), "husk-layer-disk"),
                       [layer["Disk"] for layer in image["Layers"]])
-        made, res = template.measure(runs, kernel, initramfs, mux, os.path.join(work, "template"),
-                                     layer_disk)
-        wm, wp = stats(res["warm"])
-        cm, cp = stats(res["cold"])
-        rows.append(f"| QEMU spawn to the agent's `Hello`, cold boot | QEMU microvm (TCG) | {cm:.3f} s | {cp:.3f} s | agent's VM with busybox's layer disk (husk-layer-disk's NBD export); no scratch disk, no network |")
-        rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | {wm:.3f} s | {wp:.3f} s | restore / cold = {wm / cm:.2f}x; QEMU PSS {stats(res['warm_pss'])[0]:.1f} vs {stats(res['cold_pss'])[0]:.1f} MiB cold; {made}; not yet how `husk run` starts |")
+        # The template's RAM a file every clone maps, or carried in its saved state.
+        for mode in ("shared", "stream"):
+            made, res = template.measure(runs, kernel, initramfs, mux,
+                                         os.path.join(work, f"template-{mode}"), layer_disk, mode)
+            wm, wp = stats(res["warm"])
+            cm, cp = stats(res["cold"])
+            if mode == "shared":
+                rows.append(f"| QEMU spawn to the agent's `Hello`, cold boot | QEMU microvm (TCG) | {cm:.3f} s | {cp:.3f} s | agent's VM with busybox's layer disk (husk-layer-disk's NBD export); no scratch disk, no network |")
+            rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template, {mode} RAM | QEMU microvm (TCG) | {wm:.3f} s | {wp:.3f} s | restore / cold (same rounds) = {wm / cm:.2f}x; QEMU PSS {stats(res['warm_pss'])[0]:.1f} vs {stats(res['cold_pss'])[0]:.1f} MiB cold; {made}; not yet how `husk run` starts |")
     except Exception as e:  # noqa: BLE001 - one failed part of the bench is a row, not the end
         rows.append(f"| QEMU spawn to the agent's `Hello`, restored from a booted template | QEMU microvm (TCG) | failed | | {e} |")
 

@@ -6,7 +6,12 @@ The template is the cold VM itself, stopped after its first `Hello`: its RAM liv
 (`memory-backend-file,share=on`), its device state is saved with `x-ignore-shared` (a few
 KiB), and each clone maps the RAM file privately (`share=off`: copy-on-write, so clones
 share every page they do not write) and loads only the device state (Kata's VM templating
-works the same way). The agent's channel is the virtio-serial port husk gives QEMU; a clone's
+works the same way). With RAM "stream" instead of "shared", the template's RAM is anonymous
+memory saved into the state itself (zero pages left out) and each clone loads it into
+anonymous memory of its own: nothing is shared between clones, but no clone needs write
+access to a file every other clone maps (QEMU 7.2 opens a `mem-path` read-write even for
+`share=off`, so a VM that took over its QEMU could rewrite the template under every later
+clone; 8.2 falls back to a read-only open). The agent's channel is the virtio-serial port husk gives QEMU; a clone's
 new husk-agent-mux says Hello on the link and the guest drops the template's streams.
 
 With LAYER_DISK_BINARY and LAYER files, every VM (the template, each cold boot and each
@@ -16,7 +21,8 @@ device (the template's disk and each clone's are different connections, the clon
 daemon of its own). No network, no scratch disk. What this leaves out, and what husk's QEMU
 backend would need before it restores containers' VMs, is in the README.
 
-Usage: template.py ROUNDS KERNEL INITRAMFS MUX_BINARY WORKDIR [LAYER_DISK_BINARY LAYER...]"""
+Usage: template.py [--ram shared|stream] ROUNDS KERNEL INITRAMFS MUX_BINARY WORKDIR
+                   [LAYER_DISK_BINARY LAYER...]"""
 import json
 import os
 import socket
@@ -190,27 +196,33 @@ def recv_exact(s, n):
     return b
 
 
-def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None):
+def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None, ram_mode="shared"):
     """Makes the template, then times `rounds` cold boots and restores, interleaved, each VM
-    with its own layer disk when `layer_disk` is (husk-layer-disk, [layer]). Returns
+    with its own layer disk when `layer_disk` is (husk-layer-disk, [layer]); the template's RAM
+    a file clones map (`ram_mode` "shared") or part of the saved state ("stream"). Returns
     (what making the template took and left, {"cold": [s], "warm": [s], "cold_pss": [MiB],
     "warm_pss": [MiB]})."""
     os.makedirs(work, exist_ok=True)
     ram = os.path.join(work, "template.ram")
     state = os.path.join(work, "template.state")
 
-    # The template: a cold boot with its RAM in a file, stopped and saved after its Hello.
+    if ram_mode not in ("shared", "stream"):
+        raise ValueError(f"RAM mode {ram_mode!r}: shared or stream")
+    shared = ram_mode == "shared"
+    # The template: a cold boot, stopped and saved after its Hello.
     with open(ram, "wb") as f:
-        f.truncate(256 << 20)
+        f.truncate(256 << 20 if shared else 0)
     t = time.monotonic()
+    tpl_mem = (f"memory-backend-file,id=mem,size=256M,share=on,mem-path={ram}" if shared
+               else "memory-backend-ram,id=mem,size=256M")
     tpl = Vm(work, "template", mux_bin, lambda link: qemu_args(
-        work, "template", kernel, initramfs,
-        f"memory-backend-file,id=mem,size=256M,share=on,mem-path={ram}", link), layer_disk)
+        work, "template", kernel, initramfs, tpl_mem, link), layer_disk)
     tpl.hello_or_end()
     q = tpl.qmp()
     qmp_cmd(q, "stop")
-    qmp_cmd(q, "migrate-set-capabilities",
-            capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    if shared:
+        qmp_cmd(q, "migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}])
     qmp_cmd(q, "migrate", uri=f"exec:cat > {state}")
     while qmp_cmd(q, "query-migrate").get("status") not in ("completed", "failed"):
         time.sleep(0.005)
@@ -218,9 +230,10 @@ def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None):
     tpl.end()
     if status != "completed":
         raise RuntimeError(f"saving the template failed: {status}")
-    made = (f"template booted, answered and saved in {time.monotonic() - t:.2f} s; device "
-            f"state {os.path.getsize(state) / 1024:.0f} KiB, RAM file "
-            f"{os.stat(ram).st_blocks * 512 / 2**20:.1f} MiB on disk")
+    made = (f"template ({ram_mode} RAM) booted, answered and saved in "
+            f"{time.monotonic() - t:.2f} s; state {os.path.getsize(state) / 1024:.0f} KiB"
+            + (f", RAM file {os.stat(ram).st_blocks * 512 / 2**20:.1f} MiB on disk" if shared
+               else ""))
 
     res = {"cold": [], "warm": [], "cold_pss": [], "warm_pss": []}
     for r in range(rounds):
@@ -231,12 +244,15 @@ def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None):
                     work, "cold", kernel, initramfs,
                     "memory-backend-memfd,id=mem,size=256M,share=on", link), layer_disk)
             else:
+                clone_mem = (
+                    f"memory-backend-file,id=mem,size=256M,share=off,mem-path={ram}" if shared
+                    # Anonymous: a zero page the stream leaves out is never touched.
+                    else "memory-backend-ram,id=mem,size=256M")
                 vm = Vm(work, "warm", mux_bin, lambda link: qemu_args(
-                    work, "warm", kernel, initramfs,
-                    f"memory-backend-file,id=mem,size=256M,share=off,mem-path={ram}",
+                    work, "warm", kernel, initramfs, clone_mem,
                     link) + ["-incoming", "defer"], layer_disk)
                 try:
-                    restore(vm, state, t)
+                    restore(vm, state, t, shared)
                 except Exception:
                     vm.end()
                     raise
@@ -248,11 +264,12 @@ def measure(rounds, kernel, initramfs, mux_bin, work, layer_disk=None):
     return made, res
 
 
-def restore(vm, state, t):
-    """Loads the template's device state into `vm` (started with `-incoming defer`) and runs it."""
+def restore(vm, state, t, shared):
+    """Loads the template's saved state into `vm` (started with `-incoming defer`) and runs it."""
     q = vm.qmp()
-    qmp_cmd(q, "migrate-set-capabilities",
-            capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    if shared:
+        qmp_cmd(q, "migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}])
     qmp_cmd(q, "migrate-incoming", uri=f"exec:cat < {state}")
     while qmp_cmd(q, "query-migrate").get("status") != "completed":
         if time.monotonic() - t > LIMIT:
@@ -262,9 +279,13 @@ def restore(vm, state, t):
 
 
 def main():
-    rounds, kernel, initramfs, mux_bin, work = (int(sys.argv[1]), *sys.argv[2:6])
-    layer_disk = (sys.argv[6], sys.argv[7:]) if len(sys.argv) > 7 else None
-    made, res = measure(rounds, kernel, initramfs, mux_bin, work, layer_disk)
+    argv = sys.argv[1:]
+    ram_mode = "shared"
+    if argv[:1] == ["--ram"]:
+        ram_mode, argv = argv[1], argv[2:]
+    rounds, kernel, initramfs, mux_bin, work = (int(argv[0]), *argv[1:5])
+    layer_disk = (argv[5], argv[6:]) if len(argv) > 6 else None
+    made, res = measure(rounds, kernel, initramfs, mux_bin, work, layer_disk, ram_mode)
     cold, warm = res["cold"], res["warm"]
     med = statistics.median
     print(made)
@@ -274,8 +295,9 @@ def main():
           f"(min {min(warm) * 1e3:.1f}, max {max(warm) * 1e3:.1f}; n={len(warm)})  "
           f"restore / cold = {med(warm) / med(cold):.3f}")
     print(f"QEMU PSS 0.3 s after the Hello: cold {med(res['cold_pss']):.1f} MiB, restored "
-          f"{med(res['warm_pss']):.1f} MiB (one VM at a time: a restored VM's unwritten pages are "
-          f"the template file's page cache, shared by every clone)")
+          f"{med(res['warm_pss']):.1f} MiB (one VM at a time"
+          + ("; a restored VM's unwritten pages are the template file's page cache, shared by "
+             "every clone)" if ram_mode == "shared" else "; all of a clone's pages its own)"))
 
 
 if __name__ == "__main__":
