@@ -22,7 +22,7 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Data segments per request (two descriptors go to header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Bytes of `struct virtio_blk_config` we expose (capacity … blk_size).
-pub const CONFIG_LEN: usize = 24;
+const CONFIG_LEN: usize = 24;
 
 /// A virtio-blk device with one request queue.
 pub struct Block {
@@ -35,7 +35,7 @@ pub struct Block {
 }
 
 /// The virtio features husk-vmm's virtio-blk device over `disk` offers.
-pub fn features(disk: &dyn DiskBackend) -> u64 {
+fn features(disk: &dyn DiskBackend) -> u64 {
     let mut f = VIRTIO_F_VERSION_1
         | 1 << VIRTIO_RING_F_EVENT_IDX
         | 1 << VIRTIO_RING_F_INDIRECT_DESC
@@ -49,7 +49,7 @@ pub fn features(disk: &dyn DiskBackend) -> u64 {
 }
 
 /// `struct virtio_blk_config` up to `blk_size` for `disk`.
-pub fn config_space(disk: &dyn DiskBackend) -> [u8; CONFIG_LEN] {
+fn config_space(disk: &dyn DiskBackend) -> [u8; CONFIG_LEN] {
     let mut config = [0u8; CONFIG_LEN];
     config[0..8].copy_from_slice(&(disk.capacity() / SECTOR_SIZE).to_le_bytes());
     // size_max (8..12) stays 0: not offered.
