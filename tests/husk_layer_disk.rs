@@ -59,26 +59,8 @@ fn a_client_that_hangs_up_ends_it_cleanly() {
     let layer = dir.path().join("l0");
     std::fs::write(&layer, vec![7u8; 8192]).unwrap();
     let sock = dir.path().join("s");
-    let mut child = daemon()
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--layer")
-        .arg(&layer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let conn = loop {
-        match UnixStream::connect(&sock) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("never listened on {}: {e}", sock.display()),
-        }
-    };
-    drop(conn);
+    let mut child = serve_one_layer(&sock, &layer);
+    drop(connect(&sock));
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -98,6 +80,19 @@ fn a_client_that_hangs_up_ends_it_cleanly() {
     );
 }
 
+/// The daemon serving `layer` on `sock`, its stderr kept for the failure message.
+fn serve_one_layer(sock: &Path, layer: &Path) -> std::process::Child {
+    daemon()
+        .arg("--socket")
+        .arg(sock)
+        .arg("--layer")
+        .arg(layer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Connects to `sock`, retrying for 10 s while the daemon comes up.
 fn connect(sock: &Path) -> UnixStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -120,14 +115,7 @@ fn it_serves_the_composite_disk_over_nbd() {
     let layer = dir.path().join("l0");
     std::fs::write(&layer, vec![7u8; 8192]).unwrap();
     let sock = dir.path().join("s");
-    let child = daemon()
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--layer")
-        .arg(&layer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = serve_one_layer(&sock, &layer);
     let mut c = connect(&sock);
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut greeting = [0u8; 18];
