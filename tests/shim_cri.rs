@@ -289,7 +289,14 @@ fn ctr_run(test: &str, handler: Handler) {
     let Some(cri) = cri_for(test, handler) else {
         return;
     };
-    let ns = "husk";
+    // containerd puts a `ctr run` container's cgroup at /<namespace>/<id>: the two handlers'
+    // tests run at once, each with its own containerd, and a shared namespace had runc's `oom`
+    // join the cgroup husk's VM of the same name had just charged ~100 MB to (cgroup v1: runc
+    // then cannot set the 32 MiB limit).
+    let ns = match handler {
+        Handler::Husk => "husk",
+        Handler::Runc => "husk-runc",
+    };
     let pull = cri.run_ctr(ns, &["images", "pull", "--plain-http", &cri.busybox]);
     assert!(
         pull.status.success(),
