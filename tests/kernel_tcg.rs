@@ -45,6 +45,7 @@ const SELFTESTS: &[&str] = &[
     "packet",
     "vsock",
     "proc-sys",
+    "restored",
 ];
 
 fn qemu_available() -> bool {

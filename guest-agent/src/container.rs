@@ -126,6 +126,7 @@ impl Agent {
                 after = After::PowerOff;
                 Ok(ResponseBody::Done)
             }
+            RequestBody::Restored(r) => crate::restore::handle(&r),
         };
         (reply, after)
     }

@@ -43,6 +43,7 @@ mod power;
 mod process;
 mod pty;
 mod reaper;
+mod restore;
 mod rootfs;
 mod seccomp;
 #[cfg(feature = "selftest")]

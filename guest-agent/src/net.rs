@@ -12,7 +12,7 @@ use husk_protocol::{format_mac, NetworkConfig};
 
 use crate::netlink::Netlink;
 
-const SYS_NET: &str = "/sys/class/net";
+pub(crate) const SYS_NET: &str = "/sys/class/net";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -31,9 +31,10 @@ pub enum NetError {
 }
 
 /// A NIC as the guest kernel knows it.
-struct Nic {
-    name: String,
-    index: u32,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Nic {
+    pub name: String,
+    pub index: u32,
 }
 
 /// Brings `lo` up (always, so `localhost` works even with no network) and applies `cfg`.
@@ -44,8 +45,8 @@ pub fn configure(cfg: Option<&NetworkConfig>) -> Result<(), NetError> {
     let Some(cfg) = cfg else { return Ok(()) };
     let mut nics = Vec::new();
     for iface in &cfg.interfaces {
-        let want = format_mac(&iface.mac);
-        let nic = find(|_, mac| mac == want).ok_or_else(|| NetError::NoSuchNic(want.clone()))?;
+        let nic = find_by_mac(Path::new(SYS_NET), &iface.mac)
+            .ok_or_else(|| NetError::NoSuchNic(format_mac(&iface.mac)))?;
         nl.link_up(nic.index, iface.mtu)
             .map_err(nl_err("link up", &nic))?;
         for a in &iface.addresses {
@@ -87,7 +88,19 @@ fn nl_err<'a>(what: &'a str, nic: &'a Nic) -> impl FnOnce(io::Error) -> NetError
 
 /// The first interface in `/sys/class/net` for which `pred(name, mac)` holds.
 fn find(pred: impl Fn(&str, &str) -> bool) -> Option<Nic> {
-    let entries = fs::read_dir(SYS_NET).ok()?;
+    find_in(Path::new(SYS_NET), pred)
+}
+
+/// The interface in `sys_net` (`/sys/class/net`, or a fake one in tests) whose `address` is
+/// `mac`.
+pub(crate) fn find_by_mac(sys_net: &Path, mac: &[u8; 6]) -> Option<Nic> {
+    let want = format_mac(mac);
+    find_in(sys_net, |_, m| m == want)
+}
+
+/// [`find`] in the directory `sys_net`.
+fn find_in(sys_net: &Path, pred: impl Fn(&str, &str) -> bool) -> Option<Nic> {
+    let entries = fs::read_dir(sys_net).ok()?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let mac = fs::read_to_string(e.path().join("address")).unwrap_or_default();

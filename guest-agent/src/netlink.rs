@@ -1,4 +1,5 @@
-//! Just enough rtnetlink to configure a NIC: link up + MTU, add an address, add a route.
+//! Just enough rtnetlink to configure a NIC: link up + MTU, its MAC, add an address, add a
+//! route.
 //!
 //! The guest has no `ip` binary (the initramfs holds only the agent), and the ioctl
 //! interface has no IPv6 routes worth using, so the agent speaks netlink itself: one
@@ -19,6 +20,7 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -118,6 +120,17 @@ impl Netlink {
         if let Some(mtu) = mtu {
             m.attr(IFLA_MTU, &mtu.to_ne_bytes());
         }
+        self.request(m)
+    }
+
+    /// Sets the link's hardware address (a clone of a VM template giving its NIC the MAC the
+    /// host chose for it). The kernel refuses a device that cannot change it with its errno.
+    pub fn set_mac(&mut self, index: u32, mac: &[u8; 6]) -> io::Result<()> {
+        // struct ifinfomsg with no flags to change: only the attribute is applied.
+        let mut body = vec![0u8; 16];
+        body[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+        let mut m = Msg::new(RTM_NEWLINK, 0, &body);
+        m.attr(IFLA_ADDRESS, mac);
         self.request(m)
     }
 
@@ -270,6 +283,28 @@ mod tests {
         assert!(parse_ack(&d, 5).unwrap().is_err(), "hostile length");
     }
 
+    /// The hardware address of interface `name` (NUL-terminated) in this thread's network
+    /// namespace (its sysfs is the host's), read back with SIOCGIFHWADDR.
+    fn hw_addr(name: &[u8]) -> [u8; 6] {
+        // SAFETY: plain socket(2); the fd is owned at once below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+        // SAFETY: socket() just returned `fd`, checked above; nothing else owns it.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is a plain C struct (a union of plain fields); all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFHWADDR reads the name from and writes the address into `req`, a
+        // live ifreq; the socket is held open by `sock`.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        assert_eq!(r, 0, "SIOCGIFHWADDR: {}", io::Error::last_os_error());
+        // SAFETY: SIOCGIFHWADDR just wrote `ifru_hwaddr`, a plain sockaddr.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        std::array::from_fn(|i| data[i] as u8)
+    }
+
     /// Runs the real requests against `lo` in a fresh network namespace of this thread
     /// (root only; elsewhere it says so and checks nothing).
     #[test]
@@ -315,6 +350,18 @@ mod tests {
             let v6 = std::fs::read_to_string("/proc/thread-self/net/if_inet6").unwrap();
             assert!(v6.contains("fd000000000000000000000000000007"), "{v6}");
             let e = nl.link_up(9999, None).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
+            // `lo` takes an Ethernet address too, even while up.
+            let mac = [2, 0x68, 0x6b, 0, 0, 1];
+            nl.set_mac(idx, &mac).unwrap();
+            assert_eq!(hw_addr(b"lo\0"), mac);
+            let e = nl.set_mac(idx, &[1, 0, 0, 0, 0, 1]).unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EADDRNOTAVAIL),
+                "multicast: {e}"
+            );
+            let e = nl.set_mac(9999, &mac).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
         });
         t.join().unwrap();

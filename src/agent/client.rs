@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::{
     read_message, write_message, ContainerSpec, ExitStatus, GuestStep, Hello, HelloReply,
-    ProcessSpec, Request, RequestBody, Response, ResponseBody, StatsReply, AGENT_VSOCK_PORT,
-    PROTOCOL_VERSION,
+    ProcessSpec, Request, RequestBody, Response, ResponseBody, Restored, StatsReply,
+    AGENT_VSOCK_PORT, PROTOCOL_VERSION,
 };
 
 use super::{vsock, Error};
@@ -324,6 +324,18 @@ impl AgentClient {
             ResponseBody::Stats(s) => Ok(s),
             other => Err(unexpected("stats", &other)),
         }
+    }
+
+    /// Tells the agent of a VM restored from a template (right after `Hello`, before anything
+    /// else) to become its own: mix in `restored.entropy` and reseed the guest's CRNG, set
+    /// the clock to `restored`'s time, re-read every disk, give each NIC its new MAC. Build
+    /// `restored` with [`restored_request`](super::restored_request) just before: its time
+    /// is the guest's new clock.
+    pub fn restored(&self, restored: Restored) -> Result<(), Error> {
+        expect_done(
+            "restored",
+            self.call_default(RequestBody::Restored(Box::new(restored)))?,
+        )
     }
 
     /// Asks the agent to sync and power the VM off. The agent answers and ends the VM at once,

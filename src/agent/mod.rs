@@ -3,7 +3,8 @@
 //!
 //! - [`vsock`]: the `CONNECT <port>` / `OK` exchange, retried while the guest boots;
 //! - [`AgentClient`]: the control connection, typed calls, answers matched by id;
-//! - [`attach_stream`] and [`Pump`]: stdio on connections of their own.
+//! - [`attach_stream`] and [`Pump`]: stdio on connections of their own;
+//! - [`restored_request`]: the `Restored` request for a VM restored from a template.
 //!
 //! The transport differs per backend and clients rely on what both give: husk-vmm's own
 //! virtio-vsock device, and on QEMU a virtio-serial port carrying every connection through
@@ -15,6 +16,7 @@
 //! [`stream::CHUNK`] (16 KiB) so no single write holds a stream for long.
 
 mod client;
+mod restored;
 pub mod stream;
 pub mod vsock;
 
@@ -22,7 +24,8 @@ use std::io;
 use std::path::PathBuf;
 
 pub use client::{AgentClient, DEFAULT_CALL_TIMEOUT};
-pub use husk_protocol::{ErrorCode, ErrorReply, StreamKind};
+pub use husk_protocol::{ErrorCode, ErrorReply, MacPair, Restored, StreamKind};
+pub use restored::{restored_request, RESTORED_ENTROPY_LEN};
 pub use stream::{attach_stream, copy_from_stream, copy_to_stream, Pump};
 
 /// Why talking to the agent failed.
@@ -68,6 +71,14 @@ pub enum Error {
         request: &'static str,
         id: u64,
         secs: f64,
+    },
+    #[error(
+        "reading {RESTORED_ENTROPY_LEN} bytes of entropy for a restored VM from {}: {source}",
+        restored::URANDOM
+    )]
+    HostEntropy {
+        #[source]
+        source: io::Error,
     },
     #[error("agent connection lost: {0}")]
     Disconnected(String),

@@ -237,6 +237,65 @@ fn error_reply_carries_the_agents_code_and_message() {
     assert_eq!(err.agent_code(), Some(ErrorCode::NotFound));
 }
 
+/// `restored` carries the host's time, fresh entropy and the MAC pairs to the agent as one
+/// `Restored` request; a request the agent refuses comes back as its error.
+#[test]
+fn restored_sends_the_hosts_time_entropy_and_macs() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = {
+        let seen = seen.clone();
+        serve(&sock(&dir), 1, move |_, s| {
+            agent_loop(s, |req| match req.body {
+                RequestBody::Hello(_) => vec![hello_ok(req.id, PROTOCOL_VERSION)],
+                RequestBody::Restored(r) => {
+                    let refuse = r.macs.is_empty();
+                    seen.lock().unwrap().push(*r);
+                    match refuse {
+                        false => vec![Response::ok(req.id, ResponseBody::Done)],
+                        true => vec![Response::err(
+                            req.id,
+                            ErrorReply::new(ErrorCode::Internal, "BLKRRPART on vdb: busy"),
+                        )],
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+        })
+    };
+    let c = AgentClient::connect(&sock(&dir), T).unwrap();
+    let pair = MacPair {
+        template: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        new: [0x02, 0x68, 0x6b, 0xac, 0x1f, 0x02],
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    c.restored(restored_request(vec![pair]).unwrap()).unwrap();
+    let err = c.restored(restored_request(vec![]).unwrap()).unwrap_err();
+    assert_eq!(err.agent_code(), Some(ErrorCode::Internal));
+    assert!(
+        err.to_string()
+            .starts_with("restored failed in the guest: Internal: BLKRRPART on vdb"),
+        "{err}"
+    );
+    drop(c);
+    server.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].macs, [pair]);
+    let late = seen[0].realtime().saturating_sub(now);
+    assert!(
+        late < Duration::from_secs(5),
+        "time {late:?} after the test's"
+    );
+    assert!(seen[0].realtime() >= now);
+    assert_eq!(seen[0].entropy.len(), RESTORED_ENTROPY_LEN);
+    // Fresh bytes each time: two clones must never get the same.
+    assert_ne!(seen[0].entropy, seen[1].entropy);
+    assert!(seen[0].entropy.iter().any(|b| *b != 0));
+}
+
 #[test]
 fn wrong_reply_kind_is_reported() {
     let dir = tempfile::tempdir().unwrap();

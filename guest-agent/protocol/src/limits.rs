@@ -52,5 +52,16 @@ pub const MAX_SECCOMP_RULES: usize = 1024;
 /// Longest error message a peer may send back: enough for a useful explanation, not a dump.
 pub const MAX_ERROR_MESSAGE_LEN: usize = 64 << 10;
 
+/// Fewest bytes of host entropy a `Restored` may carry: 256 bits, a full ChaCha20 key's
+/// worth, so a clone's CRNG is never reseeded from less than it needs to be unpredictable.
+pub const MIN_RESTORE_ENTROPY: usize = 32;
+
+/// Most bytes of host entropy a `Restored` may carry: eight keys' worth is already more than
+/// the CRNG can use; the cap bounds the buffer the agent hands to the kernel.
+pub const MAX_RESTORE_ENTROPY: usize = 256;
+
+/// Most NIC MAC rewrites in one `Restored`: a VM has a handful of NICs, not dozens.
+pub const MAX_RESTORE_MACS: usize = 16;
+
 /// Highest signal number Linux knows (`SIGRTMAX`).
 pub const MAX_SIGNAL: i32 = 64;

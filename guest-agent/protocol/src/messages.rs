@@ -16,6 +16,7 @@ mod container;
 mod network;
 mod process;
 mod reply;
+mod restored;
 mod rootfs;
 mod seccomp;
 mod stream;
@@ -27,6 +28,7 @@ pub use network::{
 };
 pub use process::{Capabilities, ConsoleSize, ProcessSpec, Rlimit, RlimitKind, User};
 pub use reply::{check_version, ErrorCode, ErrorReply};
+pub use restored::{MacPair, Restored};
 pub use rootfs::{DiskRef, FsType, LayerDisk, MountSpec, RootfsSpec, MAX_DISK_SERIAL_LEN};
 pub use seccomp::{SeccompAction, SeccompOp, SeccompSpec, SyscallArg, SyscallRule};
 pub use stream::{StreamHello, StreamKind, StreamReply};
@@ -40,6 +42,8 @@ use crate::validate::{check_cstr, check_id, check_list, fail, Check};
 /// meaning. 2: `Shutdown` is answered once the guest's file systems are synced (the host
 /// kills the VM on the answer instead of waiting for the guest's reset). 3: `CreateContainer`
 /// answers [`ResponseBody::Created`] with the guest's own steps and their durations.
+/// A new request no older peer sends is no bump (`Freeze`, `RemoveContainer`, `Restored`):
+/// an agent that lacks it answers `invalid_request` naming the unknown variant.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent listens on, for control and stream connections alike (the first
@@ -123,6 +127,10 @@ pub enum RequestBody {
     /// sent nothing is left to lose, and the host may kill the VM instead of waiting for the
     /// guest's reset. → `Done`.
     Shutdown,
+    /// The VM was restored from a template, not booted: set the clock, reseed the CRNG,
+    /// re-read the disks and give the NICs their MACs (see [`Restored`]). Sent once, right
+    /// after `Hello`. → `Done`.
+    Restored(Box<Restored>),
 }
 
 /// `Hello`'s body. Deliberately without `deny_unknown_fields`: see the module docs.
@@ -248,6 +256,7 @@ impl RequestBody {
             RequestBody::Freeze { .. } => "freeze",
             RequestBody::RemoveContainer { .. } => "remove_container",
             RequestBody::Shutdown => "shutdown",
+            RequestBody::Restored(_) => "restored",
         }
     }
 
@@ -304,6 +313,7 @@ impl RequestBody {
                 ..
             } => check_target(container_id, exec_id),
             RequestBody::Shutdown => Ok(()),
+            RequestBody::Restored(r) => r.validate(),
         }
     }
 }

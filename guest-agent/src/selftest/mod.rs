@@ -11,6 +11,7 @@ mod events;
 mod files;
 mod ipc;
 mod net;
+mod restored;
 mod sandbox;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -71,7 +72,7 @@ pub struct Summary {
 }
 
 /// Runs every check. `pid1` allows the checks that change global state (bringing `lo` up,
-/// mounting cgroup2, creating a cgroup), which a host run must not do.
+/// mounting cgroup2, creating a cgroup, the clock and NIC MACs), which a host run must not do.
 pub fn run(pid1: bool) -> Summary {
     let scratch = if pid1 {
         PathBuf::from("/tmp")
@@ -111,6 +112,8 @@ pub fn run(pid1: bool) -> Summary {
         ("packet", Box::new(net::packet)),
         ("vsock", Box::new(net::vsock)),
         ("proc-sys", Box::new(files::proc_sys)),
+        // Last: it moves the clock (and puts it back).
+        ("restored", Box::new(move || restored::restored(pid1))),
     ];
     let mut summary = Summary { pass: 0, fail: 0 };
     for (name, check) in checks {

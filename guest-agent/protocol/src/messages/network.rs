@@ -131,7 +131,8 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn check_mac(field: &str, mac: &[u8; 6]) -> Check {
+/// A MAC a NIC can have: unicast and not all zeroes.
+pub(crate) fn check_mac(field: &str, mac: &[u8; 6]) -> Check {
     if mac[0] & 1 != 0 {
         return fail(field, format!("{} is a multicast address", format_mac(mac)));
     }

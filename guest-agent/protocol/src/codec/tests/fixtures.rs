@@ -182,6 +182,14 @@ pub fn requests() -> Vec<Request> {
             container_id: "web-1".into(),
         },
         RequestBody::Shutdown,
+        RequestBody::Restored(Box::new(Restored::new(
+            std::time::Duration::new(1_750_000_000, 5),
+            (0..64).collect(),
+            vec![MacPair {
+                template: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                new: [0x02, 0x68, 0x6b, 0xac, 0x1f, 0x02],
+            }],
+        ))),
     ];
     let mut seen = [false; REQUEST_VARIANTS];
     for b in &bodies {
@@ -195,7 +203,7 @@ pub fn requests() -> Vec<Request> {
         .collect()
 }
 
-const REQUEST_VARIANTS: usize = 12;
+const REQUEST_VARIANTS: usize = 13;
 
 fn variant_index(b: &RequestBody) -> usize {
     match b {
@@ -211,6 +219,7 @@ fn variant_index(b: &RequestBody) -> usize {
         RequestBody::Shutdown => 9,
         RequestBody::Freeze { .. } => 10,
         RequestBody::RemoveContainer { .. } => 11,
+        RequestBody::Restored(_) => 12,
     }
 }
 
