@@ -18,6 +18,7 @@ use std::process::Command;
 use super::child::{self, Guarded};
 use super::{confined, husk_vmm, Error, LayerDiskSpec, VmSpec};
 use crate::confine::launch::{self, Confinement};
+use crate::devices::virtio::block::composite;
 
 /// Overrides where the binary is looked for.
 pub const BINARY_ENV: &str = "HUSK_LAYER_DISK_BIN";
@@ -40,6 +41,25 @@ pub fn socket_for(spec: &VmSpec) -> PathBuf {
     let mut s = base;
     s.push(".blk");
     PathBuf::from(s)
+}
+
+/// The capacity QEMU's guest sees the layer disk of `layers` at: the composite disk padded to
+/// its size class ([`composite::capacity_class`]), so images whose layers fit one class give
+/// disks of one size, and a VM template booted with one serves containers of all of them.
+pub fn capacity(layers: &LayerDiskSpec) -> Result<u64, Error> {
+    let sizes = layers
+        .layers
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|source| Error::File {
+                    path: p.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<u64>, Error>>()?;
+    Ok(composite::capacity_class(&sizes))
 }
 
 /// Starts the daemon for `layers` on `socket` (replacing a stale socket file). With `conf` it
@@ -65,6 +85,8 @@ pub(super) fn start(
         .map(|p| File::open(p).map_err(file_err(p)))
         .collect::<Result<Vec<File>, Error>>()?;
     let mut args = vec!["--socket-fd".to_string(), listener.as_raw_fd().to_string()];
+    args.push("--capacity".into());
+    args.push(capacity(layers)?.to_string());
     for f in &files {
         args.push("--layer-fd".into());
         args.push(f.as_raw_fd().to_string());
@@ -112,7 +134,15 @@ mod tests {
         });
         let sock = socket_for(&s);
         assert_eq!(sock, Path::new("/run/c/vsock.blk"));
-        let a = qemu::args(&s, Accel::Tcg, None, None, &[], Some(&sock));
+        let a = qemu::args(
+            &s,
+            Accel::Tcg,
+            None,
+            None,
+            &[],
+            Some(&sock),
+            qemu::Boot::Cold,
+        );
         assert_eq!(
             pair(&a, "-blockdev"),
             ["driver=nbd,node-name=layers,server.type=unix,server.path=/run/c/vsock.blk,read-only=on"]

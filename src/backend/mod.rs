@@ -25,6 +25,8 @@ pub mod listening;
 mod paths;
 mod process_vm;
 pub mod qemu;
+mod qmp;
+pub mod template;
 pub mod tsc;
 pub mod virtiofsd;
 
@@ -67,6 +69,9 @@ pub struct VmSpec {
     /// under instead of husk's: a Kubernetes pod's, so that the kubelet counts the VM
     /// against the pod. `None`: husk's (`/husk/vm-<uid>`).
     pub cgroup_parent: Option<PathBuf>,
+    /// The VM may start from a VM template instead of booting ([`template`]; QEMU backend
+    /// only): its guest is husk's agent, which takes the `Restored` request a clone needs.
+    pub template: bool,
 }
 
 /// Image layers (filesystem images, bottom first) that the guest sees as the partitions of one
@@ -217,6 +222,7 @@ impl VmSpec {
             shared_dirs: Vec::new(),
             taps: Vec::new(),
             cgroup_parent: None,
+            template: false,
         }
     }
 

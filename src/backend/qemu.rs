@@ -15,7 +15,7 @@ use std::process::Command;
 use super::child::{self, Leftovers};
 use super::confined;
 use super::process_vm::ProcessVm;
-use super::{agent_mux, host, layer_disk, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
+use super::{agent_mux, host, layer_disk, template, virtiofsd, Error, VmBackend, VmHandle, VmSpec};
 use crate::confine::launch::{self, Ids};
 use crate::util::fs::{is_executable, which};
 use crate::util::timings;
@@ -108,6 +108,8 @@ pub struct QemuBackend {
     pub confine: bool,
     /// Under TCG, the host's TSC frequency, told to the guest ([`tsc`](super::tsc)).
     pub tsc_khz: Option<u32>,
+    /// Where VM templates are kept ([`template`](super::template)); `None`: every VM boots.
+    pub templates: Option<PathBuf>,
 }
 
 impl QemuBackend {
@@ -144,6 +146,7 @@ impl QemuBackend {
                 Accel::Tcg => super::tsc::host_tsc_khz(),
                 Accel::Kvm => None,
             },
+            templates: template::dir_from_env(),
         })
     }
 }
@@ -164,10 +167,27 @@ pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
     })
 }
 
+/// How QEMU brings a VM's guest up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot<'a> {
+    /// Boots the kernel.
+    Cold,
+    /// Boots the kernel into a VM template ([`template`](super::template)): guest RAM
+    /// anonymous (saved into the template's state), NICs on a hub with nothing else on it, a
+    /// QMP socket at `qmp` to stop and save it through.
+    Template { qmp: &'a Path },
+    /// Loads a template's saved state from descriptor [`STATE_FD`] and runs it: no boot.
+    Restore,
+}
+
+/// The descriptor a restored QEMU reads its template's state from (`-incoming fd:N`): high,
+/// below the TAPs' ([`tap_fd_number`]).
+pub const STATE_FD: i32 = 199;
+
 /// The full QEMU command line for `spec` (everything after the program name).
 /// `agent_link` is husk-agent-mux's link socket when the spec has vsock; `fs_sockets` holds
 /// the virtiofsd socket of each of `spec.shared_dirs`, in order. `tsc_khz`: the host's TSC
-/// frequency, told to a TCG guest ([`tcg_boot_args`]).
+/// frequency, told to a TCG guest ([`tcg_boot_args`]). `boot`: how the guest comes up.
 pub fn args(
     spec: &VmSpec,
     accel: Accel,
@@ -175,6 +195,7 @@ pub fn args(
     agent_link: Option<&Path>,
     fs_sockets: &[PathBuf],
     layer_socket: Option<&Path>,
+    boot: Boot<'_>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -190,13 +211,16 @@ pub fn args(
     }
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
-    // Shared so virtiofsd can map the virtqueues; cheap enough to use always.
+    // Shared so virtiofsd can map the virtqueues; cheap enough to use always. A template's
+    // and a clone's RAM is anonymous: saved into the template's state and loaded from it, no
+    // page of it shared with another process (a template VM never has a shared directory).
+    let memory = match boot {
+        Boot::Cold => "memory-backend-memfd,id=mem,size={}M,share=on",
+        Boot::Template { .. } | Boot::Restore => "memory-backend-ram,id=mem,size={}M",
+    };
     push(&[
         "-object",
-        &format!(
-            "memory-backend-memfd,id=mem,size={}M,share=on",
-            spec.memory_mib
-        ),
+        &memory.replace("{}", &spec.memory_mib.to_string()),
     ]);
     // append=on: QEMU's own stderr goes to the same file (opened O_APPEND by us).
     push(&[
@@ -238,13 +262,33 @@ pub fn args(
     }
     for (i, d) in spec.disks.iter().enumerate() {
         let ro = if d.read_only { "on" } else { "off" };
-        push(&[
-            "-drive",
-            &format!(
-                "if=none,id=d{i},file={},format=raw,readonly={ro}",
-                d.path.display()
-            ),
-        ]);
+        match boot {
+            Boot::Cold => push(&[
+                "-drive",
+                &format!(
+                    "if=none,id=d{i},file={},format=raw,readonly={ro}",
+                    d.path.display()
+                ),
+            ]),
+            // Saving a VM and loading one reopen its disks (read-only, then read-write), which
+            // a QEMU chrooted into an empty directory cannot do by path: they come as a set
+            // of descriptors instead ([`disk_fds`]), QEMU taking the one whose mode it needs.
+            // Locking off: two descriptions of one file would lock each other out, and each
+            // disk is this VM's own.
+            Boot::Template { .. } | Boot::Restore => {
+                let set = i + 1;
+                for (fd, _) in disk_fd_numbers(i, d.read_only) {
+                    push(&["-add-fd", &format!("fd={fd},set={set}")]);
+                }
+                push(&[
+                    "-drive",
+                    &format!(
+                        "if=none,id=d{i},file=/dev/fdset/{set},format=raw,readonly={ro},\
+                         file.locking=off"
+                    ),
+                ]);
+            }
+        }
         let mut dev = format!("virtio-blk-device,drive=d{i}");
         if let Some(s) = &d.serial {
             dev.push_str(&format!(",serial={s}"));
@@ -260,6 +304,8 @@ pub fn args(
         // vhost=off: vhost-net would move the datapath into the host kernel, but TCG guests
         // (these hosts) gain nothing from it and it needs /dev/vhost-net.
         let netdev = match &t.fd {
+            // A template's NIC reaches nothing: its clones bring their own TAPs.
+            _ if matches!(boot, Boot::Template { .. }) => format!("hubport,id=net{i},hubid={i}"),
             Some(_) => format!("tap,id=net{i},fd={},vhost=off", tap_fd_number(i)),
             None => format!(
                 "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
@@ -285,6 +331,18 @@ pub fn args(
             &format!("vhost-user-fs-device,chardev=fs{i},tag={}", share.tag),
         ]);
     }
+    match boot {
+        Boot::Cold => {}
+        // Its run state left out of the saved state: a clone runs once loaded, where it would
+        // otherwise stay paused as the template was when saved.
+        Boot::Template { qmp } => push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp.display()),
+            "-global",
+            "migration.store-global-state=off",
+        ]),
+        Boot::Restore => push(&["-incoming", &format!("fd:{STATE_FD}")]),
+    }
     a
 }
 
@@ -307,6 +365,22 @@ impl VmBackend for QemuBackend {
                  will not end QEMU; use the PVH-capable vmlinux"
             );
         }
+        if let Some(vm) = template::start_from_template(self, spec) {
+            return Ok(Box::new(vm));
+        }
+        Ok(Box::new(self.launch(spec, Boot::Cold, None)?))
+    }
+}
+
+impl QemuBackend {
+    /// Starts QEMU and its helpers for `spec`, booting as `boot` says; `state`: the template
+    /// state a [`Boot::Restore`] loads (QEMU inherits it as [`STATE_FD`]).
+    pub(super) fn launch(
+        &self,
+        spec: &VmSpec,
+        boot: Boot<'_>,
+        state: Option<&std::fs::File>,
+    ) -> Result<ProcessVm, Error> {
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
         // Its id and cgroup first: the helpers run as that id, in that cgroup.
@@ -396,6 +470,7 @@ impl VmBackend for QemuBackend {
             agent_link.as_deref(),
             &fs_sockets,
             layer_socket.as_deref(),
+            boot,
         ));
         if let Some(c) = &confinement {
             let empty = launch::empty_dir().map_err(|source| Error::File {
@@ -405,7 +480,11 @@ impl VmBackend for QemuBackend {
             cmd.args(confinement_args(c.ids(), &empty));
         }
         child::quiet_stdio(&mut cmd, &log, &spec.console_log)?;
-        pass_tap_fds(&mut cmd, spec);
+        let disks = match boot {
+            Boot::Cold => Vec::new(),
+            Boot::Template { .. } | Boot::Restore => disk_fds(spec)?,
+        };
+        pass_fds(&mut cmd, spec, state, &disks);
         let qemu = confined::spawn(
             &self.qemu.display().to_string(),
             &mut cmd,
@@ -420,15 +499,18 @@ impl VmBackend for QemuBackend {
             accel = self.accel.as_str(),
             "QEMU started"
         );
-        Ok(Box::new(ProcessVm::new(
+        Ok(ProcessVm::new(
             qemu,
             leftovers,
             spec.console_log.clone(),
             spec.vsock.as_ref().map(|v| v.uds_path.clone()),
+            // A restored guest said it was ready before its template was saved, and says
+            // nothing now: its agent answers as soon as the state is loaded.
             spec.vsock
                 .as_ref()
+                .filter(|_| boot != Boot::Restore)
                 .map(|_| husk_protocol::GUEST_READY_MARKER),
-        )))
+        ))
     }
 }
 
@@ -490,8 +572,45 @@ pub fn tap_fd_number(i: usize) -> i32 {
     200 + i as i32
 }
 
-/// Makes the pre-opened TAP fds of `spec` appear in QEMU at [`tap_fd_number`], inheritable.
-fn pass_tap_fds(cmd: &mut Command, spec: &VmSpec) {
+/// The descriptors disk `i` comes as to a saved or restored VM, with whether each is
+/// writable: read-write and read-only for a writable disk, read-only for a read-only one.
+/// Below [`STATE_FD`], clear of the stdio and the few a spawn keeps.
+fn disk_fd_numbers(i: usize, read_only: bool) -> Vec<(i32, bool)> {
+    let base = 100 + 2 * i as i32;
+    match read_only {
+        true => vec![(base + 1, false)],
+        false => vec![(base, true), (base + 1, false)],
+    }
+}
+
+/// Opens `spec`'s disks as QEMU takes them when saved or restored ([`disk_fd_numbers`]):
+/// each descriptor with the number it gets in QEMU.
+fn disk_fds(spec: &VmSpec) -> Result<Vec<(std::fs::File, i32)>, Error> {
+    let mut fds = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        for (fd, write) in disk_fd_numbers(i, d.read_only) {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(&d.path)
+                .map_err(|source| Error::File {
+                    path: d.path.clone(),
+                    source,
+                })?;
+            fds.push((f, fd));
+        }
+    }
+    Ok(fds)
+}
+
+/// Makes the pre-opened TAP fds of `spec` appear in QEMU at [`tap_fd_number`], `state` at
+/// [`STATE_FD`] and `disks` at their numbers, inheritable.
+fn pass_fds(
+    cmd: &mut Command,
+    spec: &VmSpec,
+    state: Option<&std::fs::File>,
+    disks: &[(std::fs::File, i32)],
+) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fds: Vec<(i32, i32)> = spec
@@ -499,20 +618,30 @@ fn pass_tap_fds(cmd: &mut Command, spec: &VmSpec) {
         .iter()
         .enumerate()
         .filter_map(|(i, t)| t.fd.as_ref().map(|f| (f.0.as_raw_fd(), tap_fd_number(i))))
+        .chain(state.map(|f| (f.as_raw_fd(), STATE_FD)))
+        .chain(disks.iter().map(|(f, n)| (f.as_raw_fd(), *n)))
         .collect();
     if fds.is_empty() {
         return;
     }
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec; the fds
-    // stay open in the parent (the spec holds them) until the spawn returns.
+    // stay open in the parent (the spec and the caller hold them) until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            for &(from, to) in &fds {
-                if from == to {
-                    if libc::fcntl(to, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(from, to) < 0 {
+            // Every source first moved above every target (close-on-exec), so that placing
+            // one cannot overwrite another not yet placed; dup2 then clears close-on-exec.
+            let mut moved = [0i32; 64];
+            if fds.len() > moved.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            for (m, &(from, _)) in moved.iter_mut().zip(&fds) {
+                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 1024);
+                if *m < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (&m, &(_, to)) in moved.iter().zip(&fds) {
+                if libc::dup2(m, to) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -22,7 +22,7 @@ fn qemu_args_give_each_tap_a_virtio_net_device() {
             fd: Some(super::TapFd(std::sync::Arc::new(null.into()))),
         },
     ];
-    let a = qemu::args(&s, Accel::Tcg, None, None, &[], None).join(" ");
+    let a = qemu::args(&s, Accel::Tcg, None, None, &[], None, qemu::Boot::Cold).join(" ");
     assert!(
         a.contains("-netdev tap,id=net0,ifname=hk0,script=no,downscript=no,vhost=off"),
         "{a}"
@@ -70,6 +70,7 @@ fn qemu_args_have_the_devices_and_boot_settings() {
         Some(Path::new("/run/v.sock.serial")),
         &[],
         None,
+        qemu::Boot::Cold,
     );
     for f in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         assert!(a.contains(&f.to_string()), "{f} missing from {a:?}");
@@ -140,7 +141,15 @@ fn bench_bare_boot_boots_as_husk_does() {
 #[test]
 fn qemu_kvm_uses_the_host_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let a = qemu::args(&spec_in(dir.path()), Accel::Kvm, None, None, &[], None);
+    let a = qemu::args(
+        &spec_in(dir.path()),
+        Accel::Kvm,
+        None,
+        None,
+        &[],
+        None,
+        qemu::Boot::Cold,
+    );
     // The translation-cache size is TCG's alone; KVM has none.
     assert_eq!(pair(&a, "-accel"), ["kvm"]);
     assert_eq!(pair(&a, "-cpu"), ["host"]);
@@ -156,7 +165,12 @@ fn qemu_adds_the_tcg_boot_args_under_tcg_only() {
     // TCG_BOOT_ARGS (APIC bus rate, UP patching) describe TCG; KVM keeps the plain line.
     let dir = tempfile::tempdir().unwrap();
     let s = spec_in(dir.path());
-    let append = |accel, tsc| pair(&qemu::args(&s, accel, tsc, None, &[], None), "-append");
+    let append = |accel, tsc| {
+        pair(
+            &qemu::args(&s, accel, tsc, None, &[], None, qemu::Boot::Cold),
+            "-append",
+        )
+    };
     let tcg =
         "console=ttyS0 reboot=t panic=-1 no_timer_check lapic_timer_period=4000000 noreplace-smp";
     assert_eq!(append(Accel::Tcg, None), [tcg]);

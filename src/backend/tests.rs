@@ -308,6 +308,7 @@ fn fake_qemu_backend(dir: &Path, qemu_body: &str) -> QemuBackend {
         // The fake daemons write into the test's directory, which a VM's uid may not.
         confine: false,
         tsc_khz: None,
+        templates: None,
     }
 }
 
@@ -447,6 +448,7 @@ fn vm_binary_that_cannot_start_is_a_spawn_error() {
         layer_disk: None,
         confine: true,
         tsc_khz: None,
+        templates: None,
     };
     let err = backend
         .start(&spec_in(dir.path()))

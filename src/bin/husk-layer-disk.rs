@@ -40,6 +40,10 @@ struct Args {
     /// Or a layer file by path; bottom layer first.
     #[arg(long = "layer", conflicts_with = "layer_fds")]
     layers: Vec<PathBuf>,
+    /// Pad the disk with zeros to this many bytes (a size class: a VM restored from a
+    /// template keeps the capacity its template probed); less than the layers need is ignored.
+    #[arg(long)]
+    capacity: Option<u64>,
 }
 
 fn main() {
@@ -68,11 +72,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             bail!("descriptor {fd} is named twice");
         }
     }
-    let disk = if args.layer_fds.is_empty() {
-        CompositeDisk::open(&composite::indexed_layers(&args.layers))?
+    let mut layers = Vec::new();
+    let mut files = Vec::new();
+    if args.layer_fds.is_empty() {
+        for l in composite::indexed_layers(&args.layers) {
+            files.push(
+                File::open(&l.path)
+                    .with_context(|| format!("opening layer {}", l.path.display()))?,
+            );
+            layers.push(l);
+        }
     } else {
-        let mut layers = Vec::new();
-        let mut files = Vec::new();
         for (i, &fd) in args.layer_fds.iter().enumerate() {
             files.push(inherited(fd, "layer")?);
             layers.push(composite::layer(
@@ -80,8 +90,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 &composite::layer_label(i),
             ));
         }
-        CompositeDisk::from_files(&layers, files)?
-    };
+    }
+    let disk = CompositeDisk::from_files_padded(&layers, files, args.capacity.unwrap_or(0))?;
     let listener = match (args.socket_fd, &args.socket) {
         (Some(fd), _) => UnixListener::from(std::os::fd::OwnedFd::from(inherited(fd, "socket")?)),
         (None, Some(p)) => {

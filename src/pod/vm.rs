@@ -29,6 +29,8 @@ pub fn base_spec(
     spec.vcpus = vcpus;
     spec.memory_mib = memory_mib;
     spec.vsock = Some(vsock);
+    // husk's agent: it takes what a VM restored from a template needs.
+    spec.template = true;
     spec
 }
 

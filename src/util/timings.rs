@@ -48,6 +48,15 @@ pub fn mark(phase: &'static str) {
     }
 }
 
+/// Runs `f` with its marks left out: work done once on the way (a VM template's own boot)
+/// shows as the one phase the caller marks after it, not as the phases it went through.
+pub fn unrecorded<T>(f: impl FnOnce() -> T) -> T {
+    let saved = recorder().take();
+    let out = f();
+    *recorder() = saved;
+    out
+}
+
 /// Adds `steps` (named by the guest) within the phase just marked.
 pub fn within(steps: impl IntoIterator<Item = (String, Duration)>) {
     if let Some(r) = recorder().as_mut() {

@@ -97,6 +97,18 @@ impl CompositeDisk {
     /// path only names it in errors): how a confined process that cannot reach the image
     /// store serves layers its parent opened for it.
     pub fn from_files(layers: &[Layer], files: Vec<File>) -> Result<Self, CompositeError> {
+        Self::from_files_padded(layers, files, 0)
+    }
+
+    /// [`from_files`](Self::from_files), the disk padded with zeros before its backup GPT to
+    /// `capacity` bytes (rounded down to a sector) when that is more than the layers need: how
+    /// disks of different images get one size ([`capacity_class`]), which a guest restored
+    /// from a VM template needs (it keeps the capacity its template's kernel probed).
+    pub fn from_files_padded(
+        layers: &[Layer],
+        files: Vec<File>,
+        capacity: u64,
+    ) -> Result<Self, CompositeError> {
         if layers.is_empty() || layers.len() > MAX_LAYERS || files.len() != layers.len() {
             return Err(CompositeError::LayerCount(files.len()));
         }
@@ -144,7 +156,9 @@ impl CompositeDisk {
             parts.push((start / SECTOR_SIZE, end / SECTOR_SIZE - 1));
             pos = start + size;
         }
-        let tail_start = align_up(pos, ALIGN);
+        let tail_len = (ENTRIES_SECTORS + 1) * SECTOR_SIZE;
+        let tail_start = align_up(pos, ALIGN)
+            .max((capacity / SECTOR_SIZE * SECTOR_SIZE).saturating_sub(tail_len));
         if tail_start > pos {
             extents.push(Extent {
                 start: pos,
@@ -152,7 +166,6 @@ impl CompositeDisk {
                 source: Source::Zero,
             });
         }
-        let tail_len = (ENTRIES_SECTORS + 1) * SECTOR_SIZE;
         extents.push(Extent {
             start: tail_start,
             len: tail_len,
@@ -248,6 +261,20 @@ impl CompositeDisk {
             }
         }
     }
+}
+
+/// The smallest capacity a composite disk of layers `sizes` (bytes each) pads to, of a few
+/// sizes only: 64 MiB, or the power of two that holds the layers (each on its own 1 MiB-aligned
+/// start) and the GPT at both ends. Images whose layers fit the same class give disks of one
+/// capacity, so one VM template serves them all.
+pub fn capacity_class(sizes: &[u64]) -> u64 {
+    const SMALLEST: u64 = 64 << 20;
+    let need = sizes.iter().fold(2 * ALIGN, |acc, &s| {
+        acc.saturating_add(s.div_ceil(ALIGN).saturating_mul(ALIGN))
+    });
+    need.checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .max(SMALLEST)
 }
 
 fn labels(layers: &[Layer]) -> String {
@@ -460,6 +487,43 @@ mod tests {
         let entries = img[entries_lba * 512..entries_lba * 512 + n * esz].to_vec();
         assert_eq!(crc32(&entries), u32_at(&h, 88), "entries CRC");
         (h, entries)
+    }
+
+    #[test]
+    fn a_padded_disk_has_its_capacity_and_the_same_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("layer0");
+        std::fs::write(&p, vec![7u8; 5000]).unwrap();
+        let layers = vec![layer(&p, "l0")];
+        let open = || vec![std::fs::File::open(&p).unwrap()];
+        let natural = CompositeDisk::from_files(&layers, open()).unwrap();
+        let class = capacity_class(&[5000]);
+        assert_eq!(class, 64 << 20, "a small image pads to the smallest class");
+        let padded = CompositeDisk::from_files_padded(&layers, open(), class).unwrap();
+        assert_eq!(padded.capacity(), class);
+        assert_eq!(padded.partitions(), natural.partitions());
+        let img = image(&padded);
+        let last_lba = img.len() as u64 / 512 - 1;
+        let (primary, entries) = parse_gpt(&img, 1);
+        let (backup, backup_entries) = parse_gpt(&img, last_lba);
+        assert_eq!(
+            u64_at(&primary, 32),
+            last_lba,
+            "AlternateLBA: the padded end"
+        );
+        assert_eq!(u64_at(&backup, 32), 1);
+        assert_eq!(entries, backup_entries);
+        let (start, len) = padded.partitions()[0];
+        assert!(img[start as usize..(start + len) as usize]
+            .iter()
+            .all(|&b| b == 7));
+        // Less than the layers need changes nothing.
+        let small = CompositeDisk::from_files_padded(&layers, open(), 4096).unwrap();
+        assert_eq!(small.capacity(), natural.capacity());
+        // Classes: powers of two over everything the layout needs.
+        assert_eq!(capacity_class(&[40 << 20, 20 << 20]), 64 << 20);
+        assert_eq!(capacity_class(&[63 << 20]), 128 << 20);
+        assert_eq!(capacity_class(&[u64::MAX]), u64::MAX);
     }
 
     #[test]
