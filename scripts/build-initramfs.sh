@@ -8,7 +8,7 @@
 #   OUT=file         output path (default target/husk/initramfs.cpio, or .cpio.gz / .cpio.zst;
 #                    target/husk/initramfs-selftest.cpio with SELFTEST=1)
 #   SELFTEST=1       the test initramfs: the agent built with its `selftest` feature, so
-#                    `husk.selftest=1` on the kernel command line runs the 23-check syscall
+#                    `husk.selftest=1` on the kernel command line runs the 24-check syscall
 #                    self-test (tests/kernel_tcg.rs, tests/backend_qemu.rs). The production
 #                    initramfs (the default) carries no self-test.
 #   COMPRESS=none    none (default), gzip or zstd. Uncompressed boots fastest under QEMU TCG

@@ -12,12 +12,13 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use husk::util::inherited;
 
 /// Carry unix-socket connections to the guest agent over one serial link.
 #[derive(Debug, Parser)]
@@ -47,35 +48,23 @@ fn main() {
     }
 }
 
-/// Takes ownership of inherited descriptor `fd`, refusing one that is not open.
-fn inherited(fd: RawFd, what: &str) -> anyhow::Result<OwnedFd> {
-    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("{what} descriptor {fd} is not an open inherited file descriptor");
-    }
-    // SAFETY: fd is open (checked above), was handed to this process for this purpose and is
-    // owned by nothing else here; each flag names a different one (checked by the caller).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn bind(path: &Path) -> anyhow::Result<OwnedFd> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
     Ok(l.into())
 }
 
-fn socket(fd: Option<RawFd>, path: Option<&Path>, what: &str) -> anyhow::Result<OwnedFd> {
-    match (fd, path) {
-        (Some(fd), _) => inherited(fd, what),
+fn run(args: Args) -> anyhow::Result<()> {
+    let named: Vec<(RawFd, &str)> = [(args.listen_fd, "listen"), (args.link_fd, "link")]
+        .into_iter()
+        .filter_map(|(fd, what)| fd.map(|fd| (fd, what)))
+        .collect();
+    let mut taken = inherited::take(&named)?.into_iter();
+    let mut socket = |fd: Option<RawFd>, path: Option<&Path>, what: &str| match (fd, path) {
+        (Some(_), _) => taken.next().context("an inherited descriptor went missing"),
         (None, Some(p)) => bind(p),
         (None, None) => bail!("give --{what}-fd or --{what}"),
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
-    if args.listen_fd.is_some() && args.listen_fd == args.link_fd {
-        bail!("descriptor {} is named twice", args.listen_fd.unwrap_or(-1));
-    }
+    };
     let listen = socket(args.listen_fd, args.listen.as_deref(), "listen")?;
     let link = socket(args.link_fd, args.link.as_deref(), "link")?;
     // QEMU connects once, at its start; no one else may take its place afterwards.

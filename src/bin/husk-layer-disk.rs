@@ -15,7 +15,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -23,6 +23,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use husk::devices::nbd_export;
 use husk::devices::virtio::block::composite::{self, CompositeDisk};
+use husk::util::inherited;
 
 /// Serve image layers as one composite disk, a read-only NBD export, to one client.
 #[derive(Debug, Parser)]
@@ -53,38 +54,26 @@ fn main() {
     }
 }
 
-/// Takes ownership of inherited descriptor `fd`, refusing one that is not open.
-fn inherited(fd: RawFd, what: &str) -> anyhow::Result<File> {
-    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        bail!("{what} descriptor {fd} is not an open inherited file descriptor");
-    }
-    // SAFETY: fd is open (checked above), was handed to this process for this purpose and is
-    // owned by nothing else here; it is taken exactly once (the argument list names it once,
-    // checked by the caller).
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for fd in args.layer_fds.iter().chain(args.socket_fd.as_ref()) {
-        if !seen.insert(*fd) {
-            bail!("descriptor {fd} is named twice");
-        }
-    }
+    let named: Vec<(RawFd, &str)> = args
+        .layer_fds
+        .iter()
+        .map(|&fd| (fd, "layer"))
+        .chain(args.socket_fd.map(|fd| (fd, "socket")))
+        .collect();
+    let mut taken = inherited::take(&named)?.into_iter();
     let mut layers = Vec::new();
     let mut files = Vec::new();
     if args.layer_fds.is_empty() {
         for l in composite::indexed_layers(&args.layers) {
-            files.push(
-                File::open(&l.path)
-                    .with_context(|| format!("opening layer {}", l.path.display()))?,
-            );
+            let f = File::open(&l.path)
+                .with_context(|| format!("opening layer {}", l.path.display()))?;
+            files.push(f);
             layers.push(l);
         }
     } else {
-        for (i, &fd) in args.layer_fds.iter().enumerate() {
-            files.push(inherited(fd, "layer")?);
+        for (i, (&fd, owned)) in args.layer_fds.iter().zip(taken.by_ref()).enumerate() {
+            files.push(File::from(owned));
             layers.push(composite::layer(
                 format!("fd {fd}"),
                 &composite::layer_label(i),
@@ -93,7 +82,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let disk = CompositeDisk::from_files_padded(&layers, files, args.capacity.unwrap_or(0))?;
     let listener = match (args.socket_fd, &args.socket) {
-        (Some(fd), _) => UnixListener::from(std::os::fd::OwnedFd::from(inherited(fd, "socket")?)),
+        (Some(_), _) => UnixListener::from(
+            taken
+                .next()
+                .context("an inherited descriptor went missing")?,
+        ),
         (None, Some(p)) => {
             let _ = std::fs::remove_file(p);
             UnixListener::bind(p).with_context(|| format!("listening on {}", p.display()))?
