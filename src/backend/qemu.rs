@@ -621,6 +621,7 @@ fn pass_fds(
         .chain(state.map(|f| (f.as_raw_fd(), STATE_FD)))
         .chain(disks.iter().map(|(f, n)| (f.as_raw_fd(), *n)))
         .collect();
+    let above = fds.iter().map(|&(_, to)| to + 1).max().unwrap_or(0);
     if fds.is_empty() {
         return;
     }
@@ -630,12 +631,14 @@ fn pass_fds(
         cmd.pre_exec(move || {
             // Every source first moved above every target (close-on-exec), so that placing
             // one cannot overwrite another not yet placed; dup2 then clears close-on-exec.
+            // Just above the highest target: F_DUPFD fails past the open-files limit (1024
+            // by default).
             let mut moved = [0i32; 64];
             if fds.len() > moved.len() {
                 return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
             }
             for (m, &(from, _)) in moved.iter_mut().zip(&fds) {
-                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 1024);
+                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, above);
                 if *m < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

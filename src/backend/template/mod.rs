@@ -121,6 +121,11 @@ pub(super) fn start_from_template(backend: &QemuBackend, spec: &VmSpec) -> Optio
     }
     match restore_or_build(backend, dir, spec) {
         Ok(vm) => Some(vm),
+        // Said once, when the build failed; not again on every VM until it is retried.
+        Err(e @ TemplateError::Failed { .. }) => {
+            tracing::debug!("booting the VM instead of restoring a VM template: {e}");
+            None
+        }
         Err(e) => {
             tracing::warn!("booting the VM instead of restoring a VM template: {e}");
             None
