@@ -277,8 +277,13 @@ pub fn args(
             // disk is this VM's own.
             Boot::Template { .. } | Boot::Restore => {
                 let set = i + 1;
+                // `opaque` names the file: QMP's query-fdsets and the command line (where
+                // tools look for the processes that use a container's disk) still show it.
                 for (fd, _) in disk_fd_numbers(i, d.read_only) {
-                    push(&["-add-fd", &format!("fd={fd},set={set}")]);
+                    push(&[
+                        "-add-fd",
+                        &format!("fd={fd},set={set},opaque={}", d.path.display()),
+                    ]);
                 }
                 push(&[
                     "-drive",
