@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -138,7 +138,13 @@ fn restore_or_build(
     dir: &Path,
     spec: &VmSpec,
 ) -> Result<ProcessVm, TemplateError> {
-    std::fs::create_dir_all(dir).map_err(file_err("creating", dir))?;
+    // Root's alone: a saved guest holds what its kernel drew at boot (its KASLR offset among
+    // them), the same in every clone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(file_err("creating", dir))?;
     let key = key(backend, spec)?;
     let at = dir.join(&key);
     if !at.join(STATE).exists() {
