@@ -112,6 +112,14 @@ fn eligible(spec: &VmSpec) -> bool {
     spec.template && spec.shared_dirs.is_empty() && spec.vsock.is_some()
 }
 
+/// The host socket of `spec`'s agent channel ([`eligible`] VMs have one).
+fn agent_socket(spec: &VmSpec) -> Result<&Path, TemplateError> {
+    spec.vsock
+        .as_ref()
+        .map(|v| v.uds_path.as_path())
+        .ok_or_else(|| TemplateError::Save("the VM has no agent channel".into()))
+}
+
 /// Starts `spec`'s VM from its template when templates are on and it is eligible, building
 /// the template first if there is none. `None`: the caller boots it (why is logged).
 pub(super) fn start_from_template(backend: &QemuBackend, spec: &VmSpec) -> Option<ProcessVm> {
@@ -348,7 +356,7 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
         .map_err(TemplateError::Vm)?;
     vm.wait_vsock_ready(BUILD_LIMIT)
         .map_err(TemplateError::Vm)?;
-    let uds = &tspec.vsock.as_ref().expect("eligible: has vsock").uds_path;
+    let uds = agent_socket(&tspec)?;
     let running = || matches!(vm.try_wait(), Ok(None));
     // Its agent has answered Hello: the guest is idle, as every clone will find it.
     let agent =
@@ -401,7 +409,7 @@ fn restore(backend: &QemuBackend, at: &Path, spec: &VmSpec) -> Result<ProcessVm,
         .map_err(TemplateError::Vm)?;
     drop(state);
     note_on_console(&spec.console_log, at);
-    let uds = &spec.vsock.as_ref().expect("eligible: has vsock").uds_path;
+    let uds = agent_socket(spec)?;
     let running = || matches!(vm.try_wait(), Ok(None));
     let agent = AgentClient::connect_while(uds, RESTORE_LIMIT, running).map_err(|e| {
         match vm.try_wait() {
