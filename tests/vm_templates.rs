@@ -78,6 +78,11 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
     }
     let boot = std::fs::read_to_string(made[0].join("boot.log")).unwrap();
     assert!(boot.contains(husk_protocol::GUEST_READY_MARKER), "{boot}");
+    // Saved once the guest had printed its boot facts, which no clone prints again.
+    assert!(
+        boot.contains(husk_protocol::GUEST_FACTS_END_MARKER),
+        "{boot}"
+    );
 
     // Long enough that a clone keeping the template's clock would show it.
     std::thread::sleep(Duration::from_secs(3));
@@ -104,6 +109,31 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
         uuids.push(uuid);
     }
     assert_eq!(templates(dir.path()), made, "still the one template");
+
+    // A clone of the template's own image keeps its layer disk's partitions (the kernel
+    // already lists what the disk's GPT holds) and re-reads the rest; its console holds the
+    // agent's account, and no boot facts.
+    let out = h.run(&["run", "-d", "busybox", "sleep", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let console = h
+        .root
+        .path()
+        .join("containers")
+        .join(&id)
+        .join("console.log");
+    let log = std::fs::read_to_string(&console).unwrap();
+    let _ = h.run(&["rm", "-f", &id]);
+    let said = log
+        .lines()
+        .find(|l| l.starts_with("husk-agent: restored from a template"))
+        .unwrap_or_else(|| panic!("no account of the restore in {log}"));
+    assert!(said.contains("disks: [vda kept, vdb re-read]"), "{said}");
+    assert!(!log.contains("FACT "), "{log}");
 }
 
 #[test]

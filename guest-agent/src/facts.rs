@@ -50,6 +50,7 @@ pub fn report() {
     for d in devices {
         say!("FACT virtio: {d}");
     }
+    say!("{}", husk_protocol::GUEST_FACTS_END_MARKER);
 }
 
 /// The kernel command line, or "" when /proc is not there.

@@ -33,6 +33,7 @@ mod channel;
 mod console;
 mod container;
 mod facts;
+mod gpt;
 mod init;
 mod mounts;
 mod net;

@@ -150,6 +150,39 @@ impl ProcessVm {
             source,
         }
     }
+
+    /// Waits until the console log holds `marker` (anywhere in a line), woken by the log's
+    /// writes. An error if the VMM exits first (with its last line) or `timeout` passes.
+    pub fn wait_console_line(&self, marker: &'static str, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = ConsoleScan::default();
+        // Woken by the console's writes (and its close when the VMM ends), not by a timer.
+        let changes = ConsoleChanges::watch(&self.console_log);
+        loop {
+            if seen.found(&self.console_log, marker) {
+                return Ok(());
+            }
+            if let Some(status) = self.main.try_wait().map_err(self.process_err("wait"))? {
+                // The line may have landed just before the exit.
+                if seen.found(&self.console_log, marker) {
+                    return Ok(());
+                }
+                return Err(Error::ExitedBeforeReady {
+                    status,
+                    log: self.console_log.clone(),
+                    last_line: last_line(&self.console_log),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::GuestNotUp {
+                    secs: timeout.as_secs(),
+                    marker,
+                    log: self.console_log.clone(),
+                });
+            }
+            changes.wait(deadline.saturating_duration_since(Instant::now()));
+        }
+    }
 }
 
 impl VmHandle for ProcessVm {
@@ -189,36 +222,9 @@ impl VmHandle for ProcessVm {
     }
 
     fn wait_vsock_ready(&self, timeout: Duration) -> Result<(), Error> {
-        let Some(marker) = self.vsock_ready_line else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + timeout;
-        let mut seen = ConsoleScan::default();
-        // Woken by the console's writes (and its close when the VMM ends), not by a timer.
-        let changes = ConsoleChanges::watch(&self.console_log);
-        loop {
-            if seen.found(&self.console_log, marker) {
-                return Ok(());
-            }
-            if let Some(status) = self.main.try_wait().map_err(self.process_err("wait"))? {
-                // The line may have landed just before the exit.
-                if seen.found(&self.console_log, marker) {
-                    return Ok(());
-                }
-                return Err(Error::ExitedBeforeReady {
-                    status,
-                    log: self.console_log.clone(),
-                    last_line: last_line(&self.console_log),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::GuestNotUp {
-                    secs: timeout.as_secs(),
-                    marker,
-                    log: self.console_log.clone(),
-                });
-            }
-            changes.wait(deadline.saturating_duration_since(Instant::now()));
+        match self.vsock_ready_line {
+            Some(marker) => self.wait_console_line(marker, timeout),
+            None => Ok(()),
         }
     }
 }

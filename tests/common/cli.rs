@@ -253,7 +253,12 @@ pub fn check_timings(err: &str, wall: Duration) {
         .iter()
         .filter(|r| !r.step)
         .map(|r| r.name.as_str())
-        .filter(|n| !matches!(*n, "VM template build" | "VM template restore"))
+        .filter(|n| {
+            !matches!(
+                *n,
+                "VM template build" | "VM template load" | "VM template restore"
+            )
+        })
         .collect();
     assert_eq!(names, phases, "{err}");
     let create = rows

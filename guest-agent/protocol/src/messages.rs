@@ -55,6 +55,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// VMM that died is an error with its last console line rather than an agent never answering.
 pub const GUEST_READY_MARKER: &str = "HUSK-AGENT-READY";
 
+/// The last line of the guest's boot facts (`FACT ...` lines, printed after
+/// [`GUEST_READY_MARKER`] whenever the vCPU is otherwise idle). A VM template is saved only
+/// once its guest printed it, so that no clone prints (and pays under TCG for) the facts again.
+pub const GUEST_FACTS_END_MARKER: &str = "FACT end";
+
 /// A host → agent request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

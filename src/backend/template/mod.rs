@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +58,8 @@ const BOOT_LOG: &str = "boot.log";
 const INFO: &str = "template.json";
 /// Boot to the agent's answer, and the save, of a template VM.
 const BUILD_LIMIT: Duration = Duration::from_secs(120);
+/// How long a template VM's guest may take to print its boot facts after `Hello`.
+const FACTS_LIMIT: Duration = Duration::from_secs(5);
 /// A clone's load and its agent's answer to `Restored`.
 const RESTORE_LIMIT: Duration = Duration::from_secs(60);
 /// A key whose build failed is not tried again for this long (its reason is kept).
@@ -153,26 +155,52 @@ fn restore_or_build(
         .mode(0o700)
         .create(dir)
         .map_err(file_err("creating", dir))?;
+    // One made by an older husk (or by hand) is made root's alone too.
+    if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(file_err("restricting", dir))?;
+    }
     let key = key(backend, spec)?;
     let at = dir.join(&key);
+    let mut built = false;
     if !at.join(STATE).exists() {
         let lock_path = dir.join(format!("{key}.lock"));
         let _lock = FileLock::exclusive(&lock_path).map_err(file_err("locking", &lock_path))?;
         // Another VM may have built it while this one waited for the lock.
         if !at.join(STATE).exists() {
-            let built = timings::unrecorded(|| build(backend, dir, &key, spec));
+            // Its age says the lock is in use (prune leaves recent ones).
+            let _ = File::open(&lock_path).and_then(|f| f.set_modified(SystemTime::now()));
+            let result = timings::unrecorded(|| build(backend, dir, &key, spec));
             timings::mark("VM template build");
-            built?;
+            result?;
+            built = true;
         }
     }
     let restored = restore(backend, &at, spec);
     if let Err(e) = &restored {
         // A template that no longer loads (or whose guest does not answer) is rebuilt next
-        // time rather than tried by every VM.
+        // time rather than tried by every VM; one that failed the first restore after its
+        // build is a build that failed (an agent without `Restored`, say): not built again
+        // by every VM of the hour.
         tracing::debug!(template = %at.display(), "removing a template that failed: {e}");
         let _ = std::fs::remove_dir_all(&at);
+        if built {
+            record_failure(&failed_path(dir, &key), e, &spec.console_log);
+        }
     }
     restored
+}
+
+/// Where the last failed build of `key` is recorded.
+fn failed_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.failed"))
+}
+
+/// Records why `key` failed at `failed`, then the console of the VM it failed in (QEMU's own
+/// errors land there too).
+fn record_failure(failed: &Path, e: &TemplateError, console: &Path) {
+    let console = std::fs::read_to_string(console).unwrap_or_default();
+    let _ = std::fs::write(failed, format!("{e}\n--- its console:\n{console}"));
 }
 
 /// The template key of `spec`: a SHA-256 over everything a saved VM must match.
@@ -280,7 +308,7 @@ fn template_spec(spec: &VmSpec, dir: &Path) -> VmSpec {
 /// answered, and moves the directory to `dir/key`. A failure is remembered for
 /// [`FAILED_RETRY`] so that every VM does not pay for it again.
 fn build(backend: &QemuBackend, dir: &Path, key: &str, spec: &VmSpec) -> Result<(), TemplateError> {
-    let failed = dir.join(format!("{key}.failed"));
+    let failed = failed_path(dir, key);
     if let Some(e) = recent_failure(key, &failed) {
         return Err(e);
     }
@@ -291,9 +319,7 @@ fn build(backend: &QemuBackend, dir: &Path, key: &str, spec: &VmSpec) -> Result<
         .map_err(file_err("creating a directory in", dir))?;
     let result = save_template(backend, work.path(), spec);
     if let Err(e) = &result {
-        // The reason, then the template VM's console (QEMU's own errors land there too).
-        let console = std::fs::read_to_string(work.path().join(BOOT_LOG)).unwrap_or_default();
-        let _ = std::fs::write(&failed, format!("{e}\n--- its console:\n{console}"));
+        record_failure(&failed, e, &work.path().join(BOOT_LOG));
         return result;
     }
     let info = json!({
@@ -358,9 +384,14 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
         .map_err(TemplateError::Vm)?;
     let uds = agent_socket(&tspec)?;
     let running = || matches!(vm.try_wait(), Ok(None));
-    // Its agent has answered Hello: the guest is idle, as every clone will find it.
+    // Its agent has answered Hello and printed the boot facts: the guest is idle, as every
+    // clone will find it. (An agent that never says the facts' end is saved all the same,
+    // its clones printing what is left.)
     let agent =
         AgentClient::connect_while(uds, BUILD_LIMIT, running).map_err(TemplateError::Agent)?;
+    if let Err(e) = vm.wait_console_line(husk_protocol::GUEST_FACTS_END_MARKER, FACTS_LIMIT) {
+        tracing::debug!("saving the template VM before its boot facts ended: {e}");
+    }
     let mut q = Qmp::connect(&qmp_path, BUILD_LIMIT).map_err(TemplateError::Qmp)?;
     q.execute("stop", json!({})).map_err(TemplateError::Qmp)?;
     let state_path = work.join(STATE);
@@ -421,6 +452,7 @@ fn restore(backend: &QemuBackend, at: &Path, spec: &VmSpec) -> Result<ProcessVm,
             _ => TemplateError::Agent(e),
         }
     })?;
+    timings::mark("VM template load");
     let macs = spec
         .taps
         .iter()
@@ -453,30 +485,47 @@ fn note_on_console(console_log: &Path, at: &Path) {
         .and_then(|mut f| f.write_all(line.as_bytes()));
 }
 
-/// Removes all but the `keep` most recently used templates under `dir`, and build
-/// directories left by a builder that died.
+/// Removes all but the `keep` most recently used templates under `dir`, build directories
+/// left by a builder that died, failures past [`FAILED_RETRY`], and the locks of keys with
+/// no template that no build used for a while.
 fn prune(dir: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let mut templates = Vec::new();
+    let mut locks = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Ok(m) = e.metadata() else { continue };
         let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let age = used.elapsed().unwrap_or_default();
         if name.starts_with(".build-") {
             // One being built holds its key's lock for at most BUILD_LIMIT twice over.
-            if used.elapsed().unwrap_or_default() > 4 * BUILD_LIMIT {
+            if age > 4 * BUILD_LIMIT {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         } else if m.is_dir() {
             templates.push((used, e.path()));
+        } else if name.ends_with(".failed") {
+            if age > FAILED_RETRY {
+                let _ = std::fs::remove_file(e.path());
+            }
+        } else if let Some(key) = name.strip_suffix(".lock") {
+            // A builder touches its lock once it holds it: an old one is no build's.
+            if age > 4 * BUILD_LIMIT {
+                locks.push((key.to_string(), e.path()));
+            }
         }
     }
     templates.sort_by_key(|t| std::cmp::Reverse(t.0));
     for (_, old) in templates.into_iter().skip(keep) {
         tracing::debug!(template = %old.display(), "removing a least recently used VM template");
         let _ = std::fs::remove_dir_all(&old);
+    }
+    for (key, lock) in locks {
+        if !dir.join(&key).exists() {
+            let _ = std::fs::remove_file(lock);
+        }
     }
 }
 

@@ -203,14 +203,40 @@ fn pruning_keeps_the_most_recently_used_and_clears_dead_builds() {
         .unwrap();
     let live = dir.path().join(".build-live");
     std::fs::create_dir(&live).unwrap();
-    std::fs::write(dir.path().join("k0.lock"), b"").unwrap();
+    let aged = |name: &str, age: Duration| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b"").unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(now - age)
+            .unwrap();
+    };
+    // A recent lock stays (a build may hold it), an old one goes unless its template is kept.
+    aged("k0.lock", Duration::ZERO);
+    aged("k1.lock", 5 * BUILD_LIMIT);
+    aged("k4.lock", 5 * BUILD_LIMIT);
+    aged("gone.lock", 5 * BUILD_LIMIT);
+    aged("new.failed", Duration::from_secs(60));
+    aged("old.failed", FAILED_RETRY + Duration::from_secs(60));
     prune(dir.path(), 2);
     let mut left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, [".build-live", "k0.lock", "k3", "k4"]);
+    assert_eq!(
+        left,
+        [
+            ".build-live",
+            "k0.lock",
+            "k3",
+            "k4",
+            "k4.lock",
+            "new.failed"
+        ]
+    );
 }
 
 #[test]
