@@ -335,9 +335,13 @@ fn prune_and_df_spare_what_a_container_uses() {
     let (Some(kernel), Some(initramfs)) = (common::kernel(test), common::initramfs(test)) else {
         return;
     };
-    let Some(h) = Husk::with_busybox(test, kernel, initramfs) else {
+    let Some(mut h) = Husk::with_busybox(test, kernel, initramfs) else {
         return;
     };
+    // system prune removes VM templates too: this root's own, not the host's.
+    let templates = h.root.path().join("vm-templates");
+    h.env
+        .push(format!("HUSK_VM_TEMPLATES={}", templates.display()));
     let other = h.root.path().join("other.tar");
     small_archive(&other, "other:1", "other\n");
     h.ok(&["load", "-i", path_str(&other)]);
@@ -351,6 +355,11 @@ fn prune_and_df_spare_what_a_container_uses() {
         (&images["TotalCount"], &images["Active"]),
         (&"2".into(), &"1".into())
     );
+    // On QEMU the run built a VM template (husk-vmm has none): all of it reclaimable.
+    let vm_templates = h.df("VM Templates");
+    let built = vm_templates["TotalCount"] == "1";
+    assert!(built || vm_templates["Size"] == "0B", "{vm_templates}");
+    assert_eq!(vm_templates["Active"], "0");
     let containers = h.df("Containers");
     assert_eq!(containers["TotalCount"], "1");
     assert_eq!(containers["Active"], "0");
@@ -374,6 +383,8 @@ fn prune_and_df_spare_what_a_container_uses() {
     assert_eq!(lines[0], "Deleted Containers:", "{out}");
     assert!(lines[1].starts_with(&short), "{out}");
     assert!(out.contains("untagged: busybox:latest\n"), "{out}");
+    assert_eq!(out.contains("Deleted VM Templates: 1\n"), built, "{out}");
+    assert_eq!(h.df("VM Templates")["TotalCount"], "0");
     assert!(h.images_json().is_empty());
     assert!(h.ok(&["ps", "-a", "-q"]).is_empty());
     assert_eq!(h.df("Containers")["Size"], "0B");

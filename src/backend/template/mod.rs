@@ -529,5 +529,7 @@ fn prune(dir: &Path, keep: usize) {
     }
 }
 
+pub mod cache;
+
 #[cfg(test)]
 mod tests;

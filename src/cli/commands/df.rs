@@ -2,13 +2,15 @@
 //! rows (TYPE TOTAL ACTIVE SIZE RECLAIMABLE). Image sizes are the bytes of the store's files
 //! each needs (manifest, config, layer blobs and layer disks, shared ones counted once), so
 //! RECLAIMABLE is what `husk image prune -a` frees; a container's size is the disk its
-//! directory takes (writable layer, logs), what removing it frees.
+//! directory takes (writable layer, logs), what removing it frees. A fifth row, `VM
+//! Templates`, is the QEMU backend's saved VMs (derived data `husk system prune` removes).
 
 use serde_json::json;
 
 use super::images::print_table;
 use super::ps;
 use super::usage::{container_size, images_in_use};
+use crate::backend::template;
 use crate::cli::images::{ago, human_size, open, rows};
 use crate::cli::{DfArgs, Error, Format, GlobalOpts};
 use crate::image::Image;
@@ -46,6 +48,9 @@ pub fn run(g: &GlobalOpts, a: DfArgs) -> Result<i32, Error> {
     let images_size = store.disk_usage(&images);
     let running = |s: &State| s.effective_status() == Status::Running;
     let sizes: Vec<u64> = containers.iter().map(|s| container_size(&rt, s)).collect();
+    let templates = template::dir_from_env()
+        .map(|d| template::cache::usage(&d))
+        .unwrap_or_default();
     let rows = [
         Row {
             kind: "Images",
@@ -65,6 +70,14 @@ pub fn run(g: &GlobalOpts, a: DfArgs) -> Result<i32, Error> {
                 .filter(|(s, _)| !running(s))
                 .map(|(_, n)| n)
                 .sum(),
+        },
+        // Derived data, none of it in use once loaded: all of it reclaimable.
+        Row {
+            kind: "VM Templates",
+            total: templates.templates,
+            active: 0,
+            size: templates.bytes,
+            reclaimable: templates.bytes,
         },
         // husk has neither; the rows are there because scripts read docker's four.
         Row {

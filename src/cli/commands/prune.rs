@@ -6,6 +6,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use super::usage::{container_size, images_in_use};
+use crate::backend::template;
 use crate::cli::images::{human_size, open};
 use crate::cli::{Error, GlobalOpts, PruneArgs};
 use crate::image::{PruneScope, Pruned, Store};
@@ -43,7 +44,10 @@ pub fn system(g: &GlobalOpts, a: PruneArgs) -> Result<i32, Error> {
     } else {
         "  - all dangling images"
     };
-    let warning = format!("WARNING! This will remove:\n  - all stopped containers\n{images}\n");
+    let warning = format!(
+        "WARNING! This will remove:\n  - all stopped containers\n{images}\n  - all VM templates \
+         (the next container of each kind builds its own again)\n"
+    );
     if !confirmed(a.force, &warning)? {
         return Ok(0);
     }
@@ -79,6 +83,17 @@ pub fn system(g: &GlobalOpts, a: PruneArgs) -> Result<i32, Error> {
         println!();
     }
     reclaimed += pruned.stats.bytes_freed;
+    if let Some(dir) = template::dir_from_env() {
+        match template::cache::remove_all(&dir) {
+            Ok(t) => {
+                if t.templates > 0 {
+                    println!("Deleted VM Templates: {}\n", t.templates);
+                }
+                reclaimed += t.bytes;
+            }
+            Err(e) => tracing::warn!("prune: VM templates in {}: {e}", dir.display()),
+        }
+    }
     println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
 }
