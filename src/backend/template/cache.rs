@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::{lock_path, FAILED_SUFFIX};
 use crate::flock::FileLock;
 
 /// Templates and the disk space they take (allocated blocks, as `du` counts).
@@ -30,7 +31,7 @@ pub fn usage(dir: &Path) -> Usage {
 pub fn remove_all(dir: &Path) -> io::Result<Usage> {
     let mut removed = Usage::default();
     for (key, path) in templates(dir) {
-        let Some(_lock) = FileLock::try_exclusive(&dir.join(format!("{key}.lock")))? else {
+        let Some(_lock) = FileLock::try_exclusive(&lock_path(dir, &key))? else {
             continue;
         };
         let bytes = dir_bytes(&path);
@@ -45,7 +46,7 @@ pub fn remove_all(dir: &Path) -> io::Result<Usage> {
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".failed") {
+            if e.file_name().to_string_lossy().ends_with(FAILED_SUFFIX) {
                 removed.bytes += e.metadata().map_or(0, |m| m.blocks() * 512);
                 let _ = std::fs::remove_file(e.path());
             }

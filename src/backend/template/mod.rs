@@ -164,7 +164,7 @@ fn restore_or_build(
     let at = dir.join(&key);
     let mut built = false;
     if !at.join(STATE).exists() {
-        let lock_path = dir.join(format!("{key}.lock"));
+        let lock_path = lock_path(dir, &key);
         let _lock = FileLock::exclusive(&lock_path).map_err(file_err("locking", &lock_path))?;
         // Another VM may have built it while this one waited for the lock.
         if !at.join(STATE).exists() {
@@ -191,9 +191,18 @@ fn restore_or_build(
     restored
 }
 
+/// What a key's build lock and its recorded failure are named after the key.
+const LOCK_SUFFIX: &str = ".lock";
+const FAILED_SUFFIX: &str = ".failed";
+
+/// The lock a build of `key` holds.
+fn lock_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}{LOCK_SUFFIX}"))
+}
+
 /// Where the last failed build of `key` is recorded.
 fn failed_path(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{key}.failed"))
+    dir.join(format!("{key}{FAILED_SUFFIX}"))
 }
 
 /// Records why `key` failed at `failed`, then the console of the VM it failed in (QEMU's own
@@ -506,11 +515,11 @@ fn prune(dir: &Path, keep: usize) {
             }
         } else if m.is_dir() {
             templates.push((used, e.path()));
-        } else if name.ends_with(".failed") {
+        } else if name.ends_with(FAILED_SUFFIX) {
             if age > FAILED_RETRY {
                 let _ = std::fs::remove_file(e.path());
             }
-        } else if let Some(key) = name.strip_suffix(".lock") {
+        } else if let Some(key) = name.strip_suffix(LOCK_SUFFIX) {
             // A builder touches its lock once it holds it: an old one is no build's.
             if age > 4 * BUILD_LIMIT {
                 locks.push((key.to_string(), e.path()));
