@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -73,7 +74,7 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
     );
     let made = templates(dir.path());
     assert_eq!(made.len(), 1, "one template: {made:?}");
-    for f in ["state", "boot.log", "template.json"] {
+    for f in ["state", "ram", "boot.log", "template.json"] {
         assert!(made[0].join(f).is_file(), "{f} in {}", made[0].display());
     }
     let boot = std::fs::read_to_string(made[0].join("boot.log")).unwrap();
@@ -120,6 +121,23 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
         String::from_utf8_lossy(&out.stderr)
     );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Two clones at once: the pages of the template's RAM they only read are one copy,
+    // mapped by both (the keeper's sealed memfd; src/backend/template/ram.rs).
+    let other = h
+        .ok(&["run", "-d", "busybox", "sleep", "60"])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    for c in [&id, &other] {
+        let pid = h.state(c)["pid"]["pid"].as_u64().unwrap();
+        let (rss, shared) = template_ram_kib(pid as u32);
+        assert!(
+            rss > 1024 && shared * 2 > rss,
+            "{c}: QEMU {pid} maps the template's RAM ({rss} KiB resident), mostly shared \
+             with the other clone ({shared} KiB)"
+        );
+    }
+    let _ = h.run(&["rm", "-f", &other]);
     let console = h
         .root
         .path()
@@ -134,6 +152,68 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
         .unwrap_or_else(|| panic!("no account of the restore in {log}"));
     assert!(said.contains("disks: [vda kept, vdb re-read]"), "{said}");
     assert!(!log.contains("FACT "), "{log}");
+
+    // The template's RAM on disk holds only what its guest wrote; its keeper leaves with it.
+    let ram = std::fs::metadata(made[0].join("ram")).unwrap();
+    assert!(ram.blocks() * 512 < ram.len() / 4, "sparse: {ram:?}");
+    let keepers = keepers_of(&made[0]);
+    assert_eq!(keepers.len(), 1, "one keeper serves the template");
+    std::fs::remove_dir_all(&made[0]).unwrap();
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", keepers[0])).exists() {
+        assert!(
+            std::time::Instant::now() < gone,
+            "the keeper outlived its template"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The template RAM QEMU `pid` maps: (resident KiB, KiB of it shared with another process).
+fn template_ram_kib(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    let (mut rss, mut shared) = (0, 0);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.contains("/memfd:husk-template-ram");
+            continue;
+        }
+        let kib = || {
+            words
+                .clone()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match first {
+            "Rss:" if inside => rss += kib(),
+            "Shared_Clean:" | "Shared_Dirty:" if inside => shared += kib(),
+            _ => {}
+        }
+    }
+    (rss, shared)
+}
+
+/// The husk-template-ram processes holding the template directory `at`.
+fn keepers_of(at: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("husk-template-ram")
+                && std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|fds| {
+                        fds.flatten()
+                            .any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l == at))
+                    })
+                    .unwrap_or(false)
+        })
+        .collect()
 }
 
 #[test]

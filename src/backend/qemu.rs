@@ -172,17 +172,34 @@ pub fn find_qemu(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
 pub enum Boot<'a> {
     /// Boots the kernel.
     Cold,
-    /// Boots the kernel into a VM template ([`template`](super::template)): guest RAM
-    /// anonymous (saved into the template's state), NICs on a hub with nothing else on it, a
-    /// QMP socket at `qmp` to stop and save it through.
+    /// Boots the kernel into a VM template ([`template`](super::template)): guest RAM the
+    /// memfd at [`RAM_FD`], shared (the template's RAM once saved), NICs on a hub with
+    /// nothing else on it, a QMP socket at `qmp` to stop and save it through.
     Template { qmp: &'a Path },
-    /// Loads a template's saved state from descriptor [`STATE_FD`] and runs it: no boot.
+    /// Runs a template's saved VM, no boot: guest RAM the template's sealed memfd at
+    /// [`RAM_FD`], private (copy on write), the device state loaded from [`STATE_FD`] once
+    /// QMP at [`QMP_FD`] asks (`migrate-incoming`, after `x-ignore-shared` is set).
     Restore,
 }
 
-/// The descriptor a restored QEMU reads its template's state from (`-incoming fd:N`): high,
-/// below the TAPs' ([`tap_fd_number`]).
+/// The descriptor a restored QEMU reads its template's state from (`migrate-incoming
+/// fd:N`): high, below the TAPs' ([`tap_fd_number`]).
 pub const STATE_FD: i32 = 199;
+/// The guest RAM's memfd in a template VM or a clone (`mem-path=/proc/self/fd/N`).
+pub const RAM_FD: i32 = 198;
+/// A clone's end of the QMP link husk drives its restore through.
+pub const QMP_FD: i32 = 197;
+
+/// What a template VM's or a clone's QEMU inherits besides its disks and TAPs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Inherit<'a> {
+    /// The guest RAM's memfd, at [`RAM_FD`].
+    pub ram: Option<&'a std::fs::File>,
+    /// The saved state a clone loads, at [`STATE_FD`].
+    pub state: Option<&'a std::fs::File>,
+    /// QEMU's end of a clone's QMP link, at [`QMP_FD`].
+    pub qmp: Option<&'a std::os::unix::net::UnixStream>,
+}
 
 /// The full QEMU command line for `spec` (everything after the program name).
 /// `agent_link` is husk-agent-mux's link socket when the spec has vsock; `fs_sockets` holds
@@ -212,11 +229,21 @@ pub fn args(
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     // Shared so virtiofsd can map the virtqueues; cheap enough to use always. A template's
-    // and a clone's RAM is anonymous: saved into the template's state and loaded from it, no
-    // page of it shared with another process (a template VM never has a shared directory).
+    // RAM is a memfd of husk's, shared, so that it holds the guest's RAM once the VM is
+    // saved (and the saved state need not); a clone maps the template's sealed memfd
+    // private: pages it reads are the template's, pages it writes its own copies.
     let memory = match boot {
-        Boot::Cold => "memory-backend-memfd,id=mem,size={}M,share=on",
-        Boot::Template { .. } | Boot::Restore => "memory-backend-ram,id=mem,size={}M",
+        Boot::Cold => "memory-backend-memfd,id=mem,size={}M,share=on".to_string(),
+        Boot::Template { .. } => {
+            format!(
+                "memory-backend-file,id=mem,size={{}}M,share=on,mem-path=/proc/self/fd/{RAM_FD}"
+            )
+        }
+        Boot::Restore => {
+            format!(
+                "memory-backend-file,id=mem,size={{}}M,share=off,mem-path=/proc/self/fd/{RAM_FD}"
+            )
+        }
     };
     push(&[
         "-object",
@@ -346,7 +373,16 @@ pub fn args(
             "-global",
             "migration.store-global-state=off",
         ]),
-        Boot::Restore => push(&["-incoming", &format!("fd:{STATE_FD}")]),
+        // Its state loaded only once QMP has set `x-ignore-shared` (the saved state has no
+        // RAM; QEMU 7.2 has no command-line switch for it).
+        Boot::Restore => push(&[
+            "-chardev",
+            &format!("socket,id=qmp,fd={QMP_FD}"),
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-incoming",
+            "defer",
+        ]),
     }
     a
 }
@@ -373,18 +409,22 @@ impl VmBackend for QemuBackend {
         if let Some(vm) = template::start_from_template(self, spec) {
             return Ok(Box::new(vm));
         }
-        Ok(Box::new(self.launch(spec, Boot::Cold, None)?))
+        Ok(Box::new(self.launch(
+            spec,
+            Boot::Cold,
+            Inherit::default(),
+        )?))
     }
 }
 
 impl QemuBackend {
-    /// Starts QEMU and its helpers for `spec`, booting as `boot` says; `state`: the template
-    /// state a [`Boot::Restore`] loads (QEMU inherits it as [`STATE_FD`]).
+    /// Starts QEMU and its helpers for `spec`, booting as `boot` says; `inherit`: what a
+    /// template VM or a clone gets besides its disks and TAPs.
     pub(super) fn launch(
         &self,
         spec: &VmSpec,
         boot: Boot<'_>,
-        state: Option<&std::fs::File>,
+        inherit: Inherit<'_>,
     ) -> Result<ProcessVm, Error> {
         let log = child::open_console_log(&spec.console_log)?;
         let mut leftovers = Leftovers::default();
@@ -489,7 +529,7 @@ impl QemuBackend {
             Boot::Cold => Vec::new(),
             Boot::Template { .. } | Boot::Restore => disk_fds(spec)?,
         };
-        pass_fds(&mut cmd, spec, state, &disks);
+        pass_fds(&mut cmd, spec, inherit, &disks);
         let qemu = confined::spawn(
             &self.qemu.display().to_string(),
             &mut cmd,
@@ -579,7 +619,7 @@ pub fn tap_fd_number(i: usize) -> i32 {
 
 /// The descriptors disk `i` comes as to a saved or restored VM, with whether each is
 /// writable: read-write and read-only for a writable disk, read-only for a read-only one.
-/// Below [`STATE_FD`], clear of the stdio and the few a spawn keeps.
+/// Below [`QMP_FD`], clear of the stdio and the few a spawn keeps.
 fn disk_fd_numbers(i: usize, read_only: bool) -> Vec<(i32, bool)> {
     let base = 100 + 2 * i as i32;
     match read_only {
@@ -608,12 +648,12 @@ fn disk_fds(spec: &VmSpec) -> Result<Vec<(std::fs::File, i32)>, Error> {
     Ok(fds)
 }
 
-/// Makes the pre-opened TAP fds of `spec` appear in QEMU at [`tap_fd_number`], `state` at
-/// [`STATE_FD`] and `disks` at their numbers, inheritable.
+/// Makes the pre-opened TAP fds of `spec` appear in QEMU at [`tap_fd_number`], `inherit`'s
+/// at theirs and `disks` at their numbers, inheritable.
 fn pass_fds(
     cmd: &mut Command,
     spec: &VmSpec,
-    state: Option<&std::fs::File>,
+    inherit: Inherit<'_>,
     disks: &[(std::fs::File, i32)],
 ) {
     use std::os::fd::AsRawFd;
@@ -623,7 +663,9 @@ fn pass_fds(
         .iter()
         .enumerate()
         .filter_map(|(i, t)| t.fd.as_ref().map(|f| (f.0.as_raw_fd(), tap_fd_number(i))))
-        .chain(state.map(|f| (f.as_raw_fd(), STATE_FD)))
+        .chain(inherit.state.map(|f| (f.as_raw_fd(), STATE_FD)))
+        .chain(inherit.ram.map(|f| (f.as_raw_fd(), RAM_FD)))
+        .chain(inherit.qmp.map(|s| (s.as_raw_fd(), QMP_FD)))
         .chain(disks.iter().map(|(f, n)| (f.as_raw_fd(), *n)))
         .collect();
     let above = fds.iter().map(|&(_, to)| to + 1).max().unwrap_or(0);

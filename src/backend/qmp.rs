@@ -65,6 +65,13 @@ impl Qmp {
                 }
             }
         };
+        Qmp::over(stream, timeout)
+    }
+
+    /// Enters command mode over `stream`, an already connected QMP link (QEMU's other end
+    /// inherited as `-chardev socket,fd=N`): reads the greeting and leaves negotiation. Each
+    /// read waits at most `timeout`.
+    pub fn over(stream: UnixStream, timeout: Duration) -> Result<Qmp, QmpError> {
         stream
             .set_read_timeout(Some(timeout))
             .map_err(QmpError::Io)?;

@@ -82,6 +82,11 @@ impl IdLease {
     pub fn lock_fd(&self) -> RawFd {
         self.lock.as_raw_fd()
     }
+
+    /// The lock itself: a process handed a duplicate holds the lease as long as it lives.
+    pub fn lock_file(&self) -> &File {
+        &self.lock
+    }
 }
 
 fn id_base() -> u32 {

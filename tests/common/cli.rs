@@ -256,7 +256,10 @@ pub fn check_timings(err: &str, wall: Duration) {
         .filter(|n| {
             !matches!(
                 *n,
-                "VM template build" | "VM template load" | "VM template restore"
+                "VM template build"
+                    | "VM template RAM"
+                    | "VM template load"
+                    | "VM template restore"
             )
         })
         .collect();

@@ -3,13 +3,16 @@
 //!
 //! Under TCG a boot costs most of `husk run`; restoring a booted VM costs about a quarter of
 //! it (measured by `scripts/bench/template.py`). A template is one VM booted, given the same
-//! devices as the containers it serves, stopped once its agent answered `Hello`, and saved
-//! (QMP `migrate` into a file: device state and the RAM the guest wrote, zero pages left out).
-//! A container's VM then starts QEMU with the same command line plus `-incoming fd:N`, the
-//! file inherited read-only: QEMU loads it into anonymous memory of its own and runs. No clone
-//! maps a file another clone maps, so a guest that took over its QEMU can change nothing
-//! any other VM loads (a shared RAM file would have to be writable by every clone: QEMU 7.2
-//! opens `mem-path` read-write even with `share=off`).
+//! devices as the containers it serves, stopped once its agent answered `Hello`, and saved:
+//! its guest RAM, a memfd of husk's mapped shared, into the template's sparse `ram` file;
+//! its device state (QMP `migrate` with `x-ignore-shared`, no RAM in it) into `state`. A
+//! container's VM then starts QEMU with the same command line, its RAM the template's RAM
+//! mapped private, and loads the device state (`migrate-incoming`, over a QMP link QEMU
+//! inherits). The RAM is one sealed memfd per template ([`ram`]), kept by a
+//! `husk-template-ram` process and mapped by every clone: what a clone only reads is one
+//! copy in host memory for all of them, what it writes its own. Sealed (no write, no
+//! resize), so a guest that took over its QEMU (which opens its RAM read-write) can change
+//! nothing another clone maps.
 //!
 //! What a clone's guest must not keep from its template is fixed by the agent's `Restored`
 //! request, sent before anything else: the wall clock, the CRNG (reseeded from host
@@ -30,6 +33,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,7 +41,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::process_vm::ProcessVm;
-use super::qemu::{self, Boot, QemuBackend};
+use super::qemu::{self, Boot, Inherit, QemuBackend};
 use super::qmp::{Qmp, QmpError};
 use super::{layer_disk, Error, TapSpec, VmHandle, VmSpec, VsockSpec};
 use crate::agent::{self, AgentClient};
@@ -51,7 +55,7 @@ pub const DEFAULT_DIR: &str = "/var/cache/husk/vm-templates";
 /// The templates kept; building one more removes the least recently used.
 pub const KEEP: usize = 8;
 /// Bumped when what a template holds or how it is restored changes.
-const FORMAT: &str = "husk-vm-template-1";
+const FORMAT: &str = "husk-vm-template-2";
 /// A template's saved state, its boot console and what it was built from.
 const STATE: &str = "state";
 const BOOT_LOG: &str = "boot.log";
@@ -83,6 +87,10 @@ pub enum TemplateError {
     Qmp(#[source] QmpError),
     #[error("saving the template VM: {0}")]
     Save(String),
+    #[error("the template's RAM: {0}")]
+    Ram(#[source] ram::RamError),
+    #[error("loading the template VM: {0}")]
+    Load(#[source] QmpError),
     #[error(
         "building template {key} failed {ago} s ago ({reason}); not tried again before {retry} s"
     )]
@@ -386,8 +394,13 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
             .map_err(file_err("creating", &t.path))?;
     }
     let qmp_path = work.join("qmp.sock");
+    let memory = ram::new_memfd(ram_len(spec)).map_err(TemplateError::Ram)?;
+    let inherit = Inherit {
+        ram: Some(&memory),
+        ..Inherit::default()
+    };
     let vm = backend
-        .launch(&tspec, Boot::Template { qmp: &qmp_path }, None)
+        .launch(&tspec, Boot::Template { qmp: &qmp_path }, inherit)
         .map_err(TemplateError::Vm)?;
     vm.wait_vsock_ready(BUILD_LIMIT)
         .map_err(TemplateError::Vm)?;
@@ -403,6 +416,7 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
     }
     let mut q = Qmp::connect(&qmp_path, BUILD_LIMIT).map_err(TemplateError::Qmp)?;
     q.execute("stop", json!({})).map_err(TemplateError::Qmp)?;
+    ignore_shared_ram(&mut q).map_err(TemplateError::Qmp)?;
     let state_path = work.join(STATE);
     let state = File::create(&state_path).map_err(file_err("creating", &state_path))?;
     q.pass_fd("state", &state).map_err(TemplateError::Qmp)?;
@@ -433,6 +447,9 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
     let _ = vm.kill();
     let _ = std::fs::remove_file(&qmp_path);
     state.sync_all().map_err(file_err("writing", &state_path))?;
+    // The guest is stopped: its RAM is what every clone starts from.
+    let saved = ram::save(&memory, &work.join(ram::RAM_FILE)).map_err(TemplateError::Ram)?;
+    tracing::debug!(bytes = saved, "template RAM saved");
     for t in &tspec.disks {
         let _ = std::fs::remove_file(&t.path);
     }
@@ -444,10 +461,28 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
 fn restore(backend: &QemuBackend, at: &Path, spec: &VmSpec) -> Result<ProcessVm, TemplateError> {
     let state_path = at.join(STATE);
     let state = File::open(&state_path).map_err(file_err("opening", &state_path))?;
+    let keeper = super::husk_vmm::find_husk_binary(ram::KEEPER_PROGRAM, ram::KEEPER_ENV).ok();
+    let memory = ram::obtain(at, ram_len(spec), keeper.as_deref()).map_err(TemplateError::Ram)?;
+    timings::mark("VM template RAM");
+    let (qmp, qemu_end) = UnixStream::pair().map_err(|e| TemplateError::Load(QmpError::Io(e)))?;
+    let inherit = Inherit {
+        ram: Some(&memory),
+        state: Some(&state),
+        qmp: Some(&qemu_end),
+    };
     let vm = backend
-        .launch(spec, Boot::Restore, Some(&state))
+        .launch(spec, Boot::Restore, inherit)
         .map_err(TemplateError::Vm)?;
-    drop(state);
+    drop((state, memory, qemu_end));
+    let load = || -> Result<(), QmpError> {
+        let mut q = Qmp::over(qmp, RESTORE_LIMIT)?;
+        ignore_shared_ram(&mut q)?;
+        let uri = format!("fd:{}", qemu::STATE_FD);
+        q.execute("migrate-incoming", json!({ "uri": uri }))?;
+        Ok(())
+    };
+    // QEMU loads the state after this answer, and runs the guest once loaded; QMP closed.
+    load().map_err(TemplateError::Load)?;
     note_on_console(&spec.console_log, at);
     let uds = agent_socket(spec)?;
     let running = || matches!(vm.try_wait(), Ok(None));
@@ -479,6 +514,19 @@ fn restore(backend: &QemuBackend, at: &Path, spec: &VmSpec) -> Result<ProcessVm,
     let _ = File::open(at).and_then(|f| f.set_modified(SystemTime::now()));
     timings::mark("VM template restore");
     Ok(vm)
+}
+
+/// The bytes of guest RAM of `spec`'s VM.
+fn ram_len(spec: &VmSpec) -> u64 {
+    u64::from(spec.memory_mib) << 20
+}
+
+/// Leaves the guest's RAM out of the saved state, or expects it left out when loading: it
+/// is the template's memfd, shared ([`ram`]).
+fn ignore_shared_ram(q: &mut Qmp) -> Result<(), QmpError> {
+    let caps = json!([{ "capability": "x-ignore-shared", "state": true }]);
+    q.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
+        .map(drop)
 }
 
 /// Says on the VM's console where its boot log is: this guest never booted.
@@ -539,6 +587,7 @@ fn prune(dir: &Path, keep: usize) {
 }
 
 pub mod cache;
+pub mod ram;
 
 #[cfg(test)]
 mod tests;

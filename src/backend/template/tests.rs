@@ -137,7 +137,7 @@ fn a_template_vm_has_the_same_devices_with_its_own_files_and_macs() {
     assert_eq!(t.taps[0].mac, template_mac(0));
     assert!(t.taps[0].fd.is_none());
     assert_eq!(t.console_log, work.join(BOOT_LOG));
-    // The template's command line: hub NICs, anonymous RAM, a QMP socket.
+    // The template's command line: hub NICs, RAM husk's memfd shared, a QMP socket.
     let qmp = work.join("qmp.sock");
     let a = qemu::args(
         &t,
@@ -150,14 +150,30 @@ fn a_template_vm_has_the_same_devices_with_its_own_files_and_macs() {
     )
     .join(" ");
     assert!(a.contains("-netdev hubport,id=net0,hubid=0"), "{a}");
-    assert!(a.contains("memory-backend-ram,id=mem"), "{a}");
+    let fd = qemu::RAM_FD;
+    assert!(
+        a.contains(&format!(
+            "memory-backend-file,id=mem,size=256M,share=on,mem-path=/proc/self/fd/{fd}"
+        )),
+        "{a}"
+    );
     assert!(
         a.contains(&format!("-qmp unix:{},server=on,wait=off", qmp.display())),
         "{a}"
     );
     let r = qemu::args(&s, qemu::Accel::Tcg, None, None, &[], None, Boot::Restore).join(" ");
+    // A clone's: the template's memfd private, its state loaded when QMP (inherited) asks.
     assert!(
-        r.contains(&format!("-incoming fd:{}", qemu::STATE_FD)),
+        r.contains(&format!(
+            "memory-backend-file,id=mem,size=256M,share=off,mem-path=/proc/self/fd/{fd}"
+        )),
+        "{r}"
+    );
+    let qmp_fd = qemu::QMP_FD;
+    assert!(
+        r.contains(&format!(
+            "-chardev socket,id=qmp,fd={qmp_fd} -mon chardev=qmp,mode=control -incoming defer"
+        )),
         "{r}"
     );
     assert!(r.contains("-netdev tap,id=net0,ifname=tap-c"), "{r}");
