@@ -116,3 +116,40 @@ def container_pids(root, cid):
         return v.get("pid") if isinstance(v, dict) else v
 
     return pid_of(state.get("monitor") or {}), pid_of(state.get("pid") or {})
+
+
+def template_ram_kept_kib():
+    """Resident KiB of the VM templates' RAM held by the husk-template-ram keepers of husk's
+    templates directory ($HUSK_VM_TEMPLATES or the default; sealed memfds): shared by every
+    clone of a template, in a clone's PSS only for the pages it maps, so counted here once for
+    all of them."""
+    templates = os.environ.get("HUSK_VM_TEMPLATES", "/var/cache/husk/vm-templates")
+    total = 0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            if b"husk-template-ram" not in open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0]:
+                continue
+            links = {fd: os.readlink(f"/proc/{p}/fd/{fd}") for fd in os.listdir(f"/proc/{p}/fd")}
+            if not any(l.startswith(templates + "/") for l in links.values()):
+                continue
+            for fd in links:
+                if not os.readlink(f"/proc/{p}/fd/{fd}").startswith("/memfd:husk-template-ram"):
+                    continue
+                f = os.open(f"/proc/{p}/fd/{fd}", os.O_RDONLY)
+                try:
+                    end, at = os.fstat(f).st_size, 0
+                    while at < end:
+                        try:
+                            data = os.lseek(f, at, os.SEEK_DATA)
+                        except OSError:
+                            break
+                        hole = os.lseek(f, data, os.SEEK_HOLE)
+                        total += (hole - data) // 1024
+                        at = hole
+                finally:
+                    os.close(f)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total

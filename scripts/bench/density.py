@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from common import (comm, container_pids, cpu_seconds, log, mem_available_mib, smaps_rollup,
+                    template_ram_kept_kib,
                     tree)
 
 IDLE_CPU_WINDOW_S = 10
@@ -74,6 +75,7 @@ def measure(base, root, ids, batch):
     time.sleep(IDLE_CPU_WINDOW_S)
     m["cpu"] = (sum(cpu_seconds(p) for p in vmm_pids) - c0) / IDLE_CPU_WINDOW_S
     m["pss_kib"], m["per_comm"] = pss, per_comm
+    m["kept_kib"] = template_ram_kept_kib()
     return m
 
 
@@ -93,6 +95,10 @@ def row(n, backend, ids, errors, m, mem_before, t_start, t_rm):
             f"{parts}; MemAvailable {mem_before:.0f} -> {m['mem_after']:.0f} MiB "
             f"({(mem_before - m['mem_after']) / k:.1f} MiB per container); idle VMMs use "
             f"{m['cpu'] * 100:.0f} % of a CPU in all")
+    if m["kept_kib"]:
+        note += (f"; VM templates' RAM kept by husk-template-ram {m['kept_kib'] / 1024:.1f} MiB "
+                 f"(mapped pages already in the PSS; all of it spread over the containers: "
+                 f"{(m['pss_kib'] + m['kept_kib']) / 1024 / k:.1f} MiB per container at most)")
     if errors:
         note += f"; first start failure: {errors[0]}"
     if m["exec_errors"]:

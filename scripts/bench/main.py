@@ -14,7 +14,7 @@ import density
 import parallel
 import podman
 import template
-from common import comm, container_pids, guest_ram_pss, log, smaps_rollup, stats, timed, tree
+from common import comm, container_pids, guest_ram_pss, log, smaps_rollup, stats, template_ram_kept_kib, timed, tree
 
 runs, husk, work, bundle, kernel, initramfs = int(sys.argv[1]), *sys.argv[2:7]
 backends = sys.argv[7:]
@@ -162,9 +162,12 @@ for b in backends:
             parts.append(f"{name} {kv['Pss'] / 1024:.1f}")
             if name.startswith(("qemu", "husk-vmm")):
                 vmm_pss[b] = kv["Pss"]
+        kept = template_ram_kept_kib() if b == "qemu" else 0
     finally:
         subprocess.run([husk, "--root", root, "rm", "-f", cid], check=True, stdout=subprocess.DEVNULL)
-    rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {b} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)} |")
+    kept_note = (f"; VM templates' RAM kept by husk-template-ram on the host {kept / 1024:.1f} MiB "
+                 "(one copy for every clone; the pages this one maps are in its PSS)" if kept else "")
+    rows.append(f"| idle container host memory (`husk run -d busybox sleep 1000`) | {b} | PSS {tot_pss / 1024:.1f} MiB | RSS {tot_rss / 1024:.1f} MiB | PSS MiB: {', '.join(parts)}{kept_note} |")
     rows.append(f"| idle container host memory beyond the guest's own pages | {b} | PSS {(tot_pss - ram_pss) / 1024:.1f} MiB | | the guest touched {ram_pss / 1024:.1f} MiB of its {GUEST_MIB} MiB; goal: QEMU/TCG all in ≤ 40 MiB, husk-vmm ≤ 5 MiB beyond the guest's |")
 if "husk" in vmm_pss and "qemu" in vmm_pss:
     rows.append(f"| VMM process PSS of an idle container, husk-vmm / QEMU | both | {vmm_pss['husk'] / vmm_pss['qemu']:.2f}x | | guest pages it touched included |")
