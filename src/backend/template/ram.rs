@@ -241,12 +241,14 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
         "leasing an id in",
         Path::new(launch::ID_LEASE_DIR),
     ))?;
-    let sock_path = at.join(SOCKET);
-    let _ = std::fs::remove_file(&sock_path);
-    let listener = UnixListener::bind(&sock_path).map_err(file_err("binding", &sock_path))?;
+    // The identity first: a clone that connects as soon as the socket is bound checks the
+    // memfd it gets against it.
     let id_path = at.join(ID_FILE);
     let id = identity(memfd).map_err(RamError::Memfd)?;
     write_atomically(&id_path, id.as_bytes()).map_err(file_err("writing", &id_path))?;
+    let sock_path = at.join(SOCKET);
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path).map_err(file_err("binding", &sock_path))?;
     let dir = File::open(at).map_err(file_err("opening", at))?;
     let fds: [(OwnedFd, i32); 4] = [
         (dup(memfd)?, KEEPER_RAM_FD),
