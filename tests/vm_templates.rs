@@ -158,6 +158,29 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
     assert!(ram.blocks() * 512 < ram.len() / 4, "sparse: {ram:?}");
     let keepers = keepers_of(&made[0]);
     assert_eq!(keepers.len(), 1, "one keeper serves the template");
+    // It holds nothing of husk's but what it was given, blocks no signal and runs as an id
+    // of its own with no capability.
+    let k = keepers[0];
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{k}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|f| f.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(
+        fds,
+        [0, 1, 2, 100, 101, 102, 103],
+        "the keeper's descriptors"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap();
+    for want in [
+        "SigBlk:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ] {
+        assert!(status.contains(want), "{want} in {status}");
+    }
+    assert!(!status.contains("Uid:\t0\t"), "{status}");
     std::fs::remove_dir_all(&made[0]).unwrap();
     let gone = std::time::Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{}", keepers[0])).exists() {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,6 +12,43 @@ use std::sync::{Arc, Mutex};
 
 use super::Error;
 use crate::util::fs::{is_executable, which};
+
+/// Makes each `(from, to)` of `fds` descriptor `to` of `cmd`'s child, inheritable; the
+/// parent must keep every `from` open until the spawn returns. Runs between fork and exec
+/// after any `pre_exec` registered before it.
+pub(super) fn inherit_fds(cmd: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    use std::os::unix::process::CommandExt;
+    if fds.is_empty() {
+        return;
+    }
+    let above = fds.iter().map(|&(_, to)| to + 1).max().unwrap_or(0);
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec, on
+    // descriptors the parent keeps open until the spawn returns (the caller's promise).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Every source first moved above every target (close-on-exec), so that placing
+            // one cannot overwrite another not yet placed; dup2 then clears close-on-exec.
+            // Just above the highest target: F_DUPFD fails past the open-files limit (1024
+            // by default).
+            let mut moved = [0 as RawFd; 64];
+            if fds.len() > moved.len() {
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            for (m, &(from, _)) in moved.iter_mut().zip(&fds) {
+                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, above);
+                if *m < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&m, &(_, to)) in moved.iter().zip(&fds) {
+                if libc::dup2(m, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
 
 /// A child process that any thread may wait for or kill through `&self`.
 ///

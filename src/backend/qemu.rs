@@ -657,7 +657,6 @@ fn pass_fds(
     disks: &[(std::fs::File, i32)],
 ) {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let fds: Vec<(i32, i32)> = spec
         .taps
         .iter()
@@ -668,36 +667,7 @@ fn pass_fds(
         .chain(inherit.qmp.map(|s| (s.as_raw_fd(), QMP_FD)))
         .chain(disks.iter().map(|(f, n)| (f.as_raw_fd(), *n)))
         .collect();
-    let above = fds.iter().map(|&(_, to)| to + 1).max().unwrap_or(0);
-    if fds.is_empty() {
-        return;
-    }
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec; the fds
-    // stay open in the parent (the spec and the caller hold them) until the spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Every source first moved above every target (close-on-exec), so that placing
-            // one cannot overwrite another not yet placed; dup2 then clears close-on-exec.
-            // Just above the highest target: F_DUPFD fails past the open-files limit (1024
-            // by default).
-            let mut moved = [0i32; 64];
-            if fds.len() > moved.len() {
-                return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
-            }
-            for (m, &(from, _)) in moved.iter_mut().zip(&fds) {
-                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, above);
-                if *m < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (&m, &(_, to)) in moved.iter().zip(&fds) {
-                if libc::dup2(m, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    child::inherit_fds(cmd, fds);
 }
 
 fn is_elf(kernel: &Path) -> bool {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
+use crate::backend::child;
 use crate::confine::launch;
 use crate::flock::FileLock;
 
@@ -268,14 +269,11 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
         .stderr(Stdio::null())
         .uid(lease.ids.uid)
         .gid(lease.ids.gid);
-    let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    // SAFETY: only async-signal-safe calls (sigprocmask, setsid, prctl, fcntl, dup2,
-    // close_range) between fork and exec (run after the switch to the leased id, whose groups std clears); `fds` stay open
-    // in the parent until the spawn returns.
+    // SAFETY: only async-signal-safe calls (sigprocmask, setsid, prctl) between fork and exec
+    // (run after the switch to the leased id, whose groups std clears).
     unsafe {
-        cmd.pre_exec(move || {
-            // It outlives husk: none of husk's blocked signals, none of the descriptors
-            // husk inherited (a pipe of whoever ran husk would otherwise stay open).
+        cmd.pre_exec(|| {
+            // It outlives husk: none of husk's blocked signals.
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -283,22 +281,21 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // Sources above every target first, so no dup2 overwrites one not yet placed.
-            let mut moved = [0i32; 4];
-            for (m, &(from, _)) in moved.iter_mut().zip(&raw) {
-                *m = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, KEEPER_LEASE_FD + 1);
-                if *m < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            for (&m, &(_, to)) in moved.iter().zip(&raw) {
-                if libc::dup2(m, to) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // Everything else closed at exec (close-on-exec, not closed now: the spawn's own
-            // pipe still reports a failed exec).
-            let cloexec = |from: i32, to: u32| {
+            Ok(())
+        });
+    }
+    // `fds` stay open here until the spawn returns.
+    child::inherit_fds(
+        &mut cmd,
+        fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect(),
+    );
+    // SAFETY: close_range only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Nothing else of husk's (a pipe of whoever ran husk would stay open for as long
+            // as the keeper lives): close-on-exec rather than closed now, so the spawn's own
+            // pipe still reports a failed exec.
+            let cloexec = |from: i32, to: libc::c_uint| {
                 libc::syscall(
                     libc::SYS_close_range,
                     from as libc::c_uint,
@@ -306,7 +303,7 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
                     libc::CLOSE_RANGE_CLOEXEC,
                 )
             };
-            if cloexec(3, (KEEPER_RAM_FD - 1) as u32) != 0
+            if cloexec(3, (KEEPER_RAM_FD - 1) as libc::c_uint) != 0
                 || cloexec(KEEPER_LEASE_FD + 1, libc::c_uint::MAX) != 0
             {
                 return Err(io::Error::last_os_error());
@@ -314,10 +311,10 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(file_err("starting", program))?;
-    tracing::debug!(pid = child.id(), template = %at.display(), "template RAM keeper started");
+    let mut keeper = cmd.spawn().map_err(file_err("starting", program))?;
+    tracing::debug!(pid = keeper.id(), template = %at.display(), "template RAM keeper started");
     // Reaped here if it leaves while this process lives; else by whoever inherits it.
-    std::thread::spawn(move || child.wait());
+    std::thread::spawn(move || keeper.wait());
     Ok(())
 }
 
