@@ -1,4 +1,5 @@
-//! Files and programs: [`which`], [`write_atomic`], [`create_private_dir`] and [`sparse_copy`].
+//! Files and programs: [`which`], [`write_atomic`], [`create_private_dir`], [`sparse_copy`]
+//! and [`data_extents`].
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -96,22 +97,8 @@ pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
     }
     let len = src.metadata()?.len();
     dst.set_len(len)?;
-    let mut at: i64 = 0;
-    while (at as u64) < len {
-        // SAFETY: lseek on an fd we own moves only that file's offset.
-        let data = unsafe { libc::lseek(s, at, libc::SEEK_DATA) };
-        if data < 0 {
-            match io::Error::last_os_error() {
-                // No data after `at`: the rest is a hole, already there.
-                e if e.raw_os_error() == Some(libc::ENXIO) => break,
-                e => return Err(e),
-            }
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    for extent in data_extents(src, len)? {
+        let (data, hole) = (extent.start as i64, extent.end as i64);
         let (mut from, mut to) = (data, data);
         while from < hole {
             // SAFETY: copy_file_range between two fds we own, with offsets in live locals it
@@ -137,9 +124,39 @@ pub fn sparse_copy(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
                 }
             }
         }
-        at = hole;
     }
     Ok(())
+}
+
+/// Where `f` holds data in its first `len` bytes, in order (`SEEK_DATA` / `SEEK_HOLE`):
+/// the rest are holes, which read as zeros.
+pub fn data_extents(f: &std::fs::File, len: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+    use std::os::fd::AsRawFd;
+    let seek = |at: u64, whence| {
+        // SAFETY: lseek on a descriptor `f` keeps open moves only that file's offset.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+        match r {
+            r if r >= 0 => Ok(Some(r as u64)),
+            _ => match io::Error::last_os_error() {
+                // No data after `at`: the rest is a hole.
+                e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+                e => Err(e),
+            },
+        }
+    };
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let Some(data) = seek(at, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        if data < hole {
+            extents.push(data..hole);
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(extents)
 }
 
 /// Copies bytes `from..to` of `src` to the same offsets of `dst` (already at least `to` long)

@@ -461,8 +461,8 @@ fn save_template(backend: &QemuBackend, work: &Path, spec: &VmSpec) -> Result<()
 fn restore(backend: &QemuBackend, at: &Path, spec: &VmSpec) -> Result<ProcessVm, TemplateError> {
     let state_path = at.join(STATE);
     let state = File::open(&state_path).map_err(file_err("opening", &state_path))?;
-    let keeper = super::husk_vmm::find_husk_binary(ram::KEEPER_PROGRAM, ram::KEEPER_ENV).ok();
-    let memory = ram::obtain(at, ram_len(spec), keeper.as_deref()).map_err(TemplateError::Ram)?;
+    let keeper = || super::husk_vmm::find_husk_binary(ram::KEEPER_PROGRAM, ram::KEEPER_ENV).ok();
+    let memory = ram::obtain(at, ram_len(spec), keeper).map_err(TemplateError::Ram)?;
     timings::mark("VM template RAM");
     let (qmp, qemu_end) = UnixStream::pair().map_err(|e| TemplateError::Load(QmpError::Io(e)))?;
     let inherit = Inherit {

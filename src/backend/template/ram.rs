@@ -17,7 +17,7 @@
 //! without a clone, taking nothing from the clones that map its memfd.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -32,6 +32,7 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use crate::backend::child;
 use crate::confine::launch;
 use crate::flock::FileLock;
+use crate::util::fs;
 
 /// The keeper's program, and the variable that names another.
 pub const KEEPER_PROGRAM: &str = "husk-template-ram";
@@ -101,7 +102,7 @@ pub fn save(memfd: &File, path: &Path) -> Result<u64, RamError> {
         .mode(0o600)
         .open(path)
         .map_err(file_err("creating", path))?;
-    let written = copy_pages(memfd, &out, len).map_err(file_err("writing", path))?;
+    let written = copy_nonzero_pages(memfd, &out, len).map_err(file_err("writing", path))?;
     out.set_len(len).map_err(file_err("writing", path))?;
     out.sync_all().map_err(file_err("writing", path))?;
     Ok(written)
@@ -109,18 +110,13 @@ pub fn save(memfd: &File, path: &Path) -> Result<u64, RamError> {
 
 /// Copies the pages of `from` (its first `len` bytes) that hold anything but zeros to the
 /// same offsets of `to`, skipping `from`'s holes. Returns the bytes copied.
-fn copy_pages(from: &File, to: &File, len: u64) -> io::Result<u64> {
+fn copy_nonzero_pages(from: &File, to: &File, len: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut copied = 0;
-    let mut at = 0u64;
-    while at < len {
-        let Some(start) = seek(from, at, libc::SEEK_DATA)? else {
-            break;
-        };
-        let end = seek(from, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        let mut pos = start;
-        while pos < end {
-            let n = ((end - pos) as usize).min(CHUNK);
+    for extent in fs::data_extents(from, len)? {
+        let mut pos = extent.start;
+        while pos < extent.end {
+            let n = ((extent.end - pos) as usize).min(CHUNK);
             from.read_exact_at(&mut buf[..n], pos)?;
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
@@ -130,23 +126,8 @@ fn copy_pages(from: &File, to: &File, len: u64) -> io::Result<u64> {
             }
             pos += n as u64;
         }
-        at = end;
     }
     Ok(copied)
-}
-
-/// `lseek(fd, at, whence)` for `SEEK_DATA`/`SEEK_HOLE`; `None` past the last data.
-fn seek(f: &File, at: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    // SAFETY: lseek on a descriptor `f` keeps open; it touches no memory of ours.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok(Some(r as u64))
 }
 
 /// A sealed memfd holding the RAM saved at `path`, `len` bytes.
@@ -161,7 +142,8 @@ fn load(path: &Path, len: u64) -> Result<File, RamError> {
         });
     }
     let memfd = new_memfd(len)?;
-    copy_pages(&saved, &memfd, len).map_err(file_err("reading", path))?;
+    // The file is as sparse as the RAM `save` wrote: its data extents are what to copy.
+    fs::sparse_copy(&saved, &memfd).map_err(file_err("reading", path))?;
     fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals())).map_err(|e| RamError::Memfd(e.into()))?;
     Ok(memfd)
 }
@@ -188,9 +170,13 @@ fn check(f: &File, len: u64, id: &str) -> Result<(), RamError> {
 }
 
 /// The sealed RAM of the template at `at` (`len` bytes): from its keeper, or loaded from
-/// its `ram` file and handed to a keeper started from `keeper` (without one, this VM alone
-/// uses it).
-pub fn obtain(at: &Path, len: u64, keeper: Option<&Path>) -> Result<File, RamError> {
+/// its `ram` file and handed to a keeper started from the program `keeper` finds (asked
+/// only then; without one, this VM alone uses it).
+pub fn obtain(
+    at: &Path,
+    len: u64,
+    keeper: impl FnOnce() -> Option<PathBuf>,
+) -> Result<File, RamError> {
     if let Some(f) = from_keeper(at, len) {
         return Ok(f);
     }
@@ -201,9 +187,9 @@ pub fn obtain(at: &Path, len: u64, keeper: Option<&Path>) -> Result<File, RamErr
         return Ok(f);
     }
     let memfd = load(&at.join(RAM_FILE), len)?;
-    match keeper {
+    match keeper() {
         Some(program) => {
-            if let Err(e) = start_keeper(program, at, &memfd) {
+            if let Err(e) = start_keeper(&program, at, &memfd) {
                 tracing::debug!(template = %at.display(), "no keeper for the template's RAM: {e}");
             }
         }
@@ -246,7 +232,7 @@ fn start_keeper(program: &Path, at: &Path, memfd: &File) -> Result<(), RamError>
     // memfd it gets against it.
     let id_path = at.join(ID_FILE);
     let id = identity(memfd).map_err(RamError::Memfd)?;
-    write_atomically(&id_path, id.as_bytes()).map_err(file_err("writing", &id_path))?;
+    fs::write_atomic(&id_path, id.as_bytes()).map_err(file_err("writing", &id_path))?;
     let sock_path = at.join(SOCKET);
     let _ = std::fs::remove_file(&sock_path);
     let listener = UnixListener::bind(&sock_path).map_err(file_err("binding", &sock_path))?;
@@ -328,14 +314,6 @@ const KEEPER_LEASE_FD: i32 = 103;
 
 fn dup(f: &File) -> Result<OwnedFd, RamError> {
     f.as_fd().try_clone_to_owned().map_err(RamError::Memfd)
-}
-
-/// Writes `data` to `path` through a temporary file beside it, renamed over it.
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The keeper's work: hands `ram` to every connection on `listener` (one byte and the

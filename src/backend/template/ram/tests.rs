@@ -62,7 +62,7 @@ fn clones_get_the_keepers_memfd_and_a_foreign_one_is_refused() {
     save(&guest_ram(), &at.join(RAM_FILE)).unwrap();
 
     // No keeper and none to start: loaded for this VM alone.
-    let own = obtain(&at, LEN, None).unwrap();
+    let own = obtain(&at, LEN, || None).unwrap();
     assert_eq!(contents(&own), contents(&guest_ram()));
 
     // A keeper serving it: every clone gets the very same memfd.
@@ -73,13 +73,13 @@ fn clones_get_the_keepers_memfd_and_a_foreign_one_is_refused() {
     let kept_id = identity(&kept).unwrap();
     let keeper = std::thread::spawn(move || serve(&kept, &listener, &dir_file, KEEPER_IDLE));
     for _ in 0..2 {
-        let got = obtain(&at, LEN, None).unwrap();
+        let got = obtain(&at, LEN, || None).unwrap();
         assert_eq!(identity(&got).unwrap(), kept_id);
     }
     // One not named in ram.id (another memfd, however sealed) is not taken: this VM loads
     // its own instead.
     std::fs::write(at.join(ID_FILE), identity(&own).unwrap()).unwrap();
-    let got = obtain(&at, LEN, None).unwrap();
+    let got = obtain(&at, LEN, || None).unwrap();
     assert_ne!(identity(&got).unwrap(), kept_id);
     assert_eq!(contents(&got), contents(&guest_ram()));
 
