@@ -158,8 +158,9 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
     assert!(ram.blocks() * 512 < ram.len() / 4, "sparse: {ram:?}");
     let keepers = keepers_of(&made[0]);
     assert_eq!(keepers.len(), 1, "one keeper serves the template");
-    // It holds nothing of husk's but what it was given, blocks no signal and runs as an id
-    // of its own with no capability.
+    // It holds nothing of husk's but what it was given, blocks no signal, runs as an id of
+    // its own with no capability, and is confined to its syscalls; it served every clone
+    // above (one keeper, alive: a syscall its filter lacks would have killed it).
     let k = keepers[0];
     let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{k}/fd"))
         .unwrap()
@@ -177,6 +178,8 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
         "SigBlk:\t0000000000000000",
         "CapEff:\t0000000000000000",
         "NoNewPrivs:\t1",
+        // Its seccomp filter (src/backend/template/ram.rs, KEEPER_SYSCALLS).
+        "Seccomp:\t2",
     ] {
         assert!(status.contains(want), "{want} in {status}");
     }

@@ -7,7 +7,8 @@
 //! the root-only templates directory (`--socket-fd`) and the template's directory
 //! (`--dir-fd`), and the lease on the id of husk's range it runs as (`--lease-fd`), held
 //! while it lives. It reads nothing from its clients: each connection gets one byte and the
-//! memfd. It exits 0 once the template's directory is removed or no clone asked for
+//! memfd. Before it serves it confines itself to the few syscalls that takes (seccomp; any
+//! other kills it). It exits 0 once the template's directory is removed or no clone asked for
 //! `--idle-secs`; 1 with one line on stderr for any failure.
 
 use std::fs::File;
@@ -50,6 +51,7 @@ fn main() {
     ]);
     let result = taken.map_err(anyhow::Error::from).and_then(|fds| {
         let [ram, socket, dir, _lease]: [_; 4] = fds.try_into().expect("four descriptors taken");
+        ram::confine_keeper()?;
         ram::serve(
             &File::from(ram),
             &UnixListener::from(socket),

@@ -131,6 +131,35 @@ pub fn prepare(mode: Mode, fast_exit: bool, selftest: Option<ThreadKind>) -> Res
         .map_err(|_| Error::Twice)
 }
 
+/// Confines the calling thread (and every thread it starts later) to `syscalls`, and to
+/// each `(syscall, argument, value)` of `only_with` when that 32-bit argument has that
+/// value: any other syscall kills the whole process at once (`SECCOMP_RET_KILL_PROCESS`, no
+/// handler, no line). For small single-purpose helpers whose death only costs their user a
+/// fallback (the VM template's RAM keeper); the caller must have `no_new_privs` set.
+pub fn allow_only(syscalls: &[i64], only_with: &[(i64, u8, u64)]) -> Result<(), AllowOnlyError> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition};
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        syscalls.iter().map(|&n| (n, vec![])).collect();
+    for &(n, arg, value) in only_with {
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            .map_err(AllowOnlyError::Compile)?;
+        let rule = SeccompRule::new(vec![cond]).map_err(AllowOnlyError::Compile)?;
+        rules.entry(n).or_default().push(rule);
+    }
+    let program = compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
+        .map_err(AllowOnlyError::Compile)?;
+    seccompiler::apply_filter(&program).map_err(AllowOnlyError::Install)
+}
+
+/// Why [`allow_only`] installed no filter.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowOnlyError {
+    #[error("compiling the seccomp filter: {0}")]
+    Compile(#[source] seccompiler::BackendError),
+    #[error("installing the seccomp filter: {0}")]
+    Install(#[source] seccompiler::Error),
+}
+
 fn compile(
     rules: std::collections::BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,

@@ -316,6 +316,46 @@ fn dup(f: &File) -> Result<OwnedFd, RamError> {
     f.as_fd().try_clone_to_owned().map_err(RamError::Memfd)
 }
 
+/// Every syscall a keeper makes once it serves ([`serve`], then its exit): waiting
+/// (`poll`, or `ppoll` where libc uses it), accepting and answering a clone (`accept4`,
+/// `sendmsg`, `close`), looking at its directory (`statx`, or `fstat`/`newfstatat`), the
+/// clock (where the vDSO falls back to the syscall), its one line on a failure (`write`,
+/// with what an allocation may need), and leaving (the runtime's `sigaltstack` + `munmap`,
+/// `exit_group`).
+const KEEPER_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_sendmsg,
+    libc::SYS_close,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_clock_gettime,
+    libc::SYS_write,
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sigaltstack,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_restart_syscall,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Confines a keeper to [`KEEPER_SYSCALLS`] (and `fcntl(fd, F_GETFD)`, which Rust's
+/// debug builds make before closing a descriptor) before it serves: a keeper that a bug led
+/// astray can open, execute, signal or trace nothing; any other syscall kills it (the next
+/// clone then starts another).
+pub fn confine_keeper() -> Result<(), crate::confine::seccomp::AllowOnlyError> {
+    let getfd = (libc::SYS_fcntl, 1, libc::F_GETFD as u64);
+    crate::confine::seccomp::allow_only(KEEPER_SYSCALLS, &[getfd])
+}
+
 /// The keeper's work: hands `ram` to every connection on `listener` (one byte and the
 /// descriptor), until the directory `dir` is removed or no one asked for `idle`.
 pub fn serve(ram: &File, listener: &UnixListener, dir: &File, idle: Duration) -> io::Result<()> {
