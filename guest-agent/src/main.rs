@@ -141,6 +141,10 @@ fn serve() -> ! {
         .name("facts".into())
         .spawn(|| {
             facts::idle_priority();
+            // Before the facts' end: a VM template is saved once they are out.
+            if let Err(e) = process::prepare_spare() {
+                say!("husk-agent: no spare init helper: {e}");
+            }
             facts::report()
         })
         .is_err()

@@ -6,6 +6,8 @@
 //! 0-2, a SOCK_SEQPACKET sync socket as fd 3 and the JSON config on a pipe as fd 4. It sets
 //! up namespaces, then clones the real process with CLONE_PARENT (so the agent is its parent
 //! and reaps it) and exits. Messages on the sync socket, one per packet:
+//! `F` carrying a stdio fd (agent, three in fd order, to a spare helper started as `init
+//! spare` with `/dev/null` stdio before it was needed: [`prepare_spare`]),
 //! `P<pid>` (helper: the process's pid), `T` carrying a pty master fd (process, when it has
 //! a terminal: the pty comes from the container's own devpts), `R` (process: set up,
 //! waiting), `E<message>` (either: failed); the agent answers `S` to start, and the socket
@@ -14,6 +16,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use husk_protocol::{ContainerSpec, NamespaceKind, ProcessSpec};
 use serde::{Deserialize, Serialize};
@@ -134,10 +137,58 @@ pub struct Helper {
     config: std::fs::File,
 }
 
+/// One helper started ahead of need ([`prepare_spare`]), taken by the next [`Helper::start`].
+static SPARE: Mutex<Option<Helper>> = Mutex::new(None);
+
+/// Starts a spare helper, with `/dev/null` as stdio until a process takes it: exec'd and
+/// waiting before the host asks for a container, so that the first container's create skips
+/// the spawn. In a VM template's guest it is started before the template is saved, and every
+/// clone has it waiting (under TCG a clone's first spawn and exec cost ~35 ms, code its QEMU
+/// has not translated yet).
+pub fn prepare_spare() -> Result<(), SpawnError> {
+    let null = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(SpawnError::Helper)
+    };
+    let stdio = ChildStdio {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    };
+    let helper = Helper::launch(stdio, true)?;
+    *SPARE.lock().unwrap_or_else(|e| e.into_inner()) = Some(helper);
+    Ok(())
+}
+
 impl Helper {
-    /// Starts `/proc/self/exe init` with `stdio`; its configuration follows in
+    /// A helper with `stdio`: the spare one if there is one (handed `stdio` over its sync
+    /// socket), else `/proc/self/exe init` started now; its configuration follows in
     /// [`configure`](Self::configure).
     pub fn start(stdio: ChildStdio) -> Result<Helper, SpawnError> {
+        let spare = SPARE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(spare) = spare {
+            match spare.hand_stdio(&stdio) {
+                Ok(()) => return Ok(spare),
+                Err(e) => say!("husk-agent: the spare init helper is gone ({e}); starting one"),
+            }
+        }
+        Self::launch(stdio, false)
+    }
+
+    /// Passes `stdio` to a spare helper, one descriptor per packet (`F`), in fd order.
+    fn hand_stdio(&self, stdio: &ChildStdio) -> io::Result<()> {
+        for fd in [&stdio.stdin, &stdio.stdout, &stdio.stderr] {
+            send_fd(self.sync.as_raw_fd(), b"F", fd.as_raw_fd())?;
+        }
+        Ok(())
+    }
+
+    /// Starts `/proc/self/exe init` (`init spare` when `spare`) with `stdio`.
+    fn launch(stdio: ChildStdio, spare: bool) -> Result<Helper, SpawnError> {
         let (ours, theirs) = socketpair().map_err(SpawnError::Sync)?;
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fds into `fds`, a live [c_int; 2].
@@ -148,7 +199,7 @@ impl Helper {
         // is its only owner.
         let (cfg_r, cfg_w) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let pid = crate::spawn::helper(&stdio, theirs.as_raw_fd(), cfg_r.as_raw_fd())
+        let pid = crate::spawn::helper(&stdio, theirs.as_raw_fd(), cfg_r.as_raw_fd(), spare)
             .map_err(SpawnError::Helper)?;
         // The child has its copies; the parent's ends close here.
         drop((stdio, theirs, cfg_r));

@@ -145,7 +145,9 @@ pub fn main() -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
     }
-    let err = match read_config().and_then(run) {
+    let spare = std::env::args().nth(2).as_deref() == Some("spare");
+    let stdio = if spare { take_stdio() } else { Ok(()) };
+    let err = match stdio.and_then(|()| read_config()).and_then(run) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -153,6 +155,30 @@ pub fn main() -> ! {
     // SAFETY: _exit ends the single-threaded helper at once; the error already went to the sync
     // socket and no destructor needs to run.
     unsafe { libc::_exit(1) }
+}
+
+/// A spare helper's stdio, which the agent sends once a process takes the helper: three
+/// `F` packets on the sync socket, each with the descriptor for fd 0, 1 and 2 in turn. Before
+/// that its stdio is `/dev/null`; end-of-file (the agent dropped it) ends it quietly.
+fn take_stdio() -> Result<()> {
+    for target in 0..3 {
+        let (msg, fd) = crate::process::recv_fd(SYNC).map_err(InitError::Sync)?;
+        let fd = match (msg.as_slice(), fd) {
+            (b"F", Some(fd)) => fd,
+            // SAFETY: _exit ends the single-threaded helper at once; nothing is left to flush.
+            ([], _) => unsafe { libc::_exit(0) },
+            _ => {
+                return Err(InitError::Sync(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "expected a stdio descriptor from the agent",
+                )))
+            }
+        };
+        // SAFETY: dup2 onto 0-2 only replaces this process's stdio with a descriptor it owns.
+        cvt(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&fd), target) })
+            .map_err(sys("dup2 of a stdio descriptor"))?;
+    }
+    Ok(())
 }
 
 fn read_config() -> Result<InitConfig> {

@@ -144,8 +144,26 @@ fn load(path: &Path, len: u64) -> Result<File, RamError> {
     let memfd = new_memfd(len)?;
     // The file is as sparse as the RAM `save` wrote: its data extents are what to copy.
     fs::sparse_copy(&saved, &memfd).map_err(file_err("reading", path))?;
-    fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals())).map_err(|e| RamError::Memfd(e.into()))?;
+    seal(&memfd)?;
     Ok(memfd)
+}
+
+/// Seals `memfd` for good. `F_SEAL_WRITE` answers `EBUSY` while a page of it has a reference
+/// the kernel's own wait (~150 ms) did not see go; that was seen once, with nothing else
+/// holding the memfd, so it is tried a few times more before the VM boots instead.
+fn seal(memfd: &File) -> Result<(), RamError> {
+    let mut tries = 0;
+    loop {
+        match fcntl(memfd, FcntlArg::F_ADD_SEALS(seals())) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) if tries < 4 => {
+                tries += 1;
+                tracing::debug!(tries, "sealing the template's RAM: busy; trying again");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => return Err(RamError::Memfd(e.into())),
+        }
+    }
 }
 
 /// What names a memfd for as long as it exists: its device and inode.
