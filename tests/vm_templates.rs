@@ -57,7 +57,11 @@ fn now_secs() -> i64 {
 }
 
 /// What each clone prints: a UUID from its CRNG and its wall clock.
-const WHO_AM_I: &str = "cat /proc/sys/kernel/random/uuid; date +%s";
+/// The clone's entropy, its clock, and the scheduling policy its container's processes run
+/// at (`/proc/self/stat` field 41; the spare init helper they come from was started at idle
+/// priority in the template and must hand on the normal one, 0).
+const WHO_AM_I: &str =
+    "cat /proc/sys/kernel/random/uuid; date +%s; awk '{print $41}' /proc/self/stat";
 
 #[test]
 fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own() {
@@ -106,6 +110,11 @@ fn the_first_container_builds_a_template_and_the_next_are_restored_and_their_own
         assert!(
             !uuids.contains(&uuid),
             "run {round}: {uuid} drawn before: {uuids:?}"
+        );
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("0"),
+            "run {round}: the container's scheduling policy (SCHED_OTHER)"
         );
         uuids.push(uuid);
     }

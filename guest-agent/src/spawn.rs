@@ -23,10 +23,11 @@ const FIRST_SOURCE_FD: RawFd = 10;
 const HELPER: &CStr = c"/proc/self/exe";
 
 /// Runs `/proc/self/exe init` with `stdio` as fds 0-2, `sync` as 3 and `config` as 4, an
-/// empty environment, no blocked signals, `SIGPIPE` at its default and the normal scheduling
-/// policy (whatever the calling thread's). `spare`: `init spare`, a helper started ahead of
-/// need that takes its real stdio from the sync socket first ([`crate::process`]). Returns
-/// the child's pid once it has exec'd (an exec failure is the error).
+/// empty environment, no blocked signals and `SIGPIPE` at its default. `spare`: `init
+/// spare`, a helper started ahead of need that takes its real stdio from the sync socket
+/// first ([`crate::process`]); started from the agent's idle-priority thread, it comes up
+/// at idle priority and leaves it once taken. Returns the child's pid once it has exec'd
+/// (an exec failure is the error).
 pub fn helper(
     stdio: &ChildStdio,
     sync: RawFd,
@@ -137,9 +138,7 @@ impl Drop for FileActions {
 }
 
 /// A `posix_spawnattr_t` that empties the child's signal mask and sets `SIGPIPE` (which the
-/// Rust runtime ignores) back to its default, as `std::process::Command` does, and gives the
-/// child the normal scheduling policy (the spare helper is started from the agent's
-/// idle-priority thread).
+/// Rust runtime ignores) back to its default, as `std::process::Command` does.
 struct SpawnAttr(Box<libc::posix_spawnattr_t>);
 
 impl SpawnAttr {
@@ -148,20 +147,15 @@ impl SpawnAttr {
         let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
         let mut pipe = MaybeUninit::<libc::sigset_t>::uninit();
         let a = &mut *attr.0;
-        let flags = (libc::POSIX_SPAWN_SETSIGMASK
-            | libc::POSIX_SPAWN_SETSIGDEF
-            | libc::POSIX_SPAWN_SETSCHEDULER) as libc::c_short;
-        let normal = libc::sched_param { sched_priority: 0 };
+        let flags = (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
         // SAFETY: sigemptyset / sigaddset write into the live sigset_t storage they are given;
-        // the setters copy the initialised sets and `normal` into `a`, which is initialised.
+        // the setters copy the initialised sets into `a`, which is initialised.
         unsafe {
             libc::sigemptyset(empty.as_mut_ptr());
             libc::sigemptyset(pipe.as_mut_ptr());
             libc::sigaddset(pipe.as_mut_ptr(), libc::SIGPIPE);
             check(libc::posix_spawnattr_setsigmask(a, empty.as_ptr()))?;
             check(libc::posix_spawnattr_setsigdefault(a, pipe.as_ptr()))?;
-            check(libc::posix_spawnattr_setschedpolicy(a, libc::SCHED_OTHER))?;
-            check(libc::posix_spawnattr_setschedparam(a, &normal))?;
             check(libc::posix_spawnattr_setflags(a, flags))?;
         }
         Ok(attr)

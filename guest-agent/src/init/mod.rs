@@ -159,7 +159,9 @@ pub fn main() -> ! {
 
 /// A spare helper's stdio, which the agent sends once a process takes the helper: three
 /// `F` packets on the sync socket, each with the descriptor for fd 0, 1 and 2 in turn. Before
-/// that its stdio is `/dev/null`; end-of-file (the agent dropped it) ends it quietly.
+/// that its stdio is `/dev/null`; end-of-file (the agent dropped it) ends it quietly. Taken,
+/// it leaves the idle priority it came up at (off the host's first requests) for the normal
+/// one, which the process it starts inherits.
 fn take_stdio() -> Result<()> {
     for target in 0..3 {
         let (msg, fd) = crate::process::recv_fd(SYNC).map_err(InitError::Sync)?;
@@ -178,6 +180,11 @@ fn take_stdio() -> Result<()> {
         cvt(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&fd), target) })
             .map_err(sys("dup2 of a stdio descriptor"))?;
     }
+    let normal = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is this single-threaded process; sched_setscheduler reads `normal`, which
+    // outlives the call.
+    cvt(unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal) })
+        .map_err(sys("sched_setscheduler (normal priority)"))?;
     Ok(())
 }
 
