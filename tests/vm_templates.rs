@@ -56,10 +56,9 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-/// What each clone prints: a UUID from its CRNG and its wall clock.
-/// The clone's entropy, its clock, and the scheduling policy its container's processes run
-/// at (`/proc/self/stat` field 41; the spare init helper they come from was started at idle
-/// priority in the template and must hand on the normal one, 0).
+/// What each clone prints: a UUID from its CRNG, its wall clock, and the scheduling policy
+/// its container's processes run at (`/proc/self/stat` field 41; the spare init helper they
+/// come from was started at idle priority in the template and must hand on the normal one, 0).
 const WHO_AM_I: &str =
     "cat /proc/sys/kernel/random/uuid; date +%s; awk '{print $41}' /proc/self/stat";
 

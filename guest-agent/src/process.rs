@@ -143,9 +143,10 @@ static SPARE: Mutex<Option<Helper>> = Mutex::new(None);
 /// Starts a spare helper, with `/dev/null` as stdio until a process takes it: exec'd and
 /// waiting before the host asks for a container, so that the first container's create skips
 /// the spawn. Called from the agent's idle-priority thread: the helper comes up at idle
-/// priority, off the host's first requests, and takes the normal one once taken. In a VM template's guest it is started before the template is saved, and every
-/// clone has it waiting (under TCG a clone's first spawn and exec cost ~35 ms, code its QEMU
-/// has not translated yet).
+/// priority, off the host's first requests, and takes the normal one once taken. In a VM
+/// template's guest it is started before the template is saved, and every clone has it
+/// waiting (under TCG a clone's first spawn and exec cost ~35 ms, code its QEMU has not
+/// translated yet).
 pub fn prepare_spare() -> Result<(), SpawnError> {
     let null = || {
         std::fs::OpenOptions::new()

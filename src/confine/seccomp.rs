@@ -138,8 +138,8 @@ pub fn prepare(mode: Mode, fast_exit: bool, selftest: Option<ThreadKind>) -> Res
 /// fallback (the VM template's RAM keeper); the caller must have `no_new_privs` set.
 pub fn allow_only(syscalls: &[i64], only_with: &[(i64, u8, u64)]) -> Result<(), AllowOnlyError> {
     use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition};
-    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
-        syscalls.iter().map(|&n| (n, vec![])).collect();
+    let mut rules = syscalls::Rules::new();
+    syscalls::allow(&mut rules, syscalls);
     for &(n, arg, value) in only_with {
         let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
             .map_err(AllowOnlyError::Compile)?;
