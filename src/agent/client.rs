@@ -126,6 +126,13 @@ impl AgentClient {
         body: RequestBody,
         timeout: Option<Duration>,
     ) -> Result<ResponseBody, Error> {
+        self.send(body)?.answer(timeout)
+    }
+
+    /// Sends a request without waiting for its answer: once this returns, the request is on
+    /// its way to the agent whatever becomes of this process. [`Sent::answer`] reads the
+    /// answer.
+    pub fn send(&self, body: RequestBody) -> Result<Sent<'_>, Error> {
         let request = body.name();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
@@ -144,31 +151,12 @@ impl AgentClient {
             lock(&self.pending).waiting.remove(&id);
             return Err(Error::Codec { request, source: e });
         }
-        let reply = match timeout {
-            Some(t) => rx.recv_timeout(t),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match reply {
-            Ok(Ok(resp)) => resp.body.map_err(|error| Error::Agent { request, error }),
-            Ok(Err(why)) => Err(Error::Disconnected(why)),
-            Err(RecvTimeoutError::Timeout) => {
-                let mut p = lock(&self.pending);
-                if p.waiting.remove(&id).is_some() {
-                    p.abandoned.insert(id);
-                }
-                Err(Error::Timeout {
-                    request,
-                    id,
-                    secs: timeout.unwrap_or_default().as_secs_f64(),
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected(
-                lock(&self.pending)
-                    .broken
-                    .clone()
-                    .unwrap_or_else(|| "reader stopped".into()),
-            )),
-        }
+        Ok(Sent {
+            pending: &self.pending,
+            request,
+            id,
+            rx,
+        })
     }
 
     fn call_default(&self, body: RequestBody) -> Result<ResponseBody, Error> {
@@ -266,14 +254,22 @@ impl AgentClient {
         exec_id: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<ExitStatus, Error> {
+        self.send_wait(container_id, exec_id)?.exit(timeout)
+    }
+
+    /// Sends `Wait` for the process and returns at once; [`WaitSent::exit`] blocks for the
+    /// answer. The agent holds a `Wait` it has received even if this process dies: it powers
+    /// its VM off once every container's process has ended and been waited for.
+    pub fn send_wait(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+    ) -> Result<WaitSent<'_>, Error> {
         let body = RequestBody::Wait {
             container_id: container_id.into(),
             exec_id: exec_id.map(Into::into),
         };
-        match self.call(body, timeout)? {
-            ResponseBody::Exited(s) => Ok(s),
-            other => Err(unexpected("wait", &other)),
-        }
+        self.send(body).map(WaitSent)
     }
 
     pub fn resize_tty(
@@ -357,6 +353,65 @@ impl Drop for AgentClient {
         let _ = lock(&self.writer).shutdown(Shutdown::Both);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
+        }
+    }
+}
+
+/// A request on its way to the agent, its answer not read yet.
+pub struct Sent<'a> {
+    pending: &'a Mutex<Pending>,
+    request: &'static str,
+    id: u64,
+    rx: mpsc::Receiver<Reply>,
+}
+
+impl Sent<'_> {
+    /// Blocks for the answer (`None`: with no time limit). On a timeout the request is
+    /// abandoned: its late answer is dropped.
+    pub fn answer(self, timeout: Option<Duration>) -> Result<ResponseBody, Error> {
+        let Sent {
+            pending,
+            request,
+            id,
+            rx,
+        } = self;
+        let reply = match timeout {
+            Some(t) => rx.recv_timeout(t),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match reply {
+            Ok(Ok(resp)) => resp.body.map_err(|error| Error::Agent { request, error }),
+            Ok(Err(why)) => Err(Error::Disconnected(why)),
+            Err(RecvTimeoutError::Timeout) => {
+                let mut p = lock(pending);
+                if p.waiting.remove(&id).is_some() {
+                    p.abandoned.insert(id);
+                }
+                Err(Error::Timeout {
+                    request,
+                    id,
+                    secs: timeout.unwrap_or_default().as_secs_f64(),
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Disconnected(
+                lock(pending)
+                    .broken
+                    .clone()
+                    .unwrap_or_else(|| "reader stopped".into()),
+            )),
+        }
+    }
+}
+
+/// A `Wait` on its way to the agent ([`AgentClient::send_wait`]).
+pub struct WaitSent<'a>(Sent<'a>);
+
+impl WaitSent<'_> {
+    /// Blocks until the process has exited (`None`: with no time limit).
+    pub fn exit(self, timeout: Option<Duration>) -> Result<ExitStatus, Error> {
+        match self.0.answer(timeout)? {
+            ResponseBody::Exited(s) => Ok(s),
+            other => Err(unexpected("wait", &other)),
         }
     }
 }

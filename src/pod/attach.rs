@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use husk_protocol::{ExitStatus, StreamHello, StreamKind, PROTOCOL_VERSION};
 
-use crate::agent::{attach_stream, AgentClient, Error as AgentError, Pump};
+use crate::agent::{attach_stream, AgentClient, Error as AgentError, Pump, WaitSent};
 use crate::backend::VmHandle;
 
 use super::AGENT_REACH_TIMEOUT;
@@ -207,13 +207,31 @@ impl Attached {
     /// Waits for the process (`exec`, or the container's own) to end while `target` forwards
     /// husk's signals to it, then drains its output and restores the host terminal.
     pub fn wait(
-        mut self,
+        self,
         agent: &Arc<AgentClient>,
         container: &str,
         exec: Option<&str>,
         target: Option<&Mutex<SignalTarget>>,
     ) -> Result<ExitStatus, AgentError> {
         let exit = agent.wait(container, exec);
+        self.finish(exit, target)
+    }
+
+    /// [`wait`](Self::wait) for a `Wait` already sent ([`AgentClient::send_wait`]).
+    pub fn wait_sent(
+        self,
+        sent: Result<WaitSent<'_>, AgentError>,
+        target: Option<&Mutex<SignalTarget>>,
+    ) -> Result<ExitStatus, AgentError> {
+        self.finish(sent.and_then(|w| w.exit(None)), target)
+    }
+
+    /// Drains the process's output once `exit` is known and restores the host terminal.
+    fn finish(
+        mut self,
+        exit: Result<ExitStatus, AgentError>,
+        target: Option<&Mutex<SignalTarget>>,
+    ) -> Result<ExitStatus, AgentError> {
         let _ = self.pump.wait_output();
         drop(self.raw.take());
         if let Some(t) = target {

@@ -180,8 +180,12 @@ fn drive(
     }
     timings::mark("stdio attach + start");
     attach::follow(&target, &pod.agent, id, None, tty);
+    // `Wait` is with the agent before anyone hears that the process runs: a monitor killed
+    // from then on (`run -d` has returned) leaves an agent that powers the VM off when the
+    // process ends, instead of a VM that runs on with nobody to end it.
+    let waiting = pod.agent.send_wait(id, None);
     on_started();
-    let exit = attached.wait(&pod.agent, id, None, Some(&target));
+    let exit = attached.wait_sent(waiting, Some(&target));
     timings::mark("process run to exit");
     // Status 137 alone would read as a SIGKILL inside the container. Unless a stop or kill
     // asked for it, or the VM's end has a cause of its own to report, say that the VM (or the
