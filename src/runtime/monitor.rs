@@ -174,16 +174,16 @@ fn drive(
             return Err(e);
         }
     };
-    // Its process runs: from here a monitor's death leaves a working container behind.
+    // `Wait` is with the agent before the start is recorded or reported: from then on a
+    // monitor's death (`run -d` has returned) leaves a working container whose agent powers
+    // the VM off when the process ends. Killed before, the monitor leaves a boot that the
+    // next command ends, not a VM that would run on with nobody to end it.
+    let waiting = pod.agent.send_wait(id, None);
     if let Err(e) = rt.store.update(id, |s| s.booting = false) {
         tracing::debug!(id, "recording the container's start: {e}");
     }
     timings::mark("stdio attach + start");
     attach::follow(&target, &pod.agent, id, None, tty);
-    // `Wait` is with the agent before anyone hears that the process runs: a monitor killed
-    // from then on (`run -d` has returned) leaves an agent that powers the VM off when the
-    // process ends, instead of a VM that runs on with nobody to end it.
-    let waiting = pod.agent.send_wait(id, None);
     on_started();
     let exit = attached.wait_sent(waiting, Some(&target));
     timings::mark("process run to exit");
