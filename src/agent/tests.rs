@@ -532,6 +532,34 @@ fn agent_closing_fails_a_pending_call() {
     assert!(matches!(err, Error::Disconnected(_)), "{err}");
 }
 
+#[test]
+fn a_sent_wait_reaches_the_agent_though_its_sender_goes_at_once() {
+    // What the monitor relies on: once `send_wait` returns, the agent gets the `Wait` even if
+    // the sender dies before reading an answer.
+    let dir = tempfile::tempdir().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let seen_tx = Mutex::new(seen_tx);
+    let _server = serve(&sock(&dir), 2, move |_, s| {
+        let seen_tx = seen_tx.lock().unwrap().clone();
+        agent_loop(s, move |req| {
+            if let RequestBody::Wait { container_id, .. } = &req.body {
+                seen_tx.send(container_id.clone()).unwrap();
+            }
+            well_behaved(req)
+        })
+    });
+    let c = AgentClient::connect(&sock(&dir), T).unwrap();
+    let sent = c.send_wait("gone", None).unwrap();
+    drop(sent);
+    drop(c);
+    assert_eq!(seen.recv_timeout(T).unwrap(), "gone");
+    // And read later, its answer is the exit status.
+    let c = AgentClient::connect(&sock(&dir), T).unwrap();
+    let sent = c.send_wait("kept", None).unwrap();
+    assert_eq!(seen.recv_timeout(T).unwrap(), "kept");
+    assert_eq!(sent.exit(Some(T)).unwrap().code, 7);
+}
+
 // --- streams ---------------------------------------------------------------------------
 
 /// A writer the test can read back after the pump thread owned it.
