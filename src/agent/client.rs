@@ -132,7 +132,7 @@ impl AgentClient {
     /// Sends a request without waiting for its answer: once this returns, the request is on
     /// its way to the agent whatever becomes of this process. [`Sent::answer`] reads the
     /// answer.
-    pub fn send(&self, body: RequestBody) -> Result<Sent<'_>, Error> {
+    fn send(&self, body: RequestBody) -> Result<Sent<'_>, Error> {
         let request = body.name();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
@@ -358,7 +358,7 @@ impl Drop for AgentClient {
 }
 
 /// A request on its way to the agent, its answer not read yet.
-pub struct Sent<'a> {
+struct Sent<'a> {
     pending: &'a Mutex<Pending>,
     request: &'static str,
     id: u64,
@@ -368,7 +368,7 @@ pub struct Sent<'a> {
 impl Sent<'_> {
     /// Blocks for the answer (`None`: with no time limit). On a timeout the request is
     /// abandoned: its late answer is dropped.
-    pub fn answer(self, timeout: Option<Duration>) -> Result<ResponseBody, Error> {
+    fn answer(self, timeout: Option<Duration>) -> Result<ResponseBody, Error> {
         let Sent {
             pending,
             request,

@@ -23,7 +23,7 @@ pub mod vsock;
 use std::io;
 use std::path::PathBuf;
 
-pub use client::{AgentClient, Sent, WaitSent, DEFAULT_CALL_TIMEOUT};
+pub use client::{AgentClient, WaitSent, DEFAULT_CALL_TIMEOUT};
 pub use husk_protocol::{ErrorCode, ErrorReply, MacPair, Restored, StreamKind};
 pub use restored::{restored_request, RESTORED_ENTROPY_LEN};
 pub use stream::{attach_stream, copy_from_stream, copy_to_stream, Pump};

@@ -213,25 +213,16 @@ impl Attached {
         exec: Option<&str>,
         target: Option<&Mutex<SignalTarget>>,
     ) -> Result<ExitStatus, AgentError> {
-        let exit = agent.wait(container, exec);
-        self.finish(exit, target)
+        self.wait_sent(agent.send_wait(container, exec), target)
     }
 
     /// [`wait`](Self::wait) for a `Wait` already sent ([`AgentClient::send_wait`]).
     pub fn wait_sent(
-        self,
+        mut self,
         sent: Result<WaitSent<'_>, AgentError>,
         target: Option<&Mutex<SignalTarget>>,
     ) -> Result<ExitStatus, AgentError> {
-        self.finish(sent.and_then(|w| w.exit(None)), target)
-    }
-
-    /// Drains the process's output once `exit` is known and restores the host terminal.
-    fn finish(
-        mut self,
-        exit: Result<ExitStatus, AgentError>,
-        target: Option<&Mutex<SignalTarget>>,
-    ) -> Result<ExitStatus, AgentError> {
+        let exit = sent.and_then(|w| w.exit(None));
         let _ = self.pump.wait_output();
         drop(self.raw.take());
         if let Some(t) = target {
